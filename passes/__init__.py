@@ -1,1 +1,37 @@
+"""mpqc's passes and the infrastructure that runs them.
 
+Importing this package registers the built-in passes; ``names()`` and ``get(name)`` also find
+passes that other packages declare in the ``mpqc.passes`` entry-point group.
+"""
+
+from mpqc.passes.base import NoOptions, Pass, PassError, option
+from mpqc.passes.context import CompileContext
+from mpqc.passes.data import CalibrationData, DataError, load_calibration
+from mpqc.passes.instruments import IRPrinter, Progress, Timing
+from mpqc.passes.manager import PassManager
+from mpqc.passes.pipeline import build_pipeline, format_pipeline, parse_pipeline
+from mpqc.passes.registry import get, names, register
+
+# Built-in passes: importing a module registers its passes.
+from mpqc.passes.canonicalize import canonicalize, fold_batchnorm, fold_constants  # noqa: F401  isort: skip
+
+__all__ = [
+    "CalibrationData",
+    "CompileContext",
+    "DataError",
+    "IRPrinter",
+    "NoOptions",
+    "Pass",
+    "PassError",
+    "PassManager",
+    "Progress",
+    "Timing",
+    "build_pipeline",
+    "format_pipeline",
+    "get",
+    "load_calibration",
+    "names",
+    "option",
+    "parse_pipeline",
+    "register",
+]

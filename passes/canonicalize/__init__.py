@@ -1,1 +1,1 @@
-
+"""Canonicalization passes: one form for every exported model."""

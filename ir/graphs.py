@@ -1,0 +1,67 @@
+"""Graph views: deterministic topological order and a networkx view of the data flow.
+
+The IR keeps nodes in insertion order, which passes may leave out of topological order. Analyses
+and the printer need a stable order that depends only on the graph, so ties between independent
+nodes are broken by their position in the graph: the same graph always gives the same order.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import onnx_ir as ir
+
+__all__ = ["data_flow", "topological_nodes"]
+
+
+def data_flow(graph: ir.Graph) -> nx.DiGraph:
+    """A DiGraph over node positions, with an edge producer -> consumer for every used value.
+
+    Node attributes: ``node`` (the ``ir.Node``). Edge attribute: ``values`` (names carried).
+    Uses of a value inside a subgraph count as uses by the node that owns the subgraph, so the
+    order respects captures of outer values.
+    """
+    position = {id(node): i for i, node in enumerate(graph)}
+    flow = nx.DiGraph()
+    for i, node in enumerate(graph):
+        flow.add_node(i, node=node)
+    for i, node in enumerate(graph):
+        for value in _consumed_values(node):
+            producer = value.producer()
+            j = position.get(id(producer)) if producer is not None else None
+            if j is None or j == i:
+                continue
+            if flow.has_edge(j, i):
+                flow.edges[j, i]["values"].append(value.name)
+            else:
+                flow.add_edge(j, i, values=[value.name])
+    return flow
+
+
+def topological_nodes(graph: ir.Graph) -> list[ir.Node]:
+    """Nodes of ``graph`` in topological order, ties broken by their position in the graph."""
+    flow = data_flow(graph)
+    return [flow.nodes[i]["node"] for i in nx.lexicographical_topological_sort(flow)]
+
+
+def _consumed_values(node: ir.Node) -> list[ir.Value]:
+    values = [v for v in node.inputs if v is not None]
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            values.extend(_captured(attr.value))
+        elif attr.type == ir.AttributeType.GRAPHS:
+            for sub in attr.value:
+                values.extend(_captured(sub))
+    return values
+
+
+def _captured(graph: ir.Graph) -> list[ir.Value]:
+    """Values a subgraph reads from enclosing graphs (not its own inputs, initializers or outputs)."""
+    own: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.initializers.values()}
+    for node in graph:
+        own.update(id(v) for v in node.outputs)
+    captured = []
+    for node in graph:
+        for value in _consumed_values(node):
+            if id(value) not in own:
+                captured.append(value)
+    return captured

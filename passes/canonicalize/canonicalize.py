@@ -1,0 +1,55 @@
+"""``canonicalize``: bring any exported model to the one form the analyses expect.
+
+Exporters differ: weights as Constant nodes or initializers, initializers doubling as graph inputs,
+weight arithmetic left in the graph, BatchNorm after Conv, dead branches, missing shapes. After this
+pass every weight is an initializer, constant subexpressions are folded, BatchNorms are folded into
+their Convs, unused nodes are gone, nodes are in topological order and every tensor has the type and
+shape onnx can infer. Each step is a pass of its own (onnx_ir's or mpqc's), run in a fixed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from mpqc.passes.base import Pass, option
+from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
+from mpqc.passes.canonicalize.fold_constants import FoldConstants
+from mpqc.passes.registry import register
+
+__all__ = ["Canonicalize"]
+
+
+@register
+class Canonicalize(Pass):
+    name = "canonicalize"
+    preserves = frozenset({"mpqc.calib.range"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        fold_constants: bool = option(True, "evaluate constant subexpressions at compile time")
+        fold_batchnorm: bool = option(True, "fold BatchNormalization into the preceding Conv")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        steps: list[ir.passes.PassBase] = [
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common.RemoveInitializersFromInputsPass(),
+            common.IdentityEliminationPass(),
+        ]
+        if self.options.fold_constants:
+            steps.append(FoldConstants(context=self.context))
+        if self.options.fold_batchnorm:
+            steps.append(FoldBatchNorm(context=self.context))
+        steps += [
+            common.RemoveUnusedNodesPass(),
+            common.RemoveUnusedFunctionsPass(),
+            common.TopologicalSortPass(),
+            common.ShapeInferencePass(),
+        ]
+        modified = False
+        for step in steps:
+            result = step(model)
+            modified = modified or result.modified
+        return ir.passes.PassResult(model, modified)
