@@ -1,1 +1,54 @@
+"""Hardware specs and the cost model (layer 2: knows nothing of the IR or passes).
 
+A spec is a YAML file validated against ``schema.json``; ``load`` turns a bundled name or a path into a
+frozen ``HardwareSpec``, and ``CostModel`` prices ``LayerDesc``s on it.  Bundled specs live in
+``specs/*.yaml``; every number there cites its source or says why it is an estimate.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from mpqc.hwspecs.cost import Cost, CostModel, LayerDesc
+from mpqc.hwspecs.errors import SpecError, UnsupportedPrecisionError
+from mpqc.hwspecs.loader import load_path, locate, names
+from mpqc.hwspecs.spec import HardwareSpec, Instruction, MemoryLevel, Overhead, Precision
+
+__all__ = [
+    "Cost",
+    "CostModel",
+    "HardwareSpec",
+    "Instruction",
+    "LayerDesc",
+    "MemoryLevel",
+    "Overhead",
+    "Precision",
+    "SpecError",
+    "UnsupportedPrecisionError",
+    "load",
+    "names",
+    "validate",
+]
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
+    return load_path(path)
+
+
+def load(name_or_path: "str | Path | HardwareSpec") -> HardwareSpec:
+    """A bundled spec by name (``"x86_avx2"``) or a spec YAML by path; a ``HardwareSpec`` passes through.
+
+    Specs are immutable, so loading the same unchanged file twice returns the same object.
+    """
+    if isinstance(name_or_path, HardwareSpec):
+        return name_or_path
+    path = locate(name_or_path)
+    stat = path.stat()
+    return _load_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+def validate(path: "str | Path") -> HardwareSpec:
+    """Check a spec file (raising ``SpecError`` with file, field and what is allowed); returns it loaded."""
+    return load_path(locate(Path(path)))

@@ -1,0 +1,286 @@
+"""Reading spec YAML: size and encoding checks, ``base:`` inheritance, schema validation, units.
+
+Why this order:
+1. Refuse files over 1 MiB or with binary content before parsing — a spec is a page of text, and a
+   YAML parser fed a model file by mistake should not be the one to find out.
+2. ``yaml.safe_load`` (never ``load``: a spec may come from anywhere), then require a mapping.
+3. Resolve ``base:`` first and validate the *merged* document: a child that overrides two fields is not a
+   full spec on its own, but the result must be.  Merging is deep for mappings; lists and scalars are
+   replaced; ``null`` deletes an inherited key (e.g. drop a precision pair the derived chip lacks).
+4. JSON Schema (``schema.json``, the single statement of what a spec may contain) checks structure,
+   types, units and allowed bit-widths; then a few cross-field checks the schema cannot express.
+Every failure is a ``SpecError``: file, field path, what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mpqc.hwspecs import units
+from mpqc.hwspecs.errors import SpecError
+from mpqc.hwspecs.spec import (
+    BitScaling,
+    HardwareSpec,
+    Instruction,
+    MemoryLevel,
+    Overhead,
+    Precision,
+)
+
+MAX_SPEC_BYTES = 1 << 20
+_KEY = re.compile(r"^w(\d+)a(\d+)(_signed)?$")
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("mpqc.hwspecs") / "specs"))
+
+
+def names() -> list[str]:
+    """Names of the bundled specs, sorted."""
+    return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads((Path(str(resources.files("mpqc.hwspecs"))) / "schema.json").read_text())
+
+
+def locate(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A bundled name (``x86_avx2``) or a path (relative to the including spec, if any)."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        path = Path(text).expanduser()
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to.parent / path
+        if not path.is_file():
+            raise SpecError(path, "", "no such spec file", "a bundled name (" + ", ".join(names()) + ") or a YAML path")
+        return path.resolve()
+    bundled = bundled_dir() / f"{text}.yaml"
+    if not bundled.is_file():
+        raise SpecError(text, "", "unknown spec name", ", ".join(names()) + ", or a path to a YAML file")
+    return bundled.resolve()
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping, with the size, encoding and shape checks of step 1–2."""
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(path, "", f"file is {size} bytes, too large for a spec", f"at most {MAX_SPEC_BYTES} bytes (1 MiB)")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise SpecError(path, "", "binary content (NUL bytes), not a YAML text file", "UTF-8 YAML text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, "", f"not UTF-8 text (byte {exc.start})", "UTF-8 YAML text") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(path, "", f"invalid YAML{where}: {problem}") from None
+    if not isinstance(document, dict):
+        kind = "empty" if document is None else type(document).__name__
+        raise SpecError(path, "", f"top level is {kind}, not a mapping", "a YAML mapping with fields description, bits, precisions, memory, ...")
+    return document
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge recursively, ``None`` deletes, the rest replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The document at ``path`` merged over its ``base:`` chain (cycles are a SpecError)."""
+    document = read_document(path)
+    base = document.pop("base", None)
+    document.setdefault("name", path.stem)
+    if base is None:
+        return document
+    if not isinstance(base, str) or not base:
+        raise SpecError(path, "base", f"expected a spec name or path, got {base!r}", "a bundled name or a YAML path")
+    base_path = locate(base, relative_to=path)
+    if base_path in chain or base_path == path:
+        cycle = " -> ".join(p.name for p in (*chain, path, base_path))
+        raise SpecError(path, "base", f"inheritance cycle {cycle}", "a chain of bases that ends in a spec without base:")
+    parent = resolve(base_path, (*chain, path))
+    parent.pop("provenance", None)
+    return deep_merge(parent, document)
+
+
+# -- schema errors ------------------------------------------------------------------------------------
+
+
+def _field_path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
+    """Turn the most relevant jsonschema error into file / field / what is allowed."""
+    if error.validator in ("anyOf", "oneOf") and "description" not in error.schema and error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    where = list(error.absolute_path)
+    schema_ = error.schema if isinstance(error.schema, dict) else {}
+    described = schema_.get("description")
+    instance = error.instance
+    validator = error.validator
+    if validator == "required":
+        missing = error.message.split("'")[1]
+        return SpecError(path, _field_path([*where, missing]), "missing required field", described)
+    if validator == "additionalProperties":
+        allowed = sorted(schema_.get("properties", {}))
+        extra = sorted(set(instance) - set(allowed))
+        return SpecError(path, _field_path([*where, extra[0]]), "unknown field", ", ".join(allowed))
+    if validator == "propertyNames":
+        bad = next(k for k in instance if not re.search(schema_["propertyNames"]["pattern"], str(k)))
+        return SpecError(path, _field_path([*where, bad]), "key not allowed", schema_["propertyNames"].get("description"))
+    if validator == "type":
+        return SpecError(path, _field_path(where), f"expected {error.validator_value}, got {instance!r}", described)
+    if validator == "enum":
+        return SpecError(path, _field_path(where), f"{instance!r} is not allowed", described or str(error.validator_value))
+    if validator in ("anyOf", "oneOf"):
+        return SpecError(path, _field_path(where), f"{instance!r} is not valid", described)
+    return SpecError(path, _field_path(where), error.message, described)
+
+
+def validate_document(path: Path, document: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = list(validator.iter_errors(document))
+    if errors:
+        raise _schema_error(path, max(errors, key=jsonschema.exceptions.relevance))
+
+
+# -- building the spec ---------------------------------------------------------------------------------
+
+
+def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:
+    if key == "float":
+        return None, None, False
+    match = _KEY.match(key)
+    assert match is not None  # the schema's propertyNames pattern guarantees it
+    return int(match.group(1)), int(match.group(2)), bool(match.group(3))
+
+
+def _positive(path: Path, field: str, value: float) -> float:
+    if not value > 0:
+        raise SpecError(path, field, f"must be greater than zero, got {value}", "a positive quantity")
+    return value
+
+
+def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
+    entries: dict[str, dict[str, Any]] = doc["precisions"]
+    weight_bits, act_bits = set(doc["bits"]["weights"]), set(doc["bits"]["activations"])
+    built: dict[str, Precision] = {}
+
+    def build(key: str, visiting: tuple[str, ...]) -> Precision:
+        if key in built:
+            return built[key]
+        field = f"precisions.{key}"
+        if key not in entries:
+            raise SpecError(path, f"precisions.{visiting[-1]}.emulated_as", f"{key!r} is not a precision of this spec", ", ".join(sorted(entries)))
+        if key in visiting:
+            raise SpecError(path, f"{field}.emulated_as", "emulation cycle " + " -> ".join((*visiting, key)), "a chain that ends in a native pair")
+        entry = entries[key]
+        wbits, abits, signed = _pair_bits(key)
+        if wbits is not None and wbits not in weight_bits:
+            raise SpecError(path, field, f"weight bits {wbits} not in bits.weights", str(sorted(weight_bits)))
+        if abits is not None and abits not in act_bits:
+            raise SpecError(path, field, f"activation bits {abits} not in bits.activations", str(sorted(act_bits)))
+        target = build(entry["emulated_as"], (*visiting, key)) if "emulated_as" in entry else None
+        if "weight_unpack" in entry and target is None:
+            raise SpecError(path, f"{field}.weight_unpack", "only an emulated pair unpacks weights", "weight_unpack together with emulated_as")
+        throughput = units.to_base(entry["throughput"], "throughput") if "throughput" in entry else target.throughput  # type: ignore[union-attr]
+        energy = units.to_base(entry["energy_per_mac"], "energy") if "energy_per_mac" in entry else target.energy_per_mac  # type: ignore[union-attr]
+        built[key] = Precision(
+            key=key,
+            wbits=wbits,
+            abits=abits,
+            act_signed=signed,
+            throughput=_positive(path, f"{field}.throughput", throughput),
+            energy_per_mac=energy,
+            emulated_as=None if target is None else target.key,
+            emulated_abits=None if target is None else target.abits,
+            weight_unpack=units.to_base(entry["weight_unpack"], "time") if "weight_unpack" in entry else None,
+        )
+        return built[key]
+
+    for key in entries:
+        build(key, ())
+    return built
+
+
+def _memory(path: Path, doc: dict[str, Any]) -> tuple[MemoryLevel, ...]:
+    levels = [
+        MemoryLevel(
+            name=name,
+            capacity=units.to_base(entry["capacity"], "bytes") if "capacity" in entry else math.inf,
+            bandwidth=_positive(path, f"memory.{name}.bandwidth", units.to_base(entry["bandwidth"], "bandwidth")),
+            energy_per_byte=units.to_base(entry["energy_per_byte"], "energy"),
+        )
+        for name, entry in doc["memory"].items()
+    ]
+    levels.sort(key=lambda level: level.capacity)
+    unbounded = [level.name for level in levels if math.isinf(level.capacity)]
+    if len(unbounded) > 1:
+        raise SpecError(path, f"memory.{unbounded[1]}.capacity", "missing; only one level may be unbounded", "a capacity such as '32 MiB'")
+    return tuple(levels)
+
+
+def _instruction(text: str) -> Instruction:
+    inputs, output = text.split("->")
+    return Instruction(tuple(t.strip() for t in inputs.split(",")), output.strip())
+
+
+def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
+    precisions = _precisions(path, doc)
+    bit_scaling = None
+    if "bit_scaling" in doc:
+        anchor_key = doc["bit_scaling"]["anchor"]
+        if anchor_key not in precisions or not precisions[anchor_key].native:
+            raise SpecError(path, "bit_scaling.anchor", f"{anchor_key!r} is not a native precision of this spec",
+                            ", ".join(k for k, p in precisions.items() if p.native and not p.is_float))
+        bit_scaling = BitScaling(precisions[anchor_key], float(doc["bit_scaling"].get("max_speedup", math.inf)))
+    return HardwareSpec(
+        name=doc["name"],
+        description=" ".join(doc["description"].split()),
+        source=str(path),
+        weight_bits=tuple(sorted(doc["bits"]["weights"])),
+        act_bits=tuple(sorted(doc["bits"]["activations"])),
+        precisions=MappingProxyType(precisions),
+        memory=_memory(path, doc),
+        overheads=MappingProxyType({
+            op: Overhead(units.to_base(e.get("fixed", 0), "time"), units.to_base(e.get("per_element", 0), "time"))
+            for op, e in doc.get("overheads", {}).items()
+        }),
+        ops=MappingProxyType({op: tuple(_instruction(i) for i in items) for op, items in doc.get("ops", {}).items()}),
+        bit_scaling=bit_scaling,
+        threads=doc.get("threads"),
+    )
+
+
+def load_path(path: Path) -> HardwareSpec:
+    document = resolve(path)
+    validate_document(path, document)
+    return build_spec(path, document)
