@@ -1,1 +1,1 @@
-
+"""Lowering passes: from chosen bits to a deployable quantized model."""

@@ -1,0 +1,148 @@
+"""The quantization grid: one definition of scales, zero points and storage types.
+
+Lowering, sensitivity analysis, the evaluator and recovery must agree to the last bit on what
+"this layer at 4 bits" means, or what the search measured is not what ships. So the grid lives here
+once:
+
+- Weights are symmetric per output channel on a narrow grid ``[-(2^(b-1)-1), 2^(b-1)-1]`` (zero is
+  exact, and the grid is the same whether the container is wider or not).
+- Activations are asymmetric per tensor, unsigned ``[0, 2^b-1]`` by default (unsigned 8-bit is the
+  fast path of onnxruntime's CPU kernels); the range always contains zero so padding and ReLU's zero
+  are exact.
+- Values live in the smallest ONNX integer type that holds the grid: 2 bits in INT2/UINT2, 3-4 in
+  INT4/UINT4, 5-8 in INT8/UINT8, 9-16 in INT16/UINT16. A grid narrower than its container (3, 5, 6,
+  7 bits...) keeps exactly the chosen bit-width's values: the weights are rounded on the narrow grid
+  before storage, and activations get a float Clip before QuantizeLinear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "Grid",
+    "activation_grid",
+    "activation_qparams",
+    "fake_quant_activation",
+    "fake_quant_weight",
+    "min_opset",
+    "quantize_weight",
+    "weight_grid",
+    "weight_scales",
+]
+
+_SIGNED = {2: ir.DataType.INT2, 4: ir.DataType.INT4, 8: ir.DataType.INT8, 16: ir.DataType.INT16}
+_UNSIGNED = {2: ir.DataType.UINT2, 4: ir.DataType.UINT4, 8: ir.DataType.UINT8, 16: ir.DataType.UINT16}
+_NUMPY = {8: (np.int8, np.uint8), 16: (np.int16, np.uint16)}
+#: Lowest ai.onnx opset whose QuantizeLinear/DequantizeLinear accept each container width.
+_OPSET_FOR_WIDTH = {2: 25, 4: 21, 8: 13, 16: 21}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The integer levels of one quantizer and the ONNX type that stores them."""
+
+    bits: int
+    signed: bool
+    qmin: int
+    qmax: int
+
+    @property
+    def width(self) -> int:
+        """Bits of the storage container."""
+        return next(w for w in (2, 4, 8, 16) if w >= self.bits)
+
+    @property
+    def container(self) -> ir.DataType:
+        return (_SIGNED if self.signed else _UNSIGNED)[self.width]
+
+    @property
+    def numpy_dtype(self) -> type[np.integer]:
+        """The numpy type onnx_ir expects for the container (sub-byte types use int8/uint8)."""
+        signed, unsigned = _NUMPY.get(self.width, (np.int8, np.uint8))
+        return signed if self.signed else unsigned
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the grid uses fewer levels than its container holds."""
+        full = 2**self.width
+        return self.qmax - self.qmin + 1 < (full - 1 if self.signed else full)
+
+    @property
+    def levels(self) -> int:
+        return self.qmax - self.qmin + 1
+
+
+def weight_grid(bits: int) -> Grid:
+    if not 2 <= bits <= 16:
+        raise ValueError(f"weight bits must be between 2 and 16, got {bits}")
+    q = 2 ** (bits - 1) - 1
+    return Grid(bits, True, -q, q)
+
+
+def activation_grid(bits: int, signed: bool = False) -> Grid:
+    if not 2 <= bits <= 16:
+        raise ValueError(f"activation bits must be between 2 and 16, got {bits}")
+    if signed:
+        return Grid(bits, True, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return Grid(bits, False, 0, 2**bits - 1)
+
+
+def min_opset(*grids: Grid) -> int:
+    """Lowest opset whose Q/DQ ops accept all these grids' containers."""
+    return max((_OPSET_FOR_WIDTH[g.width] for g in grids), default=13)
+
+
+def _channel_view(w: np.ndarray, axis: int) -> np.ndarray:
+    """``w`` as (channels, everything else)."""
+    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+
+
+def weight_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Per-channel scales that map each channel's largest magnitude to the grid's edge.
+
+    All-zero channels get scale 1 so that dequantization is exact (0) and no division by zero occurs.
+    """
+    grid = weight_grid(bits)
+    amax = np.abs(_channel_view(w.astype(np.float64), axis)).max(axis=1)
+    scales = amax / grid.qmax
+    return np.where(scales > 0, scales, 1.0).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, bits: int, axis: int, scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(integer levels in the container's numpy type, per-channel float32 scales)."""
+    grid = weight_grid(bits)
+    if scales is None:
+        scales = weight_scales(w, bits, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    # Divide in float32, as QuantizeLinear does, so the levels match what a runtime would compute.
+    q = np.clip(np.rint(w.astype(np.float32) / scales.reshape(shape)), grid.qmin, grid.qmax)
+    return q.astype(grid.numpy_dtype), scales.astype(np.float32)
+
+
+def fake_quant_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """``w`` rounded to the grid and back: what DequantizeLinear of the stored weight gives."""
+    q, scales = quantize_weight(w, bits, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (q.astype(np.float32) * scales.reshape(shape)).astype(w.dtype)
+
+
+def activation_qparams(lo: float, hi: float, grid: Grid) -> tuple[np.float32, int]:
+    """(scale, zero point) that map [lo, hi] — widened to contain 0 — onto the grid."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < 1e-12:
+        return np.float32(1.0), 0 if grid.signed else grid.qmin
+    scale = np.float32((hi - lo) / (grid.qmax - grid.qmin))
+    zero_point = int(np.clip(np.rint(grid.qmin - lo / float(scale)), grid.qmin, grid.qmax))
+    return scale, zero_point
+
+
+def fake_quant_activation(x: np.ndarray, scale: float, zero_point: int, grid: Grid) -> np.ndarray:
+    """QuantizeLinear then DequantizeLinear on the grid (float32 arithmetic, round half to even)."""
+    q = np.clip(np.rint(x.astype(np.float32) / np.float32(scale)) + zero_point, grid.qmin, grid.qmax)
+    return ((q - zero_point) * np.float32(scale)).astype(x.dtype)

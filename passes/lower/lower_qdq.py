@@ -1,0 +1,279 @@
+"""``lower-qdq``: turn the chosen bits into QuantizeLinear/DequantizeLinear and low-bit weights.
+
+Each quantizable layer with bits (``mpqc.bits``, or ``uniform=w8a8`` for all) gets:
+
+- its weight stored as integers in the real container type (INT2/INT4/INT8/INT16) with per-channel
+  scales, behind a DequantizeLinear — the file shrinks by the bit-width;
+- a Q/DQ pair on its activation input, calibrated from ``mpqc.calib.range``. Layers that read the
+  same tensor at the same bit-width share one quantizer; a layer asking for other bits gets its own,
+  so every layer sees exactly the numbers it was searched with;
+- where onnxruntime can run the layer as an integer kernel (8-bit containers on both sides), a Q/DQ
+  pair on its output too — after a following Relu, which onnxruntime then drops, because a quantizer
+  with zero point 0 already clips at zero — and its bias as int32 at scale s_x·s_w, which is what the
+  runtime's QLinearConv/QLinearMatMul fusion needs.
+
+Grids narrower than their container (3, 5, 6, 7 bits) keep their exact levels: weights are rounded on
+the narrow grid, activations get a float Clip to the narrow range before QuantizeLinear.
+
+Everything else stays float: quantizing Add/Mul/Softmax/LayerNorm tensors is where onnxruntime's
+default recipe loses accuracy (PEERS.md). Without calibrated ranges only weights are quantized, and
+the report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc.ir import annotations
+from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.passes.base import Pass, PassError, option
+from mpqc.passes.grid import Grid, activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
+from mpqc.passes.lower.opset import ensure_opset
+from mpqc.passes.registry import register
+
+__all__ = ["LowerQDQ", "parse_bits"]
+
+_BITS = re.compile(r"^w(\d+)a(\d+)$")
+FLOAT_BITS = 32
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """'w4a8' -> (4, 8); a ValueError with the expected form otherwise."""
+    match = _BITS.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"'{text}' is not a bit choice like w8a8 or w4a8")
+    w, a = int(match.group(1)), int(match.group(2))
+    for kind, bits in (("weight", w), ("activation", a)):
+        if not (2 <= bits <= 16 or bits == FLOAT_BITS):
+            raise ValueError(f"{kind} bits {bits} in '{text}' are outside 2..16 (or 32 for float)")
+    return w, a
+
+
+@register
+class LowerQDQ(Pass):
+    name = "lower-qdq"
+    writes = frozenset({"mpqc.bits", "mpqc.report"})
+    preserves = frozenset({"mpqc.pareto", "mpqc.cost.total"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        uniform: str = option("", "one choice for every layer, e.g. w8a8 or w4a8 (empty: read mpqc.bits)")
+        act_signed: bool = option(False, "signed activations (slow on onnxruntime's CPU provider)")
+        fuse_outputs: bool = option(True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels")
+
+        def __post_init__(self) -> None:
+            if self.uniform:
+                parse_bits(self.uniform)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        plan = self._plan(model)
+        if not plan:
+            self.context.note("lower-qdq: no layer has bits to lower; the model stays float")
+            return ir.passes.PassResult(model, modified=False)
+        grids = [weight_grid(w) for _, (w, _) in plan if w != FLOAT_BITS]
+        grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
+        ensure_opset(model, min_opset(*grids))
+        # The upgrade may rebuild the graph: find the layers again by name.
+        by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
+        lowering = _Lowering(model.graph, self.options.act_signed)
+        ranges_missing = False
+        for name, (wbits, abits) in plan:
+            layer = by_name[name]
+            annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
+            if wbits != FLOAT_BITS:
+                lowering.quantize_weight(layer, wbits)
+            if abits != FLOAT_BITS and layer.activation is not None:
+                ranges_missing |= not lowering.quantize_input(layer, abits)
+        if self.options.fuse_outputs:
+            for name, (wbits, abits) in plan:
+                layer = by_name[name]
+                if _fusable(wbits, abits) and layer.activation is not None:
+                    lowering.quantize_output(layer, abits)
+        if ranges_missing:
+            self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
+        report = annotations.REPORT.get(model, {}) or {}
+        report["lowered_layers"] = len(plan)
+        annotations.REPORT.set(model, report)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _plan(self, model: ir.Model) -> list[tuple[str, tuple[int, int]]]:
+        plan = []
+        uniform = parse_bits(self.options.uniform) if self.options.uniform else None
+        for layer in quantizable_layers(model.graph):
+            if uniform is not None:
+                bits = uniform
+            else:
+                chosen = annotations.BITS.get(layer.node)
+                if chosen is None:
+                    continue
+                bits = (int(chosen["w"]), int(chosen["a"]))
+            if bits != (FLOAT_BITS, FLOAT_BITS):
+                plan.append((layer.name, bits))
+        return plan
+
+
+def _fusable(wbits: int, abits: int) -> bool:
+    """onnxruntime's CPU provider has integer kernels for 8-bit containers on both operands."""
+    return 5 <= wbits <= 8 and 5 <= abits <= 8
+
+
+class _Lowering:
+    """Inserts Q/DQ into one graph, sharing quantizers keyed by (tensor, bits)."""
+
+    def __init__(self, graph: ir.Graph, act_signed: bool) -> None:
+        self.graph = graph
+        self.act_signed = act_signed
+        self.weights: dict[tuple[int, int], tuple[ir.Value, np.ndarray]] = {}
+        self.activations: dict[tuple[int, int], ir.Value] = {}
+        #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
+        self.inserted: set[int] = set()
+        self.names = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def _constant(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+        name = self._unique(base)
+        tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
+        value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+        self.graph.register_initializer(value)
+        return value
+
+    def _add(self, node: ir.Node, name: str) -> ir.Value:
+        """Name ``node``'s output uniquely and the node after it (ONNX keeps the namespaces apart)."""
+        out = node.outputs[0]
+        out.name = self._unique(name)
+        node.name = out.name
+        return out
+
+    def _insert_before(self, anchor: ir.Node, *nodes: ir.Node) -> None:
+        self.graph.insert_before(anchor, nodes)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def quantize_weight(self, layer: Layer, bits: int) -> None:
+        weight = layer.weight
+        key = (id(weight), bits)
+        if key not in self.weights:
+            array = layer.weight_array()
+            q, scales = quantize_weight(array, bits, layer.channel_axis)
+            grid = weight_grid(bits)
+            base = weight.name or layer.name
+            q_value = self._constant(f"{base}.w{bits}", q, grid.container)
+            s_value = self._constant(f"{base}.w{bits}.scale", scales)
+            z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container)
+            dq = ir.node(
+                "DequantizeLinear",
+                [q_value, s_value, z_value],
+                {"axis": layer.channel_axis} if scales.size > 1 else {},
+            )
+            out = self._add(dq, f"{base}.w{bits}.dq")
+            out.dtype, out.shape = weight.dtype, weight.shape
+            self.graph.insert_before(layer.node, dq)
+            self.weights[key] = (dq.outputs[0], scales)
+        layer.node.replace_input_with(layer.weight_index, self.weights[key][0])
+        if not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
+            self.graph.initializers.pop(weight.name)
+
+    # -- activations ------------------------------------------------------------------------
+
+    def _quantizer(self, value: ir.Value, bits: int, anchor: ir.Node) -> ir.Value | None:
+        """The DQ output for ``value`` at ``bits`` (created on first use); None without a range."""
+        key = (id(value), bits)
+        if key in self.activations:
+            return self.activations[key]
+        observed = annotations.CALIB_RANGE.get(value)
+        if observed is None:
+            return None
+        grid = activation_grid(bits, self.act_signed)
+        scale, zero_point = activation_qparams(observed["lo"], observed["hi"], grid)
+        base = value.name or "act"
+        s_value = self._constant(f"{base}.a{bits}.scale", np.array(scale, np.float32))
+        z_value = self._constant(f"{base}.a{bits}.zp", np.array(zero_point, grid.numpy_dtype), grid.container)
+        source = value
+        nodes: list[ir.Node] = []
+        if grid.narrow:
+            lo = np.float32((grid.qmin - zero_point) * float(scale))
+            hi = np.float32((grid.qmax - zero_point) * float(scale))
+            clip = ir.node("Clip", [value, self._constant(f"{base}.a{bits}.lo", np.array(lo)), self._constant(f"{base}.a{bits}.hi", np.array(hi))])
+            self._add(clip, f"{base}.a{bits}.clipped")
+            nodes.append(clip)
+            source = clip.outputs[0]
+        q = ir.node("QuantizeLinear", [source, s_value, z_value])
+        self._add(q, f"{base}.a{bits}.q")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], s_value, z_value])
+        out = self._add(dq, f"{base}.a{bits}.dq")
+        out.dtype, out.shape = value.dtype, value.shape
+        nodes += [q, dq]
+        producer = value.producer()
+        if producer is not None and producer.graph is self.graph:
+            self.graph.insert_after(producer, nodes)
+        else:
+            self.graph.insert_before(anchor, nodes)
+        self.inserted.update(id(n) for n in nodes)
+        self.activations[key] = out
+        return out
+
+    def quantize_input(self, layer: Layer, bits: int) -> bool:
+        value = layer.activation
+        assert value is not None and layer.activation_index is not None
+        quantized = self._quantizer(value, bits, layer.node)
+        if quantized is None:
+            return False
+        layer.node.replace_input_with(layer.activation_index, quantized)
+        return True
+
+    def quantize_output(self, layer: Layer, bits: int) -> None:
+        """Q/DQ after the layer (after its Relu, if it has exactly one) and an int32 bias."""
+        out = layer.node.outputs[0]
+        uses = out.uses()
+        target = out
+        if len(uses) == 1 and uses[0].node.op_type == "Relu":
+            target = uses[0].node.outputs[0]
+        if target.is_graph_output() and not target.uses():
+            return  # the model's result stays exactly as the float layer computes it
+        quantized = self._quantizer(target, bits, layer.node)
+        if quantized is None:
+            return
+        for use in list(target.uses()):
+            if id(use.node) not in self.inserted:
+                use.node.replace_input_with(use.idx, quantized)
+        self._quantize_bias(layer)
+
+    def _quantize_bias(self, layer: Layer) -> None:
+        node = layer.node
+        if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
+            return
+        bias = constant_array(node.inputs[2])
+        input_dq = node.inputs[0].producer() if node.inputs[0] is not None else None
+        weight_dq = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if bias is None or input_dq is None or weight_dq is None or bias.ndim != 1:
+            return
+        x_scale = constant_array(input_dq.inputs[1])
+        w_scale = constant_array(weight_dq.inputs[1])
+        if x_scale is None or w_scale is None:
+            return
+        scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
+        scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
+        q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = node.inputs[2].name or layer.name
+        dq = ir.node(
+            "DequantizeLinear",
+            [self._constant(f"{base}.i32", q), self._constant(f"{base}.i32.scale", scale), self._constant(f"{base}.i32.zp", np.zeros(scale.shape, np.int32))],
+            {"axis": 0},
+        )
+        self._add(dq, f"{base}.i32.dq")
+        self.graph.insert_before(node, dq)
+        old = node.inputs[2]
+        node.replace_input_with(2, dq.outputs[0])
+        if old is not None and not old.uses() and old.is_initializer():
+            self.graph.initializers.pop(old.name)
