@@ -173,12 +173,22 @@ class HardwareSpec:
         A ``_signed`` entry is used when ``act_signed`` and the spec has one; a spec without it does not
         distinguish signedness (accelerators), so the plain entry answers.
         """
+        found = self._lookup(wbits, abits, act_signed)
+        if found is None:
+            supported = [precision_key(w, a) for w, a in self.supported_pairs()] + (["float"] if self.runs_float else [])
+            raise UnsupportedPrecisionError(
+                f"spec {self.name!r} cannot run {precision_key(wbits, abits, act_signed)}; supported: {', '.join(supported)}"
+            )
+        return found
+
+    def supports(self, wbits: int | None, abits: int | None) -> bool:
+        return self._lookup(wbits, abits, False) is not None
+
+    def _lookup(self, wbits: int | None, abits: int | None, act_signed: bool) -> Precision | None:
         key = precision_key(wbits, abits, act_signed)
-        if key in self.precisions:
-            return self.precisions[key]
         plain = precision_key(wbits, abits)
-        if plain in self.precisions:
-            return self.precisions[plain]
+        if key in self.precisions or plain in self.precisions:
+            return self.precisions.get(key) or self.precisions[plain]
         if (
             self.bit_scaling is not None
             and wbits is not None
@@ -187,18 +197,7 @@ class HardwareSpec:
             and abits in self.act_bits
         ):
             return self.bit_scaling.derive(wbits, abits)
-        raise UnsupportedPrecisionError(
-            f"spec {self.name!r} cannot run {key}; supported: "
-            + ", ".join(precision_key(w, a) for w, a in self.supported_pairs())
-            + (", float" if self.runs_float else "")
-        )
-
-    def supports(self, wbits: int | None, abits: int | None) -> bool:
-        try:
-            self.precision(wbits, abits)
-        except UnsupportedPrecisionError:
-            return False
-        return True
+        return None
 
     def supported_pairs(
         self, wbits_allowed: "list[int] | tuple[int, ...] | None" = None,
