@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-__all__ = ["ModelError", "ModelLike", "load", "save", "as_kind", "tensor_bytes"]
+__all__ = ["ModelError", "ModelLike", "as_kind", "check_writable", "load", "save", "tensor_bytes"]
 
 #: Anything ``load`` accepts.
 ModelLike = Any  # str | os.PathLike | onnx.ModelProto | onnx_ir.Model | onnx_graphsurgeon.Graph
@@ -88,13 +88,8 @@ def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
     An existing file at ``path`` is replaced only once the new one is complete.
     """
     path = pathlib.Path(path)
-    if path.is_dir():
-        raise ModelError(f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}")
-    parent = path.parent if str(path.parent) else pathlib.Path(".")
-    if not parent.is_dir():
-        raise ModelError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ModelError(f"cannot write {path}: folder {parent} is not writable")
+    check_writable(path)
+    parent = path.parent
     external = tensor_bytes(model) > _PROTOBUF_LIMIT
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(dir=parent, prefix=f".{path.name}.") as tmp:
@@ -106,6 +101,18 @@ def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
             ir.save(model, tmp_model)
         os.replace(tmp_model, path)
     return path
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ModelError unless a model can be written at ``path`` (checked before work starts)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ModelError(f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ModelError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ModelError(f"cannot write {path}: permission denied")
 
 
 def _load_path(path: pathlib.Path) -> ir.Model:

@@ -15,6 +15,7 @@ from mpqc.passes.registry import get, names, register
 # Built-in passes: importing a module registers its passes.
 from mpqc.passes.canonicalize import canonicalize, fold_batchnorm, fold_constants  # noqa: F401  isort: skip
 from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
+from mpqc.passes import verify  # noqa: F401  isort: skip
 
 __all__ = [
     "CalibrationData",

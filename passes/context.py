@@ -28,6 +28,8 @@ class CompileContext:
     calibration: Any = None  # mpqc.passes.data.CalibrationData | None
     #: Held-out samples for verification and exact evaluation; disjoint from ``calibration``.
     held_out: Any = None  # mpqc.passes.data.CalibrationData | None
+    #: The float model as the user gave it (serialized), the reference that verify compares against.
+    reference: bytes | None = None
     #: The target's hardware spec (mpqc.hwspecs.HardwareSpec) or None before one is chosen.
     hw: Any = None
     #: User weight / activation bit-width candidates (intersected with the spec's).

@@ -1,0 +1,146 @@
+"""The ``mpqc`` command: quantize a model for a chip, write it, say what was done.
+
+    mpqc model.onnx --hw arm_a72 -o model.q.onnx --calib calib/ --uniform w8a8
+
+Without a model it compiles mpqc's embedded example (a CNN trained on scikit-learn's digits, with
+its own calibration data and accuracy metric), so a new user sees the whole flow in one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections import Counter
+from typing import Any
+
+from mpqc.cli_support import EXIT_OK, add_ir_dump_arguments, ir_printer, run_command
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpqc",
+        description="Mixed-precision quantization compiler for ONNX.",
+        epilog="Exit codes: 0 ok, 1 bad input (one line on stderr), 2 infeasible constraints.",
+    )
+    parser.add_argument("model", nargs="?", help="float ONNX model (default: the embedded digits CNN)")
+    parser.add_argument("--hw", required=True, help="hardware spec: a bundled name (see mpqc-hw list) or a .yaml path")
+    parser.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    parser.add_argument("--calib", metavar="DIR", help="calibration samples: .npz files (keys = input names) or .npy files")
+    parser.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"], help="activation range estimator")
+    parser.add_argument("--uniform", metavar="wXaY", help="same bits for every layer, e.g. w8a8, w4a8, w8a16")
+    parser.add_argument("--max-size", help="size budget: a ratio of the reference (0.25x) or bytes (3MB)")
+    parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
+    parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
+    parser.add_argument("--max-bops", help="bit-operations budget, e.g. 2G")
+    parser.add_argument("--strategy", help="bit-width search strategy")
+    parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
+    parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+    add_ir_dump_arguments(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and per-pass timing")
+    return parser
+
+
+def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(model, calibration, eval_fn): the user's, or the embedded example's."""
+    if args.model is not None:
+        return args.model, args.calib, None
+    from mpqc import examples
+
+    calibration = args.calib if args.calib is not None else examples.digits_calibration()
+    return str(examples.digits_model_path()), calibration, examples.digits_accuracy
+
+
+def _check_output(output: pathlib.Path, model: Any) -> None:
+    from mpqc.ir import ModelError, check_writable
+
+    check_writable(output)
+    if isinstance(model, str) and pathlib.Path(model).exists() and output.resolve() == pathlib.Path(model).resolve():
+        raise ModelError("the output path is the input model: choose another -o, mpqc never overwrites its input")
+
+
+def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
+    from mpqc.ir import annotations, quantizable_layers
+
+    return {layer.name: annotations.BITS.get(layer.node) for layer in quantizable_layers(result.ir_model.graph) if annotations.BITS.has(layer.node)}
+
+
+def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
+    bits = _layer_bits(result)
+    mix = Counter(f"w{b['w']}a{b['a']}" for b in bits.values())
+    verify = result.report.get("verify", {})
+    lines = [
+        f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",
+        f"  layers      {len(bits)} quantized: " + ", ".join(f"{n}x {k}" for k, n in sorted(mix.items())),
+        f"  size        {input_bytes / 1e6:.3f} MB -> {output_bytes / 1e6:.3f} MB ({output_bytes / max(input_bytes, 1):.2f}x)",
+    ]
+    if "sqnr_db" in verify:
+        lines.append(f"  fidelity    output SQNR {verify['sqnr_db']:.1f} dB" + (f", top-1 agreement {verify['top1_agreement']:.3f}" if "top1_agreement" in verify else "") + f" on {verify.get('samples', 0)} held-out samples")
+    if "task_metric" in verify:
+        lines.append(f"  accuracy    {verify['task_metric']:.4f} (float {verify.get('task_metric_float', float('nan')):.4f})")
+    lines += [f"  note        {note}" for note in result.notes]
+    if args.verbose:
+        lines += [f"  pass        {name:<24} {seconds:8.3f} s" for name, seconds in result.timing]
+    return "\n".join(lines)
+
+
+def _constraints(args: argparse.Namespace) -> dict[str, str]:
+    given = {"size": args.max_size, "latency": args.max_latency, "energy": args.max_energy, "bops": args.max_bops}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    import mpqc
+    from mpqc import ir as mir
+
+    model, calibration, eval_fn = _resolve_model(args)
+    output = pathlib.Path(args.output)
+    _check_output(output, model)
+    result = mpqc.compile(
+        model,
+        hw=args.hw,
+        calibration=calibration,
+        uniform=args.uniform,
+        constraints=_constraints(args) or None,
+        strategy=args.strategy,
+        pipeline=args.pipeline,
+        calibrate_method=args.calib_method,
+        eval_fn=eval_fn,
+        seed=args.seed,
+        instruments=ir_printer(args),
+    )
+    mir.save(result.ir_model, output)
+    input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
+    output_bytes = output.stat().st_size
+    if args.report_json:
+        report = {
+            "model": args.model or "embedded:digits_cnn",
+            "output": str(output),
+            "hw": args.hw,
+            "pipeline": result.pipeline,
+            "bytes": {"input": input_bytes, "output": output_bytes},
+            "bits": _layer_bits(result),
+            "report": dict(result.report),
+            "pareto": result.pareto,
+            "notes": list(result.notes),
+        }
+        from mpqc.ir.annotations import canonical_json
+
+        pathlib.Path(args.report_json).write_text(json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n")
+    if not args.quiet:
+        print(_summary(args, result, input_bytes, output_bytes))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("mpqc", lambda: _run(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""What every mpqc command shares: error handling, IR dump flags, exit codes.
+
+Bad input must give one clear line and exit code 1 (2 for infeasible constraints), with the
+traceback only under ``-v``; unexpected failures say they are internal so the user knows to report
+them. Keeping this in one place makes ``mpqc``, ``mpqc-opt`` and ``mpqc-hw`` behave alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+
+from mpqc.passes.instruments import Instrument, IRPrinter
+
+__all__ = ["EXIT_INFEASIBLE", "EXIT_OK", "EXIT_USER", "add_ir_dump_arguments", "ir_printer", "run_command"]
+
+EXIT_OK, EXIT_USER, EXIT_INFEASIBLE = 0, 1, 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the input is wrong', from every layer."""
+    import onnx_ir as ir
+
+    from mpqc.hwspecs import SpecError
+    from mpqc.ir import ModelError
+    from mpqc.passes import DataError, PassError
+
+    errors: list[type[BaseException]] = [ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError]
+    try:
+        from mpqc.search import SearchError
+
+        errors.append(SearchError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def infeasible_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from mpqc.search import InfeasibleError
+    except ImportError:
+        return ()
+    return (InfeasibleError,)
+
+
+def run_command(prog: str, body: Callable[[], int], verbose: bool) -> int:
+    """Run ``body``; turn exceptions into one line on stderr and an exit code."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_USER
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
+        if isinstance(exc, SystemExit):
+            raise
+        if verbose:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, infeasible_errors()):
+            print(f"{prog}: {first}", file=sys.stderr)
+            return EXIT_INFEASIBLE
+        if isinstance(exc, user_errors()):
+            print(f"{prog}: {first}", file=sys.stderr)
+        else:
+            hint = "" if verbose else " (run with -v for the traceback)"
+            print(f"{prog}: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
+        return EXIT_USER
+
+
+def add_ir_dump_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("IR dumps (MLIR-style)")
+    group.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    group.add_argument("--print-ir-after", metavar="PASS", action="append", default=[], help="print the IR after PASS (repeatable)")
+    group.add_argument("--print-ir-after-change", action="store_true", help="print the IR after passes that changed it")
+    group.add_argument("--ir-dump-dir", metavar="DIR", help="write dumps to DIR/NNN_<pass>.txt instead of stderr")
+
+
+def ir_printer(args: argparse.Namespace) -> list[Instrument]:
+    printer = IRPrinter(
+        after_all=args.print_ir_after_all,
+        after=frozenset(args.print_ir_after),
+        after_change=args.print_ir_after_change,
+        dump_dir=args.ir_dump_dir,
+    )
+    return [printer] if printer.active else []

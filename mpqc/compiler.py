@@ -1,0 +1,110 @@
+"""``mpqc.compile``: the whole compiler behind one call.
+
+It assembles the inputs into a ``CompileContext`` (spec, calibration split into fitting and held-out
+samples, the float reference, seed), picks the pipeline, runs it on a copy of the caller's model and
+returns a ``CompileResult`` whose ``.model`` has the caller's kind. The command line is a thin layer
+over this function, so Python users and the ``mpqc`` command get the same compiler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from mpqc import hwspecs
+from mpqc import ir as mir
+from mpqc.ir import annotations
+from mpqc.passes import CompileContext, PassError, load_calibration
+from mpqc.passes.instruments import Instrument, Timing
+from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
+from mpqc.pipeline import Pipeline
+
+__all__ = ["CompileResult", "compile", "default_pipeline"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileResult:
+    """What a compilation produced: the model (caller's kind), its IR, the front and the report."""
+
+    model: Any
+    ir_model: ir.Model
+    pipeline: str
+    report: Mapping[str, Any]
+    pareto: Mapping[str, Any] | None
+    notes: tuple[str, ...]
+    timing: tuple[tuple[str, float], ...]
+
+
+def default_pipeline(*, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax") -> str:
+    """The pipeline ``mpqc`` runs (DESIGN.md, "The default pipeline")."""
+    steps = ["canonicalize"]
+    if calibrated:
+        steps.append("calibrate" if calibrate_method == "minmax" else f"calibrate{{method={calibrate_method}}}")
+    steps.append(f"lower-qdq{{uniform={uniform}}}")
+    steps.append("verify")
+    return ",".join(steps)
+
+
+def _check_uniform(uniform: str, spec: hwspecs.HardwareSpec) -> None:
+    try:
+        wbits, abits = parse_bits(uniform)
+    except ValueError as exc:
+        raise PassError(str(exc)) from None
+    if wbits != FLOAT_BITS and wbits not in spec.weight_bits:
+        raise PassError(f"{spec.name} does not run {wbits}-bit weights: it supports {', '.join(map(str, spec.weight_bits))}")
+    if abits != FLOAT_BITS and abits not in spec.act_bits:
+        raise PassError(f"{spec.name} does not run {abits}-bit activations: it supports {', '.join(map(str, spec.act_bits))}")
+
+
+def compile(
+    model: Any,
+    *,
+    hw: str | hwspecs.HardwareSpec = "generic",
+    calibration: Any = None,
+    uniform: str | None = None,
+    constraints: Mapping[str, float] | None = None,
+    strategy: str | None = None,
+    pipeline: str | None = None,
+    calibrate_method: str = "minmax",
+    eval_fn: Callable[[Any], float] | None = None,
+    seed: int = 0,
+    instruments: Sequence[Instrument] = (),
+) -> CompileResult:
+    """Quantize ``model`` for the chip ``hw``.
+
+    ``calibration`` is a directory of .npz/.npy files, an onnxruntime CalibrationDataReader or an
+    iterable of input dicts; every fifth sample is held out for verification. ``uniform`` ("w8a8",
+    "w4a8", ...) gives every layer the same bits; ``pipeline`` replaces the default pipeline.
+    """
+    if constraints or strategy:
+        raise PassError("budgets and --strategy need the search pass, which this build does not have yet: use --uniform")
+    spec = hwspecs.load(hw)
+    working = mir.load(model)
+    if working is model:
+        working = working.clone()
+    context = CompileContext(hw=spec, seed=seed, eval_fn=eval_fn)
+    context.reference = ir.to_proto(working).SerializeToString() if mir.tensor_bytes(working) < 2**31 - 2**26 else None
+    if calibration is not None:
+        inputs = [v.name for v in working.graph.inputs if not v.is_initializer()]
+        data = load_calibration(calibration, inputs)
+        data.check(working)
+        context.calibration, context.held_out = data.split()
+    else:
+        context.note("no calibration data: activations stay float and only data-free analysis runs (give --calib DIR)")
+    uniform = uniform or "w8a8"
+    _check_uniform(uniform, spec)
+    text = pipeline or default_pipeline(uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method)
+    timing = Timing()
+    result_ir = Pipeline(text, context, [timing, *instruments]).run_ir(working)
+    return CompileResult(
+        model=mir.as_kind(result_ir, model),
+        ir_model=result_ir,
+        pipeline=text,
+        report=annotations.REPORT.get(result_ir, {}) or {},
+        pareto=annotations.PARETO.get(result_ir),
+        notes=tuple(context.notes),
+        timing=tuple(timing.seconds),
+    )

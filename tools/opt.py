@@ -1,0 +1,111 @@
+"""``mpqc-opt``: run any pipeline on a model, like ``mlir-opt``.
+
+    mpqc-opt model.onnx -p 'canonicalize,calibrate,lower-qdq{uniform=w4a8},verify' -o out.onnx --calib data/
+    mpqc-opt --help-passes
+
+Compiler people use it to run one pass at a time, save annotated models between passes, and read IR
+dumps; the default pipeline of ``mpqc`` is just one pipeline string among others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import typing
+
+from mpqc.cli_support import EXIT_OK, add_ir_dump_arguments, ir_printer, run_command
+
+__all__ = ["main"]
+
+
+def help_passes() -> str:
+    """Every registered pass with its options: type, default and meaning."""
+    from mpqc import passes
+
+    lines = []
+    for name in passes.names():
+        cls = passes.get(name)
+        summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        lines.append(f"{name}\n    {summary}")
+        hints = typing.get_type_hints(cls.Options)
+        for field in dataclasses.fields(cls.Options):
+            kind = getattr(hints[field.name], "__name__", str(hints[field.name])).replace("typing.", "")
+            lines.append(f"    {field.name}: {kind} = {field.default!r}\n        {field.metadata.get('doc', '')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpqc-opt", description="Run an mpqc pass pipeline on an ONNX model.")
+    parser.add_argument("model", nargs="?", help="input ONNX model")
+    parser.add_argument("-p", "--pipeline", help="pipeline string, e.g. 'canonicalize,calibrate,lower-qdq{uniform=w8a8}'")
+    parser.add_argument("-o", "--output", help="where to write the resulting model (omit to only analyse)")
+    parser.add_argument("--hw", help="hardware spec for passes that need one")
+    parser.add_argument("--calib", metavar="DIR", help="calibration samples (.npz/.npy files)")
+    parser.add_argument("--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--help-passes", action="store_true", help="list passes and their options, then exit")
+    add_ir_dump_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _annotations_json(model) -> dict:
+    """Every mpqc annotation of the model, grouped by scope and object name."""
+    from mpqc.ir.annotations import annotated
+
+    out: dict[str, dict[str, dict]] = {"model": {}, "nodes": {}, "values": {}}
+    for obj in annotated(model):
+        props = {k: json.loads(v) for k, v in sorted(obj.metadata_props.items()) if k.startswith("mpqc.")}
+        if not props:
+            continue
+        if obj is model:
+            out["model"].update(props)
+        elif hasattr(obj, "op_type"):
+            out["nodes"][obj.name or obj.outputs[0].name] = props
+        else:
+            out["values"][obj.name] = props
+    return out
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.help_passes:
+        print(help_passes())
+        return EXIT_OK
+    if not args.model or not args.pipeline:
+        parser.error("a model and -p PIPELINE are required (or --help-passes)")
+    from mpqc import hwspecs, ir as mir
+    from mpqc.passes import CompileContext, load_calibration
+    from mpqc.pipeline import Pipeline
+
+    if args.output:
+        mir.check_writable(args.output)
+    model = mir.load(args.model)
+    context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None)
+    context.reference = pathlib.Path(args.model).read_bytes()
+    if args.calib:
+        data = load_calibration(args.calib, [v.name for v in model.graph.inputs])
+        data.check(model)
+        context.calibration, context.held_out = data.split()
+    pipeline = Pipeline(args.pipeline, context, ir_printer(args))
+    model = pipeline.run_ir(model)
+    if args.output:
+        mir.save(model, args.output)
+    if args.report_json:
+        report = {"pipeline": str(pipeline), "notes": context.notes, **_annotations_json(model)}
+        pathlib.Path(args.report_json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    for note in context.notes:
+        print(f"mpqc-opt: note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command("mpqc-opt", lambda: _run(args, parser), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
