@@ -13,15 +13,28 @@ onnx and onnxruntime; the cost model never does.
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import yaml
 from onnx import TensorProto, helper, numpy_helper
+
+from mpqc.hwspecs import load
+from mpqc.hwspecs.errors import SpecError
+from mpqc.hwspecs.fitting import Fit, Sample, fit_line, fit_roofline
+from mpqc.hwspecs.loader import build_spec, deep_merge, locate, resolve, validate_document
+from mpqc.hwspecs.spec import HardwareSpec
+from mpqc.hwspecs.units import format_quantity
 
 OPSET = 21
 """Opset 21 is the first with INT4/UINT16 QDQ, which the emulated-path kernels use."""
@@ -146,8 +159,12 @@ def build_convert_model(elements: int, op: Literal["QuantizeLinear", "Dequantize
     return model
 
 
-def time_model(model: onnx.ModelProto, threads: int, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of one run of ``model`` on onnxruntime's CPU provider."""
+def time_model(model: onnx.ModelProto, threads: int, min_seconds: float, warmup: int = 3) -> float:
+    """Median seconds of one run of ``model`` on onnxruntime's CPU provider.
+
+    Runs repeat until ``min_seconds`` have passed (at least 5, at most 2000 runs): a 10 us kernel gets
+    hundreds of samples and a 10 ms one a handful, so the median is stable on a busy machine either way.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -164,8 +181,9 @@ def time_model(model: onnx.ModelProto, threads: int, repeats: int, warmup: int =
     feeds = {feed_info.name: feed}
     for _ in range(warmup):
         session.run(None, feeds)
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    deadline = time.perf_counter() + min_seconds
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 2000):
         start = time.perf_counter()
         session.run(None, feeds)
         samples.append(time.perf_counter() - start)
@@ -178,3 +196,192 @@ class Measurement:
     precision: str
     threads: int
     seconds: float
+
+
+def build_identity_model() -> onnx.ModelProto:
+    """A one-element Identity: its run time is the session-call cost every measurement includes."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    return model
+
+
+SPEC_KEY = {"float": "float", "u8s8": "w8a8", "s8s8": "w8a8_signed"}
+"""Kernel precision -> the spec precision key its throughput is fitted for."""
+
+
+def compute_kernels(quick: bool) -> list[Kernel]:
+    """Compute-bound shapes (several MMACs, small working sets) plus tiny ones that expose the per-op cost."""
+    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1)]
+    if not quick:
+        kernels += [Kernel("Conv", 128, 128, 14), Kernel("Conv", 32, 32, 56), Kernel("Conv", 128, 128, 28, kernel=1),
+                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16)]
+    return kernels
+
+
+def memory_kernels(capacities: list[tuple[str, float]]) -> list[Kernel]:
+    """One float matrix-vector product per memory level, its weights sized to land in that level.
+
+    A product with one row does one MAC per weight loaded, so it is memory-bound on every CPU; the
+    working set sits between the previous level's capacity and this one's (4x the largest bounded level
+    for the unbounded one)."""
+    kernels, previous = [], 0.0
+    for _, capacity in capacities:
+        target = 4 * previous if capacity == float("inf") else (capacity / 2 if previous == 0 else (previous * capacity) ** 0.5)
+        side = max(16, int((target / 4) ** 0.5) // 16 * 16)
+        kernels.append(Kernel("MatMul", side, side, 1))
+        previous = capacity
+    return kernels
+
+
+def _cost_of_qdq(spec: HardwareSpec, kernel: Kernel) -> float:
+    """The conversions the cost model charges a native quantized layer: Q on its input, DQ on its output."""
+    return spec.overhead("QuantizeLinear").time(kernel.input_elems) + spec.overhead("DequantizeLinear").time(kernel.output_elems)
+
+
+def base_for_machine(machine: str | None = None) -> str:
+    """The bundled spec a profile of this machine extends: Arm -> arm_a72; x86 -> x86_avx512_vnni if the
+    CPU reports VNNI, else x86_avx2."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64") or machine.startswith("armv8"):
+        return "arm_a72"
+    if machine in ("x86_64", "amd64", "i686", "i386", "x86"):
+        cpuinfo = Path("/proc/cpuinfo")
+        flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
+        return "x86_avx512_vnni" if "avx512_vnni" in flags else "x86_avx2"
+    raise SpecError("", "base", f"no bundled spec for machine type {machine!r}", "pass --base NAME with a bundled spec name")
+
+
+def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure this machine and return a spec document extending ``base`` (see module docstring).
+
+    Fits at ``threads`` threads; when that is more than one, the 1-thread fit is also recorded under
+    ``provenance`` so the scaling is visible."""
+    base_spec = load(base)
+    min_seconds = 0.05 if quick else 0.3
+    run_s = time_model(build_identity_model(), 1, min_seconds)
+    log(f"session call: {run_s * 1e6:.1f} us")
+
+    conversions: dict[str, tuple[float, float]] = {}
+    sizes = [1_000, 300_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        times = [time_model(build_convert_model(n, op), 1, min_seconds) for n in sizes]
+        fixed, per_element = fit_line(sizes, times)
+        conversions[op] = (max(fixed - run_s, 0.0), per_element)
+        log(f"{op}: {conversions[op][0] * 1e6:.2f} us + {conversions[op][1] * 1e9:.3f} ns/element")
+    qdq_spec = spec_from_document(deep_merge(resolve(locate(base)), {"overheads": {
+        op: {"fixed": fixed, "per_element": per_el} for op, (fixed, per_el) in conversions.items()}}))
+
+    capacities = [(level.name, level.capacity) for level in base_spec.memory]
+    if quick:  # the unbounded level needs a working set of several times the last cache: slow to build
+        capacities = [(name, capacity) for name, capacity in capacities if capacity != float("inf")]
+    jobs = [(k, p) for k in compute_kernels(quick) for p in ("float", "u8s8", "s8s8")]
+    jobs += [(k, p) for k in memory_kernels(capacities) for p in ("float", "u8s8")]
+    thread_counts = sorted({1, threads})
+    measurements: list[Measurement] = []
+    for count in thread_counts:
+        for kernel, precision in jobs:
+            seconds = time_model(build_model(kernel, precision), count, min_seconds)
+            measurements.append(Measurement(kernel, precision, count, seconds))
+            log(f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us")
+
+    order = list(SPEC_KEY)
+    fits = {count: _fit(base_spec, qdq_spec, run_s, [m for m in measurements if m.threads == count]) for count in thread_counts}
+    chosen = fits[threads]
+    document: dict[str, Any] = {
+        "base": base,
+        "description": (
+            f"Fitted by mpqc-hw profile on this machine ({platform.machine()}, {_cpu_name()}), "
+            f"onnxruntime {ort.__version__}, {threads} thread(s): throughput, bandwidth and overheads measured; "
+            f"energy, capacities, emulated paths and the op table inherited from {base}."
+        ),
+        "threads": threads,
+        "precisions": {SPEC_KEY[p]: {"throughput": format_quantity(chosen.throughput[p], "throughput")} for p in order},
+        "memory": {level: {"bandwidth": format_quantity(b, "bandwidth")} for level, b in chosen.bandwidth.items()},
+        "overheads": {
+            "default": {"fixed": format_quantity(chosen.overhead, "time")},
+            **{op: {"fixed": format_quantity(f, "time"), "per_element": format_quantity(p, "time")} for op, (f, p) in conversions.items()},
+        },
+        "provenance": {
+            "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
+            "onnxruntime": ort.__version__,
+            "machine": platform.machine(),
+            "seconds_per_kernel": min_seconds,
+            "session_call_us": round(run_s * 1e6, 3),
+            "fits": {
+                f"threads_{count}": {
+                    "overhead_us": round(fit.overhead * 1e6, 3),
+                    "throughput_GMAC_s": {SPEC_KEY[p]: round(fit.throughput[p] / 1e9, 3) for p in order},
+                    "bandwidth_GB_s": {l: round(b / 1e9, 3) for l, b in fit.bandwidth.items()},
+                    "rms_log_error": round(fit.rms_log_error, 4),
+                }
+                for count, fit in fits.items()
+            },
+            "measurements_us": [
+                f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}" for m in measurements
+            ],
+        },
+    }
+    return document
+
+
+def _fit(base_spec: HardwareSpec, qdq_spec: HardwareSpec, run_s: float, measurements: list[Measurement]) -> Fit:
+    samples = []
+    for m in measurements:
+        moved = m.kernel.moved_bytes(m.precision)  # type: ignore[arg-type]
+        qdq = 0.0 if m.precision == "float" else _cost_of_qdq(qdq_spec, m.kernel)
+        samples.append(Sample(m.seconds, m.kernel.macs, moved, m.precision, base_spec.memory_level_for(moved).name, run_s + qdq))
+    return fit_roofline(
+        samples,
+        prior_overhead=base_spec.overhead("Conv").fixed,
+        prior_throughput={p: base_spec.precision(*_PAIR[p]).throughput for p in SPEC_KEY},
+        prior_bandwidth={level.name: level.bandwidth for level in base_spec.memory},
+    )
+
+
+_PAIR = {"float": (None, None, False), "u8s8": (8, 8, False), "s8s8": (8, 8, True)}
+
+
+def spec_from_document(document: dict[str, Any]) -> HardwareSpec:
+    """A spec from an in-memory document (the base with the measured Q/DQ overheads merged in)."""
+    path = Path("<profile>")
+    validate_document(path, document)
+    return build_spec(path, document)
+
+
+def write_spec(document: dict[str, Any], path: Path, header: str) -> None:
+    """Write ``document`` as spec YAML, atomically: a temp file in the same directory is written,
+    validated by loading it back, then moved over ``path`` (an existing file is only ever replaced whole)."""
+    path = Path(path)
+    document = {"name": _name_for(path), **document}
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".yaml", dir=path.parent if str(path.parent) else ".")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        spec_doc = resolve(temp)
+        validate_document(path, spec_doc)
+        build_spec(path, spec_doc)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _name_for(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip("_.-")
+    return name or "profiled"

@@ -63,3 +63,26 @@ def to_base(value: float | int | str, dimension: str) -> float:
     if match is None or match.group(2) not in UNITS[dimension]:
         raise ValueError(f"{value!r} is not a {dimension} ({allowed_units(dimension)})")
     return float(match.group(1)) * UNITS[dimension][match.group(2)]
+
+
+_DISPLAY = {
+    "throughput": ["MAC/s", "kMAC/s", "MMAC/s", "GMAC/s", "TMAC/s"],
+    "bandwidth": ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"],
+    "bytes": ["B", "KiB", "MiB", "GiB"],
+    "energy": ["fJ", "pJ", "nJ", "uJ", "mJ", "J"],
+    "time": ["ns", "us", "ms", "s"],
+}
+
+
+def format_quantity(value: float, dimension: str, digits: int = 4) -> str:
+    """``value`` (base unit) as a readable quantity string that ``to_base`` parses back, e.g. '47.9 GMAC/s'."""
+    if value == 0:
+        return f"0 {BASE_UNIT[dimension]}"
+    if value == float("inf"):
+        return "unbounded"
+    choices = [(UNITS[dimension][u], u) for u in _DISPLAY[dimension]]
+    factor, unit = choices[0]
+    for f, u in choices:
+        if value >= f:
+            factor, unit = f, u
+    return f"{value / factor:.{digits}g} {unit}"
