@@ -14,8 +14,10 @@ from mpqc.passes.registry import get, names, register
 
 # Built-in passes: importing a module registers its passes.
 from mpqc.passes.canonicalize import canonicalize, fold_batchnorm, fold_constants  # noqa: F401  isort: skip
+from mpqc.passes.analysis import calibrate  # noqa: F401
 from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
 from mpqc.passes import verify  # noqa: F401  isort: skip
+from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
 
 __all__ = [
     "CalibrationData",

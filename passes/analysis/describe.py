@@ -1,0 +1,119 @@
+"""From IR layers to ``LayerDesc``: the facts the cost model and the search need, with static shapes.
+
+The cost model knows nothing of ONNX, so this is where shapes become MACs and element counts. Costs
+need concrete sizes: symbolic dims are resolved from the user's ``--shape`` overrides; a leading
+symbolic dim of a graph input is taken to be the batch and set to 1 (with a note), and any other
+unresolved dim is an error that names it, because guessing a sequence length or image size would
+make every latency number fiction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import onnx
+import onnx_ir as ir
+
+from mpqc.hwspecs import LayerDesc
+from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.base import PassError
+from mpqc.passes.context import CompileContext
+
+__all__ = ["describe", "static_shapes"]
+
+
+def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of every tensor, by name, after resolving symbolic input dims."""
+    proto = ir.to_proto(model)
+    overrides: Mapping[str, int] = context.shapes
+    batch_assumed = []
+    for value in proto.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                continue
+            name = dim.dim_param
+            if name in overrides:
+                dim.dim_value = int(overrides[name])
+            elif axis == 0:
+                dim.dim_value = 1
+                batch_assumed.append(name or value.name)
+            else:
+                raise PassError(
+                    f"input '{value.name}' has a symbolic dim '{name or '?'}' at axis {axis}: "
+                    f"give its size with --shape {name or 'DIM'}=SIZE"
+                )
+    if batch_assumed:
+        context.note(f"cost: batch dim {', '.join(sorted(set(batch_assumed)))} taken as 1 (override with --shape)")
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+        elif value.type.tensor_type.HasField("shape") and not dims:
+            shapes[value.name] = ()
+    return shapes
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], value: ir.Value | None, layer: Layer) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if value.const_value is not None:
+        return tuple(value.const_value.shape.numpy())
+    if value.name not in shapes:
+        raise PassError(f"layer '{layer.name}': the shape of '{value.name}' is not static; give symbolic dims with --shape NAME=SIZE")
+    return shapes[value.name]
+
+
+def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
+    node = layer.node
+    weight = layer.weight_array()
+    out_shape = _shape(shapes, node.outputs[0], layer)
+    in_shape = _shape(shapes, node.inputs[0], layer) if layer.activation_index is not None else _shape(shapes, node.inputs[1], layer)
+    out_elems, in_elems = math.prod(out_shape), math.prod(in_shape)
+    bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.op_type in ("Conv", "ConvTranspose", "Gemm") else None
+    bias_params = int(bias.size) if bias is not None else 0
+    op = node.op_type
+    kernel = stride = None
+    groups, c_in, c_out = 1, None, None
+    if op == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        c_out, c_in = weight.shape[0], weight.shape[1] * groups
+        kernel = tuple(weight.shape[2:])
+        stride = tuple(node.attributes.get_ints("strides", [1] * len(kernel)))
+        macs = out_elems * weight.shape[1] * math.prod(kernel)
+    elif op == "ConvTranspose":
+        groups = node.attributes.get_int("group", 1)
+        c_in, c_out = weight.shape[0], weight.shape[1] * groups
+        kernel = tuple(weight.shape[2:])
+        stride = tuple(node.attributes.get_ints("strides", [1] * len(kernel)))
+        macs = in_elems * weight.shape[1] * math.prod(kernel)
+    elif op in ("Gemm", "MatMul"):
+        k_axis = 1 if (op == "Gemm" and node.attributes.get_int("transB", 0)) else -2
+        k = weight.shape[k_axis]
+        c_in, c_out = k, weight.shape[layer.channel_axis]
+        macs = out_elems * k
+    elif op in ("LSTM", "GRU"):
+        recurrence = constant_array(node.inputs[2])
+        steps = in_shape[0] * in_shape[1] if len(in_shape) >= 2 else 1
+        macs = steps * (weight.size + (recurrence.size if recurrence is not None else 0))
+        c_in, c_out = weight.shape[-1], weight.shape[1]
+    else:  # Gather: a table lookup moves rows, it multiplies nothing
+        macs = 0
+        c_out = weight.shape[0]
+    return LayerDesc(
+        name=layer.name,
+        op_type=op,
+        macs=int(macs),
+        weight_params=int(weight.size),
+        input_elems=int(in_elems),
+        output_elems=int(out_elems),
+        bias_params=bias_params,
+        kernel=kernel,
+        stride=stride,
+        groups=int(groups),
+        depthwise=op == "Conv" and groups > 1 and groups == c_in,
+        c_in=None if c_in is None else int(c_in),
+        c_out=None if c_out is None else int(c_out),
+    )
