@@ -18,6 +18,7 @@ from mpqc.passes.analysis import calibrate  # noqa: F401
 from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
 from mpqc.passes import verify  # noqa: F401  isort: skip
 from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
+from mpqc.passes import search  # noqa: F401  isort: skip
 
 __all__ = [
     "CalibrationData",

@@ -10,7 +10,9 @@ The grammar is xDSL's, with commas between options::
 
 Values are converted by the type of the ``Options`` field (int, float, bool, str, Literal, tuples,
 optionals), so a typo or a wrong type fails at parse time with the option's name and allowed values,
-before anything runs. Printing writes only options that differ from their defaults, in field order;
+before anything runs. A pass that forwards options to a component chosen by another option (the
+``search`` pass and its strategies) declares an ``extra: tuple[tuple[str, str], ...]`` field: unknown
+keys land there as text, and the pass validates them against the component it picked. Printing writes only options that differ from their defaults, in field order;
 ``parse(format(p))`` rebuilds ``p`` exactly.
 """
 
@@ -30,6 +32,9 @@ __all__ = ["PipelineSpec", "format_pass", "format_pipeline", "parse_pipeline", "
 
 #: A parsed pipeline: (pass class, options) per step, not yet bound to a context.
 PipelineSpec = list[tuple[type[Pass], Any]]
+
+#: Name of the Options field that collects options the pass forwards (see module docstring).
+EXTRA = "extra"
 
 _TOKEN = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*")
 
@@ -54,7 +59,10 @@ def format_pass(p: Pass | tuple[type[Pass], Any]) -> str:
         value = getattr(options, field.name)
         if field.default is not dataclasses.MISSING and value == field.default:
             continue
-        items.append(f"{field.name}={_format_value(value)}")
+        if field.name == EXTRA:
+            items += [f"{k}={v}" for k, v in value]
+        else:
+            items.append(f"{field.name}={_format_value(value)}")
     return cls.name + ("{" + ",".join(items) + "}" if items else "")
 
 
@@ -155,22 +163,29 @@ class _Parser:
 def _make_options(cls: type[Pass], raw: dict[str, str | list[str]]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls.Options)}
     hints = typing.get_type_hints(cls.Options)
-    values = {}
+    values: dict[str, Any] = {}
+    extra = []
     for key, text in raw.items():
-        if key not in fields:
-            known = ", ".join(fields) or "none"
+        if key not in fields or key == EXTRA:
+            if EXTRA in fields and key != EXTRA:
+                extra.append((key, _format_value(text) if isinstance(text, list) else text))
+                continue
+            known = ", ".join(f for f in fields if f != EXTRA) or "none"
             raise PassError(f"pass '{cls.name}' has no option '{key}' (options: {known})")
         try:
-            values[key] = _convert(text, hints[key])
+            values[key] = convert_option(text, hints[key])
         except ValueError as exc:
             raise PassError(f"pass '{cls.name}', option '{key}': {exc}") from None
+    if extra:
+        values[EXTRA] = tuple(extra)
     try:
         return cls.Options(**values)
     except (TypeError, ValueError) as exc:
         raise PassError(f"pass '{cls.name}': {exc}") from None
 
 
-def _convert(text: str | list[str], hint: Any) -> Any:
+def convert_option(text: str | list[str], hint: Any) -> Any:
+    """Text from a pipeline string -> a value of type ``hint`` (ValueError saying what was expected)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -181,14 +196,14 @@ def _convert(text: str | list[str], hint: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(text, arg)
+                return convert_option(text, arg)
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError("; ".join(errors))
     if origin is tuple:
         items = text if isinstance(text, list) else [text]
         item_type = args[0] if args else str
-        return tuple(_convert(item, item_type) for item in items)
+        return tuple(convert_option(item, item_type) for item in items)
     if isinstance(text, list):
         raise ValueError(f"expected one value, got a list [{','.join(text)}]")
     if origin is typing.Literal:
