@@ -118,7 +118,10 @@ def resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return document
     if not isinstance(base, str) or not base:
         raise SpecError(path, "base", f"expected a spec name or path, got {base!r}", "a bundled name or a YAML path")
-    base_path = locate(base, relative_to=path)
+    try:
+        base_path = locate(base, relative_to=path)
+    except SpecError as exc:
+        raise SpecError(path, "base", f"{base!r}: {exc.problem}", exc.allowed) from None
     if base_path in chain or base_path == path:
         cycle = " -> ".join(p.name for p in (*chain, path, base_path))
         raise SpecError(path, "base", f"inheritance cycle {cycle}", "a chain of bases that ends in a spec without base:")
@@ -153,15 +156,16 @@ def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
         allowed = sorted(schema_.get("properties", {}))
         extra = sorted(set(instance) - set(allowed))
         return SpecError(path, _field_path([*where, extra[0]]), "unknown field", ", ".join(allowed))
-    if validator == "propertyNames":
-        bad = next(k for k in instance if not re.search(schema_["propertyNames"]["pattern"], str(k)))
-        return SpecError(path, _field_path([*where, bad]), "key not allowed", schema_["propertyNames"].get("description"))
+    if "propertyNames" in error.schema_path:  # jsonschema reports the bad key as the instance
+        return SpecError(path, _field_path([*where, instance]), "key not allowed", described)
     if validator == "type":
         return SpecError(path, _field_path(where), f"expected {error.validator_value}, got {instance!r}", described)
     if validator == "enum":
         return SpecError(path, _field_path(where), f"{instance!r} is not allowed", described or str(error.validator_value))
-    if validator in ("anyOf", "oneOf"):
-        return SpecError(path, _field_path(where), f"{instance!r} is not valid", described)
+    if validator in ("anyOf", "oneOf", "pattern"):
+        negative = isinstance(instance, (int, float)) and not isinstance(instance, bool) and instance < 0
+        problem = f"negative value {instance!r}" if negative else f"{instance!r} is not valid"
+        return SpecError(path, _field_path(where), problem, described)
     return SpecError(path, _field_path(where), error.message, described)
 
 

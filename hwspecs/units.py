@@ -43,16 +43,19 @@ def pattern(dimension: str) -> str:
     return rf"^\s*{_NUMBER}\s*({units})\s*$"
 
 
+_EXAMPLE = {"throughput": "48 GMAC/s", "bandwidth": "12.8 GB/s", "bytes": "1 MiB", "energy": "0.5 pJ", "time": "2 us"}
+_COMMON = {
+    "throughput": "MAC/s, GMAC/s, TMAC/s, GOP/s, TOPS",
+    "bandwidth": "B/s, MB/s, GB/s, GiB/s",
+    "bytes": "B, KiB, MiB, kB, MB",
+    "energy": "J, nJ, pJ, fJ",
+    "time": "s, ms, us, ns",
+}
+
+
 def allowed_units(dimension: str) -> str:
     """A short human list of accepted units, for error messages and docs."""
-    common = {
-        "throughput": "MAC/s, GMAC/s, TMAC/s, GOP/s, TOPS",
-        "bandwidth": "B/s, MB/s, GB/s, GiB/s",
-        "bytes": "B, KiB, MiB, kB, MB",
-        "energy": "J, nJ, pJ, fJ",
-        "time": "s, ms, us, ns",
-    }[dimension]
-    return f"a number in {BASE_UNIT[dimension]} or a string such as '12 {common.split(', ')[-2]}' ({common}, ...)"
+    return f"a non-negative number in {BASE_UNIT[dimension]} or a string such as '{_EXAMPLE[dimension]}' ({_COMMON[dimension]}, ...)"
 
 
 def to_base(value: float | int | str, dimension: str) -> float:

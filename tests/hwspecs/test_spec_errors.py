@@ -1,0 +1,164 @@
+"""Every kind of bad spec is a one-line SpecError naming the file, the field and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mpqc import hwspecs
+from mpqc.hwspecs import SpecError
+from mpqc.hwspecs.loader import MAX_SPEC_BYTES
+
+MINIMAL: dict[str, Any] = {
+    "description": "a test chip",
+    "bits": {"weights": [4, 8], "activations": [8]},
+    "precisions": {
+        "float": {"throughput": "10 GMAC/s", "energy_per_mac": "5 pJ"},
+        "w8a8": {"throughput": "20 GMAC/s", "energy_per_mac": "2 pJ"},
+        "w4a8": {"emulated_as": "w8a8"},
+    },
+    "memory": {"cache": {"capacity": "1 MiB", "bandwidth": "50 GB/s", "energy_per_byte": "5 pJ"},
+               "dram": {"bandwidth": "10 GB/s", "energy_per_byte": "100 pJ"}},
+}
+
+
+def write(tmp_path: Path, document: Any, name: str = "chip.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """MINIMAL with the field at dotted ``path`` set to ``value`` (``...`` deletes it)."""
+    document = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    *parents, last = path.split(".")
+    node = document
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return document
+
+
+def expect_error(path: Path, *fragments: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        hwspecs.validate(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+def test_minimal_spec_loads(tmp_path: Path) -> None:
+    spec = hwspecs.validate(write(tmp_path, MINIMAL))
+    assert spec.name == "chip"
+    assert spec.precision(8, 8).throughput == 20e9
+    assert spec.precision(4, 8).throughput == 20e9 and not spec.precision(4, 8).native
+    assert [level.name for level in spec.memory] == ["cache", "dram"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragments"),
+    [
+        ("description", ..., ["description: missing required field"]),
+        ("memory.dram.bandwidth", ..., ["memory.dram.bandwidth: missing required field"]),
+        ("colour", "red", ["colour: unknown field", "allowed: base, bit_scaling, bits, description"]),
+        ("precisions.w8a8.speed", 3, ["precisions.w8a8.speed: unknown field", "throughput"]),
+        ("precisions.w8a8.throughput", [1, 2], ["precisions.w8a8.throughput", "GMAC/s"]),
+        ("precisions.w8a8.throughput", "20 GB/s", ["precisions.w8a8.throughput", "'20 GB/s' is not valid", "GMAC/s"]),
+        ("memory.dram.bandwidth", "10 pJ", ["memory.dram.bandwidth", "B/s"]),
+        ("memory.cache.capacity", "1 MiB/s", ["memory.cache.capacity", "MiB"]),
+        ("precisions.w8a8.throughput", -5, ["precisions.w8a8.throughput", "-5"]),
+        ("precisions.w8a8.throughput", "0 GMAC/s", ["precisions.w8a8.throughput", "greater than zero"]),
+        ("memory.dram.bandwidth", 0, ["memory.dram.bandwidth", "greater than zero"]),
+        ("precisions.w8a8.energy_per_mac", True, ["precisions.w8a8.energy_per_mac"]),
+        ("bits.weights", [4, 32], ["bits.weights[1]", "32 is not allowed", "1..16"]),
+        ("bits.weights", [0, 8], ["bits.weights[0]", "0 is not allowed"]),
+        ("bits.weights", [4.5], ["bits.weights[0]"]),
+        ("bits.weights", [], ["bits.weights", "non-empty"]),
+        ("bits.weights", "8", ["bits.weights", "expected array"]),
+        ("precisions.w32a8", {"throughput": 1, "energy_per_mac": 0}, ["precisions.w32a8: key not allowed", "W, A in 1..16"]),
+        ("precisions.w16a8", {"throughput": 1, "energy_per_mac": 0}, ["precisions.w16a8", "weight bits 16 not in bits.weights"]),
+        ("precisions.w4a8", {"note": "no numbers"}, ["precisions.w4a8", "emulated_as"]),
+        ("precisions.w4a8.emulated_as", "w2a2", ["precisions.w4a8.emulated_as", "'w2a2' is not a precision", "float, w4a8, w8a8"]),
+        ("precisions.w8a8", {"emulated_as": "w4a8"}, ["emulation cycle"]),
+        ("precisions.float.weight_unpack", "1 ns", ["precisions.float.weight_unpack", "only an emulated pair"]),
+        ("memory.cache.capacity", ..., ["memory", "only one level may be unbounded"]),
+        ("ops", {"Conv": ["int8 * int8 => int32"]}, ["ops.Conv[0]", "instruction 'in1,in2 -> out'"]),
+        ("ops", {"conv": ["int8 -> int32"]}, ["ops.conv: key not allowed", "ONNX op type"]),
+        ("overheads", {"Conv": {"fixed": "2 GB"}}, ["overheads.Conv.fixed", "us"]),
+        ("bit_scaling", {"anchor": "w16a16"}, ["bit_scaling.anchor", "not a native precision", "w8a8"]),
+        ("threads", 0, ["threads", "0"]),
+    ],
+)
+def test_bad_field_is_named(tmp_path: Path, field: str, value: Any, fragments: list[str]) -> None:
+    expect_error(write(tmp_path, with_change(field, value)), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("- a\n- b\n", "top level is list, not a mapping"),
+        ("just a string\n", "top level is str, not a mapping"),
+        ("", "top level is empty, not a mapping"),
+        ("a: [1, 2\n", "invalid YAML at line"),
+        ("a: !!python/object:os.system ls\n", "invalid YAML"),
+    ],
+)
+def test_yaml_that_is_not_a_spec_mapping(tmp_path: Path, text: str, fragment: str) -> None:
+    expect_error(write(tmp_path, text), fragment)
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("# padding\n" * (MAX_SPEC_BYTES // 10 + 1))
+    expect_error(path, "too large", "1 MiB")
+
+
+def test_binary_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.yaml"
+    path.write_bytes(b"\x08\x07\x12\x00\x01onnx")
+    expect_error(path, "binary content")
+
+
+def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("description: caf\xe9\n".encode("latin-1"))
+    expect_error(path, "not UTF-8")
+
+
+def test_base_cycle_is_detected(tmp_path: Path) -> None:
+    write(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    with pytest.raises(SpecError, match=r"b\.yaml: base: inheritance cycle a\.yaml -> b\.yaml -> a\.yaml"):
+        hwspecs.validate(tmp_path / "a.yaml")
+
+
+def test_self_base_is_a_cycle(tmp_path: Path) -> None:
+    expect_error(write(tmp_path, {"base": "self.yaml"}, "self.yaml"), "inheritance cycle")
+
+
+def test_missing_base_file_and_unknown_base_name(tmp_path: Path) -> None:
+    expect_error(write(tmp_path, {"base": "nowhere.yaml", "description": "x"}), "base: 'nowhere.yaml': no such spec file")
+    expect_error(write(tmp_path, {"base": "x86_avx3"}, "other.yaml"), "base: 'x86_avx3': unknown spec name; allowed: arm_a72")
+
+
+def test_unknown_name_and_missing_path() -> None:
+    with pytest.raises(SpecError, match="nonexistent: unknown spec name; allowed: arm_a72"):
+        hwspecs.load("nonexistent")
+    with pytest.raises(SpecError, match="no such spec file"):
+        hwspecs.load("/nonexistent/chip.yaml")
+
+
+def test_error_inherited_from_base_is_reported_against_the_child(tmp_path: Path) -> None:
+    broken = with_change("memory.dram.bandwidth", "fast")
+    write(tmp_path, broken, "parent.yaml")
+    child = write(tmp_path, {"base": "parent.yaml", "description": "child"}, "child.yaml")
+    expect_error(child, "memory.dram.bandwidth")
