@@ -9,8 +9,10 @@ Each quantizable layer with bits (``mpqc.bits``, or ``uniform=w8a8`` for all) ge
   so every layer sees exactly the numbers it was searched with;
 - where onnxruntime can run the layer as an integer kernel (8-bit containers on both sides), a Q/DQ
   pair on its output too — after a following Relu, which onnxruntime then drops, because a quantizer
-  with zero point 0 already clips at zero — and its bias as int32 at scale s_x·s_w, which is what the
-  runtime's QLinearConv/QLinearMatMul fusion needs.
+  with zero point 0 already clips at zero;
+- when both its input and weight are quantized, its bias as int32 at scale s_x·s_w, which is what
+  the runtime's QLinearConv/QGemm fusion needs (and, where that would overflow int32, at a wider
+  scale: see ``_Lowering.quantize_bias``).
 
 Grids narrower than their container (3, 5, 6, 7 bits) keep their exact levels: weights are rounded on
 the narrow grid, activations get a float Clip to the narrow range before QuantizeLinear.
@@ -93,6 +95,8 @@ class LowerQDQ(Pass):
                 layer = by_name[name]
                 if _fusable(wbits, abits) and layer.activation is not None:
                     lowering.quantize_output(layer, abits)
+        for name, _ in plan:
+            lowering.quantize_bias(by_name[name])
         if ranges_missing:
             self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
         report = annotations.REPORT.get(model, {}) or {}
@@ -114,6 +118,18 @@ class LowerQDQ(Pass):
             if bits != (FLOAT_BITS, FLOAT_BITS):
                 plan.append((layer.name, bits))
         return plan
+
+
+def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
+    """The scale of the DequantizeLinear that produces ``value``, or None if it is not one."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    return constant_array(producer.inputs[1])
+
+
+#: Weight containers that onnxruntime's QDQ fusion mishandles (see ``_dequantize_then_scale``).
+_UNFUSABLE_CONTAINERS = frozenset({ir.DataType.INT2, ir.DataType.UINT2})
 
 
 def _fusable(wbits: int, abits: int) -> bool:
@@ -169,20 +185,43 @@ class _Lowering:
             grid = weight_grid(bits)
             base = weight.name or layer.name
             q_value = self._constant(f"{base}.w{bits}", q, grid.container)
-            s_value = self._constant(f"{base}.w{bits}.scale", scales)
-            z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container)
-            dq = ir.node(
-                "DequantizeLinear",
-                [q_value, s_value, z_value],
-                {"axis": layer.channel_axis} if scales.size > 1 else {},
-            )
-            out = self._add(dq, f"{base}.w{bits}.dq")
+            if grid.container in _UNFUSABLE_CONTAINERS:
+                nodes = self._dequantize_then_scale(base, bits, q_value, scales, layer.channel_axis, len(array.shape))
+            else:
+                s_value = self._constant(f"{base}.w{bits}.scale", scales)
+                z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container)
+                dq = ir.node(
+                    "DequantizeLinear",
+                    [q_value, s_value, z_value],
+                    {"axis": layer.channel_axis} if scales.size > 1 else {},
+                )
+                self._add(dq, f"{base}.w{bits}.dq")
+                nodes = [dq]
+            out = nodes[-1].outputs[0]
             out.dtype, out.shape = weight.dtype, weight.shape
-            self.graph.insert_before(layer.node, dq)
-            self.weights[key] = (dq.outputs[0], scales)
+            self.graph.insert_before(layer.node, nodes)
+            self.weights[key] = (out, scales)
         layer.node.replace_input_with(layer.weight_index, self.weights[key][0])
         if not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
             self.graph.initializers.pop(weight.name)
+
+    def _dequantize_then_scale(self, base: str, bits: int, q_value: ir.Value, scales: np.ndarray, axis: int, rank: int) -> list[ir.Node]:
+        """DequantizeLinear at unit scale, then a Mul by the per-channel scales.
+
+        onnxruntime's QDQ fusion turns DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear into
+        QLinearConv/QLinearMatMul without checking the weight type, and the session then fails to
+        load because those kernels take no INT2 weights. A Mul between the weight's DQ and the layer
+        hides the pattern; the numbers are the same (q * s in float32, as DequantizeLinear computes).
+        """
+        one = self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32))
+        levels = ir.node("DequantizeLinear", [q_value, one])
+        self._add(levels, f"{base}.w{bits}.levels")
+        shape = [1] * rank
+        shape[axis] = -1
+        s_value = self._constant(f"{base}.w{bits}.scale", scales.reshape(shape))
+        scaled = ir.node("Mul", [levels.outputs[0], s_value])
+        self._add(scaled, f"{base}.w{bits}.dq")
+        return [levels, scaled]
 
     # -- activations ------------------------------------------------------------------------
 
@@ -233,7 +272,7 @@ class _Lowering:
         return True
 
     def quantize_output(self, layer: Layer, bits: int) -> None:
-        """Q/DQ after the layer (after its Relu, if it has exactly one) and an int32 bias."""
+        """Q/DQ after the layer (after its Relu, if it has exactly one)."""
         out = layer.node.outputs[0]
         uses = out.uses()
         target = out
@@ -247,28 +286,31 @@ class _Lowering:
         for use in list(target.uses()):
             if id(use.node) not in self.inserted:
                 use.node.replace_input_with(use.idx, quantized)
-        self._quantize_bias(layer)
 
-    def _quantize_bias(self, layer: Layer) -> None:
+    def quantize_bias(self, layer: Layer) -> None:
+        """The float bias of a Conv/Gemm whose input and weight are both dequantized, as int32 behind a DQ.
+
+        At scale s_x·s_w the bias is what onnxruntime's QLinearConv/QGemm fusion needs. Layers that do
+        not fuse need it too: onnxruntime's BiasQuantization rewrites a float bias between two DQ'd
+        operands into int32 at s_x·s_w itself, without a range check, and with 16-bit grids
+        (s_x·s_w around 1e-9) the int32 saturates and the output is wrong. Channels whose bias would
+        not fit get a wider scale instead, |b| / 2^30, which keeps 30 bits of the float bias.
+        """
         node = layer.node
         if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
             return
         bias = constant_array(node.inputs[2])
-        input_dq = node.inputs[0].producer() if node.inputs[0] is not None else None
-        weight_dq = node.inputs[1].producer() if node.inputs[1] is not None else None
-        if bias is None or input_dq is None or weight_dq is None or bias.ndim != 1:
+        x_scale = _dequantize_scale(node.inputs[0])
+        w_scale = _dequantize_scale(node.inputs[1])
+        if bias is None or bias.ndim != 1 or x_scale is None or w_scale is None or x_scale.size != 1:
             return
-        x_scale = constant_array(input_dq.inputs[1])
-        w_scale = constant_array(weight_dq.inputs[1])
-        if x_scale is None or w_scale is None:
-            return
-        scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
-        scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
-        q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        scale = np.broadcast_to(np.float32(x_scale.reshape(())) * w_scale.astype(np.float32).reshape(-1), bias.shape)
+        scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(np.float32)
+        q = np.rint(bias / scale).astype(np.int32)
         base = node.inputs[2].name or layer.name
         dq = ir.node(
             "DequantizeLinear",
-            [self._constant(f"{base}.i32", q), self._constant(f"{base}.i32.scale", scale), self._constant(f"{base}.i32.zp", np.zeros(scale.shape, np.int32))],
+            [self._constant(f"{base}.i32", q), self._constant(f"{base}.i32.scale", scale)],  # zero point 0 by default
             {"axis": 0},
         )
         self._add(dq, f"{base}.i32.dq")
