@@ -1,0 +1,61 @@
+"""What a model costs: file size and latency on onnxruntime's CPU provider.
+
+Latency is the median, over repeats, of the mean time per sample over a fixed handful of evaluation
+inputs, after warm-up, with ``intra_op_num_threads`` pinned (1 and 2 in the benchmark) and one
+inter-op thread, full graph optimization. Medians resist the noise of a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from bench.tasks.base import Inputs, Runner
+
+
+def session(model: Path, threads: int) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count and quiet logging (shape warnings are not news)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def runner(sess: ort.InferenceSession, output_names: Sequence[str] | None = None) -> Runner:
+    """A task runner over a session: one input dict in, the requested outputs out."""
+    names = list(output_names) if output_names else None
+    return lambda inputs: sess.run(names, inputs)
+
+
+def file_size_mb(model: Path) -> float:
+    """Bytes on disk (the model file plus any external-data files it names), in MB (10^6 bytes)."""
+    total = model.stat().st_size
+    proto = onnx.load(str(model), load_external_data=False)
+    locations = {entry.value for tensor in proto.graph.initializer
+                 for entry in tensor.external_data if entry.key == "location"}
+    total += sum((model.parent / location).stat().st_size for location in locations)
+    return total / 1e6
+
+
+def latency_ms(model: Path, inputs: Sequence[Inputs], threads: int, repeats: int = 10,
+               warmup: int = 2) -> float:
+    """Median over ``repeats`` of the mean milliseconds per sample over ``inputs``."""
+    sess = session(model, threads)
+    for _ in range(warmup):
+        for sample in inputs:
+            sess.run(None, sample)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for sample in inputs:
+            sess.run(None, sample)
+        timings.append((time.perf_counter() - start) * 1000 / len(inputs))
+    return statistics.median(timings)
