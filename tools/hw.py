@@ -128,7 +128,7 @@ def _precision_table(spec: HardwareSpec) -> Table:
 
 def _speedup_matrix(spec: HardwareSpec) -> Table:
     reference = spec.precision(*spec.reference_pair).throughput
-    table = Table("w \\ a", *map(str, spec.act_bits), title="throughput relative to the reference", title_justify="left")
+    table = Table("w \\ a", *map(str, spec.act_bits), title="throughput relative to the reference", title_justify="left", min_width=40)
     for w in spec.weight_bits:
         cells = [f"{spec.precision(w, a).throughput / reference:.3g}" if spec.supports(w, a) else "-" for a in spec.act_bits]
         table.add_row(str(w), *cells)
@@ -151,13 +151,12 @@ def _overhead_table(spec: HardwareSpec) -> Table:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from mpqc.hwspecs import profiling  # imports onnx/onnxruntime: only when profiling
-
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     output: Path = args.output
-    if output.is_dir() or not (output.parent if str(output.parent) else Path(".")).is_dir():
+    if output.is_dir() or not output.parent.is_dir():
         raise UsageError(f"-o {output}: not a file path in an existing directory")
+    from mpqc.hwspecs import profiling  # imports onnx/onnxruntime: only when profiling
     base = args.base or profiling.base_for_machine()
     hwspecs.load(base)
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda line: None)
