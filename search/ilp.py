@@ -42,7 +42,7 @@ class OneHotModel:
     """
 
     def __init__(self, problem: Problem, time_limit: float = 10.0, mip_gap: float = 0.0,
-                 max_states: int = 200_000) -> None:
+                 max_states: int = 5_000) -> None:
         self.problem = problem
         self.options = {"time_limit": time_limit, "mip_rel_gap": mip_gap}
         self.max_states = max_states
@@ -50,17 +50,28 @@ class OneHotModel:
         width = int(problem.class_choices.max())
         self._valid = np.arange(width)[None, :] < problem.class_choices[:, None]   # (G, Kmax)
         self._cost_tables: dict[str, np.ndarray] = {}
+        self._last_hulls: tuple[tuple[str, bytes], _Hulls] | None = None
+        self._class_of = np.empty(problem.n_layers, dtype=np.int64)
+        for index, members in enumerate(self._members):
+            self._class_of[members] = index
 
     def class_table(self, table: np.ndarray) -> np.ndarray:
         """A per-layer ``(L, Kmax)`` table summed over each tie class: ``(G, Kmax)``, +inf pad."""
-        finite = np.where(np.isfinite(table), table, 0.0)
-        summed = np.stack([finite[m].sum(axis=0) for m in self._members])
+        summed = np.zeros(self._valid.shape)
+        np.add.at(summed, self._class_of, np.where(np.isfinite(table), table, 0.0))
         return np.where(self._valid, summed, np.inf)
 
     def _class_costs(self, name: str) -> np.ndarray:
         if name not in self._cost_tables:
             self._cost_tables[name] = self.class_table(self.problem.cost_table(name))
         return self._cost_tables[name]
+
+    def _hulls(self, w: np.ndarray, name: str) -> _Hulls:
+        """Hulls of ``w`` against cost ``name``; the last ones are kept for budget sweeps."""
+        key = (name, w.tobytes())
+        if self._last_hulls is None or self._last_hulls[0] != key:
+            self._last_hulls = (key, _Hulls(w, self._class_costs(name)))
+        return self._last_hulls[1]
 
     def solve(self, weights: np.ndarray, limits: Mapping[str, float]) -> Config | None:
         """Minimize ``Σ weights[l, x_l]`` subject to ``total(obj) ≤ limit``; None if infeasible.
@@ -81,7 +92,7 @@ class OneHotModel:
         keep = self._valid
         if len(limits) == 1:
             (name, c), = rows.items()
-            bound = _Bound(w, c, budgets[name])
+            bound = _Bound(self._hulls(w, name), budgets[name])
             genes = bound.dynamic_program(self.max_states)
             if genes is not None:
                 return problem.expand(genes)
@@ -131,35 +142,86 @@ def _with_slack(budget: float) -> float:
     return budget + FEASIBILITY_RTOL * max(abs(budget), 1.0)
 
 
+class _Hulls:
+    """Per class, the lower convex hull of its (cost, error) choices, as segments sorted by
+    slope: the exact Lagrangian (= LP) solution of ``min Σw s.t. Σc ≤ budget`` for *any*
+    budget is a prefix of this list, so a budget sweep pays for the hulls once.
+
+    Each class starts at its lowest-error choice (ties: lower cost); a segment moves it to a
+    cheaper hull vertex at ``λ = Δerror / Δcost`` error per unit of cost saved.
+    """
+
+    def __init__(self, w: np.ndarray, c: np.ndarray) -> None:
+        self.w, self.c = w, c
+        self.start = _argmin_ties(w, c)
+        segments = []                              # (λ, class, to, cost saved, error added)
+        for g in range(len(w)):
+            current = int(self.start[g])
+            while True:
+                cheaper = np.flatnonzero(c[g] < c[g, current])
+                if not len(cheaper):
+                    break
+                slope = (w[g, cheaper] - w[g, current]) / (c[g, current] - c[g, cheaper])
+                best = cheaper[slope <= slope.min()]
+                nxt = int(best[np.argmin(c[g, best])])
+                segments.append((float(slope.min()), g, nxt, c[g, current] - c[g, nxt],
+                                 w[g, nxt] - w[g, current]))
+                current = nxt
+        segments.sort(key=lambda s: (s[0], s[1]))
+        table = np.array(segments, dtype=float).reshape(len(segments), 5)
+        self.lam, self.saved, self.added = table[:, 0], table[:, 3], table[:, 4]
+        self.seg_class, self.seg_to = table[:, 1].astype(np.int64), table[:, 2].astype(np.int64)
+        rows = np.arange(len(w))
+        self.start_cost = float(c[rows, self.start].sum())
+        self.start_error = float(w[rows, self.start].sum())
+        self.cost_after = self.start_cost - np.cumsum(self.saved)   # after segments 0..j
+        self.error_after = self.start_error + np.cumsum(self.added)
+
+    def prefix(self, n: int) -> np.ndarray:
+        """The configuration after applying the first ``n`` segments."""
+        genes = self.start.copy()
+        last = np.full(len(genes), -1)
+        np.maximum.at(last, self.seg_class[:n], np.arange(n))
+        moved = last >= 0
+        genes[moved] = self.seg_to[last[moved]]
+        return genes
+
+
+def _argmin_ties(value: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Per row, the argmin of ``value``; ties (to rounding) go to the lower ``cost``."""
+    best = value.min(axis=1, keepdims=True)
+    ties = value <= best + 1e-12 * np.maximum(np.abs(best), 1e-300)
+    return np.argmin(np.where(ties, cost, np.inf), axis=1)
+
+
+class _TooManyStates(Exception):
+    """The dynamic program outgrew its state limit; HiGHS takes over."""
+
+
 class _Bound:
     """Lagrangian bound of ``min Σ w[g, x_g]  s.t.  Σ c[g, x_g] ≤ budget`` (``(G, K)`` tables,
     +inf where a class has no such choice; the all-cheapest configuration meets the budget).
 
     For any ``λ ≥ 0`` and feasible ``x``: ``Σ w(x) ≥ LB(λ) + Σ r_λ(x)`` with
     ``LB(λ) = Σ_g min_k (w + λc) − λ·budget`` and ``r_λ = w + λc − min_k(w + λc) ≥ 0``.
-    ``λ`` is found by bisection (the smallest multiplier whose separable minimizer fits), and
-    the incumbent is that minimizer improved by every move that still fits the budget.
+    ``λ`` is the LP multiplier read off the hulls (the best ``LB``), and the incumbent is the
+    Lagrangian minimizer that fits, improved by every move that still fits the budget.
     """
 
-    def __init__(self, w: np.ndarray, c: np.ndarray, budget: float) -> None:
-        self.w, self.c, self.budget = w, c, budget
-        lam_lo, lam_hi = 0.0, 0.0
-        if self._cost(self._minimizer(0.0)) > budget:
-            finite_w, finite_c = w[np.isfinite(w)], c[np.isfinite(c)]
-            lam_hi = (np.ptp(finite_w) or 1.0) / (np.ptp(finite_c) or 1.0)
-            while self._cost(self._minimizer(lam_hi)) > budget:
-                lam_lo, lam_hi = lam_hi, lam_hi * 2.0
-            for _ in range(60):
-                lam = 0.5 * (lam_lo + lam_hi)
-                if self._cost(self._minimizer(lam)) <= budget:
-                    lam_hi = lam
-                else:
-                    lam_lo = lam
-        self.incumbent = self._fill(self._minimizer(lam_hi))
-        self.upper = float(w[self._rows, self.incumbent].sum())
-        self.lam, self.lower = max(((lam, self._lower(lam)) for lam in (lam_lo, lam_hi)),
-                                   key=lambda pair: pair[1])
-        value = w + self.lam * c
+    def __init__(self, hulls: _Hulls, budget: float) -> None:
+        self.w, self.c, self.budget = hulls.w, hulls.c, budget
+        if hulls.start_cost <= budget:             # the budget does not bind
+            n, self.lam, self.lower = 0, 0.0, hulls.start_error
+        else:                                      # LP: n−1 segments, then a fraction of one
+            n = int(np.searchsorted(-hulls.cost_after, -budget)) + 1
+            cost = hulls.cost_after[n - 2] if n >= 2 else hulls.start_cost
+            error = hulls.error_after[n - 2] if n >= 2 else hulls.start_error
+            fraction = (cost - budget) / hulls.saved[n - 1]
+            self.lam = float(hulls.lam[n - 1])
+            self.lower = float(error + fraction * hulls.added[n - 1])
+        self.incumbent = self._fill(hulls.prefix(n))
+        self.upper = float(self.w[self._rows, self.incumbent].sum())
+        value = self.w + self.lam * self.c
         self.reduced = value - value.min(axis=1, keepdims=True)
         self._tolerance = 1e-9 * (abs(self.upper) + abs(self.lower) + 1.0)
         self.gap = self.upper - self.lower + self._tolerance
@@ -170,16 +232,6 @@ class _Bound:
 
     def _cost(self, x: np.ndarray) -> float:
         return float(self.c[self._rows, x].sum())
-
-    def _minimizer(self, lam: float) -> np.ndarray:
-        """Per class, the argmin of ``w + λc``; ties (to rounding) go to the lower cost."""
-        value = self.w + lam * self.c
-        best = value.min(axis=1, keepdims=True)
-        ties = value <= best + 1e-12 * np.maximum(np.abs(best), 1e-300)
-        return np.argmin(np.where(ties, self.c, np.inf), axis=1)
-
-    def _lower(self, lam: float) -> float:
-        return float((self.w + lam * self.c).min(axis=1).sum() - lam * self.budget)
 
     def _fill(self, x: np.ndarray) -> np.ndarray:
         """Apply the single-class moves that still fit the budget, biggest gain first."""
@@ -205,28 +257,29 @@ class _Bound:
     def dynamic_program(self, max_states: int) -> np.ndarray | None:
         """The exact optimum, or None when more than ``max_states`` states would be needed.
 
-        The incumbent is usually far looser than the optimum, so the search deepens: it first
-        looks only at configurations with ``Σ r ≤ gap/256``; the best one found, ``v``, is
-        proven optimal as soon as ``v ≤ LB + limit`` (anything outside costs more), otherwise
-        it tightens the incumbent and the limit grows. The last pass uses the full gap.
+        The incumbent is usually far looser than the optimum, so the search deepens: it looks
+        only at configurations with ``Σ r ≤ limit`` for a small ``limit`` first. The best one
+        found tightens the incumbent ``UB``, which is optimal once ``UB ≤ LB + limit``
+        (anything outside costs more); otherwise the limit grows fourfold, never past the
+        gap ``UB − LB``, where the pass is exact by construction.
         """
-        for shrink in (256.0, 32.0, 4.0, 1.0):
-            limit = self.gap / shrink
-            genes = self._staircase(limit, max_states)
-            if genes is None:
-                if shrink == 1.0:
-                    return None
-                continue
-            value = float(self.w[self._rows, genes].sum())
-            if value < self.upper:
-                self.incumbent, self.upper = genes, value
-                self.gap = self.upper - self.lower + self._tolerance
-            if value <= self.lower + limit or shrink == 1.0:
+        limit = self.gap / 1024.0
+        while True:
+            try:
+                genes = self._staircase(limit, max_states)
+            except _TooManyStates:
+                return None
+            if genes is not None:
+                value = float(self.w[self._rows, genes].sum())
+                if value < self.upper:
+                    self.incumbent, self.upper = genes, value
+                    self.gap = self.upper - self.lower + self._tolerance
+            if self.upper <= self.lower + limit or limit >= self.gap:
                 return self.incumbent
-        raise AssertionError("unreachable: the last pass returns")
+            limit = min(4.0 * limit, self.gap)
 
     def _staircase(self, limit: float, max_states: int) -> np.ndarray | None:
-        """Best configuration with ``Σ r ≤ limit`` (the incumbent if none), None on overflow.
+        """Best configuration with ``Σ r ≤ limit``, None if there is none.
 
         States are partial configurations over the classes with more than one useful choice,
         kept as a Pareto staircase in (cost, error): a state dominated in both can never
@@ -234,6 +287,9 @@ class _Bound:
         """
         keep = self.useful(limit)
         free = np.flatnonzero(keep.sum(axis=1) > 1)
+        kept_costs = np.where(keep, self.c, np.nan)[free]
+        spread = np.nanmax(kept_costs, axis=1) - np.nanmin(kept_costs, axis=1)
+        free = free[np.argsort(spread, kind="stable")]   # small moves first: fewer states
         genes = np.argmax(keep, axis=1)
         fixed = np.ones(len(genes), dtype=bool)
         fixed[free] = False
@@ -255,9 +311,9 @@ class _Bound:
             staircase = order[error[order] < np.minimum.accumulate(
                 np.concatenate([[np.inf], error[order][:-1]]))]
             if len(staircase) > max_states:
-                return None
+                raise _TooManyStates
             if len(staircase) == 0:
-                return self.incumbent
+                return None
             cost, error, slack = cost[staircase], error[staircase], slack[staircase]
             trail.append((parent[staircase], picked[staircase]))
         state = int(np.argmin(error))
@@ -309,7 +365,7 @@ def budget_sweep(problem: Problem, model: OneHotModel, weights: np.ndarray, obje
 class Options:
     """Options of the ``ilp`` strategy."""
 
-    budgets: int = field(default=24, metadata={"help": "budget values in the Pareto sweep"})
+    budgets: int = field(default=16, metadata={"help": "budget values in the Pareto sweep"})
     sweep: str | None = field(default=None, metadata={
         "help": "cost to sweep (default: the first constraint, else the first cost objective)"})
     time_limit: float = field(default=10.0, metadata={"help": "seconds per ILP solve"})
