@@ -1,0 +1,109 @@
+"""What every ``sensitivity-*`` pass shares: candidate bit-widths, the layers, the score format.
+
+Score format (DESIGN.md, "Sensitivity"): each quantizable layer node gets ``mpqc.sens.<metric>``, a
+dict from candidate to damage (higher = worse). Weights and activations are scored separately, as
+``"w{b}"`` and ``"a{b}"``, because the one-layer-at-a-time measurements behind them are separate and
+a search combines them as it needs; a pass that measures a pair jointly may add ``"w{w}a{a}"``.
+Numbers that explain a score (raw entropies, SQNRs, orthogonality weights) go to a side annotation
+``mpqc.sensinfo.<metric>`` so the score dict holds only candidates and a search can parse every key.
+
+Candidates: the pass's own ``wbits``/``abits`` options, intersected with the user's ``--wbits``/
+``--abits`` (``context.wbits``/``abits``) and with what the hardware spec runs (``context.hw``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc.ir.annotations import AnnotationKey, sensitivity_key
+from mpqc.ir.layers import Layer, quantizable_layers
+from mpqc.passes.base import Pass, PassError, option
+
+__all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates", "detail_key"]
+
+DETAIL_PREFIX = "mpqc.sensinfo."
+
+
+def detail_key(metric: str) -> AnnotationKey[dict[str, Any]]:
+    """``mpqc.sensinfo.<metric>``: the numbers behind a layer's scores (not scores themselves)."""
+    return AnnotationKey(DETAIL_PREFIX + metric, "node", doc=f"What the {metric} sensitivity scores were computed from.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightCandidates:
+    wbits: tuple[int, ...] = option((2, 3, 4, 8), "weight bit-widths to score (intersected with --wbits and the spec)")
+
+    def __post_init__(self) -> None:
+        _check_bits("wbits", self.wbits)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationCandidates(WeightCandidates):
+    abits: tuple[int, ...] = option((4, 8), "activation bit-widths to score (intersected with --abits and the spec)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_bits("abits", self.abits)
+
+
+def _check_bits(name: str, bits: tuple[int, ...]) -> None:
+    bad = [b for b in bits if not 2 <= int(b) <= 16]
+    if bad:
+        raise ValueError(f"{name} must be between 2 and 16, got {bad}")
+
+
+class SensitivityPass(Pass):
+    """Base of the sensitivity passes: an analysis that only adds ``mpqc.sens.<metric>``."""
+
+    metric: ClassVar[str]
+    preserves = frozenset({"*"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "metric" in cls.__dict__:
+            cls.writes = frozenset({sensitivity_key(cls.metric).name, detail_key(cls.metric).name})
+
+    # -- candidates ---------------------------------------------------------------------------
+
+    def weight_bits(self) -> tuple[int, ...]:
+        hw = self.context.hw
+        return self._candidates("weight", self.options.wbits, self.context.wbits, hw.weight_bits if hw is not None else None)
+
+    def activation_bits(self) -> tuple[int, ...]:
+        hw = self.context.hw
+        return self._candidates("activation", self.options.abits, self.context.abits, hw.act_bits if hw is not None else None)
+
+    def _candidates(self, kind: str, own: Iterable[int], user: Iterable[int] | None, spec: Iterable[int] | None) -> tuple[int, ...]:
+        chosen = set(int(b) for b in own)
+        for other in (user, spec):
+            if other is not None:
+                chosen &= {int(b) for b in other}
+        if not chosen:
+            raise PassError(
+                f"{self.name}: no {kind} bit-width left to score: the pass's {tuple(own)}, the user's {tuple(user or ())} "
+                f"and the spec's {tuple(spec or ())} have none in common"
+            )
+        return tuple(sorted(chosen))
+
+    # -- layers and scores --------------------------------------------------------------------
+
+    def layers(self, model: ir.Model) -> list[Layer]:
+        """The quantizable layers; a PassError if there are none or a weight is not finite."""
+        layers = quantizable_layers(model.graph)
+        if not layers:
+            raise PassError(f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul or Gather with a constant float weight); nothing to score")
+        for layer in layers:
+            weight = layer.weight_array()
+            if not np.all(np.isfinite(weight)):
+                raise PassError(f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight '{layer.weight.name}'; fix the model before quantizing it")
+        return layers
+
+    def write(self, layer: Layer, scores: dict[str, float], detail: dict[str, Any] | None = None) -> None:
+        sensitivity_key(self.metric).set(layer.node, {k: float(v) for k, v in scores.items()})
+        if detail is not None:
+            detail_key(self.metric).set(layer.node, detail)

@@ -1,0 +1,81 @@
+"""``sensitivity-output``: quantize one layer, run the model, measure how far its output moves.
+
+For each layer and candidate, only that layer is quantized — its weight at b bits (``w{b}``), or its
+activation input at b bits (``a{b}``) — and the model runs on calibration samples; the score is the
+distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET AMP's
+phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
+
+All candidates run through one ``Evaluator`` session (``mpqc.passes.evaluator``), so "layer l at b
+bits" means exactly what ``lower-qdq`` emits, the float reference is computed once, and the
+configurations spread over ``context.executor`` when there is one.
+
+``measure``: ``kl`` (KL divergence of the softmax of the first output: classifiers), ``mse`` (squared
+error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes: coarse with
+few samples), ``auto`` (``kl`` when the first output is ``[N, classes]``, else ``mse``). Activation
+candidates need calibrated ranges (run ``calibrate`` first); without them only weights are scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc.ir import annotations
+from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
+from mpqc.passes.base import PassError, option
+from mpqc.passes.evaluator import FLOAT_BITS, Config, Evaluator, Measure
+from mpqc.passes.registry import register
+
+__all__ = ["SensitivityOutput"]
+
+
+@register
+class SensitivityOutput(SensitivityPass):
+    name = "sensitivity-output"
+    metric = "output"
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(ActivationCandidates):
+        measure: Literal["auto", "kl", "mse", "flips"] = option("auto", "output distance: kl, mse (1/SQNR), flips (top-1 changes) or auto")
+        samples: int = option(32, "calibration samples to run per candidate")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.samples < 1:
+                raise ValueError(f"samples must be at least 1, got {self.samples}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        layers = self.layers(model)
+        data = self.context.calibration
+        if data is None or len(data) == 0:
+            raise PassError(f"{self.name}: needs calibration samples (--calib DIR); use sensitivity-entropy or sensitivity-weight-error without data")
+        data.check(model)
+        wbits, abits = self.weight_bits(), self.activation_bits()
+        scored_acts = [layer for layer in layers if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation)]
+        if len(scored_acts) < sum(layer.activation is not None for layer in layers):
+            self.context.note(f"{self.name}: activations without a calibrated range are not scored (run calibrate first)")
+        evaluator = Evaluator(model, list(data)[: self.options.samples], wbits=wbits, executor=self.context.executor)
+
+        jobs: list[tuple[str, str, Config]] = []
+        for layer in layers:
+            jobs += [(layer.name, f"w{b}", {layer.name: (b, FLOAT_BITS)}) for b in wbits]
+        for layer in scored_acts:
+            jobs += [(layer.name, f"a{b}", {layer.name: (FLOAT_BITS, b)}) for b in abits]
+        measure = self._measure(evaluator)
+        errors = evaluator.errors([config for _, _, config in jobs], measure)
+
+        scores: dict[str, dict[str, float]] = {layer.name: {} for layer in layers}
+        for (name, candidate, _), error in zip(jobs, errors):
+            scores[name][candidate] = error
+        for layer in layers:
+            self.write(layer, scores[layer.name], {"measure": measure, "samples": len(evaluator.samples)})
+        return ir.passes.PassResult(model, modified=True)
+
+    def _measure(self, evaluator: Evaluator) -> Measure:
+        if self.options.measure != "auto":
+            return self.options.measure
+        first = np.asarray(evaluator.reference[0][0])
+        return "kl" if first.ndim == 2 and first.shape[-1] > 1 else "mse"

@@ -1,0 +1,78 @@
+"""``sensitivity-task``: the user's own metric, one layer lowered at a time. Slow and exact.
+
+The damage of candidate ``w{b}`` (``a{b}``) of layer ``l`` is ``metric(float) - metric(model with only
+l's weight (activation) at b bits)``, where ``metric`` is ``context.eval_fn`` — a callable taking an
+``onnx.ModelProto`` and returning a number, higher is better (accuracy, BLEU, -WER...) — run on the
+user's held-out data. The measured model is built by the same code that ships: ``mpqc.bits`` is set
+on that one layer of a copy and ``lower-qdq`` lowers it, so the metric sees the real QDQ model,
+integer kernels and all. This is ALPS without fine-tuning (METHODS.md §4) and the signal that
+beacon-style and accuracy-aware searches trust; it costs one lowering and one evaluation per layer and
+candidate, run in this process (an arbitrary metric function need not pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import onnx
+import onnx_ir as ir
+
+from mpqc.ir import annotations
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
+from mpqc.passes.base import PassError, option
+from mpqc.passes.context import CompileContext
+from mpqc.passes.evaluator import FLOAT_BITS
+from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.registry import register
+
+__all__ = ["SensitivityTask"]
+
+
+@register
+class SensitivityTask(SensitivityPass):
+    name = "sensitivity-task"
+    metric = "task"
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(ActivationCandidates):
+        act_signed: bool = option(False, "signed activations, as lower-qdq's option of the same name")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        layers = self.layers(model)
+        if self.context.eval_fn is None:
+            raise PassError(f"{self.name}: needs a task metric: pass --eval module:function or eval_fn= (a callable taking an onnx.ModelProto, higher is better)")
+        wbits, abits = self.weight_bits(), self.activation_bits()
+        base = ir.to_proto(model)
+        reference = self._evaluate(base, "the float model")
+        for layer in layers:
+            candidates = [(f"w{b}", (b, FLOAT_BITS)) for b in wbits]
+            if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation):
+                candidates += [(f"a{b}", (FLOAT_BITS, b)) for b in abits]
+            scores = {}
+            for candidate, bits in candidates:
+                lowered = self._lowered(base, layer.name, bits)
+                scores[candidate] = reference - self._evaluate(lowered, f"layer '{layer.name}' at {candidate}")
+            self.write(layer, scores, {"reference": reference})
+        return ir.passes.PassResult(model, modified=True)
+
+    def _lowered(self, base: onnx.ModelProto, layer_name: str, bits: tuple[int, int]) -> onnx.ModelProto:
+        """``base`` with only ``layer_name`` at ``bits``, lowered by lower-qdq."""
+        copy = ir.from_proto(base)
+        for node in copy.graph:
+            annotations.BITS.remove(node)
+        node = next(layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name)
+        annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
+        LowerQDQ(context=CompileContext(), act_signed=self.options.act_signed)(copy)
+        return ir.to_proto(copy)
+
+    def _evaluate(self, proto: onnx.ModelProto, what: str) -> float:
+        assert self.context.eval_fn is not None
+        try:
+            value = float(self.context.eval_fn(proto))
+        except Exception as exc:  # the user's code: any failure becomes one clear line
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise PassError(f"{self.name}: the evaluation function failed on {what}: {type(exc).__name__}: {detail}") from None
+        if not math.isfinite(value):
+            raise PassError(f"{self.name}: the evaluation function returned {value} on {what}; it must return a finite number")
+        return value
