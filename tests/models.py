@@ -36,13 +36,15 @@ _SMALL_CNN_WEIGHTS = {
 }
 
 
-def build(text: str, weights: dict[str, tuple[int, ...]], seed: int = 0) -> onnx.ModelProto:
-    """Parse ``text`` and attach He-initialised random initializers of the given shapes."""
+def build(text: str, weights: dict[str, tuple[int, ...]], seed: int = 0, arrays: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Parse ``text`` and attach He-initialised random initializers of the given shapes (and ``arrays`` as given)."""
     proto = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         array = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(np.float32)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    for name, array in (arrays or {}).items():
         proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
     onnx.checker.check_model(proto, full_check=True)
     return proto
@@ -70,3 +72,127 @@ def random_inputs(model: ir.Model | onnx.ModelProto, count: int, seed: int = 1, 
             sample[name] = rng.standard_normal(dims).astype(np.float32)
         samples.append(sample)
     return samples
+
+
+# --- More builders for the spine's tests --------------------------------------------------------
+
+CONV_BN = """
+<ir_version: 10, opset_import: ["" : 17]>
+conv_bn (float[N,3,6,6] x) => (float[N,4,6,6] y) {
+  c = Conv <pads=[1,1,1,1]> (x, w, b)
+  n = BatchNormalization <epsilon=0.001> (c, gamma, beta, mean, var)
+  y = Relu(n)
+}
+"""
+
+
+def conv_bn(seed: int = 0) -> ir.Model:
+    """Conv -> BatchNormalization -> Relu, with a non-trivial BN (positive variance, off-center mean)."""
+    var = np.random.default_rng(seed + 1).uniform(0.5, 2.0, 4).astype(np.float32)
+    return ir.from_proto(build(CONV_BN, {"w": (4, 3, 3, 3), "b": (4,), "gamma": (4,), "beta": (4,), "mean": (4,)}, seed, {"var": var}))
+
+
+EXPORTER_QUIRKS = """
+<ir_version: 10, opset_import: ["" : 17]>
+quirks (float[N,3,6,6] x) => (float[N,4] y) {
+  wc = Constant <value = float[4,3,1,1] {1,0,0, 0,1,0, 0,0,1, 1,1,1}> ()
+  c = Conv (x, wc)
+  wt = Transpose <perm=[1,0]> (wk)
+  shape = Constant <value = int64[2] {4, 4}> ()
+  wr = Reshape (wt, shape)
+  dead = Mul (x, x)
+  dead2 = Relu (dead)
+  p = GlobalAveragePool(c)
+  f = Flatten(p)
+  y = MatMul(f, wr)
+}
+"""
+
+
+def exporter_quirks(seed: int = 0) -> ir.Model:
+    """What exporters leave behind: Constant-node weights, a Transpose+Reshape of a weight, dead nodes."""
+    return ir.from_proto(build(EXPORTER_QUIRKS, {"wk": (4, 4)}, seed))
+
+
+ALL_LAYERS = """
+<ir_version: 10, opset_import: ["" : 17]>
+all_layers (float[1,3,6,6] x, int64[1,5] ids, float[1,4] other, float[4,4] w_in) => (float[1,2,7,7] up, float[1,6] g, float[1,4] m, float[1,5,4] e, float[1,4] mm, float[1,4] mi) {
+  c = Conv <pads=[1,1,1,1]> (x, wconv)
+  up = ConvTranspose (c, wdeconv)
+  p = GlobalAveragePool(c)
+  f = Flatten(p)
+  g = Gemm <transB=1> (f, wgemm)
+  m = MatMul(other, wmat)
+  e = Gather(table, ids)
+  other_col = Transpose <perm=[1,0]> (other)
+  other_sq = MatMul(other_col, other)
+  mm = MatMul(other, other_sq)
+  mi = MatMul(other, w_in)
+}
+"""
+
+
+def all_layers(seed: int = 0) -> ir.Model:
+    """One of each quantizable op, plus a MatMul of two activations and one whose weight is a graph input."""
+    weights = {"wconv": (4, 3, 3, 3), "wdeconv": (4, 2, 2, 2), "wgemm": (6, 4), "wmat": (4, 4), "table": (10, 4)}
+    proto = onnx.parser.parse_model(ALL_LAYERS)
+    rng = np.random.default_rng(seed)
+    for name, shape in weights.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    # An initializer that is also a graph input can be overridden by the caller: not a constant weight.
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w_in"))
+    return ir.from_proto(proto)
+
+
+BRANCHES = """
+<ir_version: 10, opset_import: ["" : 17]>
+branches (float[N,4,6,6] x) => (float[N,4,6,6] y) {
+  a = Conv <pads=[1,1,1,1]> (x, wa, ba)
+  b = Conv <pads=[1,1,1,1]> (x, wb, bb)
+  c = Conv <pads=[1,1,1,1]> (x, wc, bc)
+  ab = Add(a, b)
+  y = Add(ab, c)
+}
+"""
+
+
+def branches(seed: int = 0) -> ir.Model:
+    """One tensor read by three Convs: the activation-quantizer sharing case."""
+    shapes = {"wa": (4, 4, 3, 3), "ba": (4,), "wb": (4, 4, 3, 3), "bb": (4,), "wc": (4, 4, 3, 3), "bc": (4,)}
+    return ir.from_proto(build(BRANCHES, shapes, seed))
+
+
+WITH_IF = """
+<ir_version: 10, opset_import: ["" : 17]>
+with_if (bool cond, float[2] x) => (float[2] y) {
+  y = If (cond) <
+    then_branch = then_g () => (float[2] t) { t = Relu(x) },
+    else_branch = else_g () => (float[2] e) { e = Neg(x) }
+  >
+}
+"""
+
+
+def with_if() -> ir.Model:
+    return ir.from_proto(onnx.parser.parse_model(WITH_IF))
+
+
+def small_cnn_opset(opset: int, seed: int = 0) -> ir.Model:
+    """``small_cnn`` declared at an older opset (its ops mean the same from opset 11 on)."""
+    text = SMALL_CNN.replace('"" : 17', f'"" : {opset}').replace("ir_version: 10", "ir_version: 7")
+    return ir.from_proto(build(text, _SMALL_CNN_WEIGHTS, seed))
+
+
+def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``model`` on onnxruntime's CPU provider, single-threaded."""
+    import onnxruntime as ort
+
+    if isinstance(model, ir.Model):
+        model = ir.to_proto(model)
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)

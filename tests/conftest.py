@@ -1,0 +1,46 @@
+"""Shared fixtures: small models on disk, calibration data in the shapes users bring it."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from models import random_inputs, small_cnn
+
+
+@pytest.fixture
+def cnn() -> ir.Model:
+    return small_cnn()
+
+
+@pytest.fixture
+def cnn_path(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "cnn.onnx"
+    ir.save(small_cnn(), path)
+    return path
+
+
+@pytest.fixture
+def cnn_samples() -> list[dict[str, np.ndarray]]:
+    """Ten calibration samples for ``small_cnn`` (batch 1)."""
+    return random_inputs(small_cnn(), 10)
+
+
+@pytest.fixture
+def calib_dir(tmp_path: pathlib.Path, cnn_samples: list[dict[str, np.ndarray]]) -> pathlib.Path:
+    """The samples as a ``--calib`` directory: one .npz per sample, keys = input names."""
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, sample in enumerate(cnn_samples):
+        np.savez(folder / f"sample_{i:03d}.npz", **sample)
+    return folder
+
+
+@pytest.fixture
+def calibrate_pass() -> type:
+    """The ``calibrate`` pass class (registered once its module is imported)."""
+    module = pytest.importorskip("mpqc.passes.analysis.calibrate")
+    return module.Calibrate

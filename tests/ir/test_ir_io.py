@@ -1,0 +1,126 @@
+"""mpqc.ir.io: every model kind in and back out, atomic saves, external data."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
+import pytest
+
+from models import random_inputs, run_ort, small_cnn
+from mpqc import ir as mir
+
+
+def _outputs(model: object) -> np.ndarray:
+    reference = small_cnn()
+    feeds = random_inputs(reference, 1)[0]
+    return run_ort(mir.load(model), feeds)[0]
+
+
+@pytest.mark.parametrize("kind", ["path", "str", "proto", "onnx_ir", "graphsurgeon"])
+def test_load_accepts_every_kind_and_as_kind_returns_it(kind: str, cnn_path: pathlib.Path) -> None:
+    proto = onnx.load(cnn_path)
+    given = {
+        "path": cnn_path,
+        "str": str(cnn_path),
+        "proto": proto,
+        "onnx_ir": ir.from_proto(proto),
+        "graphsurgeon": gs.import_onnx(proto),
+    }[kind]
+    loaded = mir.load(given)
+    assert isinstance(loaded, ir.Model)
+    assert [n.op_type for n in loaded.graph] == [n.op_type for n in proto.graph.node]
+    back = mir.as_kind(loaded, given)
+    expected_type = {"path": ir.Model, "str": ir.Model, "proto": onnx.ModelProto, "onnx_ir": ir.Model, "graphsurgeon": gs.Graph}[kind]
+    assert isinstance(back, expected_type)
+    np.testing.assert_array_equal(_outputs(back if kind != "graphsurgeon" else gs.export_onnx(back)), _outputs(proto))
+
+
+def test_load_returns_an_onnx_ir_model_itself(cnn: ir.Model) -> None:
+    assert mir.load(cnn) is cnn
+
+
+def test_load_rejects_other_objects() -> None:
+    with pytest.raises(mir.ModelError, match="cannot load a list"):
+        mir.load([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"this is not a model", "not a readable ONNX model"), (None, "does not exist")],
+)
+def test_load_bad_files_raise_one_line_model_errors(tmp_path: pathlib.Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(mir.ModelError, match=message) as info:
+        mir.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_load_truncated_model(cnn_path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    data = cnn_path.read_bytes()
+    half = tmp_path / "half.onnx"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(mir.ModelError, match="not a readable ONNX model"):
+        mir.load(half)
+
+
+def test_save_writes_a_loadable_model(cnn: ir.Model, tmp_path: pathlib.Path) -> None:
+    path = mir.save(cnn, tmp_path / "out.onnx")
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_save_is_atomic(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.onnx"
+    mir.save(cnn, path)
+    before = path.read_bytes()
+
+    def broken_save(model: ir.Model, target: os.PathLike, **kwargs: object) -> None:
+        pathlib.Path(target).write_bytes(b"half a model")  # a write interrupted mid-way
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ir, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        mir.save(small_cnn(seed=5), path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
+
+
+def test_save_replaces_an_existing_model(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "model.onnx"
+    mir.save(small_cnn(seed=1), path)
+    mir.save(small_cnn(seed=2), path)
+    assert path.read_bytes() == ir.to_proto(small_cnn(seed=2)).SerializeToString()
+
+
+def test_big_models_go_to_external_data(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _outputs(cnn)
+    monkeypatch.setattr("mpqc.ir.io._PROTOBUF_LIMIT", 1000)
+    path = mir.save(cnn, tmp_path / "big.onnx")
+    data = tmp_path / "big.onnx.data"
+    assert data.exists() and data.stat().st_size > 1000
+    assert path.stat().st_size < data.stat().st_size
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    reloaded = mir.load(path)
+    for name, value in cnn.graph.initializers.items():
+        np.testing.assert_array_equal(reloaded.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
+    np.testing.assert_array_equal(run_ort(str(path), random_inputs(cnn, 1)[0])[0], expected)
+
+
+def test_tensor_bytes_counts_initializers(cnn: ir.Model) -> None:
+    expected = sum(v.const_value.nbytes for v in cnn.graph.initializers.values())
+    assert mir.tensor_bytes(cnn) == expected == 4 * (8 * 27 + 8 + 16 * 72 + 16 + 16 * 144 + 16 + 160 + 10)
+
+
+def test_check_writable(tmp_path: pathlib.Path) -> None:
+    mir.check_writable(tmp_path / "ok.onnx")
+    with pytest.raises(mir.ModelError, match="is a directory"):
+        mir.check_writable(tmp_path)
+    with pytest.raises(mir.ModelError, match="does not exist"):
+        mir.check_writable(tmp_path / "missing" / "x.onnx")
