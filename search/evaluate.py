@@ -28,7 +28,7 @@ Key = tuple[int, ...]
 
 def config_key(config: object) -> Key:
     """The hashable form of a configuration: a tuple of Python ints."""
-    return tuple(int(k) for k in np.asarray(config).ravel())
+    return tuple(np.asarray(config, dtype=np.int64).ravel().tolist())
 
 
 class Evaluator:

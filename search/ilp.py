@@ -46,20 +46,14 @@ class OneHotModel:
         self.problem = problem
         self.options = {"time_limit": time_limit, "mip_rel_gap": mip_gap}
         self.max_states = max_states
-        self._members = [list(members) for members in problem.tie_classes]
         width = int(problem.class_choices.max())
         self._valid = np.arange(width)[None, :] < problem.class_choices[:, None]   # (G, Kmax)
         self._cost_tables: dict[str, np.ndarray] = {}
         self._last_hulls: tuple[tuple[str, bytes], _Hulls] | None = None
-        self._class_of = np.empty(problem.n_layers, dtype=np.int64)
-        for index, members in enumerate(self._members):
-            self._class_of[members] = index
 
     def class_table(self, table: np.ndarray) -> np.ndarray:
-        """A per-layer ``(L, Kmax)`` table summed over each tie class: ``(G, Kmax)``, +inf pad."""
-        summed = np.zeros(self._valid.shape)
-        np.add.at(summed, self._class_of, np.where(np.isfinite(table), table, 0.0))
-        return np.where(self._valid, summed, np.inf)
+        """See `Problem.class_table`."""
+        return self.problem.class_table(table)
 
     def _class_costs(self, name: str) -> np.ndarray:
         if name not in self._cost_tables:

@@ -28,7 +28,7 @@ class Point:
     """True when ``objectives["error"]`` came from the exact evaluator, not the proxy."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "config", tuple(int(k) for k in self.config))
+        object.__setattr__(self, "config", tuple(np.asarray(self.config, dtype=np.int64).tolist()))
         object.__setattr__(self, "objectives", MappingProxyType(
             {name: float(value) for name, value in self.objectives.items()}))
 

@@ -368,6 +368,13 @@ class Problem:
         """``(G,)`` number of candidates of each tie class."""
         return _frozen_array([self.n_choices[c[0]] for c in self.tie_classes], np.int64)
 
+    def class_table(self, table: np.ndarray) -> np.ndarray:
+        """A per-layer ``(L, Kmax)`` table summed over each tie class: ``(G, Kmax)``, +inf pad."""
+        summed = np.zeros((len(self.tie_classes), table.shape[1]))
+        np.add.at(summed, self._class_of, np.where(np.isfinite(table), table, 0.0))
+        valid = np.arange(table.shape[1])[None, :] < self.class_choices[:, None]
+        return np.where(valid, summed, np.inf)
+
     def expand(self, genes: object) -> Config:
         """One choice per tie class (``(G,)`` or ``(N, G)``) -> configuration(s)."""
         return np.asarray(genes, dtype=np.int64)[..., self._class_of]
