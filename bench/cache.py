@@ -21,7 +21,7 @@ class FetchError(RuntimeError):
 
 def cache_dir() -> Path:
     """The benchmark cache root, created on first use."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mpqc-bench")
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mpqc-bench").resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

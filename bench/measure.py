@@ -2,7 +2,10 @@
 
 Latency is the median, over repeats, of the mean time per sample over a fixed handful of evaluation
 inputs, after warm-up, with ``intra_op_num_threads`` pinned (1 and 2 in the benchmark) and one
-inter-op thread, full graph optimization. Medians resist the noise of a shared 2-core machine.
+inter-op thread, full graph optimization. On a shared machine the absolute numbers drift with the
+load, so each repeat also times the float model right next to the candidate (alternating which goes
+first) and the ratio to float is the median of those back-to-back ratios: that number survives a
+busy machine far better than two absolute medians taken minutes apart.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -45,17 +49,41 @@ def file_size_mb(model: Path) -> float:
     return total / 1e6
 
 
-def latency_ms(model: Path, inputs: Sequence[Inputs], threads: int, repeats: int = 10,
-               warmup: int = 2) -> float:
-    """Median over ``repeats`` of the mean milliseconds per sample over ``inputs``."""
-    sess = session(model, threads)
+@dataclass(frozen=True)
+class Latency:
+    """Median milliseconds per sample, and the median back-to-back ratio to the reference model."""
+
+    ms: float
+    vs_reference: float
+
+
+def _seconds_per_pass(sess: ort.InferenceSession, inputs: Sequence[Inputs]) -> float:
+    start = time.perf_counter()
+    for sample in inputs:
+        sess.run(None, sample)
+    return time.perf_counter() - start
+
+
+def paired_latency(model: Path, reference: Path, inputs: Sequence[Inputs], threads: int,
+                   repeats: int = 10, warmup: int = 2) -> Latency:
+    """Time ``model`` and ``reference`` in alternation; the reference itself gets ratio 1."""
+    candidate = session(model, threads)
+    baseline = candidate if model == reference else session(reference, threads)
     for _ in range(warmup):
-        for sample in inputs:
-            sess.run(None, sample)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for sample in inputs:
-            sess.run(None, sample)
-        timings.append((time.perf_counter() - start) * 1000 / len(inputs))
-    return statistics.median(timings)
+        _seconds_per_pass(candidate, inputs)
+        if baseline is not candidate:
+            _seconds_per_pass(baseline, inputs)
+    times, ratios = [], []
+    for repeat in range(repeats):
+        if baseline is candidate:
+            times.append(_seconds_per_pass(candidate, inputs))
+            ratios.append(1.0)
+            continue
+        if repeat % 2:
+            base = _seconds_per_pass(baseline, inputs)
+            times.append(_seconds_per_pass(candidate, inputs))
+        else:
+            times.append(_seconds_per_pass(candidate, inputs))
+            base = _seconds_per_pass(baseline, inputs)
+        ratios.append(times[-1] / base)
+    return Latency(statistics.median(times) * 1000 / len(inputs), statistics.median(ratios))

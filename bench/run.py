@@ -2,7 +2,7 @@
 
 For each model: fetch and prepare the float model, make the task's data, write its calibration
 directory, then for each recipe quantize (timed), evaluate the task, compare predictions with float's,
-and measure file size and 1- and 2-thread latency. A recipe that fails is recorded with its error and
+and measure file size and 1- and 2-thread latency (absolute, and relative to float timed back to back). A recipe that fails is recorded with its error and
 the run goes on. Results are written after each model, as JSON (``--out``) and markdown beside it.
 
 mpqc joins through ``--mpqc NAME='ARGS'`` (repeatable), which runs
@@ -12,9 +12,11 @@ mpqc joins through ``--mpqc NAME='ARGS'`` (repeatable), which runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +28,7 @@ import onnxruntime
 from bench import models as registry
 from bench.baselines import RECIPES, QuantizeRequest, Recipe, mpqc_recipe
 from bench.cache import cache_dir
-from bench.measure import file_size_mb, latency_ms, runner, session
+from bench.measure import file_size_mb, paired_latency, runner, session
 from bench.report import markdown
 from bench.tasks.base import Evaluation, Task, TaskSizes, write_calib_dir
 
@@ -47,14 +49,19 @@ def run_recipe(recipe: Recipe, float_model: Path, task: Task, calib_dir: Path, w
         else:
             path = workdir / f"{recipe.name}.onnx"
             path.unlink(missing_ok=True)
-            start = time.perf_counter()
-            recipe.quantize(QuantizeRequest(float_model, task.calibration_inputs, calib_dir, path))
-            row["quantize_s"] = time.perf_counter() - start
-        evaluation = evaluate(path, task)
+            request = QuantizeRequest(float_model, task.calibration_inputs, calib_dir, path)
+            # Quantizers drop temporary files into the working directory; keep them out of the caller's.
+            with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+                start = time.perf_counter()
+                recipe.quantize(request)
+                row["quantize_s"] = time.perf_counter() - start
+        evaluation = reference if path == float_model else evaluate(path, task)
         row["metrics"] = evaluation.metrics | task.agreement(evaluation.predictions, reference.predictions)
         row["size_mb"] = file_size_mb(path)
         for threads in (1, 2):
-            row[f"latency_ms_{threads}t"] = latency_ms(path, task.latency_inputs(), threads, repeats)
+            latency = paired_latency(path, float_model, task.latency_inputs(), threads, repeats)
+            row[f"latency_ms_{threads}t"] = latency.ms
+            row[f"latency_vs_float_{threads}t"] = latency.vs_reference
     except Exception as exc:  # noqa: BLE001 - a failing recipe is a result, not the end of the run
         message = str(exc).strip().splitlines()
         row["error"] = f"{type(exc).__name__}: {message[0] if message else ''}"
@@ -98,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny data sets, 3 latency repeats")
     parser.add_argument("--seed", type=int, default=0, help="data seed (same seed, same data)")
     parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 10, quick 3)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results.json"),
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json").resolve(),
                         help="JSON results; the markdown table goes beside it (.md)")
     return parser.parse_args(argv)
 
