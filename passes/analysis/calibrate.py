@@ -30,8 +30,8 @@ The methods (see METHODS.md):
   KL divergence wins. Non-negative tensors are clipped on one side only and, because an unsigned
   grid spends all its levels on ``[0, t]``, are compared at twice as many levels.
 - ``mse``: the clip whose ``bits``-bit grid (asymmetric, zero exact, as lowering builds it)
-  reproduces the histogram's bin centres with the least squared error; the two ends are
-  optimized in turn until the error stops falling.
+  reproduces the histogrammed values with the least squared error, integrated exactly over each
+  bin; the two ends are optimized in turn, coarse to fine, until the error stops falling.
 
 Values that are NaN or infinite (masks written as ``-inf``) are not quantizable; ranges cover the
 finite values and the pass leaves a note naming the tensor.
@@ -52,7 +52,6 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from mpqc.ir.annotations import CALIB_RANGE
-from mpqc.ir.io import tensor_bytes
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.data import DataError
 from mpqc.passes.registry import register

@@ -231,6 +231,22 @@ def test_ranges_survive_save_and_reload(tmp_path: pathlib.Path) -> None:
     assert len(ranges(reloaded)) == 5
 
 
+def test_weights_in_external_data_are_found(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proto = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        shifted (float[1,4] x) => (float[1,4] y) { y = Add(x, w) }
+    """)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([[1, 2, 3, 4]], np.float32), "w"))
+    ir.save(ir.from_proto(proto), tmp_path / "shifted.onnx", external_data="shifted.data", size_threshold_bytes=0)
+    model = mpqc.ir.load(tmp_path / "shifted.onnx")
+    assert isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
+    monkeypatch.chdir(tmp_path.parent)  # onnxruntime must not rely on the working directory
+
+    run(model, CalibrationData(({"x": np.zeros((1, 4), np.float32)},)))
+    assert (ranges(model)["y"]["min"], ranges(model)["y"]["max"]) == (1.0, 4.0)
+    assert "w" not in ranges(model)
+
+
 def test_without_calibration_data_notes_and_leaves_the_model_alone() -> None:
     model = chain_model()
     before = ir.to_proto(model).SerializeToString()
