@@ -7,8 +7,8 @@ of every recipe:
 
 - opset < 13 is upgraded to 13 (onnx.version_converter), since onnxruntime's per-channel
   DequantizeLinear needs opset 13 and a recipe should not win by starting from a different graph;
-- ddddocr's wrongly declared output shape ``[1, T]`` (the output is ``[T, 1, classes]``) is cleared,
-  so shape inference in quantizers does not trip over it.
+- a wrongly declared output shape is corrected (ddddocr declares ``[1, T]`` for an output that is
+  ``[T, 1, 8210]``), so shape inference in quantizers does not trip over it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class BenchModel:
     sizes: TaskSizes
     make_task: Callable[[BenchModel, TaskSizes], Task]
     description: str
-    clear_output_shapes: bool = False
+    output_shapes: tuple[tuple[str, tuple[str | int, ...]], ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -66,7 +66,7 @@ class BenchModel:
         """The prepared float model (see the module docstring), written once."""
         path = self.folder / "float.onnx"
         if not path.exists():
-            model = prepare(onnx.load(str(self.source_path())), self.clear_output_shapes)
+            model = prepare(onnx.load(str(self.source_path())), dict(self.output_shapes))
             tmp = path.with_suffix(".part")
             onnx.save(model, str(tmp))
             tmp.replace(path)
@@ -83,17 +83,25 @@ class BenchModel:
         raise KeyError(f"{self.name}: model has no metadata_props key {key!r}")
 
 
-def prepare(model: onnx.ModelProto, clear_output_shapes: bool = False) -> onnx.ModelProto:
-    """Upgrade to opset 13 when older; optionally drop declared graph-output shapes."""
+def prepare(model: onnx.ModelProto,
+            output_shapes: dict[str, tuple[str | int, ...]] | None = None) -> onnx.ModelProto:
+    """Upgrade to opset 13 when older; replace the declared shapes of the named graph outputs."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < MIN_OPSET:
         metadata = list(model.metadata_props)
         model = version_converter.convert_version(model, MIN_OPSET)
         del model.metadata_props[:]
         model.metadata_props.extend(metadata)
-    if clear_output_shapes:
-        for output in model.graph.output:
-            output.type.tensor_type.ClearField("shape")
+    for output in model.graph.output:
+        if output.name in (output_shapes or {}):
+            tensor_type = output.type.tensor_type
+            tensor_type.ClearField("shape")
+            for dim in output_shapes[output.name]:
+                entry = tensor_type.shape.dim.add()
+                if isinstance(dim, int):
+                    entry.dim_value = dim
+                else:
+                    entry.dim_param = dim
     return model
 
 
@@ -156,7 +164,8 @@ MODELS: dict[str, BenchModel] = {m.name: m for m in (
                TaskSizes(200, 16), _orientation_task,
                "PP-LCNet text orientation: depthwise convs, HardSwish, squeeze-excite"),
     BenchModel("ddddocr", "ddddocr==1.6.1", "ddddocr/common.onnx", TaskSizes(300, 32), _ddddocr_task,
-               "ddddocr captcha OCR: CNN + LSTM + 8210-class Gemm, opset 12", clear_output_shapes=True),
+               "ddddocr captcha OCR: CNN + LSTM + 8210-class Gemm, opset 12",
+               output_shapes=(("387", ("time", "batch", 8210)),)),
 )}
 
 
