@@ -32,6 +32,8 @@ _STRATEGIES: dict[str, str] = {
     "eagl": "mpqc.search.eagl",
     "nsga2": "mpqc.search.nsga2",
     "mohaq": "mpqc.search.mohaq",
+    "nemo": "mpqc.search.nemo",
+    "haq": "mpqc.search.haq",
 }
 
 
