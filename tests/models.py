@@ -183,8 +183,12 @@ def small_cnn_opset(opset: int, seed: int = 0) -> ir.Model:
     return ir.from_proto(build(text, _SMALL_CNN_WEIGHTS, seed))
 
 
-def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of ``model`` on onnxruntime's CPU provider, single-threaded."""
+def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray], level: str = "all") -> list[np.ndarray]:
+    """Outputs of ``model`` on onnxruntime's CPU provider, single-threaded.
+
+    ``level`` is the graph optimization level: "all" (what users get: fused integer kernels) or
+    "basic" (the ONNX semantics of the QDQ graph, no kernel fusion).
+    """
     import onnxruntime as ort
 
     if isinstance(model, ir.Model):
@@ -194,5 +198,6 @@ def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
