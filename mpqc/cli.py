@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
     parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
     parser.add_argument("--max-bops", help="bit-operations budget, e.g. 2G")
-    parser.add_argument("--strategy", help="bit-width search strategy")
+    parser.add_argument("--strategy", default="ilp", help="bit-width search strategy (default: ilp)")
+    parser.add_argument("--wbits", type=_bit_list, help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)")
+    parser.add_argument("--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)")
+    parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic input dim (repeatable)")
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
@@ -44,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and per-pass timing")
     return parser
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}, reverse=True))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of bit-widths such as 4,8") from None
+    if not bits or any(not 2 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"bit-widths must be between 2 and 16, got '{text}'")
+    return bits
+
+
+def _shape(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("=")
+    if not name or not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not DIM=SIZE, e.g. N=1 or seq=128")
+    return name, int(size)
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -108,6 +128,9 @@ def _run(args: argparse.Namespace) -> int:
         uniform=args.uniform,
         constraints=_constraints(args) or None,
         strategy=args.strategy,
+        wbits=args.wbits,
+        abits=args.abits,
+        shapes=dict(args.shape),
         pipeline=args.pipeline,
         calibrate_method=args.calib_method,
         eval_fn=eval_fn,

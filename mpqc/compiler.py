@@ -38,14 +38,38 @@ class CompileResult:
     timing: tuple[tuple[str, float], ...]
 
 
-def default_pipeline(*, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax") -> str:
-    """The pipeline ``mpqc`` runs (DESIGN.md, "The default pipeline")."""
+def default_pipeline(
+    *, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax", strategy: str = "ilp"
+) -> str:
+    """The pipeline ``mpqc`` runs (DESIGN.md, "The default pipeline").
+
+    With ``uniform`` bits there is nothing to search. Otherwise the layers are scored — by their
+    effect on the output when there is calibration data, by their weights' quantization error when
+    there is not — priced on the chip, searched, and lowered.
+    """
     steps = ["canonicalize"]
     if calibrated:
         steps.append("calibrate" if calibrate_method == "minmax" else f"calibrate{{method={calibrate_method}}}")
-    steps.append(f"lower-qdq{{uniform={uniform}}}")
+    if uniform:
+        steps.append(f"lower-qdq{{uniform={uniform}}}")
+    else:
+        metric = "output" if calibrated else "weight-error"
+        steps += [f"sensitivity-{metric}", "cost", f"search{{strategy={strategy},metric={metric}}}", "lower-qdq"]
     steps.append("verify")
     return ",".join(steps)
+
+
+def default_candidates(spec: hwspecs.HardwareSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """METHODS.md §8: weights {4, 8} (+2 where the chip runs 2-bit natively), activations 8.
+
+    Pareto-optimal quantized networks are mostly 4-bit; under post-training quantization 4-bit
+    activations are much harder, so w4a8 is the expected bulk and w8a8 the safe anchor.
+    """
+    wbits = [b for b in (8, 4) if b in spec.weight_bits]
+    if 2 in spec.weight_bits and spec.supports(2, 8) and spec.precision(2, 8).native:
+        wbits.append(2)
+    abits = [b for b in (8,) if b in spec.act_bits] or [max(spec.act_bits)]
+    return tuple(wbits or spec.weight_bits), tuple(abits)
 
 
 def _check_uniform(uniform: str, spec: hwspecs.HardwareSpec) -> None:
@@ -65,8 +89,11 @@ def compile(
     hw: str | hwspecs.HardwareSpec = "generic",
     calibration: Any = None,
     uniform: str | None = None,
-    constraints: Mapping[str, float] | None = None,
-    strategy: str | None = None,
+    constraints: Mapping[str, str | float] | None = None,
+    strategy: str = "ilp",
+    wbits: Sequence[int] | None = None,
+    abits: Sequence[int] | None = None,
+    shapes: Mapping[str, int] | None = None,
     pipeline: str | None = None,
     calibrate_method: str = "minmax",
     eval_fn: Callable[[Any], float] | None = None,
@@ -77,15 +104,26 @@ def compile(
 
     ``calibration`` is a directory of .npz/.npy files, an onnxruntime CalibrationDataReader or an
     iterable of input dicts; every fifth sample is held out for verification. ``uniform`` ("w8a8",
-    "w4a8", ...) gives every layer the same bits; ``pipeline`` replaces the default pipeline.
+    "w4a8", ...) gives every layer the same bits; otherwise ``strategy`` searches per-layer bits among
+    ``wbits`` x ``abits`` under ``constraints`` ({"size": "0.25x", "latency": "2ms", ...}).
+    ``pipeline`` replaces the default pipeline.
     """
-    if constraints or strategy:
-        raise PassError("budgets and --strategy need the search pass, which this build does not have yet: use --uniform")
     spec = hwspecs.load(hw)
+    if uniform and constraints:
+        raise PassError("--uniform fixes every layer's bits, so budgets cannot apply: drop one of them")
+    default_w, default_a = default_candidates(spec)
     working = mir.load(model)
     if working is model:
         working = working.clone()
-    context = CompileContext(hw=spec, seed=seed, eval_fn=eval_fn)
+    context = CompileContext(
+        hw=spec,
+        seed=seed,
+        eval_fn=eval_fn,
+        wbits=tuple(wbits) if wbits else default_w,
+        abits=tuple(abits) if abits else default_a,
+        constraints=dict(constraints or {}),
+        shapes=dict(shapes or {}),
+    )
     context.reference = ir.to_proto(working).SerializeToString() if mir.tensor_bytes(working) < 2**31 - 2**26 else None
     if calibration is not None:
         inputs = [v.name for v in working.graph.inputs if not v.is_initializer()]
@@ -94,9 +132,11 @@ def compile(
         context.calibration, context.held_out = data.split()
     else:
         context.note("no calibration data: activations stay float and only data-free analysis runs (give --calib DIR)")
-    uniform = uniform or "w8a8"
-    _check_uniform(uniform, spec)
-    text = pipeline or default_pipeline(uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method)
+    if uniform:
+        _check_uniform(uniform, spec)
+    text = pipeline or default_pipeline(
+        uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy
+    )
     timing = Timing()
     result_ir = Pipeline(text, context, [timing, *instruments]).run_ir(working)
     return CompileResult(
