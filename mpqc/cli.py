@@ -85,9 +85,12 @@ def _check_output(output: pathlib.Path, model: Any) -> None:
 
 
 def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
-    from mpqc.ir import annotations, quantizable_layers
+    from mpqc.ir import annotations
 
-    return {layer.name: annotations.BITS.get(layer.node) for layer in quantizable_layers(result.ir_model.graph) if annotations.BITS.has(layer.node)}
+    # Read the annotation from the nodes: once lowered, a layer's weight sits behind a DequantizeLinear
+    # and quantizable_layers() no longer sees it as a layer.
+    graph = result.ir_model.graph
+    return {node.name or node.outputs[0].name: annotations.BITS.get(node) for node in graph if annotations.BITS.has(node)}
 
 
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
