@@ -31,21 +31,82 @@ import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
 from mpqc.passes.base import option
-from mpqc.passes.grid import quantize_weight, weight_grid
+from mpqc.passes.grid import weight_grid
 from mpqc.passes.registry import register
 
-__all__ = ["SensitivityEntropy", "weight_entropy"]
+__all__ = ["SensitivityEntropy", "entropy", "level_counts", "weight_entropy"]
 
 Score = Literal["relative", "absolute", "params"]
 
 
 def weight_entropy(weight: np.ndarray, bits: int, axis: int) -> float:
     """Entropy in bits of the per-channel quantized integer levels of ``weight`` at ``bits``."""
-    q, _ = quantize_weight(weight, bits, axis)
-    grid = weight_grid(bits)
-    counts = np.bincount((q.reshape(-1).astype(np.int32) - grid.qmin), minlength=grid.levels)
-    p = counts[counts > 0] / q.size
+    return entropy(level_counts(weight, (bits,), axis)[0])
+
+
+def entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
     return float(max(0.0, -np.sum(p * np.log2(p))))
+
+
+#: Float32 represents every integer below 2^23 exactly as 2^23 + k, with k in the low mantissa bits.
+_MAGIC = np.float32(2**23)
+_CHUNK = 1 << 18  # elements per block: small enough to stay in cache
+
+
+def level_counts(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[np.ndarray]:
+    """Per bit-width, how many weights ``grid.quantize_weight`` stores at each level (qmin first).
+
+    The integers are exactly those of ``quantize_weight`` (same float32 scales, division, round half
+    to even and clip), but counted fast enough for a 25M-parameter model in well under a second on
+    two cores: numpy's float-to-int cast and ``bincount`` dominate a naive version, so the tensor is
+    walked in cache-sized blocks, the levels of several bit-widths are packed into one joint code
+    (mixed radix, exact in float32 below 2^23), turned into integers by the 2^23 mantissa trick, and
+    histogrammed with one ``bincount`` per block; the per-bit counts are the joint histogram's marginals.
+    """
+    rows = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1).astype(np.float32, copy=False)
+    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(np.float64)  # as weight_scales does
+    counts: dict[int, np.ndarray] = {}
+    for group in _joint_groups(bits):
+        grids = [weight_grid(b) for b in group]
+        radix = np.cumprod([1] + [g.levels for g in grids[:-1]])
+        joint = np.zeros(int(radix[-1]) * grids[-1].levels, np.int64)
+        scales = [(np.where(amax > 0, amax / g.qmax, 1.0)).astype(np.float32)[:, None] for g in grids]
+        per = max(1, _CHUNK // max(1, rows.shape[1]))
+        levels = np.empty((min(per, rows.shape[0]), rows.shape[1]), np.float32)
+        code = np.empty_like(levels)
+        for start in range(0, rows.shape[0], per):
+            block = rows[start : start + per]
+            t, c = levels[: block.shape[0]], code[: block.shape[0]]
+            c.fill(_MAGIC)
+            for grid, scale, step in zip(grids, scales, radix):
+                np.divide(block, scale[start : start + per], out=t)
+                np.rint(t, out=t)
+                np.clip(t, grid.qmin, grid.qmax, out=t)
+                t -= grid.qmin
+                t *= np.float32(step)
+                c += t
+            joint += np.bincount((c.view(np.int32) & 0x7FFFFF).ravel(), minlength=joint.size)
+        table = joint.reshape([g.levels for g in reversed(grids)])  # the last grid varies slowest
+        for i, b in enumerate(group):
+            keep = len(group) - 1 - i
+            counts[b] = table.sum(axis=tuple(a for a in range(len(group)) if a != keep))
+    return [counts[b] for b in bits]
+
+
+def _joint_groups(bits: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Bit-widths packed into groups whose joint level count stays below 2^22."""
+    groups: list[tuple[int, ...]] = []
+    size = 0
+    for b in sorted(set(bits)):
+        levels = weight_grid(b).levels
+        if groups and size * levels < 2**22:
+            groups[-1] += (b,)
+            size *= levels
+        else:
+            groups.append((b,))
+            size = levels
+    return groups
 
 
 @register
@@ -61,10 +122,11 @@ class SensitivityEntropy(SensitivityPass):
         wbits = self.weight_bits()
         for layer in self.layers(model):
             weight = layer.weight_array()
-            entropy = {b: weight_entropy(weight, b, layer.channel_axis) for b in wbits}
-            top = entropy[wbits[-1]]
-            scores = {f"w{b}": self._score(top, h, weight.size) for b, h in entropy.items()}
-            self.write(layer, scores, {"H": {f"w{b}": h for b, h in entropy.items()}, "params": int(weight.size)})
+            counts = level_counts(weight, wbits, layer.channel_axis)
+            h = {b: entropy(c) for b, c in zip(wbits, counts)}
+            top = h[wbits[-1]]
+            scores = {f"w{b}": self._score(top, h[b], weight.size) for b in wbits}
+            self.write(layer, scores, {"H": {f"w{b}": v for b, v in h.items()}, "params": int(weight.size)})
         return ir.passes.PassResult(model, modified=True)
 
     def _score(self, top: float, h: float, params: int) -> float:
