@@ -109,6 +109,9 @@ class CostModel:
         scales = 0 if wbits is None else SCALE_BYTES * (desc.c_out or 1)
         return tensor_bytes(desc.weight_params, wbits) + scales + BIAS_BYTES * desc.bias_params
 
+    def act_bytes(self, desc: LayerDesc, abits: int | None) -> int:
+        return tensor_bytes(desc.input_elems, abits) + tensor_bytes(desc.output_elems, abits)
+
     def layer_cost(
         self, desc: LayerDesc, wbits: int | None, abits: int | None, *, act_signed: bool = False
     ) -> Cost:
@@ -116,7 +119,7 @@ class CostModel:
         ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
         precision = self.spec.precision(wbits, abits, act_signed)
         weight_bytes = self.weight_bytes(desc, wbits)
-        act_bytes = tensor_bytes(desc.input_elems, abits) + tensor_bytes(desc.output_elems, abits)
+        act_bytes = self.act_bytes(desc, abits)
         moved = weight_bytes + act_bytes
         level = self.spec.memory_level_for(moved)
         compute_s = desc.macs / precision.throughput

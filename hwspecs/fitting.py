@@ -3,12 +3,15 @@
 The fitted model is the cost model's own roofline, so what ``mpqc-hw profile`` writes is exactly what
 ``CostModel`` will evaluate:
 
-    t = run + qdq + overhead + max(MACs / throughput[precision], bytes / bandwidth[level])
+    t = run + qdq + overhead + max(MACs / throughput[kernel], bytes / bandwidth[level]) + unpack[pair] · weights
 
 ``run`` (the session call itself) is measured directly with a trivial model; ``qdq`` is the
 QuantizeLinear/DequantizeLinear time the cost model charges a quantized layer, from a line fit of
-standalone Q/DQ kernels.  The remaining unknowns — the per-op overhead, one throughput per precision, one
-bandwidth per memory level that some kernel's working set lands in — are fitted by nonlinear least squares
+standalone Q/DQ kernels.  An emulated pair (int4 weights, 16-bit activations on onnxruntime's CPU
+provider) runs a float kernel, but not the float graph's fastest one (onnxruntime leaves an unfused
+DequantizeLinear -> Conv in plain NCHW instead of its NCHWc layout), so it gets its own throughput plus a
+per-weight unpack time.  The remaining unknowns — the per-op overhead, one throughput per measured pair, one unpack time per
+emulated pair, one bandwidth per memory level that some kernel's working set lands in — are fitted by nonlinear least squares
 on log time (relative error, so a 20 us kernel counts as much as a 20 ms one), in log-parameter space,
 started from the base spec's values, bounded to within 100x of them and weakly pulled toward them
 (``PRIOR_WEIGHT``), so that a parameter the measurements barely touch (the L1 bandwidth, say, when every
@@ -35,7 +38,11 @@ class Sample:
     seconds: float
     macs: int
     moved_bytes: int
-    precision: str
+    weight_params: int
+    kernel: str
+    """The throughput this sample runs at (an emulated pair names the kernel it runs as)."""
+    unpack: str | None
+    """The emulated pair whose per-weight unpack time this sample pays, if any."""
     level: str
     fixed_seconds: float
     """Time known before the fit: session call + the Q/DQ overhead the cost model charges."""
@@ -45,6 +52,7 @@ class Sample:
 class Fit:
     overhead: float
     throughput: dict[str, float]
+    unpack: dict[str, float]
     bandwidth: dict[str, float]
     rms_log_error: float
 
@@ -61,39 +69,45 @@ def fit_roofline(
     samples: list[Sample],
     prior_overhead: float,
     prior_throughput: dict[str, float],
+    prior_unpack: dict[str, float],
     prior_bandwidth: dict[str, float],
 ) -> Fit:
-    """Least-squares fit of overhead, per-precision throughput and per-level bandwidth (see module doc)."""
-    precisions = sorted({s.precision for s in samples})
+    """Least-squares fit of overhead, throughputs, unpack times and bandwidths (see module doc)."""
+    kernels = sorted({s.kernel for s in samples})
+    unpacks = sorted({s.unpack for s in samples if s.unpack is not None})
     levels = sorted({s.level for s in samples})
-    names = ["overhead"] + [f"T:{p}" for p in precisions] + [f"B:{l}" for l in levels]
+    names = ["overhead"] + [f"T:{k}" for k in kernels] + [f"U:{u}" for u in unpacks] + [f"B:{l}" for l in levels]
     prior = np.array(
         [max(prior_overhead, 1e-7)]
-        + [prior_throughput[p] for p in precisions]
+        + [prior_throughput[k] for k in kernels]
+        + [max(prior_unpack[u], 1e-12) for u in unpacks]
         + [prior_bandwidth[l] for l in levels]
     )
     macs = np.array([s.macs for s in samples], float)
     moved = np.array([s.moved_bytes for s in samples], float)
+    weights = np.array([s.weight_params if s.unpack is not None else 0 for s in samples], float)
     fixed = np.array([s.fixed_seconds for s in samples], float)
     measured = np.array([s.seconds for s in samples], float)
-    p_index = np.array([1 + precisions.index(s.precision) for s in samples])
-    l_index = np.array([1 + len(precisions) + levels.index(s.level) for s in samples])
+    t_index = np.array([names.index(f"T:{s.kernel}") for s in samples])
+    u_index = np.array([names.index(f"U:{s.unpack}") if s.unpack is not None else 0 for s in samples])
+    l_index = np.array([names.index(f"B:{s.level}") for s in samples])
+    start = np.log(prior)
 
     def predict(log_params: np.ndarray) -> np.ndarray:
         params = np.exp(log_params)
-        return fixed + params[0] + np.maximum(macs / params[p_index], moved / params[l_index])
+        roofline = np.maximum(macs / params[t_index], moved / params[l_index])
+        return fixed + params[0] + roofline + weights * params[u_index]
 
     def residuals(log_params: np.ndarray) -> np.ndarray:
         data = np.log(predict(log_params)) - np.log(measured)
         return np.concatenate([data, PRIOR_WEIGHT * (log_params - start)])
 
-    start = np.log(prior)
     result = least_squares(residuals, start, bounds=(start - np.log(100.0), start + np.log(100.0)), method="trf")
-    params = np.exp(result.x)
-    values = dict(zip(names, params))
+    values = dict(zip(names, np.exp(result.x)))
     return Fit(
         overhead=float(values["overhead"]),
-        throughput={p: float(values[f"T:{p}"]) for p in precisions},
+        throughput={k: float(values[f"T:{k}"]) for k in kernels},
+        unpack={u: float(values[f"U:{u}"]) for u in unpacks},
         bandwidth={l: float(values[f"B:{l}"]) for l in levels},
         rms_log_error=float(np.sqrt(np.mean(residuals(result.x)[: len(samples)] ** 2))),
     )

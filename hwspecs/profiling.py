@@ -1,14 +1,18 @@
-"""Measure onnxruntime on this machine with micro-kernels (the data ``mpqc-hw profile`` fits a spec to).
+"""``mpqc-hw profile``: measure onnxruntime here, fit a spec, and check it ranks configurations right.
 
-Each kernel is a one-op ONNX model built with ``onnx.helper``: a Conv or MatMul whose weight is a
-constant, in float or as the QDQ pattern mpqc's lowering emits (QuantizeLinear on the activation input,
-per-channel symmetric int8 weights behind DequantizeLinear, QuantizeLinear/DequantizeLinear on the
-output) so onnxruntime fuses it to its integer kernel exactly as it would in a lowered model.  Standalone
-QuantizeLinear/DequantizeLinear models measure the conversion overheads on their own.
+What is measured (micro-kernels from ``kernels``), at 1 thread and at the requested thread count:
+* the session call itself (a one-element Identity), subtracted from everything else;
+* standalone QuantizeLinear / DequantizeLinear at several sizes -> fixed + per-element overheads;
+* compute-bound Conv and MatMul layers at a few sizes, plus tiny ones that expose the per-op cost, in
+  float, u8 x s8 and s8 x s8 (the native pairs), and int4-weight and 16-bit-activation versions (the pairs
+  onnxruntime emulates in float);
+* one float and one u8 x s8 matrix-vector product per memory level of the base spec, sized to land in it.
+``fitting.fit_roofline`` turns these into the spec's numbers.  Energy, capacities, bit-widths and the op
+table cannot be measured from timings; they come from the base spec (``base:`` inheritance).
 
-Timing is the median of repeated runs after warm-up, on sessions with a fixed intra-op thread count and
-sequential execution, so the numbers describe one inference on ``threads`` cores.  This module imports
-onnx and onnxruntime; the cost model never does.
+The fitted spec is then checked the way it will be used: mixed-precision configurations of a held-out
+network are ranked by the cost model and by onnxruntime, and Spearman's rank correlation of the two goes
+into the spec's provenance (also for the base spec, for comparison).
 """
 
 from __future__ import annotations
@@ -16,232 +20,41 @@ from __future__ import annotations
 import os
 import platform
 import re
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from scipy.stats import spearmanr
 
 from mpqc.hwspecs import load
+from mpqc.hwspecs.cost import CostModel
 from mpqc.hwspecs.errors import SpecError
 from mpqc.hwspecs.fitting import Fit, Sample, fit_line, fit_roofline
+from mpqc.hwspecs.kernels import (
+    KERNEL_PAIR,
+    Kernel,
+    KernelPrecision,
+    build_chain,
+    build_convert_model,
+    build_identity_model,
+    build_model,
+    layer_desc,
+    time_model,
+    time_models,
+)
 from mpqc.hwspecs.loader import build_spec, deep_merge, locate, resolve, validate_document
-from mpqc.hwspecs.spec import HardwareSpec
+from mpqc.hwspecs.spec import HardwareSpec, Overhead, precision_key
 from mpqc.hwspecs.units import format_quantity
 
-OPSET = 21
-"""Opset 21 is the first with INT4/UINT16 QDQ, which the emulated-path kernels use."""
+MEASURED: tuple[KernelPrecision, ...] = ("float", "u8s8", "s8s8", "u8s4", "u16s8")
 
-KernelPrecision = Literal["float", "u8s8", "s8s8", "u16s8", "u8s4"]
-"""Activation type and weight type of a kernel: ``u8s8`` = uint8 activations x int8 weights."""
-
-_ACT_TYPE = {"u8s8": TensorProto.UINT8, "s8s8": TensorProto.INT8, "u16s8": TensorProto.UINT16, "u8s4": TensorProto.UINT8}
-_WEIGHT_TYPE = {"u8s8": (TensorProto.INT8, 127), "s8s8": (TensorProto.INT8, 127), "u16s8": (TensorProto.INT8, 127), "u8s4": (TensorProto.INT4, 7)}
-_ACT_BITS = {"float": 32, "u8s8": 8, "s8s8": 8, "u16s8": 16, "u8s4": 8}
-_WEIGHT_BITS = {"float": 32, "u8s8": 8, "s8s8": 8, "u16s8": 8, "u8s4": 4}
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One micro-kernel shape: ``Conv`` on [1, c_in, size, size] with a k x k kernel, or ``MatMul``
-    [m, k] x [k, n] (``c_in``/``c_out``/``size``/``kernel`` read as m, k, n, unused for MatMul)."""
-
-    op_type: Literal["Conv", "MatMul"]
-    c_in: int
-    c_out: int
-    size: int
-    kernel: int = 3
-
-    @property
-    def input_shape(self) -> list[int]:
-        if self.op_type == "Conv":
-            return [1, self.c_in, self.size, self.size]
-        return [self.size, self.c_in]
-
-    @property
-    def weight_shape(self) -> list[int]:
-        if self.op_type == "Conv":
-            return [self.c_out, self.c_in, self.kernel, self.kernel]
-        return [self.c_in, self.c_out]
-
-    @property
-    def output_elems(self) -> int:
-        return self.c_out * (self.size * self.size if self.op_type == "Conv" else self.size)
-
-    @property
-    def input_elems(self) -> int:
-        return int(np.prod(self.input_shape))
-
-    @property
-    def weight_params(self) -> int:
-        return int(np.prod(self.weight_shape))
-
-    @property
-    def macs(self) -> int:
-        if self.op_type == "Conv":
-            return self.output_elems * self.c_in * self.kernel * self.kernel
-        return self.size * self.c_in * self.c_out
-
-    def moved_bytes(self, precision: KernelPrecision) -> int:
-        act = _ACT_BITS[precision] / 8 * (self.input_elems + self.output_elems)
-        return int(act + _WEIGHT_BITS[precision] / 8 * self.weight_params)
-
-    def label(self) -> str:
-        if self.op_type == "Conv":
-            return f"Conv{self.kernel}x{self.kernel} {self.c_in}->{self.c_out} @{self.size}x{self.size}"
-        return f"MatMul {self.size}x{self.c_in}x{self.c_out}"
-
-
-def _weight_and_scale(kernel: Kernel, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    weight = rng.standard_normal(kernel.weight_shape).astype(np.float32) * 0.05
-    axis_reduce = tuple(range(1, weight.ndim)) if kernel.op_type == "Conv" else (0,)
-    scale = np.abs(weight).max(axis=axis_reduce).astype(np.float32) / 127.0
-    return weight, scale
-
-
-def build_model(kernel: Kernel, precision: KernelPrecision, seed: int = 0) -> onnx.ModelProto:
-    """The one-op model for ``kernel`` at ``precision`` (float, or the QDQ pattern onnxruntime fuses)."""
-    rng = np.random.default_rng(seed)
-    weight, scale = _weight_and_scale(kernel, rng)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, kernel.input_shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    nodes, inits = [], []
-    op_inputs = ["x", "w"]
-    if precision == "float":
-        inits.append(numpy_helper.from_array(weight, "w"))
-        nodes.append(helper.make_node(kernel.op_type, op_inputs, ["y"]))
-    else:
-        act_type = _ACT_TYPE[precision]
-        weight_type, qmax = _WEIGHT_TYPE[precision]
-        channel_axis = 0 if kernel.op_type == "Conv" else 1
-        shape = [-1 if i == channel_axis else 1 for i in range(weight.ndim)]
-        wq = np.clip(np.round(weight / scale.reshape(shape)), -qmax - 1, qmax).astype(np.int8)
-        w_tensor = helper.make_tensor("w_q", weight_type, wq.shape, wq.flatten().tolist())
-        inits += [
-            w_tensor,
-            numpy_helper.from_array(scale, "w_scale"),
-            numpy_helper.from_array(np.array(0.02, np.float32), "a_scale"),
-            helper.make_tensor("a_zp", act_type, [], [128 if act_type == TensorProto.UINT8 else 32768 if act_type == TensorProto.UINT16 else 0]),
-        ]
-        nodes += [
-            helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zp"], ["x_q"]),
-            helper.make_node("DequantizeLinear", ["x_q", "a_scale", "a_zp"], ["x_dq"]),
-            helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"], axis=channel_axis),
-            helper.make_node(kernel.op_type, ["x_dq", "w"], ["y_f"]),
-            helper.make_node("QuantizeLinear", ["y_f", "a_scale", "a_zp"], ["y_q"]),
-            helper.make_node("DequantizeLinear", ["y_q", "a_scale", "a_zp"], ["y"]),
-        ]
-    graph = helper.make_graph(nodes, f"{kernel.op_type}_{precision}", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    return model
-
-
-def build_convert_model(elements: int, op: Literal["QuantizeLinear", "DequantizeLinear"]) -> onnx.ModelProto:
-    """A standalone QuantizeLinear (float -> uint8) or DequantizeLinear (uint8 -> float) of ``elements``."""
-    in_type, out_type = (TensorProto.FLOAT, TensorProto.UINT8) if op == "QuantizeLinear" else (TensorProto.UINT8, TensorProto.FLOAT)
-    graph = helper.make_graph(
-        [helper.make_node(op, ["x", "s", "z"], ["y"])],
-        op,
-        [helper.make_tensor_value_info("x", in_type, [elements])],
-        [helper.make_tensor_value_info("y", out_type, [elements])],
-        [numpy_helper.from_array(np.array(0.02, np.float32), "s"), helper.make_tensor("z", TensorProto.UINT8, [], [128])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    return model
-
-
-def time_model(model: onnx.ModelProto, threads: int, min_seconds: float, warmup: int = 3) -> float:
-    """Median seconds of one run of ``model`` on onnxruntime's CPU provider.
-
-    Runs repeat until ``min_seconds`` have passed (at least 5, at most 2000 runs): a 10 us kernel gets
-    hundreds of samples and a 10 ms one a handful, so the median is stable on a busy machine either way.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed_info = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in feed_info.shape]
-    rng = np.random.default_rng(0)
-    if feed_info.type == "tensor(uint8)":
-        feed = rng.integers(0, 255, shape, dtype=np.uint8)
-    else:
-        feed = rng.standard_normal(shape).astype(np.float32)
-    feeds = {feed_info.name: feed}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    samples: list[float] = []
-    deadline = time.perf_counter() + min_seconds
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 2000):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    kernel: Kernel
-    precision: str
-    threads: int
-    seconds: float
-
-
-def build_identity_model() -> onnx.ModelProto:
-    """A one-element Identity: its run time is the session-call cost every measurement includes."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    return model
-
-
-SPEC_KEY = {"float": "float", "u8s8": "w8a8", "s8s8": "w8a8_signed"}
-"""Kernel precision -> the spec precision key its throughput is fitted for."""
-
-
-def compute_kernels(quick: bool) -> list[Kernel]:
-    """Compute-bound shapes (several MMACs, small working sets) plus tiny ones that expose the per-op cost."""
-    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1)]
-    if not quick:
-        kernels += [Kernel("Conv", 128, 128, 14), Kernel("Conv", 32, 32, 56), Kernel("Conv", 128, 128, 28, kernel=1),
-                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16)]
-    return kernels
-
-
-def memory_kernels(capacities: list[tuple[str, float]]) -> list[Kernel]:
-    """One float matrix-vector product per memory level, its weights sized to land in that level.
-
-    A product with one row does one MAC per weight loaded, so it is memory-bound on every CPU; the
-    working set sits between the previous level's capacity and this one's (4x the largest bounded level
-    for the unbounded one)."""
-    kernels, previous = [], 0.0
-    for _, capacity in capacities:
-        target = 4 * previous if capacity == float("inf") else (capacity / 2 if previous == 0 else (previous * capacity) ** 0.5)
-        side = max(16, int((target / 4) ** 0.5) // 16 * 16)
-        kernels.append(Kernel("MatMul", side, side, 1))
-        previous = capacity
-    return kernels
-
-
-def _cost_of_qdq(spec: HardwareSpec, kernel: Kernel) -> float:
-    """The conversions the cost model charges a native quantized layer: Q on its input, DQ on its output."""
-    return spec.overhead("QuantizeLinear").time(kernel.input_elems) + spec.overhead("DequantizeLinear").time(kernel.output_elems)
+RANKING_CHAIN = [Kernel("Conv", 16, 32, 40), Kernel("Conv", 32, 32, 40, kernel=1), Kernel("Conv", 32, 64, 40),
+                 Kernel("Conv", 64, 32, 40, kernel=1)]
+"""A held-out network (shapes the fit never sees) whose mixed-precision configurations are ranked."""
 
 
 def base_for_machine(machine: str | None = None) -> str:
@@ -257,98 +70,210 @@ def base_for_machine(machine: str | None = None) -> str:
     raise SpecError("", "base", f"no bundled spec for machine type {machine!r}", "pass --base NAME with a bundled spec name")
 
 
-def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Measure this machine and return a spec document extending ``base`` (see module docstring).
+def compute_kernels(quick: bool) -> list[Kernel]:
+    """Compute-bound shapes (millions of MACs, small working sets) plus tiny ones that expose the per-op cost."""
+    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1)]
+    if not quick:
+        kernels += [Kernel("Conv", 128, 128, 14), Kernel("Conv", 32, 32, 56), Kernel("Conv", 128, 128, 28, kernel=1),
+                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16)]
+    return kernels
 
-    Fits at ``threads`` threads; when that is more than one, the 1-thread fit is also recorded under
-    ``provenance`` so the scaling is visible."""
+
+def memory_kernels(capacities: list[float]) -> list[Kernel]:
+    """One matrix-vector product per memory level, its float weights sized to land in that level.
+
+    With one row a product does one MAC per weight loaded, so it is memory-bound on every CPU; the
+    working set sits between the previous level's capacity and this one's (4x the largest bounded level
+    for the unbounded one)."""
+    kernels, previous = [], 0.0
+    for capacity in capacities:
+        target = 4 * previous if capacity == float("inf") else (capacity / 2 if previous == 0 else (previous * capacity) ** 0.5)
+        side = max(16, int((target / 4) ** 0.5) // 16 * 16)
+        kernels.append(Kernel("MatMul", side, side, 1))
+        previous = capacity
+    return kernels
+
+
+@dataclass(frozen=True)
+class Measurement:
+    kernel: Kernel
+    precision: KernelPrecision
+    threads: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RankingCheck:
+    spearman: float
+    configs: list[tuple[str, ...]]
+    measured_s: list[float]
+    predicted_s: list[float]
+
+
+def predicted_latency(spec: HardwareSpec, layers: list[tuple[Kernel, KernelPrecision]]) -> float:
+    model = CostModel(spec)
+    total = 0.0
+    for index, (kernel, precision) in enumerate(layers):
+        wbits, abits, signed = KERNEL_PAIR[precision]
+        total += model.layer_cost(layer_desc(kernel, f"l{index}"), wbits, abits, act_signed=signed).latency_s
+    return total
+
+
+def ranking_check(spec: HardwareSpec, threads: int, min_seconds: float, samples: int = 12, seed: int = 0,
+                  chain: list[Kernel] = RANKING_CHAIN) -> RankingCheck:
+    """Measure mixed-precision configurations of ``chain`` and compare their order with the cost model's.
+
+    Configurations: the four uniform ones (float, w8a8, w4a8, w8a16) plus ``samples`` random mixes of
+    them; the score is Spearman's rank correlation of predicted and measured latency (1 = same order)."""
+    choices: list[KernelPrecision] = ["float", "u8s8", "u8s4", "u16s8"]
+    rng = np.random.default_rng(seed)
+    configs = [tuple([c] * len(chain)) for c in choices]
+    while len(configs) < len(choices) + samples:
+        config = tuple(choices[i] for i in rng.integers(0, len(choices), len(chain)))
+        if config not in configs:
+            configs.append(config)
+    layers = [list(zip(chain, config)) for config in configs]
+    predicted = [predicted_latency(spec, config_layers) for config_layers in layers]
+    measured = time_models([build_chain(config_layers) for config_layers in layers], threads, min_seconds)
+    return RankingCheck(float(spearmanr(predicted, measured).statistic), configs, measured, predicted)
+
+
+def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure this machine and return a spec document extending ``base`` (see module docstring)."""
     base_spec = load(base)
     min_seconds = 0.05 if quick else 0.3
     run_s = time_model(build_identity_model(), 1, min_seconds)
     log(f"session call: {run_s * 1e6:.1f} us")
 
-    conversions: dict[str, tuple[float, float]] = {}
+    conversions: dict[str, Overhead] = {}
     sizes = [1_000, 300_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     for op in ("QuantizeLinear", "DequantizeLinear"):
-        times = [time_model(build_convert_model(n, op), 1, min_seconds) for n in sizes]
-        fixed, per_element = fit_line(sizes, times)
-        conversions[op] = (max(fixed - run_s, 0.0), per_element)
-        log(f"{op}: {conversions[op][0] * 1e6:.2f} us + {conversions[op][1] * 1e9:.3f} ns/element")
-    qdq_spec = spec_from_document(deep_merge(resolve(locate(base)), {"overheads": {
-        op: {"fixed": fixed, "per_element": per_el} for op, (fixed, per_el) in conversions.items()}}))
+        fixed, per_element = fit_line(sizes, time_models([build_convert_model(n, op) for n in sizes], 1, min_seconds))
+        conversions[op] = Overhead(max(fixed - run_s, 0.0), per_element)
+        log(f"{op}: {conversions[op].fixed * 1e6:.2f} us + {per_element * 1e9:.3f} ns/element")
 
-    capacities = [(level.name, level.capacity) for level in base_spec.memory]
-    if quick:  # the unbounded level needs a working set of several times the last cache: slow to build
-        capacities = [(name, capacity) for name, capacity in capacities if capacity != float("inf")]
-    jobs = [(k, p) for k in compute_kernels(quick) for p in ("float", "u8s8", "s8s8")]
+    precisions = [p for p in MEASURED if _role(base_spec, p) is not None]
+    capacities = [level.capacity for level in base_spec.memory]
+    if quick:  # the unbounded level needs a working set several times the last cache: slow to build
+        capacities = [c for c in capacities if c != float("inf")]
+    jobs = [(k, p) for k in compute_kernels(quick) for p in precisions]
     jobs += [(k, p) for k in memory_kernels(capacities) for p in ("float", "u8s8")]
-    thread_counts = sorted({1, threads})
-    measurements: list[Measurement] = []
-    for count in thread_counts:
-        for kernel, precision in jobs:
-            seconds = time_model(build_model(kernel, precision), count, min_seconds)
+    measurements = []
+    for count in sorted({1, threads}):
+        times = time_models([build_model(kernel, precision) for kernel, precision in jobs], count, min_seconds)
+        for (kernel, precision), seconds in zip(jobs, times):
             measurements.append(Measurement(kernel, precision, count, seconds))
             log(f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us")
 
-    order = list(SPEC_KEY)
-    fits = {count: _fit(base_spec, qdq_spec, run_s, [m for m in measurements if m.threads == count]) for count in thread_counts}
-    chosen = fits[threads]
-    document: dict[str, Any] = {
-        "base": base,
-        "description": (
-            f"Fitted by mpqc-hw profile on this machine ({platform.machine()}, {_cpu_name()}), "
-            f"onnxruntime {ort.__version__}, {threads} thread(s): throughput, bandwidth and overheads measured; "
-            f"energy, capacities, emulated paths and the op table inherited from {base}."
-        ),
-        "threads": threads,
-        "precisions": {SPEC_KEY[p]: {"throughput": format_quantity(chosen.throughput[p], "throughput")} for p in order},
-        "memory": {level: {"bandwidth": format_quantity(b, "bandwidth")} for level, b in chosen.bandwidth.items()},
-        "overheads": {
-            "default": {"fixed": format_quantity(chosen.overhead, "time")},
-            **{op: {"fixed": format_quantity(f, "time"), "per_element": format_quantity(p, "time")} for op, (f, p) in conversions.items()},
-        },
-        "provenance": {
-            "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
-            "onnxruntime": ort.__version__,
-            "machine": platform.machine(),
-            "seconds_per_kernel": min_seconds,
-            "session_call_us": round(run_s * 1e6, 3),
-            "fits": {
-                f"threads_{count}": {
-                    "overhead_us": round(fit.overhead * 1e6, 3),
-                    "throughput_GMAC_s": {SPEC_KEY[p]: round(fit.throughput[p] / 1e9, 3) for p in order},
-                    "bandwidth_GB_s": {l: round(b / 1e9, 3) for l, b in fit.bandwidth.items()},
-                    "rms_log_error": round(fit.rms_log_error, 4),
-                }
-                for count, fit in fits.items()
-            },
-            "measurements_us": [
-                f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}" for m in measurements
-            ],
-        },
+    fits = {count: _fit(base_spec, conversions, run_s, [m for m in measurements if m.threads == count])
+            for count in sorted({1, threads})}
+    document = _document(base, threads, quick, fits[threads], conversions)
+    fitted = spec_from_document(deep_merge(resolve(locate(base)), document))
+    checks = {name: ranking_check(spec, threads, min_seconds) for name, spec in (("fitted", fitted), (base, base_spec))}
+    for name, check in checks.items():
+        log(f"ranking of {len(check.configs)} held-out configurations, {name} spec: Spearman {check.spearman:.3f}")
+    document["provenance"] = {
+        "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
+        "onnxruntime": ort.__version__,
+        "machine": f"{platform.machine()}, {_cpu_name()}",
+        "seconds_per_kernel": min_seconds,
+        "session_call_us": round(run_s * 1e6, 3),
+        "fits": {f"threads_{count}": _fit_record(fit) for count, fit in fits.items()},
+        "ranking_spearman": {name: round(check.spearman, 4) for name, check in checks.items()},
+        "measurements_us": [f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}" for m in measurements],
     }
     return document
 
 
-def _fit(base_spec: HardwareSpec, qdq_spec: HardwareSpec, run_s: float, measurements: list[Measurement]) -> Fit:
+def _role(spec: HardwareSpec, precision: KernelPrecision) -> tuple[str, str | None] | None:
+    """How the base spec runs a kernel precision: (pair whose throughput it runs at, pair whose weight
+    unpack it pays), or None when the fit cannot use it (unsupported, or emulated in something other than
+    float).  An emulated pair gets its own throughput: onnxruntime runs its unfused float Conv in plain
+    NCHW, without the NCHWc layout (and its speed) the float graph gets."""
+    wbits, abits, signed = KERNEL_PAIR[precision]
+    if not _supports(spec, wbits, abits, signed):
+        return None
+    key = precision_key(wbits, abits, signed) if signed and precision_key(wbits, abits, True) in spec.precisions else precision_key(wbits, abits)
+    entry = spec.precision(wbits, abits, signed)
+    if entry.native:
+        return key, None
+    return (key, key) if entry.emulated_as == "float" else None
+
+
+def _supports(spec: HardwareSpec, wbits: int | None, abits: int | None, signed: bool) -> bool:
+    return spec.supports(wbits, abits) and (not signed or precision_key(wbits, abits, True) in spec.precisions)
+
+
+def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float, measurements: list[Measurement]) -> Fit:
+    model = CostModel(base_spec)
     samples = []
     for m in measurements:
-        moved = m.kernel.moved_bytes(m.precision)  # type: ignore[arg-type]
-        qdq = 0.0 if m.precision == "float" else _cost_of_qdq(qdq_spec, m.kernel)
-        samples.append(Sample(m.seconds, m.kernel.macs, moved, m.precision, base_spec.memory_level_for(moved).name, run_s + qdq))
+        wbits, abits, _ = KERNEL_PAIR[m.precision]
+        kernel_key, unpack = _role(base_spec, m.precision)  # type: ignore[misc]
+        desc = layer_desc(m.kernel, "k")
+        moved = model.weight_bytes(desc, wbits) + model.act_bytes(desc, abits)
+        samples.append(Sample(
+            seconds=m.seconds, macs=desc.macs, moved_bytes=moved, weight_params=desc.weight_params,
+            kernel=kernel_key, unpack=unpack, level=base_spec.memory_level_for(moved).name,
+            fixed_seconds=run_s + _conversion_s(conversions, m.kernel, m.precision, emulated=unpack is not None),
+        ))
+    prior_unpack = {}
+    for key in {s.unpack for s in samples if s.unpack is not None}:
+        entry = base_spec.precisions[key]
+        prior_unpack[key] = entry.weight_unpack if entry.weight_unpack is not None else conversions["DequantizeLinear"].per_element
     return fit_roofline(
         samples,
         prior_overhead=base_spec.overhead("Conv").fixed,
-        prior_throughput={p: base_spec.precision(*_PAIR[p]).throughput for p in SPEC_KEY},
+        prior_throughput={s.kernel: base_spec.precisions[s.kernel].throughput for s in samples},
+        prior_unpack=prior_unpack,
         prior_bandwidth={level.name: level.bandwidth for level in base_spec.memory},
     )
 
 
-_PAIR = {"float": (None, None, False), "u8s8": (8, 8, False), "s8s8": (8, 8, True)}
+def _conversion_s(conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool) -> float:
+    """The Q/DQ time ``CostModel`` charges a quantized layer (Q on its input, DQ on its output, and for a
+    pair emulated in float a DQ of its input too), from the measured conversion overheads."""
+    if precision == "float":
+        return 0.0
+    quantize, dequantize = conversions["QuantizeLinear"], conversions["DequantizeLinear"]
+    seconds = quantize.time(kernel.input_elems) + dequantize.time(kernel.output_elems)
+    return seconds + (dequantize.time(kernel.input_elems) if emulated else 0.0)
+
+
+def _document(base: str, threads: int, quick: bool, fit: Fit, conversions: dict[str, Overhead]) -> dict[str, Any]:
+    precisions: dict[str, dict[str, str]] = {key: {"throughput": format_quantity(t, "throughput")} for key, t in fit.throughput.items()}
+    for key, unpack in fit.unpack.items():
+        precisions.setdefault(key, {})["weight_unpack"] = format_quantity(unpack, "time")
+    return {
+        "base": base,
+        "description": (
+            f"Fitted by mpqc-hw profile{' --quick' if quick else ''} on {platform.machine()} ({_cpu_name()}), "
+            f"onnxruntime {ort.__version__}, {threads} thread(s): throughput, unpack times, bandwidth and overheads "
+            f"measured; energy, capacities, bit-widths and the op table inherited from {base}."
+        ),
+        "threads": threads,
+        "precisions": precisions,
+        "memory": {level: {"bandwidth": format_quantity(b, "bandwidth")} for level, b in fit.bandwidth.items()},
+        "overheads": {
+            "default": {"fixed": format_quantity(fit.overhead, "time")},
+            **{op: {"fixed": format_quantity(o.fixed, "time"), "per_element": format_quantity(o.per_element, "time")}
+               for op, o in conversions.items()},
+        },
+    }
+
+
+def _fit_record(fit: Fit) -> dict[str, Any]:
+    return {
+        "overhead_us": round(fit.overhead * 1e6, 3),
+        "throughput_GMAC_s": {key: round(t / 1e9, 3) for key, t in fit.throughput.items()},
+        "weight_unpack_ns": {key: round(u * 1e9, 4) for key, u in fit.unpack.items()},
+        "bandwidth_GB_s": {level: round(b / 1e9, 3) for level, b in fit.bandwidth.items()},
+        "rms_log_error": round(fit.rms_log_error, 4),
+    }
 
 
 def spec_from_document(document: dict[str, Any]) -> HardwareSpec:
-    """A spec from an in-memory document (the base with the measured Q/DQ overheads merged in)."""
+    """A spec from an in-memory, already merged document."""
     path = Path("<profile>")
     validate_document(path, document)
     return build_spec(path, document)
@@ -359,15 +284,16 @@ def write_spec(document: dict[str, Any], path: Path, header: str) -> None:
     validated by loading it back, then moved over ``path`` (an existing file is only ever replaced whole)."""
     path = Path(path)
     document = {"name": _name_for(path), **document}
-    text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".yaml", dir=path.parent if str(path.parent) else ".")
+    text = "".join(f"# {line}\n" for line in header.splitlines())
+    text += yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".yaml", dir=path.parent)
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        spec_doc = resolve(temp)
-        validate_document(path, spec_doc)
-        build_spec(path, spec_doc)
+        merged = resolve(temp)
+        validate_document(path, merged)
+        build_spec(path, merged)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

@@ -43,7 +43,9 @@ class Precision:
     """Cost of one precision pair.  ``emulated_as`` names the pair whose kernel actually runs.
 
     For an emulated pair the loader has already filled ``throughput``/``energy_per_mac`` from the
-    pair it is emulated as (unless the spec overrides them), so callers never chase the chain.
+    pair it is emulated as, so callers never chase the chain.  A spec overrides them when the emulated
+    kernel is slower than the real one: onnxruntime runs the float Conv behind an unfused
+    DequantizeLinear in plain NCHW, not in the NCHWc layout the float graph gets.
     """
 
     key: str

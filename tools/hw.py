@@ -156,9 +156,11 @@ def _profile(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.is_dir() or not output.parent.is_dir():
         raise UsageError(f"-o {output}: not a file path in an existing directory")
+    if args.base:
+        hwspecs.load(args.base)
     from mpqc.hwspecs import profiling  # imports onnx/onnxruntime: only when profiling
+
     base = args.base or profiling.base_for_machine()
-    hwspecs.load(base)
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda line: None)
     document = profiling.profile(base, args.threads, args.quick, log)
     header = f"Written by `{PROG} profile{' --quick' if args.quick else ''} --threads {args.threads}`; measured numbers, see provenance."

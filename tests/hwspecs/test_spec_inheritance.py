@@ -34,7 +34,7 @@ def test_child_overrides_a_few_fields_of_a_bundled_base(tmp_path: Path) -> None:
     assert spec.description == base.description
     assert spec.precision(None, None).throughput == 96e9
     assert spec.precision(None, None).energy_per_mac == base.precision(None, None).energy_per_mac
-    assert spec.precision(4, 8).throughput == 96e9, "emulated pairs follow the child's float entry"
+    assert spec.precision(4, 8) == base.precision(4, 8), "an emulated pair with its own numbers keeps them"
     assert not spec.supports(2, 8) and base.supports(2, 8)
     assert spec.memory[-1].bandwidth == 20e9 and spec.memory[-1].energy_per_byte == base.memory[-1].energy_per_byte
     assert spec.ops == base.ops
@@ -48,3 +48,16 @@ def test_relative_base_chain(tmp_path: Path) -> None:
     assert spec.name == "leaf_chip"
     assert spec.description == "grand"
     assert spec.precision(8, 8).throughput == 4 * 128e9, "the bit-scaling rule follows the overridden anchor"
+
+
+def test_emulated_pair_without_numbers_follows_the_overridden_target(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", {
+        "description": "parent",
+        "bits": {"weights": [4, 8], "activations": [8]},
+        "precisions": {"float": {"throughput": 10, "energy_per_mac": 1}, "w4a8": {"emulated_as": "float"},
+                       "w8a8": {"throughput": 20, "energy_per_mac": 1}},
+        "memory": {"dram": {"bandwidth": 1, "energy_per_byte": 1}},
+    })
+    child = hwspecs.load(write(tmp_path / "child.yaml", {"base": "parent.yaml", "precisions": {"float": {"throughput": 30}}}))
+    assert child.precision(4, 8).throughput == 30
+    assert child.precision(4, 8).emulated_as == "float"

@@ -101,10 +101,15 @@ def test_profile_quick_writes_a_valid_fitted_spec(capsys: pytest.CaptureFixture[
     document = yaml.safe_load(out_path.read_text())
     assert document["base"] in ("x86_avx2", "x86_avx512_vnni", "arm_a72")
     base = hwspecs.load(document["base"])
-    assert set(document["precisions"]) == {"float", "w8a8", "w8a8_signed"}
-    for key in ("float", "w8a8"):
+    assert set(document["precisions"]) == {"float", "w8a8", "w8a8_signed", "w4a8", "w8a16"}
+    for key in ("float", "w8a8", "w4a8"):
         measured = spec.precisions[key].throughput
         assert base.precisions[key].throughput / 100 <= measured <= base.precisions[key].throughput * 100
+    assert spec.precisions["w4a8"].weight_unpack is not None
     assert spec.overhead("QuantizeLinear").per_element > 0
     assert spec.precision(4, 8).emulated_as == base.precision(4, 8).emulated_as, "emulated paths are inherited"
+    assert spec.precision(2, 16) == base.precision(2, 16), "pairs the profile does not measure are inherited"
+    ranking = document["provenance"]["ranking_spearman"]
+    assert set(ranking) == {"fitted", document["base"]}
+    assert all(-1.0 <= value <= 1.0 for value in ranking.values())
     assert not list(tmp_path.glob(".here-*")), "no temp file is left behind"
