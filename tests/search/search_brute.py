@@ -8,6 +8,7 @@ import numpy as np
 
 from mpqc.search import Point, Problem
 from mpqc.search.pareto import non_dominated
+from mpqc.search.problem import FEASIBILITY_RTOL
 
 
 def all_configs(problem: Problem) -> np.ndarray:
@@ -17,7 +18,11 @@ def all_configs(problem: Problem) -> np.ndarray:
 
 
 def feasible_mask(problem: Problem, configs: np.ndarray) -> np.ndarray:
-    return np.array([problem.feasible(c) for c in configs])
+    """`Problem.feasible` of every row, vectorized."""
+    mask = np.ones(len(configs), dtype=bool)
+    for name, limit in problem.constraints.items():
+        mask &= problem.total(name, configs) <= limit + FEASIBILITY_RTOL * max(abs(limit), 1.0)
+    return mask
 
 
 def best_proxy(problem: Problem) -> float:
