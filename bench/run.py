@@ -2,8 +2,8 @@
 
 For each model: fetch and prepare the float model, make the task's data, write its calibration
 directory, then for each recipe quantize (timed), evaluate the task, compare predictions with float's,
-and measure file size and 1- and 2-thread latency (absolute, and relative to float timed back to back). A recipe that fails is recorded with its error and
-the run goes on. Results are written after each model, as JSON (``--out``) and markdown beside it.
+and measure file size and 1- and 2-thread latency (absolute, and relative to float timed back to
+back). A recipe that fails is recorded with its error and the run goes on. Results are written after each model, as JSON (``--out``) and markdown beside it.
 
 mpqc joins through ``--mpqc NAME='ARGS'`` (repeatable), which runs
 ``mpqc FLOAT ARGS -o OUT --calib DIR``, or from Python through ``bench.baselines.register_tool``.

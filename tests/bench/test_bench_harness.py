@@ -17,8 +17,8 @@ from bench.baselines import ListReader, QuantizeRequest, RecipeError, mpqc_recip
 from bench.cache import cache_dir, extract_member, fetch_wheel
 from bench.measure import file_size_mb, paired_latency
 from bench.report import markdown
-from bench.run import run_recipe
-from bench.tasks.base import Evaluation, Task, TaskSizes
+from bench.run import evaluate, run_recipe
+from bench.tasks.base import Task, TaskSizes
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 12]>
@@ -144,9 +144,7 @@ def test_run_recipe_rows_for_float_ort_and_a_failing_tool(tmp_path, tiny_path, m
     float_model = tmp_path / "float.onnx"
     onnx.save(models.prepare(onnx.load(str(tiny_path))), str(float_model))
     task = ArgmaxTask(TaskSizes(n_eval=16, n_calib=4))
-    from bench.run import evaluate
     reference = evaluate(float_model, task)
-    task._labels = reference.predictions
 
     def broken(request: QuantizeRequest) -> None:
         raise RecipeError("no spec\nsecond line")
