@@ -13,6 +13,8 @@ configurations spread over ``context.executor`` when there is one.
 error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes: coarse with
 few samples), ``auto`` (``kl`` when the first output is ``[N, classes]``, else ``mse``). Activation
 candidates need calibrated ranges (run ``calibrate`` first); without them only weights are scored.
+When every model input has a symbolic first dimension the samples run as one batch (option ``batch``),
+which is several times faster for small models and gives the same per-row measures.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SensitivityOutput(SensitivityPass):
     class Options(ActivationCandidates):
         measure: Literal["auto", "kl", "mse", "flips"] = option("auto", "output distance: kl, mse (1/SQNR), flips (top-1 changes) or auto")
         samples: int = option(32, "calibration samples to run per candidate")
+        batch: bool = option(True, "run the samples as one batch when every model input's first dimension is symbolic")
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -57,7 +60,9 @@ class SensitivityOutput(SensitivityPass):
         scored_acts = [layer for layer in layers if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation)]
         if len(scored_acts) < sum(layer.activation is not None for layer in layers):
             self.context.note(f"{self.name}: activations without a calibrated range are not scored (run calibrate first)")
-        evaluator = Evaluator(model, list(data)[: self.options.samples], wbits=wbits, executor=self.context.executor)
+        samples = list(data)[: self.options.samples]
+        batch = len(samples) if self.options.batch and _batch_first(model, samples) else 1
+        evaluator = Evaluator(model, samples, wbits=wbits, executor=self.context.executor, batch=batch)
 
         jobs: list[tuple[str, str, Config]] = []
         for layer in layers:
@@ -71,7 +76,7 @@ class SensitivityOutput(SensitivityPass):
         for (name, candidate, _), error in zip(jobs, errors):
             scores[name][candidate] = error
         for layer in layers:
-            self.write(layer, scores[layer.name], {"measure": measure, "samples": len(evaluator.samples)})
+            self.write(layer, scores[layer.name], {"measure": measure, "samples": len(samples)})
         return ir.passes.PassResult(model, modified=True)
 
     def _measure(self, evaluator: Evaluator) -> Measure:
@@ -79,3 +84,12 @@ class SensitivityOutput(SensitivityPass):
             return self.options.measure
         first = np.asarray(evaluator.reference[0][0])
         return "kl" if first.ndim == 2 and first.shape[-1] > 1 else "mse"
+
+
+def _batch_first(model: ir.Model, samples: list) -> bool:
+    """Whether the samples can be stacked along axis 0: every input's first dimension is symbolic and
+    the samples agree on all other dimensions."""
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    if any(v.shape is None or len(v.shape) == 0 or isinstance(v.shape[0], int) for v in inputs):
+        return False
+    return all(np.shape(s[v.name])[1:] == np.shape(samples[0][v.name])[1:] for s in samples for v in inputs)

@@ -160,3 +160,12 @@ def test_executor_gives_the_same_errors(cnn_setup) -> None:
     original = Evaluator(model, samples)
     revived = pickle.loads(pickle.dumps(original))  # what a worker process receives
     assert [revived.error(c, "kl") for c in configs] == inline
+
+
+def test_batched_samples_give_the_same_errors(cnn_setup) -> None:
+    model, samples, evaluator = cnn_setup
+    batched = Evaluator(model, samples, batch=4)
+    assert len(batched.samples) == 2 and batched.samples[0]["image"].shape[0] == 8
+    for config in ({"c2": (2, 32)}, {"logits": (32, 4)}, {name: (4, 8) for name in evaluator.layers}):
+        for measure in ("kl", "mse", "flips"):
+            assert batched.error(config, measure) == pytest.approx(evaluator.error(config, measure), rel=1e-4, abs=1e-9)
