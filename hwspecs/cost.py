@@ -106,10 +106,12 @@ class CostModel:
         self.spec = spec
 
     def weight_bytes(self, desc: LayerDesc, wbits: int | None) -> int:
+        """Stored bytes of the layer's weights (in their ONNX container), per-channel scales and bias."""
         scales = 0 if wbits is None else SCALE_BYTES * (desc.c_out or 1)
         return tensor_bytes(desc.weight_params, wbits) + scales + BIAS_BYTES * desc.bias_params
 
     def act_bytes(self, desc: LayerDesc, abits: int | None) -> int:
+        """Bytes of the layer's input and output activations at ``abits`` (float: 4 bytes each)."""
         return tensor_bytes(desc.input_elems, abits) + tensor_bytes(desc.output_elems, abits)
 
     def layer_cost(
