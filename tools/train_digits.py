@@ -206,8 +206,8 @@ class GlobalAveragePool(Layer):
         return x.mean(axis=(2, 3), keepdims=True)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        n, c, h, w = self._shape
-        return np.broadcast_to(dy / (h * w), self._shape)
+        height, width = self._shape[2:]
+        return np.broadcast_to(dy / (height * width), self._shape)
 
     def export(self, graph: GraphBuilder, x: str) -> str:
         return graph.node("GlobalAveragePool", [x], self.name)
