@@ -318,7 +318,7 @@ def test_embedded_digits_model(method: str) -> None:
     model = mpqc.ir.load(DIGITS_MODEL)
     [image] = [v for v in model.graph.inputs if not v.is_initializer()]
     with np.load(DIGITS_DATA) as archive:
-        images = next(archive[k] for k in archive.files if archive[k].dtype == np.float32)
+        images = archive["calib_image"]
     data = CalibrationData(tuple({image.name: images[i : i + 1]} for i in range(200)))
     start = time.perf_counter()
     run(model, data, method=method)
