@@ -64,7 +64,7 @@ def to_base(value: float | int | str, dimension: str) -> float:
         return float(value)
     match = re.fullmatch(rf"\s*({_NUMBER})\s*(\S+)\s*", value)
     if match is None or match.group(2) not in UNITS[dimension]:
-        raise ValueError(f"{value!r} is not a {dimension} ({allowed_units(dimension)})")
+        raise ValueError(f"{value!r} is not a valid {dimension} quantity; allowed: {allowed_units(dimension)}")
     return float(match.group(1)) * UNITS[dimension][match.group(2)]
 
 

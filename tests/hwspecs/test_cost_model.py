@@ -216,3 +216,31 @@ def test_layer_desc_rejects_nonsense() -> None:
         LayerDesc("x", "Conv", macs=1, weight_params=1.5, input_elems=1, output_elems=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="groups"):
         LayerDesc("x", "Conv", macs=1, weight_params=1, input_elems=1, output_elems=1, groups=0)
+
+
+@pytest.mark.parametrize("name", ["x86_avx2", "bismo_edge", "arm_a72"])
+@settings(max_examples=30, deadline=None)
+@given(desc=layers)
+def test_latency_is_the_roofline_plus_overheads_and_energy_adds_up(name: str, desc: LayerDesc) -> None:
+    spec = hwspecs.load(name)
+    model = CostModel(spec)
+    for w, a in spec.supported_pairs()[:3]:
+        cost = model.layer_cost(desc, w, a)
+        moved = cost.weight_bytes + cost.act_bytes
+        level = spec.memory_level_for(moved)
+        precision = spec.precision(w, a)
+        compute_s, memory_s = desc.macs / precision.throughput, moved / level.bandwidth
+        assert cost.latency_s >= max(compute_s, memory_s)
+        assert cost.bound == ("compute" if compute_s >= memory_s else "memory")
+        assert cost.energy_j == pytest.approx(desc.macs * precision.energy_per_mac + moved * level.energy_per_byte)
+
+
+def test_units_round_trip_and_reject_other_dimensions() -> None:
+    from mpqc.hwspecs import units
+
+    for value, dimension in [(48e9, "throughput"), (12.8e9, "bandwidth"), (1441792, "bytes"), (7e-11, "energy"), (3.3e-10, "time")]:
+        assert units.to_base(units.format_quantity(value, dimension), dimension) == pytest.approx(value)
+    assert units.to_base("1 TOPS", "throughput") == 5e11, "one MAC is two ops"
+    assert units.to_base("3MB", "bytes") == 3e6 and units.to_base("2ms", "time") == 2e-3
+    with pytest.raises(ValueError, match="not a valid bandwidth quantity; allowed: .*GB/s"):
+        units.to_base("5 pJ", "bandwidth")
