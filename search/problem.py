@@ -157,11 +157,11 @@ class Problem:
         set_(self, "costs", MappingProxyType(
             {obj: self._per_layer(obj, tables) for obj, tables in self.costs.items()}))
         set_(self, "sensitivity", self._per_layer("sensitivity", self.sensitivity))
-        set_(self, "fixed_costs", MappingProxyType(
-            {obj: float(self.fixed_costs.get(obj, 0.0)) for obj in self.costs}))
         unknown = set(self.fixed_costs) - set(self.costs)
         if unknown:
             raise SearchError(f"fixed costs for unknown objectives {sorted(unknown)}")
+        set_(self, "fixed_costs", MappingProxyType(
+            {obj: float(self.fixed_costs.get(obj, 0.0)) for obj in self.costs}))
         set_(self, "constraints", MappingProxyType(
             {obj: float(limit) for obj, limit in self.constraints.items()}))
         for obj in self.constraints:

@@ -67,6 +67,7 @@ def test_pair_names_and_value_format() -> None:
     ({"objectives": ("error", "energy")}, "objective 'energy'"),
     ({"groups": ((0, 1),)}, "identical candidate lists"),
     ({"edges": ((0, 7),)}, "outside 0..2"),
+    ({"fixed_costs": {"energy": 1.0}}, "fixed costs for unknown objectives"),
 ])
 def test_invalid_problems_say_what_is_wrong(overrides: dict, message: str) -> None:
     with pytest.raises(SearchError, match=message.replace("(", r"\(").replace(")", r"\)")):
