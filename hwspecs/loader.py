@@ -140,6 +140,11 @@ def _field_path(parts: Any) -> str:
     return text or "(top level)"
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
     """Turn the most relevant jsonschema error into file / field / what is allowed."""
     if error.validator in ("anyOf", "oneOf") and "description" not in error.schema and error.context:
@@ -150,7 +155,7 @@ def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
     instance = error.instance
     validator = error.validator
     if validator == "required":
-        missing = error.message.split("'")[1]
+        missing = next(field for field in error.validator_value if field not in instance)
         return SpecError(path, _field_path([*where, missing]), "missing required field", described)
     if validator == "additionalProperties":
         allowed = sorted(schema_.get("properties", {}))
@@ -159,12 +164,12 @@ def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
     if "propertyNames" in error.schema_path:  # jsonschema reports the bad key as the instance
         return SpecError(path, _field_path([*where, instance]), "key not allowed", described)
     if validator == "type":
-        return SpecError(path, _field_path(where), f"expected {error.validator_value}, got {instance!r}", described)
+        return SpecError(path, _field_path(where), f"expected {error.validator_value}, got {_short(instance)}", described)
     if validator == "enum":
-        return SpecError(path, _field_path(where), f"{instance!r} is not allowed", described or str(error.validator_value))
+        return SpecError(path, _field_path(where), f"{_short(instance)} is not allowed", described or str(error.validator_value))
     if validator in ("anyOf", "oneOf", "pattern"):
         negative = isinstance(instance, (int, float)) and not isinstance(instance, bool) and instance < 0
-        problem = f"negative value {instance!r}" if negative else f"{instance!r} is not valid"
+        problem = f"negative value {instance!r}" if negative else f"{_short(instance)} is not valid"
         return SpecError(path, _field_path(where), problem, described)
     return SpecError(path, _field_path(where), error.message, described)
 
