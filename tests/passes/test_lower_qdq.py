@@ -314,3 +314,17 @@ def test_bad_uniform_choice_is_rejected() -> None:
         get("lower-qdq")(uniform="w9x")
     with pytest.raises(ValueError, match="outside 2..16"):
         get("lower-qdq")(uniform="w1a8")
+
+
+def test_eight_bit_layers_become_onnxruntime_integer_kernels(calibrated_cnn: tuple[bytes, list], tmp_path: pathlib.Path) -> None:
+    import onnxruntime as ort
+
+    serialized, _ = calibrated_cnn
+    proto = ir.to_proto(_lower(_copy(serialized), uniform="w8a8")).SerializeToString()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
+    assert "Conv" not in ops and "Gemm" not in ops

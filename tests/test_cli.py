@@ -1,0 +1,234 @@
+"""The ``mpqc`` command: one clear line and exit 1 on bad input, nothing written; same run, same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models import random_inputs, run_ort, small_cnn
+from mpqc import cli
+
+
+def _mpqc(capsys: pytest.CaptureFixture[str], *argv: str | os.PathLike) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_user_error(code: int, err: str, fragment: str) -> None:
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mpqc: ") and "internal error" not in lines[0], lines[0]
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+# --- bad inputs -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def out_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def _nothing_written(folder: pathlib.Path) -> None:
+    assert list(folder.iterdir()) == []
+
+
+def test_a_file_that_is_not_onnx(capsys, tmp_path, out_dir) -> None:
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("definitely not protobuf")
+    code, _, err = _mpqc(capsys, bad, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
+    _assert_user_error(code, err, "is not a readable ONNX model")
+    _nothing_written(out_dir)
+
+
+def test_a_truncated_model(capsys, cnn_path, tmp_path, out_dir) -> None:
+    half = tmp_path / "half.onnx"
+    data = cnn_path.read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    code, _, err = _mpqc(capsys, half, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
+    _assert_user_error(code, err, "is not a readable ONNX model")
+    _nothing_written(out_dir)
+
+
+def test_a_missing_model(capsys, tmp_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, tmp_path / "nope.onnx", "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
+    _assert_user_error(code, err, "does not exist")
+    _nothing_written(out_dir)
+
+
+def test_an_output_that_is_a_directory(capsys, cnn_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir, "--uniform", "w8a8")
+    _assert_user_error(code, err, "is a directory")
+    _nothing_written(out_dir)
+
+
+def test_an_unwritable_output(capsys, cnn_path, out_dir, monkeypatch) -> None:
+    out_dir.chmod(0o555)
+    try:
+        if os.access(out_dir, os.W_OK):
+            # Running as root, which ignores permissions: make the folder look read-only as it would
+            # to anyone else.
+            real_access = os.access
+            monkeypatch.setattr("mpqc.ir.io.os.access", lambda path, mode: False if pathlib.Path(path) == out_dir and mode & os.W_OK else real_access(path, mode))
+        code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
+        _assert_user_error(code, err, "permission denied")
+        _nothing_written(out_dir)
+    finally:
+        out_dir.chmod(0o755)
+
+
+def test_an_output_in_a_missing_folder(capsys, cnn_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "sub" / "q.onnx", "--uniform", "w8a8")
+    _assert_user_error(code, err, "does not exist")
+    _nothing_written(out_dir)
+
+
+def test_output_equal_to_input(capsys, cnn_path) -> None:
+    before = cnn_path.read_bytes()
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", cnn_path, "--uniform", "w8a8")
+    _assert_user_error(code, err, "the output path is the input model")
+    assert cnn_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "fragment"),
+    [
+        ("canonicalize,lower-qdk", "unknown pass 'lower-qdk': did you mean lower-qdq"),
+        ("canonicalize{fold_batchnorm=perhaps}", "'perhaps' is not a boolean"),
+        ("lower-qdq{uniform=w8a8", "expected '}'"),
+    ],
+)
+def test_bad_pipelines(capsys, cnn_path, out_dir, pipeline, fragment) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--pipeline", pipeline)
+    _assert_user_error(code, err, fragment)
+    _nothing_written(out_dir)
+
+
+def test_calibration_keys_that_do_not_match(capsys, cnn_path, tmp_path, out_dir) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.savez(calib / "s0.npz", pixels=np.zeros((1, 3, 8, 8), np.float32))
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, "do not match the model's ['image']")
+    _nothing_written(out_dir)
+
+
+def test_calibration_with_nan(capsys, cnn_path, tmp_path, out_dir) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    sample = np.zeros((1, 3, 8, 8), np.float32)
+    sample[0, 1, 2, 3] = np.nan
+    np.savez(calib / "s0.npz", image=sample)
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, "contains NaN or Inf")
+    _nothing_written(out_dir)
+
+
+def test_calibration_with_the_wrong_shape(capsys, cnn_path, tmp_path, out_dir) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.savez(calib / "s0.npz", image=np.zeros((1, 3, 9, 8), np.float32))
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, "the model wants [N,3,8,8]")
+    _nothing_written(out_dir)
+
+
+def test_an_unknown_hardware_spec(capsys, cnn_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "tpu-v9000", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
+    _assert_user_error(code, err, "tpu-v9000")
+    _nothing_written(out_dir)
+
+
+def test_a_bad_uniform_choice(capsys, cnn_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w9x")
+    _assert_user_error(code, err, "'w9x' is not a bit choice like w8a8")
+    _nothing_written(out_dir)
+
+
+def test_verbose_shows_the_traceback(capsys, tmp_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, tmp_path / "nope.onnx", "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "-v")
+    assert code == 1
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1].startswith("mpqc: ")
+
+
+def test_the_installed_command_reports_one_line(tmp_path: pathlib.Path) -> None:
+    command = shutil.which("mpqc", path=str(pathlib.Path(sys.executable).parent))
+    assert command is not None, "the mpqc console script is not installed"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    out = tmp_path / "q.onnx"
+    run = subprocess.run([command, str(bad), "--hw", "generic", "-o", str(out), "--uniform", "w8a8"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [run.stderr.strip()] and run.stderr.startswith("mpqc: ")
+    assert "Traceback" not in run.stderr and not out.exists()
+
+
+# --- success ------------------------------------------------------------------------------------------
+
+def _compile(capsys, cnn_path, calib_dir, folder: pathlib.Path, *extra: str) -> tuple[int, str, str]:
+    folder.mkdir(exist_ok=True)
+    return _mpqc(
+        capsys, cnn_path, "--hw", "generic", "-o", folder / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8",
+        "--report-json", folder / "report.json", "--ir-dump-dir", folder / "dumps", *extra,
+    )
+
+
+def test_compile_writes_a_model_that_runs(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    code, out, err = _compile(capsys, cnn_path, calib_dir, tmp_path / "run")
+    assert code == 0, err
+    model = tmp_path / "run" / "q.onnx"
+    feeds = random_inputs(small_cnn(), 1)[0]
+    quantized, reference = run_ort(str(model), feeds)[0], run_ort(small_cnn(), feeds)[0]
+    assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
+    assert "4 quantized: 4x w8a8" in out
+    assert "output SQNR" in out
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["bits"] == {name: {"a": 8, "w": 8} for name in ("c1", "c2", "c3", "logits")}
+    assert report["report"]["verify"]["checker"] == "ok"
+    assert report["bytes"]["output"] == model.stat().st_size < report["bytes"]["input"]
+    assert report["pipeline"].startswith("canonicalize,calibrate,lower-qdq{uniform=w8a8}")
+
+    dumps = sorted(p.name for p in (tmp_path / "run" / "dumps").iterdir())
+    assert dumps == ["001_canonicalize.txt", "002_calibrate.txt", "003_lower-qdq.txt", "004_verify.txt"]
+    assert (tmp_path / "run" / "dumps" / "003_lower-qdq.txt").read_text().startswith("// -----// IR Dump After lower-qdq //----- //\n")
+
+
+def test_two_runs_give_the_same_bytes(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    for run in ("a", "b"):
+        code, _, err = _compile(capsys, cnn_path, calib_dir, tmp_path / run, "--seed", "7")
+        assert code == 0, err
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "q.onnx").read_bytes() == (b / "q.onnx").read_bytes()
+    for dump in (a / "dumps").iterdir():
+        assert dump.read_bytes() == (b / "dumps" / dump.name).read_bytes()
+    report_a = json.loads((a / "report.json").read_text())
+    report_b = json.loads((b / "report.json").read_text())
+    report_a.pop("output"), report_b.pop("output")
+    assert report_a == report_b
+
+
+def test_quiet_prints_nothing(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--uniform", "w4a8", "-q")
+    assert code == 0 and out == "" and err == ""
+
+
+def test_an_existing_output_is_replaced(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    target = tmp_path / "q.onnx"
+    target.write_bytes(b"old")
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", target, "--calib", calib_dir, "--uniform", "w8a8", "-q")
+    assert code == 0, err
+    assert target.read_bytes() != b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cnn.onnx", "calib", "q.onnx"])
