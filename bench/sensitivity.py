@@ -89,11 +89,12 @@ def digits_case() -> Case:
 
 def orientation_case(samples: int) -> Case:
     from bench.models import get
+    from bench.tasks.base import TaskSizes
 
     bench_model = get("orientation")
-    task = bench_model.task()
-    calibration = [dict(x) for x in task.calibration_inputs()]
-    held_out = [dict(x) for x in task.evaluation_set()[0][:samples]]
+    task = bench_model.task(TaskSizes(n_eval=samples, n_calib=samples))
+    calibration = [dict(x) for x in task.calibration_inputs]
+    held_out = [dict(x) for x in task.evaluation_set[0]]
     return Case("orientation", mir.load(bench_model.float_path()), calibration, held_out, None, "", None)
 
 

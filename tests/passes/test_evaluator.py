@@ -22,7 +22,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
 from mpqc.passes.analysis.calibrate import Calibrate
-from mpqc.passes.evaluator import Evaluator, output_error
+from mpqc.passes.evaluator import FLOAT_BITS, Evaluator, output_error
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 
 # r1 is both a graph output and read by two layers (a shared input quantizer when their bits agree);
@@ -89,10 +89,12 @@ def _random_mix(layers: list[str], seed: int) -> dict[str, tuple[int, int]]:
     return {name: (int(rng.choice([2, 3, 4, 8, 32])), int(rng.choice([2, 3, 4, 5, 6, 8, 32]))) for name in layers}
 
 
-@pytest.mark.parametrize("choice", ["w8a8", "w4a8", "w2a4", "w3a6", "mix0", "mix1", "mix2"])
+@pytest.mark.parametrize("choice", ["w8a8", "w4a8", "w2a4", "w3a6", "mix0", "mix1", "mix2", "upstream"])
 def test_small_cnn_equals_lowered_model(cnn_setup, choice: str) -> None:
     model, samples, evaluator = cnn_setup
-    if choice.startswith("mix"):
+    if choice == "upstream":  # c2 reads c1's output quantizer, so its bias goes int32 at that scale
+        config = {"c1": (8, 8), "c2": (4, FLOAT_BITS)}
+    elif choice.startswith("mix"):
         config = _random_mix(evaluator.layers, int(choice[3:]))
     else:
         w, a = (int(x) for x in choice[1:].split("a"))
