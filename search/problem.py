@@ -301,20 +301,28 @@ class Problem:
 
     # ------------------------------------------------------- special points
     def uniform_configs(self) -> dict[str, Config]:
-        """One configuration per pair every layer can take, safest first: ``{"w8a8": ...}``.
+        """The uniform reference points (METHODS §8): ``{"w8a8": config, "w4a8": ...}``.
 
-        Layers with a single candidate (e.g. first/last layers pinned to 8 bit) do not veto
-        a pair: they keep their only choice, as every configuration must.
+        Point ``wXaY`` puts every layer that offers ``(X, Y)`` at it. A layer that does not
+        (first/last layers pinned to 8 bit, an op the chip runs only at 8 bit) takes its lowest
+        candidate that is at least as precise in both operands, so pinning a few layers does
+        not remove the uniform points a user compares against. A pair is skipped when some
+        layer has nothing that precise. Safest pairs first, in the order the layers list them.
         """
-        flexible = [c for c in self.choices if len(c) > 1] or list(self.choices)
-        common = set(flexible[0]).intersection(*flexible[1:])
-        ordered = [p for p in flexible[0] if p in common]
+        pairs = list(dict.fromkeys(p for layer in self.choices for p in layer))
+        pairs.sort(key=lambda p: (-p[0], -p[1]))
         configs = {}
-        for pair in ordered:
-            config = np.array([c.index(pair) if pair in c else 0 for c in self.choices],
-                              dtype=np.int64)
-            config.setflags(write=False)
-            configs[pair_name(pair)] = config
+        for pair in pairs:
+            indices = []
+            for layer in self.choices:
+                at_least = [k for k, (w, a) in enumerate(layer) if w >= pair[0] and a >= pair[1]]
+                if not at_least:
+                    break
+                indices.append(layer.index(pair) if pair in layer else at_least[-1])
+            else:
+                config = np.array(indices, dtype=np.int64)
+                config.setflags(write=False)
+                configs[pair_name(pair)] = config
         return configs
 
     def safest(self) -> Config:

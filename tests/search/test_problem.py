@@ -49,9 +49,17 @@ def test_uniform_configs_ignore_single_choice_layers() -> None:
     np.testing.assert_array_equal(uniform["w4a8"], [0, 1, 1])
 
 
-def test_uniform_configs_only_pairs_every_flexible_layer_has() -> None:
+def test_uniform_configs_fall_back_to_the_next_more_precise_choice() -> None:
     problem = tiny(choices=(((8, 8),), ((8, 8), (4, 8)), ((8, 8), (4, 4))))
-    assert list(problem.uniform_configs()) == ["w8a8"]
+    uniform = problem.uniform_configs()
+    assert list(uniform) == ["w8a8", "w4a8", "w4a4"]
+    np.testing.assert_array_equal(uniform["w4a8"], [0, 1, 0])
+    np.testing.assert_array_equal(uniform["w4a4"], [0, 1, 1])
+
+
+def test_uniform_configs_skip_pairs_a_layer_cannot_reach() -> None:
+    problem = tiny(choices=(((8, 8),), ((16, 16), (8, 8)), ((8, 8), (4, 8))))
+    assert list(problem.uniform_configs()) == ["w8a8", "w4a8"]
 
 
 def test_pair_names_and_value_format() -> None:
