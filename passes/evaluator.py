@@ -9,7 +9,7 @@ fake-quantized graph in which the bit configuration is an *input*:
   ``grid.fake_quant_weight`` (exactly what ``DequantizeLinear`` of the stored integers gives) and the
   candidates plus the float weight are stacked into one initializer ``[K+1, ...]``; a ``Gather`` on a
   per-layer int64 index input picks one (index K = float).
-- Activations: each quantizer is ``x -> Clip(Round(x / s) + z, qmin, qmax) - z) * s`` with ``s``, ``z``,
+- Activations: each quantizer is ``x -> (Clip(Round(x / s) + z, qmin, qmax) - z) * s`` with ``s``, ``z``,
   ``qmin``, ``qmax`` fed as scalar inputs, and ``Where(on, fq(x), x)`` as an exact bypass. In float32
   this is bit for bit what ``QuantizeLinear`` (divide, round half to even, add the zero point,
   saturate) then ``DequantizeLinear`` compute; a narrow grid's float Clip before ``QuantizeLinear``
@@ -17,15 +17,19 @@ fake-quantized graph in which the bit configuration is an *input*:
 - The placement mirrors ``lower-qdq``: a quantizer on each layer's activation input (layers reading one
   tensor at the same bits see identical numbers, which is what sharing means); for layers that lower to
   an integer kernel (8-bit containers on both sides) a quantizer on the output, after a single
-  following Relu, feeding every consumer except other layers' own input quantizers, and the bias
-  replaced by its int32 rounding at scale ``s_x * s_w`` (fed as an input, computed in numpy exactly as
-  lower-qdq computes it).
+  following Relu, feeding every consumer except other layers' own input quantizers. A Conv/Gemm bias
+  is a graph input too: where lower-qdq stores it as int32 at ``s_x * s_w`` (input and weight both
+  dequantized), it is fed that rounding, computed in numpy exactly as lower-qdq computes it.
 
-So ``Evaluator.run(config)`` equals onnxruntime running the model that ``lower-qdq`` emits for the same
-``mpqc.bits`` (the tests check it to float rounding of the convolutions), while costing one session
-run per sample. The float outputs are computed once and cached as the reference. Every configuration
-runs the whole graph: caching the unchanged float prefix would need a session per cut point, which
-for one-layer-at-a-time analysis on small calibration sets costs more than it saves.
+So ``Evaluator.run(config)`` equals what onnxruntime computes for the model ``lower-qdq`` emits with the
+same ``mpqc.bits``, executed as written (the tests find identical outputs on uniform, mixed and
+shared-quantizer configurations). With graph optimizations on, onnxruntime runs 8-bit layers as
+integer kernels (QLinearConv...) whose requantization may round an output level differently; on a
+small CNN at w8a8 that moves the logits by up to 0.4% of their range. Each run costs one session
+run per sample (or per batch, see ``batch``). The float outputs are computed once and cached as the
+reference. Every configuration runs the whole graph: caching the unchanged float prefix would need a
+session per cut point, which for one-layer-at-a-time analysis on small calibration sets costs more
+than it saves.
 
 Parallelism: ``errors(configs)`` spreads configurations over ``executor`` (any
 ``concurrent.futures.Executor``). Sessions do not pickle, so the evaluator pickles as its file-backed
