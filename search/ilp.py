@@ -4,8 +4,9 @@ One binary ``z[g, k]`` per tie class ``g`` and candidate ``k``; exactly one per 
 (``Σ_k z[g, k] = 1``), every constraint as ``Σ z · cost ≤ limit − fixed``, objective
 ``Σ z · sensitivity``. Working on tie classes rather than layers makes the HAWQ-V3
 "tied layers take equal bits" rows unnecessary: a class *is* one decision. The model is a
-multiple-choice knapsack; HiGHS (``scipy.optimize.milp``) solves 500 × 12 instances in
-milliseconds.
+multiple-choice knapsack. `OneHotModel` solves it exactly: HiGHS (``scipy.optimize.milp``)
+for several constraints, a Lagrangian-bounded dynamic program for one (see its docstring for
+why: a 16-budget sweep of a 500-layer × 12-choice problem takes about 0.2 s of CPU).
 
 The Pareto front comes from a budget sweep: the first constraint's objective (else the first
 cost objective) is bounded by ``budgets`` values spaced evenly between its cheapest reachable
@@ -71,7 +72,6 @@ class OneHotModel:
         """Minimize ``Σ weights[l, x_l]`` subject to ``total(obj) ≤ limit``; None if infeasible.
 
         ``weights`` is an ``(L, Kmax)`` table (entries beyond a layer's candidates are ignored).
-        Ties between optimal configurations go to the lower cost, then to higher precision.
         """
         problem = self.problem
         w = self.class_table(weights)
@@ -101,6 +101,10 @@ class OneHotModel:
         free = keep.sum(axis=1) > 1
         var_class, var_choice = np.nonzero(keep & free[:, None])
         n_vars = len(var_class)
+        if n_vars == 0:                # nothing left to decide: the only candidate fits or not
+            fits = all(c[np.arange(len(genes)), genes].sum() <= budgets[name]
+                       for name, c in rows.items())
+            return genes if fits else None
         classes = np.flatnonzero(free)
         position = np.full(len(keep), -1)
         position[classes] = np.arange(len(classes))

@@ -14,7 +14,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import find_non_dominated
 
-from mpqc.search.problem import ERROR, InfeasibleError, Problem, SearchError
+from mpqc.search.problem import ERROR, Problem, SearchError
 
 
 @dataclass(frozen=True)
@@ -162,5 +162,5 @@ def make_result(strategy: str, problem: Problem, candidates: Iterable[Point],
                         uniform=uniform, notes=tuple(notes))
 
 
-__all__ = ["InfeasibleError", "Point", "SearchResult", "choose", "dominates", "hypervolume",
+__all__ = ["Point", "SearchResult", "choose", "dominates", "hypervolume",
            "make_result", "non_dominated", "objective_matrix", "sort_points"]
