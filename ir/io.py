@@ -49,6 +49,7 @@ def load(model: ModelLike, base_dir: str | os.PathLike | None = None) -> ir.Mode
         loaded = ir.from_proto(model)
         if base_dir is not None:
             ir.external_data.set_base_dir(loaded.graph, base_dir)
+            _into_memory_if_it_fits(loaded)
         return loaded
     if _is_gs_graph(model):
         import onnx_graphsurgeon as gs
@@ -121,10 +122,27 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     if path.is_dir():
         raise ModelError(f"{path} is a directory, not an ONNX model file")
     try:
-        return ir.load(path)
+        model = ir.load(path)
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path} is not a readable ONNX model ({reason})") from exc
+    try:
+        _into_memory_if_it_fits(model)
+    except OSError as exc:
+        raise ModelError(f"{path} refers to external data that cannot be read ({exc})") from exc
+    return model
+
+
+def _into_memory_if_it_fits(model: ir.Model) -> None:
+    """Read external tensors into memory when the whole model fits in one protobuf.
+
+    Passes hand models to onnxruntime, onnx's checker and its version converter as serialized bytes,
+    where an external reference — a file name relative to the model's folder — no longer resolves.
+    Only models past the protobuf limit have to stay external (and lazy); they go to those tools
+    through files.
+    """
+    if tensor_bytes(model) <= _PROTOBUF_LIMIT:
+        ir.external_data.load_to_model(model)
 
 
 def _is_gs_graph(obj: object) -> bool:
