@@ -76,6 +76,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_OK
     if not args.model or not args.pipeline:
         parser.error("a model and -p PIPELINE are required (or --help-passes)")
+    import onnx_ir as ir
+
     from mpqc import hwspecs, ir as mir
     from mpqc.passes import CompileContext, load_calibration
     from mpqc.pipeline import Pipeline
@@ -84,7 +86,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         mir.check_writable(args.output)
     model = mir.load(args.model)
     context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None)
-    context.reference = pathlib.Path(args.model).read_bytes()
+    # The float reference as loaded (external data read in), not the file's bytes, whose external
+    # references would not resolve in an onnxruntime session made from bytes.
+    context.reference = ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
     if args.calib:
         data = load_calibration(args.calib, [v.name for v in model.graph.inputs])
         data.check(model)
