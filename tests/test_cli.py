@@ -220,6 +220,35 @@ def test_two_runs_give_the_same_bytes(capsys, cnn_path, calib_dir, tmp_path) -> 
     assert report_a == report_b
 
 
+def test_a_model_with_external_data(capsys, calib_dir, tmp_path, monkeypatch) -> None:
+    import onnx
+    import onnx_ir as ir
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    onnx.save(ir.to_proto(small_cnn()), folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _mpqc(capsys, "exported/m.onnx", "--hw", "generic", "-o", "q.onnx", "--calib", calib_dir, "--uniform", "w4a8", "-q")
+    assert code == 0, err
+    feeds = random_inputs(small_cnn(), 1)[0]
+    assert np.abs(run_ort("q.onnx", feeds)[0] - run_ort(small_cnn(), feeds)[0]).max() < 0.3 * np.abs(run_ort(small_cnn(), feeds)[0]).max()
+
+
+def test_a_failing_verify_writes_nothing(capsys, cnn_path, calib_dir, out_dir) -> None:
+    pipeline = "canonicalize,calibrate,lower-qdq{uniform=w2a8},verify{min_sqnr_db=40}"
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--calib", calib_dir, "--pipeline", pipeline)
+    _assert_user_error(code, err, "is below the required 40.0 dB")
+    _nothing_written(out_dir)
+
+
+def test_the_embedded_example(capsys, tmp_path) -> None:
+    pytest.importorskip("mpqc.examples")
+    code, out, err = _mpqc(capsys, "--hw", "generic", "-o", tmp_path / "digits.onnx", "--uniform", "w8a8")
+    assert code == 0, err
+    assert out.startswith("mpqc: embedded digits CNN -> ")
+    assert "accuracy" in out and (tmp_path / "digits.onnx").exists()
+
+
 def test_quiet_prints_nothing(capsys, cnn_path, calib_dir, tmp_path) -> None:
     code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--uniform", "w4a8", "-q")
     assert code == 0 and out == "" and err == ""

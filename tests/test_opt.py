@@ -100,3 +100,15 @@ def test_missing_pipeline_is_a_usage_error(capsys, cnn_path) -> None:
         opt.main([str(cnn_path)])
     assert info.value.code == 2
     assert "a model and -p PIPELINE are required" in capsys.readouterr().err
+
+
+def test_a_model_with_external_data_verifies_against_its_float_self(capsys, calib_dir, tmp_path) -> None:
+    import onnx_ir as ir
+
+    from models import small_cnn
+
+    onnx.save(ir.to_proto(small_cnn()), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    report_path = tmp_path / "r.json"
+    code, _, err = _opt(capsys, tmp_path / "m.onnx", "-p", "canonicalize,calibrate,lower-qdq{uniform=w8a8},verify", "--calib", calib_dir, "--report-json", report_path)
+    assert code == 0, err
+    assert json.loads(report_path.read_text())["model"]["mpqc.report"]["verify"]["sqnr_db"] > 30

@@ -107,10 +107,24 @@ def test_big_models_go_to_external_data(cnn: ir.Model, tmp_path: pathlib.Path, m
     assert data.exists() and data.stat().st_size > 1000
     assert path.stat().st_size < data.stat().st_size
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
-    reloaded = mir.load(path)
-    for name, value in cnn.graph.initializers.items():
-        np.testing.assert_array_equal(reloaded.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
     np.testing.assert_array_equal(run_ort(str(path), random_inputs(cnn, 1)[0])[0], expected)
+
+    lazy = mir.load(path)  # still "too big": tensors stay in the data file until read
+    assert isinstance(lazy.graph.initializers["w3"].const_value, ir.ExternalTensor)
+    for name, value in cnn.graph.initializers.items():
+        np.testing.assert_array_equal(lazy.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
+
+
+def test_external_data_of_a_model_that_fits_is_read_into_memory(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exporters write external data for small models too; passes hand models to onnxruntime as bytes.
+    onnx.save(ir.to_proto(cnn), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path.parent)  # relative references must resolve against the model's folder
+    loaded = mir.load(tmp_path / "m.onnx")
+    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in loaded.graph.initializers.values())
+    np.testing.assert_array_equal(_outputs(loaded), _outputs(cnn))
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(mir.ModelError, match="external data that cannot be read"):
+        mir.load(tmp_path / "m.onnx")
 
 
 def test_tensor_bytes_counts_initializers(cnn: ir.Model) -> None:
