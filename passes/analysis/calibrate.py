@@ -295,10 +295,10 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
 def entropy_clip(hist: np.ndarray, edges: np.ndarray, low: float, high: float, levels: int) -> tuple[float, float]:
     """[lo, hi] from the KL-optimal threshold on the histogram of |x| (``edges`` start at 0)."""
     one_sided = low >= 0
-    threshold = edges[kl_threshold_bins(hist, 2 * levels if one_sided else levels)]
-    if one_sided:
-        return float(low), float(min(high, threshold))
-    return float(max(low, -threshold)), float(min(high, threshold))
+    threshold = float(edges[kl_threshold_bins(hist, 2 * levels if one_sided else levels)])
+    hi = min(max(threshold, low), high)
+    lo = low if one_sided else min(max(-threshold, low), high)
+    return float(lo), float(hi)
 
 
 def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:

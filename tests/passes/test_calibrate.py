@@ -10,12 +10,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpqc.ir
 from mpqc.ir import annotations
 from mpqc.ir.annotations import CALIB_RANGE
 from mpqc.passes import CalibrationData, CompileContext, DataError, PassError, format_pipeline, parse_pipeline
-from mpqc.passes.analysis.calibrate import NO_DATA_NOTE, Calibrate, kl_threshold_bins, mse_clip
+from mpqc.passes.analysis.calibrate import NO_DATA_NOTE, Calibrate, entropy_clip, kl_threshold_bins, mse_clip, percentile_clip
 
 # x -> a = 2x -> r = relu(a) -> n = -r -> y = n + x, plus a Constant (a weight, not an activation)
 # and an int64 Shape output (not a float tensor). W is symbolic so samples may differ in width.
@@ -209,6 +211,25 @@ def test_mse_clip_is_near_an_exhaustive_search_and_beats_minmax(bits: int, shift
     assert quantization_mse(values, lo, hi, bits) < quantization_mse(values, values.min(), values.max(), bits)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 1000), min_size=128, max_size=128).filter(any),
+    low=st.floats(-100, 100),
+    span=st.floats(1e-3, 100),
+    bits=st.sampled_from([2, 4, 8]),
+)
+def test_every_method_clips_inside_the_observed_range(counts: list[int], low: float, span: float, bits: int) -> None:
+    hist = np.array(counts, dtype=np.int64)
+    edges = np.linspace(low, low + span, hist.size + 1)
+    magnitude = np.linspace(0.0, max(abs(low), abs(low + span)), hist.size + 1)
+    for lo, hi in (
+        percentile_clip(hist, edges, 99.0),
+        mse_clip(hist, edges, bits),
+        entropy_clip(hist, magnitude, low, low + span, 32),
+    ):
+        assert edges[0] <= lo <= hi <= edges[-1]
+
+
 # --- the model, the data and the pipeline -----------------------------------------------------
 
 
@@ -238,7 +259,7 @@ def test_weights_in_external_data_are_found(tmp_path: pathlib.Path, monkeypatch:
     """)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([[1, 2, 3, 4]], np.float32), "w"))
     ir.save(ir.from_proto(proto), tmp_path / "shifted.onnx", external_data="shifted.data", size_threshold_bytes=0)
-    model = mpqc.ir.load(tmp_path / "shifted.onnx")
+    model = ir.load(tmp_path / "shifted.onnx")  # onnx_ir's own loader keeps the weight lazy, on disk
     assert isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
     monkeypatch.chdir(tmp_path.parent)  # onnxruntime must not rely on the working directory
 
