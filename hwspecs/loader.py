@@ -198,6 +198,16 @@ def _positive(path: Path, field: str, value: float) -> float:
     return value
 
 
+def _grid_bits(path: Path, field: str, entry: dict[str, Any], wbits: int | None) -> int | None:
+    if "weight_grid_bits" not in entry:
+        return None
+    bits = int(entry["weight_grid_bits"])
+    if wbits is None or bits > wbits:
+        raise SpecError(path, f"{field}.weight_grid_bits", f"{bits} is wider than the pair's {wbits}-bit weights", f"an integer up to {wbits}")
+    # Equal to the pair's bits means the full grid: how a spec undoes a narrowing it inherits.
+    return bits if bits < wbits else None
+
+
 def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
     entries: dict[str, dict[str, Any]] = doc["precisions"]
     weight_bits, act_bits = set(doc["bits"]["weights"]), set(doc["bits"]["activations"])
@@ -232,6 +242,7 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             emulated_as=None if target is None else target.key,
             emulated_abits=None if target is None else target.abits,
             weight_unpack=units.to_base(entry["weight_unpack"], "time") if "weight_unpack" in entry else None,
+            weight_grid_bits=_grid_bits(path, field, entry, wbits),
         )
         return built[key]
 

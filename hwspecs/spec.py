@@ -63,6 +63,10 @@ class Precision:
     weight_unpack: float | None = None
     """Seconds per weight element an emulated pair spends unpacking stored weights on every run;
     None means the spec's DequantizeLinear per-element overhead."""
+    weight_grid_bits: int | None = None
+    """The widest weight grid the pair's kernel computes exactly, when narrower than ``wbits``: x86
+    CPUs without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of
+    products into a saturating int16 (2·255·127 overflows), so 8-bit weights must stay on 7 bits."""
 
     @property
     def native(self) -> bool:

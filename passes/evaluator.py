@@ -58,6 +58,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.grid import activation_grid, activation_qparams, quantize_weight
+from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["FLOAT_BITS", "Config", "Evaluator", "Measure", "output_error"]
 
@@ -122,8 +123,14 @@ class Evaluator:
         fuse_outputs: bool = True,
         executor: concurrent.futures.Executor | None = None,
         batch: int = 1,
+        spec: Any = None,
     ) -> None:
         self.samples = _batched([dict(s) for s in samples], batch)
+        # The target may round some pairs' weights to a narrower grid (passes/target.py): prepare
+        # those grids too, so a configuration is simulated exactly as lower-qdq lowers it. A plain
+        # table (not the spec) travels to worker processes.
+        self._grid_bits = {(w, a): weight_grid_bits(spec, w, a) for w in wbits for a in range(2, 17)}
+        wbits = set(wbits) | set(self._grid_bits.values())
         self.act_signed = act_signed
         self.fuse_outputs = fuse_outputs
         self.executor = executor
@@ -179,14 +186,14 @@ class Evaluator:
         output_scale: dict[int, np.float32 | None] = {}
         for name, plan in self._plans.items():
             wbits, abits = bits[name]
-            feeds[f"{_PREFIX}.{plan.index}.w"] = np.array(self._weight_choice(plan, wbits), np.int64)
+            feeds[f"{_PREFIX}.{plan.index}.w"] = np.array(self._weight_choice(plan, self._grid_bits.get((wbits, abits), wbits)), np.int64)
             input_scale[plan.index] = self._site_feeds(feeds, plan.input_site, abits)
             fused = self.fuse_outputs and _fusable(wbits, abits)
             output_scale[plan.index] = self._site_feeds(feeds, plan.output_site, abits if fused else FLOAT_BITS)
         for name, plan in self._plans.items():
             if plan.bias is None:
                 continue
-            wbits = bits[name][0]
+            wbits = self._grid_bits.get(bits[name], bits[name][0])
             # lower-qdq writes an int32 bias when the layer's input and weight both come out of a
             # DequantizeLinear: its own input quantizer, else the output quantizer of the layer feeding
             # it; 2-bit weights dequantize through a Mul instead, so their bias stays float.

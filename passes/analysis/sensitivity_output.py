@@ -62,7 +62,7 @@ class SensitivityOutput(SensitivityPass):
             self.context.note(f"{self.name}: activations without a calibrated range are not scored (run calibrate first)")
         samples = list(data)[: self.options.samples]
         batch = len(samples) if self.options.batch and _batch_first(model, samples) else 1
-        evaluator = Evaluator(model, samples, wbits=wbits, executor=self.context.executor, batch=batch)
+        evaluator = Evaluator(model, samples, wbits=wbits, executor=self.context.executor, batch=batch, spec=self.context.hw)
 
         jobs: list[tuple[str, str, Config]] = []
         for layer in layers:

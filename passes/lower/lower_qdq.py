@@ -36,6 +36,7 @@ from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.grid import Grid, activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
+from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["LowerQDQ", "parse_bits"]
 
@@ -83,11 +84,15 @@ class LowerQDQ(Pass):
         by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
         lowering = _Lowering(model.graph, self.options.act_signed)
         ranges_missing = False
+        narrowed = set()
         for name, (wbits, abits) in plan:
             layer = by_name[name]
             annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
             if wbits != FLOAT_BITS:
-                lowering.quantize_weight(layer, wbits)
+                grid_bits = weight_grid_bits(self.context.hw, wbits, abits)
+                if grid_bits != wbits:
+                    narrowed.add((wbits, abits, grid_bits))
+                lowering.quantize_weight(layer, grid_bits)
             if abits != FLOAT_BITS and layer.activation is not None:
                 ranges_missing |= not lowering.quantize_input(layer, abits)
         if self.options.fuse_outputs:
@@ -97,6 +102,11 @@ class LowerQDQ(Pass):
                     lowering.quantize_output(layer, abits)
         for name, _ in plan:
             lowering.quantize_bias(by_name[name])
+        for wbits, abits, grid_bits in sorted(narrowed):
+            self.context.note(
+                f"lower-qdq: {self.context.hw.name} runs w{wbits}a{abits} on a {grid_bits}-bit weight grid "
+                "(its integer kernel would saturate on the full grid)"
+            )
         if ranges_missing:
             self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
         report = annotations.REPORT.get(model, {}) or {}
