@@ -40,6 +40,7 @@ finite values and the pass leaves a note naming the tensor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -324,17 +325,25 @@ def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:
     last = counts[kept - 1] + clipped  # P's last bin
     plogp = plogp_before[kept - 1] + _xlogx(last)
 
-    bounds = -((-np.arange(levels + 1)[None, :] * kept[:, None]) // levels)  # ceil(g * i / levels)
+    bounds = _group_bounds(counts.size, levels)
     group_mass = np.diff(mass_before[bounds], axis=1)
     group_nonzero = np.diff(nonzero_before[bounds], axis=1).astype(np.float64)
     group_nonzero[:, -1] += (counts[kept - 1] == 0) & (clipped > 0)  # the outlier bin becomes non-zero in P
-    group_p = group_mass.copy()
-    group_p[:, -1] += clipped
-    q_per_bin = np.divide(group_mass, group_nonzero, out=np.zeros_like(group_mass), where=group_nonzero > 0)
-    q_hat = np.maximum(q_per_bin / np.maximum(mass_before[kept], 1.0)[:, None], 1e-12)
-    p_log_q = np.sum(np.where(group_p > 0, group_p * np.log(q_hat), 0.0), axis=1)
+    # Q per non-zero bin, normalized; a group without mass has no non-zero bin of hist, so max(., 1) is safe.
+    q_total = np.maximum(mass_before[kept], 1.0)[:, None]
+    log_q = np.log(np.maximum(group_mass / np.maximum(group_nonzero, 1.0) / q_total, 1e-12))
+    p_log_q = np.sum(group_mass * log_q, axis=1) + clipped * log_q[:, -1]
     kl = plogp / total - np.log(total) - p_log_q / total
     return int(kept[np.argmin(kl)])
+
+
+@functools.lru_cache(maxsize=4)
+def _group_bounds(bins: int, levels: int) -> np.ndarray:
+    """For candidates i = levels..bins (rows), the first bin of each group, ceil(g * i / levels) (columns)."""
+    kept = np.arange(levels, bins + 1)
+    bounds = -((-np.arange(levels + 1)[None, :] * kept[:, None]) // levels)
+    bounds.setflags(write=False)
+    return bounds
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
