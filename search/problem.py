@@ -149,6 +149,8 @@ class Problem:
         set_(self, "choices", tuple(tuple((int(w), int(a)) for w, a in layer)
                                     for layer in self.choices))
         n = len(self.layers)
+        if n == 0:
+            raise SearchError("a search problem needs at least one layer")
         if len(self.choices) != n:
             raise SearchError(f"{n} layers but {len(self.choices)} choice lists")
         for name, layer in zip(self.layers, self.choices):

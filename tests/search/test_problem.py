@@ -76,6 +76,8 @@ def test_pair_names_and_value_format() -> None:
     ({"groups": ((0, 1),)}, "identical candidate lists"),
     ({"edges": ((0, 7),)}, "outside 0..2"),
     ({"fixed_costs": {"energy": 1.0}}, "fixed costs for unknown objectives"),
+    ({"layers": (), "choices": (), "costs": {}, "sensitivity": (), "constraints": {}},
+     "at least one layer"),
 ])
 def test_invalid_problems_say_what_is_wrong(overrides: dict, message: str) -> None:
     with pytest.raises(SearchError, match=message.replace("(", r"\(").replace(")", r"\)")):
