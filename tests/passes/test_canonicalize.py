@@ -116,3 +116,23 @@ def test_fold_constants_respects_max_bytes() -> None:
     model = exporter_quirks()
     passes.get("fold-constants")(max_bytes=8)(model)
     assert "Transpose" in {n.op_type for n in model.graph}
+
+
+def test_batchnorm_is_not_folded_when_the_conv_output_is_a_model_output() -> None:
+    from models import build
+
+    text = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[1,3,4,4] x) => (float[1,4,4,4] c, float[1,4,4,4] n) {
+      c = Conv (x, w)
+      n = BatchNormalization (c, gamma, beta, mean, var)
+    }
+    """
+    var = np.full(4, 2.0, np.float32)
+    model = ir.from_proto(build(text, {"w": (4, 3, 1, 1), "gamma": (4,), "beta": (4,), "mean": (4,)}, 0, {"var": var}))
+    feeds = random_inputs(model, 1)[0]
+    before = run_ort(model, feeds)
+    _canonicalize(model)
+    for old, new in zip(before, run_ort(model, feeds)):
+        np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-6)
+    assert [v.name for v in model.graph.outputs] == ["c", "n"]
