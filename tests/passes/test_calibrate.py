@@ -112,6 +112,26 @@ def test_minmax_matches_numpy_extremes_over_samples_of_different_widths() -> Non
         assert entry["method"] == "minmax" and entry["samples"] == 2
 
 
+def test_convolution_over_text_lines_of_different_widths() -> None:
+    model = ir.from_proto(onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        line (float[1,1,1,W] x) => (float[1,1,1,1] y) {
+          k = Constant <value = float[1,1,1,3] {1.0, -2.0, 0.5}> ()
+          c = Conv(x, k)
+          y = GlobalAveragePool(c)
+        }
+    """))
+    rng = np.random.default_rng(7)
+    lines = [rng.normal(size=(1, 1, 1, width)).astype(np.float32) for width in (16, 41, 5)]
+    run(model, samples(*lines), method="percentile")
+
+    convolved = np.concatenate([np.correlate(line.ravel(), [1.0, -2.0, 0.5], mode="valid") for line in lines])
+    pooled = np.array([np.correlate(line.ravel(), [1.0, -2.0, 0.5], mode="valid").mean() for line in lines])
+    found = ranges(model)
+    assert relative_close(found["c"]["min"], convolved.min()) and relative_close(found["c"]["max"], convolved.max())
+    assert relative_close(found["y"]["min"], pooled.min()) and relative_close(found["y"]["max"], pooled.max())
+
+
 def test_constant_activations_are_recorded() -> None:
     model = chain_model()
     run(model, samples(np.full((1, 3, 4), -1.5), np.full((1, 3, 2), -1.5)), method="entropy")
