@@ -60,14 +60,15 @@ def flip_order(problem: Problem, cost: str, reverse: bool = False) -> list[tuple
         for k in range(int(problem.class_choices[g])):
             if k == k_base:
                 continue
-            saved = (c[k_base] - c[k]) if not reverse else (c[k] - c[k_base])
-            damage = (s[k] - s[k_base]) if not reverse else (s[k_base] - s[k])
-            if saved <= 0:              # a flip that does not move cost the right way is no use
+            moved = (c[k] - c[k_base]) if reverse else (c[k_base] - c[k])
+            damage = (s[k_base] - s[k]) if reverse else (s[k] - s[k_base])
+            if moved <= 0:              # a flip that does not move cost the right way is no use
                 continue
-            slope = damage / saved
-            # forward: least damage per cost saved first; reverse: most damage repaired first
-            key = (slope if not reverse else -slope, -pair_bits[k] if not reverse
-                   else pair_bits[k], -saved, members[0], k)
+            slope = damage / moved
+            if reverse:    # repair the most damage per unit of cost spent; ties: fewer bits
+                key = (-slope, pair_bits[k], -moved, members[0], k)
+            else:          # AIMET: least damage per unit of cost saved; ties: more bits
+                key = (slope, -pair_bits[k], -moved, members[0], k)
             flips.append((key, g, k))
     flips.sort()
     return [(g, k) for _, g, k in flips]
