@@ -124,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
     model, calibration, eval_fn = _resolve_model(args)
     output = pathlib.Path(args.output)
     _check_output(output, model)
+    if args.report_json:
+        from mpqc.ir import check_writable
+
+        check_writable(args.report_json)  # before any work: a failure must not leave a model behind
     result = mpqc.compile(
         model,
         hw=args.hw,

@@ -82,8 +82,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from mpqc.passes import CompileContext, load_calibration
     from mpqc.pipeline import Pipeline
 
-    if args.output:
-        mir.check_writable(args.output)
+    for path in (args.output, args.report_json):
+        if path:
+            mir.check_writable(path)  # before any work: a failure must not leave files behind
     model = mir.load(args.model)
     context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None)
     # The float reference as loaded (external data read in), not the file's bytes, whose external
