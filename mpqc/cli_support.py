@@ -27,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mpqc.ir import ModelError
     from mpqc.passes import DataError, PassError
 
-    errors: list[type[BaseException]] = [ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError]
+    errors: list[type[BaseException]] = [ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
     try:
         from mpqc.search import SearchError
 

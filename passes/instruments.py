@@ -97,6 +97,8 @@ class IRPrinter:
         self._index = 0
         self._before: str | None = None
         if self.dump_dir is not None:
+            if self.dump_dir.exists() and not self.dump_dir.is_dir():
+                raise NotADirectoryError(f"IR dump directory {self.dump_dir} is a file: give a directory name")
             self.dump_dir.mkdir(parents=True, exist_ok=True)
 
     @property
