@@ -156,6 +156,30 @@ def test_a_bad_uniform_choice(capsys, cnn_path, out_dir) -> None:
     _nothing_written(out_dir)
 
 
+def test_a_report_path_in_a_missing_folder(capsys, cnn_path, calib_dir, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8", "--report-json", out_dir / "no" / "r.json")
+    _assert_user_error(code, err, "folder")
+    _nothing_written(out_dir)
+
+
+def test_an_ir_dump_dir_that_is_a_file(capsys, cnn_path, calib_dir, out_dir, tmp_path) -> None:
+    a_file = tmp_path / "dumps"
+    a_file.write_text("")
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8", "--ir-dump-dir", a_file)
+    _assert_user_error(code, err, "is a file")
+    _nothing_written(out_dir)
+
+
+@pytest.mark.parametrize(("make", "fragment"), [("missing", "does not exist"), ("empty", "has no .npz or .npy files")])
+def test_calibration_directories_without_samples(capsys, cnn_path, tmp_path, out_dir, make, fragment) -> None:
+    calib = tmp_path / "calib"
+    if make == "empty":
+        calib.mkdir()
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, fragment)
+    _nothing_written(out_dir)
+
+
 def test_verbose_shows_the_traceback(capsys, tmp_path, out_dir) -> None:
     code, _, err = _mpqc(capsys, tmp_path / "nope.onnx", "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "-v")
     assert code == 1

@@ -112,3 +112,10 @@ def test_a_model_with_external_data_verifies_against_its_float_self(capsys, cali
     code, _, err = _opt(capsys, tmp_path / "m.onnx", "-p", "canonicalize,calibrate,lower-qdq{uniform=w8a8},verify", "--calib", calib_dir, "--report-json", report_path)
     assert code == 0, err
     assert json.loads(report_path.read_text())["model"]["mpqc.report"]["verify"]["sqnr_db"] > 30
+
+
+def test_a_report_path_in_a_missing_folder_writes_nothing(capsys, cnn_path, tmp_path) -> None:
+    out = tmp_path / "q.onnx"
+    code, _, err = _opt(capsys, cnn_path, "-p", "canonicalize", "-o", out, "--report-json", tmp_path / "no" / "r.json")
+    assert code == 1 and err.startswith("mpqc-opt: cannot write") and len(err.splitlines()) == 1
+    assert not out.exists()
