@@ -57,8 +57,8 @@ def _round_floats(obj: Any) -> Any:
         return {str(k): _round_floats(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_round_floats(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _round_floats(obj.item())
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays
+        return _round_floats(obj.tolist())
     return obj
 
 
