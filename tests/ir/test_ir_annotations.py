@@ -40,8 +40,8 @@ def test_annotations_round_trip_through_save_and_load(tmp_path: pathlib.Path) ->
 def test_canonical_json_is_sorted_rounded_and_handles_non_finite() -> None:
     import numpy as np
 
-    text = A.canonical_json({"b": [np.float32(0.1), float("inf")], "a": 1 / 3, "c": np.int64(3)})
-    assert text == '{"a":0.333333,"b":[0.1,"inf"],"c":3}'
+    text = A.canonical_json({"b": [np.float32(0.1), float("inf")], "a": 1 / 3, "c": np.int64(3), "d": np.array([[0.5, 1 / 7]], np.float32)})
+    assert text == '{"a":0.333333,"b":[0.1,"inf"],"c":3,"d":[[0.5,0.142857]]}'
 
 
 def test_transient_keys_live_in_meta_and_are_not_saved(tmp_path: pathlib.Path) -> None:
