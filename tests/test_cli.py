@@ -285,3 +285,17 @@ def test_an_existing_output_is_replaced(capsys, cnn_path, calib_dir, tmp_path) -
     assert code == 0, err
     assert target.read_bytes() != b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cnn.onnx", "calib", "q.onnx"])
+
+
+@pytest.mark.slow
+def test_two_processes_with_different_hash_seeds_write_the_same_bytes(cnn_path, calib_dir, tmp_path) -> None:
+    command = shutil.which("mpqc", path=str(pathlib.Path(sys.executable).parent))
+    assert command is not None
+    for seed in ("1", "2"):
+        folder = tmp_path / seed
+        folder.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([command, str(cnn_path), "--hw", "generic", "-o", str(folder / "q.onnx"), "--calib", str(calib_dir), "--ir-dump-dir", str(folder / "dumps"), "-q"], env=env, check=True, timeout=300)
+    assert (tmp_path / "1" / "q.onnx").read_bytes() == (tmp_path / "2" / "q.onnx").read_bytes()
+    for dump in (tmp_path / "1" / "dumps").iterdir():
+        assert dump.read_bytes() == (tmp_path / "2" / "dumps" / dump.name).read_bytes()
