@@ -51,26 +51,26 @@ DIRECT, GNN = "direct", "gnn"
 class Options:
     """NEMO's knobs; defaults from METHODS.md §6 (mpqc choices where the paper gives none)."""
 
-    population: int = 48
-    """Individuals over all species; preserved by resizing."""
-    generations: int = 25
-    """Generations after the initial one (each breeds ``population`` children)."""
-    max_evaluations: int | None = None
-    """Stop before a generation once the evaluator has made this many exact calls."""
-    species_floor: float = 0.1
-    """Every species keeps at least this fraction of the population (rounded up)."""
-    crossover_rate: float = 0.9
-    """Probability that a child is a uniform crossover of two parents (else a copy)."""
-    gene_mutation_rate: float | None = None
-    """Direct species: per-gene reset probability; default 1 / number of genes."""
-    weight_mutation_sigma: float = 0.05
-    """GNN species: σ of the Gaussian added to mutated weights."""
-    weight_mutation_fraction: float = 0.1
-    """GNN species: fraction of weights mutated per child."""
-    hidden: int = 32
-    """GNN hidden width."""
-    rounds: int = 2
-    """GNN message-passing rounds (mean aggregation, tanh)."""
+    population: int = field(default=48, metadata={
+        "help": "Individuals over all species; preserved by resizing."})
+    generations: int = field(default=25, metadata={
+        "help": "Generations after the initial one (each breeds ``population`` children)."})
+    max_evaluations: int | None = field(default=None, metadata={
+        "help": "Stop before a generation once the evaluator has made this many exact calls."})
+    species_floor: float = field(default=0.1, metadata={
+        "help": "Every species keeps at least this fraction of the population (rounded up)."})
+    crossover_rate: float = field(default=0.9, metadata={
+        "help": "Probability that a child is a uniform crossover of two parents (else a copy)."})
+    gene_mutation_rate: float | None = field(default=None, metadata={
+        "help": "Direct species: per-gene reset probability; default 1 / number of genes."})
+    weight_mutation_sigma: float = field(default=0.05, metadata={
+        "help": "GNN species: σ of the Gaussian added to mutated weights."})
+    weight_mutation_fraction: float = field(default=0.1, metadata={
+        "help": "GNN species: fraction of weights mutated per child."})
+    hidden: int = field(default=32, metadata={
+        "help": "GNN hidden width."})
+    rounds: int = field(default=2, metadata={
+        "help": "GNN message-passing rounds (mean aggregation, tanh)."})
 
     def __post_init__(self) -> None:
         if self.population < 2 or self.generations < 0:
@@ -102,10 +102,7 @@ def species_sizes(front_counts: Sequence[int], population: int, floor: int) -> l
         low = ~fixed & (ideal < floor)
         if not low.any():
             break
-        fixed |= low
-        if fixed.all():
-            ideal = np.full(n, float(floor))
-            break
+        fixed |= low  # never all: the free shares sum to seats >= floor * (free species)
     sizes = np.floor(ideal).astype(int)
     remainder = ideal - sizes
     for i in sorted(range(n), key=lambda i: (-remainder[i], i))[: population - sizes.sum()]:
