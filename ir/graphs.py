@@ -1,8 +1,9 @@
 """Graph views: deterministic topological order and a networkx view of the data flow.
 
 The IR keeps nodes in insertion order, which passes may leave out of topological order. Analyses
-and the printer need a stable order that depends only on the graph, so ties between independent
-nodes are broken by their position in the graph: the same graph always gives the same order.
+and the printer need a stable order, so ties between independent nodes are broken by their position
+in the graph (analyses: layers keep the order the exporter wrote them in) or by their output names
+(the printer: the text must not depend on the order passes inserted nodes in).
 """
 
 from __future__ import annotations
@@ -37,10 +38,22 @@ def data_flow(graph: ir.Graph) -> nx.DiGraph:
     return flow
 
 
-def topological_nodes(graph: ir.Graph) -> list[ir.Node]:
-    """Nodes of ``graph`` in topological order, ties broken by their position in the graph."""
+def topological_nodes(graph: ir.Graph, *, by_name: bool = False) -> list[ir.Node]:
+    """Nodes of ``graph`` in topological order, ties broken by their position in the graph.
+
+    With ``by_name``, ties between independent nodes are broken by their output names first, which
+    do not depend on the order in which passes happened to insert nodes (the printer needs that:
+    the same graph must print the same text however it was built).
+    """
     flow = data_flow(graph)
-    return [flow.nodes[i]["node"] for i in nx.lexicographical_topological_sort(flow)]
+    if not by_name:
+        return [flow.nodes[i]["node"] for i in nx.lexicographical_topological_sort(flow)]
+
+    def name_key(i: int) -> tuple[tuple[str, ...], str, int]:
+        node = flow.nodes[i]["node"]
+        return tuple(v.name or "" for v in node.outputs), node.name or "", i
+
+    return [flow.nodes[i]["node"] for i in nx.lexicographical_topological_sort(flow, key=name_key)]
 
 
 def _consumed_values(node: ir.Node) -> list[ir.Value]:

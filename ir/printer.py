@@ -1,7 +1,8 @@
 """The IR printer: a deterministic, diffable text form of a model.
 
 Compiler people read these dumps between passes and diff them, so the text depends only on the
-model: one node per line in topological order, values by their names (unnamed ones numbered in
+model: one node per line in topological order (independent nodes ordered by their output names, not
+by the order passes inserted them), values by their names (unnamed ones numbered in
 order of appearance), attributes and annotations sorted, floats at a fixed number of significant
 digits, and tensors summarized by type, shape and a content hash instead of their numbers —
 ``int4[64,3,3,3] sha1:1f2e3d4c5b6a``. Same model in, same text out.
@@ -90,7 +91,7 @@ class _Printer:
             tensor = value.const_value
             body = _tensor(tensor) if tensor is not None else _type(value)
             self._line(depth + 1, f"{self._name(value)} = init {body}{_props(value)}")
-        for node in topological_nodes(graph):
+        for node in topological_nodes(graph, by_name=True):
             self.node(node, depth + 1)
         outputs = ", ".join(self._name(v) for v in graph.outputs)
         self._line(depth + 1, f"return {outputs}")
