@@ -208,7 +208,7 @@ def _state_table(problem: Problem) -> np.ndarray:
     firsts = [members[0] for members in problem.tie_classes]
     descriptors = _layer_descriptors(problem)[firsts]
     rows = []
-    for step, layer in enumerate(firsts):
+    for step in range(len(firsts)):
         for flag in (0.0, 1.0):
             rows.append([float(step), *descriptors[step], flag, 0.0])
     table = np.array(rows)
@@ -250,8 +250,10 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
             config = limit_to_budget(problem, spaces, genes, pinned)
             point = evaluate_points(problem, evaluator, [config])[0]
             evaluated.setdefault(point.config, point)
-            reward = -options.reward_scale * evaluator(config)  # memoized: no second call
-
+            error = evaluator(config)  # memoized: no second call
+            if not np.isfinite(error):
+                continue  # a broken model (NaN -> inf error): nothing a critic can regress on
+            reward = -options.reward_scale * error
             for step in range(n_steps):
                 last = step == n_steps - 1
                 replay.add(observed[step], actions[step], reward,

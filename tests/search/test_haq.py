@@ -209,3 +209,16 @@ def test_agent_beats_a_random_agent_with_the_same_budget_on_average() -> None:
     random = [_score(seed, random_agent)[0] for seed in SEEDS]
     assert np.mean(agent) >= 0.9
     assert np.mean(agent) > np.mean(random)
+
+
+def test_tied_layers_share_a_choice_and_problems_without_features_work() -> None:
+    problem, error = additive_problem(6)
+    tied = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
+                   fixed_costs={}, sensitivity=problem.sensitivity,
+                   constraints=problem.constraints, objectives=problem.objectives,
+                   groups=((2, 5), (3, 4, 7)))  # no features: the state uses the costs
+    result = search(tied, table_evaluator(error), SMALL, np.random.default_rng(0))
+    for point in (*result.front, result.chosen):
+        config = point.config
+        assert config[2] == config[5] and config[3] == config[4] == config[7]
+    assert tied.feasible(np.array(result.chosen.config))
