@@ -33,15 +33,17 @@ mpqc adaptations, and why:
   choice per cost objective stands in (what the hardware sees of the layer).
 * **Error** comes from the evaluator (memoized: a policy seen before costs nothing), not from
   fine-tuning. Default 150 episodes rather than HAQ's 600, since each is an exact evaluation.
-* **Two defaults differ from HAQ's code, on measurement.** With 150 episodes on a 10-layer
+* **Three defaults differ from HAQ's code, on measurement.** With 150 episodes on a 10-layer
   problem the agent makes ~2 600 updates, not HAQ's ~58 000 (600 episodes × ~100 steps), and
   HAQ's settings (γ = 1, actor lr 1e-4) did no better than random actions under the same
   limiting: mean 0.87 vs 0.87 of the way from the all-cheapest policy to the brute-force
   optimum (tests/search/test_haq.py's problem, 4 seeds). γ = 1 bootstraps every step's value
   through up to 2L target-network steps although the episode's reward is already on every
   transition; γ = 0 makes the critic regress that reward directly. With γ = 0 and actor lr 1e-3:
-  mean 0.93 vs 0.88 for random actions over 10 seeds (hidden 64). Set ``discount=1,
-  lr_actor=1e-4`` for HAQ's exact configuration.
+  mean 0.93 vs 0.88 for random actions over 10 seeds. The same with HAQ's 2×300 networks:
+  0.87 vs 0.88 (4 seeds; plausibly too many weights for ~2 600 updates), so the default
+  width is 64.
+  Set ``discount=1, lr_actor=1e-4, hidden=300`` for HAQ's exact configuration.
 
 The result's front is the Pareto set of every evaluated policy (plus the uniform reference
 points); ``chosen`` is the evaluated policy with the lowest error (ties: lower cost).
@@ -78,8 +80,8 @@ class Options:
         "help": "Episodes, one exact evaluation each at most (mpqc default; HAQ ran 600)."})
     warmup: int = field(default=20, metadata={
         "help": "Leading episodes of uniform random actions that only fill the replay buffer."})
-    hidden: int = field(default=300, metadata={
-        "help": "Width of both hidden layers of the actor and the critic."})
+    hidden: int = field(default=64, metadata={
+        "help": "Width of both hidden layers of the actor and the critic (HAQ: 300)."})
     lr_actor: float = field(default=1e-3, metadata={
         "help": "Adam learning rate of the actor (HAQ: 1e-4; see the module docstring)."})
     lr_critic: float = field(default=1e-3, metadata={
@@ -130,17 +132,23 @@ class ActionSpace:
         distance = np.abs(self.rank - want).sum(axis=1)
         return int(np.flatnonzero(distance == distance.min())[0])  # lowest index = safest
 
-    def lower(self, choice: int, operand: int) -> int | None:
-        """The candidate one step lower in ``operand`` and not higher in the other, or None."""
+    def lower(self, choice: int, operand: int, pressure: np.ndarray) -> int | None:
+        """One step down in ``operand`` that strictly lowers ``pressure``, or None.
+
+        HAQ's step: the highest candidate strictly lower in ``operand`` and not higher in the
+        other operand. When the candidate list has no such pair (``{w2a8, w4a4}``: from w4a4
+        the only lower weight is w2a8), a pair higher in the other operand is taken instead.
+        Every step must lower the class's share of the constrained costs (``pressure``), so
+        limiting terminates even on cost tables that are not monotone in bits.
+        """
         other = 1 - operand
         here = self.rank[choice]
-        ok = (self.rank[:, operand] < here[operand]) & (self.rank[:, other] <= here[other])
+        ok = (self.rank[:, operand] < here[operand]) & (pressure < pressure[choice])
         if not ok.any():
             return None
         candidates = np.flatnonzero(ok)
-        keys = self.rank[candidates]
-        best = max(range(len(candidates)), key=lambda i: (keys[i, operand], keys[i, other], -candidates[i]))
-        return int(candidates[best])
+        return int(max(candidates, key=lambda k: (
+            self.rank[k, other] <= here[other], self.rank[k, operand], self.rank[k, other], -k)))
 
 
 def _pinned_classes(problem: Problem, pin_first_last: bool) -> set[int]:
@@ -157,6 +165,15 @@ def decode_actions(spaces: list[ActionSpace], actions: np.ndarray,
                      for c, space in enumerate(spaces)], dtype=np.int64)
 
 
+def _class_pressure(problem: Problem) -> np.ndarray:
+    """``(G, Kmax)``: each tie class's constrained costs per candidate, each cost over its limit,
+    summed — the potential that every limiting step must lower."""
+    pressure = sum(problem.cost_table(name) / max(abs(limit), 1e-300)
+                   for name, limit in problem.constraints.items())
+    pressure = np.broadcast_to(pressure, (problem.n_layers, int(problem.n_choices.max())))
+    return np.stack([pressure[list(members)].sum(axis=0) for members in problem.tie_classes])
+
+
 def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarray,
                     pinned: set[int]) -> Config:
     """HAQ's action-space limiting on tie-class genes; returns the configuration.
@@ -166,6 +183,7 @@ def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarr
     lowered only if the unpinned ones reach the bottom first.
     """
     genes = genes.copy()
+    pressure = _class_pressure(problem)
 
     def over() -> bool:
         return not problem.feasible(problem.expand(genes))
@@ -176,7 +194,7 @@ def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarr
             moved = False
             for c in allowed:
                 for operand in (_ACTIVATION, _WEIGHT):
-                    lower = spaces[c].lower(int(genes[c]), operand)
+                    lower = spaces[c].lower(int(genes[c]), operand, pressure[c])
                     if lower is None:
                         continue
                     genes[c], moved = lower, True
@@ -186,9 +204,9 @@ def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarr
                 break
     if over():
         raise SearchError(
-            "haq: lowering every layer to its cheapest candidate does not meet the constraints "
-            f"{dict(problem.constraints)}; the cost tables are not monotone in bits, use the "
-            "ilp or nsga2 strategy")
+            "haq: no sequence of lower-bit steps meets the constraints "
+            f"{dict(problem.constraints)} (costs that do not fall with bits?); use the ilp or "
+            "nsga2 strategy")
     return problem.expand(genes)
 
 
