@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 
 from mpqc.passes.instruments import Instrument, IRPrinter
@@ -46,9 +47,17 @@ def infeasible_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_command(prog: str, body: Callable[[], int], verbose: bool) -> int:
-    """Run ``body``; turn exceptions into one line on stderr and an exit code."""
+    """Run ``body``; turn exceptions into one line on stderr and an exit code.
+
+    Python warnings from the libraries underneath (numpy, scipy, onnxruntime's Python layer) are
+    shown only under ``-v``: what the user needs to know reaches them as notes in the summary, and
+    ``-q`` promises silence on success.
+    """
     try:
-        return body()
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            return body()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_USER
