@@ -278,6 +278,18 @@ def test_quiet_prints_nothing(capsys, cnn_path, calib_dir, tmp_path) -> None:
     assert code == 0 and out == "" and err == ""
 
 
+def test_a_search_run_is_quiet_too(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--max-size", "0.2x", "-q")
+    assert code == 0 and out == "" and err == ""
+
+
+def test_an_infeasible_budget_exits_with_2(capsys, cnn_path, calib_dir, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--calib", calib_dir, "--max-size", "0.01x")
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("mpqc: ") and "cheapest reachable" in err
+    _nothing_written(out_dir)
+
+
 def test_an_existing_output_is_replaced(capsys, cnn_path, calib_dir, tmp_path) -> None:
     target = tmp_path / "q.onnx"
     target.write_bytes(b"old")
