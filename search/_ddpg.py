@@ -56,7 +56,8 @@ class MLP:
             activations.append(x)
         return x, activations
 
-    def backward(self, activations: list[np.ndarray], grad_out: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def backward(self, activations: list[np.ndarray],
+                 grad_out: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """Gradients of the parameters and of the input, given dLoss/dOutput."""
         n_layers = len(self.params) // 2
         grads: list[np.ndarray] = [np.empty(0)] * len(self.params)
@@ -106,7 +107,8 @@ class ReplayBuffer:
         self.size = 0
         self._next = 0
 
-    def add(self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray, done: bool) -> None:
+    def add(self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray,
+            done: bool) -> None:
         i = self._next
         self.states[i], self.actions[i, 0], self.rewards[i, 0] = state, action, reward
         self.next_states[i], self.done[i, 0] = next_state, float(done)
@@ -115,12 +117,13 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         idx = rng.choice(self.size, size=batch_size, replace=self.size < batch_size)
-        return self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx], self.done[idx]
+        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
+                self.done[idx])
 
 
 @dataclass(frozen=True)
 class DDPGSettings:
-    """Hyper-parameters of :class:`DDPGAgent` (HAQ's defaults live in ``mpqc.search.haq.Options``)."""
+    """Hyper-parameters of :class:`DDPGAgent` (defaults live in ``mpqc.search.haq.Options``)."""
 
     hidden: int
     lr_actor: float
@@ -186,7 +189,8 @@ class DDPGAgent:
 
         policy_actions, actor_acts = self.actor.forward(states)
         _, critic_acts = self.critic.forward(np.hstack([states, policy_actions]))
-        _, grad_in = self.critic.backward(critic_acts, np.full((len(states), 1), -1.0 / len(states)))
+        ascend = np.full((len(states), 1), -1.0 / len(states))  # d(-mean Q)/dQ
+        _, grad_in = self.critic.backward(critic_acts, ascend)
         actor_grads, _ = self.actor.backward(actor_acts, grad_in[:, -1:])
         self.actor_opt.step(self.actor.params, actor_grads)
 

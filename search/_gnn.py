@@ -87,7 +87,8 @@ def encode_problem(problem) -> GraphEncoding:
     cost_keys = tuple(sorted(problem.costs))
     columns = []
     if problem.features is not None and np.size(problem.features):
-        columns.append(_minmax_columns(np.asarray(problem.features, dtype=float).reshape(n_layers, -1)))
+        features = np.asarray(problem.features, dtype=float).reshape(n_layers, -1)
+        columns.append(_minmax_columns(features))
     for key in cost_keys:
         safest = np.array([float(table[0]) for table in problem.costs[key]])
         columns.append(_safe_ratio(safest, safest.max(initial=0.0))[:, None])
@@ -152,7 +153,8 @@ class GraphPolicy:
         return sum(int(np.prod(s)) for s in self._shapes())
 
     @classmethod
-    def for_encoding(cls, encoding: GraphEncoding, hidden: int = 32, rounds: int = 2) -> "GraphPolicy":
+    def for_encoding(cls, encoding: GraphEncoding, hidden: int = 32,
+                     rounds: int = 2) -> "GraphPolicy":
         return cls(encoding.node_width, encoding.choice_width, hidden, rounds)
 
     def initial_genome(self, rng: np.random.Generator) -> np.ndarray:
@@ -181,8 +183,9 @@ class GraphPolicy:
         """One score per (layer, choice) row of ``encoding.choice_inputs``."""
         if (encoding.node_width, encoding.choice_width) != (self.node_width, self.choice_width):
             raise EncodingMismatchError(
-                f"problem encodes to widths ({encoding.node_width}, {encoding.choice_width}) but the "
-                f"policy was evolved for ({self.node_width}, {self.choice_width}); transfer needs the "
+                f"problem encodes to widths ({encoding.node_width}, {encoding.choice_width}) "
+                f"but the policy was evolved for ({self.node_width}, {self.choice_width}); "
+                "transfer needs the "
                 "same feature columns and cost objectives"
             )
         weights = iter(self._unpack(genome))

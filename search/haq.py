@@ -20,7 +20,10 @@ mpqc adaptations, and why:
 * **Limiting** (§1 step 3): while a constraint is exceeded, sweep layers last→first, lower the
   activation one step along the layer's list and re-check, then the weight one step and
   re-check. "One step" is the highest candidate strictly lower in that operand and not higher
-  in the other. First and last layers stay at their safest choice (``pin_first_last``) unless
+  in the other (if the list has none, one higher in the other operand), and it must lower the
+  layer's constrained costs (summed relative to their limits), so limiting cannot stall in a
+  dead end like w4a4 in ``{w2a8, w4a4}`` nor cycle when costs are not monotone in bits.
+  First and last layers stay at their safest choice (``pin_first_last``) unless
   nothing else is left to lower — only then are they lowered too, so every returned policy
   meets the budget whenever the budget can be met by lowering bits.
 * **Tied layers** (``problem.groups``) share one choice: the agent acts once per tie class, at
@@ -128,7 +131,8 @@ class ActionSpace:
 
     def decode(self, weight_action: float, activation_action: float) -> int:
         """Choice index of the pair the two actions select, or of the nearest candidate."""
-        want = np.array([self.bin(_WEIGHT, weight_action), self.bin(_ACTIVATION, activation_action)])
+        want = np.array([self.bin(_WEIGHT, weight_action),
+                         self.bin(_ACTIVATION, activation_action)])
         distance = np.abs(self.rank - want).sum(axis=1)
         return int(np.flatnonzero(distance == distance.min())[0])  # lowest index = safest
 

@@ -131,7 +131,8 @@ def _rank_order(objectives: np.ndarray, violation: np.ndarray) -> tuple[np.ndarr
         fronts = NonDominatedSorting().do(objectives[feasible])
         for depth, front in enumerate(fronts):
             members = feasible[np.sort(front)]
-            crowd = calc_crowding_distance(objectives[members]) if len(members) > 2 else np.full(len(members), np.inf)
+            crowd = (calc_crowding_distance(objectives[members]) if len(members) > 2
+                     else np.full(len(members), np.inf))
             members = members[np.lexsort((members, -crowd))]
             rank[members] = depth
             order.extend(members.tolist())
@@ -148,6 +149,8 @@ def _rank_order(objectives: np.ndarray, violation: np.ndarray) -> tuple[np.ndarr
 # ----------------------------------------------------------------------------- species
 @dataclass
 class Individual:
+    """One member of a species: its genome, what it decodes to, and how that scored."""
+
     genome: np.ndarray
     config: Config
     point: Point
