@@ -432,3 +432,32 @@ def test_eight_bit_layers_become_onnxruntime_integer_kernels(calibrated_cnn: tup
     ops = [node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node]
     assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
     assert "Conv" not in ops and "Gemm" not in ops
+
+
+@pytest.mark.parametrize("choice", ["w8a8", "w4a8", "w2a16"])
+def test_every_layer_kind_lowers_with_its_channel_axis(choice: str, calibrate_pass: type) -> None:
+    from models import all_layers
+
+    rng = np.random.default_rng(0)
+    samples = [
+        {"x": rng.normal(size=(1, 3, 6, 6)).astype(np.float32), "ids": rng.integers(0, 10, (1, 5)), "other": rng.normal(size=(1, 4)).astype(np.float32)}
+        for _ in range(4)
+    ]
+    model = all_layers()
+    model.graph.inputs.pop()  # w_in: keep it a constant the caller cannot override
+    model, context = _calibrated(model, samples, calibrate_pass)
+    reference = _copy(ir.to_proto(model).SerializeToString())
+    _lower(model, context, uniform=choice)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    trace = _trace(ir.to_proto(model), samples[0])
+    wbits, _ = parse_bits(choice)
+    lowered = {n.outputs[0].name: n for n in model.graph}
+    kinds = set()
+    for layer in mir.quantizable_layers(reference.graph):
+        node = lowered[layer.node.outputs[0].name]
+        dequantized = trace[node.inputs[layer.weight_index].name]
+        np.testing.assert_array_equal(dequantized, fake_quant_weight(layer.weight_array(), wbits, layer.channel_axis))
+        kinds.add(node.op_type)
+    assert kinds == {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
+    for output, value in zip(model.graph.outputs, run_ort(model, samples[0])):
+        assert np.isfinite(value).all(), output.name
