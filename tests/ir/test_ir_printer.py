@@ -67,3 +67,30 @@ def test_subgraphs_are_printed_nested() -> None:
 def test_same_model_built_twice_prints_identically() -> None:
     assert mir.dump(small_cnn(seed=3)) == mir.dump(small_cnn(seed=3))
     assert mir.dump(small_cnn(seed=3)) != mir.dump(small_cnn(seed=4))
+
+
+_TINY = """
+<ir_version: 10, opset_import: ["" : 17]>
+tiny (float[1,2,3,3] x) => (float[1,2,3,3] y) {
+  c = Conv <pads=[1,1,1,1], dilations=[1,1]> (x, w)
+  y = LeakyRelu <alpha=0.1> (c)
+}
+"""
+
+_TINY_DUMP = """\
+// mpqc IR  ir_version=10  opsets={ai.onnx:17}
+graph tiny(%x: float[1,2,3,3]) {
+  %w = init float[2,2,3,3] sha1:74feb0ae9df8
+  %c: ? = Conv(%x, %w) <dilations=[1,1], pads=[1,1,1,1]> {mpqc.bits={"a":8,"w":4}}
+  %y: float[1,2,3,3] = LeakyRelu(%c) <alpha=0.1>
+  return %y
+}
+"""
+
+
+def test_the_dump_format() -> None:
+    from models import build
+
+    model = ir.from_proto(build(_TINY, {}, 0, {"w": np.arange(36, dtype=np.float32).reshape(2, 2, 3, 3) / 8}))
+    A.BITS.set(next(iter(model.graph)), {"w": 4, "a": 8})
+    assert mir.dump(model) == _TINY_DUMP
