@@ -13,6 +13,7 @@ with signed or unsigned 8-bit activations; the Conv+MatMul-only variant; ``quant
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 import tempfile
@@ -133,11 +134,17 @@ def ort_dynamic(request: QuantizeRequest) -> None:
 
 
 def ort_matmul_nbits(request: QuantizeRequest) -> None:
-    """4-bit symmetric weight-only ``MatMulNBits``, block 32, for every MatMul with a constant weight."""
+    """4-bit symmetric weight-only ``MatMulNBits``, block 32, for every MatMul with a constant weight.
+
+    ``quant_pre_process`` runs first: it folds weights stored as Constant nodes (PP-OCR's) into
+    initializers, without which the quantizer finds no MatMul to convert.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(request.float_model)), bits=4, block_size=32,
-                                     is_symmetric=True)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node
+    with tempfile.TemporaryDirectory() as scratch:
+        source = onnx.load(str(preprocessed(request.float_model, Path(scratch))))
+    quantizer = MatMulNBitsQuantizer(source, bits=4, block_size=32, is_symmetric=True)
     quantizer.process()
     quantizer.model.save_model_to_file(str(request.output), use_external_data_format=False)
 
