@@ -103,7 +103,8 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
         f"  size        {input_bytes / 1e6:.3f} MB -> {output_bytes / 1e6:.3f} MB ({output_bytes / max(input_bytes, 1):.2f}x)",
     ]
     if "sqnr_db" in verify:
-        lines.append(f"  fidelity    output SQNR {verify['sqnr_db']:.1f} dB" + (f", top-1 agreement {verify['top1_agreement']:.3f}" if "top1_agreement" in verify else "") + f" on {verify.get('samples', 0)} held-out samples")
+        # float(): annotations store non-finite numbers as text ("inf" when the output is unchanged)
+        lines.append(f"  fidelity    output SQNR {float(verify['sqnr_db']):.1f} dB" + (f", top-1 agreement {verify['top1_agreement']:.3f}" if "top1_agreement" in verify else "") + f" on {verify.get('samples', 0)} held-out samples")
     if "task_metric" in verify:
         lines.append(f"  accuracy    {verify['task_metric']:.4f} (float {verify.get('task_metric_float', float('nan')):.4f})")
     lines += [f"  note        {note}" for note in result.notes]
