@@ -273,6 +273,21 @@ def test_the_embedded_example(capsys, tmp_path) -> None:
     assert "accuracy" in out and (tmp_path / "digits.onnx").exists()
 
 
+def test_a_model_without_layers_stays_float_and_says_so(capsys, tmp_path) -> None:
+    import onnx_ir as ir
+
+    from models import with_if
+
+    ir.save(with_if(), tmp_path / "if.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        np.savez(calib / f"s{i}.npz", cond=np.array(i % 2 == 0), x=np.array([1.0, -2.0], np.float32) * i)
+    code, out, err = _mpqc(capsys, tmp_path / "if.onnx", "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib, "--uniform", "w8a8")
+    assert code == 0, err
+    assert "output SQNR inf dB" in out and "no layer has bits to lower" in out
+
+
 def test_quiet_prints_nothing(capsys, cnn_path, calib_dir, tmp_path) -> None:
     code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--uniform", "w4a8", "-q")
     assert code == 0 and out == "" and err == ""
