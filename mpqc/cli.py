@@ -15,13 +15,13 @@ import sys
 from collections import Counter
 from typing import Any
 
-from mpqc.cli_support import EXIT_OK, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import EXIT_OK, ArgumentParser, add_ir_dump_arguments, ir_printer, run_command
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mpqc",
         description="Mixed-precision quantization compiler for ONNX.",
         epilog="Exit codes: 0 ok, 1 bad input (one line on stderr), 2 infeasible constraints.",

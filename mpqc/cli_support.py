@@ -12,12 +12,24 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 from mpqc.passes.instruments import Instrument, IRPrinter
 
-__all__ = ["EXIT_INFEASIBLE", "EXIT_OK", "EXIT_USER", "add_ir_dump_arguments", "ir_printer", "run_command"]
+__all__ = ["ArgumentParser", "EXIT_INFEASIBLE", "EXIT_OK", "EXIT_USER", "add_ir_dump_arguments", "ir_printer", "run_command"]
 
 EXIT_OK, EXIT_USER, EXIT_INFEASIBLE = 0, 1, 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with mpqc's exit codes: a bad command line is a user error (1, one line).
+
+    argparse's own exit code for usage errors is 2, which for mpqc means infeasible constraints,
+    and it prints the whole usage block before the message.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import typing
 
-from mpqc.cli_support import EXIT_OK, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import EXIT_OK, ArgumentParser, add_ir_dump_arguments, ir_printer, run_command
 
 __all__ = ["main"]
 
@@ -38,7 +38,7 @@ def help_passes() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpqc-opt", description="Run an mpqc pass pipeline on an ONNX model.")
+    parser = ArgumentParser(prog="mpqc-opt", description="Run an mpqc pass pipeline on an ONNX model.")
     parser.add_argument("model", nargs="?", help="input ONNX model")
     parser.add_argument("-p", "--pipeline", help="pipeline string, e.g. 'canonicalize,calibrate,lower-qdq{uniform=w8a8}'")
     parser.add_argument("-o", "--output", help="where to write the resulting model (omit to only analyse)")
