@@ -180,6 +180,23 @@ def test_calibration_directories_without_samples(capsys, cnn_path, tmp_path, out
     _nothing_written(out_dir)
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--hw", "generic"], "the following arguments are required: -o/--output"),
+        (["--hw", "generic", "-o", "q.onnx", "--wbits", "1,2"], "bit-widths must be between 2 and 16"),
+        (["--hw", "generic", "-o", "q.onnx", "--shape", "N"], "'N' is not DIM=SIZE"),
+        (["--hw", "generic", "-o", "q.onnx", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_a_bad_command_line_is_a_one_line_user_error(capsys, cnn_path, argv, fragment) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(cnn_path), *argv])
+    assert info.value.code == 1  # argparse's 2 would read as "infeasible constraints"
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mpqc: ") and fragment in err
+
+
 def test_verbose_shows_the_traceback(capsys, tmp_path, out_dir) -> None:
     code, _, err = _mpqc(capsys, tmp_path / "nope.onnx", "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "-v")
     assert code == 1
