@@ -7,8 +7,10 @@ a search combines them as it needs; a pass that measures a pair jointly may add 
 Numbers that explain a score (raw entropies, SQNRs, orthogonality weights) go to a side annotation
 ``mpqc.sensinfo.<metric>`` so the score dict holds only candidates and a search can parse every key.
 
-Candidates: the pass's own ``wbits``/``abits`` options, intersected with the user's ``--wbits``/
-``--abits`` (``context.wbits``/``abits``) and with what the hardware spec runs (``context.hw``).
+Candidates: the pass's ``wbits``/``abits`` options, intersected with the user's ``--wbits``/``--abits``
+(``context.wbits``/``abits``) and with what the hardware spec runs (``context.hw``). An option left at
+its default follows the user's list instead, so ``--wbits 6`` scores 6 bits rather than failing on
+an empty intersection with the default (2, 3, 4, 8); an option set in the pipeline string restricts.
 """
 
 from __future__ import annotations
@@ -72,13 +74,17 @@ class SensitivityPass(Pass):
 
     def weight_bits(self) -> tuple[int, ...]:
         hw = self.context.hw
-        return self._candidates("weight", self.options.wbits, self.context.wbits, hw.weight_bits if hw is not None else None)
+        return self._candidates("weight", "wbits", self.context.wbits, hw.weight_bits if hw is not None else None)
 
     def activation_bits(self) -> tuple[int, ...]:
         hw = self.context.hw
-        return self._candidates("activation", self.options.abits, self.context.abits, hw.act_bits if hw is not None else None)
+        return self._candidates("activation", "abits", self.context.abits, hw.act_bits if hw is not None else None)
 
-    def _candidates(self, kind: str, own: Iterable[int], user: Iterable[int] | None, spec: Iterable[int] | None) -> tuple[int, ...]:
+    def _candidates(self, kind: str, field: str, user: Iterable[int] | None, spec: Iterable[int] | None) -> tuple[int, ...]:
+        own = getattr(self.options, field)
+        default = next(f.default for f in dataclasses.fields(self.options) if f.name == field)
+        if user is not None and own == default:
+            own = tuple(user)
         chosen = set(int(b) for b in own)
         for other in (user, spec):
             if other is not None:

@@ -211,9 +211,11 @@ def test_output_measures_and_determinism(ranking) -> None:
 
 def test_candidates_are_intersected_with_user_and_spec(ranking) -> None:
     model, _, context = ranking
-    narrowed = CompileContext(calibration=context.calibration, wbits=(4, 8, 16), abits=(8,))
-    SensitivityOutput(context=narrowed)(model)
-    assert set(scores_of(model, "output")["h2"]) == {"w4", "w8", "a8"}
+    user = CompileContext(calibration=context.calibration, wbits=(4, 6, 16), abits=(8,))
+    SensitivityOutput(context=user)(model)  # default options follow the user's candidates
+    assert set(scores_of(model, "output")["h2"]) == {"w4", "w6", "w16", "a8"}
+    SensitivityOutput(context=user, wbits=(2, 4, 8))(model)  # explicit options are intersected
+    assert set(scores_of(model, "output")["h2"]) == {"w4", "a8"}
 
     class Spec:
         weight_bits = (8,)
