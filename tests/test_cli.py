@@ -144,6 +144,28 @@ def test_calibration_with_the_wrong_shape(capsys, cnn_path, tmp_path, out_dir) -
     _nothing_written(out_dir)
 
 
+def test_calibration_with_the_wrong_dtype_or_a_broken_file(capsys, cnn_path, tmp_path, out_dir) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.savez(calib / "s0.npz", image=np.zeros((1, 3, 8, 8)))
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, "input 'image' is float64, the model wants float32")
+    (calib / "s0.npz").write_bytes(b"PK\x03\x04 not a zip")
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    _assert_user_error(code, err, "is not a readable numpy file")
+    _nothing_written(out_dir)
+
+
+def test_npy_calibration_for_a_single_input_model(capsys, cnn_path, cnn_samples, tmp_path) -> None:
+    calib = tmp_path / "npy"
+    calib.mkdir()
+    for i, sample in enumerate(cnn_samples):
+        np.save(calib / f"s{i}.npy", sample["image"])
+    code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--uniform", "w8a8", "--calib", calib)
+    assert code == 0, err
+    assert "on 2 held-out samples" in out
+
+
 def test_an_unknown_hardware_spec(capsys, cnn_path, out_dir) -> None:
     code, _, err = _mpqc(capsys, cnn_path, "--hw", "tpu-v9000", "-o", out_dir / "q.onnx", "--uniform", "w8a8")
     _assert_user_error(code, err, "tpu-v9000")
