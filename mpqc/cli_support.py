@@ -99,6 +99,10 @@ def add_ir_dump_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ir_printer(args: argparse.Namespace) -> list[Instrument]:
+    from mpqc import passes
+
+    for name in args.print_ir_after:
+        passes.get(name)  # a misspelt pass would otherwise print nothing, silently
     printer = IRPrinter(
         after_all=args.print_ir_after_all,
         after=frozenset(args.print_ir_after),
