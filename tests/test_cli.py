@@ -219,6 +219,19 @@ def test_a_bad_command_line_is_a_one_line_user_error(capsys, cnn_path, argv, fra
     assert len(err.splitlines()) == 1 and err.startswith("mpqc: ") and fragment in err
 
 
+def test_print_ir_after_an_unknown_pass(capsys, cnn_path, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--print-ir-after", "lower-qdk")
+    _assert_user_error(code, err, "unknown pass 'lower-qdk': did you mean lower-qdq")
+    _nothing_written(out_dir)
+
+
+def test_print_ir_after_one_pass(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8", "--print-ir-after", "calibrate", "-q")
+    assert code == 0
+    assert err.startswith("// -----// IR Dump After calibrate //----- //\n// mpqc IR")
+    assert err.count("IR Dump After") == 1 and "mpqc.calib.range" in err
+
+
 def test_verbose_shows_the_traceback(capsys, tmp_path, out_dir) -> None:
     code, _, err = _mpqc(capsys, tmp_path / "nope.onnx", "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "-v")
     assert code == 1
