@@ -63,7 +63,7 @@ class SensitivityTask(SensitivityPass):
             annotations.BITS.remove(node)
         node = next(layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name)
         annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
-        LowerQDQ(context=CompileContext(), act_signed=self.options.act_signed)(copy)
+        LowerQDQ(context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed)(copy)
         return ir.to_proto(copy)
 
     def _evaluate(self, proto: onnx.ModelProto, what: str) -> float:
