@@ -9,10 +9,13 @@ once:
 - Activations are asymmetric per tensor, unsigned ``[0, 2^b-1]`` by default (unsigned 8-bit is the
   fast path of onnxruntime's CPU kernels); the range always contains zero so padding and ReLU's zero
   are exact.
-- Values live in the smallest ONNX integer type that holds the grid: 2 bits in INT2/UINT2, 3-4 in
-  INT4/UINT4, 5-8 in INT8/UINT8, 9-16 in INT16/UINT16. A grid narrower than its container (3, 5, 6,
-  7 bits...) keeps exactly the chosen bit-width's values: the weights are rounded on the narrow grid
-  before storage, and activations get a float Clip before QuantizeLinear.
+- Weights live in the smallest ONNX integer type that holds the grid — 2 bits in INT2, 3-4 in INT4,
+  5-8 in INT8, 9-16 in INT16 — because that is what makes the file shrink. Activations live in at
+  least 8 bits (UINT8/INT8, or 16): their containers cost no file bytes, and onnxruntime's fusions
+  mishandle sub-byte activation types (a QLinearConv fed UINT2, a Clip fused into a UINT4 quantizer).
+  A grid narrower than its container (3, 5, 6, 7 bits...) keeps exactly the chosen bit-width's
+  values: weights are rounded on the narrow grid before storage, and activations get a float Clip
+  before QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ class Grid:
     signed: bool
     qmin: int
     qmax: int
+    #: Narrowest container allowed: 2 for weights, 8 for activations (see the module docstring).
+    min_width: int = 2
 
     @property
     def width(self) -> int:
         """Bits of the storage container."""
-        return next(w for w in (2, 4, 8, 16) if w >= self.bits)
+        return next(w for w in (2, 4, 8, 16) if w >= max(self.bits, self.min_width))
 
     @property
     def container(self) -> ir.DataType:
@@ -87,8 +92,8 @@ def activation_grid(bits: int, signed: bool = False) -> Grid:
     if not 2 <= bits <= 16:
         raise ValueError(f"activation bits must be between 2 and 16, got {bits}")
     if signed:
-        return Grid(bits, True, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    return Grid(bits, False, 0, 2**bits - 1)
+        return Grid(bits, True, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, min_width=8)
+    return Grid(bits, False, 0, 2**bits - 1, min_width=8)
 
 
 def min_opset(*grids: Grid) -> int:

@@ -261,7 +261,8 @@ class _Lowering:
         self._add(q, f"{base}.a{bits}.q")
         dq = ir.node("DequantizeLinear", [q.outputs[0], s_value, z_value])
         out = self._add(dq, f"{base}.a{bits}.dq")
-        out.dtype, out.shape = value.dtype, value.shape
+        # Quantized activations are float tensors, typed even when the model was not shape-inferred.
+        out.dtype, out.shape = value.dtype or ir.DataType.FLOAT, value.shape
         nodes += [q, dq]
         producer = value.producer()
         if producer is not None and producer.graph is self.graph:
