@@ -132,3 +132,24 @@ def test_infeasible_budget_is_reported_with_the_cheapest_reachable_value(cnn_sam
     search = pytest.importorskip("mpqc.search")
     with pytest.raises(search.InfeasibleError, match="the cheapest reachable is"):
         mpqc.compile(small_cnn(), hw="generic", calibration=cnn_samples, constraints={"size": "0.01x"})
+
+
+def test_two_compilations_side_by_side_do_not_interfere(cnn_samples: list) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models import branches
+
+    jobs = [
+        (small_cnn, cnn_samples, "w4a8"),
+        (branches, random_inputs(branches(), 6), "w8a8"),
+        (small_cnn, cnn_samples, "w8a16"),
+    ]
+
+    def run(job: tuple) -> str:
+        build, data, choice = job
+        return mpqc.ir.dump(mpqc.compile(build(), calibration=data, uniform=choice).ir_model)
+
+    sequential = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        parallel = list(pool.map(run, jobs))
+    assert parallel == sequential
