@@ -18,7 +18,8 @@ from PIL import Image
 
 from bench.tasks.base import Inputs, Task, TaskSizes
 from bench.tasks.metrics import ctc_greedy_decode, text_scores
-from bench.tasks.text import random_code, random_line, render_line, split_disjoint, unique_strings
+from bench.tasks.text import (random_code, random_line, render_captcha, render_line, split_disjoint,
+                              unique_strings)
 
 
 class CtcRecognitionTask(Task):
@@ -27,10 +28,12 @@ class CtcRecognitionTask(Task):
     primary_metric = "line_acc"
 
     def __init__(self, sizes: TaskSizes, charset: Sequence[str],
-                 make_text: Callable[[np.random.Generator], str]) -> None:
+                 make_text: Callable[[np.random.Generator], str],
+                 render: Callable[[str, np.random.Generator], Image.Image] = render_line) -> None:
         super().__init__(sizes)
         self.charset = list(charset)
         self.make_text = make_text
+        self.render = render
 
     def texts(self) -> tuple[list[str], list[str]]:
         """Calibration and evaluation strings (disjoint)."""
@@ -39,7 +42,7 @@ class CtcRecognitionTask(Task):
 
     def _render(self, texts: list[str], stream: int) -> list[Inputs]:
         rng = np.random.default_rng([self.sizes.seed, stream])
-        return [self.preprocess(render_line(text, rng)) for text in texts]
+        return [self.preprocess(self.render(text, rng)) for text in texts]
 
     def _make_calibration(self) -> list[Inputs]:
         return self._render(self.texts()[0], stream=1)
@@ -107,13 +110,14 @@ class DdddocrTask(CtcRecognitionTask):
 
     Height 64 with the width from the aspect ratio (Lanczos), then grayscale, then [0, 1]. The model
     returns class scores ``[T, 1, classes]`` (its declared output shape ``[1, T]`` is wrong); index 0 is the blank.
-    Text is captcha-like: 4–6 letters and digits, compared case-insensitively.
+    Text is a captcha: 4–6 letters and digits, each character tilted, colored and offset, over noise
+    lines and dots; compared case-insensitively.
     """
 
     height = 64
 
     def __init__(self, sizes: TaskSizes, charset: Sequence[str]) -> None:
-        super().__init__(sizes, charset, random_code)
+        super().__init__(sizes, charset, random_code, render_captcha)
 
     def normalize(self, text: str) -> str:
         """Captchas are read case-insensitively, and ddddocr's model mostly answers in lower case."""

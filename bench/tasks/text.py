@@ -158,3 +158,31 @@ def render_page(lines: list[str], rng: np.random.Generator, size: tuple[int, int
         draw.text((margin, y), text, font=font, fill=(0, 0, 0))
         y += int(font_size * rng.uniform(1.3, 1.8))
     return image
+
+
+def render_captcha(text: str, rng: np.random.Generator) -> Image.Image:
+    """A captcha: each character in its own color, size, tilt and height, over noise lines and dots."""
+    background = tuple(int(v) for v in rng.integers(200, 256, size=3))
+    glyphs = []
+    for char in text:
+        font = load_font(int(rng.integers(font_count())), int(rng.integers(30, 44)))
+        left, top, right, bottom = font.getbbox(char)
+        glyph = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
+        color = tuple(int(v) for v in rng.integers(0, 140, size=3))
+        ImageDraw.Draw(glyph).text((4 - left, 4 - top), char, font=font, fill=(*color, 255))
+        glyphs.append(glyph.rotate(float(rng.uniform(-25, 25)), expand=True, resample=Image.BICUBIC))
+    width = sum(g.width for g in glyphs) + 20
+    height = max(g.height for g in glyphs) + 16
+    image = Image.new("RGB", (width, height), background)
+    x = 10
+    for glyph in glyphs:
+        image.paste(glyph, (x, int(rng.integers(0, height - glyph.height + 1))), glyph)
+        x += glyph.width - int(rng.integers(0, 6))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 4))):
+        points = [(int(rng.integers(width)), int(rng.integers(height))) for _ in range(2)]
+        draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 200, size=3)), width=int(rng.integers(1, 3)))
+    for _ in range(int(rng.integers(50, 200))):
+        draw.point((int(rng.integers(width)), int(rng.integers(height))),
+                   fill=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+    return image

@@ -11,7 +11,8 @@ from bench.tasks.base import TaskSizes, write_calib_dir
 from bench.tasks.ocr import DdddocrTask, PaddleRecTask
 from bench.tasks.orientation import OrientationTask
 from bench.tasks.paraphrase import ParaphraseTask, random_triple
-from bench.tasks.text import ALNUM, random_code, random_line, render_line, split_disjoint, unique_strings
+from bench.tasks.text import (ALNUM, random_code, random_line, render_captcha, render_line, split_disjoint,
+                              unique_strings)
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:,"))
 
@@ -46,6 +47,12 @@ def test_render_line_is_deterministic_and_dark_on_light():
     assert first.shape[2] == 3 and first.shape[1] > first.shape[0]
     assert np.array_equal(first, again)
     assert first.min() < 80 and np.median(first) > 200
+
+
+def test_render_captcha_is_deterministic():
+    first = np.asarray(render_captcha("aB3xY7", np.random.default_rng(3)))
+    assert np.array_equal(first, np.asarray(render_captcha("aB3xY7", np.random.default_rng(3))))
+    assert first.ndim == 3 and first.shape[1] > first.shape[0]
 
 
 def one_hot_path(text: str, charset: list[str]) -> np.ndarray:
