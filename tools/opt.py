@@ -21,6 +21,15 @@ from mpqc.cli_support import EXIT_OK, ArgumentParser, add_ir_dump_arguments, ir_
 __all__ = ["main"]
 
 
+def _type_name(hint: object) -> str:
+    """'int', 'tuple[str, ...]', or the choices of a Literal ('minmax|percentile|...')."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "|".join(map(str, typing.get_args(hint)))
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
 def help_passes() -> str:
     """Every registered pass with its options: type, default and meaning."""
     from mpqc import passes
@@ -32,7 +41,7 @@ def help_passes() -> str:
         lines.append(f"{name}\n    {summary}")
         hints = typing.get_type_hints(cls.Options)
         for field in dataclasses.fields(cls.Options):
-            kind = getattr(hints[field.name], "__name__", str(hints[field.name])).replace("typing.", "")
+            kind = _type_name(hints[field.name])
             lines.append(f"    {field.name}: {kind} = {field.default!r}\n        {field.metadata.get('doc', '')}")
     return "\n".join(lines)
 
