@@ -30,6 +30,7 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
             assert f"    {field.name}: " in out, (name, field.name)
             assert field.metadata.get("doc", "") in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
+    assert "    method: minmax|percentile|entropy|mse = 'minmax'" in out  # a Literal lists its choices
 
 
 def test_a_pipeline_run_writes_the_output(capsys, cnn_path, calib_dir, tmp_path) -> None:
