@@ -138,3 +138,15 @@ def test_check_writable(tmp_path: pathlib.Path) -> None:
         mir.check_writable(tmp_path)
     with pytest.raises(mir.ModelError, match="does not exist"):
         mir.check_writable(tmp_path / "missing" / "x.onnx")
+
+
+def test_load_a_directory(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(mir.ModelError, match="is a directory, not an ONNX model file"):
+        mir.load(tmp_path)
+
+
+def test_load_a_proto_with_external_data_and_its_base_dir(cnn: ir.Model, tmp_path: pathlib.Path) -> None:
+    onnx.save(ir.to_proto(cnn), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    loaded = mir.load(proto, base_dir=tmp_path)
+    np.testing.assert_array_equal(_outputs(loaded), _outputs(cnn))
