@@ -94,8 +94,8 @@ class ListReader:
 def preprocessed(float_model: Path, folder: Path) -> Path:
     """onnxruntime's ``quant_pre_process`` (shape inference + graph optimization), as its docs advise.
 
-    Symbolic shape inference gives up on some graphs (LSTM with dynamic lengths); then only ONNX shape
-    inference runs, which is what onnxruntime's own error message suggests.
+    Symbolic shape inference gives up on PP-OCR's and MiniLM's dynamic shapes ("Incomplete symbolic
+    shape inference"); then only ONNX shape inference runs, as onnxruntime's own message suggests.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
