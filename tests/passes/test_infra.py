@@ -8,6 +8,7 @@ import io
 import pathlib
 import sys
 import textwrap
+import types
 import typing
 
 import onnx_ir as ir
@@ -35,7 +36,7 @@ def _values(name: str, hint: typing.Any, default: typing.Any) -> st.SearchStrate
         return st.sampled_from(args)
     if origin is tuple:
         return st.lists(_values(name, args[0], None), max_size=3).map(tuple)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return st.one_of(*[st.none() if a is type(None) else _values(name, a, None) for a in args])
     if hint is bool:
         return st.booleans()
