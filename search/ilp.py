@@ -219,7 +219,9 @@ class _Bound:
             self.lower = float(error + fraction * hulls.added[n - 1])
         self.incumbent = self._fill(hulls.prefix(n))
         self.upper = float(self.w[self._rows, self.incumbent].sum())
-        value = self.w + self.lam * self.c
+        # Padded (absent) choices cost +inf; keep them at +inf rather than 0 * inf = nan when λ = 0.
+        with np.errstate(invalid="ignore"):
+            value = np.where(np.isfinite(self.c), self.w + self.lam * self.c, np.inf)
         self.reduced = value - value.min(axis=1, keepdims=True)
         self._tolerance = 1e-9 * (abs(self.upper) + abs(self.lower) + 1.0)
         self.gap = self.upper - self.lower + self._tolerance

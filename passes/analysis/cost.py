@@ -1,8 +1,9 @@
 """``cost``: what each layer costs on the target chip at every candidate bit-width.
 
 For every quantizable layer and every (weight bits, activation bits) the spec runs — intersected
-with the user's ``--wbits/--abits`` — it records latency, energy, stored bytes and BOPs from the
-spec's roofline cost model (``mpqc.cost``), plus the float cost. Model totals (``mpqc.cost.total``)
+with the user's ``--wbits/--abits`` — it records latency, energy and BOPs from the spec's roofline
+cost model and the bytes ``lower-qdq`` will write (``passes/lower/footprint.py``) in ``mpqc.cost``,
+plus the float cost. Model totals (``mpqc.cost.total``)
 add what stays float: every other initializer's bytes and every other op's fixed overhead, so a size
 budget like ``0.25x`` is a fraction of the whole written model, not of the layers alone.
 """
@@ -18,6 +19,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.analysis.describe import describe, static_shapes
 from mpqc.passes.base import Pass, PassError
+from mpqc.passes.lower.footprint import FLOAT_BITS, stored_bytes
 from mpqc.passes.registry import register
 
 __all__ = ["CostAnalysis", "candidate_key"]
@@ -27,11 +29,11 @@ def candidate_key(wbits: int | None, abits: int | None) -> str:
     return "float" if wbits is None and abits is None else f"w{wbits or 32}a{abits or 32}"
 
 
-def _entry(cost) -> dict[str, object]:
+def _entry(cost, size: int) -> dict[str, object]:
     return {
         "latency_s": cost.latency_s,
         "energy_j": cost.energy_j,
-        "size": cost.weight_bytes,
+        "size": size,
         "act_bytes": cost.act_bytes,
         "bops": cost.bops,
         "bound": cost.bound,
@@ -63,13 +65,19 @@ class CostAnalysis(Pass):
             )
         reference = {"latency_s": 0.0, "energy_j": 0.0, "size": 0.0, "bops": 0.0}
         for layer, desc in described:
-            table = {candidate_key(w, a): _entry(model_cost.layer_cost(desc, w, a)) for w, a in pairs}
+
+            def entry(wbits: int | None, abits: int | None) -> dict[str, object]:
+                # Time and energy from the spec's roofline; size from what lower-qdq writes.
+                size = stored_bytes(layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec)
+                return _entry(model_cost.layer_cost(desc, wbits, abits), size)
+
+            table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
             try:
-                table["float"] = _entry(model_cost.layer_cost(desc, None, None))
+                table["float"] = entry(None, None)
             except UnsupportedPrecisionError:
                 pass  # the chip has no float path; the reference is then w8a8
             annotations.COST.set(layer.node, table)
-            ref = _entry(model_cost.reference_cost(desc))
+            ref = entry(*spec.reference_pair)
             for key in reference:
                 reference[key] += float(ref[key])  # type: ignore[arg-type]
         fixed = _fixed_costs(model, layers, shapes, spec)

@@ -1,0 +1,63 @@
+"""How many tensor bytes ``lower-qdq`` writes for a layer at (w, a): the size objective.
+
+A size budget is a promise about the written model, so the search must price exactly the tensors
+the lowering emits — the low-bit weights, their per-channel scales and zero points, the int32 bias
+and its scales, the activation quantizers' scales, zero points and narrow-grid clip bounds — not an
+idealized ``params * bits / 8``. This module mirrors ``lower_qdq._Lowering`` tensor by tensor and is
+tested against it. A quantizer that several layers share is counted for each of them, and an int32
+bias is assumed wherever the weight is dequantized: both make the figure an upper bound, so a
+configuration that fits the budget here fits it in the written file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.grid import activation_grid, weight_grid
+from mpqc.passes.target import weight_grid_bits
+
+__all__ = ["stored_bytes"]
+
+FLOAT_BITS = 32
+_FLOAT32 = 4
+
+
+def _packed(elements: int, width: int) -> int:
+    return math.ceil(elements * width / 8)
+
+
+def _quantizer_bytes(bits: int, act_signed: bool) -> int:
+    grid = activation_grid(bits, act_signed)
+    clip_bounds = 2 * _FLOAT32 if grid.narrow else 0
+    return _FLOAT32 + _packed(1, grid.width) + clip_bounds
+
+
+def _fusable(wbits: int, abits: int) -> bool:
+    return 5 <= wbits <= 8 and 5 <= abits <= 8
+
+
+def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_signed: bool = False) -> int:
+    """Bytes of the tensors ``lower-qdq`` writes for ``layer`` at (``wbits``, ``abits``); 32 = float."""
+    weight = layer.weight_array()
+    channels = weight.shape[layer.channel_axis]
+    node = layer.node
+    bias = constant_array(node.inputs[2]) if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 else None
+    total = 0
+    if wbits == FLOAT_BITS:
+        total += weight.size * _FLOAT32
+    else:
+        grid = weight_grid(weight_grid_bits(spec, wbits, abits))
+        total += _packed(weight.size, grid.width) + channels * _FLOAT32
+        # INT2 dequantizes at a unit scale then multiplies (see _dequantize_then_scale); the others
+        # carry a zero point per channel, which onnxruntime's QGemm fusion needs.
+        total += _FLOAT32 if grid.width == 2 else _packed(channels, grid.width)
+    if bias is not None:
+        int32_bias = wbits != FLOAT_BITS and weight_grid(weight_grid_bits(spec, wbits, abits)).width != 2
+        total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales
+    if abits != FLOAT_BITS and layer.activation is not None:
+        total += _quantizer_bytes(abits, act_signed)
+        if _fusable(wbits, abits):
+            total += _quantizer_bytes(abits, act_signed)  # the output quantizer of an integer kernel
+    return total

@@ -1,0 +1,52 @@
+"""The size objective prices exactly what lower-qdq writes (an upper bound where quantizers are shared)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from models import random_inputs, small_cnn
+from mpqc import hwspecs
+from mpqc.ir import annotations
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
+from mpqc.passes.lower.footprint import stored_bytes
+
+CHOICES = [(8, 8), (4, 8), (2, 8), (8, 4), (32, 32), (8, 16), (3, 6), (16, 16)]
+
+
+@pytest.fixture(scope="module")
+def calibrated() -> ir.Model:
+    model = small_cnn()
+    context = CompileContext(calibration=CalibrationData(tuple(random_inputs(model, 4))))
+    PassManager(build_pipeline("canonicalize,calibrate", context))(model)
+    return model
+
+
+def _tensor_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+@pytest.mark.parametrize("spec_name", ["x86_avx2", "arm_a72"])
+@pytest.mark.parametrize("seed", range(6))
+def test_written_tensors_match_the_prediction(calibrated: ir.Model, spec_name: str, seed: int) -> None:
+    spec = hwspecs.load(spec_name)
+    model = ir.from_proto(ir.to_proto(calibrated))
+    layers = quantizable_layers(model.graph)
+    owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
+    fixed = sum(v.const_value.nbytes for name, v in model.graph.initializers.items() if name not in owned)
+    rng = np.random.default_rng(seed)
+    config = [CHOICES[i] for i in rng.integers(len(CHOICES), size=len(layers))]
+    predicted = fixed + sum(stored_bytes(layer, w, a, spec) for layer, (w, a) in zip(layers, config))
+    for layer, (w, a) in zip(layers, config):
+        annotations.BITS.set(layer.node, {"w": w, "a": a})
+    PassManager(build_pipeline("lower-qdq", CompileContext(hw=spec)))(model)
+    written = _tensor_bytes(model)
+    assert written <= predicted <= written * 1.01 + 16
+
+
+def test_float_layer_costs_its_float_weights(calibrated: ir.Model) -> None:
+    layer = quantizable_layers(calibrated.graph)[0]
+    weight, bias = layer.weight_array(), layer.node.inputs[2].const_value.numpy()
+    assert stored_bytes(layer, 32, 32) == 4 * (weight.size + bias.size)
