@@ -38,6 +38,10 @@ class CompileResult:
     timing: tuple[tuple[str, float], ...]
 
 
+#: Strategies whose method names its own damage score (METHODS.md §4: EAGL ranks layers by entropy).
+_METRIC = {"eagl": "entropy"}
+
+
 def default_pipeline(
     *, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax", strategy: str = "ilp"
 ) -> str:
@@ -53,7 +57,7 @@ def default_pipeline(
     if uniform:
         steps.append(f"lower-qdq{{uniform={uniform}}}")
     else:
-        metric = "output" if calibrated else "weight-error"
+        metric = _METRIC.get(strategy) or ("output" if calibrated else "weight-error")
         steps += [f"sensitivity-{metric}", "cost", f"search{{strategy={strategy},metric={metric}}}", "lower-qdq"]
     steps.append("verify")
     return ",".join(steps)

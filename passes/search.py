@@ -6,6 +6,12 @@ layers into a ``Problem`` (candidate pairs per layer from ``mpqc.cost``, additiv
 resolved against the spec's reference configuration), runs the chosen strategy, and writes the
 answer back: ``mpqc.bits`` on every layer and the whole front as ``mpqc.pareto``.
 
+Strategies defined by exact evaluation (MOHAQ's inference-only error, HAQ's reward, NEMO's task
+objective, NSGA-II as MOHAQ runs it) score whole configurations with the configurable evaluator —
+one onnxruntime session over the fake-quantized model, the numbers ``lower-qdq`` ships — on the
+calibration samples; the others optimize the additive sensitivity proxy, which is what their
+papers do (HAWQ-V3's ILP, AIMET's phase 1, EAGL's knapsack). ``exact`` overrides the choice.
+
 Budgets arrive as text — ``0.25x`` (a ratio of the reference: float where the chip runs float,
 otherwise w8a8), ``3MB``, ``2ms``, ``5mJ``, ``2G`` BOPs — and are resolved here because only after
 the cost pass is the reference known.
@@ -14,10 +20,12 @@ the cost pass is the reference known.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
 from collections.abc import Mapping
+from typing import Literal
 
 import networkx as nx
 import numpy as np
@@ -29,6 +37,7 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
+from mpqc.passes.evaluator import Evaluator
 from mpqc.passes.pipeline import convert_option
 from mpqc.passes.registry import register
 
@@ -122,6 +131,16 @@ def layer_features(model: ir.Model, layers: list[Layer]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+#: Strategies whose method scores whole configurations exactly (METHODS.md §1, §5, §6).
+_EXACT_STRATEGIES = frozenset({"mohaq", "haq", "nemo", "nsga2"})
+FLOAT_BITS = 32
+
+
+def _config_error(evaluator: Evaluator, layers: tuple[str, ...], choices, measure: str, config: tuple[int, ...]) -> float:
+    """Exact error of a configuration given as choice indices (module-level, so it pickles)."""
+    return evaluator.error({name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}, measure)
+
+
 @register
 class SearchBits(Pass):
     name = "search"
@@ -135,6 +154,11 @@ class SearchBits(Pass):
         metric: str = option("output", "sensitivity metric read from mpqc.sens.<metric>")
         objectives: tuple[str, ...] = option(("error", "size"), "what the Pareto front is over")
         pin_ends: bool = option(True, "keep the first and last layers at 8 bits or more (HAQ, HAWQ-V3)")
+        exact: Literal["auto", "always", "never"] = option(
+            "auto", "score configurations with the evaluator on calibration data (auto: for mohaq, haq, nemo, nsga2)"
+        )
+        measure: Literal["mse", "kl", "flips"] = option("mse", "output error the exact evaluation measures")
+        samples: int = option(32, "calibration samples an exact evaluation runs")
         extra: tuple[tuple[str, str], ...] = option((), "strategy options, e.g. generations=100")
 
         def __post_init__(self) -> None:
@@ -154,12 +178,27 @@ class SearchBits(Pass):
         layers = [layer for layer in quantizable_layers(model.graph) if annotations.COST.has(layer.node)]
         problem = self.problem(model, layers)
         problem.check_feasible()
-        result = msearch.run(problem, self.options.strategy, seed=self.context.seed, **self.strategy_options())
+        evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
+        result = msearch.run(problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **self.strategy_options())
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config)):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
         annotations.PARETO.set(model, self._front_json(problem, layers, result))
         return ir.passes.PassResult(model, modified=True)
+
+    def _wants_exact(self) -> bool:
+        if self.options.exact == "always":
+            if self.context.calibration is None:
+                raise PassError("search{exact=always} needs calibration data (--calib)")
+            return True
+        return self.options.exact == "auto" and self.options.strategy in _EXACT_STRATEGIES and self.context.calibration is not None
+
+    def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
+        wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
+        samples = list(self.context.calibration)[: self.options.samples]
+        evaluator = Evaluator(model, samples, wbits=wbits, executor=None, spec=self.context.hw)
+        fn = functools.partial(_config_error, evaluator, problem.layers, problem.choices, self.options.measure)
+        return msearch.Evaluator(fn, executor=self.context.executor)
 
     def problem(self, model: ir.Model, layers: list[Layer]) -> msearch.Problem:
         if not layers:
