@@ -112,12 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    added = []
     for spec in args.mpqc:
         name, sep, arguments = spec.partition("=")
         if not sep or not name:
             sys.exit(f"--mpqc expects NAME=ARGS, got {spec!r}")
         mpqc_recipe(name, arguments)
-    wanted = args.recipes.split(",") if args.recipes else list(RECIPES)
+        added.append(name)
+    # --recipes picks among the built-in recipes; mpqc recipes asked for with --mpqc always run.
+    wanted = [*args.recipes.split(","), *added] if args.recipes else list(RECIPES)
     unknown = [name for name in wanted if name not in RECIPES]
     if unknown:
         sys.exit(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
