@@ -9,13 +9,15 @@ its own calibration data and accuracy metric), so a new user sees the whole flow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from mpqc.cli_support import EXIT_OK, ArgumentParser, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import EXIT_OK, ArgumentParser, UsageError, add_ir_dump_arguments, ir_printer, run_command
 
 __all__ = ["main"]
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic input dim (repeatable)")
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
+    parser.add_argument("--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR")
+    parser.add_argument("--executor", metavar="ADDRESS", help="run exact evaluations on a Dask cluster, e.g. tcp://host:8786")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
     add_ir_dump_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -129,7 +133,34 @@ def _run(args: argparse.Namespace) -> int:
         from mpqc.ir import check_writable
 
         check_writable(args.report_json)  # before any work: a failure must not leave a model behind
-    result = mpqc.compile(
+    with _executor(args.executor) as executor:
+        result = _compile(args, model, calibration, eval_fn, executor)
+    mir.save(result.ir_model, output)
+    return _finish(args, result, model, output)
+
+
+@contextlib.contextmanager
+def _executor(address: str | None) -> Iterator[Any]:
+    """A Dask cluster's executor for ``--executor tcp://...``; None (in-process) otherwise."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--executor needs Dask: pip install 'mpqc[dist]'") from None
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        yield client.get_executor()
+
+
+def _compile(args: argparse.Namespace, model: Any, calibration: Any, eval_fn: Any, executor: Any) -> Any:
+    import mpqc
+
+    return mpqc.compile(
         model,
         hw=args.hw,
         calibration=calibration,
@@ -143,9 +174,14 @@ def _run(args: argparse.Namespace) -> int:
         calibrate_method=args.calib_method,
         eval_fn=eval_fn,
         seed=args.seed,
+        executor=executor,
+        emit_pareto=args.emit_pareto,
         instruments=ir_printer(args),
     )
-    mir.save(result.ir_model, output)
+
+
+def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.Path) -> int:
+    """Report on the written model: the summary line block and ``--report-json``."""
     input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
     output_bytes = output.stat().st_size
     if args.report_json:
@@ -159,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
             "report": dict(result.report),
             "pareto": result.pareto,
             "notes": list(result.notes),
+            "emitted": [str(path) for path in result.emitted],
         }
         from mpqc.ir.annotations import canonical_json
 

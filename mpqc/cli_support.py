@@ -32,6 +32,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class UsageError(ValueError):
+    """A command-line option that cannot be honoured (a missing optional package, an unreachable service)."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the input is wrong', from every layer."""
     import onnx_ir as ir
@@ -40,7 +44,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mpqc.ir import ModelError
     from mpqc.passes import DataError, PassError
 
-    errors: list[type[BaseException]] = [ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
+    errors: list[type[BaseException]] = [UsageError, ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
     try:
         from mpqc.search import SearchError
 

@@ -8,7 +8,10 @@ over this function, so Python users and the ``mpqc`` command get the same compil
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +21,7 @@ from mpqc import hwspecs
 from mpqc import ir as mir
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, PassError, load_calibration
-from mpqc.passes.instruments import Instrument, Timing
+from mpqc.passes.instruments import Instrument, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
 from mpqc.pipeline import Pipeline
 
@@ -36,6 +39,8 @@ class CompileResult:
     pareto: Mapping[str, Any] | None
     notes: tuple[str, ...]
     timing: tuple[tuple[str, float], ...]
+    #: Files written for ``emit_pareto``, one per front point.
+    emitted: tuple[pathlib.Path, ...] = ()
 
 
 #: Strategies whose method names its own damage score (METHODS.md §4: EAGL ranks layers by entropy).
@@ -102,6 +107,8 @@ def compile(
     calibrate_method: str = "minmax",
     eval_fn: Callable[[Any], float] | None = None,
     seed: int = 0,
+    executor: concurrent.futures.Executor | None = None,
+    emit_pareto: str | os.PathLike | None = None,
     instruments: Sequence[Instrument] = (),
 ) -> CompileResult:
     """Quantize ``model`` for the chip ``hw``.
@@ -110,7 +117,9 @@ def compile(
     iterable of input dicts; every fifth sample is held out for verification. ``uniform`` ("w8a8",
     "w4a8", ...) gives every layer the same bits; otherwise ``strategy`` searches per-layer bits among
     ``wbits`` x ``abits`` under ``constraints`` ({"size": "0.25x", "latency": "2ms", ...}).
-    ``pipeline`` replaces the default pipeline.
+    ``pipeline`` replaces the default pipeline. ``executor`` runs exact evaluations (a process pool,
+    or a Dask client's ``get_executor()``). ``emit_pareto`` names a folder that receives every point
+    of the searched front, lowered and verified like the chosen one.
     """
     spec = hwspecs.load(hw)
     if uniform and constraints:
@@ -127,6 +136,7 @@ def compile(
         abits=tuple(abits) if abits else default_a,
         constraints=dict(constraints or {}),
         shapes=dict(shapes or {}),
+        executor=executor,
     )
     context.reference = ir.to_proto(working).SerializeToString() if mir.tensor_bytes(working) < 2**31 - 2**26 else None
     if calibration is not None:
@@ -142,7 +152,13 @@ def compile(
         uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy
     )
     timing = Timing()
-    result_ir = Pipeline(text, context, [timing, *instruments]).run_ir(working)
+    snapshot = Snapshot(after="search")
+    result_ir = Pipeline(text, context, [timing, snapshot, *instruments]).run_ir(working)
+    emitted: tuple[pathlib.Path, ...] = ()
+    if emit_pareto is not None:
+        if snapshot.model is None:
+            raise PassError("--emit-pareto needs a search: drop --uniform or use a pipeline with the search pass")
+        emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto))
     return CompileResult(
         model=mir.as_kind(result_ir, model),
         ir_model=result_ir,
@@ -151,4 +167,26 @@ def compile(
         pareto=annotations.PARETO.get(result_ir),
         notes=tuple(context.notes),
         timing=tuple(timing.seconds),
+        emitted=emitted,
     )
+
+
+def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    """Lower and verify every point of ``analysed``'s front into ``folder``: ``NN_w<bits>_<bytes>B.onnx``.
+
+    Each point starts from the model as the search left it, so each file is exactly what the default
+    pipeline would have emitted had that point been chosen.
+    """
+    front = annotations.PARETO.get(analysed) or {}
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, point in enumerate(front.get("points", [])):
+        model = analysed.clone()
+        for layer in mir.quantizable_layers(model.graph):
+            if layer.name in point["bits"]:
+                wbits, abits = parse_bits(point["bits"][layer.name])
+                annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
+        Pipeline("lower-qdq,verify", context).run_ir(model)
+        size = int(point["objectives"].get("size", 0))
+        paths.append(mir.save(model, folder / f"{index:02d}_{size}B.onnx"))
+    return tuple(paths)

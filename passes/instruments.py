@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from mpqc.ir.printer import dump
 
-__all__ = ["Instrument", "IRPrinter", "Timing", "Progress", "dump_header"]
+__all__ = ["Instrument", "IRPrinter", "Snapshot", "Timing", "Progress", "dump_header"]
 
 
 class Instrument(Protocol):
@@ -124,3 +124,19 @@ class IRPrinter:
             (self.dump_dir / f"{self._index:03d}_{name}.txt").write_text(block)
         else:
             self.stream.write(block + "\n")
+
+
+class Snapshot:
+    """Keeps a copy of the model as it was right after pass ``after`` (e.g. the analysed model
+    after ``search``, from which other points of the front can be lowered)."""
+
+    def __init__(self, after: str) -> None:
+        self.after = after
+        self.model: ir.Model | None = None
+
+    def run_before_pass(self, pass_: ir.passes.PassBase, model: ir.Model) -> None:
+        pass
+
+    def run_after_pass(self, pass_: ir.passes.PassBase, model: ir.Model, result: ir.passes.PassResult) -> None:
+        if _pass_name(pass_) == self.after:
+            self.model = result.model.clone()
