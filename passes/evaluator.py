@@ -56,8 +56,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from mpqc.ir import annotations
-from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.ir.layers import constant_array, quantizable_layers
 from mpqc.passes.grid import activation_grid, activation_qparams, quantize_weight
+from mpqc.passes.lower.lower_qdq import output_target
+from mpqc.passes.runtime import session
 from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["FLOAT_BITS", "Config", "Evaluator", "Measure", "output_error"]
@@ -236,10 +238,10 @@ class Evaluator:
     def _get_session(self) -> ort.InferenceSession:
         if self._session is None:
             if self._model_bytes is not None:
-                self._session = _session(self._model_bytes)
+                self._session = session(self._model_bytes)
             else:
                 assert self._files is not None
-                self._session = _session(self._files[0])
+                self._session = session(self._files[0])
         return self._session
 
     def _write_files(self) -> None:
@@ -290,17 +292,6 @@ def _batched(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str,
         return [{name: np.concatenate([s[name] for s in group]) for name in group[0]} for group in groups]
     except ValueError as exc:
         raise ValueError(f"cannot batch these samples along axis 0 ({exc}); use batch=1") from None
-
-
-def _session(model: bytes | str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.use_deterministic_compute = True
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _int32_bias(bias: np.ndarray, x_scale: np.float32, w_scale: np.ndarray) -> np.ndarray:
@@ -369,7 +360,7 @@ def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool) -> tuple
     # Output quantizers first: they decide what every consumer of a layer's output sees.
     targets: dict[int, tuple[str, _Site]] = {}
     for index, layer in enumerate(layers):
-        target = _output_target(layer) if fuse_outputs else None
+        target = output_target(layer) if fuse_outputs else None
         if target is None:
             continue
         site = _Site(f"{_PREFIX}.{index}.out", _clip_range(target))
@@ -437,20 +428,6 @@ def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool) -> tuple
     graph.input.extend(new_inputs)
     graph.initializer.extend(new_initializers)
     return proto, plans
-
-
-def _output_target(layer: Layer) -> ir.Value | None:
-    """The tensor lower-qdq quantizes after ``layer`` (after a single following Relu), or None."""
-    if layer.activation is None:
-        return None
-    out = layer.node.outputs[0]
-    uses = out.uses()
-    target = out
-    if len(uses) == 1 and uses[0].node.op_type == "Relu":
-        target = uses[0].node.outputs[0]
-    if target.is_graph_output() and not target.uses():
-        return None
-    return target
 
 
 def _clip_range(value: ir.Value) -> tuple[float, float] | None:

@@ -19,17 +19,9 @@ import onnxruntime as ort
 from mpqc.ir import annotations
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.registry import register
+from mpqc.passes.runtime import session
 
 __all__ = ["Verify", "output_fidelity"]
-
-
-def session(model: bytes | str) -> ort.InferenceSession:
-    """A deterministic single-threaded CPU session."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def output_fidelity(reference: ort.InferenceSession, candidate: ort.InferenceSession, samples: list) -> dict[str, float]:
@@ -76,14 +68,14 @@ class Verify(Pass):
         result: dict[str, object] = {"checker": "ok" if serialized is not None else "skipped", "bytes": size}
         if serialized is not None:
             try:
-                candidate = session(serialized)
+                candidate = session(serialized, optimize=True)
             except Exception as exc:
                 raise PassError(f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}") from None
             result["runtime"] = "onnxruntime " + ort.__version__
             held_out = self.context.held_out
             if self.context.reference is not None and held_out is not None and len(held_out):
                 samples = list(held_out)[: self.options.max_samples]
-                result.update(output_fidelity(session(self.context.reference), candidate, samples))
+                result.update(output_fidelity(session(self.context.reference, optimize=True), candidate, samples))
                 result["samples"] = len(samples)
             if self.context.eval_fn is not None:
                 result["task_metric"] = float(self.context.eval_fn(proto))

@@ -56,6 +56,7 @@ from mpqc.ir.annotations import CALIB_RANGE
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.data import DataError
 from mpqc.passes.registry import register
+from mpqc.passes.runtime import session, session_options
 
 __all__ = ["Calibrate", "Method"]
 
@@ -199,23 +200,16 @@ def _external_data_dir(model: ir.Model) -> str | None:
 
 
 def _inference_session(proto: onnx.ModelProto, external_dir: str | None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.use_deterministic_compute = True
-    options.log_severity_level = 3
+    options = session_options()
     if external_dir is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
-    providers = ["CPUExecutionProvider"]
     try:
         if proto.ByteSize() < _PROTOBUF_LIMIT:
-            return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+            return session(proto.SerializeToString(), options=options)
         with tempfile.TemporaryDirectory(prefix="mpqc-calibrate-") as folder:
             path = os.path.join(folder, "model.onnx")
             onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
-            return ort.InferenceSession(path, options, providers=providers)
+            return session(path, options=options)
     except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
         raise PassError(f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})") from exc
 

@@ -38,7 +38,7 @@ from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
 from mpqc.passes.target import weight_grid_bits
 
-__all__ = ["LowerQDQ", "parse_bits"]
+__all__ = ["LowerQDQ", "output_target", "parse_bits"]
 
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
 FLOAT_BITS = 32
@@ -140,6 +140,18 @@ def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
 
 #: Weight containers that onnxruntime's QDQ fusion mishandles (see ``_dequantize_then_scale``).
 _UNFUSABLE_CONTAINERS = frozenset({ir.DataType.INT2, ir.DataType.UINT2})
+
+
+def output_target(layer: Layer) -> ir.Value | None:
+    """The tensor that gets an integer kernel's output quantizer: the layer's output, or the output
+    of a single following Relu; None when that tensor is only the model's result, which stays
+    exactly as the float layer computes it. The evaluator simulates the same rule."""
+    out = layer.node.outputs[0]
+    uses = out.uses()
+    target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
+    if target.is_graph_output() and not target.uses():
+        return None
+    return target
 
 
 def _fusable(wbits: int, abits: int) -> bool:
@@ -283,14 +295,10 @@ class _Lowering:
         return True
 
     def quantize_output(self, layer: Layer, bits: int) -> None:
-        """Q/DQ after the layer (after its Relu, if it has exactly one)."""
-        out = layer.node.outputs[0]
-        uses = out.uses()
-        target = out
-        if len(uses) == 1 and uses[0].node.op_type == "Relu":
-            target = uses[0].node.outputs[0]
-        if target.is_graph_output() and not target.uses():
-            return  # the model's result stays exactly as the float layer computes it
+        """Q/DQ after the layer, on ``output_target(layer)``."""
+        target = output_target(layer)
+        if target is None:
+            return
         quantized = self._quantizer(target, bits, layer.node)
         if quantized is None:
             return
