@@ -32,8 +32,8 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
-from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.grid import Grid, activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
+from mpqc.passes.base import Pass, option
+from mpqc.passes.grid import activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
 from mpqc.passes.target import weight_grid_bits
