@@ -123,7 +123,6 @@ def _constraints(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import mpqc
     from mpqc import ir as mir
 
     model, calibration, eval_fn = _resolve_model(args)
