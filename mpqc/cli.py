@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strategy", default="ilp", help="bit-width search strategy (default: ilp)")
     parser.add_argument("--wbits", type=_bit_list, help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)")
     parser.add_argument("--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)")
-    parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic input dim (repeatable)")
+    parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)")
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
     parser.add_argument("--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR")
@@ -63,11 +63,13 @@ def _bit_list(text: str) -> tuple[int, ...]:
     return bits
 
 
-def _shape(text: str) -> tuple[str, int]:
-    name, _, size = text.partition("=")
-    if not name or not size.isdigit() or int(size) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not DIM=SIZE, e.g. N=1 or seq=128")
-    return name, int(size)
+def _shape(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``DIM=SIZE`` for a named symbolic dim, or ``INPUT=d0,d1,...`` for an input's whole shape."""
+    name, _, sizes = text.partition("=")
+    dims = sizes.split(",")
+    if not name or not all(d.isdigit() and int(d) >= 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"'{text}' is not DIM=SIZE or INPUT=d0,d1,..., e.g. N=1 or x=1,3,48,320")
+    return (name, int(dims[0])) if len(dims) == 1 else (name, tuple(int(d) for d in dims))
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:

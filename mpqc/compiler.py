@@ -102,7 +102,7 @@ def compile(
     strategy: str = "ilp",
     wbits: Sequence[int] | None = None,
     abits: Sequence[int] | None = None,
-    shapes: Mapping[str, int] | None = None,
+    shapes: Mapping[str, int | tuple[int, ...]] | None = None,
     pipeline: str | None = None,
     calibrate_method: str = "minmax",
     eval_fn: Callable[[Any], float] | None = None,

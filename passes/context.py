@@ -39,8 +39,8 @@ class CompileContext:
     constraints: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: A task metric: callable(model_path_or_proto) -> float, higher is better.
     eval_fn: Callable[[Any], float] | None = None
-    #: Static shapes for symbolic dims, e.g. {"N": 1}.
-    shapes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: Static sizes for symbolic dims by dim name ({"N": 1}) or whole input shapes by input name ({"x": (1, 3, 48, 320)}).
+    shapes: Mapping[str, int | tuple[int, ...]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     #: Runs expensive evaluations; None means inline in this process.
     executor: concurrent.futures.Executor | None = None

@@ -23,28 +23,56 @@ from mpqc.passes.context import CompileContext
 __all__ = ["describe", "static_shapes"]
 
 
+def _input_shape(value: onnx.ValueInfoProto, context: CompileContext) -> tuple[tuple[int, ...] | None, str]:
+    """A whole input's shape from ``--shape INPUT=d0,d1,...`` or the first calibration sample."""
+    given = context.shapes.get(value.name)
+    if isinstance(given, tuple):
+        return given, "--shape"
+    if context.calibration is not None and len(context.calibration):
+        sample = next(iter(context.calibration))
+        if value.name in sample:
+            return tuple(int(d) for d in sample[value.name].shape), "calibration"
+    return None, ""
+
+
 def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes of every tensor, by name, after resolving symbolic input dims."""
+    """Concrete shapes of every tensor, by name, after resolving symbolic input dims.
+
+    In order: a whole input's shape from ``--shape INPUT=d0,d1,...``; a named dim from
+    ``--shape DIM=SIZE``; the shape of the first calibration sample (what the model will really
+    see); a leading dim taken as a batch of 1. Anything else is an error naming the dim.
+    """
     proto = ir.to_proto(model)
-    overrides: Mapping[str, int] = context.shapes
-    batch_assumed = []
+    assumed: list[str] = []
     for value in proto.graph.input:
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            continue
+        whole, source = _input_shape(value, context)
+        if whole is not None and source == "--shape":
+            if len(whole) != len(dims):
+                raise PassError(f"--shape {value.name}= gives {len(whole)} dims, the input has {len(dims)}")
+        for axis, dim in enumerate(dims):
             if dim.HasField("dim_value"):
                 continue
-            name = dim.dim_param
-            if name in overrides:
-                dim.dim_value = int(overrides[name])
+            named = context.shapes.get(dim.dim_param) if dim.dim_param else None
+            if whole is not None and source == "--shape":
+                dim.dim_value = whole[axis]
+            elif isinstance(named, int):
+                dim.dim_value = named
+            elif whole is not None and len(whole) == len(dims):
+                dim.dim_value = whole[axis]
+                assumed.append(f"{value.name}[{axis}]={whole[axis]} (first calibration sample)")
             elif axis == 0:
                 dim.dim_value = 1
-                batch_assumed.append(name or value.name)
+                assumed.append(f"{value.name}[0]=1 (batch)")
             else:
                 raise PassError(
-                    f"input '{value.name}' has a symbolic dim '{name or '?'}' at axis {axis}: "
-                    f"give its size with --shape {name or 'DIM'}=SIZE"
+                    f"input '{value.name}' has a symbolic dim '{dim.dim_param or '?'}' at axis {axis}: give "
+                    f"{'--shape ' + dim.dim_param + '=SIZE or ' if dim.dim_param else ''}--shape {value.name}=d0,d1,..."
                 )
-    if batch_assumed:
-        context.note(f"cost: batch dim {', '.join(sorted(set(batch_assumed)))} taken as 1 (override with --shape)")
+    if assumed:
+        context.note("cost: symbolic dims set to " + ", ".join(assumed) + " (override with --shape)")
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shapes: dict[str, tuple[int, ...]] = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
