@@ -24,13 +24,20 @@ from mpqc.passes.runtime import session
 __all__ = ["Verify", "output_fidelity"]
 
 
+def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
+    """Drop trailing size-1 axes, so classes laid out as (N, C, 1, 1) are compared over C."""
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
 def output_fidelity(reference: ort.InferenceSession, candidate: ort.InferenceSession, samples: list) -> dict[str, float]:
     """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes."""
     signal = noise = 0.0
     agree = total = 0
     for sample in samples:
-        ref = np.asarray(reference.run(None, dict(sample))[0], dtype=np.float64)
-        out = np.asarray(candidate.run(None, dict(sample))[0], dtype=np.float64)
+        ref = _squeeze_trailing(np.asarray(reference.run(None, dict(sample))[0], dtype=np.float64))
+        out = _squeeze_trailing(np.asarray(candidate.run(None, dict(sample))[0], dtype=np.float64))
         signal += float((ref**2).sum())
         noise += float(((ref - out) ** 2).sum())
         if ref.ndim >= 2 and ref.shape[-1] > 1:
