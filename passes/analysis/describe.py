@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -19,6 +20,7 @@ from mpqc.hwspecs import LayerDesc
 from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.base import PassError
 from mpqc.passes.context import CompileContext
+from mpqc.passes.runtime import session
 
 __all__ = ["describe", "static_shapes"]
 
@@ -81,7 +83,25 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
             shapes[value.name] = tuple(d.dim_value for d in dims)
         elif value.type.tensor_type.HasField("shape") and not dims:
             shapes[value.name] = ()
+    missing = [out for node in proto.graph.node for out in node.output if out and out not in shapes]
+    if missing and context.calibration is not None and len(context.calibration):
+        shapes.update(_observed_shapes(proto, missing, next(iter(context.calibration))))
+        context.note("cost: shapes onnx could not infer were read from a run on the first calibration sample")
     return shapes
+
+
+def _observed_shapes(proto: onnx.ModelProto, names: list[str], sample) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the like)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    known = {value.name for value in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
+    wanted = [value.name for value in probe.graph.output]
+    try:
+        outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise PassError(f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); give --shape") from None
+    return {name: tuple(np.shape(value)) for name, value in zip(wanted, outputs) if name in names}
 
 
 def _shape(shapes: Mapping[str, tuple[int, ...]], value: ir.Value | None, layer: Layer) -> tuple[int, ...]:

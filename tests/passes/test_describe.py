@@ -44,3 +44,20 @@ def test_without_data_an_unnamed_dim_is_a_clear_error() -> None:
 def test_a_whole_shape_of_the_wrong_rank_is_refused() -> None:
     with pytest.raises(PassError, match="gives 2 dims"):
         static_shapes(_model(), CompileContext(shapes={"x": (1, 2)}))
+
+
+def test_shapes_onnx_cannot_infer_come_from_a_run_on_calibration_data() -> None:
+    # NonZero's output length depends on the data: only running the model tells it.
+    model = ir.from_proto(onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[4] x) => (float[?,3] y) <float[1,3] w = {1,2,3}> {
+      nz = NonZero(x)
+      t = Transpose(nz)
+      f = Cast <to=1> (t)
+      y = MatMul(f, w)
+    }
+    """))
+    sample = {"x": np.array([0.0, 1.0, 2.0, 0.0], np.float32)}
+    context = CompileContext(calibration=CalibrationData((sample,)))
+    assert static_shapes(model, context)["y"] == (2, 3)
+    assert any("first calibration sample" in note for note in context.notes)
