@@ -82,8 +82,11 @@ class SensitivityOutput(SensitivityPass):
     def _measure(self, evaluator: Evaluator) -> Measure:
         if self.options.measure != "auto":
             return self.options.measure
-        first = np.asarray(evaluator.reference[0][0])
-        return "kl" if first.ndim == 2 and first.shape[-1] > 1 else "mse"
+        firsts = [np.asarray(outputs[0]) for outputs in evaluator.reference]
+        # KL needs one class axis: a 2-D first output whose width is the same for every sample (a
+        # width that follows the input, like a sequence length, is not a class axis).
+        classes = {first.shape[-1] for first in firsts if first.ndim == 2}
+        return "kl" if len(classes) == 1 and len(firsts) == sum(f.ndim == 2 for f in firsts) and classes.pop() > 1 else "mse"
 
 
 def _batch_first(model: ir.Model, samples: list) -> bool:

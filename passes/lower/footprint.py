@@ -56,6 +56,13 @@ def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_sig
     if bias is not None:
         int32_bias = wbits != FLOAT_BITS and weight_grid(weight_grid_bits(spec, wbits, abits)).width != 2
         total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales
+    # Other constant operands stay float as they are: an LSTM's recurrence weights and biases.
+    bias_index = 2 if bias is not None else None
+    total += sum(
+        value.const_value.nbytes
+        for index, value in enumerate(node.inputs)
+        if value is not None and value.const_value is not None and index not in (layer.weight_index, bias_index)
+    )
     if abits != FLOAT_BITS and layer.activation is not None:
         total += _quantizer_bytes(abits, act_signed)
         if _fusable(wbits, abits):

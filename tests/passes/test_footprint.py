@@ -50,3 +50,26 @@ def test_float_layer_costs_its_float_weights(calibrated: ir.Model) -> None:
     layer = quantizable_layers(calibrated.graph)[0]
     weight, bias = layer.weight_array(), layer.node.inputs[2].const_value.numpy()
     assert stored_bytes(layer, 32, 32) == 4 * (weight.size + bias.size)
+
+
+LSTM = """
+<ir_version: 10, opset_import: ["" : 17]>
+rnn (float[5,1,8] x) => (float[5,1,1,6] y) {
+  y = LSTM <hidden_size=6> (x, w, r, b)
+}
+"""
+
+
+def test_an_lstms_float_recurrence_is_counted() -> None:
+    from models import build
+
+    model = ir.from_proto(build(LSTM, {"w": (1, 24, 8), "r": (1, 24, 6), "b": (1, 48)}))
+    context = CompileContext(calibration=CalibrationData(tuple(random_inputs(model, 3))))
+    PassManager(build_pipeline("canonicalize,calibrate", context))(model)
+    (layer,) = quantizable_layers(model.graph)
+    predicted = stored_bytes(layer, 8, 8)
+    annotations.BITS.set(layer.node, {"w": 8, "a": 8})
+    PassManager(build_pipeline("lower-qdq", CompileContext()))(model)
+    written = _tensor_bytes(model)
+    assert written <= predicted <= written + 16
+    assert predicted > 4 * (24 * 6 + 48)  # the float recurrence weights and biases are in it
