@@ -50,9 +50,11 @@ def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_sig
     else:
         grid = weight_grid(weight_grid_bits(spec, wbits, abits))
         total += _packed(weight.size, grid.width) + channels * _FLOAT32
-        # INT2 dequantizes at a unit scale then multiplies (see _dequantize_then_scale); the others
-        # carry a zero point per channel, which onnxruntime's QGemm fusion needs.
-        total += _FLOAT32 if grid.width == 2 else _packed(channels, grid.width)
+        # INT2 weights and 8-bit embedding tables dequantize at a unit scale then multiply (see
+        # _dequantize_then_scale, _gather_rows_then_scale); the others carry a zero point per
+        # channel, which onnxruntime's QGemm fusion needs.
+        unit_scale = grid.width == 2 or (node.op_type == "Gather" and grid.width == 8)
+        total += _FLOAT32 if unit_scale else _packed(channels, grid.width)
     if bias is not None:
         int32_bias = wbits != FLOAT_BITS and weight_grid(weight_grid_bits(spec, wbits, abits)).width != 2
         total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales

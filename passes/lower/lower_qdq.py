@@ -200,6 +200,9 @@ class _Lowering:
 
     def quantize_weight(self, layer: Layer, bits: int) -> None:
         weight = layer.weight
+        if layer.node.op_type == "Gather" and weight_grid(bits).width == 8 and len(weight.uses()) == 1:
+            self._gather_rows_then_scale(layer, bits)
+            return
         key = (id(weight), bits)
         if key not in self.weights:
             array = layer.weight_array()
@@ -226,6 +229,39 @@ class _Lowering:
         layer.node.replace_input_with(layer.weight_index, self.weights[key][0])
         if not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
             self.graph.initializers.pop(weight.name)
+
+    def _gather_rows_then_scale(self, layer: Layer, bits: int) -> None:
+        """An embedding table: gather the int8 rows first, then scale only those rows.
+
+        A DequantizeLinear in front of the Gather would turn the whole table back into floats on
+        every run (MiniLM: 2.2x slower than float). Gathering the integers and their per-row
+        scales, then ``float(q) * s``, computes the same float32 numbers for the rows looked up.
+        """
+        node = layer.node
+        weight = layer.weight
+        q, scales = quantize_weight(layer.weight_array(), bits, 0)
+        base = weight.name or layer.name
+        node.replace_input_with(0, self._constant(f"{base}.w{bits}", q, weight_grid(bits).container))
+        self.graph.initializers.pop(weight.name)
+        rows = node.outputs[0]
+        uses = list(rows.uses())
+        output_name = rows.name if rows.is_graph_output() else None
+        column = scales.reshape(-1, *([1] * (q.ndim - 1)))
+        row_scales = ir.node("Gather", [self._constant(f"{base}.w{bits}.scale", column), node.inputs[1]], {"axis": 0})
+        self._add(row_scales, f"{base}.w{bits}.row_scale")
+        levels = ir.node("DequantizeLinear", [rows, self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32))])
+        self._add(levels, f"{base}.w{bits}.levels")
+        scaled = ir.node("Mul", [levels.outputs[0], row_scales.outputs[0]])
+        out = self._add(scaled, f"{base}.w{bits}.rows")
+        out.dtype, out.shape = rows.dtype, rows.shape
+        rows.dtype = weight_grid(bits).container
+        self.graph.insert_after(node, [row_scales, levels, scaled])
+        for use in uses:
+            use.node.replace_input_with(use.idx, out)
+        if output_name is not None:  # the model returns the rows: it keeps its output name
+            self.graph.outputs[self.graph.outputs.index(rows)] = out
+            rows.name = self._unique(f"{base}.w{bits}.int_rows")
+            out.name = output_name
 
     def _dequantize_then_scale(self, base: str, bits: int, q_value: ir.Value, scales: np.ndarray, axis: int, rank: int) -> list[ir.Node]:
         """DequantizeLinear at unit scale, then a Mul by the per-channel scales.

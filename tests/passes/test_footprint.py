@@ -73,3 +73,38 @@ def test_an_lstms_float_recurrence_is_counted() -> None:
     written = _tensor_bytes(model)
     assert written <= predicted <= written + 16
     assert predicted > 4 * (24 * 6 + 48)  # the float recurrence weights and biases are in it
+
+
+EMBEDDING = """
+<ir_version: 10, opset_import: ["" : 17]>
+embed (int64[N,5] ids) => (float[N,5,3] y, float[N,5,4] e) {
+  e = Gather(table, ids)
+  y = MatMul(e, w)
+}
+"""
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_embedding_tables_are_gathered_as_integers(bits: int) -> None:
+    from models import build
+
+    proto = build(EMBEDDING, {"table": (50, 4), "w": (4, 3)})
+    model = ir.from_proto(proto)
+    ids = np.array([[0, 7, 49, 3, 7]], np.int64)
+    (layer, _) = quantizable_layers(model.graph)
+    predicted = stored_bytes(layer, bits, 32)
+    table = layer.weight_array()
+    annotations.BITS.set(layer.node, {"w": bits, "a": 32})
+    PassManager(build_pipeline("lower-qdq", CompileContext()))(model)
+    lowered = ir.to_proto(model)
+    import onnxruntime as ort
+    from mpqc.passes.grid import fake_quant_weight
+
+    session = ort.InferenceSession(lowered.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = session.run(["e"], {"ids": ids})[0]
+    np.testing.assert_array_equal(rows, fake_quant_weight(table, bits, 0)[ids])
+    dequantized = [n for n in lowered.graph.node if n.op_type == "DequantizeLinear"]
+    table_dq = [n for n in dequantized if n.input[0] in {i.name for i in lowered.graph.initializer}]
+    assert (not table_dq) == (bits == 8)  # 8-bit tables are never dequantized whole
+    written = sum(v.const_value.nbytes for name, v in model.graph.initializers.items() if name not in ("w",))
+    assert written <= predicted <= written + 16
