@@ -25,6 +25,7 @@ import onnx_ir as ir
 from mpqc.ir.annotations import AnnotationKey, sensitivity_key
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
+from mpqc.passes.data import CalibrationData
 
 __all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates", "detail_key"]
 
@@ -97,6 +98,14 @@ class SensitivityPass(Pass):
         return tuple(sorted(chosen))
 
     # -- layers and scores --------------------------------------------------------------------
+
+    def calibration(self, model: ir.Model, why: str) -> CalibrationData:
+        """The calibration samples, checked against ``model``; a PassError saying ``why`` they are needed."""
+        data = self.context.calibration
+        if data is None or len(data) == 0:
+            raise PassError(f"{self.name}: needs calibration samples (--calib DIR) {why}")
+        data.check(model)
+        return data
 
     def layers(self, model: ir.Model) -> list[Layer]:
         """The quantizable layers; a PassError if there are none or a weight is not finite."""

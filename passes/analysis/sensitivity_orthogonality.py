@@ -92,10 +92,7 @@ class SensitivityOrthogonality(SensitivityPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.layers(model)
-        data = self.context.calibration
-        if data is None or len(data) == 0:
-            raise PassError(f"{self.name}: needs calibration samples (--calib DIR) to compare the layers' features")
-        data.check(model)
+        data = self.calibration(model, "to compare the layers' features")
         wbits = self.weight_bits()
         outputs = [layer.node.outputs[0].name for layer in layers]
         features = _features(model, outputs, list(data)[: self.options.samples])

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.base import PassError, option
+from mpqc.passes.base import option
 from mpqc.passes.evaluator import FLOAT_BITS, Config, Evaluator, Measure
 from mpqc.passes.registry import register
 
@@ -52,10 +52,7 @@ class SensitivityOutput(SensitivityPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.layers(model)
-        data = self.context.calibration
-        if data is None or len(data) == 0:
-            raise PassError(f"{self.name}: needs calibration samples (--calib DIR); use sensitivity-entropy or sensitivity-weight-error without data")
-        data.check(model)
+        data = self.calibration(model, "to run the model; without data use sensitivity-entropy or sensitivity-weight-error")
         wbits, abits = self.weight_bits(), self.activation_bits()
         scored_acts = [layer for layer in layers if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation)]
         if len(scored_acts) < sum(layer.activation is not None for layer in layers):
