@@ -153,7 +153,7 @@ class SearchBits(Pass):
         strategy: str = option("ilp", "search strategy: " + ", ".join(msearch.strategies()))
         metric: str = option("output", "sensitivity metric read from mpqc.sens.<metric>")
         objectives: tuple[str, ...] = option(("error", "size"), "what the Pareto front is over")
-        pin_ends: bool = option(True, "keep the first and last layers at 8 bits or more (HAQ, HAWQ-V3)")
+        pin_ends: bool = option(True, "keep the first and last compute layers at 8 bits or more (HAQ, HAWQ-V3)")
         exact: Literal["auto", "always", "never"] = option(
             "auto", "score configurations with the evaluator on calibration data (auto: for mohaq, haq, nemo, nsga2)"
         )
@@ -207,12 +207,17 @@ class SearchBits(Pass):
         key = annotations.sensitivity_key(self.options.metric)
         choices, sensitivity = [], []
         costs: dict[str, list[np.ndarray]] = {name: [] for name in _COST_FIELD}
+        # HAQ and HAWQ-V3 keep the first and last compute layers (the stem that reads the raw input,
+        # the classifier) at 8 bits; embedding lookups are not such layers, and pinning one would
+        # pin most of a transformer's parameters.
+        compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
+        pinned = {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
         for index, layer in enumerate(layers):
             table = annotations.COST.get(layer.node) or {}
             pairs = _pairs(table)
-            if self.options.pin_ends and index in (0, len(layers) - 1):
-                pinned = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
-                pairs = pinned or pairs[:1]
+            if index in pinned:
+                eight_or_more = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
+                pairs = eight_or_more or pairs[:1]
             scores = key.get(layer.node)
             if scores is None:
                 raise PassError(f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; run sensitivity-{self.options.metric} first")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import pytest
 
@@ -89,3 +90,24 @@ def test_layer_edges_follow_data_flow_through_other_ops(analysed) -> None:
     model, _ = analysed
     # c1 -> c2 (through Relu), c2 -> c3, c3 -> Gemm through Add/Relu/Pool/Flatten, and c2 -> Gemm via the residual.
     assert layer_edges(model, quantizable_layers(model.graph)) == ((0, 1), (1, 2), (1, 3), (2, 3))
+
+
+def test_embedding_lookups_are_not_pinned() -> None:
+    from models import build
+
+    proto = build("""
+    <ir_version: 10, opset_import: ["" : 17]>
+    embed (int64[N,5] ids) => (float[N,5,3] y) {
+      e = Gather(table, ids)
+      h = MatMul(e, w1)
+      y = MatMul(h, w2)
+    }""", {"table": (64, 4), "w1": (4, 4), "w2": (4, 3)})
+    model = ir.from_proto(proto)
+    ids = np.array([[1, 2, 3, 4, 5]], np.int64)
+    data = CalibrationData(tuple({"ids": ids} for _ in range(3)))
+    context = CompileContext(hw=hwspecs.load("x86_avx2"), calibration=data, wbits=(8, 4), abits=(8,))
+    PassManager(build_pipeline("canonicalize,calibrate,sensitivity-weight-error,cost,search{metric=weight-error}", context))(model)
+    from mpqc.passes.search import SearchBits
+
+    problem = SearchBits(context=context, metric="weight-error").problem(model, quantizable_layers(model.graph))
+    assert [len(c) for c in problem.choices] == [2, 1, 1]  # the table keeps its 4-bit choice
