@@ -57,14 +57,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import constant_array, quantizable_layers
-from mpqc.passes.grid import activation_grid, activation_qparams, quantize_weight
-from mpqc.passes.lower.lower_qdq import output_target
+from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, quantize_weight
+from mpqc.passes.lower.lower_qdq import fusable, output_target
 from mpqc.passes.runtime import session
 from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["FLOAT_BITS", "Config", "Evaluator", "Measure", "output_error"]
 
-FLOAT_BITS = 32
 #: Layer name -> (weight bits, activation bits); 32 means float, a missing layer stays float.
 Config = Mapping[str, tuple[int, int]]
 Measure = Literal["kl", "mse", "flips"]
@@ -98,11 +97,6 @@ class _LayerPlan:
     upstream: int | None
     #: The float bias of a Conv/Gemm with a constant 1-D bias (lower-qdq may store it as int32).
     bias: np.ndarray | None
-
-
-def _fusable(wbits: int, abits: int) -> bool:
-    """onnxruntime's CPU provider has integer kernels for 8-bit containers on both operands (as lower-qdq)."""
-    return 5 <= wbits <= 8 and 5 <= abits <= 8
 
 
 class Evaluator:
@@ -190,7 +184,7 @@ class Evaluator:
             wbits, abits = bits[name]
             feeds[f"{_PREFIX}.{plan.index}.w"] = np.array(self._weight_choice(plan, self._grid_bits.get((wbits, abits), wbits)), np.int64)
             input_scale[plan.index] = self._site_feeds(feeds, plan.input_site, abits)
-            fused = self.fuse_outputs and _fusable(wbits, abits)
+            fused = self.fuse_outputs and fusable(wbits, abits)
             output_scale[plan.index] = self._site_feeds(feeds, plan.output_site, abits if fused else FLOAT_BITS)
         for name, plan in self._plans.items():
             if plan.bias is None:

@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
+    "FLOAT_BITS",
     "Grid",
     "activation_grid",
     "activation_qparams",
@@ -36,6 +37,9 @@ __all__ = [
     "weight_grid",
     "weight_scales",
 ]
+
+#: The bit-width that means "not quantized: stays float", in choices, annotations and configurations.
+FLOAT_BITS = 32
 
 _SIGNED = {2: ir.DataType.INT2, 4: ir.DataType.INT4, 8: ir.DataType.INT8, 16: ir.DataType.INT16}
 _UNSIGNED = {2: ir.DataType.UINT2, 4: ir.DataType.UINT4, 8: ir.DataType.UINT8, 16: ir.DataType.UINT16}

@@ -27,7 +27,6 @@ import typing
 from collections.abc import Mapping
 from typing import Literal
 
-import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
@@ -38,6 +37,7 @@ from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.evaluator import Evaluator
+from mpqc.passes.grid import FLOAT_BITS
 from mpqc.passes.pipeline import convert_option
 from mpqc.passes.registry import register
 
@@ -133,7 +133,6 @@ def layer_features(model: ir.Model, layers: list[Layer]) -> np.ndarray:
 
 #: Strategies whose method scores whole configurations exactly (METHODS.md §1, §5, §6).
 _EXACT_STRATEGIES = frozenset({"mohaq", "haq", "nemo", "nsga2"})
-FLOAT_BITS = 32
 
 
 def _config_error(evaluator: Evaluator, layers: tuple[str, ...], choices, measure: str, config: tuple[int, ...]) -> float:

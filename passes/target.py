@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["weight_grid_bits"]
+from mpqc.passes.grid import FLOAT_BITS
 
-FLOAT_BITS = 32
+__all__ = ["weight_grid_bits"]
 
 
 def weight_grid_bits(spec: Any, wbits: int, abits: int) -> int:

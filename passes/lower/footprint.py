@@ -15,12 +15,12 @@ import math
 from typing import Any
 
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.grid import activation_grid, weight_grid
+from mpqc.passes.grid import FLOAT_BITS, activation_grid, weight_grid
+from mpqc.passes.lower.lower_qdq import fusable
 from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["stored_bytes"]
 
-FLOAT_BITS = 32
 _FLOAT32 = 4
 
 
@@ -32,10 +32,6 @@ def _quantizer_bytes(bits: int, act_signed: bool) -> int:
     grid = activation_grid(bits, act_signed)
     clip_bounds = 2 * _FLOAT32 if grid.narrow else 0
     return _FLOAT32 + _packed(1, grid.width) + clip_bounds
-
-
-def _fusable(wbits: int, abits: int) -> bool:
-    return 5 <= wbits <= 8 and 5 <= abits <= 8
 
 
 def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_signed: bool = False) -> int:
@@ -67,6 +63,6 @@ def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_sig
     )
     if abits != FLOAT_BITS and layer.activation is not None:
         total += _quantizer_bytes(abits, act_signed)
-        if _fusable(wbits, abits):
+        if fusable(wbits, abits):
             total += _quantizer_bytes(abits, act_signed)  # the output quantizer of an integer kernel
     return total

@@ -33,15 +33,14 @@ import onnx_ir as ir
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.base import Pass, option
-from mpqc.passes.grid import activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
+from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
 from mpqc.passes.target import weight_grid_bits
 
-__all__ = ["LowerQDQ", "output_target", "parse_bits"]
+__all__ = ["FLOAT_BITS", "LowerQDQ", "fusable", "output_target", "parse_bits"]
 
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
-FLOAT_BITS = 32
 
 
 def parse_bits(text: str) -> tuple[int, int]:
@@ -98,7 +97,7 @@ class LowerQDQ(Pass):
         if self.options.fuse_outputs:
             for name, (wbits, abits) in plan:
                 layer = by_name[name]
-                if _fusable(wbits, abits) and layer.activation is not None:
+                if fusable(wbits, abits) and layer.activation is not None:
                     lowering.quantize_output(layer, abits)
         for name, _ in plan:
             lowering.quantize_bias(by_name[name])
@@ -154,8 +153,9 @@ def output_target(layer: Layer) -> ir.Value | None:
     return target
 
 
-def _fusable(wbits: int, abits: int) -> bool:
-    """onnxruntime's CPU provider has integer kernels for 8-bit containers on both operands."""
+def fusable(wbits: int, abits: int) -> bool:
+    """onnxruntime's CPU provider has integer kernels for 8-bit containers on both operands: such a
+    layer gets an output quantizer too. The evaluator and the size footprint follow this rule."""
     return 5 <= wbits <= 8 and 5 <= abits <= 8
 
 
