@@ -152,10 +152,14 @@ def compile(
         uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy
     )
     timing = Timing()
-    snapshot = Snapshot(after="search")
-    result_ir = Pipeline(text, context, [timing, snapshot, *instruments]).run_ir(working)
+    watching: list[Instrument] = [timing, *instruments]
+    snapshot = None
+    if emit_pareto is not None:  # keep the analysed model only when the front is to be lowered: cloning is not free
+        snapshot = Snapshot(after="search")
+        watching.append(snapshot)
+    result_ir = Pipeline(text, context, watching).run_ir(working)
     emitted: tuple[pathlib.Path, ...] = ()
-    if emit_pareto is not None:
+    if snapshot is not None:
         if snapshot.model is None:
             raise PassError("--emit-pareto needs a search: drop --uniform or use a pipeline with the search pass")
         emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto))
