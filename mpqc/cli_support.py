@@ -43,22 +43,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mpqc.hwspecs import SpecError
     from mpqc.ir import ModelError
     from mpqc.passes import DataError, PassError
+    from mpqc.search import SearchError
 
-    errors: list[type[BaseException]] = [UsageError, ModelError, SpecError, DataError, PassError, ir.passes.PreconditionError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
-    try:
-        from mpqc.search import SearchError
-
-        errors.append(SearchError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (
+        UsageError, ModelError, SpecError, DataError, PassError, SearchError, ir.passes.PreconditionError,
+        FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+    )
 
 
 def infeasible_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from mpqc.search import InfeasibleError
-    except ImportError:
-        return ()
+    from mpqc.search import InfeasibleError
+
     return (InfeasibleError,)
 
 
