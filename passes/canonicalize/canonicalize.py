@@ -17,6 +17,7 @@ from onnx_ir.passes import common
 from mpqc.passes.base import Pass, option
 from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
 from mpqc.passes.canonicalize.fold_constants import FoldConstants
+from mpqc.passes.canonicalize.identities import IdentityElimination
 from mpqc.passes.registry import register
 
 __all__ = ["Canonicalize"]
@@ -36,7 +37,7 @@ class Canonicalize(Pass):
         steps: list[ir.passes.PassBase] = [
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
             common.RemoveInitializersFromInputsPass(),
-            common.IdentityEliminationPass(),
+            IdentityElimination(),
         ]
         if self.options.fold_constants:
             steps.append(FoldConstants(context=self.context))

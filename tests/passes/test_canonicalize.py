@@ -136,3 +136,15 @@ def test_batchnorm_is_not_folded_when_the_conv_output_is_a_model_output() -> Non
     for old, new in zip(before, run_ort(model, feeds)):
         np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-6)
     assert [v.name for v in model.graph.outputs] == ["c", "n"]
+
+
+def test_an_identity_between_two_graph_outputs_keeps_both_names() -> None:
+    # Found by the random-graph property test: onnx_ir's identity elimination renamed v0 to v2.
+    model = ir.from_proto(onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] v0, float[2,3] v2) {
+      v0 = Add(x, x)
+      v2 = Identity(v0)
+    }"""))
+    passes.get("canonicalize")()(model)
+    assert [v.name for v in model.graph.outputs] == ["v0", "v2"]
