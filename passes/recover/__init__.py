@@ -1,0 +1,1 @@
+"""Post-training recovery passes: what the papers get from fine-tuning, without a training framework."""
