@@ -115,41 +115,34 @@ def test_bad_pipelines(capsys, cnn_path, out_dir, pipeline, fragment) -> None:
     _nothing_written(out_dir)
 
 
-def test_calibration_keys_that_do_not_match(capsys, cnn_path, tmp_path, out_dir) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    np.savez(calib / "s0.npz", pixels=np.zeros((1, 3, 8, 8), np.float32))
-    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
-    _assert_user_error(code, err, "do not match the model's ['image']")
-    _nothing_written(out_dir)
-
-
-def test_calibration_with_nan(capsys, cnn_path, tmp_path, out_dir) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
+def _nan_image() -> np.ndarray:
     sample = np.zeros((1, 3, 8, 8), np.float32)
     sample[0, 1, 2, 3] = np.nan
-    np.savez(calib / "s0.npz", image=sample)
+    return sample
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"pixels": np.zeros((1, 3, 8, 8), np.float32)}, "do not match the model's ['image']"),
+        ({"image": _nan_image()}, "contains NaN or Inf"),
+        ({"image": np.zeros((1, 3, 9, 8), np.float32)}, "the model wants [N,3,8,8]"),
+        ({"image": np.zeros((1, 3, 8, 8))}, "input 'image' is float64, the model wants float32"),
+    ],
+    ids=["wrong-name", "nan", "wrong-shape", "wrong-dtype"],
+)
+def test_bad_calibration_data(capsys, cnn_path, tmp_path, out_dir, arrays, fragment) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.savez(calib / "s0.npz", **arrays)
     code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
-    _assert_user_error(code, err, "contains NaN or Inf")
+    _assert_user_error(code, err, fragment)
     _nothing_written(out_dir)
 
 
-def test_calibration_with_the_wrong_shape(capsys, cnn_path, tmp_path, out_dir) -> None:
+def test_calibration_file_that_is_not_numpy(capsys, cnn_path, tmp_path, out_dir) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
-    np.savez(calib / "s0.npz", image=np.zeros((1, 3, 9, 8), np.float32))
-    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
-    _assert_user_error(code, err, "the model wants [N,3,8,8]")
-    _nothing_written(out_dir)
-
-
-def test_calibration_with_the_wrong_dtype_or_a_broken_file(capsys, cnn_path, tmp_path, out_dir) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    np.savez(calib / "s0.npz", image=np.zeros((1, 3, 8, 8)))
-    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
-    _assert_user_error(code, err, "input 'image' is float64, the model wants float32")
     (calib / "s0.npz").write_bytes(b"PK\x03\x04 not a zip")
     code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--uniform", "w8a8", "--calib", calib)
     _assert_user_error(code, err, "is not a readable numpy file")
