@@ -174,7 +174,7 @@ class SearchBits(Pass):
         return {key: convert_option(text, hints[key]) for key, text in self.options.extra}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        layers = [layer for layer in quantizable_layers(model.graph) if annotations.COST.has(layer.node)]
+        layers = self.searched_layers(model)
         problem = self.problem(model, layers)
         problem.check_feasible()
         evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
@@ -182,7 +182,10 @@ class SearchBits(Pass):
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config)):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
-        annotations.PARETO.set(model, self._front_json(problem, layers, result))
+        front = self._front_json(problem, layers, result)
+        front["metric"] = self.options.metric
+        front["pinned"] = sorted(layers[i].name for i in self.pinned(layers))
+        annotations.PARETO.set(model, front)
         return ir.passes.PassResult(model, modified=True)
 
     def _wants_exact(self) -> bool:
@@ -199,6 +202,21 @@ class SearchBits(Pass):
         fn = functools.partial(_config_error, evaluator, problem.layers, problem.choices, self.options.measure)
         return msearch.Evaluator(fn, executor=self.context.executor)
 
+    @staticmethod
+    def searched_layers(model: ir.Model) -> list[Layer]:
+        """The layers the search chooses bits for: those the cost pass priced."""
+        return [layer for layer in quantizable_layers(model.graph) if annotations.COST.has(layer.node)]
+
+    def pinned(self, layers: list[Layer]) -> set[int]:
+        """Indices of the layers held at 8 bits or more: the first and last compute layers.
+
+        HAQ and HAWQ-V3 keep the stem that reads the raw input and the classifier at 8 bits;
+        embedding lookups are not such layers, and pinning one would pin most of a transformer's
+        parameters.
+        """
+        compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
+        return {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
+
     def problem(self, model: ir.Model, layers: list[Layer]) -> msearch.Problem:
         if not layers:
             raise PassError("search: no layer has costs; run the cost pass first")
@@ -206,11 +224,7 @@ class SearchBits(Pass):
         key = annotations.sensitivity_key(self.options.metric)
         choices, sensitivity = [], []
         costs: dict[str, list[np.ndarray]] = {name: [] for name in _COST_FIELD}
-        # HAQ and HAWQ-V3 keep the first and last compute layers (the stem that reads the raw input,
-        # the classifier) at 8 bits; embedding lookups are not such layers, and pinning one would
-        # pin most of a transformer's parameters.
-        compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
-        pinned = {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
+        pinned = self.pinned(layers)
         for index, layer in enumerate(layers):
             table = annotations.COST.get(layer.node) or {}
             pairs = _pairs(table)
