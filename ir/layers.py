@@ -3,7 +3,14 @@
 A layer is a node with a constant weight (DESIGN.md, "Quantizable layers"): Conv, ConvTranspose,
 Gemm, MatMul with a constant operand, Gather over a constant table (embeddings), LSTM and GRU.
 Knowing the weight's input slot and its output-channel axis here, once, keeps every pass that
-quantizes weights (sensitivity, cost, lowering) agreeing on the same per-channel grid.
+quantizes weights (sensitivity, cost, lowering) agreeing on the same per-channel grid. An LSTM's or
+GRU's recurrence weight R is a second weight of the same layer, quantized at the same bits
+(``other_weight_indices``), so the search sees one choice per recurrent layer.
+
+Layers inside ``If``/``Loop``/``Scan`` bodies are found only when asked (``subgraphs=True``) and say
+so (``host``): their activations exist only inside the body, where onnxruntime cannot expose them
+for calibration or evaluation, so the analysis passes work on the main graph's layers and lowering
+treats body layers on their own (weights only).
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ class Layer:
     channel_axis: int
     #: The input whose activation quantizer this layer owns; None for layers fed by indices (Gather).
     activation_index: int | None
+    #: Further constant weights quantized at the layer's weight bits, same channel axis (an RNN's R).
+    other_weight_indices: tuple[int, ...] = ()
+    #: The main-graph node (If/Loop/Scan) whose body holds this layer; None in the main graph.
+    host: ir.Node | None = None
+
+    @property
+    def in_subgraph(self) -> bool:
+        return self.host is not None
 
     @property
     def name(self) -> str:
@@ -81,16 +96,42 @@ def _slot(node: ir.Node) -> tuple[int, int, int | None] | None:
     return None
 
 
-def quantizable_layers(graph: ir.Graph) -> list[Layer]:
-    """The quantizable layers of ``graph`` in topological order (subgraphs are not entered)."""
+def _float_weight(value: ir.Value | None) -> np.ndarray | None:
+    weight = constant_array(value)
+    if weight is None or weight.ndim < 2 or not np.issubdtype(weight.dtype, np.floating):
+        return None
+    return weight
+
+
+def _layers_of(graph: ir.Graph, host: ir.Node | None) -> list[Layer]:
     layers = []
     for node in topological_nodes(graph):
         slot = _slot(node)
         if slot is None:
             continue
         weight_index, axis, act_index = slot
-        weight = constant_array(node.inputs[weight_index])
-        if weight is None or weight.ndim < 2 or not np.issubdtype(weight.dtype, np.floating):
+        weight = _float_weight(node.inputs[weight_index])
+        if weight is None:
             continue
-        layers.append(Layer(node, weight_index, axis % weight.ndim, act_index))
+        others: tuple[int, ...] = ()
+        if node.op_type in ("LSTM", "GRU") and _float_weight(node.inputs[2]) is not None:
+            others = (2,)
+        layers.append(Layer(node, weight_index, axis % weight.ndim, act_index, others, host))
+    return layers
+
+
+def quantizable_layers(graph: ir.Graph, subgraphs: bool = False) -> list[Layer]:
+    """The quantizable layers of ``graph`` in topological order.
+
+    With ``subgraphs``, the layers inside every If/Loop/Scan body follow (recursively, each with its
+    ``host``); without, bodies are not entered.
+    """
+    layers = _layers_of(graph, None)
+    if subgraphs:
+        for node in topological_nodes(graph):
+            for attribute in node.attributes.values():
+                bodies = attribute.value if attribute.type == ir.AttributeType.GRAPHS else [attribute.value]
+                for body in bodies:
+                    if isinstance(body, ir.Graph):
+                        layers += [dataclasses.replace(layer, host=node) for layer in quantizable_layers(body, True)]
     return layers

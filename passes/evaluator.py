@@ -23,7 +23,9 @@ fake-quantized graph in which the bit configuration is an *input*:
 
 So ``Evaluator.run(config)`` equals what onnxruntime computes for the model ``lower-qdq`` emits with the
 same ``mpqc.bits``, executed as written (the tests find identical outputs on uniform, mixed and
-shared-quantizer configurations). With graph optimizations on, onnxruntime runs 8-bit layers as
+shared-quantizer configurations). Weight layouts follow ``lower-qdq``'s (``layout``: per-block
+weights along K, and MatMulNBits, which at accuracy level 1 computes exactly the float MatMul of the
+block-dequantized weight); an LSTM's/GRU's recurrence weight is stacked and selected with its W. With graph optimizations on, onnxruntime runs 8-bit layers as
 integer kernels (QLinearConv...) whose requantization may round an output level differently; on a
 small CNN at w8a8 that moves the logits by up to 0.4% of their range. Each run costs one session
 run per sample (or per batch, see ``batch``). The float outputs are computed once and cached as the
@@ -56,8 +58,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from mpqc.ir import annotations
-from mpqc.ir.layers import constant_array, quantizable_layers
-from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, quantize_weight
+from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, fake_quant_weight, quantize_weight
+from mpqc.passes.lower.layout import WeightLayout, reduction_axis
 from mpqc.passes.lower.lower_qdq import fusable, output_target
 from mpqc.passes.runtime import session
 from mpqc.passes.target import weight_grid_bits
@@ -89,8 +92,9 @@ class _LayerPlan:
     #: Position in ``quantizable_layers``: the control inputs are named after it.
     index: int
     wbits: tuple[int, ...]
-    #: Per candidate weight bit-width, the per-channel scales of the stored integers (for the bias).
-    weight_scales: tuple[np.ndarray, ...]
+    #: Per candidate weight bit-width, the per-channel scales of the stored integers (for the bias);
+    #: None where the weight is blocked (its bias stays float).
+    weight_scales: tuple[np.ndarray | None, ...]
     input_site: _Site | None
     output_site: _Site | None
     #: The layer whose output quantizer produces this layer's input, if any (its scale also scales the bias).
@@ -120,6 +124,7 @@ class Evaluator:
         executor: concurrent.futures.Executor | None = None,
         batch: int = 1,
         spec: Any = None,
+        layout: WeightLayout = WeightLayout(),
     ) -> None:
         self.samples = _batched([dict(s) for s in samples], batch)
         # The target may round some pairs' weights to a narrower grid (passes/target.py): prepare
@@ -130,7 +135,8 @@ class Evaluator:
         self.act_signed = act_signed
         self.fuse_outputs = fuse_outputs
         self.executor = executor
-        proto, plans = _build(model, tuple(sorted(set(wbits))), fuse_outputs)
+        self.weight_only = layout.weight_only
+        proto, plans = _build(model, tuple(sorted(set(wbits))), fuse_outputs, layout)
         self._plans = {plan.name: plan for plan in plans}
         self.layers = [plan.name for plan in plans]
         self.output_names = [o.name for o in proto.graph.output]
@@ -180,6 +186,8 @@ class Evaluator:
         bits = {name: tuple(int(b) for b in config.get(name, (FLOAT_BITS, FLOAT_BITS))) for name in self._plans}
         input_scale: dict[int, np.float32 | None] = {}
         output_scale: dict[int, np.float32 | None] = {}
+        if self.weight_only:  # lower-qdq keeps every activation float
+            bits = {name: (w, FLOAT_BITS) for name, (w, _) in bits.items()}
         for name, plan in self._plans.items():
             wbits, abits = bits[name]
             feeds[f"{_PREFIX}.{plan.index}.w"] = np.array(self._weight_choice(plan, self._grid_bits.get((wbits, abits), wbits)), np.int64)
@@ -197,8 +205,9 @@ class Evaluator:
             if x_scale is None and plan.upstream is not None:
                 x_scale = output_scale[plan.upstream]
             bias = plan.bias
-            if x_scale is not None and wbits not in (FLOAT_BITS, 2):
-                bias = _int32_bias(plan.bias, x_scale, plan.weight_scales[plan.wbits.index(wbits)])
+            w_scale = plan.weight_scales[plan.wbits.index(wbits)] if wbits != FLOAT_BITS else None
+            if x_scale is not None and wbits != 2 and w_scale is not None:
+                bias = _int32_bias(plan.bias, x_scale, w_scale)
             feeds[f"{_PREFIX}.{plan.index}.bias"] = bias
         return feeds
 
@@ -337,7 +346,21 @@ def _probabilities(rows: np.ndarray) -> np.ndarray:
 # --- Building the fake-quant graph ---------------------------------------------------------------
 
 
-def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool) -> tuple[onnx.ModelProto, list[_LayerPlan]]:
+def _weight_stack(layer: Layer, index: int, wbits: tuple[int, ...], block: Callable[[int], int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """[K+1, ...]: input ``index``'s weight dequantized at each of ``wbits`` as lower-qdq stores it, then float."""
+    array = constant_array(layer.node.inputs[index])
+    assert array is not None
+    candidates: list[np.ndarray] = []
+    scales: list[np.ndarray | None] = []
+    for bits in wbits:
+        size = block(bits) if index == layer.weight_index else 0
+        axis = reduction_axis(layer) if size else 0
+        candidates.append(fake_quant_weight(array, bits, layer.channel_axis, size, axis or 0))
+        scales.append(None if size else quantize_weight(array, bits, layer.channel_axis)[1])
+    return np.stack(candidates + [array]), scales
+
+
+def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool, layout: WeightLayout) -> tuple[onnx.ModelProto, list[_LayerPlan]]:
     """The fake-quant ModelProto with control inputs, and where each layer's controls are."""
     layers = quantizable_layers(model.graph)
     proto = ir.to_proto(model)
@@ -373,20 +396,18 @@ def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool) -> tuple
     for index, layer in enumerate(layers):
         node_index = layer_node[id(layer)]
         before = inserted_before.setdefault(node_index, [])
-        array = layer.weight_array()
-        candidates, scales = [], []
-        for bits in wbits:
-            q, s = quantize_weight(array, bits, layer.channel_axis)
-            shape = [1] * array.ndim
-            shape[layer.channel_axis] = -1
-            candidates.append((q.astype(np.float32) * s.reshape(shape)).astype(array.dtype))
-            scales.append(s)
-        stack_name = f"{_PREFIX}.{index}.wstack"
-        new_initializers.append(numpy_helper.from_array(np.stack(candidates + [array]), stack_name))
         choice = f"{_PREFIX}.{index}.w"
         new_inputs.append(helper.make_tensor_value_info(choice, TensorProto.INT64, []))
-        before.append(helper.make_node("Gather", [stack_name, choice], [f"{choice}.value"], name=f"{choice}.gather", axis=0))
-        renames[(node_index, layer.weight_index)] = f"{choice}.value"
+        scales: list[np.ndarray | None] = []
+        for slot in (layer.weight_index, *layer.other_weight_indices):
+            # Activation bits change the layout only through MatMulNBits, which needs float activations.
+            stack, slot_scales = _weight_stack(layer, slot, wbits, lambda bits: layout.block(layer, bits, FLOAT_BITS))
+            scales = scales or slot_scales
+            stack_name = f"{_PREFIX}.{index}.{slot}.wstack"
+            new_initializers.append(numpy_helper.from_array(stack, stack_name))
+            value = f"{choice}.{slot}.value"
+            before.append(helper.make_node("Gather", [stack_name, choice], [value], name=f"{choice}.{slot}.gather", axis=0))
+            renames[(node_index, slot)] = value
 
         input_site = None
         activation = layer.activation

@@ -16,6 +16,10 @@ once:
   A grid narrower than its container (3, 5, 6, 7 bits...) keeps exactly the chosen bit-width's
   values: weights are rounded on the narrow grid before storage, and activations get a float Clip
   before QuantizeLinear.
+- Weights may instead be quantized per block along the reduction axis K of a MatMul/Gemm (one scale
+  per ``block_size`` consecutive K values of each output column): the layout of DequantizeLinear's
+  ``block_size`` (opset 21) and of onnxruntime's ``MatMulNBits``. Blocks are the same narrow symmetric
+  grid, so both layouts dequantize to the same numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "activation_qparams",
     "fake_quant_activation",
     "fake_quant_weight",
+    "quantize_weight_blocked",
     "min_opset",
     "quantize_weight",
     "weight_grid",
@@ -133,8 +138,42 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int, scales: np.ndarray | No
     return q.astype(grid.numpy_dtype), scales.astype(np.float32)
 
 
-def fake_quant_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """``w`` rounded to the grid and back: what DequantizeLinear of the stored weight gives."""
+def quantize_weight_blocked(w: np.ndarray, bits: int, axis: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block quantization along ``axis``: (levels like ``w``, scales with ``axis`` cut to ceil(K / block_size)).
+
+    Each block of ``block_size`` consecutive elements along ``axis`` (the last one possibly shorter)
+    gets its own scale, its largest magnitude mapped to the grid's edge; all-zero blocks get scale 1.
+    This is DequantizeLinear's blocked layout: ``scales`` broadcast back by repeating each entry
+    ``block_size`` times along ``axis``.
+    """
+    if block_size < 1:
+        raise ValueError(f"block size must be positive, got {block_size}")
+    grid = weight_grid(bits)
+    axis %= w.ndim
+    k = w.shape[axis]
+    blocks = -(-k // block_size)
+    moved = np.moveaxis(w.astype(np.float32), axis, 0)
+    padded = np.zeros((blocks * block_size, *moved.shape[1:]), np.float32)
+    padded[:k] = moved
+    amax = np.abs(padded.reshape(blocks, block_size, *moved.shape[1:]).astype(np.float64)).max(axis=1)
+    scales = (amax / grid.qmax).astype(np.float32)
+    scales = np.where(scales > 0, scales, np.float32(1.0)).astype(np.float32)
+    expanded = np.repeat(scales, block_size, axis=0)[:k]
+    q = np.clip(np.rint(moved / expanded), grid.qmin, grid.qmax)
+    return np.moveaxis(q, 0, axis).astype(grid.numpy_dtype), np.moveaxis(scales, 0, axis)
+
+
+def fake_quant_weight(w: np.ndarray, bits: int, axis: int, block_size: int = 0, block_axis: int = 0) -> np.ndarray:
+    """``w`` rounded to the grid and back: what DequantizeLinear of the stored weight gives.
+
+    ``block_size`` 0 is per channel along ``axis``; otherwise per block of ``block_size`` along
+    ``block_axis`` (see ``quantize_weight_blocked``).
+    """
+    if block_size:
+        q, scales = quantize_weight_blocked(w, bits, block_axis, block_size)
+        expanded = np.repeat(scales, block_size, axis=block_axis % w.ndim)
+        expanded = np.take(expanded, np.arange(w.shape[block_axis]), axis=block_axis)
+        return (q.astype(np.float32) * expanded).astype(w.dtype)
     q, scales = quantize_weight(w, bits, axis)
     shape = [1] * w.ndim
     shape[axis] = -1

@@ -3,9 +3,10 @@
 A size budget is a promise about the written model, so the search must price exactly the tensors
 the lowering emits — the low-bit weights, their per-channel scales and zero points, the int32 bias
 and its scales, the activation quantizers' scales, zero points and narrow-grid clip bounds — not an
-idealized ``params * bits / 8``. This module mirrors ``lower_qdq._Lowering`` tensor by tensor and is
-tested against it. A quantizer that several layers share is counted for each of them, and an int32
-bias is assumed wherever the weight is dequantized: both make the figure an upper bound, so a
+idealized ``params * bits / 8``. This module mirrors ``lower_qdq._Lowering`` tensor by tensor, for
+every weight layout (``layout.py``: per channel, per block, MatMulNBits), and is tested against it.
+A quantizer that several layers share is counted for each of them, and an int32 bias is assumed
+wherever a per-channel weight is dequantized: both make the figure an upper bound, so a
 configuration that fits the budget here fits it in the written file.
 """
 
@@ -14,9 +15,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.grid import FLOAT_BITS, activation_grid, weight_grid
+from mpqc.passes.grid import FLOAT_BITS, Grid, activation_grid, weight_grid
+from mpqc.passes.lower.layout import WeightLayout, reduction_axis
 from mpqc.passes.lower.lower_qdq import fusable
+from mpqc.passes.lower.matmul_nbits import nbits_bytes
 from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["stored_bytes"]
@@ -34,32 +39,51 @@ def _quantizer_bytes(bits: int, act_signed: bool) -> int:
     return _FLOAT32 + _packed(1, grid.width) + clip_bounds
 
 
-def stored_bytes(layer: Layer, wbits: int, abits: int, spec: Any = None, act_signed: bool = False) -> int:
+def _weight_bytes(array: np.ndarray, grid: Grid, axis: int, op_type: str) -> int:
+    """A per-channel weight: packed levels, a float32 scale per channel, and a zero point per channel
+    or one unit scale (INT2 weights and 8-bit embedding tables dequantize at a unit scale then
+    multiply: see ``_dequantize_then_scale``, ``_gather_rows_then_scale``; the others carry a zero
+    point per channel, which onnxruntime's QGemm fusion needs)."""
+    channels = array.shape[axis]
+    unit_scale = grid.width == 2 or (op_type == "Gather" and grid.width == 8)
+    return _packed(array.size, grid.width) + channels * _FLOAT32 + (_FLOAT32 if unit_scale else _packed(channels, grid.width))
+
+
+def stored_bytes(
+    layer: Layer, wbits: int, abits: int, spec: Any = None, act_signed: bool = False, layout: WeightLayout = WeightLayout()
+) -> int:
     """Bytes of the tensors ``lower-qdq`` writes for ``layer`` at (``wbits``, ``abits``); 32 = float."""
     weight = layer.weight_array()
-    channels = weight.shape[layer.channel_axis]
     node = layer.node
     bias = constant_array(node.inputs[2]) if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 else None
+    if layout.weight_only or layer.in_subgraph:
+        abits = FLOAT_BITS  # lower-qdq keeps these activations float
+    grid_bits = weight_grid_bits(spec, wbits, abits)
+    block = layout.block(layer, grid_bits, abits)
     total = 0
     if wbits == FLOAT_BITS:
         total += weight.size * _FLOAT32
+    elif layout.matmul_nbits(layer, grid_bits, abits):
+        total += nbits_bytes(*weight.shape, grid_bits, block)
+    elif block:
+        k = weight.shape[reduction_axis(layer) or 0]
+        scales = weight.size // k * -(-k // block)  # one per block of each column
+        total += _packed(weight.size, weight_grid(grid_bits).width) + scales * _FLOAT32
     else:
-        grid = weight_grid(weight_grid_bits(spec, wbits, abits))
-        total += _packed(weight.size, grid.width) + channels * _FLOAT32
-        # INT2 weights and 8-bit embedding tables dequantize at a unit scale then multiply (see
-        # _dequantize_then_scale, _gather_rows_then_scale); the others carry a zero point per
-        # channel, which onnxruntime's QGemm fusion needs.
-        unit_scale = grid.width == 2 or (node.op_type == "Gather" and grid.width == 8)
-        total += _FLOAT32 if unit_scale else _packed(channels, grid.width)
+        total += _weight_bytes(weight, weight_grid(grid_bits), layer.channel_axis, node.op_type)
+    for index in layer.other_weight_indices:  # an RNN's recurrence weight, per channel at the same bits
+        other = constant_array(node.inputs[index])
+        assert other is not None
+        total += other.size * _FLOAT32 if wbits == FLOAT_BITS else _weight_bytes(other, weight_grid(grid_bits), layer.channel_axis, node.op_type)
     if bias is not None:
-        int32_bias = wbits != FLOAT_BITS and weight_grid(weight_grid_bits(spec, wbits, abits)).width != 2
+        int32_bias = wbits != FLOAT_BITS and weight_grid(grid_bits).width != 2 and not block
         total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales
-    # Other constant operands stay float as they are: an LSTM's recurrence weights and biases.
-    bias_index = 2 if bias is not None else None
+    # Other constant operands stay float as they are: an RNN's biases.
+    counted = {layer.weight_index, *layer.other_weight_indices, *([2] if bias is not None else [])}
     total += sum(
         value.const_value.nbytes
         for index, value in enumerate(node.inputs)
-        if value is not None and value.const_value is not None and index not in (layer.weight_index, bias_index)
+        if value is not None and value.const_value is not None and index not in counted
     )
     if abits != FLOAT_BITS and layer.activation is not None:
         total += _quantizer_bytes(abits, act_signed)

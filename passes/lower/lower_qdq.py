@@ -17,6 +17,16 @@ Each quantizable layer with bits (``mpqc.bits``, or ``uniform=w8a8`` for all) ge
 Grids narrower than their container (3, 5, 6, 7 bits) keep their exact levels: weights are rounded on
 the narrow grid, activations get a float Clip to the narrow range before QuantizeLinear.
 
+Weight layouts (``passes/lower/layout.py``): ``block_size`` quantizes MatMul/Gemm weights per block
+along K; ``weight_only`` keeps every activation float and turns MatMuls with large constant 2-D
+weights into onnxruntime's ``MatMulNBits``. An LSTM's/GRU's recurrence weight R is quantized with
+its input weight W (weights only: the recurrence runs inside the op).
+
+Layers inside If/Loop/Scan bodies are lowered weights-only (a per-channel DequantizeLinear inside
+the body) at the ``uniform`` weight bits or at bits a user wrote on them; the search never chooses
+for them (analysis cannot run body tensors), so under a search they stay float. Every layer or
+weighted op left float is listed with its reason in ``mpqc.report``'s ``left_float``.
+
 Everything else stays float: quantizing Add/Mul/Softmax/LayerNorm tensors is where onnxruntime's
 default recipe loses accuracy (PEERS.md). Without calibrated ranges only weights are quantized, and
 the report says so.
@@ -33,7 +43,17 @@ import onnx_ir as ir
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.base import Pass, option
-from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, min_opset, quantize_weight, weight_grid
+from mpqc.passes.grid import (
+    FLOAT_BITS,
+    activation_grid,
+    activation_qparams,
+    min_opset,
+    quantize_weight,
+    quantize_weight_blocked,
+    weight_grid,
+)
+from mpqc.passes.lower.layout import WeightLayout, reduction_axis
+from mpqc.passes.lower.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
 from mpqc.passes.target import weight_grid_bits
@@ -66,21 +86,37 @@ class LowerQDQ(Pass):
         uniform: str = option("", "one choice for every layer, e.g. w8a8 or w4a8 (empty: read mpqc.bits)")
         act_signed: bool = option(False, "signed activations (slow on onnxruntime's CPU provider)")
         fuse_outputs: bool = option(True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels")
+        weight_only: bool = option(False, "float activations; large constant MatMuls become onnxruntime's MatMulNBits")
+        block_size: int = option(0, "per-block weights along K for MatMul/Gemm (0: per channel; MatMulNBits default 32)")
+        accuracy_level: int = option(1, "MatMulNBits accuracy_level: 1 computes in float32 (exact), 4 quantizes A to int8")
 
         def __post_init__(self) -> None:
             if self.uniform:
                 parse_bits(self.uniform)
+            self.layout  # validates block_size
+            if self.accuracy_level not in range(5):
+                raise ValueError(f"accuracy_level {self.accuracy_level} must be 0 to 4 (onnxruntime MatMulNBits)")
+
+        @property
+        def layout(self) -> WeightLayout:
+            return WeightLayout(self.weight_only, self.block_size)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        plan = self._plan(model)
+        left_float = _without_quantized_form(model.graph)
+        plan, skipped = self._plan(model)
+        left_float += skipped
         if not plan:
             self.context.note("lower-qdq: no layer has bits to lower; the model stays float")
-            return ir.passes.PassResult(model, modified=False)
+            self._report(model, 0, left_float)
+            return ir.passes.PassResult(model, modified=bool(left_float))
+        layout = self.options.layout
         grids = [weight_grid(w) for _, (w, _) in plan if w != FLOAT_BITS]
         grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
-        ensure_opset(model, min_opset(*grids))
+        layers = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
+        blocked = any(layout.block(layers[n], w, a) and not layout.matmul_nbits(layers[n], w, a) for n, (w, a) in plan)
+        ensure_opset(model, max(min_opset(*grids), 21 if blocked else 0))
         # The upgrade may rebuild the graph: find the layers again by name.
-        by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
+        by_name = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
         lowering = _Lowering(model.graph, self.options.act_signed)
         ranges_missing = False
         narrowed = set()
@@ -91,7 +127,11 @@ class LowerQDQ(Pass):
                 grid_bits = weight_grid_bits(self.context.hw, wbits, abits)
                 if grid_bits != wbits:
                     narrowed.add((wbits, abits, grid_bits))
-                lowering.quantize_weight(layer, grid_bits)
+                if layout.matmul_nbits(layer, grid_bits, abits):
+                    model.opset_imports.setdefault("com.microsoft", 1)
+                    lowering.matmul_nbits(layer, grid_bits, layout.nbits_block, self.options.accuracy_level)
+                    continue
+                lowering.quantize_weight(layer, grid_bits, layout.block(layer, grid_bits, abits))
             if abits != FLOAT_BITS and layer.activation is not None:
                 ranges_missing |= not lowering.quantize_input(layer, abits)
         if self.options.fuse_outputs:
@@ -108,25 +148,67 @@ class LowerQDQ(Pass):
             )
         if ranges_missing:
             self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
-        report = annotations.REPORT.get(model, {}) or {}
-        report["lowered_layers"] = len(plan)
-        annotations.REPORT.set(model, report)
+        self._report(model, len(plan), left_float)
         return ir.passes.PassResult(model, modified=True)
 
-    def _plan(self, model: ir.Model) -> list[tuple[str, tuple[int, int]]]:
-        plan = []
+    def _report(self, model: ir.Model, lowered: int, left_float: list[dict[str, str]]) -> None:
+        report = annotations.REPORT.get(model, {}) or {}
+        report["lowered_layers"] = lowered
+        if left_float:
+            report["left_float"] = left_float
+            self.context.note(f"lower-qdq: {len(left_float)} weighted op(s) stay float; mpqc.report left_float says why")
+        annotations.REPORT.set(model, report)
+
+    def _plan(self, model: ir.Model) -> tuple[list[tuple[str, tuple[int, int]]], list[dict[str, str]]]:
+        """(layer name, bits) to lower — activations float under ``weight_only`` and in bodies — and
+        the body layers left float, with their reason."""
+        plan, skipped = [], []
         uniform = parse_bits(self.options.uniform) if self.options.uniform else None
-        for layer in quantizable_layers(model.graph):
+        for layer in quantizable_layers(model.graph, subgraphs=True):
+            chosen = annotations.BITS.get(layer.node)
             if uniform is not None:
                 bits = uniform
-            else:
-                chosen = annotations.BITS.get(layer.node)
-                if chosen is None:
-                    continue
+            elif chosen is not None:
                 bits = (int(chosen["w"]), int(chosen["a"]))
+            elif layer.in_subgraph:
+                host = layer.host
+                assert host is not None
+                skipped.append({"layer": layer.name, "reason": f"inside the body of {host.op_type} '{host.name or host.outputs[0].name}': "
+                                "the search does not choose bits there (its tensors cannot be calibrated); give uniform bits to quantize its weights"})
+                continue
+            else:
+                continue
+            if self.options.weight_only or layer.in_subgraph:
+                bits = (bits[0], FLOAT_BITS)
             if bits != (FLOAT_BITS, FLOAT_BITS):
                 plan.append((layer.name, bits))
-        return plan
+        return plan, skipped
+
+
+#: A constant this large (elements, 2-D or more) held by an op with no quantized form is worth a report line.
+_REPORTED_CONSTANT = 256
+#: Ops that hold low-bit or integer constants by design.
+_QUANTIZER_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Constant"})
+
+
+def _without_quantized_form(graph: ir.Graph) -> list[dict[str, str]]:
+    """Ops (main graph and bodies) holding a large float constant that no layer rule quantizes."""
+    layers = {id(layer.node) for layer in quantizable_layers(graph, subgraphs=True)}
+    found = []
+    for g in (graph, *graph.subgraphs()):
+        for node in g:
+            if id(node) in layers or node.op_type in _QUANTIZER_OPS:
+                continue
+            for value in node.inputs:
+                array = constant_array(value)
+                if array is None or array.ndim < 2 or array.size < _REPORTED_CONSTANT or not np.issubdtype(array.dtype, np.floating):
+                    continue
+                assert value is not None
+                found.append({
+                    "layer": node.name or node.outputs[0].name or node.op_type,
+                    "reason": f"{node.op_type} has no quantized form: its {array.size}-element constant '{value.name}' stays float",
+                })
+    return found
 
 
 def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
@@ -165,7 +247,8 @@ class _Lowering:
     def __init__(self, graph: ir.Graph, act_signed: bool) -> None:
         self.graph = graph
         self.act_signed = act_signed
-        self.weights: dict[tuple[int, int], tuple[ir.Value, np.ndarray]] = {}
+        self.weights: dict[tuple[int, ...], tuple[ir.Value, np.ndarray]] = {}
+        self.nbits_scales: dict[tuple[int, ...], ir.Value] = {}
         self.activations: dict[tuple[int, int], ir.Value] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
@@ -179,11 +262,12 @@ class _Lowering:
         self.names.add(name)
         return name
 
-    def _constant(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+    def _constant(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None, graph: ir.Graph | None = None) -> ir.Value:
+        """A new initializer of ``graph`` (default: the main graph), uniquely named after ``base``."""
         name = self._unique(base)
         tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
         value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
-        self.graph.register_initializer(value)
+        (graph or self.graph).register_initializer(value)
         return value
 
     def _add(self, node: ir.Node, name: str) -> ir.Value:
@@ -193,42 +277,94 @@ class _Lowering:
         node.name = out.name
         return out
 
-    def _insert_before(self, anchor: ir.Node, *nodes: ir.Node) -> None:
-        self.graph.insert_before(anchor, nodes)
-
     # -- weights ---------------------------------------------------------------------------
 
-    def quantize_weight(self, layer: Layer, bits: int) -> None:
-        weight = layer.weight
-        if layer.node.op_type == "Gather" and weight_grid(bits).width == 8 and len(weight.uses()) == 1:
+    def quantize_weight(self, layer: Layer, bits: int, block: int = 0) -> None:
+        """The layer's weight (and an RNN's recurrence weight) as ``bits``-bit integers behind a DequantizeLinear.
+
+        ``block`` > 0 quantizes per block of that many elements along K (``layout.reduction_axis``).
+        """
+        if layer.node.op_type == "Gather" and weight_grid(bits).width == 8 and len(layer.weight.uses()) == 1:
             self._gather_rows_then_scale(layer, bits)
             return
-        key = (id(weight), bits)
+        self._replace_weight(layer, layer.weight_index, bits, block)
+        for index in layer.other_weight_indices:
+            self._replace_weight(layer, index, bits, 0)
+
+    def _replace_weight(self, layer: Layer, index: int, bits: int, block: int) -> None:
+        weight = layer.node.inputs[index]
+        assert weight is not None
+        graph = layer.node.graph
+        assert graph is not None
+        key = (id(weight), bits, block, id(graph))
         if key not in self.weights:
-            array = layer.weight_array()
-            q, scales = quantize_weight(array, bits, layer.channel_axis)
+            array = constant_array(weight)
+            assert array is not None
             grid = weight_grid(bits)
             base = weight.name or layer.name
-            q_value = self._constant(f"{base}.w{bits}", q, grid.container)
-            if grid.container in _UNFUSABLE_CONTAINERS:
-                nodes = self._dequantize_then_scale(base, bits, q_value, scales, layer.channel_axis, len(array.shape))
+            if block:
+                axis = reduction_axis(layer)
+                assert axis is not None
+                q, scales = quantize_weight_blocked(array, bits, axis, block)
             else:
-                s_value = self._constant(f"{base}.w{bits}.scale", scales)
-                z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container)
-                dq = ir.node(
-                    "DequantizeLinear",
-                    [q_value, s_value, z_value],
-                    {"axis": layer.channel_axis} if scales.size > 1 else {},
-                )
+                axis = layer.channel_axis
+                q, scales = quantize_weight(array, bits, axis)
+            q_value = self._constant(f"{base}.w{bits}", q, grid.container, graph)
+            if block:
+                s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
+                dq = ir.node("DequantizeLinear", [q_value, s_value], {"axis": axis, "block_size": block})
+                self._add(dq, f"{base}.w{bits}.dq")
+                nodes = [dq]
+            elif grid.container in _UNFUSABLE_CONTAINERS:
+                nodes = self._dequantize_then_scale(base, bits, q_value, scales, axis, array.ndim, graph)
+            else:
+                s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
+                z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container, graph)
+                dq = ir.node("DequantizeLinear", [q_value, s_value, z_value], {"axis": axis} if scales.size > 1 else {})
                 self._add(dq, f"{base}.w{bits}.dq")
                 nodes = [dq]
             out = nodes[-1].outputs[0]
             out.dtype, out.shape = weight.dtype, weight.shape
-            self.graph.insert_before(layer.node, nodes)
+            graph.insert_before(layer.node, nodes)
             self.weights[key] = (out, scales)
-        layer.node.replace_input_with(layer.weight_index, self.weights[key][0])
-        if not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
-            self.graph.initializers.pop(weight.name)
+        layer.node.replace_input_with(index, self.weights[key][0])
+        self._drop_if_unused(weight)
+
+    @staticmethod
+    def _drop_if_unused(weight: ir.Value) -> None:
+        if not weight.uses() and weight.is_initializer() and not weight.is_graph_output() and weight.graph is not None:
+            weight.graph.initializers.pop(weight.name)
+
+    def matmul_nbits(self, layer: Layer, bits: int, block: int, accuracy_level: int) -> None:
+        """Replace a MatMul by onnxruntime's MatMulNBits over the packed weight (``matmul_nbits.py``)."""
+        node, weight = layer.node, layer.weight
+        graph = node.graph
+        assert graph is not None
+        array = layer.weight_array()
+        k, n = array.shape
+        key = (id(weight), bits, -block, id(graph))
+        if key not in self.weights:
+            packed, scales, width = pack_matmul_nbits(array, bits, block)
+            base = weight.name or layer.name
+            b_value = self._constant(f"{base}.nbits{bits}", packed, graph=graph)
+            s_value = self._constant(f"{base}.nbits{bits}.scale", scales, graph=graph)
+            self.weights[key] = (b_value, s_value.const_value.numpy())
+            self.nbits_scales[key] = s_value
+        b_value = self.weights[key][0]
+        width = weight_grid(bits).width
+        attributes = {"K": k, "N": n, "bits": width, "block_size": block, "accuracy_level": accuracy_level}
+        fused = ir.node("MatMulNBits", [node.inputs[0], b_value, self.nbits_scales[key]], attributes, domain="com.microsoft")
+        graph.insert_before(node, fused)
+        old = node.outputs[0]
+        new = fused.outputs[0]
+        new.dtype, new.shape = old.dtype, old.shape
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        fused.name = node.name or ""
+        fused.meta.update(node.meta)
+        fused.metadata_props.update(node.metadata_props)
+        graph.remove(node, safe=True)
+        new.name, old.name = old.name, None
+        self._drop_if_unused(weight)
 
     def _gather_rows_then_scale(self, layer: Layer, bits: int) -> None:
         """An embedding table: gather the int8 rows first, then scale only those rows.
@@ -263,7 +399,9 @@ class _Lowering:
             rows.name = self._unique(f"{base}.w{bits}.int_rows")
             out.name = output_name
 
-    def _dequantize_then_scale(self, base: str, bits: int, q_value: ir.Value, scales: np.ndarray, axis: int, rank: int) -> list[ir.Node]:
+    def _dequantize_then_scale(
+        self, base: str, bits: int, q_value: ir.Value, scales: np.ndarray, axis: int, rank: int, graph: ir.Graph
+    ) -> list[ir.Node]:
         """DequantizeLinear at unit scale, then a Mul by the per-channel scales.
 
         onnxruntime's QDQ fusion turns DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear into
@@ -271,12 +409,12 @@ class _Lowering:
         load because those kernels take no INT2 weights. A Mul between the weight's DQ and the layer
         hides the pattern; the numbers are the same (q * s in float32, as DequantizeLinear computes).
         """
-        one = self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32))
+        one = self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32), graph=graph)
         levels = ir.node("DequantizeLinear", [q_value, one])
         self._add(levels, f"{base}.w{bits}.levels")
         shape = [1] * rank
         shape[axis] = -1
-        s_value = self._constant(f"{base}.w{bits}.scale", scales.reshape(shape))
+        s_value = self._constant(f"{base}.w{bits}.scale", scales.reshape(shape), graph=graph)
         scaled = ir.node("Mul", [levels.outputs[0], s_value])
         self._add(scaled, f"{base}.w{bits}.dq")
         return [levels, scaled]
@@ -357,8 +495,8 @@ class _Lowering:
         bias = constant_array(node.inputs[2])
         x_scale = _dequantize_scale(node.inputs[0])
         w_scale = _dequantize_scale(node.inputs[1])
-        if bias is None or bias.ndim != 1 or x_scale is None or w_scale is None or x_scale.size != 1:
-            return
+        if bias is None or bias.ndim != 1 or x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.ndim > 1:
+            return  # (a 2-D weight scale is a blocked layout: no scale per channel to put the bias on)
         scale = np.broadcast_to(np.float32(x_scale.reshape(())) * w_scale.astype(np.float32).reshape(-1), bias.shape)
         scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(np.float32)
         q = np.rint(bias / scale).astype(np.int32)

@@ -1,0 +1,84 @@
+"""Which form a layer's weight takes in the lowered model: one rule for lowering, size and evaluation.
+
+The size budget and the evaluator are only exact if they know, for every layer and choice, the
+tensors ``lower-qdq`` writes and the numbers they dequantize to. Three forms exist:
+
+- **per channel** (the default): DequantizeLinear with one scale per output channel;
+- **per block along K** (``block_size`` > 0; MatMul and Gemm weights in 2- to 4-bit containers):
+  DequantizeLinear's blocked layout (opset 21), one scale per ``block_size`` consecutive K values of
+  each output column. 8- and 16-bit containers stay per channel: onnxruntime 1.32 fuses a blocked
+  INT8 DequantizeLinear behind quantized activations into MatMulIntegerToFloat and ignores the
+  blocks (wrong outputs), and an 8-bit grid gains little from blocks that cost 4 bytes per block;
+- **MatMulNBits** (``weight_only``): a MatMul with a constant 2-D weight of at least
+  ``NBITS_MIN_DIM`` on both sides, at float activations and 2-8-bit weights, becomes onnxruntime's
+  ``com.microsoft.MatMulNBits`` — the blocked layout packed as the kernel reads it, dequantized in
+  registers instead of into a float copy of the weight. It is an onnxruntime contrib op that other
+  runtimes do not load, hence only on request.
+
+Blocked weights keep their bias float: an int32 bias at s_x·s_w needs one weight scale per channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mpqc.ir.layers import Layer
+from mpqc.passes.grid import FLOAT_BITS, weight_grid
+
+__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_DIM", "NBITS_WIDTHS", "WeightLayout", "reduction_axis"]
+
+#: Container widths onnxruntime 1.32's MatMulNBits CPU kernel runs (3 bits sit in 4 on a narrow grid).
+NBITS_WIDTHS = (2, 4, 8)
+#: Smaller MatMuls run as fast in float: the packed kernel pays off on transformer-sized weights.
+NBITS_MIN_DIM = 32
+#: MatMulNBits block when none is asked for: onnxruntime's quantizer default.
+DEFAULT_NBITS_BLOCK = 32
+#: Containers whose blocked DequantizeLinear onnxruntime runs correctly (see the module docstring).
+_BLOCKED_WIDTHS = (2, 4)
+
+
+def reduction_axis(layer: Layer) -> int | None:
+    """The K axis of a MatMul/Gemm weight (what a block runs along); None for other layers."""
+    node = layer.node
+    ndim = layer.weight_array().ndim
+    if node.op_type == "MatMul":
+        return ndim - 2
+    if node.op_type == "Gemm":
+        return 1 if node.attributes.get_int("transB", 0) else 0
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightLayout:
+    """The lowering's weight options (``lower-qdq``'s ``weight_only`` and ``block_size``)."""
+
+    #: MatMuls that qualify become MatMulNBits; activations stay float.
+    weight_only: bool = False
+    #: Per-block quantization along K for MatMul/Gemm (0: per channel); MatMulNBits' block when set.
+    block_size: int = 0
+
+    def __post_init__(self) -> None:
+        size = self.block_size
+        if size and (size < 16 or size & (size - 1)):
+            raise ValueError(f"block size {size} must be 0 (per channel) or a power of two of at least 16 (16, 32, 64, 128...)")
+
+    @property
+    def nbits_block(self) -> int:
+        return self.block_size or DEFAULT_NBITS_BLOCK
+
+    def matmul_nbits(self, layer: Layer, wbits: int, abits: int) -> bool:
+        """Whether ``layer`` at (``wbits``, ``abits``) lowers to MatMulNBits."""
+        if not self.weight_only or layer.node.op_type != "MatMul" or wbits == FLOAT_BITS or abits != FLOAT_BITS:
+            return False
+        shape = layer.weight_array().shape
+        return len(shape) == 2 and min(shape) >= NBITS_MIN_DIM and weight_grid(wbits).width in NBITS_WIDTHS
+
+    def block(self, layer: Layer, wbits: int, abits: int) -> int:
+        """Block size along ``reduction_axis(layer)`` of the layer's stored weight; 0 = per channel."""
+        if wbits == FLOAT_BITS:
+            return 0
+        if self.matmul_nbits(layer, wbits, abits):
+            return self.nbits_block
+        if self.block_size and reduction_axis(layer) is not None and weight_grid(wbits).width in _BLOCKED_WIDTHS:
+            return self.block_size
+        return 0
