@@ -18,7 +18,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +68,50 @@ def run_recipe(recipe: Recipe, float_model: Path, task: Task, calib_dir: Path, w
     return row
 
 
+@dataclass
+class Bench:
+    """One model made ready for recipes: its float file, task, calibration folder and float reference."""
+
+    model: registry.BenchModel
+    sizes: TaskSizes
+    float_model: Path
+    task: Task
+    calib_dir: Path
+    workdir: Path
+    reference: Evaluation
+    repeats: int
+
+    @classmethod
+    def prepare(cls, model: registry.BenchModel, sizes: TaskSizes, repeats: int, runs: str = "runs") -> Bench:
+        task = model.task(sizes)
+        calib_dir = write_calib_dir(task, cache_dir() / "calib" / f"{model.name}-n{sizes.n_calib}-s{sizes.seed}")
+        workdir = cache_dir() / runs / model.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        float_model = model.float_path()
+        return cls(model, sizes, float_model, task, calib_dir, workdir, evaluate(float_model, task), repeats)
+
+    def run(self, recipe: Recipe, log=print) -> dict[str, Any]:
+        log(f"[{self.model.name}] {recipe.name} ...")
+        row = run_recipe(recipe, self.float_model, self.task, self.calib_dir, self.workdir, self.reference,
+                         self.repeats)
+        log(f"[{self.model.name}] {recipe.name}: " + (row.get("error") or json.dumps(row["metrics"])))
+        return row
+
+    def table(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The model's entry in the results JSON."""
+        reference = self.reference
+        metric_names = [self.task.primary_metric,
+                        *(k for k in reference.metrics if k != self.task.primary_metric),
+                        *self.task.agreement(reference.predictions, reference.predictions)]
+        return {"description": self.model.description, "source": f"{self.model.requirement}:{self.model.member}",
+                "sizes": asdict(self.sizes), "metric_names": metric_names, "rows": rows}
+
+
 def benchmark_model(model: registry.BenchModel, recipes: list[Recipe], sizes: TaskSizes,
                     repeats: int, log=print) -> dict[str, Any]:
     """All recipes on one model; float is always evaluated first, as the reference."""
-    float_model = model.float_path()
-    task = model.task(sizes)
-    calib_dir = write_calib_dir(task, cache_dir() / "calib" / f"{model.name}-n{sizes.n_calib}-s{sizes.seed}")
-    workdir = cache_dir() / "runs" / model.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    reference = evaluate(float_model, task)
-    rows = []
-    for recipe in recipes:
-        log(f"[{model.name}] {recipe.name} ...")
-        row = run_recipe(recipe, float_model, task, calib_dir, workdir, reference, repeats)
-        log(f"[{model.name}] {recipe.name}: " + (row.get("error") or json.dumps(row["metrics"])))
-        rows.append(row)
-    metric_names = [task.primary_metric, *(k for k in reference.metrics if k != task.primary_metric),
-                    *task.agreement(reference.predictions, reference.predictions)]
-    return {"description": model.description, "source": f"{model.requirement}:{model.member}",
-            "sizes": asdict(sizes), "metric_names": metric_names, "rows": rows}
+    bench = Bench.prepare(model, sizes, repeats)
+    return bench.table([bench.run(recipe, log) for recipe in recipes])
 
 
 def environment() -> dict[str, str]:

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)")
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
+    parser.add_argument("--report", metavar="FILE", help="write the per-layer table (bits, candidates, why) as .html or .md")
     parser.add_argument("--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR")
     parser.add_argument("--executor", metavar="ADDRESS", help="run exact evaluations on a Dask cluster, e.g. tcp://host:8786")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
@@ -113,6 +114,8 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
         lines.append(f"  fidelity    output SQNR {float(verify['sqnr_db']):.1f} dB" + (f", top-1 agreement {verify['top1_agreement']:.3f}" if "top1_agreement" in verify else "") + f" on {verify.get('samples', 0)} held-out samples")
     if "task_metric" in verify:
         lines.append(f"  accuracy    {verify['task_metric']:.4f} (float {verify.get('task_metric_float', float('nan')):.4f})")
+    if result.explanation is not None and result.explanation.strategy:
+        lines.append(f"  kept high   {result.explanation.summary()}" + (f" (see {args.report})" if args.report else ""))
     lines += [f"  note        {note}" for note in result.notes]
     if args.verbose:
         lines += [f"  pass        {name:<24} {seconds:8.3f} s" for name, seconds in result.timing]
@@ -130,14 +133,25 @@ def _run(args: argparse.Namespace) -> int:
     model, calibration, eval_fn = _resolve_model(args)
     output = pathlib.Path(args.output)
     _check_output(output, model)
-    if args.report_json:
-        from mpqc.ir import check_writable
-
-        check_writable(args.report_json)  # before any work: a failure must not leave a model behind
+    _check_reports(args)
     with _executor(args.executor) as executor:
         result = _compile(args, model, calibration, eval_fn, executor)
     mir.save(result.ir_model, output)
     return _finish(args, result, model, output)
+
+
+def _check_reports(args: argparse.Namespace) -> None:
+    """Before any work: a report that cannot be written must not leave a model behind."""
+    from mpqc.ir import check_writable
+    from mpqc.report import ReportFormatError, check_format
+
+    for path in filter(None, (args.report_json, args.report)):
+        check_writable(path)
+    if args.report:
+        try:
+            check_format(args.report)
+        except ReportFormatError as exc:
+            raise UsageError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -197,10 +211,15 @@ def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.P
             "pareto": result.pareto,
             "notes": list(result.notes),
             "emitted": [str(path) for path in result.emitted],
+            "explanation": result.explanation.to_json() if result.explanation else None,
         }
         from mpqc.ir.annotations import canonical_json
 
         pathlib.Path(args.report_json).write_text(json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n")
+    if args.report and result.explanation is not None:
+        from mpqc.report import write_report
+
+        write_report(result.explanation, args.report, title=f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}")
     if not args.quiet:
         print(_summary(args, result, input_bytes, output_bytes))
     return EXIT_OK

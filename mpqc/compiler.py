@@ -24,6 +24,7 @@ from mpqc.passes import CompileContext, PassError, load_calibration
 from mpqc.passes.instruments import Instrument, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
 from mpqc.pipeline import Pipeline
+from mpqc.report import Explainer, Explanation, explain
 
 __all__ = ["CompileResult", "compile", "default_pipeline"]
 
@@ -41,6 +42,8 @@ class CompileResult:
     timing: tuple[tuple[str, float], ...]
     #: Files written for ``emit_pareto``, one per front point.
     emitted: tuple[pathlib.Path, ...] = ()
+    #: Why each layer got its bits (``mpqc.report``): the table behind ``--report``.
+    explanation: Explanation | None = None
 
 
 #: Strategies whose method names its own damage score (METHODS.md §4: EAGL ranks layers by entropy).
@@ -152,7 +155,8 @@ def compile(
         uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy
     )
     timing = Timing()
-    watching: list[Instrument] = [timing, *instruments]
+    explainer = Explainer()
+    watching: list[Instrument] = [timing, explainer, *instruments]
     snapshot = None
     if emit_pareto is not None:  # keep the analysed model only when the front is to be lowered: cloning is not free
         snapshot = Snapshot(after="search")
@@ -163,15 +167,17 @@ def compile(
         if snapshot.model is None:
             raise PassError("--emit-pareto needs a search: drop --uniform or use a pipeline with the search pass")
         emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto))
+    report = annotations.REPORT.get(result_ir, {}) or {}
     return CompileResult(
         model=mir.as_kind(result_ir, model),
         ir_model=result_ir,
         pipeline=text,
-        report=annotations.REPORT.get(result_ir, {}) or {},
+        report=report,
         pareto=annotations.PARETO.get(result_ir),
         notes=tuple(context.notes),
         timing=tuple(timing.seconds),
         emitted=emitted,
+        explanation=explain(result_ir, explainer.searched, report),
     )
 
 
