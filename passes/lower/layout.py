@@ -9,11 +9,13 @@ tensors ``lower-qdq`` writes and the numbers they dequantize to. Three forms exi
   each output column. 8- and 16-bit containers stay per channel: onnxruntime 1.32 fuses a blocked
   INT8 DequantizeLinear behind quantized activations into MatMulIntegerToFloat and ignores the
   blocks (wrong outputs), and an 8-bit grid gains little from blocks that cost 4 bytes per block;
-- **MatMulNBits** (``weight_only``): a MatMul with a constant 2-D weight of at least
-  ``NBITS_MIN_DIM`` on both sides, at float activations and 2-8-bit weights, becomes onnxruntime's
+- **MatMulNBits** (``weight_only``): a MatMul with a constant 2-D weight whose K is at least
+  ``NBITS_MIN_K``, at float activations and 2-8-bit weights, becomes onnxruntime's
   ``com.microsoft.MatMulNBits`` — the blocked layout packed as the kernel reads it, dequantized in
   registers instead of into a float copy of the weight. It is an onnxruntime contrib op that other
-  runtimes do not load, hence only on request.
+  runtimes do not load, hence only on request. Small MatMuls qualify too: onnxruntime would fuse
+  their DequantizeLinear -> MatMul into MatMulNBits itself, at its default accuracy level 4 (int8
+  activations), so emitting it explicitly at level 1 is what keeps their numbers the evaluator's.
 
 Blocked weights keep their bias float: an int32 bias at s_x·s_w needs one weight scale per channel.
 """
@@ -25,12 +27,12 @@ import dataclasses
 from mpqc.ir.layers import Layer
 from mpqc.passes.grid import FLOAT_BITS, weight_grid
 
-__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_DIM", "NBITS_WIDTHS", "WeightLayout", "reduction_axis"]
+__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_K", "NBITS_WIDTHS", "WeightLayout", "reduction_axis"]
 
 #: Container widths onnxruntime 1.32's MatMulNBits CPU kernel runs (3 bits sit in 4 on a narrow grid).
 NBITS_WIDTHS = (2, 4, 8)
-#: Smaller MatMuls run as fast in float: the packed kernel pays off on transformer-sized weights.
-NBITS_MIN_DIM = 32
+#: The smallest block MatMulNBits takes: a shorter K would be mostly padding.
+NBITS_MIN_K = 16
 #: MatMulNBits block when none is asked for: onnxruntime's quantizer default.
 DEFAULT_NBITS_BLOCK = 32
 #: Containers whose blocked DequantizeLinear onnxruntime runs correctly (see the module docstring).
@@ -71,7 +73,7 @@ class WeightLayout:
         if not self.weight_only or layer.node.op_type != "MatMul" or wbits == FLOAT_BITS or abits != FLOAT_BITS:
             return False
         shape = layer.weight_array().shape
-        return len(shape) == 2 and min(shape) >= NBITS_MIN_DIM and weight_grid(wbits).width in NBITS_WIDTHS
+        return len(shape) == 2 and shape[0] >= NBITS_MIN_K and weight_grid(wbits).width in NBITS_WIDTHS
 
     def block(self, layer: Layer, wbits: int, abits: int) -> int:
         """Block size along ``reduction_axis(layer)`` of the layer's stored weight; 0 = per channel."""

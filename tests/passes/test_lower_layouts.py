@@ -1,0 +1,318 @@
+"""Weight layouts of lower-qdq: weight-only MatMulNBits, per-block weights along K, RNN recurrence
+weights, layers inside If/Loop/Scan bodies, and what stays float (with its reason in the report).
+
+Every mode is checked the same way: onnx.checker (full), an onnxruntime run, the configurable
+evaluator's outputs against the lowered model's (tolerance 1e-5 of the output's range; in practice
+identical), and the size footprint against the tensors written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from models import build, random_inputs, run_ort
+from mpqc.ir import annotations as A
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
+from mpqc.passes.evaluator import Evaluator
+from mpqc.passes.grid import fake_quant_weight, quantize_weight_blocked
+from mpqc.passes.lower.footprint import stored_bytes
+from mpqc.passes.lower.layout import WeightLayout
+from mpqc.passes.lower.matmul_nbits import pack_matmul_nbits
+
+TRANSFORMER = """
+<ir_version: 10, opset_import: ["" : 17]>
+block (float[N,5,64] x) => (float[N,5,48] y, float[N,5,6] z) {
+  h = MatMul(x, w1)
+  a = Add(h, b1)
+  r = Relu(a)
+  y = MatMul(r, w2)
+  z = MatMul(y, w3)
+}
+"""
+
+
+def _transformer() -> onnx.ModelProto:
+    return build(TRANSFORMER, {"w1": (64, 96), "b1": (96,), "w2": (96, 48), "w3": (48, 6)})
+
+
+GEMM = """
+<ir_version: 10, opset_import: ["" : 17]>
+gemm (float[N,80] x) => (float[N,6] y) {
+  h = Gemm <transB=1> (x, w1, b1)
+  r = Relu(h)
+  y = Gemm (r, w2, b2)
+}
+"""
+
+
+def _calibrated(proto: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> tuple[ir.Model, CompileContext]:
+    model = ir.from_proto(proto)
+    context = CompileContext(calibration=CalibrationData(tuple(samples)))
+    PassManager(build_pipeline("canonicalize,calibrate", context))(model)
+    return model, context
+
+
+def _written(model: ir.Model) -> int:
+    graphs = (model.graph, *model.graph.subgraphs())
+    return sum(v.const_value.nbytes for g in graphs for v in g.initializers.values() if v.const_value is not None)
+
+
+def _lower_and_check(proto: onnx.ModelProto, wbits: int, abits: int, layout: WeightLayout, **extra: object) -> ir.Model:
+    """Lower ``proto`` uniformly and check checker, evaluator == lowered model, footprint == written bytes."""
+    samples = random_inputs(proto, 3, batch=2)
+    model, context = _calibrated(proto, samples)
+    layers = quantizable_layers(model.graph)
+    owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
+    fixed = sum(v.const_value.nbytes for name, v in model.graph.initializers.items() if name not in owned)
+    predicted = fixed + sum(stored_bytes(layer, wbits, abits, layout=layout) for layer in layers)
+    evaluator = Evaluator(model, samples, wbits=(wbits,), layout=layout)
+    expected = evaluator.run({layer.name: (wbits, abits) for layer in layers})
+    options = {"uniform": f"w{wbits}a{abits}", "weight_only": layout.weight_only, "block_size": layout.block_size, **extra}
+    _lower_pass(context, options)(model)
+    proto_out = ir.to_proto(model)
+    onnx.checker.check_model(proto_out, full_check=True)
+    for sample, want in zip(samples, expected):
+        for got, w in zip(run_ort(proto_out, sample, "basic"), want):
+            assert np.abs(got - w).max() <= 1e-5 * np.abs(w).max()
+    assert _written(model) <= predicted <= _written(model) + 16
+    return model
+
+
+def _lower_pass(context: CompileContext, options: dict[str, object]):
+    from mpqc.passes import get
+
+    return get("lower-qdq")(context=context, **options)
+
+
+# --- weight-only: MatMulNBits ---------------------------------------------------------------------
+
+
+def test_packing_follows_onnxruntimes_layout() -> None:
+    weight = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    packed, scales, width = pack_matmul_nbits(weight, 4, 32)
+    assert (packed.shape, scales.shape, width) == ((3, 2, 16), (6,), 4)
+    levels, block_scales = quantize_weight_blocked(weight, 4, 0, 32)
+    # Column 0, block 0: the first two levels share the first byte, low nibble first, offset by 8.
+    assert int(packed[0, 0, 0]) == (int(levels[0, 0]) + 8) | ((int(levels[1, 0]) + 8) << 4)
+    assert packed[0, 1, 4] == 0x88  # K = 40 pads the last block with the zero point
+    np.testing.assert_array_equal(scales.reshape(3, 2), block_scales.T)
+
+
+@pytest.mark.parametrize("wbits", [2, 3, 4, 8])
+@pytest.mark.parametrize("block", [0, 64])
+def test_weight_only_matmuls_become_matmul_nbits(wbits: int, block: int) -> None:
+    model = _lower_and_check(_transformer(), wbits, 32, WeightLayout(weight_only=True, block_size=block))
+    fused = [n for n in model.graph if n.op_type == "MatMulNBits"]
+    assert [n.outputs[0].name for n in fused] == ["h", "y", "z"]  # the layers keep their names
+    for node in fused:
+        assert node.domain == "com.microsoft"
+        assert node.attributes.get_int("bits") == {2: 2, 3: 4, 4: 4, 8: 8}[wbits]
+        assert node.attributes.get_int("block_size") == (block or 32)
+        assert node.attributes.get_int("accuracy_level") == 1
+        assert A.BITS.get(node) == {"w": wbits, "a": 32}
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in model.graph}
+    assert not {"w1", "w2", "w3"} & set(model.graph.initializers)
+
+
+MIXED_KINDS = """
+<ir_version: 10, opset_import: ["" : 17]>
+kinds (float[N,64] x, float[N,8] v) => (float[N,32] y, float[N,4] g, float[N,4] k) {
+  y = MatMul(x, w1)
+  g = Gemm <transB=1> (x, w2, b2)
+  k = MatMul(v, w3)
+}
+"""
+
+
+def test_other_layers_in_weight_only_mode_dequantize_per_channel() -> None:
+    proto = build(MIXED_KINDS, {"w1": (64, 32), "w2": (4, 64), "b2": (4,), "w3": (8, 4)})
+    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True))
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("MatMulNBits") == 1  # y; the Gemm and the K = 8 MatMul dequantize per channel
+    assert ops.count("DequantizeLinear") == 2 and "QuantizeLinear" not in ops
+    assert "b2" in model.graph.initializers  # float activations: the bias stays float
+
+
+def test_weight_only_runs_identically_with_onnxruntime_optimizations() -> None:
+    """MatMulNBits at accuracy level 1 is exact whatever onnxruntime fuses around it."""
+    proto = _transformer()
+    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True))
+    sample = random_inputs(proto, 1, batch=2)[0]
+    for got, want in zip(run_ort(model, sample, "all"), run_ort(model, sample, "basic")):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_weight_only_overrides_activation_bits() -> None:
+    model = _lower_and_check(_transformer(), 4, 8, WeightLayout(weight_only=True))
+    assert "QuantizeLinear" not in {n.op_type for n in model.graph}
+    assert {A.BITS.get(n)["a"] for n in model.graph if A.BITS.has(n)} == {32}
+
+
+def test_accuracy_level_is_passed_through() -> None:
+    samples = random_inputs(_transformer(), 1, batch=2)
+    model, context = _calibrated(_transformer(), samples)
+    _lower_pass(context, {"uniform": "w4a32", "weight_only": True, "accuracy_level": 4})(model)
+    assert {n.attributes.get_int("accuracy_level") for n in model.graph if n.op_type == "MatMulNBits"} == {4}
+    reference = run_ort(_transformer(), samples[0])[0]
+    assert np.abs(run_ort(model, samples[0])[0] - reference).max() < 0.1 * np.abs(reference).max()
+
+
+# --- per-block weights in the QDQ path ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wbits", "abits"), [(4, 8), (2, 8), (3, 6), (4, 32)])
+def test_blocked_weights_along_k(wbits: int, abits: int) -> None:
+    model = _lower_and_check(build(GEMM, {"w1": (16, 80), "b1": (16,), "w2": (16, 6), "b2": (6,)}), wbits, abits, WeightLayout(block_size=16))
+    assert model.opset_imports[""] >= 21
+    blocked = [n for n in model.graph if n.op_type == "DequantizeLinear" and n.attributes.get_int("block_size", 0)]
+    assert [(n.attributes.get_int("axis"), n.inputs[1].shape.numpy()) for n in blocked] == [(1, (16, 5)), (0, (1, 6))]
+    # Blocked weights have no scale per channel to put an int32 bias on: biases stay float.
+    assert {"b1", "b2"} <= set(model.graph.initializers)
+
+
+def test_eight_bit_weights_stay_per_channel_when_blocks_are_asked() -> None:
+    model = _lower_and_check(build(GEMM, {"w1": (16, 80), "b1": (16,), "w2": (16, 6), "b2": (6,)}), 8, 8, WeightLayout(block_size=16))
+    assert not any(n.attributes.get_int("block_size", 0) for n in model.graph if n.op_type == "DequantizeLinear")
+
+
+def test_bad_block_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="power of two of at least 16"):
+        WeightLayout(block_size=24)
+    with pytest.raises(ValueError, match="power of two"):
+        _lower_pass(CompileContext(), {"block_size": 8})
+
+
+# --- recurrent layers -----------------------------------------------------------------------------
+
+RNN = """
+<ir_version: 10, opset_import: ["" : 17]>
+rnn (float[5,2,8] x) => (float[5,1,2,6] y) {
+  y = {op} <hidden_size=6> (x, w, r, b)
+}
+"""
+
+
+@pytest.mark.parametrize(("op", "gates"), [("LSTM", 4), ("GRU", 3)])
+@pytest.mark.parametrize(("wbits", "abits"), [(8, 8), (4, 32)])
+def test_recurrence_weights_are_quantized_with_the_input_weights(op: str, gates: int, wbits: int, abits: int) -> None:
+    proto = build(RNN.replace("{op}", op), {"w": (1, gates * 6, 8), "r": (1, gates * 6, 6), "b": (1, 2 * gates * 6)})
+    (layer,) = quantizable_layers(ir.from_proto(proto).graph)
+    assert layer.other_weight_indices == (2,)
+    model = _lower_and_check(proto, wbits, abits, WeightLayout())
+    stored = model.graph.initializers[f"r.w{wbits}"]
+    assert stored.dtype == (ir.DataType.INT8 if wbits == 8 else ir.DataType.INT4)
+    assert "r" not in model.graph.initializers and "b" in model.graph.initializers
+
+
+# --- layers inside subgraph bodies -----------------------------------------------------------------
+
+BODIES = """
+<ir_version: 10, opset_import: ["" : 17]>
+bodies (float[2,8] x, int64 n, bool go) => (float[2,8] y, float[2,4] z) {
+  y = Loop (n, go, x) <body = step (int64 i, bool ci, float[2,8] h) => (bool co, float[2,8] ho) {
+     co = Identity(ci)
+     t = MatMul(h, wl)
+     ho = Tanh(t)
+  }>
+  z = If (go) <
+    then_branch = then_g () => (float[2,4] a) { a = Gemm <transB=1> (y, wt) },
+    else_branch = else_g () => (float[2,4] b) { b = MatMul(y, we) }
+  >
+}
+"""
+
+
+def _bodies() -> onnx.ModelProto:
+    return build(BODIES, {"wl": (8, 8), "wt": (4, 8), "we": (8, 4)})
+
+
+def test_layers_in_bodies_are_found_with_their_host() -> None:
+    graph = ir.from_proto(_bodies()).graph
+    assert quantizable_layers(graph) == []
+    found = [(layer.name, layer.node.op_type, layer.host.op_type, layer.in_subgraph) for layer in quantizable_layers(graph, subgraphs=True)]
+    assert found == [("t", "MatMul", "Loop", True), ("a", "Gemm", "If", True), ("b", "MatMul", "If", True)]
+
+
+@pytest.mark.parametrize("wbits", [8, 4, 2])
+def test_body_layers_lower_weights_only_inside_the_body(wbits: int) -> None:
+    proto = _bodies()
+    model = ir.from_proto(proto)
+    _lower_pass(CompileContext(), {"uniform": f"w{wbits}a8"})(model)
+    lowered = ir.to_proto(model)
+    onnx.checker.check_model(lowered, full_check=True)
+    loop_body = next(n for n in model.graph if n.op_type == "Loop").attributes["body"].value
+    assert "QuantizeLinear" not in {n.op_type for g in (model.graph, *model.graph.subgraphs()) for n in g}
+    assert any(n.op_type in ("DequantizeLinear", "Mul") for n in loop_body)
+    assert not {"wl", "wt", "we"} & {name for g in (model.graph, *model.graph.subgraphs()) for name in g.initializers}
+
+    weights = {name: onnx.numpy_helper.to_array(t) for name, t in ((t.name, t) for t in proto.graph.initializer)}
+    wl, wt = fake_quant_weight(weights["wl"], wbits, 1), fake_quant_weight(weights["wt"], wbits, 0)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32), "n": np.array(3), "go": np.array(True)}
+    h = feeds["x"]
+    for _ in range(3):
+        h = np.tanh(h @ wl)
+    # Executed as written: onnxruntime's default optimizations would fuse the body's DequantizeLinear ->
+    # MatMul at float activations into MatMulNBits at its accuracy level 4 (int8 activations).
+    y, z = run_ort(lowered, feeds, "basic")
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z, h @ wt.T, rtol=1e-5, atol=1e-5)
+    assert _written(model) == sum(
+        stored_bytes(layer, wbits, 8) for layer in quantizable_layers(ir.from_proto(proto).graph, subgraphs=True)
+    )
+
+
+def test_body_layers_without_bits_stay_float_with_a_reason() -> None:
+    model = ir.from_proto(_bodies())
+    context = CompileContext()
+    _lower_pass(context, {})(model)
+    left = A.REPORT.get(model)["left_float"]
+    assert [entry["layer"] for entry in left] == ["t", "a", "b"]
+    assert "inside the body of Loop 'y'" in left[0]["reason"]
+    assert any("left_float" in note for note in context.notes)
+
+
+def test_a_search_over_a_model_with_bodies_does_not_touch_them() -> None:
+    import mpqc
+
+    text = BODIES.replace("(float[2,8] x, int64 n, bool go)", "(float[2,16] u, int64 n, bool go)").replace(
+        "{\n  y = Loop (n, go, x)", "{\n  x = MatMul(u, wm)\n  y = Loop (n, go, x)"
+    )
+    proto = build(text, {"wm": (16, 8), "wl": (8, 8), "wt": (4, 8), "we": (8, 4)})
+    rng = np.random.default_rng(0)
+    samples = [{"u": rng.standard_normal((2, 16)).astype(np.float32), "n": np.array(2), "go": np.array(True)} for _ in range(10)]
+    result = mpqc.compile(proto, hw="x86_avx2", calibration=samples)
+    bits = {n.outputs[0].name: A.BITS.get(n) for n in result.ir_model.graph if A.BITS.has(n)}
+    assert set(bits) == {"x"}
+    assert [entry["layer"] for entry in result.report["left_float"]] == ["t", "a", "b"]
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+# --- what has no quantized form ------------------------------------------------------------------
+
+POSITIONS = """
+<ir_version: 10, opset_import: ["" : 17]>
+positions (float[N,16,32] x) => (float[N,16,8] y) {
+  p = Add(x, table)
+  y = MatMul(p, w)
+}
+"""
+
+
+def test_weighted_ops_without_a_quantized_form_are_reported() -> None:
+    model = ir.from_proto(build(POSITIONS, {"table": (1, 16, 32), "w": (32, 8)}))
+    _lower_pass(CompileContext(), {"uniform": "w8a32"})(model)
+    (entry,) = A.REPORT.get(model)["left_float"]
+    assert entry["layer"] == "p" and "Add has no quantized form" in entry["reason"] and "512-element" in entry["reason"]
+    assert model.graph.initializers["table"].dtype == ir.DataType.FLOAT
+
+
+def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
+    import mpqc
+    from mpqc.passes import PassError
+
+    with pytest.raises(PassError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"):
+        mpqc.compile(_transformer(), hw="x86_avx2", uniform="w3a8")
