@@ -19,6 +19,7 @@ from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
 from mpqc.passes import verify  # noqa: F401  isort: skip
 from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
 from mpqc.passes import search  # noqa: F401  isort: skip
+from mpqc.passes.recover import recover  # noqa: F401  isort: skip
 from mpqc.passes.analysis import sensitivity_entropy, sensitivity_orthogonality, sensitivity_output, sensitivity_task, sensitivity_weight_error  # noqa: F401  isort: skip
 
 __all__ = [

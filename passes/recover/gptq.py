@@ -1,0 +1,126 @@
+"""GPTQ: round a weight matrix to its grid so that the layer's *output* moves least, not its weights.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers"
+(ICLR 2023), in numpy. For a layer ``y = W x`` and inputs ``X`` seen on calibration data, the output
+error of a rounded ``Q`` is ``tr((W − Q) H (W − Q)ᵀ)`` with ``H = Σ x xᵀ``. GPTQ rounds one input
+column at a time and pushes that column's rounding error onto the columns not yet rounded, along
+``H⁻¹`` (Optimal Brain Surgeon's update), using the upper Cholesky factor of ``H⁻¹`` so the update
+is one row of a triangular matrix. Columns go in order of decreasing ``diag(H)`` ("act-order": the
+inputs with most energy are rounded while the most columns are left to absorb their error); with a
+per-output-channel scale this reordering costs nothing at lowering time.
+
+Everything is batched over groups (grouped and depthwise convolutions have one Hessian per group),
+and the rows of a group are updated together, so the Python loop runs once per input column.
+
+One constraint is mpqc's own (the exactness contract of ``recover``): every channel must keep an
+element at ``±qmax`` so that the scale ``lower-qdq`` recomputes from the written weight is the scale
+GPTQ rounded with. The channel's largest-magnitude element is *pinned* to ``±qmax``; the error this
+forces is fed forward like any other rounding error.
+
+Optionally the per-channel scale is searched first (``clip_scales``): a clip ratio below 1 trades
+saturating a few large weights for finer steps everywhere else, scored by the Hessian-diagonal
+weighted error ``Σ_j H_jj (w_j − q_j)²``, the output error of rounding each weight alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["clip_scales", "gptq_levels", "output_error", "round_levels"]
+
+
+def round_levels(weight: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+    """Plain rounding to the grid: ``clip(rint(w / s), ±qmax)`` per row; ``weight`` is (groups, rows, cols)."""
+    return np.clip(np.rint(weight / scales[..., None]), -qmax, qmax)
+
+
+def clip_scales(weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.ndarray) -> np.ndarray:
+    """Per row, the scale ``ratio · amax / qmax`` with the least Hessian-diagonal weighted rounding error."""
+    amax = np.abs(weight).max(axis=2)
+    importance = np.diagonal(hessian, axis1=1, axis2=2)[:, None, :]  # (groups, 1, cols)
+    best_error = np.full(amax.shape, np.inf)
+    best = amax / qmax
+    for ratio in ratios:
+        scales = np.where(amax > 0, ratio * amax / qmax, 1.0)
+        error = np.sum(importance * np.square(weight - round_levels(weight, scales, qmax) * scales[..., None]), axis=2)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best = np.where(better, scales, best)
+    return np.where(amax > 0, best, 1.0)
+
+
+def gptq_levels(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    scales: np.ndarray,
+    qmax: int,
+    *,
+    damping: float = 0.01,
+    act_order: bool = True,
+    block: int = 128,
+) -> np.ndarray:
+    """Integer levels (as floats) for ``weight`` (groups, rows, cols) on per-row ``scales`` (groups, rows).
+
+    ``hessian`` is ``Σ x xᵀ`` per group (groups, cols, cols); ``damping`` is added to its diagonal
+    as a fraction of the mean diagonal. Rows whose scale-defining element is nonzero keep exactly
+    one element pinned at ``±qmax`` (module docstring).
+    """
+    groups, rows, cols = weight.shape
+    h = np.array(hessian, dtype=np.float64)
+    diagonal = np.diagonal(h, axis1=1, axis2=2)
+    dead = diagonal <= 0  # inputs that were always zero: nothing to trade against, round plainly
+    g_idx, c_idx = np.nonzero(dead)
+    h[g_idx, c_idx, c_idx] = 1.0
+    diagonal = np.diagonal(h, axis1=1, axis2=2)
+    order = np.argsort(-diagonal, axis=1, kind="stable") if act_order else np.broadcast_to(np.arange(cols), (groups, cols))
+    w = np.take_along_axis(np.asarray(weight, np.float64), order[:, None, :], axis=2)
+    h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
+    upper = _inverse_cholesky(h, damping)
+
+    # The pin: per row, the (reordered) column of its largest magnitude, and that element's sign.
+    pin_column = np.argmax(np.abs(w), axis=2)
+    pin_sign = np.sign(np.take_along_axis(w, pin_column[..., None], axis=2)[..., 0])
+    pinned = pin_sign != 0
+    s = np.asarray(scales, np.float64)
+
+    levels = np.zeros_like(w)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        errors = np.zeros((groups, rows, stop - start))
+        for i in range(start, stop):
+            column = w[:, :, i]
+            q = np.clip(np.rint(column / s), -qmax, qmax)
+            q = np.where(pinned & (pin_column == i), pin_sign * qmax, q)
+            levels[:, :, i] = q
+            error = (column - q * s) / upper[:, i, i][:, None]
+            w[:, :, i:stop] -= error[:, :, None] * upper[:, None, i, i:stop]
+            errors[:, :, i - start] = error
+        if stop < cols:
+            w[:, :, stop:] -= errors @ upper[:, start:stop, stop:]
+    inverse = np.argsort(order, axis=1)
+    return np.take_along_axis(levels, inverse[:, None, :], axis=2)
+
+
+def _inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
+    """Upper Cholesky factor of ``(H + λI)⁻¹`` per group, raising λ until H is positive definite."""
+    cols = h.shape[-1]
+    mean = np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
+    eye = np.eye(cols)
+    for attempt in range(6):
+        damped = h + (damping * 10**attempt) * mean * eye
+        try:
+            lower = np.linalg.cholesky(damped)
+            inverse_lower = np.linalg.inv(lower)
+            inverse = np.swapaxes(inverse_lower, 1, 2) @ inverse_lower
+            return np.swapaxes(np.linalg.cholesky(inverse), 1, 2)
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("the layer's input Hessian stays singular even with 10^5 times the damping")
+
+
+def output_error(weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarray) -> float:
+    """``tr((W − Q) H (W − Q)ᵀ) / tr(W H Wᵀ)``: the layer's output error relative to its output energy."""
+    delta = np.asarray(weight, np.float64) - dequantized
+    noise = float(np.sum((delta @ hessian) * delta))
+    signal = float(np.sum((np.asarray(weight, np.float64) @ hessian) * weight))
+    return noise / signal if signal > 0 else noise

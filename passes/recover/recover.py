@@ -1,0 +1,228 @@
+"""``recover``: what fine-tuning gives the papers, post-training — GPTQ rounding and bias correction.
+
+Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``. For every layer whose
+weights are quantized below ``max_bits`` and that is a matrix product (Conv — grouped and depthwise
+included — Gemm, MatMul with a constant 2-D weight; Gather, LSTM and GRU are left as they are, with
+a note):
+
+1. observe its input on calibration samples (``statistics``): ``inputs=sequential`` reads it in the
+   model lowered with everything upstream already quantized and recovered (and the layer's own
+   activation quantizer), so each layer compensates for what earlier layers did; ``inputs=float``
+   reads the float model once for all layers (cheaper, what the MOHAQ beacons use);
+2. round its weight with GPTQ (``gptq``) against the input Hessian, on the grid ``lower-qdq`` will use
+   for its (w, a) on this target (``weight_grid_bits``), optionally after a per-channel clip search;
+3. correct its bias (``bias``): the mean output shift against the float model, measured on the same
+   samples, folded into the bias (created for a Conv/Gemm without one; for a MatMul only when an
+   Add of a constant vector follows it).
+
+The exactness contract: recovery writes *float* weights that lie exactly on the layer's grid, each
+channel reaching ``±qmax`` so that its scale recomputes to itself (``exact``), and changes biases.
+``lower-qdq``, the evaluator and the size footprint then need no knowledge of recovery: the lowered
+model equals the evaluator's simulation of the same configuration, as for any model.
+
+Sequential observation costs one onnxruntime pass over the samples per *stage*: layers are split into
+``stages`` consecutive groups, each observed through the already recovered groups before it (its own
+earlier members plainly rounded). ``stages`` at least the number of layers is layer-by-layer GPTQ.
+
+Measured (bench/recover.py, bench/RESULTS.md §6): sequential inputs beat float inputs, and recovery
+turns 4-bit-weight models from several points below float into within about a point of it. So the
+compiler runs ``recover`` by default whenever there is calibration data; it changes nothing when no
+layer is below 8-bit weights (``max_bits``), so w8a8 compilations are unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc.ir import annotations
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes.base import Pass, PassError, option
+from mpqc.passes.data import CalibrationData
+from mpqc.passes.grid import FLOAT_BITS, fake_quant_weight, weight_grid, weight_scales
+from mpqc.passes.lower.lower_qdq import parse_bits
+from mpqc.passes.recover.bias import BiasSlot, bias_slot
+from mpqc.passes.recover.exact import on_grid
+from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, round_levels
+from mpqc.passes.recover.linear import LinearView, linear_view
+from mpqc.passes.recover.statistics import InputStatistics, observe_float, observe_quantized
+from mpqc.passes.registry import register
+from mpqc.passes.target import weight_grid_bits
+
+__all__ = ["Recover", "Target", "recover_layer", "targets"]
+
+Config = Mapping[str, tuple[int, int]]
+#: Clip ratios the scale search tries (``clip_search``): 1 (no clip) down to 0.5.
+CLIP_RATIOS = np.linspace(1.0, 0.5, 26)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A layer to recover: its linear view and the bits of the grid its weight is rounded to."""
+
+    view: LinearView
+    grid_bits: int
+
+    @property
+    def name(self) -> str:
+        return self.view.layer.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One recovered layer: its output error (relative, on the observed inputs) rounded plainly and recovered."""
+
+    name: str
+    plain: float
+    recovered: float
+    #: What recovery could not do for this layer (reported as a note), if anything.
+    note: str | None
+
+
+@register
+class Recover(Pass):
+    name = "recover"
+    writes = frozenset({"mpqc.report"})
+    preserves = frozenset({"*"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        uniform: str = option("", "one choice for every layer, e.g. w4a8 (empty: read mpqc.bits), as lower-qdq's uniform")
+        inputs: Literal["sequential", "float"] = option("sequential", "layer inputs seen through the quantized, recovered upstream (sequential) or the float model's")
+        stages: int = option(8, "sequential: onnxruntime passes over the samples; layers are observed in this many consecutive groups")
+        method: Literal["gptq", "round"] = option("gptq", "weight rounding: GPTQ second-order rounding, or plain rounding (bias correction only)")
+        clip_search: bool = option(False, "search each channel's clip ratio (Hessian-weighted error) before rounding")
+        bias_correction: bool = option(True, "fold the mean output shift against float into the bias")
+        damping: float = option(0.01, "GPTQ: added to the Hessian's diagonal, as a fraction of its mean")
+        max_bits: int = option(7, "recover layers whose weight grid has at most this many bits")
+        samples: int = option(64, "calibration samples observed")
+
+        def __post_init__(self) -> None:
+            if self.uniform:
+                parse_bits(self.uniform)
+            if self.stages < 1 or self.samples < 1:
+                raise ValueError(f"stages and samples must be at least 1, got {self.stages} and {self.samples}")
+            if not 0.0 < self.damping < 1.0:
+                raise ValueError(f"damping must be in (0, 1), got {self.damping}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        data = self.context.calibration
+        if data is None or len(data) == 0:
+            raise PassError("recover: needs calibration samples (--calib DIR) to observe each layer's inputs; drop --recover or give data")
+        data.check(model)
+        config = self._config(model)
+        chosen, skipped = targets(model, config, self.context.hw, self.options.max_bits)
+        for name, why in skipped:
+            self.context.note(f"recover: layer '{name}' left as rounded: {why}")
+        if not chosen:
+            self.context.note(f"recover: no layer has weights of {self.options.max_bits} bits or fewer to recover")
+            return ir.passes.PassResult(model, modified=False)
+        samples = list(data)[: self.options.samples]
+        outcomes = self._recover(model, config, chosen, samples)
+        self._report(model, outcomes)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _config(self, model: ir.Model) -> dict[str, tuple[int, int]]:
+        if self.options.uniform:
+            bits = parse_bits(self.options.uniform)
+            return {layer.name: bits for layer in quantizable_layers(model.graph)}
+        config = {}
+        for layer in quantizable_layers(model.graph):
+            chosen = annotations.BITS.get(layer.node)
+            if chosen is not None:
+                config[layer.name] = (int(chosen["w"]), int(chosen["a"]))
+        if not config:
+            raise PassError("recover: no layer has bits; run search first (or give recover{uniform=w4a8})")
+        return config
+
+    def _recover(self, model: ir.Model, config: Config, chosen: list[Target], samples: Sequence) -> list[Outcome]:
+        views = {t.name: t.view for t in chosen}
+        sequential = self.options.inputs == "sequential"
+        reference = observe_float(model, views, samples, with_hessian=not sequential)
+        if not sequential:
+            return [recover_layer(model.graph, t, reference[t.name], reference[t.name].mean, self.options) for t in chosen]
+        order = {layer.name: i for i, layer in enumerate(quantizable_layers(model.graph))}
+        outcomes = []
+        for stage in np.array_split(np.arange(len(chosen)), min(self.options.stages, len(chosen))):
+            members = [chosen[i] for i in stage]
+            last = order[members[-1].name]
+            upstream = {name: bits for name, bits in config.items() if order.get(name, last + 1) <= last}
+            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw)
+            outcomes += [recover_layer(model.graph, t, seen[t.name], reference[t.name].mean, self.options) for t in members]
+        return outcomes
+
+    def _report(self, model: ir.Model, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.note:
+                self.context.note(f"recover: layer '{outcome.name}': {outcome.note}")
+        plain = float(np.mean([o.plain for o in outcomes]))
+        recovered = float(np.mean([o.recovered for o in outcomes]))
+        self.context.note(
+            f"recover: {len(outcomes)} layers reconstructed ({self.options.method}, {self.options.inputs} inputs); "
+            f"mean layer output error {plain:.3g} plainly rounded -> {recovered:.3g}"
+        )
+        report = annotations.REPORT.get(model, {}) or {}
+        report["recover"] = {
+            "layers": len(outcomes),
+            "method": self.options.method,
+            "inputs": self.options.inputs,
+            "layer_error": {o.name: {"plain": o.plain, "recovered": o.recovered} for o in outcomes},
+        }
+        annotations.REPORT.set(model, report)
+
+
+def targets(model: ir.Model, config: Config, hw: object, max_bits: int) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The layers of ``config`` to recover (in topological order), and (name, why) of those left out."""
+    chosen, skipped = [], []
+    for layer in quantizable_layers(model.graph):
+        wbits, abits = config.get(layer.name, (FLOAT_BITS, FLOAT_BITS))
+        grid_bits = weight_grid_bits(hw, wbits, abits)
+        if wbits == FLOAT_BITS or grid_bits > max_bits:
+            continue
+        view = linear_view(layer)
+        if isinstance(view, str):
+            skipped.append((layer.name, view))
+        elif len(layer.weight.uses()) != 1:
+            skipped.append((layer.name, f"its weight '{layer.weight.name}' is shared with another node"))
+        elif layer.activation is None or not layer.activation.name:
+            skipped.append((layer.name, "its input has no name to observe"))
+        else:
+            chosen.append(Target(view, grid_bits))
+    return chosen, skipped
+
+
+def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, reference_mean: np.ndarray, options: Recover.Options) -> Outcome:
+    """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring)."""
+    view, bits = target.view, target.grid_bits
+    layer = view.layer
+    weight = layer.weight_array()
+    axis = layer.channel_axis
+    qmax = weight_grid(bits).qmax
+    matrix = view.matrix(weight).astype(np.float64)
+    assert seen.hessian is not None
+    scales = weight_scales(weight, bits, axis).astype(np.float64).reshape(matrix.shape[:2])
+    if options.clip_search:
+        scales = clip_scales(matrix, seen.hessian, qmax, CLIP_RATIOS)
+    if options.method == "gptq":
+        levels = gptq_levels(matrix, seen.hessian, scales, qmax, damping=options.damping)
+    else:
+        levels = round_levels(matrix, scales, qmax)
+    plain = view.matrix(fake_quant_weight(weight, bits, axis)).astype(np.float64)
+    plain_error = output_error(matrix, plain, seen.hessian)
+    recovered = on_grid(view.weight_from(levels).astype(np.int64), scales.reshape(-1), bits, axis)
+    if recovered is None:  # no float32 scale reproduces itself (exact.py): keep the weight, lower-qdq rounds it
+        return Outcome(target.name, plain_error, plain_error, "its scale has no exact float32 fixed point")
+    new_matrix = view.matrix(recovered).astype(np.float64)
+    layer.weight.const_value = ir.tensor(recovered, name=layer.weight.name)
+    outcome = Outcome(target.name, plain_error, output_error(matrix, new_matrix, seen.hessian), None)
+    if options.bias_correction:
+        slot = bias_slot(layer, view.out_channels)
+        if isinstance(slot, str):
+            return dataclasses.replace(outcome, note=f"bias not corrected: {slot}")
+        shift = np.einsum("grc,gc->gr", matrix, reference_mean) - np.einsum("grc,gc->gr", new_matrix, seen.mean)
+        slot.shift(graph, shift.reshape(-1), f"{layer.name}.bias")
+    return outcome

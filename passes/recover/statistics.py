@@ -1,0 +1,123 @@
+"""What recovery needs to know about a layer's inputs, observed with onnxruntime on calibration data.
+
+For a linear layer two statistics of its input rows (``LinearView.rows``) are enough, kept per group
+and summed sample by sample so memory does not grow with the data:
+
+- ``Σ x xᵀ`` — the Hessian of the layer's output error, what GPTQ rounds against;
+- ``Σ x`` and the row count — the input mean, which gives the layer's mean output exactly
+  (``E[W x] = W E[x]``), and so the per-channel shift that bias correction removes.
+
+The inputs come from one of two models:
+
+- ``observe_float``: the float model, every layer input added as a graph output, one run per sample;
+- ``observe_quantized``: the model as ``lower-qdq`` would emit it with some layers quantized (the
+  recovered ones upstream, plainly rounded ones in the current stage), read at each layer's input
+  *after* its own activation quantizer — exactly what the layer will see once shipped. This is
+  GPTQ's "sequential" mode: later layers are reconstructed against the errors earlier ones left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mpqc.ir import annotations
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes.context import CompileContext
+from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.recover.linear import LinearView
+from mpqc.passes.runtime import session
+
+__all__ = ["InputStatistics", "observe_float", "observe_quantized"]
+
+Sample = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class InputStatistics:
+    """Running sums over one layer's input rows, per group (see the module docstring)."""
+
+    total: np.ndarray  # (groups, cols)
+    hessian: np.ndarray | None  # (groups, cols, cols), None when only the mean is wanted
+    count: int = 0
+
+    @classmethod
+    def empty(cls, view: LinearView, with_hessian: bool) -> InputStatistics:
+        groups, cols = view.groups, view.cols
+        return cls(np.zeros((groups, cols)), np.zeros((groups, cols, cols)) if with_hessian else None)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add a batch of rows ``(positions, groups, cols)``."""
+        self.total += rows.sum(axis=0, dtype=np.float64)
+        self.count += rows.shape[0]
+        if self.hessian is not None:
+            by_group = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float32)  # (groups, positions, cols)
+            self.hessian += np.swapaxes(by_group, 1, 2) @ by_group
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.count, 1)
+
+
+def observe_float(model: ir.Model, views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool) -> dict[str, InputStatistics]:
+    """Statistics of each named layer's input in the float model."""
+    taps = {name: _input_name(view) for name, view in views.items()}
+    return _observe(model, taps, views, samples, with_hessian)
+
+
+def observe_quantized(
+    model: ir.Model,
+    config: Mapping[str, tuple[int, int]],
+    views: Mapping[str, LinearView],
+    samples: Sequence[Sample],
+    hw: object,
+) -> dict[str, InputStatistics]:
+    """Statistics of each named layer's input in ``model`` lowered with ``config`` (the other layers float).
+
+    The lowering runs on a copy; the caller's model is not touched.
+    """
+    lowered = model.clone()
+    wanted = {view.layer.node.outputs[0].name: name for name, view in views.items()}
+    for layer in quantizable_layers(lowered.graph):
+        if layer.name in config:
+            wbits, abits = config[layer.name]
+            annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
+        else:
+            annotations.BITS.remove(layer.node)
+    LowerQDQ(context=CompileContext(hw=hw))(lowered)
+    taps: dict[str, str] = {}
+    for node in lowered.graph:
+        name = wanted.get(node.outputs[0].name) if node.outputs else None
+        if name is not None:
+            source = node.inputs[views[name].layer.activation_index or 0]
+            assert source is not None
+            taps[name] = source.name or ""
+    return _observe(lowered, taps, views, samples, with_hessian=True)
+
+
+def _input_name(view: LinearView) -> str:
+    value = view.layer.activation
+    assert value is not None and value.name
+    return value.name
+
+
+def _observe(
+    model: ir.Model, taps: Mapping[str, str], views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool
+) -> dict[str, InputStatistics]:
+    proto = ir.to_proto(model)
+    inputs = {value.name for value in proto.graph.input}
+    present = {output.name for output in proto.graph.output}
+    fetch = sorted({tensor for tensor in taps.values() if tensor not in inputs})
+    proto.graph.output.extend(onnx.ValueInfoProto(name=tensor) for tensor in fetch if tensor not in present)
+    runner = session(proto.SerializeToString())
+    stats = {name: InputStatistics.empty(views[name], with_hessian) for name in taps}
+    for sample in samples:
+        arrays = dict(zip(fetch, runner.run(fetch, dict(sample)))) if fetch else {}
+        arrays.update({name: np.asarray(value) for name, value in sample.items() if name in inputs})
+        for name, tensor in taps.items():
+            stats[name].add(views[name].rows(np.asarray(arrays[tensor], np.float32)))
+    return stats
