@@ -76,7 +76,9 @@ def stored_bytes(
         assert other is not None
         total += other.size * _FLOAT32 if wbits == FLOAT_BITS else _weight_bytes(other, weight_grid(grid_bits), layer.channel_axis, node.op_type)
     if bias is not None:
-        int32_bias = wbits != FLOAT_BITS and weight_grid(grid_bits).width != 2 and not block
+        # No activation is quantized in weight-only mode or in a body: no input scale for an int32 bias.
+        activations_float = layout.weight_only or layer.in_subgraph
+        int32_bias = wbits != FLOAT_BITS and weight_grid(grid_bits).width != 2 and not block and not activations_float
         total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales
     # Other constant operands stay float as they are: an RNN's biases.
     counted = {layer.weight_index, *layer.other_weight_indices, *([2] if bias is not None else [])}

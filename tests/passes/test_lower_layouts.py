@@ -316,3 +316,11 @@ def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
 
     with pytest.raises(PassError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"):
         mpqc.compile(_transformer(), hw="x86_avx2", uniform="w3a8")
+
+
+def test_weight_only_conv_layers_keep_float_biases() -> None:
+    from models import small_cnn
+
+    model = _lower_and_check(ir.to_proto(small_cnn()), 4, 32, WeightLayout(weight_only=True))
+    assert {"b1", "b2", "b3", "b4"} <= set(model.graph.initializers)
+    assert "QuantizeLinear" not in {n.op_type for n in model.graph}
