@@ -60,7 +60,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, fake_quant_weight, quantize_weight
-from mpqc.passes.lower.layout import WeightLayout, reduction_axis
+from mpqc.passes.lower.layout import WeightLayout, block_axis
 from mpqc.passes.lower.lower_qdq import fusable, output_target
 from mpqc.passes.runtime import session
 from mpqc.passes.target import weight_grid_bits
@@ -354,7 +354,7 @@ def _weight_stack(layer: Layer, index: int, wbits: tuple[int, ...], block: Calla
     scales: list[np.ndarray | None] = []
     for bits in wbits:
         size = block(bits) if index == layer.weight_index else 0
-        axis = reduction_axis(layer) if size else 0
+        axis = block_axis(layer) if size else 0
         candidates.append(fake_quant_weight(array, bits, layer.channel_axis, size, axis or 0))
         scales.append(None if size else quantize_weight(array, bits, layer.channel_axis)[1])
     return np.stack(candidates + [array]), scales

@@ -15,7 +15,11 @@ tensors ``lower-qdq`` writes and the numbers they dequantize to. Three forms exi
   registers instead of into a float copy of the weight. It is an onnxruntime contrib op that other
   runtimes do not load, hence only on request. Small MatMuls qualify too: onnxruntime would fuse
   their DequantizeLinear -> MatMul into MatMulNBits itself, at its default accuracy level 4 (int8
-  activations), so emitting it explicitly at level 1 is what keeps their numbers the evaluator's.
+  activations), so emitting it explicitly at level 1 is what keeps their numbers the evaluator's;
+- **GatherBlockQuantized** (``weight_only``): a Gather over a 2-D table in a 4-bit container
+  becomes onnxruntime's ``com.microsoft.GatherBlockQuantized``, the table INT4 in blocks along the
+  embedding axis: only the rows looked up are dequantized (a DequantizeLinear in front of a Gather
+  would turn the whole table back into floats on every run). 8-bit tables already gather integers.
 
 Blocked weights keep their bias float: an int32 bias at s_x·s_w needs one weight scale per channel.
 """
@@ -27,7 +31,7 @@ import dataclasses
 from mpqc.ir.layers import Layer
 from mpqc.passes.grid import FLOAT_BITS, weight_grid
 
-__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_K", "NBITS_WIDTHS", "WeightLayout", "reduction_axis"]
+__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_K", "NBITS_WIDTHS", "WeightLayout", "block_axis"]
 
 #: Container widths onnxruntime 1.32's MatMulNBits CPU kernel runs (3 bits sit in 4 on a narrow grid).
 NBITS_WIDTHS = (2, 4, 8)
@@ -39,14 +43,17 @@ DEFAULT_NBITS_BLOCK = 32
 _BLOCKED_WIDTHS = (2, 4)
 
 
-def reduction_axis(layer: Layer) -> int | None:
-    """The K axis of a MatMul/Gemm weight (what a block runs along); None for other layers."""
+def block_axis(layer: Layer) -> int | None:
+    """The axis a weight's blocks run along: K of a MatMul/Gemm weight, the embedding axis of a
+    Gather table; None for layers that are never blocked."""
     node = layer.node
     ndim = layer.weight_array().ndim
     if node.op_type == "MatMul":
         return ndim - 2
     if node.op_type == "Gemm":
         return 1 if node.attributes.get_int("transB", 0) else 0
+    if node.op_type == "Gather":
+        return ndim - 1
     return None
 
 
@@ -75,12 +82,19 @@ class WeightLayout:
         shape = layer.weight_array().shape
         return len(shape) == 2 and shape[0] >= NBITS_MIN_K and weight_grid(wbits).width in NBITS_WIDTHS
 
+    def gather_blocked(self, layer: Layer, wbits: int) -> bool:
+        """Whether ``layer`` (a table lookup) lowers to GatherBlockQuantized."""
+        if not self.weight_only or layer.node.op_type != "Gather" or wbits == FLOAT_BITS:
+            return False
+        shape = layer.weight_array().shape
+        return len(shape) == 2 and shape[1] >= NBITS_MIN_K and weight_grid(wbits).width == 4
+
     def block(self, layer: Layer, wbits: int, abits: int) -> int:
-        """Block size along ``reduction_axis(layer)`` of the layer's stored weight; 0 = per channel."""
+        """Block size along ``block_axis(layer)`` of the layer's stored weight; 0 = per channel."""
         if wbits == FLOAT_BITS:
             return 0
-        if self.matmul_nbits(layer, wbits, abits):
+        if self.matmul_nbits(layer, wbits, abits) or self.gather_blocked(layer, wbits):
             return self.nbits_block
-        if self.block_size and reduction_axis(layer) is not None and weight_grid(wbits).width in _BLOCKED_WIDTHS:
+        if self.block_size and layer.node.op_type in ("MatMul", "Gemm") and weight_grid(wbits).width in _BLOCKED_WIDTHS:
             return self.block_size
         return 0

@@ -52,7 +52,7 @@ from mpqc.passes.grid import (
     quantize_weight_blocked,
     weight_grid,
 )
-from mpqc.passes.lower.layout import WeightLayout, reduction_axis
+from mpqc.passes.lower.layout import WeightLayout, block_axis
 from mpqc.passes.lower.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
@@ -127,8 +127,9 @@ class LowerQDQ(Pass):
                 grid_bits = weight_grid_bits(self.context.hw, wbits, abits)
                 if grid_bits != wbits:
                     narrowed.add((wbits, abits, grid_bits))
-                if layout.matmul_nbits(layer, grid_bits, abits):
+                if layout.matmul_nbits(layer, grid_bits, abits) or layout.gather_blocked(layer, grid_bits):
                     model.opset_imports.setdefault("com.microsoft", 1)
+                if layout.matmul_nbits(layer, grid_bits, abits):
                     lowering.matmul_nbits(layer, grid_bits, layout.nbits_block, self.options.accuracy_level)
                     continue
                 lowering.quantize_weight(layer, grid_bits, layout.block(layer, grid_bits, abits))
@@ -211,6 +212,21 @@ def _without_quantized_form(graph: ir.Graph) -> list[dict[str, str]]:
     return found
 
 
+def _replace_node(old: ir.Node, new: ir.Node) -> None:
+    """Put ``new`` where ``old`` was: same name, output name, annotations, uses and graph outputs."""
+    graph = old.graph
+    assert graph is not None
+    graph.insert_before(old, new)
+    before, after = old.outputs[0], new.outputs[0]
+    after.dtype, after.shape = before.dtype, before.shape
+    before.replace_all_uses_with(after, replace_graph_outputs=True)
+    new.name = old.name or ""
+    new.meta.update(old.meta)
+    new.metadata_props.update(old.metadata_props)
+    graph.remove(old, safe=True)
+    after.name, before.name = before.name, None
+
+
 def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
     """The scale of the DequantizeLinear that produces ``value``, or None if it is not one."""
     producer = value.producer() if value is not None else None
@@ -282,8 +298,11 @@ class _Lowering:
     def quantize_weight(self, layer: Layer, bits: int, block: int = 0) -> None:
         """The layer's weight (and an RNN's recurrence weight) as ``bits``-bit integers behind a DequantizeLinear.
 
-        ``block`` > 0 quantizes per block of that many elements along K (``layout.reduction_axis``).
+        ``block`` > 0 quantizes per block of that many elements along ``layout.block_axis``.
         """
+        if layer.node.op_type == "Gather" and block:
+            self._gather_block_quantized(layer, bits, block)
+            return
         if layer.node.op_type == "Gather" and weight_grid(bits).width == 8 and len(layer.weight.uses()) == 1:
             self._gather_rows_then_scale(layer, bits)
             return
@@ -303,7 +322,7 @@ class _Lowering:
             grid = weight_grid(bits)
             base = weight.name or layer.name
             if block:
-                axis = reduction_axis(layer)
+                axis = block_axis(layer)
                 assert axis is not None
                 q, scales = quantize_weight_blocked(array, bits, axis, block)
             else:
@@ -353,17 +372,21 @@ class _Lowering:
         b_value = self.weights[key][0]
         width = weight_grid(bits).width
         attributes = {"K": k, "N": n, "bits": width, "block_size": block, "accuracy_level": accuracy_level}
-        fused = ir.node("MatMulNBits", [node.inputs[0], b_value, self.nbits_scales[key]], attributes, domain="com.microsoft")
-        graph.insert_before(node, fused)
-        old = node.outputs[0]
-        new = fused.outputs[0]
-        new.dtype, new.shape = old.dtype, old.shape
-        old.replace_all_uses_with(new, replace_graph_outputs=True)
-        fused.name = node.name or ""
-        fused.meta.update(node.meta)
-        fused.metadata_props.update(node.metadata_props)
-        graph.remove(node, safe=True)
-        new.name, old.name = old.name, None
+        _replace_node(node, ir.node("MatMulNBits", [node.inputs[0], b_value, self.nbits_scales[key]], attributes, domain="com.microsoft"))
+        self._drop_if_unused(weight)
+
+    def _gather_block_quantized(self, layer: Layer, bits: int, block: int) -> None:
+        """Replace a table lookup by onnxruntime's GatherBlockQuantized over the INT4 table in blocks
+        along the embedding axis (zero point 0, the default for a signed table)."""
+        node, weight = layer.node, layer.weight
+        graph = node.graph
+        assert graph is not None
+        levels, scales = quantize_weight_blocked(layer.weight_array(), bits, 1, block)
+        base = weight.name or layer.name
+        q_value = self._constant(f"{base}.w{bits}", levels, weight_grid(bits).container, graph)
+        s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
+        attributes = {"gather_axis": 0, "quantize_axis": 1, "block_size": block, "bits": weight_grid(bits).width}
+        _replace_node(node, ir.node("GatherBlockQuantized", [q_value, node.inputs[1], s_value], attributes, domain="com.microsoft"))
         self._drop_if_unused(weight)
 
     def _gather_rows_then_scale(self, layer: Layer, bits: int) -> None:

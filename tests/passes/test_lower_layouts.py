@@ -61,9 +61,11 @@ def _written(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for g in graphs for v in g.initializers.values() if v.const_value is not None)
 
 
-def _lower_and_check(proto: onnx.ModelProto, wbits: int, abits: int, layout: WeightLayout, **extra: object) -> ir.Model:
+def _lower_and_check(
+    proto: onnx.ModelProto, wbits: int, abits: int, layout: WeightLayout, samples: list[dict[str, np.ndarray]] | None = None, **extra: object
+) -> ir.Model:
     """Lower ``proto`` uniformly and check checker, evaluator == lowered model, footprint == written bytes."""
-    samples = random_inputs(proto, 3, batch=2)
+    samples = samples or random_inputs(proto, 3, batch=2)
     model, context = _calibrated(proto, samples)
     layers = quantizable_layers(model.graph)
     owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
@@ -159,6 +161,28 @@ def test_accuracy_level_is_passed_through() -> None:
     assert {n.attributes.get_int("accuracy_level") for n in model.graph if n.op_type == "MatMulNBits"} == {4}
     reference = run_ort(_transformer(), samples[0])[0]
     assert np.abs(run_ort(model, samples[0])[0] - reference).max() < 0.1 * np.abs(reference).max()
+
+
+EMBEDDING = """
+<ir_version: 10, opset_import: ["" : 17]>
+embed (int64[N,7] ids) => (float[N,7,32] y) {
+  e = Gather(table, ids)
+  y = MatMul(e, w)
+}
+"""
+
+
+@pytest.mark.parametrize(("wbits", "lookup"), [(4, "GatherBlockQuantized"), (3, "GatherBlockQuantized"), (8, "Gather")])
+def test_weight_only_tables_gather_only_the_rows_they_need(wbits: int, lookup: str) -> None:
+    proto = build(EMBEDDING, {"table": (100, 64), "w": (64, 32)})
+    rng = np.random.default_rng(0)
+    samples = [{"ids": rng.integers(0, 100, (2, 7))} for _ in range(3)]
+    model = _lower_and_check(proto, wbits, 32, WeightLayout(weight_only=True), samples)
+    ops = [n.op_type for n in model.graph]
+    assert ops[0] == lookup and "MatMulNBits" in ops
+    assert not any(n.op_type == "DequantizeLinear" and n.inputs[0].is_initializer() for n in model.graph)  # no whole-table DQ
+    if lookup == "GatherBlockQuantized":
+        assert model.graph.initializers["table.w%d" % wbits].dtype == ir.DataType.INT4
 
 
 # --- per-block weights in the QDQ path ------------------------------------------------------------
