@@ -15,8 +15,8 @@ A layer not at its cheapest candidate gets one reason:
   one a budget-greedy search would also keep; one below it was kept by the strategy's own
   trade-off (a knapsack's granularity, an exact evaluation that disagreed with the proxy);
 - ``spec has no cheaper pair``: it is at its own cheapest candidate, but other layers could go lower;
-- left float by another pass (no quantized form, inside a ``Loop`` body, ...): the pass writes
-  ``{layer, reason}`` entries into a list in the ``mpqc.report`` annotation, copied here as they are.
+- left float (no quantized form, inside a ``Loop`` body, ...): ``lower-qdq`` lists ``{layer, reason}``
+  entries under ``left_float`` in the ``mpqc.report`` annotation, copied here as they are.
 """
 
 from __future__ import annotations
@@ -166,9 +166,9 @@ class Explainer:
 
 
 def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
-    """Layer name -> (op, 'wXaY' or 'float') from the ``mpqc.bits`` of the emitted model's nodes."""
+    """Layer name -> (op, 'wXaY' or 'float') from the ``mpqc.bits`` of the emitted model's nodes, bodies included."""
     bits = {}
-    for node in model.graph:
+    for node in (node for graph in (model.graph, *model.graph.subgraphs()) for node in graph):
         chosen = annotations.BITS.get(node)
         if chosen is not None:
             w, a = int(chosen["w"]), int(chosen["a"])
@@ -177,15 +177,8 @@ def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
 
 
 def left_float(report: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``{layer, reason}`` entries other passes put into the ``mpqc.report`` annotation, in order.
-
-    Any list of such entries counts: the passes that leave layers float own their keys.
-    """
-    found = []
-    for value in report.values():
-        if isinstance(value, list):
-            found += [entry for entry in value if isinstance(entry, dict) and {"layer", "reason"} <= entry.keys()]
-    return found
+    """The ``{layer, reason}`` entries ``lower-qdq`` lists in ``mpqc.report``'s ``left_float``."""
+    return list(report.get("left_float") or [])
 
 
 def explain(model: ir.Model, searched: _Searched | None, report: Mapping[str, Any]) -> Explanation:
