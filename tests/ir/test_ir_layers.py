@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from models import all_layers, small_cnn
 from mpqc import ir as mir
@@ -41,3 +42,42 @@ def test_data_flow_edges_follow_values() -> None:
     edges = {(ops[a], ops[b]) for a, b in flow.edges}
     assert ("Relu", "Add") in edges and ("Conv", "Add") in edges and ("Flatten", "Gemm") in edges
     assert flow.number_of_edges() == 10
+
+
+def test_recurrent_layers_carry_their_recurrence_weight() -> None:
+    from models import build
+
+    text = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    rnn (float[5,1,8] x, float[1,18,6] rg_in) => (float[5,1,1,6] y, float[5,1,1,6] g) {
+      y = LSTM <hidden_size=6> (x, w, r)
+      g = GRU <hidden_size=6> (x, wg, rg_in)
+    }
+    """
+    proto = build(text, {"w": (1, 24, 8), "r": (1, 24, 6), "wg": (1, 18, 8)})
+    lstm, gru = mir.quantizable_layers(ir.from_proto(proto).graph)
+    assert (lstm.weight_index, lstm.channel_axis, lstm.other_weight_indices) == (1, 1, (2,))
+    assert gru.other_weight_indices == ()  # its R is computed at run time: only W is a constant weight
+
+
+def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -> None:
+    import onnx
+
+    text = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    outer (float[2,4] x, bool c) => (float[2,3] y) {
+      y = If (c) <
+        then_branch = t () => (float[2,3] a) { a = MatMul(x, w) },
+        else_branch = e () => (float[2,3] b) {
+          b = If (c) < then_branch = t2 () => (float[2,3] d) { d = MatMul(x, w) }, else_branch = e2 () => (float[2,3] f) { f = Gemm(x, w) } >
+        }
+      >
+    }
+    """
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w"))
+    graph = ir.from_proto(proto).graph
+    assert mir.quantizable_layers(graph) == []
+    inner = mir.quantizable_layers(graph, subgraphs=True)
+    assert [(layer.name, layer.host.outputs[0].name) for layer in inner] == [("a", "y"), ("d", "y"), ("f", "y")]
+    assert all(layer.in_subgraph for layer in inner)
