@@ -197,39 +197,56 @@ def explain_row(row: dict[str, Any], report: Path, analysis: Analysis | None) ->
 
 
 def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategies: Sequence[str],
-              budgets: Sequence[float], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every recipe of ``mode`` on one model; returns the model's results entry."""
+              budgets: Sequence[float], recover_for: Sequence[str], save: Callable[[dict[str, Any]], None],
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every recipe of ``mode`` on one model; ``save`` gets the results entry after every row (a long run
+    that is stopped keeps what it measured). ``recover_for`` names the strategies that also run +recover."""
     bench = Bench.prepare(model, sizes, mode.repeats, runs=f"suite-{mode.name}")
     notes: list[str] = []
-    rows = [bench.run(FLOAT, log)]
+    rows: list[dict[str, Any]] = []
+
+    def entry() -> dict[str, Any]:
+        table = bench.table(rows)
+        table.update(mode=mode.name, hw=HW, analysis_s=analysis.seconds if analysis else None, notes=notes,
+                     analysis_pipeline=ANALYSIS.format(samples=mode.sens_samples))
+        return table
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        save(entry())
+
+    analysis: Analysis | None = None
+    add(bench.run(FLOAT, log))
     ort_names = list(mode.ort_recipes)
     if mode.name != "smoke" and has_matmul(bench.float_model):
         ort_names.append("ort-matmul-nbits4")
     elif mode.name != "smoke":
         notes.append("ort-matmul-nbits4 not run: the model has no MatMul")
-    rows += [bench.run(RECIPES[name], log) for name in ort_names]
+    for name in ort_names:
+        add(bench.run(RECIPES[name], log))
     anchor = next(r for r in rows if r["recipe"] == SIZE_ANCHOR)
     try:
-        analysis: Analysis | None = analyse(bench, mode)
+        analysis = analyse(bench, mode)
         log(f"[{model.name}] analysis {analysis.seconds:.1f} s")
+        rows[0]["predicted"] = analysis.predicted({})  # the float row: every layer at the cost table's float
     except Exception as exc:  # noqa: BLE001 - the failure becomes every search row's reason
-        analysis = None
         analysis_error = f"analysis failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     report = bench.workdir / "mpqc-w8a8.report.json"
     w8a8 = cli_recipe("mpqc-w8a8", None, ["--hw", HW, "--uniform", "w8a8"], report, mode.timeout_s,
                       f"mpqc --hw {HW} --uniform w8a8")
-    rows.append(bench.run(w8a8, log))
-    explain_row(rows[-1], report, analysis)
-    with_recover = (False, True) if recover_available() else (False,)
+    row = bench.run(w8a8, log)
+    explain_row(row, report, analysis)
+    add(row)
     if not recover_available():
+        recover_for = ()
         notes.append("+recover rows not run: the `recover` pass is not registered in this mpqc")
     for strategy in strategies:
         for factor in budgets:
-            for recover in with_recover:
+            for recover in (False, True) if strategy in recover_for else (False,):
                 name = f"mpqc-{strategy}@{factor:g}x" + ("+recover" if recover else "")
                 if analysis is None or "error" in anchor:
                     reason = analysis_error if analysis is None else f"no budget: {SIZE_ANCHOR} failed"
-                    rows.append({"recipe": name, "description": "", "error": reason})
+                    add({"recipe": name, "description": "", "error": reason})
                     continue
                 budget_mb = anchor["size_mb"] * factor
                 pipeline = search_pipeline(strategy, recover, mode)
@@ -243,13 +260,8 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
                     row["search_s"] = row["quantize_s"]
                     row["quantize_s"] += analysis.seconds
                 explain_row(row, report, analysis)
-                rows.append(row)
-    entry = bench.table(rows)
-    entry.update(mode=mode.name, hw=HW, analysis_s=analysis.seconds if analysis else None, notes=notes,
-                 analysis_pipeline=ANALYSIS.format(samples=mode.sens_samples))
-    if analysis is not None:
-        entry["predicted_float"] = analysis.predicted({})
-    return entry
+                add(row)
+    return entry()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -260,6 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", help=f"comma-separated subset of {','.join(registry.MODELS)}")
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
     parser.add_argument("--budgets", help="fractions of onnxruntime u8s8's size, e.g. 1,0.5")
+    parser.add_argument("--recover-for", help="strategies that also run with recover (default: every one run)")
     parser.add_argument("--n-eval", type=int, help="evaluation samples (default: the model's, or quick's)")
     parser.add_argument("--n-calib", type=int, help="calibration samples (default: the model's, or quick's)")
     parser.add_argument("--repeats", type=int, help="latency repeats")
@@ -285,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else list(mode.budgets)
     out = args.out or (cache_dir() / "smoke" if args.smoke else RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
+    recover_for = args.recover_for.split(",") if args.recover_for is not None else strategies
     for model in chosen:
-        sizes = TaskSizes(args.n_eval or model.sizes.n_eval, args.n_calib or model.sizes.n_calib, args.seed)
-        if mode.quick_data:
-            sizes = sizes.quick() if not (args.n_eval or args.n_calib) else sizes
-        entry = run_model(model, mode, sizes, strategies, budgets, log=lambda line: print(line, flush=True))
-        result = {"environment": environment(), "model": model.name, **entry}
-        (out / f"{model.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        sizes = model.sizes.quick() if mode.quick_data else model.sizes
+        sizes = TaskSizes(args.n_eval or sizes.n_eval, args.n_calib or sizes.n_calib, args.seed)
+
+        def save(entry: dict[str, Any], path: Path = out / f"{model.name}.json") -> None:
+            path.write_text(json.dumps({"environment": environment(), "model": path.stem, **entry}, indent=1) + "\n")
+
+        run_model(model, mode, sizes, strategies, budgets, recover_for, save, log=lambda line: print(line, flush=True))
     if not (args.smoke or args.no_render):
         from bench.report import render_results
 
