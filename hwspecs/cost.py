@@ -6,19 +6,32 @@ at lower bits (BitFusion, BISMO, VNNI int8), and a memory-bound layer (depthwise
 MatMuls) only through the bytes it moves — HAQ's observation that edge and cloud accelerators want
 different policies falls out of exactly this.
 
-Per layer, for weight bits ``w`` and activation bits ``a`` (``None`` = float):
+Per layer, for weight bits ``w`` and activation bits ``a`` (``None`` = float), priced as mpqc's
+lowering emits it (``passes/lower/lower_qdq.py``):
 
-* ``latency = max(MACs / throughput(w, a), bytes / bandwidth(level)) + overheads`` where ``level`` is the
-  nearest memory level the layer's working set (weights + input + output) fits in, and the overheads are
-  the op's own fixed/per-element cost plus, for a quantized layer, a QuantizeLinear on its input and a
-  DequantizeLinear on its output (a quantized island in a float graph, which is how mpqc lowers: Add,
-  Softmax and friends stay float).  An *emulated* pair also unpacks its weights on every run (stored low-bit,
-  widened to the kernel's type: ``weight_unpack`` per element) and, when the kernel is float,
-  dequantizes its input.
-* ``energy = MACs · energy_per_mac(w, a) + bytes · energy_per_byte(level)`` (Q/DQ energy is ignored).
-* bytes are *stored* bytes: weights in the ONNX container the lowering writes (INT2, INT4, INT8, INT16;
+* ``latency = max(MACs / rate(w, a), bytes / bandwidth(level)) + overheads``, where ``rate`` is the
+  pair's throughput (its ``depthwise_throughput`` for a depthwise conv) and ``level`` is the nearest
+  memory level the layer's working set (weights + input + output) fits in.
+* Overheads: the op's own fixed/per-element cost; for a quantized input, a QuantizeLinear (after a
+  float Clip when the grid is narrower than its container: 5-7-bit activations) unless the input comes
+  straight from another integer layer (``LayerDesc.input_from_layer``), and a DequantizeLinear of it
+  when the kernel that runs is a float one; for an integer kernel, a DequantizeLinear of its output
+  unless only integer layers read it (``output_to_layers``).  The island assumption at a boundary:
+  a layer whose neighbours stay float pays for both conversions.  A float kernel behind a uint8
+  QuantizeLinear also pays for the data-movement ops right before it (``LayerDesc.input_ops``) running
+  on uint8 (the spec's ``MaxPool(uint8)`` overhead) instead of float.
+* An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
+  ``weight_unpack`` per weight element.
+* The activations after the layer (``LayerDesc.epilogue``) are free when the kernel that runs fuses
+  them (``spec.fused_activations``), else they cost their own op's overhead per output element.
+* A table lookup (Gather) moves the rows it reads, not the table: a float or integer table costs its
+  output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run.
+* ``energy = MACs · energy_per_mac(w, a) + bytes · energy_per_byte(level)`` (conversions ignored).
+* bytes are *stored* bytes (``Cost.weight_bytes``, ``act_bytes``): weights in the ONNX container the lowering writes (INT2, INT4, INT8, INT16;
   3-bit lives in INT4, etc., DESIGN.md) rounded up per tensor, plus one float32 scale per output channel,
-  plus the bias (float32 or int32: 4 bytes each); activations likewise per element.
+  plus the bias (float32 or int32: 4 bytes each); activations likewise per element.  The roofline
+  moves the same bytes, except on a chip that packs operands at exactly their bit-width
+  (``spec.packed_operands``: bit-serial BISMO keeps 6-bit values as 6 bit-planes).
 * ``BOPs = MACs · w · a`` with float counted as 32 × 32.
 
 Everything is additive over layers, which the ILP/knapsack strategies rely on.
@@ -73,6 +86,21 @@ class LayerDesc:
     depthwise: bool = False
     c_in: int | None = None
     c_out: int | None = None
+    epilogue: tuple[str, ...] = ()
+    """Op types of the activations that follow the layer on its output (Relu, HardSwish...)."""
+    input_from_layer: bool = False
+    """The activation input comes from another quantizable layer through ops that stay integer (Relu,
+    MaxPool, Concat...): in a run of integer layers it arrives already quantized."""
+    output_to_layers: bool = False
+    """Only quantizable layers (through integer-preserving ops) read the output."""
+    input_ops: tuple[str, ...] = ()
+    """Data-movement ops (MaxPool, Reshape...) right before the activation input, read only by this layer:
+    onnxruntime moves a uint8 QuantizeLinear above them (QDQ propagation), so they run on uint8."""
+
+    @property
+    def lookup(self) -> bool:
+        """A table lookup (Gather): it reads rows of its weight and multiplies nothing."""
+        return self.op_type == "Gather"
 
     def __post_init__(self) -> None:
         for field_name in ("macs", "weight_params", "input_elems", "output_elems", "bias_params"):
@@ -122,9 +150,9 @@ class CostModel:
         precision = self.spec.precision(wbits, abits, act_signed)
         weight_bytes = self.weight_bytes(desc, wbits)
         act_bytes = self.act_bytes(desc, abits)
-        moved = weight_bytes + act_bytes
+        moved = self.moved_bytes(desc, wbits, abits)
         level = self.spec.memory_level_for(moved)
-        compute_s = desc.macs / precision.throughput
+        compute_s = desc.macs / precision.rate(desc.depthwise)
         memory_s = moved / level.bandwidth
         return Cost(
             latency_s=max(compute_s, memory_s) + self._overhead_s(desc, precision),
@@ -136,19 +164,63 @@ class CostModel:
             native=precision.native,
         )
 
+    def moved_bytes(self, desc: LayerDesc, wbits: int | None, abits: int | None) -> int:
+        """Bytes one run moves: all weights and activations (at exactly their bits on a chip that packs
+        operands), but only the gathered rows of a table."""
+        if desc.lookup:
+            return 2 * tensor_bytes(desc.output_elems, wbits)
+        weight_bytes = self.weight_bytes(desc, wbits)
+        if self.spec.packed_operands and wbits is not None and abits is not None:
+            weights = math.ceil(desc.weight_params * wbits / 8) + weight_bytes - tensor_bytes(desc.weight_params, wbits)
+            return weights + math.ceil((desc.input_elems + desc.output_elems) * abits / 8)
+        return weight_bytes + self.act_bytes(desc, abits)
+
     def _overhead_s(self, desc: LayerDesc, precision: Precision) -> float:
         spec = self.spec
         seconds = spec.overhead(desc.op_type).time(desc.output_elems)
+        if desc.lookup:
+            return seconds + self._lookup_s(desc, precision)
+        kernel = "integer" if precision.integer_kernel else "float"
+        seconds += sum(spec.overhead(op).time(desc.output_elems) for op in desc.epilogue if not spec.fuses(kernel, op))
         if precision.is_float:
             return seconds
         quantize, dequantize = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
-        seconds += quantize.time(desc.input_elems) + dequantize.time(desc.output_elems)
+        if not (precision.integer_kernel and desc.input_from_layer):
+            seconds += quantize.time(desc.input_elems)
+            if precision.abits is not None and container_bits(precision.abits) > precision.abits:
+                seconds += spec.overhead("Clip").time(desc.input_elems)
+        if not precision.integer_kernel:
+            seconds += dequantize.time(desc.input_elems)
+            if precision.abits is not None and container_bits(precision.abits) == 8:
+                seconds += sum(self._uint8_extra_s(op, desc.input_elems) for op in desc.input_ops)
+        elif not desc.output_to_layers:
+            seconds += dequantize.time(desc.output_elems)
         if not precision.native:
-            unpack = dequantize.per_element if precision.weight_unpack is None else precision.weight_unpack
-            seconds += unpack * desc.weight_params
-            if precision.emulated_abits is None:
-                seconds += dequantize.time(desc.input_elems)
+            seconds += self._unpack_s(precision) * desc.weight_params
         return seconds
+
+    def _uint8_extra_s(self, op: str, elements: int) -> float:
+        """What running ``op`` on uint8 costs over running it in float (already in the model's fixed part):
+        outside an integer kernel's NHWC region onnxruntime runs it in NCHW, where MaxPool on uint8 is a
+        slow generic loop.  Zero when the spec has no ``op(uint8)`` overhead."""
+        integer = self.spec.overheads.get(f"{op}(uint8)")
+        if integer is None:
+            return 0.0
+        return integer.time(elements) - self.spec.overhead(op).time(elements)
+
+    def _unpack_s(self, precision: Precision) -> float:
+        dequantize = self.spec.overhead("DequantizeLinear")
+        return dequantize.per_element if precision.weight_unpack is None else precision.weight_unpack
+
+    def _lookup_s(self, desc: LayerDesc, precision: Precision) -> float:
+        """A quantized table: integer rows are gathered then dequantized (and scaled per row); an
+        emulated table is dequantized whole before the lookup, on every run."""
+        if precision.is_float:
+            return 0.0
+        dequantize = self.spec.overhead("DequantizeLinear")
+        if precision.native:
+            return dequantize.time(desc.output_elems) + self.spec.overhead("Mul").time(desc.output_elems)
+        return dequantize.time(desc.weight_params)
 
     def reference_cost(self, desc: LayerDesc) -> Cost:
         """Cost in the spec's reference configuration (float if the chip runs float, else w8a8),

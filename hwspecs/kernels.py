@@ -32,20 +32,28 @@ OPSET = 21
 KernelPrecision = Literal["float", "u8s8", "s8s8", "u16s8", "u8s4"]
 """Activation type and weight type of a kernel: ``u8s8`` = uint8 activations x int8 weights."""
 
+FUSED: frozenset[KernelPrecision] = frozenset({"u8s8", "s8s8"})
+"""Kernel precisions onnxruntime runs as integer kernels (8-bit activations and weights)."""
+
 _ACT_TYPE = {"u8s8": TensorProto.UINT8, "s8s8": TensorProto.INT8, "u16s8": TensorProto.UINT16, "u8s4": TensorProto.UINT8}
 _WEIGHT_TYPE = {"u8s8": (TensorProto.INT8, 127), "s8s8": (TensorProto.INT8, 127), "u16s8": (TensorProto.INT8, 127), "u8s4": (TensorProto.INT4, 7)}
 
 
 @dataclass(frozen=True)
 class Kernel:
-    """One micro-kernel shape: ``Conv`` on [1, c_in, size, size] with a k x k kernel and "same" padding,
-    or ``MatMul`` [size, c_in] x [c_in, c_out] (``kernel`` unused)."""
+    """One micro-kernel shape: ``Conv`` on [1, c_in, size, size] with a k x k kernel, ``groups`` groups
+    and "same" padding, or ``MatMul`` [size, c_in] x [c_in, c_out] (``kernel`` and ``groups`` unused)."""
 
     op_type: Literal["Conv", "MatMul"]
     c_in: int
     c_out: int
     size: int
     kernel: int = 3
+    groups: int = 1
+
+    @property
+    def depthwise(self) -> bool:
+        return self.op_type == "Conv" and self.groups > 1 and self.groups == self.c_in
 
     @property
     def input_shape(self) -> list[int]:
@@ -56,7 +64,7 @@ class Kernel:
     @property
     def weight_shape(self) -> list[int]:
         if self.op_type == "Conv":
-            return [self.c_out, self.c_in, self.kernel, self.kernel]
+            return [self.c_out, self.c_in // self.groups, self.kernel, self.kernel]
         return [self.c_in, self.c_out]
 
     @property
@@ -80,12 +88,13 @@ class Kernel:
     @property
     def macs(self) -> int:
         if self.op_type == "Conv":
-            return self.output_elems * self.c_in * self.kernel * self.kernel
+            return self.output_elems * (self.c_in // self.groups) * self.kernel * self.kernel
         return self.size * self.c_in * self.c_out
 
     def label(self) -> str:
         if self.op_type == "Conv":
-            return f"Conv{self.kernel}x{self.kernel} {self.c_in}->{self.c_out} @{self.size}x{self.size}"
+            kind = " depthwise" if self.depthwise else ""
+            return f"Conv{self.kernel}x{self.kernel}{kind} {self.c_in}->{self.c_out} @{self.size}x{self.size}"
         return f"MatMul {self.size}x{self.c_in}x{self.c_out}"
 
 
@@ -93,7 +102,7 @@ def _layer(kernel: Kernel, precision: KernelPrecision, prefix: str, src: str, ds
            rng: np.random.Generator) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes and initializers of one layer ``src -> dst``: the float op, or mpqc's QDQ pattern around it."""
     weight = rng.standard_normal(kernel.weight_shape).astype(np.float32) * 0.05
-    attrs = {"pads": [kernel.kernel // 2] * 4} if kernel.op_type == "Conv" else {}
+    attrs = {"pads": [kernel.kernel // 2] * 4, "group": kernel.groups} if kernel.op_type == "Conv" else {}
     if precision == "float":
         init = numpy_helper.from_array(weight, f"{prefix}w")
         return [helper.make_node(kernel.op_type, [src, f"{prefix}w"], [dst], **attrs)], [init]
@@ -113,14 +122,19 @@ def _layer(kernel: Kernel, precision: KernelPrecision, prefix: str, src: str, ds
         helper.make_tensor(f"{p}a_zp", act_type, [], [zero_point]),
     ]
     activation = [f"{p}a_scale", f"{p}a_zp"]
+    # Like mpqc's lowering, only the pairs onnxruntime fuses into an integer kernel get an output quantizer.
+    output = f"{p}y_f" if precision in FUSED else dst
     nodes = [
         helper.make_node("QuantizeLinear", [src, *activation], [f"{p}x_q"]),
         helper.make_node("DequantizeLinear", [f"{p}x_q", *activation], [f"{p}x_dq"]),
         helper.make_node("DequantizeLinear", [f"{p}w_q", f"{p}w_scale"], [f"{p}w"], axis=channel_axis),
-        helper.make_node(kernel.op_type, [f"{p}x_dq", f"{p}w"], [f"{p}y_f"], **attrs),
-        helper.make_node("QuantizeLinear", [f"{p}y_f", *activation], [f"{p}y_q"]),
-        helper.make_node("DequantizeLinear", [f"{p}y_q", *activation], [dst]),
+        helper.make_node(kernel.op_type, [f"{p}x_dq", f"{p}w"], [output], **attrs),
     ]
+    if precision in FUSED:
+        nodes += [
+            helper.make_node("QuantizeLinear", [output, *activation], [f"{p}y_q"]),
+            helper.make_node("DequantizeLinear", [f"{p}y_q", *activation], [dst]),
+        ]
     return nodes, inits
 
 
@@ -164,13 +178,39 @@ def build_convert_model(elements: int, op: Literal["QuantizeLinear", "Dequantize
     return model
 
 
-def _session(model: onnx.ModelProto, threads: int) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+ELEMENTWISE = ("Clip", "HardSwish", "Sigmoid", "Mul", "Add")
+"""Float ops the cost model charges per element: the narrow-grid Clip, activations an integer kernel
+does not fuse, and the scale multiply of gathered embedding rows."""
+
+
+def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
+    """One float elementwise op over ``elements`` values (binary ops take a constant second operand)."""
+    extra = {"Clip": [numpy_helper.from_array(np.array(-1.0, np.float32), "lo"), numpy_helper.from_array(np.array(1.0, np.float32), "hi")],
+             "Mul": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
+             "Add": [numpy_helper.from_array(np.array(0.5, np.float32), "c")]}.get(op, [])
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", *(t.name for t in extra)], ["y"])],
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [elements])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])],
+        extra,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    return model
+
+
+def _session(model: onnx.ModelProto | bytes, threads: int,
+             feeds: dict[str, np.ndarray] | None) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    serialized = model if isinstance(model, bytes) else model.SerializeToString()
+    session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    if feeds is not None:
+        return session, feeds
     feed_info = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in feed_info.shape]
     rng = np.random.default_rng(0)
@@ -181,25 +221,27 @@ def _session(model: onnx.ModelProto, threads: int) -> tuple[ort.InferenceSession
     return session, {feed_info.name: feed}
 
 
-def time_models(models: list[onnx.ModelProto], threads: int, min_seconds: float, warmup: int = 3) -> list[float]:
+def time_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
+                feeds: dict[str, np.ndarray] | None = None) -> list[float]:
     """Median seconds of one run of each model on onnxruntime's CPU provider, measured interleaved.
 
     Runs go round-robin over the models until ``min_seconds`` per model have passed (at least 5, at
     most 2000 rounds), so a burst of load from another process slows every model alike instead of
     whichever one happened to be running: on a shared machine that, not the repeat count, is what keeps
-    the ranking of the measured models stable.
+    the ranking of the measured models stable.  ``feeds`` are the inputs every model runs on (the
+    models must share their inputs); without them each model gets a seeded random first input.
     """
-    sessions = [_session(model, threads) for model in models]
-    for session, feeds in sessions:
+    sessions = [_session(model, threads, feeds) for model in models]
+    for session, inputs in sessions:
         for _ in range(warmup):
-            session.run(None, feeds)
+            session.run(None, inputs)
     samples: list[list[float]] = [[] for _ in sessions]
     deadline = time.perf_counter() + min_seconds * len(sessions)
     rounds = 0
     while rounds < 5 or (time.perf_counter() < deadline and rounds < 2000):
-        for index, (session, feeds) in enumerate(sessions):
+        for index, (session, inputs) in enumerate(sessions):
             start = time.perf_counter()
-            session.run(None, feeds)
+            session.run(None, inputs)
             samples[index].append(time.perf_counter() - start)
         rounds += 1
     return [statistics.median(s) for s in samples]
@@ -234,4 +276,4 @@ def layer_desc(kernel: Kernel, name: str) -> LayerDesc:
     return LayerDesc(name, kernel.op_type, macs=kernel.macs, weight_params=kernel.weight_params,
                      input_elems=kernel.input_elems, output_elems=kernel.output_elems,
                      kernel=(kernel.kernel, kernel.kernel) if kernel.op_type == "Conv" else None,
-                     c_in=kernel.c_in, c_out=kernel.c_out)
+                     groups=kernel.groups, depthwise=kernel.depthwise, c_in=kernel.c_in, c_out=kernel.c_out)

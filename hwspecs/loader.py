@@ -242,6 +242,10 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             emulated_as=None if target is None else target.key,
             emulated_abits=None if target is None else target.abits,
             weight_unpack=units.to_base(entry["weight_unpack"], "time") if "weight_unpack" in entry else None,
+            depthwise_throughput=(
+                _positive(path, f"{field}.depthwise_throughput", units.to_base(entry["depthwise_throughput"], "throughput"))
+                if "depthwise_throughput" in entry else (None if target is None else target.depthwise_throughput)
+            ),
             weight_grid_bits=_grid_bits(path, field, entry, wbits),
         )
         return built[key]
@@ -297,6 +301,9 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
         ops=MappingProxyType({op: tuple(_instruction(i) for i in items) for op, items in doc.get("ops", {}).items()}),
         bit_scaling=bit_scaling,
         threads=doc.get("threads"),
+        packed_operands=bool(doc.get("packed_operands", False)),
+        session_overhead=units.to_base(doc.get("session_overhead", 0), "time"),
+        fused_activations=MappingProxyType({kind: frozenset(ops) for kind, ops in doc.get("fused_activations", {}).items()}),
     )
 
 

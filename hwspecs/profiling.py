@@ -17,6 +17,7 @@ into the spec's provenance (also for the base spec, for comparison).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -35,11 +36,13 @@ from mpqc.hwspecs.cost import CostModel
 from mpqc.hwspecs.errors import SpecError
 from mpqc.hwspecs.fitting import Fit, Sample, fit_line, fit_roofline
 from mpqc.hwspecs.kernels import (
+    ELEMENTWISE,
     KERNEL_PAIR,
     Kernel,
     KernelPrecision,
     build_chain,
     build_convert_model,
+    build_elementwise_model,
     build_identity_model,
     build_model,
     layer_desc,
@@ -72,10 +75,12 @@ def base_for_machine(machine: str | None = None) -> str:
 
 def compute_kernels(quick: bool) -> list[Kernel]:
     """Compute-bound shapes (millions of MACs, small working sets) plus tiny ones that expose the per-op cost."""
-    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1)]
+    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1),
+               Kernel("Conv", 64, 64, 56, groups=64)]
     if not quick:
         kernels += [Kernel("Conv", 128, 128, 14), Kernel("Conv", 32, 32, 56), Kernel("Conv", 128, 128, 28, kernel=1),
-                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16)]
+                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16),
+                    Kernel("Conv", 128, 128, 28, groups=128), Kernel("Conv", 256, 256, 14, groups=256)]
     return kernels
 
 
@@ -111,11 +116,13 @@ class RankingCheck:
 
 
 def predicted_latency(spec: HardwareSpec, layers: list[tuple[Kernel, KernelPrecision]]) -> float:
+    """The cost model's latency of a chain built by ``build_chain``: one call, layer after layer."""
     model = CostModel(spec)
-    total = 0.0
+    total = spec.session_overhead
     for index, (kernel, precision) in enumerate(layers):
         wbits, abits, signed = KERNEL_PAIR[precision]
-        total += model.layer_cost(layer_desc(kernel, f"l{index}"), wbits, abits, act_signed=signed).latency_s
+        desc = dataclasses.replace(layer_desc(kernel, f"l{index}"), input_from_layer=index > 0, output_to_layers=index < len(layers) - 1)
+        total += model.layer_cost(desc, wbits, abits, act_signed=signed).latency_s
     return total
 
 
@@ -148,26 +155,34 @@ def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = l
     conversions: dict[str, Overhead] = {}
     sizes = [1_000, 300_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     for op in ("QuantizeLinear", "DequantizeLinear"):
-        fixed, per_element = fit_line(sizes, time_models([build_convert_model(n, op) for n in sizes], 1, min_seconds))
+        fixed, per_element = fit_line(sizes, [time_model(build_convert_model(n, op), 1, min_seconds) for n in sizes])
         conversions[op] = Overhead(max(fixed - run_s, 0.0), per_element)
         log(f"{op}: {conversions[op].fixed * 1e6:.2f} us + {per_element * 1e9:.3f} ns/element")
+    elementwise: dict[str, Overhead] = {}
+    for op in ELEMENTWISE:
+        fixed, per_element = fit_line(sizes, [time_model(build_elementwise_model(n, op), 1, min_seconds) for n in sizes])
+        elementwise[op] = Overhead(max(fixed - run_s, 0.0), per_element)
+        log(f"{op}: {elementwise[op].fixed * 1e6:.2f} us + {per_element * 1e9:.3f} ns/element")
 
     precisions = [p for p in MEASURED if _role(base_spec, p) is not None]
     capacities = [level.capacity for level in base_spec.memory]
     if quick:  # the unbounded level needs a working set several times the last cache: slow to build
         capacities = [c for c in capacities if c != float("inf")]
-    jobs = [(k, p) for k in compute_kernels(quick) for p in precisions]
-    jobs += [(k, p) for k in memory_kernels(capacities) for p in ("float", "u8s8")]
+    shapes = [(k, precisions) for k in compute_kernels(quick)]
+    shapes += [(k, ("float", "u8s8")) for k in memory_kernels(capacities)]
     measurements = []
     for count in sorted({1, threads}):
-        times = time_models([build_model(kernel, precision) for kernel, precision in jobs], count, min_seconds)
-        for (kernel, precision), seconds in zip(jobs, times):
-            measurements.append(Measurement(kernel, precision, count, seconds))
-            log(f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us")
+        # One shape's precisions take turns (load hits them alike); shapes are timed one after another,
+        # so a 64 MiB matrix-vector product does not evict a tiny kernel's cache between its runs.
+        for kernel, kinds in shapes:
+            times = time_models([build_model(kernel, precision) for precision in kinds], count, min_seconds)
+            for precision, seconds in zip(kinds, times):
+                measurements.append(Measurement(kernel, precision, count, seconds))
+                log(f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us")
 
     fits = {count: _fit(base_spec, conversions, run_s, [m for m in measurements if m.threads == count])
             for count in sorted({1, threads})}
-    document = _document(base, threads, quick, fits[threads], conversions)
+    document = _document(base, threads, quick, fits[threads], run_s, {**conversions, **elementwise})
     fitted = spec_from_document(deep_merge(resolve(locate(base)), document))
     checks = {name: ranking_check(spec, threads, min_seconds) for name, spec in (("fitted", fitted), (base, base_spec))}
     for name, check in checks.items():
@@ -178,6 +193,7 @@ def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = l
         "machine": f"{platform.machine()}, {_cpu_name()}",
         "seconds_per_kernel": min_seconds,
         "session_call_us": round(run_s * 1e6, 3),
+        "elementwise_ns_per_element": {op: round(o.per_element * 1e9, 4) for op, o in elementwise.items()},
         "fits": {f"threads_{count}": _fit_record(fit) for count, fit in fits.items()},
         "ranking_spearman": {name: round(check.spearman, 4) for name, check in checks.items()},
         "measurements_us": [f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}" for m in measurements],
@@ -211,6 +227,8 @@ def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float
         wbits, abits, _ = KERNEL_PAIR[m.precision]
         kernel_key, unpack = _role(base_spec, m.precision)  # type: ignore[misc]
         desc = layer_desc(m.kernel, "k")
+        if desc.depthwise:
+            kernel_key += DEPTHWISE
         moved = model.weight_bytes(desc, wbits) + model.act_bytes(desc, abits)
         samples.append(Sample(
             seconds=m.seconds, macs=desc.macs, moved_bytes=moved, weight_params=desc.weight_params,
@@ -224,24 +242,35 @@ def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float
     return fit_roofline(
         samples,
         prior_overhead=base_spec.overhead("Conv").fixed,
-        prior_throughput={s.kernel: base_spec.precisions[s.kernel].throughput for s in samples},
+        prior_throughput={s.kernel: _prior_rate(base_spec, s.kernel) for s in samples},
         prior_unpack=prior_unpack,
         prior_bandwidth={level.name: level.bandwidth for level in base_spec.memory},
     )
 
 
+DEPTHWISE = "/depthwise"
+"""Suffix of the fit's throughput key for a pair's depthwise convolutions."""
+
+
+def _prior_rate(spec: HardwareSpec, key: str) -> float:
+    precision = spec.precisions[key.removesuffix(DEPTHWISE)]
+    return precision.rate(depthwise=key.endswith(DEPTHWISE))
+
+
 def _conversion_s(conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool) -> float:
-    """The Q/DQ time ``CostModel`` charges a quantized layer (Q on its input, DQ on its output, and for a
-    pair emulated in float a DQ of its input too), from the measured conversion overheads."""
+    """The Q/DQ time ``CostModel`` charges a one-layer island: Q on its input, then DQ on its output
+    for an integer kernel, or DQ of its input for a pair emulated in float."""
     if precision == "float":
         return 0.0
     quantize, dequantize = conversions["QuantizeLinear"], conversions["DequantizeLinear"]
-    seconds = quantize.time(kernel.input_elems) + dequantize.time(kernel.output_elems)
-    return seconds + (dequantize.time(kernel.input_elems) if emulated else 0.0)
+    return quantize.time(kernel.input_elems) + dequantize.time(kernel.input_elems if emulated else kernel.output_elems)
 
 
-def _document(base: str, threads: int, quick: bool, fit: Fit, conversions: dict[str, Overhead]) -> dict[str, Any]:
-    precisions: dict[str, dict[str, str]] = {key: {"throughput": format_quantity(t, "throughput")} for key, t in fit.throughput.items()}
+def _document(base: str, threads: int, quick: bool, fit: Fit, run_s: float, overheads: dict[str, Overhead]) -> dict[str, Any]:
+    precisions: dict[str, dict[str, str]] = {}
+    for key, rate in sorted(fit.throughput.items()):
+        field = "depthwise_throughput" if key.endswith(DEPTHWISE) else "throughput"
+        precisions.setdefault(key.removesuffix(DEPTHWISE), {})[field] = format_quantity(rate, "throughput")
     for key, unpack in fit.unpack.items():
         precisions.setdefault(key, {})["weight_unpack"] = format_quantity(unpack, "time")
     return {
@@ -252,12 +281,13 @@ def _document(base: str, threads: int, quick: bool, fit: Fit, conversions: dict[
             f"measured; energy, capacities, bit-widths and the op table inherited from {base}."
         ),
         "threads": threads,
+        "session_overhead": format_quantity(run_s, "time"),
         "precisions": precisions,
         "memory": {level: {"bandwidth": format_quantity(b, "bandwidth")} for level, b in fit.bandwidth.items()},
         "overheads": {
             "default": {"fixed": format_quantity(fit.overhead, "time")},
             **{op: {"fixed": format_quantity(o.fixed, "time"), "per_element": format_quantity(o.per_element, "time")}
-               for op, o in conversions.items()},
+               for op, o in overheads.items()},
         },
     }
 

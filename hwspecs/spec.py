@@ -63,6 +63,10 @@ class Precision:
     weight_unpack: float | None = None
     """Seconds per weight element an emulated pair spends unpacking stored weights on every run;
     None means the spec's DequantizeLinear per-element overhead."""
+    depthwise_throughput: float | None = None
+    """Multiply-accumulates per second of depthwise convolutions (one input channel per group), when the
+    kernel runs them far below ``throughput``: each weight is reused only across a k x k window, so SIMD
+    GEMM kernels do not apply.  None: the same as ``throughput``."""
     weight_grid_bits: int | None = None
     """The widest weight grid the pair's kernel computes exactly, when narrower than ``wbits``: x86
     CPUs without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of
@@ -71,6 +75,15 @@ class Precision:
     @property
     def native(self) -> bool:
         return self.emulated_as is None
+
+    @property
+    def integer_kernel(self) -> bool:
+        """Whether the kernel that runs is an integer one (native, or emulated in a wider integer pair)."""
+        return not self.is_float and (self.native or self.emulated_abits is not None)
+
+    def rate(self, depthwise: bool) -> float:
+        """MACs per second for a layer of this kind."""
+        return self.depthwise_throughput if depthwise and self.depthwise_throughput is not None else self.throughput
 
     @property
     def is_float(self) -> bool:
@@ -160,6 +173,16 @@ class HardwareSpec:
     ops: Mapping[str, tuple[Instruction, ...]] = field(default_factory=lambda: MappingProxyType({}))
     bit_scaling: BitScaling | None = None
     threads: int | None = None
+    packed_operands: bool = False
+    """Operands are stored and moved at exactly their bit-width (bit-serial or bit-fused datapaths), not in
+    the ONNX container of the written model (INT8 for 5-7 bits, INT4 for 3)."""
+    session_overhead: float = 0.0
+    """Seconds one inference call costs besides its ops (the runtime's own bookkeeping)."""
+    fused_activations: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    """Kernel kind ('float' or 'integer') -> activation op types a kernel of that kind applies in its own
+    output loop, at no cost.  onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float Conv;
+    an integer kernel absorbs only Relu (its output quantizer clips at zero), so the others run as
+    separate float ops on the dequantized output."""
 
     # -- precisions -------------------------------------------------------------------------------
 
@@ -233,6 +256,10 @@ class HardwareSpec:
             if working_set_bytes <= level.capacity:
                 return level
         return self.memory[-1]
+
+    def fuses(self, kernel_kind: str, op_type: str) -> bool:
+        """Does a ``kernel_kind`` ('float' or 'integer') kernel apply activation ``op_type`` for free?"""
+        return op_type in self.fused_activations.get(kernel_kind, frozenset())
 
     def overhead(self, op_type: str) -> Overhead:
         return self.overheads.get(op_type, self.overheads.get("default", NO_OVERHEAD))

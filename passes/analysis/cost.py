@@ -4,19 +4,27 @@ For every quantizable layer and every (weight bits, activation bits) the spec ru
 with the user's ``--wbits/--abits`` — it records latency, energy and BOPs from the spec's roofline
 cost model and the bytes ``lower-qdq`` will write (``passes/lower/footprint.py``) in ``mpqc.cost``,
 plus the float cost. Model totals (``mpqc.cost.total``)
-add what stays float: every other initializer's bytes and every other op's fixed overhead, so a size
-budget like ``0.25x`` is a fraction of the whole written model, not of the layers alone.
+add what stays float: every other initializer's bytes, every other op's overhead and the runtime's
+per-call cost, so a size budget like ``0.25x`` is a fraction of the whole written model, not of the
+layers alone, and a latency total is what one inference takes.
+
+The cost model prices a layer as the lowering emits it, which depends on its neighbours; this pass
+reads them off the graph (``_Neighbourhood``): the activations right after a layer (free inside a
+float kernel, separate float ops after an integer one), whether its input arrives from another
+integer layer and whether only integer layers read its output (then no Quantize/DequantizeLinear
+runs between them: onnxruntime keeps the tensor in uint8 through Relu, MaxPool, Concat, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import onnx_ir as ir
 
-from mpqc.hwspecs import CostModel, UnsupportedPrecisionError
+from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisionError
 from mpqc.ir import annotations
-from mpqc.ir.layers import quantizable_layers
+from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.analysis.describe import describe, static_shapes
 from mpqc.passes.base import Pass, PassError
 from mpqc.passes.lower.footprint import FLOAT_BITS, stored_bytes
@@ -55,7 +63,8 @@ class CostAnalysis(Pass):
         if not layers:
             raise PassError("the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, ...)")
         shapes = static_shapes(model, self.context)
-        described = [(layer, describe(layer, shapes)) for layer in layers]
+        neighbourhood = _Neighbourhood(layers, spec)
+        described = [(layer, neighbourhood.describe(layer, shapes)) for layer in layers]
         model_cost = CostModel(spec)
         pairs = spec.supported_pairs(self.context.wbits, self.context.abits)
         if not pairs:
@@ -80,7 +89,7 @@ class CostAnalysis(Pass):
             ref = entry(*spec.reference_pair)
             for key in reference:
                 reference[key] += float(ref[key])  # type: ignore[arg-type]
-        fixed = _fixed_costs(model, layers, shapes, spec)
+        fixed = _fixed_costs(model, neighbourhood, shapes, spec)
         totals = {key: reference[key] + fixed.get(key, 0.0) for key in reference}
         annotations.MODEL_COST.set(
             model,
@@ -95,14 +104,91 @@ class CostAnalysis(Pass):
         return ir.passes.PassResult(model, modified=False)
 
 
-def _fixed_costs(model: ir.Model, layers, shapes, spec) -> dict[str, float]:
-    """Bytes and latency of everything no search changes: other tensors, other ops."""
-    layer_nodes = {id(layer.node) for layer in layers}
+#: Ops onnxruntime runs on uint8 tensors between two integer kernels when the spec has an integer
+#: instruction for them (QDQ propagation); Relu disappears into the zero point of the quantizer.
+_PASS_THROUGH = frozenset({"MaxPool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+
+
+class _Neighbourhood:
+    """What the cost model needs to know about a layer's surroundings (see the module docstring)."""
+
+    def __init__(self, layers: list[Layer], spec: HardwareSpec) -> None:
+        self.spec = spec
+        self.layer_nodes = {id(layer.node): layer for layer in layers}
+        self.activations = spec.fused_activations.get("float", frozenset()) | spec.fused_activations.get("integer", frozenset())
+        self.epilogue_nodes: set[int] = set()
+
+    def describe(self, layer: Layer, shapes) -> LayerDesc:
+        epilogue = self._epilogue(layer.node)
+        self.epilogue_nodes.update(id(node) for node in epilogue)
+        return dataclasses.replace(
+            describe(layer, shapes),
+            epilogue=tuple(node.op_type for node in epilogue),
+            input_from_layer=layer.activation is not None and self._from_layer(layer.activation),
+            output_to_layers=self._to_layers(layer.node.outputs[0]),
+            input_ops=tuple(node.op_type for node in self._input_ops(layer)),
+        )
+
+    def _input_ops(self, layer: Layer) -> list[ir.Node]:
+        """Data-movement ops right before the layer's activation input that feed only it, nearest last."""
+        ops: list[ir.Node] = []
+        value = layer.activation
+        while value is not None and len(value.uses()) == 1 and not value.is_graph_output():
+            producer = value.producer()
+            if producer is None or producer.op_type not in _PASS_THROUGH or not self.spec.runs_integer(producer.op_type):
+                break
+            ops.insert(0, producer)
+            value = producer.inputs[0]
+        return ops
+
+    def _passes_integer(self, node: ir.Node) -> bool:
+        return node.op_type == "Relu" or (node.op_type in _PASS_THROUGH and self.spec.runs_integer(node.op_type))
+
+    def _epilogue(self, node: ir.Node) -> list[ir.Node]:
+        """The chain of activations that only the layer feeds, in order."""
+        chain = []
+        value = node.outputs[0]
+        while len(value.uses()) == 1 and not value.is_graph_output():
+            user = value.uses()[0].node
+            if user.op_type not in self.activations or id(user) in self.layer_nodes:
+                break
+            chain.append(user)
+            value = user.outputs[0]
+        return chain
+
+    def _from_layer(self, value: ir.Value) -> bool:
+        producer = value.producer()
+        if producer is None:
+            return False
+        if id(producer) in self.layer_nodes:
+            return True
+        if not self._passes_integer(producer):
+            return False
+        data = [v for v in producer.inputs if v is not None and v.const_value is None]
+        return bool(data) and all(self._from_layer(v) for v in data)
+
+    def _to_layers(self, value: ir.Value) -> bool:
+        if value.is_graph_output() or not value.uses():
+            return False
+        for use in value.uses():
+            layer = self.layer_nodes.get(id(use.node))
+            if layer is not None:
+                if use.idx != layer.activation_index:
+                    return False
+            elif not (self._passes_integer(use.node) and all(self._to_layers(out) for out in use.node.outputs)):
+                return False
+        return True
+
+
+def _fixed_costs(model: ir.Model, neighbourhood: _Neighbourhood, shapes, spec: HardwareSpec) -> dict[str, float]:
+    """Bytes and latency of everything no search changes: other tensors, other ops, the call itself."""
+    layers = list(neighbourhood.layer_nodes.values())
     owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
     size = sum(v.const_value.nbytes for name, v in model.graph.initializers.items() if name not in owned and v.const_value is not None)
-    latency = 0.0
+    latency = spec.session_overhead
+    priced = neighbourhood.layer_nodes.keys() | neighbourhood.epilogue_nodes
     for node in model.graph:
-        if id(node) in layer_nodes or not node.outputs:
+        if id(node) in priced or not node.outputs:
             continue
         latency += spec.overhead(node.op_type).time(math.prod(shapes.get(node.outputs[0].name, (0,))))
     return {"size": float(size), "latency_s": latency}

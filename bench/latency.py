@@ -1,0 +1,276 @@
+"""``python -m bench.latency``: does the cost pass predict what onnxruntime measures?
+
+For each model (the embedded digits CNN, ``light_*`` architectures, real models from ``bench.models``)
+a set of configurations is lowered with mpqc — float, uniform w8a8 / w4a8 / w8a16 / w2a8, seeded random
+per-layer mixes, and what the ILP search picks under size and latency budgets — and each one is
+
+* *predicted*: the cost pass's total, ``mpqc.cost.total.fixed.latency_s`` plus the chosen entry's
+  ``latency_s`` of every layer (exactly the sum the search minimizes), for the bundled spec of this
+  CPU and for a spec ``mpqc-hw profile`` fitted here;
+* *measured*: onnxruntime's CPU provider, one intra-op thread, full graph optimization, the median of
+  interleaved repeats after warm-up (``mpqc.hwspecs.kernels.time_models``): the configurations of one
+  model take turns, so a burst of load from another process slows them alike.
+
+Reported per model and pooled: Spearman's rank correlation of predicted against measured, and the mean
+relative error ``|predicted - measured| / measured``.  The machine's load average before and after is
+recorded next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from scipy.stats import spearmanr
+
+from mpqc import hwspecs
+from mpqc import ir as mir
+from mpqc.hwspecs.kernels import time_models
+from mpqc.ir import annotations
+from mpqc.passes import CompileContext, load_calibration
+from mpqc.passes.lower.lower_qdq import FLOAT_BITS
+from mpqc.pipeline import Pipeline
+
+Inputs = dict[str, np.ndarray]
+Pair = tuple[int, int]
+FLOAT: Pair = (FLOAT_BITS, FLOAT_BITS)
+
+#: Uniform configurations every model is measured in (float is the rest of each mix).
+UNIFORM: dict[str, Pair] = {"float": FLOAT, "w8a8": (8, 8), "w4a8": (4, 8), "w8a16": (8, 16), "w2a8": (2, 8)}
+#: What a random mix draws from, per layer.
+MIX_CHOICES: tuple[Pair, ...] = (FLOAT, (8, 8), (4, 8), (8, 16))
+#: Budgets the ILP search is run under (objective, budget): the configurations a user would get.
+SEARCH_BUDGETS: tuple[tuple[str, str], ...] = (("size", "0.2x"), ("size", "0.16x"), ("latency", "0.75x"))
+DEFAULT_CASES = ("digits", "squeezenet", "shufflenet", "orientation", "minilm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A float model, calibration samples, and the input latency is timed on (the cost pass sizes
+    symbolic dims from the first calibration sample, so that is the one timed)."""
+
+    name: str
+    model: onnx.ModelProto
+    calibration: list[Inputs]
+
+    @property
+    def feed(self) -> Inputs:
+        return self.calibration[0]
+
+
+def digits_case() -> Case:
+    from mpqc import examples
+
+    return Case("digits", onnx.load(str(examples.digits_model_path())), examples.digits_calibration()[:32])
+
+
+def light_case(name: str) -> Case:
+    from bench.uniform import light_case as uniform_light_case
+
+    case = uniform_light_case(name, n_calib=8, n_eval=1)
+    return Case(case.name, case.model, case.calibration)
+
+
+def real_case(name: str) -> Case:
+    from bench.models import get
+
+    model = get(name)
+    task = model.task(model.sizes.quick())
+    return Case(name, onnx.load(str(model.float_path())), list(task.calibration_inputs)[:8])
+
+
+def make_case(name: str) -> Case:
+    from bench.light import LIGHT_MODELS
+    from bench.models import MODELS
+
+    if name == "digits":
+        return digits_case()
+    if name in LIGHT_MODELS:
+        return light_case(name)
+    if name in MODELS:
+        return real_case(name)
+    raise SystemExit(f"bench.latency: unknown model {name!r}; choose digits, {', '.join(LIGHT_MODELS)}, {', '.join(MODELS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    bits: dict[str, Pair]
+    """Layer name -> (weight bits, activation bits); FLOAT_BITS for float."""
+
+
+def _context(case: Case, spec: hwspecs.HardwareSpec) -> CompileContext:
+    context = CompileContext(hw=spec, wbits=spec.weight_bits, abits=spec.act_bits)
+    data = load_calibration(case.calibration)
+    context.calibration, context.held_out = data, data
+    return context
+
+
+def analyse(case: Case, spec: hwspecs.HardwareSpec) -> ir.Model:
+    """The canonicalized, calibrated model with the cost pass's annotations for ``spec``."""
+    model = mir.load(case.model)
+    Pipeline("canonicalize,calibrate,cost", _context(case, spec)).run_ir(model)
+    return model
+
+
+def layer_names(analysed: ir.Model) -> list[str]:
+    return [layer.name for layer in mir.quantizable_layers(analysed.graph) if annotations.COST.has(layer.node)]
+
+
+def _key(pair: Pair) -> str:
+    return "float" if pair == FLOAT else f"w{pair[0]}a{pair[1]}"
+
+
+def predict(costed: ir.Model, config: Config) -> float:
+    """The cost pass's total latency of ``config``: fixed part plus each layer's chosen entry."""
+    total = float(annotations.MODEL_COST.get(costed)["fixed"]["latency_s"])
+    for layer in mir.quantizable_layers(costed.graph):
+        table = annotations.COST.get(layer.node)
+        if table is not None:
+            total += float(table[_key(config.bits.get(layer.name, FLOAT))]["latency_s"])
+    return total
+
+
+def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str) -> Config:
+    """The configuration the ILP search picks (data-free weight-error damage) under one budget."""
+    context = _context(case, spec)
+    context.wbits, context.abits = (8, 4, 2), (8,)
+    context.constraints = {objective: budget}
+    model = mir.load(case.model)
+    Pipeline("canonicalize,calibrate,sensitivity-weight-error,cost,search{strategy=ilp,metric=weight-error}", context).run_ir(model)
+    bits = {}
+    for layer in mir.quantizable_layers(model.graph):
+        chosen = annotations.BITS.get(layer.node)
+        if chosen is not None:
+            bits[layer.name] = (int(chosen["w"]), int(chosen["a"]))
+    return Config(f"ilp {objective}<={budget}", bits)
+
+
+def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, mixes: int, seed: int) -> list[Config]:
+    names = layer_names(analysed)
+    configs = [Config(name, {layer: pair for layer in names}) for name, pair in UNIFORM.items()]
+    rng = np.random.default_rng([seed, sum(map(ord, case.name))])
+    for index in range(mixes):
+        draws = rng.integers(0, len(MIX_CHOICES), len(names))
+        configs.append(Config(f"mix{index}", {layer: MIX_CHOICES[d] for layer, d in zip(names, draws)}))
+    for objective, budget in SEARCH_BUDGETS:
+        try:
+            configs.append(searched(case, spec, objective, budget))
+        except Exception as exc:  # an infeasible budget is a finding, not a crash: note it and go on
+            print(f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+    return configs
+
+
+def lower(analysed: ir.Model, case: Case, spec: hwspecs.HardwareSpec, config: Config) -> bytes:
+    # A serialized copy, not ``clone()``: onnx_ir's clone shares value types with the original, so
+    # lowering one clone retyped the original's embedding rows (MiniLM's int8 Gather output).
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(analysed))
+    for layer in mir.quantizable_layers(model.graph):
+        pair = config.bits.get(layer.name, FLOAT)
+        annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
+    Pipeline("lower-qdq", _context(case, spec)).run_ir(model)
+    return ir.to_proto(model).SerializeToString()
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    model: str
+    config: str
+    measured_s: float
+    predicted_s: dict[str, float]
+
+
+def run_case(case: Case, specs: dict[str, hwspecs.HardwareSpec], lowering_spec: str, mixes: int, seed: int,
+             min_seconds: float, log: Callable[[str], None]) -> list[Row]:
+    analysed = {label: analyse(case, spec) for label, spec in specs.items()}
+    base = analysed[lowering_spec]
+    configs = configurations(case, base, specs[lowering_spec], mixes, seed)
+    models = [lower(base, case, specs[lowering_spec], config) for config in configs]
+    measured = time_models(models, threads=1, min_seconds=min_seconds, feeds=case.feed)
+    rows = []
+    for config, seconds in zip(configs, measured):
+        row = Row(case.name, config.name, seconds, {label: predict(costed, config) for label, costed in analysed.items()})
+        log(f"  {case.name:12s} {config.name:18s} measured {seconds * 1e3:9.3f} ms  "
+            + "  ".join(f"{label} {p * 1e3:9.3f} ms" for label, p in row.predicted_s.items()))
+        rows.append(row)
+    return rows
+
+
+def score(rows: Sequence[Row], label: str) -> dict[str, float]:
+    """Spearman rho and mean relative error of ``label``'s predictions over ``rows``."""
+    measured = np.array([r.measured_s for r in rows])
+    predicted = np.array([r.predicted_s[label] for r in rows])
+    rho = float(spearmanr(predicted, measured).statistic) if len(rows) > 2 else float("nan")
+    return {"n": len(rows), "spearman": rho, "mean_rel_error": float(np.mean(np.abs(predicted - measured) / measured))}
+
+
+def summary(rows: Sequence[Row], labels: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    models = list(dict.fromkeys(r.model for r in rows))
+    table = {m: {label: score([r for r in rows if r.model == m], label) for label in labels} for m in models}
+    table["pooled"] = {label: score(rows, label) for label in labels}
+    return table
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def profiled_spec(path: pathlib.Path, log: Callable[[str], None]) -> hwspecs.HardwareSpec:
+    """The spec ``mpqc-hw profile`` fits on this machine, profiled once into ``path``."""
+    if not path.exists():
+        from mpqc.hwspecs import profiling
+
+        log(f"profiling this machine into {path} ...")
+        base = profiling.base_for_machine()
+        document = profiling.profile(base, threads=1, quick=False, log=log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profiling.write_spec(document, path, "Written by bench.latency (mpqc-hw profile, 1 thread); see provenance.")
+    return hwspecs.load(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_CASES), help="comma-separated: digits, light_* names, bench.models names")
+    parser.add_argument("--spec", default=None, help="bundled spec to compare (default: this machine's, as mpqc-hw profile picks)")
+    parser.add_argument("--profiled", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "mpqc-bench" / "latency" / "profiled.yaml",
+                        help="fitted spec (profiled here first if missing)")
+    parser.add_argument("--mixes", type=int, default=4, help="random per-layer mixes per model")
+    parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per configuration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=pathlib.Path, help="write every row and the summary here")
+    args = parser.parse_args(argv)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    from mpqc.hwspecs.profiling import base_for_machine
+
+    bundled = args.spec or base_for_machine()
+    specs = {bundled: hwspecs.load(bundled), "profiled": profiled_spec(args.profiled, log)}
+    load_before = load_average()
+    rows: list[Row] = []
+    for name in args.models.split(","):
+        rows += run_case(make_case(name.strip()), specs, bundled, args.mixes, args.seed, args.seconds, log)
+    load_after = load_average()
+    table = summary(rows, list(specs))
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    print(f"| model | n | " + " | ".join(f"{label} ρ | {label} mean rel. err." for label in specs) + " |")
+    print("|---|---|" + "---|---|" * len(specs))
+    for model, scores in table.items():
+        n = next(iter(scores.values()))["n"]
+        cells = " | ".join(f"{s['spearman']:.2f} | {s['mean_rel_error'] * 100:.0f}%" for s in scores.values())
+        print(f"| {model} | {n} | {cells} |")
+    if args.json:
+        args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "summary": table,
+                                         "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

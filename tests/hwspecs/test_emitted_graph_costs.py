@@ -1,0 +1,124 @@
+"""The cost model prices the graph mpqc's lowering emits, term by term: conversions, emulated weights,
+narrow-grid clips, activations a kernel cannot fuse, embedding tables, depthwise convs, packed operands."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mpqc import hwspecs
+from mpqc.hwspecs import CostModel, LayerDesc
+
+CONV = LayerDesc("c", "Conv", macs=28_901_376, weight_params=36_864, input_elems=50_176, output_elems=50_176,
+                 kernel=(3, 3), c_in=64, c_out=64)
+
+
+def roofline(model: CostModel, desc: LayerDesc, wbits: int | None, abits: int | None) -> float:
+    """The roofline part alone: latency minus every overhead term, recomputed from the spec."""
+    spec = model.spec
+    precision = spec.precision(wbits, abits)
+    moved = model.moved_bytes(desc, wbits, abits)
+    return max(desc.macs / precision.rate(desc.depthwise), moved / spec.memory_level_for(moved).bandwidth)
+
+
+def test_emulated_pair_pays_input_conversions_and_weight_unpack_but_no_output_dequantize() -> None:
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
+    w4a8 = spec.precision(4, 8)
+    expected = roofline(model, CONV, 4, 8) + conv.time(CONV.output_elems) + q.time(CONV.input_elems) \
+        + dq.time(CONV.input_elems) + w4a8.weight_unpack * CONV.weight_params
+    assert model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(expected, rel=1e-12)
+
+
+def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
+    """Between two u8 x s8 kernels onnxruntime keeps the tensor in uint8: no Q/DQ runs there."""
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    q, dq = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
+    island = model.layer_cost(CONV, 8, 8).latency_s
+    inside = dataclasses.replace(CONV, input_from_layer=True, output_to_layers=True)
+    assert island - model.layer_cost(inside, 8, 8).latency_s == pytest.approx(q.time(CONV.input_elems) + dq.time(CONV.output_elems))
+    # A float kernel behind DequantizeLinear (int4 weights) converts its input whatever its neighbours are.
+    assert model.layer_cost(inside, 4, 8).latency_s == model.layer_cost(CONV, 4, 8).latency_s
+    assert model.layer_cost(inside, None, None).latency_s == model.layer_cost(CONV, None, None).latency_s
+
+
+def test_activations_are_free_inside_a_float_kernel_and_separate_ops_after_an_integer_one() -> None:
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    hardswish = dataclasses.replace(CONV, epilogue=("HardSwish",))
+    relu = dataclasses.replace(CONV, epilogue=("Relu",))
+    for pair in [(None, None), (4, 8), (8, 16)]:  # float kernels, fused activation
+        assert model.layer_cost(hardswish, *pair).latency_s == model.layer_cost(CONV, *pair).latency_s
+    extra = model.layer_cost(hardswish, 8, 8).latency_s - model.layer_cost(CONV, 8, 8).latency_s
+    assert extra == pytest.approx(spec.overhead("HardSwish").time(CONV.output_elems)) and extra > 0
+    assert model.layer_cost(relu, 8, 8).latency_s == model.layer_cost(CONV, 8, 8).latency_s, "the quantizer clips at zero"
+
+
+def narrow_activation_spec(tmp_path: Path) -> hwspecs.HardwareSpec:
+    document = {
+        "base": "x86_avx2",
+        "description": "x86_avx2 with a 6-bit activation grid, which the lowering clips in float first",
+        "bits": {"weights": [2, 4, 8, 16], "activations": [6, 8, 16]},
+        "precisions": {"w8a6": {"emulated_as": "float", "throughput": "31 GMAC/s", "weight_unpack": "0.5 ns"}},
+    }
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return hwspecs.load(path)
+
+
+def test_a_narrow_activation_grid_pays_its_float_clip_and_runs_the_float_kernel(tmp_path: Path) -> None:
+    spec = narrow_activation_spec(tmp_path)
+    model = CostModel(spec)
+    w8a6, w8a8 = model.layer_cost(CONV, 8, 6), model.layer_cost(CONV, 8, 8)
+    assert not w8a6.native and w8a6.latency_s > w8a8.latency_s
+    clip = spec.overhead("Clip").time(CONV.input_elems)
+    assert clip > 0
+    q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
+    expected = roofline(model, CONV, 8, 6) + conv.time(CONV.output_elems) + clip + q.time(CONV.input_elems) \
+        + dq.time(CONV.input_elems) + 0.5e-9 * CONV.weight_params
+    assert w8a6.latency_s == pytest.approx(expected, rel=1e-12)
+
+
+WORD_TABLE = LayerDesc("words", "Gather", macs=0, weight_params=30522 * 384, input_elems=16, output_elems=16 * 384, c_out=30522)
+
+
+def test_an_emulated_embedding_table_is_dequantized_whole_every_run() -> None:
+    """MiniLM: 4-bit word embeddings behind a DequantizeLinear ran 12x slower than float (bench RESULTS);
+    8-bit rows are gathered as integers and only they are scaled."""
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    floating, w8, w4 = (model.layer_cost(WORD_TABLE, *p) for p in [(None, None), (8, 8), (4, 8)])
+    assert floating.latency_s < 1e-4, "a float lookup reads 16 rows, not the 47 MB table"
+    assert w8.latency_s < 2 * floating.latency_s + 1e-5
+    assert w4.latency_s > 100 * floating.latency_s
+    dq = spec.overhead("DequantizeLinear")
+    assert w4.latency_s >= dq.per_element * WORD_TABLE.weight_params
+
+
+def test_depthwise_convs_run_at_their_own_rate() -> None:
+    spec = hwspecs.load("x86_avx2")
+    float_entry = spec.precision(None, None)
+    assert float_entry.depthwise_throughput is not None and float_entry.depthwise_throughput < float_entry.throughput / 3
+    dense = LayerDesc("d", "Conv", macs=9 * 64 * 3136, weight_params=64 * 64 * 9, input_elems=64 * 3136, output_elems=64 * 3136,
+                      kernel=(3, 3), c_in=64, c_out=64)
+    depthwise = dataclasses.replace(dense, weight_params=64 * 9, groups=64, depthwise=True)
+    model = CostModel(spec)
+    assert model.layer_cost(depthwise, None, None).latency_s > 2 * model.layer_cost(dense, None, None).latency_s
+
+
+def test_bit_serial_chips_move_operands_at_their_bit_width() -> None:
+    """BISMO keeps a 6-bit tensor as 6 bit-planes: a memory-bound layer moves 6/8 of the 8-bit bytes,
+    though the written ONNX model stores both in INT8."""
+    edge = CostModel(hwspecs.load("bismo_edge"))
+    elems = 112 * 112 * 96
+    depthwise = LayerDesc("dw", "Conv", macs=9 * elems, weight_params=9 * 96, input_elems=elems, output_elems=elems,
+                          kernel=(3, 3), groups=96, depthwise=True, c_in=96, c_out=96)
+    w8a8, w6a6 = edge.layer_cost(depthwise, 8, 8), edge.layer_cost(depthwise, 6, 6)
+    assert w8a8.bound == w6a6.bound == "memory"
+    assert w6a6.act_bytes == w8a8.act_bytes, "stored bytes stay in the ONNX container"
+    assert w8a8.latency_s / w6a6.latency_s == pytest.approx(8 / 6, rel=0.01)
