@@ -171,3 +171,55 @@ def test_batched_samples_give_the_same_errors(cnn_setup) -> None:
     for config in ({"c2": (2, 32)}, {"logits": (32, 4)}, {name: (4, 8) for name in evaluator.layers}):
         for measure in ("kl", "mse", "flips"):
             assert batched.error(config, measure) == pytest.approx(evaluator.error(config, measure), rel=1e-4, abs=1e-9)
+
+
+# --- One layer at a time: the prefix runs once, each layer's suffix per configuration ----------------
+
+# Two outputs, one of which ('side') no layer after c2 touches; 'b' reads c1's output and 'c2' reads b.
+TWO_HEADS = """
+<ir_version: 10, opset_import: ["" : 17]>
+two_heads (float[N,4,6,6] x) => (float[N,6,6,6] y, float[N,8,6,6] side) {
+  c1 = Conv <pads=[1,1,1,1]> (x, w1, b1)
+  side = Relu(c1)
+  c2 = Conv <pads=[1,1,1,1]> (side, w2, b2)
+  y = Relu(c2)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_heads_setup() -> tuple[ir.Model, list, Evaluator]:
+    proto = build(TWO_HEADS, {"w1": (8, 4, 3, 3), "b1": (8,), "w2": (6, 8, 3, 3), "b2": (6,)}, seed=4)
+    samples = random_inputs(proto, 4, batch=2)
+    model = _prepared(ir.from_proto(proto), samples)
+    return model, samples, Evaluator(model, samples)
+
+
+@pytest.mark.parametrize("setup", ["cnn_setup", "branchy_setup", "two_heads_setup"])
+def test_one_layer_configurations_run_on_suffixes_with_the_whole_graph_numbers(setup: str, request) -> None:
+    model, samples, evaluator = request.getfixturevalue(setup)
+    configs = [{name: bits} for name in evaluator.layers for bits in ((2, FLOAT_BITS), (8, FLOAT_BITS), (FLOAT_BITS, 4), (8, 8), (4, 8))]
+    configs.append({name: (4, 8) for name in evaluator.layers})  # not one layer: the whole graph runs
+    for measure in ("mse", "kl"):
+        assert evaluator.errors(configs, measure) == [evaluator.error(c, measure) for c in configs]
+    last = evaluator.layers[-1]
+    assert evaluator.layer_errors([(last, [{}, {last: (2, FLOAT_BITS)}])]) [0][0] == 0.0
+
+
+def test_suffix_outputs_equal_lowered_model(two_heads_setup) -> None:
+    model, samples, evaluator = two_heads_setup
+    for config in ({"c2": (4, 8)}, {"c1": (8, 8)}, {"c1": (FLOAT_BITS, 3)}):
+        want = output_error(evaluator.reference, _lowered_outputs(model, config, samples), "mse")
+        assert evaluator.errors([config, config], "mse") == pytest.approx([want, want], rel=1e-5, abs=1e-12)
+
+
+def test_local_workers_give_the_same_errors(cnn_setup, monkeypatch) -> None:
+    import mpqc.passes.evaluator as evaluator_module
+
+    model, samples, inline = cnn_setup
+    configs = [{name: (b, FLOAT_BITS)} for name in inline.layers for b in (2, 4)] + [{name: (4, 8) for name in inline.layers}]
+    monkeypatch.setattr(evaluator_module, "_LOCAL_WORKERS_PAY_AFTER_S", 0.0)
+    monkeypatch.setattr(evaluator_module, "_LAYERS_PER_PREFIX", 2)
+    spread = Evaluator(model, samples)
+    assert spread.errors(configs, "mse") == inline.errors(configs, "mse")
+    assert spread._folder is not None  # the work went to worker processes
