@@ -115,13 +115,25 @@ def size_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path) -> l
 
 
 def speed_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: int) -> dict[str, object]:
-    """mpqc w8a8 against onnxruntime quantize_static u8s8 (the file from ``size_rows``)."""
+    """mpqc w8a8 against onnxruntime quantize_static u8s8 (the file from ``size_rows``).
+
+    onnxruntime leaves LSTM/GRU float; mpqc stores their W and R in int8 behind a DequantizeLinear
+    that runs every inference. Where a model has them, mpqc w8a8 with them float (the layer set
+    onnxruntime quantizes) is timed too.
+    """
     mpqc_path = folder / f"{case.name}.w8a8.onnx"
     ort_path = folder / f"{case.name}.ort-u8s8.onnx"
     ort_static("u8")(QuantizeRequest(case.float_path, case.calibration, folder, ort_path))
     row: dict[str, object] = {"model": case.name}
     for threads in (1, 2):
         row[f"mpqc_vs_ort_{threads}t"] = paired_latency(mpqc_path, ort_path, case.latency_inputs, threads, repeats).vs_reference
+    model, context = analysed(case, spec)
+    layers = quantizable_layers(model.graph)
+    if any(layer.node.op_type in ("LSTM", "GRU") for layer in layers):
+        bits = {layer.name: (32, 32) if layer.node.op_type in ("LSTM", "GRU") else (8, 8) for layer in layers}
+        rnn_float = lower(model, context, bits, "", folder / f"{case.name}.w8a8-rnn-float.onnx")
+        row["mpqc_rnn_float_vs_ort_1t"] = paired_latency(rnn_float, ort_path, case.latency_inputs, 1, repeats).vs_reference
+        row["mpqc_rnn_float_mb"] = file_size_mb(rnn_float)
     row["mpqc_vs_float_1t"] = paired_latency(mpqc_path, case.float_path, case.latency_inputs, 1, repeats).vs_reference
     row["ort_vs_float_1t"] = paired_latency(ort_path, case.float_path, case.latency_inputs, 1, repeats).vs_reference
     row["mb"] = {"mpqc": file_size_mb(mpqc_path), "ort": file_size_mb(ort_path), "float": file_size_mb(case.float_path)}

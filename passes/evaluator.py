@@ -25,7 +25,9 @@ So ``Evaluator.run(config)`` equals what onnxruntime computes for the model ``lo
 same ``mpqc.bits``, executed as written (the tests find identical outputs on uniform, mixed and
 shared-quantizer configurations). Weight layouts follow ``lower-qdq``'s (``layout``: per-block
 weights along K, and MatMulNBits, which at accuracy level 1 computes exactly the float MatMul of the
-block-dequantized weight); an LSTM's/GRU's recurrence weight is stacked and selected with its W. With graph optimizations on, onnxruntime runs 8-bit layers as
+block-dequantized weight, and at level 4 first rounds A to int8 per block of K — simulated by a
+switchable block quantizer on the layer's input, ``_int8_blocks``); an LSTM's/GRU's recurrence
+weight is stacked and selected with its W. With graph optimizations on, onnxruntime runs 8-bit layers as
 integer kernels (QLinearConv...) whose requantization may round an output level differently; on a
 small CNN at w8a8 that moves the logits by up to 0.4% of their range. Each run costs one session
 run per sample (or per batch, see ``batch``). The float outputs are computed once and cached as the
@@ -116,6 +118,8 @@ class _LayerPlan:
     upstream: int | None
     #: The float bias of a Conv/Gemm with a constant 1-D bias (lower-qdq may store it as int32).
     bias: np.ndarray | None
+    #: The switch of the int8 block quantizer MatMulNBits at accuracy level 4 applies to the input.
+    int8_blocks: str | None = None
 
 
 class Evaluator:
@@ -151,6 +155,8 @@ class Evaluator:
         self.fuse_outputs = fuse_outputs
         self.executor = executor
         self.weight_only = layout.weight_only
+        self._layout = layout
+        self._layers = {layer.name: layer for layer in quantizable_layers(model.graph)}
         proto, plans = _build(model, tuple(sorted(set(wbits))), fuse_outputs, layout)
         self._plans = {plan.name: plan for plan in plans}
         self.layers = [plan.name for plan in plans]
@@ -277,6 +283,9 @@ class Evaluator:
             wbits, abits = bits[name]
             feeds[f"{_PREFIX}.{plan.index}.w"] = np.array(self._weight_choice(plan, self._grid_bits.get((wbits, abits), wbits)), np.int64)
             input_scale[plan.index] = self._site_feeds(feeds, plan.input_site, abits)
+            if plan.int8_blocks is not None:
+                grid_wbits = self._grid_bits.get((wbits, abits), wbits)
+                feeds[plan.int8_blocks] = np.array(self._layout.matmul_nbits(self._layers[name], grid_wbits, abits))
             fused = self.fuse_outputs and fusable(wbits, abits)
             output_scale[plan.index] = self._site_feeds(feeds, plan.output_site, abits if fused else FLOAT_BITS)
         for name, plan in self._plans.items():
@@ -660,9 +669,19 @@ def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool, layout: 
                 bias_name = f"{_PREFIX}.{index}.bias"
                 new_inputs.append(helper.make_tensor_value_info(bias_name, TensorProto.FLOAT, list(bias.shape)))
                 renames[(node_index, 2)] = bias_name
+        int8_blocks = None
+        if layout.weight_only and layout.accuracy_level == 4 and layout.matmul_nbits(layer, max(wbits), FLOAT_BITS):
+            assert activation is not None and layer.activation_index is not None
+            int8_blocks = f"{_PREFIX}.{index}.a_int8"
+            source = renames.get((node_index, layer.activation_index), activation.name)
+            k = layer.weight_array().shape[0]
+            before.extend(_int8_blocks(int8_blocks, source, k, layout.nbits_block, _opset(proto)))
+            new_inputs.append(helper.make_tensor_value_info(f"{int8_blocks}.on", TensorProto.BOOL, []))
+            renames[(node_index, layer.activation_index)] = f"{int8_blocks}.y"
+            int8_blocks += ".on"
         output_site = targets[index][1] if index in targets else None
         upstream = feeding.get(activation.name) if activation is not None else None
-        plans.append(_LayerPlan(layer.name, index, wbits, tuple(scales), input_site, output_site, upstream, bias))
+        plans.append(_LayerPlan(layer.name, index, wbits, tuple(scales), input_site, output_site, upstream, bias, int8_blocks))
 
     nodes: list[onnx.NodeProto] = list(inserted_after.get(-1, []))
     for i, node in enumerate(graph.node):
@@ -688,6 +707,66 @@ def _clip_range(value: ir.Value) -> tuple[float, float] | None:
 
 def _is_float(value: ir.Value) -> bool:
     return value.dtype is None or value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _int8_blocks(prefix: str, x: str, k: int, block: int, opset: int) -> list[onnx.NodeProto]:
+    """``y = on ? A rounded as MatMulNBits' accuracy level 4 rounds it : x`` for ``x`` of shape [..., k].
+
+    Per row, per block of ``block`` values along the last axis (the last block zero-padded): scale
+    max|a| / 127, levels a / scale rounded half away from zero (what onnxruntime's kernel does; the
+    tests compare), dequantized. A block of zeros stays zero.
+    """
+    p = prefix
+    padded = -(-k // block) * block
+
+    def node(op: str, inputs: list[str], name: str, **attributes: object) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [f"{p}.{name}"], name=f"{p}.{name}", **attributes)
+
+    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [f"{p}.{name}"], name=f"{p}.{name}", value=numpy_helper.from_array(array, f"{p}.{name}"))
+
+    reduce = (
+        node("ReduceMax", [f"{p}.abs", f"{p}.last"], "amax", keepdims=1)
+        if opset >= 18
+        else node("ReduceMax", [f"{p}.abs"], "amax", axes=[-1], keepdims=1)
+    )
+    return [
+        const("rows", np.array([-1, k], np.int64)),
+        const("padded_rows", np.array([-1, padded], np.int64)),
+        const("blocks", np.array([-1, padded // block, block], np.int64)),
+        const("pads", np.array([0, 0, 0, padded - k], np.int64)),
+        const("last", np.array([-1], np.int64)),
+        const("levels", np.array(127.0, np.float32)),
+        const("half", np.array(0.5, np.float32)),
+        const("zero", np.array(0.0, np.float32)),
+        const("one", np.array(1.0, np.float32)),
+        const("start", np.array([0], np.int64)),
+        const("stop", np.array([k], np.int64)),
+        node("Shape", [x], "shape"),
+        node("Reshape", [x, f"{p}.rows"], "2d"),
+        node("Pad", [f"{p}.2d", f"{p}.pads"], "padded"),
+        node("Reshape", [f"{p}.padded", f"{p}.blocks"], "3d"),
+        node("Abs", [f"{p}.3d"], "abs"),
+        reduce,
+        node("Div", [f"{p}.amax", f"{p}.levels"], "scale"),
+        node("Equal", [f"{p}.scale", f"{p}.zero"], "empty"),
+        node("Where", [f"{p}.empty", f"{p}.one", f"{p}.scale"], "divisor"),
+        node("Div", [f"{p}.3d", f"{p}.divisor"], "ratio"),
+        node("Abs", [f"{p}.ratio"], "magnitude"),
+        node("Add", [f"{p}.magnitude", f"{p}.half"], "shifted"),
+        node("Floor", [f"{p}.shifted"], "rounded"),
+        node("Sign", [f"{p}.ratio"], "sign"),
+        node("Mul", [f"{p}.rounded", f"{p}.sign"], "q"),
+        node("Mul", [f"{p}.q", f"{p}.scale"], "dq"),
+        node("Reshape", [f"{p}.dq", f"{p}.padded_rows"], "dq2d"),
+        node("Slice", [f"{p}.dq2d", f"{p}.start", f"{p}.stop", f"{p}.last"], "cut"),
+        node("Reshape", [f"{p}.cut", f"{p}.shape"], "dqx"),
+        helper.make_node("Where", [f"{p}.on", f"{p}.dqx", x], [f"{p}.y"], name=f"{p}.select"),
+    ]
 
 
 def _site_inputs(prefix: str) -> list[onnx.ValueInfoProto]:

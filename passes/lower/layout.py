@@ -65,11 +65,16 @@ class WeightLayout:
     weight_only: bool = False
     #: Per-block quantization along K for MatMul/Gemm (0: per channel); MatMulNBits' block when set.
     block_size: int = 0
+    #: MatMulNBits' accuracy_level: 1 computes in float32; 4 also quantizes A to int8 per block of K
+    #: (symmetric, scale max|a| / 127, rounded half away from zero), which onnxruntime runs faster.
+    accuracy_level: int = 1
 
     def __post_init__(self) -> None:
         size = self.block_size
         if size and (size < 16 or size & (size - 1)):
             raise ValueError(f"block size {size} must be 0 (per channel) or a power of two of at least 16 (16, 32, 64, 128...)")
+        if self.accuracy_level not in (1, 4):
+            raise ValueError(f"accuracy level {self.accuracy_level} must be 1 (float32, exact) or 4 (int8 activations, faster)")
 
     @property
     def nbits_block(self) -> int:

@@ -88,18 +88,16 @@ class LowerQDQ(Pass):
         fuse_outputs: bool = option(True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels")
         weight_only: bool = option(False, "float activations; large constant MatMuls become onnxruntime's MatMulNBits")
         block_size: int = option(0, "per-block weights along K for MatMul/Gemm (0: per channel; MatMulNBits default 32)")
-        accuracy_level: int = option(1, "MatMulNBits accuracy_level: 1 computes in float32 (exact), 4 quantizes A to int8")
+        accuracy_level: int = option(1, "MatMulNBits accuracy_level: 1 computes in float32, 4 quantizes A to int8 per block (faster)")
 
         def __post_init__(self) -> None:
             if self.uniform:
                 parse_bits(self.uniform)
-            self.layout  # validates block_size
-            if self.accuracy_level not in range(5):
-                raise ValueError(f"accuracy_level {self.accuracy_level} must be 0 to 4 (onnxruntime MatMulNBits)")
+            self.layout  # validates block_size and accuracy_level
 
         @property
         def layout(self) -> WeightLayout:
-            return WeightLayout(self.weight_only, self.block_size)
+            return WeightLayout(self.weight_only, self.block_size, self.accuracy_level)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         left_float = _without_quantized_form(model.graph)
@@ -130,7 +128,7 @@ class LowerQDQ(Pass):
                 if layout.matmul_nbits(layer, grid_bits, abits) or layout.gather_blocked(layer, grid_bits):
                     model.opset_imports.setdefault("com.microsoft", 1)
                 if layout.matmul_nbits(layer, grid_bits, abits):
-                    lowering.matmul_nbits(layer, grid_bits, layout.nbits_block, self.options.accuracy_level)
+                    lowering.matmul_nbits(layer, grid_bits, layout.nbits_block, layout.accuracy_level)
                     continue
                 lowering.quantize_weight(layer, grid_bits, layout.block(layer, grid_bits, abits))
             if abits != FLOAT_BITS and layer.activation is not None:

@@ -73,7 +73,7 @@ def _lower_and_check(
     predicted = fixed + sum(stored_bytes(layer, wbits, abits, layout=layout) for layer in layers)
     evaluator = Evaluator(model, samples, wbits=(wbits,), layout=layout)
     expected = evaluator.run({layer.name: (wbits, abits) for layer in layers})
-    options = {"uniform": f"w{wbits}a{abits}", "weight_only": layout.weight_only, "block_size": layout.block_size, **extra}
+    options = {"uniform": f"w{wbits}a{abits}", "weight_only": layout.weight_only, "block_size": layout.block_size, "accuracy_level": layout.accuracy_level, **extra}
     _lower_pass(context, options)(model)
     proto_out = ir.to_proto(model)
     onnx.checker.check_model(proto_out, full_check=True)
@@ -154,13 +154,17 @@ def test_weight_only_overrides_activation_bits() -> None:
     assert {A.BITS.get(n)["a"] for n in model.graph if A.BITS.has(n)} == {32}
 
 
-def test_accuracy_level_is_passed_through() -> None:
-    samples = random_inputs(_transformer(), 1, batch=2)
-    model, context = _calibrated(_transformer(), samples)
-    _lower_pass(context, {"uniform": "w4a32", "weight_only": True, "accuracy_level": 4})(model)
+@pytest.mark.parametrize("wbits", [4, 8, 2])
+def test_accuracy_level_4_rounds_activations_as_the_evaluator_does(wbits: int) -> None:
+    """Level 4 quantizes A to int8 per block of K inside the kernel; the evaluator simulates it."""
+    proto = build(MIXED_KINDS.replace("float[N,64] x", "float[N,80] x"), {"w1": (80, 32), "w2": (4, 80), "b2": (4,), "w3": (8, 4)})
+    model = _lower_and_check(proto, wbits, 32, WeightLayout(weight_only=True, accuracy_level=4))
     assert {n.attributes.get_int("accuracy_level") for n in model.graph if n.op_type == "MatMulNBits"} == {4}
-    reference = run_ort(_transformer(), samples[0])[0]
-    assert np.abs(run_ort(model, samples[0])[0] - reference).max() < 0.1 * np.abs(reference).max()
+
+
+def test_accuracy_levels_other_than_1_and_4_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be 1 .* or 4"):
+        _lower_pass(CompileContext(), {"weight_only": True, "accuracy_level": 2})
 
 
 EMBEDDING = """
@@ -348,3 +352,13 @@ def test_weight_only_conv_layers_keep_float_biases() -> None:
     model = _lower_and_check(ir.to_proto(small_cnn()), 4, 32, WeightLayout(weight_only=True))
     assert {"b1", "b2", "b3", "b4"} <= set(model.graph.initializers)
     assert "QuantizeLinear" not in {n.op_type for n in model.graph}
+
+
+def test_one_layer_errors_follow_the_int8_blocks_too() -> None:
+    """The evaluator's one-layer-at-a-time path (suffix sessions) sees the same level-4 rounding."""
+    proto = _transformer()
+    samples = random_inputs(proto, 3, batch=2)
+    model, _ = _calibrated(proto, samples)
+    evaluator = Evaluator(model, samples, wbits=(2, 4), layout=WeightLayout(weight_only=True, accuracy_level=4))
+    configs = [{name: (bits, 32)} for name in evaluator.layers for bits in (2, 4)]
+    assert evaluator.errors(configs) == pytest.approx([evaluator.error(config) for config in configs], rel=1e-6)
