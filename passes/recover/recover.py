@@ -23,6 +23,11 @@ model equals the evaluator's simulation of the same configuration, as for any mo
 Sequential observation costs one onnxruntime pass over the samples per *stage*: layers are split into
 ``stages`` consecutive groups, each observed through the already recovered groups before it (its own
 earlier members plainly rounded). ``stages`` at least the number of layers is layer-by-layer GPTQ.
+Bias correction is then empirical (Nagel et al. 2019): a layer observed only behind recovered layers
+corrects the whole shift between its mean output and the float model's, upstream drift included; a
+layer observed behind members of its own stage corrects only its own rounding's shift, since those
+members correct theirs (correcting both would count the upstream shift twice — measured: it broke
+PP-LCNet).
 
 Measured (bench/recover.py, bench/RESULTS.md §6): sequential inputs beat float inputs, and recovery
 turns 4-bit-weight models from several points below float into within about a point of it. So the
@@ -36,10 +41,13 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import networkx as nx
 import numpy as np
 import onnx_ir as ir
+from threadpoolctl import threadpool_limits
 
 from mpqc.ir import annotations
+from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.data import CalibrationData
@@ -122,7 +130,10 @@ class Recover(Pass):
             self.context.note(f"recover: no layer has weights of {self.options.max_bits} bits or fewer to recover")
             return ir.passes.PassResult(model, modified=False)
         samples = list(data)[: self.options.samples]
-        outcomes = self._recover(model, config, chosen, samples)
+        # One BLAS thread, like the onnxruntime sessions (passes/runtime.py): the same bytes on any
+        # machine, and on a shared one a multi-threaded Cholesky waits on busy cores (measured 30x slower).
+        with threadpool_limits(1, user_api="blas"):
+            outcomes = self._recover(model, config, chosen, samples)
         self._report(model, outcomes)
         return ir.passes.PassResult(model, modified=True)
 
@@ -146,13 +157,21 @@ class Recover(Pass):
         if not sequential:
             return [recover_layer(model.graph, t, reference[t.name], reference[t.name].mean, self.options) for t in chosen]
         order = {layer.name: i for i, layer in enumerate(quantizable_layers(model.graph))}
+        flow = data_flow(model.graph)
+        position = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
         outcomes = []
         for stage in np.array_split(np.arange(len(chosen)), min(self.options.stages, len(chosen))):
             members = [chosen[i] for i in stage]
             last = order[members[-1].name]
             upstream = {name: bits for name, bits in config.items() if order.get(name, last + 1) <= last}
             seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw)
-            outcomes += [recover_layer(model.graph, t, seen[t.name], reference[t.name].mean, self.options) for t in members]
+            in_stage = {position[id(t.view.layer.node)] for t in members}
+            for t in members:
+                # A layer observed behind members of its own stage saw their plain, uncorrected outputs;
+                # those members correct their own shift, so it corrects only its own (no double count).
+                behind_member = bool(nx.ancestors(flow, position[id(t.view.layer.node)]) & in_stage)
+                target_mean = seen[t.name].mean if behind_member else reference[t.name].mean
+                outcomes.append(recover_layer(model.graph, t, seen[t.name], target_mean, self.options))
         return outcomes
 
     def _report(self, model: ir.Model, outcomes: list[Outcome]) -> None:
@@ -195,8 +214,12 @@ def targets(model: ir.Model, config: Config, hw: object, max_bits: int) -> tuple
     return chosen, skipped
 
 
-def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, reference_mean: np.ndarray, options: Recover.Options) -> Outcome:
-    """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring)."""
+def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, target_mean: np.ndarray, options: Recover.Options) -> Outcome:
+    """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring).
+
+    ``seen`` are the statistics of the inputs the layer will see; bias correction makes its mean
+    output on them equal the float layer's mean output on inputs of mean ``target_mean``.
+    """
     view, bits = target.view, target.grid_bits
     layer = view.layer
     weight = layer.weight_array()
@@ -223,6 +246,6 @@ def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, refere
         slot = bias_slot(layer, view.out_channels)
         if isinstance(slot, str):
             return dataclasses.replace(outcome, note=f"bias not corrected: {slot}")
-        shift = np.einsum("grc,gc->gr", matrix, reference_mean) - np.einsum("grc,gc->gr", new_matrix, seen.mean)
+        shift = np.einsum("grc,gc->gr", matrix, target_mean) - np.einsum("grc,gc->gr", new_matrix, seen.mean)
         slot.shift(graph, shift.reshape(-1), f"{layer.name}.bias")
     return outcome
