@@ -1,7 +1,7 @@
 """``python -m bench.lowering``: does the lowered model deliver what the search priced? (RESULTS.md §7)
 
 (a) Size. For uniform w8a8, w4a8, w2a8, a seeded per-layer mix of the three, and weight-only 4-bit
-(MatMulNBits, block 32), the size the search optimizes — the cost pass's per-layer ``size`` entries
+(MatMulNBits, block 32, accuracy level 4), the size the search optimizes — the cost pass's per-layer ``size`` entries
 (``passes/lower/footprint.stored_bytes``) plus the bytes of every other constant — against the
 tensor bytes ``lower-qdq`` writes and the file on disk (tensors plus the graph's protobuf).
 
@@ -154,7 +154,7 @@ def weight_only_rows(spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: 
     bits = {layer.name: ((4, 32) if layer.node.op_type == "MatMul" else (32, 32)) for layer in quantizable_layers(model.graph)}
     assert set(bits) == set(names)
     paths = {
-        "mpqc-nbits4-acc1": lower(model, context, bits, "weight_only=true", folder / "minilm.nbits.acc1.onnx"),
+        "mpqc-nbits4-acc1": lower(model, context, bits, "weight_only=true,accuracy_level=1", folder / "minilm.nbits.acc1.onnx"),
         "mpqc-nbits4-acc4": lower(model, context, bits, "weight_only=true,accuracy_level=4", folder / "minilm.nbits.acc4.onnx"),
         "ort-nbits4": folder / "minilm.ort-nbits.onnx",
     }

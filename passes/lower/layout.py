@@ -65,9 +65,10 @@ class WeightLayout:
     weight_only: bool = False
     #: Per-block quantization along K for MatMul/Gemm (0: per channel); MatMulNBits' block when set.
     block_size: int = 0
-    #: MatMulNBits' accuracy_level: 1 computes in float32; 4 also quantizes A to int8 per block of K
-    #: (symmetric, scale max|a| / 127, rounded half away from zero), which onnxruntime runs faster.
-    accuracy_level: int = 1
+    #: MatMulNBits' accuracy_level: 4 (the default) also quantizes A to int8 per block of K (symmetric,
+    #: scale max|a| / 127, rounded half away from zero), which onnxruntime runs 2.7x faster than level
+    #: 1 on MiniLM (bench/RESULTS.md §7) at the same task metric; 1 computes in float32.
+    accuracy_level: int = 4
 
     def __post_init__(self) -> None:
         size = self.block_size

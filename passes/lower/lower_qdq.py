@@ -88,7 +88,7 @@ class LowerQDQ(Pass):
         fuse_outputs: bool = option(True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels")
         weight_only: bool = option(False, "float activations; large constant MatMuls become onnxruntime's MatMulNBits")
         block_size: int = option(0, "per-block weights along K for MatMul/Gemm (0: per channel; MatMulNBits default 32)")
-        accuracy_level: int = option(1, "MatMulNBits accuracy_level: 1 computes in float32, 4 quantizes A to int8 per block (faster)")
+        accuracy_level: int = option(4, "MatMulNBits accuracy_level: 4 quantizes A to int8 per block (fast), 1 computes in float32")
 
         def __post_init__(self) -> None:
             if self.uniform:

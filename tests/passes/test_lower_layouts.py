@@ -114,7 +114,7 @@ def test_weight_only_matmuls_become_matmul_nbits(wbits: int, block: int) -> None
         assert node.domain == "com.microsoft"
         assert node.attributes.get_int("bits") == {2: 2, 3: 4, 4: 4, 8: 8}[wbits]
         assert node.attributes.get_int("block_size") == (block or 32)
-        assert node.attributes.get_int("accuracy_level") == 1
+        assert node.attributes.get_int("accuracy_level") == 4
         assert A.BITS.get(node) == {"w": wbits, "a": 32}
     assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in model.graph}
     assert not {"w1", "w2", "w3"} & set(model.graph.initializers)
@@ -139,10 +139,11 @@ def test_other_layers_in_weight_only_mode_dequantize_per_channel() -> None:
     assert "b2" in model.graph.initializers  # float activations: the bias stays float
 
 
-def test_weight_only_runs_identically_with_onnxruntime_optimizations() -> None:
-    """MatMulNBits at accuracy level 1 is exact whatever onnxruntime fuses around it."""
+@pytest.mark.parametrize("level", [1, 4])
+def test_weight_only_runs_identically_with_onnxruntime_optimizations(level: int) -> None:
+    """MatMulNBits computes the same numbers whatever onnxruntime fuses around it."""
     proto = _transformer()
-    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True))
+    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True, accuracy_level=level))
     sample = random_inputs(proto, 1, batch=2)[0]
     for got, want in zip(run_ort(model, sample, "all"), run_ort(model, sample, "basic")):
         np.testing.assert_array_equal(got, want)
