@@ -13,6 +13,7 @@ with signed or unsigned 8-bit activations; the Conv+MatMul-only variant; ``quant
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -99,11 +100,13 @@ def preprocessed(float_model: Path, folder: Path) -> Path:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    output = folder / "preprocessed.onnx"
-    try:
-        quant_pre_process(str(float_model), str(output))
-    except Exception:  # noqa: BLE001 - symbolic shape inference raises bare Exceptions
-        quant_pre_process(str(float_model), str(output), skip_symbolic_shape=True)
+    float_model, output = Path(float_model).resolve(), Path(folder).resolve() / "preprocessed.onnx"
+    # It writes temporary models (sym_shape_infer_temp.onnx, <uuid>.data) into the working directory.
+    with contextlib.chdir(output.parent):
+        try:
+            quant_pre_process(str(float_model), str(output))
+        except Exception:  # noqa: BLE001 - symbolic shape inference raises bare Exceptions
+            quant_pre_process(str(float_model), str(output), skip_symbolic_shape=True)
     return output
 
 
