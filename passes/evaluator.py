@@ -716,9 +716,10 @@ def _opset(proto: onnx.ModelProto) -> int:
 def _int8_blocks(prefix: str, x: str, k: int, block: int, opset: int) -> list[onnx.NodeProto]:
     """``y = on ? A rounded as MatMulNBits' accuracy level 4 rounds it : x`` for ``x`` of shape [..., k].
 
-    Per row, per block of ``block`` values along the last axis (the last block zero-padded): scale
-    max|a| / 127, levels a / scale rounded half away from zero (what onnxruntime's kernel does; the
-    tests compare), dequantized. A block of zeros stays zero.
+    Per row, per block of ``block`` values along the last axis (the last block zero-padded): levels
+    a · (127 / max|a|) rounded half to even, dequantized at scale max|a| / 127 — onnxruntime's kernel
+    multiplies by that inverse rather than dividing by the scale, which decides exact ties (measured;
+    the tests compare). A block of zeros stays zero.
     """
     p = prefix
     padded = -(-k // block) * block
@@ -741,9 +742,7 @@ def _int8_blocks(prefix: str, x: str, k: int, block: int, opset: int) -> list[on
         const("pads", np.array([0, 0, 0, padded - k], np.int64)),
         const("last", np.array([-1], np.int64)),
         const("levels", np.array(127.0, np.float32)),
-        const("half", np.array(0.5, np.float32)),
         const("zero", np.array(0.0, np.float32)),
-        const("one", np.array(1.0, np.float32)),
         const("start", np.array([0], np.int64)),
         const("stop", np.array([k], np.int64)),
         node("Shape", [x], "shape"),
@@ -752,15 +751,12 @@ def _int8_blocks(prefix: str, x: str, k: int, block: int, opset: int) -> list[on
         node("Reshape", [f"{p}.padded", f"{p}.blocks"], "3d"),
         node("Abs", [f"{p}.3d"], "abs"),
         reduce,
+        node("Div", [f"{p}.levels", f"{p}.amax"], "reciprocal"),
+        node("Equal", [f"{p}.amax", f"{p}.zero"], "empty"),
+        node("Where", [f"{p}.empty", f"{p}.zero", f"{p}.reciprocal"], "inverse"),
+        node("Mul", [f"{p}.3d", f"{p}.inverse"], "ratio"),
+        node("Round", [f"{p}.ratio"], "q"),
         node("Div", [f"{p}.amax", f"{p}.levels"], "scale"),
-        node("Equal", [f"{p}.scale", f"{p}.zero"], "empty"),
-        node("Where", [f"{p}.empty", f"{p}.one", f"{p}.scale"], "divisor"),
-        node("Div", [f"{p}.3d", f"{p}.divisor"], "ratio"),
-        node("Abs", [f"{p}.ratio"], "magnitude"),
-        node("Add", [f"{p}.magnitude", f"{p}.half"], "shifted"),
-        node("Floor", [f"{p}.shifted"], "rounded"),
-        node("Sign", [f"{p}.ratio"], "sign"),
-        node("Mul", [f"{p}.rounded", f"{p}.sign"], "q"),
         node("Mul", [f"{p}.q", f"{p}.scale"], "dq"),
         node("Reshape", [f"{p}.dq", f"{p}.padded_rows"], "dq2d"),
         node("Slice", [f"{p}.dq2d", f"{p}.start", f"{p}.stop", f"{p}.last"], "cut"),

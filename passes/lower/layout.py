@@ -66,7 +66,7 @@ class WeightLayout:
     #: Per-block quantization along K for MatMul/Gemm (0: per channel); MatMulNBits' block when set.
     block_size: int = 0
     #: MatMulNBits' accuracy_level: 4 (the default) also quantizes A to int8 per block of K (symmetric,
-    #: scale max|a| / 127, rounded half away from zero), which onnxruntime runs 2.7x faster than level
+    #: a · 127 / max|a| rounded half to even), which onnxruntime runs 2.7x faster than level
     #: 1 on MiniLM (bench/RESULTS.md §7) at the same task metric; 1 computes in float32.
     accuracy_level: int = 4
 

@@ -9,8 +9,8 @@ the zero point is ``2^(bits-1)``, so the symmetric grid of ``mpqc.passes.grid`` 
 ``[-q, q]``) is stored as ``level + 2^(bits-1)`` and no zero points are written. A last, partial
 block is padded with the zero point (level 0). ``accuracy_level`` 1 computes in float32: the output
 is ``A @ W_q`` with ``W_q`` exactly ``grid.fake_quant_weight(W, bits, block)``; level 4 first
-rounds A to int8 per block of K (symmetric, max|a| / 127, half away from zero: measured against the
-kernel), faster on x86, and simulated by the evaluator too.
+rounds A to int8 per block of K (symmetric, a · 127 / max|a| rounded half to even: measured against
+the kernel), faster on x86, and simulated by the evaluator too.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def test_weight_only_runs_identically_with_onnxruntime_optimizations(level: int)
     model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True, accuracy_level=level))
     sample = random_inputs(proto, 1, batch=2)[0]
     for got, want in zip(run_ort(model, sample, "all"), run_ort(model, sample, "basic")):
-        np.testing.assert_array_equal(got, want)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_weight_only_overrides_activation_bits() -> None:
