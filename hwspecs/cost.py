@@ -17,15 +17,18 @@ lowering emits it (``passes/lower/lower_qdq.py``):
   straight from another integer layer (``LayerDesc.input_from_layer``), and a DequantizeLinear of it
   when the kernel that runs is a float one; for an integer kernel, a DequantizeLinear of its output
   unless only integer layers read it (``output_to_layers``).  The island assumption at a boundary:
-  a layer whose neighbours stay float pays for both conversions.  A float kernel behind a uint8
-  QuantizeLinear also pays for the data-movement ops right before it (``LayerDesc.input_ops``) running
-  on uint8 (the spec's ``MaxPool(uint8)`` overhead) instead of float.
+  a layer whose neighbours stay float pays for both conversions.  A uint8 input also pays for the
+  data-movement ops right before it (``LayerDesc.input_ops``) running on uint8 instead of float
+  (the spec's ``MaxPool(uint8)``, ``Transpose(nhwc_uint8)`` overheads; see ``_uint8_extra_s``).
+* An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv is
+  NHWC) converts its input and output at the boundaries of a run of such layers.
 * An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
   ``weight_unpack`` per weight element.
 * The activations after the layer (``LayerDesc.epilogue``) are free when the kernel that runs fuses
   them (``spec.fused_activations``), else they cost their own op's overhead per output element.
 * A table lookup (Gather) moves the rows it reads, not the table: a float or integer table costs its
-  output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run.
+  output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run (the spec's
+  ``DequantizeLinear(int4)`` overhead per table element, if it has one).
 * ``energy = MACs · energy_per_mac(w, a) + bytes · energy_per_byte(level)`` (conversions ignored).
 * bytes are *stored* bytes (``Cost.weight_bytes``, ``act_bytes``): weights in the ONNX container the lowering writes (INT2, INT4, INT8, INT16;
   3-bit lives in INT4, etc., DESIGN.md) rounded up per tensor, plus one float32 scale per output channel,
@@ -189,21 +192,28 @@ class CostModel:
             seconds += quantize.time(desc.input_elems)
             if precision.abits is not None and container_bits(precision.abits) > precision.abits:
                 seconds += spec.overhead("Clip").time(desc.input_elems)
+        if precision.abits is not None and container_bits(precision.abits) == 8:
+            layout = "nhwc_uint8" if precision.integer_kernel else "uint8"
+            seconds += sum(self._uint8_extra_s(op, layout, desc.input_elems) for op in desc.input_ops)
         if not precision.integer_kernel:
             seconds += dequantize.time(desc.input_elems)
-            if precision.abits is not None and container_bits(precision.abits) == 8:
-                seconds += sum(self._uint8_extra_s(op, desc.input_elems) for op in desc.input_ops)
         elif not desc.output_to_layers:
             seconds += dequantize.time(desc.output_elems)
+        if precision.integer_kernel and desc.op_type in spec.integer_layout:
+            relayout = spec.overhead(spec.integer_layout[desc.op_type])
+            seconds += (0.0 if desc.input_from_layer else relayout.time(desc.input_elems)) \
+                + (0.0 if desc.output_to_layers else relayout.time(desc.output_elems))
         if not precision.native:
             seconds += self._unpack_s(precision) * desc.weight_params
         return seconds
 
-    def _uint8_extra_s(self, op: str, elements: int) -> float:
-        """What running ``op`` on uint8 costs over running it in float (already in the model's fixed part):
-        outside an integer kernel's NHWC region onnxruntime runs it in NCHW, where MaxPool on uint8 is a
-        slow generic loop.  Zero when the spec has no ``op(uint8)`` overhead."""
-        integer = self.spec.overheads.get(f"{op}(uint8)")
+    def _uint8_extra_s(self, op: str, layout: str, elements: int) -> float:
+        """What running ``op`` on the quantized tensor costs over running it in float (already in the
+        model's fixed part).  Next to a float kernel it runs on uint8 in NCHW (``op(uint8)``: MaxPool is a
+        slow generic loop there); inside an integer kernel's region onnxruntime works in NHWC and folds the
+        layout change into it (``op(nhwc_uint8)``: a channel shuffle's 5-D Transpose is slow there).
+        Zero when the spec has no such entry."""
+        integer = self.spec.overheads.get(f"{op}({layout})")
         if integer is None:
             return 0.0
         return integer.time(elements) - self.spec.overhead(op).time(elements)
@@ -220,7 +230,8 @@ class CostModel:
         dequantize = self.spec.overhead("DequantizeLinear")
         if precision.native:
             return dequantize.time(desc.output_elems) + self.spec.overhead("Mul").time(desc.output_elems)
-        return dequantize.time(desc.weight_params)
+        table = self.spec.overheads.get(f"DequantizeLinear(int{container_bits(precision.wbits)})", dequantize)
+        return table.time(desc.weight_params)
 
     def reference_cost(self, desc: LayerDesc) -> Cost:
         """Cost in the spec's reference configuration (float if the chip runs float, else w8a8),

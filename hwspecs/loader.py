@@ -302,6 +302,7 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
         bit_scaling=bit_scaling,
         threads=doc.get("threads"),
         packed_operands=bool(doc.get("packed_operands", False)),
+        integer_layout=MappingProxyType(dict(doc.get("integer_layout", {}))),
         session_overhead=units.to_base(doc.get("session_overhead", 0), "time"),
         fused_activations=MappingProxyType({kind: frozenset(ops) for kind, ops in doc.get("fused_activations", {}).items()}),
     )

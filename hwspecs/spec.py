@@ -176,6 +176,9 @@ class HardwareSpec:
     packed_operands: bool = False
     """Operands are stored and moved at exactly their bit-width (bit-serial or bit-fused datapaths), not in
     the ONNX container of the written model (INT8 for 5-7 bits, INT4 for 3)."""
+    integer_layout: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Op type -> the op that converts to and from the layout its integer kernel runs in (onnxruntime's
+    QLinearConv is NHWC: a Transpose in and out at the boundaries of a run of integer convs)."""
     session_overhead: float = 0.0
     """Seconds one inference call costs besides its ops (the runtime's own bookkeeping)."""
     fused_activations: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))

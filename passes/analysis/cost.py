@@ -26,8 +26,9 @@ from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisio
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.analysis.describe import describe, static_shapes
-from mpqc.passes.base import Pass, PassError
+from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.lower.footprint import FLOAT_BITS, stored_bytes
+from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.registry import register
 
 __all__ = ["CostAnalysis", "candidate_key"]
@@ -55,6 +56,10 @@ class CostAnalysis(Pass):
     writes = frozenset({"mpqc.cost", "mpqc.cost.total"})
     preserves = frozenset({"*"})
 
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        block_size: int = option(0, "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: per channel)")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.context.hw
         if spec is None:
@@ -73,11 +78,12 @@ class CostAnalysis(Pass):
                 f"activations {', '.join(map(str, spec.act_bits))}"
             )
         reference = {"latency_s": 0.0, "energy_j": 0.0, "size": 0.0, "bops": 0.0}
+        layout = WeightLayout(block_size=self.options.block_size)
         for layer, desc in described:
 
             def entry(wbits: int | None, abits: int | None) -> dict[str, object]:
                 # Time and energy from the spec's roofline; size from what lower-qdq writes.
-                size = stored_bytes(layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec)
+                size = stored_bytes(layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec, layout=layout)
                 return _entry(model_cost.layer_cost(desc, wbits, abits), size)
 
             table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
@@ -99,6 +105,7 @@ class CostAnalysis(Pass):
                 "reference": totals,
                 "fixed": fixed,
                 "candidates": [candidate_key(w, a) for w, a in pairs],
+                "block_size": layout.block_size,
             },
         )
         return ir.passes.PassResult(model, modified=False)
@@ -135,7 +142,8 @@ class _Neighbourhood:
         value = layer.activation
         while value is not None and len(value.uses()) == 1 and not value.is_graph_output():
             producer = value.producer()
-            if producer is None or producer.op_type not in _PASS_THROUGH or not self.spec.runs_integer(producer.op_type):
+            data = [v for v in producer.inputs if v is not None and v.const_value is None] if producer is not None else []
+            if producer is None or len(data) != 1 or producer.op_type not in _PASS_THROUGH or not self.spec.runs_integer(producer.op_type):
                 break
             ops.insert(0, producer)
             value = producer.inputs[0]
@@ -184,7 +192,8 @@ def _fixed_costs(model: ir.Model, neighbourhood: _Neighbourhood, shapes, spec: H
     """Bytes and latency of everything no search changes: other tensors, other ops, the call itself."""
     layers = list(neighbourhood.layer_nodes.values())
     owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
-    size = sum(v.const_value.nbytes for name, v in model.graph.initializers.items() if name not in owned and v.const_value is not None)
+    graphs = (model.graph, *model.graph.subgraphs())  # bodies' own weights stay float: the search never enters them
+    size = sum(v.const_value.nbytes for g in graphs for name, v in g.initializers.items() if name not in owned and v.const_value is not None)
     latency = spec.session_overhead
     priced = neighbourhood.layer_nodes.keys() | neighbourhood.epilogue_nodes
     for node in model.graph:

@@ -39,9 +39,11 @@ def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
     q, dq = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
+    relayout = spec.overhead(spec.integer_layout["Conv"])  # QLinearConv runs NHWC: a Transpose in and out
     island = model.layer_cost(CONV, 8, 8).latency_s
     inside = dataclasses.replace(CONV, input_from_layer=True, output_to_layers=True)
-    assert island - model.layer_cost(inside, 8, 8).latency_s == pytest.approx(q.time(CONV.input_elems) + dq.time(CONV.output_elems))
+    assert island - model.layer_cost(inside, 8, 8).latency_s == pytest.approx(
+        q.time(CONV.input_elems) + dq.time(CONV.output_elems) + relayout.time(CONV.input_elems) + relayout.time(CONV.output_elems))
     # A float kernel behind DequantizeLinear (int4 weights) converts its input whatever its neighbours are.
     assert model.layer_cost(inside, 4, 8).latency_s == model.layer_cost(CONV, 4, 8).latency_s
     assert model.layer_cost(inside, None, None).latency_s == model.layer_cost(CONV, None, None).latency_s
@@ -98,6 +100,20 @@ def test_an_emulated_embedding_table_is_dequantized_whole_every_run() -> None:
     assert w4.latency_s > 100 * floating.latency_s
     dq = spec.overhead("DequantizeLinear")
     assert w4.latency_s >= dq.per_element * WORD_TABLE.weight_params
+
+
+def test_data_movement_on_the_quantized_tensor_costs_its_uint8_kernel() -> None:
+    """onnxruntime moves a uint8 QuantizeLinear above a MaxPool: next to a float kernel (int4 weights) the
+    uint8 MaxPool is a slow NCHW loop; inside an integer run, a channel shuffle's Transpose is slow."""
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    pooled = dataclasses.replace(CONV, input_ops=("MaxPool",))
+    extra = model.layer_cost(pooled, 4, 8).latency_s - model.layer_cost(CONV, 4, 8).latency_s
+    assert extra == pytest.approx(spec.overheads["MaxPool(uint8)"].time(CONV.input_elems) - spec.overhead("MaxPool").time(CONV.input_elems))
+    assert model.layer_cost(pooled, 8, 16).latency_s == model.layer_cost(CONV, 8, 16).latency_s, "no uint16 propagation"
+    assert model.layer_cost(pooled, 8, 8).latency_s == model.layer_cost(CONV, 8, 8).latency_s, "NHWC MaxPool is native"
+    shuffled = dataclasses.replace(CONV, input_ops=("Reshape", "Transpose", "Reshape"))
+    assert model.layer_cost(shuffled, 8, 8).latency_s > model.layer_cost(CONV, 8, 8).latency_s
 
 
 def test_depthwise_convs_run_at_their_own_rate() -> None:
