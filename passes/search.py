@@ -38,6 +38,7 @@ from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.evaluator import Evaluator
 from mpqc.passes.grid import FLOAT_BITS
+from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.pipeline import convert_option
 from mpqc.passes.registry import register
 
@@ -198,7 +199,9 @@ class SearchBits(Pass):
     def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
         wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
         samples = list(self.context.calibration)[: self.options.samples]
-        evaluator = Evaluator(model, samples, wbits=wbits, executor=None, spec=self.context.hw)
+        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
+        layout = WeightLayout(block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0)))
+        evaluator = Evaluator(model, samples, wbits=wbits, executor=None, spec=self.context.hw, layout=layout)
         fn = functools.partial(_config_error, evaluator, problem.layers, problem.choices, self.options.measure)
         return msearch.Evaluator(fn, executor=self.context.executor)
 
