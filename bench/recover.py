@@ -49,8 +49,8 @@ class Case:
     mixed_budget: str
 
 
-def digits_case() -> Case:
-    return Case("digits", str(examples.digits_model_path()), examples.digits_calibration(), examples.digits_accuracy, "accuracy", "0.45x")
+def digits_case(mixed_budget: str) -> Case:
+    return Case("digits", str(examples.digits_model_path()), examples.digits_calibration(), examples.digits_accuracy, "accuracy", mixed_budget)
 
 
 def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="w4a8,w3a8,w2a8,mixed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--n-eval", type=int, default=None, help="evaluation samples of the real models (default: the task's)")
-    parser.add_argument("--mixed-budget", default="0.45x", help="size budget of the mixed configuration")
+    parser.add_argument("--mixed-budget", default="0.2x", help="size budget of the mixed configuration (about halfway between all-4 and all-8 bits)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/recover.json"))
     args = parser.parse_args(argv)
     results = {}
     for name in args.models.split(","):
-        case = digits_case() if name == "digits" else real_case(name, args.n_eval, args.mixed_budget)
+        case = digits_case(args.mixed_budget) if name == "digits" else real_case(name, args.n_eval, args.mixed_budget)
         results[name] = run_case(case, args.configs.split(","), args.variants.split(","), log=lambda line: print(line, flush=True))
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0

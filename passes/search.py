@@ -11,6 +11,9 @@ objective, NSGA-II as MOHAQ runs it) score whole configurations with the configu
 one onnxruntime session over the fake-quantized model, the numbers ``lower-qdq`` ships — on the
 calibration samples; the others optimize the additive sensitivity proxy, which is what their
 papers do (HAWQ-V3's ILP, AIMET's phase 1, EAGL's knapsack). ``exact`` overrides the choice.
+MOHAQ's beacons are configurations run through ``recover`` (GPTQ and bias correction from float-input
+statistics observed once, ``passes/recover/beacons.py``), whose neighbours are scored on the
+recovered weights.
 
 Budgets arrive as text — ``0.25x`` (a ratio of the reference: float where the chip runs float,
 otherwise w8a8), ``3MB``, ``2ms``, ``5mJ``, ``2G`` BOPs — and are resolved here because only after
@@ -24,13 +27,14 @@ import functools
 import math
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
 from mpqc import search as msearch
+from mpqc.search.mohaq import BeaconFn
 from mpqc.hwspecs.units import to_base
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
@@ -40,6 +44,7 @@ from mpqc.passes.evaluator import Evaluator
 from mpqc.passes.grid import FLOAT_BITS
 from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.pipeline import convert_option
+from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.registry import register
 
 __all__ = ["SearchBits", "resolve_budget"]
@@ -141,6 +146,12 @@ def _config_error(evaluator: Evaluator, layers: tuple[str, ...], choices, measur
     return evaluator.error({name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}, measure)
 
 
+def _beacon(recovery: BeaconRecovery, layers: tuple[str, ...], choices, measure: str, config: tuple[int, ...]) -> Callable[[tuple[int, ...]], float]:
+    """A MOHAQ beacon: ``config`` recovered once, then any configuration's error on its recovered weights."""
+    evaluator = recovery.evaluator({name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))})
+    return functools.partial(_config_error, evaluator, layers, choices, measure)
+
+
 @register
 class SearchBits(Pass):
     name = "search"
@@ -179,7 +190,10 @@ class SearchBits(Pass):
         problem = self.problem(model, layers)
         problem.check_feasible()
         evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
-        result = msearch.run(problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **self.strategy_options())
+        options = self.strategy_options()
+        if evaluator is not None and self.options.strategy == "mohaq" and "beacon_fn" not in options:
+            options["beacon_fn"] = self._beacon_fn(model, problem)
+        result = msearch.run(problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **options)
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config)):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
@@ -196,9 +210,19 @@ class SearchBits(Pass):
             return True
         return self.options.exact == "auto" and self.options.strategy in _EXACT_STRATEGIES and self.context.calibration is not None
 
-    def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
+    def _evaluation_set(self, problem: msearch.Problem) -> tuple[list[int], list]:
+        """(weight bits to prepare, samples) of an exact evaluation."""
         wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
-        samples = list(self.context.calibration)[: self.options.samples]
+        return wbits, list(self.context.calibration)[: self.options.samples]
+
+    def _beacon_fn(self, model: ir.Model, problem: msearch.Problem) -> BeaconFn:
+        """MOHAQ's beacons (METHODS.md §5): ``recover`` a configuration once, score neighbours on its weights."""
+        wbits, samples = self._evaluation_set(problem)
+        recovery = BeaconRecovery(model, samples, wbits=wbits, hw=self.context.hw)
+        return functools.partial(_beacon, recovery, problem.layers, problem.choices, self.options.measure)
+
+    def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
+        wbits, samples = self._evaluation_set(problem)
         # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
         layout = WeightLayout(block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0)))
         evaluator = Evaluator(model, samples, wbits=wbits, executor=None, spec=self.context.hw, layout=layout)

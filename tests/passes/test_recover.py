@@ -19,6 +19,7 @@ from mpqc.passes.analysis.calibrate import Calibrate
 from mpqc.passes.evaluator import Evaluator
 from mpqc.passes.grid import fake_quant_weight, weight_grid
 from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import gptq_levels
 from mpqc.passes.recover.linear import linear_view
@@ -251,3 +252,15 @@ def test_same_seed_same_bytes(inputs: str) -> None:
     second, _ = _recovered(model, samples, uniform="w3a8", inputs=inputs, clip_search=True)
     assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
     assert ir.to_proto(first).SerializeToString() != ir.to_proto(model).SerializeToString()
+
+
+def test_a_beacon_scores_its_own_configuration_better_than_plain_rounding() -> None:
+    samples = _smooth_images(10, 3)
+    proto = build(GROUPED, {"wg": (8, 2, 3, 3), "wd": (8, 1, 3, 3)})
+    model = _calibrated(proto, samples)
+    config = {"g": (3, 8), "y": (3, 8)}
+    recovery = BeaconRecovery(model, samples, wbits=(3, 8))
+    beacon = recovery.evaluator(config)
+    assert beacon.error(config) < 0.8 * Evaluator(model, samples, wbits=(3, 8)).error(config)
+    recovery.evaluator({"g": (8, 8), "y": (3, 8)})  # a second beacon reuses the observed statistics
+    assert recovery.recovered == 2 and model.graph.initializers["wg"].const_value.numpy().tobytes() == proto.graph.initializer[0].raw_data
