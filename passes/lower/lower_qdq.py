@@ -151,6 +151,7 @@ class LowerQDQ(Pass):
         return ir.passes.PassResult(model, modified=True)
 
     def _report(self, model: ir.Model, lowered: int, left_float: list[dict[str, str]]) -> None:
+        """``lowered_layers`` and ``left_float``: {layer, op, reason} for each weighted op left float."""
         report = annotations.REPORT.get(model, {}) or {}
         report["lowered_layers"] = lowered
         if left_float:
@@ -172,7 +173,7 @@ class LowerQDQ(Pass):
             elif layer.in_subgraph:
                 host = layer.host
                 assert host is not None
-                skipped.append({"layer": layer.name, "reason": f"inside the body of {host.op_type} '{host.name or host.outputs[0].name}': "
+                skipped.append({"layer": layer.name, "op": layer.node.op_type, "reason": f"inside the body of {host.op_type} '{host.name or host.outputs[0].name}': "
                                 "the search does not choose bits there (its tensors cannot be calibrated); give uniform bits to quantize its weights"})
                 continue
             else:
@@ -205,6 +206,7 @@ def _without_quantized_form(graph: ir.Graph) -> list[dict[str, str]]:
                 assert value is not None
                 found.append({
                     "layer": node.name or node.outputs[0].name or node.op_type,
+                    "op": node.op_type,
                     "reason": f"{node.op_type} has no quantized form: its {array.size}-element constant '{value.name}' stays float",
                 })
     return found

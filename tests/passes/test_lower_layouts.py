@@ -294,12 +294,30 @@ def test_body_layers_lower_weights_only_inside_the_body(wbits: int) -> None:
     )
 
 
+def test_weight_only_body_matmuls_become_matmul_nbits_inside_the_body() -> None:
+    proto = build(BODIES.replace("float[2,8]", "float[2,32]"), {"wl": (32, 32), "wt": (4, 32), "we": (32, 4)})
+    model = ir.from_proto(proto)
+    _lower_pass(CompileContext(), {"uniform": "w4a8", "weight_only": True, "accuracy_level": 1})(model)
+    lowered = ir.to_proto(model)
+    onnx.checker.check_model(lowered, full_check=True)
+    loop_body = next(n for n in model.graph if n.op_type == "Loop").attributes["body"].value
+    assert [n.op_type for n in loop_body] == ["Identity", "MatMulNBits", "Tanh"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32), "n": np.array(3), "go": np.array(True)}
+    h = feeds["x"]
+    for _ in range(3):
+        h = np.tanh(h @ fake_quant_weight(weights["wl"], 4, 1, 32, 0))
+    y, z = run_ort(lowered, feeds, "basic")
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z, h @ fake_quant_weight(weights["wt"], 4, 0).T, rtol=1e-5, atol=1e-5)
+
+
 def test_body_layers_without_bits_stay_float_with_a_reason() -> None:
     model = ir.from_proto(_bodies())
     context = CompileContext()
     _lower_pass(context, {})(model)
     left = A.REPORT.get(model)["left_float"]
-    assert [entry["layer"] for entry in left] == ["t", "a", "b"]
+    assert [(entry["layer"], entry["op"]) for entry in left] == [("t", "MatMul"), ("a", "Gemm"), ("b", "MatMul")]
     assert "inside the body of Loop 'y'" in left[0]["reason"]
     assert any("left_float" in note for note in context.notes)
 
