@@ -154,7 +154,8 @@ def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
         name=layer.name,
         op_type=op,
         macs=int(macs),
-        weight_params=int(weight.size),
+        # An RNN's recurrence weight is stored and dequantized with its input weight (ir/layers.py).
+        weight_params=int(weight.size + sum(constant_array(node.inputs[i]).size for i in layer.other_weight_indices)),
         input_elems=int(in_elems),
         output_elems=int(out_elems),
         bias_params=bias_params,
