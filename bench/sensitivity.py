@@ -1,47 +1,60 @@
-"""Do the sensitivity scores predict real damage? Spearman's rho of every metric against the truth.
+"""Do the sensitivity scores predict real damage, and what do they cost? Spearman's rho and wall times.
 
 For each model, the *true damage* of lowering one layer alone to b bits (weights; b = 2, 3, 4, 8) is
-measured on held-out data through the configurable evaluator — the same numbers lower-qdq ships:
+measured on held-out data through the configurable evaluator — the numbers lower-qdq ships:
 
-- digits (the embedded CNN): the drop in top-1 accuracy on the 300-image evaluation split;
-- orientation (PP-LCNet, from the benchmark cache; ``--models digits,orientation``): the KL divergence
-  of the output distribution from float on held-out pages (accuracy saturates on clean pages).
+- digits (the embedded CNN): the drop in top-1 accuracy on the 300-image evaluation split, and the
+  output KL divergence from float;
+- orientation (PP-LCNet): the output KL divergence on held-out pages (accuracy saturates on clean pages);
+- minilm (paraphrase-MiniLM-L3-v2): the drop in paraphrase-retrieval MRR, and 1 - the mean cosine of
+  the sentence embeddings to float's, on held-out sentences;
+- ppocr (PP-OCRv4 recognizer): the drop in character accuracy on held-out rendered lines.
 
 Every ``sensitivity-*`` pass then scores the same (layer, b) pairs from calibration data only, and the
 table gives, per metric, Spearman's rho against the truth across layers for each b (does it order the
 layers right?), pooled over all (layer, b) pairs, and the pass's wall time relative to one float pass
 over the calibration set. ``task`` uses the user-metric path (lowered models) with accuracy on the
-*calibration* split, so it is not scored on the data that defines the truth.
+*calibration* split, so it is not scored on the data that defines the truth (digits only).
+``--sweep`` adds sensitivity-output's rho and time at 4, 8, 16 and 32 calibration samples.
+
+``--speed MODEL`` times sensitivity-output (every layer x 4 weight bit-widths) against onnxruntime's
+``quant_pre_process`` + ``quantize_static`` on the same model and calibration data, alternating
+(ORT, mpqc, ORT, mpqc), with the load average: the machine is shared, so only same-run ratios mean
+anything. ``--data-free`` times the data-free passes on a 25M-parameter model.
 
 onnx's ``light_*`` backend-test models are checked too, and skipped when (as in onnx 1.23) their
 weights are ConstantOfShape fills: one value per output channel (after BatchNorm folding) is stored
 exactly by any per-channel grid, so every weight damage and score is zero and there is nothing to rank.
 
-Run: ``python -m bench.sensitivity [--models digits,orientation,light] [--samples 32]``.
+Run: ``python -m bench.sensitivity [--models digits,orientation,minilm,ppocr,light] [--samples 32] [--sweep]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from scipy.stats import spearmanr
 
 import mpqc.ir as mir
 from mpqc.ir.annotations import sensitivity_key
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, build_pipeline
-from mpqc.passes.evaluator import FLOAT_BITS, Evaluator, output_error
+from mpqc.passes.evaluator import FLOAT_BITS, Evaluator, Measure, Outputs
+from mpqc.passes.runtime import session
 
 WBITS = (2, 3, 4, 8)
+SWEEP = (4, 8, 16, 32)
 #: (row label, pass, options with {n} = samples, annotation metric)
 METRICS = (
     ("entropy (relative)", "sensitivity-entropy", "", "entropy"),
@@ -61,28 +74,74 @@ class Case:
     name: str
     model: ir.Model
     calibration: list[dict[str, np.ndarray]]
-    #: Held-out samples for the truth, and a task score of their outputs (higher is better) if any.
+    #: Held-out samples the truths are measured on.
     truth_samples: list[dict[str, np.ndarray]]
-    truth_score: Callable[[list[list[np.ndarray]]], float] | None
-    truth_label: str
-    eval_fn: Callable[[onnx.ModelProto], float] | None
+    #: (label, measure of the damage of per-sample outputs against float's), in table order.
+    truths: list[tuple[str, Measure]]
+    eval_fn: Callable[[onnx.ModelProto], float] | None = None
 
 
-def digits_case() -> Case:
+# --- Truths: picklable, so that the evaluator's worker processes can compute them -----------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreDrop:
+    """Damage as the drop of a task score (higher is better) computed from per-sample outputs."""
+
+    score: Callable[[list[Outputs]], float]
+
+    def __call__(self, reference: list[Outputs], outputs: list[Outputs]) -> float:
+        return self.score(reference) - self.score(outputs)
+
+
+def top1_accuracy(labels: np.ndarray, outputs: list[Outputs]) -> float:
+    return float((np.concatenate([o[0] for o in outputs]).argmax(axis=1) == labels).mean())
+
+
+def retrieval_mrr(output: int, outputs: list[Outputs]) -> float:
+    """MRR of each query's paraphrase among paraphrases and hard negatives (ParaphraseTask's layout)."""
+    from bench.tasks.metrics import mean_reciprocal_rank
+
+    embeddings = np.stack([np.asarray(o[output], np.float64).reshape(-1) for o in outputs])
+    n = len(embeddings) // 3
+    return mean_reciprocal_rank(embeddings[:n], embeddings[n:], list(range(n)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineDamage:
+    """1 - mean cosine between the float and the quantized embeddings (output ``output``)."""
+
+    output: int
+
+    def __call__(self, reference: list[Outputs], outputs: list[Outputs]) -> float:
+        from bench.tasks.metrics import mean_cosine
+
+        ref = np.stack([np.asarray(o[self.output], np.float64).reshape(-1) for o in reference])
+        out = np.stack([np.asarray(o[self.output], np.float64).reshape(-1) for o in outputs])
+        return 1.0 - mean_cosine(out, ref)
+
+
+def character_accuracy(charset: tuple[str, ...], labels: tuple[str, ...], outputs: list[Outputs]) -> float:
+    """PP-OCR's mean character accuracy of greedy CTC decodings against ``labels``."""
+    from bench.tasks.metrics import ctc_greedy_decode, text_scores
+
+    texts = [" ".join("".join(charset[i] for i in ctc_greedy_decode(np.asarray(o[0])[0].argmax(-1))).split()) for o in outputs]
+    return text_scores(texts, [" ".join(label.split()) for label in labels])["char_acc"]
+
+
+# --- Cases ----------------------------------------------------------------------------------------
+
+
+def digits_case(samples: int) -> Case:
     from mpqc.examples import digits_accuracy, digits_calibration, digits_data, digits_model_path
 
     images, labels = digits_data("eval")
-
-    def accuracy(outputs: list[list[np.ndarray]]) -> float:
-        return float((outputs[0][0].argmax(axis=1) == labels).mean())
-
     return Case(
         "digits",
         mir.load(digits_model_path()),
         digits_calibration(),
         [{"image": images}],
-        accuracy,
-        "top-1 accuracy drop on the 300 eval images",
+        [("top-1 accuracy drop on the 300 eval images", ScoreDrop(functools.partial(top1_accuracy, labels))), ("output KL on the held-out data", "kl")],
         lambda proto: digits_accuracy(proto, split="calib"),
     )
 
@@ -93,9 +152,53 @@ def orientation_case(samples: int) -> Case:
 
     bench_model = get("orientation")
     task = bench_model.task(TaskSizes(n_eval=samples, n_calib=samples))
-    calibration = [dict(x) for x in task.calibration_inputs]
-    held_out = [dict(x) for x in task.evaluation_set[0]]
-    return Case("orientation", mir.load(bench_model.float_path()), calibration, held_out, None, "", None)
+    return Case(
+        "orientation",
+        mir.load(bench_model.float_path()),
+        [dict(x) for x in task.calibration_inputs],
+        [dict(x) for x in task.evaluation_set[0]],
+        [(f"output KL on {samples} held-out pages", "kl")],
+    )
+
+
+def minilm_case(samples: int) -> Case:
+    from bench.models import get
+    from bench.tasks.base import TaskSizes
+
+    bench_model = get("minilm")
+    model = mir.load(bench_model.float_path())
+    task = bench_model.task(TaskSizes(n_eval=100, n_calib=max(1, samples // 2)))
+    embedding = [v.name for v in model.graph.outputs].index(task.output_names[0])
+    return Case(
+        "minilm",
+        model,
+        [dict(x) for x in task.calibration_inputs],
+        [dict(x) for x in task.evaluation_set[0]],
+        [
+            ("paraphrase-retrieval MRR drop, 100 held-out queries among 200 sentences", ScoreDrop(functools.partial(retrieval_mrr, embedding))),
+            ("1 - cosine of the sentence embeddings to float's, 300 held-out sentences", CosineDamage(embedding)),
+        ],
+    )
+
+
+def ppocr_case(samples: int) -> Case:
+    from bench.models import get
+    from bench.tasks.base import TaskSizes
+
+    bench_model = get("ppocr-rec")
+    task = bench_model.task(TaskSizes(n_eval=64, n_calib=samples))
+    inputs, labels = task.evaluation_set
+    accuracy = functools.partial(character_accuracy, tuple(task.charset), tuple(labels))
+    return Case(
+        "ppocr",
+        mir.load(bench_model.float_path()),
+        [dict(x) for x in task.calibration_inputs],
+        [dict(x) for x in inputs],
+        [("character-accuracy drop on 64 held-out lines", ScoreDrop(accuracy))],
+    )
+
+
+CASES = {"digits": digits_case, "orientation": orientation_case, "minilm": minilm_case, "ppocr": ppocr_case}
 
 
 def light_models_are_degenerate() -> list[str]:
@@ -125,27 +228,20 @@ def _constant_channels(weight: np.ndarray, axis: int) -> bool:
 
 
 def true_damage(case: Case, layers: Sequence[str]) -> dict[str, dict[tuple[str, int], float]]:
-    """Per kind of truth (the task score's drop when there is one, output KL always), damage per (layer, b)."""
+    """Per truth, the damage of each (layer, b) alone, on the held-out samples."""
     evaluator = Evaluator(case.model, case.truth_samples, wbits=WBITS)
     keys = [(name, b) for name in layers for b in WBITS]
-    outputs = {key: evaluator.run({key[0]: (key[1], FLOAT_BITS)}) for key in keys}
-    truths = {}
-    if case.truth_score is not None:
-        reference = case.truth_score(evaluator.reference)
-        truths[case.truth_label] = {key: reference - case.truth_score(out) for key, out in outputs.items()}
-    truths["output KL on the held-out data"] = {key: output_error(evaluator.reference, out, "kl") for key, out in outputs.items()}
-    return truths
+    configs = [{name: (b, FLOAT_BITS)} for name, b in keys]
+    return {label: dict(zip(keys, evaluator.errors(configs, measure))) for label, measure in case.truths}
 
 
 def float_pass_seconds(model: ir.Model, samples: list[dict[str, np.ndarray]]) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.run(None, samples[0])
+    """One float run over ``samples``, in a session like the analyses' (one thread)."""
+    runner = session(ir.to_proto(model).SerializeToString())
+    runner.run(None, samples[0])
     start = time.perf_counter()
     for sample in samples:
-        session.run(None, sample)
+        runner.run(None, sample)
     return time.perf_counter() - start
 
 
@@ -155,34 +251,61 @@ def rho(x: Sequence[float], y: Sequence[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def run_case(case: Case, samples: int) -> str:
+def _scores(model: ir.Model, metric: str) -> dict[str, dict[str, float]]:
+    key = sensitivity_key(metric)
+    return {layer.name: key.get(layer.node) for layer in quantizable_layers(model.graph)}
+
+
+def _timed_pass(model: ir.Model, context: CompileContext, text: str) -> float:
+    (step,) = build_pipeline(text, context)
+    start = time.perf_counter()
+    step(model)
+    return time.perf_counter() - start
+
+
+def _rhos(truth: dict[tuple[str, int], float], scores: dict[str, dict[str, float]], layers: Sequence[str]) -> list[float]:
+    """rho per bit-width, then pooled over every (layer, b)."""
+    per_bits = [rho([truth[(n, b)] for n in layers], [scores[n][f"w{b}"] for n in layers]) for b in WBITS]
+    pooled = rho([truth[(n, b)] for n in layers for b in WBITS], [scores[n][f"w{b}"] for n in layers for b in WBITS])
+    return [*per_bits, pooled]
+
+
+def run_case(case: Case, samples: int, sweep: bool) -> str:
     context = CompileContext(calibration=CalibrationData(tuple(case.calibration)), eval_fn=case.eval_fn)
     for step in build_pipeline("canonicalize,calibrate", context):
         step(case.model)
     layers = [layer.name for layer in quantizable_layers(case.model.graph)]
+    start = time.perf_counter()
     truths = true_damage(case, layers)
+    truth_seconds = time.perf_counter() - start
     float_seconds = float_pass_seconds(case.model, case.calibration)
 
     scored: list[tuple[str, dict[str, dict[str, float]], float]] = []
     for label, pass_name, options, metric in METRICS:
         if metric == "task" and case.eval_fn is None:
             continue
-        (step,) = build_pipeline(pass_name + ("{" + options.format(n=samples) + "}" if options else ""), context)
-        start = time.perf_counter()
-        step(case.model)
-        seconds = time.perf_counter() - start
-        key = sensitivity_key(metric)
-        scored.append((label, {layer.name: key.get(layer.node) for layer in quantizable_layers(case.model.graph)}, seconds / float_seconds))
+        seconds = _timed_pass(case.model, context, pass_name + ("{" + options.format(n=samples) + "}" if options else ""))
+        scored.append((label, _scores(case.model, metric), seconds / float_seconds))
+    swept: list[tuple[str, int, dict[str, dict[str, float]], float]] = []
+    if sweep:
+        for measure in ("kl", "mse"):
+            for n in (n for n in SWEEP if n <= len(case.calibration)):
+                seconds = _timed_pass(case.model, context, f"sensitivity-output{{measure={measure},samples={n},abits=[8]}}")
+                swept.append((measure, n, _scores(case.model, "output"), seconds / float_seconds))
 
-    out = [f"### {case.name}: {len(layers)} layers, {len(case.calibration)} calibration samples, float pass over them {float_seconds * 1e3:.1f} ms", ""]
+    out = [
+        f"### {case.name}: {len(layers)} layers, {len(case.calibration)} calibration samples, float pass over them "
+        f"{float_seconds * 1e3:.0f} ms; truths measured in {truth_seconds:.0f} s (load {os.getloadavg()[0]:.1f})",
+        "",
+    ]
     for truth_label, truth in truths.items():
         out += [f"Spearman's rho against the truth = {truth_label} (per bit-width across layers; pooled over all pairs):", ""]
         out.append("| metric | " + " | ".join(f"ρ w{b}" for b in WBITS) + " | ρ pooled | time / float pass |")
         out.append("|---|" + "---|" * (len(WBITS) + 2))
         for label, scores, ratio in scored:
-            per_bits = [rho([truth[(n, b)] for n in layers], [scores[n][f"w{b}"] for n in layers]) for b in WBITS]
-            pooled = rho([truth[(n, b)] for n in layers for b in WBITS], [scores[n][f"w{b}"] for n in layers for b in WBITS])
-            out.append(f"| {label} | " + " | ".join(_fmt(r) for r in [*per_bits, pooled]) + f" | {ratio:.1f}× |")
+            out.append(f"| {label} | " + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers)) + f" | {ratio:.1f}× |")
+        for measure, n, scores, ratio in swept:
+            out.append(f"| output ({measure}), {n} samples | " + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers)) + f" | {ratio:.1f}× |")
         out += ["", f"True damage ({truth_label}):", "", "| layer | " + " | ".join(f"w{b}" for b in WBITS) + " |", "|---|" + "---|" * len(WBITS)]
         out += [f"| {name} | " + " | ".join(f"{truth[(name, b)]:.3g}" for b in WBITS) + " |" for name in layers]
         out.append("")
@@ -193,19 +316,70 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.2f}"
 
 
+# --- Speed against onnxruntime's quantizer --------------------------------------------------------
+
+
+def speed(name: str, rounds: int) -> str:
+    """sensitivity-output (all layers x 4 weight widths) against quant_pre_process + quantize_static."""
+    from bench.baselines import QuantizeRequest, ort_static
+    from bench.models import get
+
+    bench_model = get({"ppocr": "ppocr-rec"}.get(name, name))
+    calibration = [dict(x) for x in bench_model.task().calibration_inputs]
+    lines = [f"### speed: {bench_model.name}, {len(calibration)} calibration samples", "", "| round | quantize_static s | sensitivity-output s | ratio | load |", "|---|---|---|---|---|"]
+    for index in range(rounds):
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = pathlib.Path(scratch)
+            request = QuantizeRequest(bench_model.float_path(), calibration, folder, folder / "q.onnx")
+            start = time.perf_counter()
+            ort_static("u8")(request)
+            ort_seconds = time.perf_counter() - start
+        model = mir.load(bench_model.float_path())
+        context = CompileContext(calibration=CalibrationData(tuple(calibration)))
+        for step in build_pipeline("canonicalize", context):
+            step(model)
+        ours = _timed_pass(model, context, f"sensitivity-output{{wbits=[{','.join(map(str, WBITS))}],samples={len(calibration)}}}")
+        lines.append(f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× | {os.getloadavg()[0]:.1f} |")
+    return "\n".join(lines)
+
+
+def data_free_seconds(parameters: int = 25_000_000) -> str:
+    """Wall time of the data-free passes on a stack of Gaussian MatMuls holding ``parameters`` weights."""
+    width = 2048
+    count = max(1, round(parameters / width / width))
+    text = "\n".join(f"  h{i + 1} = MatMul(h{i}, w{i})" for i in range(count))
+    proto = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : 17]>\nwide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}')
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(rng.standard_normal((width, width), np.float32), f"w{i}") for i in range(count))
+    model = ir.from_proto(proto)
+    lines = [f"### data-free passes on {count * width * width / 1e6:.1f}M parameters ({count} MatMuls {width}x{width}), 4 weight widths", ""]
+    for text in ("sensitivity-entropy", "sensitivity-weight-error"):
+        best = min(_timed_pass(model, CompileContext(), text) for _ in range(3))
+        lines.append(f"- {text}: {best:.2f} s (best of 3, load {os.getloadavg()[0]:.1f})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,light", help="comma-separated: digits, orientation, light")
+    parser.add_argument("--models", default="digits,light", help="comma-separated: " + ", ".join([*CASES, "light"]))
     parser.add_argument("--samples", type=int, default=32, help="calibration samples for output and orthogonality (and held-out pages for orientation)")
+    parser.add_argument("--sweep", action="store_true", help="also sensitivity-output at 4, 8, 16, 32 samples")
+    parser.add_argument("--speed", metavar="MODEL", help="time sensitivity-output against quantize_static on a benchmark model")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds for --speed")
+    parser.add_argument("--data-free", action="store_true", help="time the data-free passes on a 25M-parameter model")
     args = parser.parse_args(argv)
+    if args.speed:
+        print(speed(args.speed, args.rounds))
+        return 0
+    if args.data_free:
+        print(data_free_seconds())
+        return 0
     for name in args.models.split(","):
         if name == "light":
             print("### onnx light_* models\n")
             print("\n".join(f"- {v}" for v in light_models_are_degenerate()))
-        elif name == "digits":
-            print(run_case(digits_case(), args.samples))
-        elif name == "orientation":
-            print(run_case(orientation_case(args.samples), args.samples))
+        elif name in CASES:
+            print(run_case(CASES[name](args.samples), args.samples, args.sweep), flush=True)
         else:
             parser.error(f"unknown model {name!r}")
         print()

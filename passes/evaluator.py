@@ -86,8 +86,10 @@ __all__ = ["FLOAT_BITS", "Config", "Evaluator", "Measure", "output_error"]
 
 #: Layer name -> (weight bits, activation bits); 32 means float, a missing layer stays float.
 Config = Mapping[str, tuple[int, int]]
-Measure = Literal["kl", "mse", "flips"]
 Outputs = list[np.ndarray]
+#: A named output distance, or any ``(reference, outputs) -> damage`` over per-sample outputs (a task
+#: metric's drop, say; it must pickle to run in worker processes).
+Measure = Literal["kl", "mse", "flips"] | Callable[[list[Outputs], list[Outputs]], float]
 
 _PREFIX = "mpqc.eval"
 
@@ -557,8 +559,11 @@ def output_error(reference: list[Outputs], outputs: list[Outputs], measure: Meas
     - ``mse``: squared error over all outputs relative to their energy (1/SQNR), scale-free;
     - ``kl``: mean KL(p_ref || p) of the first output's last axis, after a softmax unless the output
       already holds probabilities (rows non-negative and summing to 1);
-    - ``flips``: fraction of the first output's rows whose arg-max changed (top-1 disagreement).
+    - ``flips``: fraction of the first output's rows whose arg-max changed (top-1 disagreement);
+    - a callable: whatever it returns for ``(reference, outputs)``.
     """
+    if callable(measure):
+        return float(measure(reference, outputs))
     if measure == "mse":
         signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for rs in reference for r in rs)
         noise = sum(float(np.sum(np.square(np.asarray(o, np.float64) - r))) for rs, os_ in zip(reference, outputs) for r, o in zip(rs, os_))

@@ -111,7 +111,7 @@ class SensitivityPass(Pass):
         """The quantizable layers; a PassError if there are none or a weight is not finite."""
         layers = quantizable_layers(model.graph)
         if not layers:
-            raise PassError(f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul or Gather with a constant float weight); nothing to score")
+            raise PassError(f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul, Gather, LSTM or GRU with a constant float weight); nothing to score")
         for layer in layers:
             weight = layer.weight_array()
             if not np.all(np.isfinite(weight)):

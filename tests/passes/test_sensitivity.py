@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ import pytest
 
 from mpqc.ir.annotations import sensitivity_key
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes import CalibrationData, CompileContext, PassError, build_pipeline
+from mpqc.passes import CalibrationData, CompileContext, DataError, PassError, build_pipeline
 from mpqc.passes.analysis.calibrate import Calibrate
 from mpqc.passes.analysis.sensitivity_base import detail_key
 from mpqc.passes.analysis.sensitivity_entropy import SensitivityEntropy, level_counts, weight_entropy
@@ -290,6 +291,9 @@ def test_orthogonality_pass_gives_unique_features_the_highest_damage() -> None:
 
 # --- Errors ------------------------------------------------------------------------------------------
 
+ALL_PASSES = [SensitivityEntropy, SensitivityWeightError, SensitivityOutput, SensitivityOrthogonality, SensitivityTask]
+
+
 NO_LAYERS = """
 <ir_version: 10, opset_import: ["" : 17]>
 plain (float[1,4] x) => (float[1,4] y) {
@@ -298,7 +302,7 @@ plain (float[1,4] x) => (float[1,4] y) {
 """
 
 
-@pytest.mark.parametrize("pass_class", [SensitivityEntropy, SensitivityWeightError, SensitivityOutput, SensitivityOrthogonality, SensitivityTask])
+@pytest.mark.parametrize("pass_class", ALL_PASSES)
 def test_model_without_layers_is_one_line_error(pass_class: type) -> None:
     model = ir.from_proto(onnx.parser.parse_model(NO_LAYERS))
     with pytest.raises(PassError, match="no quantizable layer") as info:
@@ -306,15 +310,43 @@ def test_model_without_layers_is_one_line_error(pass_class: type) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_nan_weights_are_one_line_error() -> None:
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("pass_class", ALL_PASSES)
+def test_non_finite_weights_are_one_line_error(ranking, pass_class: type, value: float) -> None:
+    _, _, context = ranking
     model = ranking_model()
     layer = quantizable_layers(model.graph)[1]
     array = layer.weight_array().copy()
-    array[0, 0] = np.nan
+    array[0, 0] = value
     layer.weight.const_value = ir.tensor(array, name=layer.weight.name)
     with pytest.raises(PassError, match="layer 'h2' has NaN or Inf") as info:
-        SensitivityEntropy()(model)
+        pass_class(context=context)(model)
     assert "\n" not in str(info.value)
+
+
+def _bad_samples(kind: str) -> list[dict[str, np.ndarray]]:
+    good = np.zeros((4, 256), np.float32)
+    if kind == "name":
+        return [{"input": good}]
+    if kind == "shape":
+        return [{"x": np.zeros((4, 255), np.float32)}]
+    if kind == "dtype":
+        return [{"x": good.astype(np.float64)}]
+    broken = good.copy()
+    broken[1, 2] = np.nan if kind == "nan" else -np.inf
+    return [{"x": good}, {"x": broken}]
+
+
+BAD_DATA = {"name": "do not match the model's", "shape": "the model wants [N,256]", "dtype": "is float64, the model wants float32", "nan": "contains NaN or Inf", "inf": "contains NaN or Inf"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_DATA))
+@pytest.mark.parametrize("pass_class", [SensitivityOutput, SensitivityOrthogonality])
+def test_bad_calibration_data_is_one_line_data_error(pass_class: type, kind: str) -> None:
+    context = CompileContext(calibration=CalibrationData(tuple(_bad_samples(kind)), source="bad"))
+    with pytest.raises(DataError, match=re.escape(BAD_DATA[kind])) as info:
+        pass_class(context=context)(ranking_model())
+    assert "\n" not in str(info.value) and str(info.value).startswith("bad, sample ")
 
 
 def test_missing_inputs_and_failing_metric_are_one_line_errors(ranking) -> None:
@@ -357,3 +389,44 @@ def test_mpqc_opt_writes_scores_to_report_and_ir_dump(cnn_path: pathlib.Path, ca
     assert all(s["w2"] > s["w8"] for s in scores.values())
     dump = capsys.readouterr().err
     assert "IR Dump After sensitivity-output" in dump and "mpqc.sens.output" in dump
+
+
+def _broken_cnn(path: pathlib.Path, kind: str) -> pathlib.Path:
+    """The test CNN with a NaN in its first weight, or a model with no quantizable layer."""
+    from models import small_cnn
+
+    if kind == "no-layer":
+        text = '<ir_version: 10, opset_import: ["" : 17]>\nplain (float[N,3,8,8] image) => (float[N,3,8,8] y) {\n  y = Relu(image)\n}'
+        model = ir.from_proto(onnx.parser.parse_model(text))
+    else:
+        model = small_cnn()
+        layer = quantizable_layers(model.graph)[0]
+        array = layer.weight_array().copy()
+        array.flat[0] = np.nan
+        layer.weight.const_value = ir.tensor(array, name=layer.weight.name)
+    ir.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [("nan-weight", "has NaN or Inf in its weight"), ("no-layer", "the model has no quantizable layer"), ("nan-data", "contains NaN or Inf"), ("wrong-name", "do not match the model's")],
+)
+@pytest.mark.parametrize("pipeline", ["sensitivity-entropy", "calibrate,sensitivity-output", "sensitivity-orthogonality"])
+def test_mpqc_opt_bad_input_is_one_line_and_writes_nothing(cnn_path: pathlib.Path, calib_dir: pathlib.Path, tmp_path: pathlib.Path, capsys, case: str, fragment: str, pipeline: str) -> None:
+    from mpqc.tools.opt import main
+
+    model = _broken_cnn(tmp_path / "broken.onnx", case) if case in ("nan-weight", "no-layer") else cnn_path
+    if case in ("nan-data", "wrong-name"):
+        sample = dict(np.load(sorted(calib_dir.iterdir())[0]))
+        if case == "nan-data":
+            sample["image"][0, 0, 0, 0] = np.nan
+        else:
+            sample = {"pixels": sample["image"]}
+        np.savez(calib_dir / "zz_bad.npz", **sample)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main([str(model), "-p", pipeline, "--calib", str(calib_dir), "-o", str(out / "m.onnx"), "--report-json", str(out / "s.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err, err
+    assert list(out.iterdir()) == []
