@@ -23,9 +23,12 @@ lowering emits it (``passes/lower/lower_qdq.py``):
 * An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv is
   NHWC) converts its input and output at the boundaries of a run of such layers.
 * An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
-  ``weight_unpack`` per weight element.
+  a DequantizeLinear node, ``weight_unpack`` per weight element (and its int32 bias's DequantizeLinear
+  when the kernel is float).
 * The activations after the layer (``LayerDesc.epilogue``) are free when the kernel that runs fuses
-  them (``spec.fused_activations``), else they cost their own op's overhead per output element.
+  them (``spec.fused_activations`` per kernel kind: float, emulated — a float kernel behind a weight
+  DequantizeLinear, which onnxruntime runs in plain NCHW — and integer), else they cost their own op's
+  overhead per output element.
 * A table lookup (Gather) moves the rows it reads, not the table: a float or integer table costs its
   output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run (the spec's
   ``DequantizeLinear(int4)`` overhead per table element, if it has one).
@@ -183,8 +186,7 @@ class CostModel:
         seconds = spec.overhead(desc.op_type).time(desc.output_elems)
         if desc.lookup:
             return seconds + self._lookup_s(desc, precision)
-        kernel = "integer" if precision.integer_kernel else "float"
-        seconds += sum(spec.overhead(op).time(desc.output_elems) for op in desc.epilogue if not spec.fuses(kernel, op))
+        seconds += sum(spec.overhead(op).time(desc.output_elems) for op in desc.epilogue if not spec.fuses(precision.kernel_kind, op))
         if precision.is_float:
             return seconds
         quantize, dequantize = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
@@ -203,8 +205,10 @@ class CostModel:
             relayout = spec.overhead(spec.integer_layout[desc.op_type])
             seconds += (0.0 if desc.input_from_layer else relayout.time(desc.input_elems)) \
                 + (0.0 if desc.output_to_layers else relayout.time(desc.output_elems))
-        if not precision.native:
-            seconds += self._unpack_s(precision) * desc.weight_params
+        if not precision.native:  # the weight's (and bias's) DequantizeLinear nodes run on every call
+            seconds += dequantize.fixed + self._unpack_s(precision) * desc.weight_params
+            if desc.bias_params and not precision.integer_kernel:
+                seconds += dequantize.time(desc.bias_params)
         return seconds
 
     def _uint8_extra_s(self, op: str, layout: str, elements: int) -> float:

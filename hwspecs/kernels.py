@@ -221,9 +221,22 @@ def _session(model: onnx.ModelProto | bytes, threads: int,
     return session, {feed_info.name: feed}
 
 
-def time_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
-                feeds: dict[str, np.ndarray] | None = None) -> list[float]:
-    """Median seconds of one run of each model on onnxruntime's CPU provider, measured interleaved.
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds of one run: wall clock, and CPU time of the calling thread.
+
+    With one intra-op thread onnxruntime runs the whole inference on the calling thread, so its CPU time
+    is what one inference costs on a core of its own; on a shared machine the wall clock adds the time
+    spent waiting for a core (5x on this project's 2 vCPUs under a load average of 10)."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def measure_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
+                   feeds: dict[str, np.ndarray] | None = None) -> list[Timing]:
+    """Median wall and thread-CPU seconds of one run of each model on onnxruntime's CPU provider,
+    measured interleaved.
 
     Runs go round-robin over the models until ``min_seconds`` per model have passed (at least 5, at
     most 2000 rounds), so a burst of load from another process slows every model alike instead of
@@ -235,16 +248,27 @@ def time_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds
     for session, inputs in sessions:
         for _ in range(warmup):
             session.run(None, inputs)
-    samples: list[list[float]] = [[] for _ in sessions]
+    wall: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
     deadline = time.perf_counter() + min_seconds * len(sessions)
     rounds = 0
     while rounds < 5 or (time.perf_counter() < deadline and rounds < 2000):
         for index, (session, inputs) in enumerate(sessions):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             session.run(None, inputs)
-            samples[index].append(time.perf_counter() - start)
+            cpu[index].append(time.thread_time() - start_cpu)
+            wall[index].append(time.perf_counter() - start)
         rounds += 1
-    return [statistics.median(s) for s in samples]
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
+def time_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
+                feeds: dict[str, np.ndarray] | None = None) -> list[float]:
+    """Seconds of one run of each model (see ``measure_models``): thread CPU time with one thread, where
+    it is immune to other processes' load, and wall clock with several, where the caller's CPU time would
+    miss the other threads' work."""
+    timings = measure_models(models, threads, min_seconds, warmup, feeds)
+    return [t.cpu_s if threads == 1 else t.wall_s for t in timings]
 
 
 def time_model(model: onnx.ModelProto, threads: int, min_seconds: float) -> float:

@@ -259,11 +259,13 @@ def _prior_rate(spec: HardwareSpec, key: str) -> float:
 
 def _conversion_s(conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool) -> float:
     """The Q/DQ time ``CostModel`` charges a one-layer island: Q on its input, then DQ on its output
-    for an integer kernel, or DQ of its input for a pair emulated in float."""
+    for an integer kernel, or DQ of its input and the weight's DQ node for a pair emulated in float."""
     if precision == "float":
         return 0.0
     quantize, dequantize = conversions["QuantizeLinear"], conversions["DequantizeLinear"]
-    return quantize.time(kernel.input_elems) + dequantize.time(kernel.input_elems if emulated else kernel.output_elems)
+    if emulated:
+        return quantize.time(kernel.input_elems) + dequantize.time(kernel.input_elems) + dequantize.fixed
+    return quantize.time(kernel.input_elems) + dequantize.time(kernel.output_elems)
 
 
 def _document(base: str, threads: int, quick: bool, fit: Fit, run_s: float, overheads: dict[str, Overhead]) -> dict[str, Any]:

@@ -81,6 +81,14 @@ class Precision:
         """Whether the kernel that runs is an integer one (native, or emulated in a wider integer pair)."""
         return not self.is_float and (self.native or self.emulated_abits is not None)
 
+    @property
+    def kernel_kind(self) -> str:
+        """'float' (the float graph's own kernel), 'emulated' (a float kernel behind a weight
+        DequantizeLinear) or 'integer': what ``HardwareSpec.fused_activations`` is keyed by."""
+        if self.integer_kernel:
+            return "integer"
+        return "float" if self.native else "emulated"
+
     def rate(self, depthwise: bool) -> float:
         """MACs per second for a layer of this kind."""
         return self.depthwise_throughput if depthwise and self.depthwise_throughput is not None else self.throughput
@@ -182,10 +190,11 @@ class HardwareSpec:
     session_overhead: float = 0.0
     """Seconds one inference call costs besides its ops (the runtime's own bookkeeping)."""
     fused_activations: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
-    """Kernel kind ('float' or 'integer') -> activation op types a kernel of that kind applies in its own
-    output loop, at no cost.  onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float Conv;
-    an integer kernel absorbs only Relu (its output quantizer clips at zero), so the others run as
-    separate float ops on the dequantized output."""
+    """Kernel kind ('float', 'emulated', 'integer'; see ``Precision.kernel_kind``) -> activation op types a
+    kernel of that kind applies in its own output loop, at no cost; 'emulated' defaults to 'float'.
+    onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float NCHWc Conv, not HardSwish into the
+    plain-NCHW Conv behind a weight DequantizeLinear; an integer kernel absorbs only Relu (its output
+    quantizer clips at zero), so the others run as separate float ops on the dequantized output."""
 
     # -- precisions -------------------------------------------------------------------------------
 
@@ -261,8 +270,9 @@ class HardwareSpec:
         return self.memory[-1]
 
     def fuses(self, kernel_kind: str, op_type: str) -> bool:
-        """Does a ``kernel_kind`` ('float' or 'integer') kernel apply activation ``op_type`` for free?"""
-        return op_type in self.fused_activations.get(kernel_kind, frozenset())
+        """Does a ``kernel_kind`` kernel ('float', 'emulated', 'integer') apply activation ``op_type`` for free?"""
+        fallback = self.fused_activations.get("float", frozenset()) if kernel_kind == "emulated" else frozenset()
+        return op_type in self.fused_activations.get(kernel_kind, fallback)
 
     def overhead(self, op_type: str) -> Overhead:
         return self.overheads.get(op_type, self.overheads.get("default", NO_OVERHEAD))

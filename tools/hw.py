@@ -97,6 +97,8 @@ def _show(args: argparse.Namespace) -> int:
     reference = "float" if spec.runs_float else "uniform w8a8"
     threads = f", {spec.threads} thread(s)" if spec.threads else ""
     console.print(f"weights {list(spec.weight_bits)} bits, activations {list(spec.act_bits)} bits; reference: {reference}{threads}")
+    for line in _runtime_lines(spec):
+        console.print(line)
     console.print(_precision_table(spec))
     if spec.bit_scaling is not None:
         console.print(_speedup_matrix(spec))
@@ -111,15 +113,30 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_lines(spec: HardwareSpec) -> list[str]:
+    """How the runtime shapes costs beyond the tables: call overhead, fusions, layouts, operand packing."""
+    lines = []
+    if spec.session_overhead:
+        lines.append(f"each inference call: {format_quantity(spec.session_overhead, 'time')}")
+    for kind, ops in sorted(spec.fused_activations.items()):
+        lines.append(f"fused into {'an' if kind == 'integer' else 'a'} {kind} kernel: {', '.join(sorted(ops)) or 'none'}")
+    for op, relayout in sorted(spec.integer_layout.items()):
+        lines.append(f"integer {op} runs in another layout: a {relayout} in and out of each run of them")
+    if spec.packed_operands:
+        lines.append("operands move at exactly their bit-width (packed), not in ONNX containers")
+    return lines
+
+
 def _precision_table(spec: HardwareSpec) -> Table:
-    table = Table("pair", "throughput", "energy/MAC", "runs as", title="precisions", title_justify="left")
+    table = Table("pair", "throughput", "depthwise", "energy/MAC", "runs as", title="precisions", title_justify="left")
     reference = spec.precision(*spec.reference_pair).throughput
     for key, p in spec.precisions.items():
         runs_as = "native" if p.native else f"emulated as {p.emulated_as}"
         if p.weight_unpack is not None:
             runs_as += f", unpack {format_quantity(p.weight_unpack, 'time')}/weight"
         speed = f"{format_quantity(p.throughput, 'throughput')} ({p.throughput / reference:.2g}x ref)"
-        table.add_row(key, speed, format_quantity(p.energy_per_mac, "energy"), runs_as)
+        depthwise = "same" if p.depthwise_throughput is None else format_quantity(p.depthwise_throughput, "throughput")
+        table.add_row(key, speed, depthwise, format_quantity(p.energy_per_mac, "energy"), runs_as)
     if spec.bit_scaling is not None:
         cap = "" if math.isinf(spec.bit_scaling.max_speedup) else f", capped at {spec.bit_scaling.max_speedup:g}x"
         table.caption = f"other pairs: throughput ∝ 1/(w·a) and energy ∝ w·a from {spec.bit_scaling.anchor.key}{cap}"

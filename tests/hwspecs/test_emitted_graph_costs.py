@@ -30,8 +30,10 @@ def test_emulated_pair_pays_input_conversions_and_weight_unpack_but_no_output_de
     q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
     w4a8 = spec.precision(4, 8)
     expected = roofline(model, CONV, 4, 8) + conv.time(CONV.output_elems) + q.time(CONV.input_elems) \
-        + dq.time(CONV.input_elems) + w4a8.weight_unpack * CONV.weight_params
+        + dq.time(CONV.input_elems) + dq.fixed + w4a8.weight_unpack * CONV.weight_params
     assert model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(expected, rel=1e-12)
+    with_bias = dataclasses.replace(CONV, bias_params=64)
+    assert model.layer_cost(with_bias, 4, 8).latency_s - model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(dq.time(64))
 
 
 def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
@@ -54,11 +56,12 @@ def test_activations_are_free_inside_a_float_kernel_and_separate_ops_after_an_in
     model = CostModel(spec)
     hardswish = dataclasses.replace(CONV, epilogue=("HardSwish",))
     relu = dataclasses.replace(CONV, epilogue=("Relu",))
-    for pair in [(None, None), (4, 8), (8, 16)]:  # float kernels, fused activation
-        assert model.layer_cost(hardswish, *pair).latency_s == model.layer_cost(CONV, *pair).latency_s
-    extra = model.layer_cost(hardswish, 8, 8).latency_s - model.layer_cost(CONV, 8, 8).latency_s
-    assert extra == pytest.approx(spec.overhead("HardSwish").time(CONV.output_elems)) and extra > 0
-    assert model.layer_cost(relu, 8, 8).latency_s == model.layer_cost(CONV, 8, 8).latency_s, "the quantizer clips at zero"
+    assert model.layer_cost(hardswish, None, None).latency_s == model.layer_cost(CONV, None, None).latency_s, "NCHWc Conv fuses it"
+    for pair in [(8, 8), (4, 8), (8, 16)]:  # integer kernels, and the plain-NCHW float Conv behind a weight DQ
+        extra = model.layer_cost(hardswish, *pair).latency_s - model.layer_cost(CONV, *pair).latency_s
+        assert extra == pytest.approx(spec.overhead("HardSwish").time(CONV.output_elems)) and extra > 0
+    for pair in [(None, None), (8, 8), (4, 8)]:
+        assert model.layer_cost(relu, *pair).latency_s == model.layer_cost(CONV, *pair).latency_s, "fused, or clipped by the quantizer"
 
 
 def narrow_activation_spec(tmp_path: Path) -> hwspecs.HardwareSpec:
@@ -82,7 +85,7 @@ def test_a_narrow_activation_grid_pays_its_float_clip_and_runs_the_float_kernel(
     assert clip > 0
     q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
     expected = roofline(model, CONV, 8, 6) + conv.time(CONV.output_elems) + clip + q.time(CONV.input_elems) \
-        + dq.time(CONV.input_elems) + 0.5e-9 * CONV.weight_params
+        + dq.time(CONV.input_elems) + dq.fixed + 0.5e-9 * CONV.weight_params
     assert w8a6.latency_s == pytest.approx(expected, rel=1e-12)
 
 

@@ -43,6 +43,17 @@ def test_show_prints_the_tables(capsys: pytest.CaptureFixture[str], name: str) -
         assert level.name in out
 
 
+def test_show_says_how_the_runtime_shapes_costs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "show", "x86_avx2")
+    assert code == 0
+    assert "each inference call: 8 us" in out
+    assert "fused into a float kernel: Clip, HardSigmoid, HardSwish" in out and "fused into an integer kernel: Relu" in out
+    assert "integer Conv runs in another layout: a Transpose in and out" in out
+    assert "5.6 GMAC/s" in out, "the float depthwise rate"
+    code, out, _ = run(capsys, "show", "bismo_edge")
+    assert "operands move at exactly their bit-width" in out
+
+
 def test_show_bit_flexible_spec_prints_the_speedup_matrix(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "show", "bitfusion")
     assert code == 0
