@@ -175,7 +175,7 @@ def test_matmul_bias_goes_into_the_following_add_or_is_noted() -> None:
 # --- The exactness contract -----------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     bits=st.integers(2, 8),
     channels=st.integers(1, 6),
@@ -264,3 +264,23 @@ def test_a_beacon_scores_its_own_configuration_better_than_plain_rounding() -> N
     assert beacon.error(config) < 0.8 * Evaluator(model, samples, wbits=(3, 8)).error(config)
     recovery.evaluator({"g": (8, 8), "y": (3, 8)})  # a second beacon reuses the observed statistics
     assert recovery.recovered == 2 and model.graph.initializers["wg"].const_value.numpy().tobytes() == proto.graph.initializer[0].raw_data
+
+
+# --- The front door ---------------------------------------------------------------------------
+
+
+def test_compile_recovers_by_default_with_data_and_not_without(tmp_path) -> None:
+    import mpqc
+    from mpqc import examples
+    from mpqc.cli import main
+
+    calibration = examples.digits_calibration()[:40]
+    model = str(examples.digits_model_path())
+    result = mpqc.compile(model, hw="generic", calibration=calibration, uniform="w3a8")
+    assert "recover{uniform=w3a8},lower-qdq{uniform=w3a8}" in result.pipeline
+    assert "recover" not in mpqc.compile(model, hw="generic", calibration=calibration, uniform="w8a8").pipeline
+    assert "recover" not in mpqc.compile(model, hw="generic", calibration=calibration, uniform="w3a8", recover=False).pipeline
+    with pytest.raises(PassError, match="--recover needs calibration data"):
+        mpqc.compile(model, hw="generic", uniform="w4a8", recover=True)
+    assert main(["--hw", "generic", "-o", str(tmp_path / "out.onnx"), "--uniform", "w4a8", "--recover", "-q"]) == 0
+    assert examples.digits_accuracy(tmp_path / "out.onnx") > 0.95
