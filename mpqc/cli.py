@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wbits", type=_bit_list, help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)")
     parser.add_argument("--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)")
     parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="DIM=SIZE", help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)")
+    parser.add_argument(
+        "--recover",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GPTQ rounding and bias correction of layers below 8-bit weights (default: on when --calib is given)",
+    )
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument("--report-json", metavar="FILE", help="write the compilation report as JSON")
     parser.add_argument("--report", metavar="FILE", help="write the per-layer table (bits, candidates, why) as .html or .md")
@@ -192,6 +198,7 @@ def _compile(args: argparse.Namespace, model: Any, calibration: Any, eval_fn: An
         executor=executor,
         emit_pareto=args.emit_pareto,
         instruments=ir_printer(args),
+        recover=args.recover,
     )
 
 

@@ -20,7 +20,7 @@ import onnx_ir as ir
 from mpqc import hwspecs
 from mpqc import ir as mir
 from mpqc.ir import annotations
-from mpqc.passes import CompileContext, PassError, load_calibration
+from mpqc.passes import CompileContext, PassError, load_calibration, parse_pipeline
 from mpqc.passes.instruments import Instrument, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
 from mpqc.pipeline import Pipeline
@@ -51,22 +51,23 @@ _METRIC = {"eagl": "entropy"}
 
 
 def default_pipeline(
-    *, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax", strategy: str = "ilp"
+    *, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax", strategy: str = "ilp", recover: bool = False
 ) -> str:
     """The pipeline ``mpqc`` runs (DESIGN.md, "The default pipeline").
 
     With ``uniform`` bits there is nothing to search. Otherwise the layers are scored — by their
     effect on the output when there is calibration data, by their weights' quantization error when
-    there is not — priced on the chip, searched, and lowered.
+    there is not — priced on the chip, searched, and lowered. ``recover`` reconstructs the layers
+    below 8-bit weights (GPTQ and bias correction) just before lowering.
     """
     steps = ["canonicalize"]
     if calibrated:
         steps.append("calibrate" if calibrate_method == "minmax" else f"calibrate{{method={calibrate_method}}}")
     if uniform:
-        steps.append(f"lower-qdq{{uniform={uniform}}}")
+        steps += [f"recover{{uniform={uniform}}}"] * recover + [f"lower-qdq{{uniform={uniform}}}"]
     else:
         metric = _METRIC.get(strategy) or ("output" if calibrated else "weight-error")
-        steps += [f"sensitivity-{metric}", "cost", f"search{{strategy={strategy},metric={metric}}}", "lower-qdq"]
+        steps += [f"sensitivity-{metric}", "cost", f"search{{strategy={strategy},metric={metric}}}", *["recover"] * recover, "lower-qdq"]
     steps.append("verify")
     return ",".join(steps)
 
@@ -113,6 +114,7 @@ def compile(
     executor: concurrent.futures.Executor | None = None,
     emit_pareto: str | os.PathLike | None = None,
     instruments: Sequence[Instrument] = (),
+    recover: bool | None = None,
 ) -> CompileResult:
     """Quantize ``model`` for the chip ``hw``.
 
@@ -122,7 +124,10 @@ def compile(
     ``wbits`` x ``abits`` under ``constraints`` ({"size": "0.25x", "latency": "2ms", ...}).
     ``pipeline`` replaces the default pipeline. ``executor`` runs exact evaluations (a process pool,
     or a Dask client's ``get_executor()``). ``emit_pareto`` names a folder that receives every point
-    of the searched front, lowered and verified like the chosen one.
+    of the searched front, lowered and verified like the chosen one. ``recover`` (GPTQ rounding and
+    bias correction of the layers below 8-bit weights, bench/RESULTS.md §6) runs by default when
+    there is calibration data and a layer may get fewer than 8 weight bits; ``recover=False`` turns
+    it off, ``True`` without data is an error.
     """
     spec = hwspecs.load(hw)
     if uniform and constraints:
@@ -151,8 +156,12 @@ def compile(
         context.note("no calibration data: activations stay float and only data-free analysis runs (give --calib DIR)")
     if uniform:
         _check_uniform(uniform, spec)
+    if recover and calibration is None:
+        raise PassError("--recover needs calibration data to observe each layer's inputs: give --calib DIR")
+    if recover is None:  # on with data, unless every weight is uniformly 8 bits or more (nothing to recover)
+        recover = calibration is not None and (not uniform or parse_bits(uniform)[0] < 8)
     text = pipeline or default_pipeline(
-        uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy
+        uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy, recover=recover
     )
     timing = Timing()
     explainer = Explainer()
@@ -166,7 +175,8 @@ def compile(
     if snapshot is not None:
         if snapshot.model is None:
             raise PassError("--emit-pareto needs a search: drop --uniform or use a pipeline with the search pass")
-        emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto))
+        recovered = any(pass_class.name == "recover" for pass_class, _ in parse_pipeline(text))
+        emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto), recover=recovered)
     report = annotations.REPORT.get(result_ir, {}) or {}
     return CompileResult(
         model=mir.as_kind(result_ir, model),
@@ -181,11 +191,11 @@ def compile(
     )
 
 
-def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
+def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path, recover: bool = False) -> tuple[pathlib.Path, ...]:
     """Lower and verify every point of ``analysed``'s front into ``folder``: ``NN_w<bits>_<bytes>B.onnx``.
 
     Each point starts from the model as the search left it, so each file is exactly what the default
-    pipeline would have emitted had that point been chosen.
+    pipeline would have emitted had that point been chosen (recovered first when ``recover``).
     """
     front = annotations.PARETO.get(analysed) or {}
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,7 +206,7 @@ def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path
             if layer.name in point["bits"]:
                 wbits, abits = parse_bits(point["bits"][layer.name])
                 annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
-        Pipeline("lower-qdq,verify", context).run_ir(model)
+        Pipeline("recover,lower-qdq,verify" if recover else "lower-qdq,verify", context).run_ir(model)
         size = int(point["objectives"].get("size", 0))
         paths.append(mir.save(model, folder / f"{index:02d}_{size}B.onnx"))
     return tuple(paths)
