@@ -75,6 +75,8 @@ class Mode:
     budgets: tuple[float, ...] = BUDGETS
     models: tuple[str, ...] = tuple(registry.MODELS)
     ort_recipes: tuple[str, ...] = ORT_RECIPES
+    #: add 4-bit MatMulNBits when the model has MatMuls
+    matmul_nbits: bool = True
     timeout_s: float = 1800.0
 
 
@@ -84,7 +86,7 @@ MODES = {
     "quick": Mode("quick", True, 3, 4, 4, {"nsga2": "generations=4", "mohaq": "generations=4",
                                           "haq": "episodes=25", "nemo": "max_evaluations=50"}),
     "smoke": Mode("smoke", True, 3, 4, 4, strategies=("ilp",), budgets=(0.5,), models=("orientation",),
-                  ort_recipes=("ort-u8s8",), timeout_s=240.0),
+                  ort_recipes=("ort-u8s8",), matmul_nbits=False, timeout_s=240.0),
 }
 
 
@@ -218,13 +220,14 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
     analysis: Analysis | None = None
     add(bench.run(FLOAT, log))
     ort_names = list(mode.ort_recipes)
-    if mode.name != "smoke" and has_matmul(bench.float_model):
+    if mode.matmul_nbits and has_matmul(bench.float_model):
         ort_names.append("ort-matmul-nbits4")
-    elif mode.name != "smoke":
+    elif mode.matmul_nbits:
         notes.append("ort-matmul-nbits4 not run: the model has no MatMul")
     for name in ort_names:
         add(bench.run(RECIPES[name], log))
     anchor = next(r for r in rows if r["recipe"] == SIZE_ANCHOR)
+    analysis_error = ""
     try:
         analysis = analyse(bench, mode)
         log(f"[{model.name}] analysis {analysis.seconds:.1f} s")
