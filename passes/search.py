@@ -210,21 +210,21 @@ class SearchBits(Pass):
             return True
         return self.options.exact == "auto" and self.options.strategy in _EXACT_STRATEGIES and self.context.calibration is not None
 
-    def _evaluation_set(self, problem: msearch.Problem) -> tuple[list[int], list]:
-        """(weight bits to prepare, samples) of an exact evaluation."""
+    def _evaluation_set(self, model: ir.Model, problem: msearch.Problem) -> tuple[list[int], list, WeightLayout]:
+        """(weight bits to prepare, samples, weight layout) of an exact evaluation."""
         wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
-        return wbits, list(self.context.calibration)[: self.options.samples]
+        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
+        layout = WeightLayout(block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0)))
+        return wbits, list(self.context.calibration)[: self.options.samples], layout
 
     def _beacon_fn(self, model: ir.Model, problem: msearch.Problem) -> BeaconFn:
         """MOHAQ's beacons (METHODS.md §5): ``recover`` a configuration once, score neighbours on its weights."""
-        wbits, samples = self._evaluation_set(problem)
-        recovery = BeaconRecovery(model, samples, wbits=wbits, hw=self.context.hw)
+        wbits, samples, layout = self._evaluation_set(model, problem)
+        recovery = BeaconRecovery(model, samples, wbits=wbits, hw=self.context.hw, layout=layout)
         return functools.partial(_beacon, recovery, problem.layers, problem.choices, self.options.measure)
 
     def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
-        wbits, samples = self._evaluation_set(problem)
-        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
-        layout = WeightLayout(block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0)))
+        wbits, samples, layout = self._evaluation_set(model, problem)
         evaluator = Evaluator(model, samples, wbits=wbits, executor=None, spec=self.context.hw, layout=layout)
         fn = functools.partial(_config_error, evaluator, problem.layers, problem.choices, self.options.measure)
         return msearch.Evaluator(fn, executor=self.context.executor)

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.evaluator import Evaluator
 from mpqc.passes.grid import FLOAT_BITS
+from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.recover.recover import Recover, recover_layer, targets
 from mpqc.passes.recover.statistics import InputStatistics, observe_float
 
@@ -33,12 +34,15 @@ __all__ = ["BeaconRecovery"]
 class BeaconRecovery:
     """Recovers configurations of ``model`` into evaluators (see the module docstring)."""
 
-    def __init__(self, model: ir.Model, samples: Sequence[Mapping[str, Any]], *, wbits: Sequence[int], hw: Any = None, options: Recover.Options | None = None) -> None:
+    def __init__(
+        self, model: ir.Model, samples: Sequence[Mapping[str, Any]], *, wbits: Sequence[int], hw: Any = None, layout: WeightLayout = WeightLayout()
+    ) -> None:
         self.model = model.clone()
         self.samples = list(samples)
         self.wbits = tuple(wbits)
         self.hw = hw
-        self.options = options or Recover.Options(inputs="float")
+        self.layout = layout
+        self.options = Recover.Options(inputs="float", weight_only=layout.weight_only, block_size=layout.block_size)
         self._statistics: dict[str, InputStatistics] | None = None
         #: Beacons recovered so far (MOHAQ's budget keeps this small).
         self.recovered = 0
@@ -46,14 +50,14 @@ class BeaconRecovery:
     def evaluator(self, config: Mapping[str, tuple[int, int]]) -> Evaluator:
         """An evaluator over ``model`` with ``config``'s layers recovered at their bits."""
         recovered = self.model.clone()
-        chosen, _ = targets(recovered, config, self.hw, self.options.max_bits)
+        chosen, _ = targets(recovered, config, self.hw, self.options.max_bits, self.layout)
         with threadpool_limits(1, user_api="blas"):
             statistics = self._observed()
             for target in chosen:
                 seen = statistics[target.name]
                 recover_layer(recovered.graph, target, seen, seen.mean, self.options)
         self.recovered += 1
-        return Evaluator(recovered, self.samples, wbits=self.wbits, spec=self.hw)
+        return Evaluator(recovered, self.samples, wbits=self.wbits, spec=self.hw, layout=self.layout)
 
     def _observed(self) -> dict[str, InputStatistics]:
         """Float-input statistics of every layer recovery can reconstruct, observed once for all beacons."""

@@ -12,10 +12,14 @@ per-output-channel scale this reordering costs nothing at lowering time.
 Everything is batched over groups (grouped and depthwise convolutions have one Hessian per group),
 and the rows of a group are updated together, so the Python loop runs once per input column.
 
-One constraint is mpqc's own (the exactness contract of ``recover``): every channel must keep an
-element at ``±qmax`` so that the scale ``lower-qdq`` recomputes from the written weight is the scale
-GPTQ rounded with. The channel's largest-magnitude element is *pinned* to ``±qmax``; the error this
-forces is fed forward like any other rounding error.
+Scales are given per element, so a per-channel grid and a per-block one (MatMul/Gemm weights with
+blocks along K, MatMulNBits) are the same loop: the scales are fixed before rounding ("static
+groups"), which is what keeps act-order free.
+
+One constraint is mpqc's own (the exactness contract of ``recover``): every channel (every block)
+must keep an element at ``±qmax`` so that the scale ``lower-qdq`` recomputes from the written weight
+is the scale GPTQ rounded with. Its largest-magnitude element is *pinned* to ``±qmax``
+(``peak_pins``); the error this forces is fed forward like any other rounding error.
 
 Optionally the per-channel scale is searched first (``clip_scales``): a clip ratio below 1 trades
 saturating a few large weights for finer steps everywhere else, scored by the Hessian-diagonal
@@ -26,12 +30,25 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["clip_scales", "gptq_levels", "output_error", "round_levels"]
+__all__ = ["clip_scales", "gptq_levels", "output_error", "peak_pins", "round_levels"]
 
 
 def round_levels(weight: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
-    """Plain rounding to the grid: ``clip(rint(w / s), ±qmax)`` per row; ``weight`` is (groups, rows, cols)."""
-    return np.clip(np.rint(weight / scales[..., None]), -qmax, qmax)
+    """Plain rounding to the grid: ``clip(rint(w / s), ±qmax)``; ``weight`` and ``scales`` are (groups, rows, cols)."""
+    return np.clip(np.rint(weight / scales), -qmax, qmax)
+
+
+def peak_pins(weight: np.ndarray, block: int) -> np.ndarray:
+    """Per row and block of ``block`` consecutive columns, a mask of its largest-magnitude element (none in all-zero blocks)."""
+    groups, rows, cols = weight.shape
+    blocks = -(-cols // block)
+    padded = np.zeros((groups, rows, blocks * block))
+    padded[:, :, :cols] = np.abs(weight)
+    by_block = padded.reshape(groups, rows, blocks, block)
+    mask = np.zeros_like(by_block, dtype=bool)
+    np.put_along_axis(mask, np.argmax(by_block, axis=3)[..., None], True, axis=3)
+    mask &= by_block.max(axis=3, keepdims=True) > 0
+    return mask.reshape(groups, rows, blocks * block)[:, :, :cols]
 
 
 def clip_scales(weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.ndarray) -> np.ndarray:
@@ -42,7 +59,7 @@ def clip_scales(weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.n
     best = amax / qmax
     for ratio in ratios:
         scales = np.where(amax > 0, ratio * amax / qmax, 1.0)
-        error = np.sum(importance * np.square(weight - round_levels(weight, scales, qmax) * scales[..., None]), axis=2)
+        error = np.sum(importance * np.square(weight - round_levels(weight, scales[..., None], qmax) * scales[..., None]), axis=2)
         better = error < best_error
         best_error = np.where(better, error, best_error)
         best = np.where(better, scales, best)
@@ -54,16 +71,17 @@ def gptq_levels(
     hessian: np.ndarray,
     scales: np.ndarray,
     qmax: int,
+    pins: np.ndarray,
     *,
     damping: float = 0.01,
     act_order: bool = True,
     block: int = 128,
 ) -> np.ndarray:
-    """Integer levels (as floats) for ``weight`` (groups, rows, cols) on per-row ``scales`` (groups, rows).
+    """Integer levels (as floats) for ``weight`` (groups, rows, cols) on per-element ``scales`` (same shape).
 
     ``hessian`` is ``Σ x xᵀ`` per group (groups, cols, cols); ``damping`` is added to its diagonal
-    as a fraction of the mean diagonal. Rows whose scale-defining element is nonzero keep exactly
-    one element pinned at ``±qmax`` (module docstring).
+    as a fraction of the mean diagonal. Elements in ``pins`` (``peak_pins``) are set to ``±qmax``
+    with their sign (module docstring).
     """
     groups, rows, cols = weight.shape
     h = np.array(hessian, dtype=np.float64)
@@ -73,15 +91,14 @@ def gptq_levels(
     h[g_idx, c_idx, c_idx] = 1.0
     diagonal = np.diagonal(h, axis1=1, axis2=2)
     order = np.argsort(-diagonal, axis=1, kind="stable") if act_order else np.broadcast_to(np.arange(cols), (groups, cols))
-    w = np.take_along_axis(np.asarray(weight, np.float64), order[:, None, :], axis=2)
+    def reordered(array: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(np.broadcast_to(array, weight.shape), order[:, None, :], axis=2)
+
+    w = reordered(np.asarray(weight, np.float64))
+    s = reordered(np.asarray(scales, np.float64))
+    pinned_level = reordered(np.where(pins, np.sign(weight) * qmax, np.nan))
     h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
     upper = _inverse_cholesky(h, damping)
-
-    # The pin: per row, the (reordered) column of its largest magnitude, and that element's sign.
-    pin_column = np.argmax(np.abs(w), axis=2)
-    pin_sign = np.sign(np.take_along_axis(w, pin_column[..., None], axis=2)[..., 0])
-    pinned = pin_sign != 0
-    s = np.asarray(scales, np.float64)
 
     levels = np.zeros_like(w)
     for start in range(0, cols, block):
@@ -89,10 +106,10 @@ def gptq_levels(
         errors = np.zeros((groups, rows, stop - start))
         for i in range(start, stop):
             column = w[:, :, i]
-            q = np.clip(np.rint(column / s), -qmax, qmax)
-            q = np.where(pinned & (pin_column == i), pin_sign * qmax, q)
+            q = np.clip(np.rint(column / s[:, :, i]), -qmax, qmax)
+            q = np.where(np.isnan(pinned_level[:, :, i]), q, pinned_level[:, :, i])
             levels[:, :, i] = q
-            error = (column - q * s) / upper[:, i, i][:, None]
+            error = (column - q * s[:, :, i]) / upper[:, i, i][:, None]
             w[:, :, i:stop] -= error[:, :, None] * upper[:, None, i, i:stop]
             errors[:, :, i - start] = error
         if stop < cols:

@@ -10,7 +10,9 @@ a note):
    activation quantizer), so each layer compensates for what earlier layers did; ``inputs=float``
    reads the float model once for all layers (cheaper, what the MOHAQ beacons use);
 2. round its weight with GPTQ (``gptq``) against the input Hessian, on the grid ``lower-qdq`` will use
-   for its (w, a) on this target (``weight_grid_bits``), optionally after a per-channel clip search;
+   for its (w, a) on this target (``weight_grid_bits``) and in its weight layout (per channel, or per
+   block along K with ``block_size`` / ``weight_only``, which must be the lowering's: the compiler
+   passes the same options to both), optionally after a per-channel clip search;
 3. correct its bias (``bias``): the mean output shift against the float model, measured on the same
    samples, folded into the bias (created for a Conv/Gemm without one; for a MatMul only when an
    Add of a constant vector follows it).
@@ -51,11 +53,12 @@ from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.data import CalibrationData
-from mpqc.passes.grid import FLOAT_BITS, fake_quant_weight, weight_grid, weight_scales
+from mpqc.passes.grid import FLOAT_BITS, fake_quant_weight, quantize_weight_blocked, weight_grid, weight_scales
+from mpqc.passes.lower.layout import WeightLayout, block_axis
 from mpqc.passes.lower.lower_qdq import parse_bits
 from mpqc.passes.recover.bias import BiasSlot, bias_slot
 from mpqc.passes.recover.exact import on_grid
-from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, round_levels
+from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, peak_pins, round_levels
 from mpqc.passes.recover.linear import LinearView, linear_view
 from mpqc.passes.recover.statistics import InputStatistics, observe_float, observe_quantized
 from mpqc.passes.registry import register
@@ -74,6 +77,8 @@ class Target:
 
     view: LinearView
     grid_bits: int
+    #: Block size along K of the stored weight (0: per channel), as ``lower-qdq`` lays it out.
+    block: int = 0
 
     @property
     def name(self) -> str:
@@ -103,11 +108,17 @@ class Recover(Pass):
         inputs: Literal["sequential", "float"] = option("sequential", "layer inputs seen through the quantized, recovered upstream (sequential) or the float model's")
         stages: int = option(8, "sequential: onnxruntime passes over the samples; layers are observed in this many consecutive groups")
         method: Literal["gptq", "round"] = option("gptq", "weight rounding: GPTQ second-order rounding, or plain rounding (bias correction only)")
-        clip_search: bool = option(False, "search each channel's clip ratio (Hessian-weighted error) before rounding")
+        clip_search: bool = option(False, "search each channel's clip ratio (Hessian-weighted error) before rounding; per-channel grids only")
         bias_correction: bool = option(True, "fold the mean output shift against float into the bias")
         damping: float = option(0.01, "GPTQ: added to the Hessian's diagonal, as a fraction of its mean")
         max_bits: int = option(7, "recover layers whose weight grid has at most this many bits")
         samples: int = option(64, "calibration samples observed")
+        weight_only: bool = option(False, "lower-qdq's weight_only: the weight layout recovery rounds on must be the lowering's")
+        block_size: int = option(0, "lower-qdq's block_size: the weight layout recovery rounds on must be the lowering's")
+
+        @property
+        def layout(self) -> WeightLayout:
+            return WeightLayout(weight_only=self.weight_only, block_size=self.block_size)
 
         def __post_init__(self) -> None:
             if self.uniform:
@@ -116,6 +127,7 @@ class Recover(Pass):
                 raise ValueError(f"stages and samples must be at least 1, got {self.stages} and {self.samples}")
             if not 0.0 < self.damping < 1.0:
                 raise ValueError(f"damping must be in (0, 1), got {self.damping}")
+            self.layout  # validates block_size
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
@@ -123,7 +135,7 @@ class Recover(Pass):
             raise PassError("recover: needs calibration samples (--calib DIR) to observe each layer's inputs; drop --recover or give data")
         data.check(model)
         config = self._config(model)
-        chosen, skipped = targets(model, config, self.context.hw, self.options.max_bits)
+        chosen, skipped = targets(model, config, self.context.hw, self.options.max_bits, self.options.layout)
         for name, why in skipped:
             self.context.note(f"recover: layer '{name}' left as rounded: {why}")
         if not chosen:
@@ -164,7 +176,7 @@ class Recover(Pass):
             members = [chosen[i] for i in stage]
             last = order[members[-1].name]
             upstream = {name: bits for name, bits in config.items() if order.get(name, last + 1) <= last}
-            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw)
+            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw, self.options.layout)
             in_stage = {position[id(t.view.layer.node)] for t in members}
             for t in members:
                 # A layer observed behind members of its own stage saw their plain, uncorrected outputs;
@@ -194,7 +206,7 @@ class Recover(Pass):
         annotations.REPORT.set(model, report)
 
 
-def targets(model: ir.Model, config: Config, hw: object, max_bits: int) -> tuple[list[Target], list[tuple[str, str]]]:
+def targets(model: ir.Model, config: Config, hw: object, max_bits: int, layout: WeightLayout = WeightLayout()) -> tuple[list[Target], list[tuple[str, str]]]:
     """The layers of ``config`` to recover (in topological order), and (name, why) of those left out."""
     chosen, skipped = [], []
     for layer in quantizable_layers(model.graph):
@@ -210,7 +222,7 @@ def targets(model: ir.Model, config: Config, hw: object, max_bits: int) -> tuple
         elif layer.activation is None or not layer.activation.name:
             skipped.append((layer.name, "its input has no name to observe"))
         else:
-            chosen.append(Target(view, grid_bits))
+            chosen.append(Target(view, grid_bits, layout.block(layer, grid_bits, abits)))
     return chosen, skipped
 
 
@@ -220,23 +232,29 @@ def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, target
     ``seen`` are the statistics of the inputs the layer will see; bias correction makes its mean
     output on them equal the float layer's mean output on inputs of mean ``target_mean``.
     """
-    view, bits = target.view, target.grid_bits
+    view, bits, block = target.view, target.grid_bits, target.block
     layer = view.layer
     weight = layer.weight_array()
-    axis = layer.channel_axis
+    axis, along = layer.channel_axis, block_axis(layer) or 0
     qmax = weight_grid(bits).qmax
     matrix = view.matrix(weight).astype(np.float64)
     assert seen.hessian is not None
-    scales = weight_scales(weight, bits, axis).astype(np.float64).reshape(matrix.shape[:2])
-    if options.clip_search:
-        scales = clip_scales(matrix, seen.hessian, qmax, CLIP_RATIOS)
+    if block:  # blocks run along K, the matrix's columns: scales (1, N, blocks) repeated over each block
+        stored = quantize_weight_blocked(weight, bits, along, block)[1]
+        scales = np.repeat(view.matrix(stored).astype(np.float64), block, axis=2)[:, :, : matrix.shape[2]]
+    else:
+        per_row = weight_scales(weight, bits, axis).astype(np.float64).reshape(matrix.shape[:2])
+        if options.clip_search:
+            per_row = clip_scales(matrix, seen.hessian, qmax, CLIP_RATIOS)
+        scales = np.broadcast_to(per_row[..., None], matrix.shape)
     if options.method == "gptq":
-        levels = gptq_levels(matrix, seen.hessian, scales, qmax, damping=options.damping)
+        levels = gptq_levels(matrix, seen.hessian, scales, qmax, peak_pins(matrix, block or matrix.shape[2]), damping=options.damping)
     else:
         levels = round_levels(matrix, scales, qmax)
-    plain = view.matrix(fake_quant_weight(weight, bits, axis)).astype(np.float64)
+    plain = view.matrix(fake_quant_weight(weight, bits, axis, block, along)).astype(np.float64)
     plain_error = output_error(matrix, plain, seen.hessian)
-    recovered = on_grid(view.weight_from(levels).astype(np.int64), scales.reshape(-1), bits, axis)
+    stored_scales = view.weight_from(scales[:, :, ::block]) if block else scales[:, :, 0].reshape(-1)
+    recovered = on_grid(view.weight_from(levels).astype(np.int64), stored_scales, bits, axis, block, along)
     if recovered is None:  # no float32 scale reproduces itself (exact.py): keep the weight, lower-qdq rounds it
         return Outcome(target.name, plain_error, plain_error, "its scale has no exact float32 fixed point")
     new_matrix = view.matrix(recovered).astype(np.float64)

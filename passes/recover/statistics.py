@@ -28,6 +28,7 @@ import onnx_ir as ir
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.context import CompileContext
+from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 from mpqc.passes.recover.linear import LinearView
 from mpqc.passes.runtime import session
@@ -75,6 +76,7 @@ def observe_quantized(
     views: Mapping[str, LinearView],
     samples: Sequence[Sample],
     hw: object,
+    layout: WeightLayout,
 ) -> dict[str, InputStatistics]:
     """Statistics of each named layer's input in ``model`` lowered with ``config`` (the other layers float).
 
@@ -88,7 +90,7 @@ def observe_quantized(
             annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
         else:
             annotations.BITS.remove(layer.node)
-    LowerQDQ(context=CompileContext(hw=hw))(lowered)
+    LowerQDQ(context=CompileContext(hw=hw), weight_only=layout.weight_only, block_size=layout.block_size)(lowered)
     taps: dict[str, str] = {}
     for node in lowered.graph:
         name = wanted.get(node.outputs[0].name) if node.outputs else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -17,11 +19,11 @@ from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassError
 from mpqc.passes.analysis.calibrate import Calibrate
 from mpqc.passes.evaluator import Evaluator
-from mpqc.passes.grid import fake_quant_weight, weight_grid
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.grid import fake_quant_weight, quantize_weight_blocked, weight_grid
+from mpqc.passes.lower.lower_qdq import LowerQDQ, parse_bits
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.recover.exact import on_grid
-from mpqc.passes.recover.gptq import gptq_levels
+from mpqc.passes.recover.gptq import gptq_levels, peak_pins
 from mpqc.passes.recover.linear import linear_view
 from mpqc.passes.recover.recover import Recover
 
@@ -180,22 +182,29 @@ def test_matmul_bias_goes_into_the_following_add_or_is_noted() -> None:
     bits=st.integers(2, 8),
     channels=st.integers(1, 6),
     cols=st.integers(1, 12),
+    block=st.integers(0, 5),
     seed=st.integers(0, 2**32 - 1),
     exponent=st.floats(-9.0, 4.0),
 )
-def test_recovered_weights_are_a_fixed_point_of_the_grid(bits: int, channels: int, cols: int, seed: int, exponent: float) -> None:
+def test_recovered_weights_are_a_fixed_point_of_the_grid(bits: int, channels: int, cols: int, block: int, seed: int, exponent: float) -> None:
+    # A MatMul weight [K, N]: channels along axis 1, blocks (when block > 0) along K, axis 0.
     rng = np.random.default_rng(seed)
-    weight = (rng.standard_normal((1, channels, cols)) * 10.0**exponent).astype(np.float32)
-    weight[0, rng.integers(channels)] = 0.0  # an all-zero channel keeps scale 1
+    weight = (rng.standard_normal((cols, channels)) * 10.0**exponent).astype(np.float32)
+    weight[:, rng.integers(channels)] = 0.0  # an all-zero channel (and blocks) keep scale 1
+    matrix = weight.T[None].astype(np.float64)
     inputs = rng.standard_normal((3 * cols, cols))
-    hessian = (inputs.T @ inputs)[None]
     qmax = weight_grid(bits).qmax
-    amax = np.abs(weight[0]).max(axis=1)
-    scales = np.where(amax > 0, amax / qmax * rng.uniform(0.6, 1.0), 1.0)[None]
-    levels = gptq_levels(weight.astype(np.float64), hessian, scales, qmax)
-    result = on_grid(levels[0].astype(np.int64), scales[0], bits, 0)
+    if block:
+        stored = quantize_weight_blocked(weight, bits, 0, block)[1]
+        scales = np.repeat(stored.T[None].astype(np.float64), block, axis=2)[:, :, :cols]
+    else:  # a clipped per-channel scale, as the clip search leaves it
+        amax = np.abs(weight).max(axis=0)
+        stored = np.where(amax > 0, amax / qmax * rng.uniform(0.6, 1.0), 1.0)
+        scales = np.broadcast_to(stored[None, :, None], matrix.shape)
+    levels = gptq_levels(matrix, (inputs.T @ inputs)[None], scales, qmax, peak_pins(matrix, block or cols))
+    result = on_grid(levels[0].T.astype(np.int64), stored, bits, 1, block, 0)
     assert result is not None
-    assert np.array_equal(fake_quant_weight(result, bits, 0), result)
+    assert np.array_equal(fake_quant_weight(result, bits, 1, block, 0), result)
 
 
 def test_lowered_recovered_model_equals_the_evaluator() -> None:
@@ -284,3 +293,22 @@ def test_compile_recovers_by_default_with_data_and_not_without(tmp_path) -> None
         mpqc.compile(model, hw="generic", uniform="w4a8", recover=True)
     assert main(["--hw", "generic", "-o", str(tmp_path / "out.onnx"), "--uniform", "w4a8", "--recover", "-q"]) == 0
     assert examples.digits_accuracy(tmp_path / "out.onnx") > 0.95
+
+
+@pytest.mark.parametrize(("uniform", "layout"), [("w4a8", {"block_size": 16}), ("w4a32", {"weight_only": True})])
+def test_blocked_layouts_are_rounded_on_their_own_grid(uniform: str, layout: dict) -> None:
+    proto = build(MATMULS, {"w1": (24, 8), "b1": (8,), "w2": (24, 8)})
+    samples = random_inputs(proto, 8, batch=2)
+    model = _calibrated(proto, samples)
+    recovered, _ = _recovered(model, samples, uniform=uniform, **layout)
+    options = Recover.Options(**layout)
+    for layer in quantizable_layers(recovered.graph):
+        weight, block = layer.weight_array(), options.layout.block(layer, 4, 32 if options.weight_only else 8)
+        assert block and np.array_equal(fake_quant_weight(weight, 4, 1, block, 0), weight)
+    lowered = recovered.clone()
+    LowerQDQ(context=CompileContext(), uniform=uniform, accuracy_level=1, **layout)(lowered)
+    config = {layer.name: parse_bits(uniform) for layer in quantizable_layers(recovered.graph)}
+    got = Evaluator(recovered, samples, wbits=(4,), layout=dataclasses.replace(options.layout, accuracy_level=1)).run(config)
+    for g_sample, w_sample in zip(got, _run(lowered, samples), strict=True):
+        for g, w in zip(g_sample, w_sample, strict=True):
+            assert float(np.max(np.abs(g - w))) <= 1e-5 * max(float(np.max(np.abs(w))), 1e-12)
