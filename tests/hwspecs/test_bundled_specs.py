@@ -13,7 +13,8 @@ from mpqc.hwspecs import units
 from mpqc.hwspecs.loader import bundled_dir, schema
 
 BUNDLED = ["arm_a72", "bismo_cloud", "bismo_edge", "bitfusion", "generic", "silago", "x86_avx2", "x86_avx512_vnni"]
-QUANTITY_FIELDS = ("throughput", "energy_per_mac", "weight_unpack", "capacity", "bandwidth", "energy_per_byte", "fixed", "per_element")
+QUANTITY_FIELDS = ("throughput", "depthwise_throughput", "energy_per_mac", "weight_unpack", "capacity", "bandwidth",
+                   "energy_per_byte", "fixed", "per_element", "session_overhead")
 
 
 def test_names_lists_the_bundled_specs() -> None:

@@ -39,3 +39,15 @@ def test_uniform_configurations_order() -> None:
     for faster, slower in [("u8s8", "float"), ("float", "u8s4"), ("float", "u16s8")]:
         assert measured[faster] < measured[slower]
         assert predicted[faster] < predicted[slower]
+
+
+@X86_AVX2_ONLY
+def test_cost_pass_ranks_lowered_digits_configurations_like_onnxruntime() -> None:
+    """bench.latency on the embedded model: float, uniform, random mixes and searched configurations,
+    lowered by mpqc and timed by onnxruntime (a generous bound: a tiny model on a shared machine)."""
+    from bench.latency import digits_case, run_case, score
+
+    spec = hwspecs.load("x86_avx2")
+    rows = run_case(digits_case(), {"x86_avx2": spec}, "x86_avx2", mixes=3, seed=0, min_seconds=0.1, log=lambda _: None)
+    assert len(rows) >= 8
+    assert score(rows, "x86_avx2")["spearman"] >= 0.6, [(r.config, r.measured_s, r.predicted_s) for r in rows]

@@ -96,6 +96,15 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
         ("overheads", {"Conv": {"fixed": "2 GB"}}, ["overheads.Conv.fixed", "us"]),
         ("bit_scaling", {"anchor": "w16a16"}, ["bit_scaling.anchor", "not a native precision", "w8a8"]),
         ("threads", 0, ["threads", "0"]),
+        ("session_overhead", "-2 us", ["session_overhead", "'-2 us' is not valid", "us"]),
+        ("session_overhead", "8 GB", ["session_overhead", "us"]),
+        ("packed_operands", "yes", ["packed_operands", "expected boolean"]),
+        ("fused_activations", {"float": ["relu"]}, ["fused_activations.float[0]", "ONNX op type"]),
+        ("fused_activations", {"vector": ["Relu"]}, ["fused_activations.vector: unknown field", "emulated, float, integer"]),
+        ("integer_layout", {"Conv": "nhwc"}, ["integer_layout.Conv", "op type"]),
+        ("precisions.w8a8.depthwise_throughput", "0 GMAC/s", ["precisions.w8a8.depthwise_throughput", "greater than zero"]),
+        ("precisions.w8a8.depthwise_throughput", "5 GB/s", ["precisions.w8a8.depthwise_throughput", "GMAC/s"]),
+        ("overheads", {"MaxPool(float32)": {"fixed": "1 us"}}, ["overheads.MaxPool(float32): key not allowed", "MaxPool(uint8)"]),
     ],
 )
 def test_bad_field_is_named(tmp_path: Path, field: str, value: Any, fragments: list[str]) -> None:
