@@ -66,11 +66,17 @@ class Layer:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The numbers of a constant value (initializer), or None if it is computed at run time."""
-    if value is None or value.const_value is None:
+    """The numbers of a constant value — an initializer, or a ``Constant`` node's tensor (exporters
+    put whole weights in them, also inside If/Loop/Scan bodies, where canonicalization does not
+    reach) — or None if it is computed at run time."""
+    if value is None:
         return None
-    if value.is_graph_input():
-        return None  # an initializer that is also a graph input can be overridden by the caller
+    producer = value.producer()
+    if value.const_value is None and producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        tensor = producer.attributes.get("value")
+        return tensor.value.numpy() if tensor is not None and tensor.type == ir.AttributeType.TENSOR else None
+    if value.const_value is None or value.is_graph_input():
+        return None  # (an initializer that is also a graph input can be overridden by the caller)
     return value.const_value.numpy()
 
 

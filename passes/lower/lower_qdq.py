@@ -343,7 +343,8 @@ class _Lowering:
                 self._add(dq, f"{base}.w{bits}.dq")
                 nodes = [dq]
             out = nodes[-1].outputs[0]
-            out.dtype, out.shape = weight.dtype, weight.shape
+            # Typed from the numbers: a Constant node's output may carry no type.
+            out.dtype, out.shape = ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)
             graph.insert_before(layer.node, nodes)
             self.weights[key] = (out, scales)
         layer.node.replace_input_with(index, self.weights[key][0])
@@ -351,7 +352,13 @@ class _Lowering:
 
     @staticmethod
     def _drop_if_unused(weight: ir.Value) -> None:
-        if not weight.uses() and weight.is_initializer() and not weight.is_graph_output() and weight.graph is not None:
+        """Remove the float weight once nothing reads it: an initializer, or the Constant node holding it."""
+        if weight.uses() or weight.is_graph_output():
+            return
+        producer = weight.producer()
+        if producer is not None and producer.op_type == "Constant" and producer.graph is not None:
+            producer.graph.remove(producer, safe=True)
+        elif weight.is_initializer() and weight.graph is not None:
             weight.graph.initializers.pop(weight.name)
 
     def matmul_nbits(self, layer: Layer, bits: int, block: int, accuracy_level: int) -> None:
@@ -398,27 +405,29 @@ class _Lowering:
         """
         node = layer.node
         weight = layer.weight
+        graph = node.graph
+        assert graph is not None
         q, scales = quantize_weight(layer.weight_array(), bits, 0)
         base = weight.name or layer.name
-        node.replace_input_with(0, self._constant(f"{base}.w{bits}", q, weight_grid(bits).container))
-        self.graph.initializers.pop(weight.name)
+        node.replace_input_with(0, self._constant(f"{base}.w{bits}", q, weight_grid(bits).container, graph))
+        self._drop_if_unused(weight)
         rows = node.outputs[0]
         uses = list(rows.uses())
         output_name = rows.name if rows.is_graph_output() else None
         column = scales.reshape(-1, *([1] * (q.ndim - 1)))
-        row_scales = ir.node("Gather", [self._constant(f"{base}.w{bits}.scale", column), node.inputs[1]], {"axis": 0})
+        row_scales = ir.node("Gather", [self._constant(f"{base}.w{bits}.scale", column, graph=graph), node.inputs[1]], {"axis": 0})
         self._add(row_scales, f"{base}.w{bits}.row_scale")
-        levels = ir.node("DequantizeLinear", [rows, self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32))])
+        levels = ir.node("DequantizeLinear", [rows, self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32), graph=graph)])
         self._add(levels, f"{base}.w{bits}.levels")
         scaled = ir.node("Mul", [levels.outputs[0], row_scales.outputs[0]])
         out = self._add(scaled, f"{base}.w{bits}.rows")
         out.dtype, out.shape = rows.dtype, rows.shape
         rows.dtype = weight_grid(bits).container
-        self.graph.insert_after(node, [row_scales, levels, scaled])
+        graph.insert_after(node, [row_scales, levels, scaled])
         for use in uses:
             use.node.replace_input_with(use.idx, out)
         if output_name is not None:  # the model returns the rows: it keeps its output name
-            self.graph.outputs[self.graph.outputs.index(rows)] = out
+            graph.outputs[graph.outputs.index(rows)] = out
             rows.name = self._unique(f"{base}.w{bits}.int_rows")
             out.name = output_name
 

@@ -381,3 +381,51 @@ def test_one_layer_errors_follow_the_int8_blocks_too() -> None:
     evaluator = Evaluator(model, samples, wbits=(2, 4), layout=WeightLayout(weight_only=True, accuracy_level=4))
     configs = [{name: (bits, 32)} for name in evaluator.layers for bits in (2, 4)]
     assert evaluator.errors(configs) == pytest.approx([evaluator.error(config) for config in configs], rel=1e-6)
+
+
+SCAN = """
+<ir_version: 10, opset_import: ["" : 17]>
+scanned (float[2,5,16] xs, int64[2,3] ids) => (float[2,16] last, float[2,5,16] ys, float[2,3,16] rows) {
+  init = ReduceSum <keepdims = 0> (xs, axis)
+  last, ys = Scan (init, xs) <num_scan_inputs = 1, scan_input_axes = [1], scan_output_axes = [1],
+    body = step (float[2,16] h, float[2,16] x) => (float[2,16] h2, float[2,16] y) {
+      w = Constant <value = float[16,16] {WEIGHTS}> ()
+      s = Add(h, x)
+      y = MatMul(s, w)
+      h2 = Tanh(y)
+    }>
+  rows = If (flag) <
+    then_branch = g () => (float[2,3,16] r) { r = Gather(table, ids) },
+    else_branch = e () => (float[2,3,16] q) { q = Gather(table, ids) }
+  >
+}
+"""
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_constant_node_weights_and_tables_inside_bodies_are_quantized(wbits: int) -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 16)).astype(np.float32)
+    table = rng.standard_normal((20, 16)).astype(np.float32)
+    text = SCAN.replace("{WEIGHTS}", "{" + ",".join(f"{v:.8e}" for v in weight.ravel()) + "}")
+    proto = build(text, {}, arrays={"axis": np.array([1], np.int64), "table": table, "flag": np.array(True)})
+    model = ir.from_proto(proto)
+    found = [(layer.name, layer.node.op_type, layer.host.op_type) for layer in quantizable_layers(model.graph, subgraphs=True)]
+    assert found == [("y", "MatMul", "Scan"), ("r", "Gather", "If"), ("q", "Gather", "If")]
+    _lower_pass(CompileContext(), {"uniform": f"w{wbits}a8"})(model)
+    lowered = ir.to_proto(model)
+    onnx.checker.check_model(lowered, full_check=True)
+    body = next(n for n in model.graph if n.op_type == "Scan").attributes["body"].value
+    assert "Constant" not in {n.op_type for n in body}  # the float weight is gone
+    weight_q = fake_quant_weight(weight, wbits, 1)
+    feeds = {"xs": rng.standard_normal((2, 5, 16)).astype(np.float32), "ids": np.array([[0, 5, 19], [3, 3, 7]])}
+    h = feeds["xs"].sum(axis=1)
+    ys = []
+    for step in range(5):
+        y = (h + feeds["xs"][:, step]) @ weight_q
+        ys.append(y)
+        h = np.tanh(y)
+    last, got_ys, rows = run_ort(lowered, feeds, "basic")
+    np.testing.assert_allclose(got_ys, np.stack(ys, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rows, fake_quant_weight(table, wbits, 0)[feeds["ids"]])
