@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", metavar="DIR", help="calibration samples: .npz files (keys = input names) or .npy files")
     parser.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"], help="activation range estimator")
     parser.add_argument("--uniform", metavar="wXaY", help="same bits for every layer, e.g. w8a8, w4a8, w8a16")
+    parser.add_argument("--weight-only", action="store_true", help="float activations, weights at --uniform's width (default 4); MatMuls as onnxruntime's MatMulNBits")
+    parser.add_argument("--block-size", type=int, default=0, metavar="N", help="quantize MatMul/Gemm weights per block of N along K (16, 32, 64, 128...)")
     parser.add_argument("--max-size", help="size budget: a ratio of the reference (0.25x) or bytes (3MB)")
     parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
     parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
@@ -199,6 +201,8 @@ def _compile(args: argparse.Namespace, model: Any, calibration: Any, eval_fn: An
         emit_pareto=args.emit_pareto,
         instruments=ir_printer(args),
         recover=args.recover,
+        weight_only=args.weight_only,
+        block_size=args.block_size,
     )
 
 

@@ -51,23 +51,37 @@ _METRIC = {"eagl": "entropy"}
 
 
 def default_pipeline(
-    *, uniform: str | None, calibrated: bool, calibrate_method: str = "minmax", strategy: str = "ilp", recover: bool = False
+    *,
+    uniform: str | None,
+    calibrated: bool,
+    calibrate_method: str = "minmax",
+    strategy: str = "ilp",
+    recover: bool = False,
+    weight_only: bool = False,
+    block_size: int = 0,
 ) -> str:
     """The pipeline ``mpqc`` runs (DESIGN.md, "The default pipeline").
 
     With ``uniform`` bits there is nothing to search. Otherwise the layers are scored — by their
     effect on the output when there is calibration data, by their weights' quantization error when
     there is not — priced on the chip, searched, and lowered. ``recover`` reconstructs the layers
-    below 8-bit weights (GPTQ and bias correction) just before lowering.
+    below 8-bit weights (GPTQ and bias correction) just before lowering. ``weight_only`` and
+    ``block_size`` are lower-qdq's weight layout (``passes/lower/layout.py``), which the cost pass
+    prices too.
     """
+    layout = [*(["weight_only=true"] if weight_only else []), *([f"block_size={block_size}"] if block_size else [])]
+    lower = ",".join([*([f"uniform={uniform}"] if uniform else []), *layout])
+    lower_step = f"lower-qdq{{{lower}}}" if lower else "lower-qdq"
+    recover_steps = [f"recover{{{lower}}}" if lower else "recover"] * recover  # rounds on the layout lower-qdq uses
+    cost_step = f"cost{{block_size={block_size}}}" if block_size else "cost"
     steps = ["canonicalize"]
     if calibrated:
         steps.append("calibrate" if calibrate_method == "minmax" else f"calibrate{{method={calibrate_method}}}")
     if uniform:
-        steps += [f"recover{{uniform={uniform}}}"] * recover + [f"lower-qdq{{uniform={uniform}}}"]
+        steps += [*recover_steps, lower_step]
     else:
         metric = _METRIC.get(strategy) or ("output" if calibrated else "weight-error")
-        steps += [f"sensitivity-{metric}", "cost", f"search{{strategy={strategy},metric={metric}}}", *["recover"] * recover, "lower-qdq"]
+        steps += [f"sensitivity-{metric}", cost_step, f"search{{strategy={strategy},metric={metric}}}", *recover_steps, lower_step]
     steps.append("verify")
     return ",".join(steps)
 
@@ -115,6 +129,8 @@ def compile(
     emit_pareto: str | os.PathLike | None = None,
     instruments: Sequence[Instrument] = (),
     recover: bool | None = None,
+    weight_only: bool = False,
+    block_size: int = 0,
 ) -> CompileResult:
     """Quantize ``model`` for the chip ``hw``.
 
@@ -128,8 +144,15 @@ def compile(
     bias correction of the layers below 8-bit weights, bench/RESULTS.md §6) runs by default when
     there is calibration data and a layer may get fewer than 8 weight bits; ``recover=False`` turns
     it off, ``True`` without data is an error.
+    ``weight_only`` keeps activations float and quantizes every weight at ``uniform``'s weight bits
+    (default 4), MatMuls as onnxruntime's MatMulNBits; ``block_size`` quantizes MatMul/Gemm weights
+    per block of that many K values (MatMulNBits' block, 32 when not given).
     """
     spec = hwspecs.load(hw)
+    if weight_only:
+        if constraints:
+            raise PassError("--weight-only quantizes every weight at one width (no spec prices float-activation pairs to search): drop the budgets")
+        uniform = f"w{parse_bits(uniform)[0] if uniform else 4}a{FLOAT_BITS}"
     if uniform and constraints:
         raise PassError("--uniform fixes every layer's bits, so budgets cannot apply: drop one of them")
     default_w, default_a = default_candidates(spec)
@@ -161,7 +184,13 @@ def compile(
     if recover is None:  # on with data, unless every weight is uniformly 8 bits or more (nothing to recover)
         recover = calibration is not None and (not uniform or parse_bits(uniform)[0] < 8)
     text = pipeline or default_pipeline(
-        uniform=uniform, calibrated=calibration is not None, calibrate_method=calibrate_method, strategy=strategy, recover=recover
+        uniform=uniform,
+        calibrated=calibration is not None and not weight_only,
+        calibrate_method=calibrate_method,
+        strategy=strategy,
+        recover=recover,
+        weight_only=weight_only,
+        block_size=block_size,
     )
     timing = Timing()
     explainer = Explainer()

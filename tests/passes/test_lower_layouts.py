@@ -429,3 +429,26 @@ def test_constant_node_weights_and_tables_inside_bodies_are_quantized(wbits: int
     np.testing.assert_allclose(got_ys, np.stack(ys, axis=1), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(last, h, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(rows, fake_quant_weight(table, wbits, 0)[feeds["ids"]])
+
+
+# --- the front door ------------------------------------------------------------------------------
+
+
+def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
+    import mpqc
+    from mpqc.cli import main
+    from mpqc.passes import PassError
+
+    proto = _transformer()
+    result = mpqc.compile(proto, hw="x86_avx2", weight_only=True, block_size=64)
+    assert "lower-qdq{uniform=w4a32,weight_only=true,block_size=64}" in result.pipeline
+    assert [n.op_type for n in result.model.graph.node] == ["MatMulNBits", "Add", "Relu", "MatMulNBits", "MatMulNBits"]
+    onnx.checker.check_model(result.model, full_check=True)
+    with pytest.raises(PassError, match="--weight-only .* drop the budgets"):
+        mpqc.compile(proto, hw="x86_avx2", weight_only=True, constraints={"size": "0.5x"})
+
+    source, output = tmp_path / "block.onnx", tmp_path / "block.w8.onnx"
+    onnx.save(proto, source)
+    assert main([str(source), "--hw", "x86_avx2", "-o", str(output), "--weight-only", "--uniform", "w8a8", "-q"]) == 0
+    fused = [n for n in onnx.load(output).graph.node if n.op_type == "MatMulNBits"]
+    assert [next(a.i for a in n.attribute if a.name == "bits") for n in fused] == [8, 8, 8]
