@@ -129,9 +129,11 @@ class Evaluator:
 
     ``wbits`` are the weight bit-widths it can select (each costs one copy of the weights in memory);
     activations take any bit-width from 2 to 16. Layers are named as ``quantizable_layers`` names them.
-    ``batch`` > 1 concatenates that many consecutive samples along axis 0 into one run (for models
-    whose first dimension is the batch): far less per-run overhead, and the measures, which are
-    per-row means or sums, do not change.
+    ``batch`` > 1 concatenates up to that many samples of the same shape along axis 0 into one run
+    (for models whose first dimension is the batch; samples are grouped by shape, in order of first
+    appearance, so variable-length text or width-varying lines batch by length without padding):
+    far less per-run overhead, and the built-in measures, which are per-row means or sums, do not
+    change. A callable measure sees the batches as its samples.
     """
 
     def __init__(
@@ -163,13 +165,13 @@ class Evaluator:
         self._plans = {plan.name: plan for plan in plans}
         self.layers = [plan.name for plan in plans]
         self.output_names = [o.name for o in proto.graph.output]
-        self._model_bytes: bytes | None = proto.SerializeToString()
         self._folder: str | None = None  # where the graph, samples and reference are written for workers
         self._reference_seconds = 0.0
         self._session: ort.InferenceSession | None = None
         self._reference: list[Outputs] | None = None
         self._parsed: onnx.ModelProto | None = proto
-        self._float: onnx.ModelProto | None = None  # every control fixed at float (layer_errors' prefix)
+        self._float: _Fixed | None = None  # every control fixed at float (layer_errors' prefix)
+        self._slices: dict[tuple[str, int], np.ndarray] = {}  # weight stacks' entries, read once
 
     # -- running ------------------------------------------------------------------------------
 
@@ -238,15 +240,16 @@ class Evaluator:
         the same nodes compute on the same values; only the unchanged prefix is not recomputed.
         """
         float_controls = self._float_controls()
+        proto = self._proto()
         suffixes: dict[str, onnx.ModelProto] = {}
         boundaries: dict[str, list[str]] = {}
         for name, _ in task:
             own = f"{_PREFIX}.{self._plans[name].index}."
-            fixed = _fix_controls(self._proto(), {k: v for k, v in float_controls.items() if not k.startswith(own)})
-            boundaries[name] = _suffix_boundary(fixed, own)
-            suffixes[name] = _cut(fixed, boundaries[name], self.output_names)
+            fixed = _fix_controls(proto, {k: v for k, v in float_controls.items() if not k.startswith(own)}, self._slices)
+            boundaries[name] = _suffix_boundary(proto, fixed, own)
+            suffixes[name] = _cut(proto, fixed, boundaries[name], self.output_names)
         wanted = sorted({b for boundary in boundaries.values() for b in boundary} - set(self.samples[0]))
-        prefix = session(_cut(self._float_model(), [], wanted).SerializeToString()) if wanted else None
+        prefix = session(_cut(proto, self._float_model(), [], wanted).SerializeToString()) if wanted else None
         values = [{**sample, **dict(zip(wanted, prefix.run(wanted, sample)))} if prefix else dict(sample) for sample in self.samples]
         del prefix
         results = []
@@ -336,7 +339,7 @@ class Evaluator:
 
     def _get_session(self) -> ort.InferenceSession:
         if self._session is None:
-            self._session = session(self._model_bytes if self._model_bytes is not None else self._path("model.onnx"))
+            self._session = session(self._path("model.onnx") if self._folder is not None else self._proto().SerializeToString())
         return self._session
 
     def _proto(self) -> onnx.ModelProto:
@@ -348,10 +351,10 @@ class Evaluator:
     def _float_controls(self) -> dict[str, np.ndarray]:
         return self._controls({})
 
-    def _float_model(self) -> onnx.ModelProto:
-        """The fake-quant graph with every control fixed at float: the float model, weights folded by onnxruntime."""
+    def _float_model(self) -> _Fixed:
+        """The fake-quant graph with every control fixed at float: the float model."""
         if self._float is None:
-            self._float = _fix_controls(self._proto(), self._float_controls())
+            self._float = _fix_controls(self._proto(), self._float_controls(), self._slices)
         return self._float
 
     @contextlib.contextmanager
@@ -379,8 +382,7 @@ class Evaluator:
         reference = self.reference
         folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
         weakref.finalize(self, shutil.rmtree, folder, True)
-        assert self._model_bytes is not None
-        pathlib.Path(folder, "model.onnx").write_bytes(self._model_bytes)
+        pathlib.Path(folder, "model.onnx").write_bytes(self._proto().SerializeToString())
         np.savez(os.path.join(folder, "samples.npz"), **{f"{i}/{k}": v for i, s in enumerate(self.samples) for k, v in s.items()})
         np.savez(os.path.join(folder, "reference.npz"), **{f"{i}/{k}": v for i, outputs in enumerate(reference) for k, v in enumerate(outputs)})
         self._folder = folder
@@ -389,7 +391,7 @@ class Evaluator:
         """Pickled as its file-backed description; unpickled once per process (see ``_revive``)."""
         self._write_files()
         state = dict(self.__dict__)
-        state.update(_model_bytes=None, _session=None, samples=None, executor=None, _reference=None, _parsed=None, _float=None)
+        state.update(_session=None, samples=None, executor=None, _reference=None, _parsed=None, _float=None, _slices={})
         return _revive, (state,)
 
 
@@ -434,9 +436,14 @@ def _in_worker(evaluator: Evaluator, method: str, argument: Any, measure: Measur
 
 
 def _batched(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    """Samples of one shape concatenated along axis 0, ``batch`` at most per run (no padding)."""
     if batch <= 1:
         return samples
-    groups = [samples[i : i + batch] for i in range(0, len(samples), batch)]
+    by_shape: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[dict[str, np.ndarray]]] = {}
+    for sample in samples:
+        key = tuple((name, np.shape(value)[1:], str(np.asarray(value).dtype)) for name, value in sorted(sample.items()))
+        by_shape.setdefault(key, []).append(sample)
+    groups = [same[i : i + batch] for same in by_shape.values() for i in range(0, len(same), batch)]
     try:
         return [{name: np.concatenate([s[name] for s in group]) for name in group[0]} for group in groups]
     except ValueError as exc:
@@ -458,24 +465,41 @@ def _int32_bias(bias: np.ndarray, x_scale: np.float32, w_scale: np.ndarray) -> n
 _LAYERS_PER_PREFIX = 8
 
 
-def _fix_controls(proto: onnx.ModelProto, constants: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """``proto`` with the control inputs in ``constants`` made initializers, and every ``Where`` whose
-    condition is now constant replaced by the branch it selects: a quantizer that is off costs nothing,
-    and onnxruntime folds each fixed weight ``Gather`` into a constant at session creation."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(proto)
-    graph = fixed.graph
-    kept_inputs = [value for value in graph.input if value.name not in constants]
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
-    graph.initializer.extend(numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items())
+@dataclasses.dataclass(frozen=True)
+class _Fixed:
+    """The fake-quant graph's nodes with some controls fixed (see ``_fix_controls``); its initializers
+    stay in the original proto, so fixing controls copies no weights."""
+
+    nodes: list[onnx.NodeProto]
+    #: Fixed controls and the weight slices that replace selections by them: new initializers.
+    constants: dict[str, np.ndarray]
+
+
+def _fix_controls(proto: onnx.ModelProto, controls: Mapping[str, np.ndarray], slices: dict[tuple[str, int], np.ndarray]) -> _Fixed:
+    """``proto``'s nodes with the control inputs in ``controls`` fixed: a ``Where`` whose condition
+    is fixed becomes the branch it selects (a quantizer that is off costs nothing), and a ``Gather``
+    of an initializer by a fixed index becomes that entry (a weight fixed at one candidate is a plain
+    constant, and the other candidates are not carried along). ``slices`` caches the entries read."""
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    constants = dict(controls)
     alias: dict[str, str] = {}
     nodes = []
-    for node in graph.node:
-        condition = constants.get(node.input[0]) if node.op_type == "Where" else None
+    for original in proto.graph.node:
+        selector = controls.get(original.input[1]) if original.op_type == "Gather" and len(original.input) == 2 else None
+        condition = controls.get(original.input[0]) if original.op_type == "Where" else None
+        axis = next((a.i for a in original.attribute if a.name == "axis"), 0)
         if condition is not None and np.asarray(condition).size == 1:
-            alias[node.output[0]] = node.input[1] if bool(condition) else node.input[2]
+            alias[original.output[0]] = original.input[1] if bool(condition) else original.input[2]
+        elif selector is not None and np.asarray(selector).ndim == 0 and axis == 0 and original.input[0] in initializers:
+            key = (original.input[0], int(selector))
+            if key not in slices:
+                slices[key] = numpy_helper.to_array(initializers[key[0]])[key[1]]
+            name = f"{key[0]}[{key[1]}]"
+            constants[name] = slices[key]
+            alias[original.output[0]] = name
         else:
+            node = onnx.NodeProto()
+            node.CopyFrom(original)
             nodes.append(node)
 
     def resolve(name: str) -> str:
@@ -486,11 +510,9 @@ def _fix_controls(proto: onnx.ModelProto, constants: Mapping[str, np.ndarray]) -
     for node in nodes:
         for slot, name in enumerate(node.input):
             node.input[slot] = resolve(name)
-    outputs = {value.name for value in graph.output}
+    outputs = {value.name for value in proto.graph.output}
     nodes += [helper.make_node("Identity", [resolve(name)], [name]) for name in alias if name in outputs]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return fixed
+    return _Fixed(nodes, constants)
 
 
 def _uses(node: onnx.NodeProto) -> list[str]:
@@ -503,15 +525,15 @@ def _uses(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _suffix_boundary(fixed: onnx.ModelProto, controls: str) -> list[str]:
-    """The cut in front of the nodes downstream of ``fixed``'s inputs named ``controls*``: the
-    non-constant values they read but do not compute, and the graph outputs they do not compute."""
-    graph = fixed.graph
-    constant = {tensor.name for tensor in graph.initializer}
-    tainted = {value.name for value in graph.input if value.name.startswith(controls)}
+def _suffix_boundary(proto: onnx.ModelProto, fixed: _Fixed, controls: str) -> list[str]:
+    """The cut in front of the nodes downstream of the inputs named ``controls*``: the non-constant
+    values they read but do not compute, and the graph outputs they do not compute."""
+    constant = {tensor.name for tensor in proto.graph.initializer} | set(fixed.constants)
+    inputs = [value.name for value in proto.graph.input if value.name not in fixed.constants]
+    tainted = {name for name in inputs if name.startswith(controls)}
     read: set[str] = set()
     produced: set[str] = set()
-    for node in graph.node:
+    for node in fixed.nodes:
         uses = _uses(node)
         if tainted.intersection(uses):
             tainted.update(node.output)
@@ -519,32 +541,28 @@ def _suffix_boundary(fixed: onnx.ModelProto, controls: str) -> list[str]:
             read.update(uses)
         elif all(name in constant for name in uses):
             constant.update(node.output)
-    defined = {value.name for value in graph.input} | {name for node in graph.node for name in node.output}
-    read.update(value.name for value in graph.output)
+    defined = set(inputs) | {name for node in fixed.nodes for name in node.output}
+    read.update(value.name for value in proto.graph.output)
     return sorted(name for name in read if name in defined and name not in produced | constant | tainted)
 
 
-def _cut(proto: onnx.ModelProto, given: Sequence[str], outputs: Sequence[str]) -> onnx.ModelProto:
-    """The nodes of ``proto`` that compute ``outputs`` from the values ``given`` (new float inputs of
-    any shape: set another element type on them as needed), the graph's inputs and constants."""
-    graph = proto.graph
+def _cut(proto: onnx.ModelProto, fixed: _Fixed, given: Sequence[str], outputs: Sequence[str]) -> onnx.ModelProto:
+    """The nodes of ``fixed`` that compute ``outputs`` from the values ``given`` (new float inputs of
+    any shape: set another element type on them as needed), the graph's inputs and constants; only
+    the initializers they read are copied."""
     cut = set(given)
     needed = set(outputs)
     kept: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
+    for node in reversed(fixed.nodes):
         if any(name in needed and name not in cut for name in node.output):
             kept.append(node)
             needed.update(_uses(node))
-    inputs = [value for value in graph.input if value.name in needed and value.name not in cut]
+    inputs = [value for value in proto.graph.input if value.name in needed and value.name not in cut and value.name not in fixed.constants]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in given if name in needed]
-    declared = {value.name: value for value in graph.output}
-    sub = helper.make_graph(
-        kept[::-1],
-        graph.name,
-        inputs,
-        [declared.get(name) or onnx.ValueInfoProto(name=name) for name in outputs],
-        [tensor for tensor in graph.initializer if tensor.name in needed],
-    )
+    declared = {value.name: value for value in proto.graph.output}
+    initializers = [tensor for tensor in proto.graph.initializer if tensor.name in needed and tensor.name not in fixed.constants]
+    initializers += [numpy_helper.from_array(np.asarray(value), name) for name, value in fixed.constants.items() if name in needed]
+    sub = helper.make_graph(kept[::-1], proto.graph.name, inputs, [declared.get(name) or onnx.ValueInfoProto(name=name) for name in outputs], initializers)
     model = helper.make_model(sub, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     model.functions.extend(proto.functions)
     return model
