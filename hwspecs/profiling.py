@@ -1,12 +1,16 @@
 """``mpqc-hw profile``: measure onnxruntime here, fit a spec, and check it ranks configurations right.
 
 What is measured (micro-kernels from ``kernels``), at 1 thread and at the requested thread count:
-* the session call itself (a one-element Identity), subtracted from everything else;
-* standalone QuantizeLinear / DequantizeLinear at several sizes -> fixed + per-element overheads;
-* compute-bound Conv and MatMul layers at a few sizes, plus tiny ones that expose the per-op cost, in
-  float, u8 x s8 and s8 x s8 (the native pairs), and int4-weight and 16-bit-activation versions (the pairs
-  onnxruntime emulates in float);
+* the session call itself (a one-element Identity): the spec's ``session_overhead``;
+* standalone QuantizeLinear / DequantizeLinear, and the float elementwise ops the cost model charges
+  (Clip, HardSwish, Sigmoid, Mul, Add), at several sizes -> fixed + per-element overheads;
+* compute-bound Conv and MatMul layers at a few sizes, depthwise convs, and tiny layers that expose the
+  per-op cost, in float, u8 x s8 and s8 x s8 (the native pairs), and int4-weight and 16-bit-activation
+  versions (the pairs onnxruntime emulates in float);
 * one float and one u8 x s8 matrix-vector product per memory level of the base spec, sized to land in it.
+A shape's precisions are timed round-robin; shapes one after another, so a 64 MiB product does not
+evict a tiny kernel's cache.  At one thread the time is the inference thread's CPU time, which other
+processes' load does not inflate by waiting (``kernels.time_models``).
 ``fitting.fit_roofline`` turns these into the spec's numbers.  Energy, capacities, bit-widths and the op
 table cannot be measured from timings; they come from the base spec (``base:`` inheritance).
 
