@@ -223,3 +223,15 @@ def test_local_workers_give_the_same_errors(cnn_setup, monkeypatch) -> None:
     spread = Evaluator(model, samples)
     assert spread.errors(configs, "mse") == inline.errors(configs, "mse")
     assert spread._folder is not None  # the work went to worker processes
+
+
+def test_samples_batch_by_shape_without_padding() -> None:
+    text = TWO_HEADS.replace("[N,4,6,6]", "[N,4,H,W]").replace("[N,6,6,6]", "[N,6,H,W]").replace("[N,8,6,6]", "[N,8,H,W]")
+    proto = build(text, {"w1": (8, 4, 3, 3), "b1": (8,), "w2": (6, 8, 3, 3), "b2": (6,)}, seed=5)
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.standard_normal((1, 4, size, size)).astype(np.float32)} for size in (6, 5, 6, 5, 6)]
+    model = _prepared(ir.from_proto(proto), samples)
+    single, batched = Evaluator(model, samples), Evaluator(model, samples, batch=2)
+    assert [s["x"].shape for s in batched.samples] == [(2, 4, 6, 6), (1, 4, 6, 6), (2, 4, 5, 5)]
+    configs = [{"c1": (2, FLOAT_BITS)}, {"c2": (4, 8)}]
+    assert batched.errors(configs, "mse") == pytest.approx(single.errors(configs, "mse"), rel=1e-5)
