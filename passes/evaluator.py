@@ -159,8 +159,14 @@ class Evaluator:
         self.fuse_outputs = fuse_outputs
         self.executor = executor
         self.weight_only = layout.weight_only
-        self._layout = layout
-        self._layers = {layer.name: layer for layer in quantizable_layers(model.graph)}
+        # Which (layer, weight bits, activation bits) lower to MatMulNBits, as a plain table: IR layers
+        # do not travel to worker processes (pickling a graph recurses through every node).
+        self._matmul_nbits = {
+            (layer.name, w, a): layout.matmul_nbits(layer, w, a)
+            for layer in (quantizable_layers(model.graph) if layout.weight_only else [])
+            for w in (*wbits, FLOAT_BITS)
+            for a in (*range(2, 17), FLOAT_BITS)
+        }
         proto, plans = _build(model, tuple(sorted(set(wbits))), fuse_outputs, layout)
         self._plans = {plan.name: plan for plan in plans}
         self.layers = [plan.name for plan in plans]
@@ -290,7 +296,7 @@ class Evaluator:
             input_scale[plan.index] = self._site_feeds(feeds, plan.input_site, abits)
             if plan.int8_blocks is not None:
                 grid_wbits = self._grid_bits.get((wbits, abits), wbits)
-                feeds[plan.int8_blocks] = np.array(self._layout.matmul_nbits(self._layers[name], grid_wbits, abits))
+                feeds[plan.int8_blocks] = np.array(self._matmul_nbits[(name, grid_wbits, abits)])
             fused = self.fuse_outputs and fusable(wbits, abits)
             output_scale[plan.index] = self._site_feeds(feeds, plan.output_site, abits if fused else FLOAT_BITS)
         for name, plan in self._plans.items():
