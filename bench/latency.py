@@ -45,12 +45,13 @@ from mpqc.ir import annotations
 from mpqc.passes import CompileContext, load_calibration
 from mpqc.passes.lower.lower_qdq import FLOAT_BITS
 from mpqc.pipeline import Pipeline
+from mpqc.search import InfeasibleError
 
 Inputs = dict[str, np.ndarray]
 Pair = tuple[int, int]
 FLOAT: Pair = (FLOAT_BITS, FLOAT_BITS)
 
-#: Uniform configurations every model is measured in (float is the rest of each mix).
+#: Uniform configurations every model is measured in.
 UNIFORM: dict[str, Pair] = {"float": FLOAT, "w8a8": (8, 8), "w4a8": (4, 8), "w8a16": (8, 16), "w2a8": (2, 8)}
 #: What a random mix draws from, per layer.
 MIX_CHOICES: tuple[Pair, ...] = (FLOAT, (8, 8), (4, 8), (8, 16))
@@ -161,7 +162,10 @@ def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str
     return Config(f"ilp {objective}<={budget}", bits)
 
 
-def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, mixes: int, seed: int) -> list[Config]:
+def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, mixes: int, seed: int,
+                   log: Callable[[str], None] = lambda line: None) -> list[Config]:
+    """The uniform configurations, ``mixes`` seeded random mixes, and what the search picks per budget
+    (a budget no configuration meets is logged and skipped)."""
     names = layer_names(analysed)
     configs = [Config(name, {layer: pair for layer in names}) for name, pair in UNIFORM.items()]
     rng = np.random.default_rng([seed, sum(map(ord, case.name))])
@@ -171,12 +175,13 @@ def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, m
     for objective, budget in SEARCH_BUDGETS:
         try:
             configs.append(searched(case, spec, objective, budget))
-        except Exception as exc:  # an infeasible budget is a finding, not a crash: note it and go on
-            print(f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        except InfeasibleError as exc:  # an infeasible budget is a finding, not a crash: note it and go on
+            log(f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}")
     return configs
 
 
 def lower(analysed: ir.Model, case: Case, spec: hwspecs.HardwareSpec, config: Config) -> bytes:
+    """``config`` lowered by ``lower-qdq`` from the analysed model, serialized; ``analysed`` is untouched."""
     # A serialized copy, not ``clone()``: onnx_ir's clone shares value types with the original, so
     # lowering one clone retyped the original's embedding rows (MiniLM's int8 Gather output).
     model = ir.serde.deserialize_model(ir.serde.serialize_model(analysed))
@@ -199,9 +204,11 @@ class Row:
 
 def run_case(case: Case, specs: dict[str, hwspecs.HardwareSpec], lowering_spec: str, mixes: int, seed: int,
              min_seconds: float, log: Callable[[str], None]) -> list[Row]:
+    """Every configuration of ``case``, lowered for ``lowering_spec``, measured once (interleaved) and
+    predicted by each spec's cost pass."""
     analysed = {label: analyse(case, spec) for label, spec in specs.items()}
     base = analysed[lowering_spec]
-    configs = configurations(case, base, specs[lowering_spec], mixes, seed)
+    configs = configurations(case, base, specs[lowering_spec], mixes, seed, log)
     models = [lower(base, case, specs[lowering_spec], config) for config in configs]
     measured = measure_models(models, threads=1, min_seconds=min_seconds, feeds=case.feed)
     rows = []
