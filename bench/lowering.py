@@ -1,7 +1,8 @@
 """``python -m bench.lowering``: does the lowered model deliver what the search priced? (RESULTS.md §7)
 
-(a) Size. For uniform w8a8, w4a8, w2a8, a seeded per-layer mix of the three, and weight-only 4-bit
-(MatMulNBits, block 32, accuracy level 4), the size the search optimizes — the cost pass's per-layer ``size`` entries
+(a) Size. For uniform w8a8, w4a8, w2a8, a seeded per-layer mix of the three, weight-only 4-bit
+(MatMulNBits and GatherBlockQuantized, block 32) and w4a8 with MatMul/Gemm weights per block of 32
+along K, the size the search optimizes — the cost pass's per-layer ``size`` entries
 (``passes/lower/footprint.stored_bytes``) plus the bytes of every other constant — against the
 tensor bytes ``lower-qdq`` writes and the file on disk (tensors plus the graph's protobuf).
 
@@ -38,7 +39,7 @@ from mpqc.pipeline import Pipeline
 
 Inputs = dict[str, np.ndarray]
 MODELS = ("digits", "minilm", "orientation", "ppocr-rec", "ddddocr")
-CONFIGS = ("w8a8", "w4a8", "w2a8", "mixed", "weight-only")
+CONFIGS = ("w8a8", "w4a8", "w2a8", "mixed", "weight-only", "w4a8-block32")
 _MIX = ((8, 8), (4, 8), (2, 8))
 
 
@@ -75,7 +76,7 @@ def config_bits(config: str, layers: Sequence[str], seed: int = 0) -> dict[str, 
         return {name: _MIX[int(rng.integers(len(_MIX)))] for name in layers}
     if config == "weight-only":
         return {name: (4, 32) for name in layers}
-    w, a = (int(x) for x in config[1:].split("a"))
+    w, a = (int(x) for x in config[1:].split("-")[0].split("a"))
     return {name: (w, a) for name in layers}
 
 
@@ -102,11 +103,11 @@ def size_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path) -> l
     names = [layer.name for layer in quantizable_layers(model.graph)]
     rows = []
     for config in CONFIGS:
-        weight_only = config == "weight-only"
-        layout = WeightLayout(weight_only=weight_only)
+        layout = WeightLayout(weight_only=config == "weight-only", block_size=32 if config.endswith("block32") else 0)
+        options = ",".join([*(["weight_only=true"] if layout.weight_only else []), *([f"block_size={layout.block_size}"] if layout.block_size else [])])
         bits = config_bits(config, names)
         predicted = predicted_bytes(model, bits, spec, layout)
-        path = lower(model, context, bits, "weight_only=true" if weight_only else "", folder / f"{case.name}.{config}.onnx")
+        path = lower(model, context, bits, options, folder / f"{case.name}.{config}.onnx")
         written = mir.tensor_bytes(mir.load(str(path)))
         file_bytes = int(file_size_mb(path) * 1e6)
         rows.append({"model": case.name, "config": config, "predicted": predicted, "tensors": written, "file": file_bytes})
@@ -156,6 +157,8 @@ def weight_only_rows(spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: 
     paths = {
         "mpqc-nbits4-acc1": lower(model, context, bits, "weight_only=true,accuracy_level=1", folder / "minilm.nbits.acc1.onnx"),
         "mpqc-nbits4-acc4": lower(model, context, bits, "weight_only=true,accuracy_level=4", folder / "minilm.nbits.acc4.onnx"),
+        # What ``mpqc --weight-only`` emits: the word table too, as GatherBlockQuantized.
+        "mpqc-weight-only": lower(model, context, {name: (4, 32) for name in names}, "weight_only=true", folder / "minilm.weight-only.onnx"),
         "ort-nbits4": folder / "minilm.ort-nbits.onnx",
     }
     ort_matmul_nbits(QuantizeRequest(case.float_path, case.calibration, folder, paths["ort-nbits4"]))

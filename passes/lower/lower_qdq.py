@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
-from mpqc.passes.base import Pass, option
+from mpqc.passes.base import Pass, PassError, option
 from mpqc.passes.grid import (
     FLOAT_BITS,
     activation_grid,
@@ -107,6 +107,7 @@ class LowerQDQ(Pass):
             self.context.note("lower-qdq: no layer has bits to lower; the model stays float")
             self._report(model, 0, left_float)
             return ir.passes.PassResult(model, modified=bool(left_float))
+        self._check_supported(plan)
         layout = self.options.layout
         grids = [weight_grid(w) for _, (w, _) in plan if w != FLOAT_BITS]
         grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
@@ -149,6 +150,19 @@ class LowerQDQ(Pass):
             self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
         self._report(model, len(plan), left_float)
         return ir.passes.PassResult(model, modified=True)
+
+    def _check_supported(self, plan: list[tuple[str, tuple[int, int]]]) -> None:
+        """Bits the target's spec does not run are refused, naming what it runs (``mpqc.bits`` may
+        have been edited by hand, and ``uniform`` is not checked elsewhere when the pass runs alone)."""
+        spec = self.context.hw
+        if spec is None:
+            return
+        for name, (wbits, abits) in plan:
+            for kind, bits, allowed in (("weight", wbits, spec.weight_bits), ("activation", abits, spec.act_bits)):
+                if bits != FLOAT_BITS and bits not in allowed:
+                    raise PassError(
+                        f"layer '{name}': {spec.name} does not run {bits}-bit {kind}s: it supports {', '.join(map(str, allowed))}"
+                    )
 
     def _report(self, model: ir.Model, lowered: int, left_float: list[dict[str, str]]) -> None:
         """``lowered_layers`` and ``left_float``: {layer, op, reason} for each weighted op left float."""

@@ -359,10 +359,15 @@ def test_weighted_ops_without_a_quantized_form_are_reported() -> None:
 
 def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
     import mpqc
+    from mpqc import hwspecs
     from mpqc.passes import PassError
 
     with pytest.raises(PassError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"):
         mpqc.compile(_transformer(), hw="x86_avx2", uniform="w3a8")
+    model = ir.from_proto(_transformer())
+    A.BITS.set(next(n for n in model.graph if n.op_type == "MatMul"), {"w": 8, "a": 4})  # edited by hand
+    with pytest.raises(PassError, match=r"layer 'h': x86_avx2 does not run 4-bit activations: it supports 8, 16"):
+        _lower_pass(CompileContext(hw=hwspecs.load("x86_avx2")), {})(model)
 
 
 def test_weight_only_conv_layers_keep_float_biases() -> None:
