@@ -77,7 +77,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.grid import FLOAT_BITS, activation_grid, activation_qparams, fake_quant_weight, quantize_weight
-from mpqc.passes.lower.layout import WeightLayout, block_axis
+from mpqc.passes.lower.layout import WeightLayout, block_axis, kn_weight
 from mpqc.passes.lower.lower_qdq import fusable, output_target
 from mpqc.passes.runtime import session
 from mpqc.passes.target import weight_grid_bits
@@ -703,7 +703,7 @@ def _build(model: ir.Model, wbits: tuple[int, ...], fuse_outputs: bool, layout: 
             assert activation is not None and layer.activation_index is not None
             int8_blocks = f"{_PREFIX}.{index}.a_int8"
             source = renames.get((node_index, layer.activation_index), activation.name)
-            k = layer.weight_array().shape[0]
+            k = kn_weight(layer).shape[0]
             before.extend(_int8_blocks(int8_blocks, source, k, layout.nbits_block, _opset(proto)))
             new_inputs.append(helper.make_tensor_value_info(f"{int8_blocks}.on", TensorProto.BOOL, []))
             renames[(node_index, layer.activation_index)] = f"{int8_blocks}.y"

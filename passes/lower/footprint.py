@@ -19,7 +19,7 @@ import numpy as np
 
 from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.grid import FLOAT_BITS, Grid, activation_grid, weight_grid
-from mpqc.passes.lower.layout import WeightLayout, block_axis
+from mpqc.passes.lower.layout import WeightLayout, block_axis, kn_weight
 from mpqc.passes.lower.lower_qdq import fusable
 from mpqc.passes.lower.matmul_nbits import nbits_bytes
 from mpqc.passes.target import weight_grid_bits
@@ -64,7 +64,7 @@ def stored_bytes(
     if wbits == FLOAT_BITS:
         total += weight.size * _FLOAT32
     elif layout.matmul_nbits(layer, grid_bits, abits):
-        total += nbits_bytes(*weight.shape, grid_bits, block)
+        total += nbits_bytes(*kn_weight(layer).shape, grid_bits, block)
     elif block:
         k = weight.shape[block_axis(layer) or 0]
         scales = weight.size // k * -(-k // block)  # one per block of each column

@@ -10,7 +10,9 @@ tensors ``lower-qdq`` writes and the numbers they dequantize to. Three forms exi
   INT8 DequantizeLinear behind quantized activations into MatMulIntegerToFloat and ignores the
   blocks (wrong outputs), and an 8-bit grid gains little from blocks that cost 4 bytes per block;
 - **MatMulNBits** (``weight_only``): a MatMul with a constant 2-D weight whose K is at least
-  ``NBITS_MIN_K``, at float activations and 2-8-bit weights, becomes onnxruntime's
+  ``NBITS_MIN_K`` — or a plain Gemm (alpha = beta = 1, A not transposed, bias absent or one value
+  per output column, which becomes MatMulNBits' bias) — at float activations and 2-8-bit weights,
+  becomes onnxruntime's
   ``com.microsoft.MatMulNBits`` — the blocked layout packed as the kernel reads it, dequantized in
   registers instead of into a float copy of the weight. It is an onnxruntime contrib op that other
   runtimes do not load, hence only on request. Small MatMuls qualify too: onnxruntime would fuse
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from mpqc.ir.layers import Layer
+import numpy as np
+
+from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.grid import FLOAT_BITS, weight_grid
 
-__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_K", "NBITS_WIDTHS", "WeightLayout", "block_axis"]
+__all__ = ["DEFAULT_NBITS_BLOCK", "NBITS_MIN_K", "NBITS_WIDTHS", "WeightLayout", "block_axis", "kn_weight"]
 
 #: Container widths onnxruntime 1.32's MatMulNBits CPU kernel runs (3 bits sit in 4 on a narrow grid).
 NBITS_WIDTHS = (2, 4, 8)
@@ -55,6 +59,25 @@ def block_axis(layer: Layer) -> int | None:
     if node.op_type == "Gather":
         return ndim - 1
     return None
+
+
+def kn_weight(layer: Layer) -> np.ndarray:
+    """A 2-D MatMul/Gemm weight as [K, N] (a Gemm with transB stores it as [N, K])."""
+    weight = layer.weight_array()
+    return weight.T if layer.node.op_type == "Gemm" and layer.node.attributes.get_int("transB", 0) else weight
+
+
+def _plain_gemm(layer: Layer) -> bool:
+    """A Gemm that is A @ B + bias over columns: what MatMulNBits (with its bias input) computes."""
+    node = layer.node
+    attributes = node.attributes
+    if attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_int("transA", 0):
+        return False
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return True
+    bias = constant_array(node.inputs[2])
+    n = kn_weight(layer).shape[1]
+    return attributes.get_float("beta", 1.0) == 1.0 and bias is not None and bias.size == n and bias.shape[-1] == n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +106,12 @@ class WeightLayout:
 
     def matmul_nbits(self, layer: Layer, wbits: int, abits: int) -> bool:
         """Whether ``layer`` at (``wbits``, ``abits``) lowers to MatMulNBits."""
-        if not self.weight_only or layer.node.op_type != "MatMul" or wbits == FLOAT_BITS or abits != FLOAT_BITS:
+        op = layer.node.op_type
+        if not self.weight_only or op not in ("MatMul", "Gemm") or wbits == FLOAT_BITS or abits != FLOAT_BITS:
             return False
-        shape = layer.weight_array().shape
-        return len(shape) == 2 and shape[0] >= NBITS_MIN_K and weight_grid(wbits).width in NBITS_WIDTHS
+        if layer.weight_array().ndim != 2 or (op == "Gemm" and not _plain_gemm(layer)):
+            return False
+        return kn_weight(layer).shape[0] >= NBITS_MIN_K and weight_grid(wbits).width in NBITS_WIDTHS
 
     def gather_blocked(self, layer: Layer, wbits: int) -> bool:
         """Whether ``layer`` (a table lookup) lowers to GatherBlockQuantized."""

@@ -52,7 +52,7 @@ from mpqc.passes.grid import (
     quantize_weight_blocked,
     weight_grid,
 )
-from mpqc.passes.lower.layout import WeightLayout, block_axis
+from mpqc.passes.lower.layout import WeightLayout, block_axis, kn_weight
 from mpqc.passes.lower.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lower.opset import ensure_opset
 from mpqc.passes.registry import register
@@ -376,11 +376,12 @@ class _Lowering:
             weight.graph.initializers.pop(weight.name)
 
     def matmul_nbits(self, layer: Layer, bits: int, block: int, accuracy_level: int) -> None:
-        """Replace a MatMul by onnxruntime's MatMulNBits over the packed weight (``matmul_nbits.py``)."""
+        """Replace a MatMul or plain Gemm by onnxruntime's MatMulNBits over the packed weight
+        (``matmul_nbits.py``); a Gemm's bias becomes MatMulNBits' bias input."""
         node, weight = layer.node, layer.weight
         graph = node.graph
         assert graph is not None
-        array = layer.weight_array()
+        array = kn_weight(layer)
         k, n = array.shape
         key = (id(weight), bits, -block, id(graph))
         if key not in self.weights:
@@ -393,8 +394,17 @@ class _Lowering:
         b_value = self.weights[key][0]
         width = weight_grid(bits).width
         attributes = {"K": k, "N": n, "bits": width, "block_size": block, "accuracy_level": accuracy_level}
-        _replace_node(node, ir.node("MatMulNBits", [node.inputs[0], b_value, self.nbits_scales[key]], attributes, domain="com.microsoft"))
+        inputs = [node.inputs[0], b_value, self.nbits_scales[key]]
+        bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+        if bias is not None:
+            bias_array = constant_array(bias)
+            assert bias_array is not None
+            column = bias if bias_array.ndim == 1 else self._constant(f"{bias.name or layer.name}.column", bias_array.reshape(-1), graph=graph)
+            inputs += [None, None, column]  # no zero points (symmetric), no g_idx
+        _replace_node(node, ir.node("MatMulNBits", inputs, attributes, domain="com.microsoft"))
         self._drop_if_unused(weight)
+        if bias is not None:
+            self._drop_if_unused(bias)
 
     def _gather_block_quantized(self, layer: Layer, bits: int, block: int) -> None:
         """Replace a table lookup by onnxruntime's GatherBlockQuantized over the INT4 table in blocks

@@ -130,13 +130,33 @@ kinds (float[N,64] x, float[N,8] v) => (float[N,32] y, float[N,4] g, float[N,4] 
 """
 
 
-def test_other_layers_in_weight_only_mode_dequantize_per_channel() -> None:
+@pytest.mark.parametrize("level", [1, 4])
+def test_plain_gemms_become_matmul_nbits_with_their_bias(level: int) -> None:
     proto = build(MIXED_KINDS, {"w1": (64, 32), "w2": (4, 64), "b2": (4,), "w3": (8, 4)})
-    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True))
+    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True, accuracy_level=level))
+    fused = {n.outputs[0].name: n for n in model.graph if n.op_type == "MatMulNBits"}
+    assert set(fused) == {"y", "g"}  # the K = 8 MatMul dequantizes per channel
+    assert fused["g"].inputs[5].name == "b2" and fused["g"].attributes.get_int("K") == 64
     ops = [n.op_type for n in model.graph]
-    assert ops.count("MatMulNBits") == 1  # y; the Gemm and the K = 8 MatMul dequantize per channel
-    assert ops.count("DequantizeLinear") == 2 and "QuantizeLinear" not in ops
-    assert "b2" in model.graph.initializers  # float activations: the bias stays float
+    assert ops.count("DequantizeLinear") == 1 and "QuantizeLinear" not in ops
+
+
+GEMMS = """
+<ir_version: 10, opset_import: ["" : 17]>
+gemms (float[N,32] x) => (float[N,8] a, float[N,8] b, float[N,8] c) {
+  a = Gemm <alpha = 0.5> (x, w1, b1)
+  b = Gemm <transB = 1> (x, w2, b2row)
+  c = Gemm (x, w3)
+}
+"""
+
+
+def test_other_gemms_dequantize_per_channel_in_weight_only_mode() -> None:
+    proto = build(GEMMS, {"w1": (32, 8), "b1": (8,), "w2": (8, 32), "w3": (32, 8)}, arrays={"b2row": np.ones((1, 8), np.float32)})
+    model = _lower_and_check(proto, 4, 32, WeightLayout(weight_only=True))
+    kinds = {n.outputs[0].name: n.op_type for n in model.graph if n.outputs[0].name in ("a", "b", "c")}
+    assert kinds == {"a": "Gemm", "b": "MatMulNBits", "c": "MatMulNBits"}  # alpha != 1 has no MatMulNBits form
+    assert "b1" in model.graph.initializers  # float activations: the bias stays float
 
 
 @pytest.mark.parametrize("level", [1, 4])
