@@ -23,7 +23,8 @@ lowering emits it (``passes/lower/lower_qdq.py``):
 * An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv is
   NHWC) converts its input and output at the boundaries of a run of such layers.
 * An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
-  a DequantizeLinear node, ``weight_unpack`` per weight element (and its int32 bias's DequantizeLinear
+  a DequantizeLinear node, ``weight_unpack`` per weight element (per op type where the spec says
+  ``weight_unpack_ops``) (and its int32 bias's DequantizeLinear
   when the kernel is float).
 * The activations after the layer (``LayerDesc.epilogue``) are free when the kernel that runs fuses
   them (``spec.fused_activations`` per kernel kind: float, emulated — a float kernel behind a weight
@@ -206,7 +207,7 @@ class CostModel:
             seconds += (0.0 if desc.input_from_layer else relayout.time(desc.input_elems)) \
                 + (0.0 if desc.output_to_layers else relayout.time(desc.output_elems))
         if not precision.native:  # the weight's (and bias's) DequantizeLinear nodes run on every call
-            seconds += dequantize.fixed + self._unpack_s(precision) * desc.weight_params
+            seconds += dequantize.fixed + self._unpack_s(precision, desc.op_type) * desc.weight_params
             if desc.bias_params and not precision.integer_kernel:
                 seconds += dequantize.time(desc.bias_params)
         return seconds
@@ -222,9 +223,9 @@ class CostModel:
             return 0.0
         return integer.time(elements) - self.spec.overhead(op).time(elements)
 
-    def _unpack_s(self, precision: Precision) -> float:
-        dequantize = self.spec.overhead("DequantizeLinear")
-        return dequantize.per_element if precision.weight_unpack is None else precision.weight_unpack
+    def _unpack_s(self, precision: Precision, op_type: str) -> float:
+        unpack = precision.unpack(op_type)
+        return self.spec.overhead("DequantizeLinear").per_element if unpack is None else unpack
 
     def _lookup_s(self, desc: LayerDesc, precision: Precision) -> float:
         """A quantized table: integer rows are gathered then dequantized (and scaled per row); an

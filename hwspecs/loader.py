@@ -228,8 +228,9 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
         if abits is not None and abits not in act_bits:
             raise SpecError(path, field, f"activation bits {abits} not in bits.activations", str(sorted(act_bits)))
         target = build(entry["emulated_as"], (*visiting, key)) if "emulated_as" in entry else None
-        if "weight_unpack" in entry and target is None:
-            raise SpecError(path, f"{field}.weight_unpack", "only an emulated pair unpacks weights", "weight_unpack together with emulated_as")
+        for unpack_field in ("weight_unpack", "weight_unpack_ops"):
+            if unpack_field in entry and target is None:
+                raise SpecError(path, f"{field}.{unpack_field}", "only an emulated pair unpacks weights", f"{unpack_field} together with emulated_as")
         throughput = units.to_base(entry["throughput"], "throughput") if "throughput" in entry else target.throughput  # type: ignore[union-attr]
         energy = units.to_base(entry["energy_per_mac"], "energy") if "energy_per_mac" in entry else target.energy_per_mac  # type: ignore[union-attr]
         built[key] = Precision(
@@ -242,6 +243,7 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             emulated_as=None if target is None else target.key,
             emulated_abits=None if target is None else target.abits,
             weight_unpack=units.to_base(entry["weight_unpack"], "time") if "weight_unpack" in entry else None,
+            weight_unpack_ops=MappingProxyType({op: units.to_base(t, "time") for op, t in entry.get("weight_unpack_ops", {}).items()}),
             depthwise_throughput=(
                 _positive(path, f"{field}.depthwise_throughput", units.to_base(entry["depthwise_throughput"], "throughput"))
                 if "depthwise_throughput" in entry else (None if target is None else target.depthwise_throughput)

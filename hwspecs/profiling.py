@@ -230,6 +230,9 @@ def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float
     for m in measurements:
         wbits, abits, _ = KERNEL_PAIR[m.precision]
         kernel_key, unpack = _role(base_spec, m.precision)  # type: ignore[misc]
+        emulated = unpack is not None
+        if emulated and m.kernel.op_type in base_spec.precisions[unpack].weight_unpack_ops:
+            unpack = None  # the base spec fixes this op's unpack (MatMulNBits: none); the rate is still fitted
         desc = layer_desc(m.kernel, "k")
         if desc.depthwise:
             kernel_key += DEPTHWISE
@@ -237,7 +240,7 @@ def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float
         samples.append(Sample(
             seconds=m.seconds, macs=desc.macs, moved_bytes=moved, weight_params=desc.weight_params,
             kernel=kernel_key, unpack=unpack, level=base_spec.memory_level_for(moved).name,
-            fixed_seconds=run_s + _conversion_s(conversions, m.kernel, m.precision, emulated=unpack is not None),
+            fixed_seconds=run_s + _conversion_s(conversions, m.kernel, m.precision, emulated=emulated),
         ))
     prior_unpack = {}
     for key in {s.unpack for s in samples if s.unpack is not None}:

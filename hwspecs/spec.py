@@ -63,6 +63,9 @@ class Precision:
     weight_unpack: float | None = None
     """Seconds per weight element an emulated pair spends unpacking stored weights on every run;
     None means the spec's DequantizeLinear per-element overhead."""
+    weight_unpack_ops: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-op overrides of ``weight_unpack``: onnxruntime turns DequantizeLinear(int8) -> MatMul into
+    MatMulNBits, which unpacks nothing per run, while a Conv still dequantizes and repacks its weight."""
     depthwise_throughput: float | None = None
     """Multiply-accumulates per second of depthwise convolutions (one input channel per group), when the
     kernel runs them far below ``throughput``: each weight is reused only across a k x k window, so SIMD
@@ -80,6 +83,11 @@ class Precision:
     def integer_kernel(self) -> bool:
         """Whether the kernel that runs is an integer one (native, or emulated in a wider integer pair)."""
         return not self.is_float and (self.native or self.emulated_abits is not None)
+
+    def unpack(self, op_type: str) -> float | None:
+        """Seconds per weight element a layer of ``op_type`` unpacks on every run (None: the spec's
+        DequantizeLinear rate)."""
+        return self.weight_unpack_ops.get(op_type, self.weight_unpack)
 
     @property
     def kernel_kind(self) -> str:

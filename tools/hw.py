@@ -134,6 +134,8 @@ def _precision_table(spec: HardwareSpec) -> Table:
         runs_as = "native" if p.native else f"emulated as {p.emulated_as}"
         if p.weight_unpack is not None:
             runs_as += f", unpack {format_quantity(p.weight_unpack, 'time')}/weight"
+        for op, unpack in sorted(p.weight_unpack_ops.items()):
+            runs_as += f" ({op}: {format_quantity(unpack, 'time')})"
         speed = f"{format_quantity(p.throughput, 'throughput')} ({p.throughput / reference:.2g}x ref)"
         depthwise = "same" if p.depthwise_throughput is None else format_quantity(p.depthwise_throughput, "throughput")
         table.add_row(key, speed, depthwise, format_quantity(p.energy_per_mac, "energy"), runs_as)

@@ -36,6 +36,18 @@ def test_emulated_pair_pays_input_conversions_and_weight_unpack_but_no_output_de
     assert model.layer_cost(with_bias, 4, 8).latency_s - model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(dq.time(64))
 
 
+def test_weight_unpack_can_differ_per_op() -> None:
+    """onnxruntime runs DequantizeLinear(int8) -> MatMul as MatMulNBits (nothing unpacked per run), while
+    a Conv behind the same DequantizeLinear dequantizes and repacks its weight on every run."""
+    spec = hwspecs.load("x86_avx2")
+    model = CostModel(spec)
+    matmul = dataclasses.replace(CONV, op_type="MatMul", kernel=None)
+    w8a16 = spec.precision(8, 16)
+    assert w8a16.unpack("MatMul") == 0 and w8a16.unpack("Conv") == w8a16.weight_unpack > 0
+    difference = model.layer_cost(CONV, 8, 16).latency_s - model.layer_cost(matmul, 8, 16).latency_s
+    assert difference == pytest.approx(w8a16.weight_unpack * CONV.weight_params)
+
+
 def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
     """Between two u8 x s8 kernels onnxruntime keeps the tensor in uint8: no Q/DQ runs there."""
     spec = hwspecs.load("x86_avx2")

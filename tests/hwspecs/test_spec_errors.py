@@ -90,6 +90,8 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
         ("precisions.w4a8.emulated_as", "w2a2", ["precisions.w4a8.emulated_as", "'w2a2' is not a precision", "float, w4a8, w8a8"]),
         ("precisions.w8a8", {"emulated_as": "w4a8"}, ["emulation cycle"]),
         ("precisions.float.weight_unpack", "1 ns", ["precisions.float.weight_unpack", "only an emulated pair"]),
+        ("precisions.float.weight_unpack_ops", {"MatMul": "0 ns"}, ["precisions.float.weight_unpack_ops", "only an emulated pair"]),
+        ("precisions.w4a8.weight_unpack_ops", {"MatMul": "fast"}, ["precisions.w4a8.weight_unpack_ops.MatMul", "us"]),
         ("memory.cache.capacity", ..., ["memory", "only one level may be unbounded"]),
         ("ops", {"Conv": ["int8 * int8 => int32"]}, ["ops.Conv[0]", "instruction 'in1,in2 -> out'"]),
         ("ops", {"conv": ["int8 -> int32"]}, ["ops.conv: key not allowed", "ONNX op type"]),
