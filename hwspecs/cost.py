@@ -183,33 +183,51 @@ class CostModel:
         return weight_bytes + self.act_bytes(desc, abits)
 
     def _overhead_s(self, desc: LayerDesc, precision: Precision) -> float:
-        spec = self.spec
-        seconds = spec.overhead(desc.op_type).time(desc.output_elems)
+        seconds = self.spec.overhead(desc.op_type).time(desc.output_elems)
         if desc.lookup:
             return seconds + self._lookup_s(desc, precision)
-        seconds += sum(spec.overhead(op).time(desc.output_elems) for op in desc.epilogue if not spec.fuses(precision.kernel_kind, op))
+        seconds += sum(self.spec.overhead(op).time(desc.output_elems)
+                       for op in desc.epilogue if not self.spec.fuses(precision.kernel_kind, op))
         if precision.is_float:
             return seconds
-        quantize, dequantize = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
+        return seconds + self._input_s(desc, precision) + self._output_s(desc, precision) + self._weights_s(desc, precision)
+
+    def _input_s(self, desc: LayerDesc, precision: Precision) -> float:
+        """Getting the activation in: Clip + QuantizeLinear (none inside a run of integer layers), the
+        data-movement ops before it on uint8, and a DequantizeLinear when the kernel is float."""
+        spec = self.spec
+        seconds = 0.0
         if not (precision.integer_kernel and desc.input_from_layer):
-            seconds += quantize.time(desc.input_elems)
+            seconds += spec.overhead("QuantizeLinear").time(desc.input_elems)
             if precision.abits is not None and container_bits(precision.abits) > precision.abits:
                 seconds += spec.overhead("Clip").time(desc.input_elems)
         if precision.abits is not None and container_bits(precision.abits) == 8:
             layout = "nhwc_uint8" if precision.integer_kernel else "uint8"
             seconds += sum(self._uint8_extra_s(op, layout, desc.input_elems) for op in desc.input_ops)
         if not precision.integer_kernel:
-            seconds += dequantize.time(desc.input_elems)
-        elif not desc.output_to_layers:
-            seconds += dequantize.time(desc.output_elems)
-        if precision.integer_kernel and desc.op_type in spec.integer_layout:
-            relayout = spec.overhead(spec.integer_layout[desc.op_type])
-            seconds += (0.0 if desc.input_from_layer else relayout.time(desc.input_elems)) \
-                + (0.0 if desc.output_to_layers else relayout.time(desc.output_elems))
-        if not precision.native:  # the weight's (and bias's) DequantizeLinear nodes run on every call
-            seconds += dequantize.fixed + self._unpack_s(precision, desc.op_type) * desc.weight_params
-            if desc.bias_params and not precision.integer_kernel:
-                seconds += dequantize.time(desc.bias_params)
+            seconds += spec.overhead("DequantizeLinear").time(desc.input_elems)
+        elif desc.op_type in spec.integer_layout and not desc.input_from_layer:
+            seconds += spec.overhead(spec.integer_layout[desc.op_type]).time(desc.input_elems)
+        return seconds
+
+    def _output_s(self, desc: LayerDesc, precision: Precision) -> float:
+        """Getting an integer kernel's output out: back to the graph's layout and a DequantizeLinear,
+        unless only integer layers read it."""
+        if not precision.integer_kernel or desc.output_to_layers:
+            return 0.0
+        seconds = self.spec.overhead("DequantizeLinear").time(desc.output_elems)
+        if desc.op_type in self.spec.integer_layout:
+            seconds += self.spec.overhead(self.spec.integer_layout[desc.op_type]).time(desc.output_elems)
+        return seconds
+
+    def _weights_s(self, desc: LayerDesc, precision: Precision) -> float:
+        """An emulated pair's weight (and, for a float kernel, int32 bias) DequantizeLinear, every run."""
+        if precision.native:
+            return 0.0
+        dequantize = self.spec.overhead("DequantizeLinear")
+        seconds = dequantize.fixed + self._unpack_s(precision, desc.op_type) * desc.weight_params
+        if desc.bias_params and not precision.integer_kernel:
+            seconds += dequantize.time(desc.bias_params)
         return seconds
 
     def _uint8_extra_s(self, op: str, layout: str, elements: int) -> float:
