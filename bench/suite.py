@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +200,21 @@ def explain_row(row: dict[str, Any], report: Path, analysis: Analysis | None) ->
 
 def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategies: Sequence[str],
               budgets: Sequence[float], recover_for: Sequence[str], save: Callable[[dict[str, Any]], None],
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              previous: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every recipe of ``mode`` on one model; ``save`` gets the results entry after every row (a long run
-    that is stopped keeps what it measured). ``recover_for`` names the strategies that also run +recover."""
+    that is stopped keeps what it measured). ``recover_for`` names the strategies that also run +recover.
+    ``previous`` holds rows of an earlier run on the same data by recipe name: those that succeeded are
+    kept instead of measured again (``--resume``)."""
     bench = Bench.prepare(model, sizes, mode.repeats, runs=f"suite-{mode.name}")
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
+    reusable = {name: row for name, row in (previous or {}).items() if "error" not in row}
+
+    def measure(recipe: Recipe) -> dict[str, Any]:
+        if recipe.name in reusable:
+            log(f"[{model.name}] {recipe.name}: kept from the earlier run")
+            return reusable[recipe.name]
+        return bench.run(recipe, log)
 
     def entry() -> dict[str, Any]:
         table = bench.table(rows)
@@ -218,14 +227,14 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
         save(entry())
 
     analysis: Analysis | None = None
-    add(bench.run(FLOAT, log))
+    add(measure(FLOAT))
     ort_names = list(mode.ort_recipes)
     if mode.matmul_nbits and has_matmul(bench.float_model):
         ort_names.append("ort-matmul-nbits4")
     elif mode.matmul_nbits:
         notes.append("ort-matmul-nbits4 not run: the model has no MatMul")
     for name in ort_names:
-        add(bench.run(RECIPES[name], log))
+        add(measure(RECIPES[name]))
     anchor = next(r for r in rows if r["recipe"] == SIZE_ANCHOR)
     analysis_error = ""
     try:
@@ -237,8 +246,9 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
     report = bench.workdir / "mpqc-w8a8.report.json"
     w8a8 = cli_recipe("mpqc-w8a8", None, ["--hw", HW, "--uniform", "w8a8"], report, mode.timeout_s,
                       f"mpqc --hw {HW} --uniform w8a8")
-    row = bench.run(w8a8, log)
-    explain_row(row, report, analysis)
+    row = measure(w8a8)
+    if w8a8.name not in reusable:
+        explain_row(row, report, analysis)
     add(row)
     if not recover_available():
         recover_for = ()
@@ -257,6 +267,9 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
                 report = bench.workdir / f"{name}.report.json"
                 recipe = cli_recipe(name, analysis.path, arguments, report, mode.timeout_s,
                                     f"mpqc {shlex.join(arguments)}")
+                if name in reusable:
+                    add(measure(recipe))
+                    continue
                 row = bench.run(recipe, log)
                 row.update(strategy=strategy, budget_factor=factor, recover=recover, budget_mb=budget_mb)
                 if "quantize_s" in row:
@@ -282,6 +295,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="data seed (same seed, same data)")
     parser.add_argument("--out", type=Path, help="folder for <model>.json (default bench/results; smoke: the cache)")
     parser.add_argument("--no-render", action="store_true", help="do not rewrite RESULTS.md §2 and the plots")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the successful rows of <model>.json in --out (same data) and measure the rest")
     return parser.parse_args(argv)
 
 
@@ -309,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         def save(entry: dict[str, Any], path: Path = out / f"{model.name}.json") -> None:
             path.write_text(json.dumps({"environment": environment(), "model": path.stem, **entry}, indent=1) + "\n")
 
-        run_model(model, mode, sizes, strategies, budgets, recover_for, save, log=lambda line: print(line, flush=True))
+        path = out / f"{model.name}.json"
+        previous = None
+        if args.resume and path.exists():
+            earlier = json.loads(path.read_text())
+            if earlier["sizes"] != asdict(sizes):
+                sys.exit(f"--resume: {path} was measured on {earlier['sizes']}, not {asdict(sizes)}")
+            previous = {row["recipe"]: row for row in earlier["rows"]}
+        run_model(model, mode, sizes, strategies, budgets, recover_for, save, previous,
+                  log=lambda line: print(line, flush=True))
     if not (args.smoke or args.no_render):
         from bench.report import render_results
 
