@@ -18,14 +18,17 @@ Grids narrower than their container (3, 5, 6, 7 bits) keep their exact levels: w
 the narrow grid, activations get a float Clip to the narrow range before QuantizeLinear.
 
 Weight layouts (``passes/lower/layout.py``): ``block_size`` quantizes MatMul/Gemm weights per block
-along K; ``weight_only`` keeps every activation float and turns MatMuls with large constant 2-D
-weights into onnxruntime's ``MatMulNBits``. An LSTM's/GRU's recurrence weight R is quantized with
-its input weight W (weights only: the recurrence runs inside the op).
+along K; ``weight_only`` keeps every activation float, turns MatMuls and plain Gemms with constant
+2-D weights into onnxruntime's ``MatMulNBits`` and 4-bit embedding tables into its
+``GatherBlockQuantized`` (``accuracy_level`` 4, int8 activations inside the kernel, by default). An
+LSTM's/GRU's recurrence weight R is quantized with its input weight W (weights only: the recurrence
+runs inside the op). Bits the target's spec does not run are refused with the spec's list.
 
-Layers inside If/Loop/Scan bodies are lowered weights-only (a per-channel DequantizeLinear inside
-the body) at the ``uniform`` weight bits or at bits a user wrote on them; the search never chooses
-for them (analysis cannot run body tensors), so under a search they stay float. Every layer or
-weighted op left float is listed with its reason in ``mpqc.report``'s ``left_float``.
+Layers inside If/Loop/Scan bodies are lowered weights-only (a DequantizeLinear inside the body, or
+MatMulNBits under ``weight_only``) at the ``uniform`` weight bits or at bits a user wrote on them;
+the search never chooses for them (analysis cannot run body tensors), so under a search they stay
+float. Every layer or weighted op left float is listed with its op and reason in ``mpqc.report``'s
+``left_float``.
 
 Everything else stays float: quantizing Add/Mul/Softmax/LayerNorm tensors is where onnxruntime's
 default recipe loses accuracy (PEERS.md). Without calibrated ranges only weights are quantized, and
