@@ -477,3 +477,13 @@ def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
     assert main([str(source), "--hw", "x86_avx2", "-o", str(output), "--weight-only", "--uniform", "w8a8", "-q"]) == 0
     fused = [n for n in onnx.load(output).graph.node if n.op_type == "MatMulNBits"]
     assert [next(a.i for a in n.attribute if a.name == "bits") for n in fused] == [8, 8, 8]
+
+
+@pytest.mark.parametrize(("bits", "max_drop"), [("w8a32", 0.005), ("w4a32", 0.05)])
+def test_weight_only_keeps_the_digits_models_accuracy(bits: str, max_drop: float, tmp_path) -> None:
+    import mpqc
+    from mpqc import examples
+
+    result = mpqc.compile(str(examples.digits_model_path()), hw="x86_avx2", weight_only=True, uniform=bits)
+    path = mpqc.save(result.ir_model, tmp_path / "digits.onnx")
+    assert examples.digits_accuracy(str(path)) >= examples.digits_accuracy(str(examples.digits_model_path())) - max_drop
