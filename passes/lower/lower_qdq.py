@@ -112,11 +112,15 @@ class LowerQDQ(Pass):
             return ir.passes.PassResult(model, modified=bool(left_float))
         self._check_supported(plan)
         layout = self.options.layout
-        grids = [weight_grid(w) for _, (w, _) in plan if w != FLOAT_BITS]
-        grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
         layers = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
-        blocked = any(layout.block(layers[n], w, a) and not layout.matmul_nbits(layers[n], w, a) for n, (w, a) in plan)
+        # Layers that become onnxruntime contrib ops need no newer ai.onnx opset, only IR 10 for an INT4 table.
+        contrib = {n for n, (w, a) in plan if layout.matmul_nbits(layers[n], w, a) or layout.gather_blocked(layers[n], w)}
+        grids = [weight_grid(w) for n, (w, _) in plan if w != FLOAT_BITS and n not in contrib]
+        grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
+        blocked = any(layout.block(layers[n], w, a) for n, (w, a) in plan if n not in contrib)
         ensure_opset(model, max(min_opset(*grids), 21 if blocked else 0))
+        if contrib:
+            model.ir_version = max(model.ir_version, 10)
         # The upgrade may rebuild the graph: find the layers again by name.
         by_name = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
         lowering = _Lowering(model.graph, self.options.act_signed)
@@ -235,7 +239,7 @@ def _replace_node(old: ir.Node, new: ir.Node) -> None:
     assert graph is not None
     graph.insert_before(old, new)
     before, after = old.outputs[0], new.outputs[0]
-    after.dtype, after.shape = before.dtype, before.shape
+    after.type, after.shape = before.type, before.shape  # (type, not dtype: an untyped value stays untyped)
     before.replace_all_uses_with(after, replace_graph_outputs=True)
     new.name = old.name or ""
     new.meta.update(old.meta)
