@@ -55,7 +55,7 @@ def digits_case(mixed_budget: str) -> Case:
 
 def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
     from bench import models as registry
-    from bench.run import evaluate
+    from bench.measure import runner, session
     from bench.tasks.base import TaskSizes
 
     entry = registry.get(name)
@@ -63,7 +63,7 @@ def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
     task = entry.task(sizes)
 
     def score(path: pathlib.Path) -> float:
-        return float(evaluate(path, task).metrics[task.primary_metric])
+        return float(task.evaluate(runner(session(path, 2), task.output_names)).metrics[task.primary_metric])
 
     return Case(name, str(entry.float_path()), task.calibration_inputs, score, task.primary_metric, mixed_budget)
 

@@ -64,5 +64,6 @@ class BeaconRecovery:
         if self._statistics is None:
             every = {layer.name: (2, FLOAT_BITS) for layer in quantizable_layers(self.model.graph)}
             recoverable, _ = targets(self.model, every, None, max_bits=16)
-            self._statistics = observe_float(self.model, {t.name: t.view for t in recoverable}, self.samples, with_hessian=True)
+            views = {t.name: t.view for t in recoverable}
+            self._statistics = observe_float(self.model, views, self.samples, True, self.options.positions)
         return self._statistics

@@ -6,9 +6,11 @@ receptive field (im2col), one per group. ``LinearView`` holds the two translatio
 
 - ``matrix(weight)`` / ``weight_from(matrix)``: the weight as ``(groups, rows, cols)`` — rows are
   output channels, the per-channel quantization axis — and back to the ONNX layout;
-- ``rows(x)``: a batch of the layer's input as ``(positions, groups, cols)``, the samples the
+- ``rows(x, limit)``: a batch of the layer's input as ``(positions, groups, cols)``, the samples the
   Hessian ``Σ x xᵀ`` and the input mean are taken over. Padding zeros are real inputs of a Conv
-  and stay in.
+  and stay in. At most about ``limit`` positions per sample are kept, evenly strided over the
+  image (or the tokens): an early Conv of a text recognizer sees 8k receptive fields per line, and
+  building them all costs more than the rest of recovery while adding nothing a 27x27 Hessian needs.
 
 Gather (embeddings), LSTM/GRU and ConvTranspose are not such products (or not one recovery can
 write back in one layout); ``linear_view`` returns the reason instead of a view.
@@ -84,15 +86,25 @@ class LinearView:
             return matrix.reshape(self.shape)
         return matrix[0].T if self.transpose_weight else matrix[0]
 
-    def rows(self, x: np.ndarray) -> np.ndarray:
-        """The layer input ``x`` (one batch, ONNX layout) as ``(positions, groups, cols)``."""
+    def rows(self, x: np.ndarray, limit: int) -> np.ndarray:
+        """The layer input ``x`` (one batch, ONNX layout) as ``(positions, groups, cols)``: at most ``limit``
+        rows of a MatMul/Gemm input, at most ``limit`` receptive fields per image of a Conv's."""
         if self.conv is None:
             x = x.T if self.transpose_input else x
-            return x.reshape(-1, 1, x.shape[-1])
-        return _im2col(x, self.conv, self.groups)
+            rows = x.reshape(-1, 1, x.shape[-1])
+            return rows[:: -(-rows.shape[0] // limit)]
+        return _im2col(x, self.conv, self.groups, limit)
 
 
-def _im2col(x: np.ndarray, geometry: _ConvGeometry, groups: int) -> np.ndarray:
+def _subsampling(sizes: tuple[int, ...], limit: int) -> int:
+    """The smallest common step along every axis that leaves at most ``limit`` of the grid's points."""
+    step = 1
+    while math.prod(-(-n // step) for n in sizes) > limit:
+        step += 1
+    return step
+
+
+def _im2col(x: np.ndarray, geometry: _ConvGeometry, groups: int, limit: int) -> np.ndarray:
     """Receptive fields of ``x`` [N, C, *spatial], column order (channel, kernel...) as Conv weights flatten."""
     rank = len(geometry.kernel)
     padding = geometry.padding(tuple(x.shape[2:]))
@@ -100,7 +112,9 @@ def _im2col(x: np.ndarray, geometry: _ConvGeometry, groups: int) -> np.ndarray:
     extents = tuple((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations))
     spatial_axes = tuple(range(2, 2 + rank))
     windows = sliding_window_view(x, extents, axis=spatial_axes)  # [N, C, *positions, *extents]
-    select = (slice(None), slice(None), *(slice(None, None, s) for s in geometry.strides), *(slice(None, None, d) for d in geometry.dilations))
+    out = tuple(-(-(n - e + 1) // s) for n, e, s in zip(x.shape[2:], extents, geometry.strides))
+    step = _subsampling(out, limit)
+    select = (slice(None), slice(None), *(slice(None, None, s * step) for s in geometry.strides), *(slice(None, None, d) for d in geometry.dilations))
     windows = windows[select]  # [N, C, *out, *kernel]
     n, channels = windows.shape[:2]
     out = windows.shape[2 : 2 + rank]

@@ -113,6 +113,7 @@ class Recover(Pass):
         damping: float = option(0.01, "GPTQ: added to the Hessian's diagonal, as a fraction of its mean")
         max_bits: int = option(7, "recover layers whose weight grid has at most this many bits")
         samples: int = option(64, "calibration samples observed")
+        positions: int = option(512, "per sample, at most this many input rows of a layer enter its statistics (evenly strided)")
         weight_only: bool = option(False, "lower-qdq's weight_only: the weight layout recovery rounds on must be the lowering's")
         block_size: int = option(0, "lower-qdq's block_size: the weight layout recovery rounds on must be the lowering's")
 
@@ -123,8 +124,8 @@ class Recover(Pass):
         def __post_init__(self) -> None:
             if self.uniform:
                 parse_bits(self.uniform)
-            if self.stages < 1 or self.samples < 1:
-                raise ValueError(f"stages and samples must be at least 1, got {self.stages} and {self.samples}")
+            if min(self.stages, self.samples, self.positions) < 1:
+                raise ValueError(f"stages, samples and positions must be at least 1, got {self.stages}, {self.samples} and {self.positions}")
             if not 0.0 < self.damping < 1.0:
                 raise ValueError(f"damping must be in (0, 1), got {self.damping}")
             self.layout  # validates block_size
@@ -165,7 +166,7 @@ class Recover(Pass):
     def _recover(self, model: ir.Model, config: Config, chosen: list[Target], samples: Sequence) -> list[Outcome]:
         views = {t.name: t.view for t in chosen}
         sequential = self.options.inputs == "sequential"
-        reference = observe_float(model, views, samples, with_hessian=not sequential)
+        reference = observe_float(model, views, samples, not sequential, self.options.positions)
         if not sequential:
             return [recover_layer(model.graph, t, reference[t.name], reference[t.name].mean, self.options) for t in chosen]
         order = {layer.name: i for i, layer in enumerate(quantizable_layers(model.graph))}
@@ -176,7 +177,7 @@ class Recover(Pass):
             members = [chosen[i] for i in stage]
             last = order[members[-1].name]
             upstream = {name: bits for name, bits in config.items() if order.get(name, last + 1) <= last}
-            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw, self.options.layout)
+            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw, self.options.layout, self.options.positions)
             in_stage = {position[id(t.view.layer.node)] for t in members}
             for t in members:
                 # A layer observed behind members of its own stage saw their plain, uncorrected outputs;

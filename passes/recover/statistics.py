@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
@@ -31,7 +32,7 @@ from mpqc.passes.context import CompileContext
 from mpqc.passes.lower.layout import WeightLayout
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 from mpqc.passes.recover.linear import LinearView
-from mpqc.passes.runtime import session
+from mpqc.passes.runtime import session, session_options
 
 __all__ = ["InputStatistics", "observe_float", "observe_quantized"]
 
@@ -55,8 +56,10 @@ class InputStatistics:
         """Add a batch of rows ``(positions, groups, cols)``."""
         self.total += rows.sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
-        if self.hessian is not None:
-            by_group = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float32)  # (groups, positions, cols)
+        if self.hessian is not None and rows.shape[1] == 1:
+            self.hessian[0] += rows[:, 0].T @ rows[:, 0]
+        elif self.hessian is not None:
+            by_group = np.ascontiguousarray(rows.transpose(1, 0, 2))  # (groups, positions, cols)
             self.hessian += np.swapaxes(by_group, 1, 2) @ by_group
 
     @property
@@ -64,10 +67,10 @@ class InputStatistics:
         return self.total / max(self.count, 1)
 
 
-def observe_float(model: ir.Model, views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool) -> dict[str, InputStatistics]:
-    """Statistics of each named layer's input in the float model."""
+def observe_float(model: ir.Model, views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool, limit: int) -> dict[str, InputStatistics]:
+    """Statistics of each named layer's input in the float model (``limit``: see ``LinearView.rows``)."""
     taps = {name: _input_name(view) for name, view in views.items()}
-    return _observe(model, taps, views, samples, with_hessian)
+    return _observe(model, taps, views, samples, with_hessian, limit)
 
 
 def observe_quantized(
@@ -77,6 +80,7 @@ def observe_quantized(
     samples: Sequence[Sample],
     hw: object,
     layout: WeightLayout,
+    limit: int,
 ) -> dict[str, InputStatistics]:
     """Statistics of each named layer's input in ``model`` lowered with ``config`` (the other layers float).
 
@@ -98,7 +102,40 @@ def observe_quantized(
             source = node.inputs[views[name].layer.activation_index or 0]
             assert source is not None
             taps[name] = source.name or ""
-    return _observe(lowered, taps, views, samples, with_hessian=True)
+    return _observe(lowered, taps, views, samples, True, limit)
+
+
+def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    options = session_options()
+    # Let constant folding turn the lowered weights' DequantizeLinear into floats (the same numbers):
+    # onnxruntime keeps them for its integer-kernel fusions otherwise, and reruns them every sample.
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return session(proto.SerializeToString(), options=options)
+
+
+def _keep_only_what_feeds(graph: onnx.GraphProto) -> None:
+    """Drop the nodes the graph's outputs do not depend on: a stage observed early in the model runs
+    only the model's prefix (onnxruntime would run every node of the graph for every sample)."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_names(node))
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    """Every name read inside a node's subgraphs (If/Loop/Scan bodies may read outer values)."""
+    names: set[str] = set()
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(_subgraph_names(inner))
+    return names
 
 
 def _input_name(view: LinearView) -> str:
@@ -108,18 +145,19 @@ def _input_name(view: LinearView) -> str:
 
 
 def _observe(
-    model: ir.Model, taps: Mapping[str, str], views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool
+    model: ir.Model, taps: Mapping[str, str], views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool, limit: int
 ) -> dict[str, InputStatistics]:
     proto = ir.to_proto(model)
     inputs = {value.name for value in proto.graph.input}
-    present = {output.name for output in proto.graph.output}
     fetch = sorted({tensor for tensor in taps.values() if tensor not in inputs})
-    proto.graph.output.extend(onnx.ValueInfoProto(name=tensor) for tensor in fetch if tensor not in present)
-    runner = session(proto.SerializeToString())
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=tensor) for tensor in fetch)
+    _keep_only_what_feeds(proto.graph)
+    runner = _session(proto) if fetch else None  # no session when every layer reads a model input
     stats = {name: InputStatistics.empty(views[name], with_hessian) for name in taps}
     for sample in samples:
-        arrays = dict(zip(fetch, runner.run(fetch, dict(sample)))) if fetch else {}
+        arrays = dict(zip(fetch, runner.run(fetch, dict(sample)))) if runner is not None else {}
         arrays.update({name: np.asarray(value) for name, value in sample.items() if name in inputs})
         for name, tensor in taps.items():
-            stats[name].add(views[name].rows(np.asarray(arrays[tensor], np.float32)))
+            stats[name].add(views[name].rows(np.asarray(arrays[tensor], np.float32), limit))
     return stats

@@ -153,7 +153,9 @@ def test_im2col_rows_reproduce_the_conv() -> None:
     conv = quantizable_layers(model.graph)[0]
     view = linear_view(conv)
     assert not isinstance(view, str)
-    rows = view.rows(x)  # (positions, groups, cols)
+    rows = view.rows(x, 10**6)  # (positions, groups, cols): every receptive field
+    strided = view.rows(x, 6)  # every other position along both axes: 3 x 2 per image
+    assert strided.shape == (12, 2, 18) and np.array_equal(strided[:6], rows.reshape(2, 5, 4, 2, 18)[0, ::2, ::2].reshape(6, 2, 18))
     products = np.einsum("pgc,grc->pgr", rows, view.matrix(conv.weight_array())).reshape(2, 5, 4, 8).transpose(0, 3, 1, 2)
     truncated = onnx.helper.make_model(
         onnx.helper.make_graph([proto.graph.node[0]], "g", [proto.graph.input[0]], [onnx.helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, None)], list(proto.graph.initializer)),
