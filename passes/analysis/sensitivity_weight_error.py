@@ -18,20 +18,48 @@ import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
 from mpqc.passes.base import option
-from mpqc.passes.grid import fake_quant_weight
+from mpqc.passes.grid import weight_grid
 from mpqc.passes.registry import register
 
-__all__ = ["SensitivityWeightError", "weight_noise_ratio"]
+__all__ = ["SensitivityWeightError", "weight_noise_ratios"]
+
+_CHUNK = 1 << 18  # elements per block: small enough to stay in cache
 
 
-def weight_noise_ratio(weight: np.ndarray, bits: int, axis: int) -> float:
-    """``||W - Q_b(W)||^2 / ||W||^2`` on the per-channel grid (0 for an all-zero weight)."""
-    w = weight.astype(np.float64)
-    energy = float(np.sum(w * w))
+def weight_noise_ratios(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[float]:
+    """Per bit-width, ``||W - Q_b(W)||^2 / ||W||^2`` on the per-channel grid (0 for an all-zero weight).
+
+    ``Q_b`` is exactly ``grid.fake_quant_weight`` (the same float32 scales, division, round half to
+    even and clip), computed in cache-sized blocks of rows in float32 (pairwise sums per block,
+    added in float64), so 25M parameters at four widths take a fraction of a second instead of the
+    seconds that whole-tensor float64 temporaries cost.
+    """
+    # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
+    # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
+    rows = np.ascontiguousarray(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32)
+    energy = float(np.einsum("ij,ij->", rows, rows, dtype=np.float64))
     if energy == 0.0:
-        return 0.0
-    error = w - fake_quant_weight(weight, bits, axis).astype(np.float64)
-    return float(np.sum(error * error)) / energy
+        return [0.0] * len(bits)
+    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(np.float64)  # as weight_scales does
+    per = max(1, _CHUNK // max(1, rows.shape[1]))
+    scratch = np.empty((min(per, rows.shape[0]), rows.shape[1]), np.float32)
+    ratios = []
+    for b in bits:
+        grid = weight_grid(b)
+        scales = np.where(amax > 0, amax / grid.qmax, 1.0).astype(np.float32)[:, None]
+        noise = 0.0
+        for start in range(0, rows.shape[0], per):
+            block, scale = rows[start : start + per], scales[start : start + per]
+            t = scratch[: block.shape[0]]
+            np.divide(block, scale, out=t)
+            np.rint(t, out=t)
+            np.clip(t, grid.qmin, grid.qmax, out=t)
+            t *= scale
+            np.subtract(block, t, out=t)
+            np.square(t, out=t)
+            noise += float(t.sum())  # numpy's pairwise float32 sum: ~1e-7 relative per block
+        ratios.append(noise / energy)
+    return ratios
 
 
 @register
@@ -47,7 +75,7 @@ class SensitivityWeightError(SensitivityPass):
         wbits = self.weight_bits()
         for layer in self.layers(model):
             weight = layer.weight_array()
-            ratios = {b: weight_noise_ratio(weight, b, layer.channel_axis) for b in wbits}
+            ratios = dict(zip(wbits, weight_noise_ratios(weight, wbits, layer.channel_axis)))
             scale = weight.size if self.options.by_params else 1
             self.write(
                 layer,

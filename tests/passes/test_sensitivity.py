@@ -35,9 +35,9 @@ from mpqc.passes.analysis.sensitivity_orthogonality import (
 )
 from mpqc.passes.analysis.sensitivity_output import SensitivityOutput
 from mpqc.passes.analysis.sensitivity_task import SensitivityTask
-from mpqc.passes.analysis.sensitivity_weight_error import SensitivityWeightError
+from mpqc.passes.analysis.sensitivity_weight_error import SensitivityWeightError, weight_noise_ratios
 from mpqc.passes.evaluator import Evaluator, output_error
-from mpqc.passes.grid import quantize_weight, weight_grid
+from mpqc.passes.grid import fake_quant_weight, quantize_weight, weight_grid
 
 RANKING = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -164,6 +164,17 @@ def test_entropy_score_variants(ranking) -> None:
 
 
 # --- Weight error ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis", [0, 1, 3])
+def test_weight_noise_ratios_are_the_fake_quant_error(axis: int) -> None:
+    rng = np.random.default_rng(axis)
+    weight = (rng.standard_t(3, (6, 5, 3, 7)) * rng.uniform(0.1, 3.0, (6, 1, 1, 1))).astype(np.float32)
+    ratios = weight_noise_ratios(weight, (2, 3, 4, 8), axis)
+    for b, ratio in zip((2, 3, 4, 8), ratios):
+        error = weight.astype(np.float64) - fake_quant_weight(weight, b, axis).astype(np.float64)
+        assert ratio == pytest.approx(float(np.sum(error**2) / np.sum(weight.astype(np.float64) ** 2)), rel=1e-5)
+    assert weight_noise_ratios(np.zeros((3, 4), np.float32), (2, 8), 0) == [0.0, 0.0]
 
 
 def test_weight_error_ranks_outlier_layer_first(ranking) -> None:
