@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.base import option
+from mpqc.passes.base import PassError, option
 from mpqc.passes.evaluator import FLOAT_BITS, Config, Evaluator, Measure
 from mpqc.passes.registry import register
 
@@ -78,13 +78,18 @@ class SensitivityOutput(SensitivityPass):
         return ir.passes.PassResult(model, modified=True)
 
     def _measure(self, evaluator: Evaluator) -> Measure:
-        if self.options.measure != "auto":
-            return self.options.measure
         firsts = [np.asarray(outputs[0]) for outputs in evaluator.reference]
-        # KL needs one class axis: a 2-D first output whose width is the same for every sample (a
-        # width that follows the input, like a sequence length, is not a class axis).
-        classes = {first.shape[-1] for first in firsts if first.ndim == 2}
-        return "kl" if len(classes) == 1 and len(firsts) == sum(f.ndim == 2 for f in firsts) and classes.pop() > 1 else "mse"
+        # KL and flips need one class axis: the first output's last axis, the same width for every
+        # sample (a width that follows the input, like a sequence length, is not a class axis).
+        widths = {first.shape[-1] if first.ndim else 1 for first in firsts}
+        if self.options.measure == "auto":
+            return "kl" if len(widths) == 1 and all(f.ndim == 2 for f in firsts) and widths.pop() > 1 else "mse"
+        if self.options.measure in ("kl", "flips") and len(widths) > 1:
+            raise PassError(
+                f"{self.name}: measure={self.options.measure} compares the first output's last axis as classes, but its width varies "
+                f"with the input ({', '.join(map(str, sorted(widths)))}); use measure=mse"
+            )
+        return self.options.measure
 
 
 def _batch_first(model: ir.Model) -> bool:

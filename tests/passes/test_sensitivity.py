@@ -441,3 +441,16 @@ def test_mpqc_opt_bad_input_is_one_line_and_writes_nothing(cnn_path: pathlib.Pat
     err = capsys.readouterr().err
     assert code == 1 and len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err, err
     assert list(out.iterdir()) == []
+
+
+def test_class_measures_need_a_fixed_class_axis() -> None:
+    rng = np.random.default_rng(0)
+    text = '<ir_version: 10, opset_import: ["" : 17]>\nseq (float[1,S,4] x) => (float[1,S] y) {\n  h = MatMul(x, w)\n  y = ReduceSum <keepdims=0> (h, axes)\n}'
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"), onnx.numpy_helper.from_array(np.array([2], np.int64), "axes")])
+    context = CompileContext(calibration=CalibrationData(tuple({"x": rng.standard_normal((1, s, 4)).astype(np.float32)} for s in (2, 5))))
+    with pytest.raises(PassError, match=r"measure=kl compares the first output's last axis as classes, but its width varies with the input \(2, 5\); use measure=mse"):
+        SensitivityOutput(context=context, measure="kl")(ir.from_proto(proto))
+    model = ir.from_proto(proto)
+    SensitivityOutput(context=context)(model)  # auto picks mse
+    assert detail_key("output").get(quantizable_layers(model.graph)[0].node)["measure"] == "mse"
