@@ -22,6 +22,8 @@ lowering emits it (``passes/lower/lower_qdq.py``):
   (the spec's ``MaxPool(uint8)``, ``Transpose(nhwc_uint8)`` overheads; see ``_uint8_extra_s``).
 * An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv is
   NHWC) converts its input and output at the boundaries of a run of such layers.
+* An integer pair of an op without an integer instruction in the spec's op table (HAGO's question:
+  onnxruntime has no integer LSTM) runs as an emulated pair: the float kernel behind DequantizeLinear.
 * An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
   a DequantizeLinear node, ``weight_unpack`` per weight element (per op type where the spec says
   ``weight_unpack_ops``) (and its int32 bias's DequantizeLinear
@@ -47,7 +49,8 @@ Everything is additive over layers, which the ILP/knapsack strategies rely on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Literal
 
 from mpqc.hwspecs.spec import FLOAT_BITS, HardwareSpec, Precision
@@ -154,7 +157,7 @@ class CostModel:
     ) -> Cost:
         """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float.  Raises
         ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
-        precision = self.spec.precision(wbits, abits, act_signed)
+        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
         weight_bytes = self.weight_bytes(desc, wbits)
         act_bytes = self.act_bytes(desc, abits)
         moved = self.moved_bytes(desc, wbits, abits)
@@ -170,6 +173,19 @@ class CostModel:
             bound="compute" if compute_s >= memory_s else "memory",
             native=precision.native,
         )
+
+    def _kernel_for(self, desc: LayerDesc, precision: Precision) -> Precision:
+        """The pair as this op runs it: an integer pair of an op the spec's op table gives no integer
+        instruction (an LSTM, a ConvTranspose on onnxruntime's CPU provider) runs the float kernel behind
+        DequantizeLinear, at the float rate, its weights dequantized every run."""
+        spec = self.spec
+        if (desc.lookup or not spec.ops or not precision.integer_kernel or spec.runs_integer(desc.op_type)
+                or not spec.runs_float):
+            return precision
+        floating = spec.precision(None, None)
+        return replace(precision, throughput=floating.throughput, depthwise_throughput=floating.depthwise_throughput,
+                       emulated_as=floating.key, emulated_abits=None, weight_unpack=None,
+                       weight_unpack_ops=MappingProxyType({}))
 
     def moved_bytes(self, desc: LayerDesc, wbits: int | None, abits: int | None) -> int:
         """Bytes one run moves: all weights and activations (at exactly their bits on a chip that packs

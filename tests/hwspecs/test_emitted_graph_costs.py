@@ -48,6 +48,20 @@ def test_weight_unpack_can_differ_per_op() -> None:
     assert difference == pytest.approx(w8a16.weight_unpack * CONV.weight_params)
 
 
+def test_an_op_without_an_integer_instruction_runs_its_float_kernel() -> None:
+    """onnxruntime has no integer LSTM: at w8a8 it dequantizes the weights and runs the float LSTM."""
+    spec = hwspecs.load("x86_avx2")
+    assert not spec.runs_integer("LSTM")
+    model = CostModel(spec)
+    lstm = LayerDesc("rnn", "LSTM", macs=20_000_000, weight_params=400_000, input_elems=20_000, output_elems=20_000, c_out=512)
+    w8a8, floating = model.layer_cost(lstm, 8, 8), model.layer_cost(lstm, None, None)
+    assert not w8a8.native and w8a8.latency_s > floating.latency_s
+    dq = spec.overhead("DequantizeLinear")
+    assert w8a8.latency_s - floating.latency_s == pytest.approx(
+        spec.overhead("QuantizeLinear").time(20_000) + dq.time(20_000) + dq.fixed + dq.per_element * 400_000)
+    assert model.layer_cost(dataclasses.replace(lstm, op_type="Conv"), 8, 8).native
+
+
 def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
     """Between two u8 x s8 kernels onnxruntime keeps the tensor in uint8: no Q/DQ runs there."""
     spec = hwspecs.load("x86_avx2")
