@@ -96,3 +96,14 @@ def test_load_returns_the_same_object_for_an_unchanged_file_and_passes_specs_thr
     assert hwspecs.load("x86_avx2") is spec
     assert hwspecs.load(spec) is spec
     assert hwspecs.load(Path(spec.source)) is spec
+
+
+def test_the_readme_example_is_a_valid_spec(tmp_path: Path) -> None:
+    """hwspecs/README.md shows every field; the example must load (base: x86_avx2 fills the rest)."""
+    readme = (Path(hwspecs.__file__).parent / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert example is not None
+    path = tmp_path / "readme.yaml"
+    path.write_text(example.group(1))
+    spec = hwspecs.validate(path)
+    assert spec.precision(8, 16).unpack("MatMul") == 0 and spec.integer_layout == {"Conv": "Transpose"}
