@@ -453,7 +453,9 @@ class _Lowering:
         scaled = ir.node("Mul", [levels.outputs[0], row_scales.outputs[0]])
         out = self._add(scaled, f"{base}.w{bits}.rows")
         out.dtype, out.shape = rows.dtype, rows.shape
-        rows.dtype = weight_grid(bits).container
+        # A new type, not ``rows.dtype = ...``: onnx_ir's Model.clone() shares type objects, and setting
+        # the dtype in place would retype the rows of the model this one was cloned from.
+        rows.type = ir.TensorType(weight_grid(bits).container)
         graph.insert_after(node, [row_scales, levels, scaled])
         for use in uses:
             use.node.replace_input_with(use.idx, out)

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from models import branches, random_inputs, run_ort, small_cnn, small_cnn_opset
+from models import all_layers, branches, random_inputs, run_ort, small_cnn, small_cnn_opset
 from mpqc import ir as mir
 from mpqc.ir import annotations as A
 from mpqc.passes import CompileContext, PassManager, get, load_calibration
@@ -383,6 +383,14 @@ def test_without_ranges_only_weights_are_quantized_and_a_note_says_so() -> None:
     assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 4
     assert any("no calibrated range" in note for note in context.notes)
     run_ort(model, random_inputs(model, 1)[0])
+
+
+def test_lowering_a_clone_leaves_the_original_untouched() -> None:
+    """onnx_ir's clone shares type objects: lowering must give values new types, not retype shared ones."""
+    original = all_layers()
+    before = ir.to_proto(original).SerializeToString()
+    _lower(original.clone(), CompileContext(), uniform="w8a8")
+    assert ir.to_proto(original).SerializeToString() == before
 
 
 def test_nothing_to_lower_leaves_the_model_float() -> None:
