@@ -247,8 +247,7 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
     w8a8 = cli_recipe("mpqc-w8a8", None, ["--hw", HW, "--uniform", "w8a8"], report, mode.timeout_s,
                       f"mpqc --hw {HW} --uniform w8a8")
     row = measure(w8a8)
-    if w8a8.name not in reusable:
-        explain_row(row, report, analysis)
+    explain_row(row, report, analysis)  # a kept row too: its report is still on disk, the analysis may be new
     add(row)
     if not recover_available():
         recover_for = ()
