@@ -46,7 +46,11 @@ constant, prepacked weights, as in the lowered model; identical on the test mode
 Parallelism: ``errors`` spreads its work — groups of layers, whole-graph configurations — over
 ``executor`` (any ``concurrent.futures.Executor``, e.g. a Dask client's). Without one it forks local
 worker processes (one per core, one onnxruntime thread each, so the numbers are those of a serial
-run) when the serial work is estimated above ``_LOCAL_WORKERS_PAY_AFTER_S``, else runs here.
+run) when the serial work is estimated above ``_LOCAL_WORKERS_PAY_AFTER_S``, else runs here. Why
+processes rather than onnxruntime's intra-op threads: sensitivity-output on PP-LCNet (132
+configurations), on two cores shared with other jobs (load 9-12), took 108 and 133 s inline, 111 and
+119 s with two forked workers, 89 and 172 s with two intra-op threads: no difference that contention
+does not swamp, the smallest spread for processes, and only processes keep the one-thread numbers.
 Sessions do not pickle, so the evaluator pickles as its file-backed description (graph, samples and
 float outputs written once to a temporary folder); a worker process reads it once and keeps it,
 with its sessions, for later tasks.
