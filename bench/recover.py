@@ -7,7 +7,9 @@ scored on the task's evaluation set. Configurations:
 - ``w4a8``, ``w3a8``, ``w2a8``: every quantizable layer at those bits (first and last included —
   uniform bits pin nothing);
 - ``mixed``: the default search (ilp over {w4a8, w8a8}, first and last compute layers pinned at 8
-  bits) under a size budget, then lowered with and without recovery.
+  bits) under a size budget, then lowered with and without recovery;
+- ``weight-only``: ``--weight-only`` (4-bit MatMulNBits, block 32, float activations), the
+  transformer case GPTQ was made for.
 
 Recover's wall time is the pass's own (the compiler's timing instrument), also given as a ratio to
 ``calibrate`` on the same model in the same run, which stays meaningful on a busy machine.
@@ -83,10 +85,11 @@ def run_case(case: Case, configs: Sequence[str], variants: Sequence[str], log=pr
         log(f"[{case.name}] float {case.metric} {float_score:.4f}")
         for config in configs:
             for variant in variants:
-                if config == "mixed":
+                if config in ("mixed", "weight-only"):
                     if variant not in ("plain", "recover"):
                         continue
-                    kwargs: dict[str, Any] = {"constraints": {"size": case.mixed_budget}, "recover": variant == "recover"}
+                    kwargs: dict[str, Any] = {"recover": variant == "recover"}
+                    kwargs.update({"constraints": {"size": case.mixed_budget}} if config == "mixed" else {"weight_only": True})
                 else:
                     step = VARIANTS[variant] % config if VARIANTS[variant] else ""
                     kwargs = {"pipeline": ",".join(filter(None, ["canonicalize", "calibrate", step, f"lower-qdq{{uniform={config}}}"]))}
@@ -97,7 +100,7 @@ def run_case(case: Case, configs: Sequence[str], variants: Sequence[str], log=pr
                     "score": score,
                     "drop": float_score - score,
                     "recover_s": seconds.get("recover"),
-                    "recover_vs_calibrate": seconds["recover"] / seconds["calibrate"] if "recover" in seconds else None,
+                    "recover_vs_calibrate": seconds["recover"] / seconds["calibrate"] if {"recover", "calibrate"} <= set(seconds) else None,
                     "notes": notes,
                 }
                 log(f"[{case.name}] {config:5s} {variant:22s} {case.metric} {score:.4f}  drop {row['drop']:+.4f}  recover {row['recover_s'] or 0:.1f}s")
