@@ -16,7 +16,8 @@ and so every w — by the same constant: rankings and LP solutions are the paper
 (the paper uses 100 on ResNet-18) cannot underflow every weight to zero. Features are the layers'
 outputs fetched as extra graph outputs in one onnxruntime session (N x d floats per layer, reduced
 to the N x N Gram matrix once all samples have run). A sample whose outputs share the leading (batch) dimension of the model's first input
-contributes one row per batch item, otherwise one row.
+contributes one row per batch item, otherwise one row; axes whose size follows the input (sequence
+length, line width) are averaged out first, so variable-length samples compare too.
 
 Note on the estimator: linear CKA of *independent* random features tends to 0 only when N is large
 against the feature dimension d; for d >> N it tends to 1 (every centred Gram matrix is close to
@@ -31,11 +32,11 @@ import dataclasses
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
 from mpqc.passes.base import PassError, option
 from mpqc.passes.registry import register
+from mpqc.passes.runtime import session
 
 __all__ = ["SensitivityOrthogonality", "centred_gram", "orthogonality_matrix", "layer_importance"]
 
@@ -108,21 +109,33 @@ class SensitivityOrthogonality(SensitivityPass):
 
 
 def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarray]:
-    """Per requested tensor, the stacked feature rows (N, d) over ``samples``."""
+    """Per requested tensor, the stacked feature rows (N, d) over ``samples``.
+
+    Where a tensor's size along some axis follows the input (a sentence's length, a text line's
+    width), samples cannot be stacked as they are: those axes are averaged out (global average
+    pooling over the sequence or space), leaving one fixed-size feature per sample.
+    """
     proto = ir.to_proto(model)
     present = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    runner = session(proto.SerializeToString())
     first_input = next(v.name for v in model.graph.inputs if not v.is_initializer())
-    rows: list[list[np.ndarray]] = [[] for _ in names]
+    arrays: list[list[np.ndarray]] = [[] for _ in names]
+    batches = []
     for sample in samples:
-        batch = np.asarray(sample[first_input]).shape[:1]
-        for i, array in enumerate(session.run(names, dict(sample))):
-            array = np.asarray(array, np.float32)
-            split = array.ndim >= 1 and array.shape[:1] == batch and batch[0] > 1
-            rows[i].append(array.reshape(array.shape[0], -1) if split else array.reshape(1, -1))
-    return [np.concatenate(r) for r in rows]
+        batches.append(np.asarray(sample[first_input]).shape[:1])
+        for i, array in enumerate(runner.run(names, dict(sample))):
+            arrays[i].append(np.asarray(array, np.float32))
+    rows = []
+    for per_sample in arrays:
+        shapes = {a.shape for a in per_sample}
+        varying = tuple(axis for axis in range(1, per_sample[0].ndim) if len({shape[axis] for shape in shapes}) > 1) if len({len(s) for s in shapes}) == 1 else ()
+        pooled = [a.mean(axis=varying, keepdims=True) if varying else a for a in per_sample]
+        rows.append(np.concatenate([_rows(a, batch) for a, batch in zip(pooled, batches)]))
+    return rows
+
+
+def _rows(array: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """One row per batch item when ``array`` leads with the samples' batch dimension, else one row."""
+    split = array.ndim >= 1 and array.shape[:1] == batch and batch[0] > 1
+    return array.reshape(array.shape[0], -1) if split else array.reshape(1, -1)

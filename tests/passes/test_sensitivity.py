@@ -454,3 +454,17 @@ def test_class_measures_need_a_fixed_class_axis() -> None:
     model = ir.from_proto(proto)
     SensitivityOutput(context=context)(model)  # auto picks mse
     assert detail_key("output").get(quantizable_layers(model.graph)[0].node)["measure"] == "mse"
+
+
+def test_orthogonality_pools_axes_that_follow_the_input() -> None:
+    rng = np.random.default_rng(4)
+    text = '<ir_version: 10, opset_import: ["" : 17]>\nseq (float[1,S,4] x) => (float[1,S,3] a, float[1,S,3] c) {\n  a = MatMul(x, wa)\n  b = MatMul(x, wb)\n  c = Relu(b)\n}'
+    proto = onnx.parser.parse_model(text)
+    wa = rng.standard_normal((4, 3)).astype(np.float32)
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(wa, "wa"), onnx.numpy_helper.from_array(-3 * wa, "wb")])
+    model = ir.from_proto(proto)
+    samples = tuple({"x": rng.standard_normal((1, s, 4)).astype(np.float32)} for s in (2, 5, 3, 7, 4, 6))
+    SensitivityOrthogonality(context=CompileContext(calibration=CalibrationData(samples)))(model)
+    detail = {layer.name: detail_key("orthogonality").get(layer.node) for layer in quantizable_layers(model.graph)}
+    assert detail["a"]["rows"] == detail["b"]["rows"] == 6  # one pooled feature row per sentence
+    assert detail["a"]["gamma"] == pytest.approx(1.0)  # b = -3a: the same features up to scale
