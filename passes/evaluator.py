@@ -210,7 +210,7 @@ class Evaluator:
         Configurations that quantize a single layer run on that layer's suffix after one float run
         of the prefix per group of layers (``layer_errors``); the others run the whole graph. The
         work goes to ``executor``; without one, to local worker processes when it pays (see
-        ``_local_workers``), else it runs here.
+        ``_executor``), else it runs here.
         """
         by_layer: dict[str, list[int]] = {}
         whole: list[int] = []
