@@ -55,11 +55,10 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.data import CalibrationData
 from mpqc.passes.grid import FLOAT_BITS, fake_quant_weight, quantize_weight_blocked, weight_grid, weight_scales
 from mpqc.passes.lower.layout import WeightLayout, block_axis
 from mpqc.passes.lower.lower_qdq import parse_bits
-from mpqc.passes.recover.bias import BiasSlot, bias_slot
+from mpqc.passes.recover.bias import bias_slot
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, peak_pins, round_levels
 from mpqc.passes.recover.linear import LinearView, linear_view
