@@ -1,7 +1,9 @@
 """``recover``: what fine-tuning gives the papers, post-training — GPTQ rounding and bias correction.
 
-Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``. For every layer whose
-weights are quantized below ``max_bits`` and that is a matrix product (Conv — grouped and depthwise
+Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``; reads ``mpqc.bits`` and,
+through the lowering it observes, ``mpqc.calib.range``; needs calibration samples (a one-line
+PassError without). For every layer whose weight grid has at most ``max_bits`` bits (default 7) and
+that is a matrix product (Conv — grouped and depthwise
 included — Gemm, MatMul with a constant 2-D weight; Gather, LSTM and GRU are left as they are, with
 a note):
 
