@@ -5,9 +5,11 @@ activation input at b bits (``a{b}``) — and the model runs on calibration samp
 distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET AMP's
 phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
 
-All candidates run through one ``Evaluator`` session (``mpqc.passes.evaluator``), so "layer l at b
-bits" means exactly what ``lower-qdq`` emits, the float reference is computed once, and the
-configurations spread over ``context.executor`` when there is one.
+All candidates run through one ``Evaluator`` (``mpqc.passes.evaluator``), so "layer l at b bits"
+means exactly what ``lower-qdq`` emits and the float reference is computed once. Each layer's
+candidates run on its suffix after one float run of the prefix per eight layers, and the layers
+spread over ``context.executor`` — or, without one, over forked local processes when the work is
+worth starting them (see the evaluator's docstring for what that measured).
 
 ``measure``: ``kl`` (KL divergence of the softmax of the first output: classifiers), ``mse`` (squared
 error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes: coarse with
