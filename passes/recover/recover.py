@@ -16,8 +16,8 @@ a note):
    block along K with ``block_size`` / ``weight_only``, which must be the lowering's: the compiler
    passes the same options to both), optionally after a per-channel clip search;
 3. correct its bias (``bias``): the mean output shift against the float model, measured on the same
-   samples, folded into the bias (created for a Conv/Gemm without one; for a MatMul only when an
-   Add of a constant vector follows it).
+   samples and shrunk by its significance (``_significance``), folded into the bias (created for a
+   Conv/Gemm without one; for a MatMul only when an Add of a constant vector follows it).
 
 The exactness contract: recovery writes *float* weights that lie exactly on the layer's grid, each
 channel reaching ``±qmax`` so that its scale recomputes to itself (``exact``), and changes biases.
