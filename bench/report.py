@@ -92,10 +92,12 @@ def aims(model: dict[str, Any]) -> dict[str, Any]:
         at_size.append(w8a8)
     half = [row for row in search if row["budget_factor"] == 0.5]
     result: dict[str, Any] = {"metric": metric, "float": float_value}
-    for key, candidates in (("at_size", at_size), ("half", half)):
+    failed_half = [row["error"] for row in model["rows"] if "error" in row and row.get("budget_factor") == 0.5]
+    for key, candidates, failures in (("at_size", at_size, []), ("half", half, failed_half)):
         best = _best(candidates, metric)
-        result[key] = None if best is None else {"recipe": best["recipe"], "value": best["metrics"][metric],
-                                                 "gap_points": 100 * (float_value - best["metrics"][metric])}
+        result[key] = {"failed": failures[0]} if best is None and failures else None if best is None else {
+            "recipe": best["recipe"], "value": best["metrics"][metric],
+            "gap_points": 100 * (float_value - best["metrics"][metric])}
     ort = [rows[name] for name in ORT_INT8 if name in rows and "error" not in rows[name]]
     fastest_ort = min(ort, key=lambda row: row["latency_vs_float_1t"], default=None)
     fastest_mpqc = min(at_size, key=lambda row: row["latency_vs_float_1t"], default=None)
@@ -117,6 +119,8 @@ def aims(model: dict[str, Any]) -> dict[str, Any]:
 def _gap(entry: dict[str, Any] | None, limit: float) -> str:
     if entry is None:
         return "no row"
+    if "failed" in entry:
+        return f"every row failed: {entry['failed'].split(': ', 1)[-1][:110]}"
     verdict = "met" if entry["gap_points"] <= limit else "not met"
     return f"{entry['value']:.4f} ({entry['gap_points']:+.2f} pts, {entry['recipe']}): {verdict}"
 

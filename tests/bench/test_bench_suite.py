@@ -59,6 +59,12 @@ def test_aims_pick_the_best_rows_at_each_budget_and_the_speed_promises() -> None
     assert aims["speed"] == {"ort": "ort-u8s8", "ort_vs_float": 0.80, "mpqc": "mpqc-ilp@1x", "mpqc_vs_float": 0.84}
     # predicted faster than float (9 ms < 10 ms) yet measured 1.40x: a broken promise; the 12 ms row promised nothing
     assert aims["slower_than_float"] == ["mpqc-ilp@0.5x"] and aims["promised_speedup"] == 3
+    infeasible = _model()
+    infeasible["rows"] = [row for row in infeasible["rows"] if row.get("budget_factor") != 0.5] + [
+        {"recipe": "mpqc-ilp@0.5x", "error": "RecipeError: mpqc exited 2: no configuration meets max-size 1.5 MB",
+         "strategy": "ilp", "budget_factor": 0.5}]
+    assert report.aims(infeasible)["half"] == {"failed": infeasible["rows"][-1]["error"]}
+    assert "every row failed: mpqc exited 2: no configuration meets max-size 1.5 MB" in report.aims_table({"m": infeasible})
     assert aims["wall"] == {"recipe": "mpqc-ilp@1x", "ratio": pytest.approx(7.0 / 4.0)}
     table = report.aims_table({"m": _model()})
     assert "+0.20 pts, mpqc-ilp@1x): met" in table and "+0.90 pts, mpqc-ilp@0.5x+recover): met" in table
