@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -341,6 +342,14 @@ def test_quiet_prints_nothing(capsys, cnn_path, calib_dir, tmp_path) -> None:
 def test_a_search_run_is_quiet_too(capsys, cnn_path, calib_dir, tmp_path) -> None:
     code, out, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--max-size", "0.2x", "-q")
     assert code == 0 and out == "" and err == ""
+
+
+def test_the_summary_states_the_size_the_budget_counts(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    code, out, _ = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--max-size", "0.3x")
+    assert code == 0
+    size_line = next(line for line in out.splitlines() if line.strip().startswith("size"))
+    match = re.search(r"tensors [0-9.]+ MB -> [0-9.]+ MB \(([0-9.]+)x, what --max-size counts\)", size_line)
+    assert match is not None and float(match.group(1)) <= 0.3
 
 
 def test_an_infeasible_budget_exits_with_2(capsys, cnn_path, calib_dir, out_dir) -> None:
