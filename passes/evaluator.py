@@ -45,12 +45,15 @@ constant, prepacked weights, as in the lowered model; identical on the test mode
 
 Parallelism: ``errors`` spreads its work — groups of layers, whole-graph configurations — over
 ``executor`` (any ``concurrent.futures.Executor``, e.g. a Dask client's). Without one it forks local
-worker processes (one per core, one onnxruntime thread each, so the numbers are those of a serial
-run) when the serial work is estimated above ``_LOCAL_WORKERS_PAY_AFTER_S``, else runs here. Why
-processes rather than onnxruntime's intra-op threads: sensitivity-output on PP-LCNet (132
-configurations), on two cores shared with other jobs (load 9-12), took 108 and 133 s inline, 111 and
-119 s with two forked workers, 89 and 172 s with two intra-op threads: no difference that contention
-does not swamp, the smallest spread for processes, and only processes keep the one-thread numbers.
+worker processes (one per idle core, one onnxruntime thread each, so the numbers are those of a
+serial run) when the serial work is estimated above ``_LOCAL_WORKERS_PAY_AFTER_S`` and at least two
+cores are idle by the load average, else runs here. Measured: sensitivity-output on PP-LCNet (132
+configurations) on two cores that four other jobs kept busy (load 7-12) took 34-38 s inline, 39 s
+with two forked workers and 50-67 s with two onnxruntime intra-op threads (spinning threads lose
+most under contention; in an earlier round at load ~11: 108-133, 111-119 and 89-172 s). Workers
+can only pay where cores are free (an idle machine was not available to measure the gain), hence
+the load test; threads never won and would not keep the one-thread numbers.
+
 Sessions do not pickle, so the evaluator pickles as its file-backed description (graph, samples and
 float outputs written once to a temporary folder); a worker process reads it once and keeps it,
 with its sessions, for later tasks.
@@ -373,7 +376,7 @@ class Evaluator:
         if self.executor is not None or jobs < 2:
             yield self.executor
             return
-        workers = min(jobs, len(os.sched_getaffinity(0)))
+        workers = min(jobs, _idle_cores())
         self.reference  # noqa: B018 - computed here, timed, and shipped to the workers
         if workers < 2 or configs * self._reference_seconds / 2 < _LOCAL_WORKERS_PAY_AFTER_S or not _CAN_FORK:
             yield None
@@ -431,6 +434,11 @@ def _load_indexed(path: str) -> list[dict[str, np.ndarray]]:
 #: Local workers are forked: "spawn" and "forkserver" re-import the caller's main module in every
 #: worker, which re-runs any script that lacks an ``if __name__ == "__main__":`` guard.
 _CAN_FORK = sys.platform.startswith("linux")
+
+def _idle_cores() -> int:
+    """Cores this process may use that other processes are not already keeping busy (1-minute load)."""
+    return len(os.sched_getaffinity(0)) - int(os.getloadavg()[0])
+
 
 #: Serial seconds of work above which ``errors`` starts local worker processes when given no executor:
 #: a spawned worker takes 2-3 s to import onnxruntime and open its session.

@@ -219,6 +219,7 @@ def test_local_workers_give_the_same_errors(cnn_setup, monkeypatch) -> None:
     model, samples, inline = cnn_setup
     configs = [{name: (b, FLOAT_BITS)} for name in inline.layers for b in (2, 4)] + [{name: (4, 8) for name in inline.layers}]
     monkeypatch.setattr(evaluator_module, "_LOCAL_WORKERS_PAY_AFTER_S", 0.0)
+    monkeypatch.setattr(evaluator_module, "_idle_cores", lambda: 2)
     monkeypatch.setattr(evaluator_module, "_LAYERS_PER_PREFIX", 2)
     spread = Evaluator(model, samples)
     assert spread.errors(configs, "mse") == inline.errors(configs, "mse")
