@@ -373,12 +373,12 @@ class Evaluator:
     @contextlib.contextmanager
     def _executor(self, jobs: int, configs: int) -> Iterator[concurrent.futures.Executor | None]:
         """The user's executor; else local worker processes when the work pays for starting them; else None."""
-        if self.executor is not None or jobs < 2:
+        if self.executor is not None or jobs < 2 or not _CAN_FORK:
             yield self.executor
             return
         workers = min(jobs, _idle_cores())
         self.reference  # noqa: B018 - computed here, timed, and shipped to the workers
-        if workers < 2 or configs * self._reference_seconds / 2 < _LOCAL_WORKERS_PAY_AFTER_S or not _CAN_FORK:
+        if workers < 2 or configs * self._reference_seconds / 2 < _LOCAL_WORKERS_PAY_AFTER_S:
             yield None
             return
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
