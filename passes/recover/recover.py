@@ -16,8 +16,8 @@ a note):
    block along K with ``block_size`` / ``weight_only``, which must be the lowering's: the compiler
    passes the same options to both), optionally after a per-channel clip search;
 3. correct its bias (``bias``): the mean output shift against the float model, measured on the same
-   samples and shrunk by its significance (``_significance``), folded into the bias (created for a
-   Conv/Gemm without one; for a MatMul only when an Add of a constant vector follows it).
+   samples, folded into the bias (created for a Conv/Gemm without one; for a MatMul only when an
+   Add of a constant vector follows it).
 
 The exactness contract: recovery writes *float* weights that lie exactly on the layer's grid, each
 channel reaching ``±qmax`` so that its scale recomputes to itself (``exact``), and changes biases.
@@ -270,21 +270,5 @@ def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, target
         if isinstance(slot, str):
             return dataclasses.replace(outcome, note=f"bias not corrected: {slot}")
         shift = np.einsum("grc,gc->gr", matrix, target_mean) - np.einsum("grc,gc->gr", new_matrix, seen.mean)
-        slot.shift(graph, (shift * _significance(shift, new_matrix, seen)).reshape(-1), f"{layer.name}.bias")
+        slot.shift(graph, shift.reshape(-1), f"{layer.name}.bias")
     return outcome
-
-
-def _significance(shift: np.ndarray, matrix: np.ndarray, seen: InputStatistics) -> np.ndarray:
-    """Per output channel, how much of a measured mean shift to trust: ``max(0, 1 − se² / shift²)``.
-
-    The shift is a difference of means over the observed rows; where those are few (a squeeze-excite
-    or classifier layer sees one pooled row per sample) its standard error ``se`` is comparable to
-    the shift itself and correcting it adds noise (measured on PP-LCNet). The output variance per
-    channel is ``w (H / n − μ μᵀ) wᵀ`` from the same statistics.
-    """
-    assert seen.hessian is not None
-    n = max(seen.count, 1)
-    covariance = seen.hessian / n - seen.mean[:, :, None] * seen.mean[:, None, :]
-    variance = np.maximum(np.sum((matrix @ covariance) * matrix, axis=2), 0.0)
-    squared = np.square(shift)
-    return np.where(squared > 0, np.maximum(0.0, 1.0 - variance / n / np.maximum(squared, 1e-300)), 0.0)
