@@ -20,7 +20,7 @@ import onnx_ir as ir
 from mpqc import hwspecs
 from mpqc import ir as mir
 from mpqc.ir import annotations
-from mpqc.passes import CompileContext, PassError, load_calibration, parse_pipeline
+from mpqc.passes import CompileContext, PassError, format_pipeline, load_calibration, parse_pipeline
 from mpqc.passes.instruments import Instrument, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
 from mpqc.pipeline import Pipeline
@@ -204,8 +204,7 @@ def compile(
     if snapshot is not None:
         if snapshot.model is None:
             raise PassError("--emit-pareto needs a search: drop --uniform or use a pipeline with the search pass")
-        recovered = any(pass_class.name == "recover" for pass_class, _ in parse_pipeline(text))
-        emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto), recover=recovered)
+        emitted = emit_front(snapshot.model, context, pathlib.Path(emit_pareto), after_search(text))
     report = annotations.REPORT.get(result_ir, {}) or {}
     return CompileResult(
         model=mir.as_kind(result_ir, model),
@@ -220,11 +219,19 @@ def compile(
     )
 
 
-def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path, recover: bool = False) -> tuple[pathlib.Path, ...]:
+def after_search(pipeline: str) -> str:
+    """The steps of ``pipeline`` that follow its search: what turns a chosen point into a model."""
+    steps = parse_pipeline(pipeline)
+    last = max(index for index, (pass_class, _) in enumerate(steps) if pass_class.name == "search")
+    return format_pipeline(steps[last + 1 :])
+
+
+def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str = "lower-qdq,verify") -> tuple[pathlib.Path, ...]:
     """Lower and verify every point of ``analysed``'s front into ``folder``: ``NN_w<bits>_<bytes>B.onnx``.
 
-    Each point starts from the model as the search left it, so each file is exactly what the default
-    pipeline would have emitted had that point been chosen (recovered first when ``recover``).
+    Each point starts from the model as the search left it and runs ``tail`` — the compilation's own
+    steps after its search (recover and lower-qdq with their layout options, verify) — so each file is
+    exactly what the pipeline would have emitted had that point been chosen.
     """
     front = annotations.PARETO.get(analysed) or {}
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,7 +242,7 @@ def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path
             if layer.name in point["bits"]:
                 wbits, abits = parse_bits(point["bits"][layer.name])
                 annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
-        Pipeline("recover,lower-qdq,verify" if recover else "lower-qdq,verify", context).run_ir(model)
+        Pipeline(tail, context).run_ir(model)
         size = int(point["objectives"].get("size", 0))
         paths.append(mir.save(model, folder / f"{index:02d}_{size}B.onnx"))
     return tuple(paths)

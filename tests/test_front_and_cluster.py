@@ -68,3 +68,11 @@ def test_a_dask_cluster_gives_the_same_model(model_and_data, tmp_path) -> None:
                                   dashboard_address=None) as cluster:
         assert main([*common, "-o", str(tmp_path / "cluster.onnx"), "--executor", cluster.scheduler_address]) == 0
     assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "cluster.onnx").read_bytes()
+
+
+def test_front_points_are_lowered_by_the_compilations_own_tail() -> None:
+    """--emit-pareto with a block size recovers and lowers each point on that layout, as the chosen one."""
+    from mpqc.compiler import after_search, default_pipeline
+
+    pipeline = default_pipeline(uniform=None, calibrated=True, recover=True, block_size=32)
+    assert after_search(pipeline) == "recover{block_size=32},lower-qdq{block_size=32},verify"
