@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from mpqc.cli_support import EXIT_OK, ArgumentParser, UsageError, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import EXIT_OK, ArgumentParser, UsageError, add_eval_argument, add_ir_dump_arguments, ir_printer, run_command
 
 __all__ = ["main"]
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", metavar="FILE", help="write the per-layer table (bits, candidates, why) as .html or .md")
     parser.add_argument("--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR")
     parser.add_argument("--executor", metavar="ADDRESS", help="run exact evaluations on a Dask cluster, e.g. tcp://host:8786")
+    add_eval_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
     add_ir_dump_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -84,11 +85,11 @@ def _shape(text: str) -> tuple[str, int | tuple[int, ...]]:
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(model, calibration, eval_fn): the user's, or the embedded example's."""
     if args.model is not None:
-        return args.model, args.calib, None
+        return args.model, args.calib, args.eval
     from mpqc import examples
 
     calibration = args.calib if args.calib is not None else examples.digits_calibration()
-    return str(examples.digits_model_path()), calibration, examples.digits_accuracy
+    return str(examples.digits_model_path()), calibration, args.eval or examples.digits_accuracy
 
 
 def _check_output(output: pathlib.Path, model: Any) -> None:

@@ -8,11 +8,14 @@ them. Keeping this in one place makes ``mpqc``, ``mpqc-opt`` and ``mpqc-hw`` beh
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import pathlib
 import sys
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from mpqc.passes.instruments import Instrument, IRPrinter
 
@@ -109,3 +112,36 @@ def ir_printer(args: argparse.Namespace) -> list[Instrument]:
         dump_dir=args.ir_dump_dir,
     )
     return [printer] if printer.active else []
+
+
+def add_eval_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval",
+        metavar="MODULE:FUNCTION",
+        type=task_metric_function,
+        help="task metric: a function taking an onnx.ModelProto and returning a number, higher is better "
+        "(MODULE is an importable module or a .py file), used by verify and sensitivity-task",
+    )
+
+
+def task_metric_function(text: str) -> Callable[[Any], float]:
+    """``module:function`` or ``path/to/file.py:function``, imported: the user's task metric."""
+    module_name, _, function_name = text.rpartition(":")
+    if not module_name or not function_name:
+        raise argparse.ArgumentTypeError(f"'{text}' is not MODULE:FUNCTION, e.g. mytask:accuracy or eval.py:accuracy")
+    try:
+        if module_name.endswith(".py"):
+            path = pathlib.Path(module_name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise ImportError(f"no such file {module_name}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - the user's module: any failure to import is bad input
+        raise argparse.ArgumentTypeError(f"cannot import '{module_name}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise argparse.ArgumentTypeError(f"'{module_name}' has no function '{function_name}'")
+    return function

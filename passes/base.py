@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from typing import Any, ClassVar
 
 import onnx_ir as ir
@@ -77,6 +78,22 @@ class Pass(ir.passes.InPlacePass):
             raise ir.passes.PreconditionError(
                 f"pass '{self.name}' needs {', '.join(missing)}: run the pass that writes it first"
             )
+
+    def task_metric(self, model: Any, what: str) -> float:
+        """The user's task metric (``context.eval_fn``) on ``model``, ``what`` naming it for errors.
+
+        The metric is the user's code: any exception it raises, or a result that is not a finite
+        number, becomes one PassError line naming this pass and the model it was scoring.
+        """
+        assert self.context.eval_fn is not None
+        try:
+            value = float(self.context.eval_fn(model))
+        except Exception as exc:  # noqa: BLE001 - anything the user's function raises
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise PassError(f"{self.name}: the evaluation function failed on {what}: {type(exc).__name__}: {detail}") from None
+        if not math.isfinite(value):
+            raise PassError(f"{self.name}: the evaluation function returned {value} on {what}; it must return a finite number")
+        return value
 
     def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> ir.passes.PassResult:
         result = super().__call__(model_or_result)

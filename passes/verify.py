@@ -85,9 +85,9 @@ class Verify(Pass):
                 result.update(output_fidelity(session(self.context.reference, optimize=True), candidate, samples))
                 result["samples"] = len(samples)
             if self.context.eval_fn is not None:
-                result["task_metric"] = float(self.context.eval_fn(proto))
+                result["task_metric"] = self.task_metric(proto, "the quantized model")
                 if self.context.reference is not None:
-                    result["task_metric_float"] = float(self.context.eval_fn(onnx.load_from_string(self.context.reference)))
+                    result["task_metric_float"] = self.task_metric(onnx.load_from_string(self.context.reference), "the float model")
         sqnr = result.get("sqnr_db")
         if isinstance(sqnr, float) and sqnr < self.options.min_sqnr_db:
             raise PassError(f"verify: output SQNR {sqnr:.1f} dB is below the required {self.options.min_sqnr_db:.1f} dB")

@@ -380,3 +380,49 @@ def test_two_processes_with_different_hash_seeds_write_the_same_bytes(cnn_path, 
     assert (tmp_path / "1" / "q.onnx").read_bytes() == (tmp_path / "2" / "q.onnx").read_bytes()
     for dump in (tmp_path / "1" / "dumps").iterdir():
         assert dump.read_bytes() == (tmp_path / "2" / "dumps" / dump.name).read_bytes()
+
+
+_TASKS = '''
+def fixed(model):
+    return 0.25
+
+
+def broken(model):
+    raise RuntimeError("the test set is missing\\nsecond line")
+'''
+
+
+@pytest.fixture
+def task_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "task.py"
+    path.write_text(_TASKS)
+    return path
+
+
+def test_eval_names_the_task_metric_verify_reports(capsys, cnn_path, calib_dir, task_file, tmp_path) -> None:
+    report = tmp_path / "r.json"
+    code, out, _ = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8", "--eval", f"{task_file}:fixed", "--report-json", report)
+    assert code == 0 and "accuracy    0.2500 (float 0.2500)" in out
+    assert json.loads(report.read_text())["report"]["verify"]["task_metric"] == 0.25
+
+
+def test_an_eval_that_raises_is_one_line_and_writes_nothing(capsys, cnn_path, calib_dir, task_file, out_dir) -> None:
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", "--calib", calib_dir, "--uniform", "w8a8", "--eval", f"{task_file}:broken")
+    _assert_user_error(code, err, "verify: the evaluation function failed on the quantized model: RuntimeError: the test set is missing")
+    _nothing_written(out_dir)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("{task}:absent", "has no function 'absent'"),
+        ("no_such_module_anywhere:f", "cannot import 'no_such_module_anywhere'"),
+        ("just_a_name", "is not MODULE:FUNCTION"),
+    ],
+    ids=["no-function", "no-module", "no-colon"],
+)
+def test_an_eval_that_does_not_resolve_is_a_usage_error(capsys, task_file, spec, fragment) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--hw", "generic", "-o", "q.onnx", "--eval", spec.format(task=task_file)])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and len(err.splitlines()) == 1 and fragment in err

@@ -121,3 +121,13 @@ def test_a_report_path_in_a_missing_folder_writes_nothing(capsys, cnn_path, tmp_
     code, _, err = _opt(capsys, cnn_path, "-p", "canonicalize", "-o", out, "--report-json", tmp_path / "no" / "r.json")
     assert code == 1 and err.startswith("mpqc-opt: cannot write") and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_eval_feeds_sensitivity_task(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    """--eval makes the user's metric available to sensitivity-task, whose scores land in the report."""
+    task = tmp_path / "task.py"
+    task.write_text("def size(model):\n    return -float(model.ByteSize())\n")
+    report = tmp_path / "r.json"
+    code, _, _ = _opt(capsys, cnn_path, "-p", "calibrate,sensitivity-task{wbits=[2,8]}", "--calib", calib_dir, "--eval", f"{task}:size", "--report-json", report)
+    assert code == 0
+    assert "mpqc.sens.task" in report.read_text()

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import typing
 
-from mpqc.cli_support import EXIT_OK, ArgumentParser, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import EXIT_OK, ArgumentParser, add_eval_argument, add_ir_dump_arguments, ir_printer, run_command
 
 __all__ = ["main"]
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hw", help="hardware spec for passes that need one")
     parser.add_argument("--calib", metavar="DIR", help="calibration samples (.npz/.npy files)")
     parser.add_argument("--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON")
+    add_eval_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--help-passes", action="store_true", help="list passes and their options, then exit")
     add_ir_dump_arguments(parser)
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if path:
             mir.check_writable(path)  # before any work: a failure must not leave files behind
     model = mir.load(args.model)
-    context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None)
+    context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None, eval_fn=args.eval)
     # The float reference as loaded (external data read in), not the file's bytes, whose external
     # references would not resolve in an onnxruntime session made from bytes.
     context.reference = ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None

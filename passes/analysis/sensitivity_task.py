@@ -13,7 +13,6 @@ candidate, run in this process (an arbitrary metric function need not pickle).
 from __future__ import annotations
 
 import dataclasses
-import math
 import onnx
 import onnx_ir as ir
 
@@ -44,7 +43,7 @@ class SensitivityTask(SensitivityPass):
             raise PassError(f"{self.name}: needs a task metric: pass --eval module:function or eval_fn= (a callable taking an onnx.ModelProto, higher is better)")
         wbits, abits = self.weight_bits(), self.activation_bits()
         base = ir.to_proto(model)
-        reference = self._evaluate(base, "the float model")
+        reference = self.task_metric(base, "the float model")
         for layer in layers:
             candidates = [(f"w{b}", (b, FLOAT_BITS)) for b in wbits]
             if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation):
@@ -52,7 +51,7 @@ class SensitivityTask(SensitivityPass):
             scores = {}
             for candidate, bits in candidates:
                 lowered = self._lowered(base, layer.name, bits)
-                scores[candidate] = reference - self._evaluate(lowered, f"layer '{layer.name}' at {candidate}")
+                scores[candidate] = reference - self.task_metric(lowered, f"layer '{layer.name}' at {candidate}")
             self.write(layer, scores, {"reference": reference})
         return ir.passes.PassResult(model, modified=True)
 
@@ -65,14 +64,3 @@ class SensitivityTask(SensitivityPass):
         annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
         LowerQDQ(context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed)(copy)
         return ir.to_proto(copy)
-
-    def _evaluate(self, proto: onnx.ModelProto, what: str) -> float:
-        assert self.context.eval_fn is not None
-        try:
-            value = float(self.context.eval_fn(proto))
-        except Exception as exc:  # the user's code: any failure becomes one clear line
-            detail = str(exc).splitlines()[0] if str(exc) else ""
-            raise PassError(f"{self.name}: the evaluation function failed on {what}: {type(exc).__name__}: {detail}") from None
-        if not math.isfinite(value):
-            raise PassError(f"{self.name}: the evaluation function returned {value} on {what}; it must return a finite number")
-        return value
