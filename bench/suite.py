@@ -43,6 +43,7 @@ from bench.baselines import RECIPES, FLOAT, QuantizeRequest, Recipe, RecipeError
 from bench.cache import cache_dir
 from bench.run import Bench, environment
 from bench.tasks.base import TaskSizes
+from mpqc.compiler import search_step
 
 HW = "x86_avx2"
 STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "nemo", "haq")
@@ -134,9 +135,8 @@ def cli_recipe(name: str, model: Path | None, arguments: Sequence[str], report: 
 
 def search_pipeline(strategy: str, recover: bool, mode: Mode) -> str:
     metric = "entropy" if strategy == "eagl" else "output"
-    options = ",".join(filter(None, [f"strategy={strategy}", f"metric={metric}", f"samples={mode.exact_samples}",
-                                     mode.limits.get(strategy, "")]))
-    return ",".join(filter(None, [f"search{{{options}}}", "recover" if recover else "", "lower-qdq", "verify"]))
+    search = search_step(strategy, metric, recover, *filter(None, [f"samples={mode.exact_samples}", mode.limits.get(strategy, "")]))
+    return ",".join(filter(None, [search, "recover" if recover else "", "lower-qdq", "verify"]))
 
 
 @dataclass(frozen=True)

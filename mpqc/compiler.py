@@ -81,9 +81,21 @@ def default_pipeline(
         steps += [*recover_steps, lower_step]
     else:
         metric = _METRIC.get(strategy) or ("output" if calibrated else "weight-error")
-        steps += [f"sensitivity-{metric}", cost_step, f"search{{strategy={strategy},metric={metric}}}", *recover_steps, lower_step]
+        steps += [f"sensitivity-{metric}", cost_step, search_step(strategy, metric, recover), *recover_steps, lower_step]
     steps.append("verify")
     return ",".join(steps)
+
+
+def search_step(strategy: str, metric: str, recover: bool, *extra: str) -> str:
+    """The ``search`` step of a pipeline that does (or does not) ``recover`` before lowering.
+
+    MOHAQ's beacons score configurations on *recovered* weights; a model lowered without ``recover``
+    must be chosen on plain errors, or the search ships a point whose estimate it never had (on
+    PP-OCRv4 a beacon-ranked point lowered plainly read 0 lines of 150). So without recovery a mohaq
+    search creates no beacons.
+    """
+    options = [f"strategy={strategy}", f"metric={metric}", *(["beacons=0"] if strategy == "mohaq" and not recover else []), *extra]
+    return "search{" + ",".join(options) + "}"
 
 
 def default_candidates(spec: hwspecs.HardwareSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -191,7 +191,7 @@ class SearchBits(Pass):
         problem.check_feasible()
         evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
         options = self.strategy_options()
-        if evaluator is not None and self.options.strategy == "mohaq" and "beacon_fn" not in options:
+        if evaluator is not None and self.options.strategy == "mohaq" and "beacon_fn" not in options and options.get("beacons") != 0:
             options["beacon_fn"] = self._beacon_fn(model, problem)
         result = msearch.run(problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **options)
         chosen = result.chosen

@@ -76,3 +76,13 @@ def test_front_points_are_lowered_by_the_compilations_own_tail() -> None:
 
     pipeline = default_pipeline(uniform=None, calibrated=True, recover=True, block_size=32)
     assert after_search(pipeline) == "recover{block_size=32},lower-qdq{block_size=32},verify"
+
+
+@pytest.mark.parametrize("recover", [True, False])
+def test_mohaq_creates_beacons_only_when_the_model_is_recovered(recover: bool) -> None:
+    """Beacons estimate errors on recovered weights: a plainly lowered model is chosen on plain errors."""
+    from mpqc.compiler import default_pipeline
+
+    pipeline = default_pipeline(uniform=None, calibrated=True, strategy="mohaq", recover=recover)
+    assert ("beacons=0" in pipeline) is not recover
+    assert ("recover" in pipeline.split(",")) is recover
