@@ -435,6 +435,7 @@ def _load_indexed(path: str) -> list[dict[str, np.ndarray]]:
 #: worker, which re-runs any script that lacks an ``if __name__ == "__main__":`` guard.
 _CAN_FORK = sys.platform.startswith("linux")
 
+
 def _idle_cores() -> int:
     """Cores this process may use that other processes are not already keeping busy (1-minute load)."""
     return len(os.sched_getaffinity(0)) - int(os.getloadavg()[0])
