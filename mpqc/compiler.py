@@ -238,7 +238,7 @@ def after_search(pipeline: str) -> str:
     return format_pipeline(steps[last + 1 :])
 
 
-def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str = "lower-qdq,verify") -> tuple[pathlib.Path, ...]:
+def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str) -> tuple[pathlib.Path, ...]:
     """Lower and verify every point of ``analysed``'s front into ``folder``: ``NN_w<bits>_<bytes>B.onnx``.
 
     Each point starts from the model as the search left it and runs ``tail`` — the compilation's own
@@ -247,6 +247,7 @@ def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path
     """
     front = annotations.PARETO.get(analysed) or {}
     folder.mkdir(parents=True, exist_ok=True)
+    lower = Pipeline(tail, context)
     paths = []
     for index, point in enumerate(front.get("points", [])):
         model = analysed.clone()
@@ -254,7 +255,7 @@ def emit_front(analysed: ir.Model, context: CompileContext, folder: pathlib.Path
             if layer.name in point["bits"]:
                 wbits, abits = parse_bits(point["bits"][layer.name])
                 annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
-        Pipeline(tail, context).run_ir(model)
+        lower.run_ir(model)
         size = int(point["objectives"].get("size", 0))
         paths.append(mir.save(model, folder / f"{index:02d}_{size}B.onnx"))
     return tuple(paths)
