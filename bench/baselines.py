@@ -68,8 +68,15 @@ def mpqc_recipe(name: str, arguments: str | Sequence[str], executable: str = "mp
     extra = shlex.split(arguments) if isinstance(arguments, str) else list(arguments)
 
     def quantize(request: QuantizeRequest) -> None:
-        command = [executable, str(request.float_model), *extra, "-o", str(request.output),
-                   "--calib", str(request.calib_dir)]
+        command = [
+            executable,
+            str(request.float_model),
+            *extra,
+            "-o",
+            str(request.output),
+            "--calib",
+            str(request.calib_dir),
+        ]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -119,11 +126,17 @@ def ort_static(activation: str, op_types: Sequence[str] | None = None) -> Quanti
     def quantize(request: QuantizeRequest) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             source = preprocessed(request.float_model, Path(scratch))
-            quantize_static(str(source), str(request.output), ListReader(request.calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=activation_type, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            op_types_to_quantize=list(op_types) if op_types else None)
+            quantize_static(
+                str(source),
+                str(request.output),
+                ListReader(request.calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=activation_type,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=list(op_types) if op_types else None,
+            )
 
     return quantize
 
@@ -144,7 +157,9 @@ def ort_matmul_nbits(request: QuantizeRequest) -> None:
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node
+    logging.getLogger("onnxruntime.quantization").setLevel(
+        logging.WARNING
+    )  # one INFO line per node
     with tempfile.TemporaryDirectory() as scratch:
         source = onnx.load(str(preprocessed(request.float_model, Path(scratch))))
     quantizer = MatMulNBitsQuantizer(source, bits=4, block_size=32, is_symmetric=True)
@@ -156,7 +171,12 @@ FLOAT = Recipe("float", None, "the prepared float model (opset >= 13)")
 RECIPES[FLOAT.name] = FLOAT
 register_tool("ort-s8s8", ort_static("s8"), "quantize_static QDQ s8s8 per-channel MinMax")
 register_tool("ort-u8s8", ort_static("u8"), "quantize_static QDQ u8s8 per-channel MinMax")
-register_tool("ort-u8s8-conv-matmul", ort_static("u8", ("Conv", "MatMul")),
-              "quantize_static QDQ u8s8, op_types_to_quantize=[Conv, MatMul]")
+register_tool(
+    "ort-u8s8-conv-matmul",
+    ort_static("u8", ("Conv", "MatMul")),
+    "quantize_static QDQ u8s8, op_types_to_quantize=[Conv, MatMul]",
+)
 register_tool("ort-dynamic", ort_dynamic, "quantize_dynamic (int8 weights, dynamic activations)")
-register_tool("ort-matmul-nbits4", ort_matmul_nbits, "MatMulNBits 4-bit weight-only, block 32, symmetric")
+register_tool(
+    "ort-matmul-nbits4", ort_matmul_nbits, "MatMulNBits 4-bit weight-only, block 32, symmetric"
+)

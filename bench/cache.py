@@ -40,13 +40,25 @@ def fetch_wheel(requirement: str) -> Path:
     found = _cached_wheel(wheels, name, version)
     if found is not None:
         return found
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "-q", requirement, "-d", str(wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        requirement,
+        "-d",
+        str(wheels),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = _cached_wheel(wheels, name, version)
     if proc.returncode != 0 or found is None:
-        raise FetchError(f"pip download {requirement} failed: {proc.stderr.strip().splitlines()[-1:]}; "
-                         "check network access to PyPI or pre-fill the cache")
+        raise FetchError(
+            f"pip download {requirement} failed: {proc.stderr.strip().splitlines()[-1:]}; "
+            "check network access to PyPI or pre-fill the cache"
+        )
     return found
 
 

@@ -52,11 +52,21 @@ Pair = tuple[int, int]
 FLOAT: Pair = (FLOAT_BITS, FLOAT_BITS)
 
 #: Uniform configurations every model is measured in.
-UNIFORM: dict[str, Pair] = {"float": FLOAT, "w8a8": (8, 8), "w4a8": (4, 8), "w8a16": (8, 16), "w2a8": (2, 8)}
+UNIFORM: dict[str, Pair] = {
+    "float": FLOAT,
+    "w8a8": (8, 8),
+    "w4a8": (4, 8),
+    "w8a16": (8, 16),
+    "w2a8": (2, 8),
+}
 #: What a random mix draws from, per layer.
 MIX_CHOICES: tuple[Pair, ...] = (FLOAT, (8, 8), (4, 8), (8, 16))
 #: Budgets the ILP search is run under (objective, budget): the configurations a user would get.
-SEARCH_BUDGETS: tuple[tuple[str, str], ...] = (("size", "0.2x"), ("size", "0.16x"), ("latency", "0.75x"))
+SEARCH_BUDGETS: tuple[tuple[str, str], ...] = (
+    ("size", "0.2x"),
+    ("size", "0.16x"),
+    ("latency", "0.75x"),
+)
 DEFAULT_CASES = ("digits", "squeezenet", "shufflenet", "orientation", "minilm")
 
 
@@ -77,7 +87,9 @@ class Case:
 def digits_case() -> Case:
     from mpqc import examples
 
-    return Case("digits", onnx.load(str(examples.digits_model_path())), examples.digits_calibration()[:32])
+    return Case(
+        "digits", onnx.load(str(examples.digits_model_path())), examples.digits_calibration()[:32]
+    )
 
 
 def light_case(name: str) -> Case:
@@ -105,7 +117,9 @@ def make_case(name: str) -> Case:
         return light_case(name)
     if name in MODELS:
         return real_case(name)
-    raise SystemExit(f"bench.latency: unknown model {name!r}; choose digits, {', '.join(LIGHT_MODELS)}, {', '.join(MODELS)}")
+    raise SystemExit(
+        f"bench.latency: unknown model {name!r}; choose digits, {', '.join(LIGHT_MODELS)}, {', '.join(MODELS)}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +144,11 @@ def analyse(case: Case, spec: hwspecs.HardwareSpec) -> ir.Model:
 
 
 def layer_names(analysed: ir.Model) -> list[str]:
-    return [layer.name for layer in mir.quantizable_layers(analysed.graph) if annotations.COST.has(layer.node)]
+    return [
+        layer.name
+        for layer in mir.quantizable_layers(analysed.graph)
+        if annotations.COST.has(layer.node)
+    ]
 
 
 def _key(pair: Pair) -> str:
@@ -153,7 +171,10 @@ def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str
     context.wbits, context.abits = (8, 4, 2), (8,)
     context.constraints = {objective: budget}
     model = mir.load(case.model)
-    Pipeline("canonicalize,calibrate,sensitivity-weight-error,cost,search{strategy=ilp,metric=weight-error}", context).run_ir(model)
+    Pipeline(
+        "canonicalize,calibrate,sensitivity-weight-error,cost,search{strategy=ilp,metric=weight-error}",
+        context,
+    ).run_ir(model)
     bits = {}
     for layer in mir.quantizable_layers(model.graph):
         chosen = annotations.BITS.get(layer.node)
@@ -162,8 +183,14 @@ def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str
     return Config(f"ilp {objective}<={budget}", bits)
 
 
-def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, mixes: int, seed: int,
-                   log: Callable[[str], None] = lambda line: None) -> list[Config]:
+def configurations(
+    case: Case,
+    analysed: ir.Model,
+    spec: hwspecs.HardwareSpec,
+    mixes: int,
+    seed: int,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[Config]:
     """The uniform configurations, ``mixes`` seeded random mixes, and what the search picks per budget
     (a budget no configuration meets is logged and skipped)."""
     names = layer_names(analysed)
@@ -171,12 +198,18 @@ def configurations(case: Case, analysed: ir.Model, spec: hwspecs.HardwareSpec, m
     rng = np.random.default_rng([seed, sum(map(ord, case.name))])
     for index in range(mixes):
         draws = rng.integers(0, len(MIX_CHOICES), len(names))
-        configs.append(Config(f"mix{index}", {layer: MIX_CHOICES[d] for layer, d in zip(names, draws)}))
+        configs.append(
+            Config(f"mix{index}", {layer: MIX_CHOICES[d] for layer, d in zip(names, draws)})
+        )
     for objective, budget in SEARCH_BUDGETS:
         try:
             configs.append(searched(case, spec, objective, budget))
-        except InfeasibleError as exc:  # an infeasible budget is a finding, not a crash: note it and go on
-            log(f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}")
+        except (
+            InfeasibleError
+        ) as exc:  # an infeasible budget is a finding, not a crash: note it and go on
+            log(
+                f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}"
+            )
     return configs
 
 
@@ -202,8 +235,15 @@ class Row:
     predicted_s: dict[str, float]
 
 
-def run_case(case: Case, specs: dict[str, hwspecs.HardwareSpec], lowering_spec: str, mixes: int, seed: int,
-             min_seconds: float, log: Callable[[str], None]) -> list[Row]:
+def run_case(
+    case: Case,
+    specs: dict[str, hwspecs.HardwareSpec],
+    lowering_spec: str,
+    mixes: int,
+    seed: int,
+    min_seconds: float,
+    log: Callable[[str], None],
+) -> list[Row]:
     """Every configuration of ``case``, lowered for ``lowering_spec``, measured once (interleaved) and
     predicted by each spec's cost pass."""
     analysed = {label: analyse(case, spec) for label, spec in specs.items()}
@@ -213,9 +253,17 @@ def run_case(case: Case, specs: dict[str, hwspecs.HardwareSpec], lowering_spec: 
     measured = measure_models(models, threads=1, min_seconds=min_seconds, feeds=case.feed)
     rows = []
     for config, timing in zip(configs, measured):
-        row = Row(case.name, config.name, timing.cpu_s, timing.wall_s, {label: predict(costed, config) for label, costed in analysed.items()})
-        log(f"  {case.name:12s} {config.name:18s} measured {timing.cpu_s * 1e3:9.3f} ms (wall {timing.wall_s * 1e3:9.3f})  "
-            + "  ".join(f"{label} {p * 1e3:9.3f} ms" for label, p in row.predicted_s.items()))
+        row = Row(
+            case.name,
+            config.name,
+            timing.cpu_s,
+            timing.wall_s,
+            {label: predict(costed, config) for label, costed in analysed.items()},
+        )
+        log(
+            f"  {case.name:12s} {config.name:18s} measured {timing.cpu_s * 1e3:9.3f} ms (wall {timing.wall_s * 1e3:9.3f})  "
+            + "  ".join(f"{label} {p * 1e3:9.3f} ms" for label, p in row.predicted_s.items())
+        )
         rows.append(row)
     return rows
 
@@ -226,23 +274,40 @@ def score(rows: Sequence[Row], label: str, wall: bool = False) -> dict[str, floa
     measured = np.array([r.wall_s if wall else r.measured_s for r in rows])
     predicted = np.array([r.predicted_s[label] for r in rows])
     rho = float(spearmanr(predicted, measured).statistic) if len(rows) > 2 else float("nan")
-    return {"n": len(rows), "spearman": rho, "mean_rel_error": float(np.mean(np.abs(predicted - measured) / measured))}
+    return {
+        "n": len(rows),
+        "spearman": rho,
+        "mean_rel_error": float(np.mean(np.abs(predicted - measured) / measured)),
+    }
 
 
-def summary(rows: Sequence[Row], labels: Sequence[str], wall: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+def summary(
+    rows: Sequence[Row], labels: Sequence[str], wall: bool = False
+) -> dict[str, dict[str, dict[str, float]]]:
     models = list(dict.fromkeys(r.model for r in rows))
-    table = {m: {label: score([r for r in rows if r.model == m], label, wall) for label in labels} for m in models}
+    table = {
+        m: {label: score([r for r in rows if r.model == m], label, wall) for label in labels}
+        for m in models
+    }
     table["pooled"] = {label: score(rows, label, wall) for label in labels}
     return table
 
 
-def print_table(table: dict[str, dict[str, dict[str, float]]], labels: Sequence[str], title: str) -> None:
+def print_table(
+    table: dict[str, dict[str, dict[str, float]]], labels: Sequence[str], title: str
+) -> None:
     print(f"\n{title}\n")
-    print("| model | n | " + " | ".join(f"{label} ρ | {label} mean rel. err." for label in labels) + " |")
+    print(
+        "| model | n | "
+        + " | ".join(f"{label} ρ | {label} mean rel. err." for label in labels)
+        + " |"
+    )
     print("|---|---|" + "---|---|" * len(labels))
     for model, scores in table.items():
         n = next(iter(scores.values()))["n"]
-        cells = " | ".join(f"{s['spearman']:.2f} | {s['mean_rel_error'] * 100:.0f}%" for s in scores.values())
+        cells = " | ".join(
+            f"{s['spearman']:.2f} | {s['mean_rel_error'] * 100:.0f}%" for s in scores.values()
+        )
         print(f"| {model} | {n} | {cells} |")
 
 
@@ -259,7 +324,9 @@ def profiled_spec(path: pathlib.Path, log: Callable[[str], None]) -> hwspecs.Har
         base = profiling.base_for_machine()
         document = profiling.profile(base, threads=1, quick=False, log=log)
         path.parent.mkdir(parents=True, exist_ok=True)
-        profiling.write_spec(document, path, "Written by bench.latency (mpqc-hw profile, 1 thread); see provenance.")
+        profiling.write_spec(
+            document, path, "Written by bench.latency (mpqc-hw profile, 1 thread); see provenance."
+        )
     return hwspecs.load(path)
 
 
@@ -271,10 +338,31 @@ HAQ_SPEEDUP_RANGE = (1.4, 1.95)
 
 #: MobileNet-V1 (Howard et al. 2017, Table 1): after a 3x3 stride-2 stem of 32 channels, depthwise 3x3 +
 #: pointwise 1x1 pairs as (stride, output channels).
-MOBILENET_V1 = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512), (1, 512), (1, 512), (1, 512),
-                (1, 512), (2, 1024), (1, 1024))
+MOBILENET_V1 = (
+    (1, 64),
+    (2, 128),
+    (1, 128),
+    (2, 256),
+    (1, 256),
+    (2, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (2, 1024),
+    (1, 1024),
+)
 #: MobileNet-V2 (Sandler et al. 2018, Table 2): inverted residual stages (expansion t, channels c, repeats n, stride s).
-MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2 = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class _Builder:
@@ -285,12 +373,35 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int, groups: int = 1, act: str | None = "Relu") -> str:
+    def conv(
+        self,
+        x: str,
+        c_in: int,
+        c_out: int,
+        k: int,
+        stride: int,
+        groups: int = 1,
+        act: str | None = "Relu",
+    ) -> str:
         name = f"conv{len(self.nodes)}"
-        weight = self.rng.normal(0, np.sqrt(2 / (c_in // groups * k * k)), (c_out, c_in // groups, k, k)).astype(np.float32)
-        self.inits += [onnx.numpy_helper.from_array(weight, f"{name}.w"), onnx.numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b")]
-        self.nodes.append(onnx.helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], kernel_shape=[k, k],
-                                                strides=[stride, stride], pads=[k // 2] * 4, group=groups))
+        weight = self.rng.normal(
+            0, np.sqrt(2 / (c_in // groups * k * k)), (c_out, c_in // groups, k, k)
+        ).astype(np.float32)
+        self.inits += [
+            onnx.numpy_helper.from_array(weight, f"{name}.w"),
+            onnx.numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b"),
+        ]
+        self.nodes.append(
+            onnx.helper.make_node(
+                "Conv",
+                [x, f"{name}.w", f"{name}.b"],
+                [name],
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[k // 2] * 4,
+                group=groups,
+            )
+        )
         if act is None:
             return name
         self.nodes.append(onnx.helper.make_node(act, [name], [f"{name}.act"]))
@@ -306,8 +417,13 @@ class _Builder:
         weight = self.rng.normal(0, np.sqrt(1 / channels), (classes, channels)).astype(np.float32)
         self.inits.append(onnx.numpy_helper.from_array(weight, "fc.w"))
         logits = self.node("Gemm", [pooled, "fc.w"], transB=1)
-        graph = onnx.helper.make_graph(self.nodes, "mobilenet", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 224, 224])],
-                                       [onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)], self.inits)
+        graph = onnx.helper.make_graph(
+            self.nodes,
+            "mobilenet",
+            [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 224, 224])],
+            [onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)],
+            self.inits,
+        )
         return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
 
 
@@ -316,7 +432,9 @@ def mobilenet_v1() -> onnx.ModelProto:
     net = _Builder()
     x, channels = net.conv("image", 3, 32, 3, 2), 32
     for stride, out in MOBILENET_V1:
-        x = net.conv(net.conv(x, channels, channels, 3, stride, groups=channels), channels, out, 1, 1)
+        x = net.conv(
+            net.conv(x, channels, channels, 3, stride, groups=channels), channels, out, 1, 1
+        )
         channels = out
     return net.classifier(x, channels)
 
@@ -357,29 +475,53 @@ def haq_speedups(bits: int = 6) -> dict[tuple[str, str], float]:
         for spec_name in ("bismo_edge", "bismo_cloud"):
             spec = hwspecs.load(spec_name)
             model = mir.load(build())
-            Pipeline("canonicalize,cost", CompileContext(hw=spec, wbits=(bits, 8), abits=(bits, 8))).run_ir(model)
-            speedups[(net_name, spec_name)] = uniform_latency(model, 8) / uniform_latency(model, bits)
+            Pipeline(
+                "canonicalize,cost", CompileContext(hw=spec, wbits=(bits, 8), abits=(bits, 8))
+            ).run_ir(model)
+            speedups[(net_name, spec_name)] = uniform_latency(model, 8) / uniform_latency(
+                model, bits
+            )
     return speedups
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_CASES), help="comma-separated: digits, light_* names, bench.models names")
-    parser.add_argument("--spec", default=None, help="bundled spec to compare (default: this machine's, as mpqc-hw profile picks)")
-    parser.add_argument("--profiled", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "mpqc-bench" / "latency" / "profiled.yaml",
-                        help="fitted spec (profiled here first if missing)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_CASES),
+        help="comma-separated: digits, light_* names, bench.models names",
+    )
+    parser.add_argument(
+        "--spec",
+        default=None,
+        help="bundled spec to compare (default: this machine's, as mpqc-hw profile picks)",
+    )
+    parser.add_argument(
+        "--profiled",
+        type=pathlib.Path,
+        default=pathlib.Path.home() / ".cache" / "mpqc-bench" / "latency" / "profiled.yaml",
+        help="fitted spec (profiled here first if missing)",
+    )
     parser.add_argument("--mixes", type=int, default=4, help="random per-layer mixes per model")
-    parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per configuration")
+    parser.add_argument(
+        "--seconds", type=float, default=0.5, help="measuring time per configuration"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=pathlib.Path, help="write every row and the summary here")
-    parser.add_argument("--haq", action="store_true", help="reproduce HAQ's BISMO speedup over 8-bit instead")
+    parser.add_argument(
+        "--haq", action="store_true", help="reproduce HAQ's BISMO speedup over 8-bit instead"
+    )
     args = parser.parse_args(argv)
     if args.haq:
         low, high = HAQ_SPEEDUP_RANGE
         print(f"| network | spec | 8-bit / 6-bit latency | HAQ: {low}-{high}x |")
         print("|---|---|---|---|")
         for (net_name, spec_name), speedup in haq_speedups().items():
-            print(f"| {net_name} | {spec_name} | {speedup:.2f}x | {'within' if low <= speedup <= high else 'outside'} |")
+            print(
+                f"| {net_name} | {spec_name} | {speedup:.2f}x | {'within' if low <= speedup <= high else 'outside'} |"
+            )
         return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     from mpqc.hwspecs.profiling import base_for_machine
@@ -389,16 +531,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = load_average()
     rows: list[Row] = []
     for name in args.models.split(","):
-        rows += run_case(make_case(name.strip()), specs, bundled, args.mixes, args.seed, args.seconds, log)
+        rows += run_case(
+            make_case(name.strip()), specs, bundled, args.mixes, args.seed, args.seconds, log
+        )
     load_after = load_average()
     labels = list(specs)
     table, wall_table = summary(rows, labels), summary(rows, labels, wall=True)
-    print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after {tuple(round(x, 2) for x in load_after)}")
+    print(
+        f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after {tuple(round(x, 2) for x in load_after)}"
+    )
     print_table(table, labels, "against the inference thread's CPU time")
     print_table(wall_table, labels, "against the wall clock")
     if args.json:
-        args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "summary": table,
-                                         "summary_wall": wall_table, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "summary": table,
+                    "summary_wall": wall_table,
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -21,12 +21,23 @@ from onnx import numpy_helper
 __all__ = ["LIGHT_MODELS", "data_input", "light_model"]
 
 #: The architectures, small enough to quantize in seconds to minutes on two cores.
-LIGHT_MODELS = ("squeezenet", "shufflenet", "inception_v1", "resnet50", "densenet121", "inception_v2",
-                "bvlc_alexnet", "zfnet512", "vgg19")
+LIGHT_MODELS = (
+    "squeezenet",
+    "shufflenet",
+    "inception_v1",
+    "resnet50",
+    "densenet121",
+    "inception_v2",
+    "bvlc_alexnet",
+    "zfnet512",
+    "vgg19",
+)
 
 
 def _path(name: str) -> str:
-    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
+    return os.path.join(
+        os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx"
+    )
 
 
 def _consumers(model: onnx.ModelProto, name: str) -> Iterator[tuple[onnx.NodeProto, int]]:
@@ -39,16 +50,27 @@ def _consumers(model: onnx.ModelProto, name: str) -> Iterator[tuple[onnx.NodePro
 def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     """The image input: the graph input read by a Conv as its data operand."""
     for value in model.graph.input:
-        if any(node.op_type == "Conv" and index == 0 for node, index in _consumers(model, value.name)):
+        if any(
+            node.op_type == "Conv" and index == 0 for node, index in _consumers(model, value.name)
+        ):
             return value
     raise ValueError("no graph input feeds a Conv's data operand")
 
 
-def _draw(rng: np.random.Generator, model: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _draw(
+    rng: np.random.Generator, model: onnx.ModelProto, name: str, shape: tuple[int, ...]
+) -> np.ndarray:
     uses = list(_consumers(model, name))
-    role = next(((node.op_type, index) for node, index in uses if node.op_type != "Unsqueeze"), ("Unsqueeze", 0))
+    role = next(
+        ((node.op_type, index) for node, index in uses if node.op_type != "Unsqueeze"),
+        ("Unsqueeze", 0),
+    )
     if role in (("Conv", 1), ("Gemm", 1)):
-        fan_in = int(np.prod(shape[1:])) if role[0] == "Conv" else int(shape[1] if len(shape) > 1 else shape[0])
+        fan_in = (
+            int(np.prod(shape[1:]))
+            if role[0] == "Conv"
+            else int(shape[1] if len(shape) > 1 else shape[0])
+        )
         gemm = next(node for node, _ in uses if node.op_type == role[0])
         if role[0] == "Gemm" and not any(a.name == "transB" and a.i for a in gemm.attribute):
             fan_in = int(shape[0])
@@ -65,7 +87,10 @@ def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
     model = onnx.load(_path(name))
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     image = data_input(model).name
-    shapes = {init.name: tuple(numpy_helper.to_array(init).astype(np.int64)) for init in model.graph.initializer}
+    shapes = {
+        init.name: tuple(numpy_helper.to_array(init).astype(np.int64))
+        for init in model.graph.initializer
+    }
     weights: dict[str, np.ndarray] = {}
     keep = []
     outputs = {value.name for value in model.graph.output}
@@ -91,7 +116,9 @@ def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
     kept_inits = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept_inits)
-    model.graph.initializer.extend(numpy_helper.from_array(w.astype(np.float32), n) for n, w in sorted(weights.items()))
+    model.graph.initializer.extend(
+        numpy_helper.from_array(w.astype(np.float32), n) for n, w in sorted(weights.items())
+    )
     model.ir_version = max(model.ir_version, 4)  # IR 3 demands every initializer be a graph input
     onnx.checker.check_model(model)
     return model

@@ -33,8 +33,8 @@ from mpqc import ir as mir
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
+from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lower.footprint import stored_bytes
-from mpqc.passes.lower.layout import WeightLayout
 from mpqc.pipeline import Pipeline
 
 Inputs = dict[str, np.ndarray]
@@ -55,7 +55,9 @@ def load_case(name: str, n_calib: int) -> Case:
     if name == "digits":
         images, _ = examples.digits_data("eval")
         latency = [{"image": images[i : i + 1]} for i in range(8)]
-        return Case(name, examples.digits_model_path(), examples.digits_calibration()[:n_calib], latency)
+        return Case(
+            name, examples.digits_model_path(), examples.digits_calibration()[:n_calib], latency
+        )
     from bench.models import get
 
     model = get(name)
@@ -80,16 +82,39 @@ def config_bits(config: str, layers: Sequence[str], seed: int = 0) -> dict[str, 
     return {name: (w, a) for name in layers}
 
 
-def predicted_bytes(model: ir.Model, bits: dict[str, tuple[int, int]], spec: hwspecs.HardwareSpec, layout: WeightLayout) -> int:
+def predicted_bytes(
+    model: ir.Model,
+    bits: dict[str, tuple[int, int]],
+    spec: hwspecs.HardwareSpec,
+    layout: WeightLayout,
+) -> int:
     """What the search prices: every layer's footprint plus the bytes of every other constant."""
     layers = quantizable_layers(model.graph)
-    owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
+    owned = {
+        v.name
+        for layer in layers
+        for v in layer.node.inputs
+        if v is not None and v.const_value is not None
+    }
     graphs = (model.graph, *model.graph.subgraphs())
-    fixed = sum(v.const_value.nbytes for g in graphs for name, v in g.initializers.items() if name not in owned and v.const_value is not None)
-    return fixed + sum(stored_bytes(layer, *bits[layer.name], spec, layout=layout) for layer in layers)
+    fixed = sum(
+        v.const_value.nbytes
+        for g in graphs
+        for name, v in g.initializers.items()
+        if name not in owned and v.const_value is not None
+    )
+    return fixed + sum(
+        stored_bytes(layer, *bits[layer.name], spec, layout=layout) for layer in layers
+    )
 
 
-def lower(model: ir.Model, context: CompileContext, bits: dict[str, tuple[int, int]], options: str, path: pathlib.Path) -> pathlib.Path:
+def lower(
+    model: ir.Model,
+    context: CompileContext,
+    bits: dict[str, tuple[int, int]],
+    options: str,
+    path: pathlib.Path,
+) -> pathlib.Path:
     copy = model.clone()
     for layer in quantizable_layers(copy.graph):
         w, a = bits[layer.name]
@@ -98,24 +123,43 @@ def lower(model: ir.Model, context: CompileContext, bits: dict[str, tuple[int, i
     return mir.save(copy, path)
 
 
-def size_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path) -> list[dict[str, object]]:
+def size_rows(
+    case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path
+) -> list[dict[str, object]]:
     model, context = analysed(case, spec)
     names = [layer.name for layer in quantizable_layers(model.graph)]
     rows = []
     for config in CONFIGS:
-        layout = WeightLayout(weight_only=config == "weight-only", block_size=32 if config.endswith("block32") else 0)
-        options = ",".join([*(["weight_only=true"] if layout.weight_only else []), *([f"block_size={layout.block_size}"] if layout.block_size else [])])
+        layout = WeightLayout(
+            weight_only=config == "weight-only", block_size=32 if config.endswith("block32") else 0
+        )
+        options = ",".join(
+            [
+                *(["weight_only=true"] if layout.weight_only else []),
+                *([f"block_size={layout.block_size}"] if layout.block_size else []),
+            ]
+        )
         bits = config_bits(config, names)
         predicted = predicted_bytes(model, bits, spec, layout)
         path = lower(model, context, bits, options, folder / f"{case.name}.{config}.onnx")
         written = mir.tensor_bytes(mir.load(str(path)))
         file_bytes = int(file_size_mb(path) * 1e6)
-        rows.append({"model": case.name, "config": config, "predicted": predicted, "tensors": written, "file": file_bytes})
+        rows.append(
+            {
+                "model": case.name,
+                "config": config,
+                "predicted": predicted,
+                "tensors": written,
+                "file": file_bytes,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def speed_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: int) -> dict[str, object]:
+def speed_rows(
+    case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: int
+) -> dict[str, object]:
     """mpqc w8a8 against onnxruntime quantize_static u8s8 (the file from ``size_rows``).
 
     onnxruntime leaves LSTM/GRU float; mpqc stores their W and R in int8 behind a DequantizeLinear
@@ -127,41 +171,83 @@ def speed_rows(case: Case, spec: hwspecs.HardwareSpec, folder: pathlib.Path, rep
     ort_static("u8")(QuantizeRequest(case.float_path, case.calibration, folder, ort_path))
     row: dict[str, object] = {"model": case.name}
     for threads in (1, 2):
-        row[f"mpqc_vs_ort_{threads}t"] = paired_latency(mpqc_path, ort_path, case.latency_inputs, threads, repeats).vs_reference
+        row[f"mpqc_vs_ort_{threads}t"] = paired_latency(
+            mpqc_path, ort_path, case.latency_inputs, threads, repeats
+        ).vs_reference
     model, context = analysed(case, spec)
     layers = quantizable_layers(model.graph)
     if any(layer.node.op_type in ("LSTM", "GRU") for layer in layers):
-        bits = {layer.name: (32, 32) if layer.node.op_type in ("LSTM", "GRU") else (8, 8) for layer in layers}
+        bits = {
+            layer.name: (32, 32) if layer.node.op_type in ("LSTM", "GRU") else (8, 8)
+            for layer in layers
+        }
         rnn_float = lower(model, context, bits, "", folder / f"{case.name}.w8a8-rnn-float.onnx")
-        row["mpqc_rnn_float_vs_ort_1t"] = paired_latency(rnn_float, ort_path, case.latency_inputs, 1, repeats).vs_reference
+        row["mpqc_rnn_float_vs_ort_1t"] = paired_latency(
+            rnn_float, ort_path, case.latency_inputs, 1, repeats
+        ).vs_reference
         row["mpqc_rnn_float_mb"] = file_size_mb(rnn_float)
-    row["mpqc_vs_float_1t"] = paired_latency(mpqc_path, case.float_path, case.latency_inputs, 1, repeats).vs_reference
-    row["ort_vs_float_1t"] = paired_latency(ort_path, case.float_path, case.latency_inputs, 1, repeats).vs_reference
-    row["mb"] = {"mpqc": file_size_mb(mpqc_path), "ort": file_size_mb(ort_path), "float": file_size_mb(case.float_path)}
+    row["mpqc_vs_float_1t"] = paired_latency(
+        mpqc_path, case.float_path, case.latency_inputs, 1, repeats
+    ).vs_reference
+    row["ort_vs_float_1t"] = paired_latency(
+        ort_path, case.float_path, case.latency_inputs, 1, repeats
+    ).vs_reference
+    row["mb"] = {
+        "mpqc": file_size_mb(mpqc_path),
+        "ort": file_size_mb(ort_path),
+        "float": file_size_mb(case.float_path),
+    }
     print(json.dumps(row), flush=True)
     return row
 
 
-def weight_only_rows(spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: int) -> list[dict[str, object]]:
+def weight_only_rows(
+    spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: int
+) -> list[dict[str, object]]:
     """MiniLM: mpqc MatMulNBits (levels 1 and 4) and onnxruntime's quantizer, against float."""
     from bench.models import get
 
     bench_model = get("minilm")
     task = bench_model.task(bench_model.sizes.quick())
-    case = Case("minilm", bench_model.float_path(), task.calibration_inputs[:4], task.latency_inputs(4))
+    case = Case(
+        "minilm", bench_model.float_path(), task.calibration_inputs[:4], task.latency_inputs(4)
+    )
     model, context = analysed(case, spec)
     names = [layer.name for layer in quantizable_layers(model.graph)]
     # MatMuls only, as onnxruntime's quantizer does (the Gather table stays float in both).
-    bits = {layer.name: ((4, 32) if layer.node.op_type == "MatMul" else (32, 32)) for layer in quantizable_layers(model.graph)}
+    bits = {
+        layer.name: ((4, 32) if layer.node.op_type == "MatMul" else (32, 32))
+        for layer in quantizable_layers(model.graph)
+    }
     assert set(bits) == set(names)
     paths = {
-        "mpqc-nbits4-acc1": lower(model, context, bits, "weight_only=true,accuracy_level=1", folder / "minilm.nbits.acc1.onnx"),
-        "mpqc-nbits4-acc4": lower(model, context, bits, "weight_only=true,accuracy_level=4", folder / "minilm.nbits.acc4.onnx"),
+        "mpqc-nbits4-acc1": lower(
+            model,
+            context,
+            bits,
+            "weight_only=true,accuracy_level=1",
+            folder / "minilm.nbits.acc1.onnx",
+        ),
+        "mpqc-nbits4-acc4": lower(
+            model,
+            context,
+            bits,
+            "weight_only=true,accuracy_level=4",
+            folder / "minilm.nbits.acc4.onnx",
+        ),
         # What ``mpqc --weight-only`` emits: the word table too, as GatherBlockQuantized.
-        "mpqc-weight-only": lower(model, context, {name: (4, 32) for name in names}, "weight_only=true", folder / "minilm.weight-only.onnx"),
+        "mpqc-weight-only": lower(
+            model,
+            context,
+            {name: (4, 32) for name in names},
+            "weight_only=true",
+            folder / "minilm.weight-only.onnx",
+        ),
         "ort-nbits4": folder / "minilm.ort-nbits.onnx",
     }
-    ort_matmul_nbits(QuantizeRequest(case.float_path, case.calibration, folder, paths["ort-nbits4"]))
+    ort_matmul_nbits(
+        QuantizeRequest(case.float_path, case.calibration, folder, paths["ort-nbits4"])
+    )
     float_metrics = task.evaluate(runner(session(case.float_path, 1), task.output_names)).metrics
     rows = []
     for name, path in paths.items():
@@ -169,8 +255,12 @@ def weight_only_rows(spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: 
         row = {
             "recipe": name,
             "mb": file_size_mb(path),
-            "vs_float_1t": paired_latency(path, case.float_path, case.latency_inputs, 1, repeats).vs_reference,
-            "vs_ort_nbits_1t": paired_latency(path, paths["ort-nbits4"], case.latency_inputs, 1, repeats).vs_reference,
+            "vs_float_1t": paired_latency(
+                path, case.float_path, case.latency_inputs, 1, repeats
+            ).vs_reference,
+            "vs_ort_nbits_1t": paired_latency(
+                path, paths["ort-nbits4"], case.latency_inputs, 1, repeats
+            ).vs_reference,
             "metrics": metrics,
             "float_metrics": float_metrics,
         }
@@ -180,9 +270,13 @@ def weight_only_rows(spec: hwspecs.HardwareSpec, folder: pathlib.Path, repeats: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.lowering", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.lowering", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--parts", default="size,speed,weight-only", help="any of size, speed, weight-only")
+    parser.add_argument(
+        "--parts", default="size,speed,weight-only", help="any of size, speed, weight-only"
+    )
     parser.add_argument("--hw", default="x86_avx2")
     parser.add_argument("--calib", type=int, default=8, help="calibration samples per model")
     parser.add_argument("--repeats", type=int, default=9)

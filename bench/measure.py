@@ -43,8 +43,12 @@ def file_size_mb(model: Path) -> float:
     """Bytes on disk (the model file plus any external-data files it names), in MB (10^6 bytes)."""
     total = model.stat().st_size
     proto = onnx.load(str(model), load_external_data=False)
-    locations = {entry.value for tensor in proto.graph.initializer
-                 for entry in tensor.external_data if entry.key == "location"}
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
     total += sum((model.parent / location).stat().st_size for location in locations)
     return total / 1e6
 
@@ -64,8 +68,14 @@ def _seconds_per_pass(sess: ort.InferenceSession, inputs: Sequence[Inputs]) -> f
     return time.perf_counter() - start
 
 
-def paired_latency(model: Path, reference: Path, inputs: Sequence[Inputs], threads: int,
-                   repeats: int = 10, warmup: int = 2) -> Latency:
+def paired_latency(
+    model: Path,
+    reference: Path,
+    inputs: Sequence[Inputs],
+    threads: int,
+    repeats: int = 10,
+    warmup: int = 2,
+) -> Latency:
     """Time ``model`` and ``reference`` in alternation; the reference itself gets ratio 1."""
     candidate = session(model, threads)
     baseline = candidate if model == reference else session(reference, threads)

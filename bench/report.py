@@ -17,20 +17,39 @@ def markdown(results: dict[str, Any]) -> str:
     sections = []
     for name, model in results["models"].items():
         metric_names = model["metric_names"]
-        header = ["recipe", *metric_names, "MB", "ms 1T", "ms 2T", "vs float 1T", "vs float 2T", "quantize s"]
+        header = [
+            "recipe",
+            *metric_names,
+            "MB",
+            "ms 1T",
+            "ms 2T",
+            "vs float 1T",
+            "vs float 2T",
+            "quantize s",
+        ]
         rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in model["rows"]:
             if "error" in row:
-                rows.append(f"| {row['recipe']} | failed: {row['error'][:120]} |" + " |" * (len(header) - 2))
+                rows.append(
+                    f"| {row['recipe']} | failed: {row['error'][:120]} |" + " |" * (len(header) - 2)
+                )
                 continue
-            cells = [row["recipe"], *(_number(row["metrics"].get(m), 4) for m in metric_names),
-                     _number(row["size_mb"], 2), _number(row["latency_ms_1t"], 2),
-                     _number(row["latency_ms_2t"], 2), _number(row["latency_vs_float_1t"], 2),
-                     _number(row["latency_vs_float_2t"], 2), _number(row.get("quantize_s"), 1)]
+            cells = [
+                row["recipe"],
+                *(_number(row["metrics"].get(m), 4) for m in metric_names),
+                _number(row["size_mb"], 2),
+                _number(row["latency_ms_1t"], 2),
+                _number(row["latency_ms_2t"], 2),
+                _number(row["latency_vs_float_1t"], 2),
+                _number(row["latency_vs_float_2t"], 2),
+                _number(row.get("quantize_s"), 1),
+            ]
             rows.append("| " + " | ".join(cells) + " |")
         sizes = model["sizes"]
-        sections.append(f"### {name} — {model['description']}\n\n{sizes['n_eval']} evaluation / "
-                        f"{sizes['n_calib']} calibration samples, seed {sizes['seed']}\n\n" + "\n".join(rows))
+        sections.append(
+            f"### {name} — {model['description']}\n\n{sizes['n_eval']} evaluation / "
+            f"{sizes['n_calib']} calibration samples, seed {sizes['seed']}\n\n" + "\n".join(rows)
+        )
     return "\n\n".join(sections) + "\n"
 
 
@@ -57,19 +76,39 @@ def _bits_mix(row: dict[str, Any]) -> str:
 def suite_table(model: dict[str, Any]) -> str:
     """One row per recipe: metrics, MB, latency (ms and vs float), predicted ms, wall time, bits, kept."""
     metric_names = model["metric_names"]
-    header = ["recipe", *metric_names, "MB", "ms 1T", "vs float 1T", "vs float 2T", "pred. ms", "quantize s",
-              "bits", "kept above cheapest"]
+    header = [
+        "recipe",
+        *metric_names,
+        "MB",
+        "ms 1T",
+        "vs float 1T",
+        "vs float 2T",
+        "pred. ms",
+        "quantize s",
+        "bits",
+        "kept above cheapest",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in model["rows"]:
         if "error" in row:
-            lines.append(f"| {row['recipe']} | failed: {row['error'][:160].replace('|', '/')} |" + " |" * (len(header) - 2))
+            lines.append(
+                f"| {row['recipe']} | failed: {row['error'][:160].replace('|', '/')} |"
+                + " |" * (len(header) - 2)
+            )
             continue
         predicted = row.get("predicted")
-        cells = [row["recipe"], *(_number(row["metrics"].get(m), 4) for m in metric_names),
-                 _number(row["size_mb"], 2), _number(row["latency_ms_1t"], 2),
-                 _number(row["latency_vs_float_1t"], 2), _number(row["latency_vs_float_2t"], 2),
-                 _number(predicted["latency_s"] * 1e3 if predicted else None, 2),
-                 _number(row.get("quantize_s"), 1), _bits_mix(row), row.get("kept", "")]
+        cells = [
+            row["recipe"],
+            *(_number(row["metrics"].get(m), 4) for m in metric_names),
+            _number(row["size_mb"], 2),
+            _number(row["latency_ms_1t"], 2),
+            _number(row["latency_vs_float_1t"], 2),
+            _number(row["latency_vs_float_2t"], 2),
+            _number(predicted["latency_s"] * 1e3 if predicted else None, 2),
+            _number(row.get("quantize_s"), 1),
+            _bits_mix(row),
+            row.get("kept", ""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -88,31 +127,65 @@ def aims(model: dict[str, Any]) -> dict[str, Any]:
     anchor = rows.get("ort-u8s8", {})
     at_size = [row for row in search if row["budget_factor"] == 1.0]
     w8a8 = rows.get("mpqc-w8a8", {})
-    if "error" not in w8a8 and "error" not in anchor and w8a8 and w8a8["size_mb"] <= anchor.get("size_mb", 0):
+    if (
+        "error" not in w8a8
+        and "error" not in anchor
+        and w8a8
+        and w8a8["size_mb"] <= anchor.get("size_mb", 0)
+    ):
         at_size.append(w8a8)
     half = [row for row in search if row["budget_factor"] == 0.5]
     result: dict[str, Any] = {"metric": metric, "float": float_value}
-    failed_half = [row["error"] for row in model["rows"] if "error" in row and row.get("budget_factor") == 0.5]
+    failed_half = [
+        row["error"] for row in model["rows"] if "error" in row and row.get("budget_factor") == 0.5
+    ]
     for key, candidates, failures in (("at_size", at_size, []), ("half", half, failed_half)):
         best = _best(candidates, metric)
-        result[key] = {"failed": failures[0]} if best is None and failures else None if best is None else {
-            "recipe": best["recipe"], "value": best["metrics"][metric],
-            "gap_points": 100 * (float_value - best["metrics"][metric])}
+        result[key] = (
+            {"failed": failures[0]}
+            if best is None and failures
+            else None
+            if best is None
+            else {
+                "recipe": best["recipe"],
+                "value": best["metrics"][metric],
+                "gap_points": 100 * (float_value - best["metrics"][metric]),
+            }
+        )
     ort = [rows[name] for name in ORT_INT8 if name in rows and "error" not in rows[name]]
     fastest_ort = min(ort, key=lambda row: row["latency_vs_float_1t"], default=None)
     fastest_mpqc = min(at_size, key=lambda row: row["latency_vs_float_1t"], default=None)
-    result["speed"] = None if fastest_ort is None or fastest_mpqc is None else {
-        "ort": fastest_ort["recipe"], "ort_vs_float": fastest_ort["latency_vs_float_1t"],
-        "mpqc": fastest_mpqc["recipe"], "mpqc_vs_float": fastest_mpqc["latency_vs_float_1t"]}
+    result["speed"] = (
+        None
+        if fastest_ort is None or fastest_mpqc is None
+        else {
+            "ort": fastest_ort["recipe"],
+            "ort_vs_float": fastest_ort["latency_vs_float_1t"],
+            "mpqc": fastest_mpqc["recipe"],
+            "mpqc_vs_float": fastest_mpqc["latency_vs_float_1t"],
+        }
+    )
     predicted_float = (rows["float"].get("predicted") or {}).get("latency_s")
-    promised = [row for row in ok if row.get("predicted") and predicted_float
-                and row["predicted"]["latency_s"] < predicted_float]
-    result["slower_than_float"] = [row["recipe"] for row in promised if row["latency_vs_float_1t"] > SLOWER]
+    promised = [
+        row
+        for row in ok
+        if row.get("predicted")
+        and predicted_float
+        and row["predicted"]["latency_s"] < predicted_float
+    ]
+    result["slower_than_float"] = [
+        row["recipe"] for row in promised if row["latency_vs_float_1t"] > SLOWER
+    ]
     result["promised_speedup"] = len(promised)
     # mpqc's default pipeline is ILP with recover (on by default with calibration data); without, where not run.
-    default = next((rows[name] for name in DEFAULT_RECIPES if name in rows and "error" not in rows[name]), None)
+    default = next(
+        (rows[name] for name in DEFAULT_RECIPES if name in rows and "error" not in rows[name]), None
+    )
     if default is not None and anchor.get("quantize_s"):
-        result["wall"] = {"recipe": default["recipe"], "ratio": default["quantize_s"] / anchor["quantize_s"]}
+        result["wall"] = {
+            "recipe": default["recipe"],
+            "ratio": default["quantize_s"] / anchor["quantize_s"],
+        }
     return result
 
 
@@ -126,24 +199,43 @@ def _gap(entry: dict[str, Any] | None, limit: float) -> str:
 
 
 def aims_table(models: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | metric: float | at ort int8 size (≤ 0.3 pts) | at 0.5x (≤ 1 pt) | "
-             "fastest at ≤ ort size vs fastest ort int8 (1T, vs float) | slower than float where a speedup is predicted "
-             "| wall time, default pipeline / ort-u8s8 (≤ 2) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | metric: float | at ort int8 size (≤ 0.3 pts) | at 0.5x (≤ 1 pt) | "
+        "fastest at ≤ ort size vs fastest ort int8 (1T, vs float) | slower than float where a speedup is predicted "
+        "| wall time, default pipeline / ort-u8s8 (≤ 2) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, model in models.items():
         result = aims(model)
         speed = result["speed"]
-        speed_text = "—" if speed is None else (
-            f"{speed['mpqc_vs_float']:.2f} ({speed['mpqc']}) vs {speed['ort_vs_float']:.2f} ({speed['ort']}): "
-            + ("met" if speed["mpqc_vs_float"] <= speed["ort_vs_float"] else "not met"))
+        speed_text = (
+            "—"
+            if speed is None
+            else (
+                f"{speed['mpqc_vs_float']:.2f} ({speed['mpqc']}) vs {speed['ort_vs_float']:.2f} ({speed['ort']}): "
+                + ("met" if speed["mpqc_vs_float"] <= speed["ort_vs_float"] else "not met")
+            )
+        )
         slower = result["slower_than_float"]
-        slower_text = (f"{len(slower)} of {result['promised_speedup']}" + (f" ({', '.join(slower[:4])}"
-                       + (", ..." if len(slower) > 4 else "") + ")" if slower else ""))
+        slower_text = f"{len(slower)} of {result['promised_speedup']}" + (
+            f" ({', '.join(slower[:4])}" + (", ..." if len(slower) > 4 else "") + ")"
+            if slower
+            else ""
+        )
         wall = result.get("wall")
-        wall_text = "—" if wall is None else (
-            f"{wall['ratio']:.1f}x ({wall['recipe']}): " + ("met" if wall["ratio"] <= 2 else "not met"))
-        lines.append(f"| {name} | {result['metric']}: {result['float']:.4f} | {_gap(result['at_size'], 0.3)} | "
-                     f"{_gap(result['half'], 1.0)} | {speed_text} | {slower_text} | "
-                     f"{wall_text} |")
+        wall_text = (
+            "—"
+            if wall is None
+            else (
+                f"{wall['ratio']:.1f}x ({wall['recipe']}): "
+                + ("met" if wall["ratio"] <= 2 else "not met")
+            )
+        )
+        lines.append(
+            f"| {name} | {result['metric']}: {result['float']:.4f} | {_gap(result['at_size'], 0.3)} | "
+            f"{_gap(result['half'], 1.0)} | {speed_text} | {slower_text} | "
+            f"{wall_text} |"
+        )
     return "\n".join(lines)
 
 
@@ -153,12 +245,18 @@ def suite_section(models: dict[str, dict[str, Any]], plots: dict[str, str]) -> s
     for name, model in models.items():
         sizes = model["sizes"]
         env = model["environment"]
-        head = (f"### {name} — {model['description']}\n\n{model['mode']} run: {sizes['n_eval']} evaluation / "
-                f"{sizes['n_calib']} calibration samples (seed {sizes['seed']}), onnxruntime {env['onnxruntime']}, "
-                f"spec `{model['hw']}`; shared analysis `{model['analysis_pipeline']}` took "
-                f"{_number(model.get('analysis_s'), 1)} s (included in every search row's quantize s).")
+        head = (
+            f"### {name} — {model['description']}\n\n{model['mode']} run: {sizes['n_eval']} evaluation / "
+            f"{sizes['n_calib']} calibration samples (seed {sizes['seed']}), onnxruntime {env['onnxruntime']}, "
+            f"spec `{model['hw']}`; shared analysis `{model['analysis_pipeline']}` took "
+            f"{_number(model.get('analysis_s'), 1)} s (included in every search row's quantize s)."
+        )
         notes = "".join(f"\n- {note}" for note in model.get("notes", []))
-        plot = f"\n\n![{name}: metric vs size, predicted and measured latency]({plots[name]})" if name in plots else ""
+        plot = (
+            f"\n\n![{name}: metric vs size, predicted and measured latency]({plots[name]})"
+            if name in plots
+            else ""
+        )
         parts += ["", head + ("\n" + notes if notes else ""), "", suite_table(model) + plot]
     return "\n".join(parts) + "\n"
 
@@ -168,7 +266,9 @@ def load_results(folder: Path) -> dict[str, dict[str, Any]]:
     from bench.models import MODELS
 
     found = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
-    return {name: found[name] for name in [*MODELS, *sorted(set(found) - set(MODELS))] if name in found}
+    return {
+        name: found[name] for name in [*MODELS, *sorted(set(found) - set(MODELS))] if name in found
+    }
 
 
 def replace_generated(text: str, generated: str) -> str:
@@ -188,6 +288,8 @@ def render_results(results_dir: Path, results_md: Path, plots_dir: Path) -> None
     from bench.plots import plot_model
 
     models = load_results(results_dir)
-    plots = {name: plot_model(name, model, plots_dir / f"{name}.png") for name, model in models.items()}
+    plots = {
+        name: plot_model(name, model, plots_dir / f"{name}.png") for name, model in models.items()
+    }
     links = {name: str(path.relative_to(results_md.parent)) for name, path in plots.items()}
     results_md.write_text(replace_generated(results_md.read_text(), suite_section(models, links)))

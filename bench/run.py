@@ -39,8 +39,15 @@ def evaluate(model: Path, task: Task) -> Evaluation:
     return task.evaluate(runner(session(model, EVAL_THREADS), task.output_names))
 
 
-def run_recipe(recipe: Recipe, float_model: Path, task: Task, calib_dir: Path, workdir: Path,
-               reference: Evaluation, repeats: int) -> dict[str, Any]:
+def run_recipe(
+    recipe: Recipe,
+    float_model: Path,
+    task: Task,
+    calib_dir: Path,
+    workdir: Path,
+    reference: Evaluation,
+    repeats: int,
+) -> dict[str, Any]:
     """One row of the table: quantize, evaluate, agree with float, size, latency."""
     row: dict[str, Any] = {"recipe": recipe.name, "description": recipe.description}
     try:
@@ -56,7 +63,9 @@ def run_recipe(recipe: Recipe, float_model: Path, task: Task, calib_dir: Path, w
                 recipe.quantize(request)
                 row["quantize_s"] = time.perf_counter() - start
         evaluation = reference if path == float_model else evaluate(path, task)
-        row["metrics"] = evaluation.metrics | task.agreement(evaluation.predictions, reference.predictions)
+        row["metrics"] = evaluation.metrics | task.agreement(
+            evaluation.predictions, reference.predictions
+        )
         row["size_mb"] = file_size_mb(path)
         for threads in (1, 2):
             latency = paired_latency(path, float_model, task.latency_inputs(), threads, repeats)
@@ -82,56 +91,111 @@ class Bench:
     repeats: int
 
     @classmethod
-    def prepare(cls, model: registry.BenchModel, sizes: TaskSizes, repeats: int, runs: str = "runs") -> Bench:
+    def prepare(
+        cls, model: registry.BenchModel, sizes: TaskSizes, repeats: int, runs: str = "runs"
+    ) -> Bench:
         task = model.task(sizes)
-        calib_dir = write_calib_dir(task, cache_dir() / "calib" / f"{model.name}-n{sizes.n_calib}-s{sizes.seed}")
+        calib_dir = write_calib_dir(
+            task, cache_dir() / "calib" / f"{model.name}-n{sizes.n_calib}-s{sizes.seed}"
+        )
         workdir = cache_dir() / runs / model.name
         workdir.mkdir(parents=True, exist_ok=True)
         float_model = model.float_path()
-        return cls(model, sizes, float_model, task, calib_dir, workdir, evaluate(float_model, task), repeats)
+        return cls(
+            model,
+            sizes,
+            float_model,
+            task,
+            calib_dir,
+            workdir,
+            evaluate(float_model, task),
+            repeats,
+        )
 
     def run(self, recipe: Recipe, log=print) -> dict[str, Any]:
         log(f"[{self.model.name}] {recipe.name} ...")
-        row = run_recipe(recipe, self.float_model, self.task, self.calib_dir, self.workdir, self.reference,
-                         self.repeats)
-        log(f"[{self.model.name}] {recipe.name}: " + (row.get("error") or json.dumps(row["metrics"])))
+        row = run_recipe(
+            recipe,
+            self.float_model,
+            self.task,
+            self.calib_dir,
+            self.workdir,
+            self.reference,
+            self.repeats,
+        )
+        log(
+            f"[{self.model.name}] {recipe.name}: "
+            + (row.get("error") or json.dumps(row["metrics"]))
+        )
         return row
 
     def table(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The model's entry in the results JSON."""
         reference = self.reference
-        metric_names = [self.task.primary_metric,
-                        *(k for k in reference.metrics if k != self.task.primary_metric),
-                        *self.task.agreement(reference.predictions, reference.predictions)]
-        return {"description": self.model.description, "source": f"{self.model.requirement}:{self.model.member}",
-                "sizes": asdict(self.sizes), "metric_names": metric_names, "rows": rows}
+        metric_names = [
+            self.task.primary_metric,
+            *(k for k in reference.metrics if k != self.task.primary_metric),
+            *self.task.agreement(reference.predictions, reference.predictions),
+        ]
+        return {
+            "description": self.model.description,
+            "source": f"{self.model.requirement}:{self.model.member}",
+            "sizes": asdict(self.sizes),
+            "metric_names": metric_names,
+            "rows": rows,
+        }
 
 
-def benchmark_model(model: registry.BenchModel, recipes: list[Recipe], sizes: TaskSizes,
-                    repeats: int, log=print) -> dict[str, Any]:
+def benchmark_model(
+    model: registry.BenchModel, recipes: list[Recipe], sizes: TaskSizes, repeats: int, log=print
+) -> dict[str, Any]:
     """All recipes on one model; float is always evaluated first, as the reference."""
     bench = Bench.prepare(model, sizes, repeats)
     return bench.table([bench.run(recipe, log) for recipe in recipes])
 
 
 def environment() -> dict[str, str]:
-    return {"python": platform.python_version(), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(registry.MODELS),
-                        help=f"comma-separated subset of {','.join(registry.MODELS)}")
-    parser.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
-    parser.add_argument("--mpqc", action="append", default=[], metavar="NAME=ARGS",
-                        help="add an mpqc recipe: NAME='--hw x86_avx2 --max-size 0.25x' (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny data sets, 3 latency repeats")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(registry.MODELS),
+        help=f"comma-separated subset of {','.join(registry.MODELS)}",
+    )
+    parser.add_argument(
+        "--recipes", default=None, help="comma-separated recipe names (default: all)"
+    )
+    parser.add_argument(
+        "--mpqc",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="add an mpqc recipe: NAME='--hw x86_avx2 --max-size 0.25x' (repeatable)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke mode: tiny data sets, 3 latency repeats"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data seed (same seed, same data)")
-    parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 10, quick 3)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results.json").resolve(),
-                        help="JSON results; the markdown table goes beside it (.md)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="latency repeats (default 10, quick 3)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results.json").resolve(),
+        help="JSON results; the markdown table goes beside it (.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -159,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for model in chosen:
         sizes = TaskSizes(model.sizes.n_eval, model.sizes.n_calib, args.seed)
-        results["models"][model.name] = benchmark_model(model, recipes, sizes.quick() if args.quick else sizes,
-                                                        repeats, log=lambda line: print(line, flush=True))
+        results["models"][model.name] = benchmark_model(
+            model,
+            recipes,
+            sizes.quick() if args.quick else sizes,
+            repeats,
+            log=lambda line: print(line, flush=True),
+        )
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))

@@ -47,34 +47,44 @@ def exhaustive_front(problem: Problem) -> tuple:
     configs = problem.expand(genes)
     errors = problem.proxy_error(configs)
     sizes = problem.total("size", configs)
-    points = [search.Point(tuple(c), {"error": e, "size": s}, False)
-              for c, e, s in zip(configs.tolist(), errors, sizes)]
+    points = [
+        search.Point(tuple(c), {"error": e, "size": s}, False)
+        for c, e, s in zip(configs.tolist(), errors, sizes)
+    ]
     return non_dominated(points, problem.objectives)
 
 
 def speed_table(strategies: list[str]) -> list[str]:
     problem = synthetic_problem(500, LARGE_PAIRS, seed=1, size_ratio=0.6)
-    rows = ["| strategy (500 layers x 12 choices, proxy error) | wall s | CPU s | "
-            "chosen error | chosen size MB | front points |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| strategy (500 layers x 12 choices, proxy error) | wall s | CPU s | "
+        "chosen error | chosen size MB | front points |",
+        "|---|---|---|---|---|---|",
+    ]
     model = OneHotModel(problem)
-    config, wall, cpu = timed(lambda: model.solve(problem.sensitivity_table(),
-                                                  problem.constraints))
-    rows.append(f"| one ILP solve at the size limit | {wall:.3f} | {cpu:.3f} | "
-                f"{problem.proxy_error(config):.1f} | "
-                f"{problem.total('size', config) / 1e6:.2f} | 1 |")
+    config, wall, cpu = timed(lambda: model.solve(problem.sensitivity_table(), problem.constraints))
+    rows.append(
+        f"| one ILP solve at the size limit | {wall:.3f} | {cpu:.3f} | "
+        f"{problem.proxy_error(config):.1f} | "
+        f"{problem.total('size', config) / 1e6:.2f} | 1 |"
+    )
     for name in strategies:
         options = LARGE_OPTIONS.get(name, {})
         result, wall, cpu = timed(lambda: search.run(problem, name, seed=0, **options))
         label = name + "".join(f", {k}={v}" for k, v in options.items())
-        rows.append(f"| {label} | {wall:.3f} | {cpu:.3f} | "
-                    f"{result.chosen.objectives['error']:.1f} | "
-                    f"{result.chosen.objectives['size'] / 1e6:.2f} | {len(result.front)} |")
+        rows.append(
+            f"| {label} | {wall:.3f} | {cpu:.3f} | "
+            f"{result.chosen.objectives['error']:.1f} | "
+            f"{result.chosen.objectives['size'] / 1e6:.2f} | {len(result.front)} |"
+        )
     return rows
 
 
 def quality_table(strategies: list[str], seeds: int) -> list[str]:
-    rows = ["| strategy | " + " | ".join(f"HV {label} (mean / min)" for label in ENUMERABLE)
-            + " |", "|---" * (len(ENUMERABLE) + 1) + "|"]
+    rows = [
+        "| strategy | " + " | ".join(f"HV {label} (mean / min)" for label in ENUMERABLE) + " |",
+        "|---" * (len(ENUMERABLE) + 1) + "|",
+    ]
     fractions: dict[str, dict[str, list[float]]] = {s: {} for s in strategies}
     for label, (n_layers, pairs) in ENUMERABLE.items():
         for seed in range(seeds):
@@ -86,7 +96,8 @@ def quality_table(strategies: list[str], seeds: int) -> list[str]:
             for name in strategies:
                 front = search.run(problem, name, seed=seed).front
                 fractions[name].setdefault(label, []).append(
-                    hypervolume(front, problem.objectives, ref) / best)
+                    hypervolume(front, problem.objectives, ref) / best
+                )
     for name in strategies:
         cells = [f"{np.mean(v):.4f} / {np.min(v):.4f}" for v in fractions[name].values()]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -95,8 +106,11 @@ def quality_table(strategies: list[str], seeds: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default=",".join(search.strategies()),
-                        help="comma-separated strategy names (default: all registered)")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(search.strategies()),
+        help="comma-separated strategy names (default: all registered)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per enumerable problem")
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]

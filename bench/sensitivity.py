@@ -50,8 +50,8 @@ import mpqc.ir as mir
 from mpqc.ir.annotations import sensitivity_key
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, build_pipeline
-from mpqc.passes.evaluator import FLOAT_BITS, Evaluator, Measure, Outputs
-from mpqc.passes.runtime import session
+from mpqc.passes.lib.evaluator import FLOAT_BITS, Evaluator, Measure, Outputs
+from mpqc.passes.lib.runtime import session
 
 WBITS = (2, 3, 4, 8)
 SWEEP = (4, 8, 16, 32)
@@ -123,11 +123,18 @@ class CosineDamage:
         return 1.0 - mean_cosine(out, ref)
 
 
-def character_accuracy(charset: tuple[str, ...], labels: tuple[str, ...], outputs: list[Outputs]) -> float:
+def character_accuracy(
+    charset: tuple[str, ...], labels: tuple[str, ...], outputs: list[Outputs]
+) -> float:
     """PP-OCR's mean character accuracy of greedy CTC decodings against ``labels``."""
     from bench.tasks.metrics import ctc_greedy_decode, text_scores
 
-    texts = [" ".join("".join(charset[i] for i in ctc_greedy_decode(np.asarray(o[0])[0].argmax(-1))).split()) for o in outputs]
+    texts = [
+        " ".join(
+            "".join(charset[i] for i in ctc_greedy_decode(np.asarray(o[0])[0].argmax(-1))).split()
+        )
+        for o in outputs
+    ]
     return text_scores(texts, [" ".join(label.split()) for label in labels])["char_acc"]
 
 
@@ -143,7 +150,13 @@ def digits_case(samples: int) -> Case:
         mir.load(digits_model_path()),
         digits_calibration(),
         [{"image": images}],
-        [("top-1 accuracy drop on the 300 eval images", ScoreDrop(functools.partial(top1_accuracy, labels))), ("output KL on the held-out data", "kl")],
+        [
+            (
+                "top-1 accuracy drop on the 300 eval images",
+                ScoreDrop(functools.partial(top1_accuracy, labels)),
+            ),
+            ("output KL on the held-out data", "kl"),
+        ],
         lambda proto: digits_accuracy(proto, split="calib"),
     )
 
@@ -177,8 +190,14 @@ def minilm_case(samples: int) -> Case:
         [dict(x) for x in task.calibration_inputs],
         [dict(x) for x in task.evaluation_set[0]],
         [
-            ("paraphrase-retrieval MRR drop, 100 held-out queries among 200 sentences", ScoreDrop(functools.partial(retrieval_mrr, embedding))),
-            ("1 - cosine of the sentence embeddings to float's, 300 held-out sentences", CosineDamage(embedding)),
+            (
+                "paraphrase-retrieval MRR drop, 100 held-out queries among 200 sentences",
+                ScoreDrop(functools.partial(retrieval_mrr, embedding)),
+            ),
+            (
+                "1 - cosine of the sentence embeddings to float's, 300 held-out sentences",
+                CosineDamage(embedding),
+            ),
         ],
         measures=("mse",),
     )
@@ -201,7 +220,12 @@ def ppocr_case(samples: int) -> Case:
     )
 
 
-CASES = {"digits": digits_case, "orientation": orientation_case, "minilm": minilm_case, "ppocr": ppocr_case}
+CASES = {
+    "digits": digits_case,
+    "orientation": orientation_case,
+    "minilm": minilm_case,
+    "ppocr": ppocr_case,
+}
 
 
 def light_models_are_degenerate() -> list[str]:
@@ -213,10 +237,16 @@ def light_models_are_degenerate() -> list[str]:
         for step in build_pipeline("canonicalize", CompileContext()):
             step(model)
         layers = quantizable_layers(model.graph)
-        constant = all(_constant_channels(layer.weight_array(), layer.channel_axis) for layer in layers)
+        constant = all(
+            _constant_channels(layer.weight_array(), layer.channel_axis) for layer in layers
+        )
         verdicts.append(
             f"{path.stem}: {len(layers)} layers, "
-            + ("every output channel holds one value (ConstantOfShape fills, scaled per channel by folded BatchNorm): skipped" if constant else "usable")
+            + (
+                "every output channel holds one value (ConstantOfShape fills, scaled per channel by folded BatchNorm): skipped"
+                if constant
+                else "usable"
+            )
         )
     return verdicts
 
@@ -235,7 +265,9 @@ def true_damage(case: Case, layers: Sequence[str]) -> dict[str, dict[tuple[str, 
     evaluator = Evaluator(case.model, case.truth_samples, wbits=WBITS)
     keys = [(name, b) for name in layers for b in WBITS]
     configs = [{name: (b, FLOAT_BITS)} for name, b in keys]
-    return {label: dict(zip(keys, evaluator.errors(configs, measure))) for label, measure in case.truths}
+    return {
+        label: dict(zip(keys, evaluator.errors(configs, measure))) for label, measure in case.truths
+    }
 
 
 def float_pass_seconds(model: ir.Model, samples: list[dict[str, np.ndarray]]) -> float:
@@ -266,15 +298,24 @@ def _timed_pass(model: ir.Model, context: CompileContext, text: str) -> float:
     return time.perf_counter() - start
 
 
-def _rhos(truth: dict[tuple[str, int], float], scores: dict[str, dict[str, float]], layers: Sequence[str]) -> list[float]:
+def _rhos(
+    truth: dict[tuple[str, int], float], scores: dict[str, dict[str, float]], layers: Sequence[str]
+) -> list[float]:
     """rho per bit-width, then pooled over every (layer, b)."""
-    per_bits = [rho([truth[(n, b)] for n in layers], [scores[n][f"w{b}"] for n in layers]) for b in WBITS]
-    pooled = rho([truth[(n, b)] for n in layers for b in WBITS], [scores[n][f"w{b}"] for n in layers for b in WBITS])
+    per_bits = [
+        rho([truth[(n, b)] for n in layers], [scores[n][f"w{b}"] for n in layers]) for b in WBITS
+    ]
+    pooled = rho(
+        [truth[(n, b)] for n in layers for b in WBITS],
+        [scores[n][f"w{b}"] for n in layers for b in WBITS],
+    )
     return [*per_bits, pooled]
 
 
 def run_case(case: Case, samples: int, sweep: bool) -> str:
-    context = CompileContext(calibration=CalibrationData(tuple(case.calibration)), eval_fn=case.eval_fn)
+    context = CompileContext(
+        calibration=CalibrationData(tuple(case.calibration)), eval_fn=case.eval_fn
+    )
     for step in build_pipeline("canonicalize,calibrate", context):
         step(case.model)
     layers = [layer.name for layer in quantizable_layers(case.model.graph)]
@@ -285,15 +326,25 @@ def run_case(case: Case, samples: int, sweep: bool) -> str:
 
     scored: list[tuple[str, dict[str, dict[str, float]], float]] = []
     for label, pass_name, options, metric in METRICS:
-        if (metric == "task" and case.eval_fn is None) or (metric == "output" and options.split(",")[0].split("=")[1] not in case.measures):
+        if (metric == "task" and case.eval_fn is None) or (
+            metric == "output" and options.split(",")[0].split("=")[1] not in case.measures
+        ):
             continue
-        seconds = _timed_pass(case.model, context, pass_name + ("{" + options.format(n=samples) + "}" if options else ""))
+        seconds = _timed_pass(
+            case.model,
+            context,
+            pass_name + ("{" + options.format(n=samples) + "}" if options else ""),
+        )
         scored.append((label, _scores(case.model, metric), seconds / float_seconds))
     swept: list[tuple[str, int, dict[str, dict[str, float]], float]] = []
     if sweep:
         for measure in case.measures:
             for n in (n for n in SWEEP if n <= len(case.calibration)):
-                seconds = _timed_pass(case.model, context, f"sensitivity-output{{measure={measure},samples={n},abits=[8]}}")
+                seconds = _timed_pass(
+                    case.model,
+                    context,
+                    f"sensitivity-output{{measure={measure},samples={n},abits=[8]}}",
+                )
                 swept.append((measure, n, _scores(case.model, "output"), seconds / float_seconds))
 
     out = [
@@ -302,15 +353,39 @@ def run_case(case: Case, samples: int, sweep: bool) -> str:
         "",
     ]
     for truth_label, truth in truths.items():
-        out += [f"Spearman's rho against the truth = {truth_label} (per bit-width across layers; pooled over all pairs):", ""]
-        out.append("| metric | " + " | ".join(f"ρ w{b}" for b in WBITS) + " | ρ pooled | time / float pass |")
+        out += [
+            f"Spearman's rho against the truth = {truth_label} (per bit-width across layers; pooled over all pairs):",
+            "",
+        ]
+        out.append(
+            "| metric | "
+            + " | ".join(f"ρ w{b}" for b in WBITS)
+            + " | ρ pooled | time / float pass |"
+        )
         out.append("|---|" + "---|" * (len(WBITS) + 2))
         for label, scores, ratio in scored:
-            out.append(f"| {label} | " + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers)) + f" | {ratio:.1f}× |")
+            out.append(
+                f"| {label} | "
+                + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers))
+                + f" | {ratio:.1f}× |"
+            )
         for measure, n, scores, ratio in swept:
-            out.append(f"| output ({measure}), {n} samples | " + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers)) + f" | {ratio:.1f}× |")
-        out += ["", f"True damage ({truth_label}):", "", "| layer | " + " | ".join(f"w{b}" for b in WBITS) + " |", "|---|" + "---|" * len(WBITS)]
-        out += [f"| {name} | " + " | ".join(f"{truth[(name, b)]:.3g}" for b in WBITS) + " |" for name in layers]
+            out.append(
+                f"| output ({measure}), {n} samples | "
+                + " | ".join(_fmt(r) for r in _rhos(truth, scores, layers))
+                + f" | {ratio:.1f}× |"
+            )
+        out += [
+            "",
+            f"True damage ({truth_label}):",
+            "",
+            "| layer | " + " | ".join(f"w{b}" for b in WBITS) + " |",
+            "|---|" + "---|" * len(WBITS),
+        ]
+        out += [
+            f"| {name} | " + " | ".join(f"{truth[(name, b)]:.3g}" for b in WBITS) + " |"
+            for name in layers
+        ]
         out.append("")
     return "\n".join(out)
 
@@ -329,11 +404,18 @@ def speed(name: str, rounds: int) -> str:
 
     bench_model = get({"ppocr": "ppocr-rec"}.get(name, name))
     calibration = [dict(x) for x in bench_model.task().calibration_inputs]
-    lines = [f"### speed: {bench_model.name}, {len(calibration)} calibration samples", "", "| round | quantize_static s | sensitivity-output s | ratio | load |", "|---|---|---|---|---|"]
+    lines = [
+        f"### speed: {bench_model.name}, {len(calibration)} calibration samples",
+        "",
+        "| round | quantize_static s | sensitivity-output s | ratio | load |",
+        "|---|---|---|---|---|",
+    ]
     for index in range(rounds):
         with tempfile.TemporaryDirectory() as scratch:
             folder = pathlib.Path(scratch)
-            request = QuantizeRequest(bench_model.float_path(), calibration, folder, folder / "q.onnx")
+            request = QuantizeRequest(
+                bench_model.float_path(), calibration, folder, folder / "q.onnx"
+            )
             start = time.perf_counter()
             ort_static("u8")(request)
             ort_seconds = time.perf_counter() - start
@@ -341,8 +423,14 @@ def speed(name: str, rounds: int) -> str:
         context = CompileContext(calibration=CalibrationData(tuple(calibration)))
         for step in build_pipeline("canonicalize", context):
             step(model)
-        ours = _timed_pass(model, context, f"sensitivity-output{{wbits=[{','.join(map(str, WBITS))}],samples={len(calibration)}}}")
-        lines.append(f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× | {os.getloadavg()[0]:.1f} |")
+        ours = _timed_pass(
+            model,
+            context,
+            f"sensitivity-output{{wbits=[{','.join(map(str, WBITS))}],samples={len(calibration)}}}",
+        )
+        lines.append(
+            f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× | {os.getloadavg()[0]:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -351,11 +439,19 @@ def data_free_seconds(parameters: int = 25_000_000) -> str:
     width = 2048
     count = max(1, round(parameters / width / width))
     text = "\n".join(f"  h{i + 1} = MatMul(h{i}, w{i})" for i in range(count))
-    proto = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : 17]>\nwide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}')
+    proto = onnx.parser.parse_model(
+        f'<ir_version: 10, opset_import: ["" : 17]>\nwide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}'
+    )
     rng = np.random.default_rng(0)
-    proto.graph.initializer.extend(onnx.numpy_helper.from_array(rng.standard_normal((width, width), np.float32), f"w{i}") for i in range(count))
+    proto.graph.initializer.extend(
+        onnx.numpy_helper.from_array(rng.standard_normal((width, width), np.float32), f"w{i}")
+        for i in range(count)
+    )
     model = ir.from_proto(proto)
-    lines = [f"### data-free passes on {count * width * width / 1e6:.1f}M parameters ({count} MatMuls {width}x{width}), 4 weight widths", ""]
+    lines = [
+        f"### data-free passes on {count * width * width / 1e6:.1f}M parameters ({count} MatMuls {width}x{width}), 4 weight widths",
+        "",
+    ]
     for text in ("sensitivity-entropy", "sensitivity-weight-error"):
         runs = []
         for _ in range(3):
@@ -363,18 +459,37 @@ def data_free_seconds(parameters: int = 25_000_000) -> str:
             wall = _timed_pass(model, CompileContext(), text)
             runs.append((wall, time.process_time() - cpu))
         wall, cpu = min(runs)
-        lines.append(f"- {text}: {wall:.2f} s wall, {cpu:.2f} s CPU (best of 3; single-threaded numpy, so CPU time is what an idle core takes; load {os.getloadavg()[0]:.1f})")
+        lines.append(
+            f"- {text}: {wall:.2f} s wall, {cpu:.2f} s CPU (best of 3; single-threaded numpy, so CPU time is what an idle core takes; load {os.getloadavg()[0]:.1f})"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,light", help="comma-separated: " + ", ".join([*CASES, "light"]))
-    parser.add_argument("--samples", type=int, default=32, help="calibration samples for output and orthogonality (and held-out pages for orientation)")
-    parser.add_argument("--sweep", action="store_true", help="also sensitivity-output at 4, 8, 16, 32 samples")
-    parser.add_argument("--speed", metavar="MODEL", help="time sensitivity-output against quantize_static on a benchmark model")
+    parser.add_argument(
+        "--models", default="digits,light", help="comma-separated: " + ", ".join([*CASES, "light"])
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=32,
+        help="calibration samples for output and orthogonality (and held-out pages for orientation)",
+    )
+    parser.add_argument(
+        "--sweep", action="store_true", help="also sensitivity-output at 4, 8, 16, 32 samples"
+    )
+    parser.add_argument(
+        "--speed",
+        metavar="MODEL",
+        help="time sensitivity-output against quantize_static on a benchmark model",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds for --speed")
-    parser.add_argument("--data-free", action="store_true", help="time the data-free passes on a 25M-parameter model")
+    parser.add_argument(
+        "--data-free",
+        action="store_true",
+        help="time the data-free passes on a 25M-parameter model",
+    )
     args = parser.parse_args(argv)
     if args.speed:
         print(speed(args.speed, args.rounds))

@@ -22,75 +22,136 @@ from mpqc import examples
 
 STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "haq", "nemo")
 #: Strategy options that keep exact-evaluation strategies to a few hundred evaluations.
-LIMITS = {"nsga2": "generations=30", "mohaq": "generations=30", "haq": "episodes=120", "nemo": "max_evaluations=400"}
+LIMITS = {
+    "nsga2": "generations=30",
+    "mohaq": "generations=30",
+    "haq": "episodes=120",
+    "nemo": "max_evaluations=400",
+}
 
 
 def pipeline(strategy: str, samples: int) -> str:
     metric = "entropy" if strategy == "eagl" else "output"
-    sensitivity = "sensitivity-entropy" if metric == "entropy" else f"sensitivity-output{{samples={samples}}}"
-    options = ",".join(filter(None, [f"strategy={strategy}", f"metric={metric}", f"samples={samples}", LIMITS.get(strategy, "")]))
+    sensitivity = (
+        "sensitivity-entropy" if metric == "entropy" else f"sensitivity-output{{samples={samples}}}"
+    )
+    options = ",".join(
+        filter(
+            None,
+            [
+                f"strategy={strategy}",
+                f"metric={metric}",
+                f"samples={samples}",
+                LIMITS.get(strategy, ""),
+            ],
+        )
+    )
     return f"canonicalize,calibrate,{sensitivity},cost,search{{{options}}},lower-qdq,verify"
 
 
 def tensor_bytes(path: pathlib.Path) -> int:
     model = ir.load(path)
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return sum(
+        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+    )
 
 
-def run(model: str, calibration, hw: str, budget: str, strategies: list[str], samples: int, eval_fn) -> list[dict]:
+def run(
+    model: str, calibration, hw: str, budget: str, strategies: list[str], samples: int, eval_fn
+) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for strategy in strategies:
             start = time.perf_counter()
-            result = mpqc.compile(model, hw=hw, calibration=calibration, constraints={"size": budget},
-                                  strategy=strategy, pipeline=pipeline(strategy, samples), eval_fn=eval_fn)
+            result = mpqc.compile(
+                model,
+                hw=hw,
+                calibration=calibration,
+                constraints={"size": budget},
+                strategy=strategy,
+                pipeline=pipeline(strategy, samples),
+                eval_fn=eval_fn,
+            )
             seconds = time.perf_counter() - start
             path = mpqc.save(result.ir_model, pathlib.Path(scratch) / f"{strategy}.onnx")
             verify = result.report["verify"]
             limit = result.pareto["constraints"]["size"]
             written = tensor_bytes(path)
-            rows.append({
-                "strategy": strategy,
-                "budget_bytes": limit,
-                "predicted_bytes": result.pareto["chosen_objectives"]["size"],
-                "written_bytes": written,
-                "met": written <= limit,
-                "sqnr_db": verify.get("sqnr_db"),
-                "top1_agreement": verify.get("top1_agreement"),
-                "task_metric": verify.get("task_metric"),
-                "exact_evaluations": result.pareto["evaluations"],
-                "seconds": seconds,
-            })
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "budget_bytes": limit,
+                    "predicted_bytes": result.pareto["chosen_objectives"]["size"],
+                    "written_bytes": written,
+                    "met": written <= limit,
+                    "sqnr_db": verify.get("sqnr_db"),
+                    "top1_agreement": verify.get("top1_agreement"),
+                    "task_metric": verify.get("task_metric"),
+                    "exact_evaluations": result.pareto["evaluations"],
+                    "seconds": seconds,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    lines = [title, "", "| strategy | budget B | predicted B | written B | met | SQNR dB | top-1 agr. | task | exact evals | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        "| strategy | budget B | predicted B | written B | met | SQNR dB | top-1 agr. | task | exact evals | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         task = "" if r["task_metric"] is None else f"{r['task_metric']:.4f}"
-        lines.append(f"| {r['strategy']} | {r['budget_bytes']:.0f} | {r['predicted_bytes']:.0f} | {r['written_bytes']} | "
-                     f"{'yes' if r['met'] else 'NO'} | {r['sqnr_db']:.1f} | {r['top1_agreement']:.3f} | {task} | "
-                     f"{r['exact_evaluations']} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['strategy']} | {r['budget_bytes']:.0f} | {r['predicted_bytes']:.0f} | {r['written_bytes']} | "
+            f"{'yes' if r['met'] else 'NO'} | {r['sqnr_db']:.1f} | {r['top1_agreement']:.3f} | {task} | "
+            f"{r['exact_evaluations']} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.strategies", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", help="float ONNX model (default: the embedded digits CNN)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.strategies", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "model", nargs="?", help="float ONNX model (default: the embedded digits CNN)"
+    )
     parser.add_argument("--calib", help="calibration folder (default: the embedded model's)")
     parser.add_argument("--hw", default="arm_a72")
     parser.add_argument("--max-size", default="0.25x")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--samples", type=int, default=8, help="calibration samples per sensitivity/exact evaluation")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help="calibration samples per sensitivity/exact evaluation",
+    )
     args = parser.parse_args(argv)
     if args.model is None:
-        model, calibration, eval_fn = str(examples.digits_model_path()), examples.digits_calibration(), examples.digits_accuracy
+        model, calibration, eval_fn = (
+            str(examples.digits_model_path()),
+            examples.digits_calibration(),
+            examples.digits_accuracy,
+        )
     else:
         model, calibration, eval_fn = args.model, args.calib, None
-    rows = run(model, calibration, args.hw, args.max_size, args.strategies.split(","), args.samples, eval_fn)
-    print(markdown(rows, f"`{args.model or 'digits'}` on `{args.hw}` under `--max-size {args.max_size}`:"))
+    rows = run(
+        model,
+        calibration,
+        args.hw,
+        args.max_size,
+        args.strategies.split(","),
+        args.samples,
+        eval_fn,
+    )
+    print(
+        markdown(
+            rows, f"`{args.model or 'digits'}` on `{args.hw}` under `--max-size {args.max_size}`:"
+        )
+    )
     return 0
 
 

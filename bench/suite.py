@@ -39,7 +39,7 @@ from typing import Any
 import onnx
 
 from bench import models as registry
-from bench.baselines import RECIPES, FLOAT, QuantizeRequest, Recipe, RecipeError
+from bench.baselines import FLOAT, RECIPES, QuantizeRequest, Recipe, RecipeError
 from bench.cache import cache_dir
 from bench.run import Bench, environment
 from bench.tasks.base import TaskSizes
@@ -82,12 +82,46 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", False, 10, 8, 4, {"nsga2": "generations=6", "mohaq": "generations=6",
-                                          "haq": "episodes=30", "nemo": "max_evaluations=80"}, timeout_s=900.0),
-    "quick": Mode("quick", True, 3, 4, 4, {"nsga2": "generations=4", "mohaq": "generations=4",
-                                          "haq": "episodes=25", "nemo": "max_evaluations=50"}),
-    "smoke": Mode("smoke", True, 3, 4, 4, strategies=("ilp",), budgets=(0.5,), models=("orientation",),
-                  ort_recipes=("ort-u8s8",), matmul_nbits=False, timeout_s=240.0),
+    "full": Mode(
+        "full",
+        False,
+        10,
+        8,
+        4,
+        {
+            "nsga2": "generations=6",
+            "mohaq": "generations=6",
+            "haq": "episodes=30",
+            "nemo": "max_evaluations=80",
+        },
+        timeout_s=900.0,
+    ),
+    "quick": Mode(
+        "quick",
+        True,
+        3,
+        4,
+        4,
+        {
+            "nsga2": "generations=4",
+            "mohaq": "generations=4",
+            "haq": "episodes=25",
+            "nemo": "max_evaluations=50",
+        },
+    ),
+    "smoke": Mode(
+        "smoke",
+        True,
+        3,
+        4,
+        4,
+        strategies=("ilp",),
+        budgets=(0.5,),
+        models=("orientation",),
+        ort_recipes=("ort-u8s8",),
+        matmul_nbits=False,
+        timeout_s=240.0,
+    ),
 }
 
 
@@ -109,8 +143,14 @@ def mpqc_executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "mpqc.cli"]
 
 
-def cli_recipe(name: str, model: Path | None, arguments: Sequence[str], report: Path, timeout_s: float,
-               description: str) -> Recipe:
+def cli_recipe(
+    name: str,
+    model: Path | None,
+    arguments: Sequence[str],
+    report: Path,
+    timeout_s: float,
+    description: str,
+) -> Recipe:
     """``mpqc MODEL ARGS -o OUT --calib DIR --report-json REPORT``, killed after ``timeout_s``.
 
     ``model`` replaces the float model the harness hands over (the search recipes start from the
@@ -120,8 +160,17 @@ def cli_recipe(name: str, model: Path | None, arguments: Sequence[str], report: 
 
     def quantize(request: QuantizeRequest) -> None:
         report.unlink(missing_ok=True)
-        command = [*mpqc_executable(), str(model or request.float_model), *arguments, "-o", str(request.output),
-                   "--calib", str(request.calib_dir), "--report-json", str(report)]
+        command = [
+            *mpqc_executable(),
+            str(model or request.float_model),
+            *arguments,
+            "-o",
+            str(request.output),
+            "--calib",
+            str(request.calib_dir),
+            "--report-json",
+            str(report),
+        ]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -135,7 +184,12 @@ def cli_recipe(name: str, model: Path | None, arguments: Sequence[str], report: 
 
 def search_pipeline(strategy: str, recover: bool, mode: Mode) -> str:
     metric = "entropy" if strategy == "eagl" else "output"
-    search = search_step(strategy, metric, recover, *filter(None, [f"samples={mode.exact_samples}", mode.limits.get(strategy, "")]))
+    search = search_step(
+        strategy,
+        metric,
+        recover,
+        *filter(None, [f"samples={mode.exact_samples}", mode.limits.get(strategy, "")]),
+    )
     return ",".join(filter(None, [search, "recover" if recover else "", "lower-qdq", "verify"]))
 
 
@@ -151,7 +205,10 @@ class Analysis:
     def predicted(self, bits: dict[str, dict[str, int]] | None) -> dict[str, float]:
         """The cost model's size and latency for per-layer bits (layers not named stay float)."""
         bits = bits or {}
-        totals = {"latency_s": self.fixed.get("latency_s", 0.0), "size": self.fixed.get("size", 0.0)}
+        totals = {
+            "latency_s": self.fixed.get("latency_s", 0.0),
+            "size": self.fixed.get("size", 0.0),
+        }
         for name, table in self.costs.items():
             chosen = bits.get(name)
             key = f"w{chosen['w']}a{chosen['a']}" if chosen and chosen["w"] != 32 else "float"
@@ -170,13 +227,20 @@ def analyse(bench: Bench, mode: Mode) -> Analysis:
     from mpqc.ir import annotations
 
     start = time.perf_counter()
-    result = mpqc.compile(str(bench.float_model), hw=HW, calibration=str(bench.calib_dir),
-                          pipeline=ANALYSIS.format(samples=mode.sens_samples))
+    result = mpqc.compile(
+        str(bench.float_model),
+        hw=HW,
+        calibration=str(bench.calib_dir),
+        pipeline=ANALYSIS.format(samples=mode.sens_samples),
+    )
     path = mir.save(result.ir_model, bench.workdir / "analysed.onnx")
     seconds = time.perf_counter() - start
     graph = result.ir_model.graph
-    costs = {layer.name: annotations.COST.get(layer.node) for layer in mir.quantizable_layers(graph)
-             if annotations.COST.has(layer.node)}
+    costs = {
+        layer.name: annotations.COST.get(layer.node)
+        for layer in mir.quantizable_layers(graph)
+        if annotations.COST.has(layer.node)
+    }
     fixed = (annotations.MODEL_COST.get(result.ir_model) or {}).get("fixed", {})
     return Analysis(Path(path), seconds, costs, fixed)
 
@@ -198,9 +262,17 @@ def explain_row(row: dict[str, Any], report: Path, analysis: Analysis | None) ->
     row["bits_mix"] = dict(sorted(mix.items()))
 
 
-def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategies: Sequence[str],
-              budgets: Sequence[float], recover_for: Sequence[str], save: Callable[[dict[str, Any]], None],
-              previous: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_model(
+    model: registry.BenchModel,
+    mode: Mode,
+    sizes: TaskSizes,
+    strategies: Sequence[str],
+    budgets: Sequence[float],
+    recover_for: Sequence[str],
+    save: Callable[[dict[str, Any]], None],
+    previous: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Every recipe of ``mode`` on one model; ``save`` gets the results entry after every row (a long run
     that is stopped keeps what it measured). ``recover_for`` names the strategies that also run +recover.
     ``previous`` holds rows of an earlier run on the same data by recipe name: those that succeeded are
@@ -218,8 +290,13 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
 
     def entry() -> dict[str, Any]:
         table = bench.table(rows)
-        table.update(mode=mode.name, hw=HW, analysis_s=analysis.seconds if analysis else None, notes=notes,
-                     analysis_pipeline=ANALYSIS.format(samples=mode.sens_samples))
+        table.update(
+            mode=mode.name,
+            hw=HW,
+            analysis_s=analysis.seconds if analysis else None,
+            notes=notes,
+            analysis_pipeline=ANALYSIS.format(samples=mode.sens_samples),
+        )
         return table
 
     def add(row: dict[str, Any]) -> None:
@@ -240,14 +317,26 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
     try:
         analysis = analyse(bench, mode)
         log(f"[{model.name}] analysis {analysis.seconds:.1f} s")
-        rows[0]["predicted"] = analysis.predicted({})  # the float row: every layer at the cost table's float
+        rows[0]["predicted"] = analysis.predicted(
+            {}
+        )  # the float row: every layer at the cost table's float
     except Exception as exc:  # noqa: BLE001 - the failure becomes every search row's reason
-        analysis_error = f"analysis failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        analysis_error = (
+            f"analysis failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        )
     report = bench.workdir / "mpqc-w8a8.report.json"
-    w8a8 = cli_recipe("mpqc-w8a8", None, ["--hw", HW, "--uniform", "w8a8"], report, mode.timeout_s,
-                      f"mpqc --hw {HW} --uniform w8a8")
+    w8a8 = cli_recipe(
+        "mpqc-w8a8",
+        None,
+        ["--hw", HW, "--uniform", "w8a8"],
+        report,
+        mode.timeout_s,
+        f"mpqc --hw {HW} --uniform w8a8",
+    )
     row = measure(w8a8)
-    explain_row(row, report, analysis)  # a kept row too: its report is still on disk, the analysis may be new
+    explain_row(
+        row, report, analysis
+    )  # a kept row too: its report is still on disk, the analysis may be new
     add(row)
     if not recover_available():
         recover_for = ()
@@ -257,20 +346,30 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
             for recover in (False, True) if strategy in recover_for else (False,):
                 name = f"mpqc-{strategy}@{factor:g}x" + ("+recover" if recover else "")
                 if analysis is None or "error" in anchor:
-                    reason = analysis_error if analysis is None else f"no budget: {SIZE_ANCHOR} failed"
+                    reason = (
+                        analysis_error if analysis is None else f"no budget: {SIZE_ANCHOR} failed"
+                    )
                     add({"recipe": name, "description": "", "error": reason})
                     continue
                 budget_mb = anchor["size_mb"] * factor
                 pipeline = search_pipeline(strategy, recover, mode)
                 arguments = ["--hw", HW, "--max-size", f"{budget_mb:.4f}MB", "--pipeline", pipeline]
                 report = bench.workdir / f"{name}.report.json"
-                recipe = cli_recipe(name, analysis.path, arguments, report, mode.timeout_s,
-                                    f"mpqc {shlex.join(arguments)}")
+                recipe = cli_recipe(
+                    name,
+                    analysis.path,
+                    arguments,
+                    report,
+                    mode.timeout_s,
+                    f"mpqc {shlex.join(arguments)}",
+                )
                 if name in reusable:
                     add(measure(recipe))
                     continue
                 row = bench.run(recipe, log)
-                row.update(strategy=strategy, budget_factor=factor, recover=recover, budget_mb=budget_mb)
+                row.update(
+                    strategy=strategy, budget_factor=factor, recover=recover, budget_mb=budget_mb
+                )
                 if "quantize_s" in row:
                     row["search_s"] = row["quantize_s"]
                     row["quantize_s"] += analysis.seconds
@@ -280,22 +379,41 @@ def run_model(model: registry.BenchModel, mode: Mode, sizes: TaskSizes, strategi
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=__doc__.split("\n\n")[0]
+    )
     scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--quick", action="store_true", help="small data sets, 3 latency repeats, short searches")
-    scale.add_argument("--smoke", action="store_true", help="the CI run: orientation, u8s8, w8a8, one ILP search")
+    scale.add_argument(
+        "--quick", action="store_true", help="small data sets, 3 latency repeats, short searches"
+    )
+    scale.add_argument(
+        "--smoke", action="store_true", help="the CI run: orientation, u8s8, w8a8, one ILP search"
+    )
     parser.add_argument("--models", help=f"comma-separated subset of {','.join(registry.MODELS)}")
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
     parser.add_argument("--budgets", help="fractions of onnxruntime u8s8's size, e.g. 1,0.5")
-    parser.add_argument("--recover-for", help="strategies that also run with recover (default: every one run)")
-    parser.add_argument("--n-eval", type=int, help="evaluation samples (default: the model's, or quick's)")
-    parser.add_argument("--n-calib", type=int, help="calibration samples (default: the model's, or quick's)")
+    parser.add_argument(
+        "--recover-for", help="strategies that also run with recover (default: every one run)"
+    )
+    parser.add_argument(
+        "--n-eval", type=int, help="evaluation samples (default: the model's, or quick's)"
+    )
+    parser.add_argument(
+        "--n-calib", type=int, help="calibration samples (default: the model's, or quick's)"
+    )
     parser.add_argument("--repeats", type=int, help="latency repeats")
     parser.add_argument("--seed", type=int, default=0, help="data seed (same seed, same data)")
-    parser.add_argument("--out", type=Path, help="folder for <model>.json (default bench/results; smoke: the cache)")
-    parser.add_argument("--no-render", action="store_true", help="do not rewrite RESULTS.md §2 and the plots")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the successful rows of <model>.json in --out (same data) and measure the rest")
+    parser.add_argument(
+        "--out", type=Path, help="folder for <model>.json (default bench/results; smoke: the cache)"
+    )
+    parser.add_argument(
+        "--no-render", action="store_true", help="do not rewrite RESULTS.md §2 and the plots"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the successful rows of <model>.json in --out (same data) and measure the rest",
+    )
     return parser.parse_args(argv)
 
 
@@ -305,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats:
         mode = replace(mode, repeats=args.repeats)
     try:
-        chosen = [registry.get(name) for name in (args.models.split(",") if args.models else mode.models)]
+        chosen = [
+            registry.get(name) for name in (args.models.split(",") if args.models else mode.models)
+        ]
     except registry.UnknownModelError as exc:
         sys.exit(str(exc.args[0]))
     strategies = args.strategies.split(",") if args.strategies else list(mode.strategies)
@@ -321,17 +441,31 @@ def main(argv: list[str] | None = None) -> int:
         sizes = TaskSizes(args.n_eval or sizes.n_eval, args.n_calib or sizes.n_calib, args.seed)
 
         def save(entry: dict[str, Any], path: Path = out / f"{model.name}.json") -> None:
-            path.write_text(json.dumps({"environment": environment(), "model": path.stem, **entry}, indent=1) + "\n")
+            path.write_text(
+                json.dumps({"environment": environment(), "model": path.stem, **entry}, indent=1)
+                + "\n"
+            )
 
         path = out / f"{model.name}.json"
         previous = None
         if args.resume and path.exists():
             earlier = json.loads(path.read_text())
             if earlier["sizes"] != asdict(sizes):
-                sys.exit(f"--resume: {path} was measured on {earlier['sizes']}, not {asdict(sizes)}")
+                sys.exit(
+                    f"--resume: {path} was measured on {earlier['sizes']}, not {asdict(sizes)}"
+                )
             previous = {row["recipe"]: row for row in earlier["rows"]}
-        run_model(model, mode, sizes, strategies, budgets, recover_for, save, previous,
-                  log=lambda line: print(line, flush=True))
+        run_model(
+            model,
+            mode,
+            sizes,
+            strategies,
+            budgets,
+            recover_for,
+            save,
+            previous,
+            log=lambda line: print(line, flush=True),
+        )
     if not (args.smoke or args.no_render):
         from bench.report import render_results
 

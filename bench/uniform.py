@@ -45,7 +45,9 @@ class Case:
     model: onnx.ModelProto
     calibration: list[Inputs]
     evaluation: list[Inputs]
-    score: Callable[[str, str, list[Inputs]], dict[str, float]]  # (candidate, float) paths -> metrics
+    score: Callable[
+        [str, str, list[Inputs]], dict[str, float]
+    ]  # (candidate, float) paths -> metrics
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -61,13 +63,20 @@ def fidelity(candidate: str, reference: str, inputs: list[Inputs]) -> dict[str, 
     signal = noise = 0.0
     agree = 0
     for sample in inputs:
-        want = ref.run(None, sample)[0].astype(np.float64).reshape(len(next(iter(sample.values()))), -1)
+        want = (
+            ref.run(None, sample)[0]
+            .astype(np.float64)
+            .reshape(len(next(iter(sample.values()))), -1)
+        )
         got = cand.run(None, sample)[0].astype(np.float64).reshape(want.shape)
         signal += float((want**2).sum())
         noise += float(((want - got) ** 2).sum())
         agree += int((want.argmax(-1) == got.argmax(-1)).sum())
     total = sum(len(next(iter(s.values()))) for s in inputs)
-    return {"sqnr_db": 10 * np.log10(signal / noise) if noise else float("inf"), "top1_agreement": agree / total}
+    return {
+        "sqnr_db": 10 * np.log10(signal / noise) if noise else float("inf"),
+        "top1_agreement": agree / total,
+    }
 
 
 def digits_case() -> Case:
@@ -75,7 +84,10 @@ def digits_case() -> Case:
     images, _ = examples.digits_data("eval")
 
     def score(candidate: str, reference: str, inputs: list[Inputs]) -> dict[str, float]:
-        return {"accuracy": examples.digits_accuracy(candidate), **fidelity(candidate, reference, inputs)}
+        return {
+            "accuracy": examples.digits_accuracy(candidate),
+            **fidelity(candidate, reference, inputs),
+        }
 
     evaluation = [{"image": images[i : i + 50]} for i in range(0, len(images), 50)]
     return Case("digits", model, examples.digits_calibration(), evaluation, score)
@@ -119,7 +131,9 @@ def run_case(case: Case, hw: str, folder: pathlib.Path, repeats: int) -> dict[st
         }
     latency = paired_latency(mpqc_path, ort_path, case.evaluation[:4], threads=1, repeats=repeats)
     row["mpqc_vs_ort_latency"] = latency.vs_reference
-    row["ort_vs_float_latency"] = paired_latency(ort_path, float_path, case.evaluation[:4], 1, repeats).vs_reference
+    row["ort_vs_float_latency"] = paired_latency(
+        ort_path, float_path, case.evaluation[:4], 1, repeats
+    ).vs_reference
     return row
 
 
@@ -135,7 +149,11 @@ def markdown(rows: Sequence[dict], hw: str) -> str:
     for row in rows:
         ort_row, mpqc_row = row["ort"], row["mpqc"]
         metric = "accuracy" if "accuracy" in ort_row else "sqnr_db"
-        extra = "" if metric == "sqnr_db" else f" (SQNR {ort_row['sqnr_db']:.1f} / {mpqc_row['sqnr_db']:.1f} dB)"
+        extra = (
+            ""
+            if metric == "sqnr_db"
+            else f" (SQNR {ort_row['sqnr_db']:.1f} / {mpqc_row['sqnr_db']:.1f} dB)"
+        )
         lines.append(
             f"| {row['model']} | {metric}{extra} | {ort_row[metric]:.4g} (top-1 agr. {ort_row['top1_agreement']:.3f}) "
             f"| {mpqc_row[metric]:.4g} (top-1 agr. {mpqc_row['top1_agreement']:.3f}) "
@@ -146,9 +164,17 @@ def markdown(rows: Sequence[dict], hw: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.uniform", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"digits and any of {', '.join(LIGHT_MODELS)}")
-    parser.add_argument("--hw", default="x86_avx2", help="mpqc's target spec (the machine this runs on)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.uniform", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"digits and any of {', '.join(LIGHT_MODELS)}",
+    )
+    parser.add_argument(
+        "--hw", default="x86_avx2", help="mpqc's target spec (the machine this runs on)"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=pathlib.Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)

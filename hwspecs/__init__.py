@@ -37,7 +37,7 @@ def _load_cached(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
     return load_path(path)
 
 
-def load(name_or_path: "str | Path | HardwareSpec") -> HardwareSpec:
+def load(name_or_path: str | Path | HardwareSpec) -> HardwareSpec:
     """A bundled spec by name (``"x86_avx2"``) or a spec YAML by path; a ``HardwareSpec`` passes through.
 
     Specs are immutable, so loading the same unchanged file twice returns the same object.
@@ -49,6 +49,6 @@ def load(name_or_path: "str | Path | HardwareSpec") -> HardwareSpec:
     return _load_cached(path, stat.st_mtime_ns, stat.st_size)
 
 
-def validate(path: "str | Path") -> HardwareSpec:
+def validate(path: str | Path) -> HardwareSpec:
     """Check a spec file (raising ``SpecError`` with file, field and what is allowed); returns it loaded."""
     return load_path(locate(Path(path)))

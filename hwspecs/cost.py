@@ -116,7 +116,9 @@ class LayerDesc:
         for field_name in ("macs", "weight_params", "input_elems", "output_elems", "bias_params"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"LayerDesc {self.name!r}: {field_name} must be a non-negative int, got {value!r}")
+                raise ValueError(
+                    f"LayerDesc {self.name!r}: {field_name} must be a non-negative int, got {value!r}"
+                )
         if self.groups < 1:
             raise ValueError(f"LayerDesc {self.name!r}: groups must be >= 1, got {self.groups}")
 
@@ -179,13 +181,24 @@ class CostModel:
         instruction (an LSTM, a ConvTranspose on onnxruntime's CPU provider) runs the float kernel behind
         DequantizeLinear, at the float rate, its weights dequantized every run."""
         spec = self.spec
-        if (desc.lookup or not spec.ops or not precision.integer_kernel or spec.runs_integer(desc.op_type)
-                or not spec.runs_float):
+        if (
+            desc.lookup
+            or not spec.ops
+            or not precision.integer_kernel
+            or spec.runs_integer(desc.op_type)
+            or not spec.runs_float
+        ):
             return precision
         floating = spec.precision(None, None)
-        return replace(precision, throughput=floating.throughput, depthwise_throughput=floating.depthwise_throughput,
-                       emulated_as=floating.key, emulated_abits=None, weight_unpack=None,
-                       weight_unpack_ops=MappingProxyType({}))
+        return replace(
+            precision,
+            throughput=floating.throughput,
+            depthwise_throughput=floating.depthwise_throughput,
+            emulated_as=floating.key,
+            emulated_abits=None,
+            weight_unpack=None,
+            weight_unpack_ops=MappingProxyType({}),
+        )
 
     def moved_bytes(self, desc: LayerDesc, wbits: int | None, abits: int | None) -> int:
         """Bytes one run moves: all weights and activations (at exactly their bits on a chip that packs
@@ -194,7 +207,11 @@ class CostModel:
             return 2 * tensor_bytes(desc.output_elems, wbits)
         weight_bytes = self.weight_bytes(desc, wbits)
         if self.spec.packed_operands and wbits is not None and abits is not None:
-            weights = math.ceil(desc.weight_params * wbits / 8) + weight_bytes - tensor_bytes(desc.weight_params, wbits)
+            weights = (
+                math.ceil(desc.weight_params * wbits / 8)
+                + weight_bytes
+                - tensor_bytes(desc.weight_params, wbits)
+            )
             return weights + math.ceil((desc.input_elems + desc.output_elems) * abits / 8)
         return weight_bytes + self.act_bytes(desc, abits)
 
@@ -202,11 +219,19 @@ class CostModel:
         seconds = self.spec.overhead(desc.op_type).time(desc.output_elems)
         if desc.lookup:
             return seconds + self._lookup_s(desc, precision)
-        seconds += sum(self.spec.overhead(op).time(desc.output_elems)
-                       for op in desc.epilogue if not self.spec.fuses(precision.kernel_kind, op))
+        seconds += sum(
+            self.spec.overhead(op).time(desc.output_elems)
+            for op in desc.epilogue
+            if not self.spec.fuses(precision.kernel_kind, op)
+        )
         if precision.is_float:
             return seconds
-        return seconds + self._input_s(desc, precision) + self._output_s(desc, precision) + self._weights_s(desc, precision)
+        return (
+            seconds
+            + self._input_s(desc, precision)
+            + self._output_s(desc, precision)
+            + self._weights_s(desc, precision)
+        )
 
     def _input_s(self, desc: LayerDesc, precision: Precision) -> float:
         """Getting the activation in: Clip + QuantizeLinear (none inside a run of integer layers), the
@@ -219,7 +244,9 @@ class CostModel:
                 seconds += spec.overhead("Clip").time(desc.input_elems)
         if precision.abits is not None and container_bits(precision.abits) == 8:
             layout = "nhwc_uint8" if precision.integer_kernel else "uint8"
-            seconds += sum(self._uint8_extra_s(op, layout, desc.input_elems) for op in desc.input_ops)
+            seconds += sum(
+                self._uint8_extra_s(op, layout, desc.input_elems) for op in desc.input_ops
+            )
         if not precision.integer_kernel:
             seconds += spec.overhead("DequantizeLinear").time(desc.input_elems)
         elif desc.op_type in spec.integer_layout and not desc.input_from_layer:
@@ -233,7 +260,9 @@ class CostModel:
             return 0.0
         seconds = self.spec.overhead("DequantizeLinear").time(desc.output_elems)
         if desc.op_type in self.spec.integer_layout:
-            seconds += self.spec.overhead(self.spec.integer_layout[desc.op_type]).time(desc.output_elems)
+            seconds += self.spec.overhead(self.spec.integer_layout[desc.op_type]).time(
+                desc.output_elems
+            )
         return seconds
 
     def _weights_s(self, desc: LayerDesc, precision: Precision) -> float:
@@ -268,8 +297,12 @@ class CostModel:
             return 0.0
         dequantize = self.spec.overhead("DequantizeLinear")
         if precision.native:
-            return dequantize.time(desc.output_elems) + self.spec.overhead("Mul").time(desc.output_elems)
-        table = self.spec.overheads.get(f"DequantizeLinear(int{container_bits(precision.wbits)})", dequantize)
+            return dequantize.time(desc.output_elems) + self.spec.overhead("Mul").time(
+                desc.output_elems
+            )
+        table = self.spec.overheads.get(
+            f"DequantizeLinear(int{container_bits(precision.wbits)})", dequantize
+        )
         return table.time(desc.weight_params)
 
     def reference_cost(self, desc: LayerDesc) -> Cost:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-
 PRIOR_WEIGHT = 0.05
 """Weight of the pull toward the base spec, per log-parameter: a factor e off the prior costs as much as a
 5% misfit of one kernel, so parameters the data determine move freely and the others stay put."""
@@ -76,7 +75,12 @@ def fit_roofline(
     kernels = sorted({s.kernel for s in samples})
     unpacks = sorted({s.unpack for s in samples if s.unpack is not None})
     levels = sorted({s.level for s in samples})
-    names = ["overhead"] + [f"T:{k}" for k in kernels] + [f"U:{u}" for u in unpacks] + [f"B:{l}" for l in levels]
+    names = (
+        ["overhead"]
+        + [f"T:{k}" for k in kernels]
+        + [f"U:{u}" for u in unpacks]
+        + [f"B:{l}" for l in levels]
+    )
     prior = np.array(
         [max(prior_overhead, 1e-7)]
         + [prior_throughput[k] for k in kernels]
@@ -89,7 +93,9 @@ def fit_roofline(
     fixed = np.array([s.fixed_seconds for s in samples], float)
     measured = np.array([s.seconds for s in samples], float)
     t_index = np.array([names.index(f"T:{s.kernel}") for s in samples])
-    u_index = np.array([names.index(f"U:{s.unpack}") if s.unpack is not None else 0 for s in samples])
+    u_index = np.array(
+        [names.index(f"U:{s.unpack}") if s.unpack is not None else 0 for s in samples]
+    )
     l_index = np.array([names.index(f"B:{s.level}") for s in samples])
     start = np.log(prior)
 
@@ -102,7 +108,9 @@ def fit_roofline(
         data = np.log(predict(log_params)) - np.log(measured)
         return np.concatenate([data, PRIOR_WEIGHT * (log_params - start)])
 
-    result = least_squares(residuals, start, bounds=(start - np.log(100.0), start + np.log(100.0)), method="trf")
+    result = least_squares(
+        residuals, start, bounds=(start - np.log(100.0), start + np.log(100.0)), method="trf"
+    )
     values = dict(zip(names, np.exp(result.x)))
     return Fit(
         overhead=float(values["overhead"]),

@@ -35,8 +35,18 @@ KernelPrecision = Literal["float", "u8s8", "s8s8", "u16s8", "u8s4"]
 FUSED: frozenset[KernelPrecision] = frozenset({"u8s8", "s8s8"})
 """Kernel precisions onnxruntime runs as integer kernels (8-bit activations and weights)."""
 
-_ACT_TYPE = {"u8s8": TensorProto.UINT8, "s8s8": TensorProto.INT8, "u16s8": TensorProto.UINT16, "u8s4": TensorProto.UINT8}
-_WEIGHT_TYPE = {"u8s8": (TensorProto.INT8, 127), "s8s8": (TensorProto.INT8, 127), "u16s8": (TensorProto.INT8, 127), "u8s4": (TensorProto.INT4, 7)}
+_ACT_TYPE = {
+    "u8s8": TensorProto.UINT8,
+    "s8s8": TensorProto.INT8,
+    "u16s8": TensorProto.UINT16,
+    "u8s4": TensorProto.UINT8,
+}
+_WEIGHT_TYPE = {
+    "u8s8": (TensorProto.INT8, 127),
+    "s8s8": (TensorProto.INT8, 127),
+    "u16s8": (TensorProto.INT8, 127),
+    "u8s4": (TensorProto.INT4, 7),
+}
 
 
 @dataclass(frozen=True)
@@ -98,11 +108,21 @@ class Kernel:
         return f"MatMul {self.size}x{self.c_in}x{self.c_out}"
 
 
-def _layer(kernel: Kernel, precision: KernelPrecision, prefix: str, src: str, dst: str,
-           rng: np.random.Generator) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _layer(
+    kernel: Kernel,
+    precision: KernelPrecision,
+    prefix: str,
+    src: str,
+    dst: str,
+    rng: np.random.Generator,
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes and initializers of one layer ``src -> dst``: the float op, or mpqc's QDQ pattern around it."""
     weight = rng.standard_normal(kernel.weight_shape).astype(np.float32) * 0.05
-    attrs = {"pads": [kernel.kernel // 2] * 4, "group": kernel.groups} if kernel.op_type == "Conv" else {}
+    attrs = (
+        {"pads": [kernel.kernel // 2] * 4, "group": kernel.groups}
+        if kernel.op_type == "Conv"
+        else {}
+    )
     if precision == "float":
         init = numpy_helper.from_array(weight, f"{prefix}w")
         return [helper.make_node(kernel.op_type, [src, f"{prefix}w"], [dst], **attrs)], [init]
@@ -127,7 +147,9 @@ def _layer(kernel: Kernel, precision: KernelPrecision, prefix: str, src: str, ds
     nodes = [
         helper.make_node("QuantizeLinear", [src, *activation], [f"{p}x_q"]),
         helper.make_node("DequantizeLinear", [f"{p}x_q", *activation], [f"{p}x_dq"]),
-        helper.make_node("DequantizeLinear", [f"{p}w_q", f"{p}w_scale"], [f"{p}w"], axis=channel_axis),
+        helper.make_node(
+            "DequantizeLinear", [f"{p}w_q", f"{p}w_scale"], [f"{p}w"], axis=channel_axis
+        ),
         helper.make_node(kernel.op_type, [f"{p}x_dq", f"{p}w"], [output], **attrs),
     ]
     if precision in FUSED:
@@ -163,15 +185,24 @@ def build_model(kernel: Kernel, precision: KernelPrecision, seed: int = 0) -> on
     return build_chain([(kernel, precision)], seed)
 
 
-def build_convert_model(elements: int, op: Literal["QuantizeLinear", "DequantizeLinear"]) -> onnx.ModelProto:
+def build_convert_model(
+    elements: int, op: Literal["QuantizeLinear", "DequantizeLinear"]
+) -> onnx.ModelProto:
     """A standalone QuantizeLinear (float -> uint8) or DequantizeLinear (uint8 -> float) of ``elements``."""
-    in_type, out_type = (TensorProto.FLOAT, TensorProto.UINT8) if op == "QuantizeLinear" else (TensorProto.UINT8, TensorProto.FLOAT)
+    in_type, out_type = (
+        (TensorProto.FLOAT, TensorProto.UINT8)
+        if op == "QuantizeLinear"
+        else (TensorProto.UINT8, TensorProto.FLOAT)
+    )
     graph = helper.make_graph(
         [helper.make_node(op, ["x", "s", "z"], ["y"])],
         op,
         [helper.make_tensor_value_info("x", in_type, [elements])],
         [helper.make_tensor_value_info("y", out_type, [elements])],
-        [numpy_helper.from_array(np.array(0.02, np.float32), "s"), helper.make_tensor("z", TensorProto.UINT8, [], [128])],
+        [
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            helper.make_tensor("z", TensorProto.UINT8, [], [128]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
@@ -185,9 +216,14 @@ does not fuse, and the scale multiply of gathered embedding rows."""
 
 def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
     """One float elementwise op over ``elements`` values (binary ops take a constant second operand)."""
-    extra = {"Clip": [numpy_helper.from_array(np.array(-1.0, np.float32), "lo"), numpy_helper.from_array(np.array(1.0, np.float32), "hi")],
-             "Mul": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
-             "Add": [numpy_helper.from_array(np.array(0.5, np.float32), "c")]}.get(op, [])
+    extra = {
+        "Clip": [
+            numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "hi"),
+        ],
+        "Mul": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
+        "Add": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
+    }.get(op, [])
     graph = helper.make_graph(
         [helper.make_node(op, ["x", *(t.name for t in extra)], ["y"])],
         op,
@@ -200,8 +236,9 @@ def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
     return model
 
 
-def _session(model: onnx.ModelProto | bytes, threads: int,
-             feeds: dict[str, np.ndarray] | None) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+def _session(
+    model: onnx.ModelProto | bytes, threads: int, feeds: dict[str, np.ndarray] | None
+) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -233,8 +270,13 @@ class Timing:
     cpu_s: float
 
 
-def measure_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
-                   feeds: dict[str, np.ndarray] | None = None) -> list[Timing]:
+def measure_models(
+    models: list[onnx.ModelProto | bytes],
+    threads: int,
+    min_seconds: float,
+    warmup: int = 3,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> list[Timing]:
     """Median wall and thread-CPU seconds of one run of each model on onnxruntime's CPU provider,
     measured interleaved.
 
@@ -262,8 +304,13 @@ def measure_models(models: list[onnx.ModelProto | bytes], threads: int, min_seco
     return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
-def time_models(models: list[onnx.ModelProto | bytes], threads: int, min_seconds: float, warmup: int = 3,
-                feeds: dict[str, np.ndarray] | None = None) -> list[float]:
+def time_models(
+    models: list[onnx.ModelProto | bytes],
+    threads: int,
+    min_seconds: float,
+    warmup: int = 3,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> list[float]:
     """Seconds of one run of each model (see ``measure_models``): thread CPU time with one thread, where
     it is immune to other processes' load, and wall clock with several, where the caller's CPU time would
     miss the other threads' work."""
@@ -290,14 +337,27 @@ def build_identity_model() -> onnx.ModelProto:
 
 
 KERNEL_PAIR: dict[str, tuple[int | None, int | None, bool]] = {
-    "float": (None, None, False), "u8s8": (8, 8, False), "s8s8": (8, 8, True), "u16s8": (8, 16, False), "u8s4": (4, 8, False),
+    "float": (None, None, False),
+    "u8s8": (8, 8, False),
+    "s8s8": (8, 8, True),
+    "u16s8": (8, 16, False),
+    "u8s4": (4, 8, False),
 }
 """Kernel precision -> (weight bits, activation bits, signed activations) in cost-model terms."""
 
 
 def layer_desc(kernel: Kernel, name: str) -> LayerDesc:
     """The cost model's view of a kernel."""
-    return LayerDesc(name, kernel.op_type, macs=kernel.macs, weight_params=kernel.weight_params,
-                     input_elems=kernel.input_elems, output_elems=kernel.output_elems,
-                     kernel=(kernel.kernel, kernel.kernel) if kernel.op_type == "Conv" else None,
-                     groups=kernel.groups, depthwise=kernel.depthwise, c_in=kernel.c_in, c_out=kernel.c_out)
+    return LayerDesc(
+        name,
+        kernel.op_type,
+        macs=kernel.macs,
+        weight_params=kernel.weight_params,
+        input_elems=kernel.input_elems,
+        output_elems=kernel.output_elems,
+        kernel=(kernel.kernel, kernel.kernel) if kernel.op_type == "Conv" else None,
+        groups=kernel.groups,
+        depthwise=kernel.depthwise,
+        c_in=kernel.c_in,
+        c_out=kernel.c_out,
+    )

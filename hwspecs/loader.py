@@ -58,16 +58,28 @@ def schema() -> dict[str, Any]:
 def locate(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     """A bundled name (``x86_avx2``) or a path (relative to the including spec, if any)."""
     text = str(name_or_path)
-    if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+    if (
+        isinstance(name_or_path, Path)
+        or text.endswith((".yaml", ".yml"))
+        or "/" in text
+        or "\\" in text
+    ):
         path = Path(text).expanduser()
         if not path.is_absolute() and relative_to is not None:
             path = relative_to.parent / path
         if not path.is_file():
-            raise SpecError(path, "", "no such spec file", "a bundled name (" + ", ".join(names()) + ") or a YAML path")
+            raise SpecError(
+                path,
+                "",
+                "no such spec file",
+                "a bundled name (" + ", ".join(names()) + ") or a YAML path",
+            )
         return path.resolve()
     bundled = bundled_dir() / f"{text}.yaml"
     if not bundled.is_file():
-        raise SpecError(text, "", "unknown spec name", ", ".join(names()) + ", or a path to a YAML file")
+        raise SpecError(
+            text, "", "unknown spec name", ", ".join(names()) + ", or a path to a YAML file"
+        )
     return bundled.resolve()
 
 
@@ -75,10 +87,17 @@ def read_document(path: Path) -> dict[str, Any]:
     """One YAML file as a mapping, with the size, encoding and shape checks of step 1–2."""
     size = path.stat().st_size
     if size > MAX_SPEC_BYTES:
-        raise SpecError(path, "", f"file is {size} bytes, too large for a spec", f"at most {MAX_SPEC_BYTES} bytes (1 MiB)")
+        raise SpecError(
+            path,
+            "",
+            f"file is {size} bytes, too large for a spec",
+            f"at most {MAX_SPEC_BYTES} bytes (1 MiB)",
+        )
     raw = path.read_bytes()
     if b"\x00" in raw:
-        raise SpecError(path, "", "binary content (NUL bytes), not a YAML text file", "UTF-8 YAML text")
+        raise SpecError(
+            path, "", "binary content (NUL bytes), not a YAML text file", "UTF-8 YAML text"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -92,7 +111,12 @@ def read_document(path: Path) -> dict[str, Any]:
         raise SpecError(path, "", f"invalid YAML{where}: {problem}") from None
     if not isinstance(document, dict):
         kind = "empty" if document is None else type(document).__name__
-        raise SpecError(path, "", f"top level is {kind}, not a mapping", "a YAML mapping with fields description, bits, precisions, memory, ...")
+        raise SpecError(
+            path,
+            "",
+            f"top level is {kind}, not a mapping",
+            "a YAML mapping with fields description, bits, precisions, memory, ...",
+        )
     return document
 
 
@@ -117,14 +141,24 @@ def resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is None:
         return document
     if not isinstance(base, str) or not base:
-        raise SpecError(path, "base", f"expected a spec name or path, got {base!r}", "a bundled name or a YAML path")
+        raise SpecError(
+            path,
+            "base",
+            f"expected a spec name or path, got {base!r}",
+            "a bundled name or a YAML path",
+        )
     try:
         base_path = locate(base, relative_to=path)
     except SpecError as exc:
         raise SpecError(path, "base", f"{base!r}: {exc.problem}", exc.allowed) from None
     if base_path in chain or base_path == path:
         cycle = " -> ".join(p.name for p in (*chain, path, base_path))
-        raise SpecError(path, "base", f"inheritance cycle {cycle}", "a chain of bases that ends in a spec without base:")
+        raise SpecError(
+            path,
+            "base",
+            f"inheritance cycle {cycle}",
+            "a chain of bases that ends in a spec without base:",
+        )
     parent = resolve(base_path, (*chain, path))
     parent.pop("provenance", None)
     return deep_merge(parent, document)
@@ -147,7 +181,11 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
     """Turn the most relevant jsonschema error into file / field / what is allowed."""
-    if error.validator in ("anyOf", "oneOf") and "description" not in error.schema and error.context:
+    if (
+        error.validator in ("anyOf", "oneOf")
+        and "description" not in error.schema
+        and error.context
+    ):
         error = jsonschema.exceptions.best_match(error.context)
     where = list(error.absolute_path)
     schema_ = error.schema if isinstance(error.schema, dict) else {}
@@ -164,11 +202,23 @@ def _schema_error(path: Path, error: jsonschema.ValidationError) -> SpecError:
     if "propertyNames" in error.schema_path:  # jsonschema reports the bad key as the instance
         return SpecError(path, _field_path([*where, instance]), "key not allowed", described)
     if validator == "type":
-        return SpecError(path, _field_path(where), f"expected {error.validator_value}, got {_short(instance)}", described)
+        return SpecError(
+            path,
+            _field_path(where),
+            f"expected {error.validator_value}, got {_short(instance)}",
+            described,
+        )
     if validator == "enum":
-        return SpecError(path, _field_path(where), f"{_short(instance)} is not allowed", described or str(error.validator_value))
+        return SpecError(
+            path,
+            _field_path(where),
+            f"{_short(instance)} is not allowed",
+            described or str(error.validator_value),
+        )
     if validator in ("anyOf", "oneOf", "pattern"):
-        negative = isinstance(instance, (int, float)) and not isinstance(instance, bool) and instance < 0
+        negative = (
+            isinstance(instance, (int, float)) and not isinstance(instance, bool) and instance < 0
+        )
         problem = f"negative value {instance!r}" if negative else f"{_short(instance)} is not valid"
         return SpecError(path, _field_path(where), problem, described)
     return SpecError(path, _field_path(where), error.message, described)
@@ -194,7 +244,9 @@ def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:
 
 def _positive(path: Path, field: str, value: float) -> float:
     if not value > 0:
-        raise SpecError(path, field, f"must be greater than zero, got {value}", "a positive quantity")
+        raise SpecError(
+            path, field, f"must be greater than zero, got {value}", "a positive quantity"
+        )
     return value
 
 
@@ -203,7 +255,12 @@ def _grid_bits(path: Path, field: str, entry: dict[str, Any], wbits: int | None)
         return None
     bits = int(entry["weight_grid_bits"])
     if wbits is None or bits > wbits:
-        raise SpecError(path, f"{field}.weight_grid_bits", f"{bits} is wider than the pair's {wbits}-bit weights", f"an integer up to {wbits}")
+        raise SpecError(
+            path,
+            f"{field}.weight_grid_bits",
+            f"{bits} is wider than the pair's {wbits}-bit weights",
+            f"an integer up to {wbits}",
+        )
     # Equal to the pair's bits means the full grid: how a spec undoes a narrowing it inherits.
     return bits if bits < wbits else None
 
@@ -218,21 +275,51 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             return built[key]
         field = f"precisions.{key}"
         if key not in entries:
-            raise SpecError(path, f"precisions.{visiting[-1]}.emulated_as", f"{key!r} is not a precision of this spec", ", ".join(sorted(entries)))
+            raise SpecError(
+                path,
+                f"precisions.{visiting[-1]}.emulated_as",
+                f"{key!r} is not a precision of this spec",
+                ", ".join(sorted(entries)),
+            )
         if key in visiting:
-            raise SpecError(path, f"{field}.emulated_as", "emulation cycle " + " -> ".join((*visiting, key)), "a chain that ends in a native pair")
+            raise SpecError(
+                path,
+                f"{field}.emulated_as",
+                "emulation cycle " + " -> ".join((*visiting, key)),
+                "a chain that ends in a native pair",
+            )
         entry = entries[key]
         wbits, abits, signed = _pair_bits(key)
         if wbits is not None and wbits not in weight_bits:
-            raise SpecError(path, field, f"weight bits {wbits} not in bits.weights", str(sorted(weight_bits)))
+            raise SpecError(
+                path, field, f"weight bits {wbits} not in bits.weights", str(sorted(weight_bits))
+            )
         if abits is not None and abits not in act_bits:
-            raise SpecError(path, field, f"activation bits {abits} not in bits.activations", str(sorted(act_bits)))
+            raise SpecError(
+                path,
+                field,
+                f"activation bits {abits} not in bits.activations",
+                str(sorted(act_bits)),
+            )
         target = build(entry["emulated_as"], (*visiting, key)) if "emulated_as" in entry else None
         for unpack_field in ("weight_unpack", "weight_unpack_ops"):
             if unpack_field in entry and target is None:
-                raise SpecError(path, f"{field}.{unpack_field}", "only an emulated pair unpacks weights", f"{unpack_field} together with emulated_as")
-        throughput = units.to_base(entry["throughput"], "throughput") if "throughput" in entry else target.throughput  # type: ignore[union-attr]
-        energy = units.to_base(entry["energy_per_mac"], "energy") if "energy_per_mac" in entry else target.energy_per_mac  # type: ignore[union-attr]
+                raise SpecError(
+                    path,
+                    f"{field}.{unpack_field}",
+                    "only an emulated pair unpacks weights",
+                    f"{unpack_field} together with emulated_as",
+                )
+        throughput = (
+            units.to_base(entry["throughput"], "throughput")
+            if "throughput" in entry
+            else target.throughput
+        )  # type: ignore[union-attr]
+        energy = (
+            units.to_base(entry["energy_per_mac"], "energy")
+            if "energy_per_mac" in entry
+            else target.energy_per_mac
+        )  # type: ignore[union-attr]
         built[key] = Precision(
             key=key,
             wbits=wbits,
@@ -242,11 +329,23 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             energy_per_mac=energy,
             emulated_as=None if target is None else target.key,
             emulated_abits=None if target is None else target.abits,
-            weight_unpack=units.to_base(entry["weight_unpack"], "time") if "weight_unpack" in entry else None,
-            weight_unpack_ops=MappingProxyType({op: units.to_base(t, "time") for op, t in entry.get("weight_unpack_ops", {}).items()}),
+            weight_unpack=units.to_base(entry["weight_unpack"], "time")
+            if "weight_unpack" in entry
+            else None,
+            weight_unpack_ops=MappingProxyType(
+                {
+                    op: units.to_base(t, "time")
+                    for op, t in entry.get("weight_unpack_ops", {}).items()
+                }
+            ),
             depthwise_throughput=(
-                _positive(path, f"{field}.depthwise_throughput", units.to_base(entry["depthwise_throughput"], "throughput"))
-                if "depthwise_throughput" in entry else (None if target is None else target.depthwise_throughput)
+                _positive(
+                    path,
+                    f"{field}.depthwise_throughput",
+                    units.to_base(entry["depthwise_throughput"], "throughput"),
+                )
+                if "depthwise_throughput" in entry
+                else (None if target is None else target.depthwise_throughput)
             ),
             weight_grid_bits=_grid_bits(path, field, entry, wbits),
         )
@@ -262,7 +361,9 @@ def _memory(path: Path, doc: dict[str, Any]) -> tuple[MemoryLevel, ...]:
         MemoryLevel(
             name=name,
             capacity=units.to_base(entry["capacity"], "bytes") if "capacity" in entry else math.inf,
-            bandwidth=_positive(path, f"memory.{name}.bandwidth", units.to_base(entry["bandwidth"], "bandwidth")),
+            bandwidth=_positive(
+                path, f"memory.{name}.bandwidth", units.to_base(entry["bandwidth"], "bandwidth")
+            ),
             energy_per_byte=units.to_base(entry["energy_per_byte"], "energy"),
         )
         for name, entry in doc["memory"].items()
@@ -270,7 +371,12 @@ def _memory(path: Path, doc: dict[str, Any]) -> tuple[MemoryLevel, ...]:
     levels.sort(key=lambda level: level.capacity)
     unbounded = [level.name for level in levels if math.isinf(level.capacity)]
     if len(unbounded) > 1:
-        raise SpecError(path, f"memory.{unbounded[1]}.capacity", "missing; only one level may be unbounded", "a capacity such as '32 MiB'")
+        raise SpecError(
+            path,
+            f"memory.{unbounded[1]}.capacity",
+            "missing; only one level may be unbounded",
+            "a capacity such as '32 MiB'",
+        )
     return tuple(levels)
 
 
@@ -285,9 +391,15 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
     if "bit_scaling" in doc:
         anchor_key = doc["bit_scaling"]["anchor"]
         if anchor_key not in precisions or not precisions[anchor_key].native:
-            raise SpecError(path, "bit_scaling.anchor", f"{anchor_key!r} is not a native precision of this spec",
-                            ", ".join(k for k, p in precisions.items() if p.native and not p.is_float))
-        bit_scaling = BitScaling(precisions[anchor_key], float(doc["bit_scaling"].get("max_speedup", math.inf)))
+            raise SpecError(
+                path,
+                "bit_scaling.anchor",
+                f"{anchor_key!r} is not a native precision of this spec",
+                ", ".join(k for k, p in precisions.items() if p.native and not p.is_float),
+            )
+        bit_scaling = BitScaling(
+            precisions[anchor_key], float(doc["bit_scaling"].get("max_speedup", math.inf))
+        )
     return HardwareSpec(
         name=doc["name"],
         description=" ".join(doc["description"].split()),
@@ -296,17 +408,26 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
         act_bits=tuple(sorted(doc["bits"]["activations"])),
         precisions=MappingProxyType(precisions),
         memory=_memory(path, doc),
-        overheads=MappingProxyType({
-            op: Overhead(units.to_base(e.get("fixed", 0), "time"), units.to_base(e.get("per_element", 0), "time"))
-            for op, e in doc.get("overheads", {}).items()
-        }),
-        ops=MappingProxyType({op: tuple(_instruction(i) for i in items) for op, items in doc.get("ops", {}).items()}),
+        overheads=MappingProxyType(
+            {
+                op: Overhead(
+                    units.to_base(e.get("fixed", 0), "time"),
+                    units.to_base(e.get("per_element", 0), "time"),
+                )
+                for op, e in doc.get("overheads", {}).items()
+            }
+        ),
+        ops=MappingProxyType(
+            {op: tuple(_instruction(i) for i in items) for op, items in doc.get("ops", {}).items()}
+        ),
         bit_scaling=bit_scaling,
         threads=doc.get("threads"),
         packed_operands=bool(doc.get("packed_operands", False)),
         integer_layout=MappingProxyType(dict(doc.get("integer_layout", {}))),
         session_overhead=units.to_base(doc.get("session_overhead", 0), "time"),
-        fused_activations=MappingProxyType({kind: frozenset(ops) for kind, ops in doc.get("fused_activations", {}).items()}),
+        fused_activations=MappingProxyType(
+            {kind: frozenset(ops) for kind, ops in doc.get("fused_activations", {}).items()}
+        ),
     )
 
 

@@ -26,9 +26,10 @@ import os
 import platform
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -59,8 +60,12 @@ from mpqc.hwspecs.units import format_quantity
 
 MEASURED: tuple[KernelPrecision, ...] = ("float", "u8s8", "s8s8", "u8s4", "u16s8")
 
-RANKING_CHAIN = [Kernel("Conv", 16, 32, 40), Kernel("Conv", 32, 32, 40, kernel=1), Kernel("Conv", 32, 64, 40),
-                 Kernel("Conv", 64, 32, 40, kernel=1)]
+RANKING_CHAIN = [
+    Kernel("Conv", 16, 32, 40),
+    Kernel("Conv", 32, 32, 40, kernel=1),
+    Kernel("Conv", 32, 64, 40),
+    Kernel("Conv", 64, 32, 40, kernel=1),
+]
 """A held-out network (shapes the fit never sees) whose mixed-precision configurations are ranked."""
 
 
@@ -74,17 +79,33 @@ def base_for_machine(machine: str | None = None) -> str:
         cpuinfo = Path("/proc/cpuinfo")
         flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
         return "x86_avx512_vnni" if "avx512_vnni" in flags else "x86_avx2"
-    raise SpecError("", "base", f"no bundled spec for machine type {machine!r}", "pass --base NAME with a bundled spec name")
+    raise SpecError(
+        "",
+        "base",
+        f"no bundled spec for machine type {machine!r}",
+        "pass --base NAME with a bundled spec name",
+    )
 
 
 def compute_kernels(quick: bool) -> list[Kernel]:
     """Compute-bound shapes (millions of MACs, small working sets) plus tiny ones that expose the per-op cost."""
-    kernels = [Kernel("Conv", 64, 64, 28), Kernel("MatMul", 512, 512, 64), Kernel("Conv", 4, 4, 4), Kernel("MatMul", 16, 16, 1),
-               Kernel("Conv", 64, 64, 56, groups=64)]
+    kernels = [
+        Kernel("Conv", 64, 64, 28),
+        Kernel("MatMul", 512, 512, 64),
+        Kernel("Conv", 4, 4, 4),
+        Kernel("MatMul", 16, 16, 1),
+        Kernel("Conv", 64, 64, 56, groups=64),
+    ]
     if not quick:
-        kernels += [Kernel("Conv", 128, 128, 14), Kernel("Conv", 32, 32, 56), Kernel("Conv", 128, 128, 28, kernel=1),
-                    Kernel("MatMul", 768, 768, 128), Kernel("MatMul", 64, 64, 16),
-                    Kernel("Conv", 128, 128, 28, groups=128), Kernel("Conv", 256, 256, 14, groups=256)]
+        kernels += [
+            Kernel("Conv", 128, 128, 14),
+            Kernel("Conv", 32, 32, 56),
+            Kernel("Conv", 128, 128, 28, kernel=1),
+            Kernel("MatMul", 768, 768, 128),
+            Kernel("MatMul", 64, 64, 16),
+            Kernel("Conv", 128, 128, 28, groups=128),
+            Kernel("Conv", 256, 256, 14, groups=256),
+        ]
     return kernels
 
 
@@ -96,7 +117,11 @@ def memory_kernels(capacities: list[float]) -> list[Kernel]:
     for the unbounded one)."""
     kernels, previous = [], 0.0
     for capacity in capacities:
-        target = 4 * previous if capacity == float("inf") else (capacity / 2 if previous == 0 else (previous * capacity) ** 0.5)
+        target = (
+            4 * previous
+            if capacity == float("inf")
+            else (capacity / 2 if previous == 0 else (previous * capacity) ** 0.5)
+        )
         side = max(16, int((target / 4) ** 0.5) // 16 * 16)
         kernels.append(Kernel("MatMul", side, side, 1))
         previous = capacity
@@ -125,13 +150,23 @@ def predicted_latency(spec: HardwareSpec, layers: list[tuple[Kernel, KernelPreci
     total = spec.session_overhead
     for index, (kernel, precision) in enumerate(layers):
         wbits, abits, signed = KERNEL_PAIR[precision]
-        desc = dataclasses.replace(layer_desc(kernel, f"l{index}"), input_from_layer=index > 0, output_to_layers=index < len(layers) - 1)
+        desc = dataclasses.replace(
+            layer_desc(kernel, f"l{index}"),
+            input_from_layer=index > 0,
+            output_to_layers=index < len(layers) - 1,
+        )
         total += model.layer_cost(desc, wbits, abits, act_signed=signed).latency_s
     return total
 
 
-def ranking_check(spec: HardwareSpec, threads: int, min_seconds: float, samples: int = 12, seed: int = 0,
-                  chain: list[Kernel] = RANKING_CHAIN) -> RankingCheck:
+def ranking_check(
+    spec: HardwareSpec,
+    threads: int,
+    min_seconds: float,
+    samples: int = 12,
+    seed: int = 0,
+    chain: list[Kernel] = RANKING_CHAIN,
+) -> RankingCheck:
     """Measure mixed-precision configurations of ``chain`` and compare their order with the cost model's.
 
     Configurations: the four uniform ones (float, w8a8, w4a8, w8a16) plus ``samples`` random mixes of
@@ -145,11 +180,17 @@ def ranking_check(spec: HardwareSpec, threads: int, min_seconds: float, samples:
             configs.append(config)
     layers = [list(zip(chain, config)) for config in configs]
     predicted = [predicted_latency(spec, config_layers) for config_layers in layers]
-    measured = time_models([build_chain(config_layers) for config_layers in layers], threads, min_seconds)
-    return RankingCheck(float(spearmanr(predicted, measured).statistic), configs, measured, predicted)
+    measured = time_models(
+        [build_chain(config_layers) for config_layers in layers], threads, min_seconds
+    )
+    return RankingCheck(
+        float(spearmanr(predicted, measured).statistic), configs, measured, predicted
+    )
 
 
-def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def profile(
+    base: str, threads: int, quick: bool, log: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
     """Measure this machine and return a spec document extending ``base`` (see module docstring)."""
     base_spec = load(base)
     min_seconds = 0.05 if quick else 0.3
@@ -159,12 +200,16 @@ def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = l
     conversions: dict[str, Overhead] = {}
     sizes = [1_000, 300_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     for op in ("QuantizeLinear", "DequantizeLinear"):
-        fixed, per_element = fit_line(sizes, [time_model(build_convert_model(n, op), 1, min_seconds) for n in sizes])
+        fixed, per_element = fit_line(
+            sizes, [time_model(build_convert_model(n, op), 1, min_seconds) for n in sizes]
+        )
         conversions[op] = Overhead(max(fixed - run_s, 0.0), per_element)
         log(f"{op}: {conversions[op].fixed * 1e6:.2f} us + {per_element * 1e9:.3f} ns/element")
     elementwise: dict[str, Overhead] = {}
     for op in ELEMENTWISE:
-        fixed, per_element = fit_line(sizes, [time_model(build_elementwise_model(n, op), 1, min_seconds) for n in sizes])
+        fixed, per_element = fit_line(
+            sizes, [time_model(build_elementwise_model(n, op), 1, min_seconds) for n in sizes]
+        )
         elementwise[op] = Overhead(max(fixed - run_s, 0.0), per_element)
         log(f"{op}: {elementwise[op].fixed * 1e6:.2f} us + {per_element * 1e9:.3f} ns/element")
 
@@ -179,28 +224,44 @@ def profile(base: str, threads: int, quick: bool, log: Callable[[str], None] = l
         # One shape's precisions take turns (load hits them alike); shapes are timed one after another,
         # so a 64 MiB matrix-vector product does not evict a tiny kernel's cache between its runs.
         for kernel, kinds in shapes:
-            times = time_models([build_model(kernel, precision) for precision in kinds], count, min_seconds)
+            times = time_models(
+                [build_model(kernel, precision) for precision in kinds], count, min_seconds
+            )
             for precision, seconds in zip(kinds, times):
                 measurements.append(Measurement(kernel, precision, count, seconds))
-                log(f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us")
+                log(
+                    f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us"
+                )
 
-    fits = {count: _fit(base_spec, conversions, run_s, [m for m in measurements if m.threads == count])
-            for count in sorted({1, threads})}
+    fits = {
+        count: _fit(base_spec, conversions, run_s, [m for m in measurements if m.threads == count])
+        for count in sorted({1, threads})
+    }
     document = _document(base, threads, quick, fits[threads], run_s, {**conversions, **elementwise})
     fitted = spec_from_document(deep_merge(resolve(locate(base)), document))
-    checks = {name: ranking_check(spec, threads, min_seconds) for name, spec in (("fitted", fitted), (base, base_spec))}
+    checks = {
+        name: ranking_check(spec, threads, min_seconds)
+        for name, spec in (("fitted", fitted), (base, base_spec))
+    }
     for name, check in checks.items():
-        log(f"ranking of {len(check.configs)} held-out configurations, {name} spec: Spearman {check.spearman:.3f}")
+        log(
+            f"ranking of {len(check.configs)} held-out configurations, {name} spec: Spearman {check.spearman:.3f}"
+        )
     document["provenance"] = {
         "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
         "onnxruntime": ort.__version__,
         "machine": f"{platform.machine()}, {_cpu_name()}",
         "seconds_per_kernel": min_seconds,
         "session_call_us": round(run_s * 1e6, 3),
-        "elementwise_ns_per_element": {op: round(o.per_element * 1e9, 4) for op, o in elementwise.items()},
+        "elementwise_ns_per_element": {
+            op: round(o.per_element * 1e9, 4) for op, o in elementwise.items()
+        },
         "fits": {f"threads_{count}": _fit_record(fit) for count, fit in fits.items()},
         "ranking_spearman": {name: round(check.spearman, 4) for name, check in checks.items()},
-        "measurements_us": [f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}" for m in measurements],
+        "measurements_us": [
+            f"{m.threads}t {m.kernel.label()} {m.precision}: {m.seconds * 1e6:.1f}"
+            for m in measurements
+        ],
     }
     return document
 
@@ -213,7 +274,11 @@ def _role(spec: HardwareSpec, precision: KernelPrecision) -> tuple[str, str | No
     wbits, abits, signed = KERNEL_PAIR[precision]
     if not _supports(spec, wbits, abits, signed):
         return None
-    key = precision_key(wbits, abits, signed) if signed and precision_key(wbits, abits, True) in spec.precisions else precision_key(wbits, abits)
+    key = (
+        precision_key(wbits, abits, signed)
+        if signed and precision_key(wbits, abits, True) in spec.precisions
+        else precision_key(wbits, abits)
+    )
     entry = spec.precision(wbits, abits, signed)
     if entry.native:
         return key, None
@@ -221,10 +286,17 @@ def _role(spec: HardwareSpec, precision: KernelPrecision) -> tuple[str, str | No
 
 
 def _supports(spec: HardwareSpec, wbits: int | None, abits: int | None, signed: bool) -> bool:
-    return spec.supports(wbits, abits) and (not signed or precision_key(wbits, abits, True) in spec.precisions)
+    return spec.supports(wbits, abits) and (
+        not signed or precision_key(wbits, abits, True) in spec.precisions
+    )
 
 
-def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float, measurements: list[Measurement]) -> Fit:
+def _fit(
+    base_spec: HardwareSpec,
+    conversions: dict[str, Overhead],
+    run_s: float,
+    measurements: list[Measurement],
+) -> Fit:
     model = CostModel(base_spec)
     samples = []
     for m in measurements:
@@ -237,15 +309,27 @@ def _fit(base_spec: HardwareSpec, conversions: dict[str, Overhead], run_s: float
         if desc.depthwise:
             kernel_key += DEPTHWISE
         moved = model.weight_bytes(desc, wbits) + model.act_bytes(desc, abits)
-        samples.append(Sample(
-            seconds=m.seconds, macs=desc.macs, moved_bytes=moved, weight_params=desc.weight_params,
-            kernel=kernel_key, unpack=unpack, level=base_spec.memory_level_for(moved).name,
-            fixed_seconds=run_s + _conversion_s(conversions, m.kernel, m.precision, emulated=emulated),
-        ))
+        samples.append(
+            Sample(
+                seconds=m.seconds,
+                macs=desc.macs,
+                moved_bytes=moved,
+                weight_params=desc.weight_params,
+                kernel=kernel_key,
+                unpack=unpack,
+                level=base_spec.memory_level_for(moved).name,
+                fixed_seconds=run_s
+                + _conversion_s(conversions, m.kernel, m.precision, emulated=emulated),
+            )
+        )
     prior_unpack = {}
     for key in {s.unpack for s in samples if s.unpack is not None}:
         entry = base_spec.precisions[key]
-        prior_unpack[key] = entry.weight_unpack if entry.weight_unpack is not None else conversions["DequantizeLinear"].per_element
+        prior_unpack[key] = (
+            entry.weight_unpack
+            if entry.weight_unpack is not None
+            else conversions["DequantizeLinear"].per_element
+        )
     return fit_roofline(
         samples,
         prior_overhead=base_spec.overhead("Conv").fixed,
@@ -264,22 +348,32 @@ def _prior_rate(spec: HardwareSpec, key: str) -> float:
     return precision.rate(depthwise=key.endswith(DEPTHWISE))
 
 
-def _conversion_s(conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool) -> float:
+def _conversion_s(
+    conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool
+) -> float:
     """The Q/DQ time ``CostModel`` charges a one-layer island: Q on its input, then DQ on its output
     for an integer kernel, or DQ of its input and the weight's DQ node for a pair emulated in float."""
     if precision == "float":
         return 0.0
     quantize, dequantize = conversions["QuantizeLinear"], conversions["DequantizeLinear"]
     if emulated:
-        return quantize.time(kernel.input_elems) + dequantize.time(kernel.input_elems) + dequantize.fixed
+        return (
+            quantize.time(kernel.input_elems)
+            + dequantize.time(kernel.input_elems)
+            + dequantize.fixed
+        )
     return quantize.time(kernel.input_elems) + dequantize.time(kernel.output_elems)
 
 
-def _document(base: str, threads: int, quick: bool, fit: Fit, run_s: float, overheads: dict[str, Overhead]) -> dict[str, Any]:
+def _document(
+    base: str, threads: int, quick: bool, fit: Fit, run_s: float, overheads: dict[str, Overhead]
+) -> dict[str, Any]:
     precisions: dict[str, dict[str, str]] = {}
     for key, rate in sorted(fit.throughput.items()):
         field = "depthwise_throughput" if key.endswith(DEPTHWISE) else "throughput"
-        precisions.setdefault(key.removesuffix(DEPTHWISE), {})[field] = format_quantity(rate, "throughput")
+        precisions.setdefault(key.removesuffix(DEPTHWISE), {})[field] = format_quantity(
+            rate, "throughput"
+        )
     for key, unpack in fit.unpack.items():
         precisions.setdefault(key, {})["weight_unpack"] = format_quantity(unpack, "time")
     return {
@@ -292,11 +386,19 @@ def _document(base: str, threads: int, quick: bool, fit: Fit, run_s: float, over
         "threads": threads,
         "session_overhead": format_quantity(run_s, "time"),
         "precisions": precisions,
-        "memory": {level: {"bandwidth": format_quantity(b, "bandwidth")} for level, b in fit.bandwidth.items()},
+        "memory": {
+            level: {"bandwidth": format_quantity(b, "bandwidth")}
+            for level, b in fit.bandwidth.items()
+        },
         "overheads": {
             "default": {"fixed": format_quantity(fit.overhead, "time")},
-            **{op: {"fixed": format_quantity(o.fixed, "time"), "per_element": format_quantity(o.per_element, "time")}
-               for op, o in overheads.items()},
+            **{
+                op: {
+                    "fixed": format_quantity(o.fixed, "time"),
+                    "per_element": format_quantity(o.per_element, "time"),
+                }
+                for op, o in overheads.items()
+            },
         },
     }
 

@@ -17,9 +17,9 @@ Everything is frozen: a spec is shared by passes and worker processes and must n
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from mpqc.hwspecs.errors import UnsupportedPrecisionError
 
@@ -99,7 +99,11 @@ class Precision:
 
     def rate(self, depthwise: bool) -> float:
         """MACs per second for a layer of this kind."""
-        return self.depthwise_throughput if depthwise and self.depthwise_throughput is not None else self.throughput
+        return (
+            self.depthwise_throughput
+            if depthwise and self.depthwise_throughput is not None
+            else self.throughput
+        )
 
     @property
     def is_float(self) -> bool:
@@ -155,7 +159,9 @@ class Overhead:
 
 NO_OVERHEAD = Overhead()
 
-INTEGER_DTYPES = frozenset({"int2", "uint2", "int4", "uint4", "int8", "uint8", "int16", "uint16", "int32", "uint32"})
+INTEGER_DTYPES = frozenset(
+    {"int2", "uint2", "int4", "uint4", "int8", "uint8", "int16", "uint16", "int32", "uint32"}
+)
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,9 @@ class HardwareSpec:
     QLinearConv is NHWC: a Transpose in and out at the boundaries of a run of integer convs)."""
     session_overhead: float = 0.0
     """Seconds one inference call costs besides its ops (the runtime's own bookkeeping)."""
-    fused_activations: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    fused_activations: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     """Kernel kind ('float', 'emulated', 'integer'; see ``Precision.kernel_kind``) -> activation op types a
     kernel of that kind applies in its own output loop, at no cost; 'emulated' defaults to 'float'.
     onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float NCHWc Conv, not HardSwish into the
@@ -216,7 +224,9 @@ class HardwareSpec:
         float where the chip runs float, otherwise uniform 8-bit."""
         return (None, None) if self.runs_float else (8, 8)
 
-    def precision(self, wbits: int | None, abits: int | None, act_signed: bool = False) -> Precision:
+    def precision(
+        self, wbits: int | None, abits: int | None, act_signed: bool = False
+    ) -> Precision:
         """The cost entry of a pair, or ``UnsupportedPrecisionError`` naming what the chip runs.
 
         A ``_signed`` entry is used when ``act_signed`` and the spec has one; a spec without it does not
@@ -224,7 +234,9 @@ class HardwareSpec:
         """
         found = self._lookup(wbits, abits, act_signed)
         if found is None:
-            supported = [precision_key(w, a) for w, a in self.supported_pairs()] + (["float"] if self.runs_float else [])
+            supported = [precision_key(w, a) for w, a in self.supported_pairs()] + (
+                ["float"] if self.runs_float else []
+            )
             raise UnsupportedPrecisionError(
                 f"spec {self.name!r} cannot run {precision_key(wbits, abits, act_signed)}; supported: {', '.join(supported)}"
             )
@@ -249,8 +261,9 @@ class HardwareSpec:
         return None
 
     def supported_pairs(
-        self, wbits_allowed: "list[int] | tuple[int, ...] | None" = None,
-        abits_allowed: "list[int] | tuple[int, ...] | None" = None,
+        self,
+        wbits_allowed: list[int] | tuple[int, ...] | None = None,
+        abits_allowed: list[int] | tuple[int, ...] | None = None,
     ) -> list[tuple[int, int]]:
         """Integer (w, a) pairs the chip runs, intersected with the user's lists, high precision first.
 
@@ -279,7 +292,11 @@ class HardwareSpec:
 
     def fuses(self, kernel_kind: str, op_type: str) -> bool:
         """Does a ``kernel_kind`` kernel ('float', 'emulated', 'integer') apply activation ``op_type`` for free?"""
-        fallback = self.fused_activations.get("float", frozenset()) if kernel_kind == "emulated" else frozenset()
+        fallback = (
+            self.fused_activations.get("float", frozenset())
+            if kernel_kind == "emulated"
+            else frozenset()
+        )
         return op_type in self.fused_activations.get(kernel_kind, fallback)
 
     def overhead(self, op_type: str) -> Overhead:

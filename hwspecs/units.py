@@ -43,7 +43,13 @@ def pattern(dimension: str) -> str:
     return rf"^\s*{_NUMBER}\s*({units})\s*$"
 
 
-_EXAMPLE = {"throughput": "48 GMAC/s", "bandwidth": "12.8 GB/s", "bytes": "1 MiB", "energy": "0.5 pJ", "time": "2 us"}
+_EXAMPLE = {
+    "throughput": "48 GMAC/s",
+    "bandwidth": "12.8 GB/s",
+    "bytes": "1 MiB",
+    "energy": "0.5 pJ",
+    "time": "2 us",
+}
 _COMMON = {
     "throughput": "MAC/s, GMAC/s, TMAC/s, GOP/s, TOPS",
     "bandwidth": "B/s, MB/s, GB/s, GiB/s",
@@ -64,7 +70,9 @@ def to_base(value: float | int | str, dimension: str) -> float:
         return float(value)
     match = re.fullmatch(rf"\s*({_NUMBER})\s*(\S+)\s*", value)
     if match is None or match.group(2) not in UNITS[dimension]:
-        raise ValueError(f"{value!r} is not a valid {dimension} quantity; allowed: {allowed_units(dimension)}")
+        raise ValueError(
+            f"{value!r} is not a valid {dimension} quantity; allowed: {allowed_units(dimension)}"
+        )
     return float(match.group(1)) * UNITS[dimension][match.group(2)]
 
 

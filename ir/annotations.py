@@ -79,7 +79,9 @@ class AnnotationKey(Generic[T]):
     def __post_init__(self) -> None:
         existing = _REGISTRY.get(self.name)
         if existing is not None and existing != self:
-            raise ValueError(f"annotation key {self.name!r} declared twice with different definitions")
+            raise ValueError(
+                f"annotation key {self.name!r} declared twice with different definitions"
+            )
         _REGISTRY[self.name] = self
 
     def get(self, obj: Annotated, default: T | None = None) -> T | None:

@@ -96,7 +96,9 @@ def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
     with tempfile.TemporaryDirectory(dir=parent, prefix=f".{path.name}.") as tmp:
         tmp_model = pathlib.Path(tmp) / path.name
         if external:
-            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD)
+            ir.save(
+                model, tmp_model, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD
+            )
             os.replace(pathlib.Path(tmp) / data_name, parent / data_name)
         else:
             ir.save(model, tmp_model)
@@ -108,7 +110,9 @@ def check_writable(path: str | os.PathLike) -> None:
     """Raise ModelError unless a model can be written at ``path`` (checked before work starts)."""
     path = pathlib.Path(path)
     if path.is_dir():
-        raise ModelError(f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}")
+        raise ModelError(
+            f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}"
+        )
     parent = path.parent
     if not parent.is_dir():
         raise ModelError(f"cannot write {path}: folder {parent} does not exist")

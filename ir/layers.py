@@ -72,9 +72,18 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if value is None:
         return None
     producer = value.producer()
-    if value.const_value is None and producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+    if (
+        value.const_value is None
+        and producer is not None
+        and producer.op_type == "Constant"
+        and producer.domain in ("", "ai.onnx")
+    ):
         tensor = producer.attributes.get("value")
-        return tensor.value.numpy() if tensor is not None and tensor.type == ir.AttributeType.TENSOR else None
+        return (
+            tensor.value.numpy()
+            if tensor is not None and tensor.type == ir.AttributeType.TENSOR
+            else None
+        )
     if value.const_value is None or value.is_graph_input():
         return None  # (an initializer that is also a graph input can be overridden by the caller)
     return value.const_value.numpy()
@@ -136,8 +145,15 @@ def quantizable_layers(graph: ir.Graph, subgraphs: bool = False) -> list[Layer]:
     if subgraphs:
         for node in topological_nodes(graph):
             for attribute in node.attributes.values():
-                bodies = attribute.value if attribute.type == ir.AttributeType.GRAPHS else [attribute.value]
+                bodies = (
+                    attribute.value
+                    if attribute.type == ir.AttributeType.GRAPHS
+                    else [attribute.value]
+                )
                 for body in bodies:
                     if isinstance(body, ir.Graph):
-                        layers += [dataclasses.replace(layer, host=node) for layer in quantizable_layers(body, True)]
+                        layers += [
+                            dataclasses.replace(layer, host=node)
+                            for layer in quantizable_layers(body, True)
+                        ]
     return layers

@@ -49,7 +49,9 @@ def _tensor(tensor: ir.TensorProtocol) -> str:
     summary = f"{tensor.dtype.name.lower()}[{dims}] sha1:{digest}"
     if tensor.size == 1:  # scalars (scales, zero points, epsilons) are worth reading in full
         scalar = np.asarray(tensor.numpy()).reshape(-1)[0]
-        summary += " = " + (_float(float(scalar)) if tensor.dtype.is_floating_point() else str(scalar))
+        summary += " = " + (
+            _float(float(scalar)) if tensor.dtype.is_floating_point() else str(scalar)
+        )
     return summary
 
 

@@ -4,23 +4,30 @@ Importing this package registers the built-in passes; ``names()`` and ``get(name
 passes that other packages declare in the ``mpqc.passes`` entry-point group.
 """
 
-from mpqc.passes.base import NoOptions, Pass, PassError, option
-from mpqc.passes.context import CompileContext
-from mpqc.passes.data import CalibrationData, DataError, load_calibration
-from mpqc.passes.instruments import IRPrinter, Progress, Timing
-from mpqc.passes.manager import PassManager
-from mpqc.passes.pipeline import build_pipeline, format_pipeline, parse_pipeline
-from mpqc.passes.registry import get, names, register
+from mpqc.passes.infra.base import NoOptions, Pass, PassError, option
+from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.infra.instruments import IRPrinter, Progress, Timing
+from mpqc.passes.infra.manager import PassManager
+from mpqc.passes.infra.pipeline import build_pipeline, format_pipeline, parse_pipeline
+from mpqc.passes.infra.registry import get, names, register
+from mpqc.passes.lib.data import CalibrationData, DataError, load_calibration
 
 # Built-in passes: importing a module registers its passes.
 from mpqc.passes.canonicalize import canonicalize, fold_batchnorm, fold_constants  # noqa: F401  isort: skip
 from mpqc.passes.analysis import calibrate  # noqa: F401
+
 from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
-from mpqc.passes import verify  # noqa: F401  isort: skip
+from mpqc.passes.verify import verify  # noqa: F401  isort: skip
 from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
-from mpqc.passes import search  # noqa: F401  isort: skip
+from mpqc.passes.choose import search  # noqa: F401  isort: skip
 from mpqc.passes.recover import recover  # noqa: F401  isort: skip
-from mpqc.passes.analysis import sensitivity_entropy, sensitivity_orthogonality, sensitivity_output, sensitivity_task, sensitivity_weight_error  # noqa: F401  isort: skip
+from mpqc.passes.analysis import (
+    sensitivity_entropy,
+    sensitivity_orthogonality,
+    sensitivity_output,
+    sensitivity_task,
+    sensitivity_weight_error,
+)  # noqa: F401  isort: skip
 
 __all__ = [
     "CalibrationData",

@@ -22,7 +22,11 @@ import numpy as np
 from mpqc.search.evaluate import Evaluator, ProxyEvaluator
 from mpqc.search.pareto import Point, SearchResult, choose, hypervolume, non_dominated
 from mpqc.search.problem import (
-    Config, InfeasibleError, Pair, Problem, SearchError,
+    Config,
+    InfeasibleError,
+    Pair,
+    Problem,
+    SearchError,
 )
 
 # Registered strategies: name -> module. Adding a strategy is one line here.
@@ -60,12 +64,19 @@ def make_options(name: str, **options: object) -> object:
     if unknown:
         raise SearchError(
             f"unknown option(s) {', '.join(unknown)} for strategy {name!r}; "
-            f"valid options: {', '.join(valid) or '(none)'}")
+            f"valid options: {', '.join(valid) or '(none)'}"
+        )
     return options_class(**options)
 
 
-def run(problem: Problem, strategy: str, *, evaluator: Evaluator | None = None, seed: int = 0,
-        **options: object) -> SearchResult:
+def run(
+    problem: Problem,
+    strategy: str,
+    *,
+    evaluator: Evaluator | None = None,
+    seed: int = 0,
+    **options: object,
+) -> SearchResult:
     """Search ``problem`` with ``strategy``; same arguments and seed -> the same result.
 
     Without an ``evaluator`` the error objective is the problem's additive sensitivity proxy.
@@ -79,7 +90,20 @@ def run(problem: Problem, strategy: str, *, evaluator: Evaluator | None = None, 
 
 
 __all__ = [
-    "Config", "Evaluator", "InfeasibleError", "Pair", "Point", "Problem", "ProxyEvaluator",
-    "SearchError", "SearchResult", "choose", "hypervolume", "make_options", "non_dominated",
-    "run", "strategies", "strategy_module",
+    "Config",
+    "Evaluator",
+    "InfeasibleError",
+    "Pair",
+    "Point",
+    "Problem",
+    "ProxyEvaluator",
+    "SearchError",
+    "SearchResult",
+    "choose",
+    "hypervolume",
+    "make_options",
+    "non_dominated",
+    "run",
+    "strategies",
+    "strategy_module",
 ]

@@ -36,10 +36,10 @@ class MLP:
             self.params.append(rng.uniform(-bound, bound, size=(fan_in, fan_out)))
             self.params.append(rng.uniform(-bound, bound, size=(fan_out,)))
 
-    def copy_from(self, other: "MLP") -> None:
+    def copy_from(self, other: MLP) -> None:
         self.params = [p.copy() for p in other.params]
 
-    def soft_update(self, source: "MLP", tau: float) -> None:
+    def soft_update(self, source: MLP, tau: float) -> None:
         self.params = [(1.0 - tau) * p + tau * s for p, s in zip(self.params, source.params)]
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -56,8 +56,9 @@ class MLP:
             activations.append(x)
         return x, activations
 
-    def backward(self, activations: list[np.ndarray],
-                 grad_out: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def backward(
+        self, activations: list[np.ndarray], grad_out: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         """Gradients of the parameters and of the input, given dLoss/dOutput."""
         n_layers = len(self.params) // 2
         grads: list[np.ndarray] = [np.empty(0)] * len(self.params)
@@ -107,8 +108,9 @@ class ReplayBuffer:
         self.size = 0
         self._next = 0
 
-    def add(self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray,
-            done: bool) -> None:
+    def add(
+        self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray, done: bool
+    ) -> None:
         i = self._next
         self.states[i], self.actions[i, 0], self.rewards[i, 0] = state, action, reward
         self.next_states[i], self.done[i, 0] = next_state, float(done)
@@ -117,8 +119,13 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         idx = rng.choice(self.size, size=batch_size, replace=self.size < batch_size)
-        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
-                self.done[idx])
+        return (
+            self.states[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_states[idx],
+            self.done[idx],
+        )
 
 
 @dataclass(frozen=True)
@@ -174,8 +181,10 @@ class DDPGAgent:
         s = self.settings
         states, actions, rewards, next_states, done = replay.sample(s.batch_size, self.rng)
         batch_mean = float(rewards.mean())
-        self.baseline = batch_mean if self.baseline is None else (
-            self.baseline + s.baseline_alpha * (batch_mean - self.baseline)
+        self.baseline = (
+            batch_mean
+            if self.baseline is None
+            else (self.baseline + s.baseline_alpha * (batch_mean - self.baseline))
         )
         rewards = rewards - self.baseline
 

@@ -157,8 +157,9 @@ class GraphPolicy:
         return sum(int(np.prod(s)) for s in self._shapes())
 
     @classmethod
-    def for_encoding(cls, encoding: GraphEncoding, hidden: int = 32,
-                     rounds: int = 2) -> "GraphPolicy":
+    def for_encoding(
+        cls, encoding: GraphEncoding, hidden: int = 32, rounds: int = 2
+    ) -> GraphPolicy:
         return cls(encoding.node_width, encoding.choice_width, hidden, rounds)
 
     def initial_genome(self, rng: np.random.Generator) -> np.ndarray:

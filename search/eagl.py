@@ -31,14 +31,24 @@ from mpqc.search.problem import Config, Problem, SearchError
 class Options:
     """Options of the ``eagl`` strategy."""
 
-    solver: str = field(default="dp", metadata={
-        "help": "dp (knapsack dynamic program, one constraint) or ilp (any constraints)"})
-    resolution: int | None = field(default=None, metadata={
-        "help": "DP cost units across the budget range (default: max(4096, 32 per layer)); "
-                "each layer loses under one unit to rounding, so more = closer to optimal"})
+    solver: str = field(
+        default="dp",
+        metadata={"help": "dp (knapsack dynamic program, one constraint) or ilp (any constraints)"},
+    )
+    resolution: int | None = field(
+        default=None,
+        metadata={
+            "help": "DP cost units across the budget range (default: max(4096, 32 per layer)); "
+            "each layer loses under one unit to rounding, so more = closer to optimal"
+        },
+    )
     budgets: int = field(default=16, metadata={"help": "budget values in the Pareto sweep"})
-    cost: str | None = field(default=None, metadata={
-        "help": "knapsack cost (default: the first constraint, else the first cost objective)"})
+    cost: str | None = field(
+        default=None,
+        metadata={
+            "help": "knapsack cost (default: the first constraint, else the first cost objective)"
+        },
+    )
 
 
 class KnapsackTable:
@@ -63,7 +73,7 @@ class KnapsackTable:
                     continue
                 shifted = np.full(capacity + 1, np.inf)
                 shifted[used:] = best[: capacity + 1 - used] + damage[g, k]
-                better = shifted < new     # strict: ties keep the earlier, safer candidate
+                better = shifted < new  # strict: ties keep the earlier, safer candidate
                 new[better] = shifted[better]
                 self.choice[g, better] = k
             best = new
@@ -83,8 +93,9 @@ class KnapsackTable:
         return genes
 
 
-def knapsack(problem: Problem, cost: str, resolution: int) -> tuple[KnapsackTable, float,
-                                                                     float, float]:
+def knapsack(
+    problem: Problem, cost: str, resolution: int
+) -> tuple[KnapsackTable, float, float, float]:
     """The DP table of ``problem`` against ``cost``, and how to convert budgets to units:
     returns ``(table, base, unit, high)`` with ``units = floor((limit − base) / unit)``."""
     damage = problem.class_table(problem.sensitivity_table())
@@ -102,8 +113,9 @@ def knapsack(problem: Problem, cost: str, resolution: int) -> tuple[KnapsackTabl
     return KnapsackTable(damage, units, capacity), base, unit, high
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """Knapsack optima over a budget sweep (``rng`` unused: the method is exact)."""
     if options.solver not in ("dp", "ilp"):
         raise SearchError(f"eagl solver must be 'dp' or 'ilp', got {options.solver!r}")
@@ -116,8 +128,9 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
     if options.solver == "ilp" or others:
         if options.solver == "dp":
             notes.append(f"constraints on {', '.join(others)} besides {cost}: solved as an ILP")
-        configs = budget_sweep(problem, OneHotModel(problem), problem.sensitivity_table(),
-                               cost, options.budgets)
+        configs = budget_sweep(
+            problem, OneHotModel(problem), problem.sensitivity_table(), cost, options.budgets
+        )
     else:
         table, base, unit, high = knapsack(problem, cost, resolution)
         limits = list(np.linspace(base, high, options.budgets))

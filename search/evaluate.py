@@ -92,21 +92,27 @@ class ProxyEvaluator(Evaluator):
         return [float(v) for v in np.atleast_1d(self.problem.proxy_error(array))]
 
 
-def evaluate_points(problem: Problem, evaluator: Evaluator,
-                    configs: Sequence[object]) -> list[Point]:
+def evaluate_points(
+    problem: Problem, evaluator: Evaluator, configs: Sequence[object]
+) -> list[Point]:
     """`Point`s over ``problem.objectives`` for ``configs`` (one batched evaluator call)."""
     array = np.asarray([config_key(c) for c in configs], dtype=np.int64).reshape(
-        len(configs), problem.n_layers)
+        len(configs), problem.n_layers
+    )
     columns: dict[str, Sequence[float]] = {}
     for name in problem.objectives:
         if name == ERROR:
             columns[name] = evaluator.many(array)
         else:
             columns[name] = np.atleast_1d(problem.total(name, array)).tolist()
-    return [Point(config=config_key(row),
-                  objectives={name: columns[name][i] for name in problem.objectives},
-                  exact=evaluator.exact)
-            for i, row in enumerate(array)]
+    return [
+        Point(
+            config=config_key(row),
+            objectives={name: columns[name][i] for name in problem.objectives},
+            exact=evaluator.exact,
+        )
+        for i, row in enumerate(array)
+    ]
 
 
 def evaluate_uniform(problem: Problem, evaluator: Evaluator) -> dict[str, Point]:
@@ -116,5 +122,11 @@ def evaluate_uniform(problem: Problem, evaluator: Evaluator) -> dict[str, Point]
     return dict(zip(uniform, points))
 
 
-__all__ = ["Evaluator", "Key", "ProxyEvaluator", "config_key", "evaluate_points",
-           "evaluate_uniform"]
+__all__ = [
+    "Evaluator",
+    "Key",
+    "ProxyEvaluator",
+    "config_key",
+    "evaluate_points",
+    "evaluate_uniform",
+]

@@ -36,16 +36,32 @@ from mpqc.search.problem import ERROR, Config, Problem, SearchError
 class Options:
     """Options of the ``greedy`` strategy."""
 
-    reverse: bool = field(default=False, metadata={
-        "help": "start all-cheapest and raise the most sensitive groups first"})
-    allowed_drop: float | None = field(default=None, metadata={
-        "help": "largest error increase over the all-safest baseline; None: only constraints"})
-    probe: str = field(default="binary", metadata={
-        "help": "how to find the allowed-drop prefix: binary (O(log L) evaluations) or linear"})
-    cost: str | None = field(default=None, metadata={
-        "help": "cost in the slope (default: the first constraint, else first cost objective)"})
-    curve_points: int = field(default=16, metadata={
-        "help": "curve points evaluated for the front when the evaluator is exact"})
+    reverse: bool = field(
+        default=False,
+        metadata={"help": "start all-cheapest and raise the most sensitive groups first"},
+    )
+    allowed_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "largest error increase over the all-safest baseline; None: only constraints"
+        },
+    )
+    probe: str = field(
+        default="binary",
+        metadata={
+            "help": "how to find the allowed-drop prefix: binary (O(log L) evaluations) or linear"
+        },
+    )
+    cost: str | None = field(
+        default=None,
+        metadata={
+            "help": "cost in the slope (default: the first constraint, else first cost objective)"
+        },
+    )
+    curve_points: int = field(
+        default=16,
+        metadata={"help": "curve points evaluated for the front when the evaluator is exact"},
+    )
 
 
 def flip_order(problem: Problem, cost: str, reverse: bool = False) -> list[tuple[int, int]]:
@@ -62,12 +78,12 @@ def flip_order(problem: Problem, cost: str, reverse: bool = False) -> list[tuple
                 continue
             moved = (c[k] - c[k_base]) if reverse else (c[k_base] - c[k])
             damage = (s[k_base] - s[k]) if reverse else (s[k] - s[k_base])
-            if moved <= 0:              # a flip that does not move cost the right way is no use
+            if moved <= 0:  # a flip that does not move cost the right way is no use
                 continue
             slope = damage / moved
-            if reverse:    # repair the most damage per unit of cost spent; ties: fewer bits
+            if reverse:  # repair the most damage per unit of cost spent; ties: fewer bits
                 key = (-slope, pair_bits[k], -moved, members[0], k)
-            else:          # AIMET: least damage per unit of cost saved; ties: more bits
+            else:  # AIMET: least damage per unit of cost saved; ties: more bits
                 key = (slope, -pair_bits[k], -moved, members[0], k)
             flips.append((key, g, k))
     flips.sort()
@@ -77,12 +93,18 @@ def flip_order(problem: Problem, cost: str, reverse: bool = False) -> list[tuple
 def pareto_curve(problem: Problem, cost: str, reverse: bool = False) -> list[Config]:
     """Phase 2: cumulative prefixes of the flip list, ordered from most to least expensive."""
     class_cost = problem.class_table(problem.cost_table(cost))
-    genes = (np.zeros(len(problem.tie_classes), dtype=np.int64) if not reverse
-             else problem.class_choices - 1)
+    genes = (
+        np.zeros(len(problem.tie_classes), dtype=np.int64)
+        if not reverse
+        else problem.class_choices - 1
+    )
     curve = [problem.expand(genes)]
     for g, k in flip_order(problem, cost, reverse):
-        better = (class_cost[g, k] < class_cost[g, genes[g]] if not reverse
-                  else class_cost[g, k] > class_cost[g, genes[g]])
+        better = (
+            class_cost[g, k] < class_cost[g, genes[g]]
+            if not reverse
+            else class_cost[g, k] > class_cost[g, genes[g]]
+        )
         if better:
             genes = genes.copy()
             genes[g] = k
@@ -98,7 +120,7 @@ def longest_within(errors_of: Callable[[int], float], n: int, threshold: float, 
         while i + 1 < n and errors_of(i + 1) <= threshold:
             i += 1
         return i
-    low, high = 0, n - 1            # invariant: low qualifies; everything above high fails
+    low, high = 0, n - 1  # invariant: low qualifies; everything above high fails
     while low < high:
         mid = (low + high + 1) // 2
         if errors_of(mid) <= threshold:
@@ -108,8 +130,9 @@ def longest_within(errors_of: Callable[[int], float], n: int, threshold: float, 
     return low
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """AMP's curve and pick (``rng`` unused: the method is deterministic)."""
     if options.probe not in ("binary", "linear"):
         raise SearchError(f"greedy probe must be 'binary' or 'linear', got {options.probe!r}")
@@ -129,8 +152,10 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
         picked = longest_within(error, len(curve), threshold, options.probe)
         notes.append(f"longest prefix within error {threshold:.6g}: point {picked}")
         if picked < first_feasible:
-            notes.append("that point misses the constraints; the cheapest point meeting "
-                         "them was chosen instead")
+            notes.append(
+                "that point misses the constraints; the cheapest point meeting "
+                "them was chosen instead"
+            )
             picked = first_feasible
     if evaluator.exact and ERROR in problem.objectives:
         shown = set(np.linspace(0, len(curve) - 1, options.curve_points).round().astype(int))

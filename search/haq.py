@@ -79,34 +79,52 @@ _WEIGHT, _ACTIVATION = 0, 1
 class Options:
     """HAQ's knobs; defaults are the released code's unless noted."""
 
-    episodes: int = field(default=150, metadata={
-        "help": "Episodes, one exact evaluation each at most (mpqc default; HAQ ran 600)."})
-    warmup: int = field(default=20, metadata={
-        "help": "Leading episodes of uniform random actions that only fill the replay buffer."})
-    hidden: int = field(default=64, metadata={
-        "help": "Width of both hidden layers of the actor and the critic (HAQ: 300)."})
-    lr_actor: float = field(default=1e-3, metadata={
-        "help": "Adam learning rate of the actor (HAQ: 1e-4; see the module docstring)."})
-    lr_critic: float = field(default=1e-3, metadata={
-        "help": "Adam learning rate of the critic."})
-    batch_size: int = field(default=64, metadata={
-        "help": "Transitions per DDPG update."})
-    replay_per_layer: int = field(default=128, metadata={
-        "help": "Replay capacity per layer (HAQ: 128 × #layers)."})
-    noise_sigma: float = field(default=0.5, metadata={
-        "help": "Initial σ of the truncated-normal exploration noise."})
-    noise_decay: float = field(default=0.99, metadata={
-        "help": "σ is multiplied by this every episode after warm-up."})
-    tau: float = field(default=0.01, metadata={
-        "help": "Soft target-update rate."})
-    discount: float = field(default=0.0, metadata={
-        "help": "γ (HAQ: 1); the episode's reward is given to every transition."})
-    baseline_alpha: float = field(default=0.5, metadata={
-        "help": "Rate of the moving-average reward baseline."})
-    reward_scale: float = field(default=0.1, metadata={
-        "help": "R = −reward_scale · error."})
-    pin_first_last: bool = field(default=True, metadata={
-        "help": "Keep the first and last layers at their safest choice (HAQ pins them at 8 bit)."})
+    episodes: int = field(
+        default=150,
+        metadata={
+            "help": "Episodes, one exact evaluation each at most (mpqc default; HAQ ran 600)."
+        },
+    )
+    warmup: int = field(
+        default=20,
+        metadata={
+            "help": "Leading episodes of uniform random actions that only fill the replay buffer."
+        },
+    )
+    hidden: int = field(
+        default=64,
+        metadata={"help": "Width of both hidden layers of the actor and the critic (HAQ: 300)."},
+    )
+    lr_actor: float = field(
+        default=1e-3,
+        metadata={"help": "Adam learning rate of the actor (HAQ: 1e-4; see the module docstring)."},
+    )
+    lr_critic: float = field(default=1e-3, metadata={"help": "Adam learning rate of the critic."})
+    batch_size: int = field(default=64, metadata={"help": "Transitions per DDPG update."})
+    replay_per_layer: int = field(
+        default=128, metadata={"help": "Replay capacity per layer (HAQ: 128 × #layers)."}
+    )
+    noise_sigma: float = field(
+        default=0.5, metadata={"help": "Initial σ of the truncated-normal exploration noise."}
+    )
+    noise_decay: float = field(
+        default=0.99, metadata={"help": "σ is multiplied by this every episode after warm-up."}
+    )
+    tau: float = field(default=0.01, metadata={"help": "Soft target-update rate."})
+    discount: float = field(
+        default=0.0,
+        metadata={"help": "γ (HAQ: 1); the episode's reward is given to every transition."},
+    )
+    baseline_alpha: float = field(
+        default=0.5, metadata={"help": "Rate of the moving-average reward baseline."}
+    )
+    reward_scale: float = field(default=0.1, metadata={"help": "R = −reward_scale · error."})
+    pin_first_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the first and last layers at their safest choice (HAQ pins them at 8 bit)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or not 0 <= self.warmup:
@@ -131,8 +149,9 @@ class ActionSpace:
 
     def decode(self, weight_action: float, activation_action: float) -> int:
         """Choice index of the pair the two actions select, or of the nearest candidate."""
-        want = np.array([self.bin(_WEIGHT, weight_action),
-                         self.bin(_ACTIVATION, activation_action)])
+        want = np.array(
+            [self.bin(_WEIGHT, weight_action), self.bin(_ACTIVATION, activation_action)]
+        )
         distance = np.abs(self.rank - want).sum(axis=1)
         return int(np.flatnonzero(distance == distance.min())[0])  # lowest index = safest
 
@@ -151,8 +170,17 @@ class ActionSpace:
         if not ok.any():
             return None
         candidates = np.flatnonzero(ok)
-        return int(max(candidates, key=lambda k: (
-            self.rank[k, other] <= here[other], self.rank[k, operand], self.rank[k, other], -k)))
+        return int(
+            max(
+                candidates,
+                key=lambda k: (
+                    self.rank[k, other] <= here[other],
+                    self.rank[k, operand],
+                    self.rank[k, other],
+                    -k,
+                ),
+            )
+        )
 
 
 def _pinned_classes(problem: Problem, pin_first_last: bool) -> set[int]:
@@ -162,24 +190,28 @@ def _pinned_classes(problem: Problem, pin_first_last: bool) -> set[int]:
     return {c for c, members in enumerate(problem.tie_classes) if ends & set(members)}
 
 
-def decode_actions(spaces: list[ActionSpace], actions: np.ndarray,
-                   pinned: set[int]) -> np.ndarray:
+def decode_actions(spaces: list[ActionSpace], actions: np.ndarray, pinned: set[int]) -> np.ndarray:
     """Per tie class choice from ``actions`` of shape ``(G, 2)``; pinned classes take index 0."""
-    return np.array([0 if c in pinned else space.decode(*actions[c])
-                     for c, space in enumerate(spaces)], dtype=np.int64)
+    return np.array(
+        [0 if c in pinned else space.decode(*actions[c]) for c, space in enumerate(spaces)],
+        dtype=np.int64,
+    )
 
 
 def _class_pressure(problem: Problem) -> np.ndarray:
     """``(G, Kmax)``: each tie class's constrained costs per candidate, each cost over its limit,
     summed — the potential that every limiting step must lower."""
-    pressure = sum(problem.cost_table(name) / max(abs(limit), 1e-300)
-                   for name, limit in problem.constraints.items())
+    pressure = sum(
+        problem.cost_table(name) / max(abs(limit), 1e-300)
+        for name, limit in problem.constraints.items()
+    )
     pressure = np.broadcast_to(pressure, (problem.n_layers, int(problem.n_choices.max())))
     return np.stack([pressure[list(members)].sum(axis=0) for members in problem.tie_classes])
 
 
-def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarray,
-                    pinned: set[int]) -> Config:
+def limit_to_budget(
+    problem: Problem, spaces: list[ActionSpace], genes: np.ndarray, pinned: set[int]
+) -> Config:
     """HAQ's action-space limiting on tie-class genes; returns the configuration.
 
     Sweeps unpinned classes last→first (by their first layer), each time lowering the
@@ -210,7 +242,8 @@ def limit_to_budget(problem: Problem, spaces: list[ActionSpace], genes: np.ndarr
         raise SearchError(
             "haq: no sequence of lower-bit steps meets the constraints "
             f"{dict(problem.constraints)} (costs that do not fall with bits?); use the ilp or "
-            "nsga2 strategy")
+            "nsga2 strategy"
+        )
     return problem.expand(genes)
 
 
@@ -238,23 +271,36 @@ def _state_table(problem: Problem) -> np.ndarray:
     return np.where(span > 0, (table - lo) / np.where(span > 0, span, 1.0), 0.0)
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """Run HAQ for ``options.episodes`` episodes; see the module docstring."""
     problem.check_feasible()
     spaces = [ActionSpace(problem.choices[members[0]]) for members in problem.tie_classes]
     pinned = _pinned_classes(problem, options.pin_first_last)
     states = _state_table(problem)
     n_steps = len(states)
-    agent = DDPGAgent(states.shape[1], DDPGSettings(
-        hidden=options.hidden, lr_actor=options.lr_actor, lr_critic=options.lr_critic,
-        batch_size=options.batch_size, tau=options.tau, discount=options.discount,
-        baseline_alpha=options.baseline_alpha), rng)
+    agent = DDPGAgent(
+        states.shape[1],
+        DDPGSettings(
+            hidden=options.hidden,
+            lr_actor=options.lr_actor,
+            lr_critic=options.lr_critic,
+            batch_size=options.batch_size,
+            tau=options.tau,
+            discount=options.discount,
+            baseline_alpha=options.baseline_alpha,
+        ),
+        rng,
+    )
     replay = ReplayBuffer(options.replay_per_layer * len(spaces), states.shape[1])
 
     evaluated: dict[tuple[int, ...], Point] = {}
-    single_thread = (threadpool_limits(1, user_api="blas") if threadpool_limits is not None
-                     else contextlib.nullcontext())
+    single_thread = (
+        threadpool_limits(1, user_api="blas")
+        if threadpool_limits is not None
+        else contextlib.nullcontext()
+    )
     with single_thread:
         for episode in range(options.episodes):
             sigma = options.noise_sigma * options.noise_decay ** max(episode - options.warmup, 0)
@@ -278,12 +324,23 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
             reward = -options.reward_scale * error
             for step in range(n_steps):
                 last = step == n_steps - 1
-                replay.add(observed[step], actions[step], reward,
-                           observed[step] if last else observed[step + 1], last)
+                replay.add(
+                    observed[step],
+                    actions[step],
+                    reward,
+                    observed[step] if last else observed[step + 1],
+                    last,
+                )
             if episode >= options.warmup:
                 for _ in range(n_steps):
                     agent.update(replay)
 
     uniform = evaluate_uniform(problem, evaluator)
-    return make_result(NAME, problem, evaluated.values(), uniform, evaluator.calls,
-                       notes=(f"{options.episodes} episodes, {len(evaluated)} distinct policies",))
+    return make_result(
+        NAME,
+        problem,
+        evaluated.values(),
+        uniform,
+        evaluator.calls,
+        notes=(f"{options.episodes} episodes, {len(evaluated)} distinct policies",),
+    )

@@ -42,13 +42,18 @@ class OneHotModel:
     every provably useless choice (``r > UB − LB``) removed. All three routes are exact.
     """
 
-    def __init__(self, problem: Problem, time_limit: float = 10.0, mip_gap: float = 0.0,
-                 max_states: int = 5_000) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        time_limit: float = 10.0,
+        mip_gap: float = 0.0,
+        max_states: int = 5_000,
+    ) -> None:
         self.problem = problem
         self.options = {"time_limit": time_limit, "mip_rel_gap": mip_gap}
         self.max_states = max_states
         width = int(problem.class_choices.max())
-        self._valid = np.arange(width)[None, :] < problem.class_choices[:, None]   # (G, Kmax)
+        self._valid = np.arange(width)[None, :] < problem.class_choices[:, None]  # (G, Kmax)
         self._cost_tables: dict[str, np.ndarray] = {}
         self._last_hulls: tuple[tuple[str, bytes], _Hulls] | None = None
 
@@ -76,16 +81,17 @@ class OneHotModel:
         problem = self.problem
         w = self.class_table(weights)
         rows = {name: self._class_costs(name) for name in limits}
-        budgets = {name: _with_slack(limit - problem.fixed_costs[name])
-                   for name, limit in limits.items()}
-        for name, c in rows.items():   # one constraint alone out of reach: nothing can fix it
+        budgets = {
+            name: _with_slack(limit - problem.fixed_costs[name]) for name, limit in limits.items()
+        }
+        for name, c in rows.items():  # one constraint alone out of reach: nothing can fix it
             if np.min(c, axis=1).sum() > budgets[name]:
                 return None
         if not limits:
             return problem.expand(np.argmin(w, axis=1))
         keep = self._valid
         if len(limits) == 1:
-            (name, c), = rows.items()
+            ((name, c),) = rows.items()
             bound = _Bound(self._hulls(w, name), budgets[name])
             genes = bound.dynamic_program(self.max_states)
             if genes is not None:
@@ -94,33 +100,54 @@ class OneHotModel:
         genes = self._milp(w, rows, budgets, keep)
         return None if genes is None else problem.expand(genes)
 
-    def _milp(self, w: np.ndarray, rows: Mapping[str, np.ndarray], budgets: Mapping[str, float],
-              keep: np.ndarray) -> np.ndarray | None:
+    def _milp(
+        self,
+        w: np.ndarray,
+        rows: Mapping[str, np.ndarray],
+        budgets: Mapping[str, float],
+        keep: np.ndarray,
+    ) -> np.ndarray | None:
         """HiGHS on the choices in ``keep``; classes with one kept choice are constants."""
         genes = np.argmax(keep, axis=1)
         free = keep.sum(axis=1) > 1
         var_class, var_choice = np.nonzero(keep & free[:, None])
         n_vars = len(var_class)
-        if n_vars == 0:                # nothing left to decide: the only candidate fits or not
-            fits = all(c[np.arange(len(genes)), genes].sum() <= budgets[name]
-                       for name, c in rows.items())
+        if n_vars == 0:  # nothing left to decide: the only candidate fits or not
+            fits = all(
+                c[np.arange(len(genes)), genes].sum() <= budgets[name] for name, c in rows.items()
+            )
             return genes if fits else None
         classes = np.flatnonzero(free)
         position = np.full(len(keep), -1)
         position[classes] = np.arange(len(classes))
         objective = w[var_class, var_choice] - np.min(np.where(keep, w, np.inf), axis=1)[var_class]
         objective = objective / (float(objective.max(initial=0.0)) or 1.0)
-        constraints = [LinearConstraint(
-            csr_array((np.ones(n_vars), (position[var_class], np.arange(n_vars))),
-                      shape=(len(classes), n_vars)), 1.0, 1.0)]
+        constraints = [
+            LinearConstraint(
+                csr_array(
+                    (np.ones(n_vars), (position[var_class], np.arange(n_vars))),
+                    shape=(len(classes), n_vars),
+                ),
+                1.0,
+                1.0,
+            )
+        ]
         for name, c in rows.items():
             row = c[var_class, var_choice]
             rhs = budgets[name] - c[~free, genes[~free]].sum()
             norm = max(abs(rhs), float(np.abs(row).max(initial=0.0)), 1e-300)
-            constraints.append(LinearConstraint(row[None, :] / norm, -np.inf,
-                                                rhs / norm - _HIGHS_FEASIBILITY_TOLERANCE))
-        result = milp(objective, integrality=np.ones(n_vars), bounds=Bounds(0.0, 1.0),
-                      constraints=constraints, options=self.options)
+            constraints.append(
+                LinearConstraint(
+                    row[None, :] / norm, -np.inf, rhs / norm - _HIGHS_FEASIBILITY_TOLERANCE
+                )
+            )
+        result = milp(
+            objective,
+            integrality=np.ones(n_vars),
+            bounds=Bounds(0.0, 1.0),
+            constraints=constraints,
+            options=self.options,
+        )
         if result.status == 2:
             return None
         if result.x is None:
@@ -152,7 +179,7 @@ class _Hulls:
     def __init__(self, w: np.ndarray, c: np.ndarray) -> None:
         self.w, self.c = w, c
         self.start = _argmin_ties(w, c)
-        segments = []                              # (λ, class, to, cost saved, error added)
+        segments = []  # (λ, class, to, cost saved, error added)
         for g in range(len(w)):
             current = int(self.start[g])
             while True:
@@ -162,8 +189,15 @@ class _Hulls:
                 slope = (w[g, cheaper] - w[g, current]) / (c[g, current] - c[g, cheaper])
                 best = cheaper[slope <= slope.min()]
                 nxt = int(best[np.argmin(c[g, best])])
-                segments.append((float(slope.min()), g, nxt, c[g, current] - c[g, nxt],
-                                 w[g, nxt] - w[g, current]))
+                segments.append(
+                    (
+                        float(slope.min()),
+                        g,
+                        nxt,
+                        c[g, current] - c[g, nxt],
+                        w[g, nxt] - w[g, current],
+                    )
+                )
                 current = nxt
         segments.sort(key=lambda s: (s[0], s[1]))
         table = np.array(segments, dtype=float).reshape(len(segments), 5)
@@ -172,7 +206,7 @@ class _Hulls:
         rows = np.arange(len(w))
         self.start_cost = float(c[rows, self.start].sum())
         self.start_error = float(w[rows, self.start].sum())
-        self.cost_after = self.start_cost - np.cumsum(self.saved)   # after segments 0..j
+        self.cost_after = self.start_cost - np.cumsum(self.saved)  # after segments 0..j
         self.error_after = self.start_error + np.cumsum(self.added)
 
     def prefix(self, n: int) -> np.ndarray:
@@ -208,9 +242,9 @@ class _Bound:
 
     def __init__(self, hulls: _Hulls, budget: float) -> None:
         self.w, self.c, self.budget = hulls.w, hulls.c, budget
-        if hulls.start_cost <= budget:             # the budget does not bind
+        if hulls.start_cost <= budget:  # the budget does not bind
             n, self.lam, self.lower = 0, 0.0, hulls.start_error
-        else:                                      # LP: n−1 segments, then a fraction of one
+        else:  # LP: n−1 segments, then a fraction of one
             n = int(np.searchsorted(-hulls.cost_after, -budget)) + 1
             cost = hulls.cost_after[n - 2] if n >= 2 else hulls.start_cost
             error = hulls.error_after[n - 2] if n >= 2 else hulls.start_error
@@ -289,7 +323,7 @@ class _Bound:
         free = np.flatnonzero(keep.sum(axis=1) > 1)
         kept_costs = np.where(keep, self.c, np.nan)[free]
         spread = np.nanmax(kept_costs, axis=1) - np.nanmin(kept_costs, axis=1)
-        free = free[np.argsort(spread, kind="stable")]   # small moves first: fewer states
+        free = free[np.argsort(spread, kind="stable")]  # small moves first: fewer states
         genes = np.argmax(keep, axis=1)
         fixed = np.ones(len(genes), dtype=bool)
         fixed[free] = False
@@ -297,7 +331,8 @@ class _Bound:
         error = np.array([self.w[fixed, genes[fixed]].sum()])
         slack = np.array([self.reduced[fixed, genes[fixed]].sum()])
         cheapest_rest = np.concatenate(
-            [np.cumsum(np.min(np.where(keep, self.c, np.inf)[free], axis=1)[::-1])[::-1], [0.0]])
+            [np.cumsum(np.min(np.where(keep, self.c, np.inf)[free], axis=1)[::-1])[::-1], [0.0]]
+        )
         trail: list[tuple[np.ndarray, np.ndarray]] = []
         for step, g in enumerate(free):
             choices = np.flatnonzero(keep[g])
@@ -308,8 +343,9 @@ class _Bound:
             picked = np.tile(choices, len(cost) // len(choices))
             alive = (cost + cheapest_rest[step + 1] <= self.budget) & (slack <= limit)
             order = np.flatnonzero(alive)[np.lexsort((error[alive], cost[alive]))]
-            staircase = order[error[order] < np.minimum.accumulate(
-                np.concatenate([[np.inf], error[order][:-1]]))]
+            staircase = order[
+                error[order] < np.minimum.accumulate(np.concatenate([[np.inf], error[order][:-1]]))
+            ]
             if len(staircase) > max_states:
                 raise _TooManyStates
             if len(staircase) == 0:
@@ -341,8 +377,9 @@ def swept_objective(problem: Problem, requested: str | None = None) -> str:
     raise SearchError("the problem has no cost table to sweep a budget over")
 
 
-def budget_sweep(problem: Problem, model: OneHotModel, weights: np.ndarray, objective: str,
-                 budgets: int) -> list[Config]:
+def budget_sweep(
+    problem: Problem, model: OneHotModel, weights: np.ndarray, objective: str, budgets: int
+) -> list[Config]:
     """Optima of ``weights`` for ``budgets`` limits on ``objective`` (plus the user's limit)."""
     others = {k: v for k, v in problem.constraints.items() if k != objective}
     cheapest = model.solve(problem.cost_table(objective), others)
@@ -366,22 +403,28 @@ class Options:
     """Options of the ``ilp`` strategy."""
 
     budgets: int = field(default=16, metadata={"help": "budget values in the Pareto sweep"})
-    sweep: str | None = field(default=None, metadata={
-        "help": "cost to sweep (default: the first constraint, else the first cost objective)"})
+    sweep: str | None = field(
+        default=None,
+        metadata={
+            "help": "cost to sweep (default: the first constraint, else the first cost objective)"
+        },
+    )
     time_limit: float = field(default=10.0, metadata={"help": "seconds per ILP solve"})
-    mip_gap: float = field(default=0.0, metadata={
-        "help": "relative optimality gap accepted by HiGHS (0 = proven optimal)"})
+    mip_gap: float = field(
+        default=0.0,
+        metadata={"help": "relative optimality gap accepted by HiGHS (0 = proven optimal)"},
+    )
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """Budget-swept ILP optima of the sensitivity proxy (``rng`` unused: the ILP is exact)."""
     if options.budgets < 2:
         raise SearchError(f"ilp needs budgets >= 2, got {options.budgets}")
     model = OneHotModel(problem, options.time_limit, options.mip_gap)
     objective = swept_objective(problem, options.sweep)
-    configs = budget_sweep(problem, model, problem.sensitivity_table(), objective,
-                           options.budgets)
+    configs = budget_sweep(problem, model, problem.sensitivity_table(), objective, options.budgets)
     uniform = evaluate_uniform(problem, evaluator)
     candidates = evaluate_points(problem, evaluator, configs)
     notes = [f"sensitivity minimized under {len(configs)} budgets on {objective}"]

@@ -33,10 +33,14 @@ BeaconFn = Callable[[Key], Callable[[Key], float]]
 class Options(nsga2.Options):
     """Options of the ``mohaq`` strategy: NSGA-II's, plus the beacons (defaults: MOHAQ code)."""
 
-    beacon_fn: BeaconFn | None = field(default=None, metadata={
-        "help": "recovers a configuration into a beacon; None: plain errors (= nsga2)"})
-    threshold: int = field(default=5, metadata={
-        "help": "largest weight-level distance at which a beacon's error is used"})
+    beacon_fn: BeaconFn | None = field(
+        default=None,
+        metadata={"help": "recovers a configuration into a beacon; None: plain errors (= nsga2)"},
+    )
+    threshold: int = field(
+        default=5,
+        metadata={"help": "largest weight-level distance at which a beacon's error is used"},
+    )
     beacons: int = field(default=4, metadata={"help": "most beacons created"})
 
 
@@ -53,8 +57,14 @@ def weight_levels(problem: Problem) -> np.ndarray:
 class Beacons:
     """The beacon set and the error estimate it gives (MOHAQ step 2 and 3)."""
 
-    def __init__(self, problem: Problem, evaluator: Evaluator, beacon_fn: BeaconFn,
-                 threshold: int, budget: int) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        evaluator: Evaluator,
+        beacon_fn: BeaconFn,
+        threshold: int,
+        budget: int,
+    ) -> None:
         self.problem, self.evaluator, self.beacon_fn = problem, evaluator, beacon_fn
         self.threshold, self.budget = threshold, budget
         self._levels = weight_levels(problem)
@@ -103,13 +113,15 @@ class Beacons:
                     near = (self.add(config), 0)
                 else:
                     near = None
-            estimates.append(error if near is None
-                             else min(error, self.beacon_error(near[0], config)))
+            estimates.append(
+                error if near is None else min(error, self.beacon_error(near[0], config))
+            )
         return estimates
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """NSGA-II whose errors come from beacons when a ``beacon_fn`` is given."""
     if options.threshold < 0 or options.beacons < 0:
         raise SearchError("mohaq needs threshold >= 0 and beacons >= 0")
@@ -117,12 +129,13 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
     errors_of: Callable[[np.ndarray], Sequence[float]]
     if options.beacon_fn is None:
         errors_of, beacons = evaluator.many, None
-        notes = ["no beacon_fn given: errors are plain "
-                 + ("exact evaluations" if evaluator.exact else "sensitivity-proxy sums")
-                 + ", as in nsga2"]
+        notes = [
+            "no beacon_fn given: errors are plain "
+            + ("exact evaluations" if evaluator.exact else "sensitivity-proxy sums")
+            + ", as in nsga2"
+        ]
     else:
-        beacons = Beacons(problem, evaluator, options.beacon_fn, options.threshold,
-                          options.beacons)
+        beacons = Beacons(problem, evaluator, options.beacon_fn, options.threshold, options.beacons)
         errors_of, notes = beacons.errors, []
     candidates = nsga2.evolve(problem, errors_of, evaluator.exact, options, rng)
     # the uniform points were seeded into the population: report them as estimated there
@@ -131,6 +144,8 @@ def search(problem: Problem, evaluator: Evaluator, options: Options,
     extra = 0
     if beacons is not None:
         extra = beacons.calls
-        notes.append(f"{len(beacons.configs)} beacons, {beacons.calls} evaluations on beacon "
-                     f"weights, threshold {options.threshold}")
+        notes.append(
+            f"{len(beacons.configs)} beacons, {beacons.calls} evaluations on beacon "
+            f"weights, threshold {options.threshold}"
+        )
     return make_result("mohaq", problem, candidates, uniform, evaluator.calls + extra, notes)

@@ -51,26 +51,49 @@ DIRECT, GNN = "direct", "gnn"
 class Options:
     """NEMO's knobs; defaults from METHODS.md §6 (mpqc choices where the paper gives none)."""
 
-    population: int = field(default=48, metadata={
-        "help": "Individuals over all species; preserved by resizing."})
-    generations: int = field(default=25, metadata={
-        "help": "Generations after the initial one (each breeds ``population`` children)."})
-    max_evaluations: int | None = field(default=None, metadata={
-        "help": "Stop before a generation once the evaluator has made this many exact calls."})
-    species_floor: float = field(default=0.1, metadata={
-        "help": "Every species keeps at least this fraction of the population (rounded up)."})
-    crossover_rate: float = field(default=0.9, metadata={
-        "help": "Probability that a child is a uniform crossover of two parents (else a copy)."})
-    gene_mutation_rate: float | None = field(default=None, metadata={
-        "help": "Direct species: per-gene reset probability; default 1 / number of genes."})
-    weight_mutation_sigma: float = field(default=0.05, metadata={
-        "help": "GNN species: σ of the Gaussian added to mutated weights."})
-    weight_mutation_fraction: float = field(default=0.1, metadata={
-        "help": "GNN species: fraction of weights mutated per child."})
-    hidden: int = field(default=32, metadata={
-        "help": "GNN hidden width."})
-    rounds: int = field(default=2, metadata={
-        "help": "GNN message-passing rounds (mean aggregation, tanh)."})
+    population: int = field(
+        default=48, metadata={"help": "Individuals over all species; preserved by resizing."}
+    )
+    generations: int = field(
+        default=25,
+        metadata={
+            "help": "Generations after the initial one (each breeds ``population`` children)."
+        },
+    )
+    max_evaluations: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop before a generation once the evaluator has made this many exact calls."
+        },
+    )
+    species_floor: float = field(
+        default=0.1,
+        metadata={
+            "help": "Every species keeps at least this fraction of the population (rounded up)."
+        },
+    )
+    crossover_rate: float = field(
+        default=0.9,
+        metadata={
+            "help": "Probability that a child is a uniform crossover of two parents (else a copy)."
+        },
+    )
+    gene_mutation_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Direct species: per-gene reset probability; default 1 / number of genes."
+        },
+    )
+    weight_mutation_sigma: float = field(
+        default=0.05, metadata={"help": "GNN species: σ of the Gaussian added to mutated weights."}
+    )
+    weight_mutation_fraction: float = field(
+        default=0.1, metadata={"help": "GNN species: fraction of weights mutated per child."}
+    )
+    hidden: int = field(default=32, metadata={"help": "GNN hidden width."})
+    rounds: int = field(
+        default=2, metadata={"help": "GNN message-passing rounds (mean aggregation, tanh)."}
+    )
 
     def __post_init__(self) -> None:
         if self.population < 2 or self.generations < 0:
@@ -113,8 +136,10 @@ def species_sizes(front_counts: Sequence[int], population: int, floor: int) -> l
 # ----------------------------------------------------------------------------- ranking
 def _violation(problem: Problem, config: Config) -> float:
     """Total relative excess over the constraints (0 = feasible)."""
-    return sum(over / max(abs(problem.constraints[obj]), 1e-300)
-               for obj, over in problem.violations(config).items())
+    return sum(
+        over / max(abs(problem.constraints[obj]), 1e-300)
+        for obj, over in problem.violations(config).items()
+    )
 
 
 def _rank_order(objectives: np.ndarray, violation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +156,11 @@ def _rank_order(objectives: np.ndarray, violation: np.ndarray) -> tuple[np.ndarr
         fronts = NonDominatedSorting().do(objectives[feasible])
         for depth, front in enumerate(fronts):
             members = feasible[np.sort(front)]
-            crowd = (calc_crowding_distance(objectives[members]) if len(members) > 2
-                     else np.full(len(members), np.inf))
+            crowd = (
+                calc_crowding_distance(objectives[members])
+                if len(members) > 2
+                else np.full(len(members), np.inf)
+            )
             members = members[np.lexsort((members, -crowd))]
             rank[members] = depth
             order.extend(members.tolist())
@@ -234,8 +262,9 @@ class _GraphSpecies:
 class Evolution:
     """The NEMO population and its generation step (exposed for tests and transfer)."""
 
-    def __init__(self, problem: Problem, evaluator: Evaluator, options: Options,
-                 rng: np.random.Generator) -> None:
+    def __init__(
+        self, problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+    ) -> None:
         self.problem = problem
         self.evaluator = evaluator
         self.options = options
@@ -252,12 +281,15 @@ class Evolution:
         points = evaluate_points(self.problem, self.evaluator, configs)
         for point in points:
             self.archive.setdefault(point.config, point)
-        return [Individual(g, c, p, _violation(self.problem, c))
-                for g, c, p in zip(genomes, configs, points)]
+        return [
+            Individual(g, c, p, _violation(self.problem, c))
+            for g, c, p in zip(genomes, configs, points)
+        ]
 
     def _matrix(self, individuals: Sequence[Individual]) -> tuple[np.ndarray, np.ndarray]:
-        objectives = np.array([i.point.vector(self.problem.objectives) for i in individuals],
-                              dtype=float).reshape(len(individuals), len(self.problem.objectives))
+        objectives = np.array(
+            [i.point.vector(self.problem.objectives) for i in individuals], dtype=float
+        ).reshape(len(individuals), len(self.problem.objectives))
         return objectives, np.array([i.violation for i in individuals], dtype=float)
 
     def start(self, genomes: dict[str, list[np.ndarray]] | None = None) -> None:
@@ -298,15 +330,21 @@ class Evolution:
     def step(self) -> None:
         """Resize the species by their front shares, breed, and keep the best of each."""
         counts = self.front_counts()
-        new_sizes = species_sizes([counts[s.name] for s in self.species],
-                                  self.options.population, self.floor)
+        new_sizes = species_sizes(
+            [counts[s.name] for s in self.species], self.options.population, self.floor
+        )
         for species, size in zip(self.species, new_sizes):
             parents = self.members[species.name]
             position = np.empty(len(parents), dtype=np.int64)
             position[self._select_order(parents)] = np.arange(len(parents))
-            children = [species.child(parents[self._tournament(position)].genome,
-                                      parents[self._tournament(position)].genome, self.rng)
-                        for _ in range(size)]
+            children = [
+                species.child(
+                    parents[self._tournament(position)].genome,
+                    parents[self._tournament(position)].genome,
+                    self.rng,
+                )
+                for _ in range(size)
+            ]
             pool = parents + self._score(species, children)
             keep = self._select_order(pool)[:size]
             self.members[species.name] = [pool[i] for i in sorted(keep)]
@@ -335,13 +373,20 @@ class Evolution:
         return sort_points(self.archive.values(), self.problem.objectives)
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """Run NEMO and return the front of everything it evaluated and the chosen point."""
     problem.check_feasible()
     evolution = Evolution(problem, evaluator, options, rng)
     evolution.run()
     uniform = evaluate_uniform(problem, evaluator)
     sizes = ", ".join(f"{name} {n}" for name, n in evolution.sizes().items())
-    return make_result(NAME, problem, evolution.points(), uniform, evaluator.calls,
-                       notes=(f"{evolution.generation} generations; final species sizes: {sizes}",))
+    return make_result(
+        NAME,
+        problem,
+        evolution.points(),
+        uniform,
+        evaluator.calls,
+        notes=(f"{evolution.generation} generations; final species sizes: {sizes}",),
+    )

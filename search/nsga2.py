@@ -54,14 +54,28 @@ class Options:
 class _PymooProblem(PymooProblem):
     """The search problem as pymoo sees it: genes in, objectives and ``g`` out, archived."""
 
-    def __init__(self, problem: Problem, errors_of: ErrorsOf, exact: bool,
-                 archive: dict[tuple[int, ...], Point]) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        errors_of: ErrorsOf,
+        exact: bool,
+        archive: dict[tuple[int, ...], Point],
+    ) -> None:
         self.problem, self.errors_of, self.exact, self.archive = (
-            problem, errors_of, exact, archive)
+            problem,
+            errors_of,
+            exact,
+            archive,
+        )
         self.limits = dict(problem.constraints)
-        super().__init__(n_var=len(problem.tie_classes), n_obj=len(problem.objectives),
-                         n_ieq_constr=len(self.limits), xl=0,
-                         xu=problem.class_choices - 1, vtype=int)
+        super().__init__(
+            n_var=len(problem.tie_classes),
+            n_obj=len(problem.objectives),
+            n_ieq_constr=len(self.limits),
+            xl=0,
+            xu=problem.class_choices - 1,
+            vtype=int,
+        )
 
     def _evaluate(self, x: np.ndarray, out: dict, *args: object, **kwargs: object) -> None:
         configs = self.problem.expand(np.round(x).astype(np.int64))
@@ -75,13 +89,17 @@ class _PymooProblem(PymooProblem):
             key = config_key(config)
             if key not in self.archive:
                 self.archive[key] = Point(
-                    key, {n: float(v[row]) for n, v in columns.items()}, self.exact)
+                    key, {n: float(v[row]) for n, v in columns.items()}, self.exact
+                )
         objectives = np.column_stack([columns[n] for n in self.problem.objectives])
         out["F"] = np.minimum(objectives, _WORST)
         if self.limits:
-            out["G"] = np.column_stack([
-                (np.atleast_1d(self.problem.total(name, configs)) - limit) / abs(limit or 1.0)
-                for name, limit in self.limits.items()])
+            out["G"] = np.column_stack(
+                [
+                    (np.atleast_1d(self.problem.total(name, configs)) - limit) / abs(limit or 1.0)
+                    for name, limit in self.limits.items()
+                ]
+            )
 
 
 def initial_population(problem: Problem, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -95,33 +113,40 @@ def initial_population(problem: Problem, size: int, rng: np.random.Generator) ->
     return np.array(list(rows.values()), dtype=np.int64)
 
 
-def evolve(problem: Problem, errors_of: ErrorsOf, exact: bool, options: Options,
-           rng: np.random.Generator) -> list[Point]:
+def evolve(
+    problem: Problem, errors_of: ErrorsOf, exact: bool, options: Options, rng: np.random.Generator
+) -> list[Point]:
     """Run NSGA-II; return every configuration it evaluated, as points."""
     if options.population < 2 or options.offspring < 1 or options.generations < 0:
         raise SearchError("nsga2 needs population >= 2, offspring >= 1, generations >= 0")
-    archive: dict[tuple[int, ...], Point] = {}   # every evaluated configuration, in order
+    archive: dict[tuple[int, ...], Point] = {}  # every evaluated configuration, in order
     pymoo_problem = _PymooProblem(problem, errors_of, exact, archive)
     population = initial_population(problem, options.population, rng)
     algorithm = NSGA2(
         pop_size=len(population),
         n_offsprings=options.offspring,
         sampling=population if len(population) else IntegerRandomSampling(),
-        crossover=SBX(prob=1.0, eta=options.crossover_eta, vtype=float,
-                      repair=RoundingRepair()),
+        crossover=SBX(prob=1.0, eta=options.crossover_eta, vtype=float, repair=RoundingRepair()),
         mutation=PM(eta=options.mutation_eta, vtype=float, repair=RoundingRepair()),
         eliminate_duplicates=True,
     )
-    minimize(pymoo_problem, algorithm, ("n_gen", options.generations + 1),
-             seed=int(rng.integers(2**31 - 1)), verbose=False)
+    minimize(
+        pymoo_problem,
+        algorithm,
+        ("n_gen", options.generations + 1),
+        seed=int(rng.integers(2**31 - 1)),
+        verbose=False,
+    )
     return list(archive.values())
 
 
-def search(problem: Problem, evaluator: Evaluator, options: Options,
-           rng: np.random.Generator) -> SearchResult:
+def search(
+    problem: Problem, evaluator: Evaluator, options: Options, rng: np.random.Generator
+) -> SearchResult:
     """NSGA-II with the evaluator's errors."""
     uniform = evaluate_uniform(problem, evaluator)
     candidates = evolve(problem, evaluator.many, evaluator.exact, options, rng)
-    notes = [f"{len(candidates)} configurations evaluated over "
-             f"{options.generations + 1} generations"]
+    notes = [
+        f"{len(candidates)} configurations evaluated over {options.generations + 1} generations"
+    ]
     return make_result("nsga2", problem, candidates, uniform, evaluator.calls, notes)

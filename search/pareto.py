@@ -29,8 +29,11 @@ class Point:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", tuple(np.asarray(self.config, dtype=np.int64).tolist()))
-        object.__setattr__(self, "objectives", MappingProxyType(
-            {name: float(value) for name, value in self.objectives.items()}))
+        object.__setattr__(
+            self,
+            "objectives",
+            MappingProxyType({name: float(value) for name, value in self.objectives.items()}),
+        )
 
     def __hash__(self) -> int:
         return hash((self.config, tuple(sorted(self.objectives.items())), self.exact))
@@ -39,7 +42,10 @@ class Point:
         if not isinstance(other, Point):
             return NotImplemented
         return (self.config, dict(self.objectives), self.exact) == (
-            other.config, dict(other.objectives), other.exact)
+            other.config,
+            dict(other.objectives),
+            other.exact,
+        )
 
     def vector(self, objectives: Sequence[str]) -> tuple[float, ...]:
         return tuple(self.objectives[name] for name in objectives)
@@ -48,7 +54,8 @@ class Point:
 def objective_matrix(points: Sequence[Point], objectives: Sequence[str]) -> np.ndarray:
     """``(N, M)`` array of the points' objective values."""
     return np.array([p.vector(objectives) for p in points], dtype=float).reshape(
-        len(points), len(objectives))
+        len(points), len(objectives)
+    )
 
 
 def sort_points(points: Iterable[Point], objectives: Sequence[str]) -> tuple[Point, ...]:
@@ -75,8 +82,7 @@ def dominates(a: Point, b: Point, objectives: Sequence[str]) -> bool:
     return bool(np.all(va <= vb) and np.any(va < vb))
 
 
-def hypervolume(points: Sequence[Point], objectives: Sequence[str],
-                ref: Sequence[float]) -> float:
+def hypervolume(points: Sequence[Point], objectives: Sequence[str], ref: Sequence[float]) -> float:
     """Hypervolume (pymoo) dominated by ``points`` and bounded by the reference point."""
     if not points:
         return 0.0
@@ -95,7 +101,8 @@ def choose(front: Iterable[Point], problem: Problem) -> Point:
     if not feasible:
         raise SearchError(
             "no point of the front meets the constraints; loosen them or give the strategy "
-            "a larger budget")
+            "a larger budget"
+        )
     primary = ERROR if ERROR in problem.objectives else problem.objectives[0]
     order = (primary, *(o for o in problem.objectives if o != primary))
     return min(feasible, key=lambda p: (p.vector(order), p.config))
@@ -122,21 +129,45 @@ class SearchResult:
         object.__setattr__(self, "notes", tuple(self.notes))
 
     def __hash__(self) -> int:
-        return hash((self.strategy, self.front, self.chosen, self.evaluations,
-                     tuple(self.uniform.items()), self.notes))
+        return hash(
+            (
+                self.strategy,
+                self.front,
+                self.chosen,
+                self.evaluations,
+                tuple(self.uniform.items()),
+                self.notes,
+            )
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchResult):
             return NotImplemented
-        return (self.strategy, self.front, self.chosen, self.evaluations,
-                dict(self.uniform), self.notes) == (
-            other.strategy, other.front, other.chosen, other.evaluations,
-            dict(other.uniform), other.notes)
+        return (
+            self.strategy,
+            self.front,
+            self.chosen,
+            self.evaluations,
+            dict(self.uniform),
+            self.notes,
+        ) == (
+            other.strategy,
+            other.front,
+            other.chosen,
+            other.evaluations,
+            dict(other.uniform),
+            other.notes,
+        )
 
 
-def make_result(strategy: str, problem: Problem, candidates: Iterable[Point],
-                uniform: Mapping[str, Point], evaluations: int,
-                notes: Sequence[str] = ()) -> SearchResult:
+def make_result(
+    strategy: str,
+    problem: Problem,
+    candidates: Iterable[Point],
+    uniform: Mapping[str, Point],
+    evaluations: int,
+    notes: Sequence[str] = (),
+) -> SearchResult:
     """Build a `SearchResult` from every point a strategy evaluated.
 
     The uniform points join the candidates before the front is taken, so a returned front is
@@ -154,13 +185,29 @@ def make_result(strategy: str, problem: Problem, candidates: Iterable[Point],
         if not feasible:
             raise SearchError(
                 f"strategy {strategy!r} evaluated no configuration that meets the constraints; "
-                f"give it a larger budget")
+                f"give it a larger budget"
+            )
         chosen = choose(non_dominated(feasible, problem.objectives), problem)
     else:
         chosen = choose(feasible_front, problem)
-    return SearchResult(strategy=strategy, front=front, chosen=chosen, evaluations=evaluations,
-                        uniform=uniform, notes=tuple(notes))
+    return SearchResult(
+        strategy=strategy,
+        front=front,
+        chosen=chosen,
+        evaluations=evaluations,
+        uniform=uniform,
+        notes=tuple(notes),
+    )
 
 
-__all__ = ["Point", "SearchResult", "choose", "dominates", "hypervolume",
-           "make_result", "non_dominated", "objective_matrix", "sort_points"]
+__all__ = [
+    "Point",
+    "SearchResult",
+    "choose",
+    "dominates",
+    "hypervolume",
+    "make_result",
+    "non_dominated",
+    "objective_matrix",
+    "sort_points",
+]

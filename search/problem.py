@@ -86,8 +86,17 @@ class InfeasibleError(SearchError):
         super().__init__(message)
 
 
-_SI_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
-                (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p"))
+_SI_PREFIXES = (
+    (1e12, "T"),
+    (1e9, "G"),
+    (1e6, "M"),
+    (1e3, "k"),
+    (1.0, ""),
+    (1e-3, "m"),
+    (1e-6, "u"),
+    (1e-9, "n"),
+    (1e-12, "p"),
+)
 
 
 def format_value(value: float, unit: str = "") -> str:
@@ -146,8 +155,11 @@ class Problem:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "layers", tuple(str(name) for name in self.layers))
-        set_(self, "choices", tuple(tuple((int(w), int(a)) for w, a in layer)
-                                    for layer in self.choices))
+        set_(
+            self,
+            "choices",
+            tuple(tuple((int(w), int(a)) for w, a in layer) for layer in self.choices),
+        )
         n = len(self.layers)
         if n == 0:
             raise SearchError("a search problem needs at least one layer")
@@ -156,26 +168,39 @@ class Problem:
         for name, layer in zip(self.layers, self.choices):
             if not layer:
                 raise SearchError(f"layer {name!r} has no candidate choices")
-        set_(self, "costs", MappingProxyType(
-            {obj: self._per_layer(obj, tables) for obj, tables in self.costs.items()}))
+        set_(
+            self,
+            "costs",
+            MappingProxyType(
+                {obj: self._per_layer(obj, tables) for obj, tables in self.costs.items()}
+            ),
+        )
         set_(self, "sensitivity", self._per_layer("sensitivity", self.sensitivity))
         unknown = set(self.fixed_costs) - set(self.costs)
         if unknown:
             raise SearchError(f"fixed costs for unknown objectives {sorted(unknown)}")
-        set_(self, "fixed_costs", MappingProxyType(
-            {obj: float(self.fixed_costs.get(obj, 0.0)) for obj in self.costs}))
-        set_(self, "constraints", MappingProxyType(
-            {obj: float(limit) for obj, limit in self.constraints.items()}))
+        set_(
+            self,
+            "fixed_costs",
+            MappingProxyType({obj: float(self.fixed_costs.get(obj, 0.0)) for obj in self.costs}),
+        )
+        set_(
+            self,
+            "constraints",
+            MappingProxyType({obj: float(limit) for obj, limit in self.constraints.items()}),
+        )
         for obj in self.constraints:
             if obj not in self.costs:
                 raise SearchError(
                     f"constraint on {obj!r}, but the problem only has costs for "
-                    f"{sorted(self.costs)}")
+                    f"{sorted(self.costs)}"
+                )
         set_(self, "objectives", tuple(self.objectives))
         for obj in self.objectives:
             if obj != ERROR and obj not in self.costs:
                 raise SearchError(
-                    f"objective {obj!r} is neither 'error' nor one of the costs {sorted(self.costs)}")
+                    f"objective {obj!r} is neither 'error' nor one of the costs {sorted(self.costs)}"
+                )
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
             raise SearchError(f"objectives must be distinct and non-empty, got {self.objectives}")
         if self.features is not None:
@@ -203,7 +228,8 @@ class Problem:
         for name, layer, array in zip(self.layers, self.choices, arrays):
             if array.shape != (len(layer),):
                 raise SearchError(
-                    f"{what} of layer {name!r} has shape {array.shape}, expected ({len(layer)},)")
+                    f"{what} of layer {name!r} has shape {array.shape}, expected ({len(layer)},)"
+                )
             if not np.all(np.isfinite(array)):
                 raise SearchError(f"{what} of layer {name!r} has non-finite entries")
         return arrays
@@ -244,7 +270,8 @@ class Problem:
             return self._tables[objective]
         except KeyError:
             raise SearchError(
-                f"no cost table {objective!r}; the problem has {sorted(self._tables)}") from None
+                f"no cost table {objective!r}; the problem has {sorted(self._tables)}"
+            ) from None
 
     def sensitivity_table(self) -> np.ndarray:
         """``(L, Kmax)`` sensitivity proxy, +inf padded."""
@@ -257,12 +284,14 @@ class Problem:
         if array.shape != (self.n_layers,) or not np.issubdtype(array.dtype, np.integer):
             raise SearchError(
                 f"a configuration is {self.n_layers} integer choice indices, got "
-                f"shape {array.shape} dtype {array.dtype}")
+                f"shape {array.shape} dtype {array.dtype}"
+            )
         if np.any(array < 0) or np.any(array >= self.n_choices):
             bad = int(np.flatnonzero((array < 0) | (array >= self.n_choices))[0])
             raise SearchError(
                 f"choice {int(array[bad])} out of range for layer {self.layers[bad]!r} "
-                f"({self.n_choices[bad]} candidates)")
+                f"({self.n_choices[bad]} candidates)"
+            )
         for group in self.groups:
             if len({int(array[i]) for i in group}) > 1:
                 raise SearchError(f"tied layers {[self.layers[i] for i in group]} differ")

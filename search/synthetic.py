@@ -18,10 +18,15 @@ from mpqc.search.problem import Pair, Problem
 DEFAULT_PAIRS: tuple[Pair, ...] = ((8, 8), (4, 8), (4, 4))
 
 
-def synthetic_problem(n_layers: int, pairs: Sequence[Pair] = DEFAULT_PAIRS, *, seed: int = 0,
-                      size_ratio: float | None = None,
-                      objectives: tuple[str, ...] = ("error", "size"),
-                      groups: tuple[tuple[int, ...], ...] = ()) -> Problem:
+def synthetic_problem(
+    n_layers: int,
+    pairs: Sequence[Pair] = DEFAULT_PAIRS,
+    *,
+    seed: int = 0,
+    size_ratio: float | None = None,
+    objectives: tuple[str, ...] = ("error", "size"),
+    groups: tuple[tuple[int, ...], ...] = (),
+) -> Problem:
     """A random problem; ``size_ratio`` sets a size limit at that fraction of the w8a8 size.
 
     ``pairs`` must be sorted from high to low precision.
@@ -35,7 +40,7 @@ def synthetic_problem(n_layers: int, pairs: Sequence[Pair] = DEFAULT_PAIRS, *, s
     size = params[:, None] * w[None, :] / 8
     bops = macs[:, None] * (w * a)[None, :]
     latency = np.maximum(bops / 2e12, size / 1e10) + 2e-6
-    damage = 4.0 ** -w + 4.0 ** -a
+    damage = 4.0**-w + 4.0**-a
     sensitivity = weight[:, None] * (damage - damage[0])[None, :] * 1e4
     fixed = {"size": float(params.sum() * 0.01), "bops": 0.0, "latency": 1e-5}
     constraints = {}

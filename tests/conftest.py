@@ -9,7 +9,6 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from hypothesis import settings
-
 from models import random_inputs, small_cnn
 
 # Property tests explore new examples on every developer run; CI replays a fixed, derandomized set so

@@ -29,14 +29,23 @@ small_cnn (float[N,3,8,8] image) => (float[N,10] logits) {
 """
 
 _SMALL_CNN_WEIGHTS = {
-    "w1": (8, 3, 3, 3), "b1": (8,),
-    "w2": (16, 8, 3, 3), "b2": (16,),
-    "w3": (16, 16, 3, 3), "b3": (16,),
-    "w4": (10, 16), "b4": (10,),
+    "w1": (8, 3, 3, 3),
+    "b1": (8,),
+    "w2": (16, 8, 3, 3),
+    "b2": (16,),
+    "w3": (16, 16, 3, 3),
+    "b3": (16,),
+    "w4": (10, 16),
+    "b4": (10,),
 }
 
 
-def build(text: str, weights: dict[str, tuple[int, ...]], seed: int = 0, arrays: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+def build(
+    text: str,
+    weights: dict[str, tuple[int, ...]],
+    seed: int = 0,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
     """Parse ``text`` and attach He-initialised random initializers of the given shapes (and ``arrays`` as given)."""
     proto = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
@@ -54,7 +63,9 @@ def small_cnn(seed: int = 0) -> ir.Model:
     return ir.from_proto(build(SMALL_CNN, _SMALL_CNN_WEIGHTS, seed))
 
 
-def random_inputs(model: ir.Model | onnx.ModelProto, count: int, seed: int = 1, batch: int = 1) -> list[dict[str, np.ndarray]]:
+def random_inputs(
+    model: ir.Model | onnx.ModelProto, count: int, seed: int = 1, batch: int = 1
+) -> list[dict[str, np.ndarray]]:
     """``count`` input dicts of standard-normal float32 data, symbolic dims set to ``batch``."""
     graph = model.graph
     inputs = graph.input if isinstance(model, onnx.ModelProto) else graph.inputs
@@ -64,7 +75,10 @@ def random_inputs(model: ir.Model | onnx.ModelProto, count: int, seed: int = 1, 
         sample = {}
         for value in inputs:
             if isinstance(model, onnx.ModelProto):
-                dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+                dims = [
+                    d.dim_value if d.HasField("dim_value") else batch
+                    for d in value.type.tensor_type.shape.dim
+                ]
                 name = value.name
             else:
                 dims = [d if isinstance(d, int) else batch for d in value.shape]
@@ -89,7 +103,14 @@ conv_bn (float[N,3,6,6] x) => (float[N,4,6,6] y) {
 def conv_bn(seed: int = 0) -> ir.Model:
     """Conv -> BatchNormalization -> Relu, with a non-trivial BN (positive variance, off-center mean)."""
     var = np.random.default_rng(seed + 1).uniform(0.5, 2.0, 4).astype(np.float32)
-    return ir.from_proto(build(CONV_BN, {"w": (4, 3, 3, 3), "b": (4,), "gamma": (4,), "beta": (4,), "mean": (4,)}, seed, {"var": var}))
+    return ir.from_proto(
+        build(
+            CONV_BN,
+            {"w": (4, 3, 3, 3), "b": (4,), "gamma": (4,), "beta": (4,), "mean": (4,)},
+            seed,
+            {"var": var},
+        )
+    )
 
 
 EXPORTER_QUIRKS = """
@@ -134,13 +155,23 @@ all_layers (float[1,3,6,6] x, int64[1,5] ids, float[1,4] other, float[4,4] w_in)
 
 def all_layers(seed: int = 0) -> ir.Model:
     """One of each quantizable op, plus a MatMul of two activations and one whose weight is a graph input."""
-    weights = {"wconv": (4, 3, 3, 3), "wdeconv": (4, 2, 2, 2), "wgemm": (6, 4), "wmat": (4, 4), "table": (10, 4)}
+    weights = {
+        "wconv": (4, 3, 3, 3),
+        "wdeconv": (4, 2, 2, 2),
+        "wgemm": (6, 4),
+        "wmat": (4, 4),
+        "table": (10, 4),
+    }
     proto = onnx.parser.parse_model(ALL_LAYERS)
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+        proto.graph.initializer.append(
+            onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+        )
     # An initializer that is also a graph input can be overridden by the caller: not a constant weight.
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w_in"))
+    proto.graph.initializer.append(
+        onnx.numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w_in")
+    )
     return ir.from_proto(proto)
 
 
@@ -158,7 +189,14 @@ branches (float[N,4,6,6] x) => (float[N,4,6,6] y) {
 
 def branches(seed: int = 0) -> ir.Model:
     """One tensor read by three Convs: the activation-quantizer sharing case."""
-    shapes = {"wa": (4, 4, 3, 3), "ba": (4,), "wb": (4, 4, 3, 3), "bb": (4,), "wc": (4, 4, 3, 3), "bc": (4,)}
+    shapes = {
+        "wa": (4, 4, 3, 3),
+        "ba": (4,),
+        "wb": (4, 4, 3, 3),
+        "bb": (4,),
+        "wc": (4, 4, 3, 3),
+        "bc": (4,),
+    }
     return ir.from_proto(build(BRANCHES, shapes, seed))
 
 
@@ -183,7 +221,11 @@ def small_cnn_opset(opset: int, seed: int = 0) -> ir.Model:
     return ir.from_proto(build(text, _SMALL_CNN_WEIGHTS, seed))
 
 
-def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray], level: str = "all") -> list[np.ndarray]:
+def run_ort(
+    model: ir.Model | onnx.ModelProto | bytes | str,
+    feeds: dict[str, np.ndarray],
+    level: str = "all",
+) -> list[np.ndarray]:
     """Outputs of ``model`` on onnxruntime's CPU provider, single-threaded.
 
     ``level`` is the graph optimization level: "all" (what users get: fused integer kernels) or
@@ -198,6 +240,9 @@ def run_ort(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }[level]
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)

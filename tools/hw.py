@@ -15,8 +15,9 @@ import argparse
 import math
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -39,17 +40,30 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="List, show, validate and profile mpqc hardware specs.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and profiling progress")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks and profiling progress"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("list", help="list the bundled specs")
     show = commands.add_parser("show", help="show a spec as tables")
     show.add_argument("spec", help="bundled name or path to a spec YAML")
     validate = commands.add_parser("validate", help="validate spec files")
     validate.add_argument("files", nargs="+", type=Path)
-    profile = commands.add_parser("profile", help="measure onnxruntime on this machine and write a fitted spec")
-    profile.add_argument("-o", "--output", required=True, type=Path, help="spec YAML to write (atomically)")
-    profile.add_argument("--threads", type=int, default=1, help="intra-op threads to fit for (default 1; 1 thread is also measured)")
-    profile.add_argument("--quick", action="store_true", help="fewer kernels and repeats (seconds, rougher numbers)")
+    profile = commands.add_parser(
+        "profile", help="measure onnxruntime on this machine and write a fitted spec"
+    )
+    profile.add_argument(
+        "-o", "--output", required=True, type=Path, help="spec YAML to write (atomically)"
+    )
+    profile.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads to fit for (default 1; 1 thread is also measured)",
+    )
+    profile.add_argument(
+        "--quick", action="store_true", help="fewer kernels and repeats (seconds, rougher numbers)"
+    )
     profile.add_argument("--base", help="bundled spec to extend (default: from the machine type)")
     return parser
 
@@ -59,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = "-v" in argv or "--verbose" in argv
     try:
         args = _parser().parse_args(argv)
-        return {"list": _list, "show": _show, "validate": _validate, "profile": _profile}[args.command](args)
+        return {"list": _list, "show": _show, "validate": _validate, "profile": _profile}[
+            args.command
+        ](args)
     except (SpecError, UnsupportedPrecisionError, UsageError, OSError, ValueError) as exc:
         if verbose:
             traceback.print_exc()
@@ -76,7 +92,9 @@ def _list(args: argparse.Namespace) -> int:
     for name in hwspecs.names():
         spec = hwspecs.load(name)
         reference = "float" if spec.runs_float else "w8a8"
-        description = spec.description if len(spec.description) <= 64 else spec.description[:61] + "..."
+        description = (
+            spec.description if len(spec.description) <= 64 else spec.description[:61] + "..."
+        )
         table.add_row(name, reference, str(len(spec.supported_pairs())), description)
     _console().print(table)
     return 0
@@ -96,7 +114,9 @@ def _show(args: argparse.Namespace) -> int:
     console.print(spec.description)
     reference = "float" if spec.runs_float else "uniform w8a8"
     threads = f", {spec.threads} thread(s)" if spec.threads else ""
-    console.print(f"weights {list(spec.weight_bits)} bits, activations {list(spec.act_bits)} bits; reference: {reference}{threads}")
+    console.print(
+        f"weights {list(spec.weight_bits)} bits, activations {list(spec.act_bits)} bits; reference: {reference}{threads}"
+    )
     for line in _runtime_lines(spec):
         console.print(line)
     console.print(_precision_table(spec))
@@ -106,7 +126,9 @@ def _show(args: argparse.Namespace) -> int:
     if spec.overheads:
         console.print(_overhead_table(spec))
     if spec.ops:
-        ops = Table("op", "instructions (inputs -> output)", title="ops (HAGO)", title_justify="left")
+        ops = Table(
+            "op", "instructions (inputs -> output)", title="ops (HAGO)", title_justify="left"
+        )
         for op, instructions in sorted(spec.ops.items()):
             ops.add_row(op, "; ".join(map(str, instructions)))
         console.print(ops)
@@ -119,16 +141,28 @@ def _runtime_lines(spec: HardwareSpec) -> list[str]:
     if spec.session_overhead:
         lines.append(f"each inference call: {format_quantity(spec.session_overhead, 'time')}")
     for kind, ops in sorted(spec.fused_activations.items()):
-        lines.append(f"fused into {'an' if kind == 'integer' else 'a'} {kind} kernel: {', '.join(sorted(ops)) or 'none'}")
+        lines.append(
+            f"fused into {'an' if kind == 'integer' else 'a'} {kind} kernel: {', '.join(sorted(ops)) or 'none'}"
+        )
     for op, relayout in sorted(spec.integer_layout.items()):
-        lines.append(f"integer {op} runs in another layout: a {relayout} in and out of each run of them")
+        lines.append(
+            f"integer {op} runs in another layout: a {relayout} in and out of each run of them"
+        )
     if spec.packed_operands:
         lines.append("operands move at exactly their bit-width (packed), not in ONNX containers")
     return lines
 
 
 def _precision_table(spec: HardwareSpec) -> Table:
-    table = Table("pair", "throughput", "depthwise", "energy/MAC", "runs as", title="precisions", title_justify="left")
+    table = Table(
+        "pair",
+        "throughput",
+        "depthwise",
+        "energy/MAC",
+        "runs as",
+        title="precisions",
+        title_justify="left",
+    )
     reference = spec.precision(*spec.reference_pair).throughput
     for key, p in spec.precisions.items():
         runs_as = "native" if p.native else f"emulated as {p.emulated_as}"
@@ -136,36 +170,70 @@ def _precision_table(spec: HardwareSpec) -> Table:
             runs_as += f", unpack {format_quantity(p.weight_unpack, 'time')}/weight"
         for op, unpack in sorted(p.weight_unpack_ops.items()):
             runs_as += f" ({op}: {format_quantity(unpack, 'time')})"
-        speed = f"{format_quantity(p.throughput, 'throughput')} ({p.throughput / reference:.2g}x ref)"
-        depthwise = "same" if p.depthwise_throughput is None else format_quantity(p.depthwise_throughput, "throughput")
+        speed = (
+            f"{format_quantity(p.throughput, 'throughput')} ({p.throughput / reference:.2g}x ref)"
+        )
+        depthwise = (
+            "same"
+            if p.depthwise_throughput is None
+            else format_quantity(p.depthwise_throughput, "throughput")
+        )
         table.add_row(key, speed, depthwise, format_quantity(p.energy_per_mac, "energy"), runs_as)
     if spec.bit_scaling is not None:
-        cap = "" if math.isinf(spec.bit_scaling.max_speedup) else f", capped at {spec.bit_scaling.max_speedup:g}x"
+        cap = (
+            ""
+            if math.isinf(spec.bit_scaling.max_speedup)
+            else f", capped at {spec.bit_scaling.max_speedup:g}x"
+        )
         table.caption = f"other pairs: throughput ∝ 1/(w·a) and energy ∝ w·a from {spec.bit_scaling.anchor.key}{cap}"
     return table
 
 
 def _speedup_matrix(spec: HardwareSpec) -> Table:
     reference = spec.precision(*spec.reference_pair).throughput
-    table = Table("w \\ a", *map(str, spec.act_bits), title="throughput relative to the reference", title_justify="left", min_width=40)
+    table = Table(
+        "w \\ a",
+        *map(str, spec.act_bits),
+        title="throughput relative to the reference",
+        title_justify="left",
+        min_width=40,
+    )
     for w in spec.weight_bits:
-        cells = [f"{spec.precision(w, a).throughput / reference:.3g}" if spec.supports(w, a) else "-" for a in spec.act_bits]
+        cells = [
+            f"{spec.precision(w, a).throughput / reference:.3g}" if spec.supports(w, a) else "-"
+            for a in spec.act_bits
+        ]
         table.add_row(str(w), *cells)
     return table
 
 
 def _memory_table(spec: HardwareSpec) -> Table:
-    table = Table("level", "capacity", "bandwidth", "energy/byte", title="memory (nearest first)", title_justify="left")
+    table = Table(
+        "level",
+        "capacity",
+        "bandwidth",
+        "energy/byte",
+        title="memory (nearest first)",
+        title_justify="left",
+    )
     for level in spec.memory:
-        table.add_row(level.name, format_quantity(level.capacity, "bytes"), format_quantity(level.bandwidth, "bandwidth"),
-                      format_quantity(level.energy_per_byte, "energy"))
+        table.add_row(
+            level.name,
+            format_quantity(level.capacity, "bytes"),
+            format_quantity(level.bandwidth, "bandwidth"),
+            format_quantity(level.energy_per_byte, "energy"),
+        )
     return table
 
 
 def _overhead_table(spec: HardwareSpec) -> Table:
     table = Table("op", "fixed", "per element", title="overheads", title_justify="left")
     for op, overhead in sorted(spec.overheads.items()):
-        table.add_row(op, format_quantity(overhead.fixed, "time"), format_quantity(overhead.per_element, "time"))
+        table.add_row(
+            op,
+            format_quantity(overhead.fixed, "time"),
+            format_quantity(overhead.per_element, "time"),
+        )
     return table
 
 
@@ -185,7 +253,9 @@ def _profile(args: argparse.Namespace) -> int:
     header = f"Written by `{PROG} profile{' --quick' if args.quick else ''} --threads {args.threads}`; measured numbers, see provenance."
     profiling.write_spec(document, output, header)
     fit = document["provenance"]["fits"][f"threads_{args.threads}"]
-    print(f"wrote {output} (base {base}; throughput GMAC/s {fit['throughput_GMAC_s']}; rms log error {fit['rms_log_error']})")
+    print(
+        f"wrote {output} (base {base}; throughput GMAC/s {fit['throughput_GMAC_s']}; rms log error {fit['rms_log_error']})"
+    )
     return 0
 
 

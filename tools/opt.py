@@ -16,7 +16,14 @@ import pathlib
 import sys
 import typing
 
-from mpqc.cli_support import EXIT_OK, ArgumentParser, add_eval_argument, add_ir_dump_arguments, ir_printer, run_command
+from mpqc.cli_support import (
+    EXIT_OK,
+    ArgumentParser,
+    add_eval_argument,
+    add_ir_dump_arguments,
+    ir_printer,
+    run_command,
+)
 
 __all__ = ["main"]
 
@@ -42,21 +49,35 @@ def help_passes() -> str:
         hints = typing.get_type_hints(cls.Options)
         for field in dataclasses.fields(cls.Options):
             kind = _type_name(hints[field.name])
-            lines.append(f"    {field.name}: {kind} = {field.default!r}\n        {field.metadata.get('doc', '')}")
+            lines.append(
+                f"    {field.name}: {kind} = {field.default!r}\n        {field.metadata.get('doc', '')}"
+            )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="mpqc-opt", description="Run an mpqc pass pipeline on an ONNX model.")
+    parser = ArgumentParser(
+        prog="mpqc-opt", description="Run an mpqc pass pipeline on an ONNX model."
+    )
     parser.add_argument("model", nargs="?", help="input ONNX model")
-    parser.add_argument("-p", "--pipeline", help="pipeline string, e.g. 'canonicalize,calibrate,lower-qdq{uniform=w8a8}'")
-    parser.add_argument("-o", "--output", help="where to write the resulting model (omit to only analyse)")
+    parser.add_argument(
+        "-p",
+        "--pipeline",
+        help="pipeline string, e.g. 'canonicalize,calibrate,lower-qdq{uniform=w8a8}'",
+    )
+    parser.add_argument(
+        "-o", "--output", help="where to write the resulting model (omit to only analyse)"
+    )
     parser.add_argument("--hw", help="hardware spec for passes that need one")
     parser.add_argument("--calib", metavar="DIR", help="calibration samples (.npz/.npy files)")
-    parser.add_argument("--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON")
+    parser.add_argument(
+        "--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON"
+    )
     add_eval_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--help-passes", action="store_true", help="list passes and their options, then exit")
+    parser.add_argument(
+        "--help-passes", action="store_true", help="list passes and their options, then exit"
+    )
     add_ir_dump_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return parser
@@ -68,7 +89,9 @@ def _annotations_json(model) -> dict:
 
     out: dict[str, dict[str, dict]] = {"model": {}, "nodes": {}, "values": {}}
     for obj in annotated(model):
-        props = {k: json.loads(v) for k, v in sorted(obj.metadata_props.items()) if k.startswith("mpqc.")}
+        props = {
+            k: json.loads(v) for k, v in sorted(obj.metadata_props.items()) if k.startswith("mpqc.")
+        }
         if not props:
             continue
         if obj is model:
@@ -88,7 +111,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("a model and -p PIPELINE are required (or --help-passes)")
     import onnx_ir as ir
 
-    from mpqc import hwspecs, ir as mir
+    from mpqc import hwspecs
+    from mpqc import ir as mir
     from mpqc.passes import CompileContext, load_calibration
     from mpqc.pipeline import Pipeline
 
@@ -96,10 +120,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if path:
             mir.check_writable(path)  # before any work: a failure must not leave files behind
     model = mir.load(args.model)
-    context = CompileContext(seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None, eval_fn=args.eval)
+    context = CompileContext(
+        seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None, eval_fn=args.eval
+    )
     # The float reference as loaded (external data read in), not the file's bytes, whose external
     # references would not resolve in an onnxruntime session made from bytes.
-    context.reference = ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
+    context.reference = (
+        ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
+    )
     if args.calib:
         data = load_calibration(args.calib, [v.name for v in model.graph.inputs])
         data.check(model)
@@ -110,7 +138,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         mir.save(model, args.output)
     if args.report_json:
         report = {"pipeline": str(pipeline), "notes": context.notes, **_annotations_json(model)}
-        pathlib.Path(args.report_json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        pathlib.Path(args.report_json).write_text(
+            json.dumps(report, indent=2, sort_keys=True) + "\n"
+        )
     for note in context.notes:
         print(f"mpqc-opt: note: {note}", file=sys.stderr)
     return EXIT_OK

@@ -31,10 +31,10 @@ import argparse
 import hashlib
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -47,7 +47,9 @@ DATA_FILE = "digits.npz"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 OPSET = 17
-IR_VERSION = 8  # the IR version that goes with opset 17: loadable by every runtime that runs opset 17
+IR_VERSION = (
+    8  # the IR version that goes with opset 17: loadable by every runtime that runs opset 17
+)
 CALIB_SIZE = 200
 EVAL_SIZE = 300
 PIXEL_MAX = 16.0  # load_digits pixels are integers 0..16
@@ -103,13 +105,23 @@ class Layer:
 class Conv2d(Layer):
     """Square-kernel 2-D convolution, NCHW, as im2col + one matmul."""
 
-    def __init__(self, name: str, c_in: int, c_out: int, kernel: int, rng: np.random.Generator,
-                 stride: int = 1, pad: int = 0, bias: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        rng: np.random.Generator,
+        stride: int = 1,
+        pad: int = 0,
+        bias: bool = True,
+    ) -> None:
         super().__init__(name)
         self.kernel, self.stride, self.pad = kernel, stride, pad
         fan_in = c_in * kernel * kernel
-        self.params["weight"] = (rng.standard_normal((c_out, c_in, kernel, kernel))
-                                 * np.sqrt(2.0 / fan_in)).astype(np.float32)  # He init for ReLU nets
+        self.params["weight"] = (
+            rng.standard_normal((c_out, c_in, kernel, kernel)) * np.sqrt(2.0 / fan_in)
+        ).astype(np.float32)  # He init for ReLU nets
         if bias:
             self.params["bias"] = np.zeros(c_out, np.float32)
 
@@ -134,24 +146,38 @@ class Conv2d(Layer):
         self.grads["weight"] = (dy_rows.T @ cols).reshape(weight.shape)
         if "bias" in self.params:
             self.grads["bias"] = dy_rows.sum(axis=0)
-        dcols = (dy_rows @ weight.reshape(len(weight), -1)).reshape(n, h_out, w_out, x_shape[1], k, k)
+        dcols = (dy_rows @ weight.reshape(len(weight), -1)).reshape(
+            n, h_out, w_out, x_shape[1], k, k
+        )
         dpadded = np.zeros((n, x_shape[1], x_shape[2] + 2 * p, x_shape[3] + 2 * p), np.float32)
         for i in range(k):  # col2im: scatter each kernel tap back onto the input grid
             for j in range(k):
-                dpadded[:, :, i:i + s * h_out:s, j:j + s * w_out:s] += dcols[..., i, j].transpose(0, 3, 1, 2)
-        return dpadded[:, :, p:p + x_shape[2], p:p + x_shape[3]]
+                dpadded[:, :, i : i + s * h_out : s, j : j + s * w_out : s] += dcols[
+                    ..., i, j
+                ].transpose(0, 3, 1, 2)
+        return dpadded[:, :, p : p + x_shape[2], p : p + x_shape[3]]
 
     def export(self, graph: GraphBuilder, x: str) -> str:
-        inputs = [x] + [graph.initializer(f"{self.name}.{key}", value) for key, value in self.params.items()]
+        inputs = [x] + [
+            graph.initializer(f"{self.name}.{key}", value) for key, value in self.params.items()
+        ]
         k, p = self.kernel, self.pad
-        return graph.node("Conv", inputs, self.name, kernel_shape=[k, k], pads=[p, p, p, p],
-                          strides=[self.stride, self.stride])
+        return graph.node(
+            "Conv",
+            inputs,
+            self.name,
+            kernel_shape=[k, k],
+            pads=[p, p, p, p],
+            strides=[self.stride, self.stride],
+        )
 
 
 class BatchNorm2d(Layer):
     """Batch statistics while training, running statistics (exported) at inference."""
 
-    def __init__(self, name: str, channels: int, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
+    def __init__(
+        self, name: str, channels: int, momentum: float = 0.1, epsilon: float = 1e-5
+    ) -> None:
         super().__init__(name)
         self.momentum, self.epsilon = momentum, epsilon
         self.params["scale"] = np.ones(channels, np.float32)
@@ -178,13 +204,21 @@ class BatchNorm2d(Layer):
         self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         dx_hat = dy * self.params["scale"][:, None, None]
         return inv_std[:, None, None] * (
-            dx_hat - dx_hat.mean(axis=(0, 2, 3), keepdims=True)
-            - x_hat * (dx_hat * x_hat).mean(axis=(0, 2, 3), keepdims=True))
+            dx_hat
+            - dx_hat.mean(axis=(0, 2, 3), keepdims=True)
+            - x_hat * (dx_hat * x_hat).mean(axis=(0, 2, 3), keepdims=True)
+        )
 
     def export(self, graph: GraphBuilder, x: str) -> str:
-        inputs = [x] + [graph.initializer(f"{self.name}.{key}", value) for key, value in (
-            ("scale", self.params["scale"]), ("bias", self.params["bias"]),
-            ("mean", self.running_mean), ("var", self.running_var))]
+        inputs = [x] + [
+            graph.initializer(f"{self.name}.{key}", value)
+            for key, value in (
+                ("scale", self.params["scale"]),
+                ("bias", self.params["bias"]),
+                ("mean", self.running_mean),
+                ("var", self.running_var),
+            )
+        ]
         return graph.node("BatchNormalization", inputs, self.name, epsilon=self.epsilon)
 
 
@@ -230,7 +264,9 @@ class Gemm(Layer):
 
     def __init__(self, name: str, n_in: int, n_out: int, rng: np.random.Generator) -> None:
         super().__init__(name)
-        self.params["weight"] = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+        self.params["weight"] = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(
+            np.float32
+        )
         self.params["bias"] = np.zeros(n_out, np.float32)
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
@@ -243,7 +279,9 @@ class Gemm(Layer):
         return dy @ self.params["weight"]
 
     def export(self, graph: GraphBuilder, x: str) -> str:
-        inputs = [x] + [graph.initializer(f"{self.name}.{key}", value) for key, value in self.params.items()]
+        inputs = [x] + [
+            graph.initializer(f"{self.name}.{key}", value) for key, value in self.params.items()
+        ]
         return graph.node("Gemm", inputs, self.name, transB=1)
 
 
@@ -286,24 +324,32 @@ class Residual(Sequential):
 
 
 def build_network(rng: np.random.Generator) -> Sequential:
-    return Sequential("net", [
-        Conv2d("stem.conv", 1, 16, 3, rng, pad=1, bias=False),  # bias-free: the BN that follows has one
-        BatchNorm2d("stem.bn", 16),
-        Relu("stem.relu"),
-        Conv2d("down.conv", 16, 32, 3, rng, stride=2, pad=1),
-        Relu("down.relu"),
-        Residual("block", [
-            Conv2d("block.conv1", 32, 32, 3, rng, pad=1),
-            Relu("block.relu1"),
-            Conv2d("block.conv2", 32, 32, 3, rng, pad=1),
-        ]),
-        Relu("block.relu2"),
-        Conv2d("expand.conv", 32, 64, 1, rng),
-        Relu("expand.relu"),
-        GlobalAveragePool("pool"),
-        Flatten("flatten"),
-        Gemm("head.fc", 64, 10, rng),
-    ])
+    return Sequential(
+        "net",
+        [
+            Conv2d(
+                "stem.conv", 1, 16, 3, rng, pad=1, bias=False
+            ),  # bias-free: the BN that follows has one
+            BatchNorm2d("stem.bn", 16),
+            Relu("stem.relu"),
+            Conv2d("down.conv", 16, 32, 3, rng, stride=2, pad=1),
+            Relu("down.relu"),
+            Residual(
+                "block",
+                [
+                    Conv2d("block.conv1", 32, 32, 3, rng, pad=1),
+                    Relu("block.relu1"),
+                    Conv2d("block.conv2", 32, 32, 3, rng, pad=1),
+                ],
+            ),
+            Relu("block.relu2"),
+            Conv2d("expand.conv", 32, 64, 1, rng),
+            Relu("expand.relu"),
+            GlobalAveragePool("pool"),
+            Flatten("flatten"),
+            Gemm("head.fc", 64, 10, rng),
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,13 +375,21 @@ def load_splits(seed: int) -> Splits:
     images = (digits.images / PIXEL_MAX).astype(np.float32)[:, None, :, :]
     labels = digits.target.astype(np.int64)
     index = np.arange(len(labels))
-    train, held_out = train_test_split(index, test_size=CALIB_SIZE + EVAL_SIZE, stratify=labels,
-                                       random_state=seed)
-    calib, evaluation = train_test_split(held_out, test_size=EVAL_SIZE, stratify=labels[held_out],
-                                         random_state=seed)
+    train, held_out = train_test_split(
+        index, test_size=CALIB_SIZE + EVAL_SIZE, stratify=labels, random_state=seed
+    )
+    calib, evaluation = train_test_split(
+        held_out, test_size=EVAL_SIZE, stratify=labels[held_out], random_state=seed
+    )
     train, calib, evaluation = np.sort(train), np.sort(calib), np.sort(evaluation)
-    return Splits(images[train], labels[train], images[calib], labels[calib],
-                  images[evaluation], labels[evaluation])
+    return Splits(
+        images[train],
+        labels[train],
+        images[calib],
+        labels[calib],
+        images[evaluation],
+        labels[evaluation],
+    )
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -349,8 +403,13 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 
 
 class Adam:
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.step_count = 0
         self.moments: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -365,8 +424,8 @@ class Adam:
             m = beta1 * m + (1 - beta1) * grad
             v = beta2 * v + (1 - beta2) * grad * grad
             self.moments[name] = (m, v)
-            m_hat = m / (1 - beta1 ** self.step_count)
-            v_hat = v / (1 - beta2 ** self.step_count)
+            m_hat = m / (1 - beta1**self.step_count)
+            v_hat = v / (1 - beta2**self.step_count)
             param *= 1 - lr * self.weight_decay
             param -= (lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
 
@@ -384,8 +443,14 @@ def random_shift(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return windows[np.arange(n), :, rows, cols]
 
 
-def train(network: Layer, images: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int,
-          rng: np.random.Generator) -> None:
+def train(
+    network: Layer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> None:
     optimizer = Adam(lr=3e-3, weight_decay=1e-4)
     steps_per_epoch = -(-len(labels) // batch_size)
     total_steps = epochs * steps_per_epoch
@@ -393,9 +458,10 @@ def train(network: Layer, images: np.ndarray, labels: np.ndarray, epochs: int, b
         order = rng.permutation(len(labels))
         losses = []
         for start in range(0, len(labels), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             loss, dlogits = softmax_cross_entropy(
-                network.forward(random_shift(images[batch], rng), train=True), labels[batch])
+                network.forward(random_shift(images[batch], rng), train=True), labels[batch]
+            )
             network.backward(dlogits)
             progress = optimizer.step_count / total_steps
             optimizer.step(network, lr_scale=0.5 * (1 + np.cos(np.pi * progress)))  # cosine decay
@@ -418,10 +484,12 @@ def export_onnx(network: Layer, eval_accuracy: float, seed: int) -> onnx.ModelPr
     graph.nodes[-1].output[0] = OUTPUT_NAME  # the head's output is the graph output
     model = helper.make_model(
         helper.make_graph(
-            graph.nodes, "digits_cnn",
+            graph.nodes,
+            "digits_cnn",
             [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 1, 8, 8])],
             [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 10])],
-            graph.initializers),
+            graph.initializers,
+        ),
         opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
         producer_name="mpqc tools/train_digits.py",
@@ -429,16 +497,20 @@ def export_onnx(network: Layer, eval_accuracy: float, seed: int) -> onnx.ModelPr
             "mpqc's embedded example model: a small residual CNN classifying scikit-learn's load_digits "
             "(8x8 grayscale digits; input = pixel/16 in [0,1], NCHW; output = 10 logits). "
             f"Trained in numpy by tools/train_digits.py (seed {seed}); accuracy {eval_accuracy:.4f} on the "
-            "300-image evaluation split shipped in mpqc/models/digits.npz."),
+            "300-image evaluation split shipped in mpqc/models/digits.npz."
+        ),
     )
-    helper.set_model_props(model, {
-        "dataset": "sklearn.datasets.load_digits",
-        "preprocessing": "float32(pixel / 16), shape [N, 1, 8, 8]",
-        "training_script": "tools/train_digits.py",
-        "seed": str(seed),
-        "eval_accuracy": f"{eval_accuracy:.4f}",
-        "eval_split": f"{DATA_FILE}: eval_image, eval_label",
-    })
+    helper.set_model_props(
+        model,
+        {
+            "dataset": "sklearn.datasets.load_digits",
+            "preprocessing": "float32(pixel / 16), shape [N, 1, 8, 8]",
+            "training_script": "tools/train_digits.py",
+            "seed": str(seed),
+            "eval_accuracy": f"{eval_accuracy:.4f}",
+            "eval_split": f"{DATA_FILE}: eval_image, eval_label",
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -460,15 +532,23 @@ def onnxruntime_logits(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=Path(str(files("mpqc") / "models")),
-                        help="where to write digits_cnn.onnx and digits.npz (default: mpqc's package data)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the splits, init and shuffling")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path(str(files("mpqc") / "models")),
+        help="where to write digits_cnn.onnx and digits.npz (default: mpqc's package data)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the splits, init and shuffling"
+    )
     parser.add_argument("--epochs", type=int, default=40, help="training epochs")
     args = parser.parse_args(argv)
 
     # One BLAS thread: OpenBLAS results depend on the thread count (so the weights would too), and
     # for matrices this small threads only add overhead -- 8x slower on a busy two-core machine.
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn, like load_splits needs
+    from threadpoolctl import (
+        threadpool_limits,
+    )  # installed with scikit-learn, like load_splits needs
 
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
@@ -482,25 +562,40 @@ def main(argv: list[str] | None = None) -> None:
     model = export_onnx(network, eval_accuracy, args.seed)
     ort_logits = onnxruntime_logits(model, splits.eval_image)
     if accuracy(ort_logits, splits.eval_label) != eval_accuracy:
-        raise RuntimeError("onnxruntime and the numpy network disagree on eval accuracy: export bug")
+        raise RuntimeError(
+            "onnxruntime and the numpy network disagree on eval accuracy: export bug"
+        )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.out_dir / MODEL_FILE
     onnx.save_model(model, model_path)
-    write_npz(args.out_dir / DATA_FILE, {
-        "calib_image": splits.calib_image, "calib_label": splits.calib_label,
-        "eval_image": splits.eval_image, "eval_label": splits.eval_label,
-    })
+    write_npz(
+        args.out_dir / DATA_FILE,
+        {
+            "calib_image": splits.calib_image,
+            "calib_label": splits.calib_label,
+            "eval_image": splits.eval_image,
+            "eval_label": splits.eval_label,
+        },
+    )
 
     n_params = sum(param.size for _, param, _ in network.parameters())
-    print(f"train accuracy   {accuracy(network.forward(splits.train_image, train=False), splits.train_label):.4f}")
-    print(f"calib accuracy   {accuracy(network.forward(splits.calib_image, train=False), splits.calib_label):.4f}")
-    print(f"eval accuracy    {eval_accuracy:.4f} (numpy = onnxruntime; max |logit diff| "
-          f"{np.abs(ort_logits - numpy_logits).max():.2e})")
+    print(
+        f"train accuracy   {accuracy(network.forward(splits.train_image, train=False), splits.train_label):.4f}"
+    )
+    print(
+        f"calib accuracy   {accuracy(network.forward(splits.calib_image, train=False), splits.calib_label):.4f}"
+    )
+    print(
+        f"eval accuracy    {eval_accuracy:.4f} (numpy = onnxruntime; max |logit diff| "
+        f"{np.abs(ort_logits - numpy_logits).max():.2e})"
+    )
     print(f"parameters       {n_params} trained")
     print(f"training time    {train_seconds:.1f} s")
     for path in (model_path, args.out_dir / DATA_FILE):
-        print(f"{path}  {path.stat().st_size} bytes  sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+        print(
+            f"{path}  {path.stat().st_size} bytes  sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}"
+        )
 
 
 if __name__ == "__main__":

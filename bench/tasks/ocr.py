@@ -18,8 +18,14 @@ from PIL import Image
 
 from bench.tasks.base import Inputs, Task, TaskSizes
 from bench.tasks.metrics import ctc_greedy_decode, text_scores
-from bench.tasks.text import (random_code, random_line, render_captcha, render_line, split_disjoint,
-                              unique_strings)
+from bench.tasks.text import (
+    random_code,
+    random_line,
+    render_captcha,
+    render_line,
+    split_disjoint,
+    unique_strings,
+)
 
 
 class CtcRecognitionTask(Task):
@@ -27,9 +33,13 @@ class CtcRecognitionTask(Task):
 
     primary_metric = "line_acc"
 
-    def __init__(self, sizes: TaskSizes, charset: Sequence[str],
-                 make_text: Callable[[np.random.Generator], str],
-                 render: Callable[[str, np.random.Generator], Image.Image] = render_line) -> None:
+    def __init__(
+        self,
+        sizes: TaskSizes,
+        charset: Sequence[str],
+        make_text: Callable[[np.random.Generator], str],
+        render: Callable[[str, np.random.Generator], Image.Image] = render_line,
+    ) -> None:
         super().__init__(sizes)
         self.charset = list(charset)
         self.make_text = make_text
@@ -37,7 +47,9 @@ class CtcRecognitionTask(Task):
 
     def texts(self) -> tuple[list[str], list[str]]:
         """Calibration and evaluation strings (disjoint)."""
-        strings = unique_strings(self.make_text, self.sizes.n_calib + self.sizes.n_eval, self.sizes.seed)
+        strings = unique_strings(
+            self.make_text, self.sizes.n_calib + self.sizes.n_eval, self.sizes.seed
+        )
         return split_disjoint(strings, self.sizes.n_calib)
 
     def _render(self, texts: list[str], stream: int) -> list[Inputs]:
@@ -71,7 +83,9 @@ class CtcRecognitionTask(Task):
         return text_scores(predictions, [self.normalize(label) for label in labels])
 
     def agreement(self, predictions: list[str], reference: list[str]) -> dict[str, float]:
-        return {"same_text_as_float": float(np.mean([p == r for p, r in zip(predictions, reference)]))}
+        return {
+            "same_text_as_float": float(np.mean([p == r for p, r in zip(predictions, reference)]))
+        }
 
 
 class PaddleRecTask(CtcRecognitionTask):

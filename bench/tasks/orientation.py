@@ -30,22 +30,27 @@ class OrientationTask(Task):
     primary_metric = "accuracy"
     max_lines_per_page = 24
 
-    def __init__(self, sizes: TaskSizes, labels: Sequence[str],
-                 angles: Sequence[int] = (0, 90, 180, 270)) -> None:
+    def __init__(
+        self, sizes: TaskSizes, labels: Sequence[str], angles: Sequence[int] = (0, 90, 180, 270)
+    ) -> None:
         super().__init__(sizes)
         self.labels = [int(label) for label in labels]
         unknown = set(angles) - set(self.labels)
         if unknown:
-            raise ValueError(f"angles {sorted(unknown)} are not classes of the model ({self.labels})")
+            raise ValueError(
+                f"angles {sorted(unknown)} are not classes of the model ({self.labels})"
+            )
         self.angles = list(angles)
 
     def _pages(self, count: int, stream: int) -> tuple[list[Inputs], list[int]]:
-        texts = unique_strings(random_line, count * self.max_lines_per_page, seed=self.sizes.seed * 1000 + stream)
+        texts = unique_strings(
+            random_line, count * self.max_lines_per_page, seed=self.sizes.seed * 1000 + stream
+        )
         rng = np.random.default_rng([self.sizes.seed, stream])
         inputs, angles = [], []
         for page in range(count):
             first = page * self.max_lines_per_page
-            lines = texts[first:first + int(rng.integers(4, self.max_lines_per_page + 1))]
+            lines = texts[first : first + int(rng.integers(4, self.max_lines_per_page + 1))]
             size = (int(rng.integers(400, 640)), int(rng.integers(520, 800)))
             angle = self.angles[page % len(self.angles)]
             # The model's "90" is a page turned 90° clockwise; PIL's positive angles turn counter-clockwise.
@@ -63,9 +68,13 @@ class OrientationTask(Task):
     @staticmethod
     def preprocess(image: Image.Image) -> Inputs:
         scale = 256 / min(image.size)
-        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        resized = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.LANCZOS
+        )
         left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
-        crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32)[:, :, ::-1]
+        crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32)[
+            :, :, ::-1
+        ]
         normalized = (crop / 255.0 - MEAN) / STD
         return {"x": normalized.transpose(2, 0, 1)[np.newaxis].astype(np.float32)}
 
@@ -75,9 +84,13 @@ class OrientationTask(Task):
 
     def score(self, predictions: list[np.ndarray], labels: list[int]) -> dict[str, float]:
         truth = [self.labels.index(label) for label in labels]
-        return {"accuracy": float(np.mean([p.argmax() == t for p, t in zip(predictions, truth)])),
-                "prob_true": float(np.mean([p[t] for p, t in zip(predictions, truth)]))}
+        return {
+            "accuracy": float(np.mean([p.argmax() == t for p, t in zip(predictions, truth)])),
+            "prob_true": float(np.mean([p[t] for p, t in zip(predictions, truth)])),
+        }
 
-    def agreement(self, predictions: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, float]:
+    def agreement(
+        self, predictions: list[np.ndarray], reference: list[np.ndarray]
+    ) -> dict[str, float]:
         same = [p.argmax() == r.argmax() for p, r in zip(predictions, reference)]
         return {"same_class_as_float": float(np.mean(same))}

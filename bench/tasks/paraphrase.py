@@ -19,24 +19,59 @@ from bench.tasks.metrics import mean_cosine, mean_reciprocal_rank
 
 Encoder = Callable[[str], Inputs]
 
-SUBJECTS = (("the doctor", "the physician"), ("the child", "the kid"), ("my friend", "my buddy"),
-            ("the teacher", "the instructor"), ("the company", "the firm"), ("the old man", "the elderly man"),
-            ("the students", "the pupils"), ("the manager", "the boss"), ("the police", "the officers"),
-            ("my neighbour", "the man next door"), ("the lawyer", "the attorney"), ("the couple", "the pair"))
+SUBJECTS = (
+    ("the doctor", "the physician"),
+    ("the child", "the kid"),
+    ("my friend", "my buddy"),
+    ("the teacher", "the instructor"),
+    ("the company", "the firm"),
+    ("the old man", "the elderly man"),
+    ("the students", "the pupils"),
+    ("the manager", "the boss"),
+    ("the police", "the officers"),
+    ("my neighbour", "the man next door"),
+    ("the lawyer", "the attorney"),
+    ("the couple", "the pair"),
+)
 # (simple past, synonym in simple past, synonym as past participle)
-VERBS = (("bought", "purchased", "purchased"), ("fixed", "repaired", "repaired"),
-         ("found", "discovered", "discovered"), ("cleaned", "washed", "washed"),
-         ("built", "constructed", "constructed"), ("closed", "shut", "shut"),
-         ("sold", "got rid of", "gotten rid of"), ("painted", "coloured", "coloured"),
-         ("lost", "misplaced", "misplaced"), ("checked", "inspected", "inspected"),
-         ("borrowed", "took on loan", "taken on loan"), ("destroyed", "wrecked", "wrecked"))
-OBJECTS = (("the car", "the automobile"), ("the house", "the home"), ("a big box", "a large box"),
-           ("the shop", "the store"), ("the film", "the movie"), ("the bicycle", "the bike"),
-           ("the photograph", "the picture"), ("the gift", "the present"), ("the road", "the street"),
-           ("the boat", "the ship"), ("the sofa", "the couch"), ("the letter", "the message"))
-TIMES = (("yesterday", "the day before"), ("last week", "the previous week"), ("this morning", "earlier today"),
-         ("in the evening", "at night"), ("last year", "a year ago"), ("after lunch", "in the afternoon"),
-         ("on monday", "at the start of the week"), ("quickly", "in a hurry"))
+VERBS = (
+    ("bought", "purchased", "purchased"),
+    ("fixed", "repaired", "repaired"),
+    ("found", "discovered", "discovered"),
+    ("cleaned", "washed", "washed"),
+    ("built", "constructed", "constructed"),
+    ("closed", "shut", "shut"),
+    ("sold", "got rid of", "gotten rid of"),
+    ("painted", "coloured", "coloured"),
+    ("lost", "misplaced", "misplaced"),
+    ("checked", "inspected", "inspected"),
+    ("borrowed", "took on loan", "taken on loan"),
+    ("destroyed", "wrecked", "wrecked"),
+)
+OBJECTS = (
+    ("the car", "the automobile"),
+    ("the house", "the home"),
+    ("a big box", "a large box"),
+    ("the shop", "the store"),
+    ("the film", "the movie"),
+    ("the bicycle", "the bike"),
+    ("the photograph", "the picture"),
+    ("the gift", "the present"),
+    ("the road", "the street"),
+    ("the boat", "the ship"),
+    ("the sofa", "the couch"),
+    ("the letter", "the message"),
+)
+TIMES = (
+    ("yesterday", "the day before"),
+    ("last week", "the previous week"),
+    ("this morning", "earlier today"),
+    ("in the evening", "at night"),
+    ("last year", "a year ago"),
+    ("after lunch", "in the afternoon"),
+    ("on monday", "at the start of the week"),
+    ("quickly", "in a hurry"),
+)
 
 
 def random_triple(rng: np.random.Generator) -> tuple[str, str, str]:
@@ -70,14 +105,16 @@ class ParaphraseTask(Task):
         """Calibration and evaluation triples; queries are unique, so the sets are disjoint."""
         wanted = self.sizes.n_calib + self.sizes.n_eval
         if wanted > len(SUBJECTS) * len(VERBS) * len(OBJECTS) * len(TIMES) // 2:
-            raise ValueError(f"{wanted} paraphrase triples exceed what the slot tables can make distinct")
+            raise ValueError(
+                f"{wanted} paraphrase triples exceed what the slot tables can make distinct"
+            )
         rng = np.random.default_rng(self.sizes.seed)
         by_query: dict[str, tuple[str, str, str]] = {}
         while len(by_query) < wanted:
             triple = random_triple(rng)
             by_query.setdefault(triple[0], triple)
         triples = list(by_query.values())
-        return triples[:self.sizes.n_calib], triples[self.sizes.n_calib:]
+        return triples[: self.sizes.n_calib], triples[self.sizes.n_calib :]
 
     def sentences(self) -> list[str]:
         """Evaluation sentences: all queries, then all paraphrases, then all hard negatives."""
@@ -100,5 +137,7 @@ class ParaphraseTask(Task):
         queries, corpus = embeddings[:n], embeddings[n:]
         return {"mrr": mean_reciprocal_rank(queries, corpus, list(range(n)))}
 
-    def agreement(self, predictions: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, float]:
+    def agreement(
+        self, predictions: list[np.ndarray], reference: list[np.ndarray]
+    ) -> dict[str, float]:
         return {"cosine_to_float": mean_cosine(np.stack(predictions), np.stack(reference))}

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"))
-FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-              "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf")
+FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansCondensed.ttf",
+)
 
 WORDS = (
     "account address amount apple april area august balance bank before black blue board book box "
@@ -66,7 +72,9 @@ def _number(rng: np.random.Generator) -> str:
 
 def random_line(rng: np.random.Generator) -> str:
     """One printed line of 2–5 tokens: words, numbers, dates; sometimes a trailing colon or comma."""
-    tokens = [_number(rng) if rng.random() < 0.3 else _word(rng) for _ in range(int(rng.integers(2, 6)))]
+    tokens = [
+        _number(rng) if rng.random() < 0.3 else _word(rng) for _ in range(int(rng.integers(2, 6)))
+    ]
     if rng.random() < 0.2:
         tokens[0] += ":" if rng.random() < 0.5 else ","
     return " ".join(tokens)
@@ -96,7 +104,7 @@ def split_disjoint(strings: list[str], n_calib: int) -> tuple[list[str], list[st
     return strings[:n_calib], strings[n_calib:]
 
 
-@lru_cache(maxsize=None)
+@cache
 def font_paths() -> tuple[Path, ...]:
     """The DejaVu fonts found on this system, in a fixed order (empty when none is installed)."""
     found = []
@@ -106,8 +114,11 @@ def font_paths() -> tuple[Path, ...]:
                 found.append(folder / name)
                 break
     if not found:
-        warnings.warn("DejaVu fonts not found (Debian: apt-get install fonts-dejavu-core); "
-                      "rendering with Pillow's built-in font, scores are not comparable", stacklevel=2)
+        warnings.warn(
+            "DejaVu fonts not found (Debian: apt-get install fonts-dejavu-core); "
+            "rendering with Pillow's built-in font, scores are not comparable",
+            stacklevel=2,
+        )
     return tuple(found)
 
 
@@ -125,7 +136,9 @@ def font_count() -> int:
     return max(1, len(font_paths()))
 
 
-def render_line(text: str, rng: np.random.Generator, height_range: tuple[int, int] = (28, 44)) -> Image.Image:
+def render_line(
+    text: str, rng: np.random.Generator, height_range: tuple[int, int] = (28, 44)
+) -> Image.Image:
     """Dark text on a light background, tightly cropped like a detector's box, as an RGB image.
 
     Font, size, margins and gray levels vary per line so that the set covers some of what real crops look
@@ -138,12 +151,16 @@ def render_line(text: str, rng: np.random.Generator, height_range: tuple[int, in
     pad_y = int(rng.integers(2, 8))
     background = int(rng.integers(215, 256))
     ink = int(rng.integers(0, 70))
-    image = Image.new("RGB", (right - left + 2 * pad_x, bottom - top + 2 * pad_y), (background,) * 3)
+    image = Image.new(
+        "RGB", (right - left + 2 * pad_x, bottom - top + 2 * pad_y), (background,) * 3
+    )
     ImageDraw.Draw(image).text((pad_x - left, pad_y - top), text, font=font, fill=(ink,) * 3)
     return image
 
 
-def render_page(lines: list[str], rng: np.random.Generator, size: tuple[int, int] = (480, 640)) -> Image.Image:
+def render_page(
+    lines: list[str], rng: np.random.Generator, size: tuple[int, int] = (480, 640)
+) -> Image.Image:
     """A document page: left-aligned lines of text top to bottom on white, as an RGB image."""
     width, height = size
     font_size = int(rng.integers(16, 26))
@@ -170,7 +187,9 @@ def render_captcha(text: str, rng: np.random.Generator) -> Image.Image:
         glyph = Image.new("RGBA", (right - left + 8, bottom - top + 8), (0, 0, 0, 0))
         color = tuple(int(v) for v in rng.integers(0, 140, size=3))
         ImageDraw.Draw(glyph).text((4 - left, 4 - top), char, font=font, fill=(*color, 255))
-        glyphs.append(glyph.rotate(float(rng.uniform(-25, 25)), expand=True, resample=Image.BICUBIC))
+        glyphs.append(
+            glyph.rotate(float(rng.uniform(-25, 25)), expand=True, resample=Image.BICUBIC)
+        )
     width = sum(g.width for g in glyphs) + 20
     height = max(g.height for g in glyphs) + 16
     image = Image.new("RGB", (width, height), background)
@@ -181,8 +200,14 @@ def render_captcha(text: str, rng: np.random.Generator) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 4))):
         points = [(int(rng.integers(width)), int(rng.integers(height))) for _ in range(2)]
-        draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 200, size=3)), width=int(rng.integers(1, 3)))
+        draw.line(
+            points,
+            fill=tuple(int(v) for v in rng.integers(0, 200, size=3)),
+            width=int(rng.integers(1, 3)),
+        )
     for _ in range(int(rng.integers(50, 200))):
-        draw.point((int(rng.integers(width)), int(rng.integers(height))),
-                   fill=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+        draw.point(
+            (int(rng.integers(width)), int(rng.integers(height))),
+            fill=tuple(int(v) for v in rng.integers(0, 256, size=3)),
+        )
     return image

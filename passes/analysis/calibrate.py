@@ -53,10 +53,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from mpqc.ir.annotations import CALIB_RANGE
-from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.data import DataError
-from mpqc.passes.registry import register
-from mpqc.passes.runtime import session, session_options
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.data import DataError
+from mpqc.passes.lib.runtime import session, session_options
 
 __all__ = ["Calibrate", "Method"]
 
@@ -77,19 +77,32 @@ class Calibrate(Pass):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        method: Method = option("minmax", "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL) or mse")
-        percentile: float = option(99.999, "percentile method: the quantile kept, in percent (50 < p <= 100)")
+        method: Method = option(
+            "minmax",
+            "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL) or mse",
+        )
+        percentile: float = option(
+            99.999, "percentile method: the quantile kept, in percent (50 < p <= 100)"
+        )
         bins: int = option(2048, "histogram bins per tensor for percentile, entropy and mse")
-        num_quantized_bins: int = option(128, "entropy method: quantization levels per sign (128 for 8 bits)")
-        bits: int = option(8, "mse method: the activation bit-width whose quantization error is minimized")
+        num_quantized_bins: int = option(
+            128, "entropy method: quantization levels per sign (128 for 8 bits)"
+        )
+        bits: int = option(
+            8, "mse method: the activation bit-width whose quantization error is minimized"
+        )
 
         def __post_init__(self) -> None:
             if not 50.0 < self.percentile <= 100.0:
                 raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
             if self.num_quantized_bins < 2:
-                raise ValueError(f"num_quantized_bins must be at least 2, got {self.num_quantized_bins}")
+                raise ValueError(
+                    f"num_quantized_bins must be at least 2, got {self.num_quantized_bins}"
+                )
             if self.bins < 2 * self.num_quantized_bins:
-                raise ValueError(f"bins ({self.bins}) must be at least twice num_quantized_bins ({self.num_quantized_bins})")
+                raise ValueError(
+                    f"bins ({self.bins}) must be at least twice num_quantized_bins ({self.num_quantized_bins})"
+                )
             if not 2 <= self.bits <= 16:
                 raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
 
@@ -110,20 +123,31 @@ class Calibrate(Pass):
                 stats[name].update_range(array)
         if self.options.method != "minmax":
             for observed in stats.values():
-                observed.start_histogram(self.options.bins, absolute=self.options.method == "entropy")
+                observed.start_histogram(
+                    self.options.bins, absolute=self.options.method == "entropy"
+                )
             for tensors in session.run_all(data):
                 for name, array in tensors:
                     stats[name].update_histogram(array)
 
         for name, observed in stats.items():
             if observed.nonfinite:
-                self.context.note(f"calibrate: tensor '{name}' has NaN or Inf values; its range covers the finite values only")
+                self.context.note(
+                    f"calibrate: tensor '{name}' has NaN or Inf values; its range covers the finite values only"
+                )
             if observed.count == 0:
                 continue
             lo, hi = self._clip(observed)
             CALIB_RANGE.set(
                 activations[name],
-                {"min": observed.min, "max": observed.max, "lo": lo, "hi": hi, "method": self.options.method, "samples": len(data)},
+                {
+                    "min": observed.min,
+                    "max": observed.max,
+                    "lo": lo,
+                    "hi": hi,
+                    "method": self.options.method,
+                    "samples": len(data),
+                },
             )
         return ir.passes.PassResult(model, modified=True)
 
@@ -136,7 +160,13 @@ class Calibrate(Pass):
         if method == "percentile":
             return percentile_clip(observed.hist, observed.edges, self.options.percentile)
         if method == "entropy":
-            return entropy_clip(observed.hist, observed.edges, observed.min, observed.max, self.options.num_quantized_bins)
+            return entropy_clip(
+                observed.hist,
+                observed.edges,
+                observed.min,
+                observed.max,
+                self.options.num_quantized_bins,
+            )
         return mse_clip(observed.hist, observed.edges, self.options.bits)
 
 
@@ -166,18 +196,28 @@ class _Session:
         self.fetch = [name for name, value in activations.items() if not value.is_graph_input()]
         proto = ir.to_proto(model)
         present = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in self.fetch if name not in present)
+        proto.graph.output.extend(
+            onnx.ValueInfoProto(name=name) for name in self.fetch if name not in present
+        )
         self.session = _inference_session(proto, _external_data_dir(model))
 
-    def run_all(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[Iterator[tuple[str, np.ndarray]]]:
+    def run_all(
+        self, samples: Iterable[Mapping[str, np.ndarray]]
+    ) -> Iterator[Iterator[tuple[str, np.ndarray]]]:
         """Per sample, in order: (name, float array) for the float graph inputs and the fetched tensors."""
         for index, sample in enumerate(samples):
             feeds = {name: np.asarray(array) for name, array in sample.items()}
             try:
                 outputs = self.session.run(self.fetch, feeds)
-            except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
-                raise DataError(f"calibration sample {index}: onnxruntime cannot run the model on it ({_first_line(exc)})") from exc
-            yield _float_arrays([(name, feeds[name]) for name in self.inputs] + list(zip(self.fetch, outputs)))
+            except (
+                Exception
+            ) as exc:  # onnxruntime raises its own unrelated types with long messages
+                raise DataError(
+                    f"calibration sample {index}: onnxruntime cannot run the model on it ({_first_line(exc)})"
+                ) from exc
+            yield _float_arrays(
+                [(name, feeds[name]) for name in self.inputs] + list(zip(self.fetch, outputs))
+            )
 
 
 def _float_arrays(pairs: list[tuple[str, object]]) -> Iterator[tuple[str, np.ndarray]]:
@@ -195,14 +235,18 @@ def _external_data_dir(model: ir.Model) -> str | None:
         if isinstance(value.const_value, ir.ExternalTensor)
     }
     if len(folders) > 1:
-        raise PassError(f"calibrate: the model's external tensors live in several folders ({', '.join(sorted(folders))}); save the model to one folder first")
+        raise PassError(
+            f"calibrate: the model's external tensors live in several folders ({', '.join(sorted(folders))}); save the model to one folder first"
+        )
     return folders.pop() if folders else None
 
 
 def _inference_session(proto: onnx.ModelProto, external_dir: str | None) -> ort.InferenceSession:
     options = session_options()
     if external_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", external_dir
+        )
     try:
         if proto.ByteSize() < _PROTOBUF_LIMIT:
             return session(proto.SerializeToString(), options=options)
@@ -211,7 +255,9 @@ def _inference_session(proto: onnx.ModelProto, external_dir: str | None) -> ort.
             onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
             return session(path, options=options)
     except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
-        raise PassError(f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})") from exc
+        raise PassError(
+            f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})"
+        ) from exc
 
 
 def _first_line(exc: Exception) -> str:
@@ -287,7 +333,9 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
     return float(edges[upper - 1] + fraction * (edges[upper] - edges[upper - 1]))
 
 
-def entropy_clip(hist: np.ndarray, edges: np.ndarray, low: float, high: float, levels: int) -> tuple[float, float]:
+def entropy_clip(
+    hist: np.ndarray, edges: np.ndarray, low: float, high: float, levels: int
+) -> tuple[float, float]:
     """[lo, hi] from the KL-optimal threshold on the histogram of |x| (``edges`` start at 0)."""
     one_sided = low >= 0
     threshold = float(edges[kl_threshold_bins(hist, 2 * levels if one_sided else levels)])
@@ -322,7 +370,9 @@ def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:
     bounds = _group_bounds(counts.size, levels)
     group_mass = np.diff(mass_before[bounds], axis=1)
     group_nonzero = np.diff(nonzero_before[bounds], axis=1).astype(np.float64)
-    group_nonzero[:, -1] += (counts[kept - 1] == 0) & (clipped > 0)  # the outlier bin becomes non-zero in P
+    group_nonzero[:, -1] += (counts[kept - 1] == 0) & (
+        clipped > 0
+    )  # the outlier bin becomes non-zero in P
     # Q per non-zero bin, normalized; a group without mass has no non-zero bin of hist, so max(., 1) is safe.
     q_total = np.maximum(mass_before[kept], 1.0)[:, None]
     log_q = np.log(np.maximum(group_mass / np.maximum(group_nonzero, 1.0) / q_total, 1e-12))
@@ -363,7 +413,9 @@ def mse_clip(hist: np.ndarray, edges: np.ndarray, bits: int) -> tuple[float, flo
     edges = np.append(edges[::merge][: hist.size], edges[-1])
     filled = hist > 0
     counts = hist[filled].astype(np.float64)
-    bounds = np.stack([edges[:-1][filled], edges[1:][filled]], axis=1).ravel()[None, :]  # (start, stop) per filled bin
+    bounds = np.stack([edges[:-1][filled], edges[1:][filled]], axis=1).ravel()[
+        None, :
+    ]  # (start, stop) per filled bin
     top = 2**bits - 1
 
     def errors(lo_at: np.ndarray, hi_at: np.ndarray) -> np.ndarray:
@@ -407,7 +459,9 @@ def _near(side: np.ndarray, at: int, reach: int, stride: int) -> np.ndarray:
     return window[(window - at) % stride == 0]
 
 
-def _error_integral(x: np.ndarray, step: np.ndarray, grid_lo: np.ndarray, grid_hi: np.ndarray) -> np.ndarray:
+def _error_integral(
+    x: np.ndarray, step: np.ndarray, grid_lo: np.ndarray, grid_hi: np.ndarray
+) -> np.ndarray:
     """An antiderivative of the squared error of rounding to multiples of ``step`` in [grid_lo, grid_hi].
 
     Inside the grid the error is periodic: with ``u = x / step``, ``n = floor(u + 1/2)`` and

@@ -25,11 +25,11 @@ import onnx_ir as ir
 from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisionError
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
-from mpqc.passes.analysis.describe import describe, static_shapes
-from mpqc.passes.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.describe import describe, static_shapes
+from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lower.footprint import FLOAT_BITS, stored_bytes
-from mpqc.passes.lower.layout import WeightLayout
-from mpqc.passes.registry import register
 
 __all__ = ["CostAnalysis", "candidate_key"]
 
@@ -58,7 +58,10 @@ class CostAnalysis(Pass):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        block_size: int = option(0, "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: per channel)")
+        block_size: int = option(
+            0,
+            "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: per channel)",
+        )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.context.hw
@@ -66,7 +69,9 @@ class CostAnalysis(Pass):
             raise PassError("the cost pass needs a hardware spec: pass --hw NAME or a spec .yaml")
         layers = quantizable_layers(model.graph)
         if not layers:
-            raise PassError("the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, ...)")
+            raise PassError(
+                "the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, ...)"
+            )
         shapes = static_shapes(model, self.context)
         neighbourhood = _Neighbourhood(layers, spec)
         described = [(layer, neighbourhood.describe(layer, shapes)) for layer in layers]
@@ -83,7 +88,9 @@ class CostAnalysis(Pass):
 
             def entry(wbits: int | None, abits: int | None) -> dict[str, object]:
                 # Time and energy from the spec's roofline; size from what lower-qdq writes.
-                size = stored_bytes(layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec, layout=layout)
+                size = stored_bytes(
+                    layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec, layout=layout
+                )
                 return _entry(model_cost.layer_cost(desc, wbits, abits), size)
 
             table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
@@ -113,7 +120,9 @@ class CostAnalysis(Pass):
 
 #: Ops onnxruntime runs on uint8 tensors between two integer kernels when the spec has an integer
 #: instruction for them (QDQ propagation); Relu disappears into the zero point of the quantizer.
-_PASS_THROUGH = frozenset({"MaxPool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+_PASS_THROUGH = frozenset(
+    {"MaxPool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+)
 
 
 class _Neighbourhood:
@@ -122,7 +131,9 @@ class _Neighbourhood:
     def __init__(self, layers: list[Layer], spec: HardwareSpec) -> None:
         self.spec = spec
         self.layer_nodes = {id(layer.node): layer for layer in layers}
-        self.activations = spec.fused_activations.get("float", frozenset()) | spec.fused_activations.get("integer", frozenset())
+        self.activations = spec.fused_activations.get(
+            "float", frozenset()
+        ) | spec.fused_activations.get("integer", frozenset())
         self.epilogue_nodes: set[int] = set()
 
     def describe(self, layer: Layer, shapes) -> LayerDesc:
@@ -142,15 +153,26 @@ class _Neighbourhood:
         value = layer.activation
         while value is not None and len(value.uses()) == 1 and not value.is_graph_output():
             producer = value.producer()
-            data = [v for v in producer.inputs if v is not None and v.const_value is None] if producer is not None else []
-            if producer is None or len(data) != 1 or producer.op_type not in _PASS_THROUGH or not self.spec.runs_integer(producer.op_type):
+            data = (
+                [v for v in producer.inputs if v is not None and v.const_value is None]
+                if producer is not None
+                else []
+            )
+            if (
+                producer is None
+                or len(data) != 1
+                or producer.op_type not in _PASS_THROUGH
+                or not self.spec.runs_integer(producer.op_type)
+            ):
                 break
             ops.insert(0, producer)
             value = producer.inputs[0]
         return ops
 
     def _passes_integer(self, node: ir.Node) -> bool:
-        return node.op_type == "Relu" or (node.op_type in _PASS_THROUGH and self.spec.runs_integer(node.op_type))
+        return node.op_type == "Relu" or (
+            node.op_type in _PASS_THROUGH and self.spec.runs_integer(node.op_type)
+        )
 
     def _epilogue(self, node: ir.Node) -> list[ir.Node]:
         """The chain of activations that only the layer feeds, in order."""
@@ -183,21 +205,41 @@ class _Neighbourhood:
             if layer is not None:
                 if use.idx != layer.activation_index:
                     return False
-            elif not (self._passes_integer(use.node) and all(self._to_layers(out) for out in use.node.outputs)):
+            elif not (
+                self._passes_integer(use.node)
+                and all(self._to_layers(out) for out in use.node.outputs)
+            ):
                 return False
         return True
 
 
-def _fixed_costs(model: ir.Model, neighbourhood: _Neighbourhood, shapes, spec: HardwareSpec) -> dict[str, float]:
+def _fixed_costs(
+    model: ir.Model, neighbourhood: _Neighbourhood, shapes, spec: HardwareSpec
+) -> dict[str, float]:
     """Bytes and latency of everything no search changes: other tensors, other ops, the call itself."""
     layers = list(neighbourhood.layer_nodes.values())
-    owned = {v.name for layer in layers for v in layer.node.inputs if v is not None and v.const_value is not None}
-    graphs = (model.graph, *model.graph.subgraphs())  # bodies' own weights stay float: the search never enters them
-    size = sum(v.const_value.nbytes for g in graphs for name, v in g.initializers.items() if name not in owned and v.const_value is not None)
+    owned = {
+        v.name
+        for layer in layers
+        for v in layer.node.inputs
+        if v is not None and v.const_value is not None
+    }
+    graphs = (
+        model.graph,
+        *model.graph.subgraphs(),
+    )  # bodies' own weights stay float: the search never enters them
+    size = sum(
+        v.const_value.nbytes
+        for g in graphs
+        for name, v in g.initializers.items()
+        if name not in owned and v.const_value is not None
+    )
     latency = spec.session_overhead
     priced = neighbourhood.layer_nodes.keys() | neighbourhood.epilogue_nodes
     for node in model.graph:
         if id(node) in priced or not node.outputs:
             continue
-        latency += spec.overhead(node.op_type).time(math.prod(shapes.get(node.outputs[0].name, (0,))))
+        latency += spec.overhead(node.op_type).time(
+            math.prod(shapes.get(node.outputs[0].name, (0,)))
+        )
     return {"size": float(size), "latency_s": latency}

@@ -24,8 +24,8 @@ import onnx_ir as ir
 
 from mpqc.ir.annotations import AnnotationKey, sensitivity_key
 from mpqc.ir.layers import Layer, quantizable_layers
-from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.data import CalibrationData
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.lib.data import CalibrationData
 
 __all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates", "detail_key"]
 
@@ -34,12 +34,18 @@ DETAIL_PREFIX = "mpqc.sensinfo."
 
 def detail_key(metric: str) -> AnnotationKey[dict[str, Any]]:
     """``mpqc.sensinfo.<metric>``: the numbers behind a layer's scores (not scores themselves)."""
-    return AnnotationKey(DETAIL_PREFIX + metric, "node", doc=f"What the {metric} sensitivity scores were computed from.")
+    return AnnotationKey(
+        DETAIL_PREFIX + metric,
+        "node",
+        doc=f"What the {metric} sensitivity scores were computed from.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightCandidates:
-    wbits: tuple[int, ...] = option((2, 3, 4, 8), "weight bit-widths to score (intersected with --wbits and the spec)")
+    wbits: tuple[int, ...] = option(
+        (2, 3, 4, 8), "weight bit-widths to score (intersected with --wbits and the spec)"
+    )
 
     def __post_init__(self) -> None:
         _check_bits("wbits", self.wbits)
@@ -47,7 +53,9 @@ class WeightCandidates:
 
 @dataclasses.dataclass(frozen=True)
 class ActivationCandidates(WeightCandidates):
-    abits: tuple[int, ...] = option((4, 8), "activation bit-widths to score (intersected with --abits and the spec)")
+    abits: tuple[int, ...] = option(
+        (4, 8), "activation bit-widths to score (intersected with --abits and the spec)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,13 +83,19 @@ class SensitivityPass(Pass):
 
     def weight_bits(self) -> tuple[int, ...]:
         hw = self.context.hw
-        return self._candidates("weight", "wbits", self.context.wbits, hw.weight_bits if hw is not None else None)
+        return self._candidates(
+            "weight", "wbits", self.context.wbits, hw.weight_bits if hw is not None else None
+        )
 
     def activation_bits(self) -> tuple[int, ...]:
         hw = self.context.hw
-        return self._candidates("activation", "abits", self.context.abits, hw.act_bits if hw is not None else None)
+        return self._candidates(
+            "activation", "abits", self.context.abits, hw.act_bits if hw is not None else None
+        )
 
-    def _candidates(self, kind: str, field: str, user: Iterable[int] | None, spec: Iterable[int] | None) -> tuple[int, ...]:
+    def _candidates(
+        self, kind: str, field: str, user: Iterable[int] | None, spec: Iterable[int] | None
+    ) -> tuple[int, ...]:
         own = getattr(self.options, field)
         default = next(f.default for f in dataclasses.fields(self.options) if f.name == field)
         if user is not None and own == default:
@@ -111,14 +125,20 @@ class SensitivityPass(Pass):
         """The quantizable layers; a PassError if there are none or a weight is not finite."""
         layers = quantizable_layers(model.graph)
         if not layers:
-            raise PassError(f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul, Gather, LSTM or GRU with a constant float weight); nothing to score")
+            raise PassError(
+                f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul, Gather, LSTM or GRU with a constant float weight); nothing to score"
+            )
         for layer in layers:
             weight = layer.weight_array()
             if not np.all(np.isfinite(weight)):
-                raise PassError(f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight '{layer.weight.name}'; fix the model before quantizing it")
+                raise PassError(
+                    f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight '{layer.weight.name}'; fix the model before quantizing it"
+                )
         return layers
 
-    def write(self, layer: Layer, scores: dict[str, float], detail: dict[str, Any] | None = None) -> None:
+    def write(
+        self, layer: Layer, scores: dict[str, float], detail: dict[str, Any] | None = None
+    ) -> None:
         sensitivity_key(self.metric).set(layer.node, {k: float(v) for k, v in scores.items()})
         if detail is not None:
             detail_key(self.metric).set(layer.node, detail)

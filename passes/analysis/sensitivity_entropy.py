@@ -30,9 +30,9 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
-from mpqc.passes.base import option
-from mpqc.passes.grid import weight_grid
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.grid import weight_grid
 
 __all__ = ["SensitivityEntropy", "entropy", "level_counts", "weight_entropy"]
 
@@ -66,14 +66,20 @@ def level_counts(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[n
     """
     # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
     # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
-    rows = np.ascontiguousarray(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32)
-    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(np.float64)  # as weight_scales does
+    rows = np.ascontiguousarray(
+        np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32
+    )
+    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(
+        np.float64
+    )  # as weight_scales does
     counts: dict[int, np.ndarray] = {}
     for group in _joint_groups(bits):
         grids = [weight_grid(b) for b in group]
         radix = np.cumprod([1] + [g.levels for g in grids[:-1]])
         joint = np.zeros(int(radix[-1]) * grids[-1].levels, np.int64)
-        scales = [(np.where(amax > 0, amax / g.qmax, 1.0)).astype(np.float32)[:, None] for g in grids]
+        scales = [
+            (np.where(amax > 0, amax / g.qmax, 1.0)).astype(np.float32)[:, None] for g in grids
+        ]
         per = max(1, _CHUNK // max(1, rows.shape[1]))
         levels = np.empty((min(per, rows.shape[0]), rows.shape[1]), np.float32)
         code = np.empty_like(levels)
@@ -118,7 +124,10 @@ class SensitivityEntropy(SensitivityPass):
 
     @dataclasses.dataclass(frozen=True)
     class Options(WeightCandidates):
-        score: Score = option("relative", "relative: 1 - H(b)/H(b_hi); absolute: H(b_hi) - H(b); params: N * (H(b_hi) - H(b))")
+        score: Score = option(
+            "relative",
+            "relative: 1 - H(b)/H(b_hi); absolute: H(b_hi) - H(b); params: N * (H(b_hi) - H(b))",
+        )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         wbits = self.weight_bits()
@@ -128,7 +137,9 @@ class SensitivityEntropy(SensitivityPass):
             h = {b: entropy(c) for b, c in zip(wbits, counts)}
             top = h[wbits[-1]]
             scores = {f"w{b}": self._score(top, h[b], weight.size) for b in wbits}
-            self.write(layer, scores, {"H": {f"w{b}": v for b, v in h.items()}, "params": int(weight.size)})
+            self.write(
+                layer, scores, {"H": {f"w{b}": v for b, v in h.items()}, "params": int(weight.size)}
+            )
         return ir.passes.PassResult(model, modified=True)
 
     def _score(self, top: float, h: float, params: int) -> float:

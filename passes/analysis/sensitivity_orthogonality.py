@@ -34,9 +34,9 @@ import onnx
 import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
-from mpqc.passes.base import PassError, option
-from mpqc.passes.registry import register
-from mpqc.passes.runtime import session
+from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.runtime import session
 
 __all__ = ["SensitivityOrthogonality", "centred_gram", "orthogonality_matrix", "layer_importance"]
 
@@ -81,7 +81,10 @@ class SensitivityOrthogonality(SensitivityPass):
 
     @dataclasses.dataclass(frozen=True)
     class Options(WeightCandidates):
-        beta: float = option(1.0, "sharpness of theta = exp(-beta * gamma); OMPQ used 100 (ResNet-18) down to 1e-9 (MobileNet-V2)")
+        beta: float = option(
+            1.0,
+            "sharpness of theta = exp(-beta * gamma); OMPQ used 100 (ResNet-18) down to 1e-9 (MobileNet-V2)",
+        )
         samples: int = option(32, "calibration samples whose features are compared (OMPQ: 32)")
 
         def __post_init__(self) -> None:
@@ -98,13 +101,24 @@ class SensitivityOrthogonality(SensitivityPass):
         outputs = [layer.node.outputs[0].name for layer in layers]
         features = _features(model, outputs, list(data)[: self.options.samples])
         if features[0].shape[0] < 2:
-            raise PassError(f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; give more calibration samples")
+            raise PassError(
+                f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; give more calibration samples"
+            )
         orm = orthogonality_matrix([centred_gram(f) for f in features])
         gamma, theta, w = layer_importance(orm, self.options.beta)
         top = wbits[-1]
         for i, layer in enumerate(layers):
             scores = {f"w{b}": float(w[i]) * (top - b) / top for b in wbits}
-            self.write(layer, scores, {"gamma": float(gamma[i]), "theta": float(theta[i]), "w": float(w[i]), "rows": int(features[i].shape[0])})
+            self.write(
+                layer,
+                scores,
+                {
+                    "gamma": float(gamma[i]),
+                    "theta": float(theta[i]),
+                    "w": float(w[i]),
+                    "rows": int(features[i].shape[0]),
+                },
+            )
         return ir.passes.PassResult(model, modified=True)
 
 
@@ -117,7 +131,9 @@ def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarr
     """
     proto = ir.to_proto(model)
     present = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
+    proto.graph.output.extend(
+        onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present
+    )
     runner = session(proto.SerializeToString())
     first_input = next(v.name for v in model.graph.inputs if not v.is_initializer())
     arrays: list[list[np.ndarray]] = [[] for _ in names]
@@ -129,7 +145,15 @@ def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarr
     rows = []
     for per_sample in arrays:
         shapes = {a.shape for a in per_sample}
-        varying = tuple(axis for axis in range(1, per_sample[0].ndim) if len({shape[axis] for shape in shapes}) > 1) if len({len(s) for s in shapes}) == 1 else ()
+        varying = (
+            tuple(
+                axis
+                for axis in range(1, per_sample[0].ndim)
+                if len({shape[axis] for shape in shapes}) > 1
+            )
+            if len({len(s) for s in shapes}) == 1
+            else ()
+        )
         pooled = [a.mean(axis=varying, keepdims=True) if varying else a for a in per_sample]
         rows.append(np.concatenate([_rows(a, batch) for a, batch in zip(pooled, batches)]))
     return rows

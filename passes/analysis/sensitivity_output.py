@@ -5,7 +5,7 @@ activation input at b bits (``a{b}``) — and the model runs on calibration samp
 distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET AMP's
 phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
 
-All candidates run through one ``Evaluator`` (``mpqc.passes.evaluator``), so "layer l at b bits"
+All candidates run through one ``Evaluator`` (``mpqc.passes.lib.evaluator``), so "layer l at b bits"
 means exactly what ``lower-qdq`` emits and the float reference is computed once. Each layer's
 candidates run on its suffix after one float run of the prefix per eight layers, and the layers
 spread over ``context.executor`` — or, without one, over forked local processes when the work is
@@ -30,9 +30,9 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.base import PassError, option
-from mpqc.passes.evaluator import FLOAT_BITS, Config, Evaluator, Measure
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.evaluator import FLOAT_BITS, Config, Evaluator, Measure
 
 __all__ = ["SensitivityOutput"]
 
@@ -44,9 +44,14 @@ class SensitivityOutput(SensitivityPass):
 
     @dataclasses.dataclass(frozen=True)
     class Options(ActivationCandidates):
-        measure: Literal["auto", "kl", "mse", "flips"] = option("auto", "output distance: kl, mse (1/SQNR), flips (top-1 changes) or auto")
+        measure: Literal["auto", "kl", "mse", "flips"] = option(
+            "auto", "output distance: kl, mse (1/SQNR), flips (top-1 changes) or auto"
+        )
         samples: int = option(32, "calibration samples to run per candidate")
-        batch: bool = option(True, "run the samples as one batch when every model input's first dimension is symbolic")
+        batch: bool = option(
+            True,
+            "run the samples as one batch when every model input's first dimension is symbolic",
+        )
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -55,14 +60,30 @@ class SensitivityOutput(SensitivityPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.layers(model)
-        data = self.calibration(model, "to run the model; without data use sensitivity-entropy or sensitivity-weight-error")
+        data = self.calibration(
+            model,
+            "to run the model; without data use sensitivity-entropy or sensitivity-weight-error",
+        )
         wbits, abits = self.weight_bits(), self.activation_bits()
-        scored_acts = [layer for layer in layers if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation)]
+        scored_acts = [
+            layer
+            for layer in layers
+            if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation)
+        ]
         if len(scored_acts) < sum(layer.activation is not None for layer in layers):
-            self.context.note(f"{self.name}: activations without a calibrated range are not scored (run calibrate first)")
+            self.context.note(
+                f"{self.name}: activations without a calibrated range are not scored (run calibrate first)"
+            )
         samples = list(data)[: self.options.samples]
         batch = len(samples) if self.options.batch and _batch_first(model) else 1
-        evaluator = Evaluator(model, samples, wbits=wbits, executor=self.context.executor, batch=batch, spec=self.context.hw)
+        evaluator = Evaluator(
+            model,
+            samples,
+            wbits=wbits,
+            executor=self.context.executor,
+            batch=batch,
+            spec=self.context.hw,
+        )
 
         jobs: list[tuple[str, str, Config]] = []
         for layer in layers:
@@ -85,7 +106,11 @@ class SensitivityOutput(SensitivityPass):
         # sample (a width that follows the input, like a sequence length, is not a class axis).
         widths = {first.shape[-1] if first.ndim else 1 for first in firsts}
         if self.options.measure == "auto":
-            return "kl" if len(widths) == 1 and all(f.ndim == 2 for f in firsts) and widths.pop() > 1 else "mse"
+            return (
+                "kl"
+                if len(widths) == 1 and all(f.ndim == 2 for f in firsts) and widths.pop() > 1
+                else "mse"
+            )
         if self.options.measure in ("kl", "flips") and len(widths) > 1:
             raise PassError(
                 f"{self.name}: measure={self.options.measure} compares the first output's last axis as classes, but its width varies "
@@ -98,4 +123,6 @@ def _batch_first(model: ir.Model) -> bool:
     """Whether samples can be stacked along axis 0: every input's first dimension is symbolic (the
     evaluator stacks only samples of the same shape)."""
     inputs = [v for v in model.graph.inputs if not v.is_initializer()]
-    return not any(v.shape is None or len(v.shape) == 0 or isinstance(v.shape[0], int) for v in inputs)
+    return not any(
+        v.shape is None or len(v.shape) == 0 or isinstance(v.shape[0], int) for v in inputs
+    )

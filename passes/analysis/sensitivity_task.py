@@ -13,17 +13,18 @@ candidate, run in this process (an arbitrary metric function need not pickle).
 from __future__ import annotations
 
 import dataclasses
+
 import onnx
 import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.base import PassError, option
-from mpqc.passes.context import CompileContext
-from mpqc.passes.evaluator import FLOAT_BITS
+from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.evaluator import FLOAT_BITS
 from mpqc.passes.lower.lower_qdq import LowerQDQ
-from mpqc.passes.registry import register
 
 __all__ = ["SensitivityTask"]
 
@@ -35,12 +36,16 @@ class SensitivityTask(SensitivityPass):
 
     @dataclasses.dataclass(frozen=True)
     class Options(ActivationCandidates):
-        act_signed: bool = option(False, "signed activations, as lower-qdq's option of the same name")
+        act_signed: bool = option(
+            False, "signed activations, as lower-qdq's option of the same name"
+        )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.layers(model)
         if self.context.eval_fn is None:
-            raise PassError(f"{self.name}: needs a task metric: pass --eval module:function or eval_fn= (a callable taking an onnx.ModelProto, higher is better)")
+            raise PassError(
+                f"{self.name}: needs a task metric: pass --eval module:function or eval_fn= (a callable taking an onnx.ModelProto, higher is better)"
+            )
         wbits, abits = self.weight_bits(), self.activation_bits()
         base = ir.to_proto(model)
         reference = self.task_metric(base, "the float model")
@@ -51,16 +56,24 @@ class SensitivityTask(SensitivityPass):
             scores = {}
             for candidate, bits in candidates:
                 lowered = self._lowered(base, layer.name, bits)
-                scores[candidate] = reference - self.task_metric(lowered, f"layer '{layer.name}' at {candidate}")
+                scores[candidate] = reference - self.task_metric(
+                    lowered, f"layer '{layer.name}' at {candidate}"
+                )
             self.write(layer, scores, {"reference": reference})
         return ir.passes.PassResult(model, modified=True)
 
-    def _lowered(self, base: onnx.ModelProto, layer_name: str, bits: tuple[int, int]) -> onnx.ModelProto:
+    def _lowered(
+        self, base: onnx.ModelProto, layer_name: str, bits: tuple[int, int]
+    ) -> onnx.ModelProto:
         """``base`` with only ``layer_name`` at ``bits``, lowered by lower-qdq."""
         copy = ir.from_proto(base)
         for node in copy.graph:
             annotations.BITS.remove(node)
-        node = next(layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name)
+        node = next(
+            layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name
+        )
         annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
-        LowerQDQ(context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed)(copy)
+        LowerQDQ(context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed)(
+            copy
+        )
         return ir.to_proto(copy)

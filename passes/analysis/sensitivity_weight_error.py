@@ -17,9 +17,9 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
-from mpqc.passes.base import option
-from mpqc.passes.grid import weight_grid
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.grid import weight_grid
 
 __all__ = ["SensitivityWeightError", "weight_noise_ratios"]
 
@@ -36,11 +36,15 @@ def weight_noise_ratios(weight: np.ndarray, bits: tuple[int, ...], axis: int) ->
     """
     # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
     # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
-    rows = np.ascontiguousarray(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32)
+    rows = np.ascontiguousarray(
+        np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32
+    )
     energy = float(np.einsum("ij,ij->", rows, rows, dtype=np.float64))
     if energy == 0.0:
         return [0.0] * len(bits)
-    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(np.float64)  # as weight_scales does
+    amax = np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(
+        np.float64
+    )  # as weight_scales does
     per = max(1, _CHUNK // max(1, rows.shape[1]))
     scratch = np.empty((min(per, rows.shape[0]), rows.shape[1]), np.float32)
     ratios = []
@@ -80,6 +84,11 @@ class SensitivityWeightError(SensitivityPass):
             self.write(
                 layer,
                 {f"w{b}": r * scale for b, r in ratios.items()},
-                {"sqnr_db": {f"w{b}": (10 * np.log10(1 / r) if r > 0 else float("inf")) for b, r in ratios.items()}},
+                {
+                    "sqnr_db": {
+                        f"w{b}": (10 * np.log10(1 / r) if r > 0 else float("inf"))
+                        for b, r in ratios.items()
+                    }
+                },
             )
         return ir.passes.PassResult(model, modified=True)

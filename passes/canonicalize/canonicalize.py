@@ -14,11 +14,11 @@ import dataclasses
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from mpqc.passes.base import Pass, option
 from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
 from mpqc.passes.canonicalize.fold_constants import FoldConstants
 from mpqc.passes.canonicalize.identities import IdentityElimination
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import Pass, option
+from mpqc.passes.infra.registry import register
 
 __all__ = ["Canonicalize"]
 

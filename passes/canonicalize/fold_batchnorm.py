@@ -12,8 +12,8 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir.layers import constant_array
-from mpqc.passes.base import Pass
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import Pass
+from mpqc.passes.infra.registry import register
 
 __all__ = ["FoldBatchNorm"]
 
@@ -26,7 +26,11 @@ class FoldBatchNorm(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
         for bn in list(model.graph):
-            if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.outputs) != 1:
+            if (
+                bn.op_type != "BatchNormalization"
+                or bn.domain not in ("", "ai.onnx")
+                or len(bn.outputs) != 1
+            ):
                 continue
             conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
             if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
@@ -43,12 +47,18 @@ def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node) -> bool:
     bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
     bias = constant_array(bias_value) if bias_value is not None else None
     params = [constant_array(v) for v in bn.inputs[1:5]]
-    if weight is None or (bias_value is not None and bias is None) or any(p is None for p in params):
+    if (
+        weight is None
+        or (bias_value is not None and bias is None)
+        or any(p is None for p in params)
+    ):
         return False
     gamma, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
     eps = bn.attributes.get_float("epsilon", 1e-5)
     scale = gamma / np.sqrt(var + eps)
-    new_weight = (weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))).astype(weight.dtype)
+    new_weight = (weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))).astype(
+        weight.dtype
+    )
     old_bias = bias.astype(np.float64) if bias is not None else np.zeros_like(mean)
     new_bias = ((old_bias - mean) * scale + beta).astype(weight.dtype)
 
@@ -80,6 +90,11 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     while unique in graph.initializers:
         suffix += 1
         unique = f"{name}{suffix}"
-    value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique), shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+    value = ir.Value(
+        name=unique,
+        const_value=ir.tensor(array, name=unique),
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+    )
     graph.register_initializer(value)
     return value

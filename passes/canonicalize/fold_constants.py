@@ -17,12 +17,20 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from mpqc.ir.layers import constant_array
-from mpqc.passes.base import Pass, option
-from mpqc.passes.registry import register
+from mpqc.passes.infra.base import Pass, option
+from mpqc.passes.infra.registry import register
 
 __all__ = ["FoldConstants"]
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
 
 
 @register
@@ -32,7 +40,9 @@ class FoldConstants(Pass):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        max_bytes: int = option(64 * 2**20, "largest folded result kept as an initializer, in bytes")
+        max_bytes: int = option(
+            64 * 2**20, "largest folded result kept as an initializer, in bytes"
+        )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = model.opset_imports.get("", 17)
@@ -54,23 +64,39 @@ class FoldConstants(Pass):
 
     @staticmethod
     def _foldable(node: ir.Node) -> bool:
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or node.op_type == "Constant":
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type in _NONDETERMINISTIC
+            or node.op_type == "Constant"
+        ):
             return False
-        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+        if any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()
+        ):
             return False
         if any(out.is_graph_output() for out in node.outputs):
             return False
-        return all(v is None or v.const_value is not None for v in node.inputs) and len(node.inputs) > 0
+        return (
+            all(v is None or v.const_value is not None for v in node.inputs)
+            and len(node.inputs) > 0
+        )
 
 
-def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
+def _evaluate(
+    node: ir.Node, inputs: list[np.ndarray | None], opset: int
+) -> list[np.ndarray] | None:
     names = [f"i{i}" if v is not None else "" for i, v in enumerate(inputs)]
     outs = [f"o{i}" for i in range(len(node.outputs))]
     proto = onnx.helper.make_node(node.op_type, names, outs)
-    proto.attribute.extend(ir.serde.serialize_attribute(a) for a in node.attributes.values() if not a.is_ref())
+    proto.attribute.extend(
+        ir.serde.serialize_attribute(a) for a in node.attributes.values() if not a.is_ref()
+    )
     feeds = {n: v for n, v in zip(names, inputs) if n}
     try:
-        evaluator = ReferenceEvaluator(onnx.helper.make_graph([proto], "fold", [], []), opsets={"": opset})
+        evaluator = ReferenceEvaluator(
+            onnx.helper.make_graph([proto], "fold", [], []), opsets={"": opset}
+        )
         results = evaluator.run(outs, feeds)
     except Exception:  # an op the reference evaluator lacks is simply not folded
         return None

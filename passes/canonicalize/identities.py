@@ -17,6 +17,11 @@ __all__ = ["IdentityElimination"]
 class IdentityElimination(common.IdentityEliminationPass):
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         source = node.inputs[0] if len(node.inputs) == 1 else None
-        if node.op_type == "Identity" and source is not None and source.is_graph_output() and node.outputs[0].is_graph_output():
+        if (
+            node.op_type == "Identity"
+            and source is not None
+            and source.is_graph_output()
+            and node.outputs[0].is_graph_output()
+        ):
             return False
         return super()._try_eliminate_identity_node(node)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.grid import FLOAT_BITS, Grid, activation_grid, weight_grid
-from mpqc.passes.lower.layout import WeightLayout, block_axis, kn_weight
+from mpqc.passes.lib.grid import FLOAT_BITS, Grid, activation_grid, weight_grid
+from mpqc.passes.lib.layout import WeightLayout, block_axis, kn_weight
+from mpqc.passes.lib.matmul_nbits import nbits_bytes
+from mpqc.passes.lib.target import weight_grid_bits
 from mpqc.passes.lower.lower_qdq import fusable
-from mpqc.passes.lower.matmul_nbits import nbits_bytes
-from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["stored_bytes"]
 
@@ -46,16 +46,29 @@ def _weight_bytes(array: np.ndarray, grid: Grid, axis: int, op_type: str) -> int
     point per channel, which onnxruntime's QGemm fusion needs)."""
     channels = array.shape[axis]
     unit_scale = grid.width == 2 or (op_type == "Gather" and grid.width == 8)
-    return _packed(array.size, grid.width) + channels * _FLOAT32 + (_FLOAT32 if unit_scale else _packed(channels, grid.width))
+    return (
+        _packed(array.size, grid.width)
+        + channels * _FLOAT32
+        + (_FLOAT32 if unit_scale else _packed(channels, grid.width))
+    )
 
 
 def stored_bytes(
-    layer: Layer, wbits: int, abits: int, spec: Any = None, act_signed: bool = False, layout: WeightLayout = WeightLayout()
+    layer: Layer,
+    wbits: int,
+    abits: int,
+    spec: Any = None,
+    act_signed: bool = False,
+    layout: WeightLayout = WeightLayout(),
 ) -> int:
     """Bytes of the tensors ``lower-qdq`` writes for ``layer`` at (``wbits``, ``abits``); 32 = float."""
     weight = layer.weight_array()
     node = layer.node
-    bias = constant_array(node.inputs[2]) if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 else None
+    bias = (
+        constant_array(node.inputs[2])
+        if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2
+        else None
+    )
     if layout.weight_only or layer.in_subgraph:
         abits = FLOAT_BITS  # lower-qdq keeps these activations float
     grid_bits = weight_grid_bits(spec, wbits, abits)
@@ -71,15 +84,28 @@ def stored_bytes(
         total += _packed(weight.size, weight_grid(grid_bits).width) + scales * _FLOAT32
     else:
         total += _weight_bytes(weight, weight_grid(grid_bits), layer.channel_axis, node.op_type)
-    for index in layer.other_weight_indices:  # an RNN's recurrence weight, per channel at the same bits
+    for (
+        index
+    ) in layer.other_weight_indices:  # an RNN's recurrence weight, per channel at the same bits
         other = constant_array(node.inputs[index])
         assert other is not None
-        total += other.size * _FLOAT32 if wbits == FLOAT_BITS else _weight_bytes(other, weight_grid(grid_bits), layer.channel_axis, node.op_type)
+        total += (
+            other.size * _FLOAT32
+            if wbits == FLOAT_BITS
+            else _weight_bytes(other, weight_grid(grid_bits), layer.channel_axis, node.op_type)
+        )
     if bias is not None:
         # No activation is quantized in weight-only mode or in a body: no input scale for an int32 bias.
         activations_float = layout.weight_only or layer.in_subgraph
-        int32_bias = wbits != FLOAT_BITS and weight_grid(grid_bits).width != 2 and not block and not activations_float
-        total += bias.size * (2 * _FLOAT32 if int32_bias else _FLOAT32)  # int32 values + their scales
+        int32_bias = (
+            wbits != FLOAT_BITS
+            and weight_grid(grid_bits).width != 2
+            and not block
+            and not activations_float
+        )
+        total += bias.size * (
+            2 * _FLOAT32 if int32_bias else _FLOAT32
+        )  # int32 values + their scales
     # Other constant operands stay float as they are: an RNN's biases.
     counted = {layer.weight_index, *layer.other_weight_indices, *([2] if bias is not None else [])}
     total += sum(
@@ -90,5 +116,7 @@ def stored_bytes(
     if abits != FLOAT_BITS and layer.activation is not None:
         total += _quantizer_bytes(abits, act_signed)
         if fusable(wbits, abits):
-            total += _quantizer_bytes(abits, act_signed)  # the output quantizer of an integer kernel
+            total += _quantizer_bytes(
+                abits, act_signed
+            )  # the output quantizer of an integer kernel
     return total

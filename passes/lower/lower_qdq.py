@@ -17,7 +17,7 @@ Each quantizable layer with bits (``mpqc.bits``, or ``uniform=w8a8`` for all) ge
 Grids narrower than their container (3, 5, 6, 7 bits) keep their exact levels: weights are rounded on
 the narrow grid, activations get a float Clip to the narrow range before QuantizeLinear.
 
-Weight layouts (``passes/lower/layout.py``): ``block_size`` quantizes MatMul/Gemm weights per block
+Weight layouts (``passes/lib/layout.py``): ``block_size`` quantizes MatMul/Gemm weights per block
 along K; ``weight_only`` keeps every activation float, turns MatMuls and plain Gemms with constant
 2-D weights into onnxruntime's ``MatMulNBits`` and 4-bit embedding tables into its
 ``GatherBlockQuantized`` (``accuracy_level`` 4, int8 activations inside the kernel, by default). An
@@ -45,8 +45,9 @@ import onnx_ir as ir
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
-from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.grid import (
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.grid import (
     FLOAT_BITS,
     activation_grid,
     activation_qparams,
@@ -55,11 +56,10 @@ from mpqc.passes.grid import (
     quantize_weight_blocked,
     weight_grid,
 )
-from mpqc.passes.lower.layout import WeightLayout, block_axis, kn_weight
-from mpqc.passes.lower.matmul_nbits import pack_matmul_nbits
-from mpqc.passes.lower.opset import ensure_opset
-from mpqc.passes.registry import register
-from mpqc.passes.target import weight_grid_bits
+from mpqc.passes.lib.layout import WeightLayout, block_axis, kn_weight
+from mpqc.passes.lib.matmul_nbits import pack_matmul_nbits
+from mpqc.passes.lib.opset import ensure_opset
+from mpqc.passes.lib.target import weight_grid_bits
 
 __all__ = ["FLOAT_BITS", "LowerQDQ", "fusable", "output_target", "parse_bits"]
 
@@ -86,12 +86,23 @@ class LowerQDQ(Pass):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        uniform: str = option("", "one choice for every layer, e.g. w8a8 or w4a8 (empty: read mpqc.bits)")
+        uniform: str = option(
+            "", "one choice for every layer, e.g. w8a8 or w4a8 (empty: read mpqc.bits)"
+        )
         act_signed: bool = option(False, "signed activations (slow on onnxruntime's CPU provider)")
-        fuse_outputs: bool = option(True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels")
-        weight_only: bool = option(False, "float activations; large constant MatMuls become onnxruntime's MatMulNBits")
-        block_size: int = option(0, "per-block weights along K for MatMul/Gemm (0: per channel; MatMulNBits default 32)")
-        accuracy_level: int = option(4, "MatMulNBits accuracy_level: 4 quantizes A to int8 per block (fast), 1 computes in float32")
+        fuse_outputs: bool = option(
+            True, "quantize 8-bit layers' outputs so the runtime fuses integer kernels"
+        )
+        weight_only: bool = option(
+            False, "float activations; large constant MatMuls become onnxruntime's MatMulNBits"
+        )
+        block_size: int = option(
+            0, "per-block weights along K for MatMul/Gemm (0: per channel; MatMulNBits default 32)"
+        )
+        accuracy_level: int = option(
+            4,
+            "MatMulNBits accuracy_level: 4 quantizes A to int8 per block (fast), 1 computes in float32",
+        )
 
         def __post_init__(self) -> None:
             if self.uniform:
@@ -114,9 +125,15 @@ class LowerQDQ(Pass):
         layout = self.options.layout
         layers = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
         # Layers that become onnxruntime contrib ops need no newer ai.onnx opset, only IR 10 for an INT4 table.
-        contrib = {n for n, (w, a) in plan if layout.matmul_nbits(layers[n], w, a) or layout.gather_blocked(layers[n], w)}
+        contrib = {
+            n
+            for n, (w, a) in plan
+            if layout.matmul_nbits(layers[n], w, a) or layout.gather_blocked(layers[n], w)
+        }
         grids = [weight_grid(w) for n, (w, _) in plan if w != FLOAT_BITS and n not in contrib]
-        grids += [activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS]
+        grids += [
+            activation_grid(a, self.options.act_signed) for _, (_, a) in plan if a != FLOAT_BITS
+        ]
         blocked = any(layout.block(layers[n], w, a) for n, (w, a) in plan if n not in contrib)
         ensure_opset(model, max(min_opset(*grids), 21 if blocked else 0))
         if contrib:
@@ -133,10 +150,14 @@ class LowerQDQ(Pass):
                 grid_bits = weight_grid_bits(self.context.hw, wbits, abits)
                 if grid_bits != wbits:
                     narrowed.add((wbits, abits, grid_bits))
-                if layout.matmul_nbits(layer, grid_bits, abits) or layout.gather_blocked(layer, grid_bits):
+                if layout.matmul_nbits(layer, grid_bits, abits) or layout.gather_blocked(
+                    layer, grid_bits
+                ):
                     model.opset_imports.setdefault("com.microsoft", 1)
                 if layout.matmul_nbits(layer, grid_bits, abits):
-                    lowering.matmul_nbits(layer, grid_bits, layout.nbits_block, layout.accuracy_level)
+                    lowering.matmul_nbits(
+                        layer, grid_bits, layout.nbits_block, layout.accuracy_level
+                    )
                     continue
                 lowering.quantize_weight(layer, grid_bits, layout.block(layer, grid_bits, abits))
             if abits != FLOAT_BITS and layer.activation is not None:
@@ -154,7 +175,9 @@ class LowerQDQ(Pass):
                 "(its integer kernel would saturate on the full grid)"
             )
         if ranges_missing:
-            self.context.note("lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)")
+            self.context.note(
+                "lower-qdq: some activations have no calibrated range and stay float (run calibrate with data)"
+            )
         self._report(model, len(plan), left_float)
         return ir.passes.PassResult(model, modified=True)
 
@@ -165,7 +188,10 @@ class LowerQDQ(Pass):
         if spec is None:
             return
         for name, (wbits, abits) in plan:
-            for kind, bits, allowed in (("weight", wbits, spec.weight_bits), ("activation", abits, spec.act_bits)):
+            for kind, bits, allowed in (
+                ("weight", wbits, spec.weight_bits),
+                ("activation", abits, spec.act_bits),
+            ):
                 if bits != FLOAT_BITS and bits not in allowed:
                     raise PassError(
                         f"layer '{name}': {spec.name} does not run {bits}-bit {kind}s: it supports {', '.join(map(str, allowed))}"
@@ -177,10 +203,14 @@ class LowerQDQ(Pass):
         report["lowered_layers"] = lowered
         if left_float:
             report["left_float"] = left_float
-            self.context.note(f"lower-qdq: {len(left_float)} weighted op(s) stay float; mpqc.report left_float says why")
+            self.context.note(
+                f"lower-qdq: {len(left_float)} weighted op(s) stay float; mpqc.report left_float says why"
+            )
         annotations.REPORT.set(model, report)
 
-    def _plan(self, model: ir.Model) -> tuple[list[tuple[str, tuple[int, int]]], list[dict[str, str]]]:
+    def _plan(
+        self, model: ir.Model
+    ) -> tuple[list[tuple[str, tuple[int, int]]], list[dict[str, str]]]:
         """(layer name, bits) to lower — activations float under ``weight_only`` and in bodies — and
         the body layers left float, with their reason."""
         plan, skipped = [], []
@@ -194,8 +224,14 @@ class LowerQDQ(Pass):
             elif layer.in_subgraph:
                 host = layer.host
                 assert host is not None
-                skipped.append({"layer": layer.name, "op": layer.node.op_type, "reason": f"inside the body of {host.op_type} '{host.name or host.outputs[0].name}': "
-                                "the search does not choose bits there (its tensors cannot be calibrated); give uniform bits to quantize its weights"})
+                skipped.append(
+                    {
+                        "layer": layer.name,
+                        "op": layer.node.op_type,
+                        "reason": f"inside the body of {host.op_type} '{host.name or host.outputs[0].name}': "
+                        "the search does not choose bits there (its tensors cannot be calibrated); give uniform bits to quantize its weights",
+                    }
+                )
                 continue
             else:
                 continue
@@ -222,14 +258,21 @@ def _without_quantized_form(graph: ir.Graph) -> list[dict[str, str]]:
                 continue
             for value in node.inputs:
                 array = constant_array(value)
-                if array is None or array.ndim < 2 or array.size < _REPORTED_CONSTANT or not np.issubdtype(array.dtype, np.floating):
+                if (
+                    array is None
+                    or array.ndim < 2
+                    or array.size < _REPORTED_CONSTANT
+                    or not np.issubdtype(array.dtype, np.floating)
+                ):
                     continue
                 assert value is not None
-                found.append({
-                    "layer": node.name or node.outputs[0].name or node.op_type,
-                    "op": node.op_type,
-                    "reason": f"{node.op_type} has no quantized form: its {array.size}-element constant '{value.name}' stays float",
-                })
+                found.append(
+                    {
+                        "layer": node.name or node.outputs[0].name or node.op_type,
+                        "op": node.op_type,
+                        "reason": f"{node.op_type} has no quantized form: its {array.size}-element constant '{value.name}' stays float",
+                    }
+                )
     return found
 
 
@@ -239,7 +282,10 @@ def _replace_node(old: ir.Node, new: ir.Node) -> None:
     assert graph is not None
     graph.insert_before(old, new)
     before, after = old.outputs[0], new.outputs[0]
-    after.type, after.shape = before.type, before.shape  # (type, not dtype: an untyped value stays untyped)
+    after.type, after.shape = (
+        before.type,
+        before.shape,
+    )  # (type, not dtype: an untyped value stays untyped)
     before.replace_all_uses_with(after, replace_graph_outputs=True)
     new.name = old.name or ""
     new.meta.update(old.meta)
@@ -289,7 +335,11 @@ class _Lowering:
         self.activations: dict[tuple[int, int], ir.Value] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
-        self.names = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+        self.names = (
+            {v.name for v in graph.initializers.values()}
+            | {v.name for n in graph for v in n.outputs}
+            | {v.name for v in graph.inputs}
+        )
 
     def _unique(self, base: str) -> str:
         name, i = base, 1
@@ -299,11 +349,26 @@ class _Lowering:
         self.names.add(name)
         return name
 
-    def _constant(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None, graph: ir.Graph | None = None) -> ir.Value:
+    def _constant(
+        self,
+        base: str,
+        array: np.ndarray,
+        dtype: ir.DataType | None = None,
+        graph: ir.Graph | None = None,
+    ) -> ir.Value:
         """A new initializer of ``graph`` (default: the main graph), uniquely named after ``base``."""
         name = self._unique(base)
-        tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
-        value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+        tensor = (
+            ir.Tensor(array, dtype=dtype, name=name)
+            if dtype is not None
+            else ir.tensor(array, name=name)
+        )
+        value = ir.Value(
+            name=name,
+            const_value=tensor,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(tensor.dtype),
+        )
         (graph or self.graph).register_initializer(value)
         return value
 
@@ -324,7 +389,11 @@ class _Lowering:
         if layer.node.op_type == "Gather" and block:
             self._gather_block_quantized(layer, bits, block)
             return
-        if layer.node.op_type == "Gather" and weight_grid(bits).width == 8 and len(layer.weight.uses()) == 1:
+        if (
+            layer.node.op_type == "Gather"
+            and weight_grid(bits).width == 8
+            and len(layer.weight.uses()) == 1
+        ):
             self._gather_rows_then_scale(layer, bits)
             return
         self._replace_weight(layer, layer.weight_index, bits, block)
@@ -352,15 +421,28 @@ class _Lowering:
             q_value = self._constant(f"{base}.w{bits}", q, grid.container, graph)
             if block:
                 s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
-                dq = ir.node("DequantizeLinear", [q_value, s_value], {"axis": axis, "block_size": block})
+                dq = ir.node(
+                    "DequantizeLinear", [q_value, s_value], {"axis": axis, "block_size": block}
+                )
                 self._add(dq, f"{base}.w{bits}.dq")
                 nodes = [dq]
             elif grid.container in _UNFUSABLE_CONTAINERS:
-                nodes = self._dequantize_then_scale(base, bits, q_value, scales, axis, array.ndim, graph)
+                nodes = self._dequantize_then_scale(
+                    base, bits, q_value, scales, axis, array.ndim, graph
+                )
             else:
                 s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
-                z_value = self._constant(f"{base}.w{bits}.zp", np.zeros(scales.shape, grid.numpy_dtype), grid.container, graph)
-                dq = ir.node("DequantizeLinear", [q_value, s_value, z_value], {"axis": axis} if scales.size > 1 else {})
+                z_value = self._constant(
+                    f"{base}.w{bits}.zp",
+                    np.zeros(scales.shape, grid.numpy_dtype),
+                    grid.container,
+                    graph,
+                )
+                dq = ir.node(
+                    "DequantizeLinear",
+                    [q_value, s_value, z_value],
+                    {"axis": axis} if scales.size > 1 else {},
+                )
                 self._add(dq, f"{base}.w{bits}.dq")
                 nodes = [dq]
             out = nodes[-1].outputs[0]
@@ -400,13 +482,25 @@ class _Lowering:
             self.nbits_scales[key] = s_value
         b_value = self.weights[key][0]
         width = weight_grid(bits).width
-        attributes = {"K": k, "N": n, "bits": width, "block_size": block, "accuracy_level": accuracy_level}
+        attributes = {
+            "K": k,
+            "N": n,
+            "bits": width,
+            "block_size": block,
+            "accuracy_level": accuracy_level,
+        }
         inputs = [node.inputs[0], b_value, self.nbits_scales[key]]
         bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
         if bias is not None:
             bias_array = constant_array(bias)
             assert bias_array is not None
-            column = bias if bias_array.ndim == 1 else self._constant(f"{bias.name or layer.name}.column", bias_array.reshape(-1), graph=graph)
+            column = (
+                bias
+                if bias_array.ndim == 1
+                else self._constant(
+                    f"{bias.name or layer.name}.column", bias_array.reshape(-1), graph=graph
+                )
+            )
             inputs += [None, None, column]  # no zero points (symmetric), no g_idx
         _replace_node(node, ir.node("MatMulNBits", inputs, attributes, domain="com.microsoft"))
         self._drop_if_unused(weight)
@@ -423,8 +517,21 @@ class _Lowering:
         base = weight.name or layer.name
         q_value = self._constant(f"{base}.w{bits}", levels, weight_grid(bits).container, graph)
         s_value = self._constant(f"{base}.w{bits}.scale", scales, graph=graph)
-        attributes = {"gather_axis": 0, "quantize_axis": 1, "block_size": block, "bits": weight_grid(bits).width}
-        _replace_node(node, ir.node("GatherBlockQuantized", [q_value, node.inputs[1], s_value], attributes, domain="com.microsoft"))
+        attributes = {
+            "gather_axis": 0,
+            "quantize_axis": 1,
+            "block_size": block,
+            "bits": weight_grid(bits).width,
+        }
+        _replace_node(
+            node,
+            ir.node(
+                "GatherBlockQuantized",
+                [q_value, node.inputs[1], s_value],
+                attributes,
+                domain="com.microsoft",
+            ),
+        )
         self._drop_if_unused(weight)
 
     def _gather_rows_then_scale(self, layer: Layer, bits: int) -> None:
@@ -440,15 +547,24 @@ class _Lowering:
         assert graph is not None
         q, scales = quantize_weight(layer.weight_array(), bits, 0)
         base = weight.name or layer.name
-        node.replace_input_with(0, self._constant(f"{base}.w{bits}", q, weight_grid(bits).container, graph))
+        node.replace_input_with(
+            0, self._constant(f"{base}.w{bits}", q, weight_grid(bits).container, graph)
+        )
         self._drop_if_unused(weight)
         rows = node.outputs[0]
         uses = list(rows.uses())
         output_name = rows.name if rows.is_graph_output() else None
         column = scales.reshape(-1, *([1] * (q.ndim - 1)))
-        row_scales = ir.node("Gather", [self._constant(f"{base}.w{bits}.scale", column, graph=graph), node.inputs[1]], {"axis": 0})
+        row_scales = ir.node(
+            "Gather",
+            [self._constant(f"{base}.w{bits}.scale", column, graph=graph), node.inputs[1]],
+            {"axis": 0},
+        )
         self._add(row_scales, f"{base}.w{bits}.row_scale")
-        levels = ir.node("DequantizeLinear", [rows, self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32), graph=graph)])
+        levels = ir.node(
+            "DequantizeLinear",
+            [rows, self._constant(f"{base}.w{bits}.unit", np.array(1.0, np.float32), graph=graph)],
+        )
         self._add(levels, f"{base}.w{bits}.levels")
         scaled = ir.node("Mul", [levels.outputs[0], row_scales.outputs[0]])
         out = self._add(scaled, f"{base}.w{bits}.rows")
@@ -465,7 +581,14 @@ class _Lowering:
             out.name = output_name
 
     def _dequantize_then_scale(
-        self, base: str, bits: int, q_value: ir.Value, scales: np.ndarray, axis: int, rank: int, graph: ir.Graph
+        self,
+        base: str,
+        bits: int,
+        q_value: ir.Value,
+        scales: np.ndarray,
+        axis: int,
+        rank: int,
+        graph: ir.Graph,
     ) -> list[ir.Node]:
         """DequantizeLinear at unit scale, then a Mul by the per-channel scales.
 
@@ -498,13 +621,22 @@ class _Lowering:
         scale, zero_point = activation_qparams(observed["lo"], observed["hi"], grid)
         base = value.name or "act"
         s_value = self._constant(f"{base}.a{bits}.scale", np.array(scale, np.float32))
-        z_value = self._constant(f"{base}.a{bits}.zp", np.array(zero_point, grid.numpy_dtype), grid.container)
+        z_value = self._constant(
+            f"{base}.a{bits}.zp", np.array(zero_point, grid.numpy_dtype), grid.container
+        )
         source = value
         nodes: list[ir.Node] = []
         if grid.narrow:
             lo = np.float32((grid.qmin - zero_point) * float(scale))
             hi = np.float32((grid.qmax - zero_point) * float(scale))
-            clip = ir.node("Clip", [value, self._constant(f"{base}.a{bits}.lo", np.array(lo)), self._constant(f"{base}.a{bits}.hi", np.array(hi))])
+            clip = ir.node(
+                "Clip",
+                [
+                    value,
+                    self._constant(f"{base}.a{bits}.lo", np.array(lo)),
+                    self._constant(f"{base}.a{bits}.hi", np.array(hi)),
+                ],
+            )
             self._add(clip, f"{base}.a{bits}.clipped")
             nodes.append(clip)
             source = clip.outputs[0]
@@ -560,15 +692,29 @@ class _Lowering:
         bias = constant_array(node.inputs[2])
         x_scale = _dequantize_scale(node.inputs[0])
         w_scale = _dequantize_scale(node.inputs[1])
-        if bias is None or bias.ndim != 1 or x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.ndim > 1:
+        if (
+            bias is None
+            or bias.ndim != 1
+            or x_scale is None
+            or w_scale is None
+            or x_scale.size != 1
+            or w_scale.ndim > 1
+        ):
             return  # (a 2-D weight scale is a blocked layout: no scale per channel to put the bias on)
-        scale = np.broadcast_to(np.float32(x_scale.reshape(())) * w_scale.astype(np.float32).reshape(-1), bias.shape)
-        scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(np.float32)
+        scale = np.broadcast_to(
+            np.float32(x_scale.reshape(())) * w_scale.astype(np.float32).reshape(-1), bias.shape
+        )
+        scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(
+            np.float32
+        )
         q = np.rint(bias / scale).astype(np.int32)
         base = node.inputs[2].name or layer.name
         dq = ir.node(
             "DequantizeLinear",
-            [self._constant(f"{base}.i32", q), self._constant(f"{base}.i32.scale", scale)],  # zero point 0 by default
+            [
+                self._constant(f"{base}.i32", q),
+                self._constant(f"{base}.i32.scale", scale),
+            ],  # zero point 0 by default
             {"axis": 0},
         )
         self._add(dq, f"{base}.i32.dq")

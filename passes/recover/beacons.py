@@ -22,9 +22,9 @@ import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes.evaluator import Evaluator
-from mpqc.passes.grid import FLOAT_BITS
-from mpqc.passes.lower.layout import WeightLayout
+from mpqc.passes.lib.evaluator import Evaluator
+from mpqc.passes.lib.grid import FLOAT_BITS
+from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.recover.recover import Recover, recover_layer, targets
 from mpqc.passes.recover.statistics import InputStatistics, observe_float
 
@@ -35,14 +35,22 @@ class BeaconRecovery:
     """Recovers configurations of ``model`` into evaluators (see the module docstring)."""
 
     def __init__(
-        self, model: ir.Model, samples: Sequence[Mapping[str, Any]], *, wbits: Sequence[int], hw: Any = None, layout: WeightLayout = WeightLayout()
+        self,
+        model: ir.Model,
+        samples: Sequence[Mapping[str, Any]],
+        *,
+        wbits: Sequence[int],
+        hw: Any = None,
+        layout: WeightLayout = WeightLayout(),
     ) -> None:
         self.model = model.clone()
         self.samples = list(samples)
         self.wbits = tuple(wbits)
         self.hw = hw
         self.layout = layout
-        self.options = Recover.Options(inputs="float", weight_only=layout.weight_only, block_size=layout.block_size)
+        self.options = Recover.Options(
+            inputs="float", weight_only=layout.weight_only, block_size=layout.block_size
+        )
         self._statistics: dict[str, InputStatistics] | None = None
         #: Beacons recovered so far (MOHAQ's budget keeps this small).
         self.recovered = 0
@@ -57,7 +65,9 @@ class BeaconRecovery:
                 seen = statistics[target.name]
                 recover_layer(recovered.graph, target, seen, seen.mean, self.options)
         self.recovered += 1
-        return Evaluator(recovered, self.samples, wbits=self.wbits, spec=self.hw, layout=self.layout)
+        return Evaluator(
+            recovered, self.samples, wbits=self.wbits, spec=self.hw, layout=self.layout
+        )
 
     def _observed(self) -> dict[str, InputStatistics]:
         """Float-input statistics of every layer recovery can reconstruct, observed once for all beacons."""
@@ -65,5 +75,7 @@ class BeaconRecovery:
             every = {layer.name: (2, FLOAT_BITS) for layer in quantizable_layers(self.model.graph)}
             recoverable, _ = targets(self.model, every, None, max_bits=16)
             views = {t.name: t.view for t in recoverable}
-            self._statistics = observe_float(self.model, views, self.samples, True, self.options.positions)
+            self._statistics = observe_float(
+                self.model, views, self.samples, True, self.options.positions
+            )
         return self._statistics

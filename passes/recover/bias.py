@@ -44,12 +44,24 @@ class BiasSlot:
         if self.current is None:
             array = update
         else:
-            array = (self.current.astype(np.float32) + update.reshape(self.current.shape)).astype(self.current.dtype)
+            array = (self.current.astype(np.float32) + update.reshape(self.current.shape)).astype(
+                self.current.dtype
+            )
         old = self.node.inputs[self.index] if self.index < len(self.node.inputs) else None
-        if old is not None and old.is_initializer() and len(old.uses()) == 1 and old.const_value is not None:
+        if (
+            old is not None
+            and old.is_initializer()
+            and len(old.uses()) == 1
+            and old.const_value is not None
+        ):
             old.const_value = ir.tensor(array, name=old.name)
             return
-        value = ir.Value(name=_unique(graph, name), shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(array))
+        value = ir.Value(
+            name=_unique(graph, name),
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(ir.DataType.FLOAT),
+            const_value=ir.tensor(array),
+        )
         value.const_value.name = value.name
         graph.register_initializer(value)
         if self.index >= len(self.node.inputs):
@@ -58,7 +70,11 @@ class BiasSlot:
 
 
 def _unique(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+    taken = (
+        set(graph.initializers)
+        | {v.name for n in graph for v in n.outputs}
+        | {v.name for v in graph.inputs}
+    )
     name, i = base, 1
     while name in taken:
         i += 1
@@ -78,7 +94,11 @@ def bias_slot(layer: Layer, out_channels: int) -> BiasSlot | str:
         return _vector_input(node, 2, out_channels, node.attributes.get_float("alpha", 1.0) / beta)
     if node.op_type == "MatMul":
         uses = node.outputs[0].uses()
-        if len(uses) == 1 and uses[0].node.op_type == "Add" and not node.outputs[0].is_graph_output():
+        if (
+            len(uses) == 1
+            and uses[0].node.op_type == "Add"
+            and not node.outputs[0].is_graph_output()
+        ):
             add = uses[0].node
             other = 1 - uses[0].idx
             slot = _vector_input(add, other, out_channels, 1.0)
@@ -95,6 +115,10 @@ def _vector_input(node: ir.Node, index: int, channels: int, factor: float) -> Bi
     array = constant_array(value)
     if array is None:
         return "its bias is computed at run time"
-    if array.size != channels or (array.ndim and array.shape[-1] != channels) or not np.issubdtype(array.dtype, np.floating):
+    if (
+        array.size != channels
+        or (array.ndim and array.shape[-1] != channels)
+        or not np.issubdtype(array.dtype, np.floating)
+    ):
         return f"its bias has shape {list(array.shape)}, not one value per output channel"
     return BiasSlot(node, index, array, factor)

@@ -17,14 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpqc.passes.grid import fake_quant_weight, quantize_weight_blocked, weight_grid, weight_scales
+from mpqc.passes.lib.grid import (
+    fake_quant_weight,
+    quantize_weight_blocked,
+    weight_grid,
+    weight_scales,
+)
 
 __all__ = ["on_grid"]
 
 _MAX_STEPS = 8
 
 
-def on_grid(levels: np.ndarray, scales: np.ndarray, bits: int, axis: int, block: int = 0, block_axis: int = 0) -> np.ndarray | None:
+def on_grid(
+    levels: np.ndarray,
+    scales: np.ndarray,
+    bits: int,
+    axis: int,
+    block: int = 0,
+    block_axis: int = 0,
+) -> np.ndarray | None:
     """``levels · scales`` as float32 weights that ``fake_quant_weight`` returns unchanged.
 
     ``levels`` are integers in the weight's layout. Per channel (``block`` 0): one scale per channel
@@ -33,10 +45,20 @@ def on_grid(levels: np.ndarray, scales: np.ndarray, bits: int, axis: int, block:
     no float32 scale reproduces itself (it has not happened; the caller then keeps the original weight).
     """
     qmax = weight_grid(bits).qmax
-    expand, recompute = _per_block(levels.shape, bits, block, block_axis) if block else _per_channel(levels.ndim, bits, axis)
-    peaks = _peaks(np.abs(levels), block, block_axis) if block else np.abs(np.moveaxis(levels, axis, 0).reshape(levels.shape[axis], -1)).max(axis=1)
+    expand, recompute = (
+        _per_block(levels.shape, bits, block, block_axis)
+        if block
+        else _per_channel(levels.ndim, bits, axis)
+    )
+    peaks = (
+        _peaks(np.abs(levels), block, block_axis)
+        if block
+        else np.abs(np.moveaxis(levels, axis, 0).reshape(levels.shape[axis], -1)).max(axis=1)
+    )
     if np.any((peaks != 0) & (peaks != qmax)):
-        raise ValueError(f"every channel or block must reach ±{qmax} or be zero, got peaks {sorted(set(np.ravel(peaks).tolist()))}")
+        raise ValueError(
+            f"every channel or block must reach ±{qmax} or be zero, got peaks {sorted(set(np.ravel(peaks).tolist()))}"
+        )
     scales = np.where(peaks > 0, scales, 1.0).astype(np.float32)
     as_float = levels.astype(np.float32)
     for _ in range(_MAX_STEPS):
@@ -54,7 +76,9 @@ def on_grid(levels: np.ndarray, scales: np.ndarray, bits: int, axis: int, block:
 def _per_channel(ndim: int, bits: int, axis: int):
     shape = [1] * ndim
     shape[axis] = -1
-    return (lambda scales: scales.reshape(shape)), (lambda weight: weight_scales(weight, bits, axis))
+    return (lambda scales: scales.reshape(shape)), (
+        lambda weight: weight_scales(weight, bits, axis)
+    )
 
 
 def _per_block(shape: tuple[int, ...], bits: int, block: int, block_axis: int):

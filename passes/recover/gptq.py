@@ -51,7 +51,9 @@ def peak_pins(weight: np.ndarray, block: int) -> np.ndarray:
     return mask.reshape(groups, rows, blocks * block)[:, :, :cols]
 
 
-def clip_scales(weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.ndarray) -> np.ndarray:
+def clip_scales(
+    weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.ndarray
+) -> np.ndarray:
     """Per row, the scale ``ratio · amax / qmax`` with the least Hessian-diagonal weighted rounding error."""
     amax = np.abs(weight).max(axis=2)
     importance = np.diagonal(hessian, axis1=1, axis2=2)[:, None, :]  # (groups, 1, cols)
@@ -59,7 +61,11 @@ def clip_scales(weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.n
     best = amax / qmax
     for ratio in ratios:
         scales = np.where(amax > 0, ratio * amax / qmax, 1.0)
-        error = np.sum(importance * np.square(weight - round_levels(weight, scales[..., None], qmax) * scales[..., None]), axis=2)
+        error = np.sum(
+            importance
+            * np.square(weight - round_levels(weight, scales[..., None], qmax) * scales[..., None]),
+            axis=2,
+        )
         better = error < best_error
         best_error = np.where(better, error, best_error)
         best = np.where(better, scales, best)
@@ -90,14 +96,21 @@ def gptq_levels(
     g_idx, c_idx = np.nonzero(dead)
     h[g_idx, c_idx, c_idx] = 1.0
     diagonal = np.diagonal(h, axis1=1, axis2=2)
-    order = np.argsort(-diagonal, axis=1, kind="stable") if act_order else np.broadcast_to(np.arange(cols), (groups, cols))
+    order = (
+        np.argsort(-diagonal, axis=1, kind="stable")
+        if act_order
+        else np.broadcast_to(np.arange(cols), (groups, cols))
+    )
+
     def reordered(array: np.ndarray) -> np.ndarray:
         return np.take_along_axis(np.broadcast_to(array, weight.shape), order[:, None, :], axis=2)
 
     w = reordered(np.asarray(weight, np.float64))
     s = reordered(np.asarray(scales, np.float64))
     pinned_level = reordered(np.where(pins, np.sign(weight) * qmax, np.nan))
-    h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
+    h = np.take_along_axis(
+        np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2
+    )
     upper = _inverse_cholesky(h, damping)
 
     levels = np.zeros_like(w)
@@ -132,7 +145,9 @@ def _inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
             return np.swapaxes(np.linalg.cholesky(inverse), 1, 2)
         except np.linalg.LinAlgError:
             continue
-    raise np.linalg.LinAlgError("the layer's input Hessian stays singular even with 10^5 times the damping")
+    raise np.linalg.LinAlgError(
+        "the layer's input Hessian stays singular even with 10^5 times the damping"
+    )
 
 
 def output_error(weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarray) -> float:

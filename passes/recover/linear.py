@@ -114,12 +114,19 @@ def _im2col(x: np.ndarray, geometry: _ConvGeometry, groups: int, limit: int) -> 
     windows = sliding_window_view(x, extents, axis=spatial_axes)  # [N, C, *positions, *extents]
     out = tuple(-(-(n - e + 1) // s) for n, e, s in zip(x.shape[2:], extents, geometry.strides))
     step = _subsampling(out, limit)
-    select = (slice(None), slice(None), *(slice(None, None, s * step) for s in geometry.strides), *(slice(None, None, d) for d in geometry.dilations))
+    select = (
+        slice(None),
+        slice(None),
+        *(slice(None, None, s * step) for s in geometry.strides),
+        *(slice(None, None, d) for d in geometry.dilations),
+    )
     windows = windows[select]  # [N, C, *out, *kernel]
     n, channels = windows.shape[:2]
     out = windows.shape[2 : 2 + rank]
     order = (0, *range(2, 2 + rank), 1, *range(2 + rank, 2 + 2 * rank))  # [N, *out, C, *kernel]
-    columns = windows.transpose(order).reshape(n * math.prod(out), groups, channels // groups * math.prod(geometry.kernel))
+    columns = windows.transpose(order).reshape(
+        n * math.prod(out), groups, channels // groups * math.prod(geometry.kernel)
+    )
     return columns
 
 
@@ -145,7 +152,11 @@ def linear_view(layer: Layer) -> LinearView | str:
         return LinearView(layer, shape, groups, conv=geometry)
     if op == "Gemm":
         return LinearView(
-            layer, shape, 1, transpose_input=bool(node.attributes.get_int("transA", 0)), transpose_weight=not node.attributes.get_int("transB", 0)
+            layer,
+            shape,
+            1,
+            transpose_input=bool(node.attributes.get_int("transA", 0)),
+            transpose_weight=not node.attributes.get_int("transB", 0),
         )
     if op == "MatMul":
         if weight.ndim != 2:

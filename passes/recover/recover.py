@@ -56,17 +56,23 @@ from threadpoolctl import threadpool_limits
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes.base import Pass, PassError, option
-from mpqc.passes.grid import FLOAT_BITS, fake_quant_weight, quantize_weight_blocked, weight_grid, weight_scales
-from mpqc.passes.lower.layout import WeightLayout, block_axis
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.grid import (
+    FLOAT_BITS,
+    fake_quant_weight,
+    quantize_weight_blocked,
+    weight_grid,
+    weight_scales,
+)
+from mpqc.passes.lib.layout import WeightLayout, block_axis
+from mpqc.passes.lib.target import weight_grid_bits
 from mpqc.passes.lower.lower_qdq import parse_bits
 from mpqc.passes.recover.bias import bias_slot
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, peak_pins, round_levels
 from mpqc.passes.recover.linear import LinearView, linear_view
 from mpqc.passes.recover.statistics import InputStatistics, observe_float, observe_quantized
-from mpqc.passes.registry import register
-from mpqc.passes.target import weight_grid_bits
 
 __all__ = ["Recover", "Target", "recover_layer", "targets"]
 
@@ -108,18 +114,45 @@ class Recover(Pass):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        uniform: str = option("", "one choice for every layer, e.g. w4a8 (empty: read mpqc.bits), as lower-qdq's uniform")
-        inputs: Literal["sequential", "float"] = option("sequential", "layer inputs seen through the quantized, recovered upstream (sequential) or the float model's")
-        stages: int = option(8, "sequential: onnxruntime passes over the samples; layers are observed in this many consecutive groups")
-        method: Literal["gptq", "round"] = option("gptq", "weight rounding: GPTQ second-order rounding, or plain rounding (bias correction only)")
-        clip_search: bool = option(False, "search each channel's clip ratio (Hessian-weighted error) before rounding; per-channel grids only")
-        bias_correction: bool = option(True, "fold the mean output shift against float into the bias")
-        damping: float = option(0.01, "GPTQ: added to the Hessian's diagonal, as a fraction of its mean")
+        uniform: str = option(
+            "",
+            "one choice for every layer, e.g. w4a8 (empty: read mpqc.bits), as lower-qdq's uniform",
+        )
+        inputs: Literal["sequential", "float"] = option(
+            "sequential",
+            "layer inputs seen through the quantized, recovered upstream (sequential) or the float model's",
+        )
+        stages: int = option(
+            8,
+            "sequential: onnxruntime passes over the samples; layers are observed in this many consecutive groups",
+        )
+        method: Literal["gptq", "round"] = option(
+            "gptq",
+            "weight rounding: GPTQ second-order rounding, or plain rounding (bias correction only)",
+        )
+        clip_search: bool = option(
+            False,
+            "search each channel's clip ratio (Hessian-weighted error) before rounding; per-channel grids only",
+        )
+        bias_correction: bool = option(
+            True, "fold the mean output shift against float into the bias"
+        )
+        damping: float = option(
+            0.01, "GPTQ: added to the Hessian's diagonal, as a fraction of its mean"
+        )
         max_bits: int = option(7, "recover layers whose weight grid has at most this many bits")
         samples: int = option(64, "calibration samples observed")
-        positions: int = option(512, "per sample, at most this many input rows of a layer enter its statistics (evenly strided)")
-        weight_only: bool = option(False, "lower-qdq's weight_only: the weight layout recovery rounds on must be the lowering's")
-        block_size: int = option(0, "lower-qdq's block_size: the weight layout recovery rounds on must be the lowering's")
+        positions: int = option(
+            512,
+            "per sample, at most this many input rows of a layer enter its statistics (evenly strided)",
+        )
+        weight_only: bool = option(
+            False,
+            "lower-qdq's weight_only: the weight layout recovery rounds on must be the lowering's",
+        )
+        block_size: int = option(
+            0, "lower-qdq's block_size: the weight layout recovery rounds on must be the lowering's"
+        )
 
         @property
         def layout(self) -> WeightLayout:
@@ -129,7 +162,9 @@ class Recover(Pass):
             if self.uniform:
                 parse_bits(self.uniform)
             if min(self.stages, self.samples, self.positions) < 1:
-                raise ValueError(f"stages, samples and positions must be at least 1, got {self.stages}, {self.samples} and {self.positions}")
+                raise ValueError(
+                    f"stages, samples and positions must be at least 1, got {self.stages}, {self.samples} and {self.positions}"
+                )
             if not 0.0 < self.damping < 1.0:
                 raise ValueError(f"damping must be in (0, 1), got {self.damping}")
             self.layout  # validates block_size
@@ -137,17 +172,23 @@ class Recover(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
         if data is None or len(data) == 0:
-            raise PassError("recover: needs calibration samples (--calib DIR) to observe each layer's inputs; drop --recover or give data")
+            raise PassError(
+                "recover: needs calibration samples (--calib DIR) to observe each layer's inputs; drop --recover or give data"
+            )
         data.check(model)
         config = self._config(model)
-        chosen, skipped = targets(model, config, self.context.hw, self.options.max_bits, self.options.layout)
+        chosen, skipped = targets(
+            model, config, self.context.hw, self.options.max_bits, self.options.layout
+        )
         for name, why in skipped:
             self.context.note(f"recover: layer '{name}' left as rounded: {why}")
         if not chosen:
-            self.context.note(f"recover: no layer has weights of {self.options.max_bits} bits or fewer to recover")
+            self.context.note(
+                f"recover: no layer has weights of {self.options.max_bits} bits or fewer to recover"
+            )
             return ir.passes.PassResult(model, modified=False)
         samples = list(data)[: self.options.samples]
-        # One BLAS thread, like the onnxruntime sessions (passes/runtime.py): the same bytes on any
+        # One BLAS thread, like the onnxruntime sessions (passes/lib/runtime.py): the same bytes on any
         # machine, and on a shared one a multi-threaded Cholesky waits on busy cores (measured 30x slower).
         with threadpool_limits(1, user_api="blas"):
             outcomes = self._recover(model, config, chosen, samples)
@@ -164,15 +205,24 @@ class Recover(Pass):
             if chosen is not None:
                 config[layer.name] = (int(chosen["w"]), int(chosen["a"]))
         if not config:
-            raise PassError("recover: no layer has bits; run search first (or give recover{uniform=w4a8})")
+            raise PassError(
+                "recover: no layer has bits; run search first (or give recover{uniform=w4a8})"
+            )
         return config
 
-    def _recover(self, model: ir.Model, config: Config, chosen: list[Target], samples: Sequence) -> list[Outcome]:
+    def _recover(
+        self, model: ir.Model, config: Config, chosen: list[Target], samples: Sequence
+    ) -> list[Outcome]:
         views = {t.name: t.view for t in chosen}
         sequential = self.options.inputs == "sequential"
         reference = observe_float(model, views, samples, not sequential, self.options.positions)
         if not sequential:
-            return [recover_layer(model.graph, t, reference[t.name], reference[t.name].mean, self.options) for t in chosen]
+            return [
+                recover_layer(
+                    model.graph, t, reference[t.name], reference[t.name].mean, self.options
+                )
+                for t in chosen
+            ]
         order = {layer.name: i for i, layer in enumerate(quantizable_layers(model.graph))}
         flow = data_flow(model.graph)
         position = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
@@ -180,15 +230,27 @@ class Recover(Pass):
         for stage in np.array_split(np.arange(len(chosen)), min(self.options.stages, len(chosen))):
             members = [chosen[i] for i in stage]
             last = order[members[-1].name]
-            upstream = {name: bits for name, bits in config.items() if order.get(name, last + 1) <= last}
-            seen = observe_quantized(model, upstream, {t.name: t.view for t in members}, samples, self.context.hw, self.options.layout, self.options.positions)
+            upstream = {
+                name: bits for name, bits in config.items() if order.get(name, last + 1) <= last
+            }
+            seen = observe_quantized(
+                model,
+                upstream,
+                {t.name: t.view for t in members},
+                samples,
+                self.context.hw,
+                self.options.layout,
+                self.options.positions,
+            )
             in_stage = {position[id(t.view.layer.node)] for t in members}
             for t in members:
                 # A layer observed behind members of its own stage saw their plain, uncorrected outputs;
                 # those members correct their own shift, so it corrects only its own (no double count).
                 behind_member = bool(nx.ancestors(flow, position[id(t.view.layer.node)]) & in_stage)
                 target_mean = seen[t.name].mean if behind_member else reference[t.name].mean
-                outcomes.append(recover_layer(model.graph, t, seen[t.name], target_mean, self.options))
+                outcomes.append(
+                    recover_layer(model.graph, t, seen[t.name], target_mean, self.options)
+                )
         return outcomes
 
     def _report(self, model: ir.Model, outcomes: list[Outcome]) -> None:
@@ -211,7 +273,13 @@ class Recover(Pass):
         annotations.REPORT.set(model, report)
 
 
-def targets(model: ir.Model, config: Config, hw: object, max_bits: int, layout: WeightLayout = WeightLayout()) -> tuple[list[Target], list[tuple[str, str]]]:
+def targets(
+    model: ir.Model,
+    config: Config,
+    hw: object,
+    max_bits: int,
+    layout: WeightLayout = WeightLayout(),
+) -> tuple[list[Target], list[tuple[str, str]]]:
     """The layers of ``config`` to recover (in topological order), and (name, why) of those left out."""
     chosen, skipped = [], []
     for layer in quantizable_layers(model.graph):
@@ -223,7 +291,9 @@ def targets(model: ir.Model, config: Config, hw: object, max_bits: int, layout: 
         if isinstance(view, str):
             skipped.append((layer.name, view))
         elif len(layer.weight.uses()) != 1:
-            skipped.append((layer.name, f"its weight '{layer.weight.name}' is shared with another node"))
+            skipped.append(
+                (layer.name, f"its weight '{layer.weight.name}' is shared with another node")
+            )
         elif layer.activation is None or not layer.activation.name:
             skipped.append((layer.name, "its input has no name to observe"))
         else:
@@ -231,7 +301,13 @@ def targets(model: ir.Model, config: Config, hw: object, max_bits: int, layout: 
     return chosen, skipped
 
 
-def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, target_mean: np.ndarray, options: Recover.Options) -> Outcome:
+def recover_layer(
+    graph: ir.Graph,
+    target: Target,
+    seen: InputStatistics,
+    target_mean: np.ndarray,
+    options: Recover.Options,
+) -> Outcome:
     """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring).
 
     ``seen`` are the statistics of the inputs the layer will see; bias correction makes its mean
@@ -244,31 +320,54 @@ def recover_layer(graph: ir.Graph, target: Target, seen: InputStatistics, target
     qmax = weight_grid(bits).qmax
     matrix = view.matrix(weight).astype(np.float64)
     assert seen.hessian is not None
-    if block:  # blocks run along K, the matrix's columns: scales (1, N, blocks) repeated over each block
+    if (
+        block
+    ):  # blocks run along K, the matrix's columns: scales (1, N, blocks) repeated over each block
         stored = quantize_weight_blocked(weight, bits, along, block)[1]
-        scales = np.repeat(view.matrix(stored).astype(np.float64), block, axis=2)[:, :, : matrix.shape[2]]
+        scales = np.repeat(view.matrix(stored).astype(np.float64), block, axis=2)[
+            :, :, : matrix.shape[2]
+        ]
     else:
         per_row = weight_scales(weight, bits, axis).astype(np.float64).reshape(matrix.shape[:2])
         if options.clip_search:
             per_row = clip_scales(matrix, seen.hessian, qmax, CLIP_RATIOS)
         scales = np.broadcast_to(per_row[..., None], matrix.shape)
     if options.method == "gptq":
-        levels = gptq_levels(matrix, seen.hessian, scales, qmax, peak_pins(matrix, block or matrix.shape[2]), damping=options.damping)
+        levels = gptq_levels(
+            matrix,
+            seen.hessian,
+            scales,
+            qmax,
+            peak_pins(matrix, block or matrix.shape[2]),
+            damping=options.damping,
+        )
     else:
         levels = round_levels(matrix, scales, qmax)
     plain = view.matrix(fake_quant_weight(weight, bits, axis, block, along)).astype(np.float64)
     plain_error = output_error(matrix, plain, seen.hessian)
-    stored_scales = view.weight_from(scales[:, :, ::block]) if block else scales[:, :, 0].reshape(-1)
-    recovered = on_grid(view.weight_from(levels).astype(np.int64), stored_scales, bits, axis, block, along)
-    if recovered is None:  # no float32 scale reproduces itself (exact.py): keep the weight, lower-qdq rounds it
-        return Outcome(target.name, plain_error, plain_error, "its scale has no exact float32 fixed point")
+    stored_scales = (
+        view.weight_from(scales[:, :, ::block]) if block else scales[:, :, 0].reshape(-1)
+    )
+    recovered = on_grid(
+        view.weight_from(levels).astype(np.int64), stored_scales, bits, axis, block, along
+    )
+    if (
+        recovered is None
+    ):  # no float32 scale reproduces itself (exact.py): keep the weight, lower-qdq rounds it
+        return Outcome(
+            target.name, plain_error, plain_error, "its scale has no exact float32 fixed point"
+        )
     new_matrix = view.matrix(recovered).astype(np.float64)
     layer.weight.const_value = ir.tensor(recovered, name=layer.weight.name)
-    outcome = Outcome(target.name, plain_error, output_error(matrix, new_matrix, seen.hessian), None)
+    outcome = Outcome(
+        target.name, plain_error, output_error(matrix, new_matrix, seen.hessian), None
+    )
     if options.bias_correction:
         slot = bias_slot(layer, view.out_channels)
         if isinstance(slot, str):
             return dataclasses.replace(outcome, note=f"bias not corrected: {slot}")
-        shift = np.einsum("grc,gc->gr", matrix, target_mean) - np.einsum("grc,gc->gr", new_matrix, seen.mean)
+        shift = np.einsum("grc,gc->gr", matrix, target_mean) - np.einsum(
+            "grc,gc->gr", new_matrix, seen.mean
+        )
         slot.shift(graph, shift.reshape(-1), f"{layer.name}.bias")
     return outcome

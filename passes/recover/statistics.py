@@ -28,11 +28,11 @@ import onnxruntime as ort
 
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes.context import CompileContext
-from mpqc.passes.lower.layout import WeightLayout
+from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.lib.layout import WeightLayout
+from mpqc.passes.lib.runtime import session, session_options
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 from mpqc.passes.recover.linear import LinearView
-from mpqc.passes.runtime import session, session_options
 
 __all__ = ["InputStatistics", "observe_float", "observe_quantized"]
 
@@ -50,7 +50,9 @@ class InputStatistics:
     @classmethod
     def empty(cls, view: LinearView, with_hessian: bool) -> InputStatistics:
         groups, cols = view.groups, view.cols
-        return cls(np.zeros((groups, cols)), np.zeros((groups, cols, cols)) if with_hessian else None)
+        return cls(
+            np.zeros((groups, cols)), np.zeros((groups, cols, cols)) if with_hessian else None
+        )
 
     def add(self, rows: np.ndarray) -> None:
         """Add a batch of rows ``(positions, groups, cols)``."""
@@ -67,7 +69,13 @@ class InputStatistics:
         return self.total / max(self.count, 1)
 
 
-def observe_float(model: ir.Model, views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool, limit: int) -> dict[str, InputStatistics]:
+def observe_float(
+    model: ir.Model,
+    views: Mapping[str, LinearView],
+    samples: Sequence[Sample],
+    with_hessian: bool,
+    limit: int,
+) -> dict[str, InputStatistics]:
     """Statistics of each named layer's input in the float model (``limit``: see ``LinearView.rows``)."""
     taps = {name: _input_name(view) for name, view in views.items()}
     return _observe(model, taps, views, samples, with_hessian, limit)
@@ -94,7 +102,9 @@ def observe_quantized(
             annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
         else:
             annotations.BITS.remove(layer.node)
-    LowerQDQ(context=CompileContext(hw=hw), weight_only=layout.weight_only, block_size=layout.block_size)(lowered)
+    LowerQDQ(
+        context=CompileContext(hw=hw), weight_only=layout.weight_only, block_size=layout.block_size
+    )(lowered)
     taps: dict[str, str] = {}
     for node in lowered.graph:
         name = wanted.get(node.outputs[0].name) if node.outputs else None
@@ -145,7 +155,12 @@ def _input_name(view: LinearView) -> str:
 
 
 def _observe(
-    model: ir.Model, taps: Mapping[str, str], views: Mapping[str, LinearView], samples: Sequence[Sample], with_hessian: bool, limit: int
+    model: ir.Model,
+    taps: Mapping[str, str],
+    views: Mapping[str, LinearView],
+    samples: Sequence[Sample],
+    with_hessian: bool,
+    limit: int,
 ) -> dict[str, InputStatistics]:
     proto = ir.to_proto(model)
     inputs = {value.name for value in proto.graph.input}

@@ -45,11 +45,15 @@ class ArgmaxTask(Task):
 
     def _make_calibration(self):
         rng = np.random.default_rng([self.sizes.seed, 1])
-        return [{"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(self.sizes.n_calib)]
+        return [
+            {"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(self.sizes.n_calib)
+        ]
 
     def _make_evaluation(self):
         rng = np.random.default_rng([self.sizes.seed, 2])
-        inputs = [{"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(self.sizes.n_eval)]
+        inputs = [
+            {"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(self.sizes.n_eval)
+        ]
         return inputs, [0] * len(inputs)
 
     def predict(self, outputs):
@@ -114,7 +118,7 @@ def fake_mpqc(tmp_path: Path, exit_code: int) -> Path:
     script.write_text(f"""#!{sys.executable}
 import json, shutil, sys
 args = sys.argv[1:]
-json.dump(args, open({str(tmp_path / 'args.json')!r}, 'w'))
+json.dump(args, open({str(tmp_path / "args.json")!r}, 'w'))
 if {exit_code}:
     print('error: --hw spec nope not found', file=sys.stderr)
     sys.exit({exit_code})
@@ -124,15 +128,27 @@ shutil.copyfile(args[0], args[args.index('-o') + 1])
     return script
 
 
-def test_mpqc_recipe_runs_the_cli_with_model_args_output_and_calib(tmp_path, tiny_path, monkeypatch):
+def test_mpqc_recipe_runs_the_cli_with_model_args_output_and_calib(
+    tmp_path, tiny_path, monkeypatch
+):
     monkeypatch.setattr(baselines, "RECIPES", dict(baselines.RECIPES))
-    recipe = mpqc_recipe("mpqc-test", "--hw x86_avx2 --max-size 0.25x", executable=str(fake_mpqc(tmp_path, 0)))
+    recipe = mpqc_recipe(
+        "mpqc-test", "--hw x86_avx2 --max-size 0.25x", executable=str(fake_mpqc(tmp_path, 0))
+    )
     assert baselines.RECIPES["mpqc-test"] is recipe
     request = QuantizeRequest(tiny_path, [], tmp_path / "calib", tmp_path / "out.onnx")
     recipe.quantize(request)
     assert json.loads((tmp_path / "args.json").read_text()) == [
-        str(tiny_path), "--hw", "x86_avx2", "--max-size", "0.25x", "-o", str(tmp_path / "out.onnx"),
-        "--calib", str(tmp_path / "calib")]
+        str(tiny_path),
+        "--hw",
+        "x86_avx2",
+        "--max-size",
+        "0.25x",
+        "-o",
+        str(tmp_path / "out.onnx"),
+        "--calib",
+        str(tmp_path / "calib"),
+    ]
     assert (tmp_path / "out.onnx").read_bytes() == tiny_path.read_bytes()
     failing = mpqc_recipe("mpqc-bad", "--hw nope", executable=str(fake_mpqc(tmp_path, 1)))
     with pytest.raises(RecipeError, match="exited 1: error: --hw spec nope not found"):
@@ -149,20 +165,46 @@ def test_run_recipe_rows_for_float_ort_and_a_failing_tool(tmp_path, tiny_path, m
     def broken(request: QuantizeRequest) -> None:
         raise RecipeError("no spec\nsecond line")
 
-    rows = [run_recipe(recipe, float_model, task, tmp_path, tmp_path, reference, repeats=2)
-            for recipe in (baselines.FLOAT, baselines.RECIPES["ort-u8s8"], register_tool("broken", broken))]
+    rows = [
+        run_recipe(recipe, float_model, task, tmp_path, tmp_path, reference, repeats=2)
+        for recipe in (
+            baselines.FLOAT,
+            baselines.RECIPES["ort-u8s8"],
+            register_tool("broken", broken),
+        )
+    ]
     float_row, ort_row, broken_row = rows
     assert float_row["metrics"]["top1_agreement"] == 1.0 and float_row["quantize_s"] is None
     assert float_row["latency_vs_float_1t"] == 1.0 and float_row["size_mb"] == pytest.approx(
-        float_model.stat().st_size / 1e6)
+        float_model.stat().st_size / 1e6
+    )
     assert ort_row["quantize_s"] > 0 and ort_row["latency_ms_2t"] > 0
     assert 0.5 <= ort_row["metrics"]["top1_agreement"] <= 1.0
-    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(tmp_path / "ort-u8s8.onnx")).graph.node)
-    assert broken_row == {"recipe": "broken", "description": "broken", "error": "RecipeError: no spec"}
-    results = {"models": {"tiny": {"description": "a MatMul", "sizes": {"n_eval": 16, "n_calib": 4, "seed": 0},
-                                   "metric_names": ["accuracy", "top1_agreement"], "rows": rows}}}
+    assert any(
+        n.op_type == "DequantizeLinear"
+        for n in onnx.load(str(tmp_path / "ort-u8s8.onnx")).graph.node
+    )
+    assert broken_row == {
+        "recipe": "broken",
+        "description": "broken",
+        "error": "RecipeError: no spec",
+    }
+    results = {
+        "models": {
+            "tiny": {
+                "description": "a MatMul",
+                "sizes": {"n_eval": 16, "n_calib": 4, "seed": 0},
+                "metric_names": ["accuracy", "top1_agreement"],
+                "rows": rows,
+            }
+        }
+    }
     table = markdown(results)
-    assert "| float | " in table and "| ort-u8s8 | " in table and "| broken | failed: RecipeError: no spec |" in table
+    assert (
+        "| float | " in table
+        and "| ort-u8s8 | " in table
+        and "| broken | failed: RecipeError: no spec |" in table
+    )
     assert len({line.count("|") for line in table.splitlines() if line.startswith("|")}) == 1
 
 
@@ -179,8 +221,20 @@ def test_quick_benchmark_on_the_orientation_model(tmp_path):
     from bench.run import main
 
     out = tmp_path / "results.json"
-    assert main(["--models", "orientation", "--quick", "--recipes", "float,ort-u8s8,ort-u8s8-conv-matmul",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--models",
+                "orientation",
+                "--quick",
+                "--recipes",
+                "float,ort-u8s8,ort-u8s8-conv-matmul",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     rows = {row["recipe"]: row for row in results["models"]["orientation"]["rows"]}
     assert set(rows) == {"float", "ort-u8s8", "ort-u8s8-conv-matmul"}

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.tasks.metrics import (char_accuracy, ctc_greedy_decode, edit_distance, mean_cosine,
-                                 mean_reciprocal_rank, text_scores)
+from bench.tasks.metrics import (
+    char_accuracy,
+    ctc_greedy_decode,
+    edit_distance,
+    mean_cosine,
+    mean_reciprocal_rank,
+    text_scores,
+)
 
 
 def test_ctc_decode_collapses_repeats_then_drops_blanks():
@@ -14,8 +20,16 @@ def test_ctc_decode_collapses_repeats_then_drops_blanks():
     assert ctc_greedy_decode([0, 0, 0]) == []
 
 
-@pytest.mark.parametrize(("a", "b", "distance"), [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3),
-                                                  ("flaw", "lawn", 2), ("same", "same", 0)])
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [
+        ("", "", 0),
+        ("abc", "", 3),
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        ("same", "same", 0),
+    ],
+)
 def test_edit_distance(a, b, distance):
     assert edit_distance(a, b) == distance == edit_distance(b, a)
 

@@ -11,8 +11,15 @@ from bench.tasks.base import TaskSizes, write_calib_dir
 from bench.tasks.ocr import DdddocrTask, PaddleRecTask
 from bench.tasks.orientation import OrientationTask
 from bench.tasks.paraphrase import ParaphraseTask, random_triple
-from bench.tasks.text import (ALNUM, random_code, random_line, render_captcha, render_line, split_disjoint,
-                              unique_strings)
+from bench.tasks.text import (
+    ALNUM,
+    random_code,
+    random_line,
+    render_captcha,
+    render_line,
+    split_disjoint,
+    unique_strings,
+)
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:,"))
 
@@ -72,7 +79,9 @@ def test_paddle_task_preprocesses_like_rapidocr_and_scores_an_oracle_perfectly()
     calib_texts, eval_texts = task.texts()
     assert not set(calib_texts) & set(eval_texts) and eval_texts == labels
     by_input = {digest(sample["x"]): label for sample, label in zip(inputs, labels)}
-    oracle = task.evaluate(lambda s: [one_hot_path(by_input[digest(s["x"])], task.charset)[np.newaxis]])
+    oracle = task.evaluate(
+        lambda s: [one_hot_path(by_input[digest(s["x"])], task.charset)[np.newaxis]]
+    )
     assert oracle.metrics == {"char_acc": 1.0, "line_acc": 1.0}
     blind = task.evaluate(lambda s: [np.eye(len(task.charset))[[0, 0]][np.newaxis]])
     assert blind.metrics == {"char_acc": 0.0, "line_acc": 0.0}
@@ -89,19 +98,27 @@ def test_paddle_task_ignores_spaces_at_line_ends():
 def test_same_seed_same_data_byte_for_byte():
     first = PaddleRecTask(TaskSizes(4, 2, seed=5), CHARS)
     second = PaddleRecTask(TaskSizes(4, 2, seed=5), CHARS)
-    assert [digest(s["x"]) for s in first.evaluation_set[0]] == [digest(s["x"]) for s in second.evaluation_set[0]]
-    assert [digest(s["x"]) for s in first.calibration_inputs] == [digest(s["x"]) for s in second.calibration_inputs]
+    assert [digest(s["x"]) for s in first.evaluation_set[0]] == [
+        digest(s["x"]) for s in second.evaluation_set[0]
+    ]
+    assert [digest(s["x"]) for s in first.calibration_inputs] == [
+        digest(s["x"]) for s in second.calibration_inputs
+    ]
 
 
 def test_ddddocr_task_is_case_insensitive_and_gray():
     charset = ["", *dict.fromkeys(ALNUM + ALNUM.upper())]
     task = DdddocrTask(TaskSizes(n_eval=5, n_calib=1), charset)
     inputs, labels = task.evaluation_set
-    assert all(s["input1"].shape[:3] == (1, 1, 64) and 0 <= s["input1"].min() <= s["input1"].max() <= 1
-               for s in inputs)
+    assert all(
+        s["input1"].shape[:3] == (1, 1, 64) and 0 <= s["input1"].min() <= s["input1"].max() <= 1
+        for s in inputs
+    )
     by_input = {digest(s["input1"]): label for s, label in zip(inputs, labels)}
     # the model answers [T, 1, classes]; an oracle that answers in upper case is still right
-    upper = task.evaluate(lambda s: [one_hot_path(by_input[digest(s["input1"])].upper(), charset)[:, None]])
+    upper = task.evaluate(
+        lambda s: [one_hot_path(by_input[digest(s["input1"])].upper(), charset)[:, None]]
+    )
     assert upper.metrics == {"char_acc": 1.0, "line_acc": 1.0}
 
 
@@ -139,12 +156,16 @@ def test_paraphrase_triples_and_oracle_retrieval():
     def oracle(sample):
         text = sentences[int(sample["input_ids"][0, 0])]
         index = text_of.index(text)
-        item = index % n if index < 2 * n else n + index  # a query and its paraphrase share a direction
+        item = (
+            index % n if index < 2 * n else n + index
+        )  # a query and its paraphrase share a direction
         return [np.eye(4 * n)[item][np.newaxis]]
 
     result = task.evaluate(oracle)
     assert result.metrics == {"mrr": 1.0}
-    assert task.agreement(result.predictions, result.predictions)["cosine_to_float"] == pytest.approx(1.0)
+    assert task.agreement(result.predictions, result.predictions)[
+        "cosine_to_float"
+    ] == pytest.approx(1.0)
 
 
 def test_random_triple_negative_shares_subject_but_not_the_event():

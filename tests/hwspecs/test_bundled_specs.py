@@ -12,9 +12,28 @@ from mpqc import hwspecs
 from mpqc.hwspecs import units
 from mpqc.hwspecs.loader import bundled_dir, schema
 
-BUNDLED = ["arm_a72", "bismo_cloud", "bismo_edge", "bitfusion", "generic", "silago", "x86_avx2", "x86_avx512_vnni"]
-QUANTITY_FIELDS = ("throughput", "depthwise_throughput", "energy_per_mac", "weight_unpack", "capacity", "bandwidth",
-                   "energy_per_byte", "fixed", "per_element", "session_overhead")
+BUNDLED = [
+    "arm_a72",
+    "bismo_cloud",
+    "bismo_edge",
+    "bitfusion",
+    "generic",
+    "silago",
+    "x86_avx2",
+    "x86_avx512_vnni",
+]
+QUANTITY_FIELDS = (
+    "throughput",
+    "depthwise_throughput",
+    "energy_per_mac",
+    "weight_unpack",
+    "capacity",
+    "bandwidth",
+    "energy_per_byte",
+    "fixed",
+    "per_element",
+    "session_overhead",
+)
 
 
 def test_names_lists_the_bundled_specs() -> None:
@@ -42,9 +61,13 @@ def test_every_bundled_number_is_cited_or_marked_estimate(name: str) -> None:
         if not match:
             continue
         comment = match.group(2) or ""
-        assert comment.strip("# "), f"{name}.yaml:{number}: number without a source or estimate note: {line.strip()}"
+        assert comment.strip("# "), (
+            f"{name}.yaml:{number}: number without a source or estimate note: {line.strip()}"
+        )
         for tag in re.findall(r"\[[A-Z]+\]", comment):
-            assert tag in defined, f"{name}.yaml:{number}: source tag {tag} not defined in the header"
+            assert tag in defined, (
+                f"{name}.yaml:{number}: source tag {tag} not defined in the header"
+            )
 
 
 @pytest.mark.parametrize("dimension", sorted(units.UNITS))
@@ -106,4 +129,6 @@ def test_the_readme_example_is_a_valid_spec(tmp_path: Path) -> None:
     path = tmp_path / "readme.yaml"
     path.write_text(example.group(1))
     spec = hwspecs.validate(path)
-    assert spec.precision(8, 16).unpack("MatMul") == 0 and spec.integer_layout == {"Conv": "Transpose"}
+    assert spec.precision(8, 16).unpack("MatMul") == 0 and spec.integer_layout == {
+        "Conv": "Transpose"
+    }

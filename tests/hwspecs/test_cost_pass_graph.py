@@ -11,7 +11,7 @@ from mpqc import ir as mir
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext
 from mpqc.passes.analysis.cost import _Neighbourhood
-from mpqc.passes.analysis.describe import static_shapes
+from mpqc.passes.lib.describe import static_shapes
 from mpqc.pipeline import Pipeline
 
 NET = """
@@ -31,8 +31,14 @@ net (float[1, 8, 16, 16] x) => (float[1, 8, 8, 8] y) {
 def model() -> onnx.ModelProto:
     proto = onnx.parser.parse_model(NET)
     for name in ("w1", "w2", "w3"):
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(
-            onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [8, 8, 1, 1], [0.1] * 64)), name))
+        proto.graph.initializer.append(
+            onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(
+                    onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [8, 8, 1, 1], [0.1] * 64)
+                ),
+                name,
+            )
+        )
     return proto
 
 
@@ -48,9 +54,15 @@ def described() -> dict[str, object]:
 def test_neighbourhood_of_each_layer() -> None:
     first, second, third = described().values()
     assert first.epilogue == ("Relu",) and not first.input_from_layer and first.output_to_layers
-    assert second.input_ops == ("MaxPool",) and second.input_from_layer, "uint8 flows through the MaxPool"
-    assert second.epilogue == ("HardSwish",) and not second.output_to_layers, "HardSwish stays float"
-    assert not third.input_from_layer and not third.output_to_layers, "the Add and the graph output read it"
+    assert second.input_ops == ("MaxPool",) and second.input_from_layer, (
+        "uint8 flows through the MaxPool"
+    )
+    assert second.epilogue == ("HardSwish",) and not second.output_to_layers, (
+        "HardSwish stays float"
+    )
+    assert not third.input_from_layer and not third.output_to_layers, (
+        "the Add and the graph output read it"
+    )
 
 
 def test_fixed_part_has_the_call_and_the_other_ops_but_not_the_priced_activations() -> None:
@@ -59,4 +71,6 @@ def test_fixed_part_has_the_call_and_the_other_ops_but_not_the_priced_activation
     Pipeline("cost", CompileContext(hw=spec, wbits=(8, 4), abits=(8,))).run_ir(ir_model)
     fixed = annotations.MODEL_COST.get(ir_model)["fixed"]["latency_s"]
     others = spec.overhead("MaxPool").time(8 * 8 * 8) + spec.overhead("Add").time(8 * 8 * 8)
-    assert fixed == pytest.approx(spec.session_overhead + others, rel=1e-5)  # annotations keep 6 digits
+    assert fixed == pytest.approx(
+        spec.session_overhead + others, rel=1e-5
+    )  # annotations keep 6 digits

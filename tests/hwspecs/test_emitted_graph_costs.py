@@ -12,8 +12,17 @@ import yaml
 from mpqc import hwspecs
 from mpqc.hwspecs import CostModel, LayerDesc
 
-CONV = LayerDesc("c", "Conv", macs=28_901_376, weight_params=36_864, input_elems=50_176, output_elems=50_176,
-                 kernel=(3, 3), c_in=64, c_out=64)
+CONV = LayerDesc(
+    "c",
+    "Conv",
+    macs=28_901_376,
+    weight_params=36_864,
+    input_elems=50_176,
+    output_elems=50_176,
+    kernel=(3, 3),
+    c_in=64,
+    c_out=64,
+)
 
 
 def roofline(model: CostModel, desc: LayerDesc, wbits: int | None, abits: int | None) -> float:
@@ -21,19 +30,33 @@ def roofline(model: CostModel, desc: LayerDesc, wbits: int | None, abits: int | 
     spec = model.spec
     precision = spec.precision(wbits, abits)
     moved = model.moved_bytes(desc, wbits, abits)
-    return max(desc.macs / precision.rate(desc.depthwise), moved / spec.memory_level_for(moved).bandwidth)
+    return max(
+        desc.macs / precision.rate(desc.depthwise), moved / spec.memory_level_for(moved).bandwidth
+    )
 
 
 def test_emulated_pair_pays_input_conversions_and_weight_unpack_but_no_output_dequantize() -> None:
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
-    q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
+    q, dq, conv = (
+        spec.overhead("QuantizeLinear"),
+        spec.overhead("DequantizeLinear"),
+        spec.overhead("Conv"),
+    )
     w4a8 = spec.precision(4, 8)
-    expected = roofline(model, CONV, 4, 8) + conv.time(CONV.output_elems) + q.time(CONV.input_elems) \
-        + dq.time(CONV.input_elems) + dq.fixed + w4a8.weight_unpack * CONV.weight_params
+    expected = (
+        roofline(model, CONV, 4, 8)
+        + conv.time(CONV.output_elems)
+        + q.time(CONV.input_elems)
+        + dq.time(CONV.input_elems)
+        + dq.fixed
+        + w4a8.weight_unpack * CONV.weight_params
+    )
     assert model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(expected, rel=1e-12)
     with_bias = dataclasses.replace(CONV, bias_params=64)
-    assert model.layer_cost(with_bias, 4, 8).latency_s - model.layer_cost(CONV, 4, 8).latency_s == pytest.approx(dq.time(64))
+    assert model.layer_cost(with_bias, 4, 8).latency_s - model.layer_cost(
+        CONV, 4, 8
+    ).latency_s == pytest.approx(dq.time(64))
 
 
 def test_weight_unpack_can_differ_per_op() -> None:
@@ -53,12 +76,24 @@ def test_an_op_without_an_integer_instruction_runs_its_float_kernel() -> None:
     spec = hwspecs.load("x86_avx2")
     assert not spec.runs_integer("LSTM")
     model = CostModel(spec)
-    lstm = LayerDesc("rnn", "LSTM", macs=20_000_000, weight_params=400_000, input_elems=20_000, output_elems=20_000, c_out=512)
+    lstm = LayerDesc(
+        "rnn",
+        "LSTM",
+        macs=20_000_000,
+        weight_params=400_000,
+        input_elems=20_000,
+        output_elems=20_000,
+        c_out=512,
+    )
     w8a8, floating = model.layer_cost(lstm, 8, 8), model.layer_cost(lstm, None, None)
     assert not w8a8.native and w8a8.latency_s > floating.latency_s
     dq = spec.overhead("DequantizeLinear")
     assert w8a8.latency_s - floating.latency_s == pytest.approx(
-        spec.overhead("QuantizeLinear").time(20_000) + dq.time(20_000) + dq.fixed + dq.per_element * 400_000)
+        spec.overhead("QuantizeLinear").time(20_000)
+        + dq.time(20_000)
+        + dq.fixed
+        + dq.per_element * 400_000
+    )
     assert model.layer_cost(dataclasses.replace(lstm, op_type="Conv"), 8, 8).native
 
 
@@ -67,14 +102,23 @@ def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
     q, dq = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear")
-    relayout = spec.overhead(spec.integer_layout["Conv"])  # QLinearConv runs NHWC: a Transpose in and out
+    relayout = spec.overhead(
+        spec.integer_layout["Conv"]
+    )  # QLinearConv runs NHWC: a Transpose in and out
     island = model.layer_cost(CONV, 8, 8).latency_s
     inside = dataclasses.replace(CONV, input_from_layer=True, output_to_layers=True)
     assert island - model.layer_cost(inside, 8, 8).latency_s == pytest.approx(
-        q.time(CONV.input_elems) + dq.time(CONV.output_elems) + relayout.time(CONV.input_elems) + relayout.time(CONV.output_elems))
+        q.time(CONV.input_elems)
+        + dq.time(CONV.output_elems)
+        + relayout.time(CONV.input_elems)
+        + relayout.time(CONV.output_elems)
+    )
     # A float kernel behind DequantizeLinear (int4 weights) converts its input whatever its neighbours are.
     assert model.layer_cost(inside, 4, 8).latency_s == model.layer_cost(CONV, 4, 8).latency_s
-    assert model.layer_cost(inside, None, None).latency_s == model.layer_cost(CONV, None, None).latency_s
+    assert (
+        model.layer_cost(inside, None, None).latency_s
+        == model.layer_cost(CONV, None, None).latency_s
+    )
 
 
 def test_activations_are_free_inside_a_float_kernel_and_separate_ops_after_an_integer_one() -> None:
@@ -82,12 +126,25 @@ def test_activations_are_free_inside_a_float_kernel_and_separate_ops_after_an_in
     model = CostModel(spec)
     hardswish = dataclasses.replace(CONV, epilogue=("HardSwish",))
     relu = dataclasses.replace(CONV, epilogue=("Relu",))
-    assert model.layer_cost(hardswish, None, None).latency_s == model.layer_cost(CONV, None, None).latency_s, "NCHWc Conv fuses it"
-    for pair in [(8, 8), (4, 8), (8, 16)]:  # integer kernels, and the plain-NCHW float Conv behind a weight DQ
-        extra = model.layer_cost(hardswish, *pair).latency_s - model.layer_cost(CONV, *pair).latency_s
-        assert extra == pytest.approx(spec.overhead("HardSwish").time(CONV.output_elems)) and extra > 0
+    assert (
+        model.layer_cost(hardswish, None, None).latency_s
+        == model.layer_cost(CONV, None, None).latency_s
+    ), "NCHWc Conv fuses it"
+    for pair in [
+        (8, 8),
+        (4, 8),
+        (8, 16),
+    ]:  # integer kernels, and the plain-NCHW float Conv behind a weight DQ
+        extra = (
+            model.layer_cost(hardswish, *pair).latency_s - model.layer_cost(CONV, *pair).latency_s
+        )
+        assert (
+            extra == pytest.approx(spec.overhead("HardSwish").time(CONV.output_elems)) and extra > 0
+        )
     for pair in [(None, None), (8, 8), (4, 8)]:
-        assert model.layer_cost(relu, *pair).latency_s == model.layer_cost(CONV, *pair).latency_s, "fused, or clipped by the quantizer"
+        assert model.layer_cost(relu, *pair).latency_s == model.layer_cost(CONV, *pair).latency_s, (
+            "fused, or clipped by the quantizer"
+        )
 
 
 def narrow_activation_spec(tmp_path: Path) -> hwspecs.HardwareSpec:
@@ -95,27 +152,50 @@ def narrow_activation_spec(tmp_path: Path) -> hwspecs.HardwareSpec:
         "base": "x86_avx2",
         "description": "x86_avx2 with a 6-bit activation grid, which the lowering clips in float first",
         "bits": {"weights": [2, 4, 8, 16], "activations": [6, 8, 16]},
-        "precisions": {"w8a6": {"emulated_as": "float", "throughput": "31 GMAC/s", "weight_unpack": "0.5 ns"}},
+        "precisions": {
+            "w8a6": {"emulated_as": "float", "throughput": "31 GMAC/s", "weight_unpack": "0.5 ns"}
+        },
     }
     path = tmp_path / "narrow.yaml"
     path.write_text(yaml.safe_dump(document))
     return hwspecs.load(path)
 
 
-def test_a_narrow_activation_grid_pays_its_float_clip_and_runs_the_float_kernel(tmp_path: Path) -> None:
+def test_a_narrow_activation_grid_pays_its_float_clip_and_runs_the_float_kernel(
+    tmp_path: Path,
+) -> None:
     spec = narrow_activation_spec(tmp_path)
     model = CostModel(spec)
     w8a6, w8a8 = model.layer_cost(CONV, 8, 6), model.layer_cost(CONV, 8, 8)
     assert not w8a6.native and w8a6.latency_s > w8a8.latency_s
     clip = spec.overhead("Clip").time(CONV.input_elems)
     assert clip > 0
-    q, dq, conv = spec.overhead("QuantizeLinear"), spec.overhead("DequantizeLinear"), spec.overhead("Conv")
-    expected = roofline(model, CONV, 8, 6) + conv.time(CONV.output_elems) + clip + q.time(CONV.input_elems) \
-        + dq.time(CONV.input_elems) + dq.fixed + 0.5e-9 * CONV.weight_params
+    q, dq, conv = (
+        spec.overhead("QuantizeLinear"),
+        spec.overhead("DequantizeLinear"),
+        spec.overhead("Conv"),
+    )
+    expected = (
+        roofline(model, CONV, 8, 6)
+        + conv.time(CONV.output_elems)
+        + clip
+        + q.time(CONV.input_elems)
+        + dq.time(CONV.input_elems)
+        + dq.fixed
+        + 0.5e-9 * CONV.weight_params
+    )
     assert w8a6.latency_s == pytest.approx(expected, rel=1e-12)
 
 
-WORD_TABLE = LayerDesc("words", "Gather", macs=0, weight_params=30522 * 384, input_elems=16, output_elems=16 * 384, c_out=30522)
+WORD_TABLE = LayerDesc(
+    "words",
+    "Gather",
+    macs=0,
+    weight_params=30522 * 384,
+    input_elems=16,
+    output_elems=16 * 384,
+    c_out=30522,
+)
 
 
 def test_an_emulated_embedding_table_is_dequantized_whole_every_run() -> None:
@@ -138,9 +218,16 @@ def test_data_movement_on_the_quantized_tensor_costs_its_uint8_kernel() -> None:
     model = CostModel(spec)
     pooled = dataclasses.replace(CONV, input_ops=("MaxPool",))
     extra = model.layer_cost(pooled, 4, 8).latency_s - model.layer_cost(CONV, 4, 8).latency_s
-    assert extra == pytest.approx(spec.overheads["MaxPool(uint8)"].time(CONV.input_elems) - spec.overhead("MaxPool").time(CONV.input_elems))
-    assert model.layer_cost(pooled, 8, 16).latency_s == model.layer_cost(CONV, 8, 16).latency_s, "no uint16 propagation"
-    assert model.layer_cost(pooled, 8, 8).latency_s == model.layer_cost(CONV, 8, 8).latency_s, "NHWC MaxPool is native"
+    assert extra == pytest.approx(
+        spec.overheads["MaxPool(uint8)"].time(CONV.input_elems)
+        - spec.overhead("MaxPool").time(CONV.input_elems)
+    )
+    assert model.layer_cost(pooled, 8, 16).latency_s == model.layer_cost(CONV, 8, 16).latency_s, (
+        "no uint16 propagation"
+    )
+    assert model.layer_cost(pooled, 8, 8).latency_s == model.layer_cost(CONV, 8, 8).latency_s, (
+        "NHWC MaxPool is native"
+    )
     shuffled = dataclasses.replace(CONV, input_ops=("Reshape", "Transpose", "Reshape"))
     assert model.layer_cost(shuffled, 8, 8).latency_s > model.layer_cost(CONV, 8, 8).latency_s
 
@@ -148,12 +235,27 @@ def test_data_movement_on_the_quantized_tensor_costs_its_uint8_kernel() -> None:
 def test_depthwise_convs_run_at_their_own_rate() -> None:
     spec = hwspecs.load("x86_avx2")
     float_entry = spec.precision(None, None)
-    assert float_entry.depthwise_throughput is not None and float_entry.depthwise_throughput < float_entry.throughput / 3
-    dense = LayerDesc("d", "Conv", macs=9 * 64 * 3136, weight_params=64 * 64 * 9, input_elems=64 * 3136, output_elems=64 * 3136,
-                      kernel=(3, 3), c_in=64, c_out=64)
+    assert (
+        float_entry.depthwise_throughput is not None
+        and float_entry.depthwise_throughput < float_entry.throughput / 3
+    )
+    dense = LayerDesc(
+        "d",
+        "Conv",
+        macs=9 * 64 * 3136,
+        weight_params=64 * 64 * 9,
+        input_elems=64 * 3136,
+        output_elems=64 * 3136,
+        kernel=(3, 3),
+        c_in=64,
+        c_out=64,
+    )
     depthwise = dataclasses.replace(dense, weight_params=64 * 9, groups=64, depthwise=True)
     model = CostModel(spec)
-    assert model.layer_cost(depthwise, None, None).latency_s > 2 * model.layer_cost(dense, None, None).latency_s
+    assert (
+        model.layer_cost(depthwise, None, None).latency_s
+        > 2 * model.layer_cost(dense, None, None).latency_s
+    )
 
 
 def test_bit_serial_chips_move_operands_at_their_bit_width() -> None:
@@ -161,8 +263,19 @@ def test_bit_serial_chips_move_operands_at_their_bit_width() -> None:
     though the written ONNX model stores both in INT8."""
     edge = CostModel(hwspecs.load("bismo_edge"))
     elems = 112 * 112 * 96
-    depthwise = LayerDesc("dw", "Conv", macs=9 * elems, weight_params=9 * 96, input_elems=elems, output_elems=elems,
-                          kernel=(3, 3), groups=96, depthwise=True, c_in=96, c_out=96)
+    depthwise = LayerDesc(
+        "dw",
+        "Conv",
+        macs=9 * elems,
+        weight_params=9 * 96,
+        input_elems=elems,
+        output_elems=elems,
+        kernel=(3, 3),
+        groups=96,
+        depthwise=True,
+        c_in=96,
+        c_out=96,
+    )
     w8a8, w6a6 = edge.layer_cost(depthwise, 8, 8), edge.layer_cost(depthwise, 6, 6)
     assert w8a8.bound == w6a6.bound == "memory"
     assert w6a6.act_bytes == w8a8.act_bytes, "stored bytes stay in the ONNX container"

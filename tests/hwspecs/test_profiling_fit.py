@@ -24,18 +24,39 @@ def test_fit_line_recovers_a_line() -> None:
 
 
 def test_fit_roofline_recovers_known_parameters_from_exact_timings() -> None:
-    truth = {"overhead": 3e-6, "float": 40e9, "w8a8": 80e9, "w4a8": 30e9, "unpack": 4e-9, "l2": 100e9, "dram": 8e9}
+    truth = {
+        "overhead": 3e-6,
+        "float": 40e9,
+        "w8a8": 80e9,
+        "w4a8": 30e9,
+        "unpack": 4e-9,
+        "l2": 100e9,
+        "dram": 8e9,
+    }
     samples = []
-    shapes = [(10**7, 10**4, "l2"), (3 * 10**7, 5 * 10**4, "l2"), (10**3, 10**4, "l2"), (10**6, 6 * 10**7, "dram"),
-              (2 * 10**6, 3 * 10**7, "dram"), (10**8, 10**5, "l2")]
+    shapes = [
+        (10**7, 10**4, "l2"),
+        (3 * 10**7, 5 * 10**4, "l2"),
+        (10**3, 10**4, "l2"),
+        (10**6, 6 * 10**7, "dram"),
+        (2 * 10**6, 3 * 10**7, "dram"),
+        (10**8, 10**5, "l2"),
+    ]
     for macs, moved, level in shapes:
         for kernel, unpack in (("float", None), ("w8a8", None), ("w4a8", "w4a8")):
             weights = moved // 4
             seconds = 1e-5 + truth["overhead"] + max(macs / truth[kernel], moved / truth[level])
             seconds += truth["unpack"] * weights if unpack else 0.0
-            samples.append(Sample(seconds, macs, moved, weights, kernel, unpack, level, fixed_seconds=1e-5))
-    fit = fit_roofline(samples, prior_overhead=1e-6, prior_throughput={"float": 30e9, "w8a8": 50e9, "w4a8": 50e9},
-                       prior_unpack={"w4a8": 1e-9}, prior_bandwidth={"l2": 50e9, "dram": 10e9})
+            samples.append(
+                Sample(seconds, macs, moved, weights, kernel, unpack, level, fixed_seconds=1e-5)
+            )
+    fit = fit_roofline(
+        samples,
+        prior_overhead=1e-6,
+        prior_throughput={"float": 30e9, "w8a8": 50e9, "w4a8": 50e9},
+        prior_unpack={"w4a8": 1e-9},
+        prior_bandwidth={"l2": 50e9, "dram": 10e9},
+    )
     assert fit.rms_log_error < 0.01
     assert fit.throughput["float"] == pytest.approx(40e9, rel=0.05)
     assert fit.throughput["w8a8"] == pytest.approx(80e9, rel=0.05)
@@ -48,7 +69,9 @@ def test_chain_models_are_valid_and_run() -> None:
     for precision in ("float", "u8s8", "s8s8", "u8s4", "u16s8"):
         model = build_chain([(kernel, precision), (kernel, "float")])
         onnx.checker.check_model(model, full_check=True)
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         (out,) = session.run(None, {"x": np.ones(kernel.input_shape, np.float32)})
         assert list(out.shape) == kernel.output_shape
     matmul = Kernel("MatMul", 32, 16, 4)
@@ -59,7 +82,11 @@ def test_chain_models_are_valid_and_run() -> None:
 def test_layer_desc_of_a_kernel_counts_what_onnxruntime_computes() -> None:
     desc = layer_desc(Kernel("Conv", 16, 32, 10, kernel=3), "c")
     assert desc.macs == 32 * 10 * 10 * 16 * 9
-    assert (desc.weight_params, desc.input_elems, desc.output_elems) == (32 * 16 * 9, 16 * 100, 32 * 100)
+    assert (desc.weight_params, desc.input_elems, desc.output_elems) == (
+        32 * 16 * 9,
+        16 * 100,
+        32 * 100,
+    )
     assert layer_desc(Kernel("MatMul", 64, 128, 8), "m").macs == 8 * 64 * 128
 
 
@@ -84,7 +111,9 @@ def test_write_spec_is_atomic(tmp_path: Path) -> None:
         write_spec({"base": "x86_avx2", "threads": 0}, target, "header")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
-    write_spec({"base": "x86_avx2", "threads": 2, "description": "mine"}, target, "first line\nsecond line")
+    write_spec(
+        {"base": "x86_avx2", "threads": 2, "description": "mine"}, target, "first line\nsecond line"
+    )
     text = target.read_text()
     assert text.startswith("# first line\n# second line\n")
     assert yaml.safe_load(text)["name"] == "mine"

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 X86_AVX2_ONLY = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64")
-    or "avx512_vnni" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""),
+    or "avx512_vnni"
+    in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""),
     reason="x86_avx2 describes an AVX2 machine without VNNI",
 )
 
@@ -48,6 +49,16 @@ def test_cost_pass_ranks_lowered_digits_configurations_like_onnxruntime() -> Non
     from bench.latency import digits_case, run_case, score
 
     spec = hwspecs.load("x86_avx2")
-    rows = run_case(digits_case(), {"x86_avx2": spec}, "x86_avx2", mixes=3, seed=0, min_seconds=0.1, log=lambda _: None)
+    rows = run_case(
+        digits_case(),
+        {"x86_avx2": spec},
+        "x86_avx2",
+        mixes=3,
+        seed=0,
+        min_seconds=0.1,
+        log=lambda _: None,
+    )
     assert len(rows) >= 8
-    assert score(rows, "x86_avx2")["spearman"] >= 0.6, [(r.config, r.measured_s, r.predicted_s) for r in rows]
+    assert score(rows, "x86_avx2")["spearman"] >= 0.6, [
+        (r.config, r.measured_s, r.predicted_s) for r in rows
+    ]

@@ -20,8 +20,10 @@ MINIMAL: dict[str, Any] = {
         "w8a8": {"throughput": "20 GMAC/s", "energy_per_mac": "2 pJ"},
         "w4a8": {"emulated_as": "w8a8"},
     },
-    "memory": {"cache": {"capacity": "1 MiB", "bandwidth": "50 GB/s", "energy_per_byte": "5 pJ"},
-               "dram": {"bandwidth": "10 GB/s", "energy_per_byte": "100 pJ"}},
+    "memory": {
+        "cache": {"capacity": "1 MiB", "bandwidth": "50 GB/s", "energy_per_byte": "5 pJ"},
+        "dram": {"bandwidth": "10 GB/s", "energy_per_byte": "100 pJ"},
+    },
 }
 
 
@@ -69,14 +71,26 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
     [
         ("description", ..., ["description: missing required field"]),
         ("memory.dram.bandwidth", ..., ["memory.dram.bandwidth: missing required field"]),
-        ("colour", "red", ["colour: unknown field", "allowed: base, bit_scaling, bits, description"]),
+        (
+            "colour",
+            "red",
+            ["colour: unknown field", "allowed: base, bit_scaling, bits, description"],
+        ),
         ("precisions.w8a8.speed", 3, ["precisions.w8a8.speed: unknown field", "throughput"]),
         ("precisions.w8a8.throughput", [1, 2], ["precisions.w8a8.throughput", "GMAC/s"]),
-        ("precisions.w8a8.throughput", "20 GB/s", ["precisions.w8a8.throughput", "'20 GB/s' is not valid", "GMAC/s"]),
+        (
+            "precisions.w8a8.throughput",
+            "20 GB/s",
+            ["precisions.w8a8.throughput", "'20 GB/s' is not valid", "GMAC/s"],
+        ),
         ("memory.dram.bandwidth", "10 pJ", ["memory.dram.bandwidth", "B/s"]),
         ("memory.cache.capacity", "1 MiB/s", ["memory.cache.capacity", "MiB"]),
         ("precisions.w8a8.throughput", -5, ["precisions.w8a8.throughput", "-5"]),
-        ("precisions.w8a8.throughput", "0 GMAC/s", ["precisions.w8a8.throughput", "greater than zero"]),
+        (
+            "precisions.w8a8.throughput",
+            "0 GMAC/s",
+            ["precisions.w8a8.throughput", "greater than zero"],
+        ),
         ("memory.dram.bandwidth", 0, ["memory.dram.bandwidth", "greater than zero"]),
         ("precisions.w8a8.energy_per_mac", True, ["precisions.w8a8.energy_per_mac"]),
         ("bits.weights", [4, 32], ["bits.weights[1]", "32 is not allowed", "1..16"]),
@@ -84,29 +98,77 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
         ("bits.weights", [4.5], ["bits.weights[0]"]),
         ("bits.weights", [], ["bits.weights", "non-empty"]),
         ("bits.weights", "8", ["bits.weights", "expected array"]),
-        ("precisions.w32a8", {"throughput": 1, "energy_per_mac": 0}, ["precisions.w32a8: key not allowed", "W, A in 1..16"]),
-        ("precisions.w16a8", {"throughput": 1, "energy_per_mac": 0}, ["precisions.w16a8", "weight bits 16 not in bits.weights"]),
+        (
+            "precisions.w32a8",
+            {"throughput": 1, "energy_per_mac": 0},
+            ["precisions.w32a8: key not allowed", "W, A in 1..16"],
+        ),
+        (
+            "precisions.w16a8",
+            {"throughput": 1, "energy_per_mac": 0},
+            ["precisions.w16a8", "weight bits 16 not in bits.weights"],
+        ),
         ("precisions.w4a8", {"note": "no numbers"}, ["precisions.w4a8", "emulated_as"]),
-        ("precisions.w4a8.emulated_as", "w2a2", ["precisions.w4a8.emulated_as", "'w2a2' is not a precision", "float, w4a8, w8a8"]),
+        (
+            "precisions.w4a8.emulated_as",
+            "w2a2",
+            ["precisions.w4a8.emulated_as", "'w2a2' is not a precision", "float, w4a8, w8a8"],
+        ),
         ("precisions.w8a8", {"emulated_as": "w4a8"}, ["emulation cycle"]),
-        ("precisions.float.weight_unpack", "1 ns", ["precisions.float.weight_unpack", "only an emulated pair"]),
-        ("precisions.float.weight_unpack_ops", {"MatMul": "0 ns"}, ["precisions.float.weight_unpack_ops", "only an emulated pair"]),
-        ("precisions.w4a8.weight_unpack_ops", {"MatMul": "fast"}, ["precisions.w4a8.weight_unpack_ops.MatMul", "us"]),
+        (
+            "precisions.float.weight_unpack",
+            "1 ns",
+            ["precisions.float.weight_unpack", "only an emulated pair"],
+        ),
+        (
+            "precisions.float.weight_unpack_ops",
+            {"MatMul": "0 ns"},
+            ["precisions.float.weight_unpack_ops", "only an emulated pair"],
+        ),
+        (
+            "precisions.w4a8.weight_unpack_ops",
+            {"MatMul": "fast"},
+            ["precisions.w4a8.weight_unpack_ops.MatMul", "us"],
+        ),
         ("memory.cache.capacity", ..., ["memory", "only one level may be unbounded"]),
-        ("ops", {"Conv": ["int8 * int8 => int32"]}, ["ops.Conv[0]", "instruction 'in1,in2 -> out'"]),
+        (
+            "ops",
+            {"Conv": ["int8 * int8 => int32"]},
+            ["ops.Conv[0]", "instruction 'in1,in2 -> out'"],
+        ),
         ("ops", {"conv": ["int8 -> int32"]}, ["ops.conv: key not allowed", "ONNX op type"]),
         ("overheads", {"Conv": {"fixed": "2 GB"}}, ["overheads.Conv.fixed", "us"]),
-        ("bit_scaling", {"anchor": "w16a16"}, ["bit_scaling.anchor", "not a native precision", "w8a8"]),
+        (
+            "bit_scaling",
+            {"anchor": "w16a16"},
+            ["bit_scaling.anchor", "not a native precision", "w8a8"],
+        ),
         ("threads", 0, ["threads", "0"]),
         ("session_overhead", "-2 us", ["session_overhead", "'-2 us' is not valid", "us"]),
         ("session_overhead", "8 GB", ["session_overhead", "us"]),
         ("packed_operands", "yes", ["packed_operands", "expected boolean"]),
         ("fused_activations", {"float": ["relu"]}, ["fused_activations.float[0]", "ONNX op type"]),
-        ("fused_activations", {"vector": ["Relu"]}, ["fused_activations.vector: unknown field", "emulated, float, integer"]),
+        (
+            "fused_activations",
+            {"vector": ["Relu"]},
+            ["fused_activations.vector: unknown field", "emulated, float, integer"],
+        ),
         ("integer_layout", {"Conv": "nhwc"}, ["integer_layout.Conv", "op type"]),
-        ("precisions.w8a8.depthwise_throughput", "0 GMAC/s", ["precisions.w8a8.depthwise_throughput", "greater than zero"]),
-        ("precisions.w8a8.depthwise_throughput", "5 GB/s", ["precisions.w8a8.depthwise_throughput", "GMAC/s"]),
-        ("overheads", {"MaxPool(float32)": {"fixed": "1 us"}}, ["overheads.MaxPool(float32): key not allowed", "MaxPool(uint8)"]),
+        (
+            "precisions.w8a8.depthwise_throughput",
+            "0 GMAC/s",
+            ["precisions.w8a8.depthwise_throughput", "greater than zero"],
+        ),
+        (
+            "precisions.w8a8.depthwise_throughput",
+            "5 GB/s",
+            ["precisions.w8a8.depthwise_throughput", "GMAC/s"],
+        ),
+        (
+            "overheads",
+            {"MaxPool(float32)": {"fixed": "1 us"}},
+            ["overheads.MaxPool(float32): key not allowed", "MaxPool(uint8)"],
+        ),
     ],
 )
 def test_bad_field_is_named(tmp_path: Path, field: str, value: Any, fragments: list[str]) -> None:
@@ -148,7 +210,9 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
 def test_base_cycle_is_detected(tmp_path: Path) -> None:
     write(tmp_path, {"base": "b.yaml"}, "a.yaml")
     write(tmp_path, {"base": "a.yaml"}, "b.yaml")
-    with pytest.raises(SpecError, match=r"b\.yaml: base: inheritance cycle a\.yaml -> b\.yaml -> a\.yaml"):
+    with pytest.raises(
+        SpecError, match=r"b\.yaml: base: inheritance cycle a\.yaml -> b\.yaml -> a\.yaml"
+    ):
         hwspecs.validate(tmp_path / "a.yaml")
 
 
@@ -157,8 +221,14 @@ def test_self_base_is_a_cycle(tmp_path: Path) -> None:
 
 
 def test_missing_base_file_and_unknown_base_name(tmp_path: Path) -> None:
-    expect_error(write(tmp_path, {"base": "nowhere.yaml", "description": "x"}), "base: 'nowhere.yaml': no such spec file")
-    expect_error(write(tmp_path, {"base": "x86_avx3"}, "other.yaml"), "base: 'x86_avx3': unknown spec name; allowed: arm_a72")
+    expect_error(
+        write(tmp_path, {"base": "nowhere.yaml", "description": "x"}),
+        "base: 'nowhere.yaml': no such spec file",
+    )
+    expect_error(
+        write(tmp_path, {"base": "x86_avx3"}, "other.yaml"),
+        "base: 'x86_avx3': unknown spec name; allowed: arm_a72",
+    )
 
 
 def test_unknown_name_and_missing_path() -> None:

@@ -7,8 +7,8 @@ import pathlib
 
 import onnx
 import pytest
-
 from models import small_cnn
+
 from mpqc import ir as mir
 from mpqc.ir import annotations as A
 
@@ -18,7 +18,9 @@ def test_annotations_round_trip_through_save_and_load(tmp_path: pathlib.Path) ->
     conv = next(n for n in model.graph if n.op_type == "Conv")
     image = model.graph.inputs[0]
     A.BITS.set(conv, {"w": 4, "a": 8})
-    A.CALIB_RANGE.set(image, {"min": -1.25, "max": 2.5, "lo": -1.25, "hi": 2.5, "method": "minmax", "samples": 3})
+    A.CALIB_RANGE.set(
+        image, {"min": -1.25, "max": 2.5, "lo": -1.25, "hi": 2.5, "method": "minmax", "samples": 3}
+    )
     A.sensitivity_key("entropy").set(conv, {"w4a8": 0.125, "w8a8": 1 / 3})
     A.REPORT.set(model, {"lowered_layers": 1})
 
@@ -34,13 +36,25 @@ def test_annotations_round_trip_through_save_and_load(tmp_path: pathlib.Path) ->
     assert A.CALIB_RANGE.get(reloaded.graph.inputs[0])["hi"] == 2.5
     assert A.sensitivity_key("entropy").get(conv2) == {"w4a8": 0.125, "w8a8": 0.333333}
     assert A.REPORT.get(reloaded) == {"lowered_layers": 1}
-    assert A.present_keys(reloaded) == {"mpqc.bits", "mpqc.calib.range", "mpqc.sens.entropy", "mpqc.report"}
+    assert A.present_keys(reloaded) == {
+        "mpqc.bits",
+        "mpqc.calib.range",
+        "mpqc.sens.entropy",
+        "mpqc.report",
+    }
 
 
 def test_canonical_json_is_sorted_rounded_and_handles_non_finite() -> None:
     import numpy as np
 
-    text = A.canonical_json({"b": [np.float32(0.1), float("inf")], "a": 1 / 3, "c": np.int64(3), "d": np.array([[0.5, 1 / 7]], np.float32)})
+    text = A.canonical_json(
+        {
+            "b": [np.float32(0.1), float("inf")],
+            "a": 1 / 3,
+            "c": np.int64(3),
+            "d": np.array([[0.5, 1 / 7]], np.float32),
+        }
+    )
     assert text == '{"a":0.333333,"b":[0.1,"inf"],"c":3,"d":[[0.5,0.142857]]}'
 
 
@@ -49,7 +63,11 @@ def test_transient_keys_live_in_meta_and_are_not_saved(tmp_path: pathlib.Path) -
     model = small_cnn()
     node = next(iter(model.graph))
     key.set(node, [1, 2, 3])
-    assert key.has(node) and key.get(node) == [1, 2, 3] and "mpqc.test.cache" not in node.metadata_props
+    assert (
+        key.has(node)
+        and key.get(node) == [1, 2, 3]
+        and "mpqc.test.cache" not in node.metadata_props
+    )
     reloaded = mir.load(mir.save(model, tmp_path / "m.onnx"))
     assert not key.has(next(iter(reloaded.graph)))
     key.remove(node)

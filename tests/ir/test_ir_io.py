@@ -10,8 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnx_ir as ir
 import pytest
-
 from models import random_inputs, run_ort, small_cnn
+
 from mpqc import ir as mir
 
 
@@ -35,9 +35,17 @@ def test_load_accepts_every_kind_and_as_kind_returns_it(kind: str, cnn_path: pat
     assert isinstance(loaded, ir.Model)
     assert [n.op_type for n in loaded.graph] == [n.op_type for n in proto.graph.node]
     back = mir.as_kind(loaded, given)
-    expected_type = {"path": ir.Model, "str": ir.Model, "proto": onnx.ModelProto, "onnx_ir": ir.Model, "graphsurgeon": gs.Graph}[kind]
+    expected_type = {
+        "path": ir.Model,
+        "str": ir.Model,
+        "proto": onnx.ModelProto,
+        "onnx_ir": ir.Model,
+        "graphsurgeon": gs.Graph,
+    }[kind]
     assert isinstance(back, expected_type)
-    np.testing.assert_array_equal(_outputs(back if kind != "graphsurgeon" else gs.export_onnx(back)), _outputs(proto))
+    np.testing.assert_array_equal(
+        _outputs(back if kind != "graphsurgeon" else gs.export_onnx(back)), _outputs(proto)
+    )
 
 
 def test_load_returns_an_onnx_ir_model_itself(cnn: ir.Model) -> None:
@@ -53,7 +61,9 @@ def test_load_rejects_other_objects() -> None:
     ("content", "message"),
     [(b"this is not a model", "not a readable ONNX model"), (None, "does not exist")],
 )
-def test_load_bad_files_raise_one_line_model_errors(tmp_path: pathlib.Path, content: bytes | None, message: str) -> None:
+def test_load_bad_files_raise_one_line_model_errors(
+    tmp_path: pathlib.Path, content: bytes | None, message: str
+) -> None:
     path = tmp_path / "bad.onnx"
     if content is not None:
         path.write_bytes(content)
@@ -76,7 +86,9 @@ def test_save_writes_a_loadable_model(cnn: ir.Model, tmp_path: pathlib.Path) -> 
     assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
 
 
-def test_save_is_atomic(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_is_atomic(
+    cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "model.onnx"
     mir.save(cnn, path)
     before = path.read_bytes()
@@ -99,7 +111,9 @@ def test_save_replaces_an_existing_model(tmp_path: pathlib.Path) -> None:
     assert path.read_bytes() == ir.to_proto(small_cnn(seed=2)).SerializeToString()
 
 
-def test_big_models_go_to_external_data(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_models_go_to_external_data(
+    cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = _outputs(cnn)
     monkeypatch.setattr("mpqc.ir.io._PROTOBUF_LIMIT", 1000)
     path = mir.save(cnn, tmp_path / "big.onnx")
@@ -112,15 +126,29 @@ def test_big_models_go_to_external_data(cnn: ir.Model, tmp_path: pathlib.Path, m
     lazy = mir.load(path)  # still "too big": tensors stay in the data file until read
     assert isinstance(lazy.graph.initializers["w3"].const_value, ir.ExternalTensor)
     for name, value in cnn.graph.initializers.items():
-        np.testing.assert_array_equal(lazy.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
+        np.testing.assert_array_equal(
+            lazy.graph.initializers[name].const_value.numpy(), value.const_value.numpy()
+        )
 
 
-def test_external_data_of_a_model_that_fits_is_read_into_memory(cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_external_data_of_a_model_that_fits_is_read_into_memory(
+    cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Exporters write external data for small models too; passes hand models to onnxruntime as bytes.
-    onnx.save(ir.to_proto(cnn), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
-    monkeypatch.chdir(tmp_path.parent)  # relative references must resolve against the model's folder
+    onnx.save(
+        ir.to_proto(cnn),
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
+    monkeypatch.chdir(
+        tmp_path.parent
+    )  # relative references must resolve against the model's folder
     loaded = mir.load(tmp_path / "m.onnx")
-    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in loaded.graph.initializers.values())
+    assert not any(
+        isinstance(v.const_value, ir.ExternalTensor) for v in loaded.graph.initializers.values()
+    )
     np.testing.assert_array_equal(_outputs(loaded), _outputs(cnn))
     (tmp_path / "m.onnx.data").unlink()
     with pytest.raises(mir.ModelError, match="external data that cannot be read"):
@@ -129,7 +157,11 @@ def test_external_data_of_a_model_that_fits_is_read_into_memory(cnn: ir.Model, t
 
 def test_tensor_bytes_counts_initializers(cnn: ir.Model) -> None:
     expected = sum(v.const_value.nbytes for v in cnn.graph.initializers.values())
-    assert mir.tensor_bytes(cnn) == expected == 4 * (8 * 27 + 8 + 16 * 72 + 16 + 16 * 144 + 16 + 160 + 10)
+    assert (
+        mir.tensor_bytes(cnn)
+        == expected
+        == 4 * (8 * 27 + 8 + 16 * 72 + 16 + 16 * 144 + 16 + 160 + 10)
+    )
 
 
 def test_check_writable(tmp_path: pathlib.Path) -> None:
@@ -145,8 +177,16 @@ def test_load_a_directory(tmp_path: pathlib.Path) -> None:
         mir.load(tmp_path)
 
 
-def test_load_a_proto_with_external_data_and_its_base_dir(cnn: ir.Model, tmp_path: pathlib.Path) -> None:
-    onnx.save(ir.to_proto(cnn), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+def test_load_a_proto_with_external_data_and_its_base_dir(
+    cnn: ir.Model, tmp_path: pathlib.Path
+) -> None:
+    onnx.save(
+        ir.to_proto(cnn),
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     loaded = mir.load(proto, base_dir=tmp_path)
     np.testing.assert_array_equal(_outputs(loaded), _outputs(cnn))

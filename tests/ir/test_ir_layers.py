@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from models import all_layers, small_cnn
+
 from mpqc import ir as mir
 
 
 def test_quantizable_layers_find_every_weighted_op() -> None:
     layers = mir.quantizable_layers(all_layers().graph)
-    found = {(layer.node.op_type, layer.name): (layer.weight_index, layer.channel_axis, layer.activation_index) for layer in layers}
+    found = {
+        (layer.node.op_type, layer.name): (
+            layer.weight_index,
+            layer.channel_axis,
+            layer.activation_index,
+        )
+        for layer in layers
+    }
     assert found == {
         ("Conv", "c"): (1, 0, 0),
         ("ConvTranspose", "up"): (1, 1, 0),
@@ -31,7 +38,9 @@ def test_constant_array_and_layer_weights() -> None:
     model = small_cnn()
     layer = mir.quantizable_layers(model.graph)[0]
     assert layer.weight.name == "w1" and layer.activation is model.graph.inputs[0]
-    np.testing.assert_array_equal(layer.weight_array(), model.graph.initializers["w1"].const_value.numpy())
+    np.testing.assert_array_equal(
+        layer.weight_array(), model.graph.initializers["w1"].const_value.numpy()
+    )
     assert mir.constant_array(model.graph.inputs[0]) is None
 
 
@@ -57,7 +66,9 @@ def test_recurrent_layers_carry_their_recurrence_weight() -> None:
     proto = build(text, {"w": (1, 24, 8), "r": (1, 24, 6), "wg": (1, 18, 8)})
     lstm, gru = mir.quantizable_layers(ir.from_proto(proto).graph)
     assert (lstm.weight_index, lstm.channel_axis, lstm.other_weight_indices) == (1, 1, (2,))
-    assert gru.other_weight_indices == ()  # its R is computed at run time: only W is a constant weight
+    assert (
+        gru.other_weight_indices == ()
+    )  # its R is computed at run time: only W is a constant weight
 
 
 def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -> None:
@@ -79,5 +90,9 @@ def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -
     graph = ir.from_proto(proto).graph
     assert mir.quantizable_layers(graph) == []
     inner = mir.quantizable_layers(graph, subgraphs=True)
-    assert [(layer.name, layer.host.outputs[0].name) for layer in inner] == [("a", "y"), ("d", "y"), ("f", "y")]
+    assert [(layer.name, layer.host.outputs[0].name) for layer in inner] == [
+        ("a", "y"),
+        ("d", "y"),
+        ("f", "y"),
+    ]
     assert all(layer.in_subgraph for layer in inner)

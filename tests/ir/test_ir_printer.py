@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import onnx_ir as ir
-
 from models import small_cnn, with_if
+
 from mpqc import ir as mir
 from mpqc.ir import annotations as A
 
@@ -30,8 +30,23 @@ def test_order_is_topological_whatever_the_insertion_order() -> None:
     model.graph.extend(reversed(nodes))  # consumers before producers
     assert [n.op_type for n in model.graph][0] == "Gemm"
     assert mir.dump(model) == expected
-    ops = [line.split("=")[1].split("(")[0].strip() for line in expected.splitlines() if " = " in line and "init" not in line and "return" not in line]
-    assert ops == ["Conv", "Relu", "Conv", "Relu", "Conv", "Add", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]
+    ops = [
+        line.split("=")[1].split("(")[0].strip()
+        for line in expected.splitlines()
+        if " = " in line and "init" not in line and "return" not in line
+    ]
+    assert ops == [
+        "Conv",
+        "Relu",
+        "Conv",
+        "Relu",
+        "Conv",
+        "Add",
+        "Relu",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm",
+    ]
 
 
 def test_tensors_are_summarized_with_a_sha1() -> None:
@@ -45,7 +60,9 @@ def test_tensors_are_summarized_with_a_sha1() -> None:
 
 def test_scalars_and_floats_use_the_fixed_format() -> None:
     model = small_cnn()
-    model.graph.register_initializer(ir.Value(name="eps", const_value=ir.tensor(np.array(1 / 3, np.float32), name="eps")))
+    model.graph.register_initializer(
+        ir.Value(name="eps", const_value=ir.tensor(np.array(1 / 3, np.float32), name="eps"))
+    )
     node = next(n for n in model.graph if n.op_type == "Conv")
     A.BITS.set(node, {"w": 4, "a": 8})
     A.sensitivity_key("entropy").set(node, {"w4a8": 2 / 3})
@@ -91,6 +108,8 @@ graph tiny(%x: float[1,2,3,3]) {
 def test_the_dump_format() -> None:
     from models import build
 
-    model = ir.from_proto(build(_TINY, {}, 0, {"w": np.arange(36, dtype=np.float32).reshape(2, 2, 3, 3) / 8}))
+    model = ir.from_proto(
+        build(_TINY, {}, 0, {"w": np.arange(36, dtype=np.float32).reshape(2, 2, 3, 3) / 8})
+    )
     A.BITS.set(next(iter(model.graph)), {"w": 4, "a": 8})
     assert mir.dump(model) == _TINY_DUMP

@@ -12,8 +12,8 @@ import onnx
 import onnx_ir as ir
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from models import run_ort
+
 from mpqc import ir as mir
 from mpqc import passes
 
@@ -33,13 +33,21 @@ def random_models(draw: st.DrawFn) -> onnx.ModelProto:
         nodes.append(onnx.helper.make_node(op, args, [f"v{i}"]))
         values.append(f"v{i}")
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    inits = [onnx.numpy_helper.from_array(rng.normal(size=(2, 3)).astype(np.float32), f"k{i}") for i in range(constants)]
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(size=(2, 3)).astype(np.float32), f"k{i}")
+        for i in range(constants)
+    ]
     outputs = sorted({nodes[-1].output[0], draw(st.sampled_from([n.output[0] for n in nodes]))})
     graph = onnx.helper.make_graph(
-        nodes, "random", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
-        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [2, 3]) for o in outputs], inits,
+        nodes,
+        "random",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [2, 3]) for o in outputs],
+        inits,
     )
-    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10)
+    return onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10
+    )
 
 
 _FEEDS = {"x": np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)}
@@ -47,7 +55,9 @@ _FEEDS = {"x": np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)}
 
 @settings(max_examples=40, deadline=None)
 @given(random_models(), st.randoms(use_true_random=False))
-def test_dump_does_not_depend_on_insertion_order(proto: onnx.ModelProto, shuffle: random.Random) -> None:
+def test_dump_does_not_depend_on_insertion_order(
+    proto: onnx.ModelProto, shuffle: random.Random
+) -> None:
     model = ir.from_proto(proto)
     expected = mir.dump(model)
     nodes = list(model.graph)
@@ -69,7 +79,9 @@ def test_save_and_load_keep_the_dump(proto: onnx.ModelProto) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(random_models())
-def test_canonicalize_keeps_the_outputs_and_folds_constant_subexpressions(proto: onnx.ModelProto) -> None:
+def test_canonicalize_keeps_the_outputs_and_folds_constant_subexpressions(
+    proto: onnx.ModelProto,
+) -> None:
     before = run_ort(proto, _FEEDS)
     model = ir.from_proto(proto)
     passes.get("canonicalize")()(model)

@@ -34,8 +34,12 @@ def best_proxy(problem: Problem) -> float:
 def exhaustive_front(problem: Problem) -> tuple[Point, ...]:
     """The true Pareto front over ``problem.objectives`` with the proxy as error."""
     configs = all_configs(problem)
-    columns = {name: (problem.proxy_error(configs) if name == "error"
-                      else problem.total(name, configs)) for name in problem.objectives}
-    points = [Point(tuple(c), {n: float(columns[n][i]) for n in problem.objectives}, False)
-              for i, c in enumerate(configs)]
+    columns = {
+        name: (problem.proxy_error(configs) if name == "error" else problem.total(name, configs))
+        for name in problem.objectives
+    }
+    points = [
+        Point(tuple(c), {n: float(columns[n][i]) for n in problem.objectives}, False)
+        for i, c in enumerate(configs)
+    ]
     return non_dominated(points, problem.objectives)

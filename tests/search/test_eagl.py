@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_brute import best_proxy
 
 import mpqc.search as search
 from mpqc.search.eagl import knapsack
 from mpqc.search.ilp import OneHotModel
 from mpqc.search.problem import Problem
 from mpqc.search.synthetic import synthetic_problem
-from search_brute import best_proxy
 
 PAIRS = ((8, 8), (4, 8), (2, 8))
 
@@ -20,17 +20,21 @@ def integer_instance(seed: int) -> Problem:
     rng = np.random.default_rng(seed)
     n_choices = 2 if seed % 2 else 3
     n_layers = 15 if n_choices == 2 else 9
-    sizes = [np.sort(rng.integers(1, 60, n_choices))[::-1].astype(float)
-             for _ in range(n_layers)]
-    scores = [np.concatenate([[0.0], np.sort(rng.uniform(0, 8, n_choices - 1))])
-              for _ in range(n_layers)]
+    sizes = [np.sort(rng.integers(1, 60, n_choices))[::-1].astype(float) for _ in range(n_layers)]
+    scores = [
+        np.concatenate([[0.0], np.sort(rng.uniform(0, 8, n_choices - 1))]) for _ in range(n_layers)
+    ]
     total_high = sum(s[0] for s in sizes)
     total_low = sum(s[-1] for s in sizes)
     limit = float(rng.integers(int(total_low), int(total_high) + 1))
-    return Problem(layers=tuple(f"l{i}" for i in range(n_layers)),
-                   choices=tuple(PAIRS[:n_choices] for _ in range(n_layers)),
-                   costs={"size": tuple(sizes)}, fixed_costs={"size": 7.0},
-                   sensitivity=tuple(scores), constraints={"size": limit + 7.0})
+    return Problem(
+        layers=tuple(f"l{i}" for i in range(n_layers)),
+        choices=tuple(PAIRS[:n_choices] for _ in range(n_layers)),
+        costs={"size": tuple(sizes)},
+        fixed_costs={"size": 7.0},
+        sensitivity=tuple(scores),
+        constraints={"size": limit + 7.0},
+    )
 
 
 @pytest.mark.parametrize("seed", range(16))
@@ -51,15 +55,18 @@ def test_dp_on_real_valued_costs_fits_and_loses_at_most_the_rounding(seed: int) 
     assert problem.feasible(config)
     # rounding costs each layer under one unit: the DP beats the exact optimum of a budget
     # that is len(layers) units tighter
-    tighter = OneHotModel(problem).solve(problem.sensitivity_table(),
-                                         {"size": limit - len(problem.layers) * unit})
+    tighter = OneHotModel(problem).solve(
+        problem.sensitivity_table(), {"size": limit - len(problem.layers) * unit}
+    )
     assert problem.proxy_error(config) <= problem.proxy_error(tighter) + 1e-9
 
 
 def test_several_constraints_go_through_the_ilp_solver() -> None:
     problem = synthetic_problem(8, PAIRS, seed=1, size_ratio=0.6)
-    fields = {name: getattr(problem, name) for name in
-              ("layers", "choices", "costs", "fixed_costs", "sensitivity")}
+    fields = {
+        name: getattr(problem, name)
+        for name in ("layers", "choices", "costs", "fixed_costs", "sensitivity")
+    }
     latency = problem.total("latency", problem.safest())
     two = Problem(**fields, constraints={**problem.constraints, "latency": latency * 0.9})
     result = search.run(two, "eagl")

@@ -65,15 +65,16 @@ def test_points_carry_every_objective() -> None:
     assert points[0].objectives == {
         "error": quadratic_error((1, 1, 0, 2)),
         "size": problem.total("size", np.array([1, 1, 0, 2])),
-        "bops": problem.total("bops", np.array([1, 1, 0, 2]))}
+        "bops": problem.total("bops", np.array([1, 1, 0, 2])),
+    }
     assert list(evaluate_uniform(problem, evaluator)) == ["w8a8", "w4a8", "w4a4"]
 
 
 def test_results_identical_under_a_dask_cluster() -> None:
     distributed = pytest.importorskip("distributed")
-    configs = [tuple(row) for row in
-               np.random.default_rng(1).integers(0, 3, (30, 5)).tolist()]
+    configs = [tuple(row) for row in np.random.default_rng(1).integers(0, 3, (30, 5)).tolist()]
     inline = Evaluator(quadratic_error).many(configs)
-    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
-                            dashboard_address=None) as client:
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
         assert Evaluator(quadratic_error, executor=client.get_executor()).many(configs) == inline

@@ -38,7 +38,8 @@ def test_flip_order_follows_damage_per_cost_with_aimet_tie_rules() -> None:
         fixed_costs={},
         sensitivity=((0.0, 8.0), (0.0, 1.0, 2.0), (0.0, 1.0, 2.0)),
         constraints={},
-        objectives=("error", "bops"))
+        objectives=("error", "bops"),
+    )
     # slopes: a→4/8: 8/32; b,c→(4,8): 1/32; b,c→(4,4): 2/48
     assert flip_order(problem, "bops") == [(1, 1), (2, 1), (1, 2), (2, 2), (0, 1)]
 
@@ -59,13 +60,15 @@ def test_binary_search_equals_linear_scan(seed: int, reverse: bool) -> None:
     results = {}
     for probe in ("binary", "linear"):
         evaluator = monotone_evaluator(problem)
-        results[probe] = search.run(problem, "greedy", evaluator=evaluator,
-                                    allowed_drop=drop, probe=probe, reverse=reverse)
+        results[probe] = search.run(
+            problem, "greedy", evaluator=evaluator, allowed_drop=drop, probe=probe, reverse=reverse
+        )
     assert results["binary"].chosen == results["linear"].chosen
     chosen = results["binary"].chosen
     assert chosen.objectives["error"] <= errors[0] + drop
-    later = [e for c, e in zip(curve, errors) if problem.total("size", c)
-             < chosen.objectives["size"]]
+    later = [
+        e for c, e in zip(curve, errors) if problem.total("size", c) < chosen.objectives["size"]
+    ]
     assert all(e > errors[0] + drop for e in later)
 
 

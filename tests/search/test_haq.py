@@ -29,14 +29,28 @@ def additive_problem(seed: int) -> tuple[Problem, np.ndarray]:
     error = np.stack([np.zeros(N_LAYERS), sens_a, sens_w, sens_w + sens_a], axis=1)
     cost = tuple(m * np.array([w * a for w, a in PAIRS]) / 64.0 for m in macs)
     lo, hi = sum(c.min() for c in cost), sum(c.max() for c in cost)
-    features = np.stack([rng.uniform(1, 64, N_LAYERS), rng.uniform(1, 64, N_LAYERS),
-                         np.ones(N_LAYERS), np.full(N_LAYERS, 9.0), macs,
-                         rng.uniform(1, 100, N_LAYERS), np.zeros(N_LAYERS)], axis=1)
-    problem = Problem(layers=tuple(f"l{i}" for i in range(N_LAYERS)), choices=(PAIRS,) * N_LAYERS,
-                      costs={"bops": cost}, fixed_costs={},
-                      sensitivity=tuple(np.zeros(4) for _ in range(N_LAYERS)),
-                      constraints={"bops": lo + 0.4 * (hi - lo)}, objectives=("error", "bops"),
-                      features=features)
+    features = np.stack(
+        [
+            rng.uniform(1, 64, N_LAYERS),
+            rng.uniform(1, 64, N_LAYERS),
+            np.ones(N_LAYERS),
+            np.full(N_LAYERS, 9.0),
+            macs,
+            rng.uniform(1, 100, N_LAYERS),
+            np.zeros(N_LAYERS),
+        ],
+        axis=1,
+    )
+    problem = Problem(
+        layers=tuple(f"l{i}" for i in range(N_LAYERS)),
+        choices=(PAIRS,) * N_LAYERS,
+        costs={"bops": cost},
+        fixed_costs={},
+        sensitivity=tuple(np.zeros(4) for _ in range(N_LAYERS)),
+        constraints={"bops": lo + 0.4 * (hi - lo)},
+        objectives=("error", "bops"),
+        features=features,
+    )
     return problem, error
 
 
@@ -99,9 +113,15 @@ def test_limiting_sweeps_from_the_last_layer_activation_first_and_keeps_ends_pin
     # A budget that one activation step on the last free layer just meets.
     table = problem.cost_table("bops")
     just_enough = table[:, 0].sum() - (table[last_free, 0] - table[last_free, 1])
-    tight = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
-                    fixed_costs={}, sensitivity=problem.sensitivity,
-                    constraints={"bops": just_enough}, objectives=problem.objectives)
+    tight = Problem(
+        layers=problem.layers,
+        choices=problem.choices,
+        costs=problem.costs,
+        fixed_costs={},
+        sensitivity=problem.sensitivity,
+        constraints={"bops": just_enough},
+        objectives=problem.objectives,
+    )
     config = limit_to_budget(tight, spaces, safest, pinned={0, N_LAYERS - 1})
     expected = safest.copy()
     expected[last_free] = PAIRS.index((8, 4))
@@ -118,11 +138,21 @@ def test_limiting_lowers_pinned_layers_only_when_nothing_else_is_left() -> None:
     table = problem.cost_table("bops")
     # Everything free at its cheapest is not enough: the pinned ends must give way.
     budget = table[1:-1, 3].sum() + table[0, 0] + table[-1, 3]
-    tight = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
-                    fixed_costs={}, sensitivity=problem.sensitivity,
-                    constraints={"bops": budget}, objectives=problem.objectives)
-    config = limit_to_budget(tight, [ActionSpace(PAIRS)] * N_LAYERS,
-                             np.zeros(N_LAYERS, dtype=np.int64), pinned={0, N_LAYERS - 1})
+    tight = Problem(
+        layers=problem.layers,
+        choices=problem.choices,
+        costs=problem.costs,
+        fixed_costs={},
+        sensitivity=problem.sensitivity,
+        constraints={"bops": budget},
+        objectives=problem.objectives,
+    )
+    config = limit_to_budget(
+        tight,
+        [ActionSpace(PAIRS)] * N_LAYERS,
+        np.zeros(N_LAYERS, dtype=np.int64),
+        pinned={0, N_LAYERS - 1},
+    )
     assert tight.feasible(config)
     assert np.all(config[1:-1] == 3) and config[-1] != 0
 
@@ -184,8 +214,9 @@ def test_every_policy_meets_the_budget_and_the_ends_stay_pinned() -> None:
 
 def test_same_seed_same_result() -> None:
     problem, error = additive_problem(3)
-    runs = [search(problem, table_evaluator(error), SMALL, np.random.default_rng(5))
-            for _ in range(2)]
+    runs = [
+        search(problem, table_evaluator(error), SMALL, np.random.default_rng(5)) for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 
@@ -225,10 +256,16 @@ def test_agent_beats_a_random_agent_with_the_same_budget_on_average() -> None:
 
 def test_tied_layers_share_a_choice_and_problems_without_features_work() -> None:
     problem, error = additive_problem(6)
-    tied = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
-                   fixed_costs={}, sensitivity=problem.sensitivity,
-                   constraints=problem.constraints, objectives=problem.objectives,
-                   groups=((2, 5), (3, 4, 7)))  # no features: the state uses the costs
+    tied = Problem(
+        layers=problem.layers,
+        choices=problem.choices,
+        costs=problem.costs,
+        fixed_costs={},
+        sensitivity=problem.sensitivity,
+        constraints=problem.constraints,
+        objectives=problem.objectives,
+        groups=((2, 5), (3, 4, 7)),
+    )  # no features: the state uses the costs
     result = search(tied, table_evaluator(error), SMALL, np.random.default_rng(0))
     for point in (*result.front, result.chosen):
         config = point.config

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_brute import all_configs, best_proxy, feasible_mask
 
 import mpqc.search as search
 from mpqc.search.ilp import OneHotModel
 from mpqc.search.problem import Problem
 from mpqc.search.synthetic import synthetic_problem
-from search_brute import all_configs, best_proxy, feasible_mask
 
 PAIRS = ((8, 8), (6, 8), (4, 8), (4, 4), (2, 8))
 
@@ -20,8 +20,13 @@ def random_instance(seed: int) -> Problem:
     n_choices = int(rng.integers(2, 5))
     n_layers = int(rng.integers(3, {2: 13, 3: 9, 4: 7}[n_choices]))
     groups = ((0, n_layers - 1),) if seed % 3 == 0 else ()
-    problem = synthetic_problem(n_layers, PAIRS[:n_choices], seed=seed, groups=groups,
-                                size_ratio=float(rng.uniform(0.35, 1.0)))
+    problem = synthetic_problem(
+        n_layers,
+        PAIRS[:n_choices],
+        seed=seed,
+        groups=groups,
+        size_ratio=float(rng.uniform(0.35, 1.0)),
+    )
     if seed % 2:
         limits = dict(problem.constraints)
         latency = problem.total("latency", problem.safest())
@@ -31,8 +36,18 @@ def random_instance(seed: int) -> Problem:
 
 
 def _fields(problem: Problem) -> dict:
-    names = ("layers", "choices", "costs", "fixed_costs", "sensitivity", "constraints",
-             "objectives", "features", "edges", "groups")
+    names = (
+        "layers",
+        "choices",
+        "costs",
+        "fixed_costs",
+        "sensitivity",
+        "constraints",
+        "objectives",
+        "features",
+        "edges",
+        "groups",
+    )
     return {name: getattr(problem, name) for name in names}
 
 
@@ -44,13 +59,14 @@ def test_ilp_equals_brute_force(seed: int) -> None:
         with pytest.raises(search.InfeasibleError):
             problem.check_feasible()
         return
-    for max_states in (5_000, 0):          # the Pareto DP route and the HiGHS route
+    for max_states in (5_000, 0):  # the Pareto DP route and the HiGHS route
         model = OneHotModel(problem, max_states=max_states)
         config = model.solve(problem.sensitivity_table(), problem.constraints)
         assert problem.feasible(config)
-        assert problem.proxy_error(config) == pytest.approx(best_proxy(problem), rel=1e-9,
-                                                            abs=1e-12)
-        problem.validate(config)           # ties respected
+        assert problem.proxy_error(config) == pytest.approx(
+            best_proxy(problem), rel=1e-9, abs=1e-12
+        )
+        problem.validate(config)  # ties respected
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -59,8 +75,10 @@ def test_optimum_never_worsens_as_the_budget_loosens(seed: int) -> None:
     model = OneHotModel(problem)
     low = problem.total("size", problem.cheapest())
     high = problem.total("size", problem.safest())
-    errors = [problem.proxy_error(model.solve(problem.sensitivity_table(), {"size": limit}))
-              for limit in np.linspace(low, high, 25)]
+    errors = [
+        problem.proxy_error(model.solve(problem.sensitivity_table(), {"size": limit}))
+        for limit in np.linspace(low, high, 25)
+    ]
     assert all(a >= b - 1e-9 * max(a, 1.0) for a, b in zip(errors, errors[1:]))
     assert errors[-1] == 0.0
 
@@ -69,8 +87,9 @@ def test_large_problem_routes_agree_and_fit() -> None:
     pairs = tuple((w, a) for w in (16, 8, 6, 4, 3, 2) for a in (8, 4))
     problem = synthetic_problem(300, pairs, seed=11, size_ratio=0.5)
     fast = OneHotModel(problem).solve(problem.sensitivity_table(), problem.constraints)
-    highs = OneHotModel(problem, max_states=0).solve(problem.sensitivity_table(),
-                                                     problem.constraints)
+    highs = OneHotModel(problem, max_states=0).solve(
+        problem.sensitivity_table(), problem.constraints
+    )
     assert problem.feasible(fast) and problem.feasible(highs)
     assert problem.proxy_error(fast) <= problem.proxy_error(highs) * (1 + 1e-9)
 

@@ -35,7 +35,9 @@ def recovering(problem: Problem, created: list) -> Callable:
             x = np.array(config)
             damage = table[rows, x]
             return float(np.sum(np.where(x == anchor, (1 - RECOVERED) * damage, damage)))
+
         return error
+
     return beacon_fn
 
 
@@ -47,8 +49,13 @@ def test_weight_levels_index_the_layer_weight_widths() -> None:
 def test_beacon_error_is_exact_at_the_beacon_and_never_above_plain() -> None:
     problem = synthetic_problem(10, PAIRS, seed=1, size_ratio=0.8)
     created: list = []
-    beacons = Beacons(problem, Evaluator(plain_error(problem)), recovering(problem, created),
-                      threshold=5, budget=3)
+    beacons = Beacons(
+        problem,
+        Evaluator(plain_error(problem)),
+        recovering(problem, created),
+        threshold=5,
+        budget=3,
+    )
     rng = np.random.default_rng(0)
     configs = rng.integers(0, len(PAIRS), (200, problem.n_layers))
     estimates = beacons.errors(configs)
@@ -63,11 +70,14 @@ def test_beacon_error_is_exact_at_the_beacon_and_never_above_plain() -> None:
 
 def test_far_candidates_keep_their_plain_error() -> None:
     problem = synthetic_problem(10, PAIRS, seed=1, size_ratio=2.0)
-    beacons = Beacons(problem, Evaluator(plain_error(problem)), recovering(problem, []),
-                      threshold=0, budget=1)
+    beacons = Beacons(
+        problem, Evaluator(plain_error(problem)), recovering(problem, []), threshold=0, budget=1
+    )
     first, other = np.zeros(10, dtype=int), np.full(10, 4)
     assert beacons.errors(np.array([first, other])) == [
-        0.0, pytest.approx(problem.proxy_error(other))]
+        0.0,
+        pytest.approx(problem.proxy_error(other)),
+    ]
     assert beacons.configs == [tuple(first.tolist())]
 
 
@@ -75,13 +85,18 @@ def test_search_with_beacons_counts_beacon_evaluations() -> None:
     problem = synthetic_problem(8, PAIRS, seed=2, size_ratio=0.6)
     evaluator = Evaluator(plain_error(problem))
     created: list = []
-    result = search.run(problem, "mohaq", evaluator=evaluator,
-                        beacon_fn=recovering(problem, created), beacons=2, generations=10)
+    result = search.run(
+        problem,
+        "mohaq",
+        evaluator=evaluator,
+        beacon_fn=recovering(problem, created),
+        beacons=2,
+        generations=10,
+    )
     assert len(created) <= 2
     assert result.evaluations > evaluator.calls
     assert "beacons" in result.notes[0]
-    plain = search.run(problem, "nsga2", evaluator=Evaluator(plain_error(problem)),
-                       generations=10)
+    plain = search.run(problem, "nsga2", evaluator=Evaluator(plain_error(problem)), generations=10)
     best = min(p.objectives["error"] for p in result.front)
     assert best <= min(p.objectives["error"] for p in plain.front)
 

@@ -92,9 +92,17 @@ def test_policy_is_independent_of_graph_size_and_respects_ties() -> None:
     config = policy.decide(genome, encode_problem(large))
     assert config.shape == (30,) and set(config) <= {0, 1, 2}
 
-    tied = Problem(layers=small.layers, choices=small.choices, costs=small.costs, fixed_costs={},
-                   sensitivity=small.sensitivity, constraints={}, features=small.features,
-                   edges=small.edges, groups=((1, 4), (2, 3, 5)))
+    tied = Problem(
+        layers=small.layers,
+        choices=small.choices,
+        costs=small.costs,
+        fixed_costs={},
+        sensitivity=small.sensitivity,
+        constraints={},
+        features=small.features,
+        edges=small.edges,
+        groups=((1, 4), (2, 3, 5)),
+    )
     for seed in range(5):
         genome = policy.initial_genome(np.random.default_rng(seed))
         config = policy.decide(genome, encode_problem(tied))
@@ -103,9 +111,16 @@ def test_policy_is_independent_of_graph_size_and_respects_ties() -> None:
 
 def test_policy_refuses_a_problem_with_other_feature_columns() -> None:
     problem, _, _ = sensitive_family(6, seed=0)
-    other = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
-                    fixed_costs={}, sensitivity=problem.sensitivity, constraints={},
-                    features=np.ones((6, 5)), edges=problem.edges)
+    other = Problem(
+        layers=problem.layers,
+        choices=problem.choices,
+        costs=problem.costs,
+        fixed_costs={},
+        sensitivity=problem.sensitivity,
+        constraints={},
+        features=np.ones((6, 5)),
+        edges=problem.edges,
+    )
     policy = GraphPolicy.for_encoding(encode_problem(problem))
     with pytest.raises(EncodingMismatchError, match="same feature columns"):
         policy.decide(policy.initial_genome(np.random.default_rng(0)), encode_problem(other))
@@ -136,9 +151,16 @@ def test_gnn_species_finds_the_feature_rule_and_transfers_it_to_a_larger_graph()
 # ------------------------------------------------------------------------ the strategy
 def test_search_returns_a_feasible_front_not_dominated_by_uniform_points() -> None:
     problem, evaluator, _ = sensitive_family(10, seed=2)
-    bounded = Problem(layers=problem.layers, choices=problem.choices, costs=problem.costs,
-                      fixed_costs={}, sensitivity=problem.sensitivity, constraints={"size": 40.0},
-                      features=problem.features, edges=problem.edges)
+    bounded = Problem(
+        layers=problem.layers,
+        choices=problem.choices,
+        costs=problem.costs,
+        fixed_costs={},
+        sensitivity=problem.sensitivity,
+        constraints={"size": 40.0},
+        features=problem.features,
+        edges=problem.edges,
+    )
     result = search(bounded, evaluator, Options(generations=5), np.random.default_rng(0))
     assert result.strategy == "nemo"
     assert bounded.feasible(np.array(result.chosen.config))

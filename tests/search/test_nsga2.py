@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_brute import exhaustive_front
 
 import mpqc.search as search
 from mpqc.search import hypervolume
 from mpqc.search.nsga2 import initial_population
 from mpqc.search.pareto import objective_matrix
 from mpqc.search.synthetic import synthetic_problem
-from search_brute import exhaustive_front
 
 PAIRS = ((8, 8), (6, 8), (4, 8), (2, 8))
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_front_reaches_95_percent_of_the_exhaustive_hypervolume(seed: int) -> None:
-    problem = synthetic_problem(6, PAIRS, seed=seed)          # 4^6 configurations
+    problem = synthetic_problem(6, PAIRS, seed=seed)  # 4^6 configurations
     truth = exhaustive_front(problem)
     matrix = objective_matrix(truth, problem.objectives)
     ref = matrix.max(axis=0) + 0.1 * np.ptp(matrix, axis=0)
-    result = search.run(problem, "nsga2", seed=seed)          # default budget
-    assert hypervolume(result.front, problem.objectives, ref) >= \
-        0.95 * hypervolume(truth, problem.objectives, ref)
+    result = search.run(problem, "nsga2", seed=seed)  # default budget
+    assert hypervolume(result.front, problem.objectives, ref) >= 0.95 * hypervolume(
+        truth, problem.objectives, ref
+    )
 
 
 def test_uniform_points_are_seeded_into_the_first_population() -> None:

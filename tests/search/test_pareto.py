@@ -22,8 +22,7 @@ def test_non_dominated_matches_pairwise_definition() -> None:
     rng = np.random.default_rng(3)
     points = [point((i,), *rng.integers(0, 20, 2).astype(float)) for i in range(60)]
     front = non_dominated(points, OBJ)
-    expected = {p.config for p in points
-                if not any(dominates(q, p, OBJ) for q in points)}
+    expected = {p.config for p in points if not any(dominates(q, p, OBJ) for q in points)}
     assert {p.config for p in front} == expected
     assert list(front) == sorted(front, key=lambda p: (p.vector(OBJ), p.config))
 
@@ -41,8 +40,10 @@ def test_hypervolume_of_a_staircase() -> None:
 def test_choose_prefers_low_error_then_low_cost_among_feasible() -> None:
     problem = synthetic_problem(2, size_ratio=10.0)
     configs = list(itertools.product(range(3), repeat=2))
-    a, b, c = (point(cfg, e, s) for cfg, e, s in
-               [(configs[0], 1.0, 5.0), (configs[1], 1.0, 4.0), (configs[2], 2.0, 1.0)])
+    a, b, c = (
+        point(cfg, e, s)
+        for cfg, e, s in [(configs[0], 1.0, 5.0), (configs[1], 1.0, 4.0), (configs[2], 2.0, 1.0)]
+    )
     assert choose([a, b, c], problem) is b
 
 

@@ -68,17 +68,22 @@ def test_pair_names_and_value_format() -> None:
     assert format_value(0.002, "s") == "2 ms"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"choices": (((8, 8),), ((8, 8), (4, 8)))}, "3 layers but 2 choice lists"),
-    ({"sensitivity": ((0.0,), (0.0,), (0.0, 1.0))}, "expected (2,)"),
-    ({"constraints": {"latency": 1.0}}, "constraint on 'latency'"),
-    ({"objectives": ("error", "energy")}, "objective 'energy'"),
-    ({"groups": ((0, 1),)}, "identical candidate lists"),
-    ({"edges": ((0, 7),)}, "outside 0..2"),
-    ({"fixed_costs": {"energy": 1.0}}, "fixed costs for unknown objectives"),
-    ({"layers": (), "choices": (), "costs": {}, "sensitivity": (), "constraints": {}},
-     "at least one layer"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"choices": (((8, 8),), ((8, 8), (4, 8)))}, "3 layers but 2 choice lists"),
+        ({"sensitivity": ((0.0,), (0.0,), (0.0, 1.0))}, "expected (2,)"),
+        ({"constraints": {"latency": 1.0}}, "constraint on 'latency'"),
+        ({"objectives": ("error", "energy")}, "objective 'energy'"),
+        ({"groups": ((0, 1),)}, "identical candidate lists"),
+        ({"edges": ((0, 7),)}, "outside 0..2"),
+        ({"fixed_costs": {"energy": 1.0}}, "fixed costs for unknown objectives"),
+        (
+            {"layers": (), "choices": (), "costs": {}, "sensitivity": (), "constraints": {}},
+            "at least one layer",
+        ),
+    ],
+)
 def test_invalid_problems_say_what_is_wrong(overrides: dict, message: str) -> None:
     with pytest.raises(SearchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tiny(**overrides)
@@ -112,9 +117,13 @@ def test_check_feasible_names_the_cheapest_reachable_value() -> None:
 
 def test_check_feasible_detects_constraints_that_only_conflict_together() -> None:
     # size wants layer 1 low, latency wants it high: each alone is reachable, both are not
-    problem = tiny(costs={"size": ((100.0,), (80.0, 40.0), (60.0, 30.0)),
-                          "latency": ((1.0,), (1.0, 3.0), (1.0, 1.0))},
-                   constraints={"size": 185.0, "latency": 3.5})
+    problem = tiny(
+        costs={
+            "size": ((100.0,), (80.0, 40.0), (60.0, 30.0)),
+            "latency": ((1.0,), (1.0, 3.0), (1.0, 1.0)),
+        },
+        constraints={"size": 185.0, "latency": 3.5},
+    )
     with pytest.raises(InfeasibleError, match="together with max-size") as info:
         problem.check_feasible()
     assert info.value.objective == "latency" and info.value.cheapest == pytest.approx(5.0)

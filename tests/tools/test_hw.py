@@ -47,14 +47,19 @@ def test_show_says_how_the_runtime_shapes_costs(capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "show", "x86_avx2")
     assert code == 0
     assert "each inference call: 8 us" in out
-    assert "fused into a float kernel: Clip, HardSigmoid, HardSwish" in out and "fused into an integer kernel: Relu" in out
+    assert (
+        "fused into a float kernel: Clip, HardSigmoid, HardSwish" in out
+        and "fused into an integer kernel: Relu" in out
+    )
     assert "integer Conv runs in another layout: a Transpose in and out" in out
     assert "5.6 GMAC/s" in out, "the float depthwise rate"
     code, out, _ = run(capsys, "show", "bismo_edge")
     assert "operands move at exactly their bit-width" in out
 
 
-def test_show_bit_flexible_spec_prints_the_speedup_matrix(capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_bit_flexible_spec_prints_the_speedup_matrix(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, out, _ = run(capsys, "show", "bitfusion")
     assert code == 0
     assert "throughput relative to the reference" in out
@@ -67,7 +72,9 @@ def test_validate_good_and_bad_files(capsys: pytest.CaptureFixture[str], tmp_pat
     code, out, _ = run(capsys, "validate", str(good))
     assert code == 0 and "good.yaml: ok" in out
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"base": "x86_avx2", "bits": {"weights": [3, 64], "activations": [8]}}))
+    bad.write_text(
+        yaml.safe_dump({"base": "x86_avx2", "bits": {"weights": [3, 64], "activations": [8]}})
+    )
     code, _, err = run(capsys, "validate", str(good), str(bad))
     assert_user_error(code, err, "bad.yaml: bits.weights[1]: 64 is not allowed")
 
@@ -92,17 +99,23 @@ def test_verbose_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_pat
         (["profile", "-o", "x.yaml", "--base", "nope"], "nope: unknown spec name"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
+def test_bad_input_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
     code, _, err = run(capsys, *argv)
     assert_user_error(code, err, fragment)
 
 
-def test_profile_output_directory_is_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_profile_output_directory_is_rejected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, _, err = run(capsys, "profile", "-o", str(tmp_path))
     assert_user_error(code, err, "not a file path")
 
 
-def test_profile_quick_writes_a_valid_fitted_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_profile_quick_writes_a_valid_fitted_spec(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     out_path = tmp_path / "here.yaml"
     out_path.write_text("previous content\n")
     code, out, err = run(capsys, "profile", "--quick", "-o", str(out_path))
@@ -115,11 +128,19 @@ def test_profile_quick_writes_a_valid_fitted_spec(capsys: pytest.CaptureFixture[
     assert set(document["precisions"]) == {"float", "w8a8", "w8a8_signed", "w4a8", "w8a16"}
     for key in ("float", "w8a8", "w4a8"):
         measured = spec.precisions[key].throughput
-        assert base.precisions[key].throughput / 100 <= measured <= base.precisions[key].throughput * 100
+        assert (
+            base.precisions[key].throughput / 100
+            <= measured
+            <= base.precisions[key].throughput * 100
+        )
     assert spec.precisions["w4a8"].weight_unpack is not None
     assert spec.overhead("QuantizeLinear").per_element > 0
-    assert spec.precision(4, 8).emulated_as == base.precision(4, 8).emulated_as, "emulated paths are inherited"
-    assert spec.precision(2, 16) == base.precision(2, 16), "pairs the profile does not measure are inherited"
+    assert spec.precision(4, 8).emulated_as == base.precision(4, 8).emulated_as, (
+        "emulated paths are inherited"
+    )
+    assert spec.precision(2, 16) == base.precision(2, 16), (
+        "pairs the profile does not measure are inherited"
+    )
     ranking = document["provenance"]["ranking_spearman"]
     assert set(ranking) == {"fitted", document["base"]}
     assert all(-1.0 <= value <= 1.0 for value in ranking.values())

@@ -1,0 +1,369 @@
+"""The ``mpqc`` command: quantize a model for a chip, write it, say what was done.
+
+    mpqc model.onnx --hw arm_a72 -o model.q.onnx --calib calib/ --uniform w8a8
+
+Without a model it compiles mpqc's embedded example (a CNN trained on scikit-learn's digits, with
+its own calibration data and accuracy metric), so a new user sees the whole flow in one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from mpqc.cli_support import (
+    EXIT_OK,
+    ArgumentParser,
+    UsageError,
+    add_eval_argument,
+    add_ir_dump_arguments,
+    ir_printer,
+    run_command,
+)
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="mpqc",
+        description="Mixed-precision quantization compiler for ONNX.",
+        epilog="Exit codes: 0 ok, 1 bad input (one line on stderr), 2 infeasible constraints.",
+    )
+    parser.add_argument(
+        "model", nargs="?", help="float ONNX model (default: the embedded digits CNN)"
+    )
+    parser.add_argument(
+        "--hw",
+        required=True,
+        help="hardware spec: a bundled name (see mpqc-hw list) or a .yaml path",
+    )
+    parser.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    parser.add_argument(
+        "--calib",
+        metavar="DIR",
+        help="calibration samples: .npz files (keys = input names) or .npy files",
+    )
+    parser.add_argument(
+        "--calib-method",
+        default="minmax",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="activation range estimator",
+    )
+    parser.add_argument(
+        "--uniform", metavar="wXaY", help="same bits for every layer, e.g. w8a8, w4a8, w8a16"
+    )
+    parser.add_argument(
+        "--weight-only",
+        action="store_true",
+        help="float activations, weights at --uniform's width (default 4); MatMuls as onnxruntime's MatMulNBits",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="quantize MatMul/Gemm weights per block of N along K (16, 32, 64, 128...)",
+    )
+    parser.add_argument(
+        "--max-size", help="size budget: a ratio of the reference (0.25x) or bytes (3MB)"
+    )
+    parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
+    parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
+    parser.add_argument("--max-bops", help="bit-operations budget, e.g. 2G")
+    parser.add_argument(
+        "--strategy", default="ilp", help="bit-width search strategy (default: ilp)"
+    )
+    parser.add_argument(
+        "--wbits",
+        type=_bit_list,
+        help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)",
+    )
+    parser.add_argument(
+        "--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)"
+    )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=_shape,
+        metavar="DIM=SIZE",
+        help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)",
+    )
+    parser.add_argument(
+        "--recover",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GPTQ rounding and bias correction of layers below 8-bit weights (default: on when --calib is given)",
+    )
+    parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
+    parser.add_argument(
+        "--report-json", metavar="FILE", help="write the compilation report as JSON"
+    )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the per-layer table (bits, candidates, why) as .html or .md",
+    )
+    parser.add_argument(
+        "--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR"
+    )
+    parser.add_argument(
+        "--executor",
+        metavar="ADDRESS",
+        help="run exact evaluations on a Dask cluster, e.g. tcp://host:8786",
+    )
+    add_eval_argument(parser)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+    add_ir_dump_arguments(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks and per-pass timing"
+    )
+    return parser
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}, reverse=True))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of bit-widths such as 4,8"
+        ) from None
+    if not bits or any(not 2 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"bit-widths must be between 2 and 16, got '{text}'")
+    return bits
+
+
+def _shape(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``DIM=SIZE`` for a named symbolic dim, or ``INPUT=d0,d1,...`` for an input's whole shape."""
+    name, _, sizes = text.partition("=")
+    dims = sizes.split(",")
+    if not name or not all(d.isdigit() and int(d) >= 1 for d in dims):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not DIM=SIZE or INPUT=d0,d1,..., e.g. N=1 or x=1,3,48,320"
+        )
+    return (name, int(dims[0])) if len(dims) == 1 else (name, tuple(int(d) for d in dims))
+
+
+def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(model, calibration, eval_fn): the user's, or the embedded example's."""
+    if args.model is not None:
+        return args.model, args.calib, args.eval
+    from mpqc import examples
+
+    calibration = args.calib if args.calib is not None else examples.digits_calibration()
+    return str(examples.digits_model_path()), calibration, args.eval or examples.digits_accuracy
+
+
+def _check_output(output: pathlib.Path, model: Any) -> None:
+    from mpqc.ir import ModelError, check_writable
+
+    check_writable(output)
+    if (
+        isinstance(model, str)
+        and pathlib.Path(model).exists()
+        and output.resolve() == pathlib.Path(model).resolve()
+    ):
+        raise ModelError(
+            "the output path is the input model: choose another -o, mpqc never overwrites its input"
+        )
+
+
+def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
+    from mpqc.ir import annotations
+
+    # Read the annotation from the nodes: once lowered, a layer's weight sits behind a DequantizeLinear
+    # and quantizable_layers() no longer sees it as a layer.
+    graph = result.ir_model.graph
+    return {
+        node.name or node.outputs[0].name: annotations.BITS.get(node)
+        for node in graph
+        if annotations.BITS.has(node)
+    }
+
+
+def _tensor_sizes(result: Any) -> str:
+    """The size --max-size counts: tensor bytes, against the cost pass's reference when it ran.
+
+    The file also holds the graph (names, nodes, annotations), which on a small model is a large share
+    of it; a budget on tensors met exactly can look missed in file bytes without this second figure.
+    """
+    from mpqc.ir import annotations, tensor_bytes
+
+    written = tensor_bytes(result.ir_model)
+    reference = (annotations.MODEL_COST.get(result.ir_model) or {}).get("reference", {}).get("size")
+    if not reference:
+        return f"; tensors {written / 1e6:.3f} MB"
+    return f"; tensors {reference / 1e6:.3f} MB -> {written / 1e6:.3f} MB ({written / reference:.2f}x, what --max-size counts)"
+
+
+def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
+    bits = _layer_bits(result)
+    mix = Counter(f"w{b['w']}a{b['a']}" for b in bits.values())
+    verify = result.report.get("verify", {})
+    lines = [
+        f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",
+        f"  layers      {len(bits)} quantized: "
+        + ", ".join(f"{n}x {k}" for k, n in sorted(mix.items())),
+        f"  size        {input_bytes / 1e6:.3f} MB -> {output_bytes / 1e6:.3f} MB ({output_bytes / max(input_bytes, 1):.2f}x)"
+        + _tensor_sizes(result),
+    ]
+    if "sqnr_db" in verify:
+        # float(): annotations store non-finite numbers as text ("inf" when the output is unchanged)
+        lines.append(
+            f"  fidelity    output SQNR {float(verify['sqnr_db']):.1f} dB"
+            + (
+                f", top-1 agreement {verify['top1_agreement']:.3f}"
+                if "top1_agreement" in verify
+                else ""
+            )
+            + f" on {verify.get('samples', 0)} held-out samples"
+        )
+    if "task_metric" in verify:
+        lines.append(
+            f"  accuracy    {verify['task_metric']:.4f} (float {verify.get('task_metric_float', float('nan')):.4f})"
+        )
+    if result.explanation is not None and result.explanation.strategy:
+        lines.append(
+            f"  kept high   {result.explanation.summary()}"
+            + (f" (see {args.report})" if args.report else "")
+        )
+    lines += [f"  note        {note}" for note in result.notes]
+    if args.verbose:
+        lines += [f"  pass        {name:<24} {seconds:8.3f} s" for name, seconds in result.timing]
+    return "\n".join(lines)
+
+
+def _constraints(args: argparse.Namespace) -> dict[str, str]:
+    given = {
+        "size": args.max_size,
+        "latency": args.max_latency,
+        "energy": args.max_energy,
+        "bops": args.max_bops,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mpqc import ir as mir
+
+    model, calibration, eval_fn = _resolve_model(args)
+    output = pathlib.Path(args.output)
+    _check_output(output, model)
+    _check_reports(args)
+    with _executor(args.executor) as executor:
+        result = _compile(args, model, calibration, eval_fn, executor)
+    mir.save(result.ir_model, output)
+    return _finish(args, result, model, output)
+
+
+def _check_reports(args: argparse.Namespace) -> None:
+    """Before any work: a report that cannot be written must not leave a model behind."""
+    from mpqc.ir import check_writable
+    from mpqc.report import ReportFormatError, check_format
+
+    for path in filter(None, (args.report_json, args.report)):
+        check_writable(path)
+    if args.report:
+        try:
+            check_format(args.report)
+        except ReportFormatError as exc:
+            raise UsageError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _executor(address: str | None) -> Iterator[Any]:
+    """A Dask cluster's executor for ``--executor tcp://...``; None (in-process) otherwise."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--executor needs Dask: pip install 'mpqc[dist]'") from None
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        yield client.get_executor()
+
+
+def _compile(
+    args: argparse.Namespace, model: Any, calibration: Any, eval_fn: Any, executor: Any
+) -> Any:
+    import mpqc
+
+    return mpqc.compile(
+        model,
+        hw=args.hw,
+        calibration=calibration,
+        uniform=args.uniform,
+        constraints=_constraints(args) or None,
+        strategy=args.strategy,
+        wbits=args.wbits,
+        abits=args.abits,
+        shapes=dict(args.shape),
+        pipeline=args.pipeline,
+        calibrate_method=args.calib_method,
+        eval_fn=eval_fn,
+        seed=args.seed,
+        executor=executor,
+        emit_pareto=args.emit_pareto,
+        instruments=ir_printer(args),
+        recover=args.recover,
+        weight_only=args.weight_only,
+        block_size=args.block_size,
+    )
+
+
+def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.Path) -> int:
+    """Report on the written model: the summary line block and ``--report-json``."""
+    input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
+    output_bytes = output.stat().st_size
+    if args.report_json:
+        report = {
+            "model": args.model or "embedded:digits_cnn",
+            "output": str(output),
+            "hw": args.hw,
+            "pipeline": result.pipeline,
+            "bytes": {"input": input_bytes, "output": output_bytes},
+            "bits": _layer_bits(result),
+            "report": dict(result.report),
+            "pareto": result.pareto,
+            "notes": list(result.notes),
+            "emitted": [str(path) for path in result.emitted],
+            "explanation": result.explanation.to_json() if result.explanation else None,
+        }
+        from mpqc.ir.annotations import canonical_json
+
+        pathlib.Path(args.report_json).write_text(
+            json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n"
+        )
+    if args.report and result.explanation is not None:
+        from mpqc.report import write_report
+
+        write_report(
+            result.explanation,
+            args.report,
+            title=f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}",
+        )
+    if not args.quiet:
+        print(_summary(args, result, input_bytes, output_bytes))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("mpqc", lambda: _run(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

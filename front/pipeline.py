@@ -1,0 +1,49 @@
+"""``mpqc.Pipeline``: a pipeline string bound to a context, runnable on any kind of model.
+
+Like onnxscript's rewriter entry points, ``run`` accepts a path, an ``onnx.ModelProto``, an
+``onnx_ir.Model`` or an ``onnx_graphsurgeon.Graph`` and returns the same kind (a path gives an
+``onnx_ir.Model``). The caller's object is never changed: an ``onnx_ir.Model`` is cloned first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from mpqc import ir as mir
+from mpqc.passes import CompileContext, PassManager, build_pipeline, format_pipeline, parse_pipeline
+from mpqc.passes.infra.instruments import Instrument
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        text: str,
+        context: CompileContext | None = None,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        self.spec = parse_pipeline(text)
+        self.context = context if context is not None else CompileContext()
+        self.instruments = list(instruments)
+
+    def __str__(self) -> str:
+        return format_pipeline(self.spec)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({str(self)!r})"
+
+    def run_ir(self, model: ir.Model) -> ir.Model:
+        """Run on an ``onnx_ir.Model`` in place and return it."""
+        manager = PassManager(build_pipeline(self.spec, self.context), self.instruments)
+        return manager(model).model
+
+    def run(self, model: Any) -> Any:
+        """Run on a copy of ``model`` and return the result in the caller's kind."""
+        working = mir.load(model)
+        if working is model:
+            working = working.clone()
+        return mir.as_kind(self.run_ir(working), model)

@@ -1,0 +1,382 @@
+"""``search``: choose each layer's bits from its costs and sensitivities under the user's budgets.
+
+This is where the IR meets ``mpqc.search``, which knows nothing of ONNX: the pass turns annotated
+layers into a ``Problem`` (candidate pairs per layer from ``mpqc.cost``, additive damage from
+``mpqc.sens.<metric>``, per-layer features and the layer graph for learned strategies, budgets
+resolved against the spec's reference configuration), runs the chosen strategy, and writes the
+answer back: ``mpqc.bits`` on every layer and the whole front as ``mpqc.pareto``.
+
+Strategies defined by exact evaluation (MOHAQ's inference-only error, HAQ's reward, NEMO's task
+objective, NSGA-II as MOHAQ runs it) score whole configurations with the configurable evaluator —
+one onnxruntime session over the fake-quantized model, the numbers ``lower-qdq`` ships — on the
+calibration samples; the others optimize the additive sensitivity proxy, which is what their
+papers do (HAWQ-V3's ILP, AIMET's phase 1, EAGL's knapsack). ``exact`` overrides the choice.
+MOHAQ's beacons are configurations run through ``recover`` (GPTQ and bias correction from float-input
+statistics observed once, ``passes/recover/beacons.py``), whose neighbours are scored on the
+recovered weights.
+
+Budgets arrive as text — ``0.25x`` (a ratio of the reference: float where the chip runs float,
+otherwise w8a8), ``3MB``, ``2ms``, ``5mJ``, ``2G`` BOPs — and are resolved here because only after
+the cost pass is the reference known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc import search as msearch
+from mpqc.hwspecs.units import to_base
+from mpqc.ir import annotations
+from mpqc.ir.graphs import data_flow
+from mpqc.ir.layers import Layer, quantizable_layers
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.pipeline import convert_option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.evaluator import Evaluator
+from mpqc.passes.lib.grid import FLOAT_BITS
+from mpqc.passes.lib.layout import WeightLayout
+from mpqc.passes.recover.beacons import BeaconRecovery
+from mpqc.search.mohaq import BeaconFn
+
+__all__ = ["SearchBits", "resolve_budget"]
+
+_DIMENSION = {"size": "bytes", "latency": "time", "energy": "energy"}
+_COST_FIELD = {"size": "size", "latency": "latency_s", "energy": "energy_j", "bops": "bops"}
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_PAIR = re.compile(r"^w(\d+)a(\d+)$")
+
+
+def resolve_budget(objective: str, text: str | float, reference: float) -> float:
+    """A budget in the objective's base unit (bytes, s, J, BOPs); ``0.25x`` is relative to ``reference``."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    text = text.strip()
+    if text.endswith("x"):
+        try:
+            return float(text[:-1]) * reference
+        except ValueError:
+            raise PassError(
+                f"--max-{objective} {text!r}: a ratio is a number followed by x, e.g. 0.25x"
+            ) from None
+    if objective == "bops":
+        match = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMGT]?)(?:BOPs?)?", text)
+        if not match:
+            raise PassError(
+                f"--max-bops {text!r}: give a count such as 2G or a ratio such as 0.25x"
+            )
+        return float(match.group(1)) * _SI[match.group(2)]
+    if objective not in _DIMENSION:
+        raise PassError(f"unknown budget '{objective}': use size, latency, energy or bops")
+    try:
+        return to_base(text, _DIMENSION[objective])
+    except ValueError as exc:
+        raise PassError(f"--max-{objective} {text!r}: {exc}") from None
+
+
+def _pairs(table: Mapping[str, object]) -> list[tuple[int, int]]:
+    pairs = []
+    for key in table:
+        match = _PAIR.match(key)
+        if match:
+            pairs.append((int(match.group(1)), int(match.group(2))))
+    return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0]))
+
+
+def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, metric: str) -> float:
+    """Additive damage of a pair: a joint score if measured, else weight part + activation part."""
+    joint = f"w{pair[0]}a{pair[1]}"
+    if joint in scores:
+        return float(scores[joint])
+    w_key, a_key = f"w{pair[0]}", f"a{pair[1]}"
+    if w_key not in scores:
+        raise PassError(
+            f"mpqc.sens.{metric} of layer '{layer.name}' has no score for {w_key}: run the sensitivity pass with these bits"
+        )
+    activation = float(scores.get(a_key, 0.0)) if layer.activation is not None else 0.0
+    return float(scores[w_key]) + activation
+
+
+def layer_edges(model: ir.Model, layers: list[Layer]) -> tuple[tuple[int, int], ...]:
+    """(i, j) when layer j reads, through non-layer ops only, what layer i computes."""
+    flow = data_flow(model.graph)
+    index_of = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
+    position = {index_of[id(layer.node)]: i for i, layer in enumerate(layers)}
+    edges = set()
+    for start, i in position.items():
+        stack = list(flow.successors(start))
+        seen = set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in position:
+                edges.add((i, position[node]))
+            else:
+                stack.extend(flow.successors(node))
+    return tuple(sorted(edges))
+
+
+def layer_features(model: ir.Model, layers: list[Layer]) -> np.ndarray:
+    """HAQ's descriptor columns: c_in, c_out, stride, kernel, #params, input h*w, depthwise."""
+    rows = []
+    for layer in layers:
+        weight = layer.weight_array()
+        node = layer.node
+        groups = node.attributes.get_int("group", 1) if node.op_type == "Conv" else 1
+        kernel = int(np.prod(weight.shape[2:])) if node.op_type in ("Conv", "ConvTranspose") else 1
+        strides = (
+            node.attributes.get_ints("strides", [1])
+            if node.op_type in ("Conv", "ConvTranspose")
+            else [0]
+        )
+        c_out = weight.shape[layer.channel_axis]
+        c_in = weight.size // max(c_out, 1) // max(kernel, 1) * groups
+        shape = node.inputs[0].shape if node.inputs[0] is not None else None
+        spatial = [d for d in (shape or [])[2:] if isinstance(d, int)]
+        rows.append(
+            [
+                c_in,
+                c_out,
+                max(strides),
+                kernel,
+                weight.size,
+                int(np.prod(spatial)) if spatial else 1,
+                float(groups > 1 and groups == c_in),
+            ]
+        )
+    return np.asarray(rows, dtype=np.float64)
+
+
+#: Strategies whose method scores whole configurations exactly (METHODS.md §1, §5, §6).
+_EXACT_STRATEGIES = frozenset({"mohaq", "haq", "nemo", "nsga2"})
+
+
+def _config_error(
+    evaluator: Evaluator, layers: tuple[str, ...], choices, measure: str, config: tuple[int, ...]
+) -> float:
+    """Exact error of a configuration given as choice indices (module-level, so it pickles)."""
+    return evaluator.error(
+        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}, measure
+    )
+
+
+def _beacon(
+    recovery: BeaconRecovery,
+    layers: tuple[str, ...],
+    choices,
+    measure: str,
+    config: tuple[int, ...],
+) -> Callable[[tuple[int, ...]], float]:
+    """A MOHAQ beacon: ``config`` recovered once, then any configuration's error on its recovered weights."""
+    evaluator = recovery.evaluator(
+        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}
+    )
+    return functools.partial(_config_error, evaluator, layers, choices, measure)
+
+
+@register
+class SearchBits(Pass):
+    name = "search"
+    reads = frozenset({"mpqc.cost"})
+    writes = frozenset({"mpqc.bits", "mpqc.pareto"})
+    preserves = frozenset({"*"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        strategy: str = option("ilp", "search strategy: " + ", ".join(msearch.strategies()))
+        metric: str = option("output", "sensitivity metric read from mpqc.sens.<metric>")
+        objectives: tuple[str, ...] = option(("error", "size"), "what the Pareto front is over")
+        pin_ends: bool = option(
+            True, "keep the first and last compute layers at 8 bits or more (HAQ, HAWQ-V3)"
+        )
+        exact: Literal["auto", "always", "never"] = option(
+            "auto",
+            "score configurations with the evaluator on calibration data (auto: for mohaq, haq, nemo, nsga2)",
+        )
+        measure: Literal["mse", "kl", "flips"] = option(
+            "mse", "output error the exact evaluation measures"
+        )
+        samples: int = option(32, "calibration samples an exact evaluation runs")
+        extra: tuple[tuple[str, str], ...] = option((), "strategy options, e.g. generations=100")
+
+        def __post_init__(self) -> None:
+            module = msearch.strategy_module(self.strategy)
+            hints = typing.get_type_hints(module.Options)
+            for key, text in self.extra:
+                if key not in hints:
+                    known = ", ".join(f.name for f in dataclasses.fields(module.Options))
+                    raise PassError(
+                        f"strategy '{self.strategy}' has no option '{key}' (options: {known})"
+                    )
+                convert_option(text, hints[key])
+
+    def strategy_options(self) -> dict[str, object]:
+        hints = typing.get_type_hints(msearch.strategy_module(self.options.strategy).Options)
+        return {key: convert_option(text, hints[key]) for key, text in self.options.extra}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        layers = self.searched_layers(model)
+        problem = self.problem(model, layers)
+        problem.check_feasible()
+        evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
+        options = self.strategy_options()
+        if (
+            evaluator is not None
+            and self.options.strategy == "mohaq"
+            and "beacon_fn" not in options
+            and options.get("beacons") != 0
+        ):
+            options["beacon_fn"] = self._beacon_fn(model, problem)
+        result = msearch.run(
+            problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **options
+        )
+        chosen = result.chosen
+        for layer, pair in zip(layers, problem.pairs(chosen.config)):
+            annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
+        front = self._front_json(problem, layers, result)
+        front["metric"] = self.options.metric
+        front["pinned"] = sorted(layers[i].name for i in self.pinned(layers))
+        annotations.PARETO.set(model, front)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _wants_exact(self) -> bool:
+        if self.options.exact == "always":
+            if self.context.calibration is None:
+                raise PassError("search{exact=always} needs calibration data (--calib)")
+            return True
+        return (
+            self.options.exact == "auto"
+            and self.options.strategy in _EXACT_STRATEGIES
+            and self.context.calibration is not None
+        )
+
+    def _evaluation_set(
+        self, model: ir.Model, problem: msearch.Problem
+    ) -> tuple[list[int], list, WeightLayout]:
+        """(weight bits to prepare, samples, weight layout) of an exact evaluation."""
+        wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
+        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
+        layout = WeightLayout(
+            block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0))
+        )
+        return wbits, list(self.context.calibration)[: self.options.samples], layout
+
+    def _beacon_fn(self, model: ir.Model, problem: msearch.Problem) -> BeaconFn:
+        """MOHAQ's beacons (METHODS.md §5): ``recover`` a configuration once, score neighbours on its weights."""
+        wbits, samples, layout = self._evaluation_set(model, problem)
+        recovery = BeaconRecovery(model, samples, wbits=wbits, hw=self.context.hw, layout=layout)
+        return functools.partial(
+            _beacon, recovery, problem.layers, problem.choices, self.options.measure
+        )
+
+    def _exact_evaluator(self, model: ir.Model, problem: msearch.Problem) -> msearch.Evaluator:
+        wbits, samples, layout = self._evaluation_set(model, problem)
+        evaluator = Evaluator(
+            model, samples, wbits=wbits, executor=None, spec=self.context.hw, layout=layout
+        )
+        fn = functools.partial(
+            _config_error, evaluator, problem.layers, problem.choices, self.options.measure
+        )
+        return msearch.Evaluator(fn, executor=self.context.executor)
+
+    @staticmethod
+    def searched_layers(model: ir.Model) -> list[Layer]:
+        """The layers the search chooses bits for: those the cost pass priced."""
+        return [
+            layer for layer in quantizable_layers(model.graph) if annotations.COST.has(layer.node)
+        ]
+
+    def pinned(self, layers: list[Layer]) -> set[int]:
+        """Indices of the layers held at 8 bits or more: the first and last compute layers.
+
+        HAQ and HAWQ-V3 keep the stem that reads the raw input and the classifier at 8 bits;
+        embedding lookups are not such layers, and pinning one would pin most of a transformer's
+        parameters.
+        """
+        compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
+        return {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
+
+    def problem(self, model: ir.Model, layers: list[Layer]) -> msearch.Problem:
+        if not layers:
+            raise PassError("search: no layer has costs; run the cost pass first")
+        totals = annotations.MODEL_COST.get(model) or {}
+        key = annotations.sensitivity_key(self.options.metric)
+        choices, sensitivity = [], []
+        costs: dict[str, list[np.ndarray]] = {name: [] for name in _COST_FIELD}
+        pinned = self.pinned(layers)
+        for index, layer in enumerate(layers):
+            table = annotations.COST.get(layer.node) or {}
+            pairs = _pairs(table)
+            if index in pinned:
+                eight_or_more = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
+                pairs = eight_or_more or pairs[:1]
+            scores = key.get(layer.node)
+            if scores is None:
+                raise PassError(
+                    f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; run sensitivity-{self.options.metric} first"
+                )
+            choices.append(tuple(pairs))
+            sensitivity.append(
+                np.array([_damage(scores, p, layer, self.options.metric) for p in pairs])
+            )
+            for objective, field in _COST_FIELD.items():
+                costs[objective].append(
+                    np.array([float(table[f"w{w}a{a}"][field]) for w, a in pairs])
+                )
+        reference = totals.get("reference", {})
+        fixed = totals.get("fixed", {})
+        constraints = {
+            objective: resolve_budget(
+                objective, text, float(reference.get(_COST_FIELD[objective], math.nan))
+            )
+            for objective, text in self.context.constraints.items()
+        }
+        fixed_costs = {
+            objective: float(fixed.get(_COST_FIELD[objective], 0.0)) for objective in _COST_FIELD
+        }
+        objectives = tuple(dict.fromkeys([*self.options.objectives, *constraints]))
+        return msearch.Problem(
+            layers=tuple(layer.name for layer in layers),
+            choices=tuple(choices),
+            costs={k: tuple(v) for k, v in costs.items()},
+            fixed_costs=fixed_costs,
+            sensitivity=tuple(sensitivity),
+            constraints=constraints,
+            objectives=objectives,
+            features=layer_features(model, layers),
+            edges=layer_edges(model, layers),
+        )
+
+    def _front_json(
+        self, problem: msearch.Problem, layers: list[Layer], result
+    ) -> dict[str, object]:
+        points = []
+        for point in result.front:
+            pairs = problem.pairs(point.config)
+            points.append(
+                {
+                    "bits": {l.name: f"w{w}a{a}" for l, (w, a) in zip(layers, pairs)},
+                    "objectives": dict(point.objectives),
+                    "exact": point.exact,
+                }
+            )
+        chosen = result.front.index(result.chosen) if result.chosen in result.front else -1
+        return {
+            "strategy": result.strategy,
+            "objectives": list(problem.objectives),
+            "constraints": dict(problem.constraints),
+            "points": points,
+            "chosen": chosen,
+            "chosen_objectives": dict(result.chosen.objectives),
+            "evaluations": result.evaluations,
+        }

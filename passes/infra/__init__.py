@@ -1,0 +1,1 @@
+"""Pass infrastructure: the pass contract, registry, pipeline text, manager and instruments."""

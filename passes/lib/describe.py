@@ -1,0 +1,195 @@
+"""From IR layers to ``LayerDesc``: the facts the cost model and the search need, with static shapes.
+
+The cost model knows nothing of ONNX, so this is where shapes become MACs and element counts. Costs
+need concrete sizes: symbolic dims are resolved from the user's ``--shape`` overrides; a leading
+symbolic dim of a graph input is taken to be the batch and set to 1 (with a note), and any other
+unresolved dim is an error that names it, because guessing a sequence length or image size would
+make every latency number fiction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mpqc.hwspecs import LayerDesc
+from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.infra.base import PassError
+from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.lib.runtime import session
+
+__all__ = ["describe", "static_shapes"]
+
+
+def _input_shape(
+    value: onnx.ValueInfoProto, context: CompileContext
+) -> tuple[tuple[int, ...] | None, str]:
+    """A whole input's shape from ``--shape INPUT=d0,d1,...`` or the first calibration sample."""
+    given = context.shapes.get(value.name)
+    if isinstance(given, tuple):
+        return given, "--shape"
+    if context.calibration is not None and len(context.calibration):
+        sample = next(iter(context.calibration))
+        if value.name in sample:
+            return tuple(int(d) for d in sample[value.name].shape), "calibration"
+    return None, ""
+
+
+def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of every tensor, by name, after resolving symbolic input dims.
+
+    In order: a whole input's shape from ``--shape INPUT=d0,d1,...``; a named dim from
+    ``--shape DIM=SIZE``; the shape of the first calibration sample (what the model will really
+    see); a leading dim taken as a batch of 1. Anything else is an error naming the dim.
+    """
+    proto = ir.to_proto(model)
+    assumed: list[str] = []
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            continue
+        whole, source = _input_shape(value, context)
+        if whole is not None and source == "--shape":
+            if len(whole) != len(dims):
+                raise PassError(
+                    f"--shape {value.name}= gives {len(whole)} dims, the input has {len(dims)}"
+                )
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value"):
+                continue
+            named = context.shapes.get(dim.dim_param) if dim.dim_param else None
+            if whole is not None and source == "--shape":
+                dim.dim_value = whole[axis]
+            elif isinstance(named, int):
+                dim.dim_value = named
+            elif whole is not None and len(whole) == len(dims):
+                dim.dim_value = whole[axis]
+                assumed.append(f"{value.name}[{axis}]={whole[axis]} (first calibration sample)")
+            elif axis == 0:
+                dim.dim_value = 1
+                assumed.append(f"{value.name}[0]=1 (batch)")
+            else:
+                raise PassError(
+                    f"input '{value.name}' has a symbolic dim '{dim.dim_param or '?'}' at axis {axis}: give "
+                    f"{'--shape ' + dim.dim_param + '=SIZE or ' if dim.dim_param else ''}--shape {value.name}=d0,d1,..."
+                )
+    if assumed:
+        context.note(
+            "cost: symbolic dims set to " + ", ".join(assumed) + " (override with --shape)"
+        )
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+        elif value.type.tensor_type.HasField("shape") and not dims:
+            shapes[value.name] = ()
+    missing = [out for node in proto.graph.node for out in node.output if out and out not in shapes]
+    if missing and context.calibration is not None and len(context.calibration):
+        shapes.update(_observed_shapes(proto, missing, next(iter(context.calibration))))
+        context.note(
+            "cost: shapes onnx could not infer were read from a run on the first calibration sample"
+        )
+    return shapes
+
+
+def _observed_shapes(
+    proto: onnx.ModelProto, names: list[str], sample
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the like)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    known = {value.name for value in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
+    wanted = [value.name for value in probe.graph.output]
+    try:
+        outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise PassError(
+            f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); give --shape"
+        ) from None
+    return {name: tuple(np.shape(value)) for name, value in zip(wanted, outputs) if name in names}
+
+
+def _shape(
+    shapes: Mapping[str, tuple[int, ...]], value: ir.Value | None, layer: Layer
+) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if value.const_value is not None:
+        return tuple(value.const_value.shape.numpy())
+    if value.name not in shapes:
+        raise PassError(
+            f"layer '{layer.name}': the shape of '{value.name}' is not static; give symbolic dims with --shape NAME=SIZE"
+        )
+    return shapes[value.name]
+
+
+def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
+    node = layer.node
+    weight = layer.weight_array()
+    out_shape = _shape(shapes, node.outputs[0], layer)
+    in_shape = (
+        _shape(shapes, node.inputs[0], layer)
+        if layer.activation_index is not None
+        else _shape(shapes, node.inputs[1], layer)
+    )
+    out_elems, in_elems = math.prod(out_shape), math.prod(in_shape)
+    bias = (
+        constant_array(node.inputs[2])
+        if len(node.inputs) > 2 and node.op_type in ("Conv", "ConvTranspose", "Gemm")
+        else None
+    )
+    bias_params = int(bias.size) if bias is not None else 0
+    op = node.op_type
+    kernel = stride = None
+    groups, c_in, c_out = 1, None, None
+    if op == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        c_out, c_in = weight.shape[0], weight.shape[1] * groups
+        kernel = tuple(weight.shape[2:])
+        stride = tuple(node.attributes.get_ints("strides", [1] * len(kernel)))
+        macs = out_elems * weight.shape[1] * math.prod(kernel)
+    elif op == "ConvTranspose":
+        groups = node.attributes.get_int("group", 1)
+        c_in, c_out = weight.shape[0], weight.shape[1] * groups
+        kernel = tuple(weight.shape[2:])
+        stride = tuple(node.attributes.get_ints("strides", [1] * len(kernel)))
+        macs = in_elems * weight.shape[1] * math.prod(kernel)
+    elif op in ("Gemm", "MatMul"):
+        k_axis = 1 if (op == "Gemm" and node.attributes.get_int("transB", 0)) else -2
+        k = weight.shape[k_axis]
+        c_in, c_out = k, weight.shape[layer.channel_axis]
+        macs = out_elems * k
+    elif op in ("LSTM", "GRU"):
+        recurrence = constant_array(node.inputs[2])
+        steps = in_shape[0] * in_shape[1] if len(in_shape) >= 2 else 1
+        macs = steps * (weight.size + (recurrence.size if recurrence is not None else 0))
+        c_in, c_out = weight.shape[-1], weight.shape[1]
+    else:  # Gather: a table lookup moves rows, it multiplies nothing
+        macs = 0
+        c_out = weight.shape[0]
+    return LayerDesc(
+        name=layer.name,
+        op_type=op,
+        macs=int(macs),
+        # An RNN's recurrence weight is stored and dequantized with its input weight (ir/layers.py).
+        weight_params=int(
+            weight.size
+            + sum(constant_array(node.inputs[i]).size for i in layer.other_weight_indices)
+        ),
+        input_elems=int(in_elems),
+        output_elems=int(out_elems),
+        bias_params=bias_params,
+        kernel=kernel,
+        stride=stride,
+        groups=int(groups),
+        depthwise=op == "Conv" and groups > 1 and groups == c_in,
+        c_in=None if c_in is None else int(c_in),
+        c_out=None if c_out is None else int(c_out),
+    )

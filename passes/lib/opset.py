@@ -1,0 +1,84 @@
+"""Raising a model's ai.onnx opset in place, for lowering passes that need newer types.
+
+Per-channel DequantizeLinear needs opset 13, INT4/UINT4 need 21 and INT2/UINT2 need 25. The onnx
+version converter knows every op's adapters; the converted graph replaces the model's graph. The
+converter rebuilds nodes and values in its own C++ IR and drops their ``metadata_props`` (where the
+annotations live), so they are carried over by name: values by their name, nodes by their name or
+first output's name, both unique in an ONNX graph.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+
+from mpqc.passes.infra.base import PassError
+
+__all__ = ["ensure_opset"]
+
+
+def ensure_opset(model: ir.Model, minimum: int) -> bool:
+    """Raise the model's ai.onnx opset to at least ``minimum``; True if it changed."""
+    current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    if current >= minimum:
+        return False
+    try:
+        converted = onnx.version_converter.convert_version(ir.to_proto(model), minimum)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PassError(
+            f"the model is at opset {current} and the chosen bit-widths need opset {minimum}, "
+            f"but onnx's version converter failed ({reason}): re-export the model at opset {minimum} "
+            "or choose 8-bit weights"
+        ) from None
+    upgraded = ir.from_proto(converted)
+    _copy_metadata(model.graph, upgraded.graph)
+    model.graph = upgraded.graph
+    model.ir_version = max(model.ir_version, upgraded.ir_version)
+    return True
+
+
+def _metadata_by_key(graph: ir.Graph) -> dict[str, dict[str, str]]:
+    """``metadata_props`` of every annotated node and value of ``graph`` (subgraphs included), by key."""
+    found: dict[str, dict[str, str]] = {}
+    if graph.metadata_props:
+        found["graph:"] = dict(graph.metadata_props)
+    for g in (graph, *graph.subgraphs()):
+        for value in (
+            *g.inputs,
+            *g.initializers.values(),
+            *(v for node in g for v in node.outputs),
+        ):
+            if value.metadata_props and value.name:
+                found["value:" + value.name] = dict(value.metadata_props)
+        for node in g:
+            key = _node_key(node)
+            if node.metadata_props and key:
+                found["node:" + key] = dict(node.metadata_props)
+    return found
+
+
+def _node_key(node: ir.Node) -> str | None:
+    if node.name:
+        return node.name
+    first = node.outputs[0].name if node.outputs else None
+    return "->" + first if first else None
+
+
+def _copy_metadata(source: ir.Graph, target: ir.Graph) -> None:
+    """Give ``target``'s nodes and values the ``metadata_props`` of their namesakes in ``source``."""
+    saved = _metadata_by_key(source)
+    if not saved:
+        return
+    target.metadata_props.update(saved.get("graph:", {}))
+    for g in (target, *target.subgraphs()):
+        for value in (
+            *g.inputs,
+            *g.initializers.values(),
+            *(v for node in g for v in node.outputs),
+        ):
+            value.metadata_props.update(saved.get("value:" + (value.name or ""), {}))
+        for node in g:
+            key = _node_key(node)
+            if key:
+                node.metadata_props.update(saved.get("node:" + key, {}))

@@ -1,0 +1,1 @@
+"""Verification: the emitted model is valid, runs, and stays close to float."""

@@ -1,0 +1,118 @@
+"""``verify``: check that what mpqc emits is a valid model that runs and stays close to float.
+
+It is the last pass of every pipeline because a quantizer's output is only worth its file if a
+runtime loads it: full ``onnx.checker``, an onnxruntime CPU session, and then the numbers — output
+SQNR and top-1 agreement against the float reference on held-out samples (never the samples the
+ranges were fitted to), the task metric when the user gave one, and the serialized size. Results go
+to the ``mpqc.report`` annotation for the report and the command's summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from mpqc.ir import annotations
+from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.runtime import session
+
+__all__ = ["Verify", "output_fidelity"]
+
+
+def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
+    """Drop trailing size-1 axes, so classes laid out as (N, C, 1, 1) are compared over C."""
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def output_fidelity(
+    reference: ort.InferenceSession, candidate: ort.InferenceSession, samples: list
+) -> dict[str, float]:
+    """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes."""
+    signal = noise = 0.0
+    agree = total = 0
+    for sample in samples:
+        ref = _squeeze_trailing(np.asarray(reference.run(None, dict(sample))[0], dtype=np.float64))
+        out = _squeeze_trailing(np.asarray(candidate.run(None, dict(sample))[0], dtype=np.float64))
+        signal += float((ref**2).sum())
+        noise += float(((ref - out) ** 2).sum())
+        if ref.ndim >= 2 and ref.shape[-1] > 1:
+            agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+            total += int(np.prod(ref.shape[:-1]))
+    result = {"sqnr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf")}
+    if total:
+        result["top1_agreement"] = agree / total
+    return result
+
+
+@register
+class Verify(Pass):
+    name = "verify"
+    writes = frozenset({"mpqc.report"})
+    preserves = frozenset({"*"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        min_sqnr_db: float = option(
+            float("-inf"), "fail if the output SQNR against float is below this"
+        )
+        max_samples: int = option(64, "held-out samples used for the output comparison")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        proto = ir.to_proto(model)
+        size = proto.ByteSize()
+        if size < 2**31:
+            try:
+                onnx.checker.check_model(proto, full_check=True)
+            except Exception as exc:  # checker and shape-inference errors have several types
+                raise PassError(
+                    f"verify: the emitted model fails onnx.checker: {str(exc).splitlines()[0]}"
+                ) from None
+            serialized: bytes | None = proto.SerializeToString()
+        else:
+            self.context.note(
+                "verify: model over 2 GB, checker and fidelity run on the written file only"
+            )
+            serialized = None
+        result: dict[str, object] = {
+            "checker": "ok" if serialized is not None else "skipped",
+            "bytes": size,
+        }
+        if serialized is not None:
+            try:
+                candidate = session(serialized, optimize=True)
+            except Exception as exc:
+                raise PassError(
+                    f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
+                ) from None
+            result["runtime"] = "onnxruntime " + ort.__version__
+            held_out = self.context.held_out
+            if self.context.reference is not None and held_out is not None and len(held_out):
+                samples = list(held_out)[: self.options.max_samples]
+                result.update(
+                    output_fidelity(
+                        session(self.context.reference, optimize=True), candidate, samples
+                    )
+                )
+                result["samples"] = len(samples)
+            if self.context.eval_fn is not None:
+                result["task_metric"] = self.task_metric(proto, "the quantized model")
+                if self.context.reference is not None:
+                    result["task_metric_float"] = self.task_metric(
+                        onnx.load_from_string(self.context.reference), "the float model"
+                    )
+        sqnr = result.get("sqnr_db")
+        if isinstance(sqnr, float) and sqnr < self.options.min_sqnr_db:
+            raise PassError(
+                f"verify: output SQNR {sqnr:.1f} dB is below the required {self.options.min_sqnr_db:.1f} dB"
+            )
+        report = annotations.REPORT.get(model, {}) or {}
+        report["verify"] = result
+        annotations.REPORT.set(model, report)
+        return ir.passes.PassResult(model, modified=False)

@@ -1,0 +1,148 @@
+"""``--emit-pareto`` lowers the whole front; ``--executor`` moves exact evaluations to a Dask cluster
+without changing the answer."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from models import random_inputs, small_cnn
+
+from mpqc.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    folder = tmp_path_factory.mktemp("front")
+    model = small_cnn()
+    path = folder / "model.onnx"
+    onnx.save(ir.to_proto(model), path)
+    calib = folder / "calib"
+    calib.mkdir()
+    for i, sample in enumerate(random_inputs(model, 10, batch=2)):
+        np.savez(calib / f"{i:03d}.npz", **sample)
+    return path, calib
+
+
+def test_every_front_point_is_lowered_and_runs(model_and_data, tmp_path) -> None:
+    model, calib = model_and_data
+    report = tmp_path / "r.json"
+    code = main(
+        [
+            str(model),
+            "--hw",
+            "x86_avx2",
+            "--calib",
+            str(calib),
+            "-o",
+            str(tmp_path / "out.onnx"),
+            "-q",
+            "--max-size",
+            "0.4x",
+            "--emit-pareto",
+            str(tmp_path / "front"),
+            "--report-json",
+            str(report),
+        ]
+    )
+    assert code == 0
+    written = json.loads(report.read_text())
+    files = sorted((tmp_path / "front").glob("*.onnx"))
+    assert len(files) == len(written["pareto"]["points"]) == len(written["emitted"]) >= 2
+    sizes = set()
+    for file, point in zip(files, written["pareto"]["points"]):
+        proto = onnx.load(file)
+        onnx.checker.check_model(proto, full_check=True)
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        tensors = sum(
+            ir.from_proto(proto).graph.initializers[name].const_value.nbytes
+            for name in ir.from_proto(proto).graph.initializers
+        )
+        assert tensors <= point["objectives"]["size"]  # the priced size bounds what was written
+        sizes.add(tensors)
+    assert len(sizes) >= 2
+
+
+def test_emit_pareto_without_a_search_is_a_user_error(model_and_data, tmp_path, capsys) -> None:
+    model, calib = model_and_data
+    code = main(
+        [
+            str(model),
+            "--hw",
+            "x86_avx2",
+            "--calib",
+            str(calib),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--uniform",
+            "w8a8",
+            "--emit-pareto",
+            str(tmp_path / "front"),
+        ]
+    )
+    assert code == 1
+    assert "needs a search" in capsys.readouterr().err
+
+
+def test_a_dask_cluster_gives_the_same_model(model_and_data, tmp_path) -> None:
+    distributed = pytest.importorskip("distributed")
+    model, calib = model_and_data
+    common = [
+        str(model),
+        "--hw",
+        "x86_avx2",
+        "--calib",
+        str(calib),
+        "--max-size",
+        "0.4x",
+        "-q",
+        "--strategy",
+        "nsga2",
+        "--pipeline",
+        "canonicalize,calibrate,sensitivity-output,cost,search{strategy=nsga2,generations=2},lower-qdq,verify",
+    ]
+    assert main([*common, "-o", str(tmp_path / "local.onnx")]) == 0
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        assert (
+            main(
+                [
+                    *common,
+                    "-o",
+                    str(tmp_path / "cluster.onnx"),
+                    "--executor",
+                    cluster.scheduler_address,
+                ]
+            )
+            == 0
+        )
+    assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "cluster.onnx").read_bytes()
+
+
+def test_front_points_are_lowered_by_the_compilations_own_tail() -> None:
+    """--emit-pareto with a block size recovers and lowers each point on that layout, as the chosen one."""
+    from mpqc.compiler import after_search, default_pipeline
+
+    pipeline = default_pipeline(uniform=None, calibrated=True, recover=True, block_size=32)
+    assert after_search(pipeline) == "recover{block_size=32},lower-qdq{block_size=32},verify"
+
+
+@pytest.mark.parametrize("recover", [True, False])
+def test_mohaq_creates_beacons_only_when_the_model_is_recovered(recover: bool) -> None:
+    """Beacons estimate errors on recovered weights: a plainly lowered model is chosen on plain errors."""
+    from mpqc.compiler import default_pipeline
+
+    pipeline = default_pipeline(uniform=None, calibrated=True, strategy="mohaq", recover=recover)
+    assert ("beacons=0" in pipeline) is not recover
+    assert ("recover" in pipeline.split(",")) is recover

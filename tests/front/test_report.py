@@ -1,0 +1,213 @@
+"""The per-layer explanation: every layer above its cheapest bits has a reason, and the numbers are the search's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from models import build, random_inputs
+
+import mpqc
+from mpqc import cli, examples
+from mpqc.report import (
+    PINNED,
+    Explanation,
+    ReportFormatError,
+    _Searched,
+    explain,
+    markdown,
+    write_report,
+)
+
+HANDMADE = """
+<ir_version: 10, opset_import: ["" : 17]>
+handmade (float[1,16] x) => (float[1,16] y) {
+  h1 = MatMul(x, w1)
+  r1 = Relu(h1)
+  h2 = MatMul(r1, w2)
+  r2 = Relu(h2)
+  h3 = MatMul(r2, w3)
+  r3 = Relu(h3)
+  h4 = MatMul(r3, w4)
+  n = Constant <value = int64 {2}> ()
+  go = Constant <value = bool {1}> ()
+  y = Loop (n, go, h4) <body = step (int64 i, bool ci, float[1,16] h) => (bool co, float[1,16] ho) {
+     co = Identity(ci)
+     t = MatMul(h, wl)
+     ho = Tanh(t)
+  }>
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def handmade() -> onnx.ModelProto:
+    """Four MatMuls (the first and last pinned), a big one worth dropping, and a Loop body layer."""
+    return build(
+        HANDMADE,
+        {"w1": (16, 16), "w2": (16, 256), "w3": (256, 16), "w4": (16, 16), "wl": (16, 16)},
+        seed=3,
+    )
+
+
+def _explained(model, **kwargs) -> Explanation:
+    result = mpqc.compile(model, hw="x86_avx2", **kwargs)
+    assert result.explanation is not None
+    return result.explanation
+
+
+def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() -> None:
+    result = mpqc.compile(
+        str(examples.digits_model_path()),
+        hw="x86_avx2",
+        calibration=examples.digits_calibration(),
+        constraints={"size": "0.2x"},
+    )
+    explanation = result.explanation
+    rows = {row.layer: row for row in explanation.rows}
+    assert {name: row.chosen for name, row in rows.items()} == result.pareto["points"][
+        result.pareto["chosen"]
+    ]["bits"]
+    assert rows["stem.conv"].reason == PINNED and rows["head.fc"].reason == PINNED
+    for row in explanation.rows:
+        chosen = next(c for c in row.candidates if c.pair == row.chosen)
+        at_cheapest = chosen.size == min(c.size for c in row.candidates)
+        assert (row.reason is None) == (
+            at_cheapest and row.layer not in ("stem.conv", "head.fc")
+        ), row
+        if row.reason and row.reason.startswith("kept"):
+            assert "the budget was met without it" in row.reason
+    assert explanation.predicted["size"] == pytest.approx(
+        result.pareto["chosen_objectives"]["size"], rel=1e-5
+    )
+    assert explanation.budget == pytest.approx(result.pareto["constraints"]["size"])
+    kept = explanation.kept()
+    assert explanation.summary().startswith(f"{len(kept)} of 6 layers: 2 pinned")
+
+
+def test_the_handmade_model_reports_pins_search_choices_and_the_loop_body(handmade) -> None:
+    calibration = random_inputs(handmade, 10)
+    # All at w8a8 is 11.3 kB; the budget needs one of the two big middle layers at w4a8, not both.
+    explanation = _explained(handmade, calibration=calibration, constraints={"size": "9.5kB"})
+    rows = {row.layer: row for row in explanation.rows}
+    assert rows["h1"].reason == PINNED and rows["h4"].reason == PINNED
+    dropped, kept = sorted((rows["h2"], rows["h3"]), key=lambda row: row.chosen != "w4a8")
+    assert dropped.chosen == "w4a8" and dropped.reason is None and kept.chosen == "w8a8"
+    assert kept.reason.startswith("kept: w4a8 would add +") and kept.reason.endswith(
+        "; the budget was met without it"
+    )
+    assert rows["t"].chosen == "float" and "inside the body of Loop" in rows["t"].reason
+    assert [c.pair for c in rows["h3"].candidates] == ["w8a8", "w4a8"]
+    assert all(
+        c.damage >= 0 and c.size > 0 and c.latency_s > 0
+        for row in explanation.rows
+        for c in row.candidates
+    )
+
+
+def test_uniform_bits_need_no_reason(handmade) -> None:
+    """The Loop body's layer is lowered too, weights only (w8a32), under uniform bits."""
+    explanation = _explained(handmade, calibration=random_inputs(handmade, 6), uniform="w8a8")
+    assert explanation.strategy is None
+    assert {row.layer: row.chosen for row in explanation.rows if row.reason is None} == {
+        f"h{i}": "w8a8" for i in range(1, 5)
+    } | {"t": "w8a32"}
+
+
+def _searched(**overrides) -> _Searched:
+    """Two layers priced by hand: 'a' dropped to w4 (2e-3 damage per kB saved), 'b' kept at w8."""
+    fields = dict(
+        names=("a", "b", "c"),
+        ops=("Conv", "Conv", "Gather"),
+        choices=(((8, 8), (4, 8)), ((8, 8), (4, 8)), ((8, 8),)),
+        config=(1, 0, 0),
+        damage=(np.array([0.0, 2.0]), np.array([0.0, 9.0]), np.array([0.0])),
+        costs={
+            "size": (np.array([2000.0, 1000.0]), np.array([4000.0, 2000.0]), np.array([500.0])),
+            "latency": (np.array([1e-3, 2e-3]), np.array([1e-3, 2e-3]), np.array([1e-4])),
+        },
+        fixed={"size": 100.0, "latency": 0.0},
+        constraints={"size": 5000.0},
+        pinned=frozenset(),
+        strategy="ilp",
+        metric="output",
+    )
+    return _Searched(**(fields | overrides))
+
+
+def test_kept_reason_compares_damage_per_byte_with_the_costliest_drop_taken() -> None:
+    explanation = explain(mpqc.ir.load(examples.digits_model_path()), _searched(), {})
+    a, b, c = explanation.rows
+    assert a.reason is None
+    assert b.reason == (
+        "kept: w4a8 would add +9 damage to save 2 kB (4.5/kB, above the costliest drop taken, 2/kB); "
+        "the budget was met without it"
+    )
+    assert c.reason.startswith("spec has no cheaper pair for this layer (candidates: w8a8)")
+    assert explanation.cutoff == pytest.approx(2e-3)
+    assert explanation.predicted == {
+        "size": 1000.0 + 4000.0 + 500.0 + 100.0,
+        "latency": pytest.approx(3.1e-3),
+    }
+    assert explanation.summary() == "2 of 3 layers: 1 kept by the search, 1 with no cheaper pair"
+
+
+def test_without_a_budget_and_with_a_pin() -> None:
+    explanation = explain(
+        mpqc.ir.load(examples.digits_model_path()),
+        _searched(constraints={}, pinned=frozenset({"b"})),
+        {},
+    )
+    assert explanation.rows[1].reason == PINNED and explanation.budget is None
+    free = explain(mpqc.ir.load(examples.digits_model_path()), _searched(constraints={}), {})
+    assert free.rows[1].reason.endswith("; no budget asked for it")
+
+
+def test_markdown_and_html_carry_every_row(tmp_path) -> None:
+    explanation = explain(
+        mpqc.ir.load(examples.digits_model_path()),
+        _searched(),
+        {"left_float": [{"layer": "lstm", "reason": "no quantized form"}]},
+    )
+    text = markdown(explanation)
+    assert text.count("\n| ") == 1 + 4 and "| lstm |  | float |  | no quantized form |" in text
+    page = write_report(explanation, tmp_path / "r.html").read_text()
+    assert (
+        page.startswith("<!DOCTYPE html>") and page.count("<tr") == 1 + 4 and 'class="kept"' in page
+    )
+    with pytest.raises(ReportFormatError, match="name a .html or .md file"):
+        write_report(explanation, tmp_path / "r.pdf")
+
+
+def test_cli_writes_the_report_the_json_and_a_summary_line(tmp_path, capsys) -> None:
+    out, md, js = tmp_path / "q.onnx", tmp_path / "r.md", tmp_path / "r.json"
+    assert (
+        cli.main(
+            [
+                "--hw",
+                "x86_avx2",
+                "-o",
+                str(out),
+                "--max-size",
+                "0.2x",
+                "--report",
+                str(md),
+                "--report-json",
+                str(js),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    explanation = json.loads(js.read_text())["explanation"]
+    assert f"kept high   {explanation['summary']} (see {md})" in printed
+    assert len(explanation["layers"]) == 6 and explanation["strategy"] == "ilp"
+    assert md.read_text().count("pinned (first/last compute layer)") == 2
+
+
+def test_cli_refuses_a_report_format_before_any_work(tmp_path, capsys) -> None:
+    out = tmp_path / "q.onnx"
+    assert cli.main(["--hw", "x86_avx2", "-o", str(out), "--report", str(tmp_path / "r.txt")]) == 1
+    assert "name a .html or .md file" in capsys.readouterr().err and not out.exists()

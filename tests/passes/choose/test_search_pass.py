@@ -1,0 +1,149 @@
+"""The search pass: IR <-> mpqc.search, budgets, exact evaluation, what it writes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from models import random_inputs, small_cnn
+
+from mpqc import hwspecs
+from mpqc.ir import annotations
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes import (
+    CalibrationData,
+    CompileContext,
+    PassError,
+    PassManager,
+    build_pipeline,
+    parse_pipeline,
+)
+from mpqc.passes.choose.search import layer_edges, resolve_budget
+from mpqc.search import InfeasibleError
+
+
+@pytest.fixture(scope="module")
+def analysed() -> tuple[ir.Model, CalibrationData]:
+    model = small_cnn()
+    data = CalibrationData(tuple(random_inputs(model, 6, batch=2)))
+    context = CompileContext(
+        hw=hwspecs.load("x86_avx2"), calibration=data, wbits=(8, 4), abits=(8,)
+    )
+    PassManager(build_pipeline("canonicalize,calibrate,sensitivity-output,cost", context))(model)
+    return model, data
+
+
+def _search(analysed, text: str, **constraints: str) -> tuple[ir.Model, CompileContext]:
+    model, data = analysed
+    model = ir.from_proto(ir.to_proto(model))
+    context = CompileContext(hw=hwspecs.load("x86_avx2"), calibration=data, constraints=constraints)
+    PassManager(build_pipeline(text, context))(model)
+    return model, context
+
+
+@pytest.mark.parametrize(
+    ("objective", "text", "expected"),
+    [
+        ("size", "0.25x", 250.0),
+        ("size", "3MB", 3e6),
+        ("size", "2 KiB", 2048.0),
+        ("latency", "2ms", 2e-3),
+        ("energy", "5 mJ", 5e-3),
+        ("bops", "2G", 2e9),
+        ("bops", "0.5x", 500.0),
+    ],
+)
+def test_budgets_resolve_to_base_units(objective: str, text: str, expected: float) -> None:
+    assert resolve_budget(objective, text, reference=1000.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("objective", "text"),
+    [("size", "3 parsecs"), ("size", "abcx"), ("bops", "lots"), ("volume", "3")],
+)
+def test_bad_budgets_are_one_line_errors(objective: str, text: str) -> None:
+    with pytest.raises(PassError) as info:
+        resolve_budget(objective, text, reference=1.0)
+    assert "\n" not in str(info.value)
+
+
+def _all_w8a8_size(model: ir.Model) -> float:
+    layers = quantizable_layers(model.graph)
+    fixed = annotations.MODEL_COST.get(model)["fixed"]["size"]
+    return fixed + sum(annotations.COST.get(layer.node)["w8a8"]["size"] for layer in layers)
+
+
+def test_chosen_bits_meet_the_budget_and_the_front_is_written(analysed) -> None:
+    budget = 0.9 * _all_w8a8_size(analysed[0])  # w8a8 everywhere does not fit
+    model, _ = _search(analysed, "search{strategy=ilp}", size=f"{budget}B")
+    front = annotations.PARETO.get(model)
+    assert front["chosen_objectives"]["size"] <= budget
+    assert front["evaluations"] == 0  # ilp optimizes the proxy, as HAWQ-V3 does
+    bits = [annotations.BITS.get(layer.node) for layer in quantizable_layers(model.graph)]
+    assert bits[0] == {"w": 8, "a": 8} and bits[-1] == {"w": 8, "a": 8}  # pinned ends
+    assert any(b["w"] == 4 for b in bits)
+    assert all(
+        set(point["bits"]) == {layer.name for layer in quantizable_layers(model.graph)}
+        for point in front["points"]
+    )
+
+
+def test_exact_strategies_evaluate_configurations(analysed) -> None:
+    model, _ = _search(analysed, "search{strategy=nsga2,generations=3}", size="0.5x")
+    assert annotations.PARETO.get(model)["evaluations"] > 0
+    model, _ = _search(analysed, "search{strategy=ilp,exact=never}", size="0.5x")
+    assert annotations.PARETO.get(model)["evaluations"] == 0
+
+
+def test_infeasible_budget_names_the_cheapest_value(analysed) -> None:
+    with pytest.raises(InfeasibleError, match="cheapest reachable"):
+        _search(analysed, "search", size="10B")
+
+
+def test_strategy_options_are_checked_at_parse_time() -> None:
+    assert parse_pipeline("search{strategy=nsga2,generations=5}")[0][1].extra == (
+        ("generations", "5"),
+    )
+    with pytest.raises(PassError, match="has no option 'bogus'"):
+        parse_pipeline("search{strategy=ilp,bogus=1}")
+    with pytest.raises(PassError, match="unknown search strategy"):
+        parse_pipeline("search{strategy=annealing}")
+
+
+def test_layer_edges_follow_data_flow_through_other_ops(analysed) -> None:
+    model, _ = analysed
+    # c1 -> c2 (through Relu), c2 -> c3, c3 -> Gemm through Add/Relu/Pool/Flatten, and c2 -> Gemm via the residual.
+    assert layer_edges(model, quantizable_layers(model.graph)) == ((0, 1), (1, 2), (1, 3), (2, 3))
+
+
+def test_embedding_lookups_are_not_pinned() -> None:
+    from models import build
+
+    proto = build(
+        """
+    <ir_version: 10, opset_import: ["" : 17]>
+    embed (int64[N,5] ids) => (float[N,5,3] y) {
+      e = Gather(table, ids)
+      h = MatMul(e, w1)
+      y = MatMul(h, w2)
+    }""",
+        {"table": (64, 4), "w1": (4, 4), "w2": (4, 3)},
+    )
+    model = ir.from_proto(proto)
+    ids = np.array([[1, 2, 3, 4, 5]], np.int64)
+    data = CalibrationData(tuple({"ids": ids} for _ in range(3)))
+    context = CompileContext(
+        hw=hwspecs.load("x86_avx2"), calibration=data, wbits=(8, 4), abits=(8,)
+    )
+    PassManager(
+        build_pipeline(
+            "canonicalize,calibrate,sensitivity-weight-error,cost,search{metric=weight-error}",
+            context,
+        )
+    )(model)
+    from mpqc.passes.choose.search import SearchBits
+
+    problem = SearchBits(context=context, metric="weight-error").problem(
+        model, quantizable_layers(model.graph)
+    )
+    assert [len(c) for c in problem.choices] == [2, 1, 1]  # the table keeps its 4-bit choice

@@ -1,0 +1,391 @@
+"""Pass infrastructure: pipeline strings, the registry and its plug-ins, the manager, instruments."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import io
+import pathlib
+import sys
+import textwrap
+import types
+import typing
+
+import onnx_ir as ir
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from models import exporter_quirks, small_cnn
+
+from mpqc import passes
+from mpqc.ir import annotations as A
+from mpqc.passes import IRPrinter, Pass, PassError, PassManager
+from mpqc.passes.infra import registry
+from mpqc.passes.infra.instruments import dump_header
+from mpqc.passes.infra.pipeline import EXTRA, format_pipeline, parse_pipeline
+
+# --- pipeline strings ---------------------------------------------------------------------------
+
+#: Values that pass validation for string options whose Options check them against a vocabulary.
+_VALID_TEXT = {"uniform": ["w8a8", "w4a8", "w2a16", "w16a16"]}
+_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.-", min_size=1, max_size=8).filter(
+    lambda s: s != "none"
+)
+
+
+def _values(name: str, hint: typing.Any, default: typing.Any) -> st.SearchStrategy[typing.Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin is tuple:
+        return st.lists(_values(name, args[0], None), max_size=3).map(tuple)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*[st.none() if a is type(None) else _values(name, a, None) for a in args])
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return st.integers(-(2**40), 2**40)
+    if hint is float:
+        return st.floats(allow_nan=False)
+    if hint is str:
+        examples = [default] if isinstance(default, str) else []
+        return (
+            st.sampled_from(examples + _VALID_TEXT.get(name, []))
+            if examples + _VALID_TEXT.get(name, [])
+            else _TEXT
+        )
+    raise AssertionError(f"no strategy for option type {hint}")
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> tuple[type[Pass], typing.Any]:
+    cls = passes.get(draw(st.sampled_from(passes.names())))
+    hints = typing.get_type_hints(cls.Options)
+    values = {}
+    for field in dataclasses.fields(cls.Options):
+        if field.name == EXTRA:
+            continue  # forwarded options are validated by the component they go to
+        if draw(st.booleans()):
+            values[field.name] = draw(_values(field.name, hints[field.name], field.default))
+    try:
+        options = cls.Options(**values)
+    except ValueError:
+        assume(False)
+    return cls, options
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(st.lists(_steps(), min_size=1, max_size=4))
+def test_pipeline_strings_round_trip(spec: list[tuple[type[Pass], typing.Any]]) -> None:
+    text = format_pipeline(spec)
+    parsed = parse_pipeline(text)
+    assert parsed == spec
+    assert format_pipeline(parsed) == text
+
+
+def test_pipeline_string_with_spaces_and_lists() -> None:
+    spec = parse_pipeline(
+        " canonicalize{ fold_batchnorm = false } , lower-qdq{uniform=w4a8,act_signed=true},verify{min_sqnr_db=20}"
+    )
+    assert [cls.name for cls, _ in spec] == ["canonicalize", "lower-qdq", "verify"]
+    assert (
+        spec[0][1].fold_batchnorm is False
+        and spec[1][1].uniform == "w4a8"
+        and spec[2][1].min_sqnr_db == 20.0
+    )
+    assert (
+        format_pipeline(spec)
+        == "canonicalize{fold_batchnorm=false},lower-qdq{uniform=w4a8,act_signed=true},verify{min_sqnr_db=20.0}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("canonicalise", "unknown pass 'canonicalise': did you mean canonicalize"),
+        ("lower-qdk{uniform=w8a8}", "unknown pass 'lower-qdk': did you mean lower-qdq"),
+        (
+            "canonicalize{fold_everything=true}",
+            "pass 'canonicalize' has no option 'fold_everything' (options: fold_constants, fold_batchnorm)",
+        ),
+        ("canonicalize{fold_batchnorm=maybe}", "option 'fold_batchnorm': 'maybe' is not a boolean"),
+        ("fold-constants{max_bytes=lots}", "option 'max_bytes': 'lots' is not an integer"),
+        ("verify{min_sqnr_db=[1,2]}", "expected one value, got a list"),
+        ("lower-qdq{uniform=w9x}", "'w9x' is not a bit choice like w8a8"),
+        ("canonicalize{fold_batchnorm=true", "expected '}', found end of text"),
+        ("canonicalize}", "unexpected '}'"),
+        (
+            "canonicalize{fold_batchnorm=true,fold_batchnorm=false}",
+            "option 'fold_batchnorm' given twice",
+        ),
+        ("canonicalize,,verify", "expected a pass name"),
+        ("", "empty pipeline"),
+    ],
+)
+def test_bad_pipelines_give_one_line_pass_errors(text: str, message: str) -> None:
+    with pytest.raises(PassError) as info:
+        parse_pipeline(text)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_names_and_get() -> None:
+    names = passes.names()
+    assert names == sorted(names)
+    assert {
+        "canonicalize",
+        "fold-batchnorm",
+        "fold-constants",
+        "lower-qdq",
+        "verify",
+        "calibrate",
+    } <= set(names)
+    for name in names:
+        cls = passes.get(name)
+        assert issubclass(cls, Pass) and cls.name == name
+        assert dataclasses.is_dataclass(cls.Options)
+
+
+# --- the registry's plug-ins ----------------------------------------------------------------------
+
+_PLUGIN = '''
+import onnx_ir as ir
+from mpqc.passes import Pass
+
+
+class NameNodes(Pass):
+    """Give every unnamed node a name (a test plug-in)."""
+
+    name = "name-nodes"
+
+    def call(self, model):
+        for i, node in enumerate(model.graph):
+            node.name = node.name or f"n{i}"
+        return ir.passes.PassResult(model, modified=True)
+
+
+class NotAPass:
+    name = "not-a-pass"
+'''
+
+
+@pytest.fixture
+def plugin(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> typing.Callable[[str, str], None]:
+    """Install a fake distribution's entry point in the mpqc.passes group."""
+    (tmp_path / "mpqc_test_plugin.py").write_text(textwrap.dedent(_PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+
+    def install(name: str, target: str) -> None:
+        entry = importlib.metadata.EntryPoint(
+            name=name, value=f"mpqc_test_plugin:{target}", group=registry.ENTRY_POINT_GROUP
+        )
+
+        def entry_points(**kwargs: str) -> list[importlib.metadata.EntryPoint]:
+            return [entry] if kwargs.get("group") == registry.ENTRY_POINT_GROUP else []
+
+        monkeypatch.setattr(registry.metadata, "entry_points", entry_points)
+
+    yield install
+    sys.modules.pop("mpqc_test_plugin", None)
+
+
+def test_entry_point_passes_are_registered_and_run(
+    plugin: typing.Callable[[str, str], None],
+) -> None:
+    plugin("name-nodes", "NameNodes")
+    assert "name-nodes" in passes.names()
+    spec = parse_pipeline("canonicalize,name-nodes")
+    assert spec[1][0].__module__ == "mpqc_test_plugin"
+    from mpqc.pipeline import Pipeline
+
+    model = Pipeline("name-nodes").run(small_cnn())
+    assert all(node.name for node in model.graph)
+
+
+def test_entry_point_that_is_not_a_pass_is_an_error(
+    plugin: typing.Callable[[str, str], None],
+) -> None:
+    plugin("not-a-pass", "NotAPass")
+    with pytest.raises(PassError, match="'not-a-pass' in 'mpqc.passes' is not an mpqc Pass class"):
+        passes.names()
+
+
+def test_entry_point_name_must_match_the_pass(plugin: typing.Callable[[str, str], None]) -> None:
+    plugin("other-name", "NameNodes")
+    with pytest.raises(PassError, match="points to a pass named 'name-nodes'"):
+        passes.get("other-name")
+
+
+def test_register_rejects_bad_and_taken_names() -> None:
+    class NoName(Pass):
+        pass
+
+    with pytest.raises(TypeError, match="kebab-case"):
+        registry.register(NoName)
+
+    class Clash(Pass):
+        name = "canonicalize"
+
+    with pytest.raises(TypeError, match="taken"):
+        registry.register(Clash)
+
+
+# --- the manager: reads and stale annotations -----------------------------------------------------
+
+
+class _NeedsSensitivity(Pass):
+    name = "needs-sensitivity"
+    reads = frozenset({"mpqc.sens.*"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _Rewrite(Pass):
+    """Changes the model and keeps nothing."""
+
+    name = "rewrite"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        next(iter(model.graph)).name = "renamed"
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _RewriteKeepingSensitivity(_Rewrite):
+    name = "rewrite-keeping-sensitivity"
+    preserves = frozenset({"mpqc.sens.*"})
+
+
+class _Analyse(Pass):
+    """Writes a score on every Conv and changes nothing else."""
+
+    name = "analyse"
+    writes = frozenset({"mpqc.sens.test"})
+    preserves = frozenset({"*"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for node in model.graph:
+            if node.op_type == "Conv":
+                A.sensitivity_key("test").set(node, {"w8a8": 1.0})
+        return ir.passes.PassResult(model, modified=False)
+
+
+def _annotated() -> ir.Model:
+    model = small_cnn()
+    for node in model.graph:
+        A.sensitivity_key("entropy").set(node, {"w4a8": 0.5})
+        A.BITS.set(node, {"w": 8, "a": 8})
+    return model
+
+
+def test_reads_is_checked_before_the_pass_runs() -> None:
+    with pytest.raises(
+        ir.passes.PreconditionError,
+        match=r"pass 'needs-sensitivity' needs mpqc\.sens\.\*: run the pass that writes it first",
+    ):
+        PassManager([_NeedsSensitivity()])(small_cnn())
+    PassManager([_Analyse(), _NeedsSensitivity()])(small_cnn())  # satisfied by an earlier pass
+
+
+def test_a_modifying_pass_drops_annotations_it_does_not_preserve() -> None:
+    model = _annotated()
+    result = PassManager([_Rewrite()])(model)
+    assert result.modified
+    assert A.present_keys(result.model) == set()
+
+
+def test_a_preserving_pass_keeps_its_patterns_only() -> None:
+    model = _annotated()
+    PassManager([_RewriteKeepingSensitivity()])(model)
+    assert A.present_keys(model) == {"mpqc.sens.entropy"}
+
+
+def test_an_unmodifying_pass_keeps_everything() -> None:
+    model = _annotated()
+    PassManager([_Analyse()])(model)
+    assert A.present_keys(model) == {"mpqc.sens.entropy", "mpqc.sens.test", "mpqc.bits"}
+
+
+def test_mpqc_passes_run_inside_onnx_ir_pass_manager() -> None:
+    model = _annotated()
+    manager = ir.passes.PassManager([_RewriteKeepingSensitivity(), _Analyse()])
+    result = manager(model)
+    assert result.modified
+    assert A.present_keys(model) == {"mpqc.sens.entropy", "mpqc.sens.test"}
+    assert next(iter(model.graph)).name == "renamed"
+
+    quirks = exporter_quirks()
+    ir.passes.PassManager([passes.get("canonicalize")()])(quirks)
+    assert "Constant" not in {node.op_type for node in quirks.graph}
+
+
+def test_pass_options_and_repr() -> None:
+    p = passes.get("lower-qdq")(uniform="w4a8")
+    assert repr(p) == "<pass lower-qdq{uniform=w4a8}>"
+    with pytest.raises(TypeError, match="options must be Options"):
+        passes.get("lower-qdq")(passes.get("verify").Options())
+
+
+# --- instruments -------------------------------------------------------------------------------------
+
+
+def _run_printed(printer: IRPrinter) -> list[str]:
+    """Run analyse, rewrite, analyse on small_cnn; return the printed dump headers."""
+    PassManager([_Analyse(), _Rewrite(), _Analyse()], [printer])(small_cnn())
+    text = printer.stream.getvalue()
+    return [line for line in text.splitlines() if line.startswith("// -----//")]
+
+
+def test_print_ir_after_all() -> None:
+    headers = _run_printed(IRPrinter(after_all=True, stream=io.StringIO()))
+    assert headers == [dump_header("analyse"), dump_header("rewrite"), dump_header("analyse")]
+    assert dump_header("rewrite") == "// -----// IR Dump After rewrite //----- //"
+
+
+def test_print_ir_after_one_pass() -> None:
+    assert _run_printed(IRPrinter(after=frozenset({"rewrite"}), stream=io.StringIO())) == [
+        dump_header("rewrite")
+    ]
+
+
+def test_print_ir_after_change_prints_only_changes() -> None:
+    # analyse writes scores (a change), rewrite renames and drops them (a change), the second analyse
+    # writes the same scores again (a change); a fourth pass that does nothing must stay silent.
+    printer = IRPrinter(after_change=True, stream=io.StringIO())
+    PassManager([_Analyse(), _Analyse(), _Rewrite(), _Rewrite()], [printer])(small_cnn())
+    headers = [
+        line for line in printer.stream.getvalue().splitlines() if line.startswith("// -----//")
+    ]
+    assert headers == [dump_header("analyse"), dump_header("rewrite")]
+
+
+def test_ir_dump_dir_writes_numbered_files(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "dumps"
+    printer = IRPrinter(dump_dir=folder)
+    model = small_cnn()
+    PassManager([_Analyse(), _Rewrite()], [printer])(model)
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["001_analyse.txt", "002_rewrite.txt"]
+    text = (folder / "002_rewrite.txt").read_text()
+    assert text.splitlines()[0] == dump_header("rewrite")
+    from mpqc.ir import dump
+
+    assert text == dump_header("rewrite") + "\n" + dump(model)
+
+
+def test_timing_and_progress() -> None:
+    timing = passes.Timing()
+    stream = io.StringIO()
+    PassManager([_Analyse(), _Rewrite()], [timing, passes.Progress(2, stream)])(small_cnn())
+    assert [name for name, _ in timing.seconds] == ["analyse", "rewrite"]
+    assert all(seconds >= 0 for _, seconds in timing.seconds)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[1/2] analyse ...") and lines[1].startswith("[2/2] rewrite ...")

@@ -1,0 +1,93 @@
+"""verify: checker, onnxruntime, fidelity on held-out data, size; and failing loudly."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import pytest
+from models import random_inputs, small_cnn
+
+from mpqc.ir import annotations as A
+from mpqc.ir import tensor_bytes
+from mpqc.passes import CompileContext, PassError, PassManager, get, load_calibration
+
+
+def _context() -> CompileContext:
+    samples = load_calibration(random_inputs(small_cnn(), 10))
+    context = CompileContext(reference=ir.to_proto(small_cnn()).SerializeToString())
+    context.calibration, context.held_out = samples.split()
+    return context
+
+
+def _compile(
+    choice: str, verify_options: str = "", calibrate: bool = True
+) -> tuple[ir.Model, CompileContext]:
+    context = _context()
+    steps = [get("canonicalize")(context=context)]
+    if calibrate:
+        steps.append(get("calibrate")(context=context))
+    steps.append(get("lower-qdq")(context=context, uniform=choice))
+    model = small_cnn()
+    PassManager(steps)(model)
+    options = get("verify").Options(
+        **({"min_sqnr_db": float(verify_options)} if verify_options else {})
+    )
+    get("verify")(options, context)(model)
+    return model, context
+
+
+def test_verify_reports_fidelity_and_size() -> None:
+    model, _ = _compile("w8a8")
+    report = A.REPORT.get(model)["verify"]
+    assert report["checker"] == "ok" and report["runtime"].startswith("onnxruntime ")
+    assert report["samples"] == 2  # every fifth of ten samples is held out
+    assert 30 < report["sqnr_db"] < 80
+    assert 0.0 <= report["top1_agreement"] <= 1.0
+    # the serialized model as verify saw it: all tensors plus the graph, before its own report was added
+    assert tensor_bytes(model) < report["bytes"] < ir.to_proto(model).ByteSize()
+    assert A.REPORT.get(model)["lowered_layers"] == 4
+
+
+def test_fewer_bits_give_lower_sqnr() -> None:
+    sqnr = {
+        choice: A.REPORT.get(_compile(choice)[0])["verify"]["sqnr_db"]
+        for choice in ("w16a16", "w8a8", "w4a8")
+    }
+    assert sqnr["w16a16"] > sqnr["w8a8"] > sqnr["w4a8"]
+
+
+def test_verify_raises_when_the_sqnr_floor_is_missed() -> None:
+    with pytest.raises(
+        PassError, match=r"verify: output SQNR \d+\.\d dB is below the required 200\.0 dB"
+    ):
+        _compile("w8a8", "200")
+    _compile("w8a8", "10")
+
+
+def test_verify_without_reference_still_checks_and_runs() -> None:
+    model = small_cnn()
+    get("lower-qdq")(uniform="w8a8")(model)
+    get("verify")()(model)
+    report = A.REPORT.get(model)["verify"]
+    assert report["checker"] == "ok" and "sqnr_db" not in report
+
+
+def test_verify_rejects_an_invalid_model() -> None:
+    model = small_cnn()
+    next(n for n in model.graph if n.op_type == "Relu").op_type = "NoSuchOp"
+    with pytest.raises(PassError, match="verify: the emitted model fails onnx.checker"):
+        get("verify")()(model)
+
+
+def test_verify_uses_the_task_metric() -> None:
+    context = _context()
+    calls = []
+
+    def metric(proto: object) -> float:
+        calls.append(proto)
+        return 0.5 + 0.25 * len(calls)
+
+    context.eval_fn = metric
+    model = small_cnn()
+    get("verify")(context=context)(model)
+    report = A.REPORT.get(model)["verify"]
+    assert report["task_metric"] == 0.75 and report["task_metric_float"] == 1.0
