@@ -1,8 +1,8 @@
 """Hardware specs and the cost model (layer 2: knows nothing of the IR or passes).
 
-A spec is a YAML file validated against ``schema.json``; ``load`` turns a bundled name or a path into a
-frozen ``HardwareSpec``, and ``CostModel`` prices ``LayerDesc``s on it.  Bundled specs live in
-``specs/*.yaml``; every number there cites its source or says why it is an estimate.
+A spec is a YAML file validated against ``schema.json``; ``load`` turns a bundled name or a path
+into a frozen ``HardwareSpec``, and ``CostModel`` prices ``LayerDesc``s on it.  Bundled specs live
+in ``specs/*.yaml``; every number there cites its source or says why it is an estimate.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _load_cached(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
 
 
 def load(name_or_path: str | Path | HardwareSpec) -> HardwareSpec:
-    """A bundled spec by name (``"x86_avx2"``) or a spec YAML by path; a ``HardwareSpec`` passes through.
+    """A bundled spec by name (``"x86_avx2"``) or YAML path; a ``HardwareSpec`` passes through.
 
     Specs are immutable, so loading the same unchanged file twice returns the same object.
     """
@@ -50,5 +50,6 @@ def load(name_or_path: str | Path | HardwareSpec) -> HardwareSpec:
 
 
 def validate(path: str | Path) -> HardwareSpec:
-    """Check a spec file (raising ``SpecError`` with file, field and what is allowed); returns it loaded."""
+    """Check a spec file (raising ``SpecError`` with file, field and what is allowed); returns it
+    loaded."""
     return load_path(locate(Path(path)))

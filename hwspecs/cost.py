@@ -1,10 +1,10 @@
 """The cost model: a roofline per layer over plain layer descriptors (no ONNX in here).
 
 Why a roofline: a layer either waits on its multipliers or on memory, and which one it is decides
-whether fewer bits help.  Lower bits speed up a compute-bound layer only on a chip that computes faster
-at lower bits (BitFusion, BISMO, VNNI int8), and a memory-bound layer (depthwise convs, small-batch
-MatMuls) only through the bytes it moves — HAQ's observation that edge and cloud accelerators want
-different policies falls out of exactly this.
+whether fewer bits help.  Lower bits speed up a compute-bound layer only on a chip that computes
+faster at lower bits (BitFusion, BISMO, VNNI int8), and a memory-bound layer (depthwise convs,
+small-batch MatMuls) only through the bytes it moves — HAQ's observation that edge and cloud
+accelerators want different policies falls out of exactly this.
 
 Per layer, for weight bits ``w`` and activation bits ``a`` (``None`` = float), priced as mpqc's
 lowering emits it (``passes/lower/lower_qdq.py``):
@@ -13,34 +13,37 @@ lowering emits it (``passes/lower/lower_qdq.py``):
   pair's throughput (its ``depthwise_throughput`` for a depthwise conv) and ``level`` is the nearest
   memory level the layer's working set (weights + input + output) fits in.
 * Overheads: the op's own fixed/per-element cost; for a quantized input, a QuantizeLinear (after a
-  float Clip when the grid is narrower than its container: 5-7-bit activations) unless the input comes
-  straight from another integer layer (``LayerDesc.input_from_layer``), and a DequantizeLinear of it
-  when the kernel that runs is a float one; for an integer kernel, a DequantizeLinear of its output
-  unless only integer layers read it (``output_to_layers``).  The island assumption at a boundary:
-  a layer whose neighbours stay float pays for both conversions.  A uint8 input also pays for the
-  data-movement ops right before it (``LayerDesc.input_ops``) running on uint8 instead of float
-  (the spec's ``MaxPool(uint8)``, ``Transpose(nhwc_uint8)`` overheads; see ``_uint8_extra_s``).
-* An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv is
-  NHWC) converts its input and output at the boundaries of a run of such layers.
+  float Clip when the grid is narrower than its container: 5-7-bit activations) unless the input
+  comes straight from another integer layer (``LayerDesc.input_from_layer``), and a DequantizeLinear
+  of it when the kernel that runs is a float one; for an integer kernel, a DequantizeLinear of its
+  output unless only integer layers read it (``output_to_layers``).  The island assumption at a
+  boundary: a layer whose neighbours stay float pays for both conversions.  A uint8 input also pays
+  for the data-movement ops right before it (``LayerDesc.input_ops``) running on uint8 instead of
+  float (the spec's ``MaxPool(uint8)``, ``Transpose(nhwc_uint8)`` overheads; see
+  ``_uint8_extra_s``).
+* An integer kernel that runs in another layout (``spec.integer_layout``: onnxruntime's QLinearConv
+  is NHWC) converts its input and output at the boundaries of a run of such layers.
 * An integer pair of an op without an integer instruction in the spec's op table (HAGO's question:
-  onnxruntime has no integer LSTM) runs as an emulated pair: the float kernel behind DequantizeLinear.
+  onnxruntime has no integer LSTM) runs as an emulated pair: the float kernel behind
+  DequantizeLinear.
 * An *emulated* pair (stored low-bit, computed in a wider type) unpacks its weights on every run:
   a DequantizeLinear node, ``weight_unpack`` per weight element (per op type where the spec says
   ``weight_unpack_ops``) (and its int32 bias's DequantizeLinear
   when the kernel is float).
 * The activations after the layer (``LayerDesc.epilogue``) are free when the kernel that runs fuses
   them (``spec.fused_activations`` per kernel kind: float, emulated — a float kernel behind a weight
-  DequantizeLinear, which onnxruntime runs in plain NCHW — and integer), else they cost their own op's
-  overhead per output element.
+  DequantizeLinear, which onnxruntime runs in plain NCHW — and integer), else they cost their own
+  op's overhead per output element.
 * A table lookup (Gather) moves the rows it reads, not the table: a float or integer table costs its
   output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run (the spec's
   ``DequantizeLinear(int4)`` overhead per table element, if it has one).
 * ``energy = MACs · energy_per_mac(w, a) + bytes · energy_per_byte(level)`` (conversions ignored).
-* bytes are *stored* bytes (``Cost.weight_bytes``, ``act_bytes``): weights in the ONNX container the lowering writes (INT2, INT4, INT8, INT16;
-  3-bit lives in INT4, etc., DESIGN.md) rounded up per tensor, plus one float32 scale per output channel,
-  plus the bias (float32 or int32: 4 bytes each); activations likewise per element.  The roofline
-  moves the same bytes, except on a chip that packs operands at exactly their bit-width
-  (``spec.packed_operands``: bit-serial BISMO keeps 6-bit values as 6 bit-planes).
+* bytes are *stored* bytes (``Cost.weight_bytes``, ``act_bytes``): weights in the ONNX container the
+  lowering writes (INT2, INT4, INT8, INT16; 3-bit lives in INT4, etc., DESIGN.md) rounded up per
+  tensor, plus one float32 scale per output channel, plus the bias (float32 or int32: 4 bytes each);
+  activations likewise per element.  The roofline moves the same bytes, except on a chip that packs
+  operands at exactly their bit-width (``spec.packed_operands``: bit-serial BISMO keeps 6-bit values
+  as 6 bit-planes).
 * ``BOPs = MACs · w · a`` with float counted as 32 × 32.
 
 Everything is additive over layers, which the ILP/knapsack strategies rely on.
@@ -63,7 +66,7 @@ BIAS_BYTES = 4
 
 
 def container_bits(bits: int | None) -> int:
-    """Bits one element occupies in the written model: the smallest ONNX type that holds ``bits``."""
+    """Bits one element occupies in the written model: the smallest ONNX type holding ``bits``."""
     if bits is None:
         return FLOAT_BITS
     return next(c for c in CONTAINER_BITS if c >= bits)
@@ -78,9 +81,10 @@ def tensor_bytes(elements: int, bits: int | None) -> int:
 class LayerDesc:
     """What the cost model needs to know about one quantizable layer, and nothing about ONNX.
 
-    ``macs`` counts multiply-accumulates for one inference; ``*_elems`` are element counts of the layer's
-    (first) activation input and its output.  The shape facts are optional: HAQ's agent state uses them
-    and ``c_out`` sets the number of per-channel scales (one per tensor when unknown).
+    ``macs`` counts multiply-accumulates for one inference; ``*_elems`` are element counts of the
+    layer's (first) activation input and its output.  The shape facts are optional: HAQ's agent
+    state uses them and ``c_out`` sets the number of per-channel scales (one per tensor when
+    unknown).
     """
 
     name: str
@@ -99,13 +103,14 @@ class LayerDesc:
     epilogue: tuple[str, ...] = ()
     """Op types of the activations that follow the layer on its output (Relu, HardSwish...)."""
     input_from_layer: bool = False
-    """The activation input comes from another quantizable layer through ops that stay integer (Relu,
-    MaxPool, Concat...): in a run of integer layers it arrives already quantized."""
+    """The activation input comes from another quantizable layer through ops that stay integer
+    (Relu, MaxPool, Concat...): in a run of integer layers it arrives already quantized."""
     output_to_layers: bool = False
     """Only quantizable layers (through integer-preserving ops) read the output."""
     input_ops: tuple[str, ...] = ()
-    """Data-movement ops (MaxPool, Reshape...) right before the activation input, read only by this layer:
-    onnxruntime moves a uint8 QuantizeLinear above them (QDQ propagation), so they run on uint8."""
+    """Data-movement ops (MaxPool, Reshape...) right before the activation input, read only by this
+    layer: onnxruntime moves a uint8 QuantizeLinear above them (QDQ propagation), so they run on
+    uint8."""
 
     @property
     def lookup(self) -> bool:
@@ -117,7 +122,8 @@ class LayerDesc:
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(
-                    f"LayerDesc {self.name!r}: {field_name} must be a non-negative int, got {value!r}"
+                    f"LayerDesc {self.name!r}: {field_name} must be a non-negative int, "
+                    f"got {value!r}"
                 )
         if self.groups < 1:
             raise ValueError(f"LayerDesc {self.name!r}: groups must be >= 1, got {self.groups}")
@@ -146,7 +152,8 @@ class CostModel:
         self.spec = spec
 
     def weight_bytes(self, desc: LayerDesc, wbits: int | None) -> int:
-        """Stored bytes of the layer's weights (in their ONNX container), per-channel scales and bias."""
+        """Stored bytes of the layer's weights (in their ONNX container), per-channel scales and
+        bias."""
         scales = 0 if wbits is None else SCALE_BYTES * (desc.c_out or 1)
         return tensor_bytes(desc.weight_params, wbits) + scales + BIAS_BYTES * desc.bias_params
 
@@ -177,9 +184,9 @@ class CostModel:
         )
 
     def _kernel_for(self, desc: LayerDesc, precision: Precision) -> Precision:
-        """The pair as this op runs it: an integer pair of an op the spec's op table gives no integer
-        instruction (an LSTM, a ConvTranspose on onnxruntime's CPU provider) runs the float kernel behind
-        DequantizeLinear, at the float rate, its weights dequantized every run."""
+        """The pair as this op runs it: an integer pair of an op the spec's op table gives no
+        integer instruction (an LSTM, a ConvTranspose on onnxruntime's CPU provider) runs the float
+        kernel behind DequantizeLinear, at the float rate, its weights dequantized every run."""
         spec = self.spec
         if (
             desc.lookup
@@ -201,8 +208,8 @@ class CostModel:
         )
 
     def moved_bytes(self, desc: LayerDesc, wbits: int | None, abits: int | None) -> int:
-        """Bytes one run moves: all weights and activations (at exactly their bits on a chip that packs
-        operands), but only the gathered rows of a table."""
+        """Bytes one run moves: all weights and activations (at exactly their bits on a chip that
+        packs operands), but only the gathered rows of a table."""
         if desc.lookup:
             return 2 * tensor_bytes(desc.output_elems, wbits)
         weight_bytes = self.weight_bytes(desc, wbits)
@@ -234,8 +241,9 @@ class CostModel:
         )
 
     def _input_s(self, desc: LayerDesc, precision: Precision) -> float:
-        """Getting the activation in: Clip + QuantizeLinear (none inside a run of integer layers), the
-        data-movement ops before it on uint8, and a DequantizeLinear when the kernel is float."""
+        """Getting the activation in: Clip + QuantizeLinear (none inside a run of integer layers),
+        the data-movement ops before it on uint8, and a DequantizeLinear when the kernel is
+        float."""
         spec = self.spec
         seconds = 0.0
         if not (precision.integer_kernel and desc.input_from_layer):
@@ -254,8 +262,8 @@ class CostModel:
         return seconds
 
     def _output_s(self, desc: LayerDesc, precision: Precision) -> float:
-        """Getting an integer kernel's output out: back to the graph's layout and a DequantizeLinear,
-        unless only integer layers read it."""
+        """Getting an integer kernel's output out: back to the graph's layout and a
+        DequantizeLinear, unless only integer layers read it."""
         if not precision.integer_kernel or desc.output_to_layers:
             return 0.0
         seconds = self.spec.overhead("DequantizeLinear").time(desc.output_elems)
@@ -266,7 +274,8 @@ class CostModel:
         return seconds
 
     def _weights_s(self, desc: LayerDesc, precision: Precision) -> float:
-        """An emulated pair's weight (and, for a float kernel, int32 bias) DequantizeLinear, every run."""
+        """An emulated pair's weight (and, for a float kernel, int32 bias) DequantizeLinear, every
+        run."""
         if precision.native:
             return 0.0
         dequantize = self.spec.overhead("DequantizeLinear")
@@ -276,11 +285,11 @@ class CostModel:
         return seconds
 
     def _uint8_extra_s(self, op: str, layout: str, elements: int) -> float:
-        """What running ``op`` on the quantized tensor costs over running it in float (already in the
-        model's fixed part).  Next to a float kernel it runs on uint8 in NCHW (``op(uint8)``: MaxPool is a
-        slow generic loop there); inside an integer kernel's region onnxruntime works in NHWC and folds the
-        layout change into it (``op(nhwc_uint8)``: a channel shuffle's 5-D Transpose is slow there).
-        Zero when the spec has no such entry."""
+        """What running ``op`` on the quantized tensor costs over running it in float (already in
+        the model's fixed part).  Next to a float kernel it runs on uint8 in NCHW (``op(uint8)``:
+        MaxPool is a slow generic loop there); inside an integer kernel's region onnxruntime works
+        in NHWC and folds the layout change into it (``op(nhwc_uint8)``: a channel shuffle's 5-D
+        Transpose is slow there).  Zero when the spec has no such entry."""
         integer = self.spec.overheads.get(f"{op}({layout})")
         if integer is None:
             return 0.0

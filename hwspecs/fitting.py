@@ -1,21 +1,24 @@
 """Fit spec numbers to measured kernel times (numpy/scipy only; the measuring is in ``profiling``).
 
-The fitted model is the cost model's own roofline, so what ``mpqc-hw profile`` writes is exactly what
-``CostModel`` will evaluate:
+The fitted model is the cost model's own roofline, so what ``mpqc-hw profile`` writes is exactly
+what ``CostModel`` will evaluate:
 
-    t = run + qdq + overhead + max(MACs / throughput[kernel], bytes / bandwidth[level]) + unpack[pair] · weights
+    t = run + qdq + overhead
+        + max(MACs / throughput[kernel], bytes / bandwidth[level])
+        + unpack[pair] · weights
 
 ``run`` (the session call itself) is measured directly with a trivial model; ``qdq`` is the
 QuantizeLinear/DequantizeLinear time the cost model charges a quantized layer, from a line fit of
 standalone Q/DQ kernels.  An emulated pair (int4 weights, 16-bit activations on onnxruntime's CPU
 provider) runs a float kernel, but not the float graph's fastest one (onnxruntime leaves an unfused
-DequantizeLinear -> Conv in plain NCHW instead of its NCHWc layout), so it gets its own throughput plus a
-per-weight unpack time.  The remaining unknowns — the per-op overhead, one throughput per measured pair, one unpack time per
-emulated pair, one bandwidth per memory level that some kernel's working set lands in — are fitted by nonlinear least squares
-on log time (relative error, so a 20 us kernel counts as much as a 20 ms one), in log-parameter space,
-started from the base spec's values, bounded to within 100x of them and weakly pulled toward them
-(``PRIOR_WEIGHT``), so that a parameter the measurements barely touch (the L1 bandwidth, say, when every
-L1-sized kernel is dominated by call overhead) stays near its prior instead of running off.
+DequantizeLinear -> Conv in plain NCHW instead of its NCHWc layout), so it gets its own throughput
+plus a per-weight unpack time.  The remaining unknowns — the per-op overhead, one throughput per
+measured pair, one unpack time per emulated pair, one bandwidth per memory level that some kernel's
+working set lands in — are fitted by nonlinear least squares on log time (relative error, so a 20 us
+kernel counts as much as a 20 ms one), in log-parameter space, started from the base spec's values,
+bounded to within 100x of them and weakly pulled toward them (``PRIOR_WEIGHT``), so that a parameter
+the measurements barely touch (the L1 bandwidth, say, when every L1-sized kernel is dominated by
+call overhead) stays near its prior instead of running off.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import numpy as np
 from scipy.optimize import least_squares, nnls
 
 PRIOR_WEIGHT = 0.05
-"""Weight of the pull toward the base spec, per log-parameter: a factor e off the prior costs as much as a
-5% misfit of one kernel, so parameters the data determine move freely and the others stay put."""
+"""Weight of the pull toward the base spec, per log-parameter: a factor e off the prior costs as
+much as a 5% misfit of one kernel, so parameters the data determine move freely and the others stay
+put."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class Fit:
 
 
 def fit_line(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
-    """Non-negative (fixed, per_element) with ``seconds ≈ fixed + per_element · size``, relative errors."""
+    """Non-negative (fixed, per_element) with ``seconds ≈ fixed + per_element · size``, fitted in
+    relative error."""
     sizes_arr, t = np.asarray(sizes, float), np.asarray(seconds, float)
     design = np.column_stack([np.ones_like(sizes_arr), sizes_arr]) / t[:, None]
     coef, _ = nnls(design, np.ones_like(t))
@@ -79,13 +84,13 @@ def fit_roofline(
         ["overhead"]
         + [f"T:{k}" for k in kernels]
         + [f"U:{u}" for u in unpacks]
-        + [f"B:{l}" for l in levels]
+        + [f"B:{level}" for level in levels]
     )
     prior = np.array(
         [max(prior_overhead, 1e-7)]
         + [prior_throughput[k] for k in kernels]
         + [max(prior_unpack[u], 1e-12) for u in unpacks]
-        + [prior_bandwidth[l] for l in levels]
+        + [prior_bandwidth[level] for level in levels]
     )
     macs = np.array([s.macs for s in samples], float)
     moved = np.array([s.moved_bytes for s in samples], float)
@@ -111,11 +116,11 @@ def fit_roofline(
     result = least_squares(
         residuals, start, bounds=(start - np.log(100.0), start + np.log(100.0)), method="trf"
     )
-    values = dict(zip(names, np.exp(result.x)))
+    values = dict(zip(names, np.exp(result.x), strict=True))
     return Fit(
         overhead=float(values["overhead"]),
         throughput={k: float(values[f"T:{k}"]) for k in kernels},
         unpack={u: float(values[f"U:{u}"]) for u in unpacks},
-        bandwidth={l: float(values[f"B:{l}"]) for l in levels},
+        bandwidth={level: float(values[f"B:{level}"]) for level in levels},
         rms_log_error=float(np.sqrt(np.mean(residuals(result.x)[: len(samples)] ** 2))),
     )

@@ -1,15 +1,16 @@
-"""Micro-kernels for measuring onnxruntime on this machine (what ``mpqc-hw profile`` fits a spec to).
+"""Micro-kernels that measure onnxruntime on this machine (what ``mpqc-hw profile`` fits a spec to).
 
-A kernel is a Conv or MatMul layer with a constant weight, built with ``onnx.helper`` in float or as the
-QDQ pattern mpqc's lowering emits (QuantizeLinear/DequantizeLinear on the activation input, per-channel
-symmetric int8 or int4 weights behind DequantizeLinear, QuantizeLinear/DequantizeLinear on the output),
-so onnxruntime fuses it to its integer kernel — or fails to, for the emulated types — exactly as it would
-in a lowered model.  Layers chain into small networks for checking how configurations rank.  Standalone
-QuantizeLinear/DequantizeLinear models measure the conversion overheads on their own.
+A kernel is a Conv or MatMul layer with a constant weight, built with ``onnx.helper`` in float or as
+the QDQ pattern mpqc's lowering emits (QuantizeLinear/DequantizeLinear on the activation input,
+per-channel symmetric int8 or int4 weights behind DequantizeLinear, QuantizeLinear/DequantizeLinear
+on the output), so onnxruntime fuses it to its integer kernel — or fails to, for the emulated types
+— exactly as it would in a lowered model.  Layers chain into small networks for checking how
+configurations rank.  Standalone QuantizeLinear/DequantizeLinear models measure the conversion
+overheads on their own.
 
-Timing is the median of repeated runs after warm-up, on sessions with a fixed intra-op thread count and
-sequential execution, so the numbers describe one inference on ``threads`` cores.  This module imports
-onnx and onnxruntime; the cost model never does.
+Timing is the median of repeated runs after warm-up, on sessions with a fixed intra-op thread count
+and sequential execution, so the numbers describe one inference on ``threads`` cores.  This module
+imports onnx and onnxruntime; the cost model never does.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ _WEIGHT_TYPE = {
 
 @dataclass(frozen=True)
 class Kernel:
-    """One micro-kernel shape: ``Conv`` on [1, c_in, size, size] with a k x k kernel, ``groups`` groups
-    and "same" padding, or ``MatMul`` [size, c_in] x [c_in, c_out] (``kernel`` and ``groups`` unused)."""
+    """One micro-kernel shape: ``Conv`` on [1, c_in, size, size] with a k x k kernel, ``groups``
+    groups and "same" padding, or ``MatMul`` [size, c_in] x [c_in, c_out] (``kernel`` and ``groups``
+    unused)."""
 
     op_type: Literal["Conv", "MatMul"]
     c_in: int
@@ -104,7 +106,10 @@ class Kernel:
     def label(self) -> str:
         if self.op_type == "Conv":
             kind = " depthwise" if self.depthwise else ""
-            return f"Conv{self.kernel}x{self.kernel}{kind} {self.c_in}->{self.c_out} @{self.size}x{self.size}"
+            return (
+                f"Conv{self.kernel}x{self.kernel}{kind} {self.c_in}->{self.c_out} "
+                f"@{self.size}x{self.size}"
+            )
         return f"MatMul {self.size}x{self.c_in}x{self.c_out}"
 
 
@@ -116,7 +121,8 @@ def _layer(
     dst: str,
     rng: np.random.Generator,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and initializers of one layer ``src -> dst``: the float op, or mpqc's QDQ pattern around it."""
+    """Nodes and initializers of one layer ``src -> dst``: the float op, or mpqc's QDQ pattern
+    around it."""
     weight = rng.standard_normal(kernel.weight_shape).astype(np.float32) * 0.05
     attrs = (
         {"pads": [kernel.kernel // 2] * 4, "group": kernel.groups}
@@ -142,7 +148,8 @@ def _layer(
         helper.make_tensor(f"{p}a_zp", act_type, [], [zero_point]),
     ]
     activation = [f"{p}a_scale", f"{p}a_zp"]
-    # Like mpqc's lowering, only the pairs onnxruntime fuses into an integer kernel get an output quantizer.
+    # Like mpqc's lowering, only the pairs onnxruntime fuses into an integer kernel get an output
+    # quantizer.
     output = f"{p}y_f" if precision in FUSED else dst
     nodes = [
         helper.make_node("QuantizeLinear", [src, *activation], [f"{p}x_q"]),
@@ -161,8 +168,8 @@ def _layer(
 
 
 def build_chain(layers: list[tuple[Kernel, KernelPrecision]], seed: int = 0) -> onnx.ModelProto:
-    """A chain of layers, each in float or in its own QDQ island (how mpqc lowers a mixed configuration).
-    Shapes must chain: Conv layers keep their spatial size ("same" padding)."""
+    """A chain of layers, each in float or in its own QDQ island (how mpqc lowers a mixed
+    configuration).  Shapes must chain: Conv layers keep their spatial size ("same" padding)."""
     rng = np.random.default_rng(seed)
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -181,14 +188,16 @@ def build_chain(layers: list[tuple[Kernel, KernelPrecision]], seed: int = 0) -> 
 
 
 def build_model(kernel: Kernel, precision: KernelPrecision, seed: int = 0) -> onnx.ModelProto:
-    """The one-layer model for ``kernel`` at ``precision`` (float, or the QDQ pattern onnxruntime fuses)."""
+    """The one-layer model for ``kernel`` at ``precision`` (float, or the QDQ pattern onnxruntime
+    fuses)."""
     return build_chain([(kernel, precision)], seed)
 
 
 def build_convert_model(
     elements: int, op: Literal["QuantizeLinear", "DequantizeLinear"]
 ) -> onnx.ModelProto:
-    """A standalone QuantizeLinear (float -> uint8) or DequantizeLinear (uint8 -> float) of ``elements``."""
+    """A standalone QuantizeLinear (float -> uint8) or DequantizeLinear (uint8 -> float) of
+    ``elements`` values."""
     in_type, out_type = (
         (TensorProto.FLOAT, TensorProto.UINT8)
         if op == "QuantizeLinear"
@@ -215,7 +224,8 @@ does not fuse, and the scale multiply of gathered embedding rows."""
 
 
 def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
-    """One float elementwise op over ``elements`` values (binary ops take a constant second operand)."""
+    """One float elementwise op over ``elements`` values (binary ops take a constant second
+    operand)."""
     extra = {
         "Clip": [
             numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
@@ -262,9 +272,9 @@ def _session(
 class Timing:
     """Median seconds of one run: wall clock, and CPU time of the calling thread.
 
-    With one intra-op thread onnxruntime runs the whole inference on the calling thread, so its CPU time
-    is what one inference costs on a core of its own; on a shared machine the wall clock adds the time
-    spent waiting for a core (5x on this project's 2 vCPUs under a load average of 10)."""
+    With one intra-op thread onnxruntime runs the whole inference on the calling thread, so its CPU
+    time is what one inference costs on a core of its own; on a shared machine the wall clock adds
+    the time spent waiting for a core."""
 
     wall_s: float
     cpu_s: float
@@ -282,9 +292,9 @@ def measure_models(
 
     Runs go round-robin over the models until ``min_seconds`` per model have passed (at least 5, at
     most 2000 rounds), so a burst of load from another process slows every model alike instead of
-    whichever one happened to be running: on a shared machine that, not the repeat count, is what keeps
-    the ranking of the measured models stable.  ``feeds`` are the inputs every model runs on (the
-    models must share their inputs); without them each model gets a seeded random first input.
+    whichever one happened to be running: on a shared machine that, not the repeat count, is what
+    keeps the ranking of the measured models stable.  ``feeds`` are the inputs every model runs on
+    (the models must share their inputs); without them each model gets a seeded random first input.
     """
     sessions = [_session(model, threads, feeds) for model in models]
     for session, inputs in sessions:
@@ -301,7 +311,9 @@ def measure_models(
             cpu[index].append(time.thread_time() - start_cpu)
             wall[index].append(time.perf_counter() - start)
         rounds += 1
-    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+    return [
+        Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)
+    ]
 
 
 def time_models(
@@ -311,9 +323,9 @@ def time_models(
     warmup: int = 3,
     feeds: dict[str, np.ndarray] | None = None,
 ) -> list[float]:
-    """Seconds of one run of each model (see ``measure_models``): thread CPU time with one thread, where
-    it is immune to other processes' load, and wall clock with several, where the caller's CPU time would
-    miss the other threads' work."""
+    """Seconds of one run of each model (see ``measure_models``): thread CPU time with one thread,
+    where it is immune to other processes' load, and wall clock with several, where the caller's CPU
+    time would miss the other threads' work."""
     timings = measure_models(models, threads, min_seconds, warmup, feeds)
     return [t.cpu_s if threads == 1 else t.wall_s for t in timings]
 

@@ -1,22 +1,23 @@
-"""``mpqc-hw profile``: measure onnxruntime here, fit a spec, and check it ranks configurations right.
+"""``mpqc-hw profile``: measure onnxruntime here, fit a spec, check it ranks configurations right.
 
 What is measured (micro-kernels from ``kernels``), at 1 thread and at the requested thread count:
 * the session call itself (a one-element Identity): the spec's ``session_overhead``;
 * standalone QuantizeLinear / DequantizeLinear, and the float elementwise ops the cost model charges
   (Clip, HardSwish, Sigmoid, Mul, Add), at several sizes -> fixed + per-element overheads;
-* compute-bound Conv and MatMul layers at a few sizes, depthwise convs, and tiny layers that expose the
-  per-op cost, in float, u8 x s8 and s8 x s8 (the native pairs), and int4-weight and 16-bit-activation
-  versions (the pairs onnxruntime emulates in float);
-* one float and one u8 x s8 matrix-vector product per memory level of the base spec, sized to land in it.
+* compute-bound Conv and MatMul layers at a few sizes, depthwise convs, and tiny layers that expose
+  the per-op cost, in float, u8 x s8 and s8 x s8 (the native pairs), and int4-weight and
+  16-bit-activation versions (the pairs onnxruntime emulates in float);
+* one float and one u8 x s8 matrix-vector product per memory level of the base spec, sized to land
+  in it.
 A shape's precisions are timed round-robin; shapes one after another, so a 64 MiB product does not
 evict a tiny kernel's cache.  At one thread the time is the inference thread's CPU time, which other
 processes' load does not inflate by waiting (``kernels.time_models``).
-``fitting.fit_roofline`` turns these into the spec's numbers.  Energy, capacities, bit-widths and the op
-table cannot be measured from timings; they come from the base spec (``base:`` inheritance).
+``fitting.fit_roofline`` turns these into the spec's numbers.  Energy, capacities, bit-widths and
+the op table cannot be measured from timings; they come from the base spec (``base:`` inheritance).
 
-The fitted spec is then checked the way it will be used: mixed-precision configurations of a held-out
-network are ranked by the cost model and by onnxruntime, and Spearman's rank correlation of the two goes
-into the spec's provenance (also for the base spec, for comparison).
+The fitted spec is then checked the way it will be used: mixed-precision configurations of a
+held-out network are ranked by the cost model and by onnxruntime, and Spearman's rank correlation of
+the two goes into the spec's provenance (also for the base spec, for comparison).
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ RANKING_CHAIN = [
     Kernel("Conv", 32, 64, 40),
     Kernel("Conv", 64, 32, 40, kernel=1),
 ]
-"""A held-out network (shapes the fit never sees) whose mixed-precision configurations are ranked."""
+"""A held-out network (shapes the fit never sees) whose mixed-precision configurations are
+ranked."""
 
 
 def base_for_machine(machine: str | None = None) -> str:
-    """The bundled spec a profile of this machine extends: Arm -> arm_a72; x86 -> x86_avx512_vnni if the
-    CPU reports VNNI, else x86_avx2."""
+    """The bundled spec a profile of this machine extends: Arm -> arm_a72; x86 -> x86_avx512_vnni if
+    the CPU reports VNNI, else x86_avx2."""
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64") or machine.startswith("armv8"):
         return "arm_a72"
@@ -88,7 +90,8 @@ def base_for_machine(machine: str | None = None) -> str:
 
 
 def compute_kernels(quick: bool) -> list[Kernel]:
-    """Compute-bound shapes (millions of MACs, small working sets) plus tiny ones that expose the per-op cost."""
+    """Compute-bound shapes (millions of MACs, small working sets) plus tiny ones that expose the
+    per-op cost."""
     kernels = [
         Kernel("Conv", 64, 64, 28),
         Kernel("MatMul", 512, 512, 64),
@@ -113,8 +116,8 @@ def memory_kernels(capacities: list[float]) -> list[Kernel]:
     """One matrix-vector product per memory level, its float weights sized to land in that level.
 
     With one row a product does one MAC per weight loaded, so it is memory-bound on every CPU; the
-    working set sits between the previous level's capacity and this one's (4x the largest bounded level
-    for the unbounded one)."""
+    working set sits between the previous level's capacity and this one's (4x the largest bounded
+    level for the unbounded one)."""
     kernels, previous = [], 0.0
     for capacity in capacities:
         target = (
@@ -167,10 +170,11 @@ def ranking_check(
     seed: int = 0,
     chain: list[Kernel] = RANKING_CHAIN,
 ) -> RankingCheck:
-    """Measure mixed-precision configurations of ``chain`` and compare their order with the cost model's.
+    """Measure mixed-precision configurations of ``chain`` and rank them against the cost model.
 
-    Configurations: the four uniform ones (float, w8a8, w4a8, w8a16) plus ``samples`` random mixes of
-    them; the score is Spearman's rank correlation of predicted and measured latency (1 = same order)."""
+    Configurations: the four uniform ones (float, w8a8, w4a8, w8a16) plus ``samples`` random mixes
+    of them; the score is Spearman's rank correlation of predicted and measured latency (1 = same
+    order)."""
     choices: list[KernelPrecision] = ["float", "u8s8", "u8s4", "u16s8"]
     rng = np.random.default_rng(seed)
     configs = [tuple([c] * len(chain)) for c in choices]
@@ -178,7 +182,7 @@ def ranking_check(
         config = tuple(choices[i] for i in rng.integers(0, len(choices), len(chain)))
         if config not in configs:
             configs.append(config)
-    layers = [list(zip(chain, config)) for config in configs]
+    layers = [list(zip(chain, config, strict=True)) for config in configs]
     predicted = [predicted_latency(spec, config_layers) for config_layers in layers]
     measured = time_models(
         [build_chain(config_layers) for config_layers in layers], threads, min_seconds
@@ -221,16 +225,18 @@ def profile(
     shapes += [(k, ("float", "u8s8")) for k in memory_kernels(capacities)]
     measurements = []
     for count in sorted({1, threads}):
-        # One shape's precisions take turns (load hits them alike); shapes are timed one after another,
-        # so a 64 MiB matrix-vector product does not evict a tiny kernel's cache between its runs.
+        # One shape's precisions take turns (load hits them alike); shapes are timed one after
+        # another, so a 64 MiB matrix-vector product does not evict a tiny kernel's cache between
+        # its runs.
         for kernel, kinds in shapes:
             times = time_models(
                 [build_model(kernel, precision) for precision in kinds], count, min_seconds
             )
-            for precision, seconds in zip(kinds, times):
+            for precision, seconds in zip(kinds, times, strict=True):
                 measurements.append(Measurement(kernel, precision, count, seconds))
                 log(
-                    f"{count} thread(s) {kernel.label():32s} {precision:5s} {seconds * 1e6:10.1f} us"
+                    f"{count} thread(s) {kernel.label():32s} {precision:5s} "
+                    f"{seconds * 1e6:10.1f} us"
                 )
 
     fits = {
@@ -245,7 +251,8 @@ def profile(
     }
     for name, check in checks.items():
         log(
-            f"ranking of {len(check.configs)} held-out configurations, {name} spec: Spearman {check.spearman:.3f}"
+            f"ranking of {len(check.configs)} held-out configurations, {name} spec: "
+            f"Spearman {check.spearman:.3f}"
         )
     document["provenance"] = {
         "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
@@ -267,10 +274,11 @@ def profile(
 
 
 def _role(spec: HardwareSpec, precision: KernelPrecision) -> tuple[str, str | None] | None:
-    """How the base spec runs a kernel precision: (pair whose throughput it runs at, pair whose weight
-    unpack it pays), or None when the fit cannot use it (unsupported, or emulated in something other than
-    float).  An emulated pair gets its own throughput: onnxruntime runs its unfused float Conv in plain
-    NCHW, without the NCHWc layout (and its speed) the float graph gets."""
+    """How the base spec runs a kernel precision: (pair whose throughput it runs at, pair whose
+    weight unpack it pays), or None when the fit cannot use it (unsupported, or emulated in
+    something other than float).  An emulated pair gets its own throughput: onnxruntime runs its
+    unfused float Conv in plain NCHW, without the NCHWc layout (and its speed) the float graph
+    gets."""
     wbits, abits, signed = KERNEL_PAIR[precision]
     if not _supports(spec, wbits, abits, signed):
         return None
@@ -304,7 +312,8 @@ def _fit(
         kernel_key, unpack = _role(base_spec, m.precision)  # type: ignore[misc]
         emulated = unpack is not None
         if emulated and m.kernel.op_type in base_spec.precisions[unpack].weight_unpack_ops:
-            unpack = None  # the base spec fixes this op's unpack (MatMulNBits: none); the rate is still fitted
+            # The base spec fixes this op's unpack (MatMulNBits: none); the rate is still fitted.
+            unpack = None
         desc = layer_desc(m.kernel, "k")
         if desc.depthwise:
             kernel_key += DEPTHWISE
@@ -352,7 +361,8 @@ def _conversion_s(
     conversions: dict[str, Overhead], kernel: Kernel, precision: KernelPrecision, emulated: bool
 ) -> float:
     """The Q/DQ time ``CostModel`` charges a one-layer island: Q on its input, then DQ on its output
-    for an integer kernel, or DQ of its input and the weight's DQ node for a pair emulated in float."""
+    for an integer kernel, or DQ of its input and the weight's DQ node for a pair emulated in
+    float."""
     if precision == "float":
         return 0.0
     quantize, dequantize = conversions["QuantizeLinear"], conversions["DequantizeLinear"]
@@ -379,9 +389,10 @@ def _document(
     return {
         "base": base,
         "description": (
-            f"Fitted by mpqc-hw profile{' --quick' if quick else ''} on {platform.machine()} ({_cpu_name()}), "
-            f"onnxruntime {ort.__version__}, {threads} thread(s): throughput, unpack times, bandwidth and overheads "
-            f"measured; energy, capacities, bit-widths and the op table inherited from {base}."
+            f"Fitted by mpqc-hw profile{' --quick' if quick else ''} on {platform.machine()} "
+            f"({_cpu_name()}), onnxruntime {ort.__version__}, {threads} thread(s): throughput, "
+            "unpack times, bandwidth and overheads measured; energy, capacities, bit-widths and "
+            f"the op table inherited from {base}."
         ),
         "threads": threads,
         "session_overhead": format_quantity(run_s, "time"),
@@ -422,7 +433,8 @@ def spec_from_document(document: dict[str, Any]) -> HardwareSpec:
 
 def write_spec(document: dict[str, Any], path: Path, header: str) -> None:
     """Write ``document`` as spec YAML, atomically: a temp file in the same directory is written,
-    validated by loading it back, then moved over ``path`` (an existing file is only ever replaced whole)."""
+    validated by loading it back, then moved over ``path`` (an existing file is only ever replaced
+    whole)."""
     path = Path(path)
     document = {"name": _name_for(path), **document}
     text = "".join(f"# {line}\n" for line in header.splitlines())

@@ -1,17 +1,19 @@
 """The in-memory hardware spec: what a target runs natively, what it emulates, and at what cost.
 
-A ``HardwareSpec`` is the validated, unit-converted form of a spec YAML (see ``loader``).  It answers
-the questions the rest of the compiler asks of a chip:
+A ``HardwareSpec`` is the validated, unit-converted form of a spec YAML (see ``loader``).  It
+answers the questions the rest of the compiler asks of a chip:
 
 * which (weight bits, activation bits) pairs can run, and which of them run *natively* versus
-  *emulated* in a wider type (onnxruntime's CPU provider stores 4-bit weights but computes in 8-bit or
-  float, so a 4-bit weight saves bytes, not MACs);
-* the throughput and energy per MAC of a pair, either listed explicitly (CPUs, SiLago) or derived from
-  an anchor pair by the bit-flexible rule ``throughput ∝ 1/(w·a)`` (BitFusion, BISMO, per HAQ/MOHAQ);
+  *emulated* in a wider type (onnxruntime's CPU provider stores 4-bit weights but computes in 8-bit
+  or float, so a 4-bit weight saves bytes, not MACs);
+* the throughput and energy per MAC of a pair, either listed explicitly (CPUs, SiLago) or derived
+  from an anchor pair by the bit-flexible rule ``throughput ∝ 1/(w·a)`` (BitFusion, BISMO, per
+  HAQ/MOHAQ);
 * memory levels (capacity, bandwidth, energy per byte), per-op overheads, and which ONNX ops have
   integer instructions (HAGO's op-level description), which the lowering pass uses to place Q/DQ.
 
-Everything is frozen: a spec is shared by passes and worker processes and must not change under them.
+Everything is frozen: a spec is shared by passes and worker processes and must not change under
+them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def precision_key(wbits: int | None, abits: int | None, act_signed: bool = False
         return "float"
     if wbits is None or abits is None:
         raise UnsupportedPrecisionError(
-            f"weight bits {wbits} with activation bits {abits}: give both as integers, or both None for float"
+            f"weight bits {wbits} with activation bits {abits}: "
+            "give both as integers, or both None for float"
         )
     return f"w{wbits}a{abits}" + ("_signed" if act_signed else "")
 
@@ -43,8 +46,8 @@ class Precision:
     """Cost of one precision pair.  ``emulated_as`` names the pair whose kernel actually runs.
 
     For an emulated pair the loader has already filled ``throughput``/``energy_per_mac`` from the
-    pair it is emulated as, so callers never chase the chain.  A spec overrides them when the emulated
-    kernel is slower than the real one: onnxruntime runs the float Conv behind an unfused
+    pair it is emulated as, so callers never chase the chain.  A spec overrides them when the
+    emulated kernel is slower than the real one: onnxruntime runs the float Conv behind an unfused
     DequantizeLinear in plain NCHW, not in the NCHWc layout the float graph gets.
     """
 
@@ -58,18 +61,19 @@ class Precision:
     """Joules per multiply-accumulate."""
     emulated_as: str | None = None
     emulated_abits: int | None = None
-    """Activation bits of the kernel that really runs (None: float); tells whether activations need a
-    DequantizeLinear before the kernel."""
+    """Activation bits of the kernel that really runs (None: float); tells whether activations need
+    a DequantizeLinear before the kernel."""
     weight_unpack: float | None = None
     """Seconds per weight element an emulated pair spends unpacking stored weights on every run;
     None means the spec's DequantizeLinear per-element overhead."""
     weight_unpack_ops: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    """Per-op overrides of ``weight_unpack``: onnxruntime turns DequantizeLinear(int8) -> MatMul into
-    MatMulNBits, which unpacks nothing per run, while a Conv still dequantizes and repacks its weight."""
+    """Per-op overrides of ``weight_unpack``: onnxruntime turns DequantizeLinear(int8) -> MatMul
+    into MatMulNBits, which unpacks nothing per run, while a Conv still dequantizes and repacks its
+    weight."""
     depthwise_throughput: float | None = None
-    """Multiply-accumulates per second of depthwise convolutions (one input channel per group), when the
-    kernel runs them far below ``throughput``: each weight is reused only across a k x k window, so SIMD
-    GEMM kernels do not apply.  None: the same as ``throughput``."""
+    """Multiply-accumulates per second of depthwise convolutions (one input channel per group), when
+    the kernel runs them far below ``throughput``: each weight is reused only across a k x k window,
+    so SIMD GEMM kernels do not apply.  None: the same as ``throughput``."""
     weight_grid_bits: int | None = None
     """The widest weight grid the pair's kernel computes exactly, when narrower than ``wbits``: x86
     CPUs without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of
@@ -81,7 +85,8 @@ class Precision:
 
     @property
     def integer_kernel(self) -> bool:
-        """Whether the kernel that runs is an integer one (native, or emulated in a wider integer pair)."""
+        """Whether the kernel that runs is an integer one (native, or emulated in a wider integer
+        pair)."""
         return not self.is_float and (self.native or self.emulated_abits is not None)
 
     def unpack(self, op_type: str) -> float | None:
@@ -114,9 +119,10 @@ class Precision:
 class BitScaling:
     """Bit-flexible rule: a pair (w, a) runs ``(W·A)/(w·a)`` times faster than the anchor (W, A).
 
-    This is the cycle model of bit-serial BISMO (cycles ∝ w·a, HAQ §4) and of BitFusion's 2-bit bricks
-    (MOHAQ's s = 256/(w·a) against 16×16), capped at ``max_speedup`` (MOHAQ caps BitFusion at 64).
-    Energy per MAC scales the same way: the work is (w·a)/(W·A) of the anchor's bit-level operations.
+    This is the cycle model of bit-serial BISMO (cycles ∝ w·a, HAQ §4) and of BitFusion's 2-bit
+    bricks (MOHAQ's s = 256/(w·a) against 16×16), capped at ``max_speedup`` (MOHAQ caps BitFusion at
+    64).  Energy per MAC scales the same way: the work is (w·a)/(W·A) of the anchor's bit-level
+    operations.
     """
 
     anchor: Precision
@@ -196,21 +202,23 @@ class HardwareSpec:
     bit_scaling: BitScaling | None = None
     threads: int | None = None
     packed_operands: bool = False
-    """Operands are stored and moved at exactly their bit-width (bit-serial or bit-fused datapaths), not in
-    the ONNX container of the written model (INT8 for 5-7 bits, INT4 for 3)."""
+    """Operands are stored and moved at exactly their bit-width (bit-serial or bit-fused datapaths),
+    not in the ONNX container of the written model (INT8 for 5-7 bits, INT4 for 3)."""
     integer_layout: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Op type -> the op that converts to and from the layout its integer kernel runs in (onnxruntime's
-    QLinearConv is NHWC: a Transpose in and out at the boundaries of a run of integer convs)."""
+    """Op type -> the op that converts to and from the layout its integer kernel runs in
+    (onnxruntime's QLinearConv is NHWC: a Transpose in and out at the boundaries of a run of integer
+    convs)."""
     session_overhead: float = 0.0
     """Seconds one inference call costs besides its ops (the runtime's own bookkeeping)."""
     fused_activations: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    """Kernel kind ('float', 'emulated', 'integer'; see ``Precision.kernel_kind``) -> activation op types a
-    kernel of that kind applies in its own output loop, at no cost; 'emulated' defaults to 'float'.
-    onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float NCHWc Conv, not HardSwish into the
-    plain-NCHW Conv behind a weight DequantizeLinear; an integer kernel absorbs only Relu (its output
-    quantizer clips at zero), so the others run as separate float ops on the dequantized output."""
+    """Kernel kind ('float', 'emulated', 'integer'; see ``Precision.kernel_kind``) -> activation op
+    types a kernel of that kind applies in its own output loop, at no cost; 'emulated' defaults to
+    'float'.  onnxruntime fuses Relu, Clip, Sigmoid, HardSwish... into a float NCHWc Conv, not
+    HardSwish into the plain-NCHW Conv behind a weight DequantizeLinear; an integer kernel absorbs
+    only Relu (its output quantizer clips at zero), so the others run as separate float ops on the
+    dequantized output."""
 
     # -- precisions -------------------------------------------------------------------------------
 
@@ -229,8 +237,8 @@ class HardwareSpec:
     ) -> Precision:
         """The cost entry of a pair, or ``UnsupportedPrecisionError`` naming what the chip runs.
 
-        A ``_signed`` entry is used when ``act_signed`` and the spec has one; a spec without it does not
-        distinguish signedness (accelerators), so the plain entry answers.
+        A ``_signed`` entry is used when ``act_signed`` and the spec has one; a spec without it does
+        not distinguish signedness (accelerators), so the plain entry answers.
         """
         found = self._lookup(wbits, abits, act_signed)
         if found is None:
@@ -238,7 +246,8 @@ class HardwareSpec:
                 ["float"] if self.runs_float else []
             )
             raise UnsupportedPrecisionError(
-                f"spec {self.name!r} cannot run {precision_key(wbits, abits, act_signed)}; supported: {', '.join(supported)}"
+                f"spec {self.name!r} cannot run {precision_key(wbits, abits, act_signed)}; "
+                f"supported: {', '.join(supported)}"
             )
         return found
 
@@ -265,11 +274,11 @@ class HardwareSpec:
         wbits_allowed: list[int] | tuple[int, ...] | None = None,
         abits_allowed: list[int] | tuple[int, ...] | None = None,
     ) -> list[tuple[int, int]]:
-        """Integer (w, a) pairs the chip runs, intersected with the user's lists, high precision first.
+        """Integer (w, a) pairs the chip runs, within the user's lists, high precision first.
 
-        Order: by ``w·a`` (the BOPs factor) descending, then activation bits, then weight bits — so the
-        first entry is the safest choice and strategies that walk down a list (HAQ, AMP) go cheaper.
-        Float is not a pair here; ask ``runs_float``.
+        Order: by ``w·a`` (the BOPs factor) descending, then activation bits, then weight bits — so
+        the first entry is the safest choice and strategies that walk down a list (HAQ, AMP) go
+        cheaper.  Float is not a pair here; ask ``runs_float``.
         """
         pairs = [
             (w, a)
@@ -281,7 +290,7 @@ class HardwareSpec:
         ]
         return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0]))
 
-    # -- memory, overheads, ops ----------------------------------------------------------------------
+    # -- memory, overheads, ops --------------------------------------------------------------------
 
     def memory_level_for(self, working_set_bytes: float) -> MemoryLevel:
         """The nearest level the working set fits in; the farthest level when it fits nowhere."""
@@ -291,7 +300,8 @@ class HardwareSpec:
         return self.memory[-1]
 
     def fuses(self, kernel_kind: str, op_type: str) -> bool:
-        """Does a ``kernel_kind`` kernel ('float', 'emulated', 'integer') apply activation ``op_type`` for free?"""
+        """Does a ``kernel_kind`` kernel ('float', 'emulated', 'integer') apply activation
+        ``op_type`` for free?"""
         fallback = (
             self.fused_activations.get("float", frozenset())
             if kernel_kind == "emulated"

@@ -1,12 +1,12 @@
 """Physical quantities in specs: plain numbers in base units, or strings with a unit.
 
-Datasheets quote "25.6 GB/s", "1 MiB", "0.9 pJ", "4 us"; converting by hand is where spec bugs come from.
-So every quantity field accepts either a number in the base unit of its dimension or a string
-``"<number> <unit>"``.  The schema restricts each field to the units of its own dimension (a bandwidth
-written in pJ is rejected there, with the allowed units named); this module only converts.
+Datasheets quote "25.6 GB/s", "1 MiB", "0.9 pJ", "4 us"; converting by hand is where spec bugs come
+from.  So every quantity field accepts either a number in the base unit of its dimension or a string
+``"<number> <unit>"``.  The schema restricts each field to the units of its own dimension (a
+bandwidth written in pJ is rejected there, with the allowed units named); this module only converts.
 
-Throughput is counted in multiply-accumulates per second.  ``op/s`` units are accepted too and follow the
-usual convention that one MAC is two operations, so "1 TOP/s" means 5e11 MAC/s.
+Throughput is counted in multiply-accumulates per second.  ``op/s`` units are accepted too and
+follow the usual convention that one MAC is two operations, so "1 TOP/s" means 5e11 MAC/s.
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ _COMMON = {
 
 def allowed_units(dimension: str) -> str:
     """A short human list of accepted units, for error messages and docs."""
-    return f"a non-negative number in {BASE_UNIT[dimension]} or a string such as '{_EXAMPLE[dimension]}' ({_COMMON[dimension]}, ...)"
+    return (
+        f"a non-negative number in {BASE_UNIT[dimension]} or a string such as "
+        f"'{_EXAMPLE[dimension]}' ({_COMMON[dimension]}, ...)"
+    )
 
 
 def to_base(value: float | int | str, dimension: str) -> float:
@@ -86,7 +89,8 @@ _DISPLAY = {
 
 
 def format_quantity(value: float, dimension: str, digits: int = 4) -> str:
-    """``value`` (base unit) as a readable quantity string that ``to_base`` parses back, e.g. '47.9 GMAC/s'."""
+    """``value`` (base unit) as a readable quantity string that ``to_base`` parses back, e.g.
+    '47.9 GMAC/s'."""
     if value == 0:
         return f"0 {BASE_UNIT[dimension]}"
     if value == float("inf"):

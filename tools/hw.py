@@ -1,12 +1,14 @@
 """``mpqc-hw``: list, show, validate and profile hardware specs.
 
     mpqc-hw list                      bundled specs, one line each
-    mpqc-hw show NAME|FILE            the spec as readable tables (precisions, memory, overheads, ops)
+    mpqc-hw show NAME|FILE            the spec as readable tables (precisions, memory,
+                                      overheads, ops)
     mpqc-hw validate FILE...          check spec files against the schema
     mpqc-hw profile -o FILE [--threads N] [--quick] [--base NAME]
                                       measure onnxruntime here and write a fitted spec
 
-Bad input never shows a traceback: one line on stderr and exit status 1 (``-v`` shows the traceback).
+Bad input never shows a traceback: one line on stderr and exit status 1 (``-v`` shows the
+traceback).
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _show(args: argparse.Namespace) -> int:
     reference = "float" if spec.runs_float else "uniform w8a8"
     threads = f", {spec.threads} thread(s)" if spec.threads else ""
     console.print(
-        f"weights {list(spec.weight_bits)} bits, activations {list(spec.act_bits)} bits; reference: {reference}{threads}"
+        f"weights {list(spec.weight_bits)} bits, activations {list(spec.act_bits)} bits; "
+        f"reference: {reference}{threads}"
     )
     for line in _runtime_lines(spec):
         console.print(line)
@@ -136,13 +139,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _runtime_lines(spec: HardwareSpec) -> list[str]:
-    """How the runtime shapes costs beyond the tables: call overhead, fusions, layouts, operand packing."""
+    """How the runtime shapes costs beyond the tables: call overhead, fusions, layouts, operand
+    packing."""
     lines = []
     if spec.session_overhead:
         lines.append(f"each inference call: {format_quantity(spec.session_overhead, 'time')}")
     for kind, ops in sorted(spec.fused_activations.items()):
         lines.append(
-            f"fused into {'an' if kind == 'integer' else 'a'} {kind} kernel: {', '.join(sorted(ops)) or 'none'}"
+            f"fused into {'an' if kind == 'integer' else 'a'} {kind} kernel: "
+            f"{', '.join(sorted(ops)) or 'none'}"
         )
     for op, relayout in sorted(spec.integer_layout.items()):
         lines.append(
@@ -185,7 +190,10 @@ def _precision_table(spec: HardwareSpec) -> Table:
             if math.isinf(spec.bit_scaling.max_speedup)
             else f", capped at {spec.bit_scaling.max_speedup:g}x"
         )
-        table.caption = f"other pairs: throughput ∝ 1/(w·a) and energy ∝ w·a from {spec.bit_scaling.anchor.key}{cap}"
+        table.caption = (
+            "other pairs: throughput ∝ 1/(w·a) and energy ∝ w·a "
+            f"from {spec.bit_scaling.anchor.key}{cap}"
+        )
     return table
 
 
@@ -250,11 +258,15 @@ def _profile(args: argparse.Namespace) -> int:
     base = args.base or profiling.base_for_machine()
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda line: None)
     document = profiling.profile(base, args.threads, args.quick, log)
-    header = f"Written by `{PROG} profile{' --quick' if args.quick else ''} --threads {args.threads}`; measured numbers, see provenance."
+    header = (
+        f"Written by `{PROG} profile{' --quick' if args.quick else ''} --threads {args.threads}`; "
+        "measured numbers, see provenance."
+    )
     profiling.write_spec(document, output, header)
     fit = document["provenance"]["fits"][f"threads_{args.threads}"]
     print(
-        f"wrote {output} (base {base}; throughput GMAC/s {fit['throughput_GMAC_s']}; rms log error {fit['rms_log_error']})"
+        f"wrote {output} (base {base}; throughput GMAC/s {fit['throughput_GMAC_s']}; "
+        f"rms log error {fit['rms_log_error']})"
     )
     return 0
 

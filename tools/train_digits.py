@@ -2,12 +2,13 @@
 
 Why it exists: `mpqc` must be runnable, and testable for a real accuracy number, without the user
 bringing a model or a data set. scikit-learn bundles `load_digits` (1797 grayscale 8x8 digits, no
-download), which is enough to train a small CNN to ~98% in well under a minute on two cores.
+download), which is enough to train a small CNN to a real accuracy quickly on a CPU (accuracy and
+training time: bench/RESULTS.md §1).
 
 Why pure numpy: the only heavy dependency is one the project already has. Convolutions are im2col
-(a strided window view, then one matmul), backpropagation is hand-written per layer, the optimizer is
-Adam with a cosine learning-rate decay. Each layer also knows how to emit itself as ONNX nodes, so the
-trained network and the exported graph come from the same description and cannot drift apart.
+(a strided window view, then one matmul), backpropagation is hand-written per layer, the optimizer
+is Adam with a cosine learning-rate decay. Each layer also knows how to emit itself as ONNX nodes,
+so the trained network and the exported graph come from the same description and cannot drift apart.
 
 Why this architecture: it exercises a quantizer the way real CNNs do. A separate BatchNormalization
 (with trained running statistics) after a bias-free Conv gives BN folding real work; a strided Conv,
@@ -19,8 +20,10 @@ a residual Add, a 1x1 Conv, GlobalAveragePool and a Gemm head cover the usual la
 
 Outputs (both reproducible byte for byte for a fixed seed on a given numpy/OpenBLAS build and CPU
 kind; BLAS runs single-threaded because OpenBLAS rounds differently with different thread counts):
-  * `mpqc/models/digits_cnn.onnx` — opset 17, float32, input "image" [N,1,8,8], output "logits" [N,10].
-  * `mpqc/models/digits.npz` — the calibration (200) and evaluation (300) splits; train is not shipped.
+  * `mpqc/models/digits_cnn.onnx` — opset 17, float32, input "image" [N,1,8,8], output "logits"
+    [N,10].
+  * `mpqc/models/digits.npz` — the calibration (200) and evaluation (300) splits; train is not
+    shipped.
 
 Run: `python tools/train_digits.py [--out-dir DIR] [--seed N] [--epochs N]`.
 """
@@ -367,7 +370,8 @@ class Splits:
 
 
 def load_splits(seed: int) -> Splits:
-    """Disjoint stratified train / calibration / evaluation splits of load_digits, pixels in [0, 1]."""
+    """Disjoint stratified train / calibration / evaluation splits of load_digits, pixels in
+    [0, 1]."""
     from sklearn.datasets import load_digits  # imported here: only this dev tool needs scikit-learn
     from sklearn.model_selection import train_test_split
 
@@ -433,8 +437,9 @@ class Adam:
 def random_shift(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Shift each image by -1, 0 or +1 pixel in each direction (zero fill): the augmentation.
 
-    Digits are hand-centred, so a one-pixel jitter is the variation the held-out images show; it buys
-    about half a point of accuracy on an 8x8 grid where the network otherwise memorizes the train set.
+    Digits are hand-centred, so a one-pixel jitter is the variation the held-out images show; it
+    buys accuracy (bench/RESULTS.md §1) on an 8x8 grid where the network otherwise memorizes the
+    train set.
     """
     n, _, height, width = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -494,10 +499,11 @@ def export_onnx(network: Layer, eval_accuracy: float, seed: int) -> onnx.ModelPr
         ir_version=IR_VERSION,
         producer_name="mpqc tools/train_digits.py",
         doc_string=(
-            "mpqc's embedded example model: a small residual CNN classifying scikit-learn's load_digits "
-            "(8x8 grayscale digits; input = pixel/16 in [0,1], NCHW; output = 10 logits). "
-            f"Trained in numpy by tools/train_digits.py (seed {seed}); accuracy {eval_accuracy:.4f} on the "
-            "300-image evaluation split shipped in mpqc/models/digits.npz."
+            "mpqc's embedded example model: a small residual CNN classifying scikit-learn's "
+            "load_digits (8x8 grayscale digits; input = pixel/16 in [0,1], NCHW; output = 10 "
+            f"logits). Trained in numpy by tools/train_digits.py (seed {seed}); accuracy "
+            f"{eval_accuracy:.4f} on the 300-image evaluation split shipped in "
+            "mpqc/models/digits.npz."
         ),
     )
     helper.set_model_props(
@@ -580,12 +586,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     n_params = sum(param.size for _, param, _ in network.parameters())
-    print(
-        f"train accuracy   {accuracy(network.forward(splits.train_image, train=False), splits.train_label):.4f}"
-    )
-    print(
-        f"calib accuracy   {accuracy(network.forward(splits.calib_image, train=False), splits.calib_label):.4f}"
-    )
+    train_logits = network.forward(splits.train_image, train=False)
+    print(f"train accuracy   {accuracy(train_logits, splits.train_label):.4f}")
+    calib_logits = network.forward(splits.calib_image, train=False)
+    print(f"calib accuracy   {accuracy(calib_logits, splits.calib_label):.4f}")
     print(
         f"eval accuracy    {eval_accuracy:.4f} (numpy = onnxruntime; max |logit diff| "
         f"{np.abs(ort_logits - numpy_logits).max():.2e})"
@@ -593,9 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"parameters       {n_params} trained")
     print(f"training time    {train_seconds:.1f} s")
     for path in (model_path, args.out_dir / DATA_FILE):
-        print(
-            f"{path}  {path.stat().st_size} bytes  sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}"
-        )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        print(f"{path}  {path.stat().st_size} bytes  sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ def test_bundled_spec_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_every_bundled_number_is_cited_or_marked_estimate(name: str) -> None:
-    """A quantity line must carry a comment: a source tag like [H] / a paper, or 'estimate' with a reason.
-    Tags used in a comment must be defined in the file's header."""
+    """A quantity line must carry a comment: a source tag like [H] / a paper, or 'estimate' with a
+    reason. Tags used in a comment must be defined in the file's header."""
     text = (bundled_dir() / f"{name}.yaml").read_text()
     defined = set(re.findall(r"^#\s+(\[[A-Z]+\])", text, flags=re.M))
     pattern = re.compile(rf"^\s*({'|'.join(QUANTITY_FIELDS)}):\s*[^#\s][^#]*(#.*)?$")
@@ -72,7 +72,8 @@ def test_every_bundled_number_is_cited_or_marked_estimate(name: str) -> None:
 
 @pytest.mark.parametrize("dimension", sorted(units.UNITS))
 def test_schema_unit_patterns_match_the_converter(dimension: str) -> None:
-    """schema.json (what the validator accepts) and units.py (what the loader converts) must agree."""
+    """schema.json (what the validator accepts) and units.py (what the loader converts) must
+    agree."""
     text = json.dumps(schema())
     assert json.dumps(units.pattern(dimension))[1:-1] in text
 
@@ -122,7 +123,8 @@ def test_load_returns_the_same_object_for_an_unchanged_file_and_passes_specs_thr
 
 
 def test_the_readme_example_is_a_valid_spec(tmp_path: Path) -> None:
-    """hwspecs/README.md shows every field; the example must load (base: x86_avx2 fills the rest)."""
+    """hwspecs/README.md shows every field; the example must load (base: x86_avx2 fills the
+    rest)."""
     readme = (Path(hwspecs.__file__).parent / "README.md").read_text()
     example = re.search(r"```yaml\n(.*?)```", readme, re.S)
     assert example is not None

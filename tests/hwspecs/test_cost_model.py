@@ -100,7 +100,7 @@ def test_memory_bound_latency_is_bytes_over_bandwidth_of_the_level_it_fits() -> 
     )
     for desc, level in [(small, "sram"), (big, "dram")]:
         cost = model.layer_cost(desc, 8, 8)
-        bandwidth = next(l.bandwidth for l in spec.memory if l.name == level)
+        bandwidth = next(m.bandwidth for m in spec.memory if m.name == level)
         assert cost.bound == "memory"
         assert cost.latency_s == pytest.approx(
             (cost.weight_bytes + cost.act_bytes) / bandwidth, rel=1e-12
@@ -138,7 +138,7 @@ def test_mohaq_bitfusion_speedup_is_reproduced() -> None:
         / model.layer_cost(conv(macs), w, a).latency_s
         for macs, (w, a) in config
     ]
-    ours = sum(macs * s for (macs, _), s in zip(config, per_layer)) / sum(
+    ours = sum(macs * s for (macs, _), s in zip(config, per_layer, strict=True)) / sum(
         macs for macs, _ in config
     )
     assert ours == pytest.approx(mohaq, rel=1e-12)

@@ -1,4 +1,5 @@
-"""The cost pass reads each layer's surroundings off the graph, the way onnxruntime will run the lowered model."""
+"""The cost pass reads each layer's surroundings off the graph, the way onnxruntime will run the
+lowered model."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The cost model prices the graph mpqc's lowering emits, term by term: conversions, emulated weights,
-narrow-grid clips, activations a kernel cannot fuse, embedding tables, depthwise convs, packed operands."""
+"""The cost model prices the graph mpqc's lowering emits, term by term: conversions, emulated
+weights, narrow-grid clips, activations a kernel cannot fuse, embedding tables, depthwise convs,
+packed operands."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def test_emulated_pair_pays_input_conversions_and_weight_unpack_but_no_output_de
 
 
 def test_weight_unpack_can_differ_per_op() -> None:
-    """onnxruntime runs DequantizeLinear(int8) -> MatMul as MatMulNBits (nothing unpacked per run), while
-    a Conv behind the same DequantizeLinear dequantizes and repacks its weight on every run."""
+    """onnxruntime runs DequantizeLinear(int8) -> MatMul as MatMulNBits (nothing unpacked per run),
+    while a Conv behind the same DequantizeLinear dequantizes and repacks its weight on every
+    run."""
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
     matmul = dataclasses.replace(CONV, op_type="MatMul", kernel=None)
@@ -72,7 +74,8 @@ def test_weight_unpack_can_differ_per_op() -> None:
 
 
 def test_an_op_without_an_integer_instruction_runs_its_float_kernel() -> None:
-    """onnxruntime has no integer LSTM: at w8a8 it dequantizes the weights and runs the float LSTM."""
+    """onnxruntime has no integer LSTM: at w8a8 it dequantizes the weights and runs the float
+    LSTM."""
     spec = hwspecs.load("x86_avx2")
     assert not spec.runs_integer("LSTM")
     model = CostModel(spec)
@@ -113,7 +116,8 @@ def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:
         + relayout.time(CONV.input_elems)
         + relayout.time(CONV.output_elems)
     )
-    # A float kernel behind DequantizeLinear (int4 weights) converts its input whatever its neighbours are.
+    # A float kernel behind DequantizeLinear (int4 weights) converts its input whatever its
+    # neighbours are.
     assert model.layer_cost(inside, 4, 8).latency_s == model.layer_cost(CONV, 4, 8).latency_s
     assert (
         model.layer_cost(inside, None, None).latency_s
@@ -150,7 +154,9 @@ def test_activations_are_free_inside_a_float_kernel_and_separate_ops_after_an_in
 def narrow_activation_spec(tmp_path: Path) -> hwspecs.HardwareSpec:
     document = {
         "base": "x86_avx2",
-        "description": "x86_avx2 with a 6-bit activation grid, which the lowering clips in float first",
+        "description": (
+            "x86_avx2 with a 6-bit activation grid, which the lowering clips in float first"
+        ),
         "bits": {"weights": [2, 4, 8, 16], "activations": [6, 8, 16]},
         "precisions": {
             "w8a6": {"emulated_as": "float", "throughput": "31 GMAC/s", "weight_unpack": "0.5 ns"}
@@ -199,8 +205,8 @@ WORD_TABLE = LayerDesc(
 
 
 def test_an_emulated_embedding_table_is_dequantized_whole_every_run() -> None:
-    """MiniLM: 4-bit word embeddings behind a DequantizeLinear ran 12x slower than float (bench RESULTS);
-    8-bit rows are gathered as integers and only they are scaled."""
+    """MiniLM: 4-bit word embeddings behind a DequantizeLinear run far slower than float
+    (bench/RESULTS.md §5); 8-bit rows are gathered as integers and only they are scaled."""
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
     floating, w8, w4 = (model.layer_cost(WORD_TABLE, *p) for p in [(None, None), (8, 8), (4, 8)])
@@ -212,8 +218,9 @@ def test_an_emulated_embedding_table_is_dequantized_whole_every_run() -> None:
 
 
 def test_data_movement_on_the_quantized_tensor_costs_its_uint8_kernel() -> None:
-    """onnxruntime moves a uint8 QuantizeLinear above a MaxPool: next to a float kernel (int4 weights) the
-    uint8 MaxPool is a slow NCHW loop; inside an integer run, a channel shuffle's Transpose is slow."""
+    """onnxruntime moves a uint8 QuantizeLinear above a MaxPool: next to a float kernel (int4
+    weights) the uint8 MaxPool is a slow NCHW loop; inside an integer run, a channel shuffle's
+    Transpose is slow."""
     spec = hwspecs.load("x86_avx2")
     model = CostModel(spec)
     pooled = dataclasses.replace(CONV, input_ops=("MaxPool",))
@@ -259,8 +266,8 @@ def test_depthwise_convs_run_at_their_own_rate() -> None:
 
 
 def test_bit_serial_chips_move_operands_at_their_bit_width() -> None:
-    """BISMO keeps a 6-bit tensor as 6 bit-planes: a memory-bound layer moves 6/8 of the 8-bit bytes,
-    though the written ONNX model stores both in INT8."""
+    """BISMO keeps a 6-bit tensor as 6 bit-planes: a memory-bound layer moves 6/8 of the 8-bit
+    bytes, though the written ONNX model stores both in INT8."""
     edge = CostModel(hwspecs.load("bismo_edge"))
     elems = 112 * 112 * 96
     depthwise = LayerDesc(

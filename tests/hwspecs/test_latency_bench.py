@@ -1,4 +1,5 @@
-"""bench.latency's bookkeeping: what a prediction is, how configurations are drawn, how they are scored."""
+"""bench.latency's bookkeeping: what a prediction is, how configurations are drawn, how they are
+scored."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def test_layer_desc_of_a_kernel_counts_what_onnxruntime_computes() -> None:
 def test_memory_kernels_land_in_their_levels() -> None:
     spec = hwspecs.load("x86_avx2")
     kernels = memory_kernels([level.capacity for level in spec.memory])
-    for kernel, level in zip(kernels, spec.memory):
+    for kernel, level in zip(kernels, spec.memory, strict=True):
         assert spec.memory_level_for(4 * kernel.weight_params).name == level.name
 
 

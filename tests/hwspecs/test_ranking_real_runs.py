@@ -1,4 +1,5 @@
-"""Does the bundled spec of this kind of machine rank configurations the way onnxruntime runs them?"""
+"""Does the bundled spec of this kind of machine rank configurations the way onnxruntime runs
+them?"""
 
 from __future__ import annotations
 
@@ -24,19 +25,22 @@ X86_AVX2_ONLY = pytest.mark.skipif(
 @X86_AVX2_ONLY
 def test_bundled_x86_avx2_ranks_mixed_configurations_like_onnxruntime() -> None:
     check = ranking_check(hwspecs.load("x86_avx2"), threads=1, min_seconds=0.3)
-    assert check.spearman >= 0.7, list(zip(check.configs, check.measured_s, check.predicted_s))
+    assert check.spearman >= 0.7, list(
+        zip(check.configs, check.measured_s, check.predicted_s, strict=True)
+    )
 
 
 @X86_AVX2_ONLY
 def test_uniform_configurations_order() -> None:
-    """The facts PEERS.md rests on: u8 x s8 beats float; int4 weights and 16-bit activations lose to it."""
+    """The facts PEERS.md rests on: u8 x s8 beats float; int4 weights and 16-bit activations lose
+    to it."""
     from mpqc.hwspecs.kernels import build_chain
 
     spec = hwspecs.load("x86_avx2")
     names = ["u8s8", "float", "u8s4", "u16s8"]
     layers = [[(k, name) for k in RANKING_CHAIN] for name in names]
-    measured = dict(zip(names, time_models([build_chain(l) for l in layers], 1, 0.3)))
-    predicted = {name: predicted_latency(spec, l) for name, l in zip(names, layers)}
+    measured = dict(zip(names, time_models([build_chain(c) for c in layers], 1, 0.3), strict=True))
+    predicted = {name: predicted_latency(spec, c) for name, c in zip(names, layers, strict=True)}
     for faster, slower in [("u8s8", "float"), ("float", "u8s4"), ("float", "u16s8")]:
         assert measured[faster] < measured[slower]
         assert predicted[faster] < predicted[slower]
@@ -44,8 +48,9 @@ def test_uniform_configurations_order() -> None:
 
 @X86_AVX2_ONLY
 def test_cost_pass_ranks_lowered_digits_configurations_like_onnxruntime() -> None:
-    """bench.latency on the embedded model: float, uniform, random mixes and searched configurations,
-    lowered by mpqc and timed by onnxruntime (a generous bound: a tiny model on a shared machine)."""
+    """bench.latency on the embedded model: float, uniform, random mixes and searched
+    configurations, lowered by mpqc and timed by onnxruntime (a generous bound: a tiny model on a
+    shared machine)."""
     from bench.latency import digits_case, run_case, score
 
     spec = hwspecs.load("x86_avx2")

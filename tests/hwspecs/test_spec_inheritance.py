@@ -1,4 +1,5 @@
-"""``base:`` inheritance: deep merge, null deletes, relative paths, names, and what the child changes."""
+"""``base:`` inheritance: deep merge, null deletes, relative paths, names, and what the child
+changes."""
 
 from __future__ import annotations
 
