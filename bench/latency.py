@@ -40,10 +40,10 @@ from scipy.stats import spearmanr
 
 from mpqc import hwspecs
 from mpqc import ir as mir
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.hwspecs.kernels import measure_models
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, load_calibration
-from mpqc.passes.lower.lower_qdq import FLOAT_BITS
 from mpqc.pipeline import Pipeline
 from mpqc.search import InfeasibleError
 

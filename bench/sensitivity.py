@@ -47,10 +47,11 @@ import onnx_ir as ir
 from scipy.stats import spearmanr
 
 import mpqc.ir as mir
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.annotations import sensitivity_key
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, build_pipeline
-from mpqc.passes.lib.evaluator import FLOAT_BITS, Evaluator, Measure, Outputs
+from mpqc.passes.lib.evaluator import Evaluator, Measure, Outputs
 from mpqc.passes.lib.runtime import session
 
 WBITS = (2, 3, 4, 8)

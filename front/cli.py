@@ -20,12 +20,12 @@ from typing import Any
 from mpqc.cli_support import (
     EXIT_OK,
     ArgumentParser,
-    UsageError,
     add_eval_argument,
     add_ir_dump_arguments,
     ir_printer,
     run_command,
 )
+from mpqc.core.errors import UsageError
 
 __all__ = ["main"]
 

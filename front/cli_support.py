@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from mpqc.core.errors import MpqcError
 from mpqc.passes.infra.instruments import Instrument, IRPrinter
 
 __all__ = [
@@ -43,26 +44,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-class UsageError(ValueError):
-    """A command-line option that cannot be honoured (a missing optional package, an unreachable service)."""
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the input is wrong', from every layer."""
     import onnx_ir as ir
 
-    from mpqc.hwspecs import SpecError
-    from mpqc.ir import ModelError
-    from mpqc.passes import DataError, PassError
-    from mpqc.search import SearchError
-
     return (
-        UsageError,
-        ModelError,
-        SpecError,
-        DataError,
-        PassError,
-        SearchError,
+        MpqcError,
         ir.passes.PreconditionError,
         FileNotFoundError,
         PermissionError,

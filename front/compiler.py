@@ -19,10 +19,10 @@ import onnx_ir as ir
 
 from mpqc import hwspecs
 from mpqc import ir as mir
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, PassError, format_pipeline, load_calibration, parse_pipeline
 from mpqc.passes.infra.instruments import Instrument, Snapshot, Timing
-from mpqc.passes.lower.lower_qdq import FLOAT_BITS, parse_bits
 from mpqc.pipeline import Pipeline
 from mpqc.report import Explainer, Explanation, explain
 
@@ -133,7 +133,7 @@ def default_candidates(spec: hwspecs.HardwareSpec) -> tuple[tuple[int, ...], tup
 
 def _check_uniform(uniform: str, spec: hwspecs.HardwareSpec) -> None:
     try:
-        wbits, abits = parse_bits(uniform)
+        wbits, abits = Bits.parse(uniform)
     except ValueError as exc:
         raise PassError(str(exc)) from None
     if wbits != FLOAT_BITS and wbits not in spec.weight_bits:
@@ -190,7 +190,7 @@ def compile(
             raise PassError(
                 "--weight-only quantizes every weight at one width (no spec prices float-activation pairs to search): drop the budgets"
             )
-        uniform = f"w{parse_bits(uniform)[0] if uniform else 4}a{FLOAT_BITS}"
+        uniform = str(Bits(Bits.parse(uniform).w if uniform else 4, FLOAT_BITS))
     if uniform and constraints:
         raise PassError(
             "--uniform fixes every layer's bits, so budgets cannot apply: drop one of them"
@@ -232,7 +232,7 @@ def compile(
     if (
         recover is None
     ):  # on with data, unless every weight is uniformly 8 bits or more (nothing to recover)
-        recover = calibration is not None and (not uniform or parse_bits(uniform)[0] < 8)
+        recover = calibration is not None and (not uniform or Bits.parse(uniform)[0] < 8)
     text = pipeline or default_pipeline(
         uniform=uniform,
         calibrated=calibration is not None and not weight_only,
@@ -297,7 +297,7 @@ def emit_front(
         model = analysed.clone()
         for layer in mir.quantizable_layers(model.graph):
             if layer.name in point["bits"]:
-                wbits, abits = parse_bits(point["bits"][layer.name])
+                wbits, abits = Bits.parse(point["bits"][layer.name])
                 annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
         lower.run_ir(model)
         size = int(point["objectives"].get("size", 0))

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
-from mpqc.passes.lib.grid import FLOAT_BITS
 
 __all__ = [
     "Candidate",
@@ -48,7 +49,7 @@ __all__ = [
 PINNED = "pinned (first/last compute layer)"
 
 
-class ReportFormatError(ValueError):
+class ReportFormatError(MpqcError):
     """``--report`` names a file whose format mpqc cannot write."""
 
 

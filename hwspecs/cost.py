@@ -56,7 +56,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
-from mpqc.hwspecs.spec import FLOAT_BITS, HardwareSpec, Precision
+from mpqc.core.bits import FLOAT_BITS
+from mpqc.hwspecs.spec import HardwareSpec, Precision
 
 CONTAINER_BITS = (2, 4, 8, 16, 32)
 """ONNX tensor element widths a quantized value is stored in (INT2/INT4/INT8/INT16, float32)."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpqc.core.errors import MpqcError
 
-class SpecError(ValueError):
+
+class SpecError(MpqcError):
     """A hardware spec could not be loaded; the message is one line naming file, field and fix."""
 
     def __init__(self, source: str | Path, field: str, problem: str, allowed: str | None = None):
         self.source = str(source)
-        self.field = field
+        self.spec_field = field
         self.problem = problem
         self.allowed = allowed
         where = f"{self.source}: {field}" if field else self.source

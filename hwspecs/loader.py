@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mpqc.core.bits import Bits
 from mpqc.hwspecs import units
 from mpqc.hwspecs.errors import SpecError
 from mpqc.hwspecs.spec import (
@@ -38,7 +38,6 @@ from mpqc.hwspecs.spec import (
 )
 
 MAX_SPEC_BYTES = 1 << 20
-_KEY = re.compile(r"^w(\d+)a(\d+)(_signed)?$")
 
 
 def bundled_dir() -> Path:
@@ -237,9 +236,9 @@ def validate_document(path: Path, document: dict[str, Any]) -> None:
 def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:
     if key == "float":
         return None, None, False
-    match = _KEY.match(key)
-    assert match is not None  # the schema's propertyNames pattern guarantees it
-    return int(match.group(1)), int(match.group(2)), bool(match.group(3))
+    # the schema's propertyNames pattern guarantees the form; a spec may list 1-bit pairs
+    bits = Bits.parse(key.removesuffix("_signed"), widths=None)
+    return bits.w, bits.a, key.endswith("_signed")
 
 
 def _positive(path: Path, field: str, value: float) -> float:

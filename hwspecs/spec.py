@@ -25,9 +25,6 @@ from types import MappingProxyType
 
 from mpqc.hwspecs.errors import UnsupportedPrecisionError
 
-FLOAT_BITS = 32
-"""Bits a float operand counts for (BOPs, bytes): the float type the CPU providers compute in."""
-
 
 def precision_key(wbits: int | None, abits: int | None, act_signed: bool = False) -> str:
     """The spec key of a pair: ``float`` or ``w<W>a<A>`` (``_signed`` for signed activations)."""

@@ -20,6 +20,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from mpqc.core.errors import MpqcError
+
 __all__ = ["ModelError", "ModelLike", "as_kind", "check_writable", "load", "save", "tensor_bytes"]
 
 #: Anything ``load`` accepts.
@@ -31,7 +33,7 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 _EXTERNAL_THRESHOLD = 1024
 
 
-class ModelError(ValueError):
+class ModelError(MpqcError):
     """The input is not a usable ONNX model (missing, truncated, not ONNX, unsupported kind)."""
 
 

@@ -29,6 +29,9 @@ from types import MappingProxyType
 import networkx as nx
 import numpy as np
 
+from mpqc.core.bits import Bits
+from mpqc.core.errors import MpqcError
+
 Pair = tuple[int, int]
 """``(wbits, abits)``; 32 means float."""
 
@@ -38,8 +41,6 @@ Config = np.ndarray
 ERROR = "error"
 """The objective name of the (exact or proxy) error; every other objective is a cost table."""
 
-FLOAT_BITS = 32
-
 DEFAULT_UNITS: Mapping[str, str] = MappingProxyType(
     {"size": "B", "latency": "s", "energy": "J", "bops": "BOPs"}
 )
@@ -48,7 +49,7 @@ FEASIBILITY_RTOL = 1e-9
 """Relative slack when comparing a summed cost with its limit (float sums are not exact)."""
 
 
-class SearchError(ValueError):
+class SearchError(MpqcError):
     """A search was asked for something that does not exist or does not fit the problem."""
 
 
@@ -107,12 +108,6 @@ def format_value(value: float, unit: str = "") -> str:
         if abs(value) >= scale:
             break
     return f"{value / scale:.3g} {prefix}{unit}".rstrip()
-
-
-def pair_name(pair: Pair) -> str:
-    """``(8, 8)`` -> ``"w8a8"``; float operands print as ``f``: ``(32, 8)`` -> ``"wfa8"``."""
-    w, a = ("f" if b >= FLOAT_BITS else str(b) for b in pair)
-    return f"w{w}a{a}"
 
 
 def _frozen_array(values: object, dtype: type) -> np.ndarray:
@@ -353,7 +348,7 @@ class Problem:
             else:
                 config = np.array(indices, dtype=np.int64)
                 config.setflags(write=False)
-                configs[pair_name(pair)] = config
+                configs[str(Bits(*pair))] = config
         return configs
 
     def safest(self) -> Config:

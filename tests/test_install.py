@@ -18,8 +18,8 @@ import pytest
 import mpqc
 
 REPO = pathlib.Path(mpqc.__file__).resolve().parent.parent
-SUBPACKAGES = ["mpqc.ir", "mpqc.passes", "mpqc.search", "mpqc.hwspecs", "mpqc.tools"]
-BARE = ["ir", "passes", "search", "hwspecs", "tools"]
+SUBPACKAGES = ["mpqc.core", "mpqc.ir", "mpqc.passes", "mpqc.search", "mpqc.hwspecs", "mpqc.tools"]
+BARE = ["core", "ir", "passes", "search", "hwspecs", "tools"]
 
 
 def _site_dirs() -> list[pathlib.Path]:

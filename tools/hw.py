@@ -25,14 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mpqc import hwspecs
+from mpqc.core.errors import UsageError
 from mpqc.hwspecs import HardwareSpec, SpecError, UnsupportedPrecisionError
 from mpqc.hwspecs.units import format_quantity
 
 PROG = "mpqc-hw"
-
-
-class UsageError(Exception):
-    """A command line that argparse rejected; reported like every other user error."""
 
 
 class _Parser(argparse.ArgumentParser):

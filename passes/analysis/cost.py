@@ -22,6 +22,7 @@ import math
 
 import onnx_ir as ir
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisionError
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
@@ -29,7 +30,7 @@ from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lower.footprint import FLOAT_BITS, stored_bytes
+from mpqc.passes.lower.footprint import stored_bytes
 
 __all__ = ["CostAnalysis", "candidate_key"]
 

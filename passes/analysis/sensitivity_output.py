@@ -28,11 +28,12 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
 from mpqc.passes.infra.base import PassError, option
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.evaluator import FLOAT_BITS, Config, Evaluator, Measure
+from mpqc.passes.lib.evaluator import Config, Evaluator, Measure
 
 __all__ = ["SensitivityOutput"]
 

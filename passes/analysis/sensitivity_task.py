@@ -17,13 +17,13 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
 from mpqc.passes.infra.base import PassError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.evaluator import FLOAT_BITS
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 
 __all__ = ["SensitivityTask"]

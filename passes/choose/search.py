@@ -34,6 +34,8 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc import search as msearch
+from mpqc.core.bits import FLOAT_BITS, Bits
+from mpqc.core.errors import MpqcError
 from mpqc.hwspecs.units import to_base
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
@@ -42,7 +44,6 @@ from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.pipeline import convert_option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
-from mpqc.passes.lib.grid import FLOAT_BITS
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.search.mohaq import BeaconFn
@@ -52,7 +53,6 @@ __all__ = ["SearchBits", "resolve_budget"]
 _DIMENSION = {"size": "bytes", "latency": "time", "energy": "energy"}
 _COST_FIELD = {"size": "size", "latency": "latency_s", "energy": "energy_j", "bops": "bops"}
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-_PAIR = re.compile(r"^w(\d+)a(\d+)$")
 
 
 def resolve_budget(objective: str, text: str | float, reference: float) -> float:
@@ -82,12 +82,14 @@ def resolve_budget(objective: str, text: str | float, reference: float) -> float
         raise PassError(f"--max-{objective} {text!r}: {exc}") from None
 
 
-def _pairs(table: Mapping[str, object]) -> list[tuple[int, int]]:
+def _pairs(table: Mapping[str, object]) -> list[Bits]:
+    """The bit choices a cost table prices (its other keys are totals), safest first."""
     pairs = []
     for key in table:
-        match = _PAIR.match(key)
-        if match:
-            pairs.append((int(match.group(1)), int(match.group(2))))
+        try:
+            pairs.append(Bits.parse(key, widths=None))
+        except MpqcError:
+            continue
     return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0]))
 
 

@@ -25,13 +25,14 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
+from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
 from mpqc.passes.infra.context import CompileContext
 
 __all__ = ["NoOptions", "Pass", "PassError", "option"]
 
 
-class PassError(ValueError):
+class PassError(MpqcError):
     """A pass cannot run on this model or with these inputs; the message says what to do."""
 
 

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from mpqc.core.errors import MpqcError
+
 __all__ = ["CalibrationData", "DataError", "load_calibration"]
 
 Sample = dict[str, np.ndarray]
 
 
-class DataError(ValueError):
+class DataError(MpqcError):
     """Calibration or evaluation data that does not fit the model."""
 
 

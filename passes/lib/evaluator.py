@@ -81,10 +81,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import (
-    FLOAT_BITS,
     activation_grid,
     activation_qparams,
     fake_quant_weight,
@@ -95,7 +95,7 @@ from mpqc.passes.lib.runtime import session
 from mpqc.passes.lib.target import weight_grid_bits
 from mpqc.passes.lower.lower_qdq import fusable, output_target
 
-__all__ = ["FLOAT_BITS", "Config", "Evaluator", "Measure", "output_error"]
+__all__ = ["Config", "Evaluator", "Measure", "output_error"]
 
 #: Layer name -> (weight bits, activation bits); 32 means float, a missing layer stays float.
 Config = Mapping[str, tuple[int, int]]

@@ -30,7 +30,6 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
-    "FLOAT_BITS",
     "Grid",
     "activation_grid",
     "activation_qparams",
@@ -42,9 +41,6 @@ __all__ = [
     "weight_grid",
     "weight_scales",
 ]
-
-#: The bit-width that means "not quantized: stays float", in choices, annotations and configurations.
-FLOAT_BITS = 32
 
 _SIGNED = {2: ir.DataType.INT2, 4: ir.DataType.INT4, 8: ir.DataType.INT8, 16: ir.DataType.INT16}
 _UNSIGNED = {

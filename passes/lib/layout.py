@@ -32,8 +32,9 @@ import dataclasses
 
 import numpy as np
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.lib.grid import FLOAT_BITS, weight_grid
+from mpqc.passes.lib.grid import weight_grid
 
 __all__ = [
     "DEFAULT_NBITS_BLOCK",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpqc.passes.lib.grid import FLOAT_BITS
+from mpqc.core.bits import FLOAT_BITS
 
 __all__ = ["weight_grid_bits"]
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.lib.grid import FLOAT_BITS, Grid, activation_grid, weight_grid
+from mpqc.passes.lib.grid import Grid, activation_grid, weight_grid
 from mpqc.passes.lib.layout import WeightLayout, block_axis, kn_weight
 from mpqc.passes.lib.matmul_nbits import nbits_bytes
 from mpqc.passes.lib.target import weight_grid_bits

@@ -38,17 +38,16 @@ the report says so.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import onnx_ir as ir
 
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import (
-    FLOAT_BITS,
     activation_grid,
     activation_qparams,
     min_opset,
@@ -61,21 +60,7 @@ from mpqc.passes.lib.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lib.opset import ensure_opset
 from mpqc.passes.lib.target import weight_grid_bits
 
-__all__ = ["FLOAT_BITS", "LowerQDQ", "fusable", "output_target", "parse_bits"]
-
-_BITS = re.compile(r"^w(\d+)a(\d+)$")
-
-
-def parse_bits(text: str) -> tuple[int, int]:
-    """'w4a8' -> (4, 8); a ValueError with the expected form otherwise."""
-    match = _BITS.match(text.strip().lower())
-    if not match:
-        raise ValueError(f"'{text}' is not a bit choice like w8a8 or w4a8")
-    w, a = int(match.group(1)), int(match.group(2))
-    for kind, bits in (("weight", w), ("activation", a)):
-        if not (2 <= bits <= 16 or bits == FLOAT_BITS):
-            raise ValueError(f"{kind} bits {bits} in '{text}' are outside 2..16 (or 32 for float)")
-    return w, a
+__all__ = ["LowerQDQ", "fusable", "output_target"]
 
 
 @register
@@ -106,7 +91,7 @@ class LowerQDQ(Pass):
 
         def __post_init__(self) -> None:
             if self.uniform:
-                parse_bits(self.uniform)
+                Bits.parse(self.uniform)
             self.layout  # validates block_size and accuracy_level
 
         @property
@@ -214,7 +199,7 @@ class LowerQDQ(Pass):
         """(layer name, bits) to lower — activations float under ``weight_only`` and in bodies — and
         the body layers left float, with their reason."""
         plan, skipped = [], []
-        uniform = parse_bits(self.options.uniform) if self.options.uniform else None
+        uniform = Bits.parse(self.options.uniform) if self.options.uniform else None
         for layer in quantizable_layers(model.graph, subgraphs=True):
             chosen = annotations.BITS.get(layer.node)
             if uniform is not None:

@@ -21,9 +21,9 @@ from typing import Any
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import Evaluator
-from mpqc.passes.lib.grid import FLOAT_BITS
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.recover.recover import Recover, recover_layer, targets
 from mpqc.passes.recover.statistics import InputStatistics, observe_float

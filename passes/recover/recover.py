@@ -53,13 +53,13 @@ import numpy as np
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import (
-    FLOAT_BITS,
     fake_quant_weight,
     quantize_weight_blocked,
     weight_grid,
@@ -67,7 +67,6 @@ from mpqc.passes.lib.grid import (
 )
 from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.target import weight_grid_bits
-from mpqc.passes.lower.lower_qdq import parse_bits
 from mpqc.passes.recover.bias import bias_slot
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, peak_pins, round_levels
@@ -160,7 +159,7 @@ class Recover(Pass):
 
         def __post_init__(self) -> None:
             if self.uniform:
-                parse_bits(self.uniform)
+                Bits.parse(self.uniform)
             if min(self.stages, self.samples, self.positions) < 1:
                 raise ValueError(
                     f"stages, samples and positions must be at least 1, got {self.stages}, {self.samples} and {self.positions}"
@@ -197,7 +196,7 @@ class Recover(Pass):
 
     def _config(self, model: ir.Model) -> dict[str, tuple[int, int]]:
         if self.options.uniform:
-            bits = parse_bits(self.options.uniform)
+            bits = Bits.parse(self.options.uniform)
             return {layer.name: bits for layer in quantizable_layers(model.graph)}
         config = {}
         for layer in quantizable_layers(model.graph):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpqc.search import InfeasibleError, Problem, SearchError
-from mpqc.search.problem import format_value, pair_name
+from mpqc.search.problem import format_value
 from mpqc.search.synthetic import synthetic_problem
 
 
@@ -62,8 +62,7 @@ def test_uniform_configs_skip_pairs_a_layer_cannot_reach() -> None:
     assert list(problem.uniform_configs()) == ["w8a8", "w4a8"]
 
 
-def test_pair_names_and_value_format() -> None:
-    assert pair_name((8, 8)) == "w8a8" and pair_name((32, 8)) == "wfa8"
+def test_value_format() -> None:
     assert format_value(1.5e6, "B") == "1.5 MB"
     assert format_value(0.002, "s") == "2 ms"
 

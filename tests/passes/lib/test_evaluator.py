@@ -18,11 +18,12 @@ import onnxruntime as ort
 import pytest
 from models import build, random_inputs, small_cnn
 
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
 from mpqc.passes.analysis.calibrate import Calibrate
-from mpqc.passes.lib.evaluator import FLOAT_BITS, Evaluator, output_error
+from mpqc.passes.lib.evaluator import Evaluator, output_error
 from mpqc.passes.lower.lower_qdq import LowerQDQ
 
 # r1 is both a graph output and read by two layers (a shared input quantizer when their bits agree);

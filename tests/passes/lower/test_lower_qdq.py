@@ -12,6 +12,7 @@ import pytest
 from models import all_layers, branches, random_inputs, run_ort, small_cnn, small_cnn_opset
 
 from mpqc import ir as mir
+from mpqc.core.bits import Bits
 from mpqc.ir import annotations as A
 from mpqc.passes import CompileContext, PassManager, get, load_calibration
 from mpqc.passes.lib.grid import (
@@ -22,7 +23,6 @@ from mpqc.passes.lib.grid import (
     weight_grid,
     weight_scales,
 )
-from mpqc.passes.lower.lower_qdq import parse_bits
 
 CHOICES = ["w8a8", "w4a8", "w2a8", "w3a8", "w6a6", "w8a16", "w16a16"]
 _CONTAINER = {
@@ -313,7 +313,7 @@ def _lower_and_compare(
     lowered = _lower(_copy(serialized), uniform=choice)
     proto = ir.to_proto(lowered)
     onnx.checker.check_model(proto, full_check=True)
-    wbits, abits = parse_bits(choice)
+    wbits, abits = Bits.parse(choice)
     names = {layer.name for layer in mir.quantizable_layers(reference.graph)}
     probe = random_inputs(small_cnn(), 1, seed=_PROBE_SEED, batch=2)[0]
     expected = _simulate(reference, {name: (wbits, abits) for name in names}, probe)
@@ -329,7 +329,7 @@ def test_lowered_graph_computes_exactly_the_grids_numbers(
     lowered = _lower(_copy(serialized), uniform=choice)
     onnx.checker.check_model(ir.to_proto(lowered), full_check=True)
     bits = {
-        layer.node.outputs[0].name: parse_bits(choice)
+        layer.node.outputs[0].name: Bits.parse(choice)
         for layer in mir.quantizable_layers(reference.graph)
     }
     _check_exact(reference, lowered, bits, samples[0])
@@ -360,7 +360,7 @@ def test_weights_are_stored_in_their_real_container(
 ) -> None:
     serialized, _ = calibrated_cnn
     lowered = _lower(_copy(serialized), uniform=choice)
-    wbits, abits = parse_bits(choice)
+    wbits, abits = Bits.parse(choice)
     for original in ("w1", "w2", "w3", "w4"):
         assert original not in lowered.graph.initializers  # the float weight is gone
         stored = lowered.graph.initializers[f"{original}.w{wbits}"]
@@ -577,7 +577,7 @@ def test_every_layer_kind_lowers_with_its_channel_axis(choice: str, calibrate_pa
     _lower(model, context, uniform=choice)
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
     trace = _trace(ir.to_proto(model), samples[0])
-    wbits, _ = parse_bits(choice)
+    wbits, _ = Bits.parse(choice)
     lowered = {n.outputs[0].name: n for n in model.graph}
     kinds = set()
     for layer in mir.quantizable_layers(reference.graph):

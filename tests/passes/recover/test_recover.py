@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from models import build, random_inputs, small_cnn
 
 from mpqc import hwspecs
+from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassError
 from mpqc.passes.analysis.calibrate import Calibrate
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight_blocked, weight_grid
-from mpqc.passes.lower.lower_qdq import LowerQDQ, parse_bits
+from mpqc.passes.lower.lower_qdq import LowerQDQ
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import gptq_levels, peak_pins
@@ -381,7 +382,7 @@ def test_blocked_layouts_are_rounded_on_their_own_grid(uniform: str, layout: dic
         assert block and np.array_equal(fake_quant_weight(weight, 4, 1, block, 0), weight)
     lowered = recovered.clone()
     LowerQDQ(context=CompileContext(), uniform=uniform, accuracy_level=1, **layout)(lowered)
-    config = {layer.name: parse_bits(uniform) for layer in quantizable_layers(recovered.graph)}
+    config = {layer.name: Bits.parse(uniform) for layer in quantizable_layers(recovered.graph)}
     got = Evaluator(
         recovered, samples, wbits=(4,), layout=dataclasses.replace(options.layout, accuracy_level=1)
     ).run(config)
