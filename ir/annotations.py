@@ -109,7 +109,8 @@ def registered_keys() -> dict[str, AnnotationKey[Any]]:
 
 
 def annotated(model: ir.Model) -> Iterator[Annotated]:
-    """Every object of ``model`` that can carry an annotation: the model, nodes and values, subgraphs included."""
+    """Every object of ``model`` that can carry an annotation: the model, nodes and values,
+    subgraphs included."""
     yield model
     for graph in (model.graph, *model.graph.subgraphs()):
         yield from graph.inputs
@@ -155,7 +156,10 @@ BITS: AnnotationKey[dict[str, int]] = AnnotationKey(
 COST: AnnotationKey[dict[str, dict[str, float]]] = AnnotationKey(
     "mpqc.cost",
     "node",
-    doc="Per candidate 'w{w}a{a}' (and 'float'): latency_s, energy_j, bytes, bops from the hardware spec.",
+    doc=(
+        "Per candidate 'w{w}a{a}' (and 'float'): latency_s, energy_j, bytes, bops from the "
+        "hardware spec."
+    ),
 )
 MODEL_COST: AnnotationKey[dict[str, Any]] = AnnotationKey(
     "mpqc.cost.total",
@@ -165,19 +169,26 @@ MODEL_COST: AnnotationKey[dict[str, Any]] = AnnotationKey(
 PARETO: AnnotationKey[dict[str, Any]] = AnnotationKey(
     "mpqc.pareto",
     "model",
-    doc="The search's front: strategy, objectives, points (bits per layer and objective values), chosen index.",
+    doc=(
+        "The search's front: strategy, objectives, points (bits per layer and objective values), "
+        "chosen index."
+    ),
 )
 REPORT: AnnotationKey[dict[str, Any]] = AnnotationKey(
     "mpqc.report",
     "model",
-    doc="Results of verification and notes that the final report shows (e.g. layers left float and why).",
+    doc=(
+        "Results of verification and notes that the final report shows (e.g. layers left float "
+        "and why)."
+    ),
 )
 
 SENS_PREFIX = "mpqc.sens."
 
 
 def sensitivity_key(metric: str) -> AnnotationKey[dict[str, float]]:
-    """The key ``mpqc.sens.<metric>``: per candidate 'w{w}a{a}', a damage score (higher is worse)."""
+    """The key ``mpqc.sens.<metric>``: per candidate 'w{w}a{a}', a damage score (higher is
+    worse)."""
     name = SENS_PREFIX + metric
     existing = _REGISTRY.get(name)
     if existing is not None:

@@ -68,7 +68,8 @@ def _consumed_values(node: ir.Node) -> list[ir.Value]:
 
 
 def _captured(graph: ir.Graph) -> list[ir.Value]:
-    """Values a subgraph reads from enclosing graphs (not its own inputs, initializers or outputs)."""
+    """Values a subgraph reads from enclosing graphs (not its own inputs, initializers or
+    outputs)."""
     own: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.initializers.values()}
     for node in graph:
         own.update(id(v) for v in node.outputs)

@@ -32,9 +32,11 @@ class Layer:
     node: ir.Node
     weight_index: int
     channel_axis: int
-    #: The input whose activation quantizer this layer owns; None for layers fed by indices (Gather).
+    #: The input whose activation quantizer this layer owns; None for layers fed by indices
+    #: (Gather).
     activation_index: int | None
-    #: Further constant weights quantized at the layer's weight bits, same channel axis (an RNN's R).
+    #: Further constant weights quantized at the layer's weight bits, same channel axis (an
+    #: RNN's R).
     other_weight_indices: tuple[int, ...] = ()
     #: The main-graph node (If/Loop/Scan) whose body holds this layer; None in the main graph.
     host: ir.Node | None = None

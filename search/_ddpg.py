@@ -15,6 +15,7 @@ so a run is reproducible from its seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -30,7 +31,7 @@ class MLP:
     def __init__(self, sizes: list[int], rng: np.random.Generator, sigmoid_output: bool) -> None:
         self.sigmoid_output = sigmoid_output
         self.params: list[np.ndarray] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(pairwise(sizes)):
             last = i == len(sizes) - 2
             bound = _FINAL_LAYER_INIT if last else 1.0 / np.sqrt(fan_in)
             self.params.append(rng.uniform(-bound, bound, size=(fan_in, fan_out)))
@@ -40,7 +41,9 @@ class MLP:
         self.params = [p.copy() for p in other.params]
 
     def soft_update(self, source: MLP, tau: float) -> None:
-        self.params = [(1.0 - tau) * p + tau * s for p, s in zip(self.params, source.params)]
+        self.params = [
+            (1.0 - tau) * p + tau * s for p, s in zip(self.params, source.params, strict=True)
+        ]
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Output and the activations that :meth:`backward` needs."""
@@ -87,7 +90,7 @@ class Adam:
         self.t += 1
         b1, b2, eps = 0.9, 0.999, 1e-8
         correction = np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
+        for p, g, m, v in zip(params, grads, self.m, self.v, strict=True):
             m *= b1
             m += (1.0 - b1) * g
             v *= b2
@@ -145,7 +148,8 @@ def truncated_normal_action(mean: float, sigma: float, rng: np.random.Generator)
     """One sample of N(mean, sigma) truncated to [0, 1] (HAQ's exploration noise).
 
     Inverse-CDF sampling: one uniform draw, two ``ndtr`` and one ``ndtri`` (scipy's
-    ``truncnorm.rvs`` does the same with ~100x the overhead per scalar draw).
+    ``truncnorm.rvs`` does the same with far more overhead per scalar draw; bench/RESULTS.md
+    §3b).
     """
     if sigma <= 0.0:
         return float(np.clip(mean, 0.0, 1.0))

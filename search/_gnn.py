@@ -16,10 +16,10 @@ Why this shape:
 * Message passing uses mean aggregation over the undirected neighbourhood
   (producers and consumers alike) plus a separate self term, 2 rounds, hidden
   32, tanh, with a residual update ``h <- h + tanh(...)``. The residual keeps a
-  node's own features in its embedding whatever its neighbourhood looks like;
-  on the transfer test's graph family (evolve on 24 nodes, apply to 40) it
-  took NEMO from finding the rule in 4/8 seeds and transferring it in 2/8 to
-  8/8 and 7/8.
+  node's own features in its embedding whatever its neighbourhood looks like,
+  which is what lets NEMO find and transfer the rule of the transfer test's
+  graph family (evolve on 24 nodes, apply to 40; seed counts in
+  bench/RESULTS.md §3b).
 * Every input is normalized within its problem (feature columns min-max over
   layers, costs as fractions), so graphs of the same family but different size
   present the network with inputs on the same scale.

@@ -66,7 +66,7 @@ class Evaluator:
                 values = [self.fn(k) for k in missing]
             else:
                 values = list(self.executor.map(self.fn, missing))
-            for key, value in zip(missing, values):
+            for key, value in zip(missing, values, strict=True):
                 value = float(value)
                 self._cache[key] = math.inf if math.isnan(value) else value
         return [self._cache[k] for k in keys]
@@ -119,7 +119,7 @@ def evaluate_uniform(problem: Problem, evaluator: Evaluator) -> dict[str, Point]
     """The uniform reference points (METHODS §8), evaluated like any candidate."""
     uniform = problem.uniform_configs()
     points = evaluate_points(problem, evaluator, list(uniform.values()))
-    return dict(zip(uniform, points))
+    return dict(zip(uniform, points, strict=True))
 
 
 __all__ = [

@@ -36,16 +36,14 @@ mpqc adaptations, and why:
   choice per cost objective stands in (what the hardware sees of the layer).
 * **Error** comes from the evaluator (memoized: a policy seen before costs nothing), not from
   fine-tuning. Default 150 episodes rather than HAQ's 600, since each is an exact evaluation.
-* **Three defaults differ from HAQ's code, on measurement.** With 150 episodes on a 10-layer
-  problem the agent makes ~2 600 updates, not HAQ's ~58 000 (600 episodes × ~100 steps), and
-  HAQ's settings (γ = 1, actor lr 1e-4) did no better than random actions under the same
-  limiting: mean 0.87 vs 0.87 of the way from the all-cheapest policy to the brute-force
-  optimum (tests/search/test_haq.py's problem, 4 seeds). γ = 1 bootstraps every step's value
-  through up to 2L target-network steps although the episode's reward is already on every
-  transition; γ = 0 makes the critic regress that reward directly. With γ = 0 and actor lr 1e-3:
-  mean 0.93 vs 0.88 for random actions over 10 seeds. The same with HAQ's 2×300 networks:
-  0.87 vs 0.88 (4 seeds; plausibly too many weights for ~2 600 updates), so the default
-  width is 64.
+* **Three defaults differ from HAQ's code, on measurement** (bench/RESULTS.md §3b). With 150
+  episodes on a 10-layer problem the agent makes ~2 600 updates, not HAQ's ~58 000 (600
+  episodes × ~100 steps), and HAQ's settings (γ = 1, actor lr 1e-4) did no better than random
+  actions under the same limiting. γ = 1 bootstraps every step's value through up to 2L
+  target-network steps although the episode's reward is already on every transition; γ = 0
+  makes the critic regress that reward directly, and with actor lr 1e-3 the agent beats random
+  actions. HAQ's 2×300 networks do not (plausibly too many weights for ~2 600 updates), so the
+  default width is 64.
   Set ``discount=1, lr_actor=1e-4, hidden=300`` for HAQ's exact configuration.
 
 The result's front is the Pareto set of every evaluated policy (plus the uniform reference
@@ -59,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-try:  # tiny matrices: a multi-threaded BLAS only adds contention (25x slower on a busy box)
+try:  # tiny matrices: a multi-threaded BLAS only adds contention (bench/RESULTS.md §3b)
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover - only a speed-up
     threadpool_limits = None
@@ -122,7 +120,9 @@ class Options:
     pin_first_last: bool = field(
         default=True,
         metadata={
-            "help": "Keep the first and last layers at their safest choice (HAQ pins them at 8 bit)."
+            "help": (
+                "Keep the first and last layers at their safest choice (HAQ pins them at 8 bit)."
+            )
         },
     )
 

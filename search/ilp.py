@@ -6,7 +6,7 @@ One binary ``z[g, k]`` per tie class ``g`` and candidate ``k``; exactly one per 
 "tied layers take equal bits" rows unnecessary: a class *is* one decision. The model is a
 multiple-choice knapsack. `OneHotModel` solves it exactly: HiGHS (``scipy.optimize.milp``)
 for several constraints, a Lagrangian-bounded dynamic program for one (see its docstring for
-why: a 16-budget sweep of a 500-layer × 12-choice problem takes about 0.2 s of CPU).
+why; timings in bench/RESULTS.md §3b).
 
 The Pareto front comes from a budget sweep: the first constraint's objective (else the first
 cost objective) is bounded by ``budgets`` values spaced evenly between its cheapest reachable
@@ -32,14 +32,15 @@ class OneHotModel:
     """The multiple-choice model of a problem over its tie classes, built once, solved often.
 
     HiGHS solves the general model (any number of constraints). With a single constraint —
-    the budget sweep, EAGL's knapsack — handing HiGHS the whole model costs 0.2-1.5 s per
-    budget at 500 layers × 12 choices, so `solve` first bounds the problem (see `_Bound`):
-    the Lagrangian relaxation gives a dual bound ``LB``, a feasible incumbent ``UB`` and each
-    choice's reduced cost ``r``; any configuration costs at least ``LB + Σ r``. An exact
-    dynamic program over (cost, error) Pareto states then only follows partial configurations
-    with ``Σ r ≤ UB − LB``, which is a few thousand states instead of ``12^500``. If a
-    pathological instance still blows the state limit, HiGHS gets the residual problem with
-    every provably useless choice (``r > UB − LB``) removed. All three routes are exact.
+    the budget sweep, EAGL's knapsack — handing HiGHS the whole model is slow per budget at
+    500 layers × 12 choices (bench/RESULTS.md §3b), so `solve` first bounds the problem (see
+    `_Bound`): the Lagrangian relaxation gives a dual bound ``LB``, a feasible incumbent
+    ``UB`` and each choice's reduced cost ``r``; any configuration costs at least
+    ``LB + Σ r``. An exact dynamic program over (cost, error) Pareto states then only follows
+    partial configurations with ``Σ r ≤ UB − LB``, which is a few thousand states instead of
+    ``12^500``. If a pathological instance still blows the state limit, HiGHS gets the
+    residual problem with every provably useless choice (``r > UB − LB``) removed. All three
+    routes are exact.
     """
 
     def __init__(
@@ -353,7 +354,7 @@ class _Bound:
             cost, error, slack = cost[staircase], error[staircase], slack[staircase]
             trail.append((parent[staircase], picked[staircase]))
         state = int(np.argmin(error))
-        for g, (parent, picked) in zip(free[::-1], trail[::-1]):
+        for g, (parent, picked) in zip(free[::-1], trail[::-1], strict=True):
             genes[g] = picked[state]
             state = int(parent[state])
         return genes

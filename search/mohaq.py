@@ -106,7 +106,7 @@ class Beacons:
         """The estimate for each configuration, in order (beacons are created in this order)."""
         plain = self.evaluator.many(configs)
         estimates = []
-        for config, error in zip(configs, plain):
+        for config, error in zip(configs, plain, strict=True):
             near = self.nearest(config)
             if near is None or near[1] > self.threshold:
                 if len(self.configs) < self.budget and self.problem.feasible(config):

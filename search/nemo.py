@@ -283,7 +283,7 @@ class Evolution:
             self.archive.setdefault(point.config, point)
         return [
             Individual(g, c, p, _violation(self.problem, c))
-            for g, c, p in zip(genomes, configs, points)
+            for g, c, p in zip(genomes, configs, points, strict=True)
         ]
 
     def _matrix(self, individuals: Sequence[Individual]) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +296,9 @@ class Evolution:
         """Score the initial population: equal species sizes, or the given genomes."""
         if genomes is None:
             sizes = species_sizes([1] * len(self.species), self.options.population, self.floor)
-            genomes = {s.name: s.initial(n, self.rng) for s, n in zip(self.species, sizes)}
+            genomes = {
+                s.name: s.initial(n, self.rng) for s, n in zip(self.species, sizes, strict=True)
+            }
         self.members = {s.name: self._score(s, list(genomes[s.name])) for s in self.species}
 
     # -- resizing
@@ -305,7 +307,9 @@ class Evolution:
         union = [(s.name, ind) for s in self.species for ind in self.members[s.name]]
         objectives, violation = self._matrix([ind for _, ind in union])
         _, rank = _rank_order(objectives, violation)
-        on_front = {(name, ind.point.config) for (name, ind), r in zip(union, rank) if r == 0}
+        on_front = {
+            (name, ind.point.config) for (name, ind), r in zip(union, rank, strict=True) if r == 0
+        }
         return {s.name: sum(1 for name, _ in on_front if name == s.name) for s in self.species}
 
     def sizes(self) -> dict[str, int]:
@@ -333,7 +337,7 @@ class Evolution:
         new_sizes = species_sizes(
             [counts[s.name] for s in self.species], self.options.population, self.floor
         )
-        for species, size in zip(self.species, new_sizes):
+        for species, size in zip(self.species, new_sizes, strict=True):
             parents = self.members[species.name]
             position = np.empty(len(parents), dtype=np.int64)
             position[self._select_order(parents)] = np.arange(len(parents))

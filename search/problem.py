@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 from types import MappingProxyType
 
 import networkx as nx
@@ -104,9 +105,7 @@ def format_value(value: float, unit: str = "") -> str:
     """``1.5e6, "B"`` -> ``"1.5 MB"``: three significant digits and an SI prefix."""
     if not math.isfinite(value) or value == 0:
         return f"{value:g} {unit}".rstrip()
-    for scale, prefix in _SI_PREFIXES:
-        if abs(value) >= scale:
-            break
+    scale, prefix = next(((s, p) for s, p in _SI_PREFIXES if abs(value) >= s), _SI_PREFIXES[-1])
     return f"{value / scale:.3g} {prefix}{unit}".rstrip()
 
 
@@ -160,7 +159,7 @@ class Problem:
             raise SearchError("a search problem needs at least one layer")
         if len(self.choices) != n:
             raise SearchError(f"{n} layers but {len(self.choices)} choice lists")
-        for name, layer in zip(self.layers, self.choices):
+        for name, layer in zip(self.layers, self.choices, strict=True):
             if not layer:
                 raise SearchError(f"layer {name!r} has no candidate choices")
         set_(
@@ -194,7 +193,8 @@ class Problem:
         for obj in self.objectives:
             if obj != ERROR and obj not in self.costs:
                 raise SearchError(
-                    f"objective {obj!r} is neither 'error' nor one of the costs {sorted(self.costs)}"
+                    f"objective {obj!r} is neither 'error' nor one of the costs "
+                    f"{sorted(self.costs)}"
                 )
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
             raise SearchError(f"objectives must be distinct and non-empty, got {self.objectives}")
@@ -220,7 +220,7 @@ class Problem:
         arrays = tuple(_frozen_array(t, float) for t in tables)  # type: ignore[union-attr]
         if len(arrays) != len(self.layers):
             raise SearchError(f"{what}: {len(arrays)} tables for {len(self.layers)} layers")
-        for name, layer, array in zip(self.layers, self.choices, arrays):
+        for name, layer, array in zip(self.layers, self.choices, arrays, strict=True):
             if array.shape != (len(layer),):
                 raise SearchError(
                     f"{what} of layer {name!r} has shape {array.shape}, expected ({len(layer)},)"
@@ -247,7 +247,7 @@ class Problem:
     @staticmethod
     def _padded(arrays: tuple[np.ndarray, ...], width: int) -> np.ndarray:
         table = np.full((len(arrays), width), np.inf)
-        for row, array in zip(table, arrays):
+        for row, array in zip(table, arrays, strict=True):
             row[: len(array)] = array
         table.setflags(write=False)
         return table
@@ -323,7 +323,9 @@ class Problem:
 
     def pairs(self, config: object) -> tuple[Pair, ...]:
         """The ``(wbits, abits)`` of every layer under ``config``."""
-        return tuple(layer[int(k)] for layer, k in zip(self.choices, np.asarray(config)))
+        return tuple(
+            layer[int(k)] for layer, k in zip(self.choices, np.asarray(config), strict=True)
+        )
 
     # ------------------------------------------------------- special points
     def uniform_configs(self) -> dict[str, Config]:
@@ -385,7 +387,7 @@ class Problem:
         graph = nx.Graph()
         graph.add_nodes_from(range(self.n_layers))
         for group in self.groups:
-            graph.add_edges_from(zip(group, group[1:]))
+            graph.add_edges_from(pairwise(group))
         classes = [tuple(sorted(c)) for c in nx.connected_components(graph)]
         return tuple(sorted(classes))
 
@@ -422,7 +424,7 @@ class Problem:
     def graph(self) -> nx.DiGraph:
         """The layers as a data-flow graph: node ``l`` has ``name``, ``choices``, ``features``."""
         graph = nx.DiGraph()
-        for index, (name, choices) in enumerate(zip(self.layers, self.choices)):
+        for index, (name, choices) in enumerate(zip(self.layers, self.choices, strict=True)):
             feats = None if self.features is None else self.features[index]
             graph.add_node(index, name=name, choices=choices, features=feats)
         graph.add_edges_from(self.edges)

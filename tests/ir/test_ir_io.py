@@ -134,7 +134,8 @@ def test_big_models_go_to_external_data(
 def test_external_data_of_a_model_that_fits_is_read_into_memory(
     cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Exporters write external data for small models too; passes hand models to onnxruntime as bytes.
+    # Exporters write external data for small models too; passes hand models to onnxruntime as
+    # bytes.
     onnx.save(
         ir.to_proto(cnn),
         tmp_path / "m.onnx",

@@ -80,7 +80,10 @@ def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -
       y = If (c) <
         then_branch = t () => (float[2,3] a) { a = MatMul(x, w) },
         else_branch = e () => (float[2,3] b) {
-          b = If (c) < then_branch = t2 () => (float[2,3] d) { d = MatMul(x, w) }, else_branch = e2 () => (float[2,3] f) { f = Gemm(x, w) } >
+          b = If (c) <
+            then_branch = t2 () => (float[2,3] d) { d = MatMul(x, w) },
+            else_branch = e2 () => (float[2,3] f) { f = Gemm(x, w) }
+          >
         }
       >
     }

@@ -23,7 +23,8 @@ _UNARY = ["Relu", "Neg", "Abs", "Tanh", "Identity"]
 
 @st.composite
 def random_models(draw: st.DrawFn) -> onnx.ModelProto:
-    """A DAG of elementwise ops over one input and a few constants (some subexpressions all-constant)."""
+    """A DAG of elementwise ops over one input and a few constants (some subexpressions
+    all-constant)."""
     constants = draw(st.integers(1, 3))
     values = ["x"] + [f"k{i}" for i in range(constants)]
     nodes = []
@@ -88,7 +89,7 @@ def test_canonicalize_keeps_the_outputs_and_folds_constant_subexpressions(
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
     after = run_ort(model, _FEEDS)
     assert [v.name for v in model.graph.outputs] == [o.name for o in proto.graph.output]
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=True):
         np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6)
     for node in model.graph:  # nothing left that depends on constants only, except results
         if not any(out.is_graph_output() for out in node.outputs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def test_prefix_curve_is_monotone_in_bops(seed: int, reverse: bool) -> None:
     problem = synthetic_problem(25, PAIRS, seed=seed, groups=((2, 9),))
     curve = pareto_curve(problem, "bops", reverse)
     bops = [problem.total("bops", c) for c in curve]
-    assert all(a > b for a, b in zip(bops, bops[1:]))
+    assert all(a > b for a, b in pairwise(bops))
     np.testing.assert_array_equal(curve[0], problem.safest())
     table = problem.cost_table("bops")
     assert bops[-1] == pytest.approx(table.min(axis=1).sum() + problem.fixed_costs["bops"])
@@ -55,7 +56,7 @@ def test_binary_search_equals_linear_scan(seed: int, reverse: bool) -> None:
     drop = float(np.random.default_rng(seed).uniform(1, 200))
     curve = pareto_curve(problem, "size", reverse)
     errors = [problem.proxy_error(c) for c in curve]
-    if reverse and any(a > b for a, b in zip(errors, errors[1:])):
+    if reverse and any(a > b for a, b in pairwise(errors)):
         pytest.skip("reverse curve of this instance is not monotone in error")
     results = {}
     for probe in ("binary", "linear"):
@@ -67,7 +68,9 @@ def test_binary_search_equals_linear_scan(seed: int, reverse: bool) -> None:
     chosen = results["binary"].chosen
     assert chosen.objectives["error"] <= errors[0] + drop
     later = [
-        e for c, e in zip(curve, errors) if problem.total("size", c) < chosen.objectives["size"]
+        e
+        for c, e in zip(curve, errors, strict=True)
+        if problem.total("size", c) < chosen.objectives["size"]
     ]
     assert all(e > errors[0] + drop for e in later)
 

@@ -171,7 +171,7 @@ def test_mlp_backprop_matches_finite_differences(sigmoid: bool) -> None:
         return float((net.forward(inputs)[0] * upstream).sum())
 
     eps = 1e-6
-    for param, grad in zip(net.params, grads):
+    for param, grad in zip(net.params, grads, strict=True):
         for index in np.ndindex(param.shape):
             old = param[index]
             param[index] = old + eps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from search_brute import all_configs, best_proxy, feasible_mask
@@ -79,7 +81,7 @@ def test_optimum_never_worsens_as_the_budget_loosens(seed: int) -> None:
         problem.proxy_error(model.solve(problem.sensitivity_table(), {"size": limit}))
         for limit in np.linspace(low, high, 25)
     ]
-    assert all(a >= b - 1e-9 * max(a, 1.0) for a, b in zip(errors, errors[1:]))
+    assert all(a >= b - 1e-9 * max(a, 1.0) for a, b in pairwise(errors))
     assert errors[-1] == 0.0
 
 
