@@ -1,14 +1,13 @@
 """Reading spec YAML: size and encoding checks, ``base:`` inheritance, schema validation, units.
 
 Why this order:
-1. Refuse files over 1 MiB or with binary content before parsing — a spec is a page of text, and a
-   YAML parser fed a model file by mistake should not be the one to find out.
-2. ``yaml.safe_load`` (never ``load``: a spec may come from anywhere), then require a mapping.
-3. Resolve ``base:`` first and validate the *merged* document: a child that overrides two fields is not a
+1. Read each file into a mapping (``document``: size, encoding, nesting and alias limits, safe YAML).
+2. Resolve ``base:`` first and validate the *merged* document: a child that overrides two fields is not a
    full spec on its own, but the result must be.  Merging is deep for mappings; lists and scalars are
    replaced; ``null`` deletes an inherited key (e.g. drop a precision pair the derived chip lacks).
-4. JSON Schema (``schema.json``, the single statement of what a spec may contain) checks structure,
+3. JSON Schema (``schema.json``, the single statement of what a spec may contain) checks structure,
    types, units and allowed bit-widths; then a few cross-field checks the schema cannot express.
+4. Every quantity is converted to its base unit and must be finite and within ``units.PLAUSIBLE``.
 Every failure is a ``SpecError``: file, field path, what is allowed.
 """
 
@@ -23,10 +22,10 @@ from types import MappingProxyType
 from typing import Any
 
 import jsonschema
-import yaml
 
 from mpqc.core.bits import Bits
 from mpqc.hwspecs import units
+from mpqc.hwspecs.document import read_document
 from mpqc.hwspecs.errors import SpecError
 from mpqc.hwspecs.spec import (
     BitScaling,
@@ -36,8 +35,6 @@ from mpqc.hwspecs.spec import (
     Overhead,
     Precision,
 )
-
-MAX_SPEC_BYTES = 1 << 20
 
 
 def bundled_dir() -> Path:
@@ -80,43 +77,6 @@ def locate(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
             text, "", "unknown spec name", ", ".join(names()) + ", or a path to a YAML file"
         )
     return bundled.resolve()
-
-
-def read_document(path: Path) -> dict[str, Any]:
-    """One YAML file as a mapping, with the size, encoding and shape checks of step 1–2."""
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(
-            path,
-            "",
-            f"file is {size} bytes, too large for a spec",
-            f"at most {MAX_SPEC_BYTES} bytes (1 MiB)",
-        )
-    raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise SpecError(
-            path, "", "binary content (NUL bytes), not a YAML text file", "UTF-8 YAML text"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(path, "", f"not UTF-8 text (byte {exc.start})", "UTF-8 YAML text") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(path, "", f"invalid YAML{where}: {problem}") from None
-    if not isinstance(document, dict):
-        kind = "empty" if document is None else type(document).__name__
-        raise SpecError(
-            path,
-            "",
-            f"top level is {kind}, not a mapping",
-            "a YAML mapping with fields description, bits, precisions, memory, ...",
-        )
-    return document
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -241,12 +201,31 @@ def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:
     return bits.w, bits.a, key.endswith("_signed")
 
 
-def _positive(path: Path, field: str, value: float) -> float:
-    if not value > 0:
+def _finite(path: Path, field: str, value: Any, amount: float, allowed: str) -> float:
+    if not math.isfinite(amount):
+        raise SpecError(path, field, f"{_short(value)} is not a finite number", allowed)
+    return amount
+
+
+def _quantity(path: Path, field: str, value: float | int | str, dimension: str) -> float:
+    """``value`` in the base unit of ``dimension``, refused unless finite and plausible."""
+    amount = _finite(
+        path, field, value, units.to_base(value, dimension), units.allowed_units(dimension)
+    )
+    low, high = units.PLAUSIBLE[dimension]
+    if low > 0 and not amount > 0:
         raise SpecError(
-            path, field, f"must be greater than zero, got {value}", "a positive quantity"
+            path, field, f"must be greater than zero, got {amount}", "a positive quantity"
         )
-    return value
+    if not low <= amount <= high:
+        bound, limit = ("at least", low) if amount < low else ("at most", high)
+        raise SpecError(
+            path,
+            field,
+            f"{_short(value)} is beyond any real chip",
+            f"{bound} {units.format_quantity(limit, dimension)}",
+        )
+    return amount
 
 
 def _grid_bits(path: Path, field: str, entry: dict[str, Any], wbits: int | None) -> int | None:
@@ -310,38 +289,39 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
                     f"{unpack_field} together with emulated_as",
                 )
         throughput = (
-            units.to_base(entry["throughput"], "throughput")
+            _quantity(path, f"{field}.throughput", entry["throughput"], "throughput")
             if "throughput" in entry
-            else target.throughput
-        )  # type: ignore[union-attr]
+            else target.throughput  # type: ignore[union-attr]
+        )
         energy = (
-            units.to_base(entry["energy_per_mac"], "energy")
+            _quantity(path, f"{field}.energy_per_mac", entry["energy_per_mac"], "energy")
             if "energy_per_mac" in entry
-            else target.energy_per_mac
-        )  # type: ignore[union-attr]
+            else target.energy_per_mac  # type: ignore[union-attr]
+        )
         built[key] = Precision(
             key=key,
             wbits=wbits,
             abits=abits,
             act_signed=signed,
-            throughput=_positive(path, f"{field}.throughput", throughput),
+            throughput=throughput,
             energy_per_mac=energy,
             emulated_as=None if target is None else target.key,
             emulated_abits=None if target is None else target.abits,
-            weight_unpack=units.to_base(entry["weight_unpack"], "time")
+            weight_unpack=_quantity(path, f"{field}.weight_unpack", entry["weight_unpack"], "time")
             if "weight_unpack" in entry
             else None,
             weight_unpack_ops=MappingProxyType(
                 {
-                    op: units.to_base(t, "time")
+                    op: _quantity(path, f"{field}.weight_unpack_ops.{op}", t, "time")
                     for op, t in entry.get("weight_unpack_ops", {}).items()
                 }
             ),
             depthwise_throughput=(
-                _positive(
+                _quantity(
                     path,
                     f"{field}.depthwise_throughput",
-                    units.to_base(entry["depthwise_throughput"], "throughput"),
+                    entry["depthwise_throughput"],
+                    "throughput",
                 )
                 if "depthwise_throughput" in entry
                 else (None if target is None else target.depthwise_throughput)
@@ -359,11 +339,13 @@ def _memory(path: Path, doc: dict[str, Any]) -> tuple[MemoryLevel, ...]:
     levels = [
         MemoryLevel(
             name=name,
-            capacity=units.to_base(entry["capacity"], "bytes") if "capacity" in entry else math.inf,
-            bandwidth=_positive(
-                path, f"memory.{name}.bandwidth", units.to_base(entry["bandwidth"], "bandwidth")
+            capacity=_quantity(path, f"memory.{name}.capacity", entry["capacity"], "bytes")
+            if "capacity" in entry
+            else math.inf,
+            bandwidth=_quantity(path, f"memory.{name}.bandwidth", entry["bandwidth"], "bandwidth"),
+            energy_per_byte=_quantity(
+                path, f"memory.{name}.energy_per_byte", entry["energy_per_byte"], "energy"
             ),
-            energy_per_byte=units.to_base(entry["energy_per_byte"], "energy"),
         )
         for name, entry in doc["memory"].items()
     ]
@@ -396,8 +378,11 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
                 f"{anchor_key!r} is not a native precision of this spec",
                 ", ".join(k for k, p in precisions.items() if p.native and not p.is_float),
             )
+        max_speedup = doc["bit_scaling"].get("max_speedup")
+        if max_speedup is not None:
+            _finite(path, "bit_scaling.max_speedup", max_speedup, max_speedup, "a number >= 1")
         bit_scaling = BitScaling(
-            precisions[anchor_key], float(doc["bit_scaling"].get("max_speedup", math.inf))
+            precisions[anchor_key], math.inf if max_speedup is None else float(max_speedup)
         )
     return HardwareSpec(
         name=doc["name"],
@@ -410,8 +395,8 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
         overheads=MappingProxyType(
             {
                 op: Overhead(
-                    units.to_base(e.get("fixed", 0), "time"),
-                    units.to_base(e.get("per_element", 0), "time"),
+                    _quantity(path, f"overheads.{op}.fixed", e.get("fixed", 0), "time"),
+                    _quantity(path, f"overheads.{op}.per_element", e.get("per_element", 0), "time"),
                 )
                 for op, e in doc.get("overheads", {}).items()
             }
@@ -423,7 +408,9 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
         threads=doc.get("threads"),
         packed_operands=bool(doc.get("packed_operands", False)),
         integer_layout=MappingProxyType(dict(doc.get("integer_layout", {}))),
-        session_overhead=units.to_base(doc.get("session_overhead", 0), "time"),
+        session_overhead=_quantity(
+            path, "session_overhead", doc.get("session_overhead", 0), "time"
+        ),
         fused_activations=MappingProxyType(
             {kind: frozenset(ops) for kind, ops in doc.get("fused_activations", {}).items()}
         ),

@@ -34,6 +34,17 @@ UNITS: dict[str, dict[str, float]] = {
 #: dimension -> the base unit numbers are read in
 BASE_UNIT = {"throughput": "MAC/s", "bandwidth": "B/s", "bytes": "B", "energy": "J", "time": "s"}
 
+#: dimension -> (low, high) in the base unit: the range any real chip falls in.  A value outside is a
+#: typo or hostile (``1e400 TMAC/s``) and would only turn the cost model's sums into inf or 0.  A low
+#: above zero makes the quantity strictly positive.
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "throughput": (1.0, 1e18),
+    "bandwidth": (1.0, 1e16),
+    "bytes": (0.0, 2.0**60),
+    "energy": (0.0, 1.0),
+    "time": (0.0, 3600.0),
+}
+
 _NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from mpqc import hwspecs
 from mpqc.hwspecs import SpecError
-from mpqc.hwspecs.loader import MAX_SPEC_BYTES
+from mpqc.hwspecs.document import MAX_SPEC_BYTES
 
 MINIMAL: dict[str, Any] = {
     "description": "a test chip",
@@ -243,3 +243,58 @@ def test_error_inherited_from_base_is_reported_against_the_child(tmp_path: Path)
     write(tmp_path, broken, "parent.yaml")
     child = write(tmp_path, {"base": "parent.yaml", "description": "child"}, "child.yaml")
     expect_error(child, "memory.dram.bandwidth")
+
+
+def alias_bomb(levels: int) -> str:
+    """A spec whose ``note`` is 9**levels strings through YAML aliases (the 'billion laughs')."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    body = yaml.safe_dump(with_change("precisions.w8a8.note", "NOTE"))
+    return "\n".join(lines) + "\n" + body.replace("NOTE", f"*l{levels - 1}")
+
+
+def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    path = write(tmp_path, alias_bomb(9))
+    assert path.stat().st_size < 2048
+    expect_error(path, "expands to more than", "YAML aliases")
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    text = yaml.safe_dump(MINIMAL).replace("energy_per_mac: 5 pJ", "energy_per_mac: &e 5 pJ")
+    text = text.replace("energy_per_mac: 2 pJ", "energy_per_mac: *e")
+    assert hwspecs.validate(write(tmp_path, text)).precision(8, 8).energy_per_mac == 5e-12
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    text = yaml.safe_dump(MINIMAL) + "provenance: &p {again: *p}\n"
+    expect_error(write(tmp_path, text), "refers to itself")
+
+
+def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    expect_error(write(tmp_path, "description: x\nbits: " + "[" * 50000 + "]" * 50000), "nested")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("precisions.w8a8.throughput", float("nan"), "not a finite number"),
+        ("precisions.w8a8.throughput", float("inf"), "not a finite number"),
+        ("precisions.w8a8.throughput", "1e400 TMAC/s", "not a finite number"),
+        ("precisions.w8a8.throughput", "1e9 TMAC/s", "at most"),
+        ("precisions.w8a8.throughput", "1e-9 MAC/s", "at least"),
+        ("precisions.w8a8.energy_per_mac", float("nan"), "not a finite number"),
+        ("precisions.w8a8.energy_per_mac", "5e30 pJ", "at most"),
+        ("memory.dram.bandwidth", float("inf"), "not a finite number"),
+        ("memory.cache.capacity", float("inf"), "not a finite number"),
+        ("memory.cache.energy_per_byte", float("nan"), "not a finite number"),
+        ("overheads", {"Conv": {"fixed": float("nan")}}, "not a finite number"),
+        ("overheads", {"Conv": {"per_element": "1e9 s"}}, "at most"),
+        ("session_overhead", float("inf"), "not a finite number"),
+        ("bit_scaling", {"anchor": "w8a8", "max_speedup": float("nan")}, "not a finite number"),
+    ],
+)
+def test_non_finite_and_absurd_quantities_are_refused(
+    tmp_path: Path, field: str, value: Any, fragment: str
+) -> None:
+    error = expect_error(write(tmp_path, with_change(field, value)), fragment)
+    assert error.field.startswith(field), error.field
