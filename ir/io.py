@@ -1,9 +1,14 @@
 """Loading and saving models, whatever kind the caller holds.
 
 mpqc works on ``onnx_ir.Model`` internally, but users and toolchains arrive with a path, an
-``onnx.ModelProto``, an ``onnx_ir.Model`` or an ``onnx_graphsurgeon.Graph``. ``load`` turns any of them
-into an ``onnx_ir.Model``; ``as_kind`` turns the result back into the caller's kind, so public entry
-points hand back what they were given.
+``onnx.ModelProto``, an ``onnx_ir.Model`` or an ``onnx_graphsurgeon.Graph``. ``load`` turns any of
+them into an ``onnx_ir.Model``; ``as_kind`` turns the result back into the caller's kind, so public
+entry points hand back what they were given.
+
+A model is user input, so ``load`` checks what would otherwise surface deep inside a pass as an
+"internal error": a path must be a regular file no larger than a protobuf can be (a device such as
+``/dev/zero`` would be read until memory runs out), the model must have a graph, every tensor's data
+must match its shape (external data included), and no graph may feed a node's output back to it.
 
 Saving is atomic (temporary files in the destination folder, then ``os.replace``) so that an
 interrupted run never leaves a half-written model where a good one used to be, and models whose
@@ -29,6 +34,8 @@ ModelLike = Any  # str | os.PathLike | onnx.ModelProto | onnx_ir.Model | onnx_gr
 
 #: Protobuf refuses to serialize messages over 2 GiB; stay clear of it with a margin for the graph.
 _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+#: No serialized protobuf can be larger; a model file that is was not written by onnx.
+_PROTOBUF_MAX = 2**31
 #: Tensors at least this big go to the external data file when a model is saved externally.
 _EXTERNAL_THRESHOLD = 1024
 
@@ -42,25 +49,29 @@ def load(model: ModelLike, base_dir: str | os.PathLike | None = None) -> ir.Mode
 
     An ``onnx_ir.Model`` is returned as is (passes edit it in place, as onnx_ir passes do); other
     kinds are converted. ``base_dir`` locates external data for a ``ModelProto`` that references it.
+    Every kind is checked as the module docstring says; a failure is a one-line ``ModelError``.
     """
-    if isinstance(model, ir.Model):
-        return model
     if isinstance(model, (str, os.PathLike)):
-        return _load_path(pathlib.Path(model))
-    if isinstance(model, onnx.ModelProto):
-        loaded = ir.from_proto(model)
+        source = str(model)
+        loaded = _load_path(pathlib.Path(model))
+    elif isinstance(model, ir.Model):
+        source, loaded = "the model", model
+    elif isinstance(model, onnx.ModelProto):
+        source, loaded = "the model", ir.from_proto(model)
         if base_dir is not None:
             ir.external_data.set_base_dir(loaded.graph, base_dir)
-            _into_memory_if_it_fits(loaded)
-        return loaded
-    if _is_gs_graph(model):
+            _into_memory_if_it_fits(loaded, source)
+    elif _is_gs_graph(model):
         import onnx_graphsurgeon as gs
 
-        return ir.from_proto(gs.export_onnx(model))
-    raise ModelError(
-        f"cannot load a {type(model).__name__}: pass a path, an onnx.ModelProto, an onnx_ir.Model "
-        "or an onnx_graphsurgeon.Graph"
-    )
+        source, loaded = "the graph", ir.from_proto(gs.export_onnx(model))
+    else:
+        raise ModelError(
+            f"cannot load a {type(model).__name__}: pass a path, an onnx.ModelProto, an "
+            "onnx_ir.Model or an onnx_graphsurgeon.Graph"
+        )
+    _check_model(loaded, source)
+    return loaded
 
 
 def as_kind(model: ir.Model, like: ModelLike) -> ModelLike:
@@ -127,19 +138,28 @@ def _load_path(path: pathlib.Path) -> ir.Model:
         raise ModelError(f"model file {path} does not exist")
     if path.is_dir():
         raise ModelError(f"{path} is a directory, not an ONNX model file")
+    if not path.is_file():
+        raise ModelError(
+            f"{path} is not a regular file (a device, FIFO or socket): give an ONNX model file"
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path} is empty: give an ONNX model file")
+    if size > _PROTOBUF_MAX:
+        raise ModelError(
+            f"{path} is {size} bytes, larger than an ONNX protobuf can be (2 GiB): a model that "
+            "big keeps its tensors in external data"
+        )
     try:
         model = ir.load(path)
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path} is not a readable ONNX model ({reason})") from exc
-    try:
-        _into_memory_if_it_fits(model)
-    except OSError as exc:
-        raise ModelError(f"{path} refers to external data that cannot be read ({exc})") from exc
+    _into_memory_if_it_fits(model, str(path))
     return model
 
 
-def _into_memory_if_it_fits(model: ir.Model) -> None:
+def _into_memory_if_it_fits(model: ir.Model, source: str) -> None:
     """Read external tensors into memory when the whole model fits in one protobuf.
 
     Passes hand models to onnxruntime, onnx's checker and its version converter as serialized bytes,
@@ -148,7 +168,71 @@ def _into_memory_if_it_fits(model: ir.Model) -> None:
     through files.
     """
     if tensor_bytes(model) <= _PROTOBUF_LIMIT:
-        ir.external_data.load_to_model(model)
+        try:
+            ir.external_data.load_to_model(model)
+        except (OSError, ValueError) as exc:  # missing file; data shorter than the tensor
+            raise ModelError(
+                f"{source} refers to external data that cannot be read ({exc}): "
+                "keep the data file next to the model, complete"
+            ) from exc
+
+
+def _check_model(model: ir.Model, source: str) -> None:
+    """Refuse a model without outputs, a tensor whose data does not match its shape, a cycle."""
+    if not model.graph.outputs:
+        raise ModelError(f"{source} has no graph outputs: not an ONNX model, or an empty one")
+    for graph in (model.graph, *model.graph.subgraphs()):
+        tensors = [(v.name, v.const_value) for v in graph.initializers.values()]
+        tensors += [
+            (node.outputs[0].name if node.outputs else node.name, attr.value)
+            for node in graph
+            for attr in node.attributes.values()
+            if attr.type == ir.AttributeType.TENSOR
+        ]
+        for name, tensor in tensors:
+            if tensor is not None:
+                _check_tensor(name, tensor, source)
+        cycle = _node_on_a_cycle(graph)
+        if cycle is not None:
+            outputs = ", ".join(repr(v.name) for v in cycle.outputs)
+            raise ModelError(
+                f"{source}: graph {graph.name or 'main'!r} has a cycle through the "
+                f"{cycle.op_type} node {cycle.name!r} (output {outputs}): an ONNX graph must be "
+                "acyclic; re-export the model"
+            )
+
+
+def _check_tensor(name: str | None, tensor: ir.TensorProtocol, source: str) -> None:
+    # Converting is how onnx_ir finds a mismatch (a view, no copy, for raw and external data):
+    # ValueError from numpy's reshape or a short buffer, AssertionError from a wrong typed field.
+    try:
+        tensor.numpy()
+    except (ValueError, AssertionError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"{source}: tensor {name!r} holds data that does not match its shape "
+            f"{list(tensor.shape)} ({reason}): re-export the model"
+        ) from exc
+
+
+def _node_on_a_cycle(graph: ir.Graph) -> ir.Node | None:
+    """A node on a cycle of ``graph``'s data edges, or None (Kahn's algorithm; order untouched)."""
+    nodes = list(graph)
+    here = {id(node) for node in nodes}
+    waiting = {
+        id(node): sum(1 for v in node.inputs if v is not None and id(v.producer()) in here)
+        for node in nodes
+    }
+    ready = [node for node in nodes if waiting[id(node)] == 0]
+    while ready:
+        node = ready.pop()
+        for output in node.outputs:
+            for user, _ in output.uses():
+                if id(user) in waiting:
+                    waiting[id(user)] -= 1
+                    if waiting[id(user)] == 0:
+                        ready.append(user)
+    return next((node for node in nodes if waiting[id(node)] > 0), None)
 
 
 def _is_gs_graph(obj: object) -> bool:

@@ -191,3 +191,97 @@ def test_load_a_proto_with_external_data_and_its_base_dir(
     proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     loaded = mir.load(proto, base_dir=tmp_path)
     np.testing.assert_array_equal(_outputs(loaded), _outputs(cnn))
+
+
+def _one_line_model_error(path: pathlib.Path, *fragments: str) -> str:
+    with pytest.raises(mir.ModelError) as info:
+        mir.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_load_refuses_what_is_not_a_regular_file(tmp_path: pathlib.Path, kind: str) -> None:
+    # /dev/zero used to be read until memory ran out; a FIFO blocked until something wrote to it.
+    if kind == "fifo":
+        path = tmp_path / "model.onnx"
+        os.mkfifo(path)
+    else:
+        path = pathlib.Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("no /dev/zero here")
+    _one_line_model_error(path, "not a regular file")
+
+
+def test_load_refuses_a_file_larger_than_any_onnx_protobuf(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "huge.onnx"
+    with path.open("wb") as file:  # sparse: nothing is written, and nothing must be read
+        file.truncate(3 * 2**30)
+    _one_line_model_error(path, "larger than an ONNX protobuf can be", "external data")
+
+
+def test_load_refuses_an_empty_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    _one_line_model_error(path, "is empty")
+
+
+def test_load_refuses_a_model_without_a_graph(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "no_graph.onnx"
+    path.write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
+    _one_line_model_error(path, "no graph outputs")
+
+
+def test_load_refuses_an_initializer_whose_dims_disagree_with_its_data(
+    cnn_path: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    proto = onnx.load(cnn_path)
+    proto.graph.initializer[0].dims[0] += 3
+    path = tmp_path / "bad_dims.onnx"
+    onnx.save(proto, path)
+    name = proto.graph.initializer[0].name
+    _one_line_model_error(path, f"tensor {name!r}", "does not match its shape")
+
+
+def test_load_refuses_a_constant_whose_dims_disagree_with_its_data(tmp_path: pathlib.Path) -> None:
+    value = onnx.numpy_helper.from_array(np.ones((2, 3), np.float32), "c")
+    value.dims[1] = 4
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["y"], value=value)],
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    path = tmp_path / "bad_constant.onnx"
+    onnx.save(onnx.helper.make_model(graph), path)
+    _one_line_model_error(path, "does not match its shape")
+
+
+def test_load_refuses_short_external_data(cnn: ir.Model, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(
+        ir.to_proto(cnn), path, save_as_external_data=True, location="m.data", size_threshold=0
+    )
+    data = tmp_path / "m.data"
+    data.write_bytes(data.read_bytes()[:100])
+    _one_line_model_error(path, "external data that cannot be read")
+
+
+def test_load_refuses_a_graph_cycle(tmp_path: pathlib.Path) -> None:
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "b"], ["a"], name="add"),
+            helper.make_node("Relu", ["a"], ["b"], name="loop_back"),
+            helper.make_node("Relu", ["a"], ["y"], name="out"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "cycle.onnx"
+    onnx.save(helper.make_model(graph), path)
+    _one_line_model_error(path, "cycle", "'add'")
