@@ -1,10 +1,11 @@
 """Reading spec YAML: size and encoding checks, ``base:`` inheritance, schema validation, units.
 
 Why this order:
-1. Read each file into a mapping (``document``: size, encoding, nesting and alias limits, safe YAML).
-2. Resolve ``base:`` first and validate the *merged* document: a child that overrides two fields is not a
-   full spec on its own, but the result must be.  Merging is deep for mappings; lists and scalars are
-   replaced; ``null`` deletes an inherited key (e.g. drop a precision pair the derived chip lacks).
+1. Read each file into a mapping (``document``: size, encoding, nesting and alias limits).
+2. Resolve ``base:`` first and validate the *merged* document: a child that overrides two fields is
+   not a full spec on its own, but the result must be.  Merging is deep for mappings; lists and
+   scalars are replaced; ``null`` deletes an inherited key (e.g. drop a precision pair the derived
+   chip lacks).
 3. JSON Schema (``schema.json``, the single statement of what a spec may contain) checks structure,
    types, units and allowed bit-widths; then a few cross-field checks the schema cannot express.
 4. Every quantity is converted to its base unit and must be finite and within ``units.PLAUSIBLE``.
@@ -80,7 +81,8 @@ def locate(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``: mappings merge recursively, ``None`` deletes, the rest replaces."""
+    """``override`` on top of ``base``: mappings merge recursively, ``None`` deletes, the rest
+    replaces."""
     merged = dict(base)
     for key, value in override.items():
         if value is None:
@@ -123,7 +125,7 @@ def resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(parent, document)
 
 
-# -- schema errors ------------------------------------------------------------------------------------
+# -- schema errors ---------------------------------------------------------------------------------
 
 
 def _field_path(parts: Any) -> str:
@@ -190,7 +192,7 @@ def validate_document(path: Path, document: dict[str, Any]) -> None:
         raise _schema_error(path, max(errors, key=jsonschema.exceptions.relevance))
 
 
-# -- building the spec ---------------------------------------------------------------------------------
+# -- building the spec -----------------------------------------------------------------------------
 
 
 def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:

@@ -34,9 +34,9 @@ UNITS: dict[str, dict[str, float]] = {
 #: dimension -> the base unit numbers are read in
 BASE_UNIT = {"throughput": "MAC/s", "bandwidth": "B/s", "bytes": "B", "energy": "J", "time": "s"}
 
-#: dimension -> (low, high) in the base unit: the range any real chip falls in.  A value outside is a
-#: typo or hostile (``1e400 TMAC/s``) and would only turn the cost model's sums into inf or 0.  A low
-#: above zero makes the quantity strictly positive.
+#: dimension -> (low, high) in the base unit: the range any real chip falls in.  A value outside
+#: is a typo or hostile (``1e400 TMAC/s``) and would only turn the cost model's sums into inf or
+#: 0.  A low above zero makes the quantity strictly positive.
 PLAUSIBLE: dict[str, tuple[float, float]] = {
     "throughput": (1.0, 1e18),
     "bandwidth": (1.0, 1e16),
