@@ -297,4 +297,4 @@ def test_non_finite_and_absurd_quantities_are_refused(
     tmp_path: Path, field: str, value: Any, fragment: str
 ) -> None:
     error = expect_error(write(tmp_path, with_change(field, value)), fragment)
-    assert error.field.startswith(field), error.field
+    assert error.spec_field.startswith(field), error.spec_field
