@@ -16,7 +16,8 @@ A layer not at its cheapest candidate gets one reason:
   trade-off (a knapsack's granularity, an exact evaluation that disagreed with the proxy);
 - ``spec has no cheaper pair``: it is at its own cheapest candidate, but other layers could go lower;
 - left float (no quantized form, inside a ``Loop`` body, ...): ``lower-qdq`` lists ``{layer, reason}``
-  entries under ``left_float`` in the ``mpqc.report`` annotation, copied here as they are.
+  entries under ``left_float`` in its section of the ``mpqc.report`` annotation, copied here as
+  they are.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
 
 
 def left_float(report: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The ``{layer, reason}`` entries ``lower-qdq`` lists in ``mpqc.report``'s ``left_float``."""
-    return list(report.get("left_float") or [])
+    """The ``{layer, reason}`` entries ``lower-qdq`` lists in its ``mpqc.report`` section."""
+    return list((report.get("lower-qdq") or {}).get("left_float") or [])
 
 
 def explain(model: ir.Model, searched: _Searched | None, report: Mapping[str, Any]) -> Explanation:

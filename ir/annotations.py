@@ -1,16 +1,21 @@
 """The typed annotation keys that passes read and write.
 
-Every key is declared here once, with the scope it lives on (a node, a value, or the model) and
-whether it persists. Persistent annotations are stored as canonical JSON in the object's
-``metadata_props``, which ONNX serializes: an annotated model saved between passes reloads with
-its annotations, and a user can stop after analysis, edit ``mpqc.bits`` in the file, and lower.
-Keeping ``metadata_props`` as the only store (rather than mirroring it in ``meta``) means there is
-no second copy to fall out of sync. Transient annotations (big arrays, caches) live in ``meta``,
-which is never serialized.
+Every key is declared here once, with the scope it lives on (a node, a value, or the model), the
+type of its value and whether it persists. Persistent annotations are stored as canonical JSON in
+the object's ``metadata_props``, which ONNX serializes: an annotated model saved between passes
+reloads with its annotations, and a user can stop after analysis, edit ``mpqc.bits`` in the file,
+and lower. Keeping ``metadata_props`` as the only store (rather than mirroring it in ``meta``)
+means there is no second copy to fall out of sync. Transient annotations (big arrays, caches) live
+in ``meta``, which is never serialized.
 
 Values are JSON-shaped (dicts with string keys, lists, numbers, strings). Encoding sorts keys and
 rounds floats to a fixed number of significant digits, so the same analysis prints and saves the
-same bytes.
+same bytes. Decoding checks the value against the key's declared type, because a persisted value
+may have been edited by hand: a wrong shape is one ``AnnotationError`` naming the key and the
+object, not a ``KeyError`` deep inside a pass.
+
+Families (``mpqc.sens.<metric>``) declare the keys they make; the report (``mpqc.report``) is one
+model annotation made of sections, one per pass that reports, so that each pass owns its section.
 """
 
 from __future__ import annotations
@@ -18,22 +23,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Iterator
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 import onnx_ir as ir
 
+from mpqc.ir.io import ModelError
+
 __all__ = [
+    "ALL",
+    "AnnotationError",
     "AnnotationKey",
     "BITS",
     "CALIB_RANGE",
     "COST",
+    "KeyFamily",
     "MODEL_COST",
     "PARETO",
     "REPORT",
-    "SENS_PREFIX",
+    "SENSITIVITY",
+    "SENSITIVITY_DETAIL",
+    "SectionedKey",
     "annotated",
     "canonical_json",
+    "detail_key",
     "sensitivity_key",
     "registered_keys",
 ]
@@ -67,12 +82,85 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_round_floats(obj), sort_keys=True, separators=(",", ":"))
 
 
+class AnnotationError(ModelError):
+    """A persisted annotation does not have its key's type (a hand edit gone wrong, usually)."""
+
+
+def _where(obj: Annotated) -> str:
+    if isinstance(obj, ir.Model):
+        return "the model"
+    if isinstance(obj, ir.Node):
+        return f"node '{obj.name or obj.op_type}'"
+    return f"value '{obj.name}'"
+
+
+def _decode(value: Any, hint: Any, path: str) -> Any:
+    """``value`` (parsed JSON) checked against the type ``hint``; a ValueError saying where not.
+
+    Non-finite floats come back as floats (``canonical_json`` writes them as text). Integers are
+    accepted where a float is declared, as JSON does not tell ``1`` from ``1.0``.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _decode(value, arg, path)
+            except ValueError:
+                continue
+        raise ValueError(f"{path} is {value!r}, not {_type_text(hint)}")
+    if typing.is_typeddict(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} is {value!r}, not an object")
+        fields = typing.get_type_hints(hint)
+        missing = sorted(hint.__required_keys__ - set(value))
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(map(repr, missing))}")
+        return {
+            k: _decode(v, fields[k], f"{path}[{k!r}]") if k in fields else v
+            for k, v in value.items()
+        }
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} is {value!r}, not an object")
+        return {k: _decode(v, args[1], f"{path}[{k!r}]") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{path} is {value!r}, not a list")
+        return [_decode(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise ValueError(f"{path} is {value!r}, not {_type_text(hint)}")
+
+
+def _type_text(hint: Any) -> str:
+    if typing.is_typeddict(hint):
+        return (
+            "{"
+            + ", ".join(f"{k}: {_type_text(v)}" for k, v in typing.get_type_hints(hint).items())
+            + "}"
+        )
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
 @dataclasses.dataclass(frozen=True)
 class AnnotationKey(Generic[T]):
-    """A named, scoped slot for pass results on IR objects."""
+    """A named, scoped slot for pass results on IR objects, holding values of ``value_type``."""
 
     name: str
     scope: Scope
+    value_type: Any = Any
     persistent: bool = True
     doc: str = ""
 
@@ -84,11 +172,27 @@ class AnnotationKey(Generic[T]):
             )
         _REGISTRY[self.name] = self
 
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def type_text(self) -> str:
+        """The value type as ``--help-passes`` prints it."""
+        return _type_text(self.value_type)
+
+    def matches(self, name: str) -> bool:
+        return name == self.name
+
     def get(self, obj: Annotated, default: T | None = None) -> T | None:
-        if self.persistent:
-            raw = obj.metadata_props.get(self.name)
-            return default if raw is None else json.loads(raw)
-        return obj.meta.get(self.name, default)
+        if not self.persistent:
+            return obj.meta.get(self.name, default)
+        raw = obj.metadata_props.get(self.name)
+        if raw is None:
+            return default
+        try:
+            return _decode(json.loads(raw), self.value_type, self.name)
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            raise AnnotationError(f"{self.name} on {_where(obj)}: {exc}") from None
 
     def set(self, obj: Annotated, value: T) -> None:
         if self.persistent:
@@ -101,6 +205,53 @@ class AnnotationKey(Generic[T]):
 
     def remove(self, obj: Annotated) -> None:
         (obj.metadata_props if self.persistent else obj.meta).pop(self.name, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyFamily(Generic[T]):
+    """Keys made on demand under one prefix (``mpqc.sens.<metric>``), all of one scope and type.
+
+    A pass that reads "any sensitivity" declares the family; one that writes a metric's scores
+    declares that metric's key.
+    """
+
+    prefix: str
+    scope: Scope | None
+    value_type: Any = Any
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.prefix + "*"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def type_text(self) -> str:
+        return _type_text(self.value_type)
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self.prefix)
+
+    def key(self, member: str) -> AnnotationKey[T]:
+        name = self.prefix + member
+        existing = _REGISTRY.get(name)
+        if existing is not None:
+            return existing
+        assert self.scope is not None, f"{self.name} makes no keys"
+        return AnnotationKey(name, self.scope, self.value_type, doc=f"{self.doc} ({member})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionedKey(AnnotationKey[dict[str, dict[str, Any]]]):
+    """A model annotation made of named sections, each written by one owner (a pass)."""
+
+    def section(self, model: ir.Model, owner: str) -> dict[str, Any] | None:
+        return (self.get(model) or {}).get(owner)
+
+    def set_section(self, model: ir.Model, owner: str, section: dict[str, Any]) -> None:
+        self.set(model, {**(self.get(model) or {}), owner: section})
 
 
 def registered_keys() -> dict[str, AnnotationKey[Any]]:
@@ -142,55 +293,99 @@ def drop(model: ir.Model, names: set[str]) -> int:
 
 # --- The keys -------------------------------------------------------------------------------
 
-CALIB_RANGE: AnnotationKey[dict[str, Any]] = AnnotationKey(
+
+class CalibRange(TypedDict):
+    """``mpqc.calib.range``: an activation's observed extremes and the clip range kept."""
+
+    min: float
+    max: float
+    lo: NotRequired[float]
+    hi: NotRequired[float]
+    method: str
+    samples: int
+
+
+class LayerBits(TypedDict):
+    """``mpqc.bits``: a layer's weight and activation bits; 32 means float."""
+
+    w: int
+    a: int
+
+
+class CandidateCost(TypedDict):
+    """One candidate's entry in ``mpqc.cost``."""
+
+    latency_s: float
+    energy_j: float
+    size: float
+    act_bytes: float
+    bops: float
+    bound: str
+    native: bool
+
+
+CALIB_RANGE: AnnotationKey[CalibRange] = AnnotationKey(
     "mpqc.calib.range",
     "value",
+    CalibRange,
     doc="Observed range of an activation on the calibration data: {min, max, method, samples}, "
-    "plus the chosen clip range {lo, hi} when the method clips (percentile, entropy, mse).",
+    "plus the chosen clip range {lo, hi}.",
 )
-BITS: AnnotationKey[dict[str, int]] = AnnotationKey(
+BITS: AnnotationKey[LayerBits] = AnnotationKey(
     "mpqc.bits",
     "node",
+    LayerBits,
     doc="Chosen bits of a quantizable layer: {w, a}; 32 means float.",
 )
-COST: AnnotationKey[dict[str, dict[str, float]]] = AnnotationKey(
+COST: AnnotationKey[dict[str, CandidateCost]] = AnnotationKey(
     "mpqc.cost",
     "node",
-    doc=(
-        "Per candidate 'w{w}a{a}' (and 'float'): latency_s, energy_j, bytes, bops from the "
-        "hardware spec."
-    ),
+    dict[str, CandidateCost],
+    doc="Per candidate 'w{w}a{a}' (and 'float'): latency, energy, bytes, BOPs from the hardware "
+    "spec.",
 )
 MODEL_COST: AnnotationKey[dict[str, Any]] = AnnotationKey(
     "mpqc.cost.total",
     "model",
+    dict[str, Any],
     doc="Model totals: the reference configuration, float layers' fixed costs, the spec's name.",
 )
 PARETO: AnnotationKey[dict[str, Any]] = AnnotationKey(
     "mpqc.pareto",
     "model",
-    doc=(
-        "The search's front: strategy, objectives, points (bits per layer and objective values), "
-        "chosen index."
-    ),
+    dict[str, Any],
+    doc="The search's front: strategy, objectives, points (bits per layer and objective values), "
+    "chosen index.",
 )
-REPORT: AnnotationKey[dict[str, Any]] = AnnotationKey(
+REPORT = SectionedKey(
     "mpqc.report",
     "model",
-    doc=(
-        "Results of verification and notes that the final report shows (e.g. layers left float "
-        "and why)."
-    ),
+    dict[str, dict[str, Any]],
+    doc="What the final report shows, one section per reporting pass (verification, layers left "
+    "float and why, recovery): {pass name: section}.",
 )
-
-SENS_PREFIX = "mpqc.sens."
+SENSITIVITY: KeyFamily[dict[str, float]] = KeyFamily(
+    "mpqc.sens.",
+    "node",
+    dict[str, float],
+    doc="Sensitivity by a metric: candidate 'w{b}', 'a{b}' or 'w{w}a{a}' -> damage (higher is "
+    "worse)",
+)
+SENSITIVITY_DETAIL: KeyFamily[dict[str, Any]] = KeyFamily(
+    "mpqc.sensinfo.",
+    "node",
+    dict[str, Any],
+    doc="The numbers a metric's sensitivity scores were computed from",
+)
+#: Every mpqc annotation: what an analysis that changes nothing preserves.
+ALL: KeyFamily[Any] = KeyFamily("mpqc.", None, doc="every mpqc annotation")
 
 
 def sensitivity_key(metric: str) -> AnnotationKey[dict[str, float]]:
-    """The key ``mpqc.sens.<metric>``: per candidate 'w{w}a{a}', a damage score (higher is
-    worse)."""
-    name = SENS_PREFIX + metric
-    existing = _REGISTRY.get(name)
-    if existing is not None:
-        return existing
-    return AnnotationKey(name, "node", doc=f"Sensitivity by {metric}: candidate -> damage score.")
+    """The key ``mpqc.sens.<metric>``: per candidate, a damage score (higher is worse)."""
+    return SENSITIVITY.key(metric)
+
+
+def detail_key(metric: str) -> AnnotationKey[dict[str, Any]]:
+    """``mpqc.sensinfo.<metric>``: the numbers behind a layer's scores (not scores themselves)."""
+    return SENSITIVITY_DETAIL.key(metric)

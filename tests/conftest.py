@@ -50,4 +50,4 @@ def calib_dir(tmp_path: pathlib.Path, cnn_samples: list[dict[str, np.ndarray]]) 
 def calibrate_pass() -> type:
     """The ``calibrate`` pass class (registered once its module is imported)."""
     module = pytest.importorskip("mpqc.passes.analysis.calibrate")
-    return module.Calibrate
+    return module.CalibratePass

@@ -52,13 +52,13 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from mpqc.ir.annotations import CALIB_RANGE
+from mpqc.ir.annotations import ALL, CALIB_RANGE
 from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.data import DataError
 from mpqc.passes.lib.runtime import session, session_options
 
-__all__ = ["Calibrate", "Method"]
+__all__ = ["CalibratePass", "Method"]
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
 
@@ -70,10 +70,10 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
 
 @register
-class Calibrate(Pass):
+class CalibratePass(Pass):
     name = "calibrate"
-    writes = frozenset({"mpqc.calib.range"})
-    preserves = frozenset({"*"})
+    writes = frozenset({CALIB_RANGE})
+    preserves = frozenset({ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -109,7 +109,7 @@ class Calibrate(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
         if data is None:
-            self.context.note(NO_DATA_NOTE)
+            self.nothing_to_do(NO_DATA_NOTE)
             return ir.passes.PassResult(model, modified=False)
         data.check(model)
         if len(data) == 0:

@@ -32,7 +32,7 @@ from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lower.footprint import stored_bytes
 
-__all__ = ["CostAnalysis", "candidate_key"]
+__all__ = ["CostPass", "candidate_key"]
 
 
 def candidate_key(wbits: int | None, abits: int | None) -> str:
@@ -52,10 +52,10 @@ def _entry(cost, size: int) -> dict[str, object]:
 
 
 @register
-class CostAnalysis(Pass):
+class CostPass(Pass):
     name = "cost"
-    writes = frozenset({"mpqc.cost", "mpqc.cost.total"})
-    preserves = frozenset({"*"})
+    writes = frozenset({annotations.COST, annotations.MODEL_COST})
+    preserves = frozenset({annotations.ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:

@@ -22,23 +22,12 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from mpqc.ir.annotations import AnnotationKey, sensitivity_key
+from mpqc.ir.annotations import ALL, detail_key, sensitivity_key
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.lib.data import CalibrationData
 
-__all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates", "detail_key"]
-
-DETAIL_PREFIX = "mpqc.sensinfo."
-
-
-def detail_key(metric: str) -> AnnotationKey[dict[str, Any]]:
-    """``mpqc.sensinfo.<metric>``: the numbers behind a layer's scores (not scores themselves)."""
-    return AnnotationKey(
-        DETAIL_PREFIX + metric,
-        "node",
-        doc=f"What the {metric} sensitivity scores were computed from.",
-    )
+__all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +61,12 @@ class SensitivityPass(Pass):
     """Base of the sensitivity passes: an analysis that only adds ``mpqc.sens.<metric>``."""
 
     metric: ClassVar[str]
-    preserves = frozenset({"*"})
+    preserves = frozenset({ALL})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "metric" in cls.__dict__:
-            cls.writes = frozenset({sensitivity_key(cls.metric).name, detail_key(cls.metric).name})
+            cls.writes = frozenset({sensitivity_key(cls.metric), detail_key(cls.metric)})
 
     # -- candidates ---------------------------------------------------------------------------
 

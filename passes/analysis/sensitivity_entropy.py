@@ -34,7 +34,7 @@ from mpqc.passes.infra.base import option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import weight_grid
 
-__all__ = ["SensitivityEntropy", "entropy", "level_counts", "weight_entropy"]
+__all__ = ["SensitivityEntropyPass", "entropy", "level_counts", "weight_entropy"]
 
 Score = Literal["relative", "absolute", "params"]
 
@@ -118,7 +118,7 @@ def _joint_groups(bits: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 @register
-class SensitivityEntropy(SensitivityPass):
+class SensitivityEntropyPass(SensitivityPass):
     name = "sensitivity-entropy"
     metric = "entropy"
 

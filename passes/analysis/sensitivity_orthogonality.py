@@ -38,7 +38,12 @@ from mpqc.passes.infra.base import PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.runtime import session
 
-__all__ = ["SensitivityOrthogonality", "centred_gram", "orthogonality_matrix", "layer_importance"]
+__all__ = [
+    "SensitivityOrthogonalityPass",
+    "centred_gram",
+    "orthogonality_matrix",
+    "layer_importance",
+]
 
 
 def centred_gram(features: np.ndarray) -> np.ndarray:
@@ -75,7 +80,7 @@ def layer_importance(orm: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarr
 
 
 @register
-class SensitivityOrthogonality(SensitivityPass):
+class SensitivityOrthogonalityPass(SensitivityPass):
     name = "sensitivity-orthogonality"
     metric = "orthogonality"
 

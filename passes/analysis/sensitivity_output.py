@@ -35,13 +35,14 @@ from mpqc.passes.infra.base import PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Config, Evaluator, Measure
 
-__all__ = ["SensitivityOutput"]
+__all__ = ["SensitivityOutputPass"]
 
 
 @register
-class SensitivityOutput(SensitivityPass):
+class SensitivityOutputPass(SensitivityPass):
     name = "sensitivity-output"
     metric = "output"
+    may_read = frozenset({annotations.CALIB_RANGE})
 
     @dataclasses.dataclass(frozen=True)
     class Options(ActivationCandidates):

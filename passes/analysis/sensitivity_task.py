@@ -24,15 +24,16 @@ from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, Sensitiv
 from mpqc.passes.infra.base import PassError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 
-__all__ = ["SensitivityTask"]
+__all__ = ["SensitivityTaskPass"]
 
 
 @register
-class SensitivityTask(SensitivityPass):
+class SensitivityTaskPass(SensitivityPass):
     name = "sensitivity-task"
     metric = "task"
+    may_read = frozenset({annotations.CALIB_RANGE})
 
     @dataclasses.dataclass(frozen=True)
     class Options(ActivationCandidates):
@@ -73,7 +74,7 @@ class SensitivityTask(SensitivityPass):
             layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name
         )
         annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
-        LowerQDQ(context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed)(
-            copy
-        )
+        LowerQDQPass(
+            context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed
+        )(copy)
         return ir.to_proto(copy)

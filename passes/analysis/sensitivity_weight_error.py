@@ -21,7 +21,7 @@ from mpqc.passes.infra.base import option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import weight_grid
 
-__all__ = ["SensitivityWeightError", "weight_noise_ratios"]
+__all__ = ["SensitivityWeightErrorPass", "weight_noise_ratios"]
 
 _CHUNK = 1 << 18  # elements per block: small enough to stay in cache
 
@@ -67,7 +67,7 @@ def weight_noise_ratios(weight: np.ndarray, bits: tuple[int, ...], axis: int) ->
 
 
 @register
-class SensitivityWeightError(SensitivityPass):
+class SensitivityWeightErrorPass(SensitivityPass):
     name = "sensitivity-weight-error"
     metric = "weight-error"
 

@@ -14,19 +14,20 @@ import dataclasses
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
-from mpqc.passes.canonicalize.fold_constants import FoldConstants
+from mpqc.ir.annotations import CALIB_RANGE
+from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNormPass
+from mpqc.passes.canonicalize.fold_constants import FoldConstantsPass
 from mpqc.passes.canonicalize.identities import IdentityElimination
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
 
-__all__ = ["Canonicalize"]
+__all__ = ["CanonicalizePass"]
 
 
 @register
-class Canonicalize(Pass):
+class CanonicalizePass(Pass):
     name = "canonicalize"
-    preserves = frozenset({"mpqc.calib.range"})
+    preserves = frozenset({CALIB_RANGE})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -40,9 +41,9 @@ class Canonicalize(Pass):
             IdentityElimination(),
         ]
         if self.options.fold_constants:
-            steps.append(FoldConstants(context=self.context))
+            steps.append(FoldConstantsPass(context=self.context))
         if self.options.fold_batchnorm:
-            steps.append(FoldBatchNorm(context=self.context))
+            steps.append(FoldBatchNormPass(context=self.context))
         steps += [
             common.RemoveUnusedNodesPass(),
             common.RemoveUnusedFunctionsPass(),

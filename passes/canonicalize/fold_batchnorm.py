@@ -11,17 +11,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mpqc.ir.annotations import CALIB_RANGE
 from mpqc.ir.layers import constant_array
 from mpqc.passes.infra.base import Pass
 from mpqc.passes.infra.registry import register
 
-__all__ = ["FoldBatchNorm"]
+__all__ = ["FoldBatchNormPass"]
 
 
 @register
-class FoldBatchNorm(Pass):
+class FoldBatchNormPass(Pass):
     name = "fold-batchnorm"
-    preserves = frozenset({"mpqc.calib.range"})
+    preserves = frozenset({CALIB_RANGE})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0

@@ -16,11 +16,12 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from mpqc.ir.annotations import ALL
 from mpqc.ir.layers import constant_array
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
 
-__all__ = ["FoldConstants"]
+__all__ = ["FoldConstantsPass"]
 
 _NONDETERMINISTIC = {
     "RandomNormal",
@@ -34,9 +35,9 @@ _NONDETERMINISTIC = {
 
 
 @register
-class FoldConstants(Pass):
+class FoldConstantsPass(Pass):
     name = "fold-constants"
-    preserves = frozenset({"*"})
+    preserves = frozenset({ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:

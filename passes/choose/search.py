@@ -48,7 +48,7 @@ from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.search.mohaq import BeaconFn
 
-__all__ = ["SearchBits", "resolve_budget"]
+__all__ = ["SearchPass", "resolve_budget"]
 
 _DIMENSION = {"size": "bytes", "latency": "time", "energy": "energy"}
 _COST_FIELD = {"size": "size", "latency": "latency_s", "energy": "energy_j", "bops": "bops"}
@@ -187,11 +187,11 @@ def _beacon(
 
 
 @register
-class SearchBits(Pass):
+class SearchPass(Pass):
     name = "search"
-    reads = frozenset({"mpqc.cost"})
-    writes = frozenset({"mpqc.bits", "mpqc.pareto"})
-    preserves = frozenset({"*"})
+    reads = frozenset({annotations.COST, annotations.MODEL_COST, annotations.SENSITIVITY})
+    writes = frozenset({annotations.BITS, annotations.PARETO})
+    preserves = frozenset({annotations.ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:

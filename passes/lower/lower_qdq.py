@@ -60,14 +60,15 @@ from mpqc.passes.lib.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lib.opset import ensure_opset
 from mpqc.passes.lib.target import weight_grid_bits
 
-__all__ = ["LowerQDQ", "fusable", "output_target"]
+__all__ = ["LowerQDQPass", "fusable", "output_target"]
 
 
 @register
-class LowerQDQ(Pass):
+class LowerQDQPass(Pass):
     name = "lower-qdq"
-    writes = frozenset({"mpqc.bits", "mpqc.report"})
-    preserves = frozenset({"mpqc.pareto", "mpqc.cost.total"})
+    may_read = frozenset({annotations.BITS, annotations.CALIB_RANGE})
+    writes = frozenset({annotations.BITS, annotations.REPORT})
+    preserves = frozenset({annotations.PARETO, annotations.MODEL_COST})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -103,7 +104,7 @@ class LowerQDQ(Pass):
         plan, skipped = self._plan(model)
         left_float += skipped
         if not plan:
-            self.context.note("lower-qdq: no layer has bits to lower; the model stays float")
+            self.nothing_to_do("lower-qdq: no layer has bits to lower; the model stays float")
             self._report(model, 0, left_float)
             return ir.passes.PassResult(model, modified=bool(left_float))
         self._check_supported(plan)
@@ -184,14 +185,13 @@ class LowerQDQ(Pass):
 
     def _report(self, model: ir.Model, lowered: int, left_float: list[dict[str, str]]) -> None:
         """``lowered_layers`` and ``left_float``: {layer, op, reason} for each weighted op left float."""
-        report = annotations.REPORT.get(model, {}) or {}
-        report["lowered_layers"] = lowered
+        section: dict[str, object] = {"lowered_layers": lowered}
         if left_float:
-            report["left_float"] = left_float
+            section["left_float"] = left_float
             self.context.note(
                 f"lower-qdq: {len(left_float)} weighted op(s) stay float; mpqc.report left_float says why"
             )
-        annotations.REPORT.set(model, report)
+        self.report(model, section)
 
     def _plan(
         self, model: ir.Model

@@ -25,7 +25,7 @@ from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.recover.recover import Recover, recover_layer, targets
+from mpqc.passes.recover.recover import RecoverPass, recover_layer, targets
 from mpqc.passes.recover.statistics import InputStatistics, observe_float
 
 __all__ = ["BeaconRecovery"]
@@ -48,7 +48,7 @@ class BeaconRecovery:
         self.wbits = tuple(wbits)
         self.hw = hw
         self.layout = layout
-        self.options = Recover.Options(
+        self.options = RecoverPass.Options(
             inputs="float", weight_only=layout.weight_only, block_size=layout.block_size
         )
         self._statistics: dict[str, InputStatistics] | None = None

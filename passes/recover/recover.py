@@ -73,7 +73,7 @@ from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, pea
 from mpqc.passes.recover.linear import LinearView, linear_view
 from mpqc.passes.recover.statistics import InputStatistics, observe_float, observe_quantized
 
-__all__ = ["Recover", "Target", "recover_layer", "targets"]
+__all__ = ["RecoverPass", "Target", "recover_layer", "targets"]
 
 Config = Mapping[str, tuple[int, int]]
 #: Clip ratios the scale search tries (``clip_search``): 1 (no clip) down to 0.5.
@@ -106,10 +106,11 @@ class Outcome:
 
 
 @register
-class Recover(Pass):
+class RecoverPass(Pass):
     name = "recover"
-    writes = frozenset({"mpqc.report"})
-    preserves = frozenset({"*"})
+    may_read = frozenset({annotations.BITS, annotations.CALIB_RANGE})
+    writes = frozenset({annotations.REPORT})
+    preserves = frozenset({annotations.ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -182,7 +183,7 @@ class Recover(Pass):
         for name, why in skipped:
             self.context.note(f"recover: layer '{name}' left as rounded: {why}")
         if not chosen:
-            self.context.note(
+            self.nothing_to_do(
                 f"recover: no layer has weights of {self.options.max_bits} bits or fewer to recover"
             )
             return ir.passes.PassResult(model, modified=False)
@@ -262,14 +263,17 @@ class Recover(Pass):
             f"recover: {len(outcomes)} layers reconstructed ({self.options.method}, {self.options.inputs} inputs); "
             f"mean layer output error {plain:.3g} plainly rounded -> {recovered:.3g}"
         )
-        report = annotations.REPORT.get(model, {}) or {}
-        report["recover"] = {
-            "layers": len(outcomes),
-            "method": self.options.method,
-            "inputs": self.options.inputs,
-            "layer_error": {o.name: {"plain": o.plain, "recovered": o.recovered} for o in outcomes},
-        }
-        annotations.REPORT.set(model, report)
+        self.report(
+            model,
+            {
+                "layers": len(outcomes),
+                "method": self.options.method,
+                "inputs": self.options.inputs,
+                "layer_error": {
+                    o.name: {"plain": o.plain, "recovered": o.recovered} for o in outcomes
+                },
+            },
+        )
 
 
 def targets(
@@ -305,7 +309,7 @@ def recover_layer(
     target: Target,
     seen: InputStatistics,
     target_mean: np.ndarray,
-    options: Recover.Options,
+    options: RecoverPass.Options,
 ) -> Outcome:
     """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring).
 

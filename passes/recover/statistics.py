@@ -31,7 +31,7 @@ from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.runtime import session, session_options
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.passes.recover.linear import LinearView
 
 __all__ = ["InputStatistics", "observe_float", "observe_quantized"]
@@ -102,7 +102,7 @@ def observe_quantized(
             annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
         else:
             annotations.BITS.remove(layer.node)
-    LowerQDQ(
+    LowerQDQPass(
         context=CompileContext(hw=hw), weight_only=layout.weight_only, block_size=layout.block_size
     )(lowered)
     taps: dict[str, str] = {}

@@ -21,7 +21,7 @@ from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.runtime import session
 
-__all__ = ["Verify", "output_fidelity"]
+__all__ = ["VerifyPass", "output_fidelity"]
 
 
 def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
@@ -52,10 +52,10 @@ def output_fidelity(
 
 
 @register
-class Verify(Pass):
+class VerifyPass(Pass):
     name = "verify"
-    writes = frozenset({"mpqc.report"})
-    preserves = frozenset({"*"})
+    writes = frozenset({annotations.REPORT})
+    preserves = frozenset({annotations.ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -112,7 +112,5 @@ class Verify(Pass):
             raise PassError(
                 f"verify: output SQNR {sqnr:.1f} dB is below the required {self.options.min_sqnr_db:.1f} dB"
             )
-        report = annotations.REPORT.get(model, {}) or {}
-        report["verify"] = result
-        annotations.REPORT.set(model, report)
+        self.report(model, result)
         return ir.passes.PassResult(model, modified=False)

@@ -169,7 +169,7 @@ def test_markdown_and_html_carry_every_row(tmp_path) -> None:
     explanation = explain(
         mpqc.ir.load(examples.digits_model_path()),
         _searched(),
-        {"left_float": [{"layer": "lstm", "reason": "no quantized form"}]},
+        {"lower-qdq": {"left_float": [{"layer": "lstm", "reason": "no quantized form"}]}},
     )
     text = markdown(explanation)
     assert text.count("\n| ") == 1 + 4 and "| lstm |  | float |  | no quantized form |" in text

@@ -22,7 +22,7 @@ def test_annotations_round_trip_through_save_and_load(tmp_path: pathlib.Path) ->
         image, {"min": -1.25, "max": 2.5, "lo": -1.25, "hi": 2.5, "method": "minmax", "samples": 3}
     )
     A.sensitivity_key("entropy").set(conv, {"w4a8": 0.125, "w8a8": 1 / 3})
-    A.REPORT.set(model, {"lowered_layers": 1})
+    A.REPORT.set_section(model, "lower-qdq", {"lowered_layers": 1})
 
     path = mir.save(model, tmp_path / "annotated.onnx")
     proto = onnx.load(path)
@@ -35,7 +35,7 @@ def test_annotations_round_trip_through_save_and_load(tmp_path: pathlib.Path) ->
     assert A.BITS.get(conv2) == {"w": 4, "a": 8}
     assert A.CALIB_RANGE.get(reloaded.graph.inputs[0])["hi"] == 2.5
     assert A.sensitivity_key("entropy").get(conv2) == {"w4a8": 0.125, "w8a8": 0.333333}
-    assert A.REPORT.get(reloaded) == {"lowered_layers": 1}
+    assert A.REPORT.get(reloaded) == {"lower-qdq": {"lowered_layers": 1}}
     assert A.present_keys(reloaded) == {
         "mpqc.bits",
         "mpqc.calib.range",
@@ -89,3 +89,25 @@ def test_drop_removes_named_keys_everywhere() -> None:
     removed = A.drop(model, {"mpqc.sens.weight-error"})
     assert removed == len(list(model.graph))
     assert A.present_keys(model) == {"mpqc.bits"}
+
+
+def test_values_are_decoded_by_their_key_type() -> None:
+    model = small_cnn()
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    A.sensitivity_key("entropy").set(conv, {"w4": float("inf"), "w8": 0.5})
+    assert A.sensitivity_key("entropy").get(conv) == {"w4": float("inf"), "w8": 0.5}
+    conv.metadata_props["mpqc.bits"] = '{"w": "4", "a": 8}'  # edited by hand
+    with pytest.raises(
+        A.AnnotationError, match=r"mpqc\.bits on node '\w+': mpqc\.bits\['w'\] is '4', not int"
+    ):
+        A.BITS.get(conv)
+    conv.metadata_props["mpqc.bits"] = '{"w": 4}'
+    with pytest.raises(mir.ModelError, match=r"mpqc\.bits\S* has no 'a'"):
+        A.BITS.get(conv)
+
+
+def test_families_make_keys_of_their_type() -> None:
+    key = A.SENSITIVITY.key("entropy")
+    assert key is A.sensitivity_key("entropy") and key.value_type == dict[str, float]
+    assert A.SENSITIVITY.matches("mpqc.sens.output") and not A.SENSITIVITY.matches("mpqc.bits")
+    assert A.ALL.matches("mpqc.bits") and str(A.SENSITIVITY) == "mpqc.sens.*"

@@ -26,7 +26,7 @@ from mpqc.passes import (
 )
 from mpqc.passes.analysis.calibrate import (
     NO_DATA_NOTE,
-    Calibrate,
+    CalibratePass,
     entropy_clip,
     kl_threshold_bins,
     mse_clip,
@@ -79,7 +79,7 @@ def run(
     model: ir.Model, data: CalibrationData | None, **options: object
 ) -> tuple[ir.passes.PassResult, CompileContext]:
     context = CompileContext(calibration=data)
-    return Calibrate(context=context, **options)(model), context
+    return CalibratePass(context=context, **options)(model), context
 
 
 def ranges(model: ir.Model) -> dict[str, dict]:
@@ -401,7 +401,7 @@ def test_non_finite_activations_are_noted_and_ranges_stay_finite() -> None:
 def test_pipeline_string_parses_and_round_trips() -> None:
     text = "calibrate{method=percentile,percentile=99.9}"
     [(cls, options)] = parse_pipeline(text)
-    assert cls is Calibrate and options.method == "percentile" and options.percentile == 99.9
+    assert cls is CalibratePass and options.method == "percentile" and options.percentile == 99.9
     assert format_pipeline([(cls, options)]) == text
     with pytest.raises(PassError, match="method"):
         parse_pipeline("calibrate{method=kl}")

@@ -21,26 +21,25 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from mpqc.ir.annotations import sensitivity_key
+from mpqc.ir.annotations import detail_key, sensitivity_key
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, DataError, PassError, build_pipeline
-from mpqc.passes.analysis.calibrate import Calibrate
-from mpqc.passes.analysis.sensitivity_base import detail_key
+from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.analysis.sensitivity_entropy import (
-    SensitivityEntropy,
+    SensitivityEntropyPass,
     level_counts,
     weight_entropy,
 )
 from mpqc.passes.analysis.sensitivity_orthogonality import (
-    SensitivityOrthogonality,
+    SensitivityOrthogonalityPass,
     centred_gram,
     layer_importance,
     orthogonality_matrix,
 )
-from mpqc.passes.analysis.sensitivity_output import SensitivityOutput
-from mpqc.passes.analysis.sensitivity_task import SensitivityTask
+from mpqc.passes.analysis.sensitivity_output import SensitivityOutputPass
+from mpqc.passes.analysis.sensitivity_task import SensitivityTaskPass
 from mpqc.passes.analysis.sensitivity_weight_error import (
-    SensitivityWeightError,
+    SensitivityWeightErrorPass,
     weight_noise_ratios,
 )
 from mpqc.passes.lib.evaluator import Evaluator, output_error
@@ -109,7 +108,7 @@ def ranking() -> tuple[ir.Model, list[dict[str, np.ndarray]], CompileContext]:
         return -output_error(reference, [session.run(None, s) for s in samples], "mse")
 
     context = CompileContext(calibration=CalibrationData(tuple(samples)), eval_fn=negative_error)
-    Calibrate(context=context)(model)
+    CalibratePass(context=context)(model)
     return model, samples, context
 
 
@@ -164,7 +163,7 @@ def test_level_counts_are_the_stored_integers(axis: int) -> None:
 
 def test_entropy_pass_scores_and_side_field(ranking) -> None:
     model, _, context = ranking
-    SensitivityEntropy(context=context)(model)
+    SensitivityEntropyPass(context=context)(model)
     scores = scores_of(model, "entropy")
     for b in (2, 3, 4):
         assert _ranked(scores, f"w{b}")[0] == "h1"
@@ -178,9 +177,9 @@ def test_entropy_pass_scores_and_side_field(ranking) -> None:
 
 def test_entropy_score_variants(ranking) -> None:
     model, _, context = ranking
-    SensitivityEntropy(context=context, score="params")(model)
+    SensitivityEntropyPass(context=context, score="params")(model)
     by_params = scores_of(model, "entropy")
-    SensitivityEntropy(context=context, score="absolute")(model)
+    SensitivityEntropyPass(context=context, score="absolute")(model)
     absolute = scores_of(model, "entropy")
     assert by_params["h1"]["w4"] == pytest.approx(256 * 256 * absolute["h1"]["w4"], rel=1e-5)
     assert by_params["main"]["w4"] == pytest.approx(16 * 256 * absolute["main"]["w4"], rel=1e-5)
@@ -206,7 +205,7 @@ def test_weight_noise_ratios_are_the_fake_quant_error(axis: int) -> None:
 
 def test_weight_error_ranks_outlier_layer_first(ranking) -> None:
     model, _, context = ranking
-    SensitivityWeightError(context=context)(model)
+    SensitivityWeightErrorPass(context=context)(model)
     scores = scores_of(model, "weight-error")
     for b in (2, 3, 4, 8):
         assert _ranked(scores, f"w{b}")[0] == "h1"
@@ -221,7 +220,7 @@ def test_weight_error_ranks_outlier_layer_first(ranking) -> None:
 
 
 @pytest.mark.parametrize(
-    "metric,pass_class", [("output", SensitivityOutput), ("task", SensitivityTask)]
+    "metric,pass_class", [("output", SensitivityOutputPass), ("task", SensitivityTaskPass)]
 )
 def test_data_driven_metrics_rank_outlier_first_and_side_path_last(
     ranking, metric: str, pass_class: type
@@ -242,11 +241,11 @@ def test_data_driven_metrics_rank_outlier_first_and_side_path_last(
 
 def test_output_measures_and_determinism(ranking) -> None:
     model, _, context = ranking
-    SensitivityOutput(context=context, measure="mse", wbits=(2, 4))(model)
+    SensitivityOutputPass(context=context, measure="mse", wbits=(2, 4))(model)
     first = scores_of(model, "output")
-    SensitivityOutput(context=context, measure="mse", wbits=(2, 4))(model)
+    SensitivityOutputPass(context=context, measure="mse", wbits=(2, 4))(model)
     assert scores_of(model, "output") == first
-    SensitivityOutput(context=context, measure="flips", wbits=(2,), abits=(4,))(model)
+    SensitivityOutputPass(context=context, measure="flips", wbits=(2,), abits=(4,))(model)
     flips = scores_of(model, "output")
     assert all(0.0 <= v <= 1.0 for s in flips.values() for v in s.values())
     assert flips["side"] == {"w2": 0.0, "a4": 0.0}
@@ -255,9 +254,9 @@ def test_output_measures_and_determinism(ranking) -> None:
 def test_candidates_are_intersected_with_user_and_spec(ranking) -> None:
     model, _, context = ranking
     user = CompileContext(calibration=context.calibration, wbits=(4, 6, 16), abits=(8,))
-    SensitivityOutput(context=user)(model)  # default options follow the user's candidates
+    SensitivityOutputPass(context=user)(model)  # default options follow the user's candidates
     assert set(scores_of(model, "output")["h2"]) == {"w4", "w6", "w16", "a8"}
-    SensitivityOutput(context=user, wbits=(2, 4, 8))(model)  # explicit options are intersected
+    SensitivityOutputPass(context=user, wbits=(2, 4, 8))(model)  # explicit options are intersected
     assert set(scores_of(model, "output")["h2"]) == {"w4", "a8"}
 
     class Spec:
@@ -265,7 +264,7 @@ def test_candidates_are_intersected_with_user_and_spec(ranking) -> None:
         act_bits = (8,)
 
     with pytest.raises(PassError, match="no weight bit-width left"):
-        SensitivityWeightError(context=CompileContext(wbits=(4,), hw=Spec()))(model)
+        SensitivityWeightErrorPass(context=CompileContext(wbits=(4,), hw=Spec()))(model)
 
 
 # --- OMPQ orthogonality ----------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def test_orthogonality_pass_gives_unique_features_the_highest_damage() -> None:
         }
         for _ in range(64)
     ]
-    SensitivityOrthogonality(
+    SensitivityOrthogonalityPass(
         context=CompileContext(calibration=CalibrationData(tuple(samples))), beta=5.0
     )(model)
     layers = quantizable_layers(model.graph)
@@ -353,11 +352,11 @@ def test_orthogonality_pass_gives_unique_features_the_highest_damage() -> None:
 # --- Errors ------------------------------------------------------------------------------------------
 
 ALL_PASSES = [
-    SensitivityEntropy,
-    SensitivityWeightError,
-    SensitivityOutput,
-    SensitivityOrthogonality,
-    SensitivityTask,
+    SensitivityEntropyPass,
+    SensitivityWeightErrorPass,
+    SensitivityOutputPass,
+    SensitivityOrthogonalityPass,
+    SensitivityTaskPass,
 ]
 
 
@@ -414,7 +413,7 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_DATA))
-@pytest.mark.parametrize("pass_class", [SensitivityOutput, SensitivityOrthogonality])
+@pytest.mark.parametrize("pass_class", [SensitivityOutputPass, SensitivityOrthogonalityPass])
 def test_bad_calibration_data_is_one_line_data_error(pass_class: type, kind: str) -> None:
     context = CompileContext(calibration=CalibrationData(tuple(_bad_samples(kind)), source="bad"))
     with pytest.raises(DataError, match=re.escape(BAD_DATA[kind])) as info:
@@ -425,9 +424,9 @@ def test_bad_calibration_data_is_one_line_data_error(pass_class: type, kind: str
 def test_missing_inputs_and_failing_metric_are_one_line_errors(ranking) -> None:
     model, _, context = ranking
     with pytest.raises(PassError, match="needs calibration samples"):
-        SensitivityOutput()(model)
+        SensitivityOutputPass()(model)
     with pytest.raises(PassError, match="needs a task metric"):
-        SensitivityTask()(model)
+        SensitivityTaskPass()(model)
 
     def broken(proto: onnx.ModelProto) -> float:
         raise RuntimeError("dataset not found\nsecond line")
@@ -436,9 +435,9 @@ def test_missing_inputs_and_failing_metric_are_one_line_errors(ranking) -> None:
         PassError,
         match="evaluation function failed on the float model: RuntimeError: dataset not found$",
     ):
-        SensitivityTask(context=CompileContext(eval_fn=broken))(model)
+        SensitivityTaskPass(context=CompileContext(eval_fn=broken))(model)
     with pytest.raises(PassError, match="returned nan"):
-        SensitivityTask(context=CompileContext(eval_fn=lambda proto: float("nan")))(model)
+        SensitivityTaskPass(context=CompileContext(eval_fn=lambda proto: float("nan")))(model)
 
 
 # --- Pipelines and the command line -----------------------------------------------------------------
@@ -580,9 +579,9 @@ def test_class_measures_need_a_fixed_class_axis() -> None:
         PassError,
         match=r"measure=kl compares the first output's last axis as classes, but its width varies with the input \(2, 5\); use measure=mse",
     ):
-        SensitivityOutput(context=context, measure="kl")(ir.from_proto(proto))
+        SensitivityOutputPass(context=context, measure="kl")(ir.from_proto(proto))
     model = ir.from_proto(proto)
-    SensitivityOutput(context=context)(model)  # auto picks mse
+    SensitivityOutputPass(context=context)(model)  # auto picks mse
     assert detail_key("output").get(quantizable_layers(model.graph)[0].node)["measure"] == "mse"
 
 
@@ -598,7 +597,9 @@ def test_orthogonality_pools_axes_that_follow_the_input() -> None:
     samples = tuple(
         {"x": rng.standard_normal((1, s, 4)).astype(np.float32)} for s in (2, 5, 3, 7, 4, 6)
     )
-    SensitivityOrthogonality(context=CompileContext(calibration=CalibrationData(samples)))(model)
+    SensitivityOrthogonalityPass(context=CompileContext(calibration=CalibrationData(samples)))(
+        model
+    )
     detail = {
         layer.name: detail_key("orthogonality").get(layer.node)
         for layer in quantizable_layers(model.graph)

@@ -141,9 +141,9 @@ def test_embedding_lookups_are_not_pinned() -> None:
             context,
         )
     )(model)
-    from mpqc.passes.choose.search import SearchBits
+    from mpqc.passes.choose.search import SearchPass
 
-    problem = SearchBits(context=context, metric="weight-error").problem(
+    problem = SearchPass(context=context, metric="weight-error").problem(
         model, quantizable_layers(model.graph)
     )
     assert [len(c) for c in problem.choices] == [2, 1, 1]  # the table keeps its 4-bit choice

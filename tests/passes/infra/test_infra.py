@@ -243,7 +243,7 @@ def test_register_rejects_bad_and_taken_names() -> None:
 
 class _NeedsSensitivity(Pass):
     name = "needs-sensitivity"
-    reads = frozenset({"mpqc.sens.*"})
+    reads = frozenset({A.SENSITIVITY})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return ir.passes.PassResult(model, modified=False)
@@ -261,15 +261,15 @@ class _Rewrite(Pass):
 
 class _RewriteKeepingSensitivity(_Rewrite):
     name = "rewrite-keeping-sensitivity"
-    preserves = frozenset({"mpqc.sens.*"})
+    preserves = frozenset({A.SENSITIVITY})
 
 
 class _Analyse(Pass):
     """Writes a score on every Conv and changes nothing else."""
 
     name = "analyse"
-    writes = frozenset({"mpqc.sens.test"})
-    preserves = frozenset({"*"})
+    writes = frozenset({A.sensitivity_key("test")})
+    preserves = frozenset({A.ALL})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for node in model.graph:
@@ -312,6 +312,105 @@ def test_an_unmodifying_pass_keeps_everything() -> None:
     model = _annotated()
     PassManager([_Analyse()])(model)
     assert A.present_keys(model) == {"mpqc.sens.entropy", "mpqc.sens.test", "mpqc.bits"}
+
+
+class _ForgetsItsWrite(Pass):
+    """Declares mpqc.bits and writes nothing: the bug the writes check exists to catch."""
+
+    name = "forgets-bits"
+    writes = frozenset({A.BITS})
+    preserves = frozenset({A.ALL})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _HasNothingToDo(_ForgetsItsWrite):
+    name = "nothing-to-do"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.nothing_to_do("nothing-to-do: no layer to act on")
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _Reports(Pass):
+    """Sets its own report section."""
+
+    name = "reports"
+    writes = frozenset({A.REPORT})
+    preserves = frozenset({A.ALL})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report(model, {"layers": 3})
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _OverwritesAReport(_Reports):
+    """Rewrites the whole report, as passes did before each owned a section."""
+
+    name = "overwrites-report"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        A.REPORT.set(model, {"reports": {"layers": 0}, self.name: {}})
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_a_pass_that_forgets_a_declared_write_fails_naming_pass_and_key() -> None:
+    with pytest.raises(
+        ir.passes.PostconditionError,
+        match=r"pass 'forgets-bits' declares that it writes mpqc\.bits but did not write it",
+    ):
+        PassManager([_ForgetsItsWrite()])(small_cnn())
+
+
+def test_nothing_to_do_waives_the_writes_of_that_run_only_and_notes_why() -> None:
+    context = passes.CompileContext()
+    PassManager([_HasNothingToDo(context=context)])(small_cnn())
+    assert context.notes == ["nothing-to-do: no layer to act on"]
+    with pytest.raises(ir.passes.PostconditionError, match="forgets-bits"):
+        PassManager([_HasNothingToDo(), _ForgetsItsWrite()])(small_cnn())
+
+
+def test_each_pass_owns_its_report_section() -> None:
+    model = small_cnn()
+    PassManager([_Reports()])(model)
+    assert A.REPORT.get(model) == {"reports": {"layers": 3}}
+    with pytest.raises(
+        ir.passes.PostconditionError,
+        match=r"pass 'overwrites-report' changed another pass's section of mpqc\.report",
+    ):
+        PassManager([_OverwritesAReport()])(model)
+
+
+def test_a_report_pass_that_writes_no_section_fails() -> None:
+    class Silent(_Reports):
+        name = "silent"
+
+        def call(self, model: ir.Model) -> ir.passes.PassResult:
+            return ir.passes.PassResult(model, modified=False)
+
+    with pytest.raises(ir.passes.PostconditionError, match="its mpqc.report section"):
+        PassManager([Silent()])(small_cnn())
+
+
+def test_contracts_name_keys_not_text() -> None:
+    with pytest.raises(
+        TypeError, match=r"Text\.writes must hold annotation keys .* not 'mpqc\.bits'"
+    ):
+
+        class Text(Pass):
+            name = "text"
+            writes = frozenset({"mpqc.bits"})
+
+    for name in passes.names():
+        cls = passes.get(name)
+        for key in cls.reads | cls.may_read | cls.writes | cls.preserves:
+            assert isinstance(key, (A.AnnotationKey, A.KeyFamily)), (name, key)
+
+
+@pytest.mark.parametrize("name", ["lower-qdq", "verify", "recover"])
+def test_passes_that_report_declare_it(name: str) -> None:
+    assert A.REPORT in passes.get(name).writes
 
 
 def test_mpqc_passes_run_inside_onnx_ir_pass_manager() -> None:

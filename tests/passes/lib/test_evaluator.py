@@ -22,9 +22,9 @@ from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
-from mpqc.passes.analysis.calibrate import Calibrate
+from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.lib.evaluator import Evaluator, output_error
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 
 # r1 is both a graph output and read by two layers (a shared input quantizer when their bits agree);
 # r1 is also c1's output-quantizer target; the Add reads the two branch outputs.
@@ -52,7 +52,7 @@ BRANCHY_WEIGHTS = {
 def _prepared(model: ir.Model, samples: list[dict[str, np.ndarray]]) -> ir.Model:
     """Shape-inferred (lower-qdq types its new values from the originals) and calibrated."""
     model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
-    Calibrate(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
+    CalibratePass(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
     return model
 
 
@@ -65,7 +65,7 @@ def _lowered_outputs(
             annotations.BITS.set(
                 layer.node, {"w": config[layer.name][0], "a": config[layer.name][1]}
             )
-    LowerQDQ(context=CompileContext())(copy)
+    LowerQDQPass(context=CompileContext())(copy)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:

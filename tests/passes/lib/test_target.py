@@ -17,17 +17,17 @@ from mpqc import hwspecs
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
-from mpqc.passes.analysis.calibrate import Calibrate
+from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.target import weight_grid_bits
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 
 
 @pytest.fixture(scope="module")
 def calibrated() -> tuple[ir.Model, list]:
     samples = random_inputs(small_cnn(), 4, batch=2)
     model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(small_cnn())))
-    Calibrate(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
+    CalibratePass(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
     return model, samples
 
 
@@ -38,7 +38,7 @@ def _lower(
     for layer in quantizable_layers(copy.graph):
         annotations.BITS.set(layer.node, {"w": config[layer.name][0], "a": config[layer.name][1]})
     context = CompileContext(hw=spec)
-    LowerQDQ(context=context)(copy)
+    LowerQDQPass(context=context)(copy)
     return copy, context
 
 

@@ -438,7 +438,7 @@ def test_body_layers_without_bits_stay_float_with_a_reason() -> None:
     model = ir.from_proto(_bodies())
     context = CompileContext()
     _lower_pass(context, {})(model)
-    left = A.REPORT.get(model)["left_float"]
+    left = A.REPORT.section(model, "lower-qdq")["left_float"]
     assert [(entry["layer"], entry["op"]) for entry in left] == [
         ("t", "MatMul"),
         ("a", "Gemm"),
@@ -467,7 +467,7 @@ def test_a_search_over_a_model_with_bodies_does_not_touch_them() -> None:
     result = mpqc.compile(proto, hw="x86_avx2", calibration=samples)
     bits = {n.outputs[0].name: A.BITS.get(n) for n in result.ir_model.graph if A.BITS.has(n)}
     assert set(bits) == {"x"}
-    assert [entry["layer"] for entry in result.report["left_float"]] == ["t", "a", "b"]
+    assert [entry["layer"] for entry in result.report["lower-qdq"]["left_float"]] == ["t", "a", "b"]
     onnx.checker.check_model(result.model, full_check=True)
 
 
@@ -485,7 +485,7 @@ positions (float[N,16,32] x) => (float[N,16,8] y) {
 def test_weighted_ops_without_a_quantized_form_are_reported() -> None:
     model = ir.from_proto(build(POSITIONS, {"table": (1, 16, 32), "w": (32, 8)}))
     _lower_pass(CompileContext(), {"uniform": "w8a32"})(model)
-    (entry,) = A.REPORT.get(model)["left_float"]
+    (entry,) = A.REPORT.section(model, "lower-qdq")["left_float"]
     assert (
         entry["layer"] == "p"
         and "Add has no quantized form" in entry["reason"]

@@ -53,7 +53,7 @@ def calibrated_cnn() -> tuple[bytes, list[dict[str, np.ndarray]]]:
     """small_cnn, canonicalized and calibrated on 8 samples, as bytes (each test lowers its own copy)."""
     module = pytest.importorskip("mpqc.passes.analysis.calibrate")
     samples = random_inputs(small_cnn(), 8, batch=2)
-    model, _ = _calibrated(small_cnn(), samples, module.Calibrate)
+    model, _ = _calibrated(small_cnn(), samples, module.CalibratePass)
     return ir.to_proto(model).SerializeToString(), samples
 
 
@@ -531,7 +531,7 @@ def test_bits_are_recorded_on_the_layers(calibrated_cnn: tuple[bytes, list]) -> 
     )  # every weight now sits behind a DequantizeLinear
     recorded = [A.BITS.get(n) for n in model.graph if A.BITS.has(n)]
     assert recorded == [{"w": 4, "a": 8}] * 4
-    assert A.REPORT.get(model)["lowered_layers"] == 4
+    assert A.REPORT.section(model, "lower-qdq")["lowered_layers"] == 4
 
 
 def test_bad_uniform_choice_is_rejected() -> None:

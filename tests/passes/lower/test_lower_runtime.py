@@ -14,8 +14,8 @@ import pytest
 from models import random_inputs, small_cnn
 
 from mpqc.passes import CalibrationData, CompileContext
-from mpqc.passes.analysis.calibrate import Calibrate
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.analysis.calibrate import CalibratePass
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 
 
 @pytest.mark.parametrize("choice", ["w8a2", "w8a3", "w8a4", "w4a4", "w2a2", "w8a6", "w8a16"])
@@ -23,8 +23,8 @@ def test_every_activation_width_loads_with_default_optimizations(choice: str) ->
     samples = random_inputs(small_cnn(), 3, batch=2)
     model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(small_cnn())))
     context = CompileContext(calibration=CalibrationData(tuple(samples)))
-    Calibrate(context=context)(model)
-    LowerQDQ(context=context, uniform=choice)(model)
+    CalibratePass(context=context)(model)
+    LowerQDQPass(context=context, uniform=choice)(model)
     session = ort.InferenceSession(
         ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]
     )

@@ -18,15 +18,15 @@ from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassError
-from mpqc.passes.analysis.calibrate import Calibrate
+from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight_blocked, weight_grid
-from mpqc.passes.lower.lower_qdq import LowerQDQ
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import gptq_levels, peak_pins
 from mpqc.passes.recover.linear import linear_view
-from mpqc.passes.recover.recover import Recover
+from mpqc.passes.recover.recover import RecoverPass
 
 GEMM = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -57,7 +57,7 @@ matmuls (float[N,6,24] x) => (float[N,6,8] y, float[N,6,8] z) {
 
 def _calibrated(proto: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> ir.Model:
     model = ir.from_proto(onnx.shape_inference.infer_shapes(proto))
-    Calibrate(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
+    CalibratePass(context=CompileContext(calibration=CalibrationData(tuple(samples))))(model)
     return model
 
 
@@ -70,7 +70,7 @@ def _recovered(
 ) -> tuple[ir.Model, CompileContext]:
     copy = model.clone()
     context = _context(samples, hw)
-    Recover(context=context, **overrides)(copy)
+    RecoverPass(context=context, **overrides)(copy)
     return copy, context
 
 
@@ -80,7 +80,7 @@ def _run(
     """Outputs of ``model`` (lowered at ``lower`` bits first when given), the QDQ graph as written."""
     copy = model.clone()
     if lower is not None:
-        LowerQDQ(context=CompileContext(hw=hw), uniform=lower)(copy)
+        LowerQDQPass(context=CompileContext(hw=hw), uniform=lower)(copy)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -256,7 +256,7 @@ def test_lowered_recovered_model_equals_the_evaluator() -> None:
     recovered, _ = _recovered(model, samples, max_bits=8)
     got = Evaluator(recovered, samples, wbits=(2, 3, 4, 8)).run(config)
     lowered = recovered.clone()
-    LowerQDQ(context=CompileContext())(lowered)
+    LowerQDQPass(context=CompileContext())(lowered)
     want = _run(lowered, samples)
     for g_sample, w_sample in zip(got, want, strict=True):
         for g, w in zip(g_sample, w_sample, strict=True):
@@ -280,20 +280,20 @@ def test_without_data_one_clear_error() -> None:
     with pytest.raises(
         PassError, match=r"^recover: needs calibration samples \(--calib DIR\)[^\n]*$"
     ):
-        Recover(context=CompileContext(), uniform="w4a8")(small_cnn())
+        RecoverPass(context=CompileContext(), uniform="w4a8")(small_cnn())
 
 
 def test_without_bits_one_clear_error() -> None:
     samples = random_inputs(small_cnn(), 2)
     with pytest.raises(PassError, match="no layer has bits; run search first"):
-        Recover(context=_context(samples))(small_cnn())
+        RecoverPass(context=_context(samples))(small_cnn())
 
 
 def test_eight_bit_layers_are_left_alone() -> None:
     samples = random_inputs(small_cnn(), 2)
     model = small_cnn()
     before = ir.to_proto(model).SerializeToString()
-    result = Recover(context=_context(samples), uniform="w8a8")(model)
+    result = RecoverPass(context=_context(samples), uniform="w8a8")(model)
     assert not result.modified and ir.to_proto(model).SerializeToString() == before
 
 
@@ -373,7 +373,7 @@ def test_blocked_layouts_are_rounded_on_their_own_grid(uniform: str, layout: dic
     samples = random_inputs(proto, 8, batch=2)
     model = _calibrated(proto, samples)
     recovered, _ = _recovered(model, samples, uniform=uniform, **layout)
-    options = Recover.Options(**layout)
+    options = RecoverPass.Options(**layout)
     for layer in quantizable_layers(recovered.graph):
         weight, block = (
             layer.weight_array(),
@@ -381,7 +381,7 @@ def test_blocked_layouts_are_rounded_on_their_own_grid(uniform: str, layout: dic
         )
         assert block and np.array_equal(fake_quant_weight(weight, 4, 1, block, 0), weight)
     lowered = recovered.clone()
-    LowerQDQ(context=CompileContext(), uniform=uniform, accuracy_level=1, **layout)(lowered)
+    LowerQDQPass(context=CompileContext(), uniform=uniform, accuracy_level=1, **layout)(lowered)
     config = {layer.name: Bits.parse(uniform) for layer in quantizable_layers(recovered.graph)}
     got = Evaluator(
         recovered, samples, wbits=(4,), layout=dataclasses.replace(options.layout, accuracy_level=1)

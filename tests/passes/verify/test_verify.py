@@ -44,7 +44,7 @@ def test_verify_reports_fidelity_and_size() -> None:
     assert 0.0 <= report["top1_agreement"] <= 1.0
     # the serialized model as verify saw it: all tensors plus the graph, before its own report was added
     assert tensor_bytes(model) < report["bytes"] < ir.to_proto(model).ByteSize()
-    assert A.REPORT.get(model)["lowered_layers"] == 4
+    assert A.REPORT.section(model, "lower-qdq")["lowered_layers"] == 4
 
 
 def test_fewer_bits_give_lower_sqnr() -> None:
