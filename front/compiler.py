@@ -276,7 +276,7 @@ def compile(
 def after_search(pipeline: str) -> str:
     """The steps of ``pipeline`` that follow its search: what turns a chosen point into a model."""
     steps = parse_pipeline(pipeline)
-    last = max(index for index, (pass_class, _) in enumerate(steps) if pass_class.name == "search")
+    last = max(index for index, step in enumerate(steps) if step.name == "search")
     return format_pipeline(steps[last + 1 :])
 
 

@@ -13,7 +13,13 @@ from typing import Any
 import onnx_ir as ir
 
 from mpqc import ir as mir
-from mpqc.passes import CompileContext, PassManager, build_pipeline, format_pipeline, parse_pipeline
+from mpqc.passes import (
+    CompileContext,
+    PassManager,
+    build_pipeline,
+    format_pipeline,
+    resolve_pipeline,
+)
 from mpqc.passes.infra.instruments import Instrument
 
 __all__ = ["Pipeline"]
@@ -26,19 +32,19 @@ class Pipeline:
         context: CompileContext | None = None,
         instruments: Sequence[Instrument] = (),
     ) -> None:
-        self.spec = parse_pipeline(text)
+        self.steps = resolve_pipeline(text)  # unknown passes and bad options fail here
         self.context = context if context is not None else CompileContext()
         self.instruments = list(instruments)
 
     def __str__(self) -> str:
-        return format_pipeline(self.spec)
+        return format_pipeline(self.steps)
 
     def __repr__(self) -> str:
         return f"Pipeline({str(self)!r})"
 
     def run_ir(self, model: ir.Model) -> ir.Model:
         """Run on an ``onnx_ir.Model`` in place and return it."""
-        manager = PassManager(build_pipeline(self.spec, self.context), self.instruments)
+        manager = PassManager(build_pipeline(self.steps, self.context), self.instruments)
         return manager(model).model
 
     def run(self, model: Any) -> Any:

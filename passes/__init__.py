@@ -4,11 +4,17 @@ Importing this package registers the built-in passes; ``names()`` and ``get(name
 passes that other packages declare in the ``mpqc.passes`` entry-point group.
 """
 
-from mpqc.passes.infra.base import NoOptions, Pass, PassError, option
+from mpqc.passes.infra.base import NoOptions, Pass, PassError, PassInputError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.instruments import IRPrinter, Progress, Timing
 from mpqc.passes.infra.manager import PassManager
-from mpqc.passes.infra.pipeline import build_pipeline, format_pipeline, parse_pipeline
+from mpqc.passes.infra.pipeline import (
+    PassSpec,
+    build_pipeline,
+    format_pipeline,
+    parse_pipeline,
+    resolve_pipeline,
+)
 from mpqc.passes.infra.registry import get, names, register
 from mpqc.passes.lib.data import CalibrationData, DataError, load_calibration
 
@@ -37,6 +43,8 @@ __all__ = [
     "NoOptions",
     "Pass",
     "PassError",
+    "PassInputError",
+    "PassSpec",
     "PassManager",
     "Progress",
     "Timing",
@@ -48,4 +56,5 @@ __all__ = [
     "option",
     "parse_pipeline",
     "register",
+    "resolve_pipeline",
 ]

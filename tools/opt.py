@@ -1,6 +1,7 @@
 """``mpqc-opt``: run any pipeline on a model, like ``mlir-opt``.
 
-    mpqc-opt model.onnx -p 'canonicalize,calibrate,lower-qdq{uniform=w4a8},verify' -o out.onnx --calib data/
+    mpqc-opt model.onnx -p 'canonicalize,calibrate,lower-qdq{uniform=w4a8},verify' \\
+        -o out.onnx --calib data/
     mpqc-opt --help-passes
 
 Compiler people use it to run one pass at a time, save annotated models between passes, and read IR
@@ -38,7 +39,12 @@ def _type_name(hint: object) -> str:
 
 
 def help_passes() -> str:
-    """Every registered pass with its options: type, default and meaning."""
+    """Every registered pass: what it reads and writes, and its options (type, default, meaning).
+
+    A pass that forwards options to a component (``search`` and its strategies) lists each
+    component's options too, under ``with NAME``: they are given as the pass's own
+    (``search{strategy=nsga2,generations=100}``).
+    """
     from mpqc import passes
 
     lines = []
@@ -46,13 +52,45 @@ def help_passes() -> str:
         cls = passes.get(name)
         summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         lines.append(f"{name}\n    {summary}")
-        hints = typing.get_type_hints(cls.Options)
-        for field in dataclasses.fields(cls.Options):
-            kind = _type_name(hints[field.name])
-            lines.append(
-                f"    {field.name}: {kind} = {field.default!r}\n        {field.metadata.get('doc', '')}"
-            )
+        contract = _contract(cls)
+        if contract:
+            lines.append(f"    {contract}")
+        lines += _options(cls.Options, "    ")
+        for component, options_class in cls.components().items():
+            lines.append(f"    with {cls.forwards[0]}={component}:")
+            lines += _options(options_class, "      ")
     return "\n".join(lines)
+
+
+def _contract(cls: type) -> str:
+    """'reads mpqc.cost; writes mpqc.bits': the annotation keys of the pass's contract."""
+    parts = [
+        f"{role} {', '.join(sorted(key.name for key in keys))}"
+        for role, keys in (
+            ("reads", cls.reads),
+            ("may read", cls.may_read),
+            ("writes", cls.writes),
+        )
+        if keys
+    ]
+    return "; ".join(parts)
+
+
+def _options(options_class: type, indent: str) -> list[str]:
+    """One entry per option pipeline text can set (a callable option cannot be written)."""
+    from mpqc.passes.infra.pipeline import text_options
+
+    hints = typing.get_type_hints(options_class)
+    fields = {field.name: field for field in dataclasses.fields(options_class)}
+    lines = []
+    for name in text_options(options_class):
+        field = fields[name]
+        # mpqc.search documents its options under "help" (it knows nothing of passes).
+        doc = field.metadata.get("doc") or field.metadata.get("help", "")
+        lines.append(
+            f"{indent}{name}: {_type_name(hints[name])} = {field.default!r}\n{indent}    {doc}"
+        )
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import math
 import re
-import typing
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -41,7 +40,6 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassError, option
-from mpqc.passes.infra.pipeline import convert_option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
@@ -209,34 +207,41 @@ class SearchPass(Pass):
             "mse", "output error the exact evaluation measures"
         )
         samples: int = option(32, "calibration samples an exact evaluation runs")
-        extra: tuple[tuple[str, str], ...] = option((), "strategy options, e.g. generations=100")
+        strategy_options: object = option(
+            None, "the strategy's own options (None: its defaults), listed under 'with <strategy>'"
+        )
 
         def __post_init__(self) -> None:
-            module = msearch.strategy_module(self.strategy)
-            hints = typing.get_type_hints(module.Options)
-            for key, text in self.extra:
-                if key not in hints:
-                    known = ", ".join(f.name for f in dataclasses.fields(module.Options))
-                    raise PassError(
-                        f"strategy '{self.strategy}' has no option '{key}' (options: {known})"
-                    )
-                convert_option(text, hints[key])
+            declared = msearch.strategy_module(self.strategy).Options
+            if self.strategy_options is None:
+                object.__setattr__(self, "strategy_options", declared())
+            elif type(self.strategy_options) is not declared:
+                raise ValueError(
+                    f"strategy_options must be {self.strategy}'s Options, "
+                    f"got {type(self.strategy_options).__qualname__}"
+                )
 
-    def strategy_options(self) -> dict[str, object]:
-        hints = typing.get_type_hints(msearch.strategy_module(self.options.strategy).Options)
-        return {key: convert_option(text, hints[key]) for key, text in self.options.extra}
+    forwards = ("strategy", "strategy_options")
+
+    @classmethod
+    def components(cls) -> dict[str, type]:
+        return {name: msearch.strategy_module(name).Options for name in msearch.strategies()}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.searched_layers(model)
         problem = self.problem(model, layers)
         problem.check_feasible()
         evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
-        options = self.strategy_options()
+        chosen_options = self.options.strategy_options
+        options = {
+            field.name: getattr(chosen_options, field.name)
+            for field in dataclasses.fields(chosen_options)
+        }
         if (
             evaluator is not None
             and self.options.strategy == "mohaq"
-            and "beacon_fn" not in options
-            and options.get("beacons") != 0
+            and options["beacon_fn"] is None
+            and options["beacons"] != 0
         ):
             options["beacon_fn"] = self._beacon_fn(model, problem)
         result = msearch.run(

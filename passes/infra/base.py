@@ -84,6 +84,16 @@ class Pass(ir.passes.InPlacePass):
     may_read: ClassVar[Keys] = frozenset()
     writes: ClassVar[Keys] = frozenset()
     preserves: ClassVar[Keys] = frozenset()
+    #: For a pass that forwards options to a component another option chooses (``search`` and its
+    #: strategy): (the option naming the component, the ``Options`` field holding the component's
+    #: own options). Pipeline text gives those as the pass's own
+    #: (``search{strategy=nsga2,generations=100}``). None for most passes.
+    forwards: ClassVar[tuple[str, str] | None] = None
+
+    @classmethod
+    def components(cls) -> dict[str, type]:
+        """Each component's name and ``Options`` class, for a pass that ``forwards``."""
+        return {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,19 +172,19 @@ class Pass(ir.passes.InPlacePass):
         """The user's task metric (``context.eval_fn``) on ``model``, ``what`` naming it for errors.
 
         The metric is the user's code: any exception it raises, or a result that is not a finite
-        number, becomes one PassError line naming this pass and the model it was scoring.
+        number, becomes one PassInputError line naming this pass and the model it was scoring.
         """
         assert self.context.eval_fn is not None
         try:
             value = float(self.context.eval_fn(model))
         except Exception as exc:  # noqa: BLE001 - anything the user's function raises
             detail = str(exc).splitlines()[0] if str(exc) else ""
-            raise PassError(
+            raise PassInputError(
                 f"{self.name}: the evaluation function failed on {what}: "
                 f"{type(exc).__name__}: {detail}"
             ) from None
         if not math.isfinite(value):
-            raise PassError(
+            raise PassInputError(
                 f"{self.name}: the evaluation function returned {value} on {what}; "
                 "it must return a finite number"
             )

@@ -39,7 +39,8 @@ class CompileContext:
     constraints: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: A task metric: callable(model_path_or_proto) -> float, higher is better.
     eval_fn: Callable[[Any], float] | None = None
-    #: Static sizes for symbolic dims by dim name ({"N": 1}) or whole input shapes by input name ({"x": (1, 3, 48, 320)}).
+    #: Static sizes for symbolic dims by dim name ({"N": 1}) or whole input shapes by input name
+    #: ({"x": (1, 3, 48, 320)}).
     shapes: Mapping[str, int | tuple[int, ...]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     #: Runs expensive evaluations; None means inline in this process.
@@ -49,7 +50,7 @@ class CompileContext:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def rng(self, salt: str) -> np.random.Generator:
-        """A generator seeded from the compilation seed and a per-use salt, so uses don't interfere."""
+        """A generator seeded from the compilation seed and a per-use salt: uses don't interfere."""
         digest = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
         return np.random.default_rng([self.seed, digest])
 

@@ -79,7 +79,8 @@ class Progress:
 
 
 class IRPrinter:
-    """``--print-ir-after-all``, ``--print-ir-after=PASS``, ``--print-ir-after-change``, ``--ir-dump-dir``.
+    """``--print-ir-after-all``, ``--print-ir-after=PASS``, ``--print-ir-after-change``,
+    ``--ir-dump-dir``.
 
     With a dump directory, each dump goes to ``NNN_<pass>.txt`` (NNN = position in the pipeline)
     instead of the stream. ``after_change`` prints only when the pass changed the printed IR, which

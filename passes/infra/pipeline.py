@@ -1,5 +1,14 @@
-"""Pipeline strings: parse ``canonicalize,calibrate{method=percentile,percentile=99.99},lower-qdq``
-into configured passes, and print passes back into the same text.
+"""Pipeline text: ``canonicalize,calibrate{method=percentile,percentile=99.99},lower-qdq``.
+
+Two steps, as in xDSL (``PipelinePassSpec``, then ``ModulePass.from_pass_spec``):
+
+1. ``parse_pipeline`` turns text into ``PassSpec`` values (a pass name and its options as written)
+   without consulting the registry, so pipeline text can be read, checked for syntax, split and
+   printed by code that knows no pass. Option keys are normalized to snake_case: ``block-size=32``
+   and ``block_size=32`` are the same option.
+2. ``resolve_pipeline`` looks each name up in the registry and converts each value by the type of
+   its ``Options`` field (int, float, bool, str, Literal, tuples, optionals), so a typo or a wrong
+   type fails with the option's name and allowed values before anything runs.
 
 The grammar is xDSL's, with commas between options::
 
@@ -8,12 +17,12 @@ The grammar is xDSL's, with commas between options::
     option   := KEY "=" VALUE
     VALUE    := "[" item ("," item)* "]" | text without , { } [ ]
 
-Values are converted by the type of the ``Options`` field (int, float, bool, str, Literal, tuples,
-optionals), so a typo or a wrong type fails at parse time with the option's name and allowed values,
-before anything runs. A pass that forwards options to a component chosen by another option (the
-``search`` pass and its strategies) declares an ``extra: tuple[tuple[str, str], ...]`` field: unknown
-keys land there as text, and the pass validates them against the component it picked. Printing writes only options that differ from their defaults, in field order;
-``parse(format(p))`` rebuilds ``p`` exactly.
+A pass that forwards options to a component another option chooses (``search`` and its strategy)
+names the ``Options`` field holding the component's options in ``forwards``: keys the pass does not
+know are converted by the component's ``Options`` instead, and printed after the pass's own.
+
+Printing writes only options that differ from their defaults, in field order, with snake_case
+keys: the canonical form. ``resolve_pipeline(format_pipeline(steps)) == steps``.
 """
 
 from __future__ import annotations
@@ -22,52 +31,91 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from mpqc.passes.infra import registry
-from mpqc.passes.infra.base import Pass, PassError
+from mpqc.passes.infra.base import Pass, PassInputError
 from mpqc.passes.infra.context import CompileContext
 
-__all__ = ["PipelineSpec", "format_pass", "format_pipeline", "parse_pipeline", "build_pipeline"]
+__all__ = [
+    "PassSpec",
+    "Step",
+    "build_pipeline",
+    "convert_option",
+    "format_pass",
+    "format_pipeline",
+    "parse_pipeline",
+    "resolve_pipeline",
+    "settable",
+    "text_options",
+]
 
-#: A parsed pipeline: (pass class, options) per step, not yet bound to a context.
-PipelineSpec = list[tuple[type[Pass], Any]]
-
-#: Name of the Options field that collects options the pass forwards (see module docstring).
-EXTRA = "extra"
+#: An option's value as written: one text, or the items of a ``[a,b]`` list.
+OptionText = str | tuple[str, ...]
+#: A resolved step: the pass class and its options, not yet bound to a context.
+Step = tuple[type[Pass], Any]
 
 _TOKEN = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*")
 
 
-def parse_pipeline(text: str) -> PipelineSpec:
-    """Parse a pipeline string; raises PassError with the position of the first problem."""
-    parser = _Parser(text)
-    steps = parser.pipeline()
-    return steps
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """One step of pipeline text, unresolved: a pass name and its options as written."""
+
+    name: str
+    #: (snake_case key, value text) in the order written.
+    options: tuple[tuple[str, OptionText], ...] = ()
+
+    def __str__(self) -> str:
+        items = [f"{key}={_format_text(value)}" for key, value in self.options]
+        return self.name + ("{" + ",".join(items) + "}" if items else "")
 
 
-def build_pipeline(text_or_spec: str | PipelineSpec, context: CompileContext) -> list[Pass]:
-    """Parse (if needed) and instantiate every pass with the shared ``context``."""
-    spec = parse_pipeline(text_or_spec) if isinstance(text_or_spec, str) else text_or_spec
-    return [cls(options, context) for cls, options in spec]
+def parse_pipeline(text: str) -> list[PassSpec]:
+    """Pipeline text -> specs; a PassInputError with the column of the first syntax problem."""
+    return _Parser(text).pipeline()
 
 
-def format_pass(p: Pass | tuple[type[Pass], Any]) -> str:
+def resolve_pipeline(pipeline: str | Sequence[PassSpec]) -> list[Step]:
+    """Look every pass up in the registry and convert its options (parsing text first)."""
+    specs = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+    return [_resolve(spec) for spec in specs]
+
+
+def build_pipeline(
+    pipeline: str | Sequence[PassSpec] | Sequence[Step], context: CompileContext
+) -> list[Pass]:
+    """Resolve (if needed) and instantiate every pass with the shared ``context``."""
+    items = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+    steps = [_resolve(item) if isinstance(item, PassSpec) else item for item in items]
+    return [cls(options, context) for cls, options in steps]
+
+
+def format_pass(p: Pass | Step | PassSpec) -> str:
+    """The canonical text of a pass, a resolved step or a spec."""
+    if isinstance(p, PassSpec):
+        return str(p)
     cls, options = (type(p), p.options) if isinstance(p, Pass) else p
-    items = []
-    for field in dataclasses.fields(options):
-        value = getattr(options, field.name)
-        if field.default is not dataclasses.MISSING and value == field.default:
-            continue
-        if field.name == EXTRA:
-            items += [f"{k}={v}" for k, v in value]
-        else:
-            items.append(f"{field.name}={_format_value(value)}")
+    items = _changed(options)
+    if cls.forwards is not None:
+        items += _changed(getattr(options, cls.forwards[1]))
     return cls.name + ("{" + ",".join(items) + "}" if items else "")
 
 
-def format_pipeline(passes: list[Pass] | PipelineSpec) -> str:
+def format_pipeline(passes: Sequence[Pass | Step | PassSpec]) -> str:
     return ",".join(format_pass(p) for p in passes)
+
+
+def _changed(options: Any) -> list[str]:
+    """``key=value`` for every option text can give that differs from its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(options)}
+    items = []
+    for name in text_options(type(options)):
+        value = getattr(options, name)
+        if value != defaults[name]:
+            items.append(f"{name}={_format_value(value)}")
+    return items
 
 
 def _format_value(value: Any) -> str:
@@ -80,13 +128,22 @@ def _format_value(value: Any) -> str:
     return str(value) if not isinstance(value, float) else repr(value)
 
 
+def _format_text(value: OptionText) -> str:
+    return "[" + ",".join(value) + "]" if isinstance(value, tuple) else value
+
+
+# --- parsing (no registry) -------------------------------------------------------------------
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
 
-    def fail(self, message: str) -> PassError:
-        return PassError(f"bad pipeline at column {self.pos + 1}: {message}  (in '{self.text}')")
+    def fail(self, message: str) -> PassInputError:
+        return PassInputError(
+            f"bad pipeline at column {self.pos + 1}: {message}  (in '{self.text}')"
+        )
 
     def peek(self) -> str:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -106,37 +163,36 @@ class _Parser:
         self.pos = match.end()
         return match.group(1)
 
-    def pipeline(self) -> PipelineSpec:
+    def pipeline(self) -> list[PassSpec]:
         if not self.text.strip():
             raise self.fail("empty pipeline")
-        steps = [self.step()]
+        specs = [self.step()]
         while self.peek() == ",":
             self.pos += 1
-            steps.append(self.step())
+            specs.append(self.step())
         if self.peek():
             raise self.fail(f"unexpected {self.peek()!r}")
-        return steps
+        return specs
 
-    def step(self) -> tuple[type[Pass], Any]:
+    def step(self) -> PassSpec:
         name = self.token("a pass name")
-        cls = registry.get(name)
-        raw: dict[str, str | list[str]] = {}
+        options: dict[str, OptionText] = {}
         if self.peek() == "{":
             self.pos += 1
             if self.peek() != "}":
                 while True:
-                    key = self.token("an option name")
+                    key = self.token("an option name").replace("-", "_")
                     self.expect("=")
-                    if key in raw:
+                    if key in options:
                         raise self.fail(f"option '{key}' given twice")
-                    raw[key] = self.value()
+                    options[key] = self.value()
                     if self.peek() != ",":
                         break
                     self.pos += 1
             self.expect("}")
-        return cls, _make_options(cls, raw)
+        return PassSpec(name, tuple(options.items()))
 
-    def value(self) -> str | list[str]:
+    def value(self) -> OptionText:
         if self.peek() == "[":
             self.pos += 1
             items: list[str] = []
@@ -147,7 +203,7 @@ class _Parser:
                 elif self.peek() != "]":
                     raise self.fail("expected ',' or ']' in a list")
             self.pos += 1
-            return items
+            return tuple(items)
         return self.scalar()
 
     def scalar(self) -> str:
@@ -160,32 +216,72 @@ class _Parser:
         return text
 
 
-def _make_options(cls: type[Pass], raw: dict[str, str | list[str]]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-    hints = typing.get_type_hints(cls.Options)
-    values: dict[str, Any] = {}
-    extra = []
-    for key, text in raw.items():
-        if key not in fields or key == EXTRA:
-            if EXTRA in fields and key != EXTRA:
-                extra.append((key, _format_value(text) if isinstance(text, list) else text))
-                continue
-            known = ", ".join(f for f in fields if f != EXTRA) or "none"
-            raise PassError(f"pass '{cls.name}' has no option '{key}' (options: {known})")
+# --- resolving (the registry and the Options types) ------------------------------------------
+
+
+def _resolve(spec: PassSpec) -> Step:
+    cls = registry.get(spec.name)
+    field = cls.forwards[1] if cls.forwards is not None else None
+    own = [f.name for f in dataclasses.fields(cls.Options) if f.name != field]
+    given = dict(spec.options)
+    options = _make(cls.name, cls.Options, {k: v for k, v in given.items() if k in own})
+    forwarded = {k: v for k, v in given.items() if k not in own}
+    if not forwarded:
+        return cls, options
+    if field is None:
+        raise PassInputError(
+            f"pass '{cls.name}' has no option '{next(iter(forwarded))}' "
+            f"(options: {', '.join(own) or 'none'})"
+        )
+    component = type(getattr(options, field))
+    known = text_options(component)
+    for key in forwarded:
+        if key not in known:
+            name = next(n for n, c in cls.components().items() if c is component)
+            raise PassInputError(
+                f"pass '{cls.name}' has no option '{key}' "
+                f"(options: {', '.join(own)}; with {name}: {', '.join(known) or 'none'})"
+            )
+    values = _make(cls.name, component, forwarded)
+    return cls, dataclasses.replace(options, **{field: values})
+
+
+def _make(pass_name: str, options_class: type, given: dict[str, OptionText]) -> Any:
+    hints = _hints(options_class)
+    values = {}
+    for key, text in given.items():
         try:
             values[key] = convert_option(text, hints[key])
         except ValueError as exc:
-            raise PassError(f"pass '{cls.name}', option '{key}': {exc}") from None
-    if extra:
-        values[EXTRA] = tuple(extra)
+            raise PassInputError(f"pass '{pass_name}', option '{key}': {exc}") from None
     try:
-        return cls.Options(**values)
+        return options_class(**values)
     except (TypeError, ValueError) as exc:
-        raise PassError(f"pass '{cls.name}': {exc}") from None
+        raise PassInputError(f"pass '{pass_name}': {exc}") from None
 
 
-def convert_option(text: str | list[str], hint: Any) -> Any:
-    """Text from a pipeline string -> a value of type ``hint`` (ValueError saying what was expected)."""
+def _hints(options_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(options_class)
+
+
+def text_options(options_class: type) -> list[str]:
+    """The fields of ``options_class`` that pipeline text can set, in field order."""
+    hints = _hints(options_class)
+    return [f.name for f in dataclasses.fields(options_class) if settable(hints[f.name])]
+
+
+def settable(hint: Any) -> bool:
+    """Whether pipeline text can give an option of type ``hint`` (a callable cannot)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(arg is type(None) or settable(arg) for arg in args)
+    if origin is tuple:
+        return not args or settable(args[0])
+    return origin is typing.Literal or hint in (bool, int, float, str)
+
+
+def convert_option(text: OptionText, hint: Any) -> Any:
+    """Pipeline text -> a value of type ``hint``; a ValueError saying what was expected."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -201,10 +297,10 @@ def convert_option(text: str | list[str], hint: Any) -> Any:
                 errors.append(str(exc))
         raise ValueError("; ".join(errors))
     if origin is tuple:
-        items = text if isinstance(text, list) else [text]
+        items = text if isinstance(text, tuple) else (text,)
         item_type = args[0] if args else str
         return tuple(convert_option(item, item_type) for item in items)
-    if isinstance(text, list):
+    if isinstance(text, tuple):
         raise ValueError(f"expected one value, got a list [{','.join(text)}]")
     if origin is typing.Literal:
         for choice in args:

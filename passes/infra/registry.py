@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from importlib import metadata
 
-from mpqc.passes.infra.base import Pass, PassError
+from mpqc.passes.infra.base import Pass, PassInputError
 
 __all__ = ["ENTRY_POINT_GROUP", "get", "names", "register"]
 
@@ -43,11 +43,11 @@ def _load_plugins() -> None:
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         cls = entry.load()
         if not (isinstance(cls, type) and issubclass(cls, Pass)):
-            raise PassError(
+            raise PassInputError(
                 f"entry point {entry.name!r} in {ENTRY_POINT_GROUP!r} is not an mpqc Pass class"
             )
         if getattr(cls, "name", None) != entry.name:
-            raise PassError(
+            raise PassInputError(
                 f"entry point {entry.name!r} points to a pass named {getattr(cls, 'name', None)!r}"
             )
         register(cls)
@@ -60,11 +60,11 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Pass]:
-    """The pass class registered as ``name``; a PassError naming close matches otherwise."""
+    """The pass class registered as ``name``; a PassInputError naming close matches otherwise."""
     _load_plugins()
     try:
         return _PASSES[name]
     except KeyError:
         close = difflib.get_close_matches(name, _PASSES, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see mpqc-opt --help-passes"
-        raise PassError(f"unknown pass '{name}': {hint}") from None
+        raise PassInputError(f"unknown pass '{name}': {hint}") from None

@@ -1,4 +1,5 @@
-"""``mpqc-opt``: any pipeline on a model, pass listing, annotations out, analysis saved between runs."""
+"""``mpqc-opt``: any pipeline on a model, pass listing, annotations out, analysis saved between
+runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from models import random_inputs, run_ort
 
 from mpqc import passes
+from mpqc.passes.infra.pipeline import text_options
 from mpqc.tools import opt
 
 
@@ -26,9 +28,21 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
     listed = [line for line in out.splitlines() if line and not line.startswith(" ")]
     assert listed == passes.names()
     for name in passes.names():
-        for field in dataclasses.fields(passes.get(name).Options):
+        cls = passes.get(name)
+        for field in dataclasses.fields(cls.Options):
+            if field.name not in text_options(cls.Options):
+                continue  # search's strategy_options: listed field by field under each strategy
             assert f"    {field.name}: " in out, (name, field.name)
             assert field.metadata.get("doc", "") in out
+    # the strategies' own options, given as search's: search{strategy=nsga2,generations=100}
+    strategies = out[out.index("\nsearch\n") :]
+    for strategy, options in passes.get("search").components().items():
+        assert f"    with strategy={strategy}:\n" in strategies
+        for option in text_options(options):
+            assert f"      {option}: " in strategies
+    assert "      generations: int = 60\n          generations after the first" in strategies
+    assert "beacon_fn" not in out  # a callable cannot be written in a pipeline
+    assert "    reads mpqc.cost, mpqc.cost.total, mpqc.sens.*; writes mpqc.bits, mpqc.pareto" in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
     assert (
         "    method: minmax|percentile|entropy|mse = 'minmax'" in out
@@ -187,7 +201,8 @@ def test_a_report_path_in_a_missing_folder_writes_nothing(capsys, cnn_path, tmp_
 
 
 def test_eval_feeds_sensitivity_task(capsys, cnn_path, calib_dir, tmp_path) -> None:
-    """--eval makes the user's metric available to sensitivity-task, whose scores land in the report."""
+    """--eval makes the user's metric available to sensitivity-task, whose scores land in the
+    report."""
     task = tmp_path / "task.py"
     task.write_text("def size(model):\n    return -float(model.ByteSize())\n")
     report = tmp_path / "r.json"

@@ -22,7 +22,7 @@ from mpqc.passes import (
     DataError,
     PassError,
     format_pipeline,
-    parse_pipeline,
+    resolve_pipeline,
 )
 from mpqc.passes.analysis.calibrate import (
     NO_DATA_NOTE,
@@ -400,13 +400,13 @@ def test_non_finite_activations_are_noted_and_ranges_stay_finite() -> None:
 
 def test_pipeline_string_parses_and_round_trips() -> None:
     text = "calibrate{method=percentile,percentile=99.9}"
-    [(cls, options)] = parse_pipeline(text)
+    [(cls, options)] = resolve_pipeline(text)
     assert cls is CalibratePass and options.method == "percentile" and options.percentile == 99.9
     assert format_pipeline([(cls, options)]) == text
     with pytest.raises(PassError, match="method"):
-        parse_pipeline("calibrate{method=kl}")
+        resolve_pipeline("calibrate{method=kl}")
     with pytest.raises(PassError, match="percentile"):
-        parse_pipeline("calibrate{percentile=101}")
+        resolve_pipeline("calibrate{percentile=101}")
 
 
 # --- the embedded model ----------------------------------------------------------------------

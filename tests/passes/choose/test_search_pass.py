@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 from models import random_inputs, small_cnn
 
-from mpqc import hwspecs
+from mpqc import hwspecs, passes
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import (
@@ -16,7 +16,8 @@ from mpqc.passes import (
     PassError,
     PassManager,
     build_pipeline,
-    parse_pipeline,
+    format_pipeline,
+    resolve_pipeline,
 )
 from mpqc.passes.choose.search import layer_edges, resolve_budget
 from mpqc.search import InfeasibleError
@@ -100,14 +101,28 @@ def test_infeasible_budget_names_the_cheapest_value(analysed) -> None:
         _search(analysed, "search", size="10B")
 
 
-def test_strategy_options_are_checked_at_parse_time() -> None:
-    assert parse_pipeline("search{strategy=nsga2,generations=5}")[0][1].extra == (
-        ("generations", "5"),
+def test_strategy_options_are_declared_and_checked_at_parse_time() -> None:
+    from mpqc.search import nsga2
+
+    [(_, options)] = resolve_pipeline("search{generations=5,strategy=nsga2}")
+    assert options.strategy_options == nsga2.Options(generations=5)
+    assert format_pipeline(resolve_pipeline("search{strategy=nsga2,generations=5}")) == (
+        "search{strategy=nsga2,generations=5}"
     )
-    with pytest.raises(PassError, match="has no option 'bogus'"):
-        parse_pipeline("search{strategy=ilp,bogus=1}")
+    assert (
+        resolve_pipeline("search")[0][1].strategy_options
+        == passes.get("search").components()["ilp"]()
+    )
+    with pytest.raises(PassError, match=r"has no option 'bogus' \(options: strategy, .*; with ilp"):
+        resolve_pipeline("search{strategy=ilp,bogus=1}")
+    with pytest.raises(PassError, match="has no option 'generations'"):
+        resolve_pipeline("search{strategy=ilp,generations=5}")  # nsga2's, not ilp's
+    with pytest.raises(PassError, match="option 'generations': 'many' is not an integer"):
+        resolve_pipeline("search{strategy=nsga2,generations=many}")
+    with pytest.raises(PassError, match="has no option 'beacon_fn'"):  # a callable: Python only
+        resolve_pipeline("search{strategy=mohaq,beacon_fn=f}")
     with pytest.raises(PassError, match="unknown search strategy"):
-        parse_pipeline("search{strategy=annealing}")
+        resolve_pipeline("search{strategy=annealing}")
 
 
 def test_layer_edges_follow_data_flow_through_other_ops(analysed) -> None:

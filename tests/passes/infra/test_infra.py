@@ -1,4 +1,5 @@
-"""Pass infrastructure: pipeline strings, the registry and its plug-ins, the manager, instruments."""
+"""Pass infrastructure: pipeline text, contracts, the registry and its plug-ins, the manager,
+instruments."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from mpqc.ir import annotations as A
 from mpqc.passes import IRPrinter, Pass, PassError, PassManager
 from mpqc.passes.infra import registry
 from mpqc.passes.infra.instruments import dump_header
-from mpqc.passes.infra.pipeline import EXTRA, format_pipeline, parse_pipeline
+from mpqc.passes.infra.pipeline import (
+    PassSpec,
+    format_pipeline,
+    parse_pipeline,
+    resolve_pipeline,
+    settable,
+)
 
 # --- pipeline strings ---------------------------------------------------------------------------
 
@@ -63,8 +70,8 @@ def _steps(draw: st.DrawFn) -> tuple[type[Pass], typing.Any]:
     hints = typing.get_type_hints(cls.Options)
     values = {}
     for field in dataclasses.fields(cls.Options):
-        if field.name == EXTRA:
-            continue  # forwarded options are validated by the component they go to
+        if not settable(hints[field.name]):
+            continue  # search's strategy options: a dataclass, given through its own fields
         if draw(st.booleans()):
             values[field.name] = draw(_values(field.name, hints[field.name], field.default))
     try:
@@ -82,14 +89,15 @@ def _steps(draw: st.DrawFn) -> tuple[type[Pass], typing.Any]:
 @given(st.lists(_steps(), min_size=1, max_size=4))
 def test_pipeline_strings_round_trip(spec: list[tuple[type[Pass], typing.Any]]) -> None:
     text = format_pipeline(spec)
-    parsed = parse_pipeline(text)
-    assert parsed == spec
-    assert format_pipeline(parsed) == text
+    resolved = resolve_pipeline(text)
+    assert resolved == spec
+    assert format_pipeline(resolved) == text
 
 
 def test_pipeline_string_with_spaces_and_lists() -> None:
-    spec = parse_pipeline(
-        " canonicalize{ fold_batchnorm = false } , lower-qdq{uniform=w4a8,act_signed=true},verify{min_sqnr_db=20}"
+    spec = resolve_pipeline(
+        " canonicalize{ fold_batchnorm = false } , "
+        "lower-qdq{uniform=w4a8,act_signed=true},verify{min_sqnr_db=20}"
     )
     assert [cls.name for cls, _ in spec] == ["canonicalize", "lower-qdq", "verify"]
     assert (
@@ -99,7 +107,8 @@ def test_pipeline_string_with_spaces_and_lists() -> None:
     )
     assert (
         format_pipeline(spec)
-        == "canonicalize{fold_batchnorm=false},lower-qdq{uniform=w4a8,act_signed=true},verify{min_sqnr_db=20.0}"
+        == "canonicalize{fold_batchnorm=false},lower-qdq{uniform=w4a8,act_signed=true},"
+        "verify{min_sqnr_db=20.0}"
     )
 
 
@@ -110,7 +119,8 @@ def test_pipeline_string_with_spaces_and_lists() -> None:
         ("lower-qdk{uniform=w8a8}", "unknown pass 'lower-qdk': did you mean lower-qdq"),
         (
             "canonicalize{fold_everything=true}",
-            "pass 'canonicalize' has no option 'fold_everything' (options: fold_constants, fold_batchnorm)",
+            "pass 'canonicalize' has no option 'fold_everything' "
+            "(options: fold_constants, fold_batchnorm)",
         ),
         ("canonicalize{fold_batchnorm=maybe}", "option 'fold_batchnorm': 'maybe' is not a boolean"),
         ("fold-constants{max_bytes=lots}", "option 'max_bytes': 'lots' is not an integer"),
@@ -128,9 +138,31 @@ def test_pipeline_string_with_spaces_and_lists() -> None:
 )
 def test_bad_pipelines_give_one_line_pass_errors(text: str, message: str) -> None:
     with pytest.raises(PassError) as info:
-        parse_pipeline(text)
+        resolve_pipeline(text)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_parsing_needs_no_registry() -> None:
+    specs = parse_pipeline("no-such-pass{block-size=32,bits=[2, 4]},canonicalize")
+    assert specs == [
+        PassSpec("no-such-pass", (("block_size", "32"), ("bits", ("2", "4")))),
+        PassSpec("canonicalize"),
+    ]
+    assert format_pipeline(specs) == "no-such-pass{block_size=32,bits=[2,4]},canonicalize"
+    assert parse_pipeline(format_pipeline(specs)) == specs
+    with pytest.raises(PassError, match="expected '}'"):
+        parse_pipeline("no-such-pass{a=1")
+    with pytest.raises(PassError, match="unknown pass 'no-such-pass'"):
+        resolve_pipeline(specs)
+
+
+def test_kebab_case_option_keys_are_the_snake_case_ones() -> None:
+    kebab = resolve_pipeline("lower-qdq{block-size=32,weight-only=true}")
+    assert kebab == resolve_pipeline("lower-qdq{block_size=32,weight_only=true}")
+    assert format_pipeline(kebab) == "lower-qdq{weight_only=true,block_size=32}"  # canonical
+    with pytest.raises(PassError, match="option 'block_size' given twice"):
+        parse_pipeline("lower-qdq{block-size=32,block_size=64}")
 
 
 def test_names_and_get() -> None:
@@ -202,7 +234,7 @@ def test_entry_point_passes_are_registered_and_run(
 ) -> None:
     plugin("name-nodes", "NameNodes")
     assert "name-nodes" in passes.names()
-    spec = parse_pipeline("canonicalize,name-nodes")
+    spec = resolve_pipeline("canonicalize,name-nodes")
     assert spec[1][0].__module__ == "mpqc_test_plugin"
     from mpqc.pipeline import Pipeline
 
@@ -433,7 +465,7 @@ def test_pass_options_and_repr() -> None:
         passes.get("lower-qdq")(passes.get("verify").Options())
 
 
-# --- instruments -------------------------------------------------------------------------------------
+# --- instruments ---------------------------------------------------------------------------------
 
 
 def _run_printed(printer: IRPrinter) -> list[str]:
@@ -456,8 +488,9 @@ def test_print_ir_after_one_pass() -> None:
 
 
 def test_print_ir_after_change_prints_only_changes() -> None:
-    # analyse writes scores (a change), rewrite renames and drops them (a change), the second analyse
-    # writes the same scores again (a change); a fourth pass that does nothing must stay silent.
+    # analyse writes scores (a change), rewrite renames and drops them (a change), the second
+    # analyse writes the same scores again (a change); a fourth pass that does nothing must stay
+    # silent.
     printer = IRPrinter(after_change=True, stream=io.StringIO())
     PassManager([_Analyse(), _Analyse(), _Rewrite(), _Rewrite()], [printer])(small_cnn())
     headers = [
