@@ -2,13 +2,13 @@
 
 A recipe turns the prepared float model into a quantized file, given calibration data both in memory
 and as an ``mpqc --calib`` directory. Recipes live in one registry; ``register_tool`` adds a tool
-(a Python function) and ``mpqc_recipe`` wraps an ``mpqc`` command line, so the harness runs them all in
-the same loop with the same data, metrics and timers.
+(a Python function) and ``mpqc_recipe`` wraps an ``mpqc`` command line, so the harness runs them all
+in the same loop with the same data, metrics and timers.
 
 The onnxruntime recipes are the peers' strongest and most common ones (see shared/PEERS.md):
-``quantize_static`` QDQ with per-channel int8 weights and MinMax ranges, after ``quant_pre_process``,
-with signed or unsigned 8-bit activations; the Conv+MatMul-only variant; ``quantize_dynamic``; and
-4-bit weight-only ``MatMulNBits`` (block 32).
+``quantize_static`` QDQ with per-channel int8 weights and MinMax ranges, after
+``quant_pre_process``, with signed or unsigned 8-bit activations; the Conv+MatMul-only variant;
+``quantize_dynamic``; and 4-bit weight-only ``MatMulNBits`` (block 32).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class ListReader:
 
 
 def preprocessed(float_model: Path, folder: Path) -> Path:
-    """onnxruntime's ``quant_pre_process`` (shape inference + graph optimization), as its docs advise.
+    """onnxruntime's ``quant_pre_process`` (shape inference + graph optimization), as advised.
 
     Symbolic shape inference gives up on PP-OCR's and MiniLM's dynamic shapes ("Incomplete symbolic
     shape inference"); then only ONNX shape inference runs, as onnxruntime's own message suggests.
@@ -108,7 +108,8 @@ def preprocessed(float_model: Path, folder: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_model, output = Path(float_model).resolve(), Path(folder).resolve() / "preprocessed.onnx"
-    # It writes temporary models (sym_shape_infer_temp.onnx, <uuid>.data) into the working directory.
+    # It writes temporary models (sym_shape_infer_temp.onnx, <uuid>.data) into the working
+    # directory.
     with contextlib.chdir(output.parent):
         try:
             quant_pre_process(str(float_model), str(output))
@@ -142,7 +143,8 @@ def ort_static(activation: str, op_types: Sequence[str] | None = None) -> Quanti
 
 
 def ort_dynamic(request: QuantizeRequest) -> None:
-    """``quantize_dynamic`` with its defaults (int8 weights per tensor, activations quantized at run time)."""
+    """``quantize_dynamic`` with its defaults (int8 weights per tensor, activations quantized at
+    run time)."""
     from onnxruntime.quantization import quantize_dynamic
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -150,7 +152,7 @@ def ort_dynamic(request: QuantizeRequest) -> None:
 
 
 def ort_matmul_nbits(request: QuantizeRequest) -> None:
-    """4-bit symmetric weight-only ``MatMulNBits``, block 32, for every MatMul with a constant weight.
+    """4-bit symmetric weight-only ``MatMulNBits``, block 32, for MatMuls with a constant weight.
 
     ``quant_pre_process`` runs first: it folds weights stored as Constant nodes (PP-OCR's) into
     initializers, without which the quantizer finds no MatMul to convert.

@@ -1,7 +1,7 @@
 """Where fetched wheels, extracted models and quantized outputs live: outside the repository.
 
-Model files are large and licensed by their authors, so they are never committed; every run finds them
-in one cache directory, ``$MPQC_BENCH_CACHE`` or ``~/.cache/mpqc-bench``.
+Model files are large and licensed by their authors, so they are never committed; every run finds
+them in one cache directory, ``$MPQC_BENCH_CACHE`` or ``~/.cache/mpqc-bench``.
 """
 
 from __future__ import annotations

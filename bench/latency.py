@@ -1,22 +1,24 @@
 """``python -m bench.latency``: does the cost pass predict what onnxruntime measures?
 
-For each model (the embedded digits CNN, ``light_*`` architectures, real models from ``bench.models``)
-a set of configurations is lowered with mpqc — float, uniform w8a8 / w4a8 / w8a16 / w2a8, seeded random
-per-layer mixes, and what the ILP search picks under size and latency budgets — and each one is
+For each model (the embedded digits CNN, ``light_*`` architectures, real models from
+``bench.models``) a set of configurations is lowered with mpqc — float, uniform w8a8 / w4a8 /
+w8a16 / w2a8, seeded random per-layer mixes, and what the ILP search picks under size and latency
+budgets — and each one is
 
 * *predicted*: the cost pass's total, ``mpqc.cost.total.fixed.latency_s`` plus the chosen entry's
   ``latency_s`` of every layer (exactly the sum the search minimizes), for the bundled spec of this
   CPU and for a spec ``mpqc-hw profile`` fitted here;
-* *measured*: onnxruntime's CPU provider, one intra-op thread, full graph optimization, the median of
-  interleaved repeats after warm-up (``mpqc.hwspecs.kernels.measure_models``): the configurations of one
-  model take turns, so a burst of load from another process slows them alike.  Both the CPU time of
-  the inference thread (with one intra-op thread the run executes there: what an inference costs on a
-  core of its own) and the wall clock (that plus waiting for a core on a shared machine) are recorded;
-  the first is the latency the cost model is scored against, the second is reported next to it.
+* *measured*: onnxruntime's CPU provider, one intra-op thread, full graph optimization, the median
+  of interleaved repeats after warm-up (``mpqc.hwspecs.kernels.measure_models``): the configurations
+  of one model take turns, so a burst of load from another process slows them alike.  Both the CPU
+  time of the inference thread (with one intra-op thread the run executes there: what an inference
+  costs on a core of its own) and the wall clock (that plus waiting for a core on a shared machine)
+  are recorded; the first is the latency the cost model is scored against, the second is reported
+  next to it.
 
-Reported per model and pooled: Spearman's rank correlation of predicted against measured, and the mean
-relative error ``|predicted - measured| / measured``.  The machine's load average before and after is
-recorded next to the numbers.
+Reported per model and pooled: Spearman's rank correlation of predicted against measured, and the
+mean relative error ``|predicted - measured| / measured``.  The machine's load average before and
+after is recorded next to the numbers.
 
 ``--haq`` instead reproduces HAQ's published latency reduction on its own hardware model (see
 ``haq_speedups``): MobileNet-V1/V2 for ImageNet built here, priced by the cost pass on the bundled
@@ -118,7 +120,8 @@ def make_case(name: str) -> Case:
     if name in MODELS:
         return real_case(name)
     raise SystemExit(
-        f"bench.latency: unknown model {name!r}; choose digits, {', '.join(LIGHT_MODELS)}, {', '.join(MODELS)}"
+        f"bench.latency: unknown model {name!r}; "
+        f"choose digits, {', '.join(LIGHT_MODELS)}, {', '.join(MODELS)}"
     )
 
 
@@ -191,30 +194,32 @@ def configurations(
     seed: int,
     log: Callable[[str], None] = lambda line: None,
 ) -> list[Config]:
-    """The uniform configurations, ``mixes`` seeded random mixes, and what the search picks per budget
-    (a budget no configuration meets is logged and skipped)."""
+    """The uniform configurations, ``mixes`` seeded random mixes, and what the search picks per
+    budget (a budget no configuration meets is logged and skipped)."""
     names = layer_names(analysed)
     configs = [Config(name, {layer: pair for layer in names}) for name, pair in UNIFORM.items()]
     rng = np.random.default_rng([seed, sum(map(ord, case.name))])
     for index in range(mixes):
         draws = rng.integers(0, len(MIX_CHOICES), len(names))
         configs.append(
-            Config(f"mix{index}", {layer: MIX_CHOICES[d] for layer, d in zip(names, draws)})
+            Config(
+                f"mix{index}",
+                {layer: MIX_CHOICES[d] for layer, d in zip(names, draws, strict=True)},
+            )
         )
     for objective, budget in SEARCH_BUDGETS:
         try:
             configs.append(searched(case, spec, objective, budget))
-        except (
-            InfeasibleError
-        ) as exc:  # an infeasible budget is a finding, not a crash: note it and go on
-            log(
-                f"  {case.name}: search under {objective} {budget} failed: {str(exc).splitlines()[0]}"
-            )
+        except InfeasibleError as exc:
+            # An infeasible budget is a finding, not a crash: note it and go on.
+            reason = str(exc).splitlines()[0]
+            log(f"  {case.name}: search under {objective} {budget} failed: {reason}")
     return configs
 
 
 def lower(analysed: ir.Model, case: Case, spec: hwspecs.HardwareSpec, config: Config) -> bytes:
-    """``config`` lowered by ``lower-qdq`` from the analysed model, serialized; ``analysed`` is untouched."""
+    """``config`` lowered by ``lower-qdq`` from the analysed model, serialized; ``analysed`` is
+    untouched."""
     # A serialized copy, not ``clone()``: onnx_ir's clone shares value types with the original, so
     # lowering one clone retyped the original's embedding rows (MiniLM's int8 Gather output).
     model = ir.serde.deserialize_model(ir.serde.serialize_model(analysed))
@@ -244,15 +249,15 @@ def run_case(
     min_seconds: float,
     log: Callable[[str], None],
 ) -> list[Row]:
-    """Every configuration of ``case``, lowered for ``lowering_spec``, measured once (interleaved) and
-    predicted by each spec's cost pass."""
+    """Every configuration of ``case``, lowered for ``lowering_spec``, measured once (interleaved)
+    and predicted by each spec's cost pass."""
     analysed = {label: analyse(case, spec) for label, spec in specs.items()}
     base = analysed[lowering_spec]
     configs = configurations(case, base, specs[lowering_spec], mixes, seed, log)
     models = [lower(base, case, specs[lowering_spec], config) for config in configs]
     measured = measure_models(models, threads=1, min_seconds=min_seconds, feeds=case.feed)
     rows = []
-    for config, timing in zip(configs, measured):
+    for config, timing in zip(configs, measured, strict=True):
         row = Row(
             case.name,
             config.name,
@@ -261,7 +266,8 @@ def run_case(
             {label: predict(costed, config) for label, costed in analysed.items()},
         )
         log(
-            f"  {case.name:12s} {config.name:18s} measured {timing.cpu_s * 1e3:9.3f} ms (wall {timing.wall_s * 1e3:9.3f})  "
+            f"  {case.name:12s} {config.name:18s} measured {timing.cpu_s * 1e3:9.3f} ms "
+            f"(wall {timing.wall_s * 1e3:9.3f})  "
             + "  ".join(f"{label} {p * 1e3:9.3f} ms" for label, p in row.predicted_s.items())
         )
         rows.append(row)
@@ -269,8 +275,8 @@ def run_case(
 
 
 def score(rows: Sequence[Row], label: str, wall: bool = False) -> dict[str, float]:
-    """Spearman rho and mean relative error of ``label``'s predictions over ``rows`` (against the thread's
-    CPU time, or the wall clock)."""
+    """Spearman rho and mean relative error of ``label``'s predictions over ``rows`` (against the
+    thread's CPU time, or the wall clock)."""
     measured = np.array([r.wall_s if wall else r.measured_s for r in rows])
     predicted = np.array([r.predicted_s[label] for r in rows])
     rho = float(spearmanr(predicted, measured).statistic) if len(rows) > 2 else float("nan")
@@ -330,14 +336,15 @@ def profiled_spec(path: pathlib.Path, log: Callable[[str], None]) -> hwspecs.Har
     return hwspecs.load(path)
 
 
-# -- HAQ's published figure ---------------------------------------------------------------------------
+# -- HAQ's published figure ------------------------------------------------------------------------
 
-#: HAQ (arXiv 1811.08886), abstract: "reduced the latency by 1.4-1.95x ... with negligible loss of accuracy
-#: compared with the fixed bitwidth (8 bits) quantization", on BISMO edge (Zynq-7020) and cloud (VU9P).
+#: HAQ (arXiv 1811.08886), abstract: "reduced the latency by 1.4-1.95x ... with negligible loss
+#: of accuracy compared with the fixed bitwidth (8 bits) quantization", on BISMO edge (Zynq-7020)
+#: and cloud (VU9P).
 HAQ_SPEEDUP_RANGE = (1.4, 1.95)
 
-#: MobileNet-V1 (Howard et al. 2017, Table 1): after a 3x3 stride-2 stem of 32 channels, depthwise 3x3 +
-#: pointwise 1x1 pairs as (stride, output channels).
+#: MobileNet-V1 (Howard et al. 2017, Table 1): after a 3x3 stride-2 stem of 32 channels,
+#: depthwise 3x3 + pointwise 1x1 pairs as (stride, output channels).
 MOBILENET_V1 = (
     (1, 64),
     (2, 128),
@@ -353,7 +360,8 @@ MOBILENET_V1 = (
     (2, 1024),
     (1, 1024),
 )
-#: MobileNet-V2 (Sandler et al. 2018, Table 2): inverted residual stages (expansion t, channels c, repeats n, stride s).
+#: MobileNet-V2 (Sandler et al. 2018, Table 2): inverted residual stages (expansion t, channels
+#: c, repeats n, stride s).
 MOBILENET_V2 = (
     (1, 16, 1, 1),
     (6, 24, 2, 2),
@@ -366,7 +374,8 @@ MOBILENET_V2 = (
 
 
 class _Builder:
-    """A float ONNX network built layer by layer, He-normal weights from a fixed seed (BN folded away)."""
+    """A float ONNX network built layer by layer, He-normal weights from a fixed seed (BN folded
+    away)."""
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
@@ -440,7 +449,8 @@ def mobilenet_v1() -> onnx.ModelProto:
 
 
 def mobilenet_v2() -> onnx.ModelProto:
-    """MobileNet-V2 1.0 for 224x224 ImageNet (ReLU6 as Clip): 53 Conv/Gemm layers, about 300 M MACs."""
+    """MobileNet-V2 1.0 for 224x224 ImageNet (ReLU6 as Clip): 53 Conv/Gemm layers, about 300 M
+    MACs."""
     net = _Builder()
     relu6 = "Relu"  # ReLU6's upper clip does not change any MAC count or byte the cost model sees
     x, channels = net.conv("image", 3, 32, 3, 2, act=relu6), 32
@@ -463,12 +473,13 @@ def uniform_latency(costed: ir.Model, bits: int) -> float:
 
 
 def haq_speedups(bits: int = 6) -> dict[tuple[str, str], float]:
-    """Latency of fixed 8-bit over that of ``bits``-bit, per (network, BISMO spec), from the cost pass.
+    """Latency of fixed 8-bit over ``bits``-bit, per (network, BISMO spec), from the cost pass.
 
-    HAQ's latency-constrained policies (its Table of BISMO edge/cloud results) are held to the latency
-    of uniform 4-, 5- and 6-bit quantization; at the 6-bit budget their accuracy matches 8-bit's, which
-    is the "negligible loss" the abstract's 1.4-1.95x speedup over fixed 8-bit is quoted at.  So the
-    speedup a 6-bit-budget policy reaches over 8-bit is 8-bit latency / 6-bit latency on the same model.
+    HAQ's latency-constrained policies (its Table of BISMO edge/cloud results) are held to the
+    latency of uniform 4-, 5- and 6-bit quantization; at the 6-bit budget their accuracy matches
+    8-bit's, which is the "negligible loss" the abstract's 1.4-1.95x speedup over fixed 8-bit is
+    quoted at.  So the speedup a 6-bit-budget policy reaches over 8-bit is 8-bit latency / 6-bit
+    latency on the same model.
     """
     speedups = {}
     for net_name, build in (("MobileNet-V1", mobilenet_v1), ("MobileNet-V2", mobilenet_v2)):
@@ -519,9 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| network | spec | 8-bit / 6-bit latency | HAQ: {low}-{high}x |")
         print("|---|---|---|---|")
         for (net_name, spec_name), speedup in haq_speedups().items():
-            print(
-                f"| {net_name} | {spec_name} | {speedup:.2f}x | {'within' if low <= speedup <= high else 'outside'} |"
-            )
+            verdict = "within" if low <= speedup <= high else "outside"
+            print(f"| {net_name} | {spec_name} | {speedup:.2f}x | {verdict} |")
         return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     from mpqc.hwspecs.profiling import base_for_machine
@@ -538,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = list(specs)
     table, wall_table = summary(rows, labels), summary(rows, labels, wall=True)
     print(
-        f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after {tuple(round(x, 2) for x in load_after)}"
+        f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, "
+        f"after {tuple(round(x, 2) for x in load_after)}"
     )
     print_table(table, labels, "against the inference thread's CPU time")
     print_table(wall_table, labels, "against the wall clock")

@@ -1,12 +1,13 @@
 """onnx's ``light_*`` architectures with seeded, realistically scaled weights.
 
-The onnx package ships AlexNet, ResNet-50, DenseNet-121, Inception, ShuffleNet, SqueezeNet, VGG-19 and
-ZFNet as "light" models: the real graphs, but every weight a ``ConstantOfShape`` (one value repeated)
-and some BatchNorm parameters left as graph inputs. A quantizer learns nothing from a tensor with one
-value, so each weight is replaced by a seeded draw whose scale follows its role — He-normal for Conv
-and Gemm weights, small biases, BatchNorm scales near 1 and variances in [0.5, 1.5] — which keeps
-activations in a realistic range through 50+ layers. No trained accuracy comes with them: the
-benchmark scores quantized models by fidelity to their float model (SQNR, top-1 agreement).
+The onnx package ships AlexNet, ResNet-50, DenseNet-121, Inception, ShuffleNet, SqueezeNet, VGG-19
+and ZFNet as "light" models: the real graphs, but every weight a ``ConstantOfShape`` (one value
+repeated) and some BatchNorm parameters left as graph inputs. A quantizer learns nothing from a
+tensor with one value, so each weight is replaced by a seeded draw whose scale follows its role —
+He-normal for Conv and Gemm weights, small biases, BatchNorm scales near 1 and variances in
+[0.5, 1.5] — which keeps activations in a realistic range through 50+ layers. No trained accuracy
+comes with them: the benchmark scores quantized models by fidelity to their float model (SQNR,
+top-1 agreement).
 """
 
 from __future__ import annotations

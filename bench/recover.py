@@ -1,4 +1,4 @@
-"""``python -m bench.recover``: task accuracy with and without the ``recover`` pass (bench/RESULTS.md §6).
+"""``python -m bench.recover``: task accuracy with and without the ``recover`` pass (RESULTS.md §6).
 
 For each model, each weight configuration is compiled twice or more from the same calibrated model —
 plain rounding (``lower-qdq`` alone) and with ``recover`` in its variants — and every result is
@@ -148,7 +148,8 @@ def run_case(
                     "notes": notes,
                 }
                 log(
-                    f"[{case.name}] {config:5s} {variant:22s} {case.metric} {score:.4f}  drop {row['drop']:+.4f}  recover {row['recover_s'] or 0:.1f}s"
+                    f"[{case.name}] {config:5s} {variant:22s} {case.metric} {score:.4f}  "
+                    f"drop {row['drop']:+.4f}  recover {row['recover_s'] or 0:.1f}s"
                 )
                 rows.append(row)
     return {

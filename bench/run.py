@@ -1,9 +1,10 @@
 """``python -m bench.run``: every recipe on every model, one table per model.
 
 For each model: fetch and prepare the float model, make the task's data, write its calibration
-directory, then for each recipe quantize (timed), evaluate the task, compare predictions with float's,
-and measure file size and 1- and 2-thread latency (absolute, and relative to float timed back to
-back). A recipe that fails is recorded with its error and the run goes on. Results are written after each model, as JSON (``--out``) and markdown beside it.
+directory, then for each recipe quantize (timed), evaluate the task, compare predictions with
+float's, and measure file size and 1- and 2-thread latency (absolute, and relative to float timed
+back to back). A recipe that fails is recorded with its error and the run goes on. Results are
+written after each model, as JSON (``--out``) and markdown beside it.
 
 mpqc joins through ``--mpqc NAME='ARGS'`` (repeatable), which runs
 ``mpqc FLOAT ARGS -o OUT --calib DIR``, or from Python through ``bench.baselines.register_tool``.
@@ -57,7 +58,8 @@ def run_recipe(
             path = workdir / f"{recipe.name}.onnx"
             path.unlink(missing_ok=True)
             request = QuantizeRequest(float_model, task.calibration_inputs, calib_dir, path)
-            # Quantizers drop temporary files into the working directory; keep them out of the caller's.
+            # Quantizers drop temporary files into the working directory; keep them out of the
+            # caller's.
             with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
                 start = time.perf_counter()
                 recipe.quantize(request)
@@ -79,7 +81,8 @@ def run_recipe(
 
 @dataclass
 class Bench:
-    """One model made ready for recipes: its float file, task, calibration folder and float reference."""
+    """One model made ready for recipes: its float file, task, calibration folder and float
+    reference."""
 
     model: registry.BenchModel
     sizes: TaskSizes

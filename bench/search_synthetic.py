@@ -18,6 +18,7 @@ import argparse
 import itertools
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def exhaustive_front(problem: Problem) -> tuple:
     sizes = problem.total("size", configs)
     points = [
         search.Point(tuple(c), {"error": e, "size": s}, False)
-        for c, e, s in zip(configs.tolist(), errors, sizes)
+        for c, e, s in zip(configs.tolist(), errors, sizes, strict=True)
     ]
     return non_dominated(points, problem.objectives)
 
@@ -70,7 +71,7 @@ def speed_table(strategies: list[str]) -> list[str]:
     )
     for name in strategies:
         options = LARGE_OPTIONS.get(name, {})
-        result, wall, cpu = timed(lambda: search.run(problem, name, seed=0, **options))
+        result, wall, cpu = timed(partial(search.run, problem, name, seed=0, **options))
         label = name + "".join(f", {k}={v}" for k, v in options.items())
         rows.append(
             f"| {label} | {wall:.3f} | {cpu:.3f} | "

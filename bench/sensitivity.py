@@ -1,21 +1,22 @@
-"""Do the sensitivity scores predict real damage, and what do they cost? Spearman's rho and wall times.
+"""Do the sensitivity scores predict real damage, and what do they cost? Spearman's rho, wall time.
 
 For each model, the *true damage* of lowering one layer alone to b bits (weights; b = 2, 3, 4, 8) is
 measured on held-out data through the configurable evaluator — the numbers lower-qdq ships:
 
 - digits (the embedded CNN): the drop in top-1 accuracy on the 300-image evaluation split, and the
   output KL divergence from float;
-- orientation (PP-LCNet): the output KL divergence on held-out pages (accuracy saturates on clean pages);
+- orientation (PP-LCNet): the output KL divergence on held-out pages (accuracy saturates on clean
+  pages);
 - minilm (paraphrase-MiniLM-L3-v2): the drop in paraphrase-retrieval MRR, and 1 - the mean cosine of
   the sentence embeddings to float's, on held-out sentences;
 - ppocr (PP-OCRv4 recognizer): the drop in character accuracy on held-out rendered lines.
 
-Every ``sensitivity-*`` pass then scores the same (layer, b) pairs from calibration data only, and the
-table gives, per metric, Spearman's rho against the truth across layers for each b (does it order the
-layers right?), pooled over all (layer, b) pairs, and the pass's wall time relative to one float pass
-over the calibration set. ``task`` uses the user-metric path (lowered models) with accuracy on the
-*calibration* split, so it is not scored on the data that defines the truth (digits only).
-``--sweep`` adds sensitivity-output's rho and time at 4, 8, 16 and 32 calibration samples.
+Every ``sensitivity-*`` pass then scores the same (layer, b) pairs from calibration data only, and
+the table gives, per metric, Spearman's rho against the truth across layers for each b (does it
+order the layers right?), pooled over all (layer, b) pairs, and the pass's wall time relative to one
+float pass over the calibration set. ``task`` uses the user-metric path (lowered models) with
+accuracy on the *calibration* split, so it is not scored on the data that defines the truth (digits
+only). ``--sweep`` adds sensitivity-output's rho and time at 4, 8, 16 and 32 calibration samples.
 
 ``--speed MODEL`` times sensitivity-output (every layer x 4 weight bit-widths) against onnxruntime's
 ``quant_pre_process`` + ``quantize_static`` on the same model and calibration data, alternating
@@ -24,9 +25,11 @@ anything. ``--data-free`` times the data-free passes on a 25M-parameter model.
 
 onnx's ``light_*`` backend-test models are checked too, and skipped when (as in onnx 1.23) their
 weights are ConstantOfShape fills: one value per output channel (after BatchNorm folding) is stored
-exactly by any per-channel grid, so every weight damage and score is zero and there is nothing to rank.
+exactly by any per-channel grid, so every weight damage and score is zero and there is nothing to
+rank.
 
-Run: ``python -m bench.sensitivity [--models digits,orientation,minilm,ppocr,light] [--samples 32] [--sweep]``.
+Run: ``python -m bench.sensitivity [--models digits,orientation,minilm,ppocr,light]
+[--samples 32] [--sweep]``.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def top1_accuracy(labels: np.ndarray, outputs: list[Outputs]) -> float:
 
 
 def retrieval_mrr(output: int, outputs: list[Outputs]) -> float:
-    """MRR of each query's paraphrase among paraphrases and hard negatives (ParaphraseTask's layout)."""
+    """MRR of each query's paraphrase among paraphrases and hard negatives (ParaphraseTask's
+    layout)."""
     from bench.tasks.metrics import mean_reciprocal_rank
 
     embeddings = np.stack([np.asarray(o[output], np.float64).reshape(-1) for o in outputs])
@@ -230,7 +234,8 @@ CASES = {
 
 
 def light_models_are_degenerate() -> list[str]:
-    """Names of onnx's light_* models, each with why it cannot be ranked (constant weights) or 'usable'."""
+    """Names of onnx's light_* models, each with why it cannot be ranked (constant weights) or
+    'usable'."""
     folder = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     verdicts = []
     for path in sorted(folder.glob("light_*.onnx")):
@@ -244,7 +249,8 @@ def light_models_are_degenerate() -> list[str]:
         verdicts.append(
             f"{path.stem}: {len(layers)} layers, "
             + (
-                "every output channel holds one value (ConstantOfShape fills, scaled per channel by folded BatchNorm): skipped"
+                "every output channel holds one value (ConstantOfShape fills, scaled per channel "
+                "by folded BatchNorm): skipped"
                 if constant
                 else "usable"
             )
@@ -253,7 +259,8 @@ def light_models_are_degenerate() -> list[str]:
 
 
 def _constant_channels(weight: np.ndarray, axis: int) -> bool:
-    """Whether every output channel holds a single value (which any per-channel grid stores exactly)."""
+    """Whether every output channel holds a single value (which any per-channel grid stores
+    exactly)."""
     rows = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
     return bool(np.all(rows == rows[:, :1]))
 
@@ -267,7 +274,8 @@ def true_damage(case: Case, layers: Sequence[str]) -> dict[str, dict[tuple[str, 
     keys = [(name, b) for name in layers for b in WBITS]
     configs = [{name: (b, FLOAT_BITS)} for name, b in keys]
     return {
-        label: dict(zip(keys, evaluator.errors(configs, measure))) for label, measure in case.truths
+        label: dict(zip(keys, evaluator.errors(configs, measure), strict=True))
+        for label, measure in case.truths
     }
 
 
@@ -349,13 +357,15 @@ def run_case(case: Case, samples: int, sweep: bool) -> str:
                 swept.append((measure, n, _scores(case.model, "output"), seconds / float_seconds))
 
     out = [
-        f"### {case.name}: {len(layers)} layers, {len(case.calibration)} calibration samples, float pass over them "
-        f"{float_seconds * 1e3:.0f} ms; truths measured in {truth_seconds:.0f} s (load {os.getloadavg()[0]:.1f})",
+        f"### {case.name}: {len(layers)} layers, {len(case.calibration)} calibration samples, "
+        f"float pass over them {float_seconds * 1e3:.0f} ms; "
+        f"truths measured in {truth_seconds:.0f} s (load {os.getloadavg()[0]:.1f})",
         "",
     ]
     for truth_label, truth in truths.items():
         out += [
-            f"Spearman's rho against the truth = {truth_label} (per bit-width across layers; pooled over all pairs):",
+            f"Spearman's rho against the truth = {truth_label} "
+            "(per bit-width across layers; pooled over all pairs):",
             "",
         ]
         out.append(
@@ -399,7 +409,8 @@ def _fmt(value: float) -> str:
 
 
 def speed(name: str, rounds: int) -> str:
-    """sensitivity-output (all layers x 4 weight widths) against quant_pre_process + quantize_static."""
+    """sensitivity-output (all layers x 4 weight widths) against quant_pre_process +
+    quantize_static."""
     from bench.baselines import QuantizeRequest, ort_static
     from bench.models import get
 
@@ -430,18 +441,21 @@ def speed(name: str, rounds: int) -> str:
             f"sensitivity-output{{wbits=[{','.join(map(str, WBITS))}],samples={len(calibration)}}}",
         )
         lines.append(
-            f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× | {os.getloadavg()[0]:.1f} |"
+            f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× "
+            f"| {os.getloadavg()[0]:.1f} |"
         )
     return "\n".join(lines)
 
 
 def data_free_seconds(parameters: int = 25_000_000) -> str:
-    """Wall time of the data-free passes on a stack of Gaussian MatMuls holding ``parameters`` weights."""
+    """Wall time of the data-free passes on a stack of Gaussian MatMuls holding ``parameters``
+    weights."""
     width = 2048
     count = max(1, round(parameters / width / width))
     text = "\n".join(f"  h{i + 1} = MatMul(h{i}, w{i})" for i in range(count))
     proto = onnx.parser.parse_model(
-        f'<ir_version: 10, opset_import: ["" : 17]>\nwide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}'
+        f'<ir_version: 10, opset_import: ["" : 17]>\n'
+        f"wide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}"
     )
     rng = np.random.default_rng(0)
     proto.graph.initializer.extend(
@@ -450,7 +464,8 @@ def data_free_seconds(parameters: int = 25_000_000) -> str:
     )
     model = ir.from_proto(proto)
     lines = [
-        f"### data-free passes on {count * width * width / 1e6:.1f}M parameters ({count} MatMuls {width}x{width}), 4 weight widths",
+        f"### data-free passes on {count * width * width / 1e6:.1f}M parameters "
+        f"({count} MatMuls {width}x{width}), 4 weight widths",
         "",
     ]
     for text in ("sensitivity-entropy", "sensitivity-weight-error"):
@@ -461,7 +476,9 @@ def data_free_seconds(parameters: int = 25_000_000) -> str:
             runs.append((wall, time.process_time() - cpu))
         wall, cpu = min(runs)
         lines.append(
-            f"- {text}: {wall:.2f} s wall, {cpu:.2f} s CPU (best of 3; single-threaded numpy, so CPU time is what an idle core takes; load {os.getloadavg()[0]:.1f})"
+            f"- {text}: {wall:.2f} s wall, {cpu:.2f} s CPU (best of 3; single-threaded numpy, "
+            "so CPU time is what an idle core takes; "
+            f"load {os.getloadavg()[0]:.1f})"
         )
     return "\n".join(lines)
 
@@ -475,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         "--samples",
         type=int,
         default=32,
-        help="calibration samples for output and orthogonality (and held-out pages for orientation)",
+        help=(
+            "calibration samples for output and orthogonality (and held-out pages for orientation)"
+        ),
     )
     parser.add_argument(
         "--sweep", action="store_true", help="also sensitivity-output at 4, 8, 16, 32 samples"

@@ -1,8 +1,8 @@
-"""``python -m bench.strategies``: every search strategy on one model and budget, checked on the file.
+"""``python -m bench.strategies``: every search strategy on one model and budget, checked on file.
 
-For each strategy it compiles the model under ``--max-size``, writes it, and checks the promise on the
-written model itself: the bytes of its tensors must not exceed the budget the search resolved. It
-reports the chosen point's predicted size, the written bytes, output fidelity on held-out samples
+For each strategy it compiles the model under ``--max-size``, writes it, and checks the promise on
+the written model itself: the bytes of its tensors must not exceed the budget the search resolved.
+It reports the chosen point's predicted size, the written bytes, output fidelity on held-out samples
 (and the task metric for the embedded digits model), how many exact evaluations the strategy spent,
 and the wall time.
 """
@@ -99,15 +99,17 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [
         title,
         "",
-        "| strategy | budget B | predicted B | written B | met | SQNR dB | top-1 agr. | task | exact evals | s |",
+        "| strategy | budget B | predicted B | written B | met | SQNR dB | top-1 agr. | task "
+        "| exact evals | s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         task = "" if r["task_metric"] is None else f"{r['task_metric']:.4f}"
         lines.append(
-            f"| {r['strategy']} | {r['budget_bytes']:.0f} | {r['predicted_bytes']:.0f} | {r['written_bytes']} | "
-            f"{'yes' if r['met'] else 'NO'} | {r['sqnr_db']:.1f} | {r['top1_agreement']:.3f} | {task} | "
-            f"{r['exact_evaluations']} | {r['seconds']:.1f} |"
+            f"| {r['strategy']} | {r['budget_bytes']:.0f} | {r['predicted_bytes']:.0f} "
+            f"| {r['written_bytes']} | {'yes' if r['met'] else 'NO'} | {r['sqnr_db']:.1f} "
+            f"| {r['top1_agreement']:.3f} | {task} | {r['exact_evaluations']} "
+            f"| {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
 

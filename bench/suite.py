@@ -3,23 +3,23 @@
 Per model, in one run on the same data: float; every onnxruntime recipe (``quantize_static`` QDQ
 per-channel s8s8, u8s8 and u8s8 on Conv+MatMul only, MinMax, after ``quant_pre_process`` on the
 opset-13 model; ``quantize_dynamic``; 4-bit ``MatMulNBits`` where the model has MatMuls); mpqc
-uniform w8a8; then mpqc's default pipeline under ``--max-size`` = 1.0x, 0.75x and 0.5x of onnxruntime
-u8s8's file, for every search strategy, without and with the ``recover`` pass (rows appear once that
-pass is registered). Each row: task metric, agreement with float, MB, latency 1T/2T (median of
-repeats, and back to back against float), wall time, the cost model's predicted latency, and which
-layers the compiler kept above the cheapest bits (from ``mpqc --report-json``).
+uniform w8a8; then mpqc's default pipeline under ``--max-size`` = 1.0x, 0.75x and 0.5x of
+onnxruntime u8s8's file, for every search strategy, without and with the ``recover`` pass (rows
+appear once that pass is registered). Each row: task metric, agreement with float, MB, latency 1T/2T
+(median of repeats, and back to back against float), wall time, the cost model's predicted latency,
+and which layers the compiler kept above the cheapest bits (from ``mpqc --report-json``).
 
 The default pipeline is run in two steps that give the same model: the analysis
 (``canonicalize,calibrate,sensitivity-output,sensitivity-entropy,cost``) once per model, saved with
-its annotations; then ``mpqc ANALYSED --pipeline 'search{...},[recover,]lower-qdq,verify'`` per recipe.
-The search recipes differ only after the analysis, so repeating it 42 times would measure nothing new;
-each row's ``quantize_s`` is its own wall time plus the analysis time, which is what one user's
-``mpqc`` call costs.
+its annotations; then ``mpqc ANALYSED --pipeline 'search{...},[recover,]lower-qdq,verify'`` per
+recipe. The search recipes differ only after the analysis, so repeating it 42 times would measure
+nothing new; each row's ``quantize_s`` is its own wall time plus the analysis time, which is what
+one user's ``mpqc`` call costs.
 
 Results go to ``bench/results/<model>.json`` (one file per model, so models can be run apart);
 ``bench/RESULTS.md`` §2 and ``bench/plots/*.png`` are then regenerated from every JSON present.
-``--smoke`` is the CI version: the orientation model at quick scale, onnxruntime u8s8, mpqc w8a8 and one
-ILP search, written under the cache, RESULTS.md untouched.
+``--smoke`` is the CI version: the orientation model at quick scale, onnxruntime u8s8, mpqc w8a8 and
+one ILP search, written under the cache, RESULTS.md untouched.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def has_matmul(model: Path) -> bool:
 
 
 def mpqc_executable() -> list[str]:
-    """The ``mpqc`` command of this interpreter's environment (the suite may run without it on PATH)."""
+    """The ``mpqc`` command of this interpreter's environment (the suite may run without it on
+    PATH)."""
     found = shutil.which("mpqc", path=str(Path(sys.executable).parent))
     return [found] if found else [sys.executable, "-m", "mpqc.cli"]
 
@@ -273,10 +274,10 @@ def run_model(
     previous: dict[str, dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Every recipe of ``mode`` on one model; ``save`` gets the results entry after every row (a long run
-    that is stopped keeps what it measured). ``recover_for`` names the strategies that also run +recover.
-    ``previous`` holds rows of an earlier run on the same data by recipe name: those that succeeded are
-    kept instead of measured again (``--resume``)."""
+    """Every recipe of ``mode`` on one model; ``save`` gets the results entry after every row (a
+    long run that is stopped keeps what it measured). ``recover_for`` names the strategies that also
+    run +recover. ``previous`` holds rows of an earlier run on the same data by recipe name: those
+    that succeeded are kept instead of measured again (``--resume``)."""
     bench = Bench.prepare(model, sizes, mode.repeats, runs=f"suite-{mode.name}")
     notes: list[str] = []
     rows: list[dict[str, Any]] = []

@@ -3,11 +3,11 @@
 The compiler's baseline promise (issue "The compiler end to end"): on the same model and the same
 calibration data, uniform 8-bit mpqc is as accurate as onnxruntime's own quantizer (QDQ, per-channel
 int8 weights, unsigned 8-bit activations, MinMax, after ``quant_pre_process``), runs as fast, and
-compiles in comparable time. Models: the embedded digits CNN (task metric: accuracy on its evaluation
-split) and onnx's ``light_*`` architectures with seeded weights (fidelity to float on held-out random
-inputs: output SQNR and top-1 agreement). Both tools run in this process, one after the other, and
-latency is timed in alternation (``bench.measure.paired_latency``), so every number is a ratio from
-one run on one machine.
+compiles in comparable time. Models: the embedded digits CNN (task metric: accuracy on its
+evaluation split) and onnx's ``light_*`` architectures with seeded weights (fidelity to float on
+held-out random inputs: output SQNR and top-1 agreement). Both tools run in this process, one after
+the other, and latency is timed in alternation (``bench.measure.paired_latency``), so every number
+is a ratio from one run on one machine.
 """
 
 from __future__ import annotations
@@ -139,11 +139,13 @@ def run_case(case: Case, hw: str, folder: pathlib.Path, repeats: int) -> dict[st
 
 def markdown(rows: Sequence[dict], hw: str) -> str:
     lines = [
-        f"mpqc `--uniform w8a8 --hw {hw}` against onnxruntime `quantize_static` (QDQ, per-channel, u8s8, MinMax, "
-        "after `quant_pre_process`), same calibration data, one run. Speed = onnxruntime latency / mpqc latency "
-        "(≥ 1 means mpqc is faster), timed in alternation, 1 thread.",
+        f"mpqc `--uniform w8a8 --hw {hw}` against onnxruntime `quantize_static` (QDQ, "
+        "per-channel, u8s8, MinMax, after `quant_pre_process`), same calibration data, one run. "
+        "Speed = onnxruntime latency / mpqc latency (≥ 1 means mpqc is faster), timed in "
+        "alternation, 1 thread.",
         "",
-        "| model | metric | onnxruntime | mpqc | MB ort / mpqc | speed mpqc vs ort | compile s ort / mpqc (ratio) |",
+        "| model | metric | onnxruntime | mpqc | MB ort / mpqc | speed mpqc vs ort "
+        "| compile s ort / mpqc (ratio) |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -155,10 +157,12 @@ def markdown(rows: Sequence[dict], hw: str) -> str:
             else f" (SQNR {ort_row['sqnr_db']:.1f} / {mpqc_row['sqnr_db']:.1f} dB)"
         )
         lines.append(
-            f"| {row['model']} | {metric}{extra} | {ort_row[metric]:.4g} (top-1 agr. {ort_row['top1_agreement']:.3f}) "
+            f"| {row['model']} | {metric}{extra} "
+            f"| {ort_row[metric]:.4g} (top-1 agr. {ort_row['top1_agreement']:.3f}) "
             f"| {mpqc_row[metric]:.4g} (top-1 agr. {mpqc_row['top1_agreement']:.3f}) "
             f"| {ort_row['mb']:.2f} / {mpqc_row['mb']:.2f} | {1 / row['mpqc_vs_ort_latency']:.2f} "
-            f"| {ort_row['compile_s']:.1f} / {mpqc_row['compile_s']:.1f} ({mpqc_row['compile_s'] / ort_row['compile_s']:.2f}) |"
+            f"| {ort_row['compile_s']:.1f} / {mpqc_row['compile_s']:.1f} "
+            f"({mpqc_row['compile_s'] / ort_row['compile_s']:.2f}) |"
         )
     return "\n".join(lines)
 

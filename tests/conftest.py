@@ -11,8 +11,8 @@ import pytest
 from hypothesis import settings
 from models import random_inputs, small_cnn
 
-# Property tests explore new examples on every developer run; CI replays a fixed, derandomized set so
-# that a run fails only for a change, never for a draw (the example database stays local).
+# Property tests explore new examples on every developer run; CI replays a fixed, derandomized set
+# so that a run fails only for a change, never for a draw (the example database stays local).
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")

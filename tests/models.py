@@ -46,7 +46,8 @@ def build(
     seed: int = 0,
     arrays: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
-    """Parse ``text`` and attach He-initialised random initializers of the given shapes (and ``arrays`` as given)."""
+    """Parse ``text`` and attach He-initialised random initializers of the given shapes (and
+    ``arrays`` as given)."""
     proto = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
@@ -101,7 +102,8 @@ conv_bn (float[N,3,6,6] x) => (float[N,4,6,6] y) {
 
 
 def conv_bn(seed: int = 0) -> ir.Model:
-    """Conv -> BatchNormalization -> Relu, with a non-trivial BN (positive variance, off-center mean)."""
+    """Conv -> BatchNormalization -> Relu, with a non-trivial BN (positive variance, off-center
+    mean)."""
     var = np.random.default_rng(seed + 1).uniform(0.5, 2.0, 4).astype(np.float32)
     return ir.from_proto(
         build(
@@ -131,13 +133,16 @@ quirks (float[N,3,6,6] x) => (float[N,4] y) {
 
 
 def exporter_quirks(seed: int = 0) -> ir.Model:
-    """What exporters leave behind: Constant-node weights, a Transpose+Reshape of a weight, dead nodes."""
+    """What exporters leave behind: Constant-node weights, a Transpose+Reshape of a weight, dead
+    nodes."""
     return ir.from_proto(build(EXPORTER_QUIRKS, {"wk": (4, 4)}, seed))
 
 
 ALL_LAYERS = """
 <ir_version: 10, opset_import: ["" : 17]>
-all_layers (float[1,3,6,6] x, int64[1,5] ids, float[1,4] other, float[4,4] w_in) => (float[1,2,7,7] up, float[1,6] g, float[1,4] m, float[1,5,4] e, float[1,4] mm, float[1,4] mi) {
+all_layers (float[1,3,6,6] x, int64[1,5] ids, float[1,4] other, float[4,4] w_in)
+    => (float[1,2,7,7] up, float[1,6] g, float[1,4] m, float[1,5,4] e,
+        float[1,4] mm, float[1,4] mi) {
   c = Conv <pads=[1,1,1,1]> (x, wconv)
   up = ConvTranspose (c, wdeconv)
   p = GlobalAveragePool(c)
@@ -154,7 +159,8 @@ all_layers (float[1,3,6,6] x, int64[1,5] ids, float[1,4] other, float[4,4] w_in)
 
 
 def all_layers(seed: int = 0) -> ir.Model:
-    """One of each quantizable op, plus a MatMul of two activations and one whose weight is a graph input."""
+    """One of each quantizable op, plus a MatMul of two activations and one whose weight is a
+    graph input."""
     weights = {
         "wconv": (4, 3, 3, 3),
         "wdeconv": (4, 2, 2, 2),
@@ -168,7 +174,8 @@ def all_layers(seed: int = 0) -> ir.Model:
         proto.graph.initializer.append(
             onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
         )
-    # An initializer that is also a graph input can be overridden by the caller: not a constant weight.
+    # An initializer that is also a graph input can be overridden by the caller: not a constant
+    # weight.
     proto.graph.initializer.append(
         onnx.numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w_in")
     )

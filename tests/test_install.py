@@ -1,4 +1,5 @@
-"""The installed layout: one top-level name, ``mpqc``, whatever the repository's folders are called."""
+"""The installed layout: one top-level name, ``mpqc``, whatever the repository's folders are
+called."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _site_dirs() -> list[pathlib.Path]:
 
 
 def _installed() -> importlib.metadata.Distribution:
-    """The distribution pip installed into site-packages (not a stray egg-info in the working tree)."""
+    """The distribution pip installed into site-packages (not a stray egg-info in the working
+    tree)."""
     for dist in importlib.metadata.distributions(name="mpqc"):
         if pathlib.Path(dist.locate_file("")).resolve() in _site_dirs():
             return dist
@@ -88,10 +90,12 @@ def test_console_scripts_point_into_mpqc() -> None:
 
 
 def test_no_bare_folder_names_are_importable(tmp_path: pathlib.Path) -> None:
-    """Outside the checkout, only ``mpqc`` is importable: the folders never leak as ``ir``, ``passes``..."""
+    """Outside the checkout, only ``mpqc`` is importable: the folders never leak as ``ir``,
+    ``passes``..."""
     probe = (
         "import importlib.util, json; "
-        f"print(json.dumps({{n: getattr(importlib.util.find_spec(n), 'origin', None) for n in {BARE!r}}}))"
+        "print(json.dumps({n: getattr(importlib.util.find_spec(n), 'origin', None) "
+        f"for n in {BARE!r}}}))"
     )
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -109,7 +113,8 @@ def test_no_bare_folder_names_are_importable(tmp_path: pathlib.Path) -> None:
     ],
 )
 def test_the_repository_root_does_not_shadow_mpqc(command: list[str]) -> None:
-    """From the checkout's root (where a user runs ``python -m bench.suite``), ``mpqc`` is the installed one."""
+    """From the checkout's root (where a user runs ``python -m bench.suite``), ``mpqc`` is the
+    installed one."""
     run = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
@@ -158,7 +163,10 @@ def test_a_built_wheel_holds_one_package_with_its_data(tmp_path: pathlib.Path) -
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    probe = "import mpqc, mpqc.passes, mpqc.search, mpqc.tools.opt; from mpqc import hwspecs; hwspecs.load('generic'); print(mpqc.__file__)"
+    probe = (
+        "import mpqc, mpqc.passes, mpqc.search, mpqc.tools.opt; "
+        "from mpqc import hwspecs; hwspecs.load('generic'); print(mpqc.__file__)"
+    )
     run = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,

@@ -2,7 +2,8 @@
 
 A task owns its data (made in code, seeded, calibration and evaluation disjoint) and its metric. It
 never touches onnxruntime: it is handed a *runner*, a function from one input dict to the model's
-outputs, so the metric code is tested with fake runners and the harness decides how sessions are built.
+outputs, so the metric code is tested with fake runners and the harness decides how sessions are
+built.
 """
 
 from __future__ import annotations
@@ -87,14 +88,15 @@ class Task(ABC):
 
     @abstractmethod
     def agreement(self, predictions: list[Any], reference: list[Any]) -> dict[str, float]:
-        """How closely predictions follow the float model's (``reference``), independent of labels."""
+        """How closely predictions follow the float model's (``reference``), independent of
+        labels."""
 
 
 def write_calib_dir(task: Task, directory: str | Path) -> Path:
     """Write the task's calibration set as ``DIR/sample_NNNN.npz``, one file per sample.
 
-    This is the format of ``mpqc --calib DIR``: each archive's keys are the model's input names. Files
-    are rewritten on every call, and stale samples from a larger earlier set are removed.
+    This is the format of ``mpqc --calib DIR``: each archive's keys are the model's input names.
+    Files are rewritten on every call, and stale samples from a larger earlier set are removed.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Task metrics, pure numpy/python so they are tested without a model.
 
-Text recognizers are scored like PP-OCR's own evaluation: greedy CTC decoding, then character accuracy
-(1 − edit distance / reference length, clipped at 0) and exact-line accuracy. Retrieval is scored by
-mean reciprocal rank, embeddings by cosine similarity to the float model's.
+Text recognizers are scored like PP-OCR's own evaluation: greedy CTC decoding, then character
+accuracy (1 − edit distance / reference length, clipped at 0) and exact-line accuracy. Retrieval is
+scored by mean reciprocal rank, embeddings by cosine similarity to the float model's.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def char_accuracy(prediction: str, reference: str) -> float:
-    """1 − edit distance / len(reference), clipped to [0, 1]; an empty reference scores exact match."""
+    """1 − edit distance / len(reference), clipped to [0, 1]; an empty reference scores exact
+    match."""
     if not reference:
         return float(prediction == reference)
     return max(0.0, 1.0 - edit_distance(prediction, reference) / len(reference))
@@ -47,8 +48,8 @@ def text_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     """Mean character accuracy and exact-line accuracy over a set of lines."""
     if len(predictions) != len(references) or not references:
         raise ValueError("need one prediction per reference and at least one line")
-    chars = [char_accuracy(p, r) for p, r in zip(predictions, references)]
-    lines = [p == r for p, r in zip(predictions, references)]
+    chars = [char_accuracy(p, r) for p, r in zip(predictions, references, strict=True)]
+    lines = [p == r for p, r in zip(predictions, references, strict=True)]
     return {"char_acc": float(np.mean(chars)), "line_acc": float(np.mean(lines))}
 
 
@@ -61,8 +62,8 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 def mean_reciprocal_rank(queries: np.ndarray, corpus: np.ndarray, targets: Sequence[int]) -> float:
     """MRR of ``targets[i]`` among ``corpus`` rows ranked by cosine similarity to ``queries[i]``.
 
-    Ties count against the query (the target ranks after every item scoring the same), so a collapsed
-    model that maps everything to one vector scores near 1/len(corpus), not 1.
+    Ties count against the query (the target ranks after every item scoring the same), so a
+    collapsed model that maps everything to one vector scores near 1/len(corpus), not 1.
     """
     similarity = l2_normalize(queries) @ l2_normalize(corpus).T
     target_scores = similarity[np.arange(len(targets)), np.asarray(targets)]

@@ -1,10 +1,10 @@
 """Text-line recognition tasks for CTC recognizers: PP-OCRv4 (rapidocr) and ddddocr.
 
 Each line is rendered from a random string, preprocessed the way the model's own package does it
-(read from the package's code in the wheel), and decoded greedily. Two deliberate differences: Pillow
-resizes where rapidocr uses OpenCV (rendered lines are near the target height, so the kernels barely
-differ, and the benchmark needs no OpenCV), and one line per batch, so no line is padded to a longer
-neighbour's width.
+(read from the package's code in the wheel), and decoded greedily. Two deliberate differences:
+Pillow resizes where rapidocr uses OpenCV (rendered lines are near the target height, so the kernels
+barely differ, and the benchmark needs no OpenCV), and one line per batch, so no line is padded to a
+longer neighbour's width.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class CtcRecognitionTask(Task):
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> Inputs:
-        """One rendered line as the model's input dict, exactly as the model's package prepares it."""
+        """One rendered line as the model's input dict, exactly as the model's package prepares
+        it."""
 
     @abstractmethod
     def class_indices(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
@@ -84,7 +85,9 @@ class CtcRecognitionTask(Task):
 
     def agreement(self, predictions: list[str], reference: list[str]) -> dict[str, float]:
         return {
-            "same_text_as_float": float(np.mean([p == r for p, r in zip(predictions, reference)]))
+            "same_text_as_float": float(
+                np.mean([p == r for p, r in zip(predictions, reference, strict=True)])
+            )
         }
 
 
@@ -93,8 +96,8 @@ class PaddleRecTask(CtcRecognitionTask):
 
     RGB→BGR is skipped: rendered lines are gray, so both orders are the same image.
     Height 48, width from the aspect ratio, padded with zeros to at least 320 (rapidocr's
-    ``rec_img_shape`` [3, 48, 320]), pixels mapped to [-1, 1]. Class 0 is the CTC blank, the character
-    dictionary follows, and rapidocr appends a space as the last class.
+    ``rec_img_shape`` [3, 48, 320]), pixels mapped to [-1, 1]. Class 0 is the CTC blank, the
+    character dictionary follows, and rapidocr appends a space as the last class.
     """
 
     height = 48
@@ -123,9 +126,9 @@ class DdddocrTask(CtcRecognitionTask):
     """ddddocr's captcha recognizer, preprocessed like ``OCREngine._preprocess_image``.
 
     Height 64 with the width from the aspect ratio (Lanczos), then grayscale, then [0, 1]. The model
-    returns class scores ``[T, 1, classes]`` (its declared output shape ``[1, T]`` is wrong); index 0 is the blank.
-    Text is a captcha: 4–6 letters and digits, each character tilted, colored and offset, over noise
-    lines and dots; compared case-insensitively.
+    returns class scores ``[T, 1, classes]`` (its declared output shape ``[1, T]`` is wrong); index
+    0 is the blank. Text is a captcha: 4–6 letters and digits, each character tilted, colored and
+    offset, over noise lines and dots; compared case-insensitively.
     """
 
     height = 64
@@ -134,7 +137,7 @@ class DdddocrTask(CtcRecognitionTask):
         super().__init__(sizes, charset, random_code, render_captcha)
 
     def normalize(self, text: str) -> str:
-        """Captchas are read case-insensitively, and ddddocr's model mostly answers in lower case."""
+        """Captchas are read case-insensitively; ddddocr's model mostly answers in lower case."""
         return text.lower()
 
     def preprocess(self, image: Image.Image) -> Inputs:

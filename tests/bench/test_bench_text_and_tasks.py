@@ -1,4 +1,5 @@
-"""Data generation and scoring of every task, with fake runners and encoders: no model, no download."""
+"""Data generation and scoring of every task, with fake runners and encoders: no model, no
+download."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_paddle_task_preprocesses_like_rapidocr_and_scores_an_oracle_perfectly()
         assert -1.0 <= x.min() and x.max() <= 1.0
     calib_texts, eval_texts = task.texts()
     assert not set(calib_texts) & set(eval_texts) and eval_texts == labels
-    by_input = {digest(sample["x"]): label for sample, label in zip(inputs, labels)}
+    by_input = {digest(sample["x"]): label for sample, label in zip(inputs, labels, strict=True)}
     oracle = task.evaluate(
         lambda s: [one_hot_path(by_input[digest(s["x"])], task.charset)[np.newaxis]]
     )
@@ -114,7 +115,7 @@ def test_ddddocr_task_is_case_insensitive_and_gray():
         s["input1"].shape[:3] == (1, 1, 64) and 0 <= s["input1"].min() <= s["input1"].max() <= 1
         for s in inputs
     )
-    by_input = {digest(s["input1"]): label for s, label in zip(inputs, labels)}
+    by_input = {digest(s["input1"]): label for s, label in zip(inputs, labels, strict=True)}
     # the model answers [T, 1, classes]; an oracle that answers in upper case is still right
     upper = task.evaluate(
         lambda s: [one_hot_path(by_input[digest(s["input1"])].upper(), charset)[:, None]]
