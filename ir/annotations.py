@@ -20,12 +20,14 @@ model annotation made of sections, one per pass that reports, so that each pass 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import math
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 import onnx_ir as ir
@@ -61,6 +63,31 @@ Annotated = ir.Node | ir.Value | ir.Model
 FLOAT_DIGITS = 6
 
 _REGISTRY: dict[str, AnnotationKey[Any]] = {}
+
+#: Called with every key read (``get``, ``has``) while set; see ``observe_reads``.
+_read_observer: contextvars.ContextVar[Callable[[AnnotationKey[Any]], None] | None] = (
+    contextvars.ContextVar("mpqc_annotation_read_observer", default=None)
+)
+
+
+@contextlib.contextmanager
+def observe_reads(observer: Callable[[AnnotationKey[Any]], None]) -> Iterator[None]:
+    """Call ``observer(key)`` on every annotation read in this block (and this thread or task).
+
+    The pass infrastructure uses it to check that a pass reads only the keys it declares; this
+    module only reports reads, it knows nothing of passes. Blocks nest: the innermost observes.
+    """
+    token = _read_observer.set(observer)
+    try:
+        yield
+    finally:
+        _read_observer.reset(token)
+
+
+def _observe(key: AnnotationKey[Any]) -> None:
+    observer = _read_observer.get()
+    if observer is not None:
+        observer(key)
 
 
 def _round_floats(obj: Any) -> Any:
@@ -184,6 +211,7 @@ class AnnotationKey(Generic[T]):
         return name == self.name
 
     def get(self, obj: Annotated, default: T | None = None) -> T | None:
+        _observe(self)
         if not self.persistent:
             return obj.meta.get(self.name, default)
         raw = obj.metadata_props.get(self.name)
@@ -201,6 +229,7 @@ class AnnotationKey(Generic[T]):
             obj.meta[self.name] = value
 
     def has(self, obj: Annotated) -> bool:
+        _observe(self)
         return self.name in (obj.metadata_props if self.persistent else obj.meta)
 
     def remove(self, obj: Annotated) -> None:

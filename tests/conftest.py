@@ -17,6 +17,10 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# Every pass run by the tests (commands in subprocesses included) must read only the annotations it
+# declares (mpqc.passes.infra.base); users' compilations skip this check on mpqc's own code.
+os.environ["MPQC_CHECK_CONTRACTS"] = "1"
+
 
 @pytest.fixture
 def cnn() -> ir.Model:

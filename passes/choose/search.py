@@ -188,6 +188,8 @@ def _beacon(
 class SearchPass(Pass):
     name = "search"
     reads = frozenset({annotations.COST, annotations.MODEL_COST, annotations.SENSITIVITY})
+    #: The exact evaluator quantizes activations on their calibrated ranges.
+    may_read = frozenset({annotations.CALIB_RANGE})
     writes = frozenset({annotations.BITS, annotations.PARETO})
     preserves = frozenset({annotations.ALL})
 

@@ -21,7 +21,11 @@ manager, plus what a quantization compiler needs to compose passes safely:
     they describe a model that no longer exists.
 
   A violated ``writes`` is a bug in the pass, raised as onnx_ir's ``PostconditionError`` naming
-  the pass and the key; the check costs one walk over the annotations and is always on.
+  the pass and the key; the check costs one walk over the annotations and is always on. With
+  ``MPQC_CHECK_CONTRACTS=1`` in the environment (the test suite sets it) every annotation a pass
+  reads must also be declared in ``reads``, ``may_read`` or ``writes``; an undeclared read is
+  onnx_ir's ``InvariantError``. It is a check on mpqc's own code, so a user's compilation never
+  stops for it.
 - the report: ``mpqc.report`` holds one section per pass, ``{pass name: section}``; a pass sets
   its own with ``report(model, section)`` and changing another pass's section is a contract error.
 
@@ -32,9 +36,11 @@ side in one process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -46,6 +52,9 @@ from mpqc.ir.annotations import AnnotationKey, KeyFamily
 from mpqc.passes.infra.context import CompileContext
 
 __all__ = ["Keys", "NoOptions", "Pass", "PassError", "PassInputError", "option"]
+
+#: Set to "1" in the environment to check that passes read only what they declare (tests do).
+CHECK_CONTRACTS = "MPQC_CHECK_CONTRACTS"
 
 #: What a contract names: annotation keys and key families.
 Keys = frozenset[AnnotationKey[Any] | KeyFamily[Any]]
@@ -158,6 +167,12 @@ class Pass(ir.passes.InPlacePass):
                 "it; write it, or call nothing_to_do() on a run that has nothing to write"
             )
 
+    def _check_read(self, key: AnnotationKey[Any]) -> None:
+        if not _matches(self.reads | self.may_read | self.writes, key.name):
+            raise ir.passes.InvariantError(
+                f"pass '{self.name}' read {key.name} but does not declare it in reads or may_read"
+            )
+
     def nothing_to_do(self, note: str) -> None:
         """This run writes none of ``writes`` (no data, no layer to act on): note why and skip the
         check, for this run only."""
@@ -194,7 +209,13 @@ class Pass(ir.passes.InPlacePass):
         model = getattr(model_or_result, "model", model_or_result)
         others_before = _other_sections(model, self.name)
         self._nothing_to_do = False
-        result = super().__call__(model_or_result)
+        checking_reads = os.environ.get(CHECK_CONTRACTS) == "1"
+        with (
+            annotations.observe_reads(self._check_read)
+            if checking_reads
+            else contextlib.nullcontext()
+        ):
+            result = super().__call__(model_or_result)
         if _other_sections(result.model, self.name) != others_before:
             raise ir.passes.PostconditionError(
                 f"pass '{self.name}' changed another pass's section of {annotations.REPORT.name}; "

@@ -42,7 +42,10 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
             assert f"      {option}: " in strategies
     assert "      generations: int = 60\n          generations after the first" in strategies
     assert "beacon_fn" not in out  # a callable cannot be written in a pipeline
-    assert "    reads mpqc.cost, mpqc.cost.total, mpqc.sens.*; writes mpqc.bits, mpqc.pareto" in out
+    assert (
+        "    reads mpqc.cost, mpqc.cost.total, mpqc.sens.*; may read mpqc.calib.range; "
+        "writes mpqc.bits, mpqc.pareto\n"
+    ) in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
     assert (
         "    method: minmax|percentile|entropy|mse = 'minmax'" in out

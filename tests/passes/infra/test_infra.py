@@ -22,6 +22,7 @@ from mpqc import passes
 from mpqc.ir import annotations as A
 from mpqc.passes import IRPrinter, Pass, PassError, PassManager
 from mpqc.passes.infra import registry
+from mpqc.passes.infra.base import CHECK_CONTRACTS
 from mpqc.passes.infra.instruments import dump_header
 from mpqc.passes.infra.pipeline import (
     PassSpec,
@@ -438,6 +439,33 @@ def test_contracts_name_keys_not_text() -> None:
         cls = passes.get(name)
         for key in cls.reads | cls.may_read | cls.writes | cls.preserves:
             assert isinstance(key, (A.AnnotationKey, A.KeyFamily)), (name, key)
+
+
+class _ReadsBits(Pass):
+    """Reads mpqc.bits, which it declares only when told to."""
+
+    name = "reads-bits"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        A.BITS.get(next(iter(model.graph)))
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_the_tests_check_that_passes_read_only_what_they_declare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(
+        ir.passes.InvariantError,
+        match=r"pass 'reads-bits' read mpqc\.bits but does not declare it in reads or may_read",
+    ):
+        PassManager([_ReadsBits()])(small_cnn())
+
+    class Declared(_ReadsBits):
+        may_read = frozenset({A.BITS})
+
+    PassManager([Declared()])(small_cnn())
+    monkeypatch.delenv(CHECK_CONTRACTS)  # a user's run: mpqc's own declarations are not checked
+    PassManager([_ReadsBits()])(small_cnn())
 
 
 @pytest.mark.parametrize("name", ["lower-qdq", "verify", "recover"])
