@@ -117,7 +117,8 @@ def _where(obj: Annotated) -> str:
     if isinstance(obj, ir.Model):
         return "the model"
     if isinstance(obj, ir.Node):
-        return f"node '{obj.name or obj.op_type}'"
+        # An unnamed node by its first output, as mpqc-opt --report-json names it.
+        return f"node '{obj.name or obj.outputs[0].name}'"
     return f"value '{obj.name}'"
 
 
@@ -353,6 +354,39 @@ class CandidateCost(TypedDict):
     native: bool
 
 
+class ModelCost(TypedDict):
+    """``mpqc.cost.total``: what budgets are relative to and what stays float."""
+
+    spec: str
+    reference_pair: str
+    reference: dict[str, float]
+    fixed: dict[str, float]
+    candidates: list[str]
+    block_size: int
+
+
+class FrontPoint(TypedDict):
+    """One point of ``mpqc.pareto``: the bits of every searched layer and what they score."""
+
+    bits: dict[str, str]
+    objectives: dict[str, float]
+    exact: bool
+
+
+class ParetoFront(TypedDict):
+    """``mpqc.pareto``: the search's front and the point it chose."""
+
+    strategy: str
+    metric: str
+    objectives: list[str]
+    constraints: dict[str, float]
+    points: list[FrontPoint]
+    chosen: int
+    chosen_objectives: dict[str, float]
+    evaluations: int
+    pinned: list[str]
+
+
 CALIB_RANGE: AnnotationKey[CalibRange] = AnnotationKey(
     "mpqc.calib.range",
     "value",
@@ -373,16 +407,16 @@ COST: AnnotationKey[dict[str, CandidateCost]] = AnnotationKey(
     doc="Per candidate 'w{w}a{a}' (and 'float'): latency, energy, bytes, BOPs from the hardware "
     "spec.",
 )
-MODEL_COST: AnnotationKey[dict[str, Any]] = AnnotationKey(
+MODEL_COST: AnnotationKey[ModelCost] = AnnotationKey(
     "mpqc.cost.total",
     "model",
-    dict[str, Any],
+    ModelCost,
     doc="Model totals: the reference configuration, float layers' fixed costs, the spec's name.",
 )
-PARETO: AnnotationKey[dict[str, Any]] = AnnotationKey(
+PARETO: AnnotationKey[ParetoFront] = AnnotationKey(
     "mpqc.pareto",
     "model",
-    dict[str, Any],
+    ParetoFront,
     doc="The search's front: strategy, objectives, points (bits per layer and objective values), "
     "chosen index.",
 )

@@ -17,7 +17,7 @@ from onnx_ir.passes import common
 from mpqc.ir.annotations import CALIB_RANGE
 from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNormPass
 from mpqc.passes.canonicalize.fold_constants import FoldConstantsPass
-from mpqc.passes.canonicalize.identities import IdentityElimination
+from mpqc.passes.canonicalize.identities import OutputPreservingIdentityEliminationPass
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
 
@@ -38,7 +38,7 @@ class CanonicalizePass(Pass):
         steps: list[ir.passes.PassBase] = [
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
             common.RemoveInitializersFromInputsPass(),
-            IdentityElimination(),
+            OutputPreservingIdentityEliminationPass(),
         ]
         if self.options.fold_constants:
             steps.append(FoldConstantsPass(context=self.context))

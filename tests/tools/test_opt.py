@@ -159,6 +159,23 @@ def test_missing_pipeline_is_a_one_line_user_error(capsys, cnn_path) -> None:
     ]
 
 
+def test_a_hand_edited_annotation_of_the_wrong_shape_is_one_line(capsys, tmp_path) -> None:
+    import onnx_ir as ir
+    from models import small_cnn
+
+    model = small_cnn()
+    conv = next(node for node in model.graph if node.op_type == "Conv")
+    conv.metadata_props["mpqc.bits"] = '{"w": "four", "a": 8}'
+    ir.save(model, tmp_path / "edited.onnx")
+    code, _, err = _opt(
+        capsys, tmp_path / "edited.onnx", "-p", "lower-qdq", "-o", tmp_path / "q.onnx"
+    )
+    assert code == 1 and not (tmp_path / "q.onnx").exists()
+    assert err.splitlines() == [
+        f"mpqc-opt: mpqc.bits on node '{conv.outputs[0].name}': mpqc.bits['w'] is 'four', not int"
+    ]
+
+
 def test_a_model_with_external_data_verifies_against_its_float_self(
     capsys, calib_dir, tmp_path
 ) -> None:
