@@ -224,7 +224,7 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
                 if "top1_agreement" in verify
                 else ""
             )
-            + f" on {verify.get('samples', 0)} held-out samples"
+            + f" on {verify.get('samples', 0)} {verify.get('samples_from', 'held-out')} samples"
         )
     if "task_metric" in verify:
         lines.append(

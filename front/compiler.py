@@ -215,9 +215,7 @@ def compile(
         else None
     )
     if calibration is not None:
-        inputs = [v.name for v in working.graph.inputs if not v.is_initializer()]
-        data = load_calibration(calibration, inputs)
-        data.check(working)
+        data = load_calibration(calibration, working)
         context.calibration, context.held_out = data.split()
     else:
         context.note(

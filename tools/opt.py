@@ -167,8 +167,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
     )
     if args.calib:
-        data = load_calibration(args.calib, [v.name for v in model.graph.inputs])
-        data.check(model)
+        data = load_calibration(args.calib, model)
         context.calibration, context.held_out = data.split()
     pipeline = Pipeline(args.pipeline, context, ir_printer(args))
     model = pipeline.run_ir(model)

@@ -5,6 +5,9 @@ names) or ``.npy`` files (single-input models), an onnxruntime ``CalibrationData
 iterable of ``{input name: array}`` dicts. All become one ``CalibrationData``: an ordered list of
 samples, validated against the model's inputs (names, dtypes, ranks, static dims, finite values) so
 that a mismatch is reported once, clearly, before any pass spends time on it.
+
+Files are checked twice: their array headers (names, dtypes, shapes, size) before any data is read,
+since a 1 MB ``.npz`` can decompress to gigabytes, and then their values.
 """
 
 from __future__ import annotations
@@ -12,17 +15,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
 
-__all__ = ["CalibrationData", "DataError", "load_calibration"]
+__all__ = ["MAX_SAMPLE_BYTES", "CalibrationData", "DataError", "load_calibration"]
 
 Sample = dict[str, np.ndarray]
+#: (shape, dtype) of an array, as a file's header or an array in memory states it.
+Layout = tuple[tuple[int, ...], np.dtype]
+
+#: One array of one sample in a file: a sample is one inference's inputs, so anything larger is a
+#: batch saved as one sample, or a decompression bomb.
+MAX_SAMPLE_BYTES = 256 * 2**20
 
 
 class DataError(MpqcError):
@@ -33,6 +43,8 @@ class DataError(MpqcError):
 class CalibrationData:
     samples: tuple[Mapping[str, np.ndarray], ...]
     source: str = "data"
+    held_out: bool = False
+    """The samples were set aside before any range was fitted, so scores on them are held-out."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -44,7 +56,8 @@ class CalibrationData:
         """(calibration, held-out): every ``every``-th sample is held out, deterministically.
 
         Verification and exact evaluation must not score a model on the data its ranges were fitted
-        to; with fewer than ``every`` samples nothing can be held out and both halves are the same.
+        to; with fewer than ``every`` samples nothing can be held out, both halves are the same
+        samples, and the second says so (``held_out`` is False).
         """
         if len(self.samples) < every:
             return self, self
@@ -52,43 +65,58 @@ class CalibrationData:
         kept = tuple(s for i, s in enumerate(self.samples) if i % every != every - 1)
         return (
             dataclasses.replace(self, samples=kept),
-            dataclasses.replace(self, samples=held, source=self.source + " (held out)"),
+            dataclasses.replace(
+                self, samples=held, source=self.source + " (held out)", held_out=True
+            ),
         )
 
     def check(self, model: ir.Model) -> None:
         """Raise DataError unless every sample feeds ``model``'s inputs exactly."""
-        inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+        inputs = _graph_inputs(model)
         for index, sample in enumerate(self.samples):
             where = f"{self.source}, sample {index}"
-            missing = sorted(set(inputs) - set(sample))
-            extra = sorted(set(sample) - set(inputs))
-            if missing or extra:
-                raise DataError(
-                    f"{where}: inputs {sorted(sample)} do not match the model's {sorted(inputs)}"
-                    + (f" (missing {missing})" if missing else "")
-                    + (f" (unknown {extra})" if extra else "")
-                )
-            for name, value in inputs.items():
-                _check_array(where, name, np.asarray(sample[name]), value)
+            arrays = {name: np.asarray(array) for name, array in sample.items()}
+            _check_layouts(where, {k: (a.shape, a.dtype) for k, a in arrays.items()}, inputs)
+            for name, array in arrays.items():
+                if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+                    raise DataError(f"{where}: input '{name}' contains NaN or Inf")
 
 
-def _check_array(where: str, name: str, array: np.ndarray, value: ir.Value) -> None:
-    if value.dtype is not None:
-        expected = value.dtype.numpy()
-        if array.dtype != expected:
-            raise DataError(f"{where}: input '{name}' is {array.dtype}, the model wants {expected}")
-    if value.shape is not None:
-        if array.ndim != len(value.shape):
+def _graph_inputs(model: ir.Model) -> dict[str, ir.Value]:
+    return {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+
+
+def _check_layouts(
+    where: str, layouts: Mapping[str, Layout], inputs: Mapping[str, ir.Value]
+) -> None:
+    """Raise DataError unless the arrays' names, dtypes and shapes are the model's inputs'."""
+    missing = sorted(set(inputs) - set(layouts))
+    extra = sorted(set(layouts) - set(inputs))
+    if missing or extra:
+        raise DataError(
+            f"{where}: inputs {sorted(layouts)} do not match the model's {sorted(inputs)}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {extra})" if extra else "")
+        )
+    for name, value in inputs.items():
+        shape, dtype = layouts[name]
+        if value.dtype is not None and dtype != value.dtype.numpy():
             raise DataError(
-                f"{where}: input '{name}' has shape {list(array.shape)}, the model wants rank {len(value.shape)} {_dims(value)}"
+                f"{where}: input '{name}' is {dtype}, the model wants {value.dtype.numpy()}"
+            )
+        if value.shape is None:
+            continue
+        if len(shape) != len(value.shape):
+            raise DataError(
+                f"{where}: input '{name}' has shape {list(shape)}, the model wants rank "
+                f"{len(value.shape)} {_dims(value)}"
             )
         for axis, dim in enumerate(value.shape):
-            if isinstance(dim, int) and array.shape[axis] != dim:
+            if isinstance(dim, int) and shape[axis] != dim:
                 raise DataError(
-                    f"{where}: input '{name}' has shape {list(array.shape)}, the model wants {_dims(value)}"
+                    f"{where}: input '{name}' has shape {list(shape)}, the model wants "
+                    f"{_dims(value)}"
                 )
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise DataError(f"{where}: input '{name}' contains NaN or Inf")
 
 
 def _dims(value: ir.Value) -> str:
@@ -96,29 +124,35 @@ def _dims(value: ir.Value) -> str:
     return "[" + ",".join(str(d) if d is not None else "?" for d in value.shape) + "]"
 
 
-def load_calibration(source: Any, input_names: list[str] | None = None) -> CalibrationData:
+def load_calibration(source: Any, model: ir.Model | None = None) -> CalibrationData:
     """Build CalibrationData from a directory, a CalibrationDataReader or an iterable of dicts.
 
-    ``input_names`` is needed only for ``.npy`` files, which carry no name: they feed the model's
-    single input.
+    With ``model``, the data is checked against its inputs (``DataError`` on a mismatch); files are
+    checked from their headers before they are read. A ``.npy`` file carries no name: it feeds the
+    model's single input, so it needs ``model``.
     """
     if isinstance(source, CalibrationData):
-        return source
-    if isinstance(source, (str, os.PathLike)):
-        return _from_directory(pathlib.Path(source), input_names)
-    if hasattr(source, "get_next"):
+        data = source
+    elif isinstance(source, (str, os.PathLike)):
+        data = _from_directory(pathlib.Path(source), model)
+    elif hasattr(source, "get_next"):
         samples = []
         while (item := source.get_next()) is not None:
             samples.append(_sample(item, "CalibrationDataReader"))
-        return CalibrationData(tuple(samples), source=type(source).__name__)
-    if isinstance(source, Iterable):
-        return CalibrationData(
+        data = CalibrationData(tuple(samples), source=type(source).__name__)
+    elif isinstance(source, Iterable):
+        data = CalibrationData(
             tuple(_sample(item, "calibration iterable") for item in source),
             source="calibration iterable",
         )
-    raise DataError(
-        f"cannot use a {type(source).__name__} as calibration data: give a directory, a CalibrationDataReader or an iterable of input dicts"
-    )
+    else:
+        raise DataError(
+            f"cannot use a {type(source).__name__} as calibration data: give a directory, a "
+            "CalibrationDataReader or an iterable of input dicts"
+        )
+    if model is not None:
+        data.check(model)
+    return data
 
 
 def _sample(item: Any, where: str) -> Sample:
@@ -129,7 +163,7 @@ def _sample(item: Any, where: str) -> Sample:
     return {str(k): np.asarray(v) for k, v in item.items()}
 
 
-def _from_directory(path: pathlib.Path, input_names: list[str] | None) -> CalibrationData:
+def _from_directory(path: pathlib.Path, model: ir.Model | None) -> CalibrationData:
     if not path.exists():
         raise DataError(f"calibration directory {path} does not exist")
     files = (
@@ -141,20 +175,63 @@ def _from_directory(path: pathlib.Path, input_names: list[str] | None) -> Calibr
         raise DataError(
             f"{path} has no .npz or .npy files: write one sample per file, keys = model input names"
         )
+    inputs = None if model is None else _graph_inputs(model)
     samples: list[Sample] = []
     for file in files:
+        if not file.is_file():
+            raise DataError(f"{file} is not a regular file: calibration files are .npz or .npy")
+        if file.suffix == ".npy" and (inputs is None or len(inputs) != 1):
+            raise DataError(
+                f"{file}: .npy files work only for single-input models; use .npz with one key "
+                "per input"
+            )
         try:
+            layouts = _headers(file, None if inputs is None else next(iter(inputs)))
+            _check_sizes(str(file), layouts)
+            if inputs is not None:
+                _check_layouts(str(file), layouts, inputs)
             if file.suffix == ".npz":
                 with np.load(file, allow_pickle=False) as archive:
                     samples.append({k: archive[k] for k in archive.files})
             else:
-                if not input_names or len(input_names) != 1:
-                    raise DataError(
-                        f"{file}: .npy files work only for single-input models; use .npz with one key per input"
-                    )
-                samples.append({input_names[0]: np.load(file, allow_pickle=False)})
+                samples.append(dict.fromkeys(layouts, np.load(file, allow_pickle=False)))
         except DataError:
             raise
         except Exception as exc:
             raise DataError(f"{file} is not a readable numpy file ({exc})") from None
     return CalibrationData(tuple(samples), source=str(path))
+
+
+def _headers(file: pathlib.Path, npy_name: str | None) -> dict[str, Layout]:
+    """Name -> (shape, dtype) of every array in ``file``, from the headers alone."""
+    if file.suffix == ".npy":
+        with file.open("rb") as stream:
+            return {str(npy_name): _header(stream)}
+    with zipfile.ZipFile(file) as archive:
+        layouts = {}
+        for member in archive.namelist():
+            with archive.open(member) as stream:
+                layouts[member.removesuffix(".npy")] = _header(stream)
+        return layouts
+
+
+def _header(stream: IO[bytes]) -> Layout:
+    version = np.lib.format.read_magic(stream)
+    read = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read is None:
+        raise ValueError(f"numpy format version {version} is not supported")
+    shape, _, dtype = read(stream)
+    return tuple(shape), dtype
+
+
+def _check_sizes(where: str, layouts: Mapping[str, Layout]) -> None:
+    for name, (shape, dtype) in layouts.items():
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > MAX_SAMPLE_BYTES:
+            raise DataError(
+                f"{where}: '{name}' would take {size / 2**20:.0f} MiB, more than one sample's "
+                f"{MAX_SAMPLE_BYTES // 2**20} MiB: write one sample per file"
+            )

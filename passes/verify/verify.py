@@ -101,6 +101,12 @@ class VerifyPass(Pass):
                     )
                 )
                 result["samples"] = len(samples)
+                if not held_out.held_out:
+                    result["samples_from"] = "calibration"
+                    self.context.note(
+                        "verify: fidelity is measured on the calibration samples, none were held "
+                        "out (give 5 or more samples to hold every fifth out)"
+                    )
             if self.context.eval_fn is not None:
                 result["task_metric"] = self.task_metric(proto, "the quantized model")
                 if self.context.reference is not None:

@@ -229,6 +229,19 @@ def test_npy_calibration_for_a_single_input_model(capsys, cnn_path, cnn_samples,
     assert "on 2 held-out samples" in out
 
 
+def test_too_few_samples_are_not_called_held_out(capsys, cnn_path, cnn_samples, tmp_path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, sample in enumerate(cnn_samples[:3]):
+        np.savez(calib / f"s{i}.npz", **sample)
+    code, out, err = _mpqc(
+        capsys, cnn_path, "--hw", "generic", "-o", tmp_path / "q.onnx", "--calib", calib
+    )
+    assert code == 0, err
+    assert "on 3 calibration samples" in out and "held-out" not in out
+    assert "none were held out" in out
+
+
 def test_an_unknown_hardware_spec(capsys, cnn_path, out_dir) -> None:
     code, _, err = _mpqc(
         capsys, cnn_path, "--hw", "tpu-v9000", "-o", out_dir / "q.onnx", "--uniform", "w8a8"

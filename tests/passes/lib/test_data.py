@@ -1,4 +1,4 @@
-"""Calibration data: array headers are checked before any data is read; the split says what it is."""
+"""Calibration data: headers are checked before the data is read; the split says what it is."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ from models import random_inputs, small_cnn
 from mpqc.passes.lib.data import MAX_SAMPLE_BYTES, CalibrationData, DataError, load_calibration
 
 
-def _inputs() -> list:
-    return [v for v in small_cnn().graph.inputs if not v.is_initializer()]
-
-
 def _compressed_npz(path: pathlib.Path, key: str, shape: tuple[int, ...], dtype: str) -> None:
-    """An .npz whose member holds zeros of ``shape``: a few hundred KB on disk, streamed in chunks."""
+    """An .npz whose member holds zeros of ``shape``: small on disk, streamed in chunks."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
             header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
@@ -35,7 +31,7 @@ def _refused_without_reading(folder: pathlib.Path, *fragments: str) -> None:
     tracemalloc.start()
     try:
         with pytest.raises(DataError) as info:
-            load_calibration(folder, _inputs())
+            load_calibration(folder, small_cnn())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -83,7 +79,7 @@ def test_a_fifo_in_the_folder_is_refused(tmp_path: pathlib.Path) -> None:
     np.savez(tmp_path / "s0.npz", **random_inputs(small_cnn(), 1)[0])
     os.mkfifo(tmp_path / "s1.npz")
     with pytest.raises(DataError, match="s1.npz is not a regular file"):
-        load_calibration(tmp_path, _inputs())
+        load_calibration(tmp_path, small_cnn())
 
 
 def test_good_files_still_load(tmp_path: pathlib.Path) -> None:
@@ -91,7 +87,7 @@ def test_good_files_still_load(tmp_path: pathlib.Path) -> None:
     for i, sample in enumerate(samples):
         np.savez_compressed(tmp_path / f"s{i}.npz", **sample)
     np.save(tmp_path / "s3.npy", samples[0]["image"])
-    data = load_calibration(tmp_path, _inputs())
+    data = load_calibration(tmp_path, small_cnn())
     assert len(data) == 4
     np.testing.assert_array_equal(data.samples[3]["image"], samples[0]["image"])
 

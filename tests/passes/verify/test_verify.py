@@ -11,17 +11,17 @@ from mpqc.ir import tensor_bytes
 from mpqc.passes import CompileContext, PassError, PassManager, get, load_calibration
 
 
-def _context() -> CompileContext:
-    samples = load_calibration(random_inputs(small_cnn(), 10))
+def _context(count: int = 10) -> CompileContext:
+    samples = load_calibration(random_inputs(small_cnn(), count))
     context = CompileContext(reference=ir.to_proto(small_cnn()).SerializeToString())
     context.calibration, context.held_out = samples.split()
     return context
 
 
 def _compile(
-    choice: str, verify_options: str = "", calibrate: bool = True
+    choice: str, verify_options: str = "", calibrate: bool = True, samples: int = 10
 ) -> tuple[ir.Model, CompileContext]:
-    context = _context()
+    context = _context(samples)
     steps = [get("canonicalize")(context=context)]
     if calibrate:
         steps.append(get("calibrate")(context=context))
@@ -45,6 +45,14 @@ def test_verify_reports_fidelity_and_size() -> None:
     # the serialized model as verify saw it: all tensors plus the graph, before its own report was added
     assert tensor_bytes(model) < report["bytes"] < ir.to_proto(model).ByteSize()
     assert A.REPORT.section(model, "lower-qdq")["lowered_layers"] == 4
+    assert "samples_from" not in report
+
+
+def test_too_few_samples_to_hold_out_are_called_calibration_samples() -> None:
+    model, context = _compile("w8a8", samples=3)
+    report = A.REPORT.get(model)["verify"]
+    assert report["samples"] == 3 and report["samples_from"] == "calibration"
+    assert any("none were held out" in note for note in context.notes)
 
 
 def test_fewer_bits_give_lower_sqnr() -> None:
