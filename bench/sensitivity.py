@@ -18,10 +18,7 @@ float pass over the calibration set. ``task`` uses the user-metric path (lowered
 accuracy on the *calibration* split, so it is not scored on the data that defines the truth (digits
 only). ``--sweep`` adds sensitivity-output's rho and time at 4, 8, 16 and 32 calibration samples.
 
-``--speed MODEL`` times sensitivity-output (every layer x 4 weight bit-widths) against onnxruntime's
-``quant_pre_process`` + ``quantize_static`` on the same model and calibration data, alternating
-(ORT, mpqc, ORT, mpqc), with the load average: the machine is shared, so only same-run ratios mean
-anything. ``--data-free`` times the data-free passes on a 25M-parameter model.
+``--speed MODEL`` and ``--data-free`` time the passes themselves (``bench.sensitivity_cost``).
 
 onnx's ``light_*`` backend-test models are checked too, and skipped when (as in onnx 1.23) their
 weights are ConstantOfShape fills: one value per output channel (after BatchNorm folding) is stored
@@ -40,7 +37,6 @@ import functools
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -50,6 +46,7 @@ import onnx_ir as ir
 from scipy.stats import spearmanr
 
 import mpqc.ir as mir
+from bench.sensitivity_cost import data_free_seconds, speed, timed_pass
 from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.annotations import sensitivity_key
 from mpqc.ir.layers import quantizable_layers
@@ -300,13 +297,6 @@ def _scores(model: ir.Model, metric: str) -> dict[str, dict[str, float]]:
     return {layer.name: key.get(layer.node) for layer in quantizable_layers(model.graph)}
 
 
-def _timed_pass(model: ir.Model, context: CompileContext, text: str) -> float:
-    (step,) = build_pipeline(text, context)
-    start = time.perf_counter()
-    step(model)
-    return time.perf_counter() - start
-
-
 def _rhos(
     truth: dict[tuple[str, int], float], scores: dict[str, dict[str, float]], layers: Sequence[str]
 ) -> list[float]:
@@ -339,7 +329,7 @@ def run_case(case: Case, samples: int, sweep: bool) -> str:
             metric == "output" and options.split(",")[0].split("=")[1] not in case.measures
         ):
             continue
-        seconds = _timed_pass(
+        seconds = timed_pass(
             case.model,
             context,
             pass_name + ("{" + options.format(n=samples) + "}" if options else ""),
@@ -349,7 +339,7 @@ def run_case(case: Case, samples: int, sweep: bool) -> str:
     if sweep:
         for measure in case.measures:
             for n in (n for n in SWEEP if n <= len(case.calibration)):
-                seconds = _timed_pass(
+                seconds = timed_pass(
                     case.model,
                     context,
                     f"sensitivity-output{{measure={measure},samples={n},abits=[8]}}",
@@ -405,84 +395,6 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.2f}"
 
 
-# --- Speed against onnxruntime's quantizer --------------------------------------------------------
-
-
-def speed(name: str, rounds: int) -> str:
-    """sensitivity-output (all layers x 4 weight widths) against quant_pre_process +
-    quantize_static."""
-    from bench.baselines import QuantizeRequest, ort_static
-    from bench.models import get
-
-    bench_model = get({"ppocr": "ppocr-rec"}.get(name, name))
-    calibration = [dict(x) for x in bench_model.task().calibration_inputs]
-    lines = [
-        f"### speed: {bench_model.name}, {len(calibration)} calibration samples",
-        "",
-        "| round | quantize_static s | sensitivity-output s | ratio | load |",
-        "|---|---|---|---|---|",
-    ]
-    for index in range(rounds):
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = pathlib.Path(scratch)
-            request = QuantizeRequest(
-                bench_model.float_path(), calibration, folder, folder / "q.onnx"
-            )
-            start = time.perf_counter()
-            ort_static("u8")(request)
-            ort_seconds = time.perf_counter() - start
-        model = mir.load(bench_model.float_path())
-        context = CompileContext(calibration=CalibrationData(tuple(calibration)))
-        for step in build_pipeline("canonicalize", context):
-            step(model)
-        ours = _timed_pass(
-            model,
-            context,
-            f"sensitivity-output{{wbits=[{','.join(map(str, WBITS))}],samples={len(calibration)}}}",
-        )
-        lines.append(
-            f"| {index + 1} | {ort_seconds:.1f} | {ours:.1f} | {ours / ort_seconds:.1f}× "
-            f"| {os.getloadavg()[0]:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def data_free_seconds(parameters: int = 25_000_000) -> str:
-    """Wall time of the data-free passes on a stack of Gaussian MatMuls holding ``parameters``
-    weights."""
-    width = 2048
-    count = max(1, round(parameters / width / width))
-    text = "\n".join(f"  h{i + 1} = MatMul(h{i}, w{i})" for i in range(count))
-    proto = onnx.parser.parse_model(
-        f'<ir_version: 10, opset_import: ["" : 17]>\n'
-        f"wide (float[1,{width}] h0) => (float[1,{width}] h{count}) {{\n{text}\n}}"
-    )
-    rng = np.random.default_rng(0)
-    proto.graph.initializer.extend(
-        onnx.numpy_helper.from_array(rng.standard_normal((width, width), np.float32), f"w{i}")
-        for i in range(count)
-    )
-    model = ir.from_proto(proto)
-    lines = [
-        f"### data-free passes on {count * width * width / 1e6:.1f}M parameters "
-        f"({count} MatMuls {width}x{width}), 4 weight widths",
-        "",
-    ]
-    for text in ("sensitivity-entropy", "sensitivity-weight-error"):
-        runs = []
-        for _ in range(3):
-            cpu = time.process_time()
-            wall = _timed_pass(model, CompileContext(), text)
-            runs.append((wall, time.process_time() - cpu))
-        wall, cpu = min(runs)
-        lines.append(
-            f"- {text}: {wall:.2f} s wall, {cpu:.2f} s CPU (best of 3; single-threaded numpy, "
-            "so CPU time is what an idle core takes; "
-            f"load {os.getloadavg()[0]:.1f})"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -512,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.speed:
-        print(speed(args.speed, args.rounds))
+        print(speed(args.speed, args.rounds, WBITS))
         return 0
     if args.data_free:
         print(data_free_seconds())

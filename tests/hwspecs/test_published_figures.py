@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.latency import HAQ_SPEEDUP_RANGE, haq_speedups, mobilenet_v1, mobilenet_v2
+from bench.haq_figure import HAQ_SPEEDUP_RANGE, haq_speedups, mobilenet_v1, mobilenet_v2
 
 pytestmark = pytest.mark.slow
 
