@@ -91,7 +91,9 @@ def real_case(name: str, n_eval: int | None, mixed_budget: str) -> Case:
 def _compile(
     case: Case, folder: pathlib.Path, label: str, **kwargs: Any
 ) -> tuple[float, dict[str, float], list[str]]:
-    result = mpqc.compile(case.model, hw="generic", calibration=case.calibration, **kwargs)
+    result = mpqc.compile(
+        case.model, mpqc.CompileOptions(hw="generic", calibration=case.calibration, **kwargs)
+    )
     path = mir.save(result.ir_model, folder / f"{case.name}-{label}.onnx")
     seconds = {name: s for name, s in result.timing}
     return (
@@ -116,7 +118,7 @@ def run_case(
                         continue
                     kwargs: dict[str, Any] = {"recover": variant == "recover"}
                     kwargs.update(
-                        {"constraints": {"size": case.mixed_budget}}
+                        {"max_size": case.mixed_budget}
                         if config == "mixed"
                         else {"weight_only": True}
                     )

@@ -65,12 +65,13 @@ def run(
             start = time.perf_counter()
             result = mpqc.compile(
                 model,
-                hw=hw,
-                calibration=calibration,
-                constraints={"size": budget},
-                strategy=strategy,
-                pipeline=pipeline(strategy, samples),
-                eval_fn=eval_fn,
+                mpqc.CompileOptions(
+                    hw=hw,
+                    calibration=calibration,
+                    max_size=budget,
+                    pipeline=pipeline(strategy, samples),
+                    eval_fn=eval_fn,
+                ),
             )
             seconds = time.perf_counter() - start
             path = mpqc.save(result.ir_model, pathlib.Path(scratch) / f"{strategy}.onnx")

@@ -43,7 +43,7 @@ from bench.baselines import FLOAT, RECIPES, QuantizeRequest, Recipe, RecipeError
 from bench.cache import cache_dir
 from bench.run import Bench, environment
 from bench.tasks.base import TaskSizes
-from mpqc.compiler import search_step
+from mpqc.passes.pipelines import search_step
 
 HW = "x86_avx2"
 STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "nemo", "haq")
@@ -230,9 +230,11 @@ def analyse(bench: Bench, mode: Mode) -> Analysis:
     start = time.perf_counter()
     result = mpqc.compile(
         str(bench.float_model),
-        hw=HW,
-        calibration=str(bench.calib_dir),
-        pipeline=ANALYSIS.format(samples=mode.sens_samples),
+        mpqc.CompileOptions(
+            hw=HW,
+            calibration=str(bench.calib_dir),
+            pipeline=ANALYSIS.format(samples=mode.sens_samples),
+        ),
     )
     path = mir.save(result.ir_model, bench.workdir / "analysed.onnx")
     seconds = time.perf_counter() - start

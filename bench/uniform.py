@@ -118,7 +118,10 @@ def run_case(case: Case, hw: str, folder: pathlib.Path, repeats: int) -> dict[st
     ort_seconds = _timed(lambda: ort_static("u8")(request))
 
     def compile_mpqc() -> None:
-        result = mpqc.compile(str(float_path), hw=hw, calibration=case.calibration, uniform="w8a8")
+        result = mpqc.compile(
+            str(float_path),
+            mpqc.CompileOptions(hw=hw, calibration=case.calibration, uniform="w8a8"),
+        )
         mpqc.save(result.ir_model, mpqc_path)
 
     mpqc_seconds = _timed(compile_mpqc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import pathlib
 import sys
@@ -20,8 +21,9 @@ from typing import Any
 from mpqc.cli_support import (
     EXIT_OK,
     ArgumentParser,
-    add_eval_argument,
+    add_compilation_arguments,
     add_ir_dump_arguments,
+    flag_names,
     ir_printer,
     run_command,
 )
@@ -31,6 +33,7 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags; each one's ``dest`` is the ``CompileOptions`` field it fills."""
     parser = ArgumentParser(
         prog="mpqc",
         description="Mixed-precision quantization compiler for ONNX.",
@@ -39,30 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "model", nargs="?", help="float ONNX model (default: the embedded digits CNN)"
     )
-    parser.add_argument(
-        "--hw",
-        required=True,
-        help="hardware spec: a bundled name (see mpqc-hw list) or a .yaml path",
-    )
     parser.add_argument("-o", "--output", required=True, help="where to write the quantized model")
-    parser.add_argument(
-        "--calib",
-        metavar="DIR",
-        help="calibration samples: .npz files (keys = input names) or .npy files",
-    )
+    add_compilation_arguments(parser, hw_required=True)
     parser.add_argument(
         "--calib-method",
+        dest="calibrate_method",
         default="minmax",
         choices=["minmax", "percentile", "entropy", "mse"],
         help="activation range estimator",
     )
     parser.add_argument(
-        "--uniform", metavar="wXaY", help="same bits for every layer, e.g. w8a8, w4a8, w8a16"
+        "--uniform",
+        default="",
+        metavar="wXaY",
+        help="same bits for every layer, e.g. w8a8, w4a8, w8a16",
     )
     parser.add_argument(
         "--weight-only",
         action="store_true",
-        help="float activations, weights at --uniform's width (default 4); MatMuls as onnxruntime's MatMulNBits",
+        help="float activations, weights at --uniform's width (default 4); "
+        "MatMuls as onnxruntime's MatMulNBits",
     )
     parser.add_argument(
         "--block-size",
@@ -72,35 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize MatMul/Gemm weights per block of N along K (16, 32, 64, 128...)",
     )
     parser.add_argument(
-        "--max-size", help="size budget: a ratio of the reference (0.25x) or bytes (3MB)"
-    )
-    parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
-    parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
-    parser.add_argument("--max-bops", help="bit-operations budget, e.g. 2G")
-    parser.add_argument(
         "--strategy", default="ilp", help="bit-width search strategy (default: ilp)"
-    )
-    parser.add_argument(
-        "--wbits",
-        type=_bit_list,
-        help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)",
-    )
-    parser.add_argument(
-        "--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)"
-    )
-    parser.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=_shape,
-        metavar="DIM=SIZE",
-        help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)",
     )
     parser.add_argument(
         "--recover",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="GPTQ rounding and bias correction of layers below 8-bit weights (default: on when --calib is given)",
+        help="GPTQ rounding and bias correction of layers below 8-bit weights "
+        "(default: on when --calib is given)",
     )
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument(
@@ -119,8 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run exact evaluations on a Dask cluster, e.g. tcp://host:8786",
     )
-    add_eval_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
     add_ir_dump_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     parser.add_argument(
@@ -129,37 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bit_list(text: str) -> tuple[int, ...]:
-    try:
-        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}, reverse=True))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a comma-separated list of bit-widths such as 4,8"
-        ) from None
-    if not bits or any(not 2 <= b <= 16 for b in bits):
-        raise argparse.ArgumentTypeError(f"bit-widths must be between 2 and 16, got '{text}'")
-    return bits
-
-
-def _shape(text: str) -> tuple[str, int | tuple[int, ...]]:
-    """``DIM=SIZE`` for a named symbolic dim, or ``INPUT=d0,d1,...`` for an input's whole shape."""
-    name, _, sizes = text.partition("=")
-    dims = sizes.split(",")
-    if not name or not all(d.isdigit() and int(d) >= 1 for d in dims):
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not DIM=SIZE or INPUT=d0,d1,..., e.g. N=1 or x=1,3,48,320"
-        )
-    return (name, int(dims[0])) if len(dims) == 1 else (name, tuple(int(d) for d in dims))
-
-
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(model, calibration, eval_fn): the user's, or the embedded example's."""
     if args.model is not None:
-        return args.model, args.calib, args.eval
+        return args.model, args.calibration, args.eval_fn
     from mpqc import examples
 
-    calibration = args.calib if args.calib is not None else examples.digits_calibration()
-    return str(examples.digits_model_path()), calibration, args.eval or examples.digits_accuracy
+    calibration = args.calibration
+    if calibration is None:
+        calibration = examples.digits_calibration()
+    return str(examples.digits_model_path()), calibration, args.eval_fn or examples.digits_accuracy
 
 
 def _check_output(output: pathlib.Path, model: Any) -> None:
@@ -179,8 +134,8 @@ def _check_output(output: pathlib.Path, model: Any) -> None:
 def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
     from mpqc.ir import annotations
 
-    # Read the annotation from the nodes: once lowered, a layer's weight sits behind a DequantizeLinear
-    # and quantizable_layers() no longer sees it as a layer.
+    # Read the annotation from the nodes: once lowered, a layer's weight sits behind a
+    # DequantizeLinear and quantizable_layers() no longer sees it as a layer.
     graph = result.ir_model.graph
     return {
         node.name or node.outputs[0].name: annotations.BITS.get(node)
@@ -192,8 +147,9 @@ def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
 def _tensor_sizes(result: Any) -> str:
     """The size --max-size counts: tensor bytes, against the cost pass's reference when it ran.
 
-    The file also holds the graph (names, nodes, annotations), which on a small model is a large share
-    of it; a budget on tensors met exactly can look missed in file bytes without this second figure.
+    The file also holds the graph (names, nodes, annotations), which on a small model is a large
+    share of it; a budget on tensors met exactly can look missed in file bytes without this second
+    figure.
     """
     from mpqc.ir import annotations, tensor_bytes
 
@@ -201,7 +157,10 @@ def _tensor_sizes(result: Any) -> str:
     reference = (annotations.MODEL_COST.get(result.ir_model) or {}).get("reference", {}).get("size")
     if not reference:
         return f"; tensors {written / 1e6:.3f} MB"
-    return f"; tensors {reference / 1e6:.3f} MB -> {written / 1e6:.3f} MB ({written / reference:.2f}x, what --max-size counts)"
+    return (
+        f"; tensors {reference / 1e6:.3f} MB -> {written / 1e6:.3f} MB "
+        f"({written / reference:.2f}x, what --max-size counts)"
+    )
 
 
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
@@ -212,8 +171,8 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
         f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",
         f"  layers      {len(bits)} quantized: "
         + ", ".join(f"{n}x {k}" for k, n in sorted(mix.items())),
-        f"  size        {input_bytes / 1e6:.3f} MB -> {output_bytes / 1e6:.3f} MB ({output_bytes / max(input_bytes, 1):.2f}x)"
-        + _tensor_sizes(result),
+        f"  size        {input_bytes / 1e6:.3f} MB -> {output_bytes / 1e6:.3f} MB "
+        f"({output_bytes / max(input_bytes, 1):.2f}x)" + _tensor_sizes(result),
     ]
     if "sqnr_db" in verify:
         # float(): annotations store non-finite numbers as text ("inf" when the output is unchanged)
@@ -228,7 +187,8 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
         )
     if "task_metric" in verify:
         lines.append(
-            f"  accuracy    {verify['task_metric']:.4f} (float {verify.get('task_metric_float', float('nan')):.4f})"
+            f"  accuracy    {verify['task_metric']:.4f} "
+            f"(float {verify.get('task_metric_float', float('nan')):.4f})"
         )
     if result.explanation is not None and result.explanation.strategy:
         lines.append(
@@ -239,16 +199,6 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
     if args.verbose:
         lines += [f"  pass        {name:<24} {seconds:8.3f} s" for name, seconds in result.timing]
     return "\n".join(lines)
-
-
-def _constraints(args: argparse.Namespace) -> dict[str, str]:
-    given = {
-        "size": args.max_size,
-        "latency": args.max_latency,
-        "energy": args.max_energy,
-        "bops": args.max_bops,
-    }
-    return {k: v for k, v in given.items() if v is not None}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -267,15 +217,12 @@ def _run(args: argparse.Namespace) -> int:
 def _check_reports(args: argparse.Namespace) -> None:
     """Before any work: a report that cannot be written must not leave a model behind."""
     from mpqc.ir import check_writable
-    from mpqc.report import ReportFormatError, check_format
+    from mpqc.report import check_format
 
     for path in filter(None, (args.report_json, args.report)):
         check_writable(path)
     if args.report:
-        try:
-            check_format(args.report)
-        except ReportFormatError as exc:
-            raise UsageError(str(exc)) from None
+        check_format(args.report)
 
 
 @contextlib.contextmanager
@@ -301,27 +248,19 @@ def _compile(
 ) -> Any:
     import mpqc
 
-    return mpqc.compile(
-        model,
-        hw=args.hw,
-        calibration=calibration,
-        uniform=args.uniform,
-        constraints=_constraints(args) or None,
-        strategy=args.strategy,
-        wbits=args.wbits,
-        abits=args.abits,
-        shapes=dict(args.shape),
-        pipeline=args.pipeline,
-        calibrate_method=args.calib_method,
-        eval_fn=eval_fn,
-        seed=args.seed,
-        executor=executor,
-        emit_pareto=args.emit_pareto,
-        instruments=ir_printer(args),
-        recover=args.recover,
-        weight_only=args.weight_only,
-        block_size=args.block_size,
+    fields = {field.name for field in dataclasses.fields(mpqc.CompileOptions)}
+    given = {name: value for name, value in vars(args).items() if name in fields}
+    options = mpqc.CompileOptions(
+        **{
+            **given,
+            "calibration": calibration,
+            "eval_fn": eval_fn,
+            "shapes": dict(args.shapes),
+            "executor": executor,
+            "instruments": tuple(ir_printer(args)),
+        }
     )
+    return mpqc.compile(model, options)
 
 
 def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.Path) -> int:
@@ -361,8 +300,9 @@ def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.P
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("mpqc", lambda: _run(args), args.verbose)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command("mpqc", lambda: _run(args), args.verbose, flag_names(parser))
 
 
 if __name__ == "__main__":

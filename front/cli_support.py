@@ -14,7 +14,7 @@ import pathlib
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from mpqc.core.errors import MpqcError
@@ -25,7 +25,9 @@ __all__ = [
     "EXIT_INFEASIBLE",
     "EXIT_OK",
     "EXIT_USER",
+    "add_compilation_arguments",
     "add_ir_dump_arguments",
+    "flag_names",
     "ir_printer",
     "run_command",
 ]
@@ -64,8 +66,13 @@ def infeasible_errors() -> tuple[type[BaseException], ...]:
     return (InfeasibleError,)
 
 
-def run_command(prog: str, body: Callable[[], int], verbose: bool) -> int:
+def run_command(
+    prog: str, body: Callable[[], int], verbose: bool, flags: Mapping[str, str] | None = None
+) -> int:
     """Run ``body``; turn exceptions into one line on stderr and an exit code.
+
+    An error about one option names it by its field (``max_size``); ``flags`` (``flag_names``)
+    turns that into the command's own spelling (``--max-size``), the one the user typed.
 
     Python warnings from the libraries underneath (numpy, scipy, onnxruntime's Python layer) are
     shown only under ``-v``: what the user needs to know reaches them as notes in the summary, and
@@ -85,6 +92,9 @@ def run_command(prog: str, body: Callable[[], int], verbose: bool) -> int:
         if verbose:
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, MpqcError) and exc.field is not None:
+            name = (flags or {}).get(exc.field, exc.field)
+            first = f"{name}: " + (exc.message.splitlines() or [""])[0]
         if isinstance(exc, infeasible_errors()):
             print(f"{prog}: {first}", file=sys.stderr)
             return EXIT_INFEASIBLE
@@ -132,14 +142,86 @@ def ir_printer(args: argparse.Namespace) -> list[Instrument]:
     return [printer] if printer.active else []
 
 
-def add_eval_argument(parser: argparse.ArgumentParser) -> None:
+def add_compilation_arguments(parser: argparse.ArgumentParser, hw_required: bool) -> None:
+    """The inputs of a compilation, shared by ``mpqc`` and ``mpqc-opt``: chip, data, task metric,
+    shapes, budgets, candidate bits and seed. Each flag's ``dest`` is its ``CompileOptions``
+    field."""
+    parser.add_argument(
+        "--hw",
+        required=hw_required,
+        help="hardware spec: a bundled name (see mpqc-hw list) or a .yaml path",
+    )
+    parser.add_argument(
+        "--calib",
+        dest="calibration",
+        metavar="DIR",
+        help="calibration samples: .npz files (keys = input names) or .npy files",
+    )
+    parser.add_argument(
+        "--max-size", help="size budget: a ratio of the reference (0.25x) or bytes (3MB)"
+    )
+    parser.add_argument("--max-latency", help="latency budget, e.g. 2ms")
+    parser.add_argument("--max-energy", help="energy budget, e.g. 5mJ")
+    parser.add_argument("--max-bops", help="bit-operations budget, e.g. 2G")
+    parser.add_argument(
+        "--wbits",
+        type=_bit_list,
+        help="candidate weight bits, e.g. 2,4,8 (default: 4,8, plus 2 where native)",
+    )
+    parser.add_argument(
+        "--abits", type=_bit_list, help="candidate activation bits, e.g. 8,16 (default: 8)"
+    )
+    parser.add_argument(
+        "--shape",
+        dest="shapes",
+        action="append",
+        default=[],
+        type=_shape,
+        metavar="DIM=SIZE",
+        help="size of a symbolic dim, or INPUT=d0,d1,... for an input's shape (repeatable)",
+    )
     parser.add_argument(
         "--eval",
+        dest="eval_fn",
         metavar="MODULE:FUNCTION",
         type=task_metric_function,
-        help="task metric: a function taking an onnx.ModelProto and returning a number, higher is better "
-        "(MODULE is an importable module or a .py file), used by verify and sensitivity-task",
+        help="task metric: a function taking an onnx.ModelProto and returning a number, "
+        "higher is better (MODULE is an importable module or a .py file), used by verify and "
+        "sensitivity-task",
     )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Option field (an argument's ``dest``) -> the flag that sets it, for error messages."""
+    return {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings
+    }
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}, reverse=True))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of bit-widths such as 4,8"
+        ) from None
+    if not bits or any(not 2 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"bit-widths must be between 2 and 16, got '{text}'")
+    return bits
+
+
+def _shape(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``DIM=SIZE`` for a named symbolic dim, or ``INPUT=d0,d1,...`` for an input's whole shape."""
+    name, _, sizes = text.partition("=")
+    dims = sizes.split(",")
+    if not name or not all(d.isdigit() and int(d) >= 1 for d in dims):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not DIM=SIZE or INPUT=d0,d1,..., e.g. N=1 or x=1,3,48,320"
+        )
+    return (name, int(dims[0])) if len(dims) == 1 else (name, tuple(int(d) for d in dims))
 
 
 def task_metric_function(text: str) -> Callable[[Any], float]:
@@ -160,8 +242,9 @@ def task_metric_function(text: str) -> Callable[[Any], float]:
         else:
             module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - the user's module: any failure to import is bad input
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise argparse.ArgumentTypeError(
-            f"cannot import '{module_name}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"cannot import '{module_name}': {type(exc).__name__}: {first}"
         ) from None
     function = getattr(module, function_name, None)
     if not callable(function):

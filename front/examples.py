@@ -1,13 +1,14 @@
 """The embedded example: a small trained digits CNN and its calibration / evaluation data.
 
 Why it exists: mpqc has to be runnable and measurable without the user bringing anything. When no
-model is given, the compiler uses `digits_model_path()`; the tests use `digits_accuracy` to put a real
-task-accuracy number on every quantized model. The files are package data made by
+model is given, the compiler uses `digits_model_path()`; the tests use `digits_accuracy` to put a
+real task-accuracy number on every quantized model. The files are package data made by
 `tools/train_digits.py` (scikit-learn's `load_digits`, pixels scaled to [0, 1], NCHW [N, 1, 8, 8]):
 
-* `models/digits_cnn.onnx` — Conv -> BatchNormalization -> ... -> residual Add -> ... -> Gemm, opset 17;
-* `models/digits.npz` — 200 calibration and 300 evaluation images, disjoint from the training set and
-  from each other, stratified by class.
+* `models/digits_cnn.onnx` — Conv -> BatchNormalization -> ... -> residual Add -> ... -> Gemm,
+  opset 17;
+* `models/digits.npz` — 200 calibration and 300 evaluation images, disjoint from the training set
+  and from each other, stratified by class.
 
 `digits_accuracy` doubles as the template of a user task metric for `--eval module:function`: a
 function taking a model and returning a score where higher is better.
@@ -38,7 +39,8 @@ def digits_model_path() -> Path:
 
 
 def digits_data(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32 [N, 1, 8, 8], labels int64 [N]) of the calibration (200) or evaluation (300) split."""
+    """(images float32 [N, 1, 8, 8], labels int64 [N]) of the calibration (200) or evaluation
+    (300) split."""
     if split not in ("calib", "eval"):
         raise ValueError(f"unknown digits split {split!r}: use 'calib' or 'eval'")
     with np.load(_package_file("digits.npz")) as data:
@@ -46,7 +48,7 @@ def digits_data(split: Split) -> tuple[np.ndarray, np.ndarray]:
 
 
 def digits_calibration(batch_size: int = 1) -> list[dict[str, np.ndarray]]:
-    """The calibration split as onnxruntime input dicts {"image": batch}, the form `calibrate` takes.
+    """The calibration split as onnxruntime input dicts {"image": batch}, as `calibrate` takes it.
 
     Batches of one by default: that is how a deployed model sees data, and it keeps per-batch
     statistics (percentile, entropy histograms) comparable with any other input source.

@@ -17,6 +17,7 @@ from mpqc.passes import (
     CompileContext,
     PassManager,
     build_pipeline,
+    expand_pipeline,
     format_pipeline,
     resolve_pipeline,
 )
@@ -41,6 +42,11 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({str(self)!r})"
+
+    def expanded(self) -> str:
+        """The steps this pipeline runs in its context, named pipelines (``default{...}``)
+        expanded."""
+        return expand_pipeline(self.steps, self.context)
 
     def run_ir(self, model: ir.Model) -> ir.Model:
         """Run on an ``onnx_ir.Model`` in place and return it."""

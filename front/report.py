@@ -1,23 +1,10 @@
-"""Why every layer got its bits: the per-layer explanation behind ``--report`` and ``--report-json``.
+"""Why every layer got its bits, rendered: the table behind ``--report`` and ``--report-json``.
 
-A mixed-precision result is only trusted when the user can see why a layer stayed at higher
-precision. The evidence exists only between the search and the lowering: ``lower-qdq`` invalidates
-the cost and sensitivity annotations (they describe the float model), so an instrument,
-:class:`Explainer`, reads the search's own problem right after ``search`` ran — the same candidates,
-damage scores, costs and resolved budget the strategy saw — and :func:`explain` joins it with the
-final bits and the layers other passes left float.
-
-A layer not at its cheapest candidate gets one reason:
-
-- ``pinned (first/last compute layer)``: the search holds them at 8 bits (HAQ, HAWQ-V3);
-- ``kept: ...``: the next cheaper candidate's extra damage per byte saved, against the cut-off —
-  the costliest damage per byte among the drops the search did take. A layer above the cut-off is
-  one a budget-greedy search would also keep; one below it was kept by the strategy's own
-  trade-off (a knapsack's granularity, an exact evaluation that disagreed with the proxy);
-- ``spec has no cheaper pair``: it is at its own cheapest candidate, but other layers could go lower;
-- left float (no quantized form, inside a ``Loop`` body, ...): ``lower-qdq`` lists ``{layer, reason}``
-  entries under ``left_float`` in its section of the ``mpqc.report`` annotation, copied here as
-  they are.
+The account is not computed here. The search pass writes why each searched layer got its bits —
+its candidates, their damage and cost, and why it is not cheaper — into its section of
+``mpqc.report`` (``passes/choose/explain.py``), and ``lower-qdq`` lists the layers it left float
+(no quantized form, inside a ``Loop`` body) under ``left_float`` in its own section. This module
+reads the two back into an :class:`Explanation` and renders it as markdown or HTML.
 """
 
 from __future__ import annotations
@@ -26,28 +13,26 @@ import dataclasses
 import html
 import pathlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
 
 __all__ = [
     "Candidate",
-    "Explainer",
     "Explanation",
     "LayerRow",
     "ReportFormatError",
     "check_format",
-    "explain",
     "write_report",
 ]
 
-PINNED = "pinned (first/last compute layer)"
+#: The summary's group of a layer ``lower-qdq`` left float.
+LEFT_FLOAT = "left float"
 
 
 class ReportFormatError(MpqcError):
@@ -73,6 +58,8 @@ class LayerRow:
     chosen: str
     candidates: tuple[Candidate, ...] = ()
     reason: str | None = None
+    #: the group the summary counts the reason in ("pinned", "kept by the search", ...)
+    kind: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +74,50 @@ class Explanation:
     budget: float | None = None
     #: the costliest damage per unit of ``objective`` among the drops the search took
     cutoff: float | None = None
+    #: how ``objective`` is shown: one ``unit`` is ``scale`` of its base unit (kB: 1e3 bytes)
+    unit: str = "kB"
+    scale: float = 1e3
     #: the cost model's totals of the chosen configuration (fixed part included)
     predicted: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: ir.Model, report: Mapping[str, Any]) -> Explanation:
+        """The table of the emitted ``model`` from its ``mpqc.report``: the search's rows, or
+        the final bits when nothing was searched, then the layers lower-qdq left float."""
+        left = tuple(
+            LayerRow(
+                str(e["layer"]), str(e.get("op", "")), "float", (), str(e["reason"]), LEFT_FLOAT
+            )
+            for e in (report.get("lower-qdq") or {}).get("left_float") or []
+        )
+        searched = report.get("search")
+        if searched is None:
+            rows = tuple(
+                LayerRow(name, op, chosen) for name, (op, chosen) in final_bits(model).items()
+            )
+            return cls(rows + left)
+        rows = tuple(
+            LayerRow(
+                row["layer"],
+                row["op"],
+                row["chosen"],
+                tuple(Candidate(**candidate) for candidate in row["candidates"]),
+                row["reason"],
+                row["kind"],
+            )
+            for row in searched["layers"]
+        )
+        return cls(
+            rows + left,
+            searched["strategy"],
+            searched["metric"],
+            searched["objective"],
+            searched["budget"],
+            searched["cutoff"],
+            searched["unit"],
+            searched["scale"],
+            searched["predicted"],
+        )
 
     def kept(self) -> list[LayerRow]:
         return [row for row in self.rows if row.reason is not None]
@@ -102,7 +131,7 @@ class Explanation:
             )
         if not kept:
             return f"none of {len(self.rows)} layers: every layer at its cheapest candidate"
-        kinds = Counter(_kind(row.reason) for row in kept)
+        kinds = Counter(row.kind for row in kept)
         return f"{len(kept)} of {len(self.rows)} layers: " + ", ".join(
             f"{n} {kind}" for kind, n in kinds.most_common()
         )
@@ -120,210 +149,36 @@ class Explanation:
         }
 
 
-def _kind(reason: str) -> str:
-    """The short group a reason belongs to in the summary line."""
-    if reason == PINNED:
-        return "pinned"
-    if reason.startswith("kept"):
-        return "kept by the search"
-    if reason.startswith("spec has no cheaper pair"):
-        return "with no cheaper pair"
-    return "left float"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Searched:
-    """What the search saw, read right after it ran."""
-
-    names: tuple[str, ...]
-    ops: tuple[str, ...]
-    choices: tuple[tuple[tuple[int, int], ...], ...]
-    #: per layer, the index of the candidate the search chose
-    config: tuple[int, ...]
-    damage: tuple[np.ndarray, ...]
-    costs: Mapping[str, tuple[np.ndarray, ...]]
-    fixed: Mapping[str, float]
-    constraints: Mapping[str, float]
-    pinned: frozenset[str]
-    strategy: str
-    metric: str
-
-
-class Explainer:
-    """Instrument: keeps the search's problem, which later passes' annotations no longer hold."""
-
-    def __init__(self) -> None:
-        self.searched: _Searched | None = None
-
-    def run_before_pass(self, pass_: ir.passes.PassBase, model: ir.Model) -> None:
-        pass
-
-    def run_after_pass(
-        self, pass_: ir.passes.PassBase, model: ir.Model, result: ir.passes.PassResult
-    ) -> None:
-        if getattr(pass_, "name", None) != "search":
-            return
-        layers = pass_.searched_layers(result.model)
-        problem = pass_.problem(result.model, layers)
-        pinned = pass_.pinned(layers)
-        chosen = [annotations.BITS.get(layer.node) or {} for layer in layers]
-        self.searched = _Searched(
-            names=problem.layers,
-            ops=tuple(layer.node.op_type for layer in layers),
-            choices=problem.choices,
-            config=tuple(
-                choices.index((bits["w"], bits["a"]))
-                for choices, bits in zip(problem.choices, chosen)
-            ),
-            damage=problem.sensitivity,
-            costs=problem.costs,
-            fixed=problem.fixed_costs,
-            constraints=problem.constraints,
-            pinned=frozenset(layers[i].name for i in pinned),
-            strategy=pass_.options.strategy,
-            metric=pass_.options.metric,
-        )
-
-
 def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
-    """Layer name -> (op, 'wXaY' or 'float') from the ``mpqc.bits`` of the emitted model's nodes, bodies included."""
+    """Layer name -> (op, 'wXaY' or 'float') from the ``mpqc.bits`` of the emitted model's nodes,
+    bodies included."""
     bits = {}
     for node in (node for graph in (model.graph, *model.graph.subgraphs()) for node in graph):
         chosen = annotations.BITS.get(node)
         if chosen is not None:
-            w, a = int(chosen["w"]), int(chosen["a"])
+            pair = Bits(int(chosen["w"]), int(chosen["a"]))
+            float_ = pair == (FLOAT_BITS, FLOAT_BITS)
             bits[node.name or node.outputs[0].name] = (
                 node.op_type,
-                "float" if w == FLOAT_BITS and a == FLOAT_BITS else f"w{w}a{a}",
+                "float" if float_ else str(pair),
             )
     return bits
-
-
-def left_float(report: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The ``{layer, reason}`` entries ``lower-qdq`` lists in its ``mpqc.report`` section."""
-    return list((report.get("lower-qdq") or {}).get("left_float") or [])
-
-
-def explain(model: ir.Model, searched: _Searched | None, report: Mapping[str, Any]) -> Explanation:
-    """The per-layer table of the emitted ``model``; ``searched`` is the Explainer's record (None without search)."""
-    extra = [
-        LayerRow(str(e["layer"]), str(e.get("op", "")), "float", reason=str(e["reason"]))
-        for e in left_float(report)
-    ]
-    if searched is None:
-        rows = [LayerRow(name, op, chosen) for name, (op, chosen) in final_bits(model).items()]
-        return Explanation(tuple(rows + extra))
-    objective = next(iter(searched.constraints), "size")
-    cost = searched.costs[objective]
-    config = searched.config
-    cutoff = _cutoff(searched.damage, cost, config)
-    cheapest_bits = min(w * a for choices in searched.choices for w, a in choices)
-    rows = []
-    for i, name in enumerate(searched.names):
-        choices, damage, k = searched.choices[i], searched.damage[i], config[i]
-        candidates = tuple(
-            Candidate(
-                f"w{w}a{a}",
-                float(damage[j]),
-                float(searched.costs["size"][i][j]),
-                float(searched.costs["latency"][i][j]),
-            )
-            for j, (w, a) in enumerate(choices)
-        )
-        reason = None
-        w, a = choices[k]
-        if name in searched.pinned and w * a > cheapest_bits:
-            reason = PINNED
-        elif cost[i][k] > cost[i].min():
-            reason = _kept_reason(
-                choices, damage, cost[i], k, cutoff, objective, bool(searched.constraints)
-            )
-        elif w * a > cheapest_bits:
-            reason = (
-                "spec has no cheaper pair for this layer (candidates: "
-                + ", ".join(c.pair for c in candidates)
-                + ")"
-            )
-        rows.append(LayerRow(name, searched.ops[i], f"w{w}a{a}", candidates, reason))
-    predicted = {
-        obj: float(
-            sum(cost_[i][config[i]] for i in range(len(config))) + searched.fixed.get(obj, 0.0)
-        )
-        for obj, cost_ in searched.costs.items()
-    }
-    return Explanation(
-        tuple(rows + extra),
-        searched.strategy,
-        searched.metric,
-        objective,
-        searched.constraints.get(objective),
-        cutoff,
-        predicted,
-    )
-
-
-def _step_down(cost: np.ndarray, k: int) -> int | None:
-    """The next cheaper candidate than ``k`` (the most expensive of those cheaper), or None."""
-    cheaper = [j for j in range(len(cost)) if cost[j] < cost[k]]
-    return max(cheaper, key=lambda j: cost[j]) if cheaper else None
-
-
-def _cutoff(
-    damage: Sequence[np.ndarray], cost: Sequence[np.ndarray], config: Sequence[int]
-) -> float | None:
-    """The largest damage per unit saved among the steps the search took below a layer's dearest pair."""
-    ratios = []
-    for d, c, k in zip(damage, cost, config):
-        dearer = [j for j in range(len(c)) if c[j] > c[k]]
-        if dearer:
-            up = min(dearer, key=lambda j: c[j])
-            ratios.append((d[k] - d[up]) / (c[up] - c[k]))
-    return float(max(ratios)) if ratios else None
-
-
-_UNITS = {
-    "size": (1e3, "kB"),
-    "latency": (1e-3, "ms"),
-    "energy": (1e-3, "mJ"),
-    "bops": (1e9, "GBOPs"),
-}
-
-
-def _kept_reason(
-    choices,
-    damage: np.ndarray,
-    cost: np.ndarray,
-    k: int,
-    cutoff: float | None,
-    objective: str,
-    budgeted: bool,
-) -> str:
-    j = _step_down(cost, k)
-    assert j is not None  # the caller checked that a cheaper candidate exists
-    scale, unit = _UNITS.get(objective, (1.0, objective))
-    added, saved = float(damage[j] - damage[k]), float(cost[k] - cost[j])
-    ratio = added / saved * scale
-    text = f"kept: w{choices[j][0]}a{choices[j][1]} would add {added:+.3g} damage to save {saved / scale:.3g} {unit} ({ratio:.3g}/{unit}"
-    if cutoff is not None and ratio >= cutoff * scale:
-        text += f", above the costliest drop taken, {cutoff * scale:.3g}/{unit})"
-    elif cutoff is not None:
-        text += f", below the costliest drop taken, {cutoff * scale:.3g}/{unit}: the search saved the {unit} elsewhere)"
-    else:
-        text += ")"
-    return text + ("; the budget was met without it" if budgeted else "; no budget asked for it")
 
 
 # --- Writing ---------------------------------------------------------------------------------
 
 
 def _candidate_text(candidate: Candidate) -> str:
-    return f"{candidate.pair}: {candidate.damage:.3g} · {candidate.size / 1e3:.1f} kB · {candidate.latency_s * 1e3:.3f} ms"
+    return (
+        f"{candidate.pair}: {candidate.damage:.3g} · {candidate.size / 1e3:.1f} kB · "
+        f"{candidate.latency_s * 1e3:.3f} ms"
+    )
 
 
 def _header(explanation: Explanation, title: str) -> list[str]:
     lines = [title, f"Kept above the cheapest bits: {explanation.summary()}."]
     if explanation.strategy:
-        scale, unit = _UNITS.get(explanation.objective, (1.0, explanation.objective))
+        scale, unit = explanation.scale, explanation.unit
         budget = (
             "no budget"
             if explanation.budget is None
@@ -335,8 +190,8 @@ def _header(explanation: Explanation, title: str) -> list[str]:
             else f"{explanation.cutoff * scale:.3g} damage/{unit}"
         )
         lines.append(
-            f"Search: {explanation.strategy} on mpqc.sens.{explanation.metric}; {explanation.objective} "
-            f"{budget}; costliest drop taken {cutoff}."
+            f"Search: {explanation.strategy} on mpqc.sens.{explanation.metric}; "
+            f"{explanation.objective} {budget}; costliest drop taken {cutoff}."
         )
         lines.append(
             "Predicted: "
@@ -370,7 +225,8 @@ def html_page(explanation: Explanation, title: str = "mpqc report") -> str:
     body = [
         f"<h1>{html.escape(head[0])}</h1>",
         *(f"<p>{html.escape(line)}</p>" for line in head[1:]),
-        "<table><tr><th>layer</th><th>op</th><th>chosen</th><th>candidates (damage · size · latency)</th>"
+        "<table><tr><th>layer</th><th>op</th><th>chosen</th>"
+        "<th>candidates (damage · size · latency)</th>"
         "<th>why not cheaper</th></tr>",
     ]
     for row in explanation.rows:
@@ -378,12 +234,14 @@ def html_page(explanation: Explanation, title: str = "mpqc report") -> str:
         style = ' class="kept"' if row.reason else ""
         body.append(
             f"<tr{style}><td>{html.escape(row.layer)}</td><td>{html.escape(row.op)}</td>"
-            f"<td>{html.escape(row.chosen)}</td><td>{candidates}</td><td>{html.escape(row.reason or '')}</td></tr>"
+            f"<td>{html.escape(row.chosen)}</td><td>{candidates}</td>"
+            f"<td>{html.escape(row.reason or '')}</td></tr>"
         )
     body.append("</table>")
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}tr.kept{background:#fff6d5}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+        "tr.kept{background:#fff6d5}"
     )
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -397,7 +255,7 @@ _FORMATS = {".html": html_page, ".htm": html_page, ".md": markdown}
 def check_format(path: str | pathlib.Path) -> None:
     """Raise ReportFormatError unless ``path`` names a format :func:`write_report` writes."""
     if pathlib.Path(path).suffix.lower() not in _FORMATS:
-        raise ReportFormatError(f"--report {path}: name a .html or .md file")
+        raise ReportFormatError(f"{path}: name a .html or .md file", field="report")
 
 
 def write_report(

@@ -8,9 +8,11 @@ from mpqc.passes.infra.base import NoOptions, Pass, PassError, PassInputError, o
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.instruments import IRPrinter, Progress, Timing
 from mpqc.passes.infra.manager import PassManager
+from mpqc.passes.infra.named import NamedPipeline
 from mpqc.passes.infra.pipeline import (
     PassSpec,
     build_pipeline,
+    expand_pipeline,
     format_pipeline,
     parse_pipeline,
     resolve_pipeline,
@@ -34,12 +36,14 @@ from mpqc.passes.analysis import (
     sensitivity_task,
     sensitivity_weight_error,
 )  # noqa: F401  isort: skip
+from mpqc.passes import pipelines  # noqa: F401  isort: skip  (named pipelines, over the passes)
 
 __all__ = [
     "CalibrationData",
     "CompileContext",
     "DataError",
     "IRPrinter",
+    "NamedPipeline",
     "NoOptions",
     "Pass",
     "PassError",
@@ -49,6 +53,7 @@ __all__ = [
     "Progress",
     "Timing",
     "build_pipeline",
+    "expand_pipeline",
     "format_pipeline",
     "get",
     "load_calibration",

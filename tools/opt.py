@@ -5,7 +5,9 @@
     mpqc-opt --help-passes
 
 Compiler people use it to run one pass at a time, save annotated models between passes, and read IR
-dumps; the default pipeline of ``mpqc`` is just one pipeline string among others.
+dumps. The pipeline ``mpqc`` runs is the named pipeline ``default{...}``, and the inputs of a
+compilation (``--hw``, ``--calib``, budgets, candidate bits, ``--shape``) are the same flags as
+``mpqc``'s, so ``mpqc-opt -p 'default{uniform=w4a8}'`` writes the file ``mpqc --uniform w4a8`` does.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import typing
 from mpqc.cli_support import (
     EXIT_OK,
     ArgumentParser,
-    add_eval_argument,
+    add_compilation_arguments,
     add_ir_dump_arguments,
+    flag_names,
     ir_printer,
     run_command,
 )
@@ -46,12 +49,17 @@ def help_passes() -> str:
     (``search{strategy=nsga2,generations=100}``).
     """
     from mpqc import passes
+    from mpqc.passes import NamedPipeline
 
     lines = []
     for name in passes.names():
         cls = passes.get(name)
         summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         lines.append(f"{name}\n    {summary}")
+        if issubclass(cls, NamedPipeline):
+            lines.append("    a named pipeline: stands for the passes it expands to")
+            lines += _options(cls.Options, "    ")
+            continue
         contract = _contract(cls)
         if contract:
             lines.append(f"    {contract}")
@@ -106,13 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", help="where to write the resulting model (omit to only analyse)"
     )
-    parser.add_argument("--hw", help="hardware spec for passes that need one")
-    parser.add_argument("--calib", metavar="DIR", help="calibration samples (.npz/.npy files)")
+    add_compilation_arguments(parser, hw_required=False)
     parser.add_argument(
         "--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON"
     )
-    add_eval_argument(parser)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--help-passes", action="store_true", help="list passes and their options, then exit"
     )
@@ -147,28 +152,17 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_OK
     if not args.model or not args.pipeline:
         parser.error("a model and -p PIPELINE are required (or --help-passes)")
-    import onnx_ir as ir
-
-    from mpqc import hwspecs
     from mpqc import ir as mir
-    from mpqc.passes import CompileContext, load_calibration
+    from mpqc.options import CompileOptions, compilation_context
     from mpqc.pipeline import Pipeline
 
     for path in (args.output, args.report_json):
         if path:
             mir.check_writable(path)  # before any work: a failure must not leave files behind
     model = mir.load(args.model)
-    context = CompileContext(
-        seed=args.seed, hw=hwspecs.load(args.hw) if args.hw else None, eval_fn=args.eval
-    )
-    # The float reference as loaded (external data read in), not the file's bytes, whose external
-    # references would not resolve in an onnxruntime session made from bytes.
-    context.reference = (
-        ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
-    )
-    if args.calib:
-        data = load_calibration(args.calib, model)
-        context.calibration, context.held_out = data.split()
+    fields = {field.name for field in dataclasses.fields(CompileOptions)}
+    given = {name: value for name, value in vars(args).items() if name in fields}
+    context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))
     pipeline = Pipeline(args.pipeline, context, ir_printer(args))
     model = pipeline.run_ir(model)
     if args.output:
@@ -186,7 +180,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command("mpqc-opt", lambda: _run(args, parser), args.verbose)
+    return run_command("mpqc-opt", lambda: _run(args, parser), args.verbose, flag_names(parser))
 
 
 if __name__ == "__main__":

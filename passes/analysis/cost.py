@@ -67,7 +67,9 @@ class CostPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.context.hw
         if spec is None:
-            raise PassError("the cost pass needs a hardware spec: pass --hw NAME or a spec .yaml")
+            raise PassError(
+                "the cost pass needs a hardware spec: a bundled name or a spec .yaml", field="hw"
+            )
         layers = quantizable_layers(model.graph)
         if not layers:
             raise PassError(

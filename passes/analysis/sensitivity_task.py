@@ -45,7 +45,9 @@ class SensitivityTaskPass(SensitivityPass):
         layers = self.layers(model)
         if self.context.eval_fn is None:
             raise PassError(
-                f"{self.name}: needs a task metric: pass --eval module:function or eval_fn= (a callable taking an onnx.ModelProto, higher is better)"
+                f"{self.name} needs a task metric: a function taking an onnx.ModelProto and "
+                "returning a number, higher is better",
+                field="eval_fn",
             )
         wbits, abits = self.weight_bits(), self.activation_bits()
         base = ir.to_proto(model)

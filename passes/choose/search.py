@@ -40,6 +40,7 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.choose.explain import explain_choice
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
@@ -63,13 +64,14 @@ def resolve_budget(objective: str, text: str | float, reference: float) -> float
             return float(text[:-1]) * reference
         except ValueError:
             raise PassError(
-                f"--max-{objective} {text!r}: a ratio is a number followed by x, e.g. 0.25x"
+                f"{text!r}: a ratio is a number followed by x, e.g. 0.25x",
+                field=f"max_{objective}",
             ) from None
     if objective == "bops":
         match = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMGT]?)(?:BOPs?)?", text)
         if not match:
             raise PassError(
-                f"--max-bops {text!r}: give a count such as 2G or a ratio such as 0.25x"
+                f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
             )
         return float(match.group(1)) * _SI[match.group(2)]
     if objective not in _DIMENSION:
@@ -77,7 +79,7 @@ def resolve_budget(objective: str, text: str | float, reference: float) -> float
     try:
         return to_base(text, _DIMENSION[objective])
     except ValueError as exc:
-        raise PassError(f"--max-{objective} {text!r}: {exc}") from None
+        raise PassError(str(exc), field=f"max_{objective}") from None
 
 
 def _pairs(table: Mapping[str, object]) -> list[Bits]:
@@ -190,7 +192,7 @@ class SearchPass(Pass):
     reads = frozenset({annotations.COST, annotations.MODEL_COST, annotations.SENSITIVITY})
     #: The exact evaluator quantizes activations on their calibrated ranges.
     may_read = frozenset({annotations.CALIB_RANGE})
-    writes = frozenset({annotations.BITS, annotations.PARETO})
+    writes = frozenset({annotations.BITS, annotations.PARETO, annotations.REPORT})
     preserves = frozenset({annotations.ALL})
 
     @dataclasses.dataclass(frozen=True)
@@ -252,16 +254,31 @@ class SearchPass(Pass):
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config)):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
+        self._explain(model, problem, layers, chosen.config)
         front = self._front_json(problem, layers, result)
         front["metric"] = self.options.metric
         front["pinned"] = sorted(layers[i].name for i in self.pinned(layers))
         annotations.PARETO.set(model, front)
         return ir.passes.PassResult(model, modified=True)
 
+    def _explain(
+        self, model: ir.Model, problem: msearch.Problem, layers: list[Layer], config: np.ndarray
+    ) -> None:
+        """The search's section of ``mpqc.report``: why each layer got its bits (``explain.py``)."""
+        account = explain_choice(
+            problem,
+            [int(k) for k in config],
+            [layer.node.op_type for layer in layers],
+            {layers[i].name for i in self.pinned(layers)},
+            self.options.strategy,
+            self.options.metric,
+        )
+        self.report(model, account)
+
     def _wants_exact(self) -> bool:
         if self.options.exact == "always":
             if self.context.calibration is None:
-                raise PassError("search{exact=always} needs calibration data (--calib)")
+                raise PassError("search{exact=always} needs calibration data", field="calibration")
             return True
         return (
             self.options.exact == "auto"

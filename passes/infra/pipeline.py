@@ -23,6 +23,10 @@ know are converted by the component's ``Options`` instead, and printed after the
 
 Printing writes only options that differ from their defaults, in field order, with snake_case
 keys: the canonical form. ``resolve_pipeline(format_pipeline(steps)) == steps``.
+
+A step may also name a *named pipeline* (``default{uniform=w4a8}``, ``passes/infra/named.py``): it
+resolves like a pass, and ``build_pipeline`` replaces it with the steps it expands to in the
+compilation's context, so ``mpqc-opt`` runs the very pipeline ``mpqc`` runs.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from typing import Any
 from mpqc.passes.infra import registry
 from mpqc.passes.infra.base import Pass, PassInputError
 from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.infra.named import NamedPipeline
 
 __all__ = [
     "PassSpec",
     "Step",
     "build_pipeline",
     "convert_option",
+    "expand_pipeline",
     "format_pass",
     "format_pipeline",
     "parse_pipeline",
@@ -53,8 +59,8 @@ __all__ = [
 
 #: An option's value as written: one text, or the items of a ``[a,b]`` list.
 OptionText = str | tuple[str, ...]
-#: A resolved step: the pass class and its options, not yet bound to a context.
-Step = tuple[type[Pass], Any]
+#: A resolved step: the pass (or named pipeline) class and its options, not yet bound to a context.
+Step = tuple[type[Pass] | type[NamedPipeline], Any]
 
 _TOKEN = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*")
 
@@ -86,10 +92,36 @@ def resolve_pipeline(pipeline: str | Sequence[PassSpec]) -> list[Step]:
 def build_pipeline(
     pipeline: str | Sequence[PassSpec] | Sequence[Step], context: CompileContext
 ) -> list[Pass]:
-    """Resolve (if needed) and instantiate every pass with the shared ``context``."""
+    """Resolve (if needed) and instantiate every pass with the shared ``context``, named
+    pipelines expanded."""
+    passes: list[Pass] = []
+    for cls, options in _steps(pipeline):
+        if issubclass(cls, NamedPipeline):
+            passes += build_pipeline(cls.expand(options, context), context)
+        else:
+            passes.append(cls(options, context))
+    return passes
+
+
+def expand_pipeline(
+    pipeline: str | Sequence[PassSpec] | Sequence[Step], context: CompileContext
+) -> str:
+    """The pipeline's text with every named pipeline replaced by the steps it stands for in
+    ``context`` (text without one comes back as written)."""
+    steps = _steps(pipeline)
+    if isinstance(pipeline, str) and not any(issubclass(c, NamedPipeline) for c, _ in steps):
+        return pipeline
+    return ",".join(
+        expand_pipeline(cls.expand(options, context), context)
+        if issubclass(cls, NamedPipeline)
+        else format_pass((cls, options))
+        for cls, options in steps
+    )
+
+
+def _steps(pipeline: str | Sequence[PassSpec] | Sequence[Step]) -> list[Step]:
     items = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
-    steps = [_resolve(item) if isinstance(item, PassSpec) else item for item in items]
-    return [cls(options, context) for cls, options in steps]
+    return [_resolve(item) if isinstance(item, PassSpec) else item for item in items]
 
 
 def format_pass(p: Pass | Step | PassSpec) -> str:

@@ -1,4 +1,4 @@
-"""The pass registry: name -> pass class, for pipeline strings and ``mpqc-opt``.
+"""The pass registry: name -> pass class (or named pipeline), for pipeline strings and ``mpqc-opt``.
 
 Built-in passes register with the ``@register`` decorator when ``mpqc.passes`` imports them. Third
 parties add passes by installing a package that declares an entry point in the ``mpqc.passes``
@@ -12,17 +12,21 @@ import difflib
 from importlib import metadata
 
 from mpqc.passes.infra.base import Pass, PassInputError
+from mpqc.passes.infra.named import NamedPipeline
 
 __all__ = ["ENTRY_POINT_GROUP", "get", "names", "register"]
 
 ENTRY_POINT_GROUP = "mpqc.passes"
 
-_PASSES: dict[str, type[Pass]] = {}
+#: What a name in pipeline text stands for.
+Registered = type[Pass] | type[NamedPipeline]
+
+_PASSES: dict[str, Registered] = {}
 _plugins_loaded = False
 
 
-def register(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
+def register(cls: Registered) -> Registered:
+    """Class decorator: make a pass or a named pipeline available under ``cls.name``."""
     name = getattr(cls, "name", None)
     if not name or name != name.lower() or " " in name:
         raise TypeError(f"{cls.__qualname__} needs a kebab-case class attribute 'name'")
@@ -59,8 +63,9 @@ def names() -> list[str]:
     return sorted(_PASSES)
 
 
-def get(name: str) -> type[Pass]:
-    """The pass class registered as ``name``; a PassInputError naming close matches otherwise."""
+def get(name: str) -> Registered:
+    """The pass class or named pipeline registered as ``name``; a PassInputError naming close
+    matches otherwise."""
     _load_plugins()
     try:
         return _PASSES[name]

@@ -28,10 +28,10 @@ __all__ = ["describe", "static_shapes"]
 def _input_shape(
     value: onnx.ValueInfoProto, context: CompileContext
 ) -> tuple[tuple[int, ...] | None, str]:
-    """A whole input's shape from ``--shape INPUT=d0,d1,...`` or the first calibration sample."""
+    """A whole input's shape from ``shapes[INPUT] = (d0, d1, ...)`` or the first calibration sample."""
     given = context.shapes.get(value.name)
     if isinstance(given, tuple):
-        return given, "--shape"
+        return given, "shapes"
     if context.calibration is not None and len(context.calibration):
         sample = next(iter(context.calibration))
         if value.name in sample:
@@ -42,8 +42,8 @@ def _input_shape(
 def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of every tensor, by name, after resolving symbolic input dims.
 
-    In order: a whole input's shape from ``--shape INPUT=d0,d1,...``; a named dim from
-    ``--shape DIM=SIZE``; the shape of the first calibration sample (what the model will really
+    In order: a whole input's shape from ``shapes[INPUT] = (d0, d1, ...)``; a named dim from
+    ``shapes[DIM] = SIZE``; the shape of the first calibration sample (what the model will really
     see); a leading dim taken as a batch of 1. Anything else is an error naming the dim.
     """
     proto = ir.to_proto(model)
@@ -53,16 +53,17 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
         if all(d.HasField("dim_value") for d in dims):
             continue
         whole, source = _input_shape(value, context)
-        if whole is not None and source == "--shape":
+        if whole is not None and source == "shapes":
             if len(whole) != len(dims):
                 raise PassError(
-                    f"--shape {value.name}= gives {len(whole)} dims, the input has {len(dims)}"
+                    f"{value.name}= gives {len(whole)} dims, the input has {len(dims)}",
+                    field="shapes",
                 )
         for axis, dim in enumerate(dims):
             if dim.HasField("dim_value"):
                 continue
             named = context.shapes.get(dim.dim_param) if dim.dim_param else None
-            if whole is not None and source == "--shape":
+            if whole is not None and source == "shapes":
                 dim.dim_value = whole[axis]
             elif isinstance(named, int):
                 dim.dim_value = named
@@ -73,13 +74,15 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
                 dim.dim_value = 1
                 assumed.append(f"{value.name}[0]=1 (batch)")
             else:
+                by_name = f"{dim.dim_param}=SIZE or " if dim.dim_param else ""
                 raise PassError(
-                    f"input '{value.name}' has a symbolic dim '{dim.dim_param or '?'}' at axis {axis}: give "
-                    f"{'--shape ' + dim.dim_param + '=SIZE or ' if dim.dim_param else ''}--shape {value.name}=d0,d1,..."
+                    f"input '{value.name}' has a symbolic dim '{dim.dim_param or '?'}' at axis "
+                    f"{axis}: give {by_name}{value.name}=d0,d1,...",
+                    field="shapes",
                 )
     if assumed:
         context.note(
-            "cost: symbolic dims set to " + ", ".join(assumed) + " (override with --shape)"
+            "cost: symbolic dims set to " + ", ".join(assumed) + " (give their sizes to override)"
         )
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -111,7 +114,9 @@ def _observed_shapes(
         outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise PassError(
-            f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); give --shape"
+            f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); "
+            "give the input shapes",
+            field="shapes",
         ) from None
     return {name: tuple(np.shape(value)) for name, value in zip(wanted, outputs) if name in names}
 
@@ -125,7 +130,9 @@ def _shape(
         return tuple(value.const_value.shape.numpy())
     if value.name not in shapes:
         raise PassError(
-            f"layer '{layer.name}': the shape of '{value.name}' is not static; give symbolic dims with --shape NAME=SIZE"
+            f"layer '{layer.name}': the shape of '{value.name}' is not static; give its symbolic "
+            "dims a size (NAME=SIZE)",
+            field="shapes",
         )
     return shapes[value.name]
 

@@ -173,7 +173,8 @@ class RecoverPass(Pass):
         data = self.context.calibration
         if data is None or len(data) == 0:
             raise PassError(
-                "recover: needs calibration samples (--calib DIR) to observe each layer's inputs; drop --recover or give data"
+                "recover needs calibration samples to observe each layer's inputs",
+                field="calibration",
             )
         data.check(model)
         config = self._config(model)

@@ -18,7 +18,14 @@ from mpqc.passes import IRPrinter, PassError
 
 
 def test_public_names() -> None:
-    assert set(mpqc.__all__) == {"CompileResult", "Pipeline", "compile", "load", "save"}
+    assert set(mpqc.__all__) == {
+        "CompileOptions",
+        "CompileResult",
+        "Pipeline",
+        "compile",
+        "load",
+        "save",
+    }
 
 
 @pytest.mark.parametrize("kind", ["proto", "onnx_ir", "graphsurgeon", "path"])
@@ -34,7 +41,9 @@ def test_compile_returns_the_callers_kind_and_leaves_the_input_alone(
     }[kind]
     before = proto.SerializeToString()
     ir_before = mpqc.ir.dump(given) if kind == "onnx_ir" else None
-    result = mpqc.compile(given, hw="generic", calibration=cnn_samples, uniform="w8a8")
+    result = mpqc.compile(
+        given, mpqc.CompileOptions(hw="generic", calibration=cnn_samples, uniform="w8a8")
+    )
     expected = {
         "proto": onnx.ModelProto,
         "onnx_ir": ir.Model,
@@ -65,15 +74,19 @@ def test_calibration_from_a_directory_and_a_data_reader(
         def get_next(self) -> dict | None:
             return next(self.items, None)
 
-    from_dir = mpqc.compile(small_cnn(), calibration=calib_dir, uniform="w8a8")
-    from_reader = mpqc.compile(small_cnn(), calibration=Reader(), uniform="w8a8")
-    from_list = mpqc.compile(small_cnn(), calibration=cnn_samples, uniform="w8a8")
+    from_dir = mpqc.compile(small_cnn(), mpqc.CompileOptions(calibration=calib_dir, uniform="w8a8"))
+    from_reader = mpqc.compile(
+        small_cnn(), mpqc.CompileOptions(calibration=Reader(), uniform="w8a8")
+    )
+    from_list = mpqc.compile(
+        small_cnn(), mpqc.CompileOptions(calibration=cnn_samples, uniform="w8a8")
+    )
     dumps = {mpqc.ir.dump(r.ir_model) for r in (from_dir, from_reader, from_list)}
     assert len(dumps) == 1
 
 
 def test_compile_without_data_quantizes_weights_and_says_so() -> None:
-    result = mpqc.compile(small_cnn(), hw="generic", uniform="w8a8")
+    result = mpqc.compile(small_cnn(), mpqc.CompileOptions(hw="generic", uniform="w8a8"))
     assert any("no calibration data" in note for note in result.notes)
     assert "QuantizeLinear" not in {n.op_type for n in result.ir_model.graph}
     assert "calibrate" not in result.pipeline
@@ -81,16 +94,18 @@ def test_compile_without_data_quantizes_weights_and_says_so() -> None:
 
 def test_compile_rejects_choices_the_chip_cannot_run() -> None:
     with pytest.raises(PassError, match="is not a bit choice"):
-        mpqc.compile(small_cnn(), uniform="w9x")
+        mpqc.compile(small_cnn(), mpqc.CompileOptions(uniform="w9x"))
 
 
 def test_compile_passes_instruments_through(cnn_samples: list) -> None:
     stream = io.StringIO()
     mpqc.compile(
         small_cnn(),
-        calibration=cnn_samples,
-        uniform="w4a8",
-        instruments=[IRPrinter(after=frozenset({"lower-qdq"}), stream=stream)],
+        mpqc.CompileOptions(
+            calibration=cnn_samples,
+            uniform="w4a8",
+            instruments=[IRPrinter(after=frozenset({"lower-qdq"}), stream=stream)],
+        ),
     )
     text = stream.getvalue()
     assert text.startswith("// -----// IR Dump After lower-qdq //----- //\n// mpqc IR")
@@ -98,8 +113,12 @@ def test_compile_passes_instruments_through(cnn_samples: list) -> None:
 
 
 def test_compile_is_deterministic(cnn_samples: list) -> None:
-    first = mpqc.compile(small_cnn(), calibration=cnn_samples, uniform="w4a8", seed=3)
-    second = mpqc.compile(small_cnn(), calibration=cnn_samples, uniform="w4a8", seed=3)
+    first = mpqc.compile(
+        small_cnn(), mpqc.CompileOptions(calibration=cnn_samples, uniform="w4a8", seed=3)
+    )
+    second = mpqc.compile(
+        small_cnn(), mpqc.CompileOptions(calibration=cnn_samples, uniform="w4a8", seed=3)
+    )
     assert (
         ir.to_proto(first.ir_model).SerializeToString()
         == ir.to_proto(second.ir_model).SerializeToString()
@@ -128,7 +147,7 @@ def test_save_and_load_are_the_irs(tmp_path: pathlib.Path) -> None:
 
 
 def test_annotations_survive_the_api(cnn_samples: list) -> None:
-    result = mpqc.compile(small_cnn(), calibration=cnn_samples, uniform="w8a8")
+    result = mpqc.compile(small_cnn(), mpqc.CompileOptions(calibration=cnn_samples, uniform="w8a8"))
     proto = (
         result.model if isinstance(result.model, onnx.ModelProto) else ir.to_proto(result.ir_model)
     )
@@ -140,7 +159,7 @@ def test_annotations_survive_the_api(cnn_samples: list) -> None:
 def test_search_without_uniform_meets_a_size_budget_in_the_written_model(cnn_samples: list) -> None:
     reference = mpqc.ir.tensor_bytes(small_cnn())
     result = mpqc.compile(
-        small_cnn(), hw="generic", calibration=cnn_samples, constraints={"size": "0.2x"}
+        small_cnn(), mpqc.CompileOptions(hw="generic", calibration=cnn_samples, max_size="0.2x")
     )
     assert result.pipeline.startswith("canonicalize,calibrate,sensitivity-")
     bits = [A.BITS.get(n)["w"] for n in result.ir_model.graph if A.BITS.has(n)]
@@ -163,7 +182,8 @@ def test_infeasible_budget_is_reported_with_the_cheapest_reachable_value(cnn_sam
     search = pytest.importorskip("mpqc.search")
     with pytest.raises(search.InfeasibleError, match="the cheapest reachable is"):
         mpqc.compile(
-            small_cnn(), hw="generic", calibration=cnn_samples, constraints={"size": "0.01x"}
+            small_cnn(),
+            mpqc.CompileOptions(hw="generic", calibration=cnn_samples, max_size="0.01x"),
         )
 
 
@@ -180,7 +200,9 @@ def test_two_compilations_side_by_side_do_not_interfere(cnn_samples: list) -> No
 
     def run(job: tuple) -> str:
         build, data, choice = job
-        return mpqc.ir.dump(mpqc.compile(build(), calibration=data, uniform=choice).ir_model)
+        return mpqc.ir.dump(
+            mpqc.compile(build(), mpqc.CompileOptions(calibration=data, uniform=choice)).ir_model
+        )
 
     sequential = [run(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=3) as pool:

@@ -130,19 +130,28 @@ def test_a_dask_cluster_gives_the_same_model(model_and_data, tmp_path) -> None:
     assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "cluster.onnx").read_bytes()
 
 
-def test_front_points_are_lowered_by_the_compilations_own_tail() -> None:
-    """--emit-pareto with a block size recovers and lowers each point on that layout, as the chosen one."""
-    from mpqc.compiler import after_search, default_pipeline
+def _default(context_calibrated: bool = True, **options: object) -> str:
+    """What ``default{...}`` expands to, with or without calibration data."""
+    from mpqc.passes import CompileContext
+    from mpqc.passes.pipelines import DefaultPipeline
 
-    pipeline = default_pipeline(uniform=None, calibrated=True, recover=True, block_size=32)
+    context = CompileContext(calibration=[{}] if context_calibrated else None)
+    return DefaultPipeline.expand(DefaultPipeline.Options(**options), context)
+
+
+def test_front_points_are_lowered_by_the_compilations_own_tail() -> None:
+    """--emit-pareto with a block size recovers and lowers each point on that layout, as the
+    chosen one."""
+    from mpqc.compiler import after_search
+
+    pipeline = _default(recover=True, block_size=32)
     assert after_search(pipeline) == "recover{block_size=32},lower-qdq{block_size=32},verify"
 
 
 @pytest.mark.parametrize("recover", [True, False])
 def test_mohaq_creates_beacons_only_when_the_model_is_recovered(recover: bool) -> None:
-    """Beacons estimate errors on recovered weights: a plainly lowered model is chosen on plain errors."""
-    from mpqc.compiler import default_pipeline
-
-    pipeline = default_pipeline(uniform=None, calibrated=True, strategy="mohaq", recover=recover)
+    """Beacons estimate errors on recovered weights: a plainly lowered model is chosen on plain
+    errors."""
+    pipeline = _default(strategy="mohaq", recover=recover)
     assert ("beacons=0" in pipeline) is not recover
     assert ("recover" in pipeline.split(",")) is recover

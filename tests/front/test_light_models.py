@@ -27,7 +27,9 @@ def test_light_model_compiles_to_w8a8_and_w4a8(name: str) -> None:
     rng = np.random.default_rng(0)
     samples = [{image.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(6)]
     for choice in ("w8a8", "w4a8"):
-        result = mpqc.compile(model, hw="x86_avx2", calibration=samples, uniform=choice)
+        result = mpqc.compile(
+            model, mpqc.CompileOptions(hw="x86_avx2", calibration=samples, uniform=choice)
+        )
         proto = result.model
         assert isinstance(proto, onnx.ModelProto)  # the caller's kind comes back
         session = ort.InferenceSession(

@@ -1,25 +1,19 @@
-"""The per-layer explanation: every layer above its cheapest bits has a reason, and the numbers are the search's."""
+"""The per-layer explanation as the report renders it: the search's reasons and numbers, the layers
+lower-qdq left float, and the files and summary line the command writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-import numpy as np
 import onnx
 import pytest
 from models import build, random_inputs
 
 import mpqc
 from mpqc import cli, examples
-from mpqc.report import (
-    PINNED,
-    Explanation,
-    ReportFormatError,
-    _Searched,
-    explain,
-    markdown,
-    write_report,
-)
+from mpqc.passes.choose.explain import PINNED
+from mpqc.report import Explanation, ReportFormatError, markdown, write_report
 
 HANDMADE = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -53,7 +47,7 @@ def handmade() -> onnx.ModelProto:
 
 
 def _explained(model, **kwargs) -> Explanation:
-    result = mpqc.compile(model, hw="x86_avx2", **kwargs)
+    result = mpqc.compile(model, mpqc.CompileOptions(hw="x86_avx2", **kwargs))
     assert result.explanation is not None
     return result.explanation
 
@@ -61,9 +55,9 @@ def _explained(model, **kwargs) -> Explanation:
 def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() -> None:
     result = mpqc.compile(
         str(examples.digits_model_path()),
-        hw="x86_avx2",
-        calibration=examples.digits_calibration(),
-        constraints={"size": "0.2x"},
+        mpqc.CompileOptions(
+            hw="x86_avx2", calibration=examples.digits_calibration(), max_size="0.2x"
+        ),
     )
     explanation = result.explanation
     rows = {row.layer: row for row in explanation.rows}
@@ -90,7 +84,7 @@ def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() 
 def test_the_handmade_model_reports_pins_search_choices_and_the_loop_body(handmade) -> None:
     calibration = random_inputs(handmade, 10)
     # All at w8a8 is 11.3 kB; the budget needs one of the two big middle layers at w4a8, not both.
-    explanation = _explained(handmade, calibration=calibration, constraints={"size": "9.5kB"})
+    explanation = _explained(handmade, calibration=calibration, max_size="9.5kB")
     rows = {row.layer: row for row in explanation.rows}
     assert rows["h1"].reason == PINNED and rows["h4"].reason == PINNED
     dropped, kept = sorted((rows["h2"], rows["h3"]), key=lambda row: row.chosen != "w4a8")
@@ -116,66 +110,59 @@ def test_uniform_bits_need_no_reason(handmade) -> None:
     } | {"t": "w8a32"}
 
 
-def _searched(**overrides) -> _Searched:
-    """Two layers priced by hand: 'a' dropped to w4 (2e-3 damage per kB saved), 'b' kept at w8."""
-    fields = dict(
-        names=("a", "b", "c"),
-        ops=("Conv", "Conv", "Gather"),
-        choices=(((8, 8), (4, 8)), ((8, 8), (4, 8)), ((8, 8),)),
-        config=(1, 0, 0),
-        damage=(np.array([0.0, 2.0]), np.array([0.0, 9.0]), np.array([0.0])),
-        costs={
-            "size": (np.array([2000.0, 1000.0]), np.array([4000.0, 2000.0]), np.array([500.0])),
-            "latency": (np.array([1e-3, 2e-3]), np.array([1e-3, 2e-3]), np.array([1e-4])),
-        },
-        fixed={"size": 100.0, "latency": 0.0},
-        constraints={"size": 5000.0},
-        pinned=frozenset(),
-        strategy="ilp",
-        metric="output",
-    )
-    return _Searched(**(fields | overrides))
+#: What the search and lower-qdq write into ``mpqc.report``, by hand: 'a' dropped, 'b' kept.
+REPORT = {
+    "search": {
+        "strategy": "ilp",
+        "metric": "output",
+        "objective": "size",
+        "budget": 5000.0,
+        "cutoff": 2e-3,
+        "unit": "kB",
+        "scale": 1e3,
+        "predicted": {"size": 5600.0},
+        "layers": [
+            {
+                "layer": "a",
+                "op": "Conv",
+                "chosen": "w4a8",
+                "candidates": [
+                    {"pair": "w8a8", "damage": 0.0, "size": 2000.0, "latency_s": 1e-3},
+                    {"pair": "w4a8", "damage": 2.0, "size": 1000.0, "latency_s": 2e-3},
+                ],
+                "reason": None,
+                "kind": None,
+            },
+            {
+                "layer": "b",
+                "op": "Conv",
+                "chosen": "w8a8",
+                "candidates": [],
+                "reason": "kept: w4a8 would add +9 damage to save 2 kB",
+                "kind": "kept by the search",
+            },
+        ],
+    },
+    "lower-qdq": {"left_float": [{"layer": "lstm", "reason": "no quantized form"}]},
+}
 
 
-def test_kept_reason_compares_damage_per_byte_with_the_costliest_drop_taken() -> None:
-    explanation = explain(mpqc.ir.load(examples.digits_model_path()), _searched(), {})
-    a, b, c = explanation.rows
-    assert a.reason is None
-    assert b.reason == (
-        "kept: w4a8 would add +9 damage to save 2 kB (4.5/kB, above the costliest drop taken, 2/kB); "
-        "the budget was met without it"
-    )
-    assert c.reason.startswith("spec has no cheaper pair for this layer (candidates: w8a8)")
-    assert explanation.cutoff == pytest.approx(2e-3)
-    assert explanation.predicted == {
-        "size": 1000.0 + 4000.0 + 500.0 + 100.0,
-        "latency": pytest.approx(3.1e-3),
-    }
-    assert explanation.summary() == "2 of 3 layers: 1 kept by the search, 1 with no cheaper pair"
-
-
-def test_without_a_budget_and_with_a_pin() -> None:
-    explanation = explain(
-        mpqc.ir.load(examples.digits_model_path()),
-        _searched(constraints={}, pinned=frozenset({"b"})),
-        {},
-    )
-    assert explanation.rows[1].reason == PINNED and explanation.budget is None
-    free = explain(mpqc.ir.load(examples.digits_model_path()), _searched(constraints={}), {})
-    assert free.rows[1].reason.endswith("; no budget asked for it")
+def test_the_explanation_is_read_back_from_the_report() -> None:
+    explanation = Explanation.of(mpqc.ir.load(examples.digits_model_path()), REPORT)
+    a, b, lstm = explanation.rows
+    assert a.candidates[1].damage == 2.0 and b.kind == "kept by the search"
+    assert (lstm.chosen, lstm.reason) == ("float", "no quantized form")
+    assert explanation.summary() == "2 of 3 layers: 1 kept by the search, 1 left float"
+    assert dataclasses.asdict(explanation)["cutoff"] == 2e-3
 
 
 def test_markdown_and_html_carry_every_row(tmp_path) -> None:
-    explanation = explain(
-        mpqc.ir.load(examples.digits_model_path()),
-        _searched(),
-        {"lower-qdq": {"left_float": [{"layer": "lstm", "reason": "no quantized form"}]}},
-    )
+    explanation = Explanation.of(mpqc.ir.load(examples.digits_model_path()), REPORT)
     text = markdown(explanation)
-    assert text.count("\n| ") == 1 + 4 and "| lstm |  | float |  | no quantized form |" in text
+    assert text.count("\n| ") == 1 + 3 and "| lstm |  | float |  | no quantized form |" in text
     page = write_report(explanation, tmp_path / "r.html").read_text()
     assert (
-        page.startswith("<!DOCTYPE html>") and page.count("<tr") == 1 + 4 and 'class="kept"' in page
+        page.startswith("<!DOCTYPE html>") and page.count("<tr") == 1 + 3 and 'class="kept"' in page
     )
     with pytest.raises(ReportFormatError, match="name a .html or .md file"):
         write_report(explanation, tmp_path / "r.pdf")

@@ -464,7 +464,7 @@ def test_a_search_over_a_model_with_bodies_does_not_touch_them() -> None:
         }
         for _ in range(10)
     ]
-    result = mpqc.compile(proto, hw="x86_avx2", calibration=samples)
+    result = mpqc.compile(proto, mpqc.CompileOptions(hw="x86_avx2", calibration=samples))
     bits = {n.outputs[0].name: A.BITS.get(n) for n in result.ir_model.graph if A.BITS.has(n)}
     assert set(bits) == {"x"}
     assert [entry["layer"] for entry in result.report["lower-qdq"]["left_float"]] == ["t", "a", "b"]
@@ -502,7 +502,7 @@ def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
     with pytest.raises(
         PassError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"
     ):
-        mpqc.compile(_transformer(), hw="x86_avx2", uniform="w3a8")
+        mpqc.compile(_transformer(), mpqc.CompileOptions(hw="x86_avx2", uniform="w3a8"))
     model = ir.from_proto(_transformer())
     A.BITS.set(
         next(n for n in model.graph if n.op_type == "MatMul"), {"w": 8, "a": 4}
@@ -600,7 +600,9 @@ def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
     from mpqc.passes import PassError
 
     proto = _transformer()
-    result = mpqc.compile(proto, hw="x86_avx2", weight_only=True, block_size=64)
+    result = mpqc.compile(
+        proto, mpqc.CompileOptions(hw="x86_avx2", weight_only=True, block_size=64)
+    )
     assert "lower-qdq{uniform=w4a32,weight_only=true,block_size=64}" in result.pipeline
     assert [n.op_type for n in result.model.graph.node] == [
         "MatMulNBits",
@@ -610,8 +612,8 @@ def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
         "MatMulNBits",
     ]
     onnx.checker.check_model(result.model, full_check=True)
-    with pytest.raises(PassError, match="--weight-only .* drop the budgets"):
-        mpqc.compile(proto, hw="x86_avx2", weight_only=True, constraints={"size": "0.5x"})
+    with pytest.raises(PassError, match="^weight_only: .* drop the budgets"):
+        mpqc.compile(proto, mpqc.CompileOptions(hw="x86_avx2", weight_only=True, max_size="0.5x"))
 
     source, output = tmp_path / "block.onnx", tmp_path / "block.w8.onnx"
     onnx.save(proto, source)
@@ -641,7 +643,8 @@ def test_weight_only_keeps_the_digits_models_accuracy(bits: str, max_drop: float
     from mpqc import examples
 
     result = mpqc.compile(
-        str(examples.digits_model_path()), hw="x86_avx2", weight_only=True, uniform=bits
+        str(examples.digits_model_path()),
+        mpqc.CompileOptions(hw="x86_avx2", weight_only=True, uniform=bits),
     )
     path = mpqc.save(result.ir_model, tmp_path / "digits.onnx")
     assert (

@@ -277,9 +277,7 @@ def test_weights_are_rounded_on_the_targets_narrowed_grid() -> None:
 
 
 def test_without_data_one_clear_error() -> None:
-    with pytest.raises(
-        PassError, match=r"^recover: needs calibration samples \(--calib DIR\)[^\n]*$"
-    ):
+    with pytest.raises(PassError, match=r"^calibration: recover needs calibration samples"):
         RecoverPass(context=CompileContext(), uniform="w4a8")(small_cnn())
 
 
@@ -333,20 +331,27 @@ def test_compile_recovers_by_default_with_data_and_not_without(tmp_path) -> None
 
     calibration = examples.digits_calibration()[:40]
     model = str(examples.digits_model_path())
-    result = mpqc.compile(model, hw="generic", calibration=calibration, uniform="w3a8")
+    result = mpqc.compile(
+        model, mpqc.CompileOptions(hw="generic", calibration=calibration, uniform="w3a8")
+    )
     assert "recover{uniform=w3a8},lower-qdq{uniform=w3a8}" in result.pipeline
     assert (
         "recover"
-        not in mpqc.compile(model, hw="generic", calibration=calibration, uniform="w8a8").pipeline
+        not in mpqc.compile(
+            model, mpqc.CompileOptions(hw="generic", calibration=calibration, uniform="w8a8")
+        ).pipeline
     )
     assert (
         "recover"
         not in mpqc.compile(
-            model, hw="generic", calibration=calibration, uniform="w3a8", recover=False
+            model,
+            mpqc.CompileOptions(
+                hw="generic", calibration=calibration, uniform="w3a8", recover=False
+            ),
         ).pipeline
     )
-    with pytest.raises(PassError, match="--recover needs calibration data"):
-        mpqc.compile(model, hw="generic", uniform="w4a8", recover=True)
+    with pytest.raises(PassError, match="^recover: needs calibration data"):
+        mpqc.compile(model, mpqc.CompileOptions(hw="generic", uniform="w4a8", recover=True))
     assert (
         main(
             [

@@ -1,0 +1,117 @@
+"""``CompileOptions``: everything one compilation is asked to do, in one frozen object.
+
+The ``mpqc`` command fills one from its flags, and Python callers build one with keywords::
+
+    options = mpqc.CompileOptions(hw="arm_a72", calibration="calib/", max_size="0.25x")
+    result = mpqc.compile("model.onnx", options)
+    w4a8 = mpqc.compile("model.onnx", dataclasses.replace(options, max_size=None, uniform="w4a8"))
+
+The options fall in three groups. The *inputs* of the compilation — the chip, the data, the
+budgets, the candidate bits, the shapes — become its ``CompileContext``, which every pass reads
+(``compilation_context``, shared with ``mpqc-opt`` so that both commands see the same
+compilation). The *policy* — ``uniform``, ``weight_only``, ``block_size``, ``calibrate_method``,
+``strategy``, ``recover`` — are the options of the ``default`` pipeline (``passes/pipelines.py``),
+written as ``default{...}``, unless ``pipeline`` names other steps. The rest says how to run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import onnx_ir as ir
+
+from mpqc import hwspecs
+from mpqc import ir as mir
+from mpqc.passes import CompileContext, format_pipeline, load_calibration
+from mpqc.passes.infra.instruments import Instrument
+from mpqc.passes.pipelines import DefaultPipeline, default_candidates
+
+__all__ = ["CompileOptions", "compilation_context"]
+
+#: Budget fields and the objective each one limits.
+BUDGETS = {"max_size": "size", "max_latency": "latency", "max_energy": "energy", "max_bops": "bops"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What one compilation is asked to do (see the module docstring for the groups)."""
+
+    #: A bundled spec name, a spec .yaml path or a loaded ``HardwareSpec`` (None: no chip).
+    hw: str | hwspecs.HardwareSpec | None = "generic"
+    #: A folder of .npz/.npy samples, an onnxruntime CalibrationDataReader or input dicts; every
+    #: fifth sample is held out for verification.
+    calibration: Any = None
+    #: Static sizes of symbolic dims by dim name ({"N": 1}) or whole input shapes by input name.
+    shapes: Mapping[str, int | tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    #: The user's task metric: a function of an ``onnx.ModelProto``, higher is better.
+    eval_fn: Callable[[Any], float] | None = None
+    #: Budgets: a ratio of the spec's reference model ("0.25x") or a quantity ("3MB", "2ms", ...).
+    max_size: str | float | None = None
+    max_latency: str | float | None = None
+    max_energy: str | float | None = None
+    max_bops: str | float | None = None
+    #: Candidate bits the search picks among (None: ``default_candidates`` of the chip).
+    wbits: tuple[int, ...] | None = None
+    abits: tuple[int, ...] | None = None
+    #: The default pipeline's options (``passes/pipelines.py``).
+    uniform: str = ""
+    weight_only: bool = False
+    block_size: int = 0
+    calibrate_method: str = "minmax"
+    strategy: str = "ilp"
+    recover: bool | None = None
+    #: Run this pipeline text instead of ``default{...}`` (the policy options above then do
+    #: nothing).
+    pipeline: str | None = None
+    seed: int = 0
+    #: Runs exact evaluations: a process pool, or a Dask client's ``get_executor()``.
+    executor: concurrent.futures.Executor | None = None
+    #: A folder that receives every point of the searched front, lowered and verified.
+    emit_pareto: str | os.PathLike | None = None
+    #: Watch the passes run (IR printers, timers): ``run_before_pass``/``run_after_pass``.
+    instruments: tuple[Instrument, ...] = ()
+
+    def constraints(self) -> dict[str, str | float]:
+        """The budgets given, by objective: ``{"size": "0.25x"}``."""
+        given = {objective: getattr(self, name) for name, objective in BUDGETS.items()}
+        return {objective: value for objective, value in given.items() if value is not None}
+
+    def pipeline_text(self) -> str:
+        """The pipeline to run: ``pipeline``, or ``default{...}`` with the policy options given."""
+        if self.pipeline:
+            return self.pipeline
+        policy = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(DefaultPipeline.Options)
+        }
+        return format_pipeline([(DefaultPipeline, DefaultPipeline.Options(**policy))])
+
+
+def compilation_context(model: ir.Model, options: CompileOptions) -> CompileContext:
+    """The ``CompileContext`` of compiling ``model`` with ``options``: spec, data split into fitting
+    and held-out samples, the float reference, budgets, candidate bits, shapes and seed."""
+    spec = hwspecs.load(options.hw) if options.hw is not None else None
+    default_w, default_a = default_candidates(spec) if spec is not None else (None, None)
+    context = CompileContext(
+        hw=spec,
+        seed=options.seed,
+        eval_fn=options.eval_fn,
+        wbits=tuple(options.wbits) if options.wbits else default_w,
+        abits=tuple(options.abits) if options.abits else default_a,
+        constraints=options.constraints(),
+        shapes=dict(options.shapes),
+        executor=options.executor,
+    )
+    # The float model as loaded (external data read in), not the file's bytes, whose external
+    # references would not resolve in an onnxruntime session made from bytes.
+    context.reference = (
+        ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
+    )
+    if options.calibration is not None:
+        data = load_calibration(options.calibration, model)
+        context.calibration, context.held_out = data.split()
+    return context
