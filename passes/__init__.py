@@ -36,6 +36,7 @@ from mpqc.passes.analysis import (
     sensitivity_task,
     sensitivity_weight_error,
 )  # noqa: F401  isort: skip
+
 from mpqc.passes import pipelines  # noqa: F401  isort: skip  (named pipelines, over the passes)
 
 __all__ = [

@@ -39,8 +39,8 @@ from mpqc.hwspecs.units import to_base
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
-from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.choose.explain import explain_choice
+from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout

@@ -1,4 +1,5 @@
-"""The Python front door: mpqc.compile, mpqc.Pipeline, mpqc.load/save — caller's kind in, same kind out."""
+"""The Python front door: mpqc.compile, mpqc.Pipeline, mpqc.load/save — caller's kind in, same
+kind out."""
 
 from __future__ import annotations
 
@@ -173,7 +174,8 @@ def xfail_if_size_accounting_differs(result: mpqc.CompileResult, budget: float) 
     written = mpqc.ir.tensor_bytes(result.ir_model)
     if written > budget:
         pytest.xfail(
-            f"the cost model prices {result.pareto['chosen_objectives']['size']:.0f} B but lower-qdq writes {written} B "
+            f"the cost model prices {result.pareto['chosen_objectives']['size']:.0f} B "
+            f"but lower-qdq writes {written} B "
             "(weight zero points, activation scales/zero points, int32 bias scales are not counted)"
         )
 

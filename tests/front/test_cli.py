@@ -1,4 +1,5 @@
-"""The ``mpqc`` command: one clear line and exit 1 on bad input, nothing written; same run, same bytes."""
+"""The ``mpqc`` command: one clear line and exit 1 on bad input, nothing written; same run, same
+bytes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _assert_user_error(code: int, err: str, fragment: str) -> None:
     assert "Traceback" not in err
 
 
-# --- bad inputs -------------------------------------------------------------------------------------
+# --- bad inputs ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -418,7 +419,7 @@ def test_the_installed_command_reports_one_line(tmp_path: pathlib.Path) -> None:
     assert "Traceback" not in run.stderr and not out.exists()
 
 
-# --- success ------------------------------------------------------------------------------------------
+# --- success ------------------------------------------------------------------------------------
 
 
 def _compile(
@@ -768,7 +769,8 @@ def test_an_eval_that_raises_is_one_line_and_writes_nothing(
     _assert_user_error(
         code,
         err,
-        "verify: the evaluation function failed on the quantized model: RuntimeError: the test set is missing",
+        "verify: the evaluation function failed on the quantized model: "
+        "RuntimeError: the test set is missing",
     )
     _nothing_written(out_dir)
 

@@ -111,7 +111,8 @@ def _sha256(path: Path) -> str:
 
 
 def test_trainer_is_deterministic(tmp_path: Path) -> None:
-    """Two short runs with the same seed write identical files (model and zip timestamps included)."""
+    """Two short runs with the same seed write identical files (model and zip timestamps
+    included)."""
     pytest.importorskip("sklearn")
     from mpqc.tools import train_digits
 
@@ -123,7 +124,8 @@ def test_trainer_is_deterministic(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trainer_reproduces_the_shipped_files(tmp_path: Path) -> None:
-    """The package data is exactly what the script makes (same numpy/OpenBLAS build and CPU kind)."""
+    """The package data is exactly what the script makes (same numpy/OpenBLAS build and CPU
+    kind)."""
     pytest.importorskip("sklearn")
     from mpqc.tools import train_digits
 
