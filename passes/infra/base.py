@@ -241,7 +241,8 @@ def _any_present(key: AnnotationKey[Any] | KeyFamily[Any], present: set[str]) ->
 
 
 def _other_sections(model: ir.Model, owner: str) -> dict[str, Any]:
-    """The report sections that ``owner`` does not own (raw JSON text: compared, not decoded)."""
+    """The report sections that ``owner`` does not own, parsed here rather than through
+    ``REPORT.get``: the infrastructure's look is not a read by the pass."""
     raw = model.metadata_props.get(annotations.REPORT.name)
     if raw is None:
         return {}
