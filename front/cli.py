@@ -27,6 +27,7 @@ from mpqc.cli_support import (
     ir_printer,
     run_command,
 )
+from mpqc.core.bits import Bits
 from mpqc.core.errors import UsageError
 
 __all__ = ["main"]
@@ -165,7 +166,7 @@ def _tensor_sizes(result: Any) -> str:
 
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
     bits = _layer_bits(result)
-    mix = Counter(f"w{b['w']}a{b['a']}" for b in bits.values())
+    mix = Counter(str(Bits(b["w"], b["a"])) for b in bits.values())
     verify = result.report.get("verify", {})
     lines = [
         f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from mpqc.core.bits import Bits
 from mpqc.hwspecs.errors import UnsupportedPrecisionError
 
 
@@ -35,7 +36,7 @@ def precision_key(wbits: int | None, abits: int | None, act_signed: bool = False
             f"weight bits {wbits} with activation bits {abits}: "
             "give both as integers, or both None for float"
         )
-    return f"w{wbits}a{abits}" + ("_signed" if act_signed else "")
+    return str(Bits(wbits, abits)) + ("_signed" if act_signed else "")
 
 
 @dataclass(frozen=True)

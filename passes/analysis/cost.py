@@ -22,7 +22,7 @@ import math
 
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisionError
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
@@ -36,7 +36,10 @@ __all__ = ["CostPass", "candidate_key"]
 
 
 def candidate_key(wbits: int | None, abits: int | None) -> str:
-    return "float" if wbits is None and abits is None else f"w{wbits or 32}a{abits or 32}"
+    """A cost table's key: ``float``, or the pair with a float operand counted as 32 bits."""
+    if wbits is None and abits is None:
+        return "float"
+    return str(Bits(wbits or FLOAT_BITS, abits or FLOAT_BITS))
 
 
 def _entry(cost, size: int) -> dict[str, object]:

@@ -106,7 +106,7 @@ class SensitivityPass(Pass):
         """The calibration samples, checked against ``model``; a PassError saying ``why`` they are needed."""
         data = self.context.calibration
         if data is None or len(data) == 0:
-            raise PassError(f"{self.name}: needs calibration samples (--calib DIR) {why}")
+            raise PassError(f"{self.name} needs calibration samples {why}", field="calibration")
         data.check(model)
         return data
 

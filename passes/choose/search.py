@@ -95,7 +95,7 @@ def _pairs(table: Mapping[str, object]) -> list[Bits]:
 
 def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, metric: str) -> float:
     """Additive damage of a pair: a joint score if measured, else weight part + activation part."""
-    joint = f"w{pair[0]}a{pair[1]}"
+    joint = str(Bits(*pair))
     if joint in scores:
         return float(scores[joint])
     w_key, a_key = f"w{pair[0]}", f"a{pair[1]}"
@@ -357,7 +357,7 @@ class SearchPass(Pass):
             )
             for objective, field in _COST_FIELD.items():
                 costs[objective].append(
-                    np.array([float(table[f"w{w}a{a}"][field]) for w, a in pairs])
+                    np.array([float(table[str(pair)][field]) for pair in pairs])
                 )
         reference = totals.get("reference", {})
         fixed = totals.get("fixed", {})
@@ -391,7 +391,7 @@ class SearchPass(Pass):
             pairs = problem.pairs(point.config)
             points.append(
                 {
-                    "bits": {l.name: f"w{w}a{a}" for l, (w, a) in zip(layers, pairs)},
+                    "bits": {l.name: str(Bits(*pair)) for l, pair in zip(layers, pairs)},
                     "objectives": dict(point.objectives),
                     "exact": point.exact,
                 }
