@@ -1,8 +1,8 @@
 """``MpqcError``: the one base of every error that means "the input is wrong".
 
-Each layer raises its own subclass (``SpecError``, ``ModelError``, ``PassError``, ``DataError``,
-``SearchError``, ...) so a caller can tell what was wrong, and the commands catch the base to print
-one line instead of a traceback.
+Each layer raises its own subclass (``SpecError``, ``ModelError``, ``PassInputError``,
+``DataError``, ``SearchError``, ...) so a caller can tell what was wrong, and the commands catch the
+base to print one line instead of a traceback.
 
 An error about one option carries that option's *field* name (``max_size``, ``shapes``, ``hw``:
 the name in ``CompileOptions`` or a pass's options) rather than a command-line flag: only the front

@@ -7,10 +7,11 @@ a search combines them as it needs; a pass that measures a pair jointly may add 
 Numbers that explain a score (raw entropies, SQNRs, orthogonality weights) go to a side annotation
 ``mpqc.sensinfo.<metric>`` so the score dict holds only candidates and a search can parse every key.
 
-Candidates: the pass's ``wbits``/``abits`` options, intersected with the user's ``--wbits``/``--abits``
-(``context.wbits``/``abits``) and with what the hardware spec runs (``context.hw``). An option left at
-its default follows the user's list instead, so ``--wbits 6`` scores 6 bits rather than failing on
-an empty intersection with the default (2, 3, 4, 8); an option set in the pipeline string restricts.
+Candidates: the pass's ``wbits``/``abits`` options, intersected with the user's
+``--wbits``/``--abits`` (``context.wbits``/``abits``) and with what the hardware spec runs
+(``context.hw``). An option left at its default follows the user's list instead, so ``--wbits 6``
+scores 6 bits rather than failing on an empty intersection with the default (2, 3, 4, 8); an option
+set in the pipeline string restricts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import onnx_ir as ir
 
 from mpqc.ir.annotations import ALL, detail_key, sensitivity_key
 from mpqc.ir.layers import Layer, quantizable_layers
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.lib.data import CalibrationData
 
 __all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates"]
@@ -94,34 +95,38 @@ class SensitivityPass(Pass):
             if other is not None:
                 chosen &= {int(b) for b in other}
         if not chosen:
-            raise PassError(
-                f"{self.name}: no {kind} bit-width left to score: the pass's {tuple(own)}, the user's {tuple(user or ())} "
-                f"and the spec's {tuple(spec or ())} have none in common"
+            raise PassInputError(
+                f"{self.name}: no {kind} bit-width left to score: the pass's {tuple(own)}, "
+                f"the user's {tuple(user or ())} and the spec's {tuple(spec or ())} have none in "
+                "common"
             )
         return tuple(sorted(chosen))
 
     # -- layers and scores --------------------------------------------------------------------
 
     def calibration(self, model: ir.Model, why: str) -> CalibrationData:
-        """The calibration samples, checked against ``model``; a PassError saying ``why`` they are needed."""
+        """The calibration samples, checked against ``model``; a PassInputError saying ``why``
+        they are needed."""
         data = self.context.calibration
         if data is None or len(data) == 0:
-            raise PassError(f"{self.name} needs calibration samples {why}", field="calibration")
+            raise PassInputError(f"{self.name} needs calibration samples {why}", field="calibration")
         data.check(model)
         return data
 
     def layers(self, model: ir.Model) -> list[Layer]:
-        """The quantizable layers; a PassError if there are none or a weight is not finite."""
+        """The quantizable layers; a PassInputError if there are none or a weight is not finite."""
         layers = quantizable_layers(model.graph)
         if not layers:
-            raise PassError(
-                f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul, Gather, LSTM or GRU with a constant float weight); nothing to score"
+            raise PassInputError(
+                f"{self.name}: the model has no quantizable layer (Conv, ConvTranspose, Gemm, "
+                "MatMul, Gather, LSTM or GRU with a constant float weight); nothing to score"
             )
         for layer in layers:
             weight = layer.weight_array()
             if not np.all(np.isfinite(weight)):
-                raise PassError(
-                    f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight '{layer.weight.name}'; fix the model before quantizing it"
+                raise PassInputError(
+                    f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight "
+                    f"'{layer.weight.name}'; fix the model before quantizing it"
                 )
         return layers
 

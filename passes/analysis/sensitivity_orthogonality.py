@@ -34,7 +34,7 @@ import onnx
 import onnx_ir as ir
 
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
-from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.runtime import session
 
@@ -106,7 +106,7 @@ class SensitivityOrthogonalityPass(SensitivityPass):
         outputs = [layer.node.outputs[0].name for layer in layers]
         features = _features(model, outputs, list(data)[: self.options.samples])
         if features[0].shape[0] < 2:
-            raise PassError(
+            raise PassInputError(
                 f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; give more calibration samples"
             )
         orm = orthogonality_matrix([centred_gram(f) for f in features])

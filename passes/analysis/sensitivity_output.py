@@ -31,7 +31,7 @@ import onnx_ir as ir
 from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Config, Evaluator, Measure
 
@@ -114,7 +114,7 @@ class SensitivityOutputPass(SensitivityPass):
                 else "mse"
             )
         if self.options.measure in ("kl", "flips") and len(widths) > 1:
-            raise PassError(
+            raise PassInputError(
                 f"{self.name}: measure={self.options.measure} compares the first output's last axis as classes, but its width varies "
                 f"with the input ({', '.join(map(str, sorted(widths)))}); use measure=mse"
             )

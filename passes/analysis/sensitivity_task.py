@@ -21,7 +21,7 @@ from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.infra.base import PassError, option
+from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
@@ -44,7 +44,7 @@ class SensitivityTaskPass(SensitivityPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.layers(model)
         if self.context.eval_fn is None:
-            raise PassError(
+            raise PassInputError(
                 f"{self.name} needs a task metric: a function taking an onnx.ModelProto and "
                 "returning a number, higher is better",
                 field="eval_fn",

@@ -40,7 +40,7 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.choose.explain import explain_choice
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
@@ -63,23 +63,23 @@ def resolve_budget(objective: str, text: str | float, reference: float) -> float
         try:
             return float(text[:-1]) * reference
         except ValueError:
-            raise PassError(
+            raise PassInputError(
                 f"{text!r}: a ratio is a number followed by x, e.g. 0.25x",
                 field=f"max_{objective}",
             ) from None
     if objective == "bops":
         match = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMGT]?)(?:BOPs?)?", text)
         if not match:
-            raise PassError(
+            raise PassInputError(
                 f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
             )
         return float(match.group(1)) * _SI[match.group(2)]
     if objective not in _DIMENSION:
-        raise PassError(f"unknown budget '{objective}': use size, latency, energy or bops")
+        raise PassInputError(f"unknown budget '{objective}': use size, latency, energy or bops")
     try:
         return to_base(text, _DIMENSION[objective])
     except ValueError as exc:
-        raise PassError(str(exc), field=f"max_{objective}") from None
+        raise PassInputError(str(exc), field=f"max_{objective}") from None
 
 
 def _pairs(table: Mapping[str, object]) -> list[Bits]:
@@ -100,7 +100,7 @@ def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, me
         return float(scores[joint])
     w_key, a_key = f"w{pair[0]}", f"a{pair[1]}"
     if w_key not in scores:
-        raise PassError(
+        raise PassInputError(
             f"mpqc.sens.{metric} of layer '{layer.name}' has no score for {w_key}: run the sensitivity pass with these bits"
         )
     activation = float(scores.get(a_key, 0.0)) if layer.activation is not None else 0.0
@@ -278,7 +278,9 @@ class SearchPass(Pass):
     def _wants_exact(self) -> bool:
         if self.options.exact == "always":
             if self.context.calibration is None:
-                raise PassError("search{exact=always} needs calibration data", field="calibration")
+                raise PassInputError(
+                    "search{exact=always} needs calibration data", field="calibration"
+                )
             return True
         return (
             self.options.exact == "auto"
@@ -334,7 +336,7 @@ class SearchPass(Pass):
 
     def problem(self, model: ir.Model, layers: list[Layer]) -> msearch.Problem:
         if not layers:
-            raise PassError("search: no layer has costs; run the cost pass first")
+            raise PassInputError("search: no layer has costs; run the cost pass first")
         totals = annotations.MODEL_COST.get(model) or {}
         key = annotations.sensitivity_key(self.options.metric)
         choices, sensitivity = [], []
@@ -348,7 +350,7 @@ class SearchPass(Pass):
                 pairs = eight_or_more or pairs[:1]
             scores = key.get(layer.node)
             if scores is None:
-                raise PassError(
+                raise PassInputError(
                     f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; run sensitivity-{self.options.metric} first"
                 )
             choices.append(tuple(pairs))

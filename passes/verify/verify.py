@@ -17,7 +17,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from mpqc.ir import annotations
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.runtime import session
 
@@ -71,7 +71,7 @@ class VerifyPass(Pass):
             try:
                 onnx.checker.check_model(proto, full_check=True)
             except Exception as exc:  # checker and shape-inference errors have several types
-                raise PassError(
+                raise PassInputError(
                     f"verify: the emitted model fails onnx.checker: {str(exc).splitlines()[0]}"
                 ) from None
             serialized: bytes | None = proto.SerializeToString()
@@ -88,7 +88,7 @@ class VerifyPass(Pass):
             try:
                 candidate = session(serialized, optimize=True)
             except Exception as exc:
-                raise PassError(
+                raise PassInputError(
                     f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
@@ -115,7 +115,7 @@ class VerifyPass(Pass):
                     )
         sqnr = result.get("sqnr_db")
         if isinstance(sqnr, float) and sqnr < self.options.min_sqnr_db:
-            raise PassError(
+            raise PassInputError(
                 f"verify: output SQNR {sqnr:.1f} dB is below the required {self.options.min_sqnr_db:.1f} dB"
             )
         self.report(model, result)

@@ -7,7 +7,7 @@ import pytest
 from mpqc.core.errors import MpqcError, UsageError
 from mpqc.hwspecs import SpecError
 from mpqc.ir import ModelError
-from mpqc.passes import DataError, PassError
+from mpqc.passes import DataError, PassInputError
 from mpqc.report import ReportFormatError
 from mpqc.search import InfeasibleError, SearchError
 
@@ -17,7 +17,7 @@ from mpqc.search import InfeasibleError, SearchError
     [
         SpecError,
         ModelError,
-        PassError,
+        PassInputError,
         DataError,
         SearchError,
         InfeasibleError,
@@ -30,10 +30,10 @@ def test_every_layer_s_input_error_derives_from_the_base(error: type) -> None:
 
 
 def test_an_error_names_its_field_and_keeps_the_bare_message() -> None:
-    error = PassError("'0.3q' is not a ratio", field="max_size")
+    error = PassInputError("'0.3q' is not a ratio", field="max_size")
     assert (error.field, error.message) == ("max_size", "'0.3q' is not a ratio")
     assert str(error) == "max_size: '0.3q' is not a ratio"
-    assert str(PassError("no field")) == "no field" and PassError("x").field is None
+    assert str(PassInputError("no field")) == "no field" and PassInputError("x").field is None
 
 
 def test_a_spec_error_keeps_its_yaml_path_apart_from_the_option_field() -> None:

@@ -15,7 +15,7 @@ from models import random_inputs, run_ort, small_cnn
 
 import mpqc
 from mpqc.ir import annotations as A
-from mpqc.passes import IRPrinter, PassError
+from mpqc.passes import IRPrinter, PassInputError
 
 
 def test_public_names() -> None:
@@ -94,7 +94,7 @@ def test_compile_without_data_quantizes_weights_and_says_so() -> None:
 
 
 def test_compile_rejects_choices_the_chip_cannot_run() -> None:
-    with pytest.raises(PassError, match="is not a bit choice"):
+    with pytest.raises(PassInputError, match="is not a bit choice"):
         mpqc.compile(small_cnn(), mpqc.CompileOptions(uniform="w9x"))
 
 

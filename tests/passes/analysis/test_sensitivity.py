@@ -23,7 +23,7 @@ import pytest
 
 from mpqc.ir.annotations import detail_key, sensitivity_key
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes import CalibrationData, CompileContext, DataError, PassError, build_pipeline
+from mpqc.passes import CalibrationData, CompileContext, DataError, PassInputError, build_pipeline
 from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.analysis.sensitivity_entropy import (
     SensitivityEntropyPass,
@@ -263,7 +263,7 @@ def test_candidates_are_intersected_with_user_and_spec(ranking) -> None:
         weight_bits = (8,)
         act_bits = (8,)
 
-    with pytest.raises(PassError, match="no weight bit-width left"):
+    with pytest.raises(PassInputError, match="no weight bit-width left"):
         SensitivityWeightErrorPass(context=CompileContext(wbits=(4,), hw=Spec()))(model)
 
 
@@ -371,7 +371,7 @@ plain (float[1,4] x) => (float[1,4] y) {
 @pytest.mark.parametrize("pass_class", ALL_PASSES)
 def test_model_without_layers_is_one_line_error(pass_class: type) -> None:
     model = ir.from_proto(onnx.parser.parse_model(NO_LAYERS))
-    with pytest.raises(PassError, match="no quantizable layer") as info:
+    with pytest.raises(PassInputError, match="no quantizable layer") as info:
         pass_class()(model)
     assert "\n" not in str(info.value)
 
@@ -385,7 +385,7 @@ def test_non_finite_weights_are_one_line_error(ranking, pass_class: type, value:
     array = layer.weight_array().copy()
     array[0, 0] = value
     layer.weight.const_value = ir.tensor(array, name=layer.weight.name)
-    with pytest.raises(PassError, match="layer 'h2' has NaN or Inf") as info:
+    with pytest.raises(PassInputError, match="layer 'h2' has NaN or Inf") as info:
         pass_class(context=context)(model)
     assert "\n" not in str(info.value)
 
@@ -423,20 +423,20 @@ def test_bad_calibration_data_is_one_line_data_error(pass_class: type, kind: str
 
 def test_missing_inputs_and_failing_metric_are_one_line_errors(ranking) -> None:
     model, _, context = ranking
-    with pytest.raises(PassError, match="needs calibration samples"):
+    with pytest.raises(PassInputError, match="needs calibration samples"):
         SensitivityOutputPass()(model)
-    with pytest.raises(PassError, match="needs a task metric"):
+    with pytest.raises(PassInputError, match="needs a task metric"):
         SensitivityTaskPass()(model)
 
     def broken(proto: onnx.ModelProto) -> float:
         raise RuntimeError("dataset not found\nsecond line")
 
     with pytest.raises(
-        PassError,
+        PassInputError,
         match="evaluation function failed on the float model: RuntimeError: dataset not found$",
     ):
         SensitivityTaskPass(context=CompileContext(eval_fn=broken))(model)
-    with pytest.raises(PassError, match="returned nan"):
+    with pytest.raises(PassInputError, match="returned nan"):
         SensitivityTaskPass(context=CompileContext(eval_fn=lambda proto: float("nan")))(model)
 
 
@@ -450,7 +450,7 @@ def test_pipeline_string_options() -> None:
     )
     assert passes[0].options.wbits == (2, 4) and passes[0].options.score == "params"
     assert passes[1].options.abits == (8,) and passes[1].options.measure == "kl"
-    with pytest.raises(PassError):
+    with pytest.raises(PassInputError):
         build_pipeline("sensitivity-output{measure=l1}", CompileContext())
 
 
@@ -576,7 +576,7 @@ def test_class_measures_need_a_fixed_class_axis() -> None:
         )
     )
     with pytest.raises(
-        PassError,
+        PassInputError,
         match=r"measure=kl compares the first output's last axis as classes, but its width varies with the input \(2, 5\); use measure=mse",
     ):
         SensitivityOutputPass(context=context, measure="kl")(ir.from_proto(proto))

@@ -13,7 +13,7 @@ from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import (
     CalibrationData,
     CompileContext,
-    PassError,
+    PassInputError,
     PassManager,
     build_pipeline,
     format_pipeline,
@@ -63,7 +63,7 @@ def test_budgets_resolve_to_base_units(objective: str, text: str, expected: floa
     [("size", "3 parsecs"), ("size", "abcx"), ("bops", "lots"), ("volume", "3")],
 )
 def test_bad_budgets_are_one_line_errors(objective: str, text: str) -> None:
-    with pytest.raises(PassError) as info:
+    with pytest.raises(PassInputError) as info:
         resolve_budget(objective, text, reference=1.0)
     assert "\n" not in str(info.value)
 
@@ -113,15 +113,19 @@ def test_strategy_options_are_declared_and_checked_at_parse_time() -> None:
         resolve_pipeline("search")[0][1].strategy_options
         == passes.get("search").components()["ilp"]()
     )
-    with pytest.raises(PassError, match=r"has no option 'bogus' \(options: strategy, .*; with ilp"):
+    with pytest.raises(
+        PassInputError, match=r"has no option 'bogus' \(options: strategy, .*; with ilp"
+    ):
         resolve_pipeline("search{strategy=ilp,bogus=1}")
-    with pytest.raises(PassError, match="has no option 'generations'"):
+    with pytest.raises(PassInputError, match="has no option 'generations'"):
         resolve_pipeline("search{strategy=ilp,generations=5}")  # nsga2's, not ilp's
-    with pytest.raises(PassError, match="option 'generations': 'many' is not an integer"):
+    with pytest.raises(PassInputError, match="option 'generations': 'many' is not an integer"):
         resolve_pipeline("search{strategy=nsga2,generations=many}")
-    with pytest.raises(PassError, match="has no option 'beacon_fn'"):  # a callable: Python only
+    with pytest.raises(
+        PassInputError, match="has no option 'beacon_fn'"
+    ):  # a callable: Python only
         resolve_pipeline("search{strategy=mohaq,beacon_fn=f}")
-    with pytest.raises(PassError, match="unknown search strategy"):
+    with pytest.raises(PassInputError, match="unknown search strategy"):
         resolve_pipeline("search{strategy=annealing}")
 
 

@@ -20,7 +20,7 @@ from models import exporter_quirks, small_cnn
 
 from mpqc import passes
 from mpqc.ir import annotations as A
-from mpqc.passes import IRPrinter, NamedPipeline, Pass, PassError, PassManager
+from mpqc.passes import IRPrinter, NamedPipeline, Pass, PassInputError, PassManager
 from mpqc.passes.infra import registry
 from mpqc.passes.infra.base import CHECK_CONTRACTS
 from mpqc.passes.infra.instruments import dump_header
@@ -138,7 +138,7 @@ def test_pipeline_string_with_spaces_and_lists() -> None:
     ],
 )
 def test_bad_pipelines_give_one_line_pass_errors(text: str, message: str) -> None:
-    with pytest.raises(PassError) as info:
+    with pytest.raises(PassInputError) as info:
         resolve_pipeline(text)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -152,9 +152,9 @@ def test_parsing_needs_no_registry() -> None:
     ]
     assert format_pipeline(specs) == "no-such-pass{block_size=32,bits=[2,4]},canonicalize"
     assert parse_pipeline(format_pipeline(specs)) == specs
-    with pytest.raises(PassError, match="expected '}'"):
+    with pytest.raises(PassInputError, match="expected '}'"):
         parse_pipeline("no-such-pass{a=1")
-    with pytest.raises(PassError, match="unknown pass 'no-such-pass'"):
+    with pytest.raises(PassInputError, match="unknown pass 'no-such-pass'"):
         resolve_pipeline(specs)
 
 
@@ -162,7 +162,7 @@ def test_kebab_case_option_keys_are_the_snake_case_ones() -> None:
     kebab = resolve_pipeline("lower-qdq{block-size=32,weight-only=true}")
     assert kebab == resolve_pipeline("lower-qdq{block_size=32,weight_only=true}")
     assert format_pipeline(kebab) == "lower-qdq{weight_only=true,block_size=32}"  # canonical
-    with pytest.raises(PassError, match="option 'block_size' given twice"):
+    with pytest.raises(PassInputError, match="option 'block_size' given twice"):
         parse_pipeline("lower-qdq{block-size=32,block_size=64}")
 
 
@@ -247,13 +247,15 @@ def test_entry_point_that_is_not_a_pass_is_an_error(
     plugin: typing.Callable[[str, str], None],
 ) -> None:
     plugin("not-a-pass", "NotAPass")
-    with pytest.raises(PassError, match="'not-a-pass' in 'mpqc.passes' is not an mpqc Pass class"):
+    with pytest.raises(
+        PassInputError, match="'not-a-pass' in 'mpqc.passes' is not an mpqc Pass class"
+    ):
         passes.names()
 
 
 def test_entry_point_name_must_match_the_pass(plugin: typing.Callable[[str, str], None]) -> None:
     plugin("other-name", "NameNodes")
-    with pytest.raises(PassError, match="points to a pass named 'name-nodes'"):
+    with pytest.raises(PassInputError, match="points to a pass named 'name-nodes'"):
         passes.get("other-name")
 
 

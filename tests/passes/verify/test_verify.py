@@ -8,7 +8,7 @@ from models import random_inputs, small_cnn
 
 from mpqc.ir import annotations as A
 from mpqc.ir import tensor_bytes
-from mpqc.passes import CompileContext, PassError, PassManager, get, load_calibration
+from mpqc.passes import CompileContext, PassInputError, PassManager, get, load_calibration
 
 
 def _context(count: int = 10) -> CompileContext:
@@ -65,7 +65,7 @@ def test_fewer_bits_give_lower_sqnr() -> None:
 
 def test_verify_raises_when_the_sqnr_floor_is_missed() -> None:
     with pytest.raises(
-        PassError, match=r"verify: output SQNR \d+\.\d dB is below the required 200\.0 dB"
+        PassInputError, match=r"verify: output SQNR \d+\.\d dB is below the required 200\.0 dB"
     ):
         _compile("w8a8", "200")
     _compile("w8a8", "10")
@@ -82,7 +82,7 @@ def test_verify_without_reference_still_checks_and_runs() -> None:
 def test_verify_rejects_an_invalid_model() -> None:
     model = small_cnn()
     next(n for n in model.graph if n.op_type == "Relu").op_type = "NoSuchOp"
-    with pytest.raises(PassError, match="verify: the emitted model fails onnx.checker"):
+    with pytest.raises(PassInputError, match="verify: the emitted model fails onnx.checker"):
         get("verify")()(model)
 
 
