@@ -109,7 +109,9 @@ class SensitivityPass(Pass):
         they are needed."""
         data = self.context.calibration
         if data is None or len(data) == 0:
-            raise PassInputError(f"{self.name} needs calibration samples {why}", field="calibration")
+            raise PassInputError(
+                f"{self.name} needs calibration samples {why}", field="calibration"
+            )
         data.check(model)
         return data
 
