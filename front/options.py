@@ -26,7 +26,8 @@ import onnx_ir as ir
 
 from mpqc import hwspecs
 from mpqc import ir as mir
-from mpqc.passes import CompileContext, format_pipeline, load_calibration
+from mpqc.passes import CompileContext, PassInputError, format_pipeline, load_calibration
+from mpqc.passes.analysis.calibrate import Method
 from mpqc.passes.infra.instruments import Instrument
 from mpqc.passes.pipelines import DefaultPipeline, default_candidates
 
@@ -61,7 +62,7 @@ class CompileOptions:
     uniform: str = ""
     weight_only: bool = False
     block_size: int = 0
-    calibrate_method: str = "minmax"
+    calibrate_method: Method = "minmax"
     strategy: str = "ilp"
     recover: bool | None = None
     #: Run this pipeline text instead of ``default{...}`` (the policy options above then do
@@ -81,13 +82,22 @@ class CompileOptions:
         return {objective: value for objective, value in given.items() if value is not None}
 
     def pipeline_text(self) -> str:
-        """The pipeline to run: ``pipeline``, or ``default{...}`` with the policy options given."""
+        """The pipeline to run: ``pipeline``, or ``default{...}`` with the policy options given.
+
+        A policy option given with ``pipeline`` would do nothing, so it is refused rather than
+        silently dropped: the pipeline text is where such choices go.
+        """
+        fields = dataclasses.fields(DefaultPipeline.Options)
+        policy = {field.name: getattr(self, field.name) for field in fields}
         if self.pipeline:
+            for field in fields:
+                if policy[field.name] != field.default:
+                    raise PassInputError(
+                        "is an option of the default pipeline, which the given pipeline replaces: "
+                        "write it in the pipeline's text instead",
+                        field=field.name,
+                    )
             return self.pipeline
-        policy = {
-            field.name: getattr(self, field.name)
-            for field in dataclasses.fields(DefaultPipeline.Options)
-        }
         return format_pipeline([(DefaultPipeline, DefaultPipeline.Options(**policy))])
 
 

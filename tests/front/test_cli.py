@@ -144,8 +144,6 @@ def test_bad_pipelines(capsys, cnn_path, out_dir, pipeline, fragment) -> None:
         "generic",
         "-o",
         out_dir / "q.onnx",
-        "--uniform",
-        "w8a8",
         "--pipeline",
         pipeline,
     )

@@ -101,8 +101,6 @@ def test_a_dask_cluster_gives_the_same_model(model_and_data, tmp_path) -> None:
         "--max-size",
         "0.4x",
         "-q",
-        "--strategy",
-        "nsga2",
         "--pipeline",
         "canonicalize,calibrate,sensitivity-output,cost,search{strategy=nsga2,generations=2},lower-qdq,verify",
     ]

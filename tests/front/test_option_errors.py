@@ -38,6 +38,7 @@ def test_python_callers_get_the_field(options: dict, field: str, message: str) -
         (["--max-size", "0.3q"], "mpqc: --max-size: '0.3q' is not a valid bytes quantity"),
         (["--uniform", "w4a8", "--max-size", "0.5x"], "mpqc: --uniform: fixes every layer's bits"),
         (["--weight-only", "--max-latency", "1ms"], "mpqc: --weight-only: quantizes every"),
+        (["--strategy", "nsga2", "-p", "canonicalize"], "mpqc: --strategy: is an option of the"),
     ],
 )
 def test_the_command_spells_the_field_as_its_flag(
