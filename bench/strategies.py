@@ -20,7 +20,7 @@ import onnx_ir as ir
 import mpqc
 from mpqc import examples
 
-STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "haq", "nemo")
+STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "haq", "nemo", "hago", "ompq")
 #: Strategy options that keep exact-evaluation strategies to a few hundred evaluations.
 LIMITS = {
     "nsga2": "generations=30",
@@ -30,10 +30,14 @@ LIMITS = {
 }
 
 
+#: Strategies whose method names its own damage score; the rest read output perturbation.
+METRICS = {"eagl": "entropy", "ompq": "orthogonality"}
+
+
 def pipeline(strategy: str, samples: int) -> str:
-    metric = "entropy" if strategy == "eagl" else "output"
-    sensitivity = (
-        "sensitivity-entropy" if metric == "entropy" else f"sensitivity-output{{samples={samples}}}"
+    metric = METRICS.get(strategy, "output")
+    sensitivity = f"sensitivity-{metric}" + (
+        f"{{samples={samples}}}" if metric != "entropy" else ""
     )
     options = ",".join(
         filter(

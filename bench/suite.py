@@ -46,15 +46,20 @@ from bench.tasks.base import TaskSizes
 from mpqc.passes.pipelines import search_step
 
 HW = "x86_avx2"
-STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "nemo", "haq")
+STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "nemo", "haq", "hago", "ompq")
 BUDGETS = (1.0, 0.75, 0.5)
 #: onnxruntime recipes every model gets; MatMulNBits joins where the model has MatMuls.
 ORT_RECIPES = ("ort-s8s8", "ort-u8s8", "ort-u8s8-conv-matmul", "ort-dynamic")
 #: The recipe whose file size the budgets are fractions of (the issue's "onnxruntime int8").
 SIZE_ANCHOR = "ort-u8s8"
-#: The analysis the search recipes share: the default pipeline up to the search (both metrics, so
-#: EAGL reads its entropy scores and the others output perturbation).
-ANALYSIS = "canonicalize,calibrate,sensitivity-output{{samples={samples}}},sensitivity-entropy,cost"
+#: The analysis the search recipes share: the default pipeline up to the search (every metric a
+#: strategy reads: EAGL its entropy scores, OMPQ its orthogonality, the others output perturbation).
+ANALYSIS = (
+    "canonicalize,calibrate,sensitivity-output{{samples={samples}}},sensitivity-entropy,"
+    "sensitivity-orthogonality,cost"
+)
+#: Strategies whose method names its own damage score; the rest read output perturbation.
+METRICS = {"eagl": "entropy", "ompq": "orthogonality"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
@@ -68,7 +73,7 @@ class Mode:
     quick_data: bool
     repeats: int
     sens_samples: int
-    #: calibration samples one exact evaluation runs (nsga2, mohaq, nemo, haq)
+    #: calibration samples one exact evaluation runs (nsga2, mohaq, nemo, haq, hago)
     exact_samples: int
     #: strategy options that keep the exact-evaluation strategies to a bounded number of evaluations
     limits: dict[str, str] = field(default_factory=dict)
@@ -184,10 +189,9 @@ def cli_recipe(
 
 
 def search_pipeline(strategy: str, recover: bool, mode: Mode) -> str:
-    metric = "entropy" if strategy == "eagl" else "output"
     search = search_step(
         strategy,
-        metric,
+        METRICS.get(strategy, "output"),
         recover,
         *filter(None, [f"samples={mode.exact_samples}", mode.limits.get(strategy, "")]),
     )

@@ -30,6 +30,8 @@ __all__ = ["DefaultPipeline", "default_candidates", "search_step"]
 
 #: Strategies whose method names its own damage score (METHODS.md §4: EAGL ranks layers by entropy).
 _METRIC = {"eagl": "entropy"}
+#: ... and those whose score needs calibration data (§3: OMPQ compares the layers' features).
+_METRIC_WITH_DATA = {"ompq": "orthogonality"}
 
 #: Weight bits ``weight_only`` stores when ``uniform`` does not say.
 _WEIGHT_ONLY_BITS = 4
@@ -127,7 +129,9 @@ class DefaultPipeline(NamedPipeline):
         if bits:
             steps += [*recover_steps, lower_step]
         else:
-            metric = _METRIC.get(options.strategy) or ("output" if calibrated else "weight-error")
+            metric = _METRIC.get(options.strategy) or (
+                _METRIC_WITH_DATA.get(options.strategy, "output") if calibrated else "weight-error"
+            )
             cost_step = f"cost{{block_size={options.block_size}}}" if options.block_size else "cost"
             steps += [
                 f"sensitivity-{metric}",

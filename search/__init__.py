@@ -38,6 +38,8 @@ _STRATEGIES: dict[str, str] = {
     "mohaq": "mpqc.search.mohaq",
     "nemo": "mpqc.search.nemo",
     "haq": "mpqc.search.haq",
+    "hago": "mpqc.search.hago",
+    "ompq": "mpqc.search.ompq",
 }
 
 

@@ -6,14 +6,14 @@ layers into a ``Problem`` (candidate pairs per layer from ``mpqc.cost``, additiv
 resolved against the spec's reference configuration), runs the chosen strategy, and writes the
 answer back: ``mpqc.bits`` on every layer and the whole front as ``mpqc.pareto``.
 
-Strategies defined by exact evaluation (MOHAQ's inference-only error, HAQ's reward, NEMO's task
-objective, NSGA-II as MOHAQ runs it) score whole configurations with the configurable evaluator —
-one onnxruntime session over the fake-quantized model, the numbers ``lower-qdq`` ships — on the
-calibration samples; the others optimize the additive sensitivity proxy, which is what their
-papers do (HAWQ-V3's ILP, AIMET's phase 1, EAGL's knapsack). ``exact`` overrides the choice.
-MOHAQ's beacons are configurations run through ``recover`` (GPTQ and bias correction from float-input
-statistics observed once, ``passes/recover/beacons.py``), whose neighbours are scored on the
-recovered weights.
+Strategies defined by exact evaluation (MOHAQ's inference-only error, HAQ's reward, HAGO's trials,
+NEMO's task objective, NSGA-II as MOHAQ runs it) score whole configurations with the configurable
+evaluator — one onnxruntime session over the fake-quantized model, the numbers ``lower-qdq`` ships —
+on the calibration samples; the others optimize the additive sensitivity proxy, which is what their
+papers do (HAWQ-V3's ILP, AIMET's phase 1, EAGL's knapsack, OMPQ's linear program). ``exact``
+overrides the choice. MOHAQ's beacons are configurations run through ``recover`` (GPTQ and bias
+correction from float-input statistics observed once, ``passes/recover/beacons.py``), whose
+neighbours are scored on the recovered weights.
 
 Budgets arrive as text — ``0.25x`` (a ratio of the reference: float where the chip runs float,
 otherwise w8a8), ``3MB``, ``2ms``, ``5mJ``, ``2G`` BOPs — and are resolved here because only after
@@ -55,7 +55,8 @@ _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 def resolve_budget(objective: str, text: str | float, reference: float) -> float:
-    """A budget in the objective's base unit (bytes, s, J, BOPs); ``0.25x`` is relative to ``reference``."""
+    """A budget in the objective's base unit (bytes, s, J, BOPs); ``0.25x`` is relative to
+    ``reference``."""
     if isinstance(text, (int, float)):
         return float(text)
     text = text.strip()
@@ -101,7 +102,8 @@ def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, me
     w_key, a_key = f"w{pair[0]}", f"a{pair[1]}"
     if w_key not in scores:
         raise PassInputError(
-            f"mpqc.sens.{metric} of layer '{layer.name}' has no score for {w_key}: run the sensitivity pass with these bits"
+            f"mpqc.sens.{metric} of layer '{layer.name}' has no score for {w_key}: "
+            "run the sensitivity pass with these bits"
         )
     activation = float(scores.get(a_key, 0.0)) if layer.activation is not None else 0.0
     return float(scores[w_key]) + activation
@@ -159,8 +161,8 @@ def layer_features(model: ir.Model, layers: list[Layer]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-#: Strategies whose method scores whole configurations exactly (METHODS.md §1, §5, §6).
-_EXACT_STRATEGIES = frozenset({"mohaq", "haq", "nemo", "nsga2"})
+#: Strategies whose method scores whole configurations exactly (METHODS.md §1, §2, §5, §6).
+_EXACT_STRATEGIES = frozenset({"mohaq", "haq", "hago", "nemo", "nsga2"})
 
 
 def _config_error(
@@ -168,7 +170,8 @@ def _config_error(
 ) -> float:
     """Exact error of a configuration given as choice indices (module-level, so it pickles)."""
     return evaluator.error(
-        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}, measure
+        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config, strict=True))},
+        measure,
     )
 
 
@@ -179,9 +182,10 @@ def _beacon(
     measure: str,
     config: tuple[int, ...],
 ) -> Callable[[tuple[int, ...]], float]:
-    """A MOHAQ beacon: ``config`` recovered once, then any configuration's error on its recovered weights."""
+    """A MOHAQ beacon: ``config`` recovered once, then any configuration's error on its
+    recovered weights."""
     evaluator = recovery.evaluator(
-        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config))}
+        {name: choices[i][c] for i, (name, c) in enumerate(zip(layers, config, strict=True))}
     )
     return functools.partial(_config_error, evaluator, layers, choices, measure)
 
@@ -205,7 +209,8 @@ class SearchPass(Pass):
         )
         exact: Literal["auto", "always", "never"] = option(
             "auto",
-            "score configurations with the evaluator on calibration data (auto: for mohaq, haq, nemo, nsga2)",
+            "score configurations with the evaluator on calibration data "
+            "(auto: for mohaq, haq, hago, nemo, nsga2)",
         )
         measure: Literal["mse", "kl", "flips"] = option(
             "mse", "output error the exact evaluation measures"
@@ -252,7 +257,7 @@ class SearchPass(Pass):
             problem, self.options.strategy, evaluator=evaluator, seed=self.context.seed, **options
         )
         chosen = result.chosen
-        for layer, pair in zip(layers, problem.pairs(chosen.config)):
+        for layer, pair in zip(layers, problem.pairs(chosen.config), strict=True):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
         self._explain(model, problem, layers, chosen.config)
         front = self._front_json(problem, layers, result)
@@ -293,14 +298,16 @@ class SearchPass(Pass):
     ) -> tuple[list[int], list, WeightLayout]:
         """(weight bits to prepare, samples, weight layout) of an exact evaluation."""
         wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
-        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores it so).
+        # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores
+        # it so).
         layout = WeightLayout(
             block_size=int((annotations.MODEL_COST.get(model) or {}).get("block_size", 0))
         )
         return wbits, list(self.context.calibration)[: self.options.samples], layout
 
     def _beacon_fn(self, model: ir.Model, problem: msearch.Problem) -> BeaconFn:
-        """MOHAQ's beacons (METHODS.md §5): ``recover`` a configuration once, score neighbours on its weights."""
+        """MOHAQ's beacons (METHODS.md §5): ``recover`` a configuration once, score neighbours on
+        its weights."""
         wbits, samples, layout = self._evaluation_set(model, problem)
         recovery = BeaconRecovery(model, samples, wbits=wbits, hw=self.context.hw, layout=layout)
         return functools.partial(
@@ -351,7 +358,8 @@ class SearchPass(Pass):
             scores = key.get(layer.node)
             if scores is None:
                 raise PassInputError(
-                    f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; run sensitivity-{self.options.metric} first"
+                    f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; "
+                    f"run sensitivity-{self.options.metric} first"
                 )
             choices.append(tuple(pairs))
             sensitivity.append(
@@ -393,7 +401,10 @@ class SearchPass(Pass):
             pairs = problem.pairs(point.config)
             points.append(
                 {
-                    "bits": {l.name: str(Bits(*pair)) for l, pair in zip(layers, pairs)},
+                    "bits": {
+                        layer.name: str(Bits(*pair))
+                        for layer, pair in zip(layers, pairs, strict=True)
+                    },
                     "objectives": dict(point.objectives),
                     "exact": point.exact,
                 }

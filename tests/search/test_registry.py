@@ -10,7 +10,7 @@ from mpqc.search import InfeasibleError, SearchError
 from mpqc.search.pareto import dominates
 from mpqc.search.synthetic import synthetic_problem
 
-OWN = ["ilp", "greedy", "eagl", "nsga2", "mohaq"]
+OWN = ["ilp", "greedy", "eagl", "nsga2", "mohaq", "hago", "ompq"]
 FAST = {"nsga2": {"generations": 15}, "mohaq": {"generations": 15}}
 
 
