@@ -38,6 +38,10 @@ def test_weight_only_keeps_activations_float_and_needs_no_ranges() -> None:
 def test_the_search_reads_the_metric_its_strategy_and_data_allow() -> None:
     assert "sensitivity-output,cost,search{strategy=ilp,metric=output}" in _default()
     assert "sensitivity-entropy" in _default(strategy="eagl")
+    assert "sensitivity-orthogonality,cost,search{strategy=ompq,metric=orthogonality}" in (
+        _default(strategy="ompq")
+    )
+    assert "sensitivity-weight-error" in _default(strategy="ompq", calibrated=False)
     assert "sensitivity-weight-error" in _default(calibrated=False)
     assert "calibrate{method=mse}" in _default(calibrate_method="mse")
 
