@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 from models import conv_bn, exporter_quirks, random_inputs, run_ort, small_cnn
 
 from mpqc import passes
@@ -139,7 +140,7 @@ def test_batchnorm_is_not_folded_when_the_conv_output_is_a_model_output() -> Non
     feeds = random_inputs(model, 1)[0]
     before = run_ort(model, feeds)
     _canonicalize(model)
-    for old, new in zip(before, run_ort(model, feeds)):
+    for old, new in zip(before, run_ort(model, feeds), strict=True):
         np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-6)
     assert [v.name for v in model.graph.outputs] == ["c", "n"]
 
@@ -156,3 +157,32 @@ def test_an_identity_between_two_graph_outputs_keeps_both_names() -> None:
     )
     passes.get("canonicalize")()(model)
     assert [v.name for v in model.graph.outputs] == ["v0", "v2"]
+
+
+IF_RETURNING_AN_OUTER_VALUE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x, bool c) => (float[2] y) {
+  a = Relu(x)
+  y = If (c) <
+    then_branch = then_g () => (float[2] t) { t = Identity(a) },
+    else_branch = else_g () => (float[2] e) { e = Neg(a) }
+  >
+}
+"""
+
+
+def test_an_identity_returning_an_outer_scope_value_from_a_branch_stays() -> None:
+    # Without it the branch returns the outer value directly, which onnxruntime refuses, and
+    # the outer value was renamed after the branch output.
+    proto = onnx.parser.parse_model(IF_RETURNING_AN_OUTER_VALUE)
+    model = ir.from_proto(proto)
+    _canonicalize(model)
+    canonical = ir.to_proto(model)
+    onnx.checker.check_model(canonical, full_check=True)
+    session = ort.InferenceSession(canonical.SerializeToString())
+    x = np.array([-1.0, 2.0], np.float32)
+    for cond, expected in ((True, [0.0, 2.0]), (False, [0.0, -2.0])):
+        (y,) = session.run(None, {"x": x, "c": np.array(cond)})
+        np.testing.assert_array_equal(y, expected)
+    assert [n.op_type for n in model.graph] == ["Relu", "If"]
+    assert model.graph.node(0).outputs[0].name == "a"
