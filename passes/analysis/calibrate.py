@@ -116,6 +116,9 @@ class CalibratePass(Pass):
             raise DataError(f"{data.source}: no calibration samples; give at least one")
 
         activations = _activations(model)
+        if not activations:
+            self.nothing_to_do("calibrate: the model has no float activation to calibrate")
+            return ir.passes.PassResult(model, modified=False)
         session = _Session(model, activations)
         stats = {name: _Observed() for name in activations}
         for tensors in session.run_all(data):

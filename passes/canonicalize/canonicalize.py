@@ -18,8 +18,10 @@ from mpqc.ir.annotations import CALIB_RANGE
 from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNormPass
 from mpqc.passes.canonicalize.fold_constants import FoldConstantsPass
 from mpqc.passes.canonicalize.identities import OutputPreservingIdentityEliminationPass
+from mpqc.passes.canonicalize.shapes import ShapeInferencePass
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.opset import allow_initializers_apart
 
 __all__ = ["CanonicalizePass"]
 
@@ -48,9 +50,10 @@ class CanonicalizePass(Pass):
             common.RemoveUnusedNodesPass(),
             common.RemoveUnusedFunctionsPass(),
             common.TopologicalSortPass(),
-            common.ShapeInferencePass(),
+            ShapeInferencePass(),
         ]
-        modified = False
+        # Initializers leave the graph inputs, which IR 3 does not allow.
+        modified = allow_initializers_apart(model)
         for step in steps:
             result = step(model)
             modified = modified or result.modified

@@ -5,6 +5,11 @@ version converter knows every op's adapters; the converted graph replaces the mo
 converter rebuilds nodes and values in its own C++ IR and drops their ``metadata_props`` (where the
 annotations live), so they are carried over by name: values by their name, nodes by their name or
 first output's name, both unique in an ONNX graph.
+
+The converter reads a graph by the rules of its IR version, and below IR 4 an initializer exists
+only if it is a graph input too; ``canonicalize`` takes initializers out of the inputs, so an IR 3
+model (as exporters wrote them until 2018) must say IR 4 before anything reads it again
+(``allow_initializers_apart``), or every weight is "undefined".
 """
 
 from __future__ import annotations
@@ -14,7 +19,26 @@ import onnx_ir as ir
 
 from mpqc.passes.infra.base import PassError
 
-__all__ = ["ensure_opset"]
+__all__ = ["allow_initializers_apart", "ensure_opset"]
+
+#: The first IR version in which an initializer need not also be a graph input.
+IR_INITIALIZERS_APART = 4
+
+#: What the lowering needs each opset for (passes/lib/grid.py's ``min_opset``, blocked weights).
+_NEEDED_FOR = {
+    13: "per-channel QuantizeLinear/DequantizeLinear",
+    21: "4- or 16-bit types and blocked quantization",
+    25: "2-bit types",
+}
+
+
+def allow_initializers_apart(model: ir.Model) -> bool:
+    """Raise an IR 3 model to the first IR version whose initializers need not be graph inputs;
+    True if it changed."""
+    if model.ir_version >= IR_INITIALIZERS_APART:
+        return False
+    model.ir_version = IR_INITIALIZERS_APART
+    return True
 
 
 def ensure_opset(model: ir.Model, minimum: int) -> bool:
@@ -22,14 +46,16 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
     current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     if current >= minimum:
         return False
+    allow_initializers_apart(model)
     try:
         converted = onnx.version_converter.convert_version(ir.to_proto(model), minimum)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        needed = _NEEDED_FOR.get(minimum, "the chosen bit-widths")
         raise PassError(
-            f"the model is at opset {current} and the chosen bit-widths need opset {minimum}, "
-            f"but onnx's version converter failed ({reason}): re-export the model at opset {minimum} "
-            "or choose 8-bit weights"
+            f"the model is at opset {current}, {needed} need opset {minimum}, and onnx's version "
+            f"converter could not upgrade it ({reason}): re-export the model at opset {minimum}"
+            + (" or choose 8-bit weights and activations (opset 13)" if minimum > 13 else "")
         ) from None
     upgraded = ir.from_proto(converted)
     _copy_metadata(model.graph, upgraded.graph)
@@ -39,7 +65,8 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
 
 
 def _metadata_by_key(graph: ir.Graph) -> dict[str, dict[str, str]]:
-    """``metadata_props`` of every annotated node and value of ``graph`` (subgraphs included), by key."""
+    """``metadata_props`` of every annotated node and value of ``graph`` (subgraphs included), by
+    key."""
     found: dict[str, dict[str, str]] = {}
     if graph.metadata_props:
         found["graph:"] = dict(graph.metadata_props)
@@ -66,7 +93,8 @@ def _node_key(node: ir.Node) -> str | None:
 
 
 def _copy_metadata(source: ir.Graph, target: ir.Graph) -> None:
-    """Give ``target``'s nodes and values the ``metadata_props`` of their namesakes in ``source``."""
+    """Give ``target``'s nodes and values the ``metadata_props`` of their namesakes in
+    ``source``."""
     saved = _metadata_by_key(source)
     if not saved:
         return

@@ -435,3 +435,16 @@ def test_embedded_digits_model(method: str) -> None:
     assert all(
         e["samples"] == 200 and e["min"] <= e["lo"] <= e["hi"] <= e["max"] for e in found.values()
     )
+
+
+def test_a_model_without_float_activations_has_nothing_to_calibrate() -> None:
+    # With contract checks on, a run that wrote no range used to fail its postcondition.
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[3] x) => (int64[3] y) { y = Neg(x) }
+    """
+    model = ir.from_proto(onnx.parser.parse_model(text))
+    data = CalibrationData(({"x": np.arange(3, dtype=np.int64)},), source="test data")
+    result, context = run(model, data)
+    assert not result.modified and ranges(model) == {}
+    assert any("no float activation" in note for note in context.notes)

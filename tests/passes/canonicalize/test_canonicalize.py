@@ -186,3 +186,27 @@ def test_an_identity_returning_an_outer_scope_value_from_a_branch_stays() -> Non
         np.testing.assert_array_equal(y, expected)
     assert [n.op_type for n in model.graph] == ["Relu", "If"]
     assert model.graph.node(0).outputs[0].name == "a"
+
+
+SEQUENCES = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,3] x, float[2,3] y, int64 at) => (float[2,3] out) {
+  seq = SequenceConstruct(x, y)
+  out = SequenceAt(seq, at)
+}
+"""
+
+
+def test_a_sequence_stays_a_sequence_through_shape_inference() -> None:
+    # onnx_ir 1.1's shape inference merges a sequence's element type as the value's own type, and
+    # onnxruntime refuses a seq(tensor(float)) typed tensor(float).
+    model = ir.from_proto(onnx.parser.parse_model(SEQUENCES))
+    _canonicalize(model)
+    assert model.graph.node(0).outputs[0].type is None or isinstance(
+        model.graph.node(0).outputs[0].type, ir.SequenceType
+    )
+    proto = ir.to_proto(model)
+    x, y = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)
+    session = ort.InferenceSession(proto.SerializeToString())
+    (out,) = session.run(None, {"x": x, "y": y, "at": np.array(1, np.int64)})
+    np.testing.assert_array_equal(out, y)
