@@ -116,9 +116,6 @@ class CalibratePass(Pass):
             raise DataError(f"{data.source}: no calibration samples; give at least one")
 
         activations = _activations(model)
-        if not activations:
-            self.nothing_to_do("calibrate: the model has no float activation to calibrate")
-            return ir.passes.PassResult(model, modified=False)
         session = _Session(model, activations)
         stats = {name: _Observed() for name in activations}
         for tensors in session.run_all(data):
@@ -133,6 +130,7 @@ class CalibratePass(Pass):
                 for name, array in tensors:
                     stats[name].update_histogram(array)
 
+        written = 0
         for name, observed in stats.items():
             if observed.nonfinite:
                 self.context.note(
@@ -140,6 +138,7 @@ class CalibratePass(Pass):
                 )
             if observed.count == 0:
                 continue
+            written += 1
             lo, hi = self._clip(observed)
             CALIB_RANGE.set(
                 activations[name],
@@ -152,7 +151,9 @@ class CalibratePass(Pass):
                     "samples": len(data),
                 },
             )
-        return ir.passes.PassResult(model, modified=True)
+        if not written:
+            self.nothing_to_do("calibrate: the model computes no float activation to calibrate")
+        return ir.passes.PassResult(model, modified=bool(written))
 
     def _clip(self, observed: _Observed) -> tuple[float, float]:
         """The method's clip range, within the observed extremes."""

@@ -34,11 +34,15 @@ def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
 def output_fidelity(
     reference: ort.InferenceSession, candidate: ort.InferenceSession, samples: list
 ) -> dict[str, float]:
-    """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes."""
+    """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes;
+    nothing when that output is not numbers (strings, a sequence)."""
     signal = noise = 0.0
     agree = total = 0
     for sample in samples:
-        ref = _squeeze_trailing(np.asarray(reference.run(None, dict(sample))[0], dtype=np.float64))
+        first = np.asarray(reference.run(None, dict(sample))[0])
+        if not np.issubdtype(first.dtype, np.number):
+            return {}
+        ref = _squeeze_trailing(first.astype(np.float64))
         out = _squeeze_trailing(np.asarray(candidate.run(None, dict(sample))[0], dtype=np.float64))
         signal += float((ref**2).sum())
         noise += float(((ref - out) ** 2).sum())

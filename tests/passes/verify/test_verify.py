@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from models import random_inputs, small_cnn
 
 from mpqc.ir import annotations as A
 from mpqc.ir import tensor_bytes
 from mpqc.passes import CompileContext, PassInputError, PassManager, get, load_calibration
+from mpqc.passes.verify.verify import output_fidelity
 
 
 def _context(count: int = 10) -> CompileContext:
@@ -99,3 +103,12 @@ def test_verify_uses_the_task_metric() -> None:
     get("verify")(context=context)(model)
     report = A.REPORT.get(model)["verify"]
     assert report["task_metric"] == 0.75 and report["task_metric_float"] == 1.0
+
+
+def test_fidelity_of_an_output_that_is_not_numbers_is_not_measured() -> None:
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (string[2] s) => (string[2] t) { t = Identity(s) }
+    """
+    session = ort.InferenceSession(onnx.parser.parse_model(text).SerializeToString())
+    assert output_fidelity(session, session, [{"s": np.array(["a", "b"], dtype=object)}]) == {}
