@@ -69,8 +69,7 @@ def search_step(strategy: str, metric: str, recover: bool, *extra: str) -> str:
 
 @register
 class DefaultPipeline(NamedPipeline):
-    """The pipeline mpqc runs: canonicalize, calibrate, score, price, search, recover, lower and
-    verify."""
+    """The pipeline mpqc runs: calibrate, score, price, search, recover, lower, verify."""
 
     name = "default"
 
