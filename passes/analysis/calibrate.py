@@ -53,7 +53,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from mpqc.ir.annotations import ALL, CALIB_RANGE
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.data import DataError
 from mpqc.passes.lib.runtime import session, session_options
@@ -239,7 +239,7 @@ def _external_data_dir(model: ir.Model) -> str | None:
         if isinstance(value.const_value, ir.ExternalTensor)
     }
     if len(folders) > 1:
-        raise PassError(
+        raise PassInputError(
             f"calibrate: the model's external tensors live in several folders ({', '.join(sorted(folders))}); save the model to one folder first"
         )
     return folders.pop() if folders else None
@@ -259,7 +259,7 @@ def _inference_session(proto: onnx.ModelProto, external_dir: str | None) -> ort.
             onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
             return session(path, options=options)
     except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
-        raise PassError(
+        raise PassInputError(
             f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})"
         ) from exc
 

@@ -20,7 +20,7 @@ from mpqc.passes import (
     CalibrationData,
     CompileContext,
     DataError,
-    PassError,
+    PassInputError,
     format_pipeline,
     resolve_pipeline,
 )
@@ -403,9 +403,9 @@ def test_pipeline_string_parses_and_round_trips() -> None:
     [(cls, options)] = resolve_pipeline(text)
     assert cls is CalibratePass and options.method == "percentile" and options.percentile == 99.9
     assert format_pipeline([(cls, options)]) == text
-    with pytest.raises(PassError, match="method"):
+    with pytest.raises(PassInputError, match="method"):
         resolve_pipeline("calibrate{method=kl}")
-    with pytest.raises(PassError, match="percentile"):
+    with pytest.raises(PassInputError, match="percentile"):
         resolve_pipeline("calibrate{percentile=101}")
 
 
