@@ -181,6 +181,10 @@ class Pass(ir.passes.InPlacePass):
 
     def report(self, model: ir.Model, section: dict[str, Any]) -> None:
         """Set this pass's section of ``mpqc.report`` (declare ``REPORT`` in ``writes``)."""
+        if annotations.REPORT not in self.writes:
+            raise ir.passes.InvariantError(
+                f"pass '{self.name}' reports without declaring {annotations.REPORT.name} in writes"
+            )
         annotations.REPORT.set_section(model, self.name, section)
 
     def task_metric(self, model: Any, what: str) -> float:
