@@ -1,8 +1,9 @@
 """``canonicalize``: bring any exported model to the one form the analyses expect.
 
 Exporters differ: weights as Constant nodes or initializers, initializers doubling as graph inputs,
-weight arithmetic left in the graph, BatchNorm after Conv, dead branches, missing shapes. After this
-pass every weight is an initializer, constant subexpressions are folded, BatchNorms are folded into
+weight arithmetic left in the graph, BatchNorm after Conv, dead branches, missing shapes, opsets
+older than onnxruntime runs. After this pass the model is at IR 4 and opset 7 at least, every
+weight is an initializer, constant subexpressions are folded, BatchNorms are folded into
 their Convs, unused nodes are gone, nodes are in topological order and every tensor has the type and
 shape onnx can infer. Each step is a pass of its own (onnx_ir's or mpqc's), run in a fixed order.
 """
@@ -21,7 +22,7 @@ from mpqc.passes.canonicalize.identities import OutputPreservingIdentityEliminat
 from mpqc.passes.canonicalize.shapes import ShapeInferencePass
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.opset import allow_initializers_apart
+from mpqc.passes.lib.opset import ORT_MIN_OPSET, allow_initializers_apart, ensure_opset
 
 __all__ = ["CanonicalizePass"]
 
@@ -54,6 +55,7 @@ class CanonicalizePass(Pass):
         ]
         # Initializers leave the graph inputs, which IR 3 does not allow.
         modified = allow_initializers_apart(model)
+        modified = ensure_opset(model, ORT_MIN_OPSET) or modified
         for step in steps:
             result = step(model)
             modified = modified or result.modified

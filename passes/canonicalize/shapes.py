@@ -2,9 +2,9 @@
 
 onnx_ir's ``ShapeInferencePass`` (1.1) merges what onnx infers into the IR by dtype, and the dtype
 of a ``seq(tensor(float))`` is its elements' ``float``: an untyped sequence came back typed as a
-float tensor, a model onnxruntime refuses to load. Here a value that had no type keeps none when the
-op that produces it cannot output a tensor at all (its schema's type constraint allows only
-sequences, optionals or maps); every other value gets onnx_ir's merge.
+float tensor, a model onnxruntime refuses to load. Here a value that had no type keeps none (and
+its shape) when the op that produces it cannot output a tensor at all (its schema's type
+constraint allows only sequences, optionals or maps); every other value gets onnx_ir's merge.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ __all__ = ["ShapeInferencePass"]
 class ShapeInferencePass(common.ShapeInferencePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         untyped = [
-            value
+            (value, value.shape)
             for node in ir.traversal.RecursiveGraphIterator(model.graph)
             for value in node.outputs
             if value.type is None
         ]
         result = super().call(model)
-        for value in untyped:
+        for value, shape in untyped:
             if value.type is not None and not _may_be_a_tensor(model, value):
-                value.type = None
+                value.type, value.shape = None, shape
         return result
 
 

@@ -19,16 +19,21 @@ import onnx_ir as ir
 
 from mpqc.passes.infra.base import PassError
 
-__all__ = ["allow_initializers_apart", "ensure_opset"]
+__all__ = ["ORT_MIN_OPSET", "allow_initializers_apart", "ensure_opset"]
 
 #: The first IR version in which an initializer need not also be a graph input.
 IR_INITIALIZERS_APART = 4
 
-#: What the lowering needs each opset for (passes/lib/grid.py's ``min_opset``, blocked weights).
+#: The oldest ai.onnx opset onnxruntime has kernels for (Add-6, with its broadcast attribute, has
+#: none): ``canonicalize`` upgrades older models to it.
+ORT_MIN_OPSET = 7
+
+#: Why mpqc asks for each opset (``ORT_MIN_OPSET``; passes/lib/grid.py's ``min_opset``).
 _NEEDED_FOR = {
-    13: "per-channel QuantizeLinear/DequantizeLinear",
-    21: "4- or 16-bit types and blocked quantization",
-    25: "2-bit types",
+    ORT_MIN_OPSET: "onnxruntime runs no op older than opset 7",
+    13: "per-channel QuantizeLinear/DequantizeLinear need opset 13",
+    21: "4- or 16-bit types and blocked quantization need opset 21",
+    25: "2-bit types need opset 25",
 }
 
 
@@ -51,10 +56,10 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
         converted = onnx.version_converter.convert_version(ir.to_proto(model), minimum)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        needed = _NEEDED_FOR.get(minimum, "the chosen bit-widths")
+        needed = _NEEDED_FOR.get(minimum, f"the chosen bit-widths need opset {minimum}")
         raise PassError(
-            f"the model is at opset {current}, {needed} need opset {minimum}, and onnx's version "
-            f"converter could not upgrade it ({reason}): re-export the model at opset {minimum}"
+            f"the model is at opset {current}, {needed}, and onnx's version converter could not "
+            f"upgrade it ({reason}): re-export the model at opset {minimum}"
             + (" or choose 8-bit weights and activations (opset 13)" if minimum > 13 else "")
         ) from None
     upgraded = ir.from_proto(converted)

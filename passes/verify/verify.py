@@ -68,6 +68,20 @@ class VerifyPass(Pass):
         )
         max_samples: int = option(64, "held-out samples used for the output comparison")
 
+    def _reference(self) -> ort.InferenceSession | None:
+        """onnxruntime on the float model as given; None, noted, when onnxruntime cannot run it
+        (an opset older than its kernels, which only the compiled copy was upgraded from)."""
+        if self.context.reference is None:
+            return None
+        try:
+            return session(self.context.reference, optimize=True)
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            self.context.note(
+                "verify: onnxruntime cannot run the float model as given "
+                f"({str(exc).splitlines()[0]}), so fidelity is not measured"
+            )
+            return None
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.to_proto(model)
         size = proto.ByteSize()
@@ -97,13 +111,10 @@ class VerifyPass(Pass):
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
             held_out = self.context.held_out
-            if self.context.reference is not None and held_out is not None and len(held_out):
+            reference = self._reference() if held_out is not None and len(held_out) else None
+            if reference is not None:
                 samples = list(held_out)[: self.options.max_samples]
-                result.update(
-                    output_fidelity(
-                        session(self.context.reference, optimize=True), candidate, samples
-                    )
-                )
+                result.update(output_fidelity(reference, candidate, samples))
                 result["samples"] = len(samples)
                 if not held_out.held_out:
                     result["samples_from"] = "calibration"

@@ -210,3 +210,25 @@ def test_a_sequence_stays_a_sequence_through_shape_inference() -> None:
     session = ort.InferenceSession(proto.SerializeToString())
     (out,) = session.run(None, {"x": x, "y": y, "at": np.array(1, np.int64)})
     np.testing.assert_array_equal(out, y)
+
+
+OPSET6_ADD = """
+<ir_version: 3, opset_import: ["" : 6]>
+g (float[2,3] x, float[3] b) => (float[2,3] y) {
+  s = Add <broadcast=1> (x, b)
+  y = Relu(s)
+}
+"""
+
+
+def test_a_model_older_than_onnxruntime_is_upgraded_to_opset_7() -> None:
+    # onnxruntime has no kernel older than opset 7 (Add-6 with its broadcast attribute, say).
+    proto = onnx.parser.parse_model(OPSET6_ADD)
+    b = np.array([1.0, -2.0, 3.0], np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(b, "b"))
+    model = ir.from_proto(proto)
+    _canonicalize(model)
+    assert model.opset_imports[""] == 7
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 3
+    (y,) = ort.InferenceSession(ir.to_proto(model).SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(x + b, 0))

@@ -46,7 +46,8 @@ def test_verify_reports_fidelity_and_size() -> None:
     assert report["samples"] == 2  # every fifth of ten samples is held out
     assert 30 < report["sqnr_db"] < 80
     assert 0.0 <= report["top1_agreement"] <= 1.0
-    # the serialized model as verify saw it: all tensors plus the graph, before its own report was added
+    # the serialized model as verify saw it: all tensors plus the graph, before its own report
+    # was added
     assert tensor_bytes(model) < report["bytes"] < ir.to_proto(model).ByteSize()
     assert A.REPORT.section(model, "lower-qdq")["lowered_layers"] == 4
     assert "samples_from" not in report
@@ -112,3 +113,18 @@ def test_fidelity_of_an_output_that_is_not_numbers_is_not_measured() -> None:
     """
     session = ort.InferenceSession(onnx.parser.parse_model(text).SerializeToString())
     assert output_fidelity(session, session, [{"s": np.array(["a", "b"], dtype=object)}]) == {}
+
+
+def test_a_float_model_onnxruntime_cannot_run_is_noted_not_compared() -> None:
+    # An opset-6 Add: canonicalize upgrades the compiled copy, the float model stays as given.
+    text = """
+    <ir_version: 3, opset_import: ["" : 6]>
+    g (float[1,3,8,8] image) => (float[1,3,8,8] y) { y = Add <broadcast=1> (image, image) }
+    """
+    context = _context()
+    context.reference = onnx.parser.parse_model(text).SerializeToString()
+    model = small_cnn()
+    get("verify")(context=context)(model)
+    report = A.REPORT.get(model)["verify"]
+    assert report["checker"] == "ok" and "sqnr_db" not in report
+    assert any("cannot run the float model as given" in note for note in context.notes)
