@@ -37,7 +37,8 @@ class FoldBatchNormPass(Pass):
             if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
                 continue
             if bn.inputs[0].is_graph_output():
-                continue  # the unnormalized Conv output is a result of the model: folding would change it
+                # the unnormalized Conv output is a result of the model: folding would change it
+                continue
             if _fold(model.graph, conv, bn):
                 folded += 1
         return ir.passes.PassResult(model, modified=folded > 0)

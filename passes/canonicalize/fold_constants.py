@@ -1,10 +1,10 @@
 """``fold-constants``: evaluate nodes whose inputs are all constant, once, at compile time.
 
 Exporters leave weight arithmetic in graphs (a Transpose or Reshape of an initializer, a Cast, a
-Mul by a constant): a quantizer that only sees the result as an initializer can quantize it, and the
-runtime no longer recomputes it. Each foldable node is evaluated with onnx's reference evaluator —
-the spec's own semantics — and replaced by an initializer. Nodes with random outputs or subgraphs are
-left alone, and results larger than ``max_bytes`` are not materialized.
+Mul by a constant): a quantizer that only sees the result as an initializer can quantize it, and
+the runtime no longer recomputes it. Each foldable node is evaluated with onnx's reference
+evaluator — the spec's own semantics — and replaced by an initializer. Nodes with random outputs or
+subgraphs are left alone, and results larger than ``max_bytes`` are not materialized.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class FoldConstantsPass(Pass):
             outputs = _evaluate(node, inputs, opset)
             if outputs is None or sum(o.nbytes for o in outputs) > self.options.max_bytes:
                 continue
-            for value, array in zip(node.outputs, outputs):
+            for value, array in zip(node.outputs, outputs, strict=True):
                 _replace_with_initializer(model.graph, value, array)
             model.graph.remove(node, safe=True)
             folded += 1
@@ -93,7 +93,7 @@ def _evaluate(
     proto.attribute.extend(
         ir.serde.serialize_attribute(a) for a in node.attributes.values() if not a.is_ref()
     )
-    feeds = {n: v for n, v in zip(names, inputs) if n}
+    feeds = {n: v for n, v in zip(names, inputs, strict=True) if n}
     try:
         evaluator = ReferenceEvaluator(
             onnx.helper.make_graph([proto], "fold", [], []), opsets={"": opset}
