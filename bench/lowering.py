@@ -1,9 +1,10 @@
-"""``python -m bench.lowering``: does the lowered model deliver what the search priced? (RESULTS §7)
+"""``python -m bench.lowering``: does the lowered model deliver what the search priced?
+(RESULTS.md §7)
 
 (a) Size. For uniform w8a8, w4a8, w2a8, a seeded per-layer mix of the three, weight-only 4-bit
 (MatMulNBits and GatherBlockQuantized, block 32) and w4a8 with MatMul/Gemm weights per block of 32
 along K, the size the search optimizes — the cost pass's per-layer ``size`` entries
-(``passes/lower/footprint.stored_bytes``) plus the bytes of every other constant — against the
+(``passes/lib/plan``: ``stored_bytes``) plus the bytes of every other constant — against the
 tensor bytes ``lower-qdq`` writes and the file on disk (tensors plus the graph's protobuf).
 
 (b) Speed, timed in alternation with ``bench.measure.paired_latency`` (ratios survive a machine
@@ -34,7 +35,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lower.footprint import stored_bytes
+from mpqc.passes.lib.plan import layer_plan, stored_bytes
 from mpqc.pipeline import Pipeline
 
 Inputs = dict[str, np.ndarray]
@@ -104,7 +105,8 @@ def predicted_bytes(
         if name not in owned and v.const_value is not None
     )
     return fixed + sum(
-        stored_bytes(layer, *bits[layer.name], spec, layout=layout) for layer in layers
+        stored_bytes(layer, layer_plan(layer, *bits[layer.name], spec=spec, layout=layout))
+        for layer in layers
     )
 
 

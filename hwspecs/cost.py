@@ -167,7 +167,7 @@ class CostModel:
     ) -> Cost:
         """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float.  Raises
         ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
-        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
+        precision = self.kernel(desc, wbits, abits, act_signed=act_signed)
         weight_bytes = self.weight_bytes(desc, wbits)
         act_bytes = self.act_bytes(desc, abits)
         moved = self.moved_bytes(desc, wbits, abits)
@@ -183,6 +183,13 @@ class CostModel:
             bound="compute" if compute_s >= memory_s else "memory",
             native=precision.native,
         )
+
+    def kernel(
+        self, desc: LayerDesc, wbits: int | None, abits: int | None, *, act_signed: bool = False
+    ) -> Precision:
+        """The pair whose kernel ``layer_cost`` prices for ``desc`` at (``wbits``, ``abits``): its
+        ``kernel_kind`` says float, emulated (a float kernel behind DequantizeLinear) or integer."""
+        return self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
 
     def _kernel_for(self, desc: LayerDesc, precision: Precision) -> Precision:
         """The pair as this op runs it: an integer pair of an op the spec's op table gives no

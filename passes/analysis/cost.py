@@ -1,12 +1,12 @@
 """``cost``: what each layer costs on the target chip at every candidate bit-width.
 
 For every quantizable layer and every (weight bits, activation bits) the spec runs — intersected
-with the user's ``--wbits/--abits`` — it records latency, energy and BOPs from the spec's roofline
-cost model and the bytes ``lower-qdq`` will write (``passes/lower/footprint.py``) in ``mpqc.cost``,
-plus the float cost. Model totals (``mpqc.cost.total``)
-add what stays float: every other initializer's bytes, every other op's overhead and the runtime's
-per-call cost, so a size budget like ``0.25x`` is a fraction of the whole written model, not of the
-layers alone, and a latency total is what one inference takes.
+with the user's ``--wbits/--abits`` — it prices the lowering plan (``passes/lib/plan``) in
+``mpqc.cost``: latency, energy and BOPs from the spec's roofline cost model for the pair the plan
+runs (``priced_pair``), and the plan's bytes; plus the float cost. Model totals
+(``mpqc.cost.total``) add what stays float: every other initializer's bytes, every other op's
+overhead and the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction of the
+whole written model, not of the layers alone, and a latency total is what one inference takes.
 
 The cost model prices a layer as the lowering emits it, which depends on its neighbours; this pass
 reads them off the graph (``_Neighbourhood``): the activations right after a layer (free inside a
@@ -18,6 +18,7 @@ runs between them: onnxruntime keeps the tensor in uint8 through Relu, MaxPool, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import onnx_ir as ir
@@ -30,9 +31,9 @@ from mpqc.passes.infra.base import Pass, PassError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lower.footprint import stored_bytes
+from mpqc.passes.lib.plan import LayerFacts, LayerPlan, facts_of, plan_layer, stored_bytes
 
-__all__ = ["CostPass", "candidate_key"]
+__all__ = ["CostPass", "candidate_key", "priced_pair"]
 
 
 def candidate_key(wbits: int | None, abits: int | None) -> str:
@@ -40,6 +41,34 @@ def candidate_key(wbits: int | None, abits: int | None) -> str:
     if wbits is None and abits is None:
         return "float"
     return str(Bits(wbits or FLOAT_BITS, abits or FLOAT_BITS))
+
+
+def priced_pair(plan: LayerPlan) -> tuple[int | None, int | None]:
+    """The (weight bits, activation bits) the spec's cost model prices for ``plan`` (None: float).
+
+    The spec keys its kernels by the chosen bits (a narrowed grid is the same kernel), and by the
+    activation bits that apply: none where the plan keeps activations float."""
+    return (
+        plan.wbits if plan.quantized_weight else None,
+        plan.abits if plan.abits != FLOAT_BITS else None,
+    )
+
+
+def _priced(
+    layer: Layer,
+    facts: LayerFacts,
+    desc: LayerDesc,
+    model_cost: CostModel,
+    layout: WeightLayout,
+    wbits: int | None,
+    abits: int | None,
+) -> dict[str, object]:
+    """One candidate's ``mpqc.cost`` entry: time and energy from the spec's roofline for the pair
+    the plan runs, size from the plan's bytes."""
+    plan = plan_layer(
+        facts, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec=model_cost.spec, layout=layout
+    )
+    return _entry(model_cost.layer_cost(desc, *priced_pair(plan)), stored_bytes(layer, plan))
 
 
 def _entry(cost, size: int) -> dict[str, object]:
@@ -64,7 +93,8 @@ class CostPass(Pass):
     class Options:
         block_size: int = option(
             0,
-            "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: per channel)",
+            "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: "
+            "per channel)",
         )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -76,7 +106,8 @@ class CostPass(Pass):
         layers = quantizable_layers(model.graph)
         if not layers:
             raise PassError(
-                "the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, ...)"
+                "the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, "
+                "...)"
             )
         shapes = static_shapes(model, self.context)
         neighbourhood = _Neighbourhood(layers, spec)
@@ -85,20 +116,14 @@ class CostPass(Pass):
         pairs = spec.supported_pairs(self.context.wbits, self.context.abits)
         if not pairs:
             raise PassError(
-                f"{spec.name} runs none of the requested bit-widths: weights {', '.join(map(str, spec.weight_bits))}, "
+                f"{spec.name} runs none of the requested bit-widths: weights "
+                f"{', '.join(map(str, spec.weight_bits))}, "
                 f"activations {', '.join(map(str, spec.act_bits))}"
             )
         reference = {"latency_s": 0.0, "energy_j": 0.0, "size": 0.0, "bops": 0.0}
         layout = WeightLayout(block_size=self.options.block_size)
         for layer, desc in described:
-
-            def entry(wbits: int | None, abits: int | None) -> dict[str, object]:
-                # Time and energy from the spec's roofline; size from what lower-qdq writes.
-                size = stored_bytes(
-                    layer, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec, layout=layout
-                )
-                return _entry(model_cost.layer_cost(desc, wbits, abits), size)
-
+            entry = functools.partial(_priced, layer, facts_of(layer), desc, model_cost, layout)
             table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
             try:
                 table["float"] = entry(None, None)
@@ -154,7 +179,8 @@ class _Neighbourhood:
         )
 
     def _input_ops(self, layer: Layer) -> list[ir.Node]:
-        """Data-movement ops right before the layer's activation input that feed only it, nearest last."""
+        """Data-movement ops right before the layer's activation input that feed only it, nearest
+        last."""
         ops: list[ir.Node] = []
         value = layer.activation
         while value is not None and len(value.uses()) == 1 and not value.is_graph_output():
@@ -222,7 +248,8 @@ class _Neighbourhood:
 def _fixed_costs(
     model: ir.Model, neighbourhood: _Neighbourhood, shapes, spec: HardwareSpec
 ) -> dict[str, float]:
-    """Bytes and latency of everything no search changes: other tensors, other ops, the call itself."""
+    """Bytes and latency of everything no search changes: other tensors, other ops, the call
+    itself."""
     layers = list(neighbourhood.layer_nodes.values())
     owned = {
         v.name

@@ -1,4 +1,5 @@
-"""``recover``: what fine-tuning gives the papers, post-training — GPTQ rounding and bias correction.
+"""``recover``: what fine-tuning gives the papers, post-training: GPTQ rounding and bias
+correction.
 
 Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``; reads ``mpqc.bits`` and,
 through the lowering it observes, ``mpqc.calib.range``; needs calibration samples (a one-line
@@ -11,36 +12,32 @@ a note):
    model lowered with everything upstream already quantized and recovered (and the layer's own
    activation quantizer), so each layer compensates for what earlier layers did; ``inputs=float``
    reads the float model once for all layers (cheaper, what the MOHAQ beacons use);
-2. round its weight with GPTQ (``gptq``) against the input Hessian, on the grid ``lower-qdq`` will use
-   for its (w, a) on this target (``weight_grid_bits``) and in its weight layout (per channel, or per
-   block along K with ``block_size`` / ``weight_only``, which must be the lowering's: the compiler
-   passes the same options to both), optionally after a per-channel clip search;
+2. round its weight with GPTQ (``gptq``) against the input Hessian, on the grid and in the weight
+   layout the lowering plan gives its (w, a) on this target (``passes/lib/plan``: per channel, or
+   per block along K with ``block_size`` / ``weight_only``, which must be the lowering's: the
+   compiler passes the same options to both), optionally after a per-channel clip search;
 3. correct its bias (``bias``): the mean output shift against the float model, measured on the same
    samples, folded into the bias (created for a Conv/Gemm without one; for a MatMul only when an
    Add of a constant vector follows it).
 
 The exactness contract: recovery writes *float* weights that lie exactly on the layer's grid, each
 channel reaching ``±qmax`` so that its scale recomputes to itself (``exact``), and changes biases.
-``lower-qdq``, the evaluator and the size footprint then need no knowledge of recovery: the lowered
+``lower-qdq``, the evaluator and the size count then need no knowledge of recovery: the lowered
 model equals the evaluator's simulation of the same configuration, as for any model.
 
-Sequential observation costs one onnxruntime pass over the samples per *stage*: layers are split into
-``stages`` consecutive groups, each observed through the already recovered groups before it (its own
-earlier members plainly rounded). ``stages`` at least the number of layers is layer-by-layer GPTQ.
-Bias correction is then empirical (Nagel et al. 2019): a layer observed only behind recovered layers
-corrects the whole shift between its mean output and the float model's, upstream drift included; a
-layer observed behind members of its own stage corrects only its own rounding's shift, since those
-members correct theirs (correcting both would count the upstream shift twice — measured: it broke
-PP-LCNet).
+Sequential observation costs one onnxruntime pass over the samples per *stage*: layers are split
+into ``stages`` consecutive groups, each observed through the already recovered groups before it
+(its own earlier members plainly rounded). ``stages`` at least the number of layers is
+layer-by-layer GPTQ. Bias correction is then empirical (Nagel et al. 2019): a layer observed only
+behind recovered layers corrects the whole shift between its mean output and the float model's,
+upstream drift included; a layer observed behind members of its own stage corrects only its own
+rounding's shift, since those members correct theirs (correcting both would count the upstream shift
+twice — measured: it broke PP-LCNet).
 
-Measured (bench/recover.py, bench/RESULTS.md §6): at 3-bit weights recovery turns unusable models
-into usable ones (digits −5.0 → 0.0 points, PP-LCNet −63 → −6), at 4 bits it closes digits' gap
-(−1.7 → 0.0) and takes PP-OCRv4 from no line read to 63% (78% weight-only); sequential inputs are
-better than float ones on digits and even on PP-LCNet; its one loss is 1–2.5 points on PP-LCNet's
-mixed 4/8-bit point. So the compiler runs ``recover`` by default whenever there is calibration data
-and a layer may get fewer than 8 weight bits; it changes nothing when no layer is below 8 bits
-(``max_bits``), so w8a8 compilations are unaffected.
-"""
+Recovery turns models that plain low-bit rounding breaks into usable ones (bench/RESULTS.md §6). So
+the compiler runs ``recover`` by default whenever there is calibration data and a layer may get
+fewer than 8 weight bits; it changes nothing when no layer is below 8 bits (``max_bits``), so w8a8
+compilations are unaffected."""
 
 from __future__ import annotations
 
@@ -65,8 +62,8 @@ from mpqc.passes.lib.grid import (
     weight_grid,
     weight_scales,
 )
-from mpqc.passes.lib.layout import WeightLayout, block_axis
-from mpqc.passes.lib.target import weight_grid_bits
+from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout, block_axis
+from mpqc.passes.lib.plan import layer_plan
 from mpqc.passes.recover.bias import bias_slot
 from mpqc.passes.recover.exact import on_grid
 from mpqc.passes.recover.gptq import clip_scales, gptq_levels, output_error, peak_pins, round_levels
@@ -96,7 +93,8 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """One recovered layer: its output error (relative, on the observed inputs) rounded plainly and recovered."""
+    """One recovered layer: its output error (relative, on the observed inputs) rounded plainly and
+    recovered."""
 
     name: str
     plain: float
@@ -120,11 +118,13 @@ class RecoverPass(Pass):
         )
         inputs: Literal["sequential", "float"] = option(
             "sequential",
-            "layer inputs seen through the quantized, recovered upstream (sequential) or the float model's",
+            "layer inputs seen through the quantized, recovered upstream (sequential) or the "
+            "float model's",
         )
         stages: int = option(
             8,
-            "sequential: onnxruntime passes over the samples; layers are observed in this many consecutive groups",
+            "sequential: onnxruntime passes over the samples; layers are observed in this many "
+            "consecutive groups",
         )
         method: Literal["gptq", "round"] = option(
             "gptq",
@@ -132,7 +132,8 @@ class RecoverPass(Pass):
         )
         clip_search: bool = option(
             False,
-            "search each channel's clip ratio (Hessian-weighted error) before rounding; per-channel grids only",
+            "search each channel's clip ratio (Hessian-weighted error) before rounding; "
+            "per-channel grids only",
         )
         bias_correction: bool = option(
             True, "fold the mean output shift against float into the bias"
@@ -144,7 +145,8 @@ class RecoverPass(Pass):
         samples: int = option(64, "calibration samples observed")
         positions: int = option(
             512,
-            "per sample, at most this many input rows of a layer enter its statistics (evenly strided)",
+            "per sample, at most this many input rows of a layer enter its statistics (evenly "
+            "strided)",
         )
         weight_only: bool = option(
             False,
@@ -163,11 +165,12 @@ class RecoverPass(Pass):
                 Bits.parse(self.uniform)
             if min(self.stages, self.samples, self.positions) < 1:
                 raise ValueError(
-                    f"stages, samples and positions must be at least 1, got {self.stages}, {self.samples} and {self.positions}"
+                    f"stages, samples and positions must be at least 1, got {self.stages}, "
+                    f"{self.samples} and {self.positions}"
                 )
             if not 0.0 < self.damping < 1.0:
                 raise ValueError(f"damping must be in (0, 1), got {self.damping}")
-            self.layout  # validates block_size
+            _ = self.layout  # validates block_size
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
@@ -189,8 +192,10 @@ class RecoverPass(Pass):
             )
             return ir.passes.PassResult(model, modified=False)
         samples = list(data)[: self.options.samples]
-        # One BLAS thread, like the onnxruntime sessions (passes/lib/runtime.py): the same bytes on any
-        # machine, and on a shared one a multi-threaded Cholesky waits on busy cores (measured 30x slower).
+        # One BLAS thread, like the onnxruntime sessions (passes/lib/runtime.py): the same bytes on
+        # any
+        # machine, and on a shared one a multi-threaded Cholesky waits on busy cores (measured 30x
+        # slower).
         with threadpool_limits(1, user_api="blas"):
             outcomes = self._recover(model, config, chosen, samples)
         self._report(model, outcomes)
@@ -245,8 +250,10 @@ class RecoverPass(Pass):
             )
             in_stage = {position[id(t.view.layer.node)] for t in members}
             for t in members:
-                # A layer observed behind members of its own stage saw their plain, uncorrected outputs;
-                # those members correct their own shift, so it corrects only its own (no double count).
+                # A layer observed behind members of its own stage saw their plain, uncorrected
+                # outputs;
+                # those members correct their own shift, so it corrects only its own (no double
+                # count).
                 behind_member = bool(nx.ancestors(flow, position[id(t.view.layer.node)]) & in_stage)
                 target_mean = seen[t.name].mean if behind_member else reference[t.name].mean
                 outcomes.append(
@@ -261,7 +268,8 @@ class RecoverPass(Pass):
         plain = float(np.mean([o.plain for o in outcomes]))
         recovered = float(np.mean([o.recovered for o in outcomes]))
         self.context.note(
-            f"recover: {len(outcomes)} layers reconstructed ({self.options.method}, {self.options.inputs} inputs); "
+            f"recover: {len(outcomes)} layers reconstructed ({self.options.method}, "
+            f"{self.options.inputs} inputs); "
             f"mean layer output error {plain:.3g} plainly rounded -> {recovered:.3g}"
         )
         self.report(
@@ -282,14 +290,16 @@ def targets(
     config: Config,
     hw: object,
     max_bits: int,
-    layout: WeightLayout = WeightLayout(),
+    layout: WeightLayout = PER_CHANNEL,
 ) -> tuple[list[Target], list[tuple[str, str]]]:
-    """The layers of ``config`` to recover (in topological order), and (name, why) of those left out."""
+    """The layers of ``config`` to recover (in topological order), and (name, why) of those left
+    out."""
     chosen, skipped = [], []
     for layer in quantizable_layers(model.graph):
-        wbits, abits = config.get(layer.name, (FLOAT_BITS, FLOAT_BITS))
-        grid_bits = weight_grid_bits(hw, wbits, abits)
-        if wbits == FLOAT_BITS or grid_bits > max_bits:
+        plan = layer_plan(
+            layer, *config.get(layer.name, (FLOAT_BITS, FLOAT_BITS)), spec=hw, layout=layout
+        )
+        if not plan.quantized_weight or plan.grid_bits > max_bits:
             continue
         view = linear_view(layer)
         if isinstance(view, str):
@@ -301,7 +311,7 @@ def targets(
         elif layer.activation is None or not layer.activation.name:
             skipped.append((layer.name, "its input has no name to observe"))
         else:
-            chosen.append(Target(view, grid_bits, layout.block(layer, grid_bits, abits)))
+            chosen.append(Target(view, plan.grid_bits, plan.block))
     return chosen, skipped
 
 
@@ -312,7 +322,8 @@ def recover_layer(
     target_mean: np.ndarray,
     options: RecoverPass.Options,
 ) -> Outcome:
-    """Reconstruct one layer in place: its weight on the exact grid, then its bias (module docstring).
+    """Reconstruct one layer in place: its weight on the exact grid, then its bias (module
+    docstring).
 
     ``seen`` are the statistics of the inputs the layer will see; bias correction makes its mean
     output on them equal the float layer's mean output on inputs of mean ``target_mean``.

@@ -1,9 +1,9 @@
 """The configurable evaluator: one session, any configuration, exactly the numbers lower-qdq ships.
 
-The reference is the lowered model run by onnxruntime with graph optimizations off, i.e. the QDQ graph
-executed as written. (With optimizations on, onnxruntime replaces 8-bit Q/DQ around a Conv by its
-integer QLinearConv kernel, whose requantization rounds differently by up to an LSB of the output
-quantizer; layers that do not fuse give identical numbers either way, which is checked too.)
+The reference is the lowered model run by onnxruntime with graph optimizations off, i.e. the QDQ
+graph executed as written. (With optimizations on, onnxruntime replaces 8-bit Q/DQ around a Conv by
+its integer QLinearConv kernel, whose requantization rounds differently by up to an LSB of the
+output quantizer; layers that do not fuse give identical numbers either way, which is checked too.)
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_float_config_is_the_float_model(cnn_setup) -> None:
     session = ort.InferenceSession(
         ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    for got, sample in zip(evaluator.reference, samples):
+    for got, sample in zip(evaluator.reference, samples, strict=True):
         np.testing.assert_allclose(got[0], session.run(None, sample)[0], rtol=1e-6, atol=1e-6)
     assert evaluator.error({}, "mse") == 0.0
 
@@ -206,9 +206,11 @@ def test_batched_samples_give_the_same_errors(cnn_setup) -> None:
             )
 
 
-# --- One layer at a time: the prefix runs once, each layer's suffix per configuration ----------------
+# --- One layer at a time: the prefix runs once, each layer's suffix per configuration
+# ----------------
 
-# Two outputs, one of which ('side') no layer after c2 touches; 'b' reads c1's output and 'c2' reads b.
+# Two outputs, one of which ('side') no layer after c2 touches; 'b' reads c1's output and 'c2' reads
+# b.
 TWO_HEADS = """
 <ir_version: 10, opset_import: ["" : 17]>
 two_heads (float[N,4,6,6] x) => (float[N,6,6,6] y, float[N,8,6,6] side) {
@@ -259,15 +261,15 @@ def test_suffix_outputs_equal_lowered_model(two_heads_setup) -> None:
 
 
 def test_local_workers_give_the_same_errors(cnn_setup, monkeypatch) -> None:
-    import mpqc.passes.lib.evaluator as evaluator_module
+    from mpqc.passes.lib.evaluator import cut, workers
 
     model, samples, inline = cnn_setup
     configs = [{name: (b, FLOAT_BITS)} for name in inline.layers for b in (2, 4)] + [
         {name: (4, 8) for name in inline.layers}
     ]
-    monkeypatch.setattr(evaluator_module, "_LOCAL_WORKERS_PAY_AFTER_S", 0.0)
-    monkeypatch.setattr(evaluator_module, "_idle_cores", lambda: 2)
-    monkeypatch.setattr(evaluator_module, "_LAYERS_PER_PREFIX", 2)
+    monkeypatch.setattr(workers, "LOCAL_WORKERS_PAY_AFTER_S", 0.0)
+    monkeypatch.setattr(workers, "_idle_cores", lambda: 2)
+    monkeypatch.setattr(cut, "LAYERS_PER_PREFIX", 2)
     spread = Evaluator(model, samples)
     assert spread.errors(configs, "mse") == inline.errors(configs, "mse")
     assert spread._folder is not None  # the work went to worker processes
@@ -290,3 +292,43 @@ def test_samples_batch_by_shape_without_padding() -> None:
     assert [s["x"].shape for s in batched.samples] == [(2, 4, 6, 6), (1, 4, 6, 6), (2, 4, 5, 5)]
     configs = [{"c1": (2, FLOAT_BITS)}, {"c2": (4, 8)}]
     assert batched.errors(configs, "mse") == pytest.approx(single.errors(configs, "mse"), rel=1e-5)
+
+
+# 'rate' is a graph input nothing reads (exporters leave such inputs behind): the suffix and prefix
+# sessions drop it, and must not be fed it.
+UNUSED_INPUT = """
+<ir_version: 10, opset_import: ["" : 17]>
+unused_input (float[N,3,8,8] image, float[1] rate) => (float[N,10] logits) {
+  c1 = Conv <pads=[1,1,1,1]> (image, w1, b1)
+  r1 = Relu(c1)
+  c2 = Conv <pads=[1,1,1,1]> (r1, w2, b2)
+  p = GlobalAveragePool(c2)
+  f = Flatten(p)
+  logits = Gemm <transB=1> (f, w3, b3)
+}
+"""
+
+
+def test_a_graph_input_the_model_does_not_use_compiles_with_calibration_data() -> None:
+    import mpqc
+
+    proto = build(
+        UNUSED_INPUT,
+        {
+            "w1": (8, 3, 3, 3),
+            "b1": (8,),
+            "w2": (8, 8, 3, 3),
+            "b2": (8,),
+            "w3": (10, 8),
+            "b3": (10,),
+        },
+    )
+    samples = [
+        {**sample, "rate": np.ones(1, np.float32)}
+        for sample in random_inputs(ir.from_proto(proto), 10)
+    ]
+    result = mpqc.compile(
+        proto, hw="x86_avx512_vnni", calibration=samples, constraints={"size": "0.5x"}
+    )
+    assert result.report["verify"]["checker"] == "ok"
+    assert [value.name for value in result.ir_model.graph.inputs] == ["image", "rate"]

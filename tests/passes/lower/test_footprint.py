@@ -1,4 +1,5 @@
-"""The size objective prices exactly what lower-qdq writes (an upper bound where quantizers are shared)."""
+"""The size objective prices exactly what lower-qdq writes (an upper bound where quantizers are
+shared)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mpqc import hwspecs
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
-from mpqc.passes.lower.footprint import stored_bytes
+from mpqc.passes.lib.plan import layer_plan, stored_bytes
 
 CHOICES = [(8, 8), (4, 8), (2, 8), (8, 4), (32, 32), (8, 16), (3, 6), (16, 16)]
 
@@ -55,9 +56,10 @@ def test_written_tensors_match_the_prediction(
     ]
     config = [runs[i] for i in rng.integers(len(runs), size=len(layers))]
     predicted = fixed + sum(
-        stored_bytes(layer, w, a, spec) for layer, (w, a) in zip(layers, config)
+        stored_bytes(layer, layer_plan(layer, w, a, spec=spec))
+        for layer, (w, a) in zip(layers, config, strict=True)
     )
-    for layer, (w, a) in zip(layers, config):
+    for layer, (w, a) in zip(layers, config, strict=True):
         annotations.BITS.set(layer.node, {"w": w, "a": a})
     PassManager(build_pipeline("lower-qdq", CompileContext(hw=spec)))(model)
     written = _tensor_bytes(model)
@@ -67,7 +69,7 @@ def test_written_tensors_match_the_prediction(
 def test_float_layer_costs_its_float_weights(calibrated: ir.Model) -> None:
     layer = quantizable_layers(calibrated.graph)[0]
     weight, bias = layer.weight_array(), layer.node.inputs[2].const_value.numpy()
-    assert stored_bytes(layer, 32, 32) == 4 * (weight.size + bias.size)
+    assert stored_bytes(layer, layer_plan(layer, 32, 32)) == 4 * (weight.size + bias.size)
 
 
 LSTM = """
@@ -85,7 +87,7 @@ def test_an_lstms_recurrence_and_biases_are_counted() -> None:
     context = CompileContext(calibration=CalibrationData(tuple(random_inputs(model, 3))))
     PassManager(build_pipeline("canonicalize,calibrate", context))(model)
     (layer,) = quantizable_layers(model.graph)
-    predicted = stored_bytes(layer, 8, 8)
+    predicted = stored_bytes(layer, layer_plan(layer, 8, 8))
     annotations.BITS.set(layer.node, {"w": 8, "a": 8})
     PassManager(build_pipeline("lower-qdq", CompileContext()))(model)
     written = _tensor_bytes(model)
@@ -111,7 +113,7 @@ def test_embedding_tables_are_gathered_as_integers(bits: int) -> None:
     model = ir.from_proto(proto)
     ids = np.array([[0, 7, 49, 3, 7]], np.int64)
     (layer, _) = quantizable_layers(model.graph)
-    predicted = stored_bytes(layer, bits, 32)
+    predicted = stored_bytes(layer, layer_plan(layer, bits, 32))
     table = layer.weight_array()
     annotations.BITS.set(layer.node, {"w": bits, "a": 32})
     PassManager(build_pipeline("lower-qdq", CompileContext()))(model)

@@ -1,4 +1,5 @@
-"""The recover pass: GPTQ beats rounding, bias correction removes shifts, weights stay exactly on the grid."""
+"""The recover pass: GPTQ beats rounding, bias correction removes shifts, weights stay exactly on
+the grid."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mpqc.passes import CalibrationData, CompileContext, PassError
 from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight_blocked, weight_grid
+from mpqc.passes.lib.plan import layer_plan
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.passes.recover.exact import on_grid
@@ -77,7 +79,8 @@ def _recovered(
 def _run(
     model: ir.Model, samples: list, lower: str | None = None, hw: object = None
 ) -> list[list[np.ndarray]]:
-    """Outputs of ``model`` (lowered at ``lower`` bits first when given), the QDQ graph as written."""
+    """Outputs of ``model`` (lowered at ``lower`` bits first when given), the QDQ graph as
+    written."""
     copy = model.clone()
     if lower is not None:
         LowerQDQPass(context=CompileContext(hw=hw), uniform=lower)(copy)
@@ -91,7 +94,11 @@ def _run(
 
 
 def _relative_error(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> float:
-    noise = sum(float(np.sum((g - w) ** 2)) for gs, ws in zip(got, want) for g, w in zip(gs, ws))
+    noise = sum(
+        float(np.sum((g - w) ** 2))
+        for gs, ws in zip(got, want, strict=True)
+        for g, w in zip(gs, ws, strict=True)
+    )
     return noise / sum(float(np.sum(w**2)) for ws in want for w in ws)
 
 
@@ -110,7 +117,8 @@ def _correlated(count: int, seed: int, mean: float = 0.0) -> list[dict[str, np.n
 
 
 def _smooth_images(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """[2, 4, 9, 9] images made of 3x3 blocks plus a little noise: neighbouring pixels correlate, as in photos."""
+    """[2, 4, 9, 9] images made of 3x3 blocks plus a little noise: neighbouring pixels correlate, as
+    in photos."""
     rng = np.random.default_rng(seed)
     blocks = [
         np.kron(rng.standard_normal((2, 4, 3, 3)), np.ones((1, 1, 3, 3))) for _ in range(count)
@@ -382,7 +390,7 @@ def test_blocked_layouts_are_rounded_on_their_own_grid(uniform: str, layout: dic
     for layer in quantizable_layers(recovered.graph):
         weight, block = (
             layer.weight_array(),
-            options.layout.block(layer, 4, 32 if options.weight_only else 8),
+            layer_plan(layer, 4, 8, layout=options.layout).block,
         )
         assert block and np.array_equal(fake_quant_weight(weight, 4, 1, block, 0), weight)
     lowered = recovered.clone()

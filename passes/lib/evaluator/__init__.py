@@ -1,0 +1,8 @@
+"""The configurable evaluator, by job: ``core`` (the ``Evaluator``: configurations in, outputs and
+errors out), ``graph`` (building the fake-quant graph), ``cut`` (prefix/suffix sessions),
+``workers`` (executors and worker processes) and ``measures`` (output distances)."""
+
+from mpqc.passes.lib.evaluator.core import Config, Evaluator
+from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
+
+__all__ = ["Config", "Evaluator", "Measure", "Outputs", "output_error"]

@@ -1,0 +1,394 @@
+"""The configurable evaluator: any bit configuration, one onnxruntime session, the numbers
+lower-qdq ships.
+
+Sensitivity analysis and the searches ask the same question thousands of times: *what does the model
+output if layer l runs at (w, a) bits and the rest at their own choices?* Lowering a model and
+opening an onnxruntime session per question costs far more than running it, so the ``Evaluator``
+builds one fake-quantized graph in which the bit configuration is an *input* (``graph.py``), and
+feeds each configuration's controls from the lowering plan (``passes/lib/plan``): the weight grid
+and form, which quantizers are on, the int32 bias, MatMulNBits' int8 rounding of its input. So
+``Evaluator.run(config)`` equals what onnxruntime computes for the model ``lower-qdq`` emits with
+the same ``mpqc.bits``: executed as written, and where onnxruntime itself fuses a DequantizeLinear
+-> MatMul into MatMulNBits, as optimized. With graph optimizations on, onnxruntime runs 8-bit layers
+as integer kernels (QLinearConv...) whose requantization may round an output level differently, by
+up to an LSB of the output quantizer. The float outputs are computed once and cached as the
+reference.
+
+One layer at a time (``errors`` on configurations that quantize a single layer, what sensitivity
+analysis asks), the float prefix is not recomputed (``cut.py``); the work goes to an executor or
+local worker processes when it pays (``workers.py``); ``measures.py`` says how far outputs are.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper
+
+from mpqc.core.bits import FLOAT_BITS
+from mpqc.ir.layers import quantizable_layers
+from mpqc.passes.lib.evaluator import cut
+from mpqc.passes.lib.evaluator.graph import PREFIX, LayerSites, Site, build
+from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
+from mpqc.passes.lib.evaluator.workers import Shipped, in_worker
+from mpqc.passes.lib.grid import activation_grid, activation_qparams
+from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
+from mpqc.passes.lib.plan import BiasForm, Kernel, LayerPlan, facts_of, int32_bias, plan_layer
+from mpqc.passes.lib.runtime import session
+
+__all__ = ["Config", "Evaluator"]
+
+#: Layer name -> (weight bits, activation bits); 32 means float, a missing layer stays float.
+Config = Mapping[str, tuple[int, int]]
+#: Activation bits a configuration may ask for.
+_ABITS = (*range(2, 17), FLOAT_BITS)
+
+
+class Evaluator(Shipped):
+    """One session that evaluates any bit configuration of ``model`` on ``samples`` (see the
+    module docstring).
+
+    ``wbits`` are the weight bit-widths it can select (each costs one copy of the weights in
+    memory); activations take any bit-width from 2 to 16. Layers are named as
+    ``quantizable_layers`` names them. ``batch`` > 1 concatenates up to that many samples of the
+    same shape along axis 0 into one run (for models whose first dimension is the batch; samples
+    are grouped by shape, in order of first appearance, so variable-length text or width-varying
+    lines batch by length without padding): far less per-run overhead, and the built-in measures,
+    which are per-row means or sums, do not change. A callable measure sees the batches as its
+    samples.
+    """
+
+    def __init__(
+        self,
+        model: ir.Model,
+        samples: Iterable[Mapping[str, np.ndarray]],
+        *,
+        wbits: Sequence[int] = (2, 3, 4, 8),
+        act_signed: bool = False,
+        fuse_outputs: bool = True,
+        executor: concurrent.futures.Executor | None = None,
+        batch: int = 1,
+        spec: Any = None,
+        layout: WeightLayout = PER_CHANNEL,
+    ) -> None:
+        self.samples = _batched([dict(s) for s in samples], batch)
+        self.act_signed = act_signed
+        self.executor = executor
+        layers = quantizable_layers(model.graph)
+        facts = {layer.name: facts_of(layer) for layer in layers}
+        # The lowering plan of every layer at every choice, as a plain table: IR layers and the spec
+        # do not travel to worker processes.
+        self._lowering: dict[tuple[str, int, int], LayerPlan] = {
+            (name, w, a): plan_layer(
+                layer_facts,
+                w,
+                a,
+                spec=spec,
+                layout=layout,
+                act_signed=act_signed,
+                fuse_outputs=fuse_outputs,
+            )
+            for name, layer_facts in facts.items()
+            for w in (*wbits, FLOAT_BITS)
+            for a in _ABITS
+        }
+        # The plans' grids: the target may round some pairs' weights to a narrower grid, and a
+        # configuration is simulated on the grid lower-qdq lowers it to.
+        prepared = tuple(
+            sorted({plan.grid_bits for plan in self._lowering.values() if plan.quantized_weight})
+        )
+        proto, sites = build(model, prepared, fuse_outputs, layout, facts)
+        self._sites = {site.name: site for site in sites}
+        self.layers = [site.name for site in sites]
+        self.output_names = [o.name for o in proto.graph.output]
+        self._folder: str | None = (
+            None  # where the graph, samples and reference are written for workers
+        )
+        self._reference_seconds = 0.0
+        self._session: ort.InferenceSession | None = None
+        self._reference: list[Outputs] | None = None
+        self._parsed: onnx.ModelProto | None = proto
+        self._float: cut.Fixed | None = None  # every control fixed at float (layer_errors' prefix)
+        self._slices: dict[tuple[str, int], np.ndarray] = {}  # weight stacks' entries, read once
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, config: Config) -> list[Outputs]:
+        """Per sample, the model's outputs (in graph order) under ``config``."""
+        controls = self._controls(config)
+        session = self._get_session()
+        return [session.run(self.output_names, {**sample, **controls}) for sample in self.samples]
+
+    @property
+    def reference(self) -> list[Outputs]:
+        """The float model's outputs per sample, computed once."""
+        if self._reference is None:
+            start = time.perf_counter()
+            self._reference = self.run({})
+            self._reference_seconds = time.perf_counter() - start
+        return self._reference
+
+    def error(self, config: Config, measure: Measure = "mse") -> float:
+        """How far ``config``'s outputs are from float (see ``output_error``)."""
+        return output_error(self.reference, self.run(config), measure)
+
+    def errors(self, configs: Sequence[Config], measure: Measure = "mse") -> list[float]:
+        """``error`` of each configuration, in order.
+
+        Configurations that quantize a single layer run on that layer's suffix after one float run
+        of the prefix per group of layers (``layer_errors``); the others run the whole graph. The
+        work goes to ``executor``; without one, to local worker processes when it pays (see
+        ``_executor``), else it runs here.
+        """
+        by_layer: dict[str, list[int]] = {}
+        whole: list[int] = []
+        for i, config in enumerate(configs):
+            moved = [
+                name for name, bits in config.items() if tuple(bits) != (FLOAT_BITS, FLOAT_BITS)
+            ]
+            if len(moved) == 1:
+                by_layer.setdefault(moved[0], []).append(i)
+            else:
+                whole.append(i)
+        ordered = [name for name in self.layers if name in by_layer]
+        groups = [
+            ordered[i : i + cut.LAYERS_PER_PREFIX]
+            for i in range(0, len(ordered), cut.LAYERS_PER_PREFIX)
+        ]
+        jobs: list[tuple[str, Any]] = [
+            ("layer_errors", [(name, [dict(configs[i]) for i in by_layer[name]]) for name in group])
+            for group in groups
+        ]
+        jobs += [("error", dict(configs[i])) for i in whole]
+        with self._executor(len(jobs), len(configs)) as executor:
+            if executor is None:
+                outcomes = [getattr(self, method)(argument, measure) for method, argument in jobs]
+            else:
+                self._write_files()
+                futures = [
+                    executor.submit(in_worker, self, method, argument, measure)
+                    for method, argument in jobs
+                ]
+                outcomes = [future.result() for future in futures]
+        results: list[float] = [0.0] * len(configs)
+        for group, group_errors in zip(groups, outcomes, strict=False):  # then the wholes
+            for name, layer_errors in zip(group, group_errors, strict=True):
+                for i, error in zip(by_layer[name], layer_errors, strict=True):
+                    results[i] = error
+        for i, error in zip(whole, outcomes[len(groups) :], strict=True):
+            results[i] = error
+        return results
+
+    def layer_errors(
+        self, task: Sequence[tuple[str, Sequence[Config]]], measure: Measure = "mse"
+    ) -> list[list[float]]:
+        """Per (layer, configurations quantizing only that layer): each configuration's error.
+
+        The float model runs once over the samples, keeping the values every listed layer's suffix
+        reads (the layer's input and whatever else crosses the cut); then each layer's suffix — the
+        nodes downstream of its controls, with every other layer fixed at float and its quantizers
+        removed — gets one session and runs each configuration. The numbers are those of ``run``:
+        the same nodes compute on the same values; only the unchanged prefix is not recomputed.
+        """
+        float_controls = self._float_controls()
+        proto = self._proto()
+        suffixes: dict[str, onnx.ModelProto] = {}
+        boundaries: dict[str, list[str]] = {}
+        for name, _ in task:
+            own = f"{PREFIX}.{self._sites[name].index}."
+            fixed = cut.fix_controls(
+                proto,
+                {k: v for k, v in float_controls.items() if not k.startswith(own)},
+                self._slices,
+            )
+            boundaries[name] = cut.suffix_boundary(proto, fixed, own)
+            suffixes[name] = cut.cut(proto, fixed, boundaries[name], self.output_names)
+        wanted = sorted(
+            {b for boundary in boundaries.values() for b in boundary} - set(self.samples[0])
+        )
+        prefix = (
+            session(cut.cut(proto, self._float_model(), [], wanted).SerializeToString())
+            if wanted
+            else None
+        )
+        values = [
+            {
+                **sample,
+                **dict(
+                    zip(
+                        wanted, prefix.run(wanted, cut.declared_inputs(prefix, sample)), strict=True
+                    )
+                ),
+            }
+            if prefix
+            else dict(sample)
+            for sample in self.samples
+        ]
+        del prefix
+        results = []
+        for name, configs in task:
+            boundary, suffix_proto = boundaries[name], suffixes.pop(name)
+            for value in suffix_proto.graph.input:
+                if value.name in boundary:
+                    value.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(
+                        np.asarray(values[0][value.name]).dtype
+                    )
+            inputs = {value.name for value in suffix_proto.graph.input}
+            suffix = session(suffix_proto.SerializeToString())
+            errors = []
+            for config in configs:
+                controls = {k: v for k, v in self._controls(config).items() if k in inputs}
+                outputs = [
+                    suffix.run(self.output_names, {**{b: v[b] for b in boundary}, **controls})
+                    for v in values
+                ]
+                errors.append(output_error(self.reference, outputs, measure))
+            results.append(errors)
+        return results
+
+    def objective(self, measure: Measure = "mse") -> Callable[[Config], float]:
+        """``config -> error``: the exact evaluation a search calls."""
+        return lambda config: self.error(config, measure)
+
+    # -- the control inputs -------------------------------------------------------------------
+
+    def _plan(self, name: str, wbits: int, abits: int) -> LayerPlan:
+        plan = self._lowering.get((name, wbits, abits))
+        if plan is None:
+            prepared = sorted({w for (_, w, _) in self._lowering} - {FLOAT_BITS})
+            raise ValueError(
+                f"layer {name!r}: weight bits {wbits} not prepared; this evaluator was built for "
+                f"{prepared}"
+            )
+        return plan
+
+    def _controls(self, config: Config) -> dict[str, np.ndarray]:
+        """The control inputs that make the fake-quant graph compute ``config``'s lowering plan."""
+        unknown = sorted(set(config) - set(self._sites))
+        if unknown:
+            raise KeyError(
+                f"no quantizable layer named {', '.join(map(repr, unknown))} "
+                f"(layers: {', '.join(self.layers)})"
+            )
+        feeds: dict[str, np.ndarray] = {}
+        plans = {
+            name: self._plan(name, *(int(b) for b in config.get(name, (FLOAT_BITS, FLOAT_BITS))))
+            for name in self._sites
+        }
+        input_scale: dict[int, np.float32 | None] = {}
+        output_scale: dict[int, np.float32 | None] = {}
+        for name, sites in self._sites.items():
+            plan = plans[name]
+            feeds[f"{PREFIX}.{sites.index}.w"] = np.array(
+                self._weight_choice(sites, plan), np.int64
+            )
+            input_scale[sites.index] = self._site_feeds(
+                feeds, sites.input_site, plan.abits if plan.input_quantizer else FLOAT_BITS
+            )
+            for block, switch in sites.int8_blocks:
+                feeds[switch] = np.array(
+                    plan.kernel is Kernel.MATMUL_NBITS
+                    and plan.accuracy_level == 4
+                    and plan.kernel_block == block
+                )
+            output_scale[sites.index] = self._site_feeds(
+                feeds, sites.output_site, plan.abits if plan.output_quantizer else FLOAT_BITS
+            )
+        for name, sites in self._sites.items():
+            if sites.bias is None:
+                continue
+            plan = plans[name]
+            # The plan's int32 bias needs an input that arrives dequantized: its own input
+            # quantizer, else the output quantizer of the layer feeding it.
+            x_scale = input_scale[sites.index]
+            if x_scale is None and sites.upstream is not None:
+                x_scale = output_scale[sites.upstream]
+            bias = sites.bias
+            if plan.bias is BiasForm.INT32 and x_scale is not None:
+                w_scale = sites.weight_scales[sites.wbits.index(plan.grid_bits)]
+                assert w_scale is not None  # per channel
+                levels, scale = int32_bias(sites.bias, x_scale, w_scale)
+                bias = (levels.astype(np.float32) * scale).astype(np.float32)
+            feeds[f"{PREFIX}.{sites.index}.bias"] = bias
+        return feeds
+
+    @staticmethod
+    def _weight_choice(sites: LayerSites, plan: LayerPlan) -> int:
+        """The index of the plan's weight grid in the layer's weight stack (the last: float)."""
+        if not plan.quantized_weight:
+            return len(sites.wbits)
+        return sites.wbits.index(plan.grid_bits)
+
+    def _site_feeds(
+        self, feeds: dict[str, np.ndarray], site: Site | None, bits: int
+    ) -> np.float32 | None:
+        """Fill one quantizer's inputs; returns its scale when it is on."""
+        if site is None:
+            return None
+        on = bits != FLOAT_BITS and site.clip_range is not None
+        scale, zero_point, qmin, qmax = np.float32(1.0), 0, 0, 0
+        if on:
+            assert site.clip_range is not None
+            grid = activation_grid(bits, self.act_signed)
+            scale, zero_point = activation_qparams(*site.clip_range, grid)
+            qmin, qmax = grid.qmin, grid.qmax
+        feeds[f"{site.prefix}.on"] = np.array(on)
+        feeds[f"{site.prefix}.scale"] = np.array(scale, np.float32)
+        feeds[f"{site.prefix}.zp"] = np.array(zero_point, np.float32)
+        feeds[f"{site.prefix}.qmin"] = np.array(qmin, np.float32)
+        feeds[f"{site.prefix}.qmax"] = np.array(qmax, np.float32)
+        return np.float32(scale) if on else None
+
+    # -- sessions and workers -----------------------------------------------------------------
+
+    def _get_session(self) -> ort.InferenceSession:
+        if self._session is None:
+            self._session = session(
+                self._path("model.onnx")
+                if self._folder is not None
+                else self._proto().SerializeToString()
+            )
+        return self._session
+
+    def _proto(self) -> onnx.ModelProto:
+        """The fake-quant graph (read back from its file in a worker process)."""
+        if self._parsed is None:
+            self._parsed = onnx.load(self._path("model.onnx"))
+        return self._parsed
+
+    def _float_controls(self) -> dict[str, np.ndarray]:
+        return self._controls({})
+
+    def _float_model(self) -> cut.Fixed:
+        """The fake-quant graph with every control fixed at float: the float model."""
+        if self._float is None:
+            self._float = cut.fix_controls(self._proto(), self._float_controls(), self._slices)
+        return self._float
+
+
+def _batched(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    """Samples of one shape concatenated along axis 0, ``batch`` at most per run (no padding)."""
+    if batch <= 1:
+        return samples
+    by_shape: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[dict[str, np.ndarray]]] = {}
+    for sample in samples:
+        key = tuple(
+            (name, np.shape(value)[1:], str(np.asarray(value).dtype))
+            for name, value in sorted(sample.items())
+        )
+        by_shape.setdefault(key, []).append(sample)
+    groups = [same[i : i + batch] for same in by_shape.values() for i in range(0, len(same), batch)]
+    try:
+        return [
+            {name: np.concatenate([s[name] for s in group]) for name in group[0]}
+            for group in groups
+        ]
+    except ValueError as exc:
+        raise ValueError(f"cannot batch these samples along axis 0 ({exc}); use batch=1") from None

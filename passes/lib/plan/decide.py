@@ -1,0 +1,375 @@
+"""The lowering plan: for one layer and one choice, everything the written file will hold.
+
+Lowering, the size count, the evaluator and the cost pass all need the same answers — which
+container the weight is stored in, which scale form dequantizes it, whether the bias becomes int32,
+where activation quantizers sit, which onnxruntime kernel runs the layer — and they are only exact
+if they get them from one place. ``plan_layer`` is that place: a pure function of the layer's facts
+(``LayerFacts``, read once from the IR), the choice (weight bits, activation bits), the target and
+the layout options. ``lower-qdq`` emits the plan, ``stored_bytes`` sums it, the evaluator simulates
+it and the cost pass prices it.
+
+Weight forms (``WeightForm``):
+
+- ``per-channel``: DequantizeLinear with one scale and one zero point per output channel;
+- ``unit-scale-mul``: INT2 containers dequantize at scale 1, then a Mul by the per-channel scales.
+  onnxruntime's QDQ fusion turns DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear into
+  QLinearConv/QLinearMatMul without checking the weight type, and the session then fails to load
+  because those kernels take no INT2 weights; the Mul hides the pattern, with the same numbers;
+- ``per-block``: DequantizeLinear's blocked layout (opset 21) along K of a MatMul/Gemm, for 2- and
+  4-bit containers only: onnxruntime fuses a blocked INT8 DequantizeLinear behind quantized
+  activations into MatMulIntegerToFloat and ignores the blocks (wrong outputs), and an 8-bit grid
+  gains little from blocks that cost 4 bytes each;
+- ``matmul-nbits``: onnxruntime's ``com.microsoft.MatMulNBits`` (``weight_only``, float activations,
+  a 2-D weight with K >= ``NBITS_MIN_K`` in a 2/4/8-bit container, a MatMul or a plain Gemm whose
+  bias becomes the op's bias input). A contrib op other runtimes do not load, hence only on request;
+- ``gather-block-quantized``: onnxruntime's ``com.microsoft.GatherBlockQuantized`` for a 2-D table
+  in a 4-bit container (``weight_only``): only the rows looked up are dequantized;
+- ``gather-rows``: an 8-bit table read by one Gather gathers its int8 rows, then scales them
+  (DequantizeLinear at scale 1, Mul by the gathered row scales): a DequantizeLinear in front of the
+  Gather would turn the whole table back into floats on every run.
+
+Bias (``BiasForm``): a Conv/Gemm's constant 1-D bias becomes int32 at s_x·s_w when the weight is
+dequantized per channel and its input arrives from a DequantizeLinear with one scale (its own input
+quantizer, or the output quantizer of the layer before it): that is what onnxruntime's
+QLinearConv/QGemm fusion needs, and where nothing fuses onnxruntime's BiasQuantization would make
+the same int32 itself without a range check. Blocked, unit-scale and MatMulNBits weights keep a
+float bias: there is no per-channel weight scale to put it on. The numbers are ``int32_bias``.
+
+Kernels (``Kernel``): what onnxruntime's CPU provider runs after its own graph optimizations —
+an integer kernel (QLinearConv, QLinearMatMul, QGemm) where 8-bit containers on both sides get an
+output quantizer; MatMulNBits where mpqc emits it, and also where onnxruntime fuses a
+DequantizeLinear -> MatMul itself (float activations: at accuracy level 4, so the evaluator must
+round A to int8 per block there too); GatherBlockQuantized; a Gather of int8 rows; otherwise the
+float kernel behind a weight DequantizeLinear, which saves bytes, not time.
+
+Activations: a quantizer on the layer's input (static, per tensor, in ``activation_grid``'s
+container) unless activations stay float (``weight_only``, layers in If/Loop/Scan bodies); for
+8-bit containers on both sides (``fusable``) a quantizer on the output too, on ``output_target``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from mpqc.core.bits import FLOAT_BITS
+from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.lib.grid import activation_grid, weight_grid
+from mpqc.passes.lib.layout import (
+    DEFAULT_NBITS_BLOCK,
+    NBITS_MIN_K,
+    NBITS_WIDTHS,
+    PER_CHANNEL,
+    WeightLayout,
+    kn_weight,
+)
+from mpqc.passes.lib.target import weight_grid_bits
+
+__all__ = [
+    "BiasForm",
+    "Kernel",
+    "LayerFacts",
+    "LayerPlan",
+    "WeightForm",
+    "facts_of",
+    "fusable",
+    "int32_bias",
+    "layer_plan",
+    "output_target",
+    "plan_layer",
+]
+
+
+class WeightForm(enum.Enum):
+    FLOAT = "float"
+    PER_CHANNEL = "per-channel"
+    UNIT_SCALE_MUL = "unit-scale-mul"
+    PER_BLOCK = "per-block"
+    MATMUL_NBITS = "matmul-nbits"
+    GATHER_BLOCK_QUANTIZED = "gather-block-quantized"
+    GATHER_ROWS = "gather-rows"
+
+
+class BiasForm(enum.Enum):
+    FLOAT = "float"
+    #: int32 at s_x·s_w when the layer's input arrives dequantized (see the module docstring).
+    INT32 = "int32"
+
+
+class Kernel(enum.Enum):
+    """The onnxruntime CPU kernel that runs the lowered layer."""
+
+    #: The float model's own kernel (float weights).
+    FLOAT = "float"
+    #: QLinearConv, QLinearMatMul/MatMulIntegerToFloat, QGemm: onnxruntime fuses the Q/DQ around it.
+    INTEGER = "integer"
+    #: A float kernel behind a weight DequantizeLinear: a size saving, not a speed-up.
+    DEQUANTIZE_FLOAT = "dequantize-float"
+    #: MatMulNBits, emitted by mpqc or fused by onnxruntime from DequantizeLinear -> MatMul.
+    MATMUL_NBITS = "matmul-nbits"
+    GATHER_BLOCK_QUANTIZED = "gather-block-quantized"
+    #: A Gather of int8 rows, scaled after the lookup.
+    GATHER_INT8 = "gather-int8"
+
+
+#: Ops whose Q/DQ pattern onnxruntime's CPU provider fuses into an integer kernel.
+INTEGER_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+#: Containers whose blocked DequantizeLinear onnxruntime runs correctly (see the module docstring).
+_BLOCKED_WIDTHS = (2, 4)
+#: Weight forms that are onnxruntime contrib ops (domain com.microsoft).
+CONTRIB_FORMS = frozenset({WeightForm.MATMUL_NBITS, WeightForm.GATHER_BLOCK_QUANTIZED})
+
+
+def fusable(wbits: int, abits: int) -> bool:
+    """8-bit containers on both operands: onnxruntime's CPU provider has integer kernels for them,
+    so the layer gets an output quantizer too."""
+    return 5 <= wbits <= 8 and 5 <= abits <= 8
+
+
+def output_target(layer: Layer) -> ir.Value | None:
+    """The tensor that gets an integer kernel's output quantizer: the layer's output, or the output
+    of a single following Relu; None when that tensor is only the model's result, which stays
+    exactly as the float layer computes it."""
+    out = layer.node.outputs[0]
+    uses = out.uses()
+    target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
+    if target.is_graph_output() and not target.uses():
+        return None
+    return target
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFacts:
+    """What the plan needs to know about a layer, read once from the IR: plain data that pickles."""
+
+    name: str
+    op_type: str
+    weight_shape: tuple[int, ...]
+    #: [K, N] of a 2-D MatMul/Gemm weight; None otherwise.
+    kn: tuple[int, int] | None
+    #: A Gemm computing A @ B + bias over columns (what MatMulNBits with its bias input computes).
+    plain_gemm: bool
+    #: A Gemm whose weight is stored [N, K] (transB).
+    trans_b: bool
+    #: A table only this Gather reads.
+    single_use_table: bool
+    #: The shape of a Conv/Gemm's constant bias; None without one.
+    bias_shape: tuple[int, ...] | None
+    has_activation: bool
+    in_subgraph: bool
+    #: An RNN: its recurrence weight is quantized with the input weight.
+    recurrent: bool
+
+
+def _plain_gemm(layer: Layer) -> bool:
+    node = layer.node
+    attributes = node.attributes
+    if attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_int("transA", 0):
+        return False
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return True
+    bias = constant_array(node.inputs[2])
+    n = kn_weight(layer).shape[1]
+    return (
+        attributes.get_float("beta", 1.0) == 1.0
+        and bias is not None
+        and bias.size == n
+        and bias.shape[-1] == n
+    )
+
+
+def facts_of(layer: Layer) -> LayerFacts:
+    node, op = layer.node, layer.node.op_type
+    weight = layer.weight_array()
+    two_d = op in ("MatMul", "Gemm") and weight.ndim == 2
+    bias = (
+        constant_array(node.inputs[2]) if op in ("Conv", "Gemm") and len(node.inputs) > 2 else None
+    )
+    return LayerFacts(
+        name=layer.name,
+        op_type=op,
+        weight_shape=tuple(weight.shape),
+        kn=tuple(kn_weight(layer).shape) if two_d else None,  # type: ignore[arg-type]
+        plain_gemm=op == "Gemm" and two_d and _plain_gemm(layer),
+        trans_b=op == "Gemm" and bool(node.attributes.get_int("transB", 0)),
+        single_use_table=op == "Gather" and len(layer.weight.uses()) == 1,
+        bias_shape=None if bias is None else tuple(bias.shape),
+        has_activation=layer.activation is not None,
+        in_subgraph=layer.in_subgraph,
+        recurrent=bool(layer.other_weight_indices),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """Everything the lowered file holds for one layer at one choice (see the module docstring)."""
+
+    name: str
+    op_type: str
+    #: The chosen weight bits (``mpqc.bits``' w; 32 = float).
+    wbits: int
+    #: The activation bits that apply: float under ``weight_only`` and inside bodies.
+    abits: int
+    #: The grid the weights are rounded to: narrower than ``wbits`` where the target's integer
+    #: kernel would saturate (``target.weight_grid_bits``).
+    grid_bits: int
+    form: WeightForm
+    #: An RNN's recurrence weight, stored like its input weight (never blocked); None for others.
+    recurrence_form: WeightForm | None
+    #: Block size along ``layout.block_axis`` (per block, MatMulNBits, GatherBlockQuantized), or 0.
+    block: int
+    #: The weight's ONNX container (None: float).
+    container: ir.DataType | None
+    #: The accuracy_level of the MatMulNBits that runs the layer (``kernel``); None for others.
+    accuracy_level: int | None
+    #: The block of K that MatMulNBits reads A in (at accuracy level 4 it rounds A to int8 per
+    #: block); None for other kernels.
+    kernel_block: int | None
+    bias: BiasForm | None
+    #: The input quantizer's container (None: the input stays float); ``input_clip`` when its grid
+    #: is narrower than the container (a float Clip before QuantizeLinear).
+    input_quantizer: ir.DataType | None
+    input_clip: bool
+    #: A quantizer on ``output_target`` (an integer kernel's output).
+    output_quantizer: bool
+    kernel: Kernel
+
+    @property
+    def quantized_weight(self) -> bool:
+        return self.form is not WeightForm.FLOAT
+
+
+def _weight_form(
+    facts: LayerFacts, grid_bits: int, abits: int, layout: WeightLayout
+) -> tuple[WeightForm, int]:
+    """The weight's form and block size."""
+    if grid_bits == FLOAT_BITS:
+        return WeightForm.FLOAT, 0
+    width = weight_grid(grid_bits).width
+    op = facts.op_type
+    if (
+        layout.weight_only
+        and abits == FLOAT_BITS
+        and facts.kn is not None
+        and (op == "MatMul" or facts.plain_gemm)
+        and facts.kn[0] >= NBITS_MIN_K
+        and width in NBITS_WIDTHS
+    ):
+        return WeightForm.MATMUL_NBITS, layout.nbits_block
+    if op == "Gather":
+        shape = facts.weight_shape
+        if layout.weight_only and len(shape) == 2 and shape[1] >= NBITS_MIN_K and width == 4:
+            return WeightForm.GATHER_BLOCK_QUANTIZED, layout.nbits_block
+        if width == 8 and facts.single_use_table:
+            return WeightForm.GATHER_ROWS, 0
+    if layout.block_size and op in ("MatMul", "Gemm") and width in _BLOCKED_WIDTHS:
+        return WeightForm.PER_BLOCK, layout.block_size
+    return (WeightForm.UNIT_SCALE_MUL if width == 2 else WeightForm.PER_CHANNEL), 0
+
+
+def _fused_into_matmul_nbits(
+    facts: LayerFacts, form: WeightForm, grid_bits: int, abits: int
+) -> bool:
+    """Whether onnxruntime itself rewrites the layer's DequantizeLinear -> MatMul/Gemm into
+    MatMulNBits (at accuracy level 4, in the DequantizeLinear's blocks or 32 per channel): a 2-D
+    weight in a 2/4/8-bit container behind a DequantizeLinear, float activations, a MatMul or a Gemm
+    with alpha = beta = 1 and neither operand transposed (onnxruntime 1.32's
+    DQMatMulToMatMulNBits; a unit-scale Mul in between hides the pattern)."""
+    return (
+        form in (WeightForm.PER_CHANNEL, WeightForm.PER_BLOCK)
+        and abits == FLOAT_BITS
+        and facts.kn is not None
+        and (facts.op_type == "MatMul" or (facts.plain_gemm and not facts.trans_b))
+        and weight_grid(grid_bits).width in NBITS_WIDTHS
+    )
+
+
+def _kernel(facts: LayerFacts, form: WeightForm, output_quantizer: bool) -> Kernel:
+    if form is WeightForm.FLOAT:
+        return Kernel.FLOAT
+    if form is WeightForm.MATMUL_NBITS:
+        return Kernel.MATMUL_NBITS
+    if form is WeightForm.GATHER_BLOCK_QUANTIZED:
+        return Kernel.GATHER_BLOCK_QUANTIZED
+    if form is WeightForm.GATHER_ROWS:
+        return Kernel.GATHER_INT8
+    if output_quantizer and facts.op_type in INTEGER_OPS:
+        return Kernel.INTEGER
+    return Kernel.DEQUANTIZE_FLOAT
+
+
+def plan_layer(
+    facts: LayerFacts,
+    wbits: int,
+    abits: int,
+    *,
+    spec: Any = None,
+    layout: WeightLayout = PER_CHANNEL,
+    act_signed: bool = False,
+    fuse_outputs: bool = True,
+) -> LayerPlan:
+    """The plan for ``facts``' layer at (``wbits``, ``abits``) on ``spec`` (32 = float)."""
+    if layout.weight_only or facts.in_subgraph:
+        abits = FLOAT_BITS  # activations stay float
+    grid_bits = weight_grid_bits(spec, wbits, abits)
+    form, block = _weight_form(facts, grid_bits, abits, layout)
+    container = None if form is WeightForm.FLOAT else weight_grid(grid_bits).container
+    bias = None
+    if facts.bias_shape is not None:
+        int32 = (
+            form is WeightForm.PER_CHANNEL
+            and len(facts.bias_shape) == 1
+            and not (layout.weight_only or facts.in_subgraph)
+        )
+        bias = BiasForm.INT32 if int32 else BiasForm.FLOAT
+    quantized_input = abits != FLOAT_BITS and facts.has_activation
+    grid = activation_grid(abits, act_signed) if quantized_input else None
+    output_quantizer = quantized_input and fuse_outputs and fusable(wbits, abits)
+    kernel, accuracy_level, kernel_block = _kernel(facts, form, output_quantizer), None, None
+    if form is WeightForm.MATMUL_NBITS:
+        accuracy_level, kernel_block = layout.accuracy_level, block
+    elif _fused_into_matmul_nbits(facts, form, grid_bits, abits):
+        kernel, accuracy_level, kernel_block = Kernel.MATMUL_NBITS, 4, block or DEFAULT_NBITS_BLOCK
+    return LayerPlan(
+        name=facts.name,
+        op_type=facts.op_type,
+        wbits=wbits,
+        abits=abits,
+        grid_bits=grid_bits,
+        form=form,
+        recurrence_form=form if facts.recurrent else None,
+        block=block,
+        container=container,
+        accuracy_level=accuracy_level,
+        kernel_block=kernel_block,
+        bias=bias,
+        input_quantizer=None if grid is None else grid.container,
+        input_clip=grid is not None and grid.narrow,
+        output_quantizer=output_quantizer,
+        kernel=kernel,
+    )
+
+
+def int32_bias(
+    bias: np.ndarray, x_scale: np.floating | float, w_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 levels, float32 scales) of a bias at s_x·s_w per channel; channels whose bias would
+    not fit get a wider scale, |b| / 2^30, which keeps 30 bits of the float bias (with 16-bit grids
+    s_x·s_w is around 1e-9 and the int32 would saturate)."""
+    scale = np.broadcast_to(
+        np.float32(x_scale) * w_scale.astype(np.float32).reshape(-1), bias.shape
+    )
+    scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(
+        np.float32
+    )
+    return np.rint(bias / scale).astype(np.int32), scale
+
+
+def layer_plan(layer: Layer, wbits: int, abits: int, **options: Any) -> LayerPlan:
+    """``plan_layer`` on ``layer``'s facts (for one-off questions; read the facts once to ask
+    many)."""
+    return plan_layer(facts_of(layer), wbits, abits, **options)
