@@ -6,12 +6,13 @@ output if layer l runs at (w, a) bits and the rest at their own choices?* Loweri
 opening an onnxruntime session per question costs far more than running it, so the ``Evaluator``
 builds one fake-quantized graph in which the bit configuration is an *input* (``graph.py``), and
 feeds each configuration's controls from the lowering plan (``passes/lib/plan``): the weight grid
-and form, which quantizers are on, the int32 bias, MatMulNBits' int8 rounding of its input. So
-``Evaluator.run(config)`` equals what onnxruntime computes for the model ``lower-qdq`` emits with
-the same ``mpqc.bits``: executed as written, and where onnxruntime itself fuses a DequantizeLinear
--> MatMul into MatMulNBits, as optimized. With graph optimizations on, onnxruntime runs 8-bit layers
-as integer kernels (QLinearConv...) whose requantization may round an output level differently, by
-up to an LSB of the output quantizer. The float outputs are computed once and cached as the
+and form, which quantizers are on, the int32 bias, the int8 rounding of the input of the
+MatMulNBits mpqc emits. So ``Evaluator.run(config)`` equals what onnxruntime computes for the model
+``lower-qdq`` emits with the same ``mpqc.bits``, executed as written. With graph optimizations on,
+onnxruntime runs 8-bit layers as integer kernels (QLinearConv...) whose requantization may round an
+output level differently, by up to an LSB of the output quantizer, and fuses a DequantizeLinear ->
+MatMul with float activations into MatMulNBits at accuracy level 4 (the plan names that kernel;
+``graph.py`` says why it is not simulated). The float outputs are computed once and cached as the
 reference.
 
 One layer at a time (``errors`` on configurations that quantize a single layer, what sensitivity
@@ -40,7 +41,7 @@ from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
 from mpqc.passes.lib.evaluator.workers import Shipped, in_worker
 from mpqc.passes.lib.grid import activation_grid, activation_qparams
 from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
-from mpqc.passes.lib.plan import BiasForm, Kernel, LayerPlan, facts_of, int32_bias, plan_layer
+from mpqc.passes.lib.plan import BiasForm, LayerPlan, WeightForm, facts_of, int32_bias, plan_layer
 from mpqc.passes.lib.runtime import session
 
 __all__ = ["Config", "Evaluator"]
@@ -294,7 +295,7 @@ class Evaluator(Shipped):
             )
             for block, switch in sites.int8_blocks:
                 feeds[switch] = np.array(
-                    plan.kernel is Kernel.MATMUL_NBITS
+                    plan.form is WeightForm.MATMUL_NBITS
                     and plan.accuracy_level == 4
                     and plan.kernel_block == block
                 )

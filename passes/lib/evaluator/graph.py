@@ -15,9 +15,12 @@
   tensor at the same bits see identical numbers, which is what sharing means), and one on
   ``output_target`` feeding every consumer except other layers' own input quantizers. A Conv/Gemm
   bias is a graph input too, fed the plan's int32 rounding where the plan asks for it.
-- MatMulNBits at accuracy level 4 (mpqc's own, or the one onnxruntime fuses a DequantizeLinear ->
-  MatMul into) first rounds A to int8 per block of K: a switchable block quantizer on the layer's
-  input per block size its candidates use (``_int8_blocks``).
+- The MatMulNBits mpqc emits at accuracy level 4 first rounds A to int8 per block of K: a
+  switchable block quantizer on the layer's input per block size its candidates use
+  (``_int8_blocks``). The MatMulNBits onnxruntime fuses a DequantizeLinear -> MatMul into, with
+  float activations, is not simulated: sensitivity analysis scores a layer's weights alone as
+  (w, float) configurations, and rounding their activations there would count activation damage
+  into the weights' score of layers that run with 8-bit activations (bench/RESULTS.md §7).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
 from mpqc.passes.lib.layout import WeightLayout, block_axis, kn_weight
-from mpqc.passes.lib.plan import Kernel, LayerFacts, output_target, plan_layer
+from mpqc.passes.lib.plan import LayerFacts, WeightForm, output_target, plan_layer
 
 __all__ = ["PREFIX", "LayerSites", "Site", "build"]
 
@@ -185,7 +188,7 @@ def build(
             {
                 plan.kernel_block
                 for plan in planned.values()
-                if plan.kernel is Kernel.MATMUL_NBITS and plan.accuracy_level == 4
+                if plan.form is WeightForm.MATMUL_NBITS and plan.accuracy_level == 4
             }
         ):
             assert activation is not None and layer.activation_index is not None

@@ -35,12 +35,12 @@ QLinearConv/QGemm fusion needs, and where nothing fuses onnxruntime's BiasQuanti
 the same int32 itself without a range check. Blocked, unit-scale and MatMulNBits weights keep a
 float bias: there is no per-channel weight scale to put it on. The numbers are ``int32_bias``.
 
-Kernels (``Kernel``): what onnxruntime's CPU provider runs after its own graph optimizations —
-an integer kernel (QLinearConv, QLinearMatMul, QGemm) where 8-bit containers on both sides get an
+Kernels (``Kernel``): what onnxruntime's CPU provider runs after its own graph optimizations — an
+integer kernel (QLinearConv, QLinearMatMul, QGemm) where 8-bit containers on both sides get an
 output quantizer; MatMulNBits where mpqc emits it, and also where onnxruntime fuses a
-DequantizeLinear -> MatMul itself (float activations: at accuracy level 4, so the evaluator must
-round A to int8 per block there too); GatherBlockQuantized; a Gather of int8 rows; otherwise the
-float kernel behind a weight DequantizeLinear, which saves bytes, not time.
+DequantizeLinear -> MatMul itself (float activations, accuracy level 4: the evaluator simulates the
+graph as written there, see ``evaluator/graph.py``); GatherBlockQuantized; a Gather of int8 rows;
+otherwise the float kernel behind a weight DequantizeLinear, which saves bytes, not time.
 
 Activations: a quantizer on the layer's input (static, per tensor, in ``activation_grid``'s
 container) unless activations stay float (``weight_only``, layers in If/Loop/Scan bodies); for
