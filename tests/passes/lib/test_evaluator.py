@@ -328,7 +328,8 @@ def test_a_graph_input_the_model_does_not_use_compiles_with_calibration_data() -
         for sample in random_inputs(ir.from_proto(proto), 10)
     ]
     result = mpqc.compile(
-        proto, hw="x86_avx512_vnni", calibration=samples, constraints={"size": "0.5x"}
+        proto,
+        mpqc.CompileOptions(hw="x86_avx512_vnni", calibration=samples, max_size="0.5x"),
     )
     assert result.report["verify"]["checker"] == "ok"
     assert [value.name for value in result.ir_model.graph.inputs] == ["image", "rate"]
