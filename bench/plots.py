@@ -26,6 +26,8 @@ STRATEGY_COLORS = {
     "mohaq": "tab:purple",
     "nemo": "tab:brown",
     "haq": "tab:pink",
+    "hago": "tab:olive",
+    "ompq": "tab:cyan",
 }
 
 Axis = Callable[[dict[str, Any]], float | None]

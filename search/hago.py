@@ -23,9 +23,10 @@ METHODS §2 says:
 * **Errors, not accuracy**: a trial's score is the evaluator's error (exact when the search pass
   has calibration data, else the additive sensitivity proxy).
 * **Ties toward lower cost**: trials whose error is within ``tolerance`` of the best count as
-  equally accurate and the cheapest of them is kept. The tolerance is relative to the error span
-  of the search (all-lowest minus all-widest), because errors have no common unit across models;
-  0 gives HAGO's accuracy-only choice, which never lowers a layer for free.
+  equally accurate and the cheapest of them is kept. Errors have no common unit across models, so
+  the tolerance is a fraction of a typical layer's effect: the error span of the search
+  (all-lowest minus all-widest) divided by the number of searched layers. 0 gives HAGO's
+  accuracy-only choice, which never lowers a layer for free.
 * **Constraints**: a trial is admissible only if the budget can still be met by putting every
   undecided edge at its cheapest; the rest are rejected unevaluated. With one constraint this is
   exact, so the decided configuration always meets it; with several it is the per-constraint
@@ -66,8 +67,8 @@ class Options:
     tolerance: float = field(
         default=0.01,
         metadata={
-            "help": "errors within this fraction of the search's error span count as equal, "
-            "the cheapest is kept (0: HAGO's accuracy-only choice)"
+            "help": "errors within this fraction of a typical layer's effect (the error span over "
+            "the searched layers) count as equal, the cheapest is kept (0: HAGO's accuracy only)"
         },
     )
     sequential: bool = field(
@@ -201,15 +202,16 @@ def search(
     cost = swept_objective(problem, options.cost)
     widest = problem.expand(np.array([ks[0] for ks in choices], dtype=np.int64))
     lowest = problem.expand(np.array([ks[-1] for ks in choices], dtype=np.int64))
-    span = max(evaluator(lowest) - evaluator(widest), 0.0)
+    searchable = sum(len(ks) > 1 for ks in choices)
+    per_layer = max(evaluator(lowest) - evaluator(widest), 0.0) / max(searchable, 1)
     decided, trials = coordinate_search(
-        problem, evaluator, choices, options.tolerance * span, cost, options.sequential
+        problem, evaluator, choices, options.tolerance * per_layer, cost, options.sequential
     )
-    searched = sum(len(ks) for ks in choices if len(ks) > 1)
     notes.append(
-        f"greedy coordinate search: {len(trials)} trials over {searched} choices "
-        f"of {sum(len(ks) > 1 for ks in choices)} searchable layers, ties within "
-        f"{options.tolerance:g} of the error span broken toward lower {cost}"
+        f"greedy coordinate search: {len(trials)} trials over "
+        f"{sum(len(ks) for ks in choices if len(ks) > 1)} choices of {searchable} searchable "
+        f"layers, ties within {options.tolerance:g} of a layer's mean effect broken toward "
+        f"lower {cost}"
     )
     uniform = evaluate_uniform(problem, evaluator)
     configs = [np.array(t.config) for t in trials] + [widest, lowest, decided]
