@@ -176,7 +176,7 @@ def coordinate_search(
     return problem.expand(genes), trials
 
 
-def _spans_below_min_bits(problem: Problem, choices: list[list[int]]) -> bool:
+def _needs_narrower_than(problem: Problem, choices: list[list[int]]) -> bool:
     """True when the budget cannot be met with the searched choices alone."""
     cheapest = _cheapest_reachable(problem, choices)
     return any(
@@ -194,7 +194,7 @@ def search(
         raise SearchError(f"hago tolerance must be >= 0, got {options.tolerance}")
     notes = []
     choices = edge_choices(problem, options.min_bits)
-    if _spans_below_min_bits(problem, choices):
+    if _needs_narrower_than(problem, choices):
         choices = edge_choices(problem, 0)
         notes.append(
             f"the budget needs widths below {options.min_bits} bits: all candidates searched"
