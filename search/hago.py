@@ -26,7 +26,8 @@ METHODS §2 says:
   equally accurate and the cheapest of them is kept. Errors have no common unit across models, so
   the tolerance is a fraction of a typical layer's effect: the error span of the search
   (all-lowest minus all-widest) divided by the number of searched layers. 0 gives HAGO's
-  accuracy-only choice, which never lowers a layer for free.
+  accuracy-only choice, which never lowers a layer for free; the default is measured in
+  bench/RESULTS.md §3b.
 * **Constraints**: a trial is admissible only if the budget can still be met by putting every
   undecided edge at its cheapest; the rest are rejected unevaluated. With one constraint this is
   exact, so the decided configuration always meets it; with several it is the per-constraint
@@ -65,7 +66,7 @@ class Options:
         },
     )
     tolerance: float = field(
-        default=0.01,
+        default=0.001,
         metadata={
             "help": "errors within this fraction of a typical layer's effect (the error span over "
             "the searched layers) count as equal, the cheapest is kept (0: HAGO's accuracy only)"
