@@ -124,11 +124,29 @@ def test_trainer_is_deterministic(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trainer_reproduces_the_shipped_files(tmp_path: Path) -> None:
-    """The package data is exactly what the script makes (same numpy/OpenBLAS build and CPU
-    kind)."""
+    """The script makes what is shipped: the same data splits byte for byte, and a model of the
+    same graph that reaches the shipped accuracy.
+
+    The weights themselves are only reproducible on the numpy/OpenBLAS build and CPU kind that
+    trained them (40 epochs of float sums in another order end elsewhere), so across machines the
+    model is compared by structure and accuracy, not bytes; same-machine determinism is
+    ``test_trainer_is_deterministic``.
+    """
     pytest.importorskip("sklearn")
     from mpqc.tools import train_digits
 
     train_digits.main(["--out-dir", str(tmp_path)])
-    for name in ("digits_cnn.onnx", "digits.npz"):
-        assert _sha256(tmp_path / name) == _sha256(digits_model_path().with_name(name))
+    shipped = digits_model_path()
+    assert _sha256(tmp_path / "digits.npz") == _sha256(shipped.with_name("digits.npz"))
+    made, reference = onnx.load(str(tmp_path / "digits_cnn.onnx")), onnx.load(str(shipped))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in made.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in reference.graph.node
+    ]
+    assert [(i.name, list(i.dims)) for i in made.graph.initializer] == [
+        (i.name, list(i.dims)) for i in reference.graph.initializer
+    ]
+
+    def accuracy(model: onnx.ModelProto) -> float:
+        return float({p.key: p.value for p in model.metadata_props}["eval_accuracy"])
+
+    assert accuracy(made) == pytest.approx(accuracy(reference), abs=0.01)
