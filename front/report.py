@@ -201,8 +201,16 @@ def _header(explanation: Explanation, title: str) -> list[str]:
     return lines
 
 
+def _markdown_text(text: str) -> str:
+    """``text`` as markdown shows it literally, on one line: names and titles are the model
+    author's text, and raw HTML in them would run in a viewer, a newline would end the table row and
+    a ``|`` would open a new cell."""
+    escaped = html.escape(text, quote=False).replace("|", "\\|")
+    return "<br>".join(escaped.splitlines())
+
+
 def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
-    head = _header(explanation, title)
+    head = [_markdown_text(line) for line in _header(explanation, title)]
     lines = [
         f"# {head[0]}",
         "",
@@ -214,9 +222,10 @@ def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
         "|---|---|---|---|---|",
     ]
     for row in explanation.rows:
-        candidates = "<br>".join(_candidate_text(c) for c in row.candidates)
-        cells = [row.layer, row.op, row.chosen, candidates, row.reason or ""]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        candidates = "<br>".join(_markdown_text(_candidate_text(c)) for c in row.candidates)
+        cells = [_markdown_text(text) for text in (row.layer, row.op, row.chosen)]
+        cells += [candidates, _markdown_text(row.reason or "")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

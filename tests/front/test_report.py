@@ -13,7 +13,7 @@ from models import build, random_inputs
 import mpqc
 from mpqc import cli, examples
 from mpqc.passes.choose.explain import PINNED
-from mpqc.report import Explanation, ReportFormatError, markdown, write_report
+from mpqc.report import Explanation, LayerRow, ReportFormatError, markdown, write_report
 
 HANDMADE = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -198,3 +198,15 @@ def test_cli_refuses_a_report_format_before_any_work(tmp_path, capsys) -> None:
     out = tmp_path / "q.onnx"
     assert cli.main(["--hw", "x86_avx2", "-o", str(out), "--report", str(tmp_path / "r.txt")]) == 1
     assert "name a .html or .md file" in capsys.readouterr().err and not out.exists()
+
+
+def test_markdown_escapes_what_a_node_name_can_hold() -> None:
+    # Node names are the model author's text: a newline would end the table row, raw HTML would
+    # run in a markdown viewer, a '|' would open a new cell.
+    hostile = "conv\n<script>alert(1)</script> | & more"
+    explanation = Explanation((LayerRow(hostile, "Conv", "w8a8", (), "kept", "pinned"),))
+    text = markdown(explanation, title="model <b>x</b>\n# injected")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 1 and "<script>" not in text and "<b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| &amp; more" in rows[1]
+    assert sum(line.startswith("#") for line in text.splitlines()) == 1
