@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--uniform",
-        default="",
+        type=_bit_choice,
+        default=argparse.SUPPRESS,
         metavar="wXaY",
         help="same bits for every layer, e.g. w8a8, w4a8, w8a16",
     )
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show tracebacks and per-pass timing"
     )
     return parser
+
+
+def _bit_choice(text: str) -> str:
+    """``--uniform``'s value, which cannot be blank: ``--uniform ""`` would mean no uniform bits
+    and silently run the search instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a bit choice such as w8a8, w4a8 or w8a16")
+    return text
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:

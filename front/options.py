@@ -28,10 +28,12 @@ from mpqc import hwspecs
 from mpqc import ir as mir
 from mpqc.passes import CompileContext, PassInputError, format_pipeline, load_calibration
 from mpqc.passes.analysis.calibrate import Method
+from mpqc.passes.choose.search import resolve_budget
 from mpqc.passes.infra.instruments import Instrument
+from mpqc.passes.lib.describe import check_shapes
 from mpqc.passes.pipelines import DefaultPipeline, default_candidates
 
-__all__ = ["CompileOptions", "compilation_context"]
+__all__ = ["CompileOptions", "check_before_work", "compilation_context"]
 
 #: Budget fields and the objective each one limits.
 BUDGETS = {"max_size": "size", "max_latency": "latency", "max_energy": "energy", "max_bops": "bops"}
@@ -104,6 +106,7 @@ class CompileOptions:
 def compilation_context(model: ir.Model, options: CompileOptions) -> CompileContext:
     """The ``CompileContext`` of compiling ``model`` with ``options``: spec, data split into fitting
     and held-out samples, the float reference, budgets, candidate bits, shapes and seed."""
+    check_before_work(model, options)
     spec = hwspecs.load(options.hw) if options.hw is not None else None
     default_w, default_a = default_candidates(spec) if spec is not None else (None, None)
     context = CompileContext(
@@ -125,3 +128,19 @@ def compilation_context(model: ir.Model, options: CompileOptions) -> CompileCont
         data = load_calibration(options.calibration, model)
         context.calibration, context.held_out = data.split()
     return context
+
+
+#: numpy's generators take seeds in [0, 2**32).
+_SEEDS = range(2**32)
+
+
+def check_before_work(model: ir.Model, options: CompileOptions) -> None:
+    """Refuse the options the passes would otherwise find wrong only deep into the work: the seed,
+    the budgets' amounts and the ``shapes`` entries."""
+    if isinstance(options.seed, bool) or options.seed not in _SEEDS:
+        raise PassInputError(
+            f"{options.seed!r}: a seed is a whole number from 0 to 2**32 - 1", field="seed"
+        )
+    for objective, text in options.constraints().items():
+        resolve_budget(objective, text, reference=1.0)
+    check_shapes(model, options.shapes)

@@ -56,7 +56,21 @@ _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 def resolve_budget(objective: str, text: str | float, reference: float) -> float:
     """A budget in the objective's base unit (bytes, s, J, BOPs); ``0.25x`` is relative to
-    ``reference``."""
+    ``reference``.
+
+    Only a positive, finite budget can be met: zero or a negative one would otherwise reach the
+    search and come back as "infeasible" (exit 2) for what is a typing error.
+    """
+    budget = _parse_budget(objective, text, reference)
+    if not (math.isfinite(budget) and budget > 0):
+        raise PassInputError(
+            f"{text!r}: a budget must be a positive, finite amount, e.g. 0.25x",
+            field=f"max_{objective}",
+        )
+    return budget
+
+
+def _parse_budget(objective: str, text: str | float, reference: float) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     text = text.strip()
@@ -74,7 +88,12 @@ def resolve_budget(objective: str, text: str | float, reference: float) -> float
             raise PassInputError(
                 f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
             )
-        return float(match.group(1)) * _SI[match.group(2)]
+        try:
+            return float(match.group(1)) * _SI[match.group(2)]
+        except ValueError:
+            raise PassInputError(
+                f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
+            ) from None
     if objective not in _DIMENSION:
         raise PassInputError(f"unknown budget '{objective}': use size, latency, energy or bops")
     try:

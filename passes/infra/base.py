@@ -196,11 +196,15 @@ class Pass(ir.passes.InPlacePass):
         assert self.context.eval_fn is not None
         try:
             value = float(self.context.eval_fn(model))
-        except Exception as exc:  # noqa: BLE001 - anything the user's function raises
-            detail = str(exc).splitlines()[0] if str(exc) else ""
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - anything the user's function raises
+            # sys.exit() in a metric must not end mpqc with the metric's exit code, nothing written
+            if isinstance(exc, SystemExit):
+                detail = f"it called sys.exit({exc.code!r})"
+            else:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                detail = f"{type(exc).__name__}: {first}"
             raise PassInputError(
-                f"{self.name}: the evaluation function failed on {what}: "
-                f"{type(exc).__name__}: {detail}"
+                f"{self.name}: the evaluation function failed on {what}: {detail}"
             ) from None
         if not math.isfinite(value):
             raise PassInputError(

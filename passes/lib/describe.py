@@ -1,4 +1,5 @@
-"""From IR layers to ``LayerDesc``: the facts the cost model and the search need, with static shapes.
+"""From IR layers to ``LayerDesc``: the facts the cost model and the search need, with static
+shapes.
 
 The cost model knows nothing of ONNX, so this is where shapes become MACs and element counts. Costs
 need concrete sizes: symbolic dims are resolved from the user's ``--shape`` overrides; a leading
@@ -22,13 +23,17 @@ from mpqc.passes.infra.base import PassError
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.lib.runtime import session
 
-__all__ = ["describe", "static_shapes"]
+__all__ = ["check_shapes", "describe", "static_shapes"]
+
+#: The largest size a dim can have (ONNX dims are int64).
+_MAX_DIM = 2**63 - 1
 
 
 def _input_shape(
     value: onnx.ValueInfoProto, context: CompileContext
 ) -> tuple[tuple[int, ...] | None, str]:
-    """A whole input's shape from ``shapes[INPUT] = (d0, d1, ...)`` or the first calibration sample."""
+    """A whole input's shape from ``shapes[INPUT] = (d0, d1, ...)`` or the first calibration
+    sample."""
     given = context.shapes.get(value.name)
     if isinstance(given, tuple):
         return given, "shapes"
@@ -39,6 +44,53 @@ def _input_shape(
     return None, ""
 
 
+def check_shapes(model: ir.Model, shapes: Mapping[str, int | tuple[int, ...]]) -> None:
+    """Refuse a ``shapes`` entry that would be ignored or cannot hold, before any work.
+
+    ``DIM=SIZE`` must name a symbolic dim of a graph input and ``INPUT=d0,d1,...`` a graph input,
+    with as many dims as it has and its static dims unchanged; a size must fit ONNX's int64. An
+    entry that matches nothing would otherwise be dropped without a word.
+    """
+    inputs = {value.name: value for value in model.graph.inputs}
+    symbolic = {
+        dim.value
+        for value in inputs.values()
+        for dim in (value.shape or ())
+        if isinstance(dim, ir.SymbolicDim) and dim.value
+    }
+    for name, given in shapes.items():
+        sizes = given if isinstance(given, tuple) else (given,)
+        if not all(1 <= size <= _MAX_DIM for size in sizes):
+            raise PassError(f"{name}: a size must be between 1 and 2**63 - 1", field="shapes")
+        if not isinstance(given, tuple):
+            if name not in symbolic:
+                known = ", ".join(sorted(symbolic)) or "none"
+                raise PassError(
+                    f"no graph input has a symbolic dim named {name!r} (the symbolic dims: "
+                    f"{known}): give DIM=SIZE for one of them or INPUT=d0,d1,...",
+                    field="shapes",
+                )
+            continue
+        if name not in inputs:
+            raise PassError(
+                f"{name}= names no graph input (the inputs: {', '.join(inputs)})", field="shapes"
+            )
+        dims = inputs[name].shape
+        if dims is None:
+            continue
+        if len(given) != len(dims):
+            raise PassError(
+                f"{name}= gives {len(given)} dims, the input has {len(dims)}", field="shapes"
+            )
+        for axis, (dim, size) in enumerate(zip(dims, given, strict=True)):
+            if isinstance(dim, int) and dim != size:
+                raise PassError(
+                    f"{name}= sets axis {axis} to {size}, but the input's axis {axis} is fixed at "
+                    f"{dim}: give {dim} there",
+                    field="shapes",
+                )
+
+
 def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of every tensor, by name, after resolving symbolic input dims.
 
@@ -46,6 +98,7 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
     ``shapes[DIM] = SIZE``; the shape of the first calibration sample (what the model will really
     see); a leading dim taken as a batch of 1. Anything else is an error naming the dim.
     """
+    check_shapes(model, context.shapes)
     proto = ir.to_proto(model)
     assumed: list[str] = []
     for value in proto.graph.input:
@@ -53,12 +106,6 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
         if all(d.HasField("dim_value") for d in dims):
             continue
         whole, source = _input_shape(value, context)
-        if whole is not None and source == "shapes":
-            if len(whole) != len(dims):
-                raise PassError(
-                    f"{value.name}= gives {len(whole)} dims, the input has {len(dims)}",
-                    field="shapes",
-                )
         for axis, dim in enumerate(dims):
             if dim.HasField("dim_value"):
                 continue
@@ -104,7 +151,8 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
 def _observed_shapes(
     proto: onnx.ModelProto, names: list[str], sample
 ) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the like)."""
+    """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the
+    like)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     known = {value.name for value in probe.graph.output}
@@ -118,7 +166,11 @@ def _observed_shapes(
             "give the input shapes",
             field="shapes",
         ) from None
-    return {name: tuple(np.shape(value)) for name, value in zip(wanted, outputs) if name in names}
+    return {
+        name: tuple(np.shape(value))
+        for name, value in zip(wanted, outputs, strict=True)
+        if name in names
+    }
 
 
 def _shape(

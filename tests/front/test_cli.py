@@ -713,6 +713,14 @@ def fixed(model):
 
 def broken(model):
     raise RuntimeError("the test set is missing\\nsecond line")
+
+
+def exits_0(model):
+    raise SystemExit(0)
+
+
+def exits_3(model):
+    raise SystemExit(3)
 """
 
 
@@ -770,6 +778,19 @@ def test_an_eval_that_raises_is_one_line_and_writes_nothing(
         "verify: the evaluation function failed on the quantized model: "
         "RuntimeError: the test set is missing",
     )
+    _nothing_written(out_dir)
+
+
+@pytest.mark.parametrize("function", ["exits_0", "exits_3"])
+def test_an_eval_that_calls_sys_exit_is_one_line_and_writes_nothing(
+    capsys, cnn_path, calib_dir, task_file, out_dir, function
+) -> None:
+    # SystemExit is no Exception: it used to end mpqc with the metric's code (0: success, nothing
+    # written).
+    argv = ["--calib", calib_dir, "--uniform", "w8a8", "--eval", f"{task_file}:{function}"]
+    code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", out_dir / "q.onnx", *argv)
+    _assert_user_error(code, err, "verify: the evaluation function failed on the quantized model:")
+    assert f"it called sys.exit({function[-1]})" in err
     _nothing_written(out_dir)
 
 
