@@ -82,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPTQ rounding and bias correction of layers below 8-bit weights "
         "(default: on when --calib is given)",
     )
+    parser.add_argument(
+        "--plan",
+        default="",
+        metavar="FILE",
+        help="lower this plan instead of searching: a --plan-out .yaml (edited or not) "
+        "or onnxruntime's TensorQuantOverrides .json",
+    )
+    parser.add_argument(
+        "--plan-out",
+        metavar="FILE",
+        help="write every layer's bits and layout: .yaml (one layer per line) or "
+        ".json (onnxruntime's TensorQuantOverrides and customized_weight_config)",
+    )
     parser.add_argument("--pipeline", "-p", help="run this pipeline string instead of the default")
     parser.add_argument(
         "--report-json", metavar="FILE", help="write the compilation report as JSON"
@@ -227,12 +240,15 @@ def _run(args: argparse.Namespace) -> int:
 def _check_reports(args: argparse.Namespace) -> None:
     """Before any work: a report that cannot be written must not leave a model behind."""
     from mpqc.ir import check_writable
+    from mpqc.passes.choose.plan import check_plan_path
     from mpqc.report import check_format
 
-    for path in filter(None, (args.report_json, args.report)):
+    for path in filter(None, (args.report_json, args.report, args.plan_out)):
         check_writable(path)
     if args.report:
         check_format(args.report)
+    if args.plan_out:
+        check_plan_path(args.plan_out, field="plan_out")
 
 
 @contextlib.contextmanager

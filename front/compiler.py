@@ -20,8 +20,18 @@ from mpqc import ir as mir
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.options import CompileOptions, compilation_context
-from mpqc.passes import CompileContext, PassInputError, format_pipeline, parse_pipeline
+from mpqc.passes import (
+    CompileContext,
+    PassInputError,
+    format_pipeline,
+    parse_pipeline,
+    resolve_pipeline,
+)
+from mpqc.passes.choose.plan import check_plan_path
+from mpqc.passes.choose.plan_file import describe, write_yaml
+from mpqc.passes.choose.plan_ort import write_overrides
 from mpqc.passes.infra.instruments import Instrument, Snapshot, Timing
+from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.pipeline import Pipeline
 from mpqc.report import Explanation
 
@@ -66,9 +76,18 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
         # keep the analysed model only when the front is to be lowered: cloning is not free
         snapshot = Snapshot(after="search")
         watching.append(snapshot)
+    lowering = None
+    if options.plan_out is not None:
+        check_plan_path(options.plan_out, field="plan_out")
+        lowering = Snapshot(before="lower-qdq")
+        watching.append(lowering)
     pipeline = Pipeline(options.pipeline_text(), context, watching)
     text = pipeline.expanded()
     result_ir = pipeline.run_ir(working)
+    if lowering is not None:
+        if lowering.model is None:
+            raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
+        write_plan(lowering.model, text, context, options.plan_out)  # type: ignore[arg-type]
     emitted: tuple[pathlib.Path, ...] = ()
     if snapshot is not None:
         if snapshot.model is None:
@@ -90,6 +109,18 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
         emitted=emitted,
         explanation=Explanation.of(result_ir, report),
     )
+
+
+def write_plan(
+    model: ir.Model, pipeline: str, context: CompileContext, path: str | pathlib.Path
+) -> pathlib.Path:
+    """Write the plan ``lower-qdq`` carried out on ``model`` (as it was given to it), in the
+    layout of the pipeline's lower-qdq step: mpqc's YAML, or onnxruntime's overrides (.json)."""
+    step = next(options for cls, options in resolve_pipeline(pipeline) if cls is LowerQDQPass)
+    plan = describe(model, step.layout, context.hw, step.act_signed)
+    if pathlib.Path(path).suffix.lower() == ".json":
+        return write_overrides(plan, model, path)
+    return write_yaml(plan, path)
 
 
 def after_search(pipeline: str) -> str:

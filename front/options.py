@@ -67,6 +67,9 @@ class CompileOptions:
     calibrate_method: Method = "minmax"
     strategy: str = "ilp"
     recover: bool | None = None
+    #: Lower this plan file (``--plan-out``'s .yaml, or onnxruntime's overrides .json) instead of
+    #: searching.
+    plan: str = ""
     #: Run this pipeline text instead of ``default{...}`` (the policy options above then do
     #: nothing).
     pipeline: str | None = None
@@ -75,6 +78,8 @@ class CompileOptions:
     executor: concurrent.futures.Executor | None = None
     #: A folder that receives every point of the searched front, lowered and verified.
     emit_pareto: str | os.PathLike | None = None
+    #: Write the lowered plan here: mpqc's .yaml, or onnxruntime's overrides by a .json name.
+    plan_out: str | os.PathLike | None = None
     #: Watch the passes run (IR printers, timers): ``run_before_pass``/``run_after_pass``.
     instruments: tuple[Instrument, ...] = ()
 

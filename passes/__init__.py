@@ -27,7 +27,7 @@ from mpqc.passes.analysis import calibrate  # noqa: F401
 from mpqc.passes.lower import lower_qdq  # noqa: F401  isort: skip
 from mpqc.passes.verify import verify  # noqa: F401  isort: skip
 from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
-from mpqc.passes.choose import search  # noqa: F401  isort: skip
+from mpqc.passes.choose import plan, search  # noqa: F401  isort: skip
 from mpqc.passes.recover import recover  # noqa: F401  isort: skip
 from mpqc.passes.analysis import (
     sensitivity_entropy,

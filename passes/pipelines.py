@@ -21,6 +21,7 @@ import typing
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.passes.analysis.calibrate import Method
+from mpqc.passes.choose.plan import plan_layout
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.named import NamedPipeline
@@ -85,6 +86,11 @@ class DefaultPipeline(NamedPipeline):
         )
         calibrate_method: Method = option("minmax", "activation range estimator of calibrate")
         strategy: str = option("ilp", "search strategy (no effect with uniform)")
+        plan: str = option(
+            "",
+            "lower this plan file instead of searching (mpqc's .yaml or onnxruntime's "
+            "overrides .json; its layout replaces weight_only and block_size)",
+        )
         recover: bool | None = option(
             None,
             "GPTQ rounding and bias correction before lowering "
@@ -107,6 +113,8 @@ class DefaultPipeline(NamedPipeline):
 
     @classmethod
     def expand(cls, options: Options, context: CompileContext) -> str:
+        if options.plan:
+            return _from_plan(options, context)
         bits = options.bits()
         _check(options, bits, context)
         recover = options.recover
@@ -141,6 +149,45 @@ class DefaultPipeline(NamedPipeline):
             ]
         steps.append("verify")
         return ",".join(steps)
+
+
+def _from_plan(options: DefaultPipeline.Options, context: CompileContext) -> str:
+    """Lower exactly the plan file: the search's place taken by the ``plan`` pass, the rest as
+    after a search (recovery on with data), the layout the plan's own."""
+    given = {
+        "uniform": bool(options.uniform),
+        "strategy": options.strategy != "ilp",
+        "weight_only": options.weight_only,
+        "block_size": bool(options.block_size),
+    }
+    for field, conflicting in given.items():
+        if conflicting:
+            raise PassInputError(
+                "the plan file says every layer's bits and layout: drop this option",
+                field=field,
+            )
+    if context.constraints:
+        raise PassInputError("fixes every layer's bits, so budgets cannot apply", field="plan")
+    if options.recover and context.calibration is None:
+        raise PassInputError(
+            "needs calibration data to observe each layer's inputs", field="recover"
+        )
+    layout = plan_layout(options.plan)
+    recover = context.calibration is not None if options.recover is None else options.recover
+    lower = ",".join(
+        [
+            *(["weight_only=true"] if layout.weight_only else []),
+            *([f"block_size={layout.block_size}"] if layout.block_size else []),
+        ]
+    )
+    steps = ["canonicalize"]
+    if context.calibration is not None and not layout.weight_only:
+        method = options.calibrate_method
+        steps.append("calibrate" if method == "minmax" else f"calibrate{{method={method}}}")
+    steps.append(f"plan{{file={options.plan}}}")
+    steps += [f"recover{{{lower}}}" if lower else "recover"] * recover
+    steps += [f"lower-qdq{{{lower}}}" if lower else "lower-qdq", "verify"]
+    return ",".join(steps)
 
 
 def _check(options: DefaultPipeline.Options, bits: Bits | None, context: CompileContext) -> None:

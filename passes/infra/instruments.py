@@ -139,14 +139,17 @@ class IRPrinter:
 
 class Snapshot:
     """Keeps a copy of the model as it was right after pass ``after`` (e.g. the analysed model
-    after ``search``, from which other points of the front can be lowered)."""
+    after ``search``, from which other points of the front can be lowered), or right before pass
+    ``before`` (the model ``lower-qdq`` is given, whose layers a plan file names)."""
 
-    def __init__(self, after: str) -> None:
+    def __init__(self, after: str | None = None, before: str | None = None) -> None:
         self.after = after
+        self.before = before
         self.model: ir.Model | None = None
 
     def run_before_pass(self, pass_: ir.passes.PassBase, model: ir.Model) -> None:
-        pass
+        if _pass_name(pass_) == self.before:
+            self.model = model.clone()
 
     def run_after_pass(
         self, pass_: ir.passes.PassBase, model: ir.Model, result: ir.passes.PassResult

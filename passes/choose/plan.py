@@ -1,0 +1,110 @@
+"""``plan{file=plan.yaml}``: take every layer's bits from a plan file instead of a search.
+
+A plan is what ``mpqc --plan-out`` wrote — mpqc's own YAML (``plan_file.py``) or onnxruntime's
+quantizer overrides (``plan_ort.py``, by the ``.json`` extension) — perhaps edited by hand. The
+pass writes ``mpqc.bits`` on every layer from it, so ``lower-qdq`` lowers exactly that plan; it
+stands where ``search`` would (``default{plan=...}`` runs canonicalize, calibrate, plan, recover,
+lower-qdq, verify). The plan's layout (``weight_only``, ``block_size``) is lower-qdq's to apply:
+the default pipeline reads it from the file; a hand-written pipeline gives it to lower-qdq.
+
+Everything a user can get wrong in an edit is one line naming the file and the layer: a layer
+the model does not have, a layer the plan lost, bits the chip does not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import onnx_ir as ir
+
+from mpqc.core.bits import FLOAT_BITS, Bits
+from mpqc.ir import annotations, quantizable_layers
+from mpqc.passes.choose.plan_file import FLOAT_TEXT, PlanError, read_yaml
+from mpqc.passes.choose.plan_ort import from_overrides, overrides_layout
+from mpqc.passes.infra.base import Pass, PassInputError, option
+from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.layout import WeightLayout
+
+__all__ = ["PlanPass", "check_plan_path", "plan_layout", "read_plan"]
+
+#: Plan formats by file extension.
+YAML_SUFFIXES = (".yaml", ".yml")
+JSON_SUFFIXES = (".json",)
+
+
+def check_plan_path(path: str | pathlib.Path, field: str = "plan") -> None:
+    """A plan file's format comes from its extension: refuse others before any work."""
+    if pathlib.Path(path).suffix.lower() not in YAML_SUFFIXES + JSON_SUFFIXES:
+        raise PassInputError(
+            f"{path}: name a .yaml plan or onnxruntime's overrides as .json", field=field
+        )
+
+
+def plan_layout(path: str | pathlib.Path) -> WeightLayout:
+    """The weight layout the plan at ``path`` is lowered with (what lower-qdq is told)."""
+    check_plan_path(path)
+    if pathlib.Path(path).suffix.lower() in JSON_SUFFIXES:
+        return overrides_layout(path)
+    return read_yaml(path)[0]
+
+
+def read_plan(path: str | pathlib.Path, model: ir.Model) -> tuple[WeightLayout, dict[str, Bits]]:
+    """The layout and per-layer bits the plan at ``path`` gives ``model``'s layers, every layer
+    named and every name a layer."""
+    check_plan_path(path)
+    if pathlib.Path(path).suffix.lower() in JSON_SUFFIXES:
+        return from_overrides(path, model)
+    layout, bits = read_yaml(path)
+    names = [layer.name for layer in quantizable_layers(model.graph)]
+    for name in bits:
+        if name not in names:
+            raise PlanError(path, f"unknown layer '{name}' (the model has no such layer)")
+    for name in names:
+        if name not in bits:
+            raise PlanError(
+                path, f"no line for layer '{name}' (write its bits, or {FLOAT_TEXT} to keep it)"
+            )
+    return layout, bits
+
+
+@register
+class PlanPass(Pass):
+    """Every layer's bits from a plan file (mpqc's .yaml or onnxruntime's overrides .json)."""
+
+    name = "plan"
+    may_read = frozenset()
+    writes = frozenset({annotations.BITS})
+    preserves = frozenset({annotations.ALL})
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        file: str = option("", "the plan: mpqc's .yaml, or onnxruntime's overrides .json")
+
+        def __post_init__(self) -> None:
+            if not self.file:
+                raise PassInputError("names the plan file: plan{file=plan.yaml}", field="file")
+            check_plan_path(self.file, field="file")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        _, plan = read_plan(self.options.file, model)
+        spec = self.context.hw
+        for layer in quantizable_layers(model.graph):
+            bits = plan[layer.name]
+            if spec is not None:
+                _check_runs(self.options.file, layer.name, bits, spec)
+            annotations.BITS.set(layer.node, {"w": bits.w, "a": bits.a})
+        return ir.passes.PassResult(model, modified=True)
+
+
+def _check_runs(path: str, layer: str, bits: Bits, spec: object) -> None:
+    for kind, width, supported in (
+        ("weight", bits.w, spec.weight_bits),  # type: ignore[attr-defined]
+        ("activation", bits.a, spec.act_bits),  # type: ignore[attr-defined]
+    ):
+        if width != FLOAT_BITS and width not in supported:
+            raise PlanError(
+                path,
+                f"layer '{layer}': {bits} needs {width}-bit {kind}s, which "
+                f"{spec.name} does not run (it runs " + ", ".join(map(str, supported)) + ")",  # type: ignore[attr-defined]
+            )
