@@ -117,7 +117,8 @@ def write_plan(
     """Write the plan ``lower-qdq`` carried out on ``model`` (as it was given to it), in the
     layout of the pipeline's lower-qdq step: mpqc's YAML, or onnxruntime's overrides (.json)."""
     step = next(options for cls, options in resolve_pipeline(pipeline) if cls is LowerQDQPass)
-    plan = describe(model, step.layout, context.hw, step.act_signed)
+    uniform = Bits.parse(step.uniform) if step.uniform else None
+    plan = describe(model, step.layout, context.hw, step.act_signed, uniform)
     if pathlib.Path(path).suffix.lower() == ".json":
         return write_overrides(plan, model, path)
     return write_yaml(plan, path)

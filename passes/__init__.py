@@ -30,11 +30,11 @@ from mpqc.passes.analysis import cost  # noqa: F401  isort: skip
 from mpqc.passes.choose import plan, search  # noqa: F401  isort: skip
 from mpqc.passes.recover import recover  # noqa: F401  isort: skip
 from mpqc.passes.analysis import (
-    sensitivity_entropy,
-    sensitivity_orthogonality,
-    sensitivity_output,
-    sensitivity_task,
-    sensitivity_weight_error,
+    sensitivity_entropy,  # noqa: F401
+    sensitivity_orthogonality,  # noqa: F401
+    sensitivity_output,  # noqa: F401
+    sensitivity_task,  # noqa: F401
+    sensitivity_weight_error,  # noqa: F401
 )  # noqa: F401  isort: skip
 
 from mpqc.passes import pipelines  # noqa: F401  isort: skip  (named pipelines, over the passes)

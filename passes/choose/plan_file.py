@@ -6,12 +6,14 @@ line and reads back with any YAML library::
 
     layout: {weight_only: false, block_size: 0}
     layers:
-      "conv1": {bits: w8a8, weight: int8 per-channel, activation: uint8 static}
-      "fc": {bits: w4a8, weight: int4 per-channel, activation: uint8 static}
+      "conv1": {bits: w8a8, weight: int8 per-channel, activation: uint8 static, kernel: integer}
+      "fc": {bits: w4a8, weight: int4 per-channel, activation: uint8 static,
+             kernel: dequantize-float}
 
-Only ``bits`` (``wXaY``, or ``float``) and the ``layout`` line are read: ``weight`` and
-``activation`` say what lower-qdq emits for those bits under that layout, so a reader sees the
-layout without running anything, and an edited ``bits`` changes them on the next ``--plan-out``.
+Only ``bits`` (``wXaY``, or ``float``) and the ``layout`` line are read: ``weight``,
+``activation`` and ``kernel`` are the lowering plan's (``passes/lib/plan``) for those bits under
+that layout — what lower-qdq emits and what onnxruntime then runs — so a reader sees them without
+running anything, and an edited ``bits`` changes them on the next ``--plan-out``.
 A plan names every layer, so a line that went missing is an error, not a silently float layer.
 The same plan also converts to onnxruntime's quantizer options (``plan_ort.py``).
 """
@@ -33,7 +35,7 @@ from mpqc.ir import annotations, quantizable_layers
 from mpqc.ir.layers import Layer
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lib.target import weight_grid_bits
+from mpqc.passes.lib.plan import LayerPlan, WeightForm, layer_plan
 
 __all__ = ["PlanEntry", "PlanError", "PlanFile", "bits_text", "describe", "read_yaml", "write_yaml"]
 
@@ -44,7 +46,7 @@ _HEADER = """\
 # mpqc plan: the bits of every layer, one layer per line.
 # Edit a layer's bits (wXaY, or float) and lower exactly this plan with
 #   mpqc MODEL --hw SPEC -o OUT.onnx --plan THIS_FILE
-# Only `bits` and `layout` are read; `weight` and `activation` say how those bits are lowered.
+# Only `bits` and `layout` are read; the rest says how those bits are lowered and run.
 """
 
 
@@ -58,11 +60,14 @@ class PlanError(PassInputError):
 
 @dataclasses.dataclass(frozen=True)
 class PlanEntry:
-    """One layer's line: its bits and, derived from them, how its weight and input are stored."""
+    """One layer's line: its bits and, from the lowering plan, how lower-qdq stores its weight,
+    quantizes its input, and which onnxruntime kernel then runs it."""
 
     bits: Bits
+    form: WeightForm
     weight: str
     activation: str
+    kernel: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,42 +83,52 @@ def bits_text(bits: Bits) -> str:
 
 
 def describe(
-    model: ir.Model, layout: WeightLayout, spec: Any = None, act_signed: bool = False
+    model: ir.Model,
+    layout: WeightLayout,
+    spec: Any = None,
+    act_signed: bool = False,
+    uniform: Bits | None = None,
 ) -> PlanFile:
-    """The plan of ``model`` as lower-qdq is about to see it: each layer's ``mpqc.bits`` (float
-    where it has none) and the weight form and activation quantizer those bits lower to."""
+    """The plan of ``model`` as lower-qdq is about to see it: each layer's bits (``uniform``, else
+    its ``mpqc.bits``, else float) and its lowering plan (``passes/lib/plan``) at those bits."""
     entries = {}
     for layer in quantizable_layers(model.graph):
         chosen = annotations.BITS.get(layer.node)
-        bits = Bits(int(chosen["w"]), int(chosen["a"])) if chosen else Bits(FLOAT_BITS, FLOAT_BITS)
-        if layout.weight_only:
-            bits = Bits(bits.w, FLOAT_BITS)
+        if uniform is not None:
+            bits = uniform
+        elif chosen is not None:
+            bits = Bits(int(chosen["w"]), int(chosen["a"]))
+        else:
+            bits = Bits(FLOAT_BITS, FLOAT_BITS)
+        lowered = layer_plan(layer, bits.w, bits.a, spec=spec, layout=layout, act_signed=act_signed)
+        bits = Bits(bits.w, lowered.abits)
         entries[layer.name] = PlanEntry(
-            bits, _weight_form(layer, bits, layout, spec), _activation_form(layer, bits, act_signed)
+            bits,
+            lowered.form,
+            _weight_text(lowered),
+            _activation_text(layer, lowered),
+            lowered.kernel.value,
         )
     return PlanFile(layout, entries)
 
 
-def _weight_form(layer: Layer, bits: Bits, layout: WeightLayout, spec: Any) -> str:
-    if bits.float_weights:
+def _weight_text(lowered: LayerPlan) -> str:
+    if lowered.container is None:
         return "float"
-    grid = weight_grid_bits(spec, bits.w, bits.a)
-    narrowed = f", {grid}-bit grid" if grid != bits.w else ""
-    if layout.matmul_nbits(layer, grid, bits.a):
-        return f"MatMulNBits {grid}-bit block {layout.nbits_block}"
-    if layout.gather_blocked(layer, grid):
-        return f"GatherBlockQuantized int{grid} block {layout.nbits_block}"
-    block = layout.block(layer, grid, bits.a)
-    return f"int{bits.w} " + (f"per-block {block}" if block else "per-channel") + narrowed
+    text = f"{lowered.container.name.lower()} {lowered.form.value}"
+    if lowered.block:
+        text += f" {lowered.block}"
+    if lowered.grid_bits != lowered.wbits:
+        text += f" ({lowered.grid_bits}-bit grid)"
+    return text
 
 
-def _activation_form(layer: Layer, bits: Bits, signed: bool) -> str:
-    value = layer.activation
-    if bits.float_activations or value is None:
+def _activation_text(layer: Layer, lowered: LayerPlan) -> str:
+    if lowered.input_quantizer is None:
         return "float"
-    if not annotations.CALIB_RANGE.has(value):
+    if layer.activation is None or not annotations.CALIB_RANGE.has(layer.activation):
         return "float (no calibrated range)"
-    return f"{'int' if signed else 'uint'}{bits.a} static"
+    return f"{lowered.input_quantizer.name.lower()} static"
 
 
 def write_yaml(plan: PlanFile, path: str | pathlib.Path) -> pathlib.Path:
@@ -127,7 +142,7 @@ def write_yaml(plan: PlanFile, path: str | pathlib.Path) -> pathlib.Path:
     for name, entry in plan.layers.items():
         lines.append(
             f"  {json.dumps(name)}: {{bits: {bits_text(entry.bits)}, "
-            f"weight: {entry.weight}, activation: {entry.activation}}}"
+            f"weight: {entry.weight}, activation: {entry.activation}, kernel: {entry.kernel}}}"
         )
     path = pathlib.Path(path)
     path.write_text("\n".join(lines) + "\n")

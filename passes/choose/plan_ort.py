@@ -31,6 +31,7 @@ from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import quantizable_layers
 from mpqc.passes.choose.plan_file import PlanError, PlanFile
 from mpqc.passes.lib.layout import DEFAULT_NBITS_BLOCK, WeightLayout
+from mpqc.passes.lib.plan import WeightForm
 
 __all__ = [
     "from_overrides",
@@ -62,7 +63,7 @@ def to_overrides(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> d
         if entry is None:
             continue
         bits = entry.bits
-        if entry.weight.startswith("MatMulNBits"):
+        if entry.form is WeightForm.MATMUL_NBITS:
             weight_config[_node_name(layer)] = {
                 "bits": bits.w,
                 "group_size": plan.layout.nbits_block,

@@ -207,10 +207,35 @@ def test_mpqc_opt_lowers_a_plan_with_the_plan_pass(
     for index, sample in enumerate(examples.digits_calibration()):
         np.savez(calibration / f"{index:03d}.npz", **sample)
     out = searched / "opt.onnx"
-    pipeline = f"canonicalize,calibrate,plan{{file={searched / 'plan.yaml'}}},recover,lower-qdq,verify"
+    pipeline = (
+        f"canonicalize,calibrate,plan{{file={searched / 'plan.yaml'}}},recover,lower-qdq,verify"
+    )
     code = opt.main(
         [str(examples.digits_model_path()), "--hw", "x86_avx2", "--calib", str(calibration)]
         + ["-p", pipeline, "-o", str(out)]
     )
     assert code == 0, capsys.readouterr().err
     assert _graph_digest(out) == _graph_digest(searched / "searched.onnx")
+
+
+def test_matmul_nbits_layers_export_as_customized_weight_config(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = tmp_path / "weight-only.json"
+    code, _, err = _mpqc(
+        capsys, "--hw", "x86_avx2", "-o", tmp_path / "w.onnx", "--weight-only", "-q",
+        "--plan-out", overrides,
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(overrides.read_text())
+    assert document["customized_weight_config"] == {"head.fc": {"bits": 4, "group_size": 32}}
+    # onnxruntime's static quantizer has no float-activation conv: those layers are excluded
+    assert "stem.conv" in document["nodes_to_exclude"]
+    yaml_plan = tmp_path / "from-json.yaml"
+    code, _, err = _mpqc(
+        capsys, "--hw", "x86_avx2", "-o", tmp_path / "j.onnx", "--plan", overrides, "-q",
+        "--plan-out", yaml_plan,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "weight_only: true" in yaml_plan.read_text()
+    assert _bits(yaml_plan)["head.fc"] == "w4a32"
