@@ -63,10 +63,36 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
             + (" or choose 8-bit weights and activations (opset 13)" if minimum > 13 else "")
         ) from None
     upgraded = ir.from_proto(converted)
+    if current < 7:
+        _slopes_per_channel(upgraded.graph)
     _copy_metadata(model.graph, upgraded.graph)
     model.graph = upgraded.graph
     model.ir_version = max(model.ir_version, upgraded.ir_version)
     return True
+
+
+def _slopes_per_channel(graph: ir.Graph) -> None:
+    """What the converter misses from opset 6 to 7: PRelu's 1-D slope of C values applied one per
+    channel (axis 1) becomes a numpy-style broadcast from the last axis, so such a constant slope of
+    a rank-r input is reshaped to [C, 1, ..., 1]."""
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        x, slope = node.inputs
+        if x is None or x.shape is None or slope is None or slope.const_value is None:
+            continue
+        values = slope.const_value.numpy()
+        if values.ndim != 1 or values.size == 1 or len(x.shape) <= 2:
+            continue
+        name = f"{slope.name}_per_channel"
+        while name in node.graph.initializers:
+            name += "_"
+        per_channel = ir.Value(
+            name=name, const_value=ir.tensor(values.reshape(-1, *[1] * (len(x.shape) - 2)))
+        )
+        per_channel.shape, per_channel.dtype = per_channel.const_value.shape, slope.dtype
+        node.graph.register_initializer(per_channel)
+        node.replace_input_with(1, per_channel)
 
 
 def _metadata_by_key(graph: ir.Graph) -> dict[str, dict[str, str]]:

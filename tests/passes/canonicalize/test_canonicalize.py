@@ -232,3 +232,22 @@ def test_a_model_older_than_onnxruntime_is_upgraded_to_opset_7() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3) - 3
     (y,) = ort.InferenceSession(ir.to_proto(model).SerializeToString()).run(None, {"x": x})
     np.testing.assert_array_equal(y, np.maximum(x + b, 0))
+
+
+OPSET6_PRELU = """
+<ir_version: 3, opset_import: ["" : 6]>
+g (float[2,3,4] x, float[3] slope) => (float[2,3,4] y) { y = PRelu(x, slope) }
+"""
+
+
+def test_an_opset6_prelu_keeps_one_slope_per_channel() -> None:
+    # Before opset 7 a 1-D slope holds one value per channel (axis 1); from opset 7 it broadcasts
+    # from the last axis, and onnx's version converter keeps it as it is.
+    proto = onnx.parser.parse_model(OPSET6_PRELU)
+    slope = np.array([0.5, 0.25, 2.0], np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(slope, "slope"))
+    model = ir.from_proto(proto)
+    _canonicalize(model)
+    x = np.linspace(-3, 3, 24, dtype=np.float32).reshape(2, 3, 4)
+    (y,) = ort.InferenceSession(ir.to_proto(model).SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(y, np.where(x > 0, x, x * slope[None, :, None]), rtol=1e-6)
