@@ -16,7 +16,7 @@ import pathlib
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpqc.cli_support import (
     EXIT_OK,
@@ -25,10 +25,14 @@ from mpqc.cli_support import (
     add_ir_dump_arguments,
     flag_names,
     ir_printer,
+    protect_inputs,
     run_command,
 )
 from mpqc.core.bits import Bits
 from mpqc.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from mpqc.ir.outputs import Outputs
 
 __all__ = ["main"]
 
@@ -140,20 +144,6 @@ def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return str(examples.digits_model_path()), calibration, args.eval_fn or examples.digits_accuracy
 
 
-def _check_output(output: pathlib.Path, model: Any) -> None:
-    from mpqc.ir import ModelError, check_writable
-
-    check_writable(output)
-    if (
-        isinstance(model, str)
-        and pathlib.Path(model).exists()
-        and output.resolve() == pathlib.Path(model).resolve()
-    ):
-        raise ModelError(
-            "the output path is the input model: choose another -o, mpqc never overwrites its input"
-        )
-
-
 def _layer_bits(result: Any) -> dict[str, dict[str, int]]:
     from mpqc.ir import annotations
 
@@ -224,31 +214,36 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from mpqc import ir as mir
+def _run(args: argparse.Namespace, outputs: Outputs) -> int:
+    """Check every output, compile, then write the model and the reports as one commit."""
+    from mpqc.passes.choose.plan import check_plan_path
+    from mpqc.report import check_format, render
 
     model, calibration, eval_fn = _resolve_model(args)
-    output = pathlib.Path(args.output)
-    _check_output(output, model)
-    _check_reports(args)
+    protect_inputs(outputs, model, args)
+    output = outputs.claim(args.output, "output")
+    report_json = outputs.claim(args.report_json, "report_json") if args.report_json else None
+    report = outputs.claim(args.report, "report") if args.report else None
+    if report is not None:
+        check_format(report)
+    if args.emit_pareto:
+        outputs.claim_folder(args.emit_pareto, "emit_pareto")
+    if args.plan_out:
+        check_plan_path(outputs.claim(args.plan_out, "plan_out"), field="plan_out")
     with _executor(args.executor) as executor:
         result = _compile(args, model, calibration, eval_fn, executor)
-    mir.save(result.ir_model, output)
-    return _finish(args, result, model, output)
-
-
-def _check_reports(args: argparse.Namespace) -> None:
-    """Before any work: a report that cannot be written must not leave a model behind."""
-    from mpqc.ir import check_writable
-    from mpqc.passes.choose.plan import check_plan_path
-    from mpqc.report import check_format
-
-    for path in filter(None, (args.report_json, args.report, args.plan_out)):
-        check_writable(path)
-    if args.report:
-        check_format(args.report)
-    if args.plan_out:
-        check_plan_path(args.plan_out, field="plan_out")
+    input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
+    with outputs.commit() as staging:
+        output_bytes = staging.model(result.ir_model, output).stat().st_size
+        if report_json is not None:
+            sizes = {"input": input_bytes, "output": output_bytes}
+            staging.text(_report_json(args, result, sizes), report_json)
+        if report is not None and result.explanation is not None:
+            title = f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}"
+            staging.text(render(result.explanation, report, title), report)
+    if not args.quiet:
+        print(_summary(args, result, input_bytes, output_bytes))
+    return EXIT_OK
 
 
 @contextlib.contextmanager
@@ -289,46 +284,35 @@ def _compile(
     return mpqc.compile(model, options)
 
 
-def _finish(args: argparse.Namespace, result: Any, model: Any, output: pathlib.Path) -> int:
-    """Report on the written model: the summary line block and ``--report-json``."""
-    input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
-    output_bytes = output.stat().st_size
-    if args.report_json:
-        report = {
-            "model": args.model or "embedded:digits_cnn",
-            "output": str(output),
-            "hw": args.hw,
-            "pipeline": result.pipeline,
-            "bytes": {"input": input_bytes, "output": output_bytes},
-            "bits": _layer_bits(result),
-            "report": dict(result.report),
-            "pareto": result.pareto,
-            "notes": list(result.notes),
-            "emitted": [str(path) for path in result.emitted],
-            "explanation": result.explanation.to_json() if result.explanation else None,
-        }
-        from mpqc.ir.annotations import canonical_json
+def _report_json(args: argparse.Namespace, result: Any, sizes: dict[str, int]) -> str:
+    """``--report-json``: the whole compilation, canonical JSON."""
+    from mpqc.ir.annotations import canonical_json
 
-        pathlib.Path(args.report_json).write_text(
-            json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n"
-        )
-    if args.report and result.explanation is not None:
-        from mpqc.report import write_report
-
-        write_report(
-            result.explanation,
-            args.report,
-            title=f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}",
-        )
-    if not args.quiet:
-        print(_summary(args, result, input_bytes, output_bytes))
-    return EXIT_OK
+    report = {
+        "model": args.model or "embedded:digits_cnn",
+        "output": str(pathlib.Path(args.output)),
+        "hw": args.hw,
+        "pipeline": result.pipeline,
+        "bytes": sizes,
+        "bits": _layer_bits(result),
+        "report": dict(result.report),
+        "pareto": result.pareto,
+        "notes": list(result.notes),
+        "emitted": [str(path) for path in result.emitted],
+        "explanation": result.explanation.to_json() if result.explanation else None,
+    }
+    return json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command("mpqc", lambda: _run(args), args.verbose, flag_names(parser))
+    from mpqc.ir.outputs import Outputs
+
+    outputs = Outputs()
+    return run_command(
+        "mpqc", lambda: _run(args, outputs), args.verbose, flag_names(parser), outputs
+    )
 
 
 if __name__ == "__main__":

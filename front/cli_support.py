@@ -8,17 +8,25 @@ them. Keeping this in one place makes ``mpqc``, ``mpqc-opt`` and ``mpqc-hw`` beh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import inspect
+import os
 import pathlib
+import signal
 import sys
+import threading
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mpqc.core.errors import MpqcError
 from mpqc.passes.infra.instruments import Instrument, IRPrinter
+
+if TYPE_CHECKING:
+    from mpqc.ir.outputs import Outputs
 
 __all__ = [
     "ArgumentParser",
@@ -29,6 +37,7 @@ __all__ = [
     "add_ir_dump_arguments",
     "flag_names",
     "ir_printer",
+    "protect_inputs",
     "run_command",
 ]
 
@@ -66,26 +75,60 @@ def infeasible_errors() -> tuple[type[BaseException], ...]:
     return (InfeasibleError,)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so that it stops as on Ctrl-C: staged files removed,
+    one line saying what was written."""
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like SIGINT while the command runs (Python's default ends the process at once,
+    leaving staged files behind). Signal handlers belong to the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run_command(
-    prog: str, body: Callable[[], int], verbose: bool, flags: Mapping[str, str] | None = None
+    prog: str,
+    body: Callable[[], int],
+    verbose: bool,
+    flags: Mapping[str, str] | None = None,
+    outputs: Outputs | None = None,
 ) -> int:
     """Run ``body``; turn exceptions into one line on stderr and an exit code.
 
     An error about one option names it by its field (``max_size``); ``flags`` (``flag_names``)
     turns that into the command's own spelling (``--max-size``), the one the user typed.
 
+    SIGINT and SIGTERM stop the run with exit code 128 + the signal's number and a line that says
+    what ``outputs`` (the files ``body`` writes) holds: nothing, or everything, its commit being
+    atomic.
+
     Python warnings from the libraries underneath (numpy, scipy, onnxruntime's Python layer) are
     shown only under ``-v``: what the user needs to know reaches them as notes in the summary, and
     ``-q`` promises silence on success.
     """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             if not verbose:
                 warnings.simplefilter("ignore")
             return body()
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_USER
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        written = ", ".join(map(str, outputs.written)) if outputs is not None else ""
+        what = f"after writing {written}" if written else "nothing was written"
+        print(f"{prog}: interrupted by {signum.name}; {what}", file=sys.stderr)
+        return 128 + signum
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         if isinstance(exc, SystemExit):
             raise
@@ -104,6 +147,24 @@ def run_command(
             hint = "" if verbose else " (run with -v for the traceback)"
             print(f"{prog}: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
         return EXIT_USER
+
+
+def protect_inputs(outputs: Outputs, model: Any, args: argparse.Namespace) -> None:
+    """Mark the files a compilation reads as ``outputs``' inputs, which no output may be: the
+    model, a spec file, the calibration data, a plan and the task metric's file."""
+    if isinstance(model, (str, os.PathLike)):
+        outputs.protect(model, "the input model")
+    if isinstance(args.hw, str) and pathlib.Path(args.hw).is_file():
+        outputs.protect(args.hw, "the hardware spec")
+    if isinstance(args.calibration, (str, os.PathLike)):
+        outputs.protect(args.calibration, "the calibration data")
+    if getattr(args, "plan", ""):
+        outputs.protect(args.plan, "the plan to lower")
+    if args.eval_fn is not None:
+        with contextlib.suppress(TypeError):  # a builtin or C function has no file
+            source = inspect.getsourcefile(args.eval_fn)
+            if source is not None:
+                outputs.protect(source, "the task metric's file")
 
 
 def add_ir_dump_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,6 +60,8 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
     """Quantize ``model`` (a path, ``onnx.ModelProto``, ``onnx_ir.Model`` or graphsurgeon graph)
     as ``options`` say (``mpqc.CompileOptions``; defaults: the generic chip, no data, no budget)."""
     options = options if options is not None else CompileOptions()
+    if options.emit_pareto is not None:
+        mir.Outputs().claim_folder(options.emit_pareto, "emit_pareto")
     working = mir.load(model)
     if working is model:
         working = working.clone()

@@ -28,6 +28,7 @@ __all__ = [
     "LayerRow",
     "ReportFormatError",
     "check_format",
+    "render",
     "write_report",
 ]
 
@@ -267,11 +268,16 @@ def check_format(path: str | pathlib.Path) -> None:
         raise ReportFormatError(f"{path}: name a .html or .md file", field="report")
 
 
+def render(explanation: Explanation, path: str | pathlib.Path, title: str = "mpqc report") -> str:
+    """The table as the file ``path`` holds it: HTML (``.html``/``.htm``) or markdown (``.md``)."""
+    check_format(path)
+    return _FORMATS[pathlib.Path(path).suffix.lower()](explanation, title)
+
+
 def write_report(
     explanation: Explanation, path: str | pathlib.Path, title: str = "mpqc report"
 ) -> pathlib.Path:
     """Write the table as HTML (``.html``/``.htm``) or markdown (``.md``)."""
-    check_format(path)
     path = pathlib.Path(path)
-    path.write_text(_FORMATS[path.suffix.lower()](explanation, title))
+    path.write_text(render(explanation, path, title))
     return path

@@ -7,17 +7,19 @@ package adds what a quantization compiler needs on top and knows nothing of pass
 from mpqc.ir import annotations
 from mpqc.ir.annotations import AnnotationKey
 from mpqc.ir.graphs import data_flow, topological_nodes
-from mpqc.ir.io import ModelError, as_kind, check_writable, load, save, tensor_bytes
+from mpqc.ir.io import ModelError, as_kind, load, tensor_bytes
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.ir.outputs import OutputError, Outputs, save
 from mpqc.ir.printer import dump
 
 __all__ = [
     "AnnotationKey",
     "Layer",
     "ModelError",
+    "OutputError",
+    "Outputs",
     "annotations",
     "as_kind",
-    "check_writable",
     "constant_array",
     "data_flow",
     "dump",

@@ -10,16 +10,14 @@ A model is user input, so ``load`` checks what would otherwise surface deep insi
 ``/dev/zero`` would be read until memory runs out), the model must have a graph, every tensor's data
 must match its shape (external data included), and no graph may feed a node's output back to it.
 
-Saving is atomic (temporary files in the destination folder, then ``os.replace``) so that an
-interrupted run never leaves a half-written model where a good one used to be, and models whose
-tensors pass the protobuf limit (2 GB) go to external data automatically.
+``write`` puts models whose tensors pass the protobuf limit (2 GB) in external data automatically;
+``mpqc.ir.outputs`` makes the write atomic, together with the rest of a run's files.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import onnx
@@ -27,7 +25,7 @@ import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
 
-__all__ = ["ModelError", "ModelLike", "as_kind", "check_writable", "load", "save", "tensor_bytes"]
+__all__ = ["ModelError", "ModelLike", "as_kind", "load", "tensor_bytes", "write"]
 
 #: Anything ``load`` accepts.
 ModelLike = Any  # str | os.PathLike | onnx.ModelProto | onnx_ir.Model | onnx_graphsurgeon.Graph
@@ -95,42 +93,17 @@ def tensor_bytes(model: ir.Model) -> int:
     return total
 
 
-def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
-    """Write ``model`` to ``path`` atomically; returns the path.
+def write(model: ir.Model, path: pathlib.Path, data_name: str) -> bool:
+    """Write ``model`` to ``path``; whether its tensors went to ``data_name`` beside it.
 
-    Models whose tensors would overflow a single protobuf go to ``<name>.data`` beside the model.
-    An existing file at ``path`` is replaced only once the new one is complete.
+    Only models whose tensors would overflow a single protobuf get external data. The write is not
+    atomic: ``mpqc.ir.outputs`` stages it and renames the files into place.
     """
-    path = pathlib.Path(path)
-    check_writable(path)
-    parent = path.parent
-    external = tensor_bytes(model) > _PROTOBUF_LIMIT
-    data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{path.name}.") as tmp:
-        tmp_model = pathlib.Path(tmp) / path.name
-        if external:
-            ir.save(
-                model, tmp_model, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD
-            )
-            os.replace(pathlib.Path(tmp) / data_name, parent / data_name)
-        else:
-            ir.save(model, tmp_model)
-        os.replace(tmp_model, path)
-    return path
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise ModelError unless a model can be written at ``path`` (checked before work starts)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise ModelError(
-            f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}"
-        )
-    parent = path.parent
-    if not parent.is_dir():
-        raise ModelError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ModelError(f"cannot write {path}: permission denied")
+    if tensor_bytes(model) <= _PROTOBUF_LIMIT:
+        ir.save(model, path)
+        return False
+    ir.save(model, path, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD)
+    return True
 
 
 def _load_path(path: pathlib.Path) -> ir.Model:

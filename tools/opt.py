@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import sys
 import typing
+from typing import TYPE_CHECKING
 
 from mpqc.cli_support import (
     EXIT_OK,
@@ -26,8 +26,12 @@ from mpqc.cli_support import (
     add_ir_dump_arguments,
     flag_names,
     ir_printer,
+    protect_inputs,
     run_command,
 )
+
+if TYPE_CHECKING:
+    from mpqc.ir.outputs import Outputs
 
 __all__ = ["main"]
 
@@ -146,7 +150,7 @@ def _annotations_json(model) -> dict:
     return out
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Outputs) -> int:
     if args.help_passes:
         print(help_passes())
         return EXIT_OK
@@ -156,22 +160,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from mpqc.options import CompileOptions, compilation_context
     from mpqc.pipeline import Pipeline
 
-    for path in (args.output, args.report_json):
-        if path:
-            mir.check_writable(path)  # before any work: a failure must not leave files behind
+    protect_inputs(outputs, args.model, args)
+    output = outputs.claim(args.output, "output") if args.output else None
+    report_json = outputs.claim(args.report_json, "report_json") if args.report_json else None
     model = mir.load(args.model)
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
     given = {name: value for name, value in vars(args).items() if name in fields}
     context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))
     pipeline = Pipeline(args.pipeline, context, ir_printer(args))
     model = pipeline.run_ir(model)
-    if args.output:
-        mir.save(model, args.output)
-    if args.report_json:
-        report = {"pipeline": str(pipeline), "notes": context.notes, **_annotations_json(model)}
-        pathlib.Path(args.report_json).write_text(
-            json.dumps(report, indent=2, sort_keys=True) + "\n"
-        )
+    with outputs.commit() as staging:
+        if output is not None:
+            staging.model(model, output)
+        if report_json is not None:
+            report = {"pipeline": str(pipeline), "notes": context.notes, **_annotations_json(model)}
+            staging.text(json.dumps(report, indent=2, sort_keys=True) + "\n", report_json)
     for note in context.notes:
         print(f"mpqc-opt: note: {note}", file=sys.stderr)
     return EXIT_OK
@@ -180,7 +183,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command("mpqc-opt", lambda: _run(args, parser), args.verbose, flag_names(parser))
+    from mpqc.ir.outputs import Outputs
+
+    outputs = Outputs()
+    return run_command(
+        "mpqc-opt", lambda: _run(args, parser, outputs), args.verbose, flag_names(parser), outputs
+    )
 
 
 if __name__ == "__main__":

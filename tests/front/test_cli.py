@@ -124,7 +124,7 @@ def test_an_output_in_a_missing_folder(capsys, cnn_path, out_dir) -> None:
 def test_output_equal_to_input(capsys, cnn_path) -> None:
     before = cnn_path.read_bytes()
     code, _, err = _mpqc(capsys, cnn_path, "--hw", "generic", "-o", cnn_path, "--uniform", "w8a8")
-    _assert_user_error(code, err, "the output path is the input model")
+    _assert_user_error(code, err, "is the input model: mpqc never overwrites its inputs")
     assert cnn_path.read_bytes() == before
 
 
