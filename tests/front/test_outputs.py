@@ -42,6 +42,7 @@ def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
         ("--report", "link.md", "--report: {folder}/link.md is the input model"),
         ("--report-json", "hard.json", "--report-json: {folder}/hard.json is the input model"),
         ("--report-json", "q.onnx", "--report-json: {folder}/q.onnx is also where output goes"),
+        ("--plan-out", "q.onnx", "--plan-out: {folder}/q.onnx is also where output goes"),
         ("--report", "q.onnx.md", None),
         ("--emit-pareto", "cnn.onnx", "--emit-pareto: {cnn} is a file: give a folder"),
         ("--emit-pareto", "q.onnx", "--emit-pareto: {folder}/q.onnx is also where output goes"),
