@@ -7,8 +7,9 @@ entry points hand back what they were given.
 
 A model is user input, so ``load`` checks what would otherwise surface deep inside a pass as an
 "internal error": a path must be a regular file no larger than a protobuf can be (a device such as
-``/dev/zero`` would be read until memory runs out), the model must have a graph, every tensor's data
-must match its shape (external data included), and no graph may feed a node's output back to it.
+``/dev/zero`` would be read until memory runs out), the model must have a graph at an opset onnx
+knows, every tensor's data must match its shape (external data included), and no graph may feed a
+node's output back to it.
 
 ``write`` puts models whose tensors pass the protobuf limit (2 GB) in external data automatically;
 ``mpqc.ir.outputs`` makes the write atomic, together with the rest of a run's files.
@@ -151,9 +152,16 @@ def _into_memory_if_it_fits(model: ir.Model, source: str) -> None:
 
 
 def _check_model(model: ir.Model, source: str) -> None:
-    """Refuse a model without outputs, a tensor whose data does not match its shape, a cycle."""
+    """Refuse a model without outputs, an opset newer than onnx's, a tensor whose data does not
+    match its shape, a cycle."""
     if not model.graph.outputs:
         raise ModelError(f"{source} has no graph outputs: not an ONNX model, or an empty one")
+    opset, newest = model.opset_imports.get("", 1), onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelError(
+            f"{source} is at opset {opset}, newer than the installed onnx knows ({newest}): "
+            f"re-export the model at opset {newest} or older"
+        )
     for graph in (model.graph, *model.graph.subgraphs()):
         tensors = [(v.name, v.const_value) for v in graph.initializers.values()]
         tensors += [

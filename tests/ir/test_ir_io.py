@@ -277,3 +277,15 @@ def test_load_refuses_a_graph_cycle(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "cycle.onnx"
     onnx.save(helper.make_model(graph), path)
     _one_line_model_error(path, "cycle", "'add'")
+
+
+def test_load_refuses_an_opset_newer_than_onnx_knows(tmp_path: pathlib.Path) -> None:
+    # Found only by verify before, after all the work.
+    newest = onnx.defs.onnx_opset_version()
+    text = f"""
+    <ir_version: 10, opset_import: ["" : {newest + 2}]>
+    g (float[1,4] x) => (float[1,4] y) {{ y = Relu(x) }}
+    """
+    path = tmp_path / "future.onnx"
+    onnx.save(onnx.parser.parse_model(text), path)
+    _one_line_model_error(path, f"opset {newest + 2}", f"re-export the model at opset {newest}")
