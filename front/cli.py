@@ -240,7 +240,8 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
             staging.text(_report_json(args, result, sizes), report_json)
         if report is not None and result.explanation is not None:
             title = f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}"
-            staging.text(render(result.explanation, report, title), report)
+            page = render(result.explanation, report, title, result.pareto, result.timing)
+            staging.text(page, report)
     if not args.quiet:
         print(_summary(args, result, input_bytes, output_bytes))
     return EXIT_OK

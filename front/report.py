@@ -13,7 +13,7 @@ import dataclasses
 import html
 import pathlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -21,6 +21,7 @@ import onnx_ir as ir
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
+from mpqc.report_plot import LEGEND, front_points, scatter_svg
 
 __all__ = [
     "Candidate",
@@ -134,7 +135,8 @@ class Explanation:
             return f"none of {len(self.rows)} layers: every layer at its cheapest candidate"
         kinds = Counter(row.kind for row in kept)
         return f"{len(kept)} of {len(self.rows)} layers: " + ", ".join(
-            f"{n} {kind}" for kind, n in kinds.most_common()
+            f"{n} {kind} ({_names([row.layer for row in kept if row.kind == kind])})"
+            for kind, n in kinds.most_common()
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +150,15 @@ class Explanation:
             "summary": self.summary(),
             "layers": [dataclasses.asdict(row) for row in self.rows],
         }
+
+
+#: Layers a summary names per group; the rest are counted (the report lists them all).
+NAMED = 4
+
+
+def _names(layers: list[str]) -> str:
+    shown = ", ".join(layers[:NAMED])
+    return shown + (f" and {len(layers) - NAMED} more" if len(layers) > NAMED else "")
 
 
 def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
@@ -196,7 +207,7 @@ def _header(explanation: Explanation, title: str) -> list[str]:
         )
         lines.append(
             "Predicted: "
-            + ", ".join(f"{k} {v:.6g}" for k, v in sorted(explanation.predicted.items()))
+            + ", ".join(_quantity(k, v) for k, v in sorted(explanation.predicted.items()))
             + "."
         )
     return lines
@@ -208,6 +219,20 @@ def _markdown_text(text: str) -> str:
     a ``|`` would open a new cell."""
     escaped = html.escape(text, quote=False).replace("|", "\\|")
     return "<br>".join(escaped.splitlines())
+
+
+#: How each predicted total is shown: (unit, how many base units one is).
+_UNITS = {
+    "size": ("kB", 1e3),
+    "latency": ("ms", 1e-3),
+    "energy": ("µJ", 1e-6),
+    "bops": ("GBOPs", 1e9),
+}
+
+
+def _quantity(name: str, value: float) -> str:
+    unit, scale = _UNITS.get(name, ("", 1.0))
+    return f"{name} {value / scale:.4g} {unit}".rstrip()
 
 
 def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
@@ -230,11 +255,72 @@ def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(explanation: Explanation, title: str = "mpqc report") -> str:
+def _front_section(explanation: Explanation, pareto: Mapping[str, Any] | None) -> list[str]:
+    """The two plots of the searched front (nothing when nothing was searched)."""
+    front, chosen, int8 = front_points(explanation, pareto)
+    if not front:
+        return []
+    budget = explanation.budget
+    plots = [
+        scatter_svg(
+            front,
+            chosen,
+            int8,
+            "size",
+            "predicted size (kB)",
+            1e3,
+            budget if explanation.objective == "size" else None,
+            staircase=True,
+        ),
+        scatter_svg(
+            front,
+            chosen,
+            int8,
+            "latency",
+            "predicted latency (ms)",
+            1e-3,
+            budget if explanation.objective == "latency" else None,
+        ),
+    ]
+    return [
+        "<h2>Searched front</h2>",
+        f"<p>{len(front)} configurations the {html.escape(str(explanation.strategy))} search "
+        "found, none better in both error and size; error is its damage score "
+        f"(mpqc.sens.{html.escape(str(explanation.metric))}, summed over layers), latency the "
+        "cost model's prediction for the chip.</p>",
+        f'<div class="plots">{"".join(plots)}</div>',
+        LEGEND,
+    ]
+
+
+def _timing_section(timing: Sequence[tuple[str, float]]) -> list[str]:
+    if not timing:
+        return []
+    total = sum(seconds for _, seconds in timing) or 1.0
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class=num>{seconds:.3f} s</td>"
+        f"<td class=num>{100 * seconds / total:.0f} %</td></tr>"
+        for name, seconds in timing
+    )
+    return [
+        "<h2>Pass timings</h2>",
+        f"<table><tr><th>pass</th><th>time</th><th>share</th></tr>{rows}</table>",
+    ]
+
+
+def html_page(
+    explanation: Explanation,
+    title: str = "mpqc report",
+    pareto: Mapping[str, Any] | None = None,
+    timing: Sequence[tuple[str, float]] = (),
+) -> str:
+    """One self-contained page: the front's plots, the per-layer table, the pass timings."""
     head = _header(explanation, title)
     body = [
         f"<h1>{html.escape(head[0])}</h1>",
         *(f"<p>{html.escape(line)}</p>" for line in head[1:]),
+        *_front_section(explanation, pareto),
+        "<h2>Layers</h2>",
         "<table><tr><th>layer</th><th>op</th><th>chosen</th>"
         "<th>candidates (damage · size · latency)</th>"
         "<th>why not cheaper</th></tr>",
@@ -244,14 +330,20 @@ def html_page(explanation: Explanation, title: str = "mpqc report") -> str:
         style = ' class="kept"' if row.reason else ""
         body.append(
             f"<tr{style}><td>{html.escape(row.layer)}</td><td>{html.escape(row.op)}</td>"
-            f"<td>{html.escape(row.chosen)}</td><td>{candidates}</td>"
+            f"<td>{html.escape(row.chosen)}</td><td class=candidates>{candidates}</td>"
             f"<td>{html.escape(row.reason or '')}</td></tr>"
         )
     body.append("</table>")
+    body += _timing_section(timing)
     style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px 32px;color:#222;"
+        "max-width:1100px}h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:22px 0 6px}"
+        "p{margin:4px 0;font-size:14px}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+        "th{background:#f0f0f0}td.num{text-align:right}td.candidates{white-space:nowrap}"
         "tr.kept{background:#fff6d5}"
+        ".plots{display:flex;flex-wrap:wrap;gap:16px}"
+        "svg{font-size:11px;font-family:inherit;background:white}.legend{color:#444}"
     )
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -259,7 +351,7 @@ def html_page(explanation: Explanation, title: str = "mpqc report") -> str:
     )
 
 
-_FORMATS = {".html": html_page, ".htm": html_page, ".md": markdown}
+_FORMATS = (".html", ".htm", ".md")
 
 
 def check_format(path: str | pathlib.Path) -> None:
@@ -268,16 +360,29 @@ def check_format(path: str | pathlib.Path) -> None:
         raise ReportFormatError(f"{path}: name a .html or .md file", field="report")
 
 
-def render(explanation: Explanation, path: str | pathlib.Path, title: str = "mpqc report") -> str:
-    """The table as the file ``path`` holds it: HTML (``.html``/``.htm``) or markdown (``.md``)."""
+def render(
+    explanation: Explanation,
+    path: str | pathlib.Path,
+    title: str = "mpqc report",
+    pareto: Mapping[str, Any] | None = None,
+    timing: Sequence[tuple[str, float]] = (),
+) -> str:
+    """The report as the file ``path`` holds it: HTML (``.html``/``.htm``: with the front's plots
+    and the pass timings) or markdown (``.md``: the table)."""
     check_format(path)
-    return _FORMATS[pathlib.Path(path).suffix.lower()](explanation, title)
+    if pathlib.Path(path).suffix.lower() == ".md":
+        return markdown(explanation, title)
+    return html_page(explanation, title, pareto, timing)
 
 
 def write_report(
-    explanation: Explanation, path: str | pathlib.Path, title: str = "mpqc report"
+    explanation: Explanation,
+    path: str | pathlib.Path,
+    title: str = "mpqc report",
+    pareto: Mapping[str, Any] | None = None,
+    timing: Sequence[tuple[str, float]] = (),
 ) -> pathlib.Path:
-    """Write the table as HTML (``.html``/``.htm``) or markdown (``.md``)."""
+    """Write :func:`render`'s text to ``path``."""
     path = pathlib.Path(path)
-    path.write_text(render(explanation, path, title))
+    path.write_text(render(explanation, path, title, pareto, timing))
     return path

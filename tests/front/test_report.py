@@ -152,7 +152,7 @@ def test_the_explanation_is_read_back_from_the_report() -> None:
     a, b, lstm = explanation.rows
     assert a.candidates[1].damage == 2.0 and b.kind == "kept by the search"
     assert (lstm.chosen, lstm.reason) == ("float", "no quantized form")
-    assert explanation.summary() == "2 of 3 layers: 1 kept by the search, 1 left float"
+    assert explanation.summary() == "2 of 3 layers: 1 kept by the search (b), 1 left float (lstm)"
     assert dataclasses.asdict(explanation)["cutoff"] == 2e-3
 
 
@@ -210,3 +210,33 @@ def test_markdown_escapes_what_a_node_name_can_hold() -> None:
     assert len(rows) == 1 + 1 and "<script>" not in text and "<b>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| &amp; more" in rows[1]
     assert sum(line.startswith("#") for line in text.splitlines()) == 1
+
+
+def test_the_summary_names_a_few_layers_per_group_and_counts_the_rest() -> None:
+    rows = tuple(LayerRow(f"l{i}", "Conv", "w8a8", (), "pinned", "pinned") for i in range(6))
+    explanation = Explanation(rows, strategy="ilp")
+    assert explanation.summary() == "6 of 6 layers: 6 pinned (l0, l1, l2, l3 and 2 more)"
+
+
+def test_the_plotted_points_are_the_cost_models(tmp_path) -> None:
+    """Priced from the layers' candidates, the all-w8a8 point of the front lands where the
+    search put it, and the uniform int8 point is that point."""
+    from mpqc.report_plot import front_points
+
+    result = mpqc.compile(
+        str(examples.digits_model_path()),
+        mpqc.CompileOptions(
+            hw="x86_avx2", calibration=examples.digits_calibration(), max_size="0.2x"
+        ),
+    )
+    front, chosen, int8 = front_points(result.explanation, result.pareto)
+    assert len(front) == len(result.pareto["points"])
+    assert chosen.latency == pytest.approx(result.explanation.predicted["latency"], rel=1e-6)
+    everything8 = [
+        point
+        for point, raw in zip(front, result.pareto["points"], strict=True)
+        if set(raw["bits"].values()) == {"w8a8"}
+    ]
+    assert everything8 and int8.size == pytest.approx(everything8[0].size, rel=1e-6)
+    assert int8.error == pytest.approx(everything8[0].error, rel=1e-4)
+    assert int8.latency == pytest.approx(everything8[0].latency, rel=1e-9)
