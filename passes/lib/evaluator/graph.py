@@ -1,5 +1,8 @@
 """Building the fake-quant graph in which a bit configuration is an input.
 
+The graph is built with onnx_ir on a clone of the model (``_Builder`` names every node, value and
+control input so the cuts in ``cut.py`` can find them), then serialized once:
+
 - Weights: for every layer, the weight at each candidate bit-width is fake-quantized once with
   ``grid.fake_quant_weight`` in the form the lowering plan gives it (per channel, per block,
   MatMulNBits' blocks: all dequantize to the same numbers as the stored integers) and the candidates
@@ -17,8 +20,8 @@
   bias is a graph input too, fed the plan's int32 rounding where the plan asks for it.
 - The MatMulNBits mpqc emits at accuracy level 4 first rounds A to int8 per block of K: a
   switchable block quantizer on the layer's input per block size its candidates use
-  (``_int8_blocks``). The MatMulNBits onnxruntime fuses a DequantizeLinear -> MatMul into, with
-  float activations, is not simulated: sensitivity analysis scores a layer's weights alone as
+  (``_Builder.int8_blocks``). The MatMulNBits onnxruntime fuses a DequantizeLinear -> MatMul into,
+  with float activations, is not simulated: sensitivity analysis scores a layer's weights alone as
   (w, float) configurations, and rounding their activations there would count activation damage
   into the weights' score of layers that run with 8-bit activations (bench/RESULTS.md §7).
 """
@@ -26,18 +29,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
 
 from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
-from mpqc.passes.lib.layout import WeightLayout, block_axis, kn_weight
+from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.plan import LayerFacts, WeightForm, output_target, plan_layer
 
 __all__ = ["PREFIX", "LayerSites", "Site", "build"]
@@ -95,141 +97,6 @@ def _weight_stack(
     return np.stack(candidates + [array]), scales
 
 
-def build(
-    model: ir.Model,
-    wbits: tuple[int, ...],
-    fuse_outputs: bool,
-    layout: WeightLayout,
-    facts: Mapping[str, LayerFacts],
-) -> tuple[onnx.ModelProto, list[LayerSites]]:
-    """The fake-quant ModelProto with control inputs, and where each layer's controls are.
-
-    ``wbits`` are the weight grids to prepare; activation bits change a weight's form only through
-    MatMulNBits, which needs float activations, so each grid is planned at float activations."""
-    layers = quantizable_layers(model.graph)
-    proto = ir.to_proto(model)
-    graph = proto.graph
-    producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    layer_node = {id(layer): producer_index[layer.node.outputs[0].name] for layer in layers}
-    inserted_before: dict[
-        int, list[onnx.NodeProto]
-    ] = {}  # original node index -> nodes to insert before it
-    inserted_after: dict[int, list[onnx.NodeProto]] = {}  # -1 = before everything
-    new_inputs: list[onnx.ValueInfoProto] = []
-    new_initializers: list[onnx.TensorProto] = []
-    renames: dict[tuple[int, int], str] = {}  # (node index, input slot) -> new input name
-    plans: list[LayerSites] = []
-
-    # Output quantizers first: they decide what every consumer of a layer's output sees.
-    targets: dict[int, tuple[str, Site]] = {}
-    for index, layer in enumerate(layers):
-        target = output_target(layer) if fuse_outputs else None
-        if target is None:
-            continue
-        site = Site(f"{PREFIX}.{index}.out", _clip_range(target))
-        out_name = f"{site.prefix}.y"
-        nodes = _fake_quant(site.prefix, target.name, target.name, out_name)
-        new_inputs += _site_inputs(site.prefix)
-        producer = target.producer()
-        assert producer is not None
-        inserted_after.setdefault(producer_index[producer.outputs[0].name], []).extend(nodes)
-        for use in target.uses():
-            renames[(producer_index[use.node.outputs[0].name], use.idx)] = out_name
-        targets[index] = (target.name, site)
-
-    viewed = {name: site.prefix + ".y" for name, site in targets.values()}
-    feeding = {name: index for index, (name, _) in targets.items()}
-    for index, layer in enumerate(layers):
-        node_index = layer_node[id(layer)]
-        before = inserted_before.setdefault(node_index, [])
-        choice = f"{PREFIX}.{index}.w"
-        new_inputs.append(helper.make_tensor_value_info(choice, TensorProto.INT64, []))
-        scales: list[np.ndarray | None] = []
-        planned = {
-            bits: plan_layer(facts[layer.name], bits, FLOAT_BITS, layout=layout) for bits in wbits
-        }
-        blocks = {bits: plan.block for bits, plan in planned.items()}
-        for slot in (layer.weight_index, *layer.other_weight_indices):
-            stack, slot_scales = _weight_stack(layer, slot, wbits, blocks)
-            scales = scales or slot_scales
-            stack_name = f"{PREFIX}.{index}.{slot}.wstack"
-            new_initializers.append(numpy_helper.from_array(stack, stack_name))
-            value = f"{choice}.{slot}.value"
-            before.append(
-                helper.make_node(
-                    "Gather", [stack_name, choice], [value], name=f"{choice}.{slot}.gather", axis=0
-                )
-            )
-            renames[(node_index, slot)] = value
-
-        input_site = None
-        activation = layer.activation
-        if activation is not None and layer.activation_index is not None and _is_float(activation):
-            input_site = Site(f"{PREFIX}.{index}.in", _clip_range(activation))
-            fallback = viewed.get(activation.name, activation.name)
-            before.extend(
-                _fake_quant(input_site.prefix, activation.name, fallback, f"{input_site.prefix}.y")
-            )
-            new_inputs += _site_inputs(input_site.prefix)
-            renames[(node_index, layer.activation_index)] = f"{input_site.prefix}.y"
-
-        bias = None
-        if layer.node.op_type in ("Conv", "Gemm") and len(layer.node.inputs) >= 3:
-            bias_array = constant_array(layer.node.inputs[2])
-            if bias_array is not None and bias_array.ndim == 1:
-                bias = bias_array.astype(np.float32)
-                bias_name = f"{PREFIX}.{index}.bias"
-                new_inputs.append(
-                    helper.make_tensor_value_info(bias_name, TensorProto.FLOAT, list(bias.shape))
-                )
-                renames[(node_index, 2)] = bias_name
-        int8_blocks = []
-        for block in sorted(
-            {
-                plan.kernel_block
-                for plan in planned.values()
-                if plan.form is WeightForm.MATMUL_NBITS and plan.accuracy_level == 4
-            }
-        ):
-            assert activation is not None and layer.activation_index is not None
-            prefix = f"{PREFIX}.{index}.a_int8.{block}"
-            source = renames.get((node_index, layer.activation_index), activation.name)
-            k = kn_weight(layer).shape[0]
-            before.extend(_int8_blocks(prefix, source, k, block, _opset(proto)))
-            new_inputs.append(helper.make_tensor_value_info(f"{prefix}.on", TensorProto.BOOL, []))
-            renames[(node_index, layer.activation_index)] = f"{prefix}.y"
-            int8_blocks.append((block, f"{prefix}.on"))
-        output_site = targets[index][1] if index in targets else None
-        upstream = feeding.get(activation.name) if activation is not None else None
-        plans.append(
-            LayerSites(
-                layer.name,
-                index,
-                wbits,
-                tuple(scales),
-                input_site,
-                output_site,
-                upstream,
-                bias,
-                tuple(int8_blocks),
-            )
-        )
-
-    nodes: list[onnx.NodeProto] = list(inserted_after.get(-1, []))
-    for i, node in enumerate(graph.node):
-        nodes.extend(inserted_before.get(i, []))
-        for slot in range(len(node.input)):
-            if (i, slot) in renames:
-                node.input[slot] = renames[(i, slot)]
-        nodes.append(node)
-        nodes.extend(inserted_after.get(i, []))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.input.extend(new_inputs)
-    graph.initializer.extend(new_initializers)
-    return proto, plans
-
-
 def _clip_range(value: ir.Value) -> tuple[float, float] | None:
     observed = annotations.CALIB_RANGE.get(value)
     if observed is None:
@@ -245,91 +112,226 @@ def _is_float(value: ir.Value) -> bool:
     )
 
 
-def _opset(proto: onnx.ModelProto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+class _Builder:
+    """Adds named nodes, graph inputs and initializers to one graph; values are found by name."""
 
+    def __init__(self, model: ir.Model) -> None:
+        self.graph = model.graph
+        self.opset = model.opset_imports.get("", 1)
+        self.values: dict[str, ir.Value] = {}
 
-def _int8_blocks(prefix: str, x: str, k: int, block: int, opset: int) -> list[onnx.NodeProto]:
-    """``y = on ? A rounded as MatMulNBits' accuracy level 4 rounds it : x`` for ``x`` of shape
-    [..., k].
+    def __getitem__(self, name: str) -> ir.Value:
+        return self.values[name]
 
-    Per row, per block of ``block`` values along the last axis (the last block zero-padded): levels
-    a · (127 / max|a|) rounded half to even, dequantized at scale max|a| / 127 — onnxruntime's
-    kernel multiplies by that inverse rather than dividing by the scale, which decides exact ties
-    (the tests compare against the kernel). A block of zeros stays zero.
-    """
-    p = prefix
-    padded = -(-k // block) * block
+    def input(self, name: str, dtype: ir.DataType, shape: Sequence[int] = ()) -> ir.Value:
+        """A new graph input: one of the controls a configuration feeds."""
+        value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
+        self.graph.inputs.append(value)
+        self.values[name] = value
+        return value
 
-    def node(op: str, inputs: list[str], name: str, **attributes: object) -> onnx.NodeProto:
-        return helper.make_node(op, inputs, [f"{p}.{name}"], name=f"{p}.{name}", **attributes)
+    def initializer(self, name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        value.type, value.shape = ir.TensorType(value.const_value.dtype), ir.Shape(array.shape)
+        self.graph.register_initializer(value)
+        return value
 
-    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
-        return helper.make_node(
-            "Constant",
-            [],
-            [f"{p}.{name}"],
-            name=f"{p}.{name}",
-            value=numpy_helper.from_array(array, f"{p}.{name}"),
+    def node(
+        self, op: str, inputs: Sequence[ir.Value | str], name: str, **attributes: object
+    ) -> ir.Node:
+        """``op`` on ``inputs`` (values, or names of values made here), its node and its one
+        output both named ``name``."""
+        node = ir.node(
+            op,
+            [self.values[x] if isinstance(x, str) else x for x in inputs],
+            attributes or None,
+            name=name,
         )
+        node.outputs[0].name = name
+        self.values[name] = node.outputs[0]
+        return node
 
-    reduce = (
-        node("ReduceMax", [f"{p}.abs", f"{p}.last"], "amax", keepdims=1)
-        if opset >= 18
-        else node("ReduceMax", [f"{p}.abs"], "amax", axes=[-1], keepdims=1)
-    )
-    return [
-        const("rows", np.array([-1, k], np.int64)),
-        const("padded_rows", np.array([-1, padded], np.int64)),
-        const("blocks", np.array([-1, padded // block, block], np.int64)),
-        const("pads", np.array([0, 0, 0, padded - k], np.int64)),
-        const("last", np.array([-1], np.int64)),
-        const("levels", np.array(127.0, np.float32)),
-        const("zero", np.array(0.0, np.float32)),
-        const("start", np.array([0], np.int64)),
-        const("stop", np.array([k], np.int64)),
-        node("Shape", [x], "shape"),
-        node("Reshape", [x, f"{p}.rows"], "2d"),
-        node("Pad", [f"{p}.2d", f"{p}.pads"], "padded"),
-        node("Reshape", [f"{p}.padded", f"{p}.blocks"], "3d"),
-        node("Abs", [f"{p}.3d"], "abs"),
-        reduce,
-        node("Div", [f"{p}.levels", f"{p}.amax"], "reciprocal"),
-        node("Equal", [f"{p}.amax", f"{p}.zero"], "empty"),
-        node("Where", [f"{p}.empty", f"{p}.zero", f"{p}.reciprocal"], "inverse"),
-        node("Mul", [f"{p}.3d", f"{p}.inverse"], "ratio"),
-        node("Round", [f"{p}.ratio"], "q"),
-        node("Div", [f"{p}.amax", f"{p}.levels"], "scale"),
-        node("Mul", [f"{p}.q", f"{p}.scale"], "dq"),
-        node("Reshape", [f"{p}.dq", f"{p}.padded_rows"], "dq2d"),
-        node("Slice", [f"{p}.dq2d", f"{p}.start", f"{p}.stop", f"{p}.last"], "cut"),
-        node("Reshape", [f"{p}.cut", f"{p}.shape"], "dqx"),
-        helper.make_node("Where", [f"{p}.on", f"{p}.dqx", x], [f"{p}.y"], name=f"{p}.select"),
-    ]
+    def constant(self, name: str, array: np.ndarray) -> ir.Node:
+        return self.node("Constant", [], name, value=ir.tensor(array, name=name))
+
+    def site_inputs(self, prefix: str) -> None:
+        """A quantizer's controls: ``on``, then its scale, zero point and grid bounds."""
+        self.input(f"{prefix}.on", ir.DataType.BOOL)
+        for part in ("scale", "zp", "qmin", "qmax"):
+            self.input(f"{prefix}.{part}", ir.DataType.FLOAT)
+
+    def fake_quant(self, prefix: str, x: ir.Value, fallback: ir.Value) -> list[ir.Node]:
+        """``{prefix}.y = on ? (Clip(Round(x / s) + z, qmin, qmax) - z) * s : fallback``."""
+        p = prefix
+        return [
+            self.node("Div", [x, f"{p}.scale"], f"{p}.div"),
+            self.node("Round", [f"{p}.div"], f"{p}.round"),
+            self.node("Add", [f"{p}.round", f"{p}.zp"], f"{p}.shift"),
+            self.node("Clip", [f"{p}.shift", f"{p}.qmin", f"{p}.qmax"], f"{p}.q"),
+            self.node("Sub", [f"{p}.q", f"{p}.zp"], f"{p}.centred"),
+            self.node("Mul", [f"{p}.centred", f"{p}.scale"], f"{p}.dq"),
+            self._select(p, f"{p}.dq", fallback),
+        ]
+
+    def _select(self, p: str, on_value: str, fallback: ir.Value) -> ir.Node:
+        node = self.node("Where", [f"{p}.on", on_value, fallback], f"{p}.y")
+        node.name = f"{p}.select"
+        return node
+
+    def int8_blocks(self, prefix: str, x: ir.Value, k: int, block: int) -> list[ir.Node]:
+        """``{prefix}.y = on ? A rounded as MatMulNBits' accuracy level 4 rounds it : x`` for ``x``
+        of shape [..., k].
+
+        Per row, per block of ``block`` values along the last axis (the last block zero-padded):
+        levels a · (127 / max|a|) rounded half to even, dequantized at scale max|a| / 127 —
+        onnxruntime's kernel multiplies by that inverse rather than dividing by the scale, which
+        decides exact ties (the tests compare against the kernel). A block of zeros stays zero.
+        """
+        p = prefix
+        padded = -(-k // block) * block
+        constants = {
+            "rows": np.array([-1, k], np.int64),
+            "padded_rows": np.array([-1, padded], np.int64),
+            "blocks": np.array([-1, padded // block, block], np.int64),
+            "pads": np.array([0, 0, 0, padded - k], np.int64),
+            "last": np.array([-1], np.int64),
+            "levels": np.array(127.0, np.float32),
+            "zero": np.array(0.0, np.float32),
+            "start": np.array([0], np.int64),
+            "stop": np.array([k], np.int64),
+        }
+        nodes = [self.constant(f"{p}.{name}", array) for name, array in constants.items()]
+        nodes += [
+            self.node("Shape", [x], f"{p}.shape"),
+            self.node("Reshape", [x, f"{p}.rows"], f"{p}.2d"),
+            self.node("Pad", [f"{p}.2d", f"{p}.pads"], f"{p}.padded"),
+            self.node("Reshape", [f"{p}.padded", f"{p}.blocks"], f"{p}.3d"),
+            self.node("Abs", [f"{p}.3d"], f"{p}.abs"),
+            self.node("ReduceMax", [f"{p}.abs", f"{p}.last"], f"{p}.amax", keepdims=1)
+            if self.opset >= 18
+            else self.node("ReduceMax", [f"{p}.abs"], f"{p}.amax", axes=[-1], keepdims=1),
+            self.node("Div", [f"{p}.levels", f"{p}.amax"], f"{p}.reciprocal"),
+            self.node("Equal", [f"{p}.amax", f"{p}.zero"], f"{p}.empty"),
+            self.node("Where", [f"{p}.empty", f"{p}.zero", f"{p}.reciprocal"], f"{p}.inverse"),
+            self.node("Mul", [f"{p}.3d", f"{p}.inverse"], f"{p}.ratio"),
+            self.node("Round", [f"{p}.ratio"], f"{p}.q"),
+            self.node("Div", [f"{p}.amax", f"{p}.levels"], f"{p}.scale"),
+            self.node("Mul", [f"{p}.q", f"{p}.scale"], f"{p}.dq"),
+            self.node("Reshape", [f"{p}.dq", f"{p}.padded_rows"], f"{p}.dq2d"),
+            self.node("Slice", [f"{p}.dq2d", f"{p}.start", f"{p}.stop", f"{p}.last"], f"{p}.cut"),
+            self.node("Reshape", [f"{p}.cut", f"{p}.shape"], f"{p}.dqx"),
+            self._select(p, f"{p}.dqx", x),
+        ]
+        return nodes
 
 
-def _site_inputs(prefix: str) -> list[onnx.ValueInfoProto]:
-    inputs = [helper.make_tensor_value_info(f"{prefix}.on", TensorProto.BOOL, [])]
-    inputs += [
-        helper.make_tensor_value_info(f"{prefix}.{p}", TensorProto.FLOAT, [])
-        for p in ("scale", "zp", "qmin", "qmax")
-    ]
-    return inputs
+def build(
+    model: ir.Model,
+    wbits: tuple[int, ...],
+    fuse_outputs: bool,
+    layout: WeightLayout,
+    facts: Mapping[str, LayerFacts],
+) -> tuple[onnx.ModelProto, list[LayerSites]]:
+    """The fake-quant ModelProto with control inputs, and where each layer's controls are.
 
+    ``wbits`` are the weight grids to prepare; activation bits change a weight's form only through
+    MatMulNBits, which needs float activations, so each grid is planned at float activations. The
+    graph is built on a clone of ``model``, which stays as it was."""
+    model = model.clone()
+    builder = _Builder(model)
+    graph = model.graph
+    layers = quantizable_layers(graph)
+    # The float tensors the layers read, before any quantizer is put in front of them.
+    activations = [layer.activation for layer in layers]
+    sites: list[LayerSites] = []
 
-def _fake_quant(prefix: str, x: str, fallback: str, out: str) -> list[onnx.NodeProto]:
-    """``out = on ? (Clip(Round(x / s) + z, qmin, qmax) - z) * s : fallback``."""
-    p = prefix
+    # Output quantizers first: they decide what every consumer of a layer's output sees.
+    targets: dict[int, tuple[ir.Value, Site]] = {}
+    for index, layer in enumerate(layers):
+        target = output_target(layer) if fuse_outputs else None
+        if target is None:
+            continue
+        site = Site(f"{PREFIX}.{index}.out", _clip_range(target))
+        builder.site_inputs(site.prefix)
+        uses = list(target.uses())
+        nodes = builder.fake_quant(site.prefix, target, target)
+        producer = target.producer()
+        assert producer is not None
+        graph.insert_after(producer, nodes)
+        for use in uses:
+            use.node.replace_input_with(use.idx, nodes[-1].outputs[0])
+        targets[index] = (target, site)
 
-    def node(op: str, inputs: list[str], name: str) -> onnx.NodeProto:
-        return helper.make_node(op, inputs, [f"{p}.{name}"], name=f"{p}.{name}")
+    viewed = {id(target): builder[f"{site.prefix}.y"] for target, site in targets.values()}
+    feeding = {id(target): index for index, (target, _) in targets.items()}
+    for index, layer in enumerate(layers):
+        node = layer.node
+        choice = builder.input(f"{PREFIX}.{index}.w", ir.DataType.INT64)
+        scales: list[np.ndarray | None] = []
+        planned = {
+            bits: plan_layer(facts[layer.name], bits, FLOAT_BITS, layout=layout) for bits in wbits
+        }
+        blocks = {bits: plan.block for bits, plan in planned.items()}
+        for slot in (layer.weight_index, *layer.other_weight_indices):
+            stack, slot_scales = _weight_stack(layer, slot, wbits, blocks)
+            scales = scales or slot_scales
+            stack_value = builder.initializer(f"{PREFIX}.{index}.{slot}.wstack", stack)
+            gather = builder.node(
+                "Gather", [stack_value, choice], f"{choice.name}.{slot}.value", axis=0
+            )
+            gather.name = f"{choice.name}.{slot}.gather"
+            graph.insert_before(node, gather)
+            node.replace_input_with(slot, gather.outputs[0])
 
-    return [
-        node("Div", [x, f"{p}.scale"], "div"),
-        node("Round", [f"{p}.div"], "round"),
-        node("Add", [f"{p}.round", f"{p}.zp"], "shift"),
-        node("Clip", [f"{p}.shift", f"{p}.qmin", f"{p}.qmax"], "q"),
-        node("Sub", [f"{p}.q", f"{p}.zp"], "centred"),
-        node("Mul", [f"{p}.centred", f"{p}.scale"], "dq"),
-        helper.make_node("Where", [f"{p}.on", f"{p}.dq", fallback], [out], name=f"{p}.select"),
-    ]
+        input_site = None
+        activation = activations[index]
+        if activation is not None and layer.activation_index is not None and _is_float(activation):
+            input_site = Site(f"{PREFIX}.{index}.in", _clip_range(activation))
+            builder.site_inputs(input_site.prefix)
+            fallback = viewed.get(id(activation), activation)
+            nodes = builder.fake_quant(input_site.prefix, activation, fallback)
+            graph.insert_before(node, nodes)
+            node.replace_input_with(layer.activation_index, nodes[-1].outputs[0])
+
+        bias = None
+        if node.op_type in ("Conv", "Gemm") and len(node.inputs) >= 3:
+            bias_array = constant_array(node.inputs[2])
+            if bias_array is not None and bias_array.ndim == 1:
+                bias = bias_array.astype(np.float32)
+                bias_input = builder.input(f"{PREFIX}.{index}.bias", ir.DataType.FLOAT, bias.shape)
+                node.replace_input_with(2, bias_input)
+        int8_blocks = []
+        for block in sorted(
+            {
+                plan.kernel_block
+                for plan in planned.values()
+                if plan.form is WeightForm.MATMUL_NBITS and plan.accuracy_level == 4
+            }
+        ):
+            assert layer.activation_index is not None
+            prefix = f"{PREFIX}.{index}.a_int8.{block}"
+            source = node.inputs[layer.activation_index]
+            assert source is not None
+            on = builder.input(f"{prefix}.on", ir.DataType.BOOL)
+            k = facts[layer.name].kn
+            assert k is not None
+            nodes = builder.int8_blocks(prefix, source, k[0], block)
+            graph.insert_before(node, nodes)
+            node.replace_input_with(layer.activation_index, nodes[-1].outputs[0])
+            int8_blocks.append((block, on.name))
+        output_site = targets[index][1] if index in targets else None
+        upstream = feeding.get(id(activation)) if activation is not None else None
+        sites.append(
+            LayerSites(
+                layer.name,
+                index,
+                wbits,
+                tuple(scales),
+                input_site,
+                output_site,
+                upstream,
+                bias,
+                tuple(int8_blocks),
+            )
+        )
+    return ir.to_proto(model), sites
