@@ -9,13 +9,11 @@ its own calibration data and accuracy metric), so a new user sees the whole flow
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import pathlib
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mpqc.cli_support import (
@@ -28,8 +26,8 @@ from mpqc.cli_support import (
     protect_inputs,
     run_command,
 )
+from mpqc.cluster import dask_executor
 from mpqc.core.bits import Bits
-from mpqc.core.errors import UsageError
 
 if TYPE_CHECKING:
     from mpqc.ir.outputs import Outputs
@@ -230,7 +228,7 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
         outputs.claim_folder(args.emit_pareto, "emit_pareto")
     if args.plan_out:
         check_plan_path(outputs.claim(args.plan_out, "plan_out"), field="plan_out")
-    with _executor(args.executor) as executor:
+    with dask_executor(args.executor) as executor:
         result = _compile(args, model, calibration, eval_fn, executor)
     input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
     with outputs.commit() as staging:
@@ -245,24 +243,6 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
     if not args.quiet:
         print(_summary(args, result, input_bytes, output_bytes))
     return EXIT_OK
-
-
-@contextlib.contextmanager
-def _executor(address: str | None) -> Iterator[Any]:
-    """A Dask cluster's executor for ``--executor tcp://...``; None (in-process) otherwise."""
-    if address is None:
-        yield None
-        return
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UsageError("--executor needs Dask: pip install 'mpqc[dist]'") from None
-    try:
-        client = Client(address, timeout="10s")
-    except OSError as exc:
-        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-    with client:
-        yield client.get_executor()
 
 
 def _compile(
