@@ -260,6 +260,7 @@ def _compile(
             "shapes": dict(args.shapes),
             "executor": executor,
             "instruments": tuple(ir_printer(args)),
+            "progress": not args.quiet,
         }
     )
     return mpqc.compile(model, options)

@@ -30,7 +30,7 @@ from mpqc.passes import (
 from mpqc.passes.choose.plan import check_plan_path
 from mpqc.passes.choose.plan_file import describe, write_yaml
 from mpqc.passes.choose.plan_ort import write_overrides
-from mpqc.passes.infra.instruments import Instrument, Snapshot, Timing
+from mpqc.passes.infra.instruments import Instrument, Progress, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.pipeline import Pipeline
 from mpqc.report import Explanation
@@ -83,8 +83,12 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
         check_plan_path(options.plan_out, field="plan_out")
         lowering = Snapshot(before="lower-qdq")
         watching.append(lowering)
-    pipeline = Pipeline(options.pipeline_text(), context, watching)
-    text = pipeline.expanded()
+    text = Pipeline(options.pipeline_text(), context).expanded()
+    if options.progress:
+        progress = Progress(len(parse_pipeline(text)))
+        context.progress = progress
+        watching.append(progress)
+    pipeline = Pipeline(text, context, watching)
     result_ir = pipeline.run_ir(working)
     if lowering is not None:
         if lowering.model is None:

@@ -39,9 +39,16 @@ class Evaluator:
 
     exact = True
 
-    def __init__(self, fn: Callable[[Key], float], executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Key], float],
+        executor: Executor | None = None,
+        on_evaluated: Callable[[int], None] | None = None,
+    ) -> None:
         self.fn = fn
         self.executor = executor
+        #: Told how many new configurations each batch evaluated (progress for a person waiting).
+        self.on_evaluated = on_evaluated
         self._cache: dict[Key, float] = {}
 
     @property
@@ -69,6 +76,8 @@ class Evaluator:
             for key, value in zip(missing, values, strict=True):
                 value = float(value)
                 self._cache[key] = math.inf if math.isnan(value) else value
+            if self.on_evaluated is not None:
+                self.on_evaluated(len(missing))
         return [self._cache[k] for k in keys]
 
 

@@ -118,9 +118,12 @@ class CalibratePass(Pass):
         activations = _activations(model)
         session = _Session(model, activations)
         stats = {name: _Observed() for name in activations}
+        runs = 1 if self.options.method == "minmax" else 2
+        steps = self.context.steps("samples", runs * len(data))
         for tensors in session.run_all(data):
             for name, array in tensors:
                 stats[name].update_range(array)
+            steps.advance()
         if self.options.method != "minmax":
             for observed in stats.values():
                 observed.start_histogram(
@@ -129,6 +132,7 @@ class CalibratePass(Pass):
             for tensors in session.run_all(data):
                 for name, array in tensors:
                     stats[name].update_histogram(array)
+                steps.advance()
 
         written = 0
         for name, observed in stats.items():

@@ -26,6 +26,7 @@ import onnx_ir as ir
 from mpqc.ir.annotations import ALL, detail_key, sensitivity_key
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassInputError, option
+from mpqc.passes.infra.context import Steps
 from mpqc.passes.lib.data import CalibrationData
 
 __all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates"]
@@ -60,6 +61,9 @@ def _check_bits(name: str, bits: tuple[int, ...]) -> None:
 
 class SensitivityPass(Pass):
     """Base of the sensitivity passes: an analysis that only adds ``mpqc.sens.<metric>``."""
+
+    #: Counts the layers scored (``layers()`` starts it, ``write()`` advances it).
+    _steps: Steps = Steps(None, "layers", None)
 
     metric: ClassVar[str]
     preserves = frozenset({ALL})
@@ -130,11 +134,13 @@ class SensitivityPass(Pass):
                     f"{self.name}: layer '{layer.name}' has NaN or Inf in its weight "
                     f"'{layer.weight.name}'; fix the model before quantizing it"
                 )
+        self._steps = self.context.steps("layers", len(layers))
         return layers
 
     def write(
         self, layer: Layer, scores: dict[str, float], detail: dict[str, Any] | None = None
     ) -> None:
         sensitivity_key(self.metric).set(layer.node, {k: float(v) for k, v in scores.items()})
+        self._steps.advance()
         if detail is not None:
             detail_key(self.metric).set(layer.node, detail)

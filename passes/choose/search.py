@@ -341,7 +341,8 @@ class SearchPass(Pass):
         fn = functools.partial(
             _config_error, evaluator, problem.layers, problem.choices, self.options.measure
         )
-        return msearch.Evaluator(fn, executor=self.context.executor)
+        steps = self.context.steps("evaluations")
+        return msearch.Evaluator(fn, executor=self.context.executor, on_evaluated=steps.advance)
 
     @staticmethod
     def searched_layers(model: ir.Model) -> list[Layer]:

@@ -13,11 +13,36 @@ import dataclasses
 import hashlib
 import pathlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["CompileContext"]
+__all__ = ["CompileContext", "StepReporter", "Steps"]
+
+
+class StepReporter(Protocol):
+    """Shows a pass's steps (the ``Progress`` instrument): what is counted, how many so far."""
+
+    def start_steps(self, what: str, total: int | None) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+
+class Steps:
+    """A pass's counter of its steps (samples, layers, evaluations): ``advance()`` after each.
+
+    Passes count through the context and never know whether anyone watches: without a reporter
+    a step costs one attribute test.
+    """
+
+    def __init__(self, reporter: StepReporter | None, what: str, total: int | None) -> None:
+        self._reporter = reporter
+        if reporter is not None:
+            reporter.start_steps(what, total)
+
+    def advance(self, count: int = 1) -> None:
+        if self._reporter is not None:
+            self._reporter.advance(count)
 
 
 @dataclasses.dataclass
@@ -53,6 +78,13 @@ class CompileContext:
         """A generator seeded from the compilation seed and a per-use salt: uses don't interfere."""
         digest = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
         return np.random.default_rng([self.seed, digest])
+
+    #: Shows the passes' steps as they run (the ``Progress`` instrument); None: nobody watches.
+    progress: StepReporter | None = None
+
+    def steps(self, what: str, total: int | None = None) -> Steps:
+        """Count this pass's ``what`` (of ``total``, when known) for whoever shows progress."""
+        return Steps(self.progress, what, total)
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -233,6 +233,7 @@ class RecoverPass(Pass):
         flow = data_flow(model.graph)
         position = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
         outcomes = []
+        steps = self.context.steps("layers", len(chosen))
         for stage in np.array_split(np.arange(len(chosen)), min(self.options.stages, len(chosen))):
             members = [chosen[i] for i in stage]
             last = order[members[-1].name]
@@ -259,6 +260,7 @@ class RecoverPass(Pass):
                 outcomes.append(
                     recover_layer(model.graph, t, seen[t.name], target_mean, self.options)
                 )
+                steps.advance()
         return outcomes
 
     def _report(self, model: ir.Model, outcomes: list[Outcome]) -> None:

@@ -10,6 +10,7 @@ to the ``mpqc.report`` annotation for the report and the command's summary.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -32,7 +33,10 @@ def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
 
 
 def output_fidelity(
-    reference: ort.InferenceSession, candidate: ort.InferenceSession, samples: list
+    reference: ort.InferenceSession,
+    candidate: ort.InferenceSession,
+    samples: list,
+    advance: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes;
     nothing when that output is not numbers (strings, a sequence)."""
@@ -48,6 +52,8 @@ def output_fidelity(
         noise += float(((ref - out) ** 2).sum())
         if ref.ndim >= 2 and ref.shape[-1] > 1:
             agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+        if advance is not None:
+            advance(1)
             total += int(np.prod(ref.shape[:-1]))
     result = {"sqnr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf")}
     if total:
@@ -114,7 +120,8 @@ class VerifyPass(Pass):
             reference = self._reference() if held_out is not None and len(held_out) else None
             if reference is not None:
                 samples = list(held_out)[: self.options.max_samples]
-                result.update(output_fidelity(reference, candidate, samples))
+                steps = self.context.steps("samples", len(samples))
+                result.update(output_fidelity(reference, candidate, samples, steps.advance))
                 result["samples"] = len(samples)
                 if not held_out.held_out:
                     result["samples_from"] = "calibration"

@@ -7,8 +7,10 @@ import dataclasses
 import importlib.metadata
 import io
 import pathlib
+import re
 import sys
 import textwrap
+import time
 import types
 import typing
 
@@ -20,7 +22,14 @@ from models import exporter_quirks, small_cnn
 
 from mpqc import passes
 from mpqc.ir import annotations as A
-from mpqc.passes import IRPrinter, NamedPipeline, Pass, PassInputError, PassManager
+from mpqc.passes import (
+    CompileContext,
+    IRPrinter,
+    NamedPipeline,
+    Pass,
+    PassInputError,
+    PassManager,
+)
 from mpqc.passes.infra import registry
 from mpqc.passes.infra.base import CHECK_CONTRACTS
 from mpqc.passes.infra.instruments import dump_header
@@ -552,8 +561,29 @@ def test_ir_dump_dir_writes_numbered_files(tmp_path: pathlib.Path) -> None:
 def test_timing_and_progress() -> None:
     timing = passes.Timing()
     stream = io.StringIO()
-    PassManager([_Analyse(), _Rewrite()], [timing, passes.Progress(2, stream)])(small_cnn())
+    progress = passes.Progress(2, stream, after=0.0)
+    PassManager([_Analyse(), _Rewrite()], [timing, progress])(small_cnn())
     assert [name for name, _ in timing.seconds] == ["analyse", "rewrite"]
     assert all(seconds >= 0 for _, seconds in timing.seconds)
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("[1/2] analyse ...") and lines[1].startswith("[2/2] rewrite ...")
+    assert re.fullmatch(r"\[1/2\] analyse \d+\.\d\d s", lines[0]), lines
+    assert re.fullmatch(r"\[2/2\] rewrite \d+\.\d\d s", lines[1]), lines
+
+
+def test_progress_shows_only_passes_slower_than_its_threshold_with_their_steps() -> None:
+    stream = io.StringIO()
+    progress = passes.Progress(3, stream, after=0.05, live=False)
+    context = CompileContext(progress=progress)
+
+    class _Counting(_Analyse):
+        name = "counting"
+
+        def call(self, model):
+            steps = self.context.steps("samples", 4)
+            for _ in range(4):
+                time.sleep(0.02)
+                steps.advance()
+            return super().call(model)
+
+    PassManager([_Analyse(), _Counting(context=context), _Rewrite()], [progress])(small_cnn())
+    assert re.fullmatch(r"\[2/3\] counting \d+\.\d\d s \(4 samples\)\n", stream.getvalue())
