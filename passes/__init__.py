@@ -4,7 +4,7 @@ Importing this package registers the built-in passes; ``names()`` and ``get(name
 passes that other packages declare in the ``mpqc.passes`` entry-point group.
 """
 
-from mpqc.passes.infra.base import NoOptions, Pass, PassError, PassInputError, option
+from mpqc.passes.infra.base import NoOptions, Pass, PassInputError, option
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.infra.instruments import IRPrinter, Progress, Timing
 from mpqc.passes.infra.manager import PassManager
@@ -47,7 +47,6 @@ __all__ = [
     "NamedPipeline",
     "NoOptions",
     "Pass",
-    "PassError",
     "PassInputError",
     "PassSpec",
     "PassManager",

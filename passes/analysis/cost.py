@@ -27,7 +27,7 @@ from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.hwspecs import CostModel, HardwareSpec, LayerDesc, UnsupportedPrecisionError
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.layout import WeightLayout
@@ -100,12 +100,12 @@ class CostPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.context.hw
         if spec is None:
-            raise PassError(
+            raise PassInputError(
                 "the cost pass needs a hardware spec: a bundled name or a spec .yaml", field="hw"
             )
         layers = quantizable_layers(model.graph)
         if not layers:
-            raise PassError(
+            raise PassInputError(
                 "the model has no quantizable layer (Conv, Gemm, MatMul with a constant weight, "
                 "...)"
             )
@@ -115,7 +115,7 @@ class CostPass(Pass):
         model_cost = CostModel(spec)
         pairs = spec.supported_pairs(self.context.wbits, self.context.abits)
         if not pairs:
-            raise PassError(
+            raise PassInputError(
                 f"{spec.name} runs none of the requested bit-widths: weights "
                 f"{', '.join(map(str, spec.weight_bits))}, "
                 f"activations {', '.join(map(str, spec.act_bits))}"

@@ -51,7 +51,7 @@ from mpqc.ir import annotations
 from mpqc.ir.annotations import AnnotationKey, KeyFamily
 from mpqc.passes.infra.context import CompileContext
 
-__all__ = ["Keys", "NoOptions", "Pass", "PassError", "PassInputError", "option"]
+__all__ = ["Keys", "NoOptions", "Pass", "PassInputError", "option"]
 
 #: Set to "1" in the environment to check that passes read only what they declare (tests do).
 CHECK_CONTRACTS = "MPQC_CHECK_CONTRACTS"
@@ -66,10 +66,6 @@ class PassInputError(MpqcError):
     Not called ``PassError``: onnx_ir has a ``PassError`` of its own (a pass broke its contract,
     a bug), and mpqc's means bad input, shown to the user as one line.
     """
-
-
-#: The former name, kept while the modules other work is changing still import it.
-PassError = PassInputError
 
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:

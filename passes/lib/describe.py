@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from mpqc.hwspecs import LayerDesc
 from mpqc.ir.layers import Layer, constant_array
-from mpqc.passes.infra.base import PassError
+from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.lib.runtime import session
 
@@ -61,30 +61,30 @@ def check_shapes(model: ir.Model, shapes: Mapping[str, int | tuple[int, ...]]) -
     for name, given in shapes.items():
         sizes = given if isinstance(given, tuple) else (given,)
         if not all(1 <= size <= _MAX_DIM for size in sizes):
-            raise PassError(f"{name}: a size must be between 1 and 2**63 - 1", field="shapes")
+            raise PassInputError(f"{name}: a size must be between 1 and 2**63 - 1", field="shapes")
         if not isinstance(given, tuple):
             if name not in symbolic:
                 known = ", ".join(sorted(symbolic)) or "none"
-                raise PassError(
+                raise PassInputError(
                     f"no graph input has a symbolic dim named {name!r} (the symbolic dims: "
                     f"{known}): give DIM=SIZE for one of them or INPUT=d0,d1,...",
                     field="shapes",
                 )
             continue
         if name not in inputs:
-            raise PassError(
+            raise PassInputError(
                 f"{name}= names no graph input (the inputs: {', '.join(inputs)})", field="shapes"
             )
         dims = inputs[name].shape
         if dims is None:
             continue
         if len(given) != len(dims):
-            raise PassError(
+            raise PassInputError(
                 f"{name}= gives {len(given)} dims, the input has {len(dims)}", field="shapes"
             )
         for axis, (dim, size) in enumerate(zip(dims, given, strict=True)):
             if isinstance(dim, int) and dim != size:
-                raise PassError(
+                raise PassInputError(
                     f"{name}= sets axis {axis} to {size}, but the input's axis {axis} is fixed at "
                     f"{dim}: give {dim} there",
                     field="shapes",
@@ -122,7 +122,7 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
                 assumed.append(f"{value.name}[0]=1 (batch)")
             else:
                 by_name = f"{dim.dim_param}=SIZE or " if dim.dim_param else ""
-                raise PassError(
+                raise PassInputError(
                     f"input '{value.name}' has a symbolic dim '{dim.dim_param or '?'}' at axis "
                     f"{axis}: give {by_name}{value.name}=d0,d1,...",
                     field="shapes",
@@ -161,7 +161,7 @@ def _observed_shapes(
     try:
         outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
     except Exception as exc:  # onnxruntime raises several unrelated types
-        raise PassError(
+        raise PassInputError(
             f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); "
             "give the input shapes",
             field="shapes",
@@ -181,7 +181,7 @@ def _shape(
     if value.const_value is not None:
         return tuple(value.const_value.shape.numpy())
     if value.name not in shapes:
-        raise PassError(
+        raise PassInputError(
             f"layer '{layer.name}': the shape of '{value.name}' is not static; give its symbolic "
             "dims a size (NAME=SIZE)",
             field="shapes",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
-from mpqc.passes.infra.base import PassError
+from mpqc.passes.infra.base import PassInputError
 
 __all__ = ["ORT_MIN_OPSET", "allow_initializers_apart", "ensure_opset"]
 
@@ -57,7 +57,7 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         needed = _NEEDED_FOR.get(minimum, f"the chosen bit-widths need opset {minimum}")
-        raise PassError(
+        raise PassInputError(
             f"the model is at opset {current}, {needed}, and onnx's version converter could not "
             f"upgrade it ({reason}): re-export the model at opset {minimum}"
             + (" or choose 8-bit weights and activations (opset 13)" if minimum > 13 else "")

@@ -36,7 +36,7 @@ import onnx_ir as ir
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import constant_array, quantizable_layers
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import (
     activation_grid,
@@ -180,7 +180,7 @@ class LowerQDQPass(Pass):
                 ("activation", abits, spec.act_bits),
             ):
                 if bits != FLOAT_BITS and bits not in allowed:
-                    raise PassError(
+                    raise PassInputError(
                         f"layer '{name}': {spec.name} does not run {bits}-bit {kind}s: it "
                         f"supports {', '.join(map(str, allowed))}"
                     )

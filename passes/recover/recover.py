@@ -3,10 +3,9 @@ correction.
 
 Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``; reads ``mpqc.bits`` and,
 through the lowering it observes, ``mpqc.calib.range``; needs calibration samples (a one-line
-PassError without). For every layer whose weight grid has at most ``max_bits`` bits (default 7) and
-that is a matrix product (Conv — grouped and depthwise
-included — Gemm, MatMul with a constant 2-D weight; Gather, LSTM and GRU are left as they are, with
-a note):
+PassInputError without). For every layer whose weight grid has at most ``max_bits`` bits (default
+7) and that is a matrix product (Conv — grouped and depthwise included — Gemm, MatMul with a
+constant 2-D weight; Gather, LSTM and GRU are left as they are, with a note):
 
 1. observe its input on calibration samples (``statistics``): ``inputs=sequential`` reads it in the
    model lowered with everything upstream already quantized and recovered (and the layer's own
@@ -54,7 +53,7 @@ from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes.infra.base import Pass, PassError, option
+from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import (
     fake_quant_weight,
@@ -175,7 +174,7 @@ class RecoverPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
         if data is None or len(data) == 0:
-            raise PassError(
+            raise PassInputError(
                 "recover needs calibration samples to observe each layer's inputs",
                 field="calibration",
             )
@@ -211,7 +210,7 @@ class RecoverPass(Pass):
             if chosen is not None:
                 config[layer.name] = (int(chosen["w"]), int(chosen["a"]))
         if not config:
-            raise PassError(
+            raise PassInputError(
                 "recover: no layer has bits; run search first (or give recover{uniform=w4a8})"
             )
         return config

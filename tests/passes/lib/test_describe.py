@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from mpqc.passes import CalibrationData, CompileContext, PassError
+from mpqc.passes import CalibrationData, CompileContext, PassInputError
 from mpqc.passes.lib.describe import static_shapes
 
 # Width is symbolic and unnamed, as in PP-OCR's recognizer; the batch is a named dim.
@@ -40,12 +40,12 @@ def test_whole_input_override_wins() -> None:
 
 
 def test_without_data_an_unnamed_dim_is_a_clear_error() -> None:
-    with pytest.raises(PassError, match=r"^shapes: .* give x=d0,d1"):
+    with pytest.raises(PassInputError, match=r"^shapes: .* give x=d0,d1"):
         static_shapes(_model(), CompileContext(shapes={"N": 4}))
 
 
 def test_a_whole_shape_of_the_wrong_rank_is_refused() -> None:
-    with pytest.raises(PassError, match="gives 2 dims"):
+    with pytest.raises(PassInputError, match="gives 2 dims"):
         static_shapes(_model(), CompileContext(shapes={"x": (1, 2)}))
 
 

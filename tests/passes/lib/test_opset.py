@@ -9,7 +9,7 @@ import pytest
 from models import run_ort
 
 from mpqc import passes
-from mpqc.passes import PassError
+from mpqc.passes import PassInputError
 from mpqc.passes.lib.opset import ensure_opset
 
 # As onnx's backend test models were exported: IR 3, where every initializer is also a graph input.
@@ -74,7 +74,7 @@ def test_a_failed_upgrade_says_what_needs_the_opset_and_what_to_do(
         raise RuntimeError("adapter missing")
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", broken)
-    with pytest.raises(PassError) as info:
+    with pytest.raises(PassInputError) as info:
         ensure_opset(_ir3_conv(), minimum)
     message = str(info.value)
     assert "\n" not in message

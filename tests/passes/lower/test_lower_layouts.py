@@ -504,10 +504,10 @@ def test_weighted_ops_without_a_quantized_form_are_reported() -> None:
 def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
     import mpqc
     from mpqc import hwspecs
-    from mpqc.passes import PassError
+    from mpqc.passes import PassInputError
 
     with pytest.raises(
-        PassError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"
+        PassInputError, match=r"x86_avx2 does not run 3-bit weights: it supports 2, 4, 8, 16"
     ):
         mpqc.compile(_transformer(), mpqc.CompileOptions(hw="x86_avx2", uniform="w3a8"))
     model = ir.from_proto(_transformer())
@@ -515,7 +515,8 @@ def test_a_bit_width_the_spec_does_not_run_is_refused_with_its_list() -> None:
         next(n for n in model.graph if n.op_type == "MatMul"), {"w": 8, "a": 4}
     )  # edited by hand
     with pytest.raises(
-        PassError, match=r"layer 'h': x86_avx2 does not run 4-bit activations: it supports 8, 16"
+        PassInputError,
+        match=r"layer 'h': x86_avx2 does not run 4-bit activations: it supports 8, 16",
     ):
         _lower_pass(CompileContext(hw=hwspecs.load("x86_avx2")), {})(model)
 
@@ -605,7 +606,7 @@ def test_constant_node_weights_and_tables_inside_bodies_are_quantized(wbits: int
 def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
     import mpqc
     from mpqc.cli import main
-    from mpqc.passes import PassError
+    from mpqc.passes import PassInputError
 
     proto = _transformer()
     result = mpqc.compile(
@@ -620,7 +621,7 @@ def test_compile_and_the_command_line_lower_weight_only(tmp_path) -> None:
         "MatMulNBits",
     ]
     onnx.checker.check_model(result.model, full_check=True)
-    with pytest.raises(PassError, match="^weight_only: .* drop the budgets"):
+    with pytest.raises(PassInputError, match="^weight_only: .* drop the budgets"):
         mpqc.compile(proto, mpqc.CompileOptions(hw="x86_avx2", weight_only=True, max_size="0.5x"))
 
     source, output = tmp_path / "block.onnx", tmp_path / "block.w8.onnx"

@@ -18,7 +18,7 @@ from mpqc import hwspecs
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
-from mpqc.passes import CalibrationData, CompileContext, PassError
+from mpqc.passes import CalibrationData, CompileContext, PassInputError
 from mpqc.passes.analysis.calibrate import CalibratePass
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight_blocked, weight_grid
@@ -285,13 +285,13 @@ def test_weights_are_rounded_on_the_targets_narrowed_grid() -> None:
 
 
 def test_without_data_one_clear_error() -> None:
-    with pytest.raises(PassError, match=r"^calibration: recover needs calibration samples"):
+    with pytest.raises(PassInputError, match=r"^calibration: recover needs calibration samples"):
         RecoverPass(context=CompileContext(), uniform="w4a8")(small_cnn())
 
 
 def test_without_bits_one_clear_error() -> None:
     samples = random_inputs(small_cnn(), 2)
-    with pytest.raises(PassError, match="no layer has bits; run search first"):
+    with pytest.raises(PassInputError, match="no layer has bits; run search first"):
         RecoverPass(context=_context(samples))(small_cnn())
 
 
@@ -358,7 +358,7 @@ def test_compile_recovers_by_default_with_data_and_not_without(tmp_path) -> None
             ),
         ).pipeline
     )
-    with pytest.raises(PassError, match="^recover: needs calibration data"):
+    with pytest.raises(PassInputError, match="^recover: needs calibration data"):
         mpqc.compile(model, mpqc.CompileOptions(hw="generic", uniform="w4a8", recover=True))
     assert (
         main(
