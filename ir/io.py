@@ -186,6 +186,8 @@ def _check_model(model: ir.Model, source: str) -> None:
 def _check_tensor(name: str | None, tensor: ir.TensorProtocol, source: str) -> None:
     # Converting is how onnx_ir finds a mismatch (a view, no copy, for raw and external data):
     # ValueError from numpy's reshape or a short buffer, AssertionError from a wrong typed field.
+    # An external tensor maps its file to check it; unmapped again, a model of thousands of them
+    # does not hold thousands of file descriptors.
     try:
         tensor.numpy()
     except (ValueError, AssertionError, OSError) as exc:
@@ -194,6 +196,9 @@ def _check_tensor(name: str | None, tensor: ir.TensorProtocol, source: str) -> N
             f"{source}: tensor {name!r} holds data that does not match its shape "
             f"{list(tensor.shape)} ({reason}): re-export the model"
         ) from exc
+    finally:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.release()
 
 
 def _node_on_a_cycle(graph: ir.Graph) -> ir.Node | None:

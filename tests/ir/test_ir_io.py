@@ -289,3 +289,17 @@ def test_load_refuses_an_opset_newer_than_onnx_knows(tmp_path: pathlib.Path) -> 
     path = tmp_path / "future.onnx"
     onnx.save(onnx.parser.parse_model(text), path)
     _one_line_model_error(path, f"opset {newest + 2}", f"re-export the model at opset {newest}")
+
+
+def test_checking_a_lazy_model_leaves_no_tensor_mapped(
+    cnn: ir.Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each mapped external tensor holds a file descriptor; a model has thousands of tensors.
+    monkeypatch.setattr("mpqc.ir.io._PROTOBUF_LIMIT", 1000)
+    path = mir.save(cnn, tmp_path / "big.onnx")
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    if descriptors is None:
+        pytest.skip("no /proc/self/fd here")
+    lazy = mir.load(path)
+    assert isinstance(lazy.graph.initializers["w3"].const_value, ir.ExternalTensor)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
