@@ -36,7 +36,11 @@ lowering emits it (``passes/lower/lower_qdq.py``):
   op's overhead per output element.
 * A table lookup (Gather) moves the rows it reads, not the table: a float or integer table costs its
   output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run (the spec's
-  ``DequantizeLinear(int4)`` overhead per table element, if it has one).
+  ``DequantizeLinear(int4)`` overhead per table element, if it has one), unless a packed kernel
+  (GatherBlockQuantized) gathers it: then the spec's overhead of that op per gathered element.
+* A packed kernel (``CostModel.kernel``'s ``packed_kernel``: MatMulNBits) reads the stored low-bit
+  weight itself: the float rate on the packed bytes, no per-run unpack, the input's
+  Quantize/DequantizeLinear as for any float kernel behind a quantized input.
 * ``energy = MACs · energy_per_mac(w, a) + bytes · energy_per_byte(level)`` (conversions ignored).
 * bytes are *stored* bytes (``Cost.weight_bytes``, ``act_bytes``): weights in the ONNX container the
   lowering writes (INT2, INT4, INT8, INT16; 3-bit lives in INT4, etc., DESIGN.md) rounded up per
@@ -163,11 +167,19 @@ class CostModel:
         return tensor_bytes(desc.input_elems, abits) + tensor_bytes(desc.output_elems, abits)
 
     def layer_cost(
-        self, desc: LayerDesc, wbits: int | None, abits: int | None, *, act_signed: bool = False
+        self,
+        desc: LayerDesc,
+        wbits: int | None,
+        abits: int | None,
+        *,
+        act_signed: bool = False,
+        packed_kernel: str | None = None,
     ) -> Cost:
-        """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float.  Raises
-        ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
-        precision = self.kernel(desc, wbits, abits, act_signed=act_signed)
+        """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float; ``packed_kernel``:
+        see ``kernel``.  Raises ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
+        precision = self.kernel(
+            desc, wbits, abits, act_signed=act_signed, packed_kernel=packed_kernel
+        )
         weight_bytes = self.weight_bytes(desc, wbits)
         act_bytes = self.act_bytes(desc, abits)
         moved = self.moved_bytes(desc, wbits, abits)
@@ -185,11 +197,32 @@ class CostModel:
         )
 
     def kernel(
-        self, desc: LayerDesc, wbits: int | None, abits: int | None, *, act_signed: bool = False
+        self,
+        desc: LayerDesc,
+        wbits: int | None,
+        abits: int | None,
+        *,
+        act_signed: bool = False,
+        packed_kernel: str | None = None,
     ) -> Precision:
         """The pair whose kernel ``layer_cost`` prices for ``desc`` at (``wbits``, ``abits``): its
-        ``kernel_kind`` says float, emulated (a float kernel behind DequantizeLinear) or integer."""
-        return self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
+        ``kernel_kind`` says float, emulated (a float kernel behind DequantizeLinear), packed or
+        integer.  ``packed_kernel`` names the onnxruntime kernel that reads the stored low-bit
+        weight itself where the lowering emits one (``Precision.packed_kernel``): a MatMulNBits
+        runs at the float rate (on the packed bytes) with no per-run unpack; a
+        GatherBlockQuantized costs its ``overheads`` entry per gathered element."""
+        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
+        if packed_kernel is None or precision.is_float:
+            return precision
+        floating = self.spec.precision(None, None) if self.spec.runs_float else precision
+        return replace(
+            precision,
+            throughput=floating.throughput,
+            depthwise_throughput=floating.depthwise_throughput,
+            weight_unpack=0.0,
+            weight_unpack_ops=MappingProxyType({}),
+            packed_kernel=packed_kernel,
+        )
 
     def _kernel_for(self, desc: LayerDesc, precision: Precision) -> Precision:
         """The pair as this op runs it: an integer pair of an op the spec's op table gives no
@@ -284,7 +317,7 @@ class CostModel:
     def _weights_s(self, desc: LayerDesc, precision: Precision) -> float:
         """An emulated pair's weight (and, for a float kernel, int32 bias) DequantizeLinear, every
         run."""
-        if precision.native:
+        if precision.native or precision.packed_kernel is not None:
             return 0.0
         dequantize = self.spec.overhead("DequantizeLinear")
         seconds = dequantize.fixed + self._unpack_s(precision, desc.op_type) * desc.weight_params
@@ -313,6 +346,8 @@ class CostModel:
         if precision.is_float:
             return 0.0
         dequantize = self.spec.overhead("DequantizeLinear")
+        if precision.packed_kernel is not None:
+            return self.spec.overhead(precision.packed_kernel).time(desc.output_elems)
         if precision.native:
             return dequantize.time(desc.output_elems) + self.spec.overhead("Mul").time(
                 desc.output_elems

@@ -72,6 +72,12 @@ class Precision:
     """Multiply-accumulates per second of depthwise convolutions (one input channel per group), when
     the kernel runs them far below ``throughput``: each weight is reused only across a k x k window,
     so SIMD GEMM kernels do not apply.  None: the same as ``throughput``."""
+    packed_kernel: str | None = None
+    """The onnxruntime kernel that reads the stored low-bit weight itself, when one runs the layer
+    instead of a DequantizeLinear in front of a float kernel: ``MatMulNBits``, which computes at
+    the float kernel's rate on the packed weight and unpacks nothing per run, or
+    ``GatherBlockQuantized``, which dequantizes only the rows it gathers (set by
+    ``CostModel.kernel``, never by a spec file)."""
     weight_grid_bits: int | None = None
     """The widest weight grid the pair's kernel computes exactly, when narrower than ``wbits``: x86
     CPUs without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of
@@ -95,9 +101,12 @@ class Precision:
     @property
     def kernel_kind(self) -> str:
         """'float' (the float graph's own kernel), 'emulated' (a float kernel behind a weight
-        DequantizeLinear) or 'integer': what ``HardwareSpec.fused_activations`` is keyed by."""
+        DequantizeLinear), 'packed' (``packed_kernel``) or 'integer': what
+        ``HardwareSpec.fused_activations`` is keyed by."""
         if self.integer_kernel:
             return "integer"
+        if self.packed_kernel is not None:
+            return "packed"
         return "float" if self.native else "emulated"
 
     def rate(self, depthwise: bool) -> float:

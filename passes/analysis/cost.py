@@ -31,9 +31,17 @@ from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lib.plan import LayerFacts, LayerPlan, facts_of, plan_layer, stored_bytes
+from mpqc.passes.lib.plan import (
+    CONTRIB_FORMS,
+    Kernel,
+    LayerFacts,
+    LayerPlan,
+    facts_of,
+    plan_layer,
+    stored_bytes,
+)
 
-__all__ = ["CostPass", "candidate_key", "priced_pair"]
+__all__ = ["CostPass", "candidate_key", "priced_kernel", "priced_pair"]
 
 
 def candidate_key(wbits: int | None, abits: int | None) -> str:
@@ -54,6 +62,22 @@ def priced_pair(plan: LayerPlan) -> tuple[int | None, int | None]:
     )
 
 
+#: The plan's kernels that read the stored low-bit weight themselves, by onnxruntime op name.
+_PACKED_KERNELS = {
+    Kernel.MATMUL_NBITS: "MatMulNBits",
+    Kernel.GATHER_BLOCK_QUANTIZED: "GatherBlockQuantized",
+}
+
+
+def priced_kernel(plan: LayerPlan) -> str | None:
+    """The packed kernel the cost model prices for ``plan`` (``CostModel.kernel``), or None: the
+    pair's own kernel. onnxruntime's own DequantizeLinear -> MatMul fusion counts only where the
+    plan emits the op (it needs float activations, which the cost pass never prices)."""
+    if plan.form not in CONTRIB_FORMS:
+        return None
+    return _PACKED_KERNELS[plan.kernel]
+
+
 def _priced(
     layer: Layer,
     facts: LayerFacts,
@@ -68,7 +92,8 @@ def _priced(
     plan = plan_layer(
         facts, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec=model_cost.spec, layout=layout
     )
-    return _entry(model_cost.layer_cost(desc, *priced_pair(plan)), stored_bytes(layer, plan))
+    cost = model_cost.layer_cost(desc, *priced_pair(plan), packed_kernel=priced_kernel(plan))
+    return _entry(cost, stored_bytes(layer, plan))
 
 
 def _entry(cost, size: int) -> dict[str, object]:

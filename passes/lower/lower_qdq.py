@@ -145,9 +145,14 @@ class LowerQDQPass(Pass):
             annotations.BITS.set(layer.node, {"w": plan.wbits, "a": plan.abits})
             if plan.grid_bits != plan.wbits:
                 narrowed.add((plan.wbits, plan.abits, plan.grid_bits))
-            emitter.weight(layer, plan)
+            # A contrib form replaces the layer's node, so its input quantizer goes in first.
+            quantize_first = plan.form in CONTRIB_FORMS
+            if not quantize_first:
+                emitter.weight(layer, plan)
             if plan.input_quantizer is not None:
                 ranges_missing |= not emitter.quantize_input(layer, plan.abits)
+            if quantize_first:
+                emitter.weight(layer, plan)
         for plan in plans:
             if plan.output_quantizer:
                 emitter.quantize_output(by_name[plan.name], plan.abits)

@@ -105,7 +105,7 @@ class Evaluator(Shipped):
         prepared = tuple(
             sorted({plan.grid_bits for plan in self._lowering.values() if plan.quantized_weight})
         )
-        proto, sites = build(model, prepared, fuse_outputs, layout, facts)
+        proto, sites = build(model, prepared, fuse_outputs, layout, facts, spec)
         self._sites = {site.name: site for site in sites}
         self.layers = [site.name for site in sites]
         self.output_names = [o.name for o in proto.graph.output]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -231,12 +232,13 @@ def build(
     fuse_outputs: bool,
     layout: WeightLayout,
     facts: Mapping[str, LayerFacts],
+    spec: Any = None,
 ) -> tuple[onnx.ModelProto, list[LayerSites]]:
     """The fake-quant ModelProto with control inputs, and where each layer's controls are.
 
-    ``wbits`` are the weight grids to prepare; activation bits change a weight's form only through
-    MatMulNBits, which needs float activations, so each grid is planned at float activations. The
-    graph is built on a clone of ``model``, which stays as it was."""
+    ``wbits`` are the weight grids to prepare. A weight's form depends on its bits and the target
+    (``spec``), not on the activation bits, so each grid is planned once, at float activations.
+    The graph is built on a clone of ``model``, which stays as it was."""
     model = model.clone()
     builder = _Builder(model)
     graph = model.graph
@@ -269,7 +271,8 @@ def build(
         choice = builder.input(f"{PREFIX}.{index}.w", ir.DataType.INT64)
         scales: list[np.ndarray | None] = []
         planned = {
-            bits: plan_layer(facts[layer.name], bits, FLOAT_BITS, layout=layout) for bits in wbits
+            bits: plan_layer(facts[layer.name], bits, FLOAT_BITS, spec=spec, layout=layout)
+            for bits in wbits
         }
         blocks = {bits: plan.block for bits, plan in planned.items()}
         for slot in (layer.weight_index, *layer.other_weight_indices):

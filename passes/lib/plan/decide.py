@@ -19,11 +19,18 @@ Weight forms (``WeightForm``):
   4-bit containers only: onnxruntime fuses a blocked INT8 DequantizeLinear behind quantized
   activations into MatMulIntegerToFloat and ignores the blocks (wrong outputs), and an 8-bit grid
   gains little from blocks that cost 4 bytes each;
-- ``matmul-nbits``: onnxruntime's ``com.microsoft.MatMulNBits`` (``weight_only``, float activations,
-  a 2-D weight with K >= ``NBITS_MIN_K`` in a 2/4/8-bit container, a MatMul or a plain Gemm whose
-  bias becomes the op's bias input). A contrib op other runtimes do not load, hence only on request;
+- ``matmul-nbits``: onnxruntime's ``com.microsoft.MatMulNBits`` for a 2-D weight with K >=
+  ``NBITS_MIN_K``, a MatMul or a plain Gemm whose bias becomes the op's bias input: in a 2/4/8-bit
+  container under ``weight_only``, and in mixed mode for a 2/4-bit container on a target without
+  an integer kernel for such weights (onnxruntime's CPU provider; ``_packed_kernel``). There it
+  replaces a DequantizeLinear that unpacks the weight on every run; a quantized input keeps its
+  quantizer in front of the op (the numbers of the chosen activation grid), which then rounds A
+  to int8 per block at accuracy level 4 like any other input. The block never runs past K
+  rounded up to a power of two (``_fitted_block``);
 - ``gather-block-quantized``: onnxruntime's ``com.microsoft.GatherBlockQuantized`` for a 2-D table
-  in a 4-bit container (``weight_only``): only the rows looked up are dequantized;
+  in a 4-bit container (``weight_only``, and mixed mode on the same targets): only the rows looked
+  up are dequantized, where a DequantizeLinear in front of the Gather dequantizes the whole table
+  on every run;
 - ``gather-rows``: an 8-bit table read by one Gather gathers its int8 rows, then scales them
   (DequantizeLinear at scale 1, Mul by the gathered row scales): a DequantizeLinear in front of the
   Gather would turn the whole table back into floats on every run.
@@ -244,31 +251,55 @@ class LayerPlan:
 
 
 def _weight_form(
-    facts: LayerFacts, grid_bits: int, abits: int, layout: WeightLayout
+    facts: LayerFacts, grid_bits: int, layout: WeightLayout, packed_kernel: bool
 ) -> tuple[WeightForm, int]:
-    """The weight's form and block size."""
+    """The weight's form and block size (``packed_kernel``: see ``_packed_kernel``)."""
     if grid_bits == FLOAT_BITS:
         return WeightForm.FLOAT, 0
     width = weight_grid(grid_bits).width
     op = facts.op_type
+    # Weight-only asks for the contrib ops at every width; in mixed mode they replace a sub-8-bit
+    # container that would otherwise sit behind a DequantizeLinear, dequantized on every run.
+    contrib = layout.weight_only or (width < 8 and packed_kernel)
     if (
-        layout.weight_only
-        and abits == FLOAT_BITS
+        contrib
         and facts.kn is not None
         and (op == "MatMul" or facts.plain_gemm)
         and facts.kn[0] >= NBITS_MIN_K
         and width in NBITS_WIDTHS
     ):
-        return WeightForm.MATMUL_NBITS, layout.nbits_block
+        block = layout.nbits_block if width == 2 else _fitted_block(layout.nbits_block, facts.kn[0])
+        return WeightForm.MATMUL_NBITS, block
     if op == "Gather":
         shape = facts.weight_shape
-        if layout.weight_only and len(shape) == 2 and shape[1] >= NBITS_MIN_K and width == 4:
+        if contrib and len(shape) == 2 and shape[1] >= NBITS_MIN_K and width == 4:
             return WeightForm.GATHER_BLOCK_QUANTIZED, layout.nbits_block
         if width == 8 and facts.single_use_table:
             return WeightForm.GATHER_ROWS, 0
     if layout.block_size and op in ("MatMul", "Gemm") and width in _BLOCKED_WIDTHS:
         return WeightForm.PER_BLOCK, layout.block_size
     return (WeightForm.UNIT_SCALE_MUL if width == 2 else WeightForm.PER_CHANNEL), 0
+
+
+def _fitted_block(block: int, k: int) -> int:
+    """``block``, or a smaller power of two (at least ``NBITS_MIN_K``) that still covers ``k``: a
+    block longer than K is padding, stored on every column. (Not for 2-bit containers: onnxruntime
+    1.32's 2-bit kernel at accuracy level 4 does not round A in blocks of 16 the way its 4- and
+    8-bit kernels do, tests/passes/lib/test_plan.py.)"""
+    return min(block, max(NBITS_MIN_K, 1 << (k - 1).bit_length()))
+
+
+def _packed_kernel(spec: Any, wbits: int) -> bool:
+    """Whether sub-8-bit ``wbits`` weights run in onnxruntime's kernels that read packed low-bit
+    weights (MatMulNBits, GatherBlockQuantized): on a target that computes such weights in no
+    integer kernel of its own (the onnxruntime CPU specs), not on a chip that has one (BitFusion,
+    BISMO, generic), whose QDQ graph states the pair, nor without a target (the portable QDQ
+    form). A property of the weight bits alone, so a layer's weight has one form whatever its
+    activations (the evaluator keeps one copy per grid)."""
+    return spec is not None and not any(
+        spec.supports(wbits, abits) and spec.precision(wbits, abits).native
+        for abits in spec.act_bits
+    )
 
 
 def _fused_into_matmul_nbits(
@@ -316,7 +347,7 @@ def plan_layer(
     if layout.weight_only or facts.in_subgraph:
         abits = FLOAT_BITS  # activations stay float
     grid_bits = weight_grid_bits(spec, wbits, abits)
-    form, block = _weight_form(facts, grid_bits, abits, layout)
+    form, block = _weight_form(facts, grid_bits, layout, _packed_kernel(spec, wbits))
     container = None if form is WeightForm.FLOAT else weight_grid(grid_bits).container
     bias = None
     if facts.bias_shape is not None:

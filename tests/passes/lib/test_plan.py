@@ -29,7 +29,7 @@ from models import build, random_inputs, run_ort
 from mpqc import hwspecs
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline, get
-from mpqc.passes.analysis.cost import priced_pair
+from mpqc.passes.analysis.cost import priced_kernel, priced_pair
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
@@ -160,9 +160,12 @@ CASES = [
     *(Case("matmuls", w, 32) for w in (8, 4, 2)),
     Case("matmuls", 4, 32, WeightLayout(block_size=32)),
     Case("gemms", 8, 32),
-    # per block along K
+    # sub-8-bit MatMul/Gemm weights in mixed mode on onnxruntime: MatMulNBits behind the input's
+    # quantizer, in the asked block
     *(Case("matmuls", w, 8, WeightLayout(block_size=32)) for w in (4, 2)),
     Case("gemms", 4, 8, WeightLayout(block_size=16)),
+    # per block along K, on a chip with native 4-bit weights
+    Case("matmuls", 4, 8, WeightLayout(block_size=32), spec="bitfusion"),
     # MatMulNBits at both accuracy levels, with a plain Gemm's bias as the op's bias
     *(Case("matmuls", w, 32, _WEIGHT_ONLY) for w in (2, 4, 8)),
     Case("matmuls", 4, 32, WeightLayout(weight_only=True, accuracy_level=1)),
@@ -325,6 +328,8 @@ _PRICED = {
     Kernel.INTEGER: "integer",
     Kernel.DEQUANTIZE_FLOAT: "emulated",
     Kernel.GATHER_INT8: "integer",
+    Kernel.MATMUL_NBITS: "packed",
+    Kernel.GATHER_BLOCK_QUANTIZED: "packed",
 }
 
 
@@ -360,7 +365,9 @@ def test_lowering_size_evaluator_and_cost_agree_on_the_plan(case: Case, tmp_path
     shapes = static_shapes(model, context)
     cost_model = hwspecs.CostModel(spec)
     priced = {
-        layer.name: cost_model.kernel(describe(layer, shapes), *pair)
+        layer.name: cost_model.kernel(
+            describe(layer, shapes), *pair, packed_kernel=priced_kernel(plans[layer.name])
+        )
         for layer in layers
         for pair in [priced_pair(plans[layer.name])]
         if case.spec in _ONNXRUNTIME_SPECS and _runs(spec, pair)
