@@ -30,7 +30,7 @@ from mpqc.cluster import dask_executor
 from mpqc.core.bits import Bits
 
 if TYPE_CHECKING:
-    from mpqc.ir.outputs import Outputs
+    from mpqc.ir.outputs import Outputs, Staging
 
 __all__ = ["main"]
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="mpqc",
         description="Mixed-precision quantization compiler for ONNX.",
-        epilog="Exit codes: 0 ok, 1 bad input (one line on stderr), 2 infeasible constraints.",
+        epilog="Exit codes: 0 ok, 1 bad input (one line on stderr), 2 infeasible constraints, "
+        "130/143 interrupted (SIGINT/SIGTERM).",
     )
     parser.add_argument(
         "model", nargs="?", help="float ONNX model (default: the embedded digits CNN)"
@@ -228,10 +229,10 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
         outputs.claim_folder(args.emit_pareto, "emit_pareto")
     if args.plan_out:
         check_plan_path(outputs.claim(args.plan_out, "plan_out"), field="plan_out")
-    with dask_executor(args.executor) as executor:
-        result = _compile(args, model, calibration, eval_fn, executor)
-    input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
     with outputs.commit() as staging:
+        with dask_executor(args.executor) as executor:
+            result = _compile(args, model, calibration, eval_fn, executor, staging)
+        input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
         output_bytes = staging.model(result.ir_model, output).stat().st_size
         if report_json is not None:
             sizes = {"input": input_bytes, "output": output_bytes}
@@ -246,7 +247,12 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
 
 
 def _compile(
-    args: argparse.Namespace, model: Any, calibration: Any, eval_fn: Any, executor: Any
+    args: argparse.Namespace,
+    model: Any,
+    calibration: Any,
+    eval_fn: Any,
+    executor: Any,
+    staging: Staging,
 ) -> Any:
     import mpqc
 
@@ -263,7 +269,7 @@ def _compile(
             "progress": not args.quiet,
         }
     )
-    return mpqc.compile(model, options)
+    return mpqc.compile(model, options, staging=staging)
 
 
 def _report_json(args: argparse.Namespace, result: Any, sizes: dict[str, int]) -> str:

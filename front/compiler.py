@@ -9,6 +9,7 @@ compiler, and ``mpqc-opt -p 'default{...}'`` the same pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import onnx_ir as ir
 from mpqc import ir as mir
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
+from mpqc.ir.outputs import Staging
 from mpqc.options import CompileOptions, compilation_context
 from mpqc.passes import (
     CompileContext,
@@ -28,8 +30,8 @@ from mpqc.passes import (
     resolve_pipeline,
 )
 from mpqc.passes.choose.plan import check_plan_path
-from mpqc.passes.choose.plan_file import describe, write_yaml
-from mpqc.passes.choose.plan_ort import write_overrides
+from mpqc.passes.choose.plan_file import describe, yaml_text
+from mpqc.passes.choose.plan_ort import overrides_text
 from mpqc.passes.infra.instruments import Instrument, Progress, Snapshot, Timing
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.pipeline import Pipeline
@@ -56,12 +58,23 @@ class CompileResult:
     explanation: Explanation | None = None
 
 
-def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
+def compile(
+    model: Any, options: CompileOptions | None = None, *, staging: Staging | None = None
+) -> CompileResult:
     """Quantize ``model`` (a path, ``onnx.ModelProto``, ``onnx_ir.Model`` or graphsurgeon graph)
-    as ``options`` say (``mpqc.CompileOptions``; defaults: the generic chip, no data, no budget)."""
+    as ``options`` say (``mpqc.CompileOptions``; defaults: the generic chip, no data, no budget).
+
+    The files ``options`` ask for (``plan_out``, ``emit_pareto``) are written as one commit once
+    the work is done (``mpqc.ir.outputs``), or staged in ``staging``, the caller's commit, which
+    then holds the caller's own files too.
+    """
     options = options if options is not None else CompileOptions()
+    outputs = mir.Outputs()
     if options.emit_pareto is not None:
-        mir.Outputs().claim_folder(options.emit_pareto, "emit_pareto")
+        outputs.claim_folder(options.emit_pareto, "emit_pareto")
+    if options.plan_out is not None:
+        outputs.claim(options.plan_out, "plan_out")
+        check_plan_path(options.plan_out, field="plan_out")
     working = mir.load(model)
     if working is model:
         working = working.clone()
@@ -80,7 +93,6 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
         watching.append(snapshot)
     lowering = None
     if options.plan_out is not None:
-        check_plan_path(options.plan_out, field="plan_out")
         lowering = Snapshot(before="lower-qdq")
         watching.append(lowering)
     text = Pipeline(options.pipeline_text(), context).expanded()
@@ -90,19 +102,21 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
         watching.append(progress)
     pipeline = Pipeline(text, context, watching)
     result_ir = pipeline.run_ir(working)
-    if lowering is not None:
-        if lowering.model is None:
-            raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
-        write_plan(lowering.model, text, context, options.plan_out)  # type: ignore[arg-type]
+    if lowering is not None and lowering.model is None:
+        raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
+    if snapshot is not None and snapshot.model is None:
+        raise PassInputError(
+            "needs a search: drop uniform or use a pipeline with the search pass",
+            field="emit_pareto",
+        )
     emitted: tuple[pathlib.Path, ...] = ()
-    if snapshot is not None:
-        if snapshot.model is None:
-            raise PassInputError(
-                "needs a search: drop uniform or use a pipeline with the search pass",
-                field="emit_pareto",
-            )
-        folder = pathlib.Path(options.emit_pareto)  # type: ignore[arg-type]
-        emitted = emit_front(snapshot.model, context, folder, after_search(text))
+    with contextlib.nullcontext(staging) if staging is not None else outputs.commit() as files:
+        if lowering is not None:
+            plan_out = pathlib.Path(options.plan_out)  # type: ignore[arg-type]
+            files.text(plan_text(lowering.model, text, context, plan_out), plan_out)
+        if snapshot is not None:
+            folder = pathlib.Path(options.emit_pareto)  # type: ignore[arg-type]
+            emitted = emit_front(snapshot.model, context, folder, after_search(text), files)
     report = annotations.REPORT.get(result_ir, {}) or {}
     return CompileResult(
         model=mir.as_kind(result_ir, model),
@@ -117,17 +131,15 @@ def compile(model: Any, options: CompileOptions | None = None) -> CompileResult:
     )
 
 
-def write_plan(
-    model: ir.Model, pipeline: str, context: CompileContext, path: str | pathlib.Path
-) -> pathlib.Path:
-    """Write the plan ``lower-qdq`` carried out on ``model`` (as it was given to it), in the
-    layout of the pipeline's lower-qdq step: mpqc's YAML, or onnxruntime's overrides (.json)."""
+def plan_text(model: ir.Model, pipeline: str, context: CompileContext, path: pathlib.Path) -> str:
+    """The plan ``lower-qdq`` carried out on ``model`` (as it was given to it), in the layout of
+    the pipeline's lower-qdq step: mpqc's YAML, or onnxruntime's overrides for a .json ``path``."""
     step = next(options for cls, options in resolve_pipeline(pipeline) if cls is LowerQDQPass)
     uniform = Bits.parse(step.uniform) if step.uniform else None
     plan = describe(model, step.layout, context.hw, step.act_signed, uniform)
-    if pathlib.Path(path).suffix.lower() == ".json":
-        return write_overrides(plan, model, path)
-    return write_yaml(plan, path)
+    if path.suffix.lower() == ".json":
+        return overrides_text(plan, model, path)
+    return yaml_text(plan)
 
 
 def after_search(pipeline: str) -> str:
@@ -138,9 +150,9 @@ def after_search(pipeline: str) -> str:
 
 
 def emit_front(
-    analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str
+    analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str, staging: Staging
 ) -> tuple[pathlib.Path, ...]:
-    """Lower and verify every point of ``analysed``'s front into ``folder``:
+    """Lower and verify every point of ``analysed``'s front, staged for ``folder``:
     ``NN_<bytes>B.onnx``.
 
     Each point starts from the model as the search left it and runs ``tail`` — the compilation's
@@ -148,7 +160,6 @@ def emit_front(
     file is exactly what the pipeline would have emitted had that point been chosen.
     """
     front = annotations.PARETO.get(analysed) or {}
-    folder.mkdir(parents=True, exist_ok=True)
     lower = Pipeline(tail, context)
     paths = []
     for index, point in enumerate(front.get("points", [])):
@@ -159,5 +170,7 @@ def emit_front(
                 annotations.BITS.set(layer.node, {"w": bits.w, "a": bits.a})
         lower.run_ir(model)
         size = int(point["objectives"].get("size", 0))
-        paths.append(mir.save(model, folder / f"{index:02d}_{size}B.onnx"))
+        path = folder / f"{index:02d}_{size}B.onnx"
+        staging.model(model, path)
+        paths.append(path)
     return tuple(paths)

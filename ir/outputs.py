@@ -105,6 +105,7 @@ class Outputs:
         """Stage files in the ``with`` block; leaving it without an error renames them all into
         place. Staging folders are removed either way."""
         staging = Staging()
+        committed = False
         try:
             yield staging
             with _signals_held():
@@ -114,8 +115,9 @@ class Outputs:
                     except OSError as exc:
                         raise OutputError(self._partial(final, exc)) from exc
                     self.written.append(final)
+            committed = True
         finally:
-            staging.remove()
+            staging.remove(committed)
 
     def _partial(self, failed: pathlib.Path, exc: OSError) -> str:
         done = ", ".join(map(str, self.written))
@@ -145,6 +147,8 @@ class Staging:
         #: (staged file, destination), in the order they are renamed.
         self.moves: list[tuple[pathlib.Path, pathlib.Path]] = []
         self._folders: dict[pathlib.Path, pathlib.Path] = {}
+        #: Destination folders that did not exist (``--emit-pareto DIR``), parents first.
+        self._created: list[pathlib.Path] = []
 
     def model(self, model: ir.Model, path: pathlib.Path) -> pathlib.Path:
         """Stage ``model`` for ``path`` (its external data too, when it has to have some)."""
@@ -164,9 +168,15 @@ class Staging:
         self.moves.append((staged, path))
         return staged
 
-    def remove(self) -> None:
+    def remove(self, committed: bool) -> None:
+        """Remove the staging folders, and the folders made for the destinations unless the
+        commit went through (only when empty: rmdir never takes a file with it)."""
         for folder in self._folders.values():
             shutil.rmtree(folder, ignore_errors=True)
+        if not committed:
+            for folder in reversed(self._created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def _file(self, path: pathlib.Path) -> pathlib.Path:
         """A short, fresh name in the staging folder of ``path``'s folder (the destination's own
@@ -174,6 +184,10 @@ class Staging:
         parent = path.parent
         if parent not in self._folders:
             with _reported(path):
+                missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
+                for folder in reversed(missing):
+                    folder.mkdir()
+                    self._created.append(folder)
                 prefix = f".mpqc-{_HOST}-{os.getpid()}-"
                 self._folders[parent] = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         return self._folders[parent] / str(len(self.moves))

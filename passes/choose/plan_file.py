@@ -37,7 +37,7 @@ from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import LayerPlan, WeightForm, layer_plan
 
-__all__ = ["PlanEntry", "PlanError", "PlanFile", "bits_text", "describe", "read_yaml", "write_yaml"]
+__all__ = ["PlanEntry", "PlanError", "PlanFile", "bits_text", "describe", "read_yaml", "yaml_text"]
 
 #: How a float choice is written (``w32a32`` would be correct but unreadable).
 FLOAT_TEXT = "float"
@@ -131,8 +131,9 @@ def _activation_text(layer: Layer, lowered: LayerPlan) -> str:
     return f"{lowered.input_quantizer.name.lower()} static"
 
 
-def write_yaml(plan: PlanFile, path: str | pathlib.Path) -> pathlib.Path:
-    """One line per layer, names quoted (JSON strings are YAML strings), in graph order."""
+def yaml_text(plan: PlanFile) -> str:
+    """The plan file: one line per layer, names quoted (JSON strings are YAML strings), in graph
+    order."""
     lines = [
         _HEADER.rstrip("\n"),
         f"layout: {{weight_only: {str(plan.layout.weight_only).lower()}, "
@@ -144,9 +145,7 @@ def write_yaml(plan: PlanFile, path: str | pathlib.Path) -> pathlib.Path:
             f"  {json.dumps(name)}: {{bits: {bits_text(entry.bits)}, "
             f"weight: {entry.weight}, activation: {entry.activation}, kernel: {entry.kernel}}}"
         )
-    path = pathlib.Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 def read_yaml(path: str | pathlib.Path) -> tuple[WeightLayout, dict[str, Bits]]:

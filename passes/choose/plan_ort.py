@@ -36,9 +36,9 @@ from mpqc.passes.lib.plan import WeightForm
 __all__ = [
     "from_overrides",
     "overrides_layout",
+    "overrides_text",
     "quantize_static_arguments",
     "to_overrides",
-    "write_overrides",
 ]
 
 #: onnxruntime's QuantType names by operand kind and width.
@@ -102,10 +102,9 @@ def _width(quant_type: str) -> int:
     return int("".join(c for c in quant_type if c.isdigit()))
 
 
-def write_overrides(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.write_text(json.dumps(to_overrides(plan, model, path), indent=2, sort_keys=True) + "\n")
-    return path
+def overrides_text(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> str:
+    """The overrides file for ``path``: :func:`to_overrides` as JSON."""
+    return json.dumps(to_overrides(plan, model, path), indent=2, sort_keys=True) + "\n"
 
 
 def from_overrides(

@@ -128,3 +128,31 @@ def test_an_interrupt_before_the_commit_writes_nothing(capsys, cnn_path, monkeyp
     assert cli.main([str(a) for a in argv]) == 130
     assert capsys.readouterr().err == "mpqc: interrupted by SIGINT; nothing was written\n"
     assert os.listdir(cnn_path.parent) == ["cnn.onnx"]
+
+
+def test_the_plan_and_the_front_are_part_of_the_one_commit(
+    capsys, cnn_path, calib_dir, tmp_path, monkeypatch
+) -> None:
+    # --plan-out and --emit-pareto used to be written during the compilation, before the model:
+    # an interrupt or a failure after them left them behind with "nothing was written".
+    out = tmp_path / "out"
+    out.mkdir()
+    front, plan, report = out / "front" / "points", out / "plan.yaml", out / "r.json"
+    argv = [cnn_path, "--hw", "x86_avx2", "--calib", calib_dir, "-o", out / "q.onnx"]
+    argv += ["--max-size", "0.5x"]
+    argv += ["--emit-pareto", front, "--plan-out", plan, "--report-json", report]
+    real_report_json = cli._report_json
+
+    def interrupted(*args: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_report_json", interrupted)
+    assert cli.main([str(a) for a in argv]) == 130
+    assert capsys.readouterr().err == "mpqc: interrupted by SIGINT; nothing was written\n"
+    assert os.listdir(out) == []
+
+    monkeypatch.setattr(cli, "_report_json", real_report_json)
+    assert cli.main([str(a) for a in [*argv, "-q"]]) == 0
+    emitted = json.loads(report.read_text())["emitted"]
+    assert emitted and sorted(os.listdir(front)) == sorted(pathlib.Path(p).name for p in emitted)
+    assert sorted(os.listdir(out)) == ["front", "plan.yaml", "q.onnx", "r.json"]
