@@ -1,1 +1,2 @@
-"""Libraries the passes share: grids, target rules, the lowering plan, the evaluator, runtime sessions."""
+"""Libraries the passes share: grids, target rules, the lowering plan, the evaluator, runtime
+sessions."""

@@ -12,14 +12,14 @@ once:
 - Weights live in the smallest ONNX integer type that holds the grid — 2 bits in INT2, 3-4 in INT4,
   5-8 in INT8, 9-16 in INT16 — because that is what makes the file shrink. Activations live in at
   least 8 bits (UINT8/INT8, or 16): their containers cost no file bytes, and onnxruntime's fusions
-  mishandle sub-byte activation types (a QLinearConv fed UINT2, a Clip fused into a UINT4 quantizer).
-  A grid narrower than its container (3, 5, 6, 7 bits...) keeps exactly the chosen bit-width's
-  values: weights are rounded on the narrow grid before storage, and activations get a float Clip
-  before QuantizeLinear.
+  mishandle sub-byte activation types (a QLinearConv fed UINT2, a Clip fused into a UINT4
+  quantizer). A grid narrower than its container (3, 5, 6, 7 bits...) keeps exactly the chosen
+  bit-width's values: weights are rounded on the narrow grid before storage, and activations get a
+  float Clip before QuantizeLinear.
 - Weights may instead be quantized per block along the reduction axis K of a MatMul/Gemm (one scale
   per ``block_size`` consecutive K values of each output column): the layout of DequantizeLinear's
-  ``block_size`` (opset 21) and of onnxruntime's ``MatMulNBits``. Blocks are the same narrow symmetric
-  grid, so both layouts dequantize to the same numbers.
+  ``block_size`` (opset 21) and of onnxruntime's ``MatMulNBits``. Blocks are the same narrow
+  symmetric grid, so both layouts dequantize to the same numbers.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def _channel_view(w: np.ndarray, axis: int) -> np.ndarray:
 def weight_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
     """Per-channel scales that map each channel's largest magnitude to the grid's edge.
 
-    All-zero channels get scale 1 so that dequantization is exact (0) and no division by zero occurs.
+    All-zero channels get scale 1 so that dequantization is exact (0) and no division by zero
+    occurs.
     """
     grid = weight_grid(bits)
     amax = np.abs(_channel_view(w.astype(np.float64), axis)).max(axis=1)
@@ -144,11 +145,12 @@ def quantize_weight(
 def quantize_weight_blocked(
     w: np.ndarray, bits: int, axis: int, block_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block quantization along ``axis``: (levels like ``w``, scales with ``axis`` cut to ceil(K / block_size)).
+    """Per-block quantization along ``axis``: (levels like ``w``, scales with ``axis`` cut to
+    ceil(K / block_size)).
 
     Each block of ``block_size`` consecutive elements along ``axis`` (the last one possibly shorter)
-    gets its own scale, its largest magnitude mapped to the grid's edge; all-zero blocks get scale 1.
-    This is DequantizeLinear's blocked layout: ``scales`` broadcast back by repeating each entry
+    gets its own scale, its largest magnitude mapped to the grid's edge; all-zero blocks get scale
+    1. This is DequantizeLinear's blocked layout: ``scales`` broadcast back by repeating each entry
     ``block_size`` times along ``axis``.
     """
     if block_size < 1:

@@ -27,7 +27,8 @@ _FLOAT32 = 4
 def pack_matmul_nbits(
     weight: np.ndarray, bits: int, block_size: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(B as uint8 [N, blocks, blob], scales as float32 [N * blocks], container width) for a [K, N] weight."""
+    """(B as uint8 [N, blocks, blob], scales as float32 [N * blocks], container width) for a [K, N]
+    weight."""
     width = weight_grid(bits).width
     k, n = weight.shape
     levels, scales = quantize_weight_blocked(weight, bits, 0, block_size)  # [K, N], [blocks, N]

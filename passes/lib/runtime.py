@@ -1,9 +1,10 @@
 """onnxruntime sessions as mpqc's passes open them: CPU provider, one thread, quiet.
 
-Analyses (calibrate, the evaluator) need repeatable numbers: one intra-op thread, sequential execution,
-deterministic compute and only the basic graph rewrites, so that every value they observe is one the
-model itself defines. Verification instead runs the model the way a user's session will, with every
-optimization (that is where onnxruntime fuses integer kernels), so it asks for ``optimize=True``.
+Analyses (calibrate, the evaluator) need repeatable numbers: one intra-op thread, sequential
+execution, deterministic compute and only the basic graph rewrites, so that every value they observe
+is one the model itself defines. Verification instead runs the model the way a user's session
+will, with every optimization (that is where onnxruntime fuses integer kernels), so it asks for
+``optimize=True``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def session_options(*, optimize: bool = False) -> ort.SessionOptions:
 def session(
     model: bytes | str, *, optimize: bool = False, options: ort.SessionOptions | None = None
 ) -> ort.InferenceSession:
-    """A CPU session on serialized bytes or a path (``options`` from ``session_options`` to add entries)."""
+    """A CPU session on serialized bytes or a path (``options`` from ``session_options`` to add
+    entries)."""
     return ort.InferenceSession(
         model, options or session_options(optimize=optimize), providers=["CPUExecutionProvider"]
     )

@@ -1,4 +1,5 @@
-"""Target rules that change the numbers, not just the costs: one place, used by lowering and evaluation.
+"""Target rules that change the numbers, not just the costs: one place, used by lowering and
+evaluation.
 
 A spec may say that a pair's integer kernel cannot take the full weight grid (x86 CPUs without VNNI
 sum pairs of u8 x s8 products into a saturating int16). Then layers of that pair are lowered on the

@@ -1,1 +1,2 @@
-"""Post-training recovery passes: what the papers get from fine-tuning, without a training framework."""
+"""Post-training recovery passes: what the papers get from fine-tuning, without a training
+framework."""

@@ -1,4 +1,5 @@
-"""MOHAQ's beacons made of recovery: a configuration's recovered weights, evaluated under other configurations.
+"""MOHAQ's beacons made of recovery: a configuration's recovered weights, evaluated under other
+configurations.
 
 ``mpqc.search.mohaq`` asks, for a few configurations, for "the expensive recovery run once" and then
 scores nearby configurations on the recovered weights (METHODS.md §5). ``BeaconRecovery`` is that
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import Evaluator
-from mpqc.passes.lib.layout import WeightLayout
+from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
 from mpqc.passes.recover.recover import RecoverPass, recover_layer, targets
 from mpqc.passes.recover.statistics import InputStatistics, observe_float
 
@@ -41,7 +42,7 @@ class BeaconRecovery:
         *,
         wbits: Sequence[int],
         hw: Any = None,
-        layout: WeightLayout = WeightLayout(),
+        layout: WeightLayout = PER_CHANNEL,
     ) -> None:
         self.model = model.clone()
         self.samples = list(samples)
@@ -70,7 +71,8 @@ class BeaconRecovery:
         )
 
     def _observed(self) -> dict[str, InputStatistics]:
-        """Float-input statistics of every layer recovery can reconstruct, observed once for all beacons."""
+        """Float-input statistics of every layer recovery can reconstruct, observed once for all
+        beacons."""
         if self._statistics is None:
             every = {layer.name: (2, FLOAT_BITS) for layer in quantizable_layers(self.model.graph)}
             recoverable, _ = targets(self.model, every, None, max_bits=16)

@@ -39,7 +39,8 @@ class BiasSlot:
     factor: float = 1.0
 
     def shift(self, graph: ir.Graph, delta: np.ndarray, name: str) -> None:
-        """Add ``delta`` (one value per output channel) to the bias, editing only this node's input."""
+        """Add ``delta`` (one value per output channel) to the bias, editing only this node's
+        input."""
         update = (self.factor * delta).astype(np.float32)
         if self.current is None:
             array = update

@@ -1,13 +1,14 @@
 """Writing recovered weights that ``lower-qdq`` reproduces bit for bit.
 
-``recover`` does not store integers: it rewrites the layer's float weight, and ``lower-qdq`` (and the
-evaluator, and the size footprint) quantize that weight as they quantize any other, with
-``grid.quantize_weight`` (per channel) or ``grid.quantize_weight_blocked`` (per block along K). So the
-float weight must be a fixed point of ``grid.fake_quant_weight`` in the layer's layout: each scale
-recomputed from ``max |w| / qmax`` must be the scale the weight was built on, and dividing by that
-scale must give back the levels. Two things make that hold:
+``recover`` does not store integers: it rewrites the layer's float weight, and ``lower-qdq`` (and
+the evaluator, and the size footprint) quantize that weight as they quantize any other, with
+``grid.quantize_weight`` (per channel) or ``grid.quantize_weight_blocked`` (per block along K). So
+the float weight must be a fixed point of ``grid.fake_quant_weight`` in the layer's layout: each
+scale recomputed from ``max |w| / qmax`` must be the scale the weight was built on, and dividing by
+that scale must give back the levels. Two things make that hold:
 
-- every channel (block) keeps a level at ``±qmax`` or is all zero: GPTQ pins one (``gptq.peak_pins``);
+- every channel (block) keeps a level at ``±qmax`` or is all zero: GPTQ pins one
+  (``gptq.peak_pins``);
 - the scale survives the float32 round trip ``s -> fl(qmax·s) / qmax``, which it does not always
   do (the product and the quotient each round): starting from the wanted scale, take the scale the
   grid recomputes until it stops moving (at most one step in practice; tested with hypothesis).
@@ -39,10 +40,11 @@ def on_grid(
 ) -> np.ndarray | None:
     """``levels · scales`` as float32 weights that ``fake_quant_weight`` returns unchanged.
 
-    ``levels`` are integers in the weight's layout. Per channel (``block`` 0): one scale per channel
-    along ``axis``. Per block: ``scales`` as ``quantize_weight_blocked`` returns them, ``block_axis``
-    cut to the number of blocks. Every channel (block) must be all zero or reach ``±qmax``. None when
-    no float32 scale reproduces itself (it has not happened; the caller then keeps the original weight).
+    ``levels`` are integers in the weight's layout. Per channel (``block`` 0): one scale per
+    channel along ``axis``. Per block: ``scales`` as ``quantize_weight_blocked`` returns them,
+    ``block_axis`` cut to the number of blocks. Every channel (block) must be all zero or reach
+    ``±qmax``. None when no float32 scale reproduces itself (it has not happened; the caller then
+    keeps the original weight).
     """
     qmax = weight_grid(bits).qmax
     expand, recompute = (
@@ -57,7 +59,8 @@ def on_grid(
     )
     if np.any((peaks != 0) & (peaks != qmax)):
         raise ValueError(
-            f"every channel or block must reach ±{qmax} or be zero, got peaks {sorted(set(np.ravel(peaks).tolist()))}"
+            f"every channel or block must reach ±{qmax} or be zero, "
+            f"got peaks {sorted(set(np.ravel(peaks).tolist()))}"
         )
     scales = np.where(peaks > 0, scales, 1.0).astype(np.float32)
     as_float = levels.astype(np.float32)

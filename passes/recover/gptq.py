@@ -1,4 +1,5 @@
-"""GPTQ: round a weight matrix to its grid so that the layer's *output* moves least, not its weights.
+"""GPTQ: round a weight matrix to its grid so that the layer's *output* moves least, not its
+weights.
 
 Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers"
 (ICLR 2023), in numpy. For a layer ``y = W x`` and inputs ``X`` seen on calibration data, the output
@@ -34,12 +35,14 @@ __all__ = ["clip_scales", "gptq_levels", "output_error", "peak_pins", "round_lev
 
 
 def round_levels(weight: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
-    """Plain rounding to the grid: ``clip(rint(w / s), ±qmax)``; ``weight`` and ``scales`` are (groups, rows, cols)."""
+    """Plain rounding to the grid: ``clip(rint(w / s), ±qmax)``; ``weight`` and ``scales`` are
+    (groups, rows, cols)."""
     return np.clip(np.rint(weight / scales), -qmax, qmax)
 
 
 def peak_pins(weight: np.ndarray, block: int) -> np.ndarray:
-    """Per row and block of ``block`` consecutive columns, a mask of its largest-magnitude element (none in all-zero blocks)."""
+    """Per row and block of ``block`` consecutive columns, a mask of its largest-magnitude element
+    (none in all-zero blocks)."""
     groups, rows, cols = weight.shape
     blocks = -(-cols // block)
     padded = np.zeros((groups, rows, blocks * block))
@@ -54,7 +57,8 @@ def peak_pins(weight: np.ndarray, block: int) -> np.ndarray:
 def clip_scales(
     weight: np.ndarray, hessian: np.ndarray, qmax: int, ratios: np.ndarray
 ) -> np.ndarray:
-    """Per row, the scale ``ratio · amax / qmax`` with the least Hessian-diagonal weighted rounding error."""
+    """Per row, the scale ``ratio · amax / qmax`` with the least Hessian-diagonal weighted rounding
+    error."""
     amax = np.abs(weight).max(axis=2)
     importance = np.diagonal(hessian, axis1=1, axis2=2)[:, None, :]  # (groups, 1, cols)
     best_error = np.full(amax.shape, np.inf)
@@ -83,7 +87,8 @@ def gptq_levels(
     act_order: bool = True,
     block: int = 128,
 ) -> np.ndarray:
-    """Integer levels (as floats) for ``weight`` (groups, rows, cols) on per-element ``scales`` (same shape).
+    """Integer levels (as floats) for ``weight`` (groups, rows, cols) on per-element ``scales``
+    (same shape).
 
     ``hessian`` is ``Σ x xᵀ`` per group (groups, cols, cols); ``damping`` is added to its diagonal
     as a fraction of the mean diagonal. Elements in ``pins`` (``peak_pins``) are set to ``±qmax``
@@ -151,7 +156,8 @@ def _inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
 
 
 def output_error(weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarray) -> float:
-    """``tr((W − Q) H (W − Q)ᵀ) / tr(W H Wᵀ)``: the layer's output error relative to its output energy."""
+    """``tr((W − Q) H (W − Q)ᵀ) / tr(W H Wᵀ)``: the layer's output error relative to its output
+    energy."""
     delta = np.asarray(weight, np.float64) - dequantized
     noise = float(np.sum((delta @ hessian) * delta))
     signal = float(np.sum((np.asarray(weight, np.float64) @ hessian) * weight))

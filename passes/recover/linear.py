@@ -38,14 +38,15 @@ class _ConvGeometry:
     auto_pad: str
 
     def padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
-        """(begin, end) per spatial axis, resolving SAME_UPPER / SAME_LOWER / VALID for this input size."""
+        """(begin, end) per spatial axis, resolving SAME_UPPER / SAME_LOWER / VALID for this input
+        size."""
         rank = len(self.kernel)
         if self.auto_pad in ("", "NOTSET"):
             return [(self.pads[i], self.pads[i + rank]) for i in range(rank)]
         if self.auto_pad == "VALID":
             return [(0, 0)] * rank
         pads = []
-        for size, k, s, d in zip(spatial, self.kernel, self.strides, self.dilations):
+        for size, k, s, d in zip(spatial, self.kernel, self.strides, self.dilations, strict=True):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             small, large = total // 2, total - total // 2
             pads.append((small, large) if self.auto_pad == "SAME_UPPER" else (large, small))
@@ -54,7 +55,8 @@ class _ConvGeometry:
 
 @dataclasses.dataclass(frozen=True)
 class LinearView:
-    """How one layer's weight and input map onto ``(groups, rows, cols)`` products (module docstring)."""
+    """How one layer's weight and input map onto ``(groups, rows, cols)`` products (module
+    docstring)."""
 
     layer: Layer
     shape: tuple[int, ...]
@@ -87,8 +89,9 @@ class LinearView:
         return matrix[0].T if self.transpose_weight else matrix[0]
 
     def rows(self, x: np.ndarray, limit: int) -> np.ndarray:
-        """The layer input ``x`` (one batch, ONNX layout) as ``(positions, groups, cols)``: at most ``limit``
-        rows of a MatMul/Gemm input, at most ``limit`` receptive fields per image of a Conv's."""
+        """The layer input ``x`` (one batch, ONNX layout) as ``(positions, groups, cols)``: at most
+        ``limit`` rows of a MatMul/Gemm input, at most ``limit`` receptive fields per image of a
+        Conv's."""
         if self.conv is None:
             x = x.T if self.transpose_input else x
             rows = x.reshape(-1, 1, x.shape[-1])
@@ -97,7 +100,8 @@ class LinearView:
 
 
 def _subsampling(sizes: tuple[int, ...], limit: int) -> int:
-    """The smallest common step along every axis that leaves at most ``limit`` of the grid's points."""
+    """The smallest common step along every axis that leaves at most ``limit`` of the grid's
+    points."""
     step = 1
     while math.prod(-(-n // step) for n in sizes) > limit:
         step += 1
@@ -105,14 +109,19 @@ def _subsampling(sizes: tuple[int, ...], limit: int) -> int:
 
 
 def _im2col(x: np.ndarray, geometry: _ConvGeometry, groups: int, limit: int) -> np.ndarray:
-    """Receptive fields of ``x`` [N, C, *spatial], column order (channel, kernel...) as Conv weights flatten."""
+    """Receptive fields of ``x`` [N, C, *spatial], column order (channel, kernel...) as Conv
+    weights flatten."""
     rank = len(geometry.kernel)
     padding = geometry.padding(tuple(x.shape[2:]))
     x = np.pad(x, [(0, 0), (0, 0), *padding])
-    extents = tuple((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations))
+    extents = tuple(
+        (k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations, strict=True)
+    )
     spatial_axes = tuple(range(2, 2 + rank))
     windows = sliding_window_view(x, extents, axis=spatial_axes)  # [N, C, *positions, *extents]
-    out = tuple(-(-(n - e + 1) // s) for n, e, s in zip(x.shape[2:], extents, geometry.strides))
+    out = tuple(
+        -(-(n - e + 1) // s) for n, e, s in zip(x.shape[2:], extents, geometry.strides, strict=True)
+    )
     step = _subsampling(out, limit)
     select = (
         slice(None),

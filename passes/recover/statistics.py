@@ -1,4 +1,5 @@
-"""What recovery needs to know about a layer's inputs, observed with onnxruntime on calibration data.
+"""What recovery needs to know about a layer's inputs, observed with onnxruntime on calibration
+data.
 
 For a linear layer two statistics of its input rows (``LinearView.rows``) are enough, kept per group
 and summed sample by sample so memory does not grow with the data:
@@ -76,7 +77,8 @@ def observe_float(
     with_hessian: bool,
     limit: int,
 ) -> dict[str, InputStatistics]:
-    """Statistics of each named layer's input in the float model (``limit``: see ``LinearView.rows``)."""
+    """Statistics of each named layer's input in the float model (``limit``: see
+    ``LinearView.rows``)."""
     taps = {name: _input_name(view) for name, view in views.items()}
     return _observe(model, taps, views, samples, with_hessian, limit)
 
@@ -90,7 +92,8 @@ def observe_quantized(
     layout: WeightLayout,
     limit: int,
 ) -> dict[str, InputStatistics]:
-    """Statistics of each named layer's input in ``model`` lowered with ``config`` (the other layers float).
+    """Statistics of each named layer's input in ``model`` lowered with ``config`` (the other layers
+    float).
 
     The lowering runs on a copy; the caller's model is not touched.
     """
@@ -117,8 +120,9 @@ def observe_quantized(
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
     options = session_options()
-    # Let constant folding turn the lowered weights' DequantizeLinear into floats (the same numbers):
-    # onnxruntime keeps them for its integer-kernel fusions otherwise, and reruns them every sample.
+    # Let constant folding turn the lowered weights' DequantizeLinear into floats (the same
+    # numbers): onnxruntime keeps them for its integer-kernel fusions otherwise, and reruns them
+    # every sample.
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     return session(proto.SerializeToString(), options=options)
 
@@ -171,7 +175,11 @@ def _observe(
     runner = _session(proto) if fetch else None  # no session when every layer reads a model input
     stats = {name: InputStatistics.empty(views[name], with_hessian) for name in taps}
     for sample in samples:
-        arrays = dict(zip(fetch, runner.run(fetch, dict(sample)))) if runner is not None else {}
+        arrays = (
+            dict(zip(fetch, runner.run(fetch, dict(sample)), strict=True))
+            if runner is not None
+            else {}
+        )
         arrays.update({name: np.asarray(value) for name, value in sample.items() if name in inputs})
         for name, tensor in taps.items():
             stats[name].add(views[name].rows(np.asarray(arrays[tensor], np.float32), limit))

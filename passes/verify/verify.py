@@ -138,7 +138,8 @@ class VerifyPass(Pass):
         sqnr = result.get("sqnr_db")
         if isinstance(sqnr, float) and sqnr < self.options.min_sqnr_db:
             raise PassInputError(
-                f"verify: output SQNR {sqnr:.1f} dB is below the required {self.options.min_sqnr_db:.1f} dB"
+                f"verify: output SQNR {sqnr:.1f} dB is below the required "
+                f"{self.options.min_sqnr_db:.1f} dB"
             )
         self.report(model, result)
         return ir.passes.PassResult(model, modified=False)
