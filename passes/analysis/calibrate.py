@@ -101,7 +101,8 @@ class CalibratePass(Pass):
                 )
             if self.bins < 2 * self.num_quantized_bins:
                 raise ValueError(
-                    f"bins ({self.bins}) must be at least twice num_quantized_bins ({self.num_quantized_bins})"
+                    f"bins ({self.bins}) must be at least twice "
+                    f"num_quantized_bins ({self.num_quantized_bins})"
                 )
             if not 2 <= self.bits <= 16:
                 raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
@@ -138,7 +139,8 @@ class CalibratePass(Pass):
         for name, observed in stats.items():
             if observed.nonfinite:
                 self.context.note(
-                    f"calibrate: tensor '{name}' has NaN or Inf values; its range covers the finite values only"
+                    f"calibrate: tensor '{name}' has NaN or Inf values; "
+                    "its range covers the finite values only"
                 )
             if observed.count == 0:
                 continue
@@ -197,7 +199,8 @@ def _activations(model: ir.Model) -> dict[str, ir.Value]:
 
 
 class _Session:
-    """onnxruntime on a copy of the model whose outputs include every activation computed inside it."""
+    """onnxruntime on a copy of the model whose outputs include every activation computed inside
+    it."""
 
     def __init__(self, model: ir.Model, activations: Mapping[str, ir.Value]) -> None:
         self.inputs = [name for name, value in activations.items() if value.is_graph_input()]
@@ -212,7 +215,8 @@ class _Session:
     def run_all(
         self, samples: Iterable[Mapping[str, np.ndarray]]
     ) -> Iterator[Iterator[tuple[str, np.ndarray]]]:
-        """Per sample, in order: (name, float array) for the float graph inputs and the fetched tensors."""
+        """Per sample, in order: (name, float array) for the float graph inputs and the fetched
+        tensors."""
         for index, sample in enumerate(samples):
             feeds = {name: np.asarray(array) for name, array in sample.items()}
             try:
@@ -221,10 +225,12 @@ class _Session:
                 Exception
             ) as exc:  # onnxruntime raises its own unrelated types with long messages
                 raise DataError(
-                    f"calibration sample {index}: onnxruntime cannot run the model on it ({_first_line(exc)})"
+                    f"calibration sample {index}: onnxruntime cannot run the model on it "
+                    f"({_first_line(exc)})"
                 ) from exc
             yield _float_arrays(
-                [(name, feeds[name]) for name in self.inputs] + list(zip(self.fetch, outputs))
+                [(name, feeds[name]) for name in self.inputs]
+                + list(zip(self.fetch, outputs, strict=True))
             )
 
 
@@ -244,7 +250,8 @@ def _external_data_dir(model: ir.Model) -> str | None:
     }
     if len(folders) > 1:
         raise PassInputError(
-            f"calibrate: the model's external tensors live in several folders ({', '.join(sorted(folders))}); save the model to one folder first"
+            f"calibrate: the model's external tensors live in several folders "
+            f"({', '.join(sorted(folders))}); save the model to one folder first"
         )
     return folders.pop() if folders else None
 
@@ -313,7 +320,8 @@ class _Observed:
         self.hist += np.bincount(index, minlength=bins)
 
     def _finite(self, array: np.ndarray) -> np.ndarray:
-        # min and max propagate NaN and reach +-Inf, so two reductions tell whether a mask is needed.
+        # min and max propagate NaN and reach +-Inf, so two reductions tell whether a mask is
+        # needed.
         if np.isfinite(array.min()) and np.isfinite(array.max()):
             return array
         self.nonfinite = True
@@ -381,7 +389,8 @@ def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:
     group_nonzero[:, -1] += (counts[kept - 1] == 0) & (
         clipped > 0
     )  # the outlier bin becomes non-zero in P
-    # Q per non-zero bin, normalized; a group without mass has no non-zero bin of hist, so max(., 1) is safe.
+    # Q per non-zero bin, normalized; a group without mass has no non-zero bin of hist, so
+    # max(., 1) is safe.
     q_total = np.maximum(mass_before[kept], 1.0)[:, None]
     log_q = np.log(np.maximum(group_mass / np.maximum(group_nonzero, 1.0) / q_total, 1e-12))
     p_log_q = np.sum(group_mass * log_q, axis=1) + clipped * log_q[:, -1]
@@ -391,7 +400,8 @@ def kl_threshold_bins(hist: np.ndarray, levels: int) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _group_bounds(bins: int, levels: int) -> np.ndarray:
-    """For candidates i = levels..bins (rows), the first bin of each group, ceil(g * i / levels) (columns)."""
+    """For candidates i = levels..bins (rows), the first bin of each group, ceil(g * i / levels)
+    (columns)."""
     kept = np.arange(levels, bins + 1)
     bounds = -((-np.arange(levels + 1)[None, :] * kept[:, None]) // levels)
     bounds.setflags(write=False)
@@ -403,14 +413,16 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
 
 
 def mse_clip(hist: np.ndarray, edges: np.ndarray, bits: int) -> tuple[float, float]:
-    """[lo, hi] whose ``bits``-bit grid reproduces the histogrammed values with the least squared error.
+    """[lo, hi] whose ``bits``-bit grid reproduces the histogrammed values with the least squared
+    error.
 
     The grid is the one lowering builds: scale ``(max(hi,0) - min(lo,0)) / (2^bits - 1)`` and an
     integer zero point, so zero is exact and values beyond the grid saturate. Values are taken as
-    spread evenly inside each bin, and the error of a bin is integrated exactly (``_error_integral``),
-    so the estimate holds whether a bin spans many grid steps or a step spans many bins; neither
-    the ``step^2 / 12`` noise model nor quantizing bin centres does both. The histogram is first
-    merged to at most ``_MSE_BINS`` bins, which keeps that assumption sound and the search cheap.
+    spread evenly inside each bin, and the error of a bin is integrated exactly
+    (``_error_integral``), so the estimate holds whether a bin spans many grid steps or a step spans
+    many bins; neither the ``step^2 / 12`` noise model nor quantizing bin centres does both. The
+    histogram is first merged to at most ``_MSE_BINS`` bins, which keeps that assumption sound and
+    the search cheap.
 
     A side is searched only where the data extend away from zero (a non-negative tensor keeps
     lo = min). Starting from (min, max), the ends are optimized in turn until the error stops
@@ -455,14 +467,17 @@ def mse_clip(hist: np.ndarray, edges: np.ndarray, bits: int) -> tuple[float, flo
     return float(edges[lo_at]), float(edges[hi_at])
 
 
-#: The MSE search merges histograms to at most this many bins (a bin is half an 8-bit step of the full range).
+#: The MSE search merges histograms to at most this many bins (a bin is half an 8-bit step of the
+#: full range).
 _MSE_BINS = 512
-#: The coarse MSE search tries every this-many-th edge; the fine one every edge within this distance.
+#: The coarse MSE search tries every this-many-th edge; the fine one every edge within this
+#: distance.
 _MSE_COARSE = 8
 
 
 def _near(side: np.ndarray, at: int, reach: int, stride: int) -> np.ndarray:
-    """Edges of ``side`` within ``reach`` of ``at``, every ``stride``-th counted from ``at``, always with ``at``."""
+    """Edges of ``side`` within ``reach`` of ``at``, every ``stride``-th counted from ``at``, always
+    with ``at``."""
     window = side[np.abs(side - at) <= reach]
     return window[(window - at) % stride == 0]
 
@@ -470,7 +485,8 @@ def _near(side: np.ndarray, at: int, reach: int, stride: int) -> np.ndarray:
 def _error_integral(
     x: np.ndarray, step: np.ndarray, grid_lo: np.ndarray, grid_hi: np.ndarray
 ) -> np.ndarray:
-    """An antiderivative of the squared error of rounding to multiples of ``step`` in [grid_lo, grid_hi].
+    """An antiderivative of the squared error of rounding to multiples of ``step`` in
+    [grid_lo, grid_hi].
 
     Inside the grid the error is periodic: with ``u = x / step``, ``n = floor(u + 1/2)`` and
     ``t = u - n``, its integral is ``step^3 (n / 12 + t^3 / 3)``. Beyond either end the value

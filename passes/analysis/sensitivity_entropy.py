@@ -1,24 +1,27 @@
-"""``sensitivity-entropy``: EAGL — how much of a layer's weight information survives b bits. No data.
+"""``sensitivity-entropy``: EAGL — how much of a layer's weight information survives b bits. No
+data.
 
 EAGL (Bablani et al., arXiv 2301.13330; METHODS.md §4) reads a layer's importance off the entropy of
-its quantized weights: ``H(b) = -sum_k p_k log2 p_k`` with ``p_k`` the fraction of the weights stored
-as integer level ``k``. The histogram counts exactly the integers ``lower-qdq`` would store (per-channel
-symmetric grid from ``grid.quantize_weight``), over the whole tensor. A layer whose weights spread over
-many levels uses its bits; one whose weights already sit on a few levels loses nothing when cut.
+its quantized weights: ``H(b) = -sum_k p_k log2 p_k`` with ``p_k`` the fraction of the weights
+stored as integer level ``k``. The histogram counts exactly the integers ``lower-qdq`` would store
+(per-channel symmetric grid from ``grid.quantize_weight``), over the whole tensor. A layer whose
+weights spread over many levels uses its bits; one whose weights already sit on a few levels loses
+nothing when cut.
 
 The score must say how much damage *lowering* does, so it compares each candidate with the highest
 one, ``b_hi``:
 
-- ``relative`` (default): ``1 - H(b) / H(b_hi)``, the fraction of the layer's weight information that
-  b bits destroy — 0 at ``b_hi`` and for weights that b bits still represent exactly (three distinct
-  values at any b >= 2), near 1 when nearly every weight collapses onto one level (a tensor whose few
-  outliers stretch the grid). Being scale-free it ranks layers of different sizes on one footing.
+- ``relative`` (default): ``1 - H(b) / H(b_hi)``, the fraction of the layer's weight information
+  that b bits destroy — 0 at ``b_hi`` and for weights that b bits still represent exactly (three
+  distinct values at any b >= 2), near 1 when nearly every weight collapses onto one level (a tensor
+  whose few outliers stretch the grid). Being scale-free it ranks layers of different sizes on one
+  footing.
 - ``absolute``: ``H(b_hi) - H(b)``, bits of information lost per weight.
 - ``params``: ``N_l * (H(b_hi) - H(b))``, bits lost over the whole tensor: EAGL's knapsack variant,
   where a big layer that loses a little per weight loses a lot in total.
 
-The raw entropies go to ``mpqc.sensinfo.entropy`` (``{"H": {"w4": ...}, "params": N}``). Weights only:
-activations need data. Cost: one quantization and one ``np.bincount`` per layer and candidate.
+The raw entropies go to ``mpqc.sensinfo.entropy`` (``{"H": {"w4": ...}, "params": N}``). Weights
+only: activations need data. Cost: one quantization and one ``np.bincount`` per layer and candidate.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def level_counts(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[n
     two cores: numpy's float-to-int cast and ``bincount`` dominate a naive version, so the tensor is
     walked in cache-sized blocks, the levels of several bit-widths are packed into one joint code
     (mixed radix, exact in float32 below 2^23), turned into integers by the 2^23 mantissa trick, and
-    histogrammed with one ``bincount`` per block; the per-bit counts are the joint histogram's marginals.
+    histogrammed with one ``bincount`` per block; the per-bit counts are the joint histogram's
+    marginals.
     """
     # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
     # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
@@ -87,7 +91,7 @@ def level_counts(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[n
             block = rows[start : start + per]
             t, c = levels[: block.shape[0]], code[: block.shape[0]]
             c.fill(_MAGIC)
-            for grid, scale, step in zip(grids, scales, radix):
+            for grid, scale, step in zip(grids, scales, radix, strict=True):
                 np.divide(block, scale[start : start + per], out=t)
                 np.rint(t, out=t)
                 np.clip(t, grid.qmin, grid.qmax, out=t)
@@ -134,7 +138,7 @@ class SensitivityEntropyPass(SensitivityPass):
         for layer in self.layers(model):
             weight = layer.weight_array()
             counts = level_counts(weight, wbits, layer.channel_axis)
-            h = {b: entropy(c) for b, c in zip(wbits, counts)}
+            h = {b: entropy(c) for b, c in zip(wbits, counts, strict=True)}
             top = h[wbits[-1]]
             scores = {f"w{b}": self._score(top, h[b], weight.size) for b in wbits}
             self.write(

@@ -1,23 +1,26 @@
-"""``sensitivity-orthogonality``: OMPQ — layers whose features nobody else carries deserve more bits.
+"""``sensitivity-orthogonality``: OMPQ — layers whose features nobody else carries deserve more
+bits.
 
 OMPQ (Ma et al., AAAI 2023; METHODS.md §3) runs the float model on one small batch (N = 32 samples)
 and compares the layers' output features with a linear-kernel CKA, the *orthogonality metric*:
 
-    K_i = X_i X_i^T (N x N),  K~_i = H K_i H (centred),  ORM(i, j) = <K~_i, K~_j>_F / (||K~_i||_F ||K~_j||_F)
+    K_i = X_i X_i^T (N x N),  K~_i = H K_i H (centred),
+    ORM(i, j) = <K~_i, K~_j>_F / (||K~_i||_F ||K~_j||_F)
 
-Then ``gamma_i = sum_{j != i} ORM(i, j)``, ``theta_i = exp(-beta * gamma_i)`` — a layer nearly orthogonal
-to the rest carries unique information — and ``w_i = mean_{j >= i} theta_j``, because a layer's bits also
-shape every later layer. The LP of the paper maximizes ``sum_i w_i b_i``, so the damage of giving
-layer ``i`` only ``b`` bits is ``w_i * (b_max - b) / b_max`` — what this pass writes as ``w{b}``.
-``gamma``, ``theta`` and ``w`` go to ``mpqc.sensinfo.orthogonality``.
+Then ``gamma_i = sum_{j != i} ORM(i, j)``, ``theta_i = exp(-beta * gamma_i)`` — a layer nearly
+orthogonal to the rest carries unique information — and ``w_i = mean_{j >= i} theta_j``, because a
+layer's bits also shape every later layer. The LP of the paper maximizes ``sum_i w_i b_i``, so the
+damage of giving layer ``i`` only ``b`` bits is ``w_i * (b_max - b) / b_max`` — what this pass
+writes as ``w{b}``. ``gamma``, ``theta`` and ``w`` go to ``mpqc.sensinfo.orthogonality``.
 
-Numerics: theta is computed as ``exp(-beta * (gamma_i - min gamma))``, which multiplies every theta —
-and so every w — by the same constant: rankings and LP solutions are the paper's, and a large beta
-(the paper uses 100 on ResNet-18) cannot underflow every weight to zero. Features are the layers'
-outputs fetched as extra graph outputs in one onnxruntime session (N x d floats per layer, reduced
-to the N x N Gram matrix once all samples have run). A sample whose outputs share the leading (batch) dimension of the model's first input
-contributes one row per batch item, otherwise one row; axes whose size follows the input (sequence
-length, line width) are averaged out first, so variable-length samples compare too.
+Numerics: theta is computed as ``exp(-beta * (gamma_i - min gamma))``, which multiplies every
+theta — and so every w — by the same constant: rankings and LP solutions are the paper's, and a
+large beta (the paper uses 100 on ResNet-18) cannot underflow every weight to zero. Features are the
+layers' outputs fetched as extra graph outputs in one onnxruntime session (N x d floats per layer,
+reduced to the N x N Gram matrix once all samples have run). A sample whose outputs share the
+leading (batch) dimension of the model's first input contributes one row per batch item, otherwise
+one row; axes whose size follows the input (sequence length, line width) are averaged out first, so
+variable-length samples compare too.
 
 Note on the estimator: linear CKA of *independent* random features tends to 0 only when N is large
 against the feature dimension d; for d >> N it tends to 1 (every centred Gram matrix is close to
@@ -71,7 +74,8 @@ def orthogonality_matrix(grams: list[np.ndarray]) -> np.ndarray:
 
 
 def layer_importance(orm: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gamma, theta, w) of OMPQ for layers in topological order (theta rescaled, see module docstring)."""
+    """(gamma, theta, w) of OMPQ for layers in topological order (theta rescaled, see module
+    docstring)."""
     gamma = orm.sum(axis=1) - np.diag(orm)
     theta = np.exp(-beta * (gamma - gamma.min()))
     suffix = np.cumsum(theta[::-1])[::-1]
@@ -88,7 +92,8 @@ class SensitivityOrthogonalityPass(SensitivityPass):
     class Options(WeightCandidates):
         beta: float = option(
             1.0,
-            "sharpness of theta = exp(-beta * gamma); OMPQ used 100 (ResNet-18) down to 1e-9 (MobileNet-V2)",
+            "sharpness of theta = exp(-beta * gamma); "
+            "OMPQ used 100 (ResNet-18) down to 1e-9 (MobileNet-V2)",
         )
         samples: int = option(32, "calibration samples whose features are compared (OMPQ: 32)")
 
@@ -107,7 +112,8 @@ class SensitivityOrthogonalityPass(SensitivityPass):
         features = _features(model, outputs, list(data)[: self.options.samples])
         if features[0].shape[0] < 2:
             raise PassInputError(
-                f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; give more calibration samples"
+                f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; "
+                "give more calibration samples"
             )
         orm = orthogonality_matrix([centred_gram(f) for f in features])
         gamma, theta, w = layer_importance(orm, self.options.beta)
@@ -160,11 +166,14 @@ def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarr
             else ()
         )
         pooled = [a.mean(axis=varying, keepdims=True) if varying else a for a in per_sample]
-        rows.append(np.concatenate([_rows(a, batch) for a, batch in zip(pooled, batches)]))
+        rows.append(
+            np.concatenate([_rows(a, batch) for a, batch in zip(pooled, batches, strict=True)])
+        )
     return rows
 
 
 def _rows(array: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
-    """One row per batch item when ``array`` leads with the samples' batch dimension, else one row."""
+    """One row per batch item when ``array`` leads with the samples' batch dimension, else one
+    row."""
     split = array.ndim >= 1 and array.shape[:1] == batch and batch[0] > 1
     return array.reshape(array.shape[0], -1) if split else array.reshape(1, -1)

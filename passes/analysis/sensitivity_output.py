@@ -2,8 +2,8 @@
 
 For each layer and candidate, only that layer is quantized — its weight at b bits (``w{b}``), or its
 activation input at b bits (``a{b}``) — and the model runs on calibration samples; the score is the
-distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET AMP's
-phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
+distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET
+AMP's phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
 
 All candidates run through one ``Evaluator`` (``mpqc.passes.lib.evaluator``), so "layer l at b bits"
 means exactly what ``lower-qdq`` emits and the float reference is computed once. Each layer's
@@ -11,10 +11,11 @@ candidates run on its suffix after one float run of the prefix per eight layers,
 spread over ``context.executor`` — or, without one, over forked local processes when the work is
 worth starting them (see the evaluator's docstring for what that measured).
 
-``measure``: ``kl`` (KL divergence of the softmax of the first output: classifiers), ``mse`` (squared
-error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes: coarse with
-few samples), ``auto`` (``kl`` when the first output is ``[N, classes]``, else ``mse``). Activation
-candidates need calibrated ranges (run ``calibrate`` first); without them only weights are scored.
+``measure``: ``kl`` (KL divergence of the softmax of the first output: classifiers), ``mse``
+(squared error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes:
+coarse with few samples), ``auto`` (``kl`` when the first output is ``[N, classes]``, else
+``mse``). Activation candidates need calibrated ranges (run ``calibrate`` first); without them only
+weights are scored.
 When every model input has a symbolic first dimension, samples of the same shape run as one batch
 (option ``batch``; no padding, so lines of one width or sentences of one length group together),
 which is several times faster for small models and gives the same per-row measures.
@@ -74,7 +75,8 @@ class SensitivityOutputPass(SensitivityPass):
         ]
         if len(scored_acts) < sum(layer.activation is not None for layer in layers):
             self.context.note(
-                f"{self.name}: activations without a calibrated range are not scored (run calibrate first)"
+                f"{self.name}: activations without a calibrated range are not scored "
+                "(run calibrate first)"
             )
         samples = list(data)[: self.options.samples]
         batch = len(samples) if self.options.batch and _batch_first(model) else 1
@@ -96,7 +98,7 @@ class SensitivityOutputPass(SensitivityPass):
         errors = evaluator.errors([config for _, _, config in jobs], measure)
 
         scores: dict[str, dict[str, float]] = {layer.name: {} for layer in layers}
-        for (name, candidate, _), error in zip(jobs, errors):
+        for (name, candidate, _), error in zip(jobs, errors, strict=True):
             scores[name][candidate] = error
         for layer in layers:
             self.write(layer, scores[layer.name], {"measure": measure, "samples": len(samples)})
@@ -115,7 +117,8 @@ class SensitivityOutputPass(SensitivityPass):
             )
         if self.options.measure in ("kl", "flips") and len(widths) > 1:
             raise PassInputError(
-                f"{self.name}: measure={self.options.measure} compares the first output's last axis as classes, but its width varies "
+                f"{self.name}: measure={self.options.measure} compares the first output's "
+                "last axis as classes, but its width varies "
                 f"with the input ({', '.join(map(str, sorted(widths)))}); use measure=mse"
             )
         return self.options.measure

@@ -1,13 +1,13 @@
 """``sensitivity-task``: the user's own metric, one layer lowered at a time. Slow and exact.
 
-The damage of candidate ``w{b}`` (``a{b}``) of layer ``l`` is ``metric(float) - metric(model with only
-l's weight (activation) at b bits)``, where ``metric`` is ``context.eval_fn`` — a callable taking an
-``onnx.ModelProto`` and returning a number, higher is better (accuracy, BLEU, -WER...) — run on the
-user's held-out data. The measured model is built by the same code that ships: ``mpqc.bits`` is set
-on that one layer of a copy and ``lower-qdq`` lowers it, so the metric sees the real QDQ model,
-integer kernels and all. This is ALPS without fine-tuning (METHODS.md §4) and the signal that
-beacon-style and accuracy-aware searches trust; it costs one lowering and one evaluation per layer and
-candidate, run in this process (an arbitrary metric function need not pickle).
+The damage of candidate ``w{b}`` (``a{b}``) of layer ``l`` is ``metric(float) - metric(model with
+only l's weight (activation) at b bits)``, where ``metric`` is ``context.eval_fn`` — a callable
+taking an ``onnx.ModelProto`` and returning a number, higher is better (accuracy, BLEU, -WER...) —
+run on the user's held-out data. The measured model is built by the same code that ships:
+``mpqc.bits`` is set on that one layer of a copy and ``lower-qdq`` lowers it, so the metric sees the
+real QDQ model, integer kernels and all. This is ALPS without fine-tuning (METHODS.md §4) and the
+signal that beacon-style and accuracy-aware searches trust; it costs one lowering and one evaluation
+per layer and candidate, run in this process (an arbitrary metric function need not pickle).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """``sensitivity-weight-error``: how much noise b-bit weights add, relative to the weights. No data.
 
-The score of ``w{b}`` is the quantization noise-to-signal ratio of the layer's weight on the per-channel
-grid that ``lower-qdq`` uses: ``||W - Q_b(W)||^2 / ||W||^2``, i.e. 1/SQNR. It is scale-free, so a
-layer whose few outliers stretch every channel's grid (and round the bulk of its weights to zero)
-scores high whatever its magnitude, and weights that the grid holds exactly score 0. Option
-``by_params`` multiplies by the layer's parameter count, for searches that want total error.
+The score of ``w{b}`` is the quantization noise-to-signal ratio of the layer's weight on the
+per-channel grid that ``lower-qdq`` uses: ``||W - Q_b(W)||^2 / ||W||^2``, i.e. 1/SQNR. It is
+scale-free, so a layer whose few outliers stretch every channel's grid (and round the bulk of its
+weights to zero) scores high whatever its magnitude, and weights that the grid holds exactly score
+0. Option ``by_params`` multiplies by the layer's parameter count, for searches that want total
+error.
 
 ``mpqc.sensinfo.weight-error`` keeps the SQNR in dB per candidate.
 """
@@ -27,7 +28,8 @@ _CHUNK = 1 << 18  # elements per block: small enough to stay in cache
 
 
 def weight_noise_ratios(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[float]:
-    """Per bit-width, ``||W - Q_b(W)||^2 / ||W||^2`` on the per-channel grid (0 for an all-zero weight).
+    """Per bit-width, ``||W - Q_b(W)||^2 / ||W||^2`` on the per-channel grid (0 for an all-zero
+    weight).
 
     ``Q_b`` is exactly ``grid.fake_quant_weight`` (the same float32 scales, division, round half to
     even and clip), computed in cache-sized blocks of rows in float32 (pairwise sums per block,
@@ -79,7 +81,9 @@ class SensitivityWeightErrorPass(SensitivityPass):
         wbits = self.weight_bits()
         for layer in self.layers(model):
             weight = layer.weight_array()
-            ratios = dict(zip(wbits, weight_noise_ratios(weight, wbits, layer.channel_axis)))
+            ratios = dict(
+                zip(wbits, weight_noise_ratios(weight, wbits, layer.channel_axis), strict=True)
+            )
             scale = weight.size if self.options.by_params else 1
             self.write(
                 layer,
