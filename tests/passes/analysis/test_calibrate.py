@@ -1,4 +1,5 @@
-"""The ``calibrate`` pass: observed ranges, clip methods, variable shapes, data errors, persistence."""
+"""The ``calibrate`` pass: observed ranges, clip methods, variable shapes, data errors,
+persistence."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Sensitivity passes: scores that rank layers the way real damage does, on models whose truth is known.
+"""Sensitivity passes: scores that rank layers the way real damage does, on models whose truth is
+known.
 
 The ranking model is an MLP built so that the right answer is not in doubt:
 
-- ``h1`` has one outlier weight per output row (8 sigma): every channel's grid stretches to it and the
-  bulk of the weights rounds to a few levels — low bits hurt it most;
+- ``h1`` has one outlier weight per output row (8 sigma): every channel's grid stretches to it and
+  the bulk of the weights rounds to a few levels — low bits hurt it most;
 - ``h2`` and ``main`` are plain Gaussian layers;
 - ``h3`` holds only three values per channel ({-a, 0, a}): any grid of >= 2 bits stores it exactly;
 - ``side`` feeds the output through a factor 1e-3: whatever happens to it hardly matters.
@@ -93,7 +94,8 @@ def ranking_model(seed: int = 0) -> ir.Model:
 
 @pytest.fixture(scope="module")
 def ranking() -> tuple[ir.Model, list[dict[str, np.ndarray]], CompileContext]:
-    """The calibrated ranking model, its samples, and a context whose task metric is -output error."""
+    """The calibrated ranking model, its samples, and a context whose task metric is -output
+    error."""
     model = ranking_model()
     rng = np.random.default_rng(5)
     samples = [{"x": rng.standard_normal((4, 256)).astype(np.float32)} for _ in range(8)]
@@ -121,7 +123,7 @@ def _ranked(scores: dict[str, dict[str, float]], candidate: str) -> list[str]:
     return sorted(scores, key=lambda name: -scores[name][candidate])
 
 
-# --- EAGL entropy ----------------------------------------------------------------------------------
+# --- EAGL entropy ---------------------------------------------------------------------------------
 
 
 def test_entropy_of_three_well_separated_values_is_log2_3_at_every_width() -> None:
@@ -153,7 +155,7 @@ def test_level_counts_are_the_stored_integers(axis: int) -> None:
     weight = np.random.default_rng(2).standard_normal((6, 5, 7)).astype(np.float32)
     weight[(slice(None),) * axis + (0,)] = 0.0  # an all-zero channel
     bits = (2, 3, 4, 5, 8, 16)
-    for b, counts in zip(bits, level_counts(weight, bits, axis)):
+    for b, counts in zip(bits, level_counts(weight, bits, axis), strict=True):
         q, _ = quantize_weight(weight, b, axis)
         grid = weight_grid(b)
         np.testing.assert_array_equal(
@@ -185,7 +187,7 @@ def test_entropy_score_variants(ranking) -> None:
     assert by_params["main"]["w4"] == pytest.approx(16 * 256 * absolute["main"]["w4"], rel=1e-5)
 
 
-# --- Weight error ----------------------------------------------------------------------------------
+# --- Weight error ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("axis", [0, 1, 3])
@@ -195,7 +197,7 @@ def test_weight_noise_ratios_are_the_fake_quant_error(axis: int) -> None:
         np.float32
     )
     ratios = weight_noise_ratios(weight, (2, 3, 4, 8), axis)
-    for b, ratio in zip((2, 3, 4, 8), ratios):
+    for b, ratio in zip((2, 3, 4, 8), ratios, strict=True):
         error = weight.astype(np.float64) - fake_quant_weight(weight, b, axis).astype(np.float64)
         assert ratio == pytest.approx(
             float(np.sum(error**2) / np.sum(weight.astype(np.float64) ** 2)), rel=1e-5
@@ -267,7 +269,7 @@ def test_candidates_are_intersected_with_user_and_spec(ranking) -> None:
         SensitivityWeightErrorPass(context=CompileContext(wbits=(4,), hw=Spec()))(model)
 
 
-# --- OMPQ orthogonality ----------------------------------------------------------------------------
+# --- OMPQ orthogonality ---------------------------------------------------------------------------
 
 
 def test_orthogonality_matrix_properties() -> None:
@@ -289,7 +291,8 @@ def test_orthogonality_of_independent_features_depends_on_samples_per_dimension(
     rng = np.random.default_rng(1)
     many_samples = [centred_gram(rng.standard_normal((1200, 2))) for _ in range(2)]
     assert orthogonality_matrix(many_samples)[0, 1] < 0.02
-    # Linear CKA's known bias: with far more dimensions than samples, independent features look alike.
+    # Linear CKA's known bias: with far more dimensions than samples, independent features look
+    # alike.
     wide = [centred_gram(rng.standard_normal((16, 5000))) for _ in range(2)]
     assert orthogonality_matrix(wide)[0, 1] > 0.9
 
@@ -349,7 +352,7 @@ def test_orthogonality_pass_gives_unique_features_the_highest_damage() -> None:
     assert scores["c"]["w8"] == 0.0 and scores["c"]["w2"] > scores["c"]["w4"] > 0
 
 
-# --- Errors ------------------------------------------------------------------------------------------
+# --- Errors ---------------------------------------------------------------------------------------
 
 ALL_PASSES = [
     SensitivityEntropyPass,
@@ -440,7 +443,7 @@ def test_missing_inputs_and_failing_metric_are_one_line_errors(ranking) -> None:
         SensitivityTaskPass(context=CompileContext(eval_fn=lambda proto: float("nan")))(model)
 
 
-# --- Pipelines and the command line -----------------------------------------------------------------
+# --- Pipelines and the command line ---------------------------------------------------------------
 
 
 def test_pipeline_string_options() -> None:
@@ -491,7 +494,12 @@ def _broken_cnn(path: pathlib.Path, kind: str) -> pathlib.Path:
     from models import small_cnn
 
     if kind == "no-layer":
-        text = '<ir_version: 10, opset_import: ["" : 17]>\nplain (float[N,3,8,8] image) => (float[N,3,8,8] y) {\n  y = Relu(image)\n}'
+        text = (
+            '<ir_version: 10, opset_import: ["" : 17]>\n'
+            "plain (float[N,3,8,8] image) => (float[N,3,8,8] y) {\n"
+            "  y = Relu(image)\n"
+            "}"
+        )
         model = ir.from_proto(onnx.parser.parse_model(text))
     else:
         model = small_cnn()
@@ -562,7 +570,13 @@ def test_mpqc_opt_bad_input_is_one_line_and_writes_nothing(
 
 def test_class_measures_need_a_fixed_class_axis() -> None:
     rng = np.random.default_rng(0)
-    text = '<ir_version: 10, opset_import: ["" : 17]>\nseq (float[1,S,4] x) => (float[1,S] y) {\n  h = MatMul(x, w)\n  y = ReduceSum <keepdims=0> (h, axes)\n}'
+    text = (
+        '<ir_version: 10, opset_import: ["" : 17]>\n'
+        "seq (float[1,S,4] x) => (float[1,S] y) {\n"
+        "  h = MatMul(x, w)\n"
+        "  y = ReduceSum <keepdims=0> (h, axes)\n"
+        "}"
+    )
     proto = onnx.parser.parse_model(text)
     proto.graph.initializer.extend(
         [
@@ -577,7 +591,8 @@ def test_class_measures_need_a_fixed_class_axis() -> None:
     )
     with pytest.raises(
         PassInputError,
-        match=r"measure=kl compares the first output's last axis as classes, but its width varies with the input \(2, 5\); use measure=mse",
+        match=r"measure=kl compares the first output's last axis as classes, but its width varies "
+        r"with the input \(2, 5\); use measure=mse",
     ):
         SensitivityOutputPass(context=context, measure="kl")(ir.from_proto(proto))
     model = ir.from_proto(proto)
@@ -587,7 +602,14 @@ def test_class_measures_need_a_fixed_class_axis() -> None:
 
 def test_orthogonality_pools_axes_that_follow_the_input() -> None:
     rng = np.random.default_rng(4)
-    text = '<ir_version: 10, opset_import: ["" : 17]>\nseq (float[1,S,4] x) => (float[1,S,3] a, float[1,S,3] c) {\n  a = MatMul(x, wa)\n  b = MatMul(x, wb)\n  c = Relu(b)\n}'
+    text = (
+        '<ir_version: 10, opset_import: ["" : 17]>\n'
+        "seq (float[1,S,4] x) => (float[1,S,3] a, float[1,S,3] c) {\n"
+        "  a = MatMul(x, wa)\n"
+        "  b = MatMul(x, wb)\n"
+        "  c = Relu(b)\n"
+        "}"
+    )
     proto = onnx.parser.parse_model(text)
     wa = rng.standard_normal((4, 3)).astype(np.float32)
     proto.graph.initializer.extend(

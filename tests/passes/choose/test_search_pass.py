@@ -131,7 +131,8 @@ def test_strategy_options_are_declared_and_checked_at_parse_time() -> None:
 
 def test_layer_edges_follow_data_flow_through_other_ops(analysed) -> None:
     model, _ = analysed
-    # c1 -> c2 (through Relu), c2 -> c3, c3 -> Gemm through Add/Relu/Pool/Flatten, and c2 -> Gemm via the residual.
+    # c1 -> c2 (through Relu), c2 -> c3, c3 -> Gemm through Add/Relu/Pool/Flatten, and c2 -> Gemm
+    # via the residual.
     assert layer_edges(model, quantizable_layers(model.graph)) == ((0, 1), (1, 2), (1, 3), (2, 3))
 
 

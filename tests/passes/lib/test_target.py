@@ -91,7 +91,11 @@ def test_evaluator_simulates_the_narrowed_grid(calibrated) -> None:
             assert float(np.max(np.abs(g - w))) <= 1e-5 * max(float(np.max(np.abs(w))), 1e-12)
     # ...and it differs from the full-grid simulation, so the test can tell the two apart.
     plain = Evaluator(model, samples, wbits=(4, 8)).run(config)
-    assert any(not np.allclose(p, g) for ps, gs in zip(plain, got) for p, g in zip(ps, gs))
+    assert any(
+        not np.allclose(p, g)
+        for ps, gs in zip(plain, got, strict=True)
+        for p, g in zip(ps, gs, strict=True)
+    )
 
 
 def test_spec_rejects_a_grid_wider_than_the_pair(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""lower-qdq: valid models that onnxruntime runs, real low-bit storage, and exactly the grid's numbers."""
+"""lower-qdq: valid models that onnxruntime runs, real low-bit storage, and exactly the grid's
+numbers."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def _lower(model: ir.Model, context: CompileContext | None = None, **options: ob
 
 @pytest.fixture(scope="module")
 def calibrated_cnn() -> tuple[bytes, list[dict[str, np.ndarray]]]:
-    """small_cnn, canonicalized and calibrated on 8 samples, as bytes (each test lowers its own copy)."""
+    """small_cnn, canonicalized and calibrated on 8 samples, as bytes (each test lowers its own
+    copy)."""
     module = pytest.importorskip("mpqc.passes.analysis.calibrate")
     samples = random_inputs(small_cnn(), 8, batch=2)
     model, _ = _calibrated(small_cnn(), samples, module.CalibratePass)
@@ -61,7 +63,7 @@ def _copy(serialized: bytes) -> ir.Model:
     return ir.from_proto(onnx.load_from_string(serialized))
 
 
-# --- a numpy reference: what the chosen bits mean, computed without onnxruntime ----------------------
+# --- a numpy reference: what the chosen bits mean, computed without onnxruntime -------------------
 
 
 def _conv(
@@ -79,7 +81,8 @@ def _conv(
 #: Held-out input for the end-to-end comparisons, picked so that no intermediate tensor of any
 #: choice lies near a rounding tie (``_simulate`` asserts it).
 _PROBE_SEED = 101
-#: Float error in a computed tensor is about 1e-7 of its value, i.e. under 1e-5 levels of a 16-bit grid.
+#: Float error in a computed tensor is about 1e-7 of its value, i.e. under 1e-5 levels of a 16-bit
+#: grid.
 _TIE_MARGIN = 1e-4
 
 
@@ -88,8 +91,8 @@ def _simulate(
 ) -> np.ndarray:
     """Run the calibrated float ``model`` in numpy with fake quantization where lower-qdq puts it.
 
-    Weights: ``fake_quant_weight`` per output channel. Layer inputs: ``fake_quant_activation`` on the
-    activation grid from the calibrated range. Layers whose both sides fit 8-bit containers also
+    Weights: ``fake_quant_weight`` per output channel. Layer inputs: ``fake_quant_activation`` on
+    the activation grid from the calibrated range. Layers whose both sides fit 8-bit containers also
     quantize their output (after a single following Relu); biases are int32 at s_x * s_w (widened
     where that would overflow) except behind 2-bit weights.
     """
@@ -182,7 +185,7 @@ def _simulate(
     return env[model.graph.outputs[0].name]
 
 
-# --- every choice on small_cnn -------------------------------------------------------------------------
+# --- every choice on small_cnn --------------------------------------------------------------------
 
 
 def _trace(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -195,7 +198,7 @@ def _trace(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np
             onnx.ValueInfoProto(name=o) for o in node.output if o not in known
         )
     names = [o.name for o in traced.graph.output]
-    return {**feeds, **dict(zip(names, run_ort(traced, feeds, "basic")))}
+    return {**feeds, **dict(zip(names, run_ort(traced, feeds, "basic"), strict=True))}
 
 
 _ACTIVATION_DQ = re.compile(r"^(?P<value>.+)\.a(?P<bits>\d+)\.dq$")
@@ -214,8 +217,9 @@ def _check_exact(
 
     - every activation quantizer gives ``fake_quant_activation`` of the float tensor it reads, with
       the scale and zero point ``activation_qparams`` derives from the calibrated range;
-    - every layer's dequantized weight is ``fake_quant_weight`` of the float weight, bit for bit, and
-      its bias is the float bias rounded to int32 at s_x * s_w (widened where that would overflow);
+    - every layer's dequantized weight is ``fake_quant_weight`` of the float weight, bit for bit,
+      and its bias is the float bias rounded to int32 at s_x * s_w (widened where that would
+      overflow);
     - every layer computes its float op on those inputs (to float32 accuracy).
     """
     trace = _trace(ir.to_proto(lowered), feeds)
@@ -339,7 +343,8 @@ def test_lowered_graph_computes_exactly_the_grids_numbers(
 def test_lowered_output_matches_a_numpy_simulation(
     choice: str, calibrated_cnn: tuple[bytes, list]
 ) -> None:
-    """End to end, on an input whose intermediate tensors keep clear of rounding ties (see _PROBE_SEED)."""
+    """End to end, on an input whose intermediate tensors keep clear of rounding ties (see
+    _PROBE_SEED)."""
     actual, expected = _lower_and_compare(*calibrated_cnn, choice, "basic")
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
@@ -422,7 +427,7 @@ def test_lowered_models_run_with_every_onnxruntime_optimization_level(
         )
 
 
-# --- quantizer sharing, mixed bits, no ranges, opsets ----------------------------------------------------
+# --- quantizer sharing, mixed bits, no ranges, opsets ---------------------------------------------
 
 
 def _quantizers_of(model: ir.Model, name: str) -> list[ir.Node]:
@@ -456,7 +461,12 @@ def test_layers_reading_one_tensor_share_its_quantizer_per_bit_width(calibrate_p
         for q in quantizers
     ]
     assert sorted(clipped) == [False, True]
-    dq8 = next(q for q, c in zip(quantizers, clipped) if not c).outputs[0].uses()[0].node.outputs[0]
+    dq8 = (
+        next(q for q, c in zip(quantizers, clipped, strict=True) if not c)
+        .outputs[0]
+        .uses()[0]
+        .node.outputs[0]
+    )
     assert {use.node.outputs[0].name for use in dq8.uses()} == {"a", "b"}
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
     run_ort(model, random_inputs(model, 1)[0])
@@ -492,7 +502,8 @@ def test_without_ranges_only_weights_are_quantized_and_a_note_says_so() -> None:
 
 
 def test_lowering_a_clone_leaves_the_original_untouched() -> None:
-    """onnx_ir's clone shares type objects: lowering must give values new types, not retype shared ones."""
+    """onnx_ir's clone shares type objects: lowering must give values new types, not retype shared
+    ones."""
     original = all_layers()
     before = ir.to_proto(original).SerializeToString()
     _lower(original.clone(), CompileContext(), uniform="w8a8")
@@ -595,7 +606,7 @@ def test_every_layer_kind_lowers_with_its_channel_axis(choice: str, calibrate_pa
             np.testing.assert_array_equal(trace[node.inputs[layer.weight_index].name], expected)
         kinds.add(layer.node.op_type)
     assert kinds == {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
-    for output, value in zip(model.graph.outputs, run_ort(model, samples[0])):
+    for output, value in zip(model.graph.outputs, run_ort(model, samples[0]), strict=True):
         assert np.isfinite(value).all(), output.name
 
 
@@ -631,8 +642,9 @@ gemm (float[N,8] v) => (float[N,6] z) {
 
 
 @pytest.mark.xfail(
-    reason="onnxruntime fuses DQ(weight) -> MatMul/Gemm with float or 16-bit activations into MatMulNBits, "
-    "whose default accuracy level 4 quantizes the activations to int8 (session.qdq_matmulnbits_accuracy_level=0 is exact)",
+    reason="onnxruntime fuses DQ(weight) -> MatMul/Gemm with float or 16-bit activations "
+    "into MatMulNBits, whose default accuracy level 4 quantizes the activations to int8 "
+    "(session.qdq_matmulnbits_accuracy_level=0 is exact)",
     strict=True,
 )
 @pytest.mark.parametrize("choice", ["w8a16", "w4a32"])
