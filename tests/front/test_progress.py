@@ -40,9 +40,7 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
     assert steps["canonicalize"] is None
 
 
-def test_quiet_runs_print_nothing(
-    tmp_path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_quiet_runs_print_nothing(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["--hw", "x86_avx2", "-o", str(tmp_path / "q.onnx"), "-q"])
     assert code == 0
     assert capsys.readouterr() == ("", "")
