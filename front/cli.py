@@ -225,8 +225,9 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
     report = outputs.claim(args.report, "report") if args.report else None
     if report is not None:
         check_format(report)
-    if args.emit_pareto:
-        outputs.claim_folder(args.emit_pareto, "emit_pareto")
+    for folder in ("emit_pareto", "ir_dump_dir"):
+        if getattr(args, folder):
+            outputs.claim_folder(getattr(args, folder), folder)
     if args.plan_out:
         check_plan_path(outputs.claim(args.plan_out, "plan_out"), field="plan_out")
     with outputs.commit() as staging:

@@ -98,6 +98,7 @@ class Outputs:
             raise OutputError(f"cannot create files in {path}: permission denied", field=field)
         self._check_distinct(path, field)
         self.claimed.append((path, field))
+        remove_stale_staging(path)
         return path
 
     @contextlib.contextmanager

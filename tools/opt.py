@@ -163,6 +163,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     protect_inputs(outputs, args.model, args)
     output = outputs.claim(args.output, "output") if args.output else None
     report_json = outputs.claim(args.report_json, "report_json") if args.report_json else None
+    if args.ir_dump_dir:
+        outputs.claim_folder(args.ir_dump_dir, "ir_dump_dir")
     model = mir.load(args.model)
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
     given = {name: value for name, value in vars(args).items() if name in fields}

@@ -43,6 +43,7 @@ def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
         ("--report-json", "hard.json", "--report-json: {folder}/hard.json is the input model"),
         ("--report-json", "q.onnx", "--report-json: {folder}/q.onnx is also where output goes"),
         ("--plan-out", "q.onnx", "--plan-out: {folder}/q.onnx is also where output goes"),
+        ("--ir-dump-dir", "q.onnx", "--ir-dump-dir: {folder}/q.onnx is also where output goes"),
         ("--report", "q.onnx.md", None),
         ("--emit-pareto", "cnn.onnx", "--emit-pareto: {cnn} is a file: give a folder"),
         ("--emit-pareto", "q.onnx", "--emit-pareto: {folder}/q.onnx is also where output goes"),

@@ -191,6 +191,20 @@ def test_sigkill_during_the_save_leaves_the_output_whole_and_the_next_run_cleans
     assert sorted(os.listdir(out)) == ["other.onnx", "q.onnx"]
 
 
+def test_a_folder_output_is_cleaned_of_stale_staging_too(tmp_path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    stale = tmp_path / f".mpqc-{mout._HOST}-{int(dead.stdout)}-abcdefgh"
+    stale.mkdir()
+    (stale / "0").write_bytes(b"half a model")
+    Outputs().claim_folder(tmp_path, "emit_pareto")
+    assert os.listdir(tmp_path) == []
+
+
 def test_staging_folders_of_live_processes_are_left_alone(tmp_path) -> None:
     live = tmp_path / f".mpqc-{mout._HOST}-{os.getpid()}-abcdefgh"
     other_host = tmp_path / f".mpqc-00000000-{2**22 + 1}-abcdefgh"
