@@ -61,15 +61,15 @@ def level_counts(weight: np.ndarray, bits: tuple[int, ...], axis: int) -> list[n
     """Per bit-width, how many weights ``grid.quantize_weight`` stores at each level (qmin first).
 
     The integers are exactly those of ``quantize_weight`` (same float32 scales, division, round half
-    to even and clip), but counted fast enough for a 25M-parameter model in well under a second on
-    two cores: numpy's float-to-int cast and ``bincount`` dominate a naive version, so the tensor is
-    walked in cache-sized blocks, the levels of several bit-widths are packed into one joint code
-    (mixed radix, exact in float32 below 2^23), turned into integers by the 2^23 mantissa trick, and
+    to even and clip), but counted fast enough for large models (timings in bench/RESULTS.md §4):
+    numpy's float-to-int cast and ``bincount`` dominate a naive version, so the tensor is walked in
+    cache-sized blocks, the levels of several bit-widths are packed into one joint code (mixed
+    radix, exact in float32 below 2^23), turned into integers by the 2^23 mantissa trick, and
     histogrammed with one ``bincount`` per block; the per-bit counts are the joint histogram's
     marginals.
     """
     # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
-    # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
+    # block reads memory with a stride of a whole row (bench/RESULTS.md §4).
     rows = np.ascontiguousarray(
         np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32
     )

@@ -33,11 +33,11 @@ def weight_noise_ratios(weight: np.ndarray, bits: tuple[int, ...], axis: int) ->
 
     ``Q_b`` is exactly ``grid.fake_quant_weight`` (the same float32 scales, division, round half to
     even and clip), computed in cache-sized blocks of rows in float32 (pairwise sums per block,
-    added in float64), so 25M parameters at four widths take a fraction of a second instead of the
-    seconds that whole-tensor float64 temporaries cost.
+    added in float64), avoiding the whole-tensor float64 temporaries that made it slow
+    (bench/RESULTS.md §4).
     """
     # Contiguous rows: a MatMul's channel axis is the last, and walking a transposed view block by
-    # block reads memory with a stride of a whole row (20x slower on a 2048x2048 weight).
+    # block reads memory with a stride of a whole row (bench/RESULTS.md §4).
     rows = np.ascontiguousarray(
         np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1), dtype=np.float32
     )
