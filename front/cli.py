@@ -175,9 +175,14 @@ def _tensor_sizes(result: Any) -> str:
     )
 
 
+def _pair_text(bits: Bits) -> str:
+    """``w8a8``; ``w8 (activations float)`` for weights quantized alone."""
+    return f"w{bits.w} (activations float)" if bits.float_activations else str(bits)
+
+
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
     bits = _layer_bits(result)
-    mix = Counter(str(Bits(b["w"], b["a"])) for b in bits.values())
+    mix = Counter(_pair_text(Bits(b["w"], b["a"])) for b in bits.values())
     verify = result.report.get("verify", {})
     lines = [
         f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",
@@ -215,6 +220,7 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
 
 def _run(args: argparse.Namespace, outputs: Outputs) -> int:
     """Check every output, compile, then write the model and the reports as one commit."""
+    from mpqc import ir as mir
     from mpqc.passes.choose.plan import check_plan_path
     from mpqc.report import check_format, render
 
@@ -233,8 +239,8 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
     with outputs.commit() as staging:
         with dask_executor(args.executor) as executor:
             result = _compile(args, model, calibration, eval_fn, executor, staging)
-        input_bytes = pathlib.Path(model).stat().st_size if isinstance(model, str) else 0
-        output_bytes = staging.model(result.ir_model, output).stat().st_size
+        input_bytes = mir.file_bytes(model) if isinstance(model, str) else 0
+        output_bytes = mir.file_bytes(staging.model(result.ir_model, output))
         if report_json is not None:
             sizes = {"input": input_bytes, "output": output_bytes}
             staging.text(_report_json(args, result, sizes), report_json)

@@ -160,7 +160,8 @@ def emit_front(
     file is exactly what the pipeline would have emitted had that point been chosen.
     """
     front = annotations.PARETO.get(analysed) or {}
-    lower = Pipeline(tail, context)
+    # each point's notes repeat the compilation's own (recovered layers, narrowed grids)
+    lower = Pipeline(tail, dataclasses.replace(context, notes=[]))
     paths = []
     for index, point in enumerate(front.get("points", [])):
         model = analysed.clone()

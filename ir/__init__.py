@@ -7,7 +7,7 @@ package adds what a quantization compiler needs on top and knows nothing of pass
 from mpqc.ir import annotations
 from mpqc.ir.annotations import AnnotationKey
 from mpqc.ir.graphs import data_flow, topological_nodes
-from mpqc.ir.io import ModelError, as_kind, load, tensor_bytes
+from mpqc.ir.io import ModelError, as_kind, file_bytes, load, tensor_bytes
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.ir.outputs import OutputError, Outputs, save
 from mpqc.ir.printer import dump
@@ -23,6 +23,7 @@ __all__ = [
     "constant_array",
     "data_flow",
     "dump",
+    "file_bytes",
     "load",
     "quantizable_layers",
     "save",

@@ -94,6 +94,33 @@ def tensor_bytes(model: ir.Model) -> int:
     return total
 
 
+def file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of the model file at ``path`` and of the external data files it refers to
+    (a model's weights are often all in its ``.data`` file)."""
+    path = pathlib.Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in _tensors(proto.graph)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    files = {(path.parent / location).resolve() for location in locations}
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _tensors(graph: onnx.GraphProto) -> Any:
+    """Every tensor a graph holds: initializers and node attributes, bodies included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(body)
+
+
 def write(model: ir.Model, path: pathlib.Path, data_name: str) -> bool:
     """Write ``model`` to ``path``; whether its tensors went to ``data_name`` beside it.
 

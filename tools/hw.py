@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the bundled specs")
     show = commands.add_parser("show", help="show a spec as tables")
     show.add_argument("spec", help="bundled name or path to a spec YAML")
+    show.add_argument(
+        "--yaml",
+        action="store_true",
+        help="print the spec's YAML, to copy and edit as the start of your own",
+    )
     validate = commands.add_parser("validate", help="validate spec files")
     validate.add_argument("files", nargs="+", type=Path)
     profile = commands.add_parser(
@@ -99,6 +104,16 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _editable_yaml(spec: hwspecs.HardwareSpec) -> str:
+    """The spec's own file, sources and comments kept, headed by how to make it yours."""
+    text = Path(spec.source).read_text(encoding="utf-8")
+    return (
+        f"# mpqc-hw show {spec.name} --yaml: a copy of {Path(spec.source).name}. Save it as\n"
+        "# MY_CHIP.yaml (a `name:` line names the spec, else the file name does), edit the\n"
+        "# numbers, and check it with `mpqc-hw validate MY_CHIP.yaml`.\n" + text
+    )
+
+
 def _validate(args: argparse.Namespace) -> int:
     for path in args.files:
         spec = hwspecs.validate(path)
@@ -108,6 +123,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     spec = hwspecs.load(args.spec)
+    if args.yaml:
+        print(_editable_yaml(spec), end="")
+        return 0
     console = _console()
     console.print(f"[bold]{spec.name}[/bold]  ({spec.source})")
     console.print(spec.description)

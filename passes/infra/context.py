@@ -79,6 +79,16 @@ class CompileContext:
         digest = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
         return np.random.default_rng([self.seed, digest])
 
+    def __post_init__(self) -> None:
+        # Accept the data as CompileOptions does (a folder, an onnxruntime CalibrationDataReader,
+        # input dicts): the passes read CalibrationData.
+        from mpqc.passes.lib.data import load_calibration
+
+        for field in ("calibration", "held_out"):
+            value = getattr(self, field)
+            if value is not None:
+                setattr(self, field, load_calibration(value))
+
     #: Shows the passes' steps as they run (the ``Progress`` instrument); None: nobody watches.
     progress: StepReporter | None = None
 

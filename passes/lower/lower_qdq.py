@@ -149,8 +149,10 @@ class LowerQDQPass(Pass):
             quantize_first = plan.form in CONTRIB_FORMS
             if not quantize_first:
                 emitter.weight(layer, plan)
-            if plan.input_quantizer is not None:
-                ranges_missing |= not emitter.quantize_input(layer, plan.abits)
+            if plan.input_quantizer is not None and not emitter.quantize_input(layer, plan.abits):
+                # no calibrated range: the input stays float, and mpqc.bits says what was emitted
+                annotations.BITS.set(layer.node, {"w": plan.wbits, "a": FLOAT_BITS})
+                ranges_missing = True
             if quantize_first:
                 emitter.weight(layer, plan)
         for plan in plans:
