@@ -69,13 +69,17 @@ def compile(
     then holds the caller's own files too.
     """
     options = options if options is not None else CompileOptions()
-    outputs = mir.Outputs()
-    if options.emit_pareto is not None:
-        outputs.claim_folder(options.emit_pareto, "emit_pareto")
+    outputs = staging.outputs if staging is not None else mir.Outputs()
+    if staging is None:  # else the caller claimed them with its own outputs
+        if options.emit_pareto is not None:
+            outputs.claim_folder(options.emit_pareto, "emit_pareto")
+        if options.plan_out is not None:
+            outputs.claim(options.plan_out, "plan_out")
     if options.plan_out is not None:
-        outputs.claim(options.plan_out, "plan_out")
         check_plan_path(options.plan_out, field="plan_out")
     working = mir.load(model)
+    for data in working.meta.get(mir.io.EXTERNAL_FILES, ()):
+        outputs.protect(data, "the input model's external data")
     if working is model:
         working = working.clone()
     context = compilation_context(working, options)

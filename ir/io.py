@@ -26,7 +26,15 @@ import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
 
-__all__ = ["ModelError", "ModelLike", "as_kind", "load", "tensor_bytes", "write"]
+__all__ = [
+    "EXTERNAL_FILES",
+    "ModelError",
+    "ModelLike",
+    "as_kind",
+    "load",
+    "tensor_bytes",
+    "write",
+]
 
 #: Anything ``load`` accepts.
 ModelLike = Any  # str | os.PathLike | onnx.ModelProto | onnx_ir.Model | onnx_graphsurgeon.Graph
@@ -37,6 +45,9 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 _PROTOBUF_MAX = 2**31
 #: Tensors at least this big go to the external data file when a model is saved externally.
 _EXTERNAL_THRESHOLD = 1024
+#: ``model.meta`` key: the external data files a model loaded from a path read, which are inputs
+#: as much as the model file (no output may be written over one).
+EXTERNAL_FILES = "mpqc.external_files"
 
 
 class ModelError(MpqcError):
@@ -156,6 +167,16 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path} is not a readable ONNX model ({reason})") from exc
+    model.meta[EXTERNAL_FILES] = tuple(
+        sorted(
+            {
+                pathlib.Path(value.const_value.path)
+                for graph in (model.graph, *model.graph.subgraphs())
+                for value in graph.initializers.values()
+                if isinstance(value.const_value, ir.ExternalTensor)
+            }
+        )
+    )
     _into_memory_if_it_fits(model, str(path))
     return model
 

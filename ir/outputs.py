@@ -68,8 +68,12 @@ class Outputs:
     written: list[pathlib.Path] = dataclasses.field(default_factory=list)
 
     def protect(self, path: str | os.PathLike, what: str) -> None:
-        """Never write over ``path`` (a file, or any file in it if a folder), ``what`` naming it."""
-        self.inputs.append((pathlib.Path(path), what))
+        """Never write over ``path`` (a file, or any file in it if a folder), ``what`` naming it;
+        outputs claimed already are checked against it (an input found late: external data)."""
+        path = pathlib.Path(path)
+        for output, field in self.claimed:
+            _check_not_input(output, field, path, what)
+        self.inputs.append((path, what))
 
     def claim(self, path: str | os.PathLike, field: str) -> pathlib.Path:
         """Check that a file can be written at ``path`` as the module docstring says; return it.
@@ -105,7 +109,7 @@ class Outputs:
     def commit(self) -> Iterator[Staging]:
         """Stage files in the ``with`` block; leaving it without an error renames them all into
         place. Staging folders are removed either way."""
-        staging = Staging()
+        staging = Staging(self)
         committed = False
         try:
             yield staging
@@ -128,11 +132,7 @@ class Outputs:
 
     def _check_distinct(self, path: pathlib.Path, field: str) -> None:
         for other, what in self.inputs:
-            if _same(path, other) or (other.is_dir() and path.exists() and _inside(path, other)):
-                raise OutputError(
-                    f"{path} is {what}: mpqc never overwrites its inputs; write elsewhere",
-                    field=field,
-                )
+            _check_not_input(path, field, other, what)
         for other, other_field in self.claimed:
             if _same(path, other):
                 raise OutputError(
@@ -144,7 +144,9 @@ class Outputs:
 class Staging:
     """The files of one commit, written beside their destinations and not yet in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: Outputs) -> None:
+        #: The outputs this commit writes, and the inputs they must not be.
+        self.outputs = outputs
         #: (staged file, destination), in the order they are renamed.
         self.moves: list[tuple[pathlib.Path, pathlib.Path]] = []
         self._folders: dict[pathlib.Path, pathlib.Path] = {}
@@ -253,6 +255,14 @@ def _check_file_target(path: pathlib.Path, field: str) -> None:
     writable = os.access(parent, os.W_OK | os.X_OK) and (mode is None or os.access(path, os.W_OK))
     if not writable:
         raise OutputError(f"cannot write {path}: permission denied", field=field)
+
+
+def _check_not_input(path: pathlib.Path, field: str, source: pathlib.Path, what: str) -> None:
+    """Raise OutputError if ``path`` is the input ``source`` or an existing file inside it."""
+    if _same(path, source) or (source.is_dir() and path.exists() and _inside(path, source)):
+        raise OutputError(
+            f"{path} is {what}: mpqc never overwrites its inputs; write elsewhere", field=field
+        )
 
 
 def _name_max(folder: pathlib.Path) -> int:

@@ -166,6 +166,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     if args.ir_dump_dir:
         outputs.claim_folder(args.ir_dump_dir, "ir_dump_dir")
     model = mir.load(args.model)
+    for data in model.meta.get(mir.io.EXTERNAL_FILES, ()):
+        outputs.protect(data, "the input model's external data")
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
     given = {name: value for name, value in vars(args).items() if name in fields}
     context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 
+import onnx
 import pytest
 
 import mpqc
@@ -157,3 +158,23 @@ def test_the_plan_and_the_front_are_part_of_the_one_commit(
     emitted = json.loads(report.read_text())["emitted"]
     assert emitted and sorted(os.listdir(front)) == sorted(pathlib.Path(p).name for p in emitted)
     assert sorted(os.listdir(out)) == ["front", "plan.yaml", "q.onnx", "r.json"]
+
+
+def test_no_output_may_be_the_input_models_external_data(capsys, cnn_path, no_work) -> None:
+    # Found when the model is loaded, before the work: the data file is named inside the model.
+    folder = cnn_path.parent
+    model = folder / "ext.onnx"
+    proto = onnx.load(cnn_path)
+    onnx.save(proto, model, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    before = _snapshot(folder)
+    for main, argv in [
+        (cli.main, [model, "--hw", "generic", "-o", folder / "q.onnx"]),
+        (opt.main, [model, "-p", "canonicalize"]),
+    ]:
+        _refused(
+            capsys,
+            main,
+            [*argv, "--report-json", folder / "weights.bin"],
+            f"--report-json: {folder}/weights.bin is the input model's external data",
+        )
+    assert _snapshot(folder) == before
