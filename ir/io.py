@@ -45,9 +45,9 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 _PROTOBUF_MAX = 2**31
 #: Tensors at least this big go to the external data file when a model is saved externally.
 _EXTERNAL_THRESHOLD = 1024
-#: ``model.meta`` key: the external data files a model loaded from a path read, which are inputs
-#: as much as the model file (no output may be written over one).
-EXTERNAL_FILES = "mpqc.external_files"
+#: ``model.meta`` key (no ``mpqc.`` prefix: not an annotation): the external data files a model
+#: loaded from a path read, inputs as much as the model file (no output may be written over one).
+EXTERNAL_FILES = "external_data_files"
 
 
 class ModelError(MpqcError):
