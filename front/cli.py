@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
 
     model, calibration, eval_fn = _resolve_model(args)
     protect_inputs(outputs, model, args)
-    output = outputs.claim(args.output, "output")
+    output = outputs.claim_model(args.output, "output")
     report_json = outputs.claim(args.report_json, "report_json") if args.report_json else None
     report = outputs.claim(args.report, "report") if args.report else None
     if report is not None:

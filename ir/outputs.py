@@ -84,10 +84,14 @@ class Outputs:
         _check_file_target(path, field)
         self._check_distinct(path, field)
         self.claimed.append((path, field))
-        if field == "output":
-            self._check_distinct(_data_path(path), field)
-            self.claimed.append((_data_path(path), field))
         remove_stale_staging(path.parent)
+        return path
+
+    def claim_model(self, path: str | os.PathLike, field: str) -> pathlib.Path:
+        """:meth:`claim` a model's file, and the name its external data would take beside it."""
+        path = self.claim(path, field)
+        self._check_distinct(_data_path(path), field)
+        self.claimed.append((_data_path(path), field))
         return path
 
     def claim_folder(self, path: str | os.PathLike, field: str) -> pathlib.Path:
@@ -203,7 +207,7 @@ def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
     An existing file at ``path`` is replaced only once the new one is complete.
     """
     outputs = Outputs()
-    path = outputs.claim(path, "output")
+    path = outputs.claim_model(path, "output")
     with outputs.commit() as staging:
         staging.model(model, path)
     return path

@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     from mpqc.pipeline import Pipeline
 
     protect_inputs(outputs, args.model, args)
-    output = outputs.claim(args.output, "output") if args.output else None
+    output = outputs.claim_model(args.output, "output") if args.output else None
     report_json = outputs.claim(args.report_json, "report_json") if args.report_json else None
     if args.ir_dump_dir:
         outputs.claim_folder(args.ir_dump_dir, "ir_dump_dir")

@@ -63,7 +63,7 @@ def test_no_output_may_be_an_input_or_another_output(tmp_path) -> None:
             outputs.claim(tmp_path / alias, "output")
     with pytest.raises(OutputError, match="is the calibration data"):
         outputs.claim(calib / "s0.npz", "report_json")
-    outputs.claim(tmp_path / "q.onnx", "output")
+    outputs.claim_model(tmp_path / "q.onnx", "output")
     with pytest.raises(OutputError, match="is also where output goes") as info:
         outputs.claim(tmp_path / "q.onnx", "report_json")
     assert str(info.value).startswith("report_json: ")
@@ -75,7 +75,8 @@ def test_no_output_may_be_an_input_or_another_output(tmp_path) -> None:
 
 def _two_files(tmp_path: pathlib.Path) -> tuple[Outputs, pathlib.Path, pathlib.Path]:
     outputs = Outputs()
-    return outputs, outputs.claim(tmp_path / "q.onnx", "output"), tmp_path / "r.json"
+    report = outputs.claim(tmp_path / "r.json", "report_json")
+    return outputs, outputs.claim_model(tmp_path / "q.onnx", "output"), report
 
 
 def test_a_failure_while_staging_writes_nothing_and_leaves_no_staging_folder(tmp_path) -> None:
