@@ -174,7 +174,8 @@ def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str
     context.constraints = {objective: budget}
     model = mir.load(case.model)
     Pipeline(
-        "canonicalize,calibrate,sensitivity-weight-error,cost,search{strategy=ilp,metric=weight-error}",
+        "canonicalize,calibrate,sensitivity-weight-error,cost,"
+        "search{strategy=ilp,metric=weight-error,latency_cap=false}",
         context,
     ).run_ir(model)
     bits = {}

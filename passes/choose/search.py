@@ -40,12 +40,14 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.choose.explain import explain_choice
+from mpqc.passes.choose.latency_cap import REFERENCE, capped
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.recover.beacons import BeaconRecovery
 from mpqc.search.mohaq import BeaconFn
+from mpqc.search.problem import format_value
 
 __all__ = ["SearchPass", "resolve_budget"]
 
@@ -235,6 +237,11 @@ class SearchPass(Pass):
             "mse", "output error the exact evaluation measures"
         )
         samples: int = option(32, "calibration samples an exact evaluation runs")
+        latency_cap: bool = option(
+            True,
+            "under budgets that do not name latency, refuse points predicted slower than "
+            "uniform w8a8 (passes/choose/latency_cap.py)",
+        )
         strategy_options: object = option(
             None, "the strategy's own options (None: its defaults), listed under 'with <strategy>'"
         )
@@ -259,6 +266,14 @@ class SearchPass(Pass):
         layers = self.searched_layers(model)
         problem = self.problem(model, layers)
         problem.check_feasible()
+        latency_cap = None
+        if self.options.latency_cap:
+            problem, latency_cap = capped(problem)
+        if latency_cap is not None:
+            self.context.note(
+                f"search: no --max-latency: held to uniform {REFERENCE}'s predicted latency, "
+                f"{format_value(latency_cap, 's')} (--max-latency allows a slower model)"
+            )
         evaluator = self._exact_evaluator(model, problem) if self._wants_exact() else None
         chosen_options = self.options.strategy_options
         options = {
@@ -282,6 +297,12 @@ class SearchPass(Pass):
         front = self._front_json(problem, layers, result)
         front["metric"] = self.options.metric
         front["pinned"] = sorted(layers[i].name for i in self.pinned(layers))
+        if latency_cap is not None:
+            front["latency_cap"] = {
+                "reference": str(REFERENCE),
+                "latency_s": latency_cap,
+                "chosen_latency_s": float(problem.total("latency", chosen.config)),
+            }
         annotations.PARETO.set(model, front)
         return ir.passes.PassResult(model, modified=True)
 

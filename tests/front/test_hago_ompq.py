@@ -26,7 +26,19 @@ def test_half_the_size_on_x86(strategy: str, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "digits.onnx"
     assert (
         main(
-            ["--hw", "x86_avx2", "--strategy", strategy, "--max-size", "0.5x", "-q", "-o", str(out)]
+            [
+                "--hw",
+                "x86_avx2",
+                "--strategy",
+                strategy,
+                "--max-size",
+                "0.5x",
+                "--max-latency",
+                "1s",
+                "-q",
+                "-o",
+                str(out),
+            ]
         )
         == 0
     )
@@ -42,7 +54,7 @@ def test_every_bundled_spec(spec: str, strategy: str, tmp_path: pathlib.Path) ->
     """Only pairs the chip runs are chosen, and the budget holds, whatever the chip offers."""
     out = tmp_path / "digits.onnx"
     argv = ["--hw", spec, "--strategy", strategy, "--wbits", "8,4,2", "--abits", "8,4"]
-    assert main([*argv, "--max-size", "0.6x", "-q", "-o", str(out)]) == 0
+    assert main([*argv, "--max-size", "0.6x", "--max-latency", "1s", "-q", "-o", str(out)]) == 0
     front = searched(out)
     chosen = front["points"][front["chosen"]] if front["chosen"] >= 0 else None
     assert front["chosen_objectives"]["size"] <= front["constraints"]["size"]

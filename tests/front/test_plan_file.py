@@ -45,7 +45,17 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A mixed-precision search of the digits CNN with its plan."""
     folder = tmp_path_factory.mktemp("plan")
     code = cli.main(
-        ["--hw", "x86_avx2", "-o", str(folder / "searched.onnx"), "--max-size", "0.2x", "-q"]
+        [
+            "--hw",
+            "x86_avx2",
+            "-o",
+            str(folder / "searched.onnx"),
+            "--max-size",
+            "0.2x",
+            "--max-latency",
+            "1s",
+            "-q",
+        ]
         + ["--plan-out", str(folder / "plan.yaml")]
     )
     assert code == 0

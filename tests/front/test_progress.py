@@ -17,7 +17,18 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
 ) -> None:
     # every pass counts as slow here, so every pass gets its line
     monkeypatch.setattr(compiler, "Progress", functools.partial(Progress, after=0.0))
-    code = cli.main(["--hw", "x86_avx2", "-o", str(tmp_path / "q.onnx"), "--max-size", "0.2x"])
+    code = cli.main(
+        [
+            "--hw",
+            "x86_avx2",
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--max-size",
+            "0.2x",
+            "--max-latency",
+            "1s",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().err.splitlines()
     names = [re.fullmatch(r"\[(\d)/(\d)\] (\S+) \d+\.\d\d s(?: \((.*)\))?", line) for line in lines]

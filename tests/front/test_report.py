@@ -56,7 +56,10 @@ def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() 
     result = mpqc.compile(
         str(examples.digits_model_path()),
         mpqc.CompileOptions(
-            hw="x86_avx2", calibration=examples.digits_calibration(), max_size="0.2x"
+            hw="x86_avx2",
+            calibration=examples.digits_calibration(),
+            max_size="0.2x",
+            max_latency="1s",
         ),
     )
     explanation = result.explanation
@@ -84,7 +87,7 @@ def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() 
 def test_the_handmade_model_reports_pins_search_choices_and_the_loop_body(handmade) -> None:
     calibration = random_inputs(handmade, 10)
     # All at w8a8 is 11.3 kB; the budget needs one of the two big middle layers at w4a8, not both.
-    explanation = _explained(handmade, calibration=calibration, max_size="9.5kB")
+    explanation = _explained(handmade, calibration=calibration, max_size="9.5kB", max_latency="1s")
     rows = {row.layer: row for row in explanation.rows}
     assert rows["h1"].reason == PINNED and rows["h4"].reason == PINNED
     dropped, kept = sorted((rows["h2"], rows["h3"]), key=lambda row: row.chosen != "w4a8")
@@ -179,6 +182,8 @@ def test_cli_writes_the_report_the_json_and_a_summary_line(tmp_path, capsys) -> 
                 str(out),
                 "--max-size",
                 "0.2x",
+                "--max-latency",
+                "1s",
                 "--report",
                 str(md),
                 "--report-json",
@@ -226,7 +231,10 @@ def test_the_plotted_points_are_the_cost_models(tmp_path) -> None:
     result = mpqc.compile(
         str(examples.digits_model_path()),
         mpqc.CompileOptions(
-            hw="x86_avx2", calibration=examples.digits_calibration(), max_size="0.2x"
+            hw="x86_avx2",
+            calibration=examples.digits_calibration(),
+            max_size="0.2x",
+            max_latency="1s",
         ),
     )
     front, chosen, int8 = front_points(result.explanation, result.pareto)

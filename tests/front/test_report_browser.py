@@ -53,7 +53,17 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("browser")
     page = folder / "report.html"
     code = cli.main(
-        ["--hw", "x86_avx2", "-o", str(folder / "q.onnx"), "--max-size", "0.2x", "-q"]
+        [
+            "--hw",
+            "x86_avx2",
+            "-o",
+            str(folder / "q.onnx"),
+            "--max-size",
+            "0.2x",
+            "--max-latency",
+            "1s",
+            "-q",
+        ]
         + ["--report", str(page)]
     )
     assert code == 0

@@ -19,6 +19,7 @@ from mpqc.passes import (
     format_pipeline,
     resolve_pipeline,
 )
+from mpqc.passes.choose.latency_cap import ForcedSlowdownError
 from mpqc.passes.choose.search import layer_edges, resolve_budget
 from mpqc.search import InfeasibleError
 
@@ -76,7 +77,7 @@ def _all_w8a8_size(model: ir.Model) -> float:
 
 def test_chosen_bits_meet_the_budget_and_the_front_is_written(analysed) -> None:
     budget = 0.9 * _all_w8a8_size(analysed[0])  # w8a8 everywhere does not fit
-    model, _ = _search(analysed, "search{strategy=ilp}", size=f"{budget}B")
+    model, _ = _search(analysed, "search{strategy=ilp,latency_cap=false}", size=f"{budget}B")
     front = annotations.PARETO.get(model)
     assert front["chosen_objectives"]["size"] <= budget
     assert front["evaluations"] == 0  # ilp optimizes the proxy, as HAWQ-V3 does
@@ -87,6 +88,29 @@ def test_chosen_bits_meet_the_budget_and_the_front_is_written(analysed) -> None:
         set(point["bits"]) == {layer.name for layer in quantizable_layers(model.graph)}
         for point in front["points"]
     )
+
+
+def test_a_size_budget_alone_never_buys_a_model_slower_than_uniform_int8(analysed) -> None:
+    """4-bit convs run a float kernel behind DequantizeLinear on x86: slower than int8. A budget
+    only they reach is refused with the layers that cost it; --max-latency allows it."""
+    budget = 0.9 * _all_w8a8_size(analysed[0])
+    with pytest.raises(ForcedSlowdownError, match=r"slower than uniform w8a8.*w4a8 \+") as refused:
+        _search(analysed, "search{strategy=ilp}", size=f"{budget}B")
+    assert refused.value.cheapest > refused.value.limit
+    allowed = f"{refused.value.cheapest * 1.01}s"
+    model, context = _search(analysed, "search{strategy=ilp}", size=f"{budget}B", latency=allowed)
+    front = annotations.PARETO.get(model)
+    assert "latency_cap" not in front and front["chosen_objectives"]["size"] <= budget
+    assert not any("no --max-latency" in note for note in context.notes)
+
+
+def test_the_implicit_latency_limit_is_uniform_int8s_and_said(analysed) -> None:
+    model, context = _search(analysed, "search{strategy=ilp}", size="0.5x")
+    front = annotations.PARETO.get(model)
+    cap = front["latency_cap"]
+    assert cap["reference"] == "w8a8" and front["constraints"]["latency"] == cap["latency_s"]
+    assert cap["chosen_latency_s"] <= cap["latency_s"] * (1 + 1e-9)
+    assert any("no --max-latency" in note for note in context.notes)
 
 
 def test_exact_strategies_evaluate_configurations(analysed) -> None:
