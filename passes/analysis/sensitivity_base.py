@@ -137,6 +137,11 @@ class SensitivityPass(Pass):
         self._steps = self.context.steps("layers", len(layers))
         return layers
 
+    def count_evaluations(self, total: int) -> Steps:
+        """For a metric whose work is its evaluations, not its layers: count those instead."""
+        self._steps = Steps(None, "layers", None)
+        return self.context.steps("evaluations", total)
+
     def write(
         self, layer: Layer, scores: dict[str, float], detail: dict[str, Any] | None = None
     ) -> None:

@@ -95,7 +95,8 @@ class SensitivityOutputPass(SensitivityPass):
         for layer in scored_acts:
             jobs += [(layer.name, f"a{b}", {layer.name: (FLOAT_BITS, b)}) for b in abits]
         measure = self._measure(evaluator)
-        errors = evaluator.errors([config for _, _, config in jobs], measure)
+        steps = self.count_evaluations(len(jobs))
+        errors = evaluator.errors([config for _, _, config in jobs], measure, steps.advance)
 
         scores: dict[str, dict[str, float]] = {layer.name: {} for layer in layers}
         for (name, candidate, _), error in zip(jobs, errors, strict=True):

@@ -45,7 +45,7 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
     ]
     steps = {m.group(3): m.group(4) for m in names}
     assert steps["calibrate"] == "160 samples"
-    assert steps["sensitivity-output"] == "6 layers"
+    assert steps["sensitivity-output"] == "18 evaluations"  # 6 layers x (w8, w4, a8)
     assert steps["recover"] == "6 layers"
     assert steps["verify"] == "40 samples"
     assert steps["canonicalize"] is None

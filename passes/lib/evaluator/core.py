@@ -140,13 +140,19 @@ class Evaluator(Shipped):
         """How far ``config``'s outputs are from float (see ``output_error``)."""
         return output_error(self.reference, self.run(config), measure)
 
-    def errors(self, configs: Sequence[Config], measure: Measure = "mse") -> list[float]:
+    def errors(
+        self,
+        configs: Sequence[Config],
+        measure: Measure = "mse",
+        advance: Callable[[int], None] | None = None,
+    ) -> list[float]:
         """``error`` of each configuration, in order.
 
         Configurations that quantize a single layer run on that layer's suffix after one float run
         of the prefix per group of layers (``layer_errors``); the others run the whole graph. The
         work goes to ``executor``; without one, to local worker processes when it pays (see
-        ``_executor``), else it runs here.
+        ``_executor``), else it runs here. ``advance`` is told how many configurations each
+        finished job evaluated (progress for a person waiting).
         """
         by_layer: dict[str, list[int]] = {}
         whole: list[int] = []
@@ -168,16 +174,29 @@ class Evaluator(Shipped):
             for group in groups
         ]
         jobs += [("error", dict(configs[i])) for i in whole]
+        sizes = [sum(len(by_layer[name]) for name in group) for group in groups] + [1] * len(whole)
+
+        def counted(outcome: Any, size: int) -> Any:
+            if advance is not None:
+                advance(size)
+            return outcome
+
         with self._executor(len(jobs), len(configs)) as executor:
             if executor is None:
-                outcomes = [getattr(self, method)(argument, measure) for method, argument in jobs]
+                outcomes = [
+                    counted(getattr(self, method)(argument, measure), size)
+                    for (method, argument), size in zip(jobs, sizes, strict=True)
+                ]
             else:
                 self._write_files()
                 futures = [
                     executor.submit(in_worker, self, method, argument, measure)
                     for method, argument in jobs
                 ]
-                outcomes = [future.result() for future in futures]
+                outcomes = [
+                    counted(future.result(), size)
+                    for future, size in zip(futures, sizes, strict=True)
+                ]
         results: list[float] = [0.0] * len(configs)
         for group, group_errors in zip(groups, outcomes, strict=False):  # then the wholes
             for name, layer_errors in zip(group, group_errors, strict=True):
