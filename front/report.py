@@ -226,7 +226,7 @@ _UNITS = {
     "size": ("kB", 1e3),
     "latency": ("ms", 1e-3),
     "energy": ("µJ", 1e-6),
-    "bops": ("GBOPs", 1e9),
+    "bops": ("MBOPs", 1e6),
 }
 
 
