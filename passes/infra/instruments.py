@@ -145,10 +145,13 @@ class Progress:
                 TextColumn("{task.fields[what]}"),
                 TimeElapsedColumn(),
                 console=Console(file=self.stream),
+                get_time=time.perf_counter,
             )
             self._task = self._bar.add_task(
                 self._name, total=self._step_total, completed=self._steps, what=self._what
             )
+            # the elapsed time is the pass's, not the bar's (which appears ``after`` seconds in)
+            next(t for t in self._bar.tasks if t.id == self._task).start_time = self._start
             self._bar.start()
 
     def _hide(self) -> bool:

@@ -587,3 +587,23 @@ def test_progress_shows_only_passes_slower_than_its_threshold_with_their_steps()
 
     PassManager([_Analyse(), _Counting(context=context), _Rewrite()], [progress])(small_cnn())
     assert re.fullmatch(r"\[2/3\] counting \d+\.\d\d s \(4 samples\)\n", stream.getvalue())
+
+
+def test_progress_on_a_terminal_draws_a_bar_once_a_pass_runs_long() -> None:
+    stream = io.StringIO()
+    progress = passes.Progress(1, stream, after=0.05, live=True)
+    context = CompileContext(progress=progress)
+
+    class _Slow(_Analyse):
+        name = "slow"
+
+        def call(self, model):
+            steps = self.context.steps("samples", 5)
+            for _ in range(5):
+                time.sleep(0.04)
+                steps.advance()
+            return super().call(model)
+
+    PassManager([_Slow(context=context)], [progress])(small_cnn())
+    drawn = stream.getvalue()
+    assert "[1/1] slow" in drawn and "5/5" in drawn and "samples" in drawn
