@@ -116,14 +116,17 @@ def compilation_context(model: ir.Model, options: CompileOptions) -> CompileCont
     and held-out samples, the float reference, budgets, candidate bits, shapes and seed."""
     check_before_work(model, options)
     spec = hwspecs.load(options.hw) if options.hw is not None else None
-    default_w, default_a = default_candidates(spec) if spec is not None else (None, None)
+    constraints = options.constraints()
+    default_w, default_a = (
+        default_candidates(spec, constraints) if spec is not None else (None, None)
+    )
     context = CompileContext(
         hw=spec,
         seed=options.seed,
         eval_fn=options.eval_fn,
         wbits=tuple(options.wbits) if options.wbits else default_w,
         abits=tuple(options.abits) if options.abits else default_a,
-        constraints=options.constraints(),
+        constraints=constraints,
         shapes=dict(options.shapes),
         executor=options.executor,
     )

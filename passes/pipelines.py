@@ -38,15 +38,22 @@ _METRIC_WITH_DATA = {"ompq": "orthogonality"}
 _WEIGHT_ONLY_BITS = 4
 
 
-def default_candidates(spec: typing.Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """METHODS.md §8: weights {4, 8} (+2 where the chip runs 2-bit natively), activations 8.
+def default_candidates(
+    spec: typing.Any, constraints: typing.Collection[str] = ()
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """METHODS.md §8: weights {4, 8} (+2 where the chip runs 2-bit natively, or, stored and
+    computed wider, when ``constraints`` include a size budget), activations 8.
 
     Pareto-optimal quantized networks are mostly 4-bit; under post-training quantization 4-bit
-    activations are much harder, so w4a8 is the expected bulk and w8a8 the safe anchor.
+    activations are much harder, so w4a8 is the expected bulk and w8a8 the safe anchor. A size
+    budget far below 8 bits (0.15x of float) is out of reach with {4, 8} on models whose biggest
+    layers are sensitive; 2-bit weights that save bytes only are then worth offering (the latency
+    limit still decides whether they may be slower).
     """
     wbits = [b for b in (8, 4) if b in spec.weight_bits]
-    if 2 in spec.weight_bits and spec.supports(2, 8) and spec.precision(2, 8).native:
-        wbits.append(2)
+    if 2 in spec.weight_bits and spec.supports(2, 8):
+        if spec.precision(2, 8).native or "size" in constraints:
+            wbits.append(2)
     abits = [b for b in (8,) if b in spec.act_bits] or [max(spec.act_bits)]
     return tuple(wbits or spec.weight_bits), tuple(abits)
 

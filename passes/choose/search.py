@@ -226,7 +226,9 @@ class SearchPass(Pass):
         metric: str = option("output", "sensitivity metric read from mpqc.sens.<metric>")
         objectives: tuple[str, ...] = option(("error", "size"), "what the Pareto front is over")
         pin_ends: bool = option(
-            True, "keep the first and last compute layers at 8 bits or more (HAQ, HAWQ-V3)"
+            True,
+            "keep the first and last compute layers at 8 bits or more (HAQ, HAWQ-V3) unless the "
+            "budget is out of reach with them",
         )
         exact: Literal["auto", "always", "never"] = option(
             "auto",
@@ -264,8 +266,20 @@ class SearchPass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.searched_layers(model)
-        problem = self.problem(model, layers)
-        problem.check_feasible()
+        pinned = self.pinned(layers)
+        problem = self.problem(model, layers, pinned)
+        try:
+            problem.check_feasible()
+        except msearch.InfeasibleError as pinned_out:
+            if not pinned:
+                raise
+            # The pins are a default, not a constraint: released when the budget needs them.
+            problem, pinned = self.problem(model, layers, set()), set()
+            problem.check_feasible()
+            self.context.note(
+                f"search: released the pinned first and last layers ({pinned_out}) to meet the "
+                "budget"
+            )
         latency_cap = None
         if self.options.latency_cap:
             problem, latency_cap = capped(problem)
@@ -293,10 +307,10 @@ class SearchPass(Pass):
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config), strict=True):
             annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
-        self._explain(model, problem, layers, chosen.config)
+        self._explain(model, problem, layers, chosen.config, pinned)
         front = self._front_json(problem, layers, result)
         front["metric"] = self.options.metric
-        front["pinned"] = sorted(layers[i].name for i in self.pinned(layers))
+        front["pinned"] = sorted(layers[i].name for i in pinned)
         if latency_cap is not None:
             front["latency_cap"] = {
                 "reference": str(REFERENCE),
@@ -307,14 +321,19 @@ class SearchPass(Pass):
         return ir.passes.PassResult(model, modified=True)
 
     def _explain(
-        self, model: ir.Model, problem: msearch.Problem, layers: list[Layer], config: np.ndarray
+        self,
+        model: ir.Model,
+        problem: msearch.Problem,
+        layers: list[Layer],
+        config: np.ndarray,
+        pinned: set[int],
     ) -> None:
         """The search's section of ``mpqc.report``: why each layer got its bits (``explain.py``)."""
         account = explain_choice(
             problem,
             [int(k) for k in config],
             [layer.node.op_type for layer in layers],
-            {layers[i].name for i in self.pinned(layers)},
+            {layers[i].name for i in pinned},
             self.options.strategy,
             self.options.metric,
         )
@@ -382,14 +401,18 @@ class SearchPass(Pass):
         compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
         return {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
 
-    def problem(self, model: ir.Model, layers: list[Layer]) -> msearch.Problem:
+    def problem(
+        self, model: ir.Model, layers: list[Layer], pinned: set[int] | None = None
+    ) -> msearch.Problem:
+        """The search problem over ``layers``, the ``pinned`` ones (default: ``self.pinned``) held
+        at 8 bits or more."""
         if not layers:
             raise PassInputError("search: no layer has costs; run the cost pass first")
         totals = annotations.MODEL_COST.get(model) or {}
         key = annotations.sensitivity_key(self.options.metric)
         choices, sensitivity = [], []
         costs: dict[str, list[np.ndarray]] = {name: [] for name in _COST_FIELD}
-        pinned = self.pinned(layers)
+        pinned = self.pinned(layers) if pinned is None else pinned
         for index, layer in enumerate(layers):
             table = annotations.COST.get(layer.node) or {}
             pairs = _pairs(table)

@@ -60,6 +60,7 @@ def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() 
             calibration=examples.digits_calibration(),
             max_size="0.2x",
             max_latency="1s",
+            wbits=(8, 4),
         ),
     )
     explanation = result.explanation
@@ -87,7 +88,9 @@ def test_every_layer_above_its_cheapest_bits_has_a_reason_on_the_digits_model() 
 def test_the_handmade_model_reports_pins_search_choices_and_the_loop_body(handmade) -> None:
     calibration = random_inputs(handmade, 10)
     # All at w8a8 is 11.3 kB; the budget needs one of the two big middle layers at w4a8, not both.
-    explanation = _explained(handmade, calibration=calibration, max_size="9.5kB", max_latency="1s")
+    explanation = _explained(
+        handmade, calibration=calibration, max_size="9.5kB", max_latency="1s", wbits=(8, 4)
+    )
     rows = {row.layer: row for row in explanation.rows}
     assert rows["h1"].reason == PINNED and rows["h4"].reason == PINNED
     dropped, kept = sorted((rows["h2"], rows["h3"]), key=lambda row: row.chosen != "w4a8")

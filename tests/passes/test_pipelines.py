@@ -80,6 +80,9 @@ def test_options_that_cannot_go_together_fail_before_anything_runs() -> None:
 def test_default_candidates_follow_the_chip() -> None:
     assert default_candidates(hwspecs.load("x86_avx2")) == ((8, 4), (8,))
     assert default_candidates(hwspecs.load("bitfusion")) == ((8, 4, 2), (8,))
+    # 2-bit weights that only save bytes, offered when the budget is about bytes
+    assert default_candidates(hwspecs.load("x86_avx2"), {"size": "0.15x"}) == ((8, 4, 2), (8,))
+    assert default_candidates(hwspecs.load("x86_avx2"), {"latency": "2ms"}) == ((8, 4), (8,))
 
 
 def test_every_default_option_is_a_compile_option_of_the_same_name() -> None:

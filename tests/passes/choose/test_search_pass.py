@@ -104,6 +104,18 @@ def test_a_size_budget_alone_never_buys_a_model_slower_than_uniform_int8(analyse
     assert not any("no --max-latency" in note for note in context.notes)
 
 
+def test_the_pinned_ends_are_released_when_the_budget_needs_them(analysed) -> None:
+    with pytest.raises(InfeasibleError) as unpinned:
+        _search(analysed, "search{strategy=ilp,pin_ends=false,latency_cap=false}", size="1B")
+    budget = unpinned.value.cheapest * 1.0001  # reachable only with the ends below 8 bits
+    model, context = _search(analysed, "search{strategy=ilp,latency_cap=false}", size=f"{budget}B")
+    front = annotations.PARETO.get(model)
+    assert front["pinned"] == [] and front["chosen_objectives"]["size"] <= budget
+    bits = [annotations.BITS.get(layer.node) for layer in quantizable_layers(model.graph)]
+    assert bits[0]["w"] == 4 and bits[-1]["w"] == 4
+    assert any("released the pinned first and last layers" in note for note in context.notes)
+
+
 def test_the_implicit_latency_limit_is_uniform_int8s_and_said(analysed) -> None:
     model, context = _search(analysed, "search{strategy=ilp}", size="0.5x")
     front = annotations.PARETO.get(model)
