@@ -27,6 +27,8 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
             "0.2x",
             "--max-latency",
             "1s",
+            "--wbits",
+            "8,4",
         ]
     )
     assert code == 0
