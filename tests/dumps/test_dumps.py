@@ -16,10 +16,10 @@ import shutil
 import subprocess
 import sys
 
+import models as builders
 import numpy as np
 import pytest
 
-import models as builders
 from mpqc import ir
 
 CASES = sorted(pathlib.Path(__file__).parent.glob("*.check"))
