@@ -221,9 +221,7 @@ class _Session:
             feeds = {name: np.asarray(array) for name, array in sample.items()}
             try:
                 outputs = self.session.run(self.fetch, feeds)
-            except (
-                Exception
-            ) as exc:  # onnxruntime raises its own unrelated types with long messages
+            except Exception as exc:  # onnxruntime's own error types, with long messages
                 raise DataError(
                     f"calibration sample {index}: onnxruntime cannot run the model on it "
                     f"({_first_line(exc)})"
