@@ -187,6 +187,12 @@ def add_ir_dump_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ir-dump-dir", metavar="DIR", help="write dumps to DIR/NNN_<pass>.txt instead of stderr"
     )
+    group.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="check the model (onnx checker, onnxruntime load) after every pass; name the pass "
+        "that breaks it",
+    )
 
 
 def ir_printer(args: argparse.Namespace) -> list[Instrument]:

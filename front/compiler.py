@@ -104,7 +104,7 @@ def compile(
         progress = Progress(len(parse_pipeline(text)))
         context.progress = progress
         watching.append(progress)
-    pipeline = Pipeline(text, context, watching)
+    pipeline = Pipeline(text, context, watching, verify_each=options.verify_each)
     result_ir = pipeline.run_ir(working)
     if lowering is not None and lowering.model is None:
         raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")

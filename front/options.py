@@ -82,6 +82,9 @@ class CompileOptions:
     plan_out: str | os.PathLike | None = None
     #: Watch the passes run (IR printers, timers): ``run_before_pass``/``run_after_pass``.
     instruments: tuple[Instrument, ...] = ()
+    #: Check the model with onnx's checker and an onnxruntime session after every pass, naming the
+    #: pass that broke it (``VerifyEach``).
+    verify_each: bool = False
     #: Show progress on stderr: a live bar on a terminal, else a line per pass, for whatever runs
     #: longer than two seconds (``Progress``).
     progress: bool = False

@@ -7,6 +7,7 @@ Like onnxscript's rewriter entry points, ``run`` accepts a path, an ``onnx.Model
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from mpqc.passes import (
     format_pipeline,
     resolve_pipeline,
 )
-from mpqc.passes.infra.instruments import Instrument
+from mpqc.passes.infra.instruments import VERIFY_EACH, Instrument, VerifyEach
 
 __all__ = ["Pipeline"]
 
@@ -32,10 +33,14 @@ class Pipeline:
         text: str,
         context: CompileContext | None = None,
         instruments: Sequence[Instrument] = (),
+        verify_each: bool = False,
     ) -> None:
         self.steps = resolve_pipeline(text)  # unknown passes and bad options fail here
         self.context = context if context is not None else CompileContext()
         self.instruments = list(instruments)
+        #: Check the model after every pass (``VerifyEach``); ``MPQC_VERIFY_EACH=1`` turns it on
+        #: for every pipeline, as the test suite does.
+        self.verify_each = verify_each or os.environ.get(VERIFY_EACH) == "1"
 
     def __str__(self) -> str:
         return format_pipeline(self.steps)
@@ -50,7 +55,10 @@ class Pipeline:
 
     def run_ir(self, model: ir.Model) -> ir.Model:
         """Run on an ``onnx_ir.Model`` in place and return it."""
-        manager = PassManager(build_pipeline(self.steps, self.context), self.instruments)
+        verifier = [VerifyEach()] if self.verify_each else []
+        manager = PassManager(
+            build_pipeline(self.steps, self.context), [*self.instruments, *verifier]
+        )
         return manager(model).model
 
     def run(self, model: Any) -> Any:

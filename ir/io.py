@@ -31,6 +31,7 @@ __all__ = [
     "ModelError",
     "ModelLike",
     "as_kind",
+    "fits_in_protobuf",
     "load",
     "tensor_bytes",
     "write",
@@ -132,13 +133,18 @@ def _tensors(graph: onnx.GraphProto) -> Any:
                 yield from _tensors(body)
 
 
+def fits_in_protobuf(model: ir.Model) -> bool:
+    """Whether ``model`` serializes as one protobuf (else its tensors need external data)."""
+    return tensor_bytes(model) <= _PROTOBUF_LIMIT
+
+
 def write(model: ir.Model, path: pathlib.Path, data_name: str) -> bool:
     """Write ``model`` to ``path``; whether its tensors went to ``data_name`` beside it.
 
     Only models whose tensors would overflow a single protobuf get external data. The write is not
     atomic: ``mpqc.ir.outputs`` stages it and renames the files into place.
     """
-    if tensor_bytes(model) <= _PROTOBUF_LIMIT:
+    if fits_in_protobuf(model):
         ir.save(model, path)
         return False
     ir.save(model, path, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD)

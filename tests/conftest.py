@@ -20,6 +20,9 @@ if os.environ.get("CI"):
 # Every pass run by the tests (commands in subprocesses included) must read only the annotations it
 # declares (mpqc.passes.infra.base); users' compilations skip this check on mpqc's own code.
 os.environ["MPQC_CHECK_CONTRACTS"] = "1"
+# ... and leave a model that onnx's checker and onnxruntime accept (``--verify-each``);
+# MPQC_VERIFY_EACH=0 turns that off, to time the suite without it.
+os.environ.setdefault("MPQC_VERIFY_EACH", "1")
 
 
 @pytest.fixture

@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
     given = {name: value for name, value in vars(args).items() if name in fields}
     context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))
-    pipeline = Pipeline(args.pipeline, context, ir_printer(args))
+    pipeline = Pipeline(args.pipeline, context, ir_printer(args), args.verify_each)
     model = pipeline.run_ir(model)
     with outputs.commit() as staging:
         if output is not None:

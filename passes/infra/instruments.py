@@ -6,17 +6,35 @@ gets them for free and a toolchain can add its own (memory tracking, checkpoints
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
+import tempfile
 import threading
 import time
 from typing import IO, Any, Protocol
 
+import onnx
 import onnx_ir as ir
 
+from mpqc.core.errors import MpqcError
+from mpqc.ir import io
 from mpqc.ir.printer import dump
 
-__all__ = ["Instrument", "IRPrinter", "Snapshot", "Timing", "Progress", "dump_header"]
+__all__ = [
+    "VERIFY_EACH",
+    "Instrument",
+    "IRPrinter",
+    "Progress",
+    "Snapshot",
+    "Timing",
+    "VerifyEach",
+    "VerifyEachError",
+    "dump_header",
+]
+
+#: Set to "1" in the environment to verify the model after every pass (the test suite does).
+VERIFY_EACH = "MPQC_VERIFY_EACH"
 
 
 class Instrument(Protocol):
@@ -245,3 +263,50 @@ class Snapshot:
     ) -> None:
         if _pass_name(pass_) == self.after:
             self.model = result.model.clone()
+
+
+class VerifyEachError(MpqcError):
+    """A pass left a model that onnx's checker or onnxruntime refuses; names the pass."""
+
+
+class VerifyEach:
+    """``--verify-each`` (MLIR's ``-verify-each``): after every pass, the model as it would be
+    saved (annotations included) must pass ``onnx.checker`` with ``full_check`` and load in an
+    onnxruntime CPU session, so the pass that breaks a graph is named instead of the symptom
+    surfacing passes later, or in the user's runtime.
+
+    Models whose tensors overflow a protobuf are written to a temporary folder with external data
+    and checked by path, as ``mpqc.ir.io.write`` would save them.
+    """
+
+    def run_before_pass(self, pass_: ir.passes.PassBase, model: ir.Model) -> None:
+        pass
+
+    def run_after_pass(
+        self, pass_: ir.passes.PassBase, model: ir.Model, result: ir.passes.PassResult
+    ) -> None:
+        try:
+            _verify(result.model)
+        except Exception as error:  # the checker's and onnxruntime's errors share no base
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise VerifyEachError(
+                f"verify-each: after pass '{_pass_name(pass_)}': {lines[0]}"
+            ) from error
+
+
+def _verify(model: ir.Model) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    providers = ["CPUExecutionProvider"]
+    if io.fits_in_protobuf(model):
+        proto = ir.serde.serialize_model(model)
+        onnx.checker.check_model(proto, full_check=True)
+        ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        return
+    with tempfile.TemporaryDirectory(prefix="mpqc-verify-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        io.write(model, pathlib.Path(path), "model.onnx.data")
+        onnx.checker.check_model(path, full_check=True)
+        ort.InferenceSession(path, options, providers=providers)
