@@ -120,7 +120,9 @@ def compile(
             files.text(plan_text(lowering.model, text, context, plan_out), plan_out)
         if snapshot is not None:
             folder = pathlib.Path(options.emit_pareto)  # type: ignore[arg-type]
-            emitted = emit_front(snapshot.model, context, folder, after_search(text), files)
+            emitted = emit_front(
+                snapshot.model, context, folder, after_search(text), files, options.verify_each
+            )
     report = annotations.REPORT.get(result_ir, {}) or {}
     return CompileResult(
         model=mir.as_kind(result_ir, model),
@@ -154,18 +156,24 @@ def after_search(pipeline: str) -> str:
 
 
 def emit_front(
-    analysed: ir.Model, context: CompileContext, folder: pathlib.Path, tail: str, staging: Staging
+    analysed: ir.Model,
+    context: CompileContext,
+    folder: pathlib.Path,
+    tail: str,
+    staging: Staging,
+    verify_each: bool,
 ) -> tuple[pathlib.Path, ...]:
     """Lower and verify every point of ``analysed``'s front, staged for ``folder``:
     ``NN_<bytes>B.onnx``.
 
     Each point starts from the model as the search left it and runs ``tail`` — the compilation's
     own steps after its search (recover and lower-qdq with their layout options, verify) — so each
-    file is exactly what the pipeline would have emitted had that point been chosen.
+    file is exactly what the pipeline would have emitted had that point been chosen, checked after
+    each of those steps too when the compilation was (``verify_each``).
     """
     front = annotations.PARETO.get(analysed) or {}
     # each point's notes repeat the compilation's own (recovered layers, narrowed grids)
-    lower = Pipeline(tail, dataclasses.replace(context, notes=[]))
+    lower = Pipeline(tail, dataclasses.replace(context, notes=[]), verify_each=verify_each)
     paths = []
     for index, point in enumerate(front.get("points", [])):
         model = analysed.clone()
