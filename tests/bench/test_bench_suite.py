@@ -95,10 +95,11 @@ def test_search_pipelines_name_the_metric_limits_and_recover() -> None:
     mode = suite.MODES["quick"]
     assert (
         suite.search_pipeline("eagl", False, mode)
-        == "search{strategy=eagl,metric=entropy,samples=4},lower-qdq,verify"
+        == "search{strategy=eagl,metric=entropy,samples=4,latency_cap=false},lower-qdq,verify"
     )
     assert suite.search_pipeline("nsga2", True, mode) == (
-        "search{strategy=nsga2,metric=output,samples=4,generations=4},recover,lower-qdq,verify"
+        "search{strategy=nsga2,metric=output,samples=4,generations=4,latency_cap=false},"
+        "recover,lower-qdq,verify"
     )
 
 
