@@ -176,3 +176,23 @@ def test_a_built_wheel_holds_one_package_with_its_data(tmp_path: pathlib.Path) -
         check=True,
     )
     assert pathlib.Path(run.stdout.strip()).is_relative_to(target)
+
+
+def test_setup_cfg_lists_every_package_folder() -> None:
+    """A non-editable install ships only the packages setup.cfg names: a new subpackage missing
+    there imports fine from a checkout (editable) and fails after ``pip install .``."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    folders = {
+        line.split("=")[0].strip(): line.split("=")[1].strip()
+        for line in config["options"]["package_dir"].strip().splitlines()
+    }
+    found = set()
+    for name, folder in folders.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *relative)))
+    assert found == listed
