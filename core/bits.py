@@ -63,3 +63,8 @@ class Bits(NamedTuple):
 
     def __str__(self) -> str:
         return f"w{self.w}a{self.a}"
+
+    def text(self) -> str:
+        """How messages name the choice: ``w8a8``, or ``w8 (activations float)`` for weights
+        quantized alone (``w8a32`` would read as 32-bit integer activations)."""
+        return f"w{self.w} (activations float)" if self.float_activations else str(self)

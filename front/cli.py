@@ -175,14 +175,9 @@ def _tensor_sizes(result: Any) -> str:
     )
 
 
-def _pair_text(bits: Bits) -> str:
-    """``w8a8``; ``w8 (activations float)`` for weights quantized alone."""
-    return f"w{bits.w} (activations float)" if bits.float_activations else str(bits)
-
-
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
     bits = _layer_bits(result)
-    mix = Counter(_pair_text(Bits(b["w"], b["a"])) for b in bits.values())
+    mix = Counter(Bits(b["w"], b["a"]).text() for b in bits.values())
     verify = result.report.get("verify", {})
     lines = [
         f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",

@@ -48,6 +48,8 @@ from mpqc.passes.lib.opset import ensure_opset
 from mpqc.passes.lib.plan import (
     CONTRIB_FORMS,
     BiasForm,
+    LayerFacts,
+    LayerPlan,
     WeightForm,
     facts_of,
     plan_layer,
@@ -105,18 +107,8 @@ class LowerQDQPass(Pass):
         self._check_supported(chosen)
         layers = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
         options = self.options
-        plans = [
-            plan_layer(
-                facts_of(layers[name]),
-                wbits,
-                abits,
-                spec=self.context.hw,
-                layout=options.layout,
-                act_signed=options.act_signed,
-                fuse_outputs=options.fuse_outputs,
-            )
-            for name, (wbits, abits) in chosen
-        ]
+        facts = {name: facts_of(layers[name]) for name, _ in chosen}
+        plans = [self._plan(facts[name], wbits, abits) for name, (wbits, abits) in chosen]
         # Layers that become onnxruntime contrib ops need no newer ai.onnx opset, only IR 10 for an
         # INT4 table.
         contrib = [plan for plan in plans if plan.form in CONTRIB_FORMS]
@@ -140,8 +132,10 @@ class LowerQDQPass(Pass):
         emitter = Emitter(model.graph, options.act_signed)
         ranges_missing = False
         narrowed = set()
+        kernels = {}
         for plan in plans:
             layer = by_name[plan.name]
+            kernels[plan.name] = plan.kernel.value
             annotations.BITS.set(layer.node, {"w": plan.wbits, "a": plan.abits})
             if plan.grid_bits != plan.wbits:
                 narrowed.add((plan.wbits, plan.abits, plan.grid_bits))
@@ -152,6 +146,9 @@ class LowerQDQPass(Pass):
             if plan.input_quantizer is not None and not emitter.quantize_input(layer, plan.abits):
                 # no calibrated range: the input stays float, and mpqc.bits says what was emitted
                 annotations.BITS.set(layer.node, {"w": plan.wbits, "a": FLOAT_BITS})
+                kernels[plan.name] = self._plan(
+                    facts[plan.name], plan.wbits, FLOAT_BITS
+                ).kernel.value
                 ranges_missing = True
             if quantize_first:
                 emitter.weight(layer, plan)
@@ -171,8 +168,20 @@ class LowerQDQPass(Pass):
                 "lower-qdq: some activations have no calibrated range and stay float "
                 "(run calibrate with data)"
             )
-        self._report(model, len(plans), left_float)
+        self._report(model, len(plans), left_float, kernels)
         return ir.passes.PassResult(model, modified=True)
+
+    def _plan(self, facts: LayerFacts, wbits: int, abits: int) -> LayerPlan:
+        options = self.options
+        return plan_layer(
+            facts,
+            wbits,
+            abits,
+            spec=self.context.hw,
+            layout=options.layout,
+            act_signed=options.act_signed,
+            fuse_outputs=options.fuse_outputs,
+        )
 
     def _check_supported(self, chosen: list[tuple[str, tuple[int, int]]]) -> None:
         """Bits the target's spec does not run are refused, naming what it runs (``mpqc.bits`` may
@@ -192,10 +201,19 @@ class LowerQDQPass(Pass):
                         f"supports {', '.join(map(str, allowed))}"
                     )
 
-    def _report(self, model: ir.Model, lowered: int, left_float: list[dict[str, str]]) -> None:
-        """``lowered_layers`` and ``left_float``: {layer, op, reason} for each weighted op left
-        float."""
+    def _report(
+        self,
+        model: ir.Model,
+        lowered: int,
+        left_float: list[dict[str, str]],
+        kernels: dict[str, str] | None = None,
+    ) -> None:
+        """``lowered_layers``; ``kernels``, the kernel the plan names for each lowered layer (what
+        the cost pass priced, which verify compares with what onnxruntime runs); ``left_float``:
+        {layer, op, reason} for each weighted op left float."""
         section: dict[str, object] = {"lowered_layers": lowered}
+        if kernels:
+            section["kernels"] = kernels
         if left_float:
             section["left_float"] = left_float
             self.context.note(

@@ -1,10 +1,12 @@
 """``verify``: check that what mpqc emits is a valid model that runs and stays close to float.
 
 It is the last pass of every pipeline because a quantizer's output is only worth its file if a
-runtime loads it: full ``onnx.checker``, an onnxruntime CPU session, and then the numbers — output
-SQNR and top-1 agreement against the float reference on held-out samples (never the samples the
-ranges were fitted to), the task metric when the user gave one, and the serialized size. Results go
-to the ``mpqc.report`` annotation for the report and the command's summary.
+runtime loads it: full ``onnx.checker``, an onnxruntime CPU session, what onnxruntime really runs
+for each quantized layer once it has fused the Q/DQ patterns (``kernels.py``: integer kernel, or
+DequantizeLinear + float, against the kernel the plan predicted, with warnings), and then the
+numbers — output SQNR and top-1 agreement against the float reference on held-out samples (never
+the samples the ranges were fitted to), the task metric when the user gave one, and the serialized
+size. Results go to the ``mpqc.report`` annotation for the report and the command's summary.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mpqc.ir import annotations
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.runtime import session
+from mpqc.passes.verify.kernels import kernel_report
 
 __all__ = ["VerifyPass", "output_fidelity"]
 
@@ -64,6 +67,7 @@ def output_fidelity(
 @register
 class VerifyPass(Pass):
     name = "verify"
+    may_read = frozenset({annotations.BITS})
     writes = frozenset({annotations.REPORT})
     preserves = frozenset({annotations.ALL})
 
@@ -116,6 +120,10 @@ class VerifyPass(Pass):
                     f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
+            planned = (annotations.REPORT.section(model, "lower-qdq") or {}).get("kernels", {})
+            kernels = kernel_report(model, serialized, planned)
+            if kernels:
+                result["kernels"] = kernels
             held_out = self.context.held_out
             reference = self._reference() if held_out is not None and len(held_out) else None
             if reference is not None:

@@ -17,21 +17,20 @@ MatMul with and without bias, activations u8, u16 and none — a model is lowere
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from models import build, random_inputs, run_ort
 
 from mpqc import hwspecs
-from mpqc.ir.layers import Layer, quantizable_layers
+from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline, get
 from mpqc.passes.analysis.cost import priced_kernel, priced_pair
 from mpqc.passes.lib.describe import describe, static_shapes
 from mpqc.passes.lib.evaluator import Evaluator
+from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import (
     BiasForm,
@@ -274,48 +273,14 @@ def _expected_form(plan: LayerPlan) -> dict[str, object]:
     return expected
 
 
-#: onnxruntime ops after its graph optimizations, by the plan's kernel that names them.
-_ORT_OPS = {
-    Kernel.INTEGER: {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"},
-    Kernel.MATMUL_NBITS: {"MatMulNBits"},
-    Kernel.GATHER_BLOCK_QUANTIZED: {"GatherBlockQuantized"},
-    Kernel.GATHER_INT8: {"Gather"},
-}
-
-
-def _ort_kernel(lowered: ir.Model, layer: Layer, plan: LayerPlan, tmp: pathlib.Path) -> Kernel:
-    """The kernel onnxruntime runs for the layer, read from its optimized graph: the node that
-    consumes the stored weight, through DequantizeLinear and a unit-scale Mul."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp / "optimized.onnx")
-    ort.InferenceSession(
-        ir.to_proto(lowered).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    optimized = onnx.load(str(tmp / "optimized.onnx"))
+def _ort_kernel(lowered: ir.Model, plan: LayerPlan) -> Kernel:
+    """The kernel onnxruntime runs for the layer, read from its optimized graph (the rule verify
+    reports with, ``passes/lib/fusion.py``)."""
+    optimized = OptimizedGraph(optimized_graph(ir.to_proto(lowered).SerializeToString()))
     node = next(n for n in lowered.graph if n.name == plan.name or n.outputs[0].name == plan.name)
-    index = 0 if node.op_type in ("Gather", "GatherBlockQuantized") else 1
-    stored = node.inputs[index]
-    while stored.producer() is not None and stored.producer().op_type in (
-        "DequantizeLinear",
-        "Mul",
-    ):
-        stored = stored.producer().inputs[0]
-    name, through_dequantize = stored.name, False
-    while True:
-        users = [n for n in optimized.graph.node if name in n.input]
-        if not users:  # onnxruntime repacked the weight: the node that reads the layer's input
-            (user,) = [n for n in optimized.graph.node if node.inputs[0].name in n.input]
-            through_dequantize = True
-        else:
-            (user,) = users
-        if users and user.op_type in ("DequantizeLinear", "Mul"):
-            name, through_dequantize = user.output[0], True
-            continue
-        for kernel, ops in _ORT_OPS.items():
-            if user.op_type in ops and (kernel is not Kernel.GATHER_INT8 or not through_dequantize):
-                return kernel
-        return Kernel.DEQUANTIZE_FLOAT if through_dequantize else Kernel.FLOAT
+    fused = optimized.runs(node)
+    assert fused is not None, plan
+    return fused.kernel
 
 
 #: Specs that describe onnxruntime's CPU provider: their kernel kinds are the plan's kernels. (A
@@ -342,7 +307,7 @@ def _runs(spec: hwspecs.HardwareSpec, pair: tuple[int | None, int | None]) -> bo
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_lowering_size_evaluator_and_cost_agree_on_the_plan(case: Case, tmp_path) -> None:
+def test_lowering_size_evaluator_and_cost_agree_on_the_plan(case: Case) -> None:
     proto = _proto(case.model)
     samples = _samples(proto)
     spec = hwspecs.load(case.spec)
@@ -388,7 +353,7 @@ def test_lowering_size_evaluator_and_cost_agree_on_the_plan(case: Case, tmp_path
         plan = plans[layer.name]
         written = _written_form(lowered, plan)
         assert {k: written.get(k) for k in _expected_form(plan)} == _expected_form(plan), plan
-        assert _ort_kernel(lowered, layer, plan, tmp_path) is plan.kernel, plan
+        assert _ort_kernel(lowered, plan) is plan.kernel, plan
         if layer.name in priced:
             assert priced[layer.name].kernel_kind == _PRICED[plan.kernel], plan
     # The plan's byte sum counts an int32 bias (values and scales) wherever the bias may become
