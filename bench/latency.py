@@ -45,6 +45,7 @@ from mpqc.core.bits import FLOAT_BITS
 from mpqc.hwspecs.kernels import measure_models
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, load_calibration
+from mpqc.passes.analysis.cost import predicted_total
 from mpqc.pipeline import Pipeline
 from mpqc.search import InfeasibleError
 
@@ -153,17 +154,10 @@ def layer_names(analysed: ir.Model) -> list[str]:
     ]
 
 
-def _key(pair: Pair) -> str:
-    return "float" if pair == FLOAT else f"w{pair[0]}a{pair[1]}"
-
-
 def predict(costed: ir.Model, config: Config) -> float:
     """The cost pass's total latency of ``config``: fixed part plus each layer's chosen entry."""
-    total = float(annotations.MODEL_COST.get(costed)["fixed"]["latency_s"])
-    for layer in mir.quantizable_layers(costed.graph):
-        table = annotations.COST.get(layer.node)
-        if table is not None:
-            total += float(table[_key(config.bits.get(layer.name, FLOAT))]["latency_s"])
+    total = predicted_total(costed, config.bits)
+    assert total is not None, config.name
     return total
 
 
@@ -325,9 +319,10 @@ def profiled_spec(path: pathlib.Path, log: Callable[[str], None]) -> hwspecs.Har
     """The spec ``mpqc-hw profile`` fits on this machine, profiled once into ``path``."""
     if not path.exists():
         from mpqc.hwspecs import profiling
+        from mpqc.hwspecs.machine import base_for_machine
 
         log(f"profiling this machine into {path} ...")
-        base = profiling.base_for_machine()
+        base = base_for_machine()
         document = profiling.profile(base, threads=1, quick=False, log=log)
         path.parent.mkdir(parents=True, exist_ok=True)
         profiling.write_spec(
@@ -372,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         haq_figure.print_table()
         return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    from mpqc.hwspecs.profiling import base_for_machine
+    from mpqc.hwspecs.machine import base_for_machine
 
     bundled = args.spec or base_for_machine()
     specs = {bundled: hwspecs.load(bundled), "profiled": profiled_spec(args.profiled, log)}

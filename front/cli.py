@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the per-layer table (bits, candidates, why) as .html or .md",
     )
     parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the written model against float and uniform w8a8 on this machine (onnxruntime, "
+        "1 thread, paired runs, median) and print measured against predicted latency",
+    )
+    parser.add_argument(
         "--emit-pareto", metavar="DIR", help="also lower every point of the searched front into DIR"
     )
     parser.add_argument(
@@ -202,6 +208,20 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
             f"  accuracy    {verify['task_metric']:.4f} "
             f"(float {verify.get('task_metric_float', float('nan')):.4f})"
         )
+    if "kernels" in verify:
+        from mpqc.report_runtime import kernel_summary
+
+        lines.append(f"  kernels     {kernel_summary(verify['kernels'])}")
+        warnings = verify["kernels"].get("warnings", [])
+        lines += [f"  warning     {text}" for text in warnings[:_WARNINGS_SHOWN]]
+        if len(warnings) > _WARNINGS_SHOWN:
+            more = len(warnings) - _WARNINGS_SHOWN
+            lines.append(
+                f"  warning     ... and {more} more"
+                + (f" (see {args.report})" if args.report else " (--report lists them)")
+            )
+    if result.measurement is not None:
+        lines += _measured_lines(result.measurement)
     if result.explanation is not None and result.explanation.strategy:
         lines.append(
             f"  kept high   {result.explanation.summary()}"
@@ -211,6 +231,27 @@ def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_byt
     if args.verbose:
         lines += [f"  pass        {name:<24} {seconds:8.3f} s" for name, seconds in result.timing]
     return "\n".join(lines)
+
+
+#: Fusion warnings the summary prints; the report lists them all.
+_WARNINGS_SHOWN = 8
+
+
+def _measured_lines(measurement: Any) -> list[str]:
+    from mpqc.report_runtime import measured_rows, speedup_summary
+
+    spec = measurement.spec or "no spec"
+    lines = [
+        f"  measured    {measurement.machine()}, median of {measurement.runs} paired runs",
+        f"              {'model':<14} {'measured':>10}   predicted ({spec})",
+    ]
+    lines += [
+        f"              {model:<14} {measured:>10}   {predicted}"
+        for model, measured, predicted in measured_rows(measurement)
+    ]
+    lines.append(f"              {speedup_summary(measurement)}")
+    lines += [f"              note: {note}" for note in measurement.notes]
+    return lines
 
 
 def _run(args: argparse.Namespace, outputs: Outputs) -> int:
@@ -241,7 +282,15 @@ def _run(args: argparse.Namespace, outputs: Outputs) -> int:
             staging.text(_report_json(args, result, sizes), report_json)
         if report is not None and result.explanation is not None:
             title = f"mpqc: {args.model or 'embedded digits CNN'} on {args.hw}"
-            page = render(result.explanation, report, title, result.pareto, result.timing)
+            page = render(
+                result.explanation,
+                report,
+                title,
+                result.pareto,
+                result.timing,
+                result.report.get("verify", {}).get("kernels"),
+                result.measurement,
+            )
             staging.text(page, report)
     if not args.quiet:
         print(_summary(args, result, input_bytes, output_bytes))
@@ -290,6 +339,7 @@ def _report_json(args: argparse.Namespace, result: Any, sizes: dict[str, int]) -
         "notes": list(result.notes),
         "emitted": [str(path) for path in result.emitted],
         "explanation": result.explanation.to_json() if result.explanation else None,
+        "measured": result.measurement.to_json() if result.measurement else None,
     }
     return json.dumps(json.loads(canonical_json(report)), indent=2, sort_keys=True) + "\n"
 

@@ -21,6 +21,7 @@ from mpqc import ir as mir
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.outputs import Staging
+from mpqc.measure import Measurement, measure
 from mpqc.options import CompileOptions, compilation_context
 from mpqc.passes import (
     CompileContext,
@@ -56,6 +57,8 @@ class CompileResult:
     emitted: tuple[pathlib.Path, ...] = ()
     #: Why each layer got its bits (``mpqc.report``): the table behind ``--report``.
     explanation: Explanation | None = None
+    #: The emitted model, float and uniform w8a8 timed on this machine (``options.measure``).
+    measurement: Measurement | None = None
 
 
 def compile(
@@ -105,7 +108,11 @@ def compile(
         context.progress = progress
         watching.append(progress)
     pipeline = Pipeline(text, context, watching, verify_each=options.verify_each)
+    float_model = working.clone() if options.measure else None
     result_ir = pipeline.run_ir(working)
+    measurement = None
+    if float_model is not None:
+        measurement = measure(float_model, result_ir, context, text, options.measure_seconds)
     if lowering is not None and lowering.model is None:
         raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
     if snapshot is not None and snapshot.model is None:
@@ -134,6 +141,7 @@ def compile(
         timing=tuple(timing.seconds),
         emitted=emitted,
         explanation=Explanation.of(result_ir, report),
+        measurement=measurement,
     )
 
 

@@ -88,6 +88,11 @@ class CompileOptions:
     #: Show progress on stderr: a live bar on a terminal, else a line per pass, for whatever runs
     #: longer than two seconds (``Progress``).
     progress: bool = False
+    #: Time the emitted model against float and uniform w8a8 on this machine, next to the cost
+    #: model's predictions (``mpqc.measure``; ``CompileResult.measurement``), for about
+    #: ``measure_seconds`` per model.
+    measure: bool = False
+    measure_seconds: float = 0.5
 
     def constraints(self) -> dict[str, str | float]:
         """The budgets given, by objective: ``{"size": "0.25x"}``."""
@@ -150,11 +155,16 @@ _SEEDS = range(2**32)
 
 def check_before_work(model: ir.Model, options: CompileOptions) -> None:
     """Refuse the options the passes would otherwise find wrong only deep into the work: the seed,
-    the budgets' amounts and the ``shapes`` entries."""
+    the budgets' amounts, the ``shapes`` entries and the measuring time."""
     if isinstance(options.seed, bool) or options.seed not in _SEEDS:
         raise PassInputError(
             f"{options.seed!r}: a seed is a whole number from 0 to 2**32 - 1", field="seed"
         )
     for objective, text in options.constraints().items():
         resolve_budget(objective, text, reference=1.0)
+    if not options.measure_seconds > 0:
+        raise PassInputError(
+            f"{options.measure_seconds!r}: time each model for a positive number of seconds",
+            field="measure_seconds",
+        )
     check_shapes(model, options.shapes)

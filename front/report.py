@@ -21,7 +21,9 @@ import onnx_ir as ir
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
+from mpqc.measure import Measurement
 from mpqc.report_plot import LEGEND, front_points, scatter_svg
+from mpqc.report_runtime import kernels_html, kernels_markdown, measured_html, measured_markdown
 
 __all__ = [
     "Candidate",
@@ -235,7 +237,12 @@ def _quantity(name: str, value: float) -> str:
     return f"{name} {value / scale:.4g} {unit}".rstrip()
 
 
-def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
+def markdown(
+    explanation: Explanation,
+    title: str = "mpqc report",
+    kernels: Mapping[str, Any] | None = None,
+    measurement: Measurement | None = None,
+) -> str:
     head = [_markdown_text(line) for line in _header(explanation, title)]
     lines = [
         f"# {head[0]}",
@@ -252,6 +259,7 @@ def markdown(explanation: Explanation, title: str = "mpqc report") -> str:
         cells = [_markdown_text(text) for text in (row.layer, row.op, row.chosen)]
         cells += [candidates, _markdown_text(row.reason or "")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += kernels_markdown(kernels) + measured_markdown(measurement)
     return "\n".join(lines) + "\n"
 
 
@@ -313,8 +321,11 @@ def html_page(
     title: str = "mpqc report",
     pareto: Mapping[str, Any] | None = None,
     timing: Sequence[tuple[str, float]] = (),
+    kernels: Mapping[str, Any] | None = None,
+    measurement: Measurement | None = None,
 ) -> str:
-    """One self-contained page: the front's plots, the per-layer table, the pass timings."""
+    """One self-contained page: the front's plots, the per-layer table, what onnxruntime runs,
+    the measured latency, the pass timings."""
     head = _header(explanation, title)
     body = [
         f"<h1>{html.escape(head[0])}</h1>",
@@ -334,6 +345,7 @@ def html_page(
             f"<td>{html.escape(row.reason or '')}</td></tr>"
         )
     body.append("</table>")
+    body += kernels_html(kernels) + measured_html(measurement)
     body += _timing_section(timing)
     style = (
         "body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px 32px;color:#222;"
@@ -341,7 +353,7 @@ def html_page(
         "p{margin:4px 0;font-size:14px}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
         "th{background:#f0f0f0}td.num{text-align:right}td.candidates{white-space:nowrap}"
-        "tr.kept{background:#fff6d5}"
+        "tr.kept{background:#fff6d5}tr.warn{background:#fde2e1}p.warning{color:#a11}"
         ".plots{display:flex;flex-wrap:wrap;gap:16px}"
         "svg{font-size:11px;font-family:inherit;background:white}.legend{color:#444}"
     )
@@ -366,13 +378,16 @@ def render(
     title: str = "mpqc report",
     pareto: Mapping[str, Any] | None = None,
     timing: Sequence[tuple[str, float]] = (),
+    kernels: Mapping[str, Any] | None = None,
+    measurement: Measurement | None = None,
 ) -> str:
     """The report as the file ``path`` holds it: HTML (``.html``/``.htm``: with the front's plots
-    and the pass timings) or markdown (``.md``: the table)."""
+    and the pass timings) or markdown (``.md``: the tables); both with what onnxruntime runs
+    (``kernels``, verify's section) and the measured latency (``measurement``) when given."""
     check_format(path)
     if pathlib.Path(path).suffix.lower() == ".md":
-        return markdown(explanation, title)
-    return html_page(explanation, title, pareto, timing)
+        return markdown(explanation, title, kernels, measurement)
+    return html_page(explanation, title, pareto, timing, kernels, measurement)
 
 
 def write_report(
@@ -381,8 +396,10 @@ def write_report(
     title: str = "mpqc report",
     pareto: Mapping[str, Any] | None = None,
     timing: Sequence[tuple[str, float]] = (),
+    kernels: Mapping[str, Any] | None = None,
+    measurement: Measurement | None = None,
 ) -> pathlib.Path:
     """Write :func:`render`'s text to ``path``."""
     path = pathlib.Path(path)
-    path.write_text(render(explanation, path, title, pareto, timing))
+    path.write_text(render(explanation, path, title, pareto, timing, kernels, measurement))
     return path

@@ -278,6 +278,8 @@ class Timing:
 
     wall_s: float
     cpu_s: float
+    #: How many runs the medians are of.
+    runs: int = 0
 
 
 def measure_models(
@@ -312,7 +314,8 @@ def measure_models(
             wall[index].append(time.perf_counter() - start)
         rounds += 1
     return [
-        Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)
+        Timing(statistics.median(w), statistics.median(c), len(w))
+        for w, c in zip(wall, cpu, strict=True)
     ]
 
 

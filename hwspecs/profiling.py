@@ -39,7 +39,6 @@ from scipy.stats import spearmanr
 
 from mpqc.hwspecs import load
 from mpqc.hwspecs.cost import CostModel
-from mpqc.hwspecs.errors import SpecError
 from mpqc.hwspecs.fitting import Fit, Sample, fit_line, fit_roofline
 from mpqc.hwspecs.kernels import (
     ELEMENTWISE,
@@ -56,6 +55,7 @@ from mpqc.hwspecs.kernels import (
     time_models,
 )
 from mpqc.hwspecs.loader import build_spec, deep_merge, locate, resolve, validate_document
+from mpqc.hwspecs.machine import cpu_name
 from mpqc.hwspecs.spec import HardwareSpec, Overhead, precision_key
 from mpqc.hwspecs.units import format_quantity
 
@@ -69,24 +69,6 @@ RANKING_CHAIN = [
 ]
 """A held-out network (shapes the fit never sees) whose mixed-precision configurations are
 ranked."""
-
-
-def base_for_machine(machine: str | None = None) -> str:
-    """The bundled spec a profile of this machine extends: Arm -> arm_a72; x86 -> x86_avx512_vnni if
-    the CPU reports VNNI, else x86_avx2."""
-    machine = (machine or platform.machine()).lower()
-    if machine in ("aarch64", "arm64") or machine.startswith("armv8"):
-        return "arm_a72"
-    if machine in ("x86_64", "amd64", "i686", "i386", "x86"):
-        cpuinfo = Path("/proc/cpuinfo")
-        flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
-        return "x86_avx512_vnni" if "avx512_vnni" in flags else "x86_avx2"
-    raise SpecError(
-        "",
-        "base",
-        f"no bundled spec for machine type {machine!r}",
-        "pass --base NAME with a bundled spec name",
-    )
 
 
 def compute_kernels(quick: bool) -> list[Kernel]:
@@ -257,7 +239,7 @@ def profile(
     document["provenance"] = {
         "tool": "mpqc-hw profile" + (" --quick" if quick else ""),
         "onnxruntime": ort.__version__,
-        "machine": f"{platform.machine()}, {_cpu_name()}",
+        "machine": f"{platform.machine()}, {cpu_name()}",
         "seconds_per_kernel": min_seconds,
         "session_call_us": round(run_s * 1e6, 3),
         "elementwise_ns_per_element": {
@@ -390,7 +372,7 @@ def _document(
         "base": base,
         "description": (
             f"Fitted by mpqc-hw profile{' --quick' if quick else ''} on {platform.machine()} "
-            f"({_cpu_name()}), onnxruntime {ort.__version__}, {threads} thread(s): throughput, "
+            f"({cpu_name()}), onnxruntime {ort.__version__}, {threads} thread(s): throughput, "
             "unpack times, bandwidth and overheads measured; energy, capacities, bit-widths and "
             f"the op table inherited from {base}."
         ),
@@ -450,15 +432,6 @@ def write_spec(document: dict[str, Any], path: Path, header: str) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _name_for(path: Path) -> str:

@@ -269,8 +269,9 @@ def _profile(args: argparse.Namespace) -> int:
     if args.base:
         hwspecs.load(args.base)
     from mpqc.hwspecs import profiling  # imports onnx/onnxruntime: only when profiling
+    from mpqc.hwspecs.machine import base_for_machine
 
-    base = args.base or profiling.base_for_machine()
+    base = args.base or base_for_machine()
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda line: None)
     document = profiling.profile(base, args.threads, args.quick, log)
     header = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 
 import onnx_ir as ir
 
@@ -41,7 +42,7 @@ from mpqc.passes.lib.plan import (
     stored_bytes,
 )
 
-__all__ = ["CostPass", "candidate_key", "priced_kernel", "priced_pair"]
+__all__ = ["CostPass", "candidate_key", "predicted_total", "priced_kernel", "priced_pair"]
 
 
 def candidate_key(wbits: int | None, abits: int | None) -> str:
@@ -60,6 +61,25 @@ def priced_pair(plan: LayerPlan) -> tuple[int | None, int | None]:
         plan.wbits if plan.quantized_weight else None,
         plan.abits if plan.abits != FLOAT_BITS else None,
     )
+
+
+def predicted_total(
+    model: ir.Model, bits: Mapping[str, tuple[int, int]], objective: str = "latency_s"
+) -> float | None:
+    """The cost pass's total of one configuration of ``model`` (priced by this pass): the fixed
+    part plus each layer's entry for its ``bits`` (float for a layer not named), the sum the search
+    minimizes; None when a layer has no entry for its bits (a pair the spec does not price)."""
+    total = float(annotations.MODEL_COST.get(model)["fixed"][objective])
+    for layer in quantizable_layers(model.graph):
+        table = annotations.COST.get(layer.node)
+        if table is None:
+            continue
+        w, a = bits.get(layer.name, (FLOAT_BITS, FLOAT_BITS))
+        entry = table.get(candidate_key(*(None if b == FLOAT_BITS else b for b in (w, a))))
+        if entry is None:
+            return None
+        total += float(entry[objective])
+    return total
 
 
 #: The plan's kernels that read the stored low-bit weight themselves, by onnxruntime op name.

@@ -1,5 +1,7 @@
 """The HTML report in a real browser: headless chromium loads the page with no console errors,
-and the front's plots are drawn (their markers' colours are on the screenshot, in the plot area).
+the front's plots are drawn (their markers' colours are on the screenshot, in the plot area), and
+so are the sections on what onnxruntime runs (the layers it runs in float flagged) and the measured
+latency.
 
 Skipped where no chromium is installed (.ci/run installs Debian's package when it can).
 """
@@ -21,8 +23,12 @@ Image = pytest.importorskip("PIL.Image")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
 
-#: Window the page is rendered in; the plots sit in its upper half.
-WIDTH, HEIGHT = 1000, 1150
+#: Window the page is rendered in; the plots and their legend sit above ``PLOTS_END`` pixels, the
+#: tables (the runtime sections after the layers) below.
+WIDTH, HEIGHT = 1000, 2000
+PLOTS_END = 575
+#: Background of a layer row onnxruntime runs in float (the report's ``tr.warn``).
+WARN_ROW = "#fde2e1"
 
 
 def render(page: pathlib.Path, screenshot: pathlib.Path) -> tuple[np.ndarray, list[str]]:
@@ -62,6 +68,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
             "0.2x",
             "--max-latency",
             "1s",
+            "--measure",
             "-q",
         ]
         + ["--report", str(page)]
@@ -82,12 +89,20 @@ def test_the_browser_draws_the_front_without_console_errors(
 ) -> None:
     pixels, console = render(report, tmp_path / "report.png")
     assert console == []
-    plots = pixels[: HEIGHT // 2]  # the plots come before the table
+    plots = pixels[:PLOTS_END]  # the plots come before the tables
     assert _count(plots, FRONT_COLOUR) > 200  # nine front points, twice
     assert _count(plots, CHOSEN_COLOUR) > 100  # the chosen point, twice
     assert _count(plots, INT8_COLOUR) > 20  # the uniform int8 square
-    table = pixels[HEIGHT // 2 :]
-    assert _count(table, CHOSEN_COLOUR) == 0
+    tables = pixels[PLOTS_END:]
+    assert _count(tables, CHOSEN_COLOUR) == 0
+    assert _count(tables, WARN_ROW) > 2000  # the two 4-bit convs' rows
+
+
+def test_the_page_has_the_runtime_sections(report: pathlib.Path) -> None:
+    text = report.read_text()
+    assert "<h2>What onnxruntime runs</h2>" in text and "<h2>Measured latency</h2>" in text
+    assert text.count('<tr class="warn">') == text.count('<p class="warning">') == 2
+    assert "<td>uniform w8a8</td>" in text
 
 
 def test_the_console_check_sees_an_error(tmp_path: pathlib.Path) -> None:

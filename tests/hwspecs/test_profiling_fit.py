@@ -14,7 +14,8 @@ from mpqc import hwspecs
 from mpqc.hwspecs import SpecError
 from mpqc.hwspecs.fitting import Sample, fit_line, fit_roofline
 from mpqc.hwspecs.kernels import Kernel, build_chain, build_convert_model, layer_desc
-from mpqc.hwspecs.profiling import base_for_machine, memory_kernels, write_spec
+from mpqc.hwspecs.machine import base_for_machine
+from mpqc.hwspecs.profiling import memory_kernels, write_spec
 
 
 def test_fit_line_recovers_a_line() -> None:
