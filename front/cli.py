@@ -238,20 +238,10 @@ _WARNINGS_SHOWN = 8
 
 
 def _measured_lines(measurement: Any) -> list[str]:
-    from mpqc.report_runtime import measured_rows, speedup_summary
+    from mpqc.report_runtime import measured_lines
 
-    spec = measurement.spec or "no spec"
-    lines = [
-        f"  measured    {measurement.machine()}, median of {measurement.runs} paired runs",
-        f"              {'model':<14} {'measured':>10}   predicted ({spec})",
-    ]
-    lines += [
-        f"              {model:<14} {measured:>10}   {predicted}"
-        for model, measured, predicted in measured_rows(measurement)
-    ]
-    lines.append(f"              {speedup_summary(measurement)}")
-    lines += [f"              note: {note}" for note in measurement.notes]
-    return lines
+    first, *rest = measured_lines(measurement)
+    return [f"  measured    {first}", *(f"              {line}" for line in rest)]
 
 
 def _run(args: argparse.Namespace, outputs: Outputs) -> int:

@@ -144,7 +144,7 @@ def measure(
                 "activations (weight-only layers)"
             )
     models = [ir.to_proto(model).SerializeToString() for model in (emitted, reference, int8)]
-    timings = measure_models(models, 1, seconds, feeds=_feed(reference, context))
+    timings = measure_models(models, 1, seconds, feeds=_feed(reference, quiet))
     rows = tuple(
         Timed(name, timing.cpu_s, timing.wall_s, predicted[name])
         for name, timing in zip(configurations, timings, strict=True)

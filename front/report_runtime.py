@@ -22,6 +22,7 @@ __all__ = [
     "kernels_markdown",
     "measured_html",
     "measured_markdown",
+    "measured_lines",
     "measured_rows",
     "speedup_summary",
 ]
@@ -64,6 +65,20 @@ def _ratio(value: float | None) -> str:
 def measured_rows(measurement: Measurement) -> list[tuple[str, str, str]]:
     """(model, measured, predicted) per model, as text."""
     return [(row.model, _ms(row.measured_s), _ms(row.predicted_s)) for row in measurement.rows]
+
+
+def measured_lines(measurement: Measurement) -> list[str]:
+    """The measurement as the commands print it: the machine, a small table, the speed-ups."""
+    lines = [
+        f"{measurement.machine()}, median of {measurement.runs} paired runs",
+        f"{'model':<14} {'measured':>10}   predicted ({measurement.spec or 'no spec'})",
+    ]
+    lines += [
+        f"{model:<14} {measured:>10}   {predicted}"
+        for model, measured, predicted in measured_rows(measurement)
+    ]
+    lines.append(speedup_summary(measurement))
+    return lines + [f"note: {note}" for note in measurement.notes]
 
 
 def speedup_summary(measurement: Measurement) -> str:

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-json", metavar="FILE", help="write the model's mpqc annotations as JSON"
     )
     parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the result against the (float) input model and its uniform w8a8 lowering on "
+        "this machine, next to the cost model's predictions",
+    )
+    parser.add_argument(
         "--help-passes", action="store_true", help="list passes and their options, then exit"
     )
     add_ir_dump_arguments(parser)
@@ -172,16 +178,49 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     given = {name: value for name, value in vars(args).items() if name in fields}
     context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))
     pipeline = Pipeline(args.pipeline, context, ir_printer(args), args.verify_each)
+    float_model = _float_input(model) if args.measure else None
     model = pipeline.run_ir(model)
+    measurement = None
+    if float_model is not None:
+        from mpqc.measure import measure
+
+        measurement = measure(float_model, model, context, pipeline.expanded())
     with outputs.commit() as staging:
         if output is not None:
             staging.model(model, output)
         if report_json is not None:
             report = {"pipeline": str(pipeline), "notes": context.notes, **_annotations_json(model)}
+            if measurement is not None:
+                report["measured"] = measurement.to_json()
             staging.text(json.dumps(report, indent=2, sort_keys=True) + "\n", report_json)
     for note in context.notes:
         print(f"mpqc-opt: note: {note}", file=sys.stderr)
+    _print_runtime(model, measurement)
     return EXIT_OK
+
+
+def _float_input(model):
+    """A copy of the input to time as the float model; refused when it is already quantized."""
+    from mpqc.passes import PassInputError
+
+    if any(node.op_type in ("DequantizeLinear", "QuantizeLinear") for node in model.graph):
+        raise PassInputError(
+            "times the result against the float model: give mpqc-opt a float model",
+            field="measure",
+        )
+    return model.clone()
+
+
+def _print_runtime(model, measurement) -> None:
+    """verify's fusion warnings (stderr) and the measurement (stdout)."""
+    from mpqc.ir import annotations
+    from mpqc.report_runtime import measured_lines
+
+    verify = annotations.REPORT.section(model, "verify") or {}
+    for warning in verify.get("kernels", {}).get("warnings", []):
+        print(f"mpqc-opt: warning: {warning}", file=sys.stderr)
+    if measurement is not None:
+        print("\n".join(f"mpqc-opt: measured: {line}" for line in measured_lines(measurement)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,3 +241,38 @@ def test_eval_feeds_sensitivity_task(capsys, cnn_path, calib_dir, tmp_path) -> N
     )
     assert code == 0
     assert "mpqc.sens.task" in report.read_text()
+
+
+def test_measure_and_the_fusion_warnings(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    """--measure times the result against the float input and its w8a8 lowering (stdout); verify's
+    fusion warnings go to stderr, one line each."""
+    report_path = tmp_path / "r.json"
+    code, out, err = _opt(
+        capsys,
+        cnn_path,
+        "-p",
+        "canonicalize,calibrate,lower-qdq{uniform=w4a8},verify",
+        "--hw",
+        "x86_avx2",
+        "--calib",
+        calib_dir,
+        "--measure",
+        "--report-json",
+        report_path,
+    )
+    assert code == 0, err
+    assert err.count("mpqc-opt: warning: ") == 3  # the three 4-bit convs
+    assert "mpqc-opt: warning: c1 at w4a8 runs as DequantizeLinear + float " in err
+    lines = out.splitlines()
+    assert lines[0].startswith("mpqc-opt: measured: ") and "onnxruntime " in lines[0]
+    assert [line.split()[2] for line in lines[2:5]] == ["mpqc", "float", "uniform"]
+    measured = json.loads(report_path.read_text())["measured"]
+    assert all(row["measured_s"] > 0 for row in measured["rows"])
+
+
+def test_measure_needs_a_float_input(capsys, cnn_path, calib_dir, tmp_path) -> None:
+    quantized = tmp_path / "q.onnx"
+    code, _, err = _opt(capsys, cnn_path, "-p", "lower-qdq{uniform=w8a8}", "-o", quantized)
+    assert code == 0, err
+    code, _, err = _opt(capsys, quantized, "-p", "verify", "--measure")
+    assert code == 1 and "--measure: times the result against the float model" in err
