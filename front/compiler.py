@@ -21,7 +21,7 @@ from mpqc import ir as mir
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.outputs import Staging
-from mpqc.measure import Measurement, measure
+from mpqc.measure import FloatReference, Measurement, measure
 from mpqc.options import CompileOptions, compilation_context
 from mpqc.passes import (
     CompileContext,
@@ -107,12 +107,15 @@ def compile(
         progress = Progress(len(parse_pipeline(text)))
         context.progress = progress
         watching.append(progress)
+    reference = None
+    if options.measure:
+        reference = FloatReference(text, working)
+        watching.append(reference)
     pipeline = Pipeline(text, context, watching, verify_each=options.verify_each)
-    float_model = working.clone() if options.measure else None
     result_ir = pipeline.run_ir(working)
     measurement = None
-    if float_model is not None:
-        measurement = measure(float_model, result_ir, context, text, options.measure_seconds)
+    if reference is not None:
+        measurement = measure(reference, result_ir, context, text, options.measure_seconds)
     if lowering is not None and lowering.model is None:
         raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
     if snapshot is not None and snapshot.model is None:

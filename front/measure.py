@@ -37,7 +37,7 @@ from mpqc.passes.analysis.cost import CostPass, predicted_total
 from mpqc.passes.lib.describe import static_shapes
 from mpqc.pipeline import Pipeline
 
-__all__ = ["INT8", "Measurement", "Timed", "measure"]
+__all__ = ["INT8", "FloatReference", "Measurement", "Timed", "measure"]
 
 #: The uniform int8 configuration measured next to the chosen one.
 INT8 = Bits(8, 8)
@@ -103,16 +103,50 @@ class Measurement:
         }
 
 
+class FloatReference:
+    """The float model ``measure`` times and lowers to w8a8, kept as the compilation prepares it.
+
+    An instrument on the compilation's pipeline: a copy right after its calibrate step (else its
+    canonicalize step), so measuring does not canonicalize and calibrate the model a second time;
+    a pipeline with neither gets a copy of its input, taken here, before it runs.
+    """
+
+    def __init__(self, pipeline: str, model: ir.Model) -> None:
+        names = [cls.name for cls, _ in resolve_pipeline(pipeline)]
+        #: The step after which the copy is taken (None: the input is copied now).
+        self.after = next((step for step in ("calibrate", "canonicalize") if step in names), None)
+        self.model = model.clone() if self.after is None else None
+
+    def run_before_pass(self, pass_: ir.passes.PassBase, model: ir.Model) -> None:
+        pass
+
+    def run_after_pass(
+        self, pass_: ir.passes.PassBase, model: ir.Model, result: ir.passes.PassResult
+    ) -> None:
+        if getattr(pass_, "name", None) == self.after:
+            self.model = result.model.clone()
+
+    def prepared(self, context: CompileContext) -> ir.Model:
+        """The copy, canonicalized and, with calibration data, calibrated (what it lacks is run
+        here)."""
+        assert self.model is not None, "the pipeline did not run"
+        steps = [] if self.after is not None else ["canonicalize"]
+        if self.after != "calibrate" and context.calibration is not None:
+            steps.append("calibrate")
+        if steps:
+            Pipeline(",".join(steps), context).run_ir(self.model)
+        return self.model
+
+
 def measure(
-    float_model: ir.Model,
+    reference: FloatReference,
     emitted: ir.Model,
     context: CompileContext,
     pipeline: str,
     seconds: float = DEFAULT_SECONDS,
 ) -> Measurement:
-    """Time ``emitted`` (what ``pipeline`` made of ``float_model`` in ``context``) against the
-    float model and its uniform w8a8 lowering, and predict all three (``float_model`` is left as
-    it was)."""
+    """Time ``emitted`` (what ``pipeline`` made in ``context``) against the float model
+    ``reference`` kept and its uniform w8a8 lowering, and predict all three."""
     chosen = _chosen_bits(emitted)
     quiet = dataclasses.replace(
         context,
@@ -121,9 +155,8 @@ def measure(
         wbits=tuple(sorted({*(context.wbits or ()), INT8.w, *(w for w, _ in chosen.values())})),
         abits=tuple(sorted({*(context.abits or ()), INT8.a, *(a for _, a in chosen.values())})),
     )
-    reference = float_model.clone()
-    Pipeline(_preparation(pipeline, quiet), quiet).run_ir(reference)
-    int8 = reference.clone()
+    float_model = reference.prepared(quiet)
+    int8 = float_model.clone()
     Pipeline(f"lower-qdq{{uniform={INT8}}}", quiet).run_ir(int8)
     notes = []
     if quiet.calibration is None:
@@ -131,20 +164,20 @@ def measure(
     configurations = {"mpqc": chosen, "float": {}, f"uniform {INT8}": {}}
     predicted: dict[str, float | None] = dict.fromkeys(configurations)
     try:
-        Pipeline(_cost(pipeline), quiet).run_ir(reference)
+        Pipeline(_cost(pipeline), quiet).run_ir(float_model)
     except PassInputError as exc:
         notes.append(f"no predictions: {exc}")
     else:
-        configurations[f"uniform {INT8}"] = _uniform(reference)
+        configurations[f"uniform {INT8}"] = _uniform(float_model)
         for name, bits in configurations.items():
-            predicted[name] = predicted_total(reference, bits)
+            predicted[name] = predicted_total(float_model, bits)
         if predicted["mpqc"] is None:
             notes.append(
                 "no prediction for mpqc's model: the spec prices no pair with float "
                 "activations (weight-only layers)"
             )
-    models = [ir.to_proto(model).SerializeToString() for model in (emitted, reference, int8)]
-    timings = measure_models(models, 1, seconds, feeds=_feed(reference, quiet))
+    models = [ir.to_proto(model).SerializeToString() for model in (emitted, float_model, int8)]
+    timings = measure_models(models, 1, seconds, feeds=_feed(float_model, quiet))
     rows = tuple(
         Timed(name, timing.cpu_s, timing.wall_s, predicted[name])
         for name, timing in zip(configurations, timings, strict=True)
@@ -160,13 +193,6 @@ def measure(
         _closest_spec(),
         tuple(notes),
     )
-
-
-def _preparation(pipeline: str, context: CompileContext) -> str:
-    """canonicalize, then the compilation's calibrate step when it had data."""
-    steps = resolve_pipeline(pipeline)
-    calibrate = [s for s in steps if s[0].name == "calibrate"] if context.calibration else []
-    return format_pipeline([*resolve_pipeline("canonicalize"), *calibrate[:1]])
 
 
 def _cost(pipeline: str) -> str:

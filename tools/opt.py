@@ -177,14 +177,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
     given = {name: value for name, value in vars(args).items() if name in fields}
     context = compilation_context(model, CompileOptions(**{**given, "shapes": dict(args.shapes)}))
-    pipeline = Pipeline(args.pipeline, context, ir_printer(args), args.verify_each)
-    float_model = _float_input(model) if args.measure else None
+    instruments = ir_printer(args)
+    reference = None
+    if args.measure:
+        reference = _float_reference(model, Pipeline(args.pipeline, context).expanded())
+        instruments.append(reference)
+    pipeline = Pipeline(args.pipeline, context, instruments, args.verify_each)
     model = pipeline.run_ir(model)
     measurement = None
-    if float_model is not None:
+    if reference is not None:
         from mpqc.measure import measure
 
-        measurement = measure(float_model, model, context, pipeline.expanded())
+        measurement = measure(reference, model, context, pipeline.expanded())
     with outputs.commit() as staging:
         if output is not None:
             staging.model(model, output)
@@ -199,8 +203,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     return EXIT_OK
 
 
-def _float_input(model):
-    """A copy of the input to time as the float model; refused when it is already quantized."""
+def _float_reference(model, pipeline: str):
+    """What ``--measure`` keeps of the input, the float model; refused when it is already
+    quantized."""
+    from mpqc.measure import FloatReference
     from mpqc.passes import PassInputError
 
     if any(node.op_type in ("DequantizeLinear", "QuantizeLinear") for node in model.graph):
@@ -208,7 +214,7 @@ def _float_input(model):
             "times the result against the float model: give mpqc-opt a float model",
             field="measure",
         )
-    return model.clone()
+    return FloatReference(pipeline, model)
 
 
 def _print_runtime(model, measurement) -> None:

@@ -120,3 +120,21 @@ def test_without_measure_there_is_no_measurement(tmp_path, capsys) -> None:
     assert cli.main(argv) == 0
     assert "measured" not in capsys.readouterr().out
     assert json.loads(js.read_text())["measured"] is None
+
+
+def test_a_pipeline_without_canonicalize_measures_a_copy_of_its_input() -> None:
+    """The float model is kept after the pipeline's calibrate or canonicalize step, or copied
+    from the input before a pipeline that has neither (then calibrated for the w8a8 reference; the
+    pipeline itself, without calibrate, emits float activations, which the spec does not price)."""
+    options = mpqc.CompileOptions(
+        hw="x86_avx2",
+        calibration=examples.digits_calibration()[:10],
+        pipeline="lower-qdq{uniform=w8a8},verify",
+        measure=True,
+        measure_seconds=0.02,
+    )
+    measurement = mpqc.compile(str(examples.digits_model_path()), options).measurement
+    assert [row.model for row in measurement.rows] == MODELS
+    assert all(row.measured_s > 0 for row in measurement.rows)
+    assert [row.predicted_s is None for row in measurement.rows] == [True, False, False]
+    assert measurement.notes[0].startswith("no prediction for mpqc's model")
