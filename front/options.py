@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from mpqc import hwspecs
 from mpqc import ir as mir
+from mpqc.measure import DEFAULT_SECONDS
 from mpqc.passes import CompileContext, PassInputError, format_pipeline, load_calibration
 from mpqc.passes.analysis.calibrate import Method
 from mpqc.passes.choose.search import resolve_budget
@@ -92,7 +93,7 @@ class CompileOptions:
     #: model's predictions (``mpqc.measure``; ``CompileResult.measurement``), for about
     #: ``measure_seconds`` per model.
     measure: bool = False
-    measure_seconds: float = 0.5
+    measure_seconds: float = DEFAULT_SECONDS
 
     def constraints(self) -> dict[str, str | float]:
         """The budgets given, by objective: ``{"size": "0.25x"}``."""

@@ -21,10 +21,10 @@ import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
-from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
+from mpqc.passes.lib.fusion import OptimizedGraph
 from mpqc.passes.lib.plan import Kernel, fusable
 
-__all__ = ["DEQUANTIZE_FLOAT", "kernel_report"]
+__all__ = ["DEQUANTIZE_FLOAT", "kernel_report", "quantized_layers"]
 
 #: How a layer that runs a float kernel behind its weight's DequantizeLinear is named.
 DEQUANTIZE_FLOAT = "DequantizeLinear + float"
@@ -32,13 +32,16 @@ DEQUANTIZE_FLOAT = "DequantizeLinear + float"
 _TABLES = frozenset({"Gather"})
 
 
-def kernel_report(model: ir.Model, serialized: bytes, planned: Mapping[str, str]) -> dict[str, Any]:
-    """``{"layers": [...], "warnings": [...]}`` for ``model`` (``serialized``, as onnxruntime loads
-    it); ``planned``: the plan's kernel by layer name. Empty when no layer has quantized weights."""
-    layers = [node for node in model.graph if _quantized(node)]
-    if not layers:
-        return {}
-    optimized = OptimizedGraph(optimized_graph(serialized))
+def quantized_layers(model: ir.Model) -> list[ir.Node]:
+    """The main graph's layers with quantized weights (the nodes ``mpqc.bits`` annotates)."""
+    return [node for node in model.graph if _quantized(node)]
+
+
+def kernel_report(
+    layers: list[ir.Node], optimized: OptimizedGraph, planned: Mapping[str, str]
+) -> dict[str, Any]:
+    """``{"layers": [...], "warnings": [...]}`` for ``layers`` in onnxruntime's ``optimized``
+    graph; ``planned``: the plan's kernel by layer name."""
     rows, warnings = [], []
     for node in layers:
         name = node.name or node.outputs[0].name or node.op_type

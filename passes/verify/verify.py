@@ -22,8 +22,9 @@ import onnxruntime as ort
 from mpqc.ir import annotations
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
 from mpqc.passes.lib.runtime import session
-from mpqc.passes.verify.kernels import kernel_report
+from mpqc.passes.verify.kernels import kernel_report, quantized_layers
 
 __all__ = ["VerifyPass", "output_fidelity"]
 
@@ -92,6 +93,23 @@ class VerifyPass(Pass):
             )
             return None
 
+    def _kernels(self, model: ir.Model, serialized: bytes) -> dict[str, object]:
+        """What onnxruntime runs per quantized layer (``kernels.py``); empty when no layer is
+        quantized, or, noted, when onnxruntime cannot save its optimized graph."""
+        layers = quantized_layers(model)
+        if not layers:
+            return {}
+        try:
+            optimized = OptimizedGraph(optimized_graph(serialized))
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            self.context.note(
+                "verify: onnxruntime's optimized graph could not be read "
+                f"({str(exc).splitlines()[0]}), so its kernels are not reported"
+            )
+            return {}
+        planned = (annotations.REPORT.section(model, "lower-qdq") or {}).get("kernels", {})
+        return kernel_report(layers, optimized, planned)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.to_proto(model)
         size = proto.ByteSize()
@@ -120,8 +138,7 @@ class VerifyPass(Pass):
                     f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
-            planned = (annotations.REPORT.section(model, "lower-qdq") or {}).get("kernels", {})
-            kernels = kernel_report(model, serialized, planned)
+            kernels = self._kernels(model, serialized)
             if kernels:
                 result["kernels"] = kernels
             held_out = self.context.held_out
