@@ -4,7 +4,9 @@ The account is not computed here. The search pass writes why each searched layer
 its candidates, their damage and cost, and why it is not cheaper — into its section of
 ``mpqc.report`` (``passes/choose/explain.py``), and ``lower-qdq`` lists the layers it left float
 (no quantized form, inside a ``Loop`` body) under ``left_float`` in its own section. This module
-reads the two back into an :class:`Explanation` and renders it as markdown or HTML.
+reads the two back into an :class:`Explanation` and renders it as markdown or HTML, with the
+sections ``report_runtime`` words: what onnxruntime runs (``verify``'s section) and, with
+``--measure``, the measured latency.
 """
 
 from __future__ import annotations
