@@ -7,10 +7,12 @@ quantizes weights (sensitivity, cost, lowering) agreeing on the same per-channel
 GRU's recurrence weight R is a second weight of the same layer, quantized at the same bits
 (``other_weight_indices``), so the search sees one choice per recurrent layer.
 
-Layers inside ``If``/``Loop``/``Scan`` bodies are found only when asked (``subgraphs=True``) and say
-so (``host``): their activations exist only inside the body, where onnxruntime cannot expose them
-for calibration or evaluation, so the analysis passes work on the main graph's layers and lowering
-treats body layers on their own (weights only).
+Layers inside ``If``/``Loop``/``Scan`` bodies are layers like any other (the analyses reach their
+tensors through ``passes/lib/bodies.py``); each knows the chain of bodies it sits in (``scope``),
+and its name says so, readable and stable whatever the exporter named the nodes of each body:
+``If_0/then/Conv_3``, ``Loop_2/body/MatMul_1`` (node names repeat across bodies, scoped names do
+not). They are listed where their host stands in the enclosing graph's order, so "first" and "last"
+layer keep meaning what runs first and last.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import onnx_ir as ir
 
 from mpqc.ir.graphs import topological_nodes
 
-__all__ = ["Layer", "quantizable_layers", "constant_array"]
+__all__ = ["Layer", "bodies", "constant_array", "node_name", "quantizable_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,16 +40,26 @@ class Layer:
     #: Further constant weights quantized at the layer's weight bits, same channel axis (an
     #: RNN's R).
     other_weight_indices: tuple[int, ...] = ()
-    #: The main-graph node (If/Loop/Scan) whose body holds this layer; None in the main graph.
-    host: ir.Node | None = None
+    #: The If/Loop/Scan nodes whose bodies hold this layer, outermost first, each with the name of
+    #: the attribute holding the body (``then_branch``, ``else_branch``, ``body``); empty in the
+    #: main graph.
+    scope: tuple[tuple[ir.Node, str], ...] = ()
+
+    @property
+    def host(self) -> ir.Node | None:
+        """The node whose body holds this layer directly; None in the main graph."""
+        return self.scope[-1][0] if self.scope else None
 
     @property
     def in_subgraph(self) -> bool:
-        return self.host is not None
+        return bool(self.scope)
 
     @property
     def name(self) -> str:
-        return self.node.name or self.node.outputs[0].name or "?"
+        return "".join(
+            f"{node_name(host)}/{_BODY_NAMES.get(attribute, attribute)}/"
+            for host, attribute in self.scope
+        ) + node_name(self.node)
 
     @property
     def weight(self) -> ir.Value:
@@ -65,6 +77,15 @@ class Layer:
         array = constant_array(self.weight)
         assert array is not None
         return array
+
+
+#: How a scoped layer name spells the attribute holding a body.
+_BODY_NAMES = {"then_branch": "then", "else_branch": "else"}
+
+
+def node_name(node: ir.Node) -> str:
+    """A node's name, else its first output's (exporters leave nodes unnamed)."""
+    return node.name or node.outputs[0].name or "?"
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -120,42 +141,46 @@ def _float_weight(value: ir.Value | None) -> np.ndarray | None:
     return weight
 
 
-def _layers_of(graph: ir.Graph, host: ir.Node | None) -> list[Layer]:
+def _layer(node: ir.Node, scope: tuple[tuple[ir.Node, str], ...]) -> Layer | None:
+    slot = _slot(node)
+    if slot is None:
+        return None
+    weight_index, axis, act_index = slot
+    weight = _float_weight(node.inputs[weight_index])
+    if weight is None:
+        return None
+    others: tuple[int, ...] = ()
+    if node.op_type in ("LSTM", "GRU") and _float_weight(node.inputs[2]) is not None:
+        others = (2,)
+    return Layer(node, weight_index, axis % weight.ndim, act_index, others, scope)
+
+
+def bodies(node: ir.Node) -> list[tuple[str, ir.Graph]]:
+    """(attribute name, body) of every graph ``node`` holds, in attribute order."""
+    found = []
+    for name, attribute in node.attributes.items():
+        if attribute.type == ir.AttributeType.GRAPH:
+            found.append((name, attribute.value))
+        elif attribute.type == ir.AttributeType.GRAPHS:
+            found += [(name, body) for body in attribute.value]
+    return found
+
+
+def quantizable_layers(graph: ir.Graph, subgraphs: bool = True) -> list[Layer]:
+    """The quantizable layers of ``graph`` in topological order, those inside If/Loop/Scan bodies
+    (recursively) where their host stands; ``subgraphs=False`` lists the graph's own only."""
+    return _layers_in(graph, (), subgraphs)
+
+
+def _layers_in(
+    graph: ir.Graph, scope: tuple[tuple[ir.Node, str], ...], subgraphs: bool
+) -> list[Layer]:
     layers = []
     for node in topological_nodes(graph):
-        slot = _slot(node)
-        if slot is None:
-            continue
-        weight_index, axis, act_index = slot
-        weight = _float_weight(node.inputs[weight_index])
-        if weight is None:
-            continue
-        others: tuple[int, ...] = ()
-        if node.op_type in ("LSTM", "GRU") and _float_weight(node.inputs[2]) is not None:
-            others = (2,)
-        layers.append(Layer(node, weight_index, axis % weight.ndim, act_index, others, host))
-    return layers
-
-
-def quantizable_layers(graph: ir.Graph, subgraphs: bool = False) -> list[Layer]:
-    """The quantizable layers of ``graph`` in topological order.
-
-    With ``subgraphs``, the layers inside every If/Loop/Scan body follow (recursively, each with its
-    ``host``); without, bodies are not entered.
-    """
-    layers = _layers_of(graph, None)
-    if subgraphs:
-        for node in topological_nodes(graph):
-            for attribute in node.attributes.values():
-                bodies = (
-                    attribute.value
-                    if attribute.type == ir.AttributeType.GRAPHS
-                    else [attribute.value]
-                )
-                for body in bodies:
-                    if isinstance(body, ir.Graph):
-                        layers += [
-                            dataclasses.replace(layer, host=node)
-                            for layer in quantizable_layers(body, True)
-                        ]
+        layer = _layer(node, scope)
+        if layer is not None:
+            layers.append(layer)
+        if subgraphs:
+            for attribute, body in bodies(node):
+                layers += _layers_in(body, (*scope, (node, attribute)), True)
     return layers

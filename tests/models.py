@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-__all__ = ["SMALL_CNN", "build", "random_inputs", "small_cnn"]
+__all__ = ["SMALL_CNN", "build", "control_flow", "random_inputs", "small_cnn"]
 
 SMALL_CNN = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -220,6 +220,51 @@ with_if (bool cond, float[2] x) => (float[2] y) {
 
 def with_if() -> ir.Model:
     return ir.from_proto(onnx.parser.parse_model(WITH_IF))
+
+
+CONTROL_FLOW = """
+<ir_version: 10, opset_import: ["" : 17]>
+control_flow (float[1,3,8,8] image, bool go, float[1,16] h0, float[5,1,16] xs)
+    => (float[1,8,8,8] c, float[1,16] h, float[1,16] last, float[5,1,16] ys) {
+  c = If (go) <
+    then_branch = then_g () => (float[1,8,8,8] ct) {
+      ct0 = Conv <pads=[1,1,1,1]> (image, wt, bt)
+      ct = Relu(ct0)
+    },
+    else_branch = else_g () => (float[1,8,8,8] ce) { ce = Conv <pads=[1,1,1,1]> (image, we, be) }
+  >
+  h = Loop (trips, keep_going, h0) <
+    body = step (int64 i, bool ci, float[1,16] hi) => (bool co, float[1,16] ho) {
+      co = Identity(ci)
+      m = MatMul(hi, wl)
+      ho = Tanh(m)
+    }
+  >
+  last, ys = Scan (h0, xs) <
+    num_scan_inputs = 1,
+    body = scan_step (float[1,16] s, float[1,16] x) => (float[1,16] so, float[1,16] y) {
+      a = Add(s, x)
+      y = MatMul(a, ws)
+      so = Tanh(y)
+    }
+  >
+}
+"""
+
+
+def control_flow(seed: int = 0) -> ir.Model:
+    """Layers inside bodies: a Conv in each If branch, a MatMul in a Loop body (3 trips) and one
+    in a Scan body (5 steps)."""
+    shapes = {
+        "wt": (8, 3, 3, 3),
+        "bt": (8,),
+        "we": (8, 3, 3, 3),
+        "be": (8,),
+        "wl": (16, 16),
+        "ws": (16, 16),
+    }
+    arrays = {"trips": np.array(3, np.int64), "keep_going": np.array(True)}
+    return ir.from_proto(build(CONTROL_FLOW, shapes, seed, arrays))
 
 
 def small_cnn_opset(opset: int, seed: int = 0) -> ir.Model:

@@ -7,6 +7,9 @@ runs (``priced_pair``), and the plan's bytes; plus the float cost. Model totals
 (``mpqc.cost.total``) add what stays float: every other initializer's bytes, every other op's
 overhead and the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction of the
 whole written model, not of the layers alone, and a latency total is what one inference takes.
+A layer inside a Loop or Scan body costs time and energy on every iteration: it is priced times the
+body's trip count where the model fixes it (a Loop's constant ``M``, a Scan's static length), else
+once, with a note; its bytes are stored once (``describe.trip_count``).
 
 The cost model prices a layer as the lowering emits it, which depends on its neighbours; this pass
 reads them off the graph (``_Neighbourhood``): the activations right after a layer (free inside a
@@ -30,7 +33,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.describe import describe, static_shapes
+from mpqc.passes.lib.describe import describe, static_shapes, trip_count
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import (
     CONTRIB_FORMS,
@@ -104,25 +107,26 @@ def _priced(
     desc: LayerDesc,
     model_cost: CostModel,
     layout: WeightLayout,
+    trips: int,
     wbits: int | None,
     abits: int | None,
 ) -> dict[str, object]:
     """One candidate's ``mpqc.cost`` entry: time and energy from the spec's roofline for the pair
-    the plan runs, size from the plan's bytes."""
+    the plan runs, times the ``trips`` one inference runs the layer, size from the plan's bytes."""
     plan = plan_layer(
         facts, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec=model_cost.spec, layout=layout
     )
     cost = model_cost.layer_cost(desc, *priced_pair(plan), packed_kernel=priced_kernel(plan))
-    return _entry(cost, stored_bytes(layer, plan))
+    return _entry(cost, stored_bytes(layer, plan), trips)
 
 
-def _entry(cost, size: int) -> dict[str, object]:
+def _entry(cost, size: int, trips: int) -> dict[str, object]:
     return {
-        "latency_s": cost.latency_s,
-        "energy_j": cost.energy_j,
+        "latency_s": cost.latency_s * trips,
+        "energy_j": cost.energy_j * trips,
         "size": size,
-        "act_bytes": cost.act_bytes,
-        "bops": cost.bops,
+        "act_bytes": cost.act_bytes * trips,
+        "bops": cost.bops * trips,
         "bound": cost.bound,
         "native": cost.native,
     }
@@ -167,8 +171,14 @@ class CostPass(Pass):
             )
         reference = {"latency_s": 0.0, "energy_j": 0.0, "size": 0.0, "bops": 0.0}
         layout = WeightLayout(block_size=self.options.block_size)
+        unknown_trips = set()
         for layer, desc in described:
-            entry = functools.partial(_priced, layer, facts_of(layer), desc, model_cost, layout)
+            trips, unknown = trip_count(layer, shapes)
+            if unknown is not None:
+                unknown_trips.add(unknown)
+            entry = functools.partial(
+                _priced, layer, facts_of(layer), desc, model_cost, layout, trips
+            )
             table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
             try:
                 table["float"] = entry(None, None)
@@ -178,6 +188,11 @@ class CostPass(Pass):
             ref = entry(*spec.reference_pair)
             for key in reference:
                 reference[key] += float(ref[key])  # type: ignore[arg-type]
+        for host in sorted(unknown_trips):
+            self.context.note(
+                f"cost: {host} has no known trip count: the layers in its body are priced as "
+                "running once per inference"
+            )
         fixed = _fixed_costs(model, neighbourhood, shapes, spec)
         totals = {key: reference[key] + fixed.get(key, 0.0) for key in reference}
         annotations.MODEL_COST.set(
@@ -302,10 +317,7 @@ def _fixed_costs(
         for v in layer.node.inputs
         if v is not None and v.const_value is not None
     }
-    graphs = (
-        model.graph,
-        *model.graph.subgraphs(),
-    )  # bodies' own weights stay float: the search never enters them
+    graphs = (model.graph, *model.graph.subgraphs())
     size = sum(
         v.const_value.nbytes
         for g in graphs

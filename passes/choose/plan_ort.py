@@ -17,6 +17,8 @@ enums; :func:`quantize_static_arguments` turns the file into ``quantize_static``
 Read back, a layer the file does not mention has mpqc's defaults (QInt8 weights, QUInt8
 activations: w8a8). Names are those of the canonicalized model mpqc lowers
 (``mpqc-opt MODEL -p canonicalize -o float.onnx`` writes it for onnxruntime's quantizer).
+onnxruntime's quantizer does not enter If/Loop/Scan bodies, so the file says nothing of their
+layers: written, their bits are left out; read back, they stay float.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def to_overrides(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> d
     tensors: dict[str, list[dict[str, Any]]] = {}
     weight_config: dict[str, dict[str, int]] = {}
     excluded: list[str] = []
-    for layer in quantizable_layers(model.graph):
+    for layer in quantizable_layers(model.graph, subgraphs=False):
         entry = plan.layers.get(layer.name)
         if entry is None:
             continue
@@ -120,7 +122,7 @@ def from_overrides(
     tensors = document.get("TensorQuantOverrides", {})
     weight_config = document.get("customized_weight_config", {})
     excluded = set(document.get("nodes_to_exclude", []))
-    layers = quantizable_layers(model.graph)
+    layers = quantizable_layers(model.graph, subgraphs=False)
     known_tensors = {
         value.name for layer in layers for value in (layer.weight, layer.activation) if value
     }
@@ -145,6 +147,9 @@ def from_overrides(
                 path, tensors, layer.activation.name if layer.activation else "", _DEFAULT.a
             )
             bits[layer.name] = Bits(w, a)
+    # onnxruntime's quantizer does not enter If/Loop/Scan bodies: their layers stay float.
+    for layer in quantizable_layers(model.graph):
+        bits.setdefault(layer.name, Bits(FLOAT_BITS, FLOAT_BITS))
     return layout, bits
 
 

@@ -131,12 +131,17 @@ def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, me
 
 
 def layer_edges(model: ir.Model, layers: list[Layer]) -> tuple[tuple[int, int], ...]:
-    """(i, j) when layer j reads, through non-layer ops only, what layer i computes."""
+    """(i, j) when layer j reads, through non-layer ops only, what layer i computes. A layer inside
+    an If/Loop/Scan body stands for the main-graph node holding it: it reads what that node reads
+    and feeds what that node feeds (edges inside a body are not drawn)."""
     flow = data_flow(model.graph)
     index_of = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
-    position = {index_of[id(layer.node)]: i for i, layer in enumerate(layers)}
+    position: dict[int, list[int]] = {}
+    for i, layer in enumerate(layers):
+        outermost = layer.scope[0][0] if layer.scope else layer.node
+        position.setdefault(index_of[id(outermost)], []).append(i)
     edges = set()
-    for start, i in position.items():
+    for start, sources in position.items():
         stack = list(flow.successors(start))
         seen = set()
         while stack:
@@ -145,7 +150,7 @@ def layer_edges(model: ir.Model, layers: list[Layer]) -> tuple[tuple[int, int], 
                 continue
             seen.add(node)
             if node in position:
-                edges.add((i, position[node]))
+                edges.update((i, j) for i in sources for j in position[node])
             else:
                 stack.extend(flow.successors(node))
     return tuple(sorted(edges))

@@ -11,19 +11,20 @@ make every latency number fiction.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from mpqc.hwspecs import LayerDesc
-from mpqc.ir.layers import Layer, constant_array
+from mpqc.ir.layers import Layer, constant_array, node_name
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.infra.context import CompileContext
+from mpqc.passes.lib.bodies import expose
 from mpqc.passes.lib.runtime import session
 
-__all__ = ["check_shapes", "describe", "static_shapes"]
+__all__ = ["check_shapes", "describe", "static_shapes", "trip_count"]
 
 #: The largest size a dim can have (ONNX dims are int64).
 _MAX_DIM = 2**63 - 1
@@ -133,30 +134,57 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
         )
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shapes: dict[str, tuple[int, ...]] = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = tuple(d.dim_value for d in dims)
-        elif value.type.tensor_type.HasField("shape") and not dims:
-            shapes[value.name] = ()
-    missing = [out for node in proto.graph.node for out in node.output if out and out not in shapes]
+    for graph in _graphs(inferred.graph):
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = tuple(d.dim_value for d in dims)
+            elif value.type.tensor_type.HasField("shape") and not dims:
+                shapes[value.name] = ()
+    missing = [
+        out
+        for graph in _graphs(proto.graph)
+        for node in graph.node
+        for out in node.output
+        if out and out not in shapes
+    ]
     if missing and context.calibration is not None and len(context.calibration):
-        shapes.update(_observed_shapes(proto, missing, next(iter(context.calibration))))
+        shapes.update(_observed_shapes(model, proto, missing, next(iter(context.calibration))))
         context.note(
             "cost: shapes onnx could not infer were read from a run on the first calibration sample"
         )
     return shapes
 
 
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and the bodies of its nodes, recursively."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graphs(body)
+
+
 def _observed_shapes(
-    proto: onnx.ModelProto, names: list[str], sample
+    model: ir.Model, proto: onnx.ModelProto, names: list[str], sample
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the
-    like)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
+    like); a body's values are carried out of it (``bodies.expose``) and read without the
+    iteration axes, where the sample reaches them."""
+    main = {out for node in proto.graph.node for out in node.output}
+    dtypes = {
+        value.name: value.dtype.value
+        for body in model.graph.subgraphs()
+        for node in body
+        for value in node.outputs
+        if value.name in names and value.name not in main and value.dtype is not None
+    }
+    exposed = expose(proto, dtypes)
+    probe = exposed.proto
     known = {value.name for value in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
+    probe.graph.output.extend(
+        onnx.ValueInfoProto(name=name) for name in names if name in main and name not in known
+    )
     wanted = [value.name for value in probe.graph.output]
     try:
         outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
@@ -166,11 +194,15 @@ def _observed_shapes(
             "give the input shapes",
             field="shapes",
         ) from None
-    return {
-        name: tuple(np.shape(value))
-        for name, value in zip(wanted, outputs, strict=True)
-        if name in names
-    }
+    shapes = {}
+    for name, value in zip(wanted, outputs, strict=True):
+        if name not in exposed.outputs:
+            if name in names:
+                shapes[name] = tuple(np.shape(value))
+        elif np.size(value):  # (empty: the sample never ran the body that computes it)
+            inner, stacked = exposed.outputs[name]
+            shapes[inner] = tuple(np.shape(value))[stacked:]
+    return shapes
 
 
 def _shape(
@@ -252,3 +284,39 @@ def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
         c_in=None if c_in is None else int(c_in),
         c_out=None if c_out is None else int(c_out),
     )
+
+
+def trip_count(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, str | None]:
+    """How many times one inference runs ``layer``, and the host whose count is unknown (then the
+    count holds for the known hosts only, and the caller says so).
+
+    A body runs once per If (whichever branch runs: each is priced as if it did), ``M`` times per
+    Loop with a constant trip count ``M`` (the most it runs: its condition may stop it sooner) and
+    once per step of a Scan's first scanned input with a static length."""
+    count, unknown = 1, None
+    for host, _ in layer.scope:
+        steps = _host_trips(host, shapes)
+        if steps is None:
+            unknown = unknown or f"{host.op_type} '{node_name(host)}'"
+        else:
+            count *= steps
+    return count, unknown
+
+
+def _host_trips(host: ir.Node, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    if host.op_type == "If":
+        return 1
+    if host.op_type == "Loop":
+        limit = constant_array(host.inputs[0]) if host.inputs else None
+        return int(limit.reshape(-1)[0]) if limit is not None and limit.size == 1 else None
+    if host.op_type == "Scan":
+        scanned = host.attributes.get_int("num_scan_inputs", 0)
+        if scanned < 1:
+            return None
+        first = host.inputs[len(host.inputs) - scanned]
+        axes = host.attributes.get_ints("scan_input_axes", [0] * scanned)
+        shape = shapes.get(first.name) if first is not None else None
+        if shape is None and first is not None and first.const_value is not None:
+            shape = tuple(first.const_value.shape.numpy())
+        return int(shape[axes[0]]) if shape else None
+    return None

@@ -66,11 +66,16 @@ class Emitter:
         self.activations: dict[tuple[int, int], ir.Value] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
-        self.names = (
-            {v.name for v in graph.initializers.values()}
-            | {v.name for n in graph for v in n.outputs}
-            | {v.name for v in graph.inputs}
-        )
+        # ONNX names are unique across scopes: a name made here must not repeat one in a body.
+        self.names = {
+            name
+            for g in (graph, *graph.subgraphs())
+            for name in (
+                *g.initializers,
+                *(v.name for n in g for v in n.outputs),
+                *(v.name for v in g.inputs),
+            )
+        }
 
     def _unique(self, base: str) -> str:
         name, i = base, 1
@@ -378,11 +383,17 @@ class Emitter:
         # Quantized activations are float tensors, typed even when the model was not shape-inferred.
         out.dtype, out.shape = value.dtype or ir.DataType.FLOAT, value.shape
         nodes += [q, dq]
-        producer = value.producer()
-        if producer is not None and producer.graph is self.graph:
-            self.graph.insert_after(producer, nodes)
+        # In the graph that makes the value (a body's or the main one), so every scope that reads it
+        # can share the quantizer: right after its producer; a graph input right before the layer
+        # reading it when they share a graph, else at the start of the graph it enters.
+        producer, owner = value.producer(), value.graph
+        if producer is not None and producer.graph is not None:
+            producer.graph.insert_after(producer, nodes)
+        elif owner is None or owner is anchor.graph:
+            assert anchor.graph is not None
+            anchor.graph.insert_before(anchor, nodes)
         else:
-            self.graph.insert_before(anchor, nodes)
+            owner.insert_before(next(iter(owner)), nodes)
         self.inserted.update(id(n) for n in nodes)
         self.activations[key] = out
         return out
@@ -428,8 +439,9 @@ class Emitter:
             {"axis": 0},
         )
         self._add(dq, f"{base}.i32.dq")
-        self.graph.insert_before(node, dq)
+        assert node.graph is not None
+        node.graph.insert_before(node, dq)
         old = node.inputs[2]
         node.replace_input_with(2, dq.outputs[0])
-        if old is not None and not old.uses() and old.is_initializer():
-            self.graph.initializers.pop(old.name)
+        if old is not None:
+            self._drop_if_unused(old)

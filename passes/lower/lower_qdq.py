@@ -15,11 +15,12 @@ the size count, the evaluator and the cost pass read the same plan. Here is only
   because a quantizer with zero point 0 already clips at zero;
 - an int32 bias once the layer's input and weight both come out of a DequantizeLinear.
 
-Layers inside If/Loop/Scan bodies are lowered weights-only at the ``uniform`` weight bits or at
-bits a user wrote on them; the search never chooses for them (analysis cannot run body tensors), so
-under a search they stay float. Every layer or weighted op left float is listed with its op and
-reason in ``mpqc.report``'s ``left_float``. Bits the target's spec does not run are refused with the
-spec's list.
+Layers inside If/Loop/Scan bodies are lowered like any other: their nodes go into the body, their
+scales and zero points are main-graph initializers the body reads from the enclosing scope. A layer
+in an If branch (or a Loop body) the calibration data never reached has no input range: it keeps
+that input float and quantizes its weights only, and ``mpqc.report``'s ``weights_only`` lists it
+with its reason. Every layer or weighted op left float is listed with its op and reason in
+``left_float``. Bits the target's spec does not run are refused with the spec's list.
 
 Everything else stays float: quantizing Add/Mul/Softmax/LayerNorm tensors is where onnxruntime's
 default recipe loses accuracy (PEERS.md). Without calibrated ranges only weights are quantized, and
@@ -35,7 +36,7 @@ import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
-from mpqc.ir.layers import constant_array, quantizable_layers
+from mpqc.ir.layers import Layer, constant_array, node_name, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.grid import (
@@ -98,14 +99,13 @@ class LowerQDQPass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         left_float = _without_quantized_form(model.graph)
-        chosen, skipped = self._chosen(model)
-        left_float += skipped
+        chosen = self._chosen(model)
         if not chosen:
             self.nothing_to_do("lower-qdq: no layer has bits to lower; the model stays float")
-            self._report(model, 0, left_float)
+            self._report(model, 0, left_float, [])
             return ir.passes.PassResult(model, modified=bool(left_float))
         self._check_supported(chosen)
-        layers = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
+        layers = {layer.name: layer for layer in quantizable_layers(model.graph)}
         options = self.options
         facts = {name: facts_of(layers[name]) for name, _ in chosen}
         plans = [self._plan(facts[name], wbits, abits) for name, (wbits, abits) in chosen]
@@ -128,9 +128,10 @@ class LowerQDQPass(Pass):
             model.ir_version = max(model.ir_version, 10)
             model.opset_imports.setdefault("com.microsoft", 1)
         # The upgrade may rebuild the graph: find the layers again by name.
-        by_name = {layer.name: layer for layer in quantizable_layers(model.graph, subgraphs=True)}
+        by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
         emitter = Emitter(model.graph, options.act_signed)
-        ranges_missing = False
+        ranges_missing, weights_only = False, []
+        calibrated = _calibrated(model.graph)
         narrowed = set()
         kernels = {}
         for plan in plans:
@@ -149,7 +150,10 @@ class LowerQDQPass(Pass):
                 kernels[plan.name] = self._plan(
                     facts[plan.name], plan.wbits, FLOAT_BITS
                 ).kernel.value
-                ranges_missing = True
+                if layer.in_subgraph and calibrated:
+                    weights_only.append(_never_ran(layer))
+                else:
+                    ranges_missing = True
             if quantize_first:
                 emitter.weight(layer, plan)
         for plan in plans:
@@ -168,7 +172,12 @@ class LowerQDQPass(Pass):
                 "lower-qdq: some activations have no calibrated range and stay float "
                 "(run calibrate with data)"
             )
-        self._report(model, len(plans), left_float, kernels)
+        if weights_only:
+            self.context.note(
+                f"lower-qdq: {len(weights_only)} layer(s) in bodies that never ran on the "
+                "calibration data quantize their weights only; mpqc.report weights_only names them"
+            )
+        self._report(model, len(plans), left_float, weights_only, kernels)
         return ir.passes.PassResult(model, modified=True)
 
     def _plan(self, facts: LayerFacts, wbits: int, abits: int) -> LayerPlan:
@@ -206,14 +215,18 @@ class LowerQDQPass(Pass):
         model: ir.Model,
         lowered: int,
         left_float: list[dict[str, str]],
+        weights_only: list[dict[str, str]],
         kernels: dict[str, str] | None = None,
     ) -> None:
         """``lowered_layers``; ``kernels``, the kernel the plan names for each lowered layer (what
         the cost pass priced, which verify compares with what onnxruntime runs); ``left_float``:
-        {layer, op, reason} for each weighted op left float."""
+        {layer, op, reason} for each weighted op left float; ``weights_only``: the same for each
+        layer whose activations stayed float against its bits."""
         section: dict[str, object] = {"lowered_layers": lowered}
         if kernels:
             section["kernels"] = kernels
+        if weights_only:
+            section["weights_only"] = weights_only
         if left_float:
             section["left_float"] = left_float
             self.context.note(
@@ -222,40 +235,43 @@ class LowerQDQPass(Pass):
             )
         self.report(model, section)
 
-    def _chosen(
-        self, model: ir.Model
-    ) -> tuple[list[tuple[str, tuple[int, int]]], list[dict[str, str]]]:
-        """(layer name, bits) to lower — activations float under ``weight_only`` and in bodies — and
-        the body layers left float, with their reason."""
-        lowered, skipped = [], []
+    def _chosen(self, model: ir.Model) -> list[tuple[str, tuple[int, int]]]:
+        """(layer name, bits) to lower: ``uniform``, else ``mpqc.bits``; activations float under
+        ``weight_only``."""
+        lowered = []
         uniform = Bits.parse(self.options.uniform) if self.options.uniform else None
-        for layer in quantizable_layers(model.graph, subgraphs=True):
+        for layer in quantizable_layers(model.graph):
             chosen = annotations.BITS.get(layer.node)
             if uniform is not None:
                 bits = uniform
             elif chosen is not None:
                 bits = (int(chosen["w"]), int(chosen["a"]))
-            elif layer.in_subgraph:
-                host = layer.host
-                assert host is not None
-                skipped.append(
-                    {
-                        "layer": layer.name,
-                        "op": layer.node.op_type,
-                        "reason": f"inside the body of {host.op_type} "
-                        f"'{host.name or host.outputs[0].name}': "
-                        "the search does not choose bits there (its tensors cannot be "
-                        "calibrated); give uniform bits to quantize its weights",
-                    }
-                )
-                continue
             else:
                 continue
-            if self.options.weight_only or layer.in_subgraph:
+            if self.options.weight_only:
                 bits = (bits[0], FLOAT_BITS)
             if bits != (FLOAT_BITS, FLOAT_BITS):
                 lowered.append((layer.name, bits))
-        return lowered, skipped
+        return lowered
+
+
+def _calibrated(graph: ir.Graph) -> bool:
+    """Whether calibrate observed the main graph (then a body tensor without a range is one the
+    calibration data never reached)."""
+    values = [*graph.inputs, *(out for node in graph for out in node.outputs)]
+    return any(annotations.CALIB_RANGE.has(value) for value in values)
+
+
+def _never_ran(layer: Layer) -> dict[str, str]:
+    """The report line of a body layer the calibration data never reached."""
+    host, attribute = layer.scope[-1]
+    body = {"then_branch": "then branch", "else_branch": "else branch"}.get(attribute, "body")
+    runs = "ran" if host.op_type == "If" else "ran an iteration"
+    reason = (
+        f"the {body} of {host.op_type} '{node_name(host)}' never {runs} on the calibration "
+        "data, so its input has no range: weights only"
+    )
+    return {"layer": layer.name, "op": layer.node.op_type, "reason": reason}
 
 
 #: A constant this large (elements, 2-D or more) held by an op with no quantized form is worth a
@@ -267,7 +283,7 @@ _QUANTIZER_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Constant"})
 
 def _without_quantized_form(graph: ir.Graph) -> list[dict[str, str]]:
     """Ops (main graph and bodies) holding a large float constant that no layer rule quantizes."""
-    layers = {id(layer.node) for layer in quantizable_layers(graph, subgraphs=True)}
+    layers = {id(layer.node) for layer in quantizable_layers(graph)}
     found = []
     for g in (graph, *graph.subgraphs()):
         for node in g:

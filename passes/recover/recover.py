@@ -5,7 +5,8 @@ Runs after ``search`` (or with ``uniform=w4a8``) and before ``lower-qdq``; reads
 through the lowering it observes, ``mpqc.calib.range``; needs calibration samples (a one-line
 PassInputError without). For every layer whose weight grid has at most ``max_bits`` bits (default
 7) and that is a matrix product (Conv — grouped and depthwise included — Gemm, MatMul with a
-constant 2-D weight; Gather, LSTM and GRU are left as they are, with a note):
+constant 2-D weight, in the main graph; Gather, LSTM, GRU and layers inside If/Loop/Scan bodies are
+left as they are, with a note):
 
 1. observe its input on calibration samples (``statistics``): ``inputs=sequential`` reads it in the
    model lowered with everything upstream already quantized and recovered (and the layer's own
@@ -303,7 +304,9 @@ def targets(
         if not plan.quantized_weight or plan.grid_bits > max_bits:
             continue
         view = linear_view(layer)
-        if isinstance(view, str):
+        if layer.in_subgraph:
+            skipped.append((layer.name, "its input inside an If/Loop/Scan body is not observed"))
+        elif isinstance(view, str):
             skipped.append((layer.name, view))
         elif len(layer.weight.uses()) != 1:
             skipped.append(

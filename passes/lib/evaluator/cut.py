@@ -88,9 +88,15 @@ def fix_controls(
             name = alias[name]
         return name
 
-    for node in nodes:
+    def rename(node: onnx.NodeProto) -> None:
         for slot, name in enumerate(node.input):
             node.input[slot] = resolve(name)
+        for body in _bodies(node):  # bodies read the enclosing scope's values by name too
+            for inner in body.node:
+                rename(inner)
+
+    for node in nodes:
+        rename(node)
     outputs = {value.name for value in proto.graph.output}
     nodes += [
         helper.make_node("Identity", [resolve(name)], [name]) for name in alias if name in outputs
@@ -98,13 +104,20 @@ def fix_controls(
     return Fixed(nodes, constants)
 
 
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [
+        body
+        for attribute in node.attribute
+        for body in ([attribute.g] if attribute.HasField("g") else list(attribute.graphs))
+    ]
+
+
 def _uses(node: onnx.NodeProto) -> list[str]:
     """The values ``node`` reads, including those its subgraphs read from the enclosing scope."""
     names = [name for name in node.input if name]
-    for attribute in node.attribute:
-        for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            for inner in body.node:
-                names += _uses(inner)
+    for body in _bodies(node):
+        for inner in body.node:
+            names += _uses(inner)
     return names
 
 

@@ -258,8 +258,8 @@ def build(
         uses = list(target.uses())
         nodes = builder.fake_quant(site.prefix, target, target)
         producer = target.producer()
-        assert producer is not None
-        graph.insert_after(producer, nodes)
+        assert producer is not None and producer.graph is not None
+        producer.graph.insert_after(producer, nodes)
         for use in uses:
             use.node.replace_input_with(use.idx, nodes[-1].outputs[0])
         targets[index] = (target, site)
@@ -268,6 +268,11 @@ def build(
     feeding = {id(target): index for index, (target, _) in targets.items()}
     for index, layer in enumerate(layers):
         node = layer.node
+        # The layer's own graph (a body's, for a layer inside If/Loop/Scan): the controls and the
+        # weight stacks stay main-graph inputs and initializers, which bodies read from the
+        # enclosing scope.
+        home = node.graph
+        assert home is not None
         choice = builder.input(f"{PREFIX}.{index}.w", ir.DataType.INT64)
         scales: list[np.ndarray | None] = []
         planned = {
@@ -283,7 +288,7 @@ def build(
                 "Gather", [stack_value, choice], f"{choice.name}.{slot}.value", axis=0
             )
             gather.name = f"{choice.name}.{slot}.gather"
-            graph.insert_before(node, gather)
+            home.insert_before(node, gather)
             node.replace_input_with(slot, gather.outputs[0])
 
         input_site = None
@@ -293,7 +298,7 @@ def build(
             builder.site_inputs(input_site.prefix)
             fallback = viewed.get(id(activation), activation)
             nodes = builder.fake_quant(input_site.prefix, activation, fallback)
-            graph.insert_before(node, nodes)
+            home.insert_before(node, nodes)
             node.replace_input_with(layer.activation_index, nodes[-1].outputs[0])
 
         bias = None
@@ -319,7 +324,7 @@ def build(
             k = facts[layer.name].kn
             assert k is not None
             nodes = builder.int8_blocks(prefix, source, k[0], block)
-            graph.insert_before(node, nodes)
+            home.insert_before(node, nodes)
             node.replace_input_with(layer.activation_index, nodes[-1].outputs[0])
             int8_blocks.append((block, on.name))
         output_site = targets[index][1] if index in targets else None

@@ -50,7 +50,7 @@ graph as written there, see ``evaluator/graph.py``); GatherBlockQuantized; a Gat
 otherwise the float kernel behind a weight DequantizeLinear, which saves bytes, not time.
 
 Activations: a quantizer on the layer's input (static, per tensor, in ``activation_grid``'s
-container) unless activations stay float (``weight_only``, layers in If/Loop/Scan bodies); for
+container) unless activations stay float (``weight_only``); for
 8-bit containers on both sides (``fusable``) a quantizer on the output too, on ``output_target``.
 """
 
@@ -167,7 +167,6 @@ class LayerFacts:
     #: The shape of a Conv/Gemm's constant bias; None without one.
     bias_shape: tuple[int, ...] | None
     has_activation: bool
-    in_subgraph: bool
     #: An RNN: its recurrence weight is quantized with the input weight.
     recurrent: bool
 
@@ -206,7 +205,6 @@ def facts_of(layer: Layer) -> LayerFacts:
         single_use_table=op == "Gather" and len(layer.weight.uses()) == 1,
         bias_shape=None if bias is None else tuple(bias.shape),
         has_activation=layer.activation is not None,
-        in_subgraph=layer.in_subgraph,
         recurrent=bool(layer.other_weight_indices),
     )
 
@@ -219,7 +217,7 @@ class LayerPlan:
     op_type: str
     #: The chosen weight bits (``mpqc.bits``' w; 32 = float).
     wbits: int
-    #: The activation bits that apply: float under ``weight_only`` and inside bodies.
+    #: The activation bits that apply: float under ``weight_only``.
     abits: int
     #: The grid the weights are rounded to: narrower than ``wbits`` where the target's integer
     #: kernel would saturate (``target.weight_grid_bits``).
@@ -344,7 +342,7 @@ def plan_layer(
     fuse_outputs: bool = True,
 ) -> LayerPlan:
     """The plan for ``facts``' layer at (``wbits``, ``abits``) on ``spec`` (32 = float)."""
-    if layout.weight_only or facts.in_subgraph:
+    if layout.weight_only:
         abits = FLOAT_BITS  # activations stay float
     grid_bits = weight_grid_bits(spec, wbits, abits)
     form, block = _weight_form(facts, grid_bits, layout, _packed_kernel(spec, wbits))
@@ -352,9 +350,7 @@ def plan_layer(
     bias = None
     if facts.bias_shape is not None:
         int32 = (
-            form is WeightForm.PER_CHANNEL
-            and len(facts.bias_shape) == 1
-            and not (layout.weight_only or facts.in_subgraph)
+            form is WeightForm.PER_CHANNEL and len(facts.bias_shape) == 1 and not layout.weight_only
         )
         bias = BiasForm.INT32 if int32 else BiasForm.FLOAT
     quantized_input = abits != FLOAT_BITS and facts.has_activation

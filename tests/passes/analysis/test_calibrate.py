@@ -25,9 +25,8 @@ from mpqc.passes import (
     format_pipeline,
     resolve_pipeline,
 )
-from mpqc.passes.analysis.calibrate import (
-    NO_DATA_NOTE,
-    CalibratePass,
+from mpqc.passes.analysis.calibrate import NO_DATA_NOTE, CalibratePass
+from mpqc.passes.analysis.clip_range import (
     entropy_clip,
     kl_threshold_bins,
     mse_clip,
