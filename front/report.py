@@ -2,11 +2,12 @@
 
 The account is not computed here. The search pass writes why each searched layer got its bits —
 its candidates, their damage and cost, and why it is not cheaper — into its section of
-``mpqc.report`` (``passes/choose/explain.py``), and ``lower-qdq`` lists the layers it left float
-(no quantized form, inside a ``Loop`` body) under ``left_float`` in its own section. This module
-reads the two back into an :class:`Explanation` and renders it as markdown or HTML, with the
-sections ``report_runtime`` words: what onnxruntime runs (``verify``'s section) and, with
-``--measure``, the measured latency.
+``mpqc.report`` (``passes/choose/explain.py``), and ``lower-qdq`` lists the weighted ops it left
+float (no quantized form) under ``left_float`` and the layers whose input it left float (inside an
+If branch or Loop body the calibration data never reached) under ``weights_only``, in its own
+section. This module reads them back into an :class:`Explanation` and renders it as markdown or
+HTML, with the sections ``report_runtime`` words: what onnxruntime runs (``verify``'s section) and,
+with ``--measure``, the measured latency.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnx_ir as ir
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
+from mpqc.ir.layers import scoped_nodes
 from mpqc.measure import Measurement
 from mpqc.report_plot import LEGEND, front_points, scatter_svg
 from mpqc.report_runtime import kernels_html, kernels_markdown, measured_html, measured_markdown
@@ -39,6 +41,8 @@ __all__ = [
 
 #: The summary's group of a layer ``lower-qdq`` left float.
 LEFT_FLOAT = "left float"
+#: The summary's group of a layer whose input ``lower-qdq`` left float (weights quantized).
+WEIGHTS_ONLY = "weights only"
 
 
 class ReportFormatError(MpqcError):
@@ -96,20 +100,30 @@ class Explanation:
             )
             for e in (report.get("lower-qdq") or {}).get("left_float") or []
         )
+        lowered = report.get("lower-qdq") or {}
+        unranged = {str(e["layer"]): str(e["reason"]) for e in lowered.get("weights_only") or []}
+        final = final_bits(model)
         searched = report.get("search")
         if searched is None:
             rows = tuple(
-                LayerRow(name, op, chosen) for name, (op, chosen) in final_bits(model).items()
+                LayerRow(
+                    name,
+                    op,
+                    chosen,
+                    reason=unranged.get(name),
+                    kind=WEIGHTS_ONLY if name in unranged else None,
+                )
+                for name, (op, chosen) in final.items()
             )
             return cls(rows + left)
         rows = tuple(
             LayerRow(
                 row["layer"],
                 row["op"],
-                row["chosen"],
+                final[row["layer"]][1] if row["layer"] in unranged else row["chosen"],
                 tuple(Candidate(**candidate) for candidate in row["candidates"]),
-                row["reason"],
-                row["kind"],
+                unranged.get(row["layer"], row["reason"]),
+                WEIGHTS_ONLY if row["layer"] in unranged else row["kind"],
             )
             for row in searched["layers"]
         )
@@ -169,12 +183,12 @@ def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
     """Layer name -> (op, 'wXaY' or 'float') from the ``mpqc.bits`` of the emitted model's nodes,
     bodies included."""
     bits = {}
-    for node in (node for graph in (model.graph, *model.graph.subgraphs()) for node in graph):
+    for name, node in scoped_nodes(model.graph):
         chosen = annotations.BITS.get(node)
         if chosen is not None:
             pair = Bits(int(chosen["w"]), int(chosen["a"]))
             float_ = pair == (FLOAT_BITS, FLOAT_BITS)
-            bits[node.name or node.outputs[0].name] = (
+            bits[name] = (
                 node.op_type,
                 "float" if float_ else str(pair),
             )

@@ -18,13 +18,22 @@ layer keep meaning what runs first and last.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir.graphs import topological_nodes
 
-__all__ = ["Layer", "bodies", "constant_array", "node_name", "quantizable_layers"]
+__all__ = [
+    "Layer",
+    "bodies",
+    "constant_array",
+    "node_name",
+    "quantizable_layers",
+    "scoped_name",
+    "scoped_nodes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +65,7 @@ class Layer:
 
     @property
     def name(self) -> str:
-        return "".join(
-            f"{node_name(host)}/{_BODY_NAMES.get(attribute, attribute)}/"
-            for host, attribute in self.scope
-        ) + node_name(self.node)
+        return scoped_name(self.scope, self.node)
 
     @property
     def weight(self) -> ir.Value:
@@ -86,6 +92,23 @@ _BODY_NAMES = {"then_branch": "then", "else_branch": "else"}
 def node_name(node: ir.Node) -> str:
     """A node's name, else its first output's (exporters leave nodes unnamed)."""
     return node.name or node.outputs[0].name or "?"
+
+
+def scoped_name(scope: Sequence[tuple[ir.Node, str]], node: ir.Node) -> str:
+    """``node``'s name prefixed with the bodies holding it (``If_0/then/Conv_3``)."""
+    return "".join(
+        f"{node_name(host)}/{_BODY_NAMES.get(attribute, attribute)}/" for host, attribute in scope
+    ) + node_name(node)
+
+
+def scoped_nodes(
+    graph: ir.Graph, scope: tuple[tuple[ir.Node, str], ...] = ()
+) -> Iterator[tuple[str, ir.Node]]:
+    """(scoped name, node) of every node of ``graph`` and its bodies, each body after its host."""
+    for node in graph:
+        yield scoped_name(scope, node), node
+        for attribute, body in bodies(node):
+            yield from scoped_nodes(body, (*scope, (node, attribute)))
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

@@ -401,9 +401,13 @@ class SearchPass(Pass):
 
         HAQ and HAWQ-V3 keep the stem that reads the raw input and the classifier at 8 bits;
         embedding lookups are not such layers, and pinning one would pin most of a transformer's
-        parameters.
+        parameters. Nor are layers inside If/Loop/Scan bodies, which run on the stem's features.
         """
-        compute = [i for i, layer in enumerate(layers) if layer.node.op_type != "Gather"]
+        compute = [
+            i
+            for i, layer in enumerate(layers)
+            if layer.node.op_type != "Gather" and not layer.in_subgraph
+        ]
         return {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
 
     def problem(

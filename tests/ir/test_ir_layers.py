@@ -71,7 +71,7 @@ def test_recurrent_layers_carry_their_recurrence_weight() -> None:
     )  # its R is computed at run time: only W is a constant weight
 
 
-def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -> None:
+def test_layers_inside_bodies_are_listed_with_scoped_names_and_their_host() -> None:
     import onnx
 
     text = """
@@ -91,11 +91,12 @@ def test_layers_inside_bodies_are_listed_only_when_asked_and_name_their_host() -
     proto = onnx.parser.parse_model(text)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w"))
     graph = ir.from_proto(proto).graph
-    assert mir.quantizable_layers(graph) == []
-    inner = mir.quantizable_layers(graph, subgraphs=True)
+    assert mir.quantizable_layers(graph, subgraphs=False) == []
+    inner = mir.quantizable_layers(graph)
     assert [(layer.name, layer.host.outputs[0].name) for layer in inner] == [
-        ("a", "y"),
-        ("d", "y"),
-        ("f", "y"),
+        ("y/then/a", "y"),
+        ("y/else/b/then/d", "b"),
+        ("y/else/b/else/f", "b"),
     ]
     assert all(layer.in_subgraph for layer in inner)
+    assert [len(layer.scope) for layer in inner] == [1, 2, 2]
