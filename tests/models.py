@@ -231,7 +231,10 @@ control_flow (float[1,3,8,8] image, bool go, float[1,16] h0, float[5,1,16] xs)
       ct0 = Conv <pads=[1,1,1,1]> (image, wt, bt)
       ct = Relu(ct0)
     },
-    else_branch = else_g () => (float[1,8,8,8] ce) { ce = Conv <pads=[1,1,1,1]> (image, we, be) }
+    else_branch = else_g () => (float[1,8,8,8] ce) {
+      flipped = Neg(image)
+      ce = Conv <pads=[1,1,1,1]> (flipped, we, be)
+    }
   >
   h = Loop (trips, keep_going, h0) <
     body = step (int64 i, bool ci, float[1,16] hi) => (bool co, float[1,16] ho) {
@@ -253,8 +256,8 @@ control_flow (float[1,3,8,8] image, bool go, float[1,16] h0, float[5,1,16] xs)
 
 
 def control_flow(seed: int = 0) -> ir.Model:
-    """Layers inside bodies: a Conv in each If branch, a MatMul in a Loop body (3 trips) and one
-    in a Scan body (5 steps)."""
+    """Layers inside bodies: a Conv in each If branch (the else branch's reads a tensor of its
+    own), a MatMul in a Loop body (3 trips) and one in a Scan body (5 steps)."""
     shapes = {
         "wt": (8, 3, 3, 3),
         "bt": (8,),

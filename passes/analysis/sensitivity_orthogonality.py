@@ -36,9 +36,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mpqc.ir.layers import Layer
 from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandidates
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
+from mpqc.passes.lib.bodies import expose
 from mpqc.passes.lib.runtime import session
 
 __all__ = [
@@ -108,8 +110,7 @@ class SensitivityOrthogonalityPass(SensitivityPass):
         layers = self.layers(model)
         data = self.calibration(model, "to compare the layers' features")
         wbits = self.weight_bits()
-        outputs = [layer.node.outputs[0].name for layer in layers]
-        features = _features(model, outputs, list(data)[: self.options.samples])
+        features = _features(model, layers, list(data)[: self.options.samples])
         if features[0].shape[0] < 2:
             raise PassInputError(
                 f"{self.name}: needs at least 2 feature rows, got {features[0].shape[0]}; "
@@ -133,14 +134,26 @@ class SensitivityOrthogonalityPass(SensitivityPass):
         return ir.passes.PassResult(model, modified=True)
 
 
-def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarray]:
-    """Per requested tensor, the stacked feature rows (N, d) over ``samples``.
+def _features(model: ir.Model, layers: list[Layer], samples: list) -> list[np.ndarray]:
+    """Per layer, its output's stacked feature rows (N, d) over ``samples``.
 
     Where a tensor's size along some axis follows the input (a sentence's length, a text line's
     width), samples cannot be stacked as they are: those axes are averaged out (global average
-    pooling over the sequence or space), leaving one fixed-size feature per sample.
+    pooling over the sequence or space), leaving one fixed-size feature per sample. A layer inside a
+    body is read through ``bodies.expose``: a Loop's or Scan's output with every iteration stacked;
+    one in an If branch must run on every sample (a refusal names it otherwise).
     """
-    proto = ir.to_proto(model)
+    inner = {
+        layer.node.outputs[0].name: layer.node.outputs[0].dtype.value
+        for layer in layers
+        if layer.in_subgraph and layer.node.outputs[0].dtype is not None
+    }
+    exposed = expose(ir.to_proto(model), inner)
+    proto = exposed.proto
+    carrying = {value: out for out, (value, _) in exposed.outputs.items()}
+    names = [
+        carrying.get(layer.node.outputs[0].name, layer.node.outputs[0].name) for layer in layers
+    ]
     present = {o.name for o in proto.graph.output}
     proto.graph.output.extend(
         onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present
@@ -152,6 +165,12 @@ def _features(model: ir.Model, names: list[str], samples: list) -> list[np.ndarr
     for sample in samples:
         batches.append(np.asarray(sample[first_input]).shape[:1])
         for i, array in enumerate(runner.run(names, dict(sample))):
+            if np.size(array) == 0:
+                raise PassInputError(
+                    f"sensitivity-orthogonality: layer '{layers[i].name}' does not run on every "
+                    "calibration sample (its branch is skipped), so its features cannot be "
+                    "compared; use another sensitivity metric"
+                )
             arrays[i].append(np.asarray(array, np.float32))
     rows = []
     for per_sample in arrays:

@@ -18,6 +18,10 @@ control input so the cuts in ``cut.py`` can find them), then serialized once:
   tensor at the same bits see identical numbers, which is what sharing means), and one on
   ``output_target`` feeding every consumer except other layers' own input quantizers. A Conv/Gemm
   bias is a graph input too, fed the plan's int32 rounding where the plan asks for it.
+- Layers inside If/Loop/Scan bodies get the same nodes inside their body, where lower-qdq puts
+  them; their controls and weight stacks stay main-graph inputs and initializers, which a body reads
+  from the enclosing scope, so one configuration feeds them all (a Loop's quantizers act on every
+  iteration with the range calibrate observed over all of them).
 - The MatMulNBits mpqc emits at accuracy level 4 first rounds A to int8 per block of K: a
   switchable block quantizer on the layer's input per block size its candidates use
   (``_Builder.int8_blocks``). The MatMulNBits onnxruntime fuses a DequantizeLinear -> MatMul into,
