@@ -140,8 +140,9 @@ def _features(model: ir.Model, layers: list[Layer], samples: list) -> list[np.nd
     Where a tensor's size along some axis follows the input (a sentence's length, a text line's
     width), samples cannot be stacked as they are: those axes are averaged out (global average
     pooling over the sequence or space), leaving one fixed-size feature per sample. A layer inside a
-    body is read through ``bodies.expose``: a Loop's or Scan's output with every iteration stacked;
-    one in an If branch must run on every sample (a refusal names it otherwise).
+    body is read through ``bodies.expose``: every step of a Scan stacked, every trip of a Loop
+    flattened into one row; one in an If branch must run on every sample (a refusal names it
+    otherwise).
     """
     inner = {
         layer.node.outputs[0].name: layer.node.outputs[0].dtype.value

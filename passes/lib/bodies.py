@@ -9,9 +9,12 @@ outputs that the analyses fetch like any other tensor (calibration ranges, shape
   returns it, the other an empty tensor of the same type (the two branches of an If may return
   different shapes since opset 11), so the If's new output is empty on samples where the branch did
   not run;
-- out of a ``Loop`` or ``Scan`` body, as an extra scan output: the value of every iteration stacked
-  along a new leading axis (``Exposed.stacked`` counts those axes; zero iterations give an empty
-  tensor).
+- out of a ``Scan`` body, as an extra scan output: the value of every step stacked along a new
+  leading axis (``Exposed.outputs`` counts those axes; zero steps give an empty tensor);
+- out of a ``Loop`` body, as an extra loop-carried value that gathers every iteration's value,
+  flattened (``Concat`` onto an empty 1-D tensor): a Loop's values may change shape from one
+  iteration to the next (a growing sequence, an If inside that takes turns), which scan outputs
+  refuse, so only their numbers come out, not their shape.
 
 Each exposed value leaves its body through an Identity under a fresh name (ONNX names are unique
 across scopes, and a body output that is a body input or an outer value is not allowed
@@ -35,8 +38,9 @@ class Exposed:
     """A model whose body values are main-graph outputs too."""
 
     proto: onnx.ModelProto
-    #: Main-graph output -> (the body value it carries, how many iteration axes lead its shape).
-    outputs: dict[str, tuple[str, int]]
+    #: Main-graph output -> (the body value it carries, how many iteration axes lead its shape;
+    #: None when a Loop flattened it).
+    outputs: dict[str, tuple[str, int | None]]
 
 
 def expose(proto: onnx.ModelProto, dtypes: Mapping[str, int]) -> Exposed:
@@ -52,8 +56,8 @@ def expose(proto: onnx.ModelProto, dtypes: Mapping[str, int]) -> Exposed:
     return Exposed(copy, outputs)
 
 
-#: (name in the enclosing graph, the body value carried, iteration axes).
-_Carried = tuple[str, str, int]
+#: (name in the enclosing graph, the body value carried, iteration axes or None: flattened).
+_Carried = tuple[str, str, int | None]
 
 
 def _out_of_bodies(
@@ -66,8 +70,10 @@ def _out_of_bodies(
             continue
         if node.op_type == "If":
             carried += _out_of_if(node, dtypes, names)
-        elif node.op_type in ("Loop", "Scan"):
-            carried += _out_of_loop(node, dtypes, names)
+        elif node.op_type == "Scan":
+            carried += _out_of_scan(node, dtypes, names)
+        elif node.op_type == "Loop":
+            carried += _out_of_loop(graph, node, dtypes, names)
     return carried
 
 
@@ -115,7 +121,7 @@ def _out_of_if(node: onnx.NodeProto, dtypes: Mapping[str, int], names: _Names) -
     return carried
 
 
-def _out_of_loop(node: onnx.NodeProto, dtypes: Mapping[str, int], names: _Names) -> list[_Carried]:
+def _out_of_scan(node: onnx.NodeProto, dtypes: Mapping[str, int], names: _Names) -> list[_Carried]:
     body = next((a.g for a in node.attribute if a.name == "body"), None)
     if body is None:
         return []
@@ -124,12 +130,73 @@ def _out_of_loop(node: onnx.NodeProto, dtypes: Mapping[str, int], names: _Names)
         _leave(body, name, dtypes[inner], names)
         out = names.fresh(f"{inner}.out")
         node.output.append(out)
-        carried.append((out, inner, stacked + 1))
-    if node.op_type == "Scan":
-        for attribute in node.attribute:  # per scan output, when given: new ones stack on axis 0
-            if attribute.name in ("scan_output_axes", "scan_output_directions"):
-                attribute.ints.extend([0] * len(carried))
+        carried.append((out, inner, None if stacked is None else stacked + 1))
+    for attribute in node.attribute:  # per scan output, when given: new ones stack on axis 0
+        if attribute.name in ("scan_output_axes", "scan_output_directions"):
+            attribute.ints.extend([0] * len(carried))
     return carried
+
+
+def _out_of_loop(
+    graph: onnx.GraphProto, node: onnx.NodeProto, dtypes: Mapping[str, int], names: _Names
+) -> list[_Carried]:
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    if body is None:
+        return []
+    values = _in_body(body, dtypes, names)
+    if not values:
+        return []
+    # Loop: inputs (M, cond, carried...), body inputs (i, cond, carried...), body outputs
+    # (cond, carried..., scan...), outputs (carried..., scan...). New carried values go after the
+    # existing ones.
+    count = len(node.input) - 2
+    flat = names.fresh("mpqc.flat")
+    body.node.append(
+        helper.make_node(
+            "Constant",
+            [],
+            [flat],
+            name=flat,
+            value=helper.make_tensor(flat, onnx.TensorProto.INT64, [1], [-1]),
+        )
+    )
+    new_inputs, new_outputs, outer_outputs, carried = [], [], [], []
+    at = list(graph.node).index(node)
+    for name, inner, _ in values:
+        dtype = dtypes[inner]
+        start, before, row, after = (
+            names.fresh(f"{inner}.{part}") for part in ("none", "seen", "row", "seen")
+        )
+        graph.node.insert(
+            at,
+            helper.make_node(
+                "Constant", [], [start], name=start, value=helper.make_tensor(start, dtype, [0], [])
+            ),
+        )
+        at += 1
+        node.input.append(start)
+        new_inputs.append(helper.make_tensor_value_info(before, dtype, [None]))
+        body.node.append(helper.make_node("Reshape", [name, flat], [row], name=row))
+        body.node.append(helper.make_node("Concat", [before, row], [after], name=after, axis=0))
+        new_outputs.append(helper.make_tensor_value_info(after, dtype, [None]))
+        out = names.fresh(f"{inner}.out")
+        outer_outputs.append(out)
+        carried.append((out, inner, None))
+    _insert(body.input, 2 + count, new_inputs)
+    _insert(body.output, 1 + count, new_outputs)
+    outputs = list(node.output)
+    del node.output[:]
+    node.output.extend(outputs[:count] + outer_outputs + outputs[count:])
+    return carried
+
+
+def _insert(field, index: int, items: list) -> None:
+    """Insert ``items`` into the repeated message field ``field`` at ``index``."""
+    kept = [type(item)() for item in field]
+    for copy, item in zip(kept, field, strict=True):
+        copy.CopyFrom(item)
+    del field[:]
+    field.extend(kept[:index] + items + kept[index:])
 
 
 class _Names:

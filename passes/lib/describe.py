@@ -170,7 +170,8 @@ def _observed_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the
     like); a body's values are carried out of it (``bodies.expose``) and read without the
-    iteration axes, where the sample reaches them."""
+    iteration axes, where the sample reaches them (a Loop's come out flattened: their shape is not
+    read)."""
     main = {out for node in proto.graph.node for out in node.output}
     dtypes = {
         value.name: value.dtype.value
@@ -199,7 +200,8 @@ def _observed_shapes(
         if name not in exposed.outputs:
             if name in names:
                 shapes[name] = tuple(np.shape(value))
-        elif np.size(value):  # (empty: the sample never ran the body that computes it)
+        elif np.size(value) and exposed.outputs[name][1] is not None:
+            # (empty: the sample never ran the body that computes it; None: a Loop flattened it)
             inner, stacked = exposed.outputs[name]
             shapes[inner] = tuple(np.shape(value))[stacked:]
     return shapes

@@ -131,7 +131,8 @@ class LowerQDQPass(Pass):
         by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
         emitter = Emitter(model.graph, options.act_signed)
         ranges_missing, weights_only = False, []
-        calibrated = _calibrated(model.graph)
+        calibrated = _observed([model.graph])
+        bodies_observed = _observed(list(model.graph.subgraphs()))
         narrowed = set()
         kernels = {}
         for plan in plans:
@@ -151,7 +152,7 @@ class LowerQDQPass(Pass):
                     facts[plan.name], plan.wbits, FLOAT_BITS
                 ).kernel.value
                 if layer.in_subgraph and calibrated:
-                    weights_only.append(_never_ran(layer))
+                    weights_only.append(_unranged(layer, bodies_observed))
                 else:
                     ranges_missing = True
             if quantize_first:
@@ -174,8 +175,8 @@ class LowerQDQPass(Pass):
             )
         if weights_only:
             self.context.note(
-                f"lower-qdq: {len(weights_only)} layer(s) in bodies that never ran on the "
-                "calibration data quantize their weights only; mpqc.report weights_only names them"
+                f"lower-qdq: {len(weights_only)} layer(s) in bodies have no calibrated input range "
+                "and quantize their weights only; mpqc.report weights_only says why"
             )
         self._report(model, len(plans), left_float, weights_only, kernels)
         return ir.passes.PassResult(model, modified=True)
@@ -255,22 +256,28 @@ class LowerQDQPass(Pass):
         return lowered
 
 
-def _calibrated(graph: ir.Graph) -> bool:
-    """Whether calibrate observed the main graph (then a body tensor without a range is one the
-    calibration data never reached)."""
-    values = [*graph.inputs, *(out for node in graph for out in node.outputs)]
+def _observed(graphs: list[ir.Graph]) -> bool:
+    """Whether calibrate observed any tensor of ``graphs``."""
+    values = [v for g in graphs for v in (*g.inputs, *(out for node in g for out in node.outputs))]
     return any(annotations.CALIB_RANGE.has(value) for value in values)
 
 
-def _never_ran(layer: Layer) -> dict[str, str]:
-    """The report line of a body layer the calibration data never reached."""
+def _unranged(layer: Layer, bodies_observed: bool) -> dict[str, str]:
+    """The report line of a body layer without an input range though calibrate ran: its body never
+    ran on the data, or (``bodies_observed`` False) no body tensor could be observed at all."""
     host, attribute = layer.scope[-1]
-    body = {"then_branch": "then branch", "else_branch": "else branch"}.get(attribute, "body")
-    runs = "ran" if host.op_type == "If" else "ran an iteration"
-    reason = (
-        f"the {body} of {host.op_type} '{node_name(host)}' never {runs} on the calibration "
-        "data, so its input has no range: weights only"
-    )
+    if bodies_observed:
+        body = {"then_branch": "then branch", "else_branch": "else branch"}.get(attribute, "body")
+        runs = "ran" if host.op_type == "If" else "ran an iteration"
+        reason = (
+            f"the {body} of {host.op_type} '{node_name(host)}' never {runs} on the calibration "
+            "data, so its input has no range: weights only"
+        )
+    else:
+        reason = (
+            "calibrate could not observe the tensors inside bodies (its note says why), so its "
+            "input has no range: weights only"
+        )
     return {"layer": layer.name, "op": layer.node.op_type, "reason": reason}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from models import control_flow, random_inputs, run_ort
+from models import build, control_flow, random_inputs, run_ort
 
 import mpqc
 from mpqc import hwspecs
@@ -37,8 +37,11 @@ def _samples(count: int, seed: int = 1, go: bool | None = None) -> list[dict[str
     return samples
 
 
-def _calibrated(samples: list[dict[str, np.ndarray]]) -> tuple[ir.Model, CompileContext]:
-    model = control_flow()
+def _calibrated(
+    samples: list[dict[str, np.ndarray]], model: ir.Model | None = None
+) -> tuple[ir.Model, CompileContext]:
+    """``model`` (default: ``control_flow()``) canonicalized and calibrated on ``samples``."""
+    model = model or control_flow()
     context = CompileContext(calibration=CalibrationData(tuple(samples)))
     PassManager(build_pipeline("canonicalize,calibrate", context))(model)
     return model, context
@@ -65,11 +68,12 @@ def test_the_layers_inside_bodies_have_scoped_names_where_their_host_stands() ->
 
 
 def test_exposed_body_values_are_what_the_body_computes() -> None:
-    """A Loop's value stacks its iterations; an If branch that did not run gives an empty tensor."""
+    """A Loop's value gathers its trips; an If branch that did not run gives an empty tensor."""
     model = control_flow()
     proto = ir.to_proto(model)
     exposed = expose(proto, {"m": onnx.TensorProto.FLOAT, "flipped": onnx.TensorProto.FLOAT})
-    assert sorted(exposed.outputs.values()) == [("flipped", 0), ("m", 1)]
+    assert exposed.outputs["flipped.out"] == ("flipped", 0)
+    assert exposed.outputs["m.out"] == ("m", None)  # a Loop's trips, flattened
     names = list(exposed.outputs)
     (sample,) = _samples(1, go=True)
     got = dict(zip(names, run_ort(exposed.proto, sample, "basic")[-2:], strict=True))
@@ -79,7 +83,7 @@ def test_exposed_body_values_are_what_the_body_computes() -> None:
     for _ in range(3):
         steps.append(h @ onnx.numpy_helper.to_array(wl))
         h = np.tanh(steps[-1])
-    np.testing.assert_allclose(by_value["m"], np.stack(steps), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_value["m"], np.concatenate(steps, None), rtol=1e-5, atol=1e-6)
     assert by_value["flipped"].size == 0  # the else branch did not run
 
 
@@ -217,3 +221,49 @@ def test_orthogonality_refuses_a_layer_whose_branch_is_skipped() -> None:
     model, context = _calibrated(_samples(4, go=True))
     with pytest.raises(PassInputError, match=r"layer 'c/else/ce' does not run on every"):
         PassManager(build_pipeline("sensitivity-orthogonality", context))(model)
+
+
+NESTED = """
+<ir_version: 10, opset_import: ["" : 17]>
+nested (float[1,8] x) => (float[1,8] y) {
+  y = Loop (trips, go, x) <body = step (int64 i, bool c, float[1,8] h) => (bool c2, float[1,8] ho) {
+      c2 = Identity(c)
+      two = Constant <value = int64 {2}> ()
+      r = Mod(i, two)
+      zero = Constant <value = int64 {0}> ()
+      even = Equal(r, zero)
+      ho = If (even) <
+        then_branch = t () => (float[1,8] a) { a = MatMul(h, wa) },
+        else_branch = e () => (float[1,8] b) {
+          b0 = MatMul(h, wb)
+          b = Tanh(b0)
+        }
+      >
+  }>
+}
+"""
+
+
+def test_an_if_that_takes_turns_inside_a_loop_is_calibrated_and_quantized() -> None:
+    """The branches alternate from trip to trip: each gets its range from the trips it ran."""
+    proto = build(
+        NESTED,
+        {"wa": (8, 8), "wb": (8, 8)},
+        arrays={"trips": np.array(4, np.int64), "go": np.array(True)},
+    )
+    samples = random_inputs(proto, 4)
+    result = mpqc.compile(
+        proto, mpqc.CompileOptions(hw="x86_avx2", calibration=samples, uniform="w8a8")
+    )
+    onnx.checker.check_model(result.model, full_check=True)
+    assert "weights_only" not in result.report["lower-qdq"]
+    assert {row.layer: row.chosen for row in result.explanation.rows} == {
+        "y/body/ho/then/a": "w8a8",
+        "y/body/ho/else/b0": "w8a8",
+    }
+    model, _ = _calibrated(samples, ir.from_proto(proto))
+    evaluator = Evaluator(model, samples, wbits=(8,), spec=hwspecs.load("x86_avx2"))
+    expected = evaluator.run(dict.fromkeys(evaluator.layers, (8, 8)))
+    for sample, want in zip(samples, expected, strict=True):
+        (got,) = run_ort(result.model, sample, "basic")
+        assert np.abs(got - want[0]).max() <= 1e-5 * np.abs(want[0]).max()
