@@ -90,15 +90,22 @@ class OptimizedGraph:
         self.proto = proto
         self._users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
         self._producer: dict[str, onnx.NodeProto] = {}
-        for node in proto.graph.node:
+        self._index(proto.graph)
+
+    def _index(self, graph: onnx.GraphProto) -> None:
+        """Every node of ``graph`` and of its bodies (names are unique across scopes)."""
+        for node in graph.node:
             for name in dict.fromkeys(node.input):
                 if name:
                     self._users[name].append(node)
             for name in node.output:
                 self._producer[name] = node
+            for attribute in node.attribute:
+                for body in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                    self._index(body)
 
     def runs(self, layer: ir.Node) -> Fused | None:
-        """What runs ``layer`` (a node of the lowered main graph holding a stored weight), or None
+        """What runs ``layer`` (a node of the lowered model holding a stored weight), or None
         when it cannot be told apart in the optimized graph (a weight or an input shared by
         several layers that onnxruntime rewrote)."""
         stored = layer.inputs[0 if layer.op_type in _TABLES else 1]

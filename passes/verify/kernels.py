@@ -4,9 +4,9 @@ The size of a quantized model is in the file; its speed is in the kernels onnxru
 has fused the Q/DQ patterns, and a layer the search chose at low bits that ends up as a
 DequantizeLinear feeding a float kernel saves bytes and costs time. So after lowering, ``verify``
 reads onnxruntime's optimized graph (``passes/lib/fusion.py``, the same rule the plan's test
-checks against) and lists, for each layer of the main graph with quantized weights: its bits, the
-op onnxruntime runs and its kind (``Kernel``), and the kernel the lowering plan named for it
-(``lower-qdq``'s ``kernels``, what the cost pass priced).
+checks against) and lists, for each layer with quantized weights (inside If/Loop/Scan bodies too,
+by its scoped name): its bits, the op onnxruntime runs and its kind (``Kernel``), and the kernel the
+lowering plan named for it (``lower-qdq``'s ``kernels``, what the cost pass priced).
 
 A warning, with its reason, goes with every layer that runs as DequantizeLinear + float and every
 layer whose kernel is not the plan's: both mean the predicted latency is not what runs.
@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations
+from mpqc.ir.layers import scoped_nodes
 from mpqc.passes.lib.fusion import OptimizedGraph
 from mpqc.passes.lib.plan import Kernel, fusable
 
@@ -32,19 +33,19 @@ DEQUANTIZE_FLOAT = "DequantizeLinear + float"
 _TABLES = frozenset({"Gather"})
 
 
-def quantized_layers(model: ir.Model) -> list[ir.Node]:
-    """The main graph's layers with quantized weights (the nodes ``mpqc.bits`` annotates)."""
-    return [node for node in model.graph if _quantized(node)]
+def quantized_layers(model: ir.Model) -> list[tuple[str, ir.Node]]:
+    """(scoped name, node) of the layers with quantized weights (the nodes ``mpqc.bits``
+    annotates), inside If/Loop/Scan bodies too."""
+    return [(name, node) for name, node in scoped_nodes(model.graph) if _quantized(node)]
 
 
 def kernel_report(
-    layers: list[ir.Node], optimized: OptimizedGraph, planned: Mapping[str, str]
+    layers: list[tuple[str, ir.Node]], optimized: OptimizedGraph, planned: Mapping[str, str]
 ) -> dict[str, Any]:
-    """``{"layers": [...], "warnings": [...]}`` for ``layers`` in onnxruntime's ``optimized``
-    graph; ``planned``: the plan's kernel by layer name."""
+    """``{"layers": [...], "warnings": [...]}`` for ``layers`` (``quantized_layers``) in
+    onnxruntime's ``optimized`` graph; ``planned``: the plan's kernel by layer name."""
     rows, warnings = [], []
-    for node in layers:
-        name = node.name or node.outputs[0].name or node.op_type
+    for name, node in layers:
         chosen = annotations.BITS.get(node)
         assert chosen is not None
         bits = Bits(int(chosen["w"]), int(chosen["a"]))

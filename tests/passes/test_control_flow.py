@@ -142,6 +142,8 @@ def test_w8a8_quantizes_inside_every_body_and_stays_close_to_float() -> None:
     assert "weights_only" not in result.report["lower-qdq"]
     bits = {row.layer: row.chosen for row in result.explanation.rows}
     assert bits == dict.fromkeys(LAYERS, "w8a8")
+    kernels = {row["layer"]: row["runs"] for row in result.report["verify"]["kernels"]["layers"]}
+    assert kernels["h/body/m"] == "QLinearMatMul" and sorted(kernels) == sorted(LAYERS)
     for sample in _samples(4, seed=7):
         for want, got in zip(run_ort(proto, sample), run_ort(result.model, sample), strict=True):
             assert _sqnr(want, got) > 25
