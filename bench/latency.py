@@ -7,7 +7,7 @@ budgets — and each one is
 
 * *predicted*: the cost pass's total, ``mpqc.cost.total.fixed.latency_s`` plus the chosen entry's
   ``latency_s`` of every layer (exactly the sum the search minimizes), for the bundled spec of this
-  CPU and for a spec ``mpqc-hw profile`` fitted here;
+  CPU and for ``--hw auto``, the spec ``mpqc-hw profile`` fits on this machine (once, cached);
 * *measured*: onnxruntime's CPU provider, one intra-op thread, full graph optimization, the median
   of interleaved repeats after warm-up (``mpqc.hwspecs.kernels.measure_models``): the configurations
   of one model take turns, so a burst of load from another process slows them alike.  Both the CPU
@@ -315,22 +315,6 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def profiled_spec(path: pathlib.Path, log: Callable[[str], None]) -> hwspecs.HardwareSpec:
-    """The spec ``mpqc-hw profile`` fits on this machine, profiled once into ``path``."""
-    if not path.exists():
-        from mpqc.hwspecs import profiling
-        from mpqc.hwspecs.machine import base_for_machine
-
-        log(f"profiling this machine into {path} ...")
-        base = base_for_machine()
-        document = profiling.profile(base, threads=1, quick=False, log=log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        profiling.write_spec(
-            document, path, "Written by bench.latency (mpqc-hw profile, 1 thread); see provenance."
-        )
-    return hwspecs.load(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.latency", description=__doc__.splitlines()[0]
@@ -344,12 +328,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--spec",
         default=None,
         help="bundled spec to compare (default: this machine's, as mpqc-hw profile picks)",
-    )
-    parser.add_argument(
-        "--profiled",
-        type=pathlib.Path,
-        default=pathlib.Path.home() / ".cache" / "mpqc-bench" / "latency" / "profiled.yaml",
-        help="fitted spec (profiled here first if missing)",
     )
     parser.add_argument("--mixes", type=int, default=4, help="random per-layer mixes per model")
     parser.add_argument(
@@ -370,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpqc.hwspecs.machine import base_for_machine
 
     bundled = args.spec or base_for_machine()
-    specs = {bundled: hwspecs.load(bundled), "profiled": profiled_spec(args.profiled, log)}
+    specs = {bundled: hwspecs.load(bundled), "auto": hwspecs.load("auto")}
     load_before = load_average()
     rows: list[Row] = []
     for name in args.models.split(","):

@@ -216,7 +216,10 @@ def add_compilation_arguments(parser: argparse.ArgumentParser, hw_required: bool
     parser.add_argument(
         "--hw",
         required=hw_required,
-        help="hardware spec: a bundled name (see mpqc-hw list) or a .yaml path",
+        help=(
+            "hardware spec: a bundled name (see mpqc-hw list), a .yaml path, or auto: this "
+            "machine, profiled once (about a minute) and cached"
+        ),
     )
     parser.add_argument(
         "--calib",

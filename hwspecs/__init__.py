@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from mpqc.hwspecs import native
 from mpqc.hwspecs.cost import Cost, CostModel, LayerDesc
 from mpqc.hwspecs.errors import SpecError, UnsupportedPrecisionError
 from mpqc.hwspecs.loader import load_path, locate, names
@@ -38,13 +39,17 @@ def _load_cached(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
 
 
 def load(name_or_path: str | Path | HardwareSpec) -> HardwareSpec:
-    """A bundled spec by name (``"x86_avx2"``) or YAML path; a ``HardwareSpec`` passes through.
+    """A bundled spec by name (``"x86_avx2"``), ``"auto"`` (this machine, profiled once:
+    ``native``) or a YAML path; a ``HardwareSpec`` passes through.
 
     Specs are immutable, so loading the same unchanged file twice returns the same object.
     """
     if isinstance(name_or_path, HardwareSpec):
         return name_or_path
-    path = locate(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in native.NAMES:
+        path = native.profiled()
+    else:
+        path = locate(name_or_path)
     stat = path.stat()
     return _load_cached(path, stat.st_mtime_ns, stat.st_size)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mpqc.hwspecs.errors import SpecError
 
-__all__ = ["VNNI_FLAGS", "base_for_machine", "cpu_name", "vnni_flags"]
+__all__ = ["VNNI_FLAGS", "base_for_machine", "cpu_flags", "cpu_name", "vnni_flags"]
 
 #: x86 flags of the int8 dot-product instructions onnxruntime's integer kernels use.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
@@ -30,13 +30,18 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags this CPU reports (x86 ``flags``, Arm ``Features``; none without
+    /proc/cpuinfo)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 def vnni_flags() -> tuple[str, ...]:
     """The VNNI flags this CPU reports (none on a CPU without VNNI, or without /proc/cpuinfo)."""
-    flags: set[str] = set()
-    for line in _cpuinfo().splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
+    flags = cpu_flags()
     return tuple(flag for flag in VNNI_FLAGS if flag in flags)
 
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from mpqc import hwspecs
 from mpqc.core.errors import UsageError
-from mpqc.hwspecs import HardwareSpec, SpecError, UnsupportedPrecisionError
+from mpqc.hwspecs import HardwareSpec, SpecError, UnsupportedPrecisionError, native
 from mpqc.hwspecs.units import format_quantity
 
 PROG = "mpqc-hw"
@@ -100,6 +100,9 @@ def _list(args: argparse.Namespace) -> int:
             spec.description if len(spec.description) <= 64 else spec.description[:61] + "..."
         )
         table.add_row(name, reference, str(len(spec.supported_pairs())), description)
+    cached = native.cache_path()
+    state = f"profiled: {cached}" if cached.is_file() else "profiled on first use (about a minute)"
+    table.add_row("auto", "", "", f"this machine, {state}")
     _console().print(table)
     return 0
 
