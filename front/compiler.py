@@ -103,10 +103,13 @@ def compile(
         lowering = Snapshot(before="lower-qdq")
         watching.append(lowering)
     text = Pipeline(options.pipeline_text(), context).expanded()
+    # measuring is one step more, watched like the passes (progress, timing)
+    measuring: list[Instrument] = [timing]
     if options.progress:
-        progress = Progress(len(parse_pipeline(text)))
+        progress = Progress(len(parse_pipeline(text)) + options.measure)
         context.progress = progress
         watching.append(progress)
+        measuring.append(progress)
     reference = None
     if options.measure:
         reference = FloatReference(text, working)
@@ -115,7 +118,9 @@ def compile(
     result_ir = pipeline.run_ir(working)
     measurement = None
     if reference is not None:
-        measurement = measure(reference, result_ir, context, text, options.measure_seconds)
+        measurement = measure(
+            reference, result_ir, context, text, options.measure_seconds, measuring
+        )
     if lowering is not None and lowering.model is None:
         raise PassInputError("needs a pipeline that lowers (lower-qdq)", field="plan_out")
     if snapshot is not None and snapshot.model is None:

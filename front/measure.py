@@ -21,6 +21,7 @@ written: the sessions load from memory. Numbers from one machine never enter the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from mpqc.hwspecs.machine import base_for_machine, cpu_name, vnni_flags
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, PassInputError, format_pipeline, resolve_pipeline
 from mpqc.passes.analysis.cost import CostPass, predicted_total
+from mpqc.passes.infra.instruments import Instrument
 from mpqc.passes.lib.describe import static_shapes
 from mpqc.pipeline import Pipeline
 
@@ -138,15 +140,40 @@ class FloatReference:
         return self.model
 
 
+class _Step:
+    """How measuring shows to the instruments that watch passes (progress, timing)."""
+
+    name = "measure"
+
+
 def measure(
     reference: FloatReference,
     emitted: ir.Model,
     context: CompileContext,
     pipeline: str,
     seconds: float = DEFAULT_SECONDS,
+    instruments: Sequence[Instrument] = (),
 ) -> Measurement:
     """Time ``emitted`` (what ``pipeline`` made in ``context``) against the float model
-    ``reference`` kept and its uniform w8a8 lowering, and predict all three."""
+    ``reference`` kept and its uniform w8a8 lowering, and predict all three; ``instruments``
+    see it as one more step, ``measure``."""
+    step = _Step()
+    for instrument in instruments:
+        instrument.run_before_pass(step, emitted)  # type: ignore[arg-type]
+    measurement = _measure(reference, emitted, context, pipeline, seconds)
+    done = ir.passes.PassResult(emitted, modified=False)
+    for instrument in instruments:
+        instrument.run_after_pass(step, emitted, done)  # type: ignore[arg-type]
+    return measurement
+
+
+def _measure(
+    reference: FloatReference,
+    emitted: ir.Model,
+    context: CompileContext,
+    pipeline: str,
+    seconds: float,
+) -> Measurement:
     chosen = _chosen_bits(emitted)
     quiet = dataclasses.replace(
         context,

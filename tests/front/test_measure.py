@@ -50,6 +50,8 @@ def test_three_models_measured_and_predicted(searched) -> None:
     assert set(speedups) == {"float", "uniform w8a8"}
     assert all(measured > 0 and predicted > 0 for measured, predicted in speedups.values())
     assert json.loads(json.dumps(measurement.to_json()))["rows"][0]["model"] == "mpqc"
+    # measuring is one more step for the instruments that watch passes (the report's timings)
+    assert [name for name, _ in searched.timing][-2:] == ["verify", "measure"]
 
 
 def test_measuring_leaves_the_emitted_model_as_it_was(searched) -> None:
