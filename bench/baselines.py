@@ -7,8 +7,9 @@ in the same loop with the same data, metrics and timers.
 
 The onnxruntime recipes are the peers' strongest and most common ones (see shared/PEERS.md):
 ``quantize_static`` QDQ with per-channel int8 weights and MinMax ranges, after
-``quant_pre_process``, with signed or unsigned 8-bit activations; the Conv+MatMul-only variant;
-``quantize_dynamic``; and 4-bit weight-only ``MatMulNBits`` (block 32).
+``quant_pre_process``, with signed or unsigned 8-bit activations; the careful recipe (u8s8 on
+Conv, ConvTranspose, Gemm and MatMul only, ``reduce_range`` on CPUs without VNNI, as onnxruntime
+advises there); ``quantize_dynamic``; and 4-bit weight-only ``MatMulNBits`` (block 32).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from bench import machine
 from bench.tasks.base import Inputs
 
 
@@ -118,8 +120,11 @@ def preprocessed(float_model: Path, folder: Path) -> Path:
     return output
 
 
-def ort_static(activation: str, op_types: Sequence[str] | None = None) -> QuantizeFn:
-    """``quantize_static`` QDQ, per-channel int8 weights, MinMax, activations ``u8`` or ``s8``."""
+def ort_static(
+    activation: str, op_types: Sequence[str] | None = None, reduce_range: bool = False
+) -> QuantizeFn:
+    """``quantize_static`` QDQ, per-channel int8 weights, MinMax, activations ``u8`` or ``s8``;
+    ``reduce_range`` keeps weights to 7 bits (onnxruntime's advice for u8s8 without VNNI)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     activation_type = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[activation]
@@ -137,6 +142,7 @@ def ort_static(activation: str, op_types: Sequence[str] | None = None) -> Quanti
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 op_types_to_quantize=list(op_types) if op_types else None,
+                reduce_range=reduce_range,
             )
 
     return quantize
@@ -173,10 +179,15 @@ FLOAT = Recipe("float", None, "the prepared float model (opset >= 13)")
 RECIPES[FLOAT.name] = FLOAT
 register_tool("ort-s8s8", ort_static("s8"), "quantize_static QDQ s8s8 per-channel MinMax")
 register_tool("ort-u8s8", ort_static("u8"), "quantize_static QDQ u8s8 per-channel MinMax")
+#: The recipe a careful onnxruntime user picks (issue 15), the one mpqc's rows are measured against.
+CAREFUL = "ort-careful"
+CAREFUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 register_tool(
-    "ort-u8s8-conv-matmul",
-    ort_static("u8", ("Conv", "MatMul")),
-    "quantize_static QDQ u8s8, op_types_to_quantize=[Conv, MatMul]",
+    CAREFUL,
+    ort_static("u8", CAREFUL_OPS, reduce_range=machine.reduce_range()),
+    "quantize_static QDQ u8s8 per-channel MinMax, op_types_to_quantize=["
+    + ", ".join(CAREFUL_OPS)
+    + f"], reduce_range={machine.reduce_range()}",
 )
 register_tool("ort-dynamic", ort_dynamic, "quantize_dynamic (int8 weights, dynamic activations)")
 register_tool(

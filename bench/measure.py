@@ -5,7 +5,9 @@ inputs, after warm-up, with ``intra_op_num_threads`` pinned (1 and 2 in the benc
 inter-op thread, full graph optimization. On a shared machine the absolute numbers drift with the
 load, so each repeat also times the float model right next to the candidate (alternating which goes
 first) and the ratio to float is the median of those back-to-back ratios: that number survives a
-busy machine far better than two absolute medians taken minutes apart.
+busy machine far better than two absolute medians taken minutes apart. With one intra-op thread
+onnxruntime runs the graph on the calling thread, so 1-thread times are that thread's CPU time,
+which another process's load does not inflate; with two threads they are wall clock.
 """
 
 from __future__ import annotations
@@ -61,11 +63,14 @@ class Latency:
     vs_reference: float
 
 
-def _seconds_per_pass(sess: ort.InferenceSession, inputs: Sequence[Inputs]) -> float:
-    start = time.perf_counter()
+def _seconds_per_pass(sess: ort.InferenceSession, inputs: Sequence[Inputs], threads: int) -> float:
+    """One pass over ``inputs``: the calling thread's CPU time with one intra-op thread (the run
+    happens there), wall clock otherwise (the other thread's work would be missed)."""
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    start = clock()
     for sample in inputs:
         sess.run(None, sample)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def paired_latency(
@@ -80,20 +85,20 @@ def paired_latency(
     candidate = session(model, threads)
     baseline = candidate if model == reference else session(reference, threads)
     for _ in range(warmup):
-        _seconds_per_pass(candidate, inputs)
+        _seconds_per_pass(candidate, inputs, threads)
         if baseline is not candidate:
-            _seconds_per_pass(baseline, inputs)
+            _seconds_per_pass(baseline, inputs, threads)
     times, ratios = [], []
     for repeat in range(repeats):
         if baseline is candidate:
-            times.append(_seconds_per_pass(candidate, inputs))
+            times.append(_seconds_per_pass(candidate, inputs, threads))
             ratios.append(1.0)
             continue
         if repeat % 2:
-            base = _seconds_per_pass(baseline, inputs)
-            times.append(_seconds_per_pass(candidate, inputs))
+            base = _seconds_per_pass(baseline, inputs, threads)
+            times.append(_seconds_per_pass(candidate, inputs, threads))
         else:
-            times.append(_seconds_per_pass(candidate, inputs))
-            base = _seconds_per_pass(baseline, inputs)
+            times.append(_seconds_per_pass(candidate, inputs, threads))
+            base = _seconds_per_pass(baseline, inputs, threads)
         ratios.append(times[-1] / base)
     return Latency(statistics.median(times) * 1000 / len(inputs), statistics.median(ratios))

@@ -62,15 +62,6 @@ BEGIN = (
 )
 END = "<!-- suite:end -->"
 SECTION = "## 2. Real models"
-ORT_INT8 = ("ort-s8s8", "ort-u8s8", "ort-u8s8-conv-matmul", "ort-dynamic")
-#: The rows that are mpqc's default pipeline under onnxruntime's int8 size, preferred first.
-DEFAULT_RECIPES = ("mpqc-ilp@1x+recover", "mpqc-ilp@1x")
-#: Measured latency above float by more than this is "slower" (the back-to-back ratio's noise here).
-SLOWER = 1.05
-
-
-def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for row in rows if "error" not in row]
 
 
 def _bits_mix(row: dict[str, Any]) -> str:
@@ -87,6 +78,7 @@ def suite_table(model: dict[str, Any]) -> str:
         "MB",
         "ms 1T",
         "vs float 1T",
+        "vs careful 1T",
         "vs float 2T",
         "pred. ms",
         "quantize s",
@@ -108,6 +100,7 @@ def suite_table(model: dict[str, Any]) -> str:
             _number(row["size_mb"], 2),
             _number(row["latency_ms_1t"], 2),
             _number(row["latency_vs_float_1t"], 2),
+            _number(row.get("latency_vs_careful_1t"), 2),
             _number(row["latency_vs_float_2t"], 2),
             _number(predicted["latency_s"] * 1e3 if predicted else None, 2),
             _number(row.get("quantize_s"), 1),
@@ -118,148 +111,44 @@ def suite_table(model: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _best(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    return max(rows, key=lambda row: row["metrics"][metric], default=None)
-
-
-def aims(model: dict[str, Any]) -> dict[str, Any]:
-    """The issue's four aims on one model, as numbers (points are metric x 100)."""
-    metric = model["metric_names"][0]
-    rows = {row["recipe"]: row for row in model["rows"]}
-    ok = _ok(model["rows"])
-    float_value = rows["float"]["metrics"][metric]
-    search = [row for row in ok if "strategy" in row]
-    anchor = rows.get("ort-u8s8", {})
-    at_size = [row for row in search if row["budget_factor"] == 1.0]
-    w8a8 = rows.get("mpqc-w8a8", {})
-    if (
-        "error" not in w8a8
-        and "error" not in anchor
-        and w8a8
-        and w8a8["size_mb"] <= anchor.get("size_mb", 0)
-    ):
-        at_size.append(w8a8)
-    half = [row for row in search if row["budget_factor"] == 0.5]
-    result: dict[str, Any] = {"metric": metric, "float": float_value}
-    failed_half = [
-        row["error"] for row in model["rows"] if "error" in row and row.get("budget_factor") == 0.5
-    ]
-    for key, candidates, failures in (("at_size", at_size, []), ("half", half, failed_half)):
-        best = _best(candidates, metric)
-        result[key] = (
-            {"failed": failures[0]}
-            if best is None and failures
-            else None
-            if best is None
-            else {
-                "recipe": best["recipe"],
-                "value": best["metrics"][metric],
-                "gap_points": 100 * (float_value - best["metrics"][metric]),
-            }
-        )
-    ort = [rows[name] for name in ORT_INT8 if name in rows and "error" not in rows[name]]
-    fastest_ort = min(ort, key=lambda row: row["latency_vs_float_1t"], default=None)
-    fastest_mpqc = min(at_size, key=lambda row: row["latency_vs_float_1t"], default=None)
-    result["speed"] = (
-        None
-        if fastest_ort is None or fastest_mpqc is None
-        else {
-            "ort": fastest_ort["recipe"],
-            "ort_vs_float": fastest_ort["latency_vs_float_1t"],
-            "mpqc": fastest_mpqc["recipe"],
-            "mpqc_vs_float": fastest_mpqc["latency_vs_float_1t"],
-        }
+def _machine(env: dict[str, Any]) -> str:
+    """``CPU, VNNI or not, onnxruntime X``, from a results file's environment."""
+    if "cpu" not in env:
+        return f"onnxruntime {env['onnxruntime']} (machine not recorded)"
+    vnni = f"VNNI ({', '.join(env['vnni_flags'])})" if env["vnni"] else "no VNNI"
+    return (
+        f"{env['cpu']}, {vnni}, onnxruntime {env['onnxruntime']} "
+        f"(careful recipe reduce_range={env['reduce_range']})"
     )
-    predicted_float = (rows["float"].get("predicted") or {}).get("latency_s")
-    promised = [
-        row
-        for row in ok
-        if row.get("predicted")
-        and predicted_float
-        and row["predicted"]["latency_s"] < predicted_float
-    ]
-    result["slower_than_float"] = [
-        row["recipe"] for row in promised if row["latency_vs_float_1t"] > SLOWER
-    ]
-    result["promised_speedup"] = len(promised)
-    # mpqc's default pipeline is ILP with recover (on by default with calibration data); without,
-    # where not run.
-    default = next(
-        (rows[name] for name in DEFAULT_RECIPES if name in rows and "error" not in rows[name]), None
-    )
-    if default is not None and anchor.get("quantize_s"):
-        result["wall"] = {
-            "recipe": default["recipe"],
-            "ratio": default["quantize_s"] / anchor["quantize_s"],
-        }
-    return result
 
 
-def _gap(entry: dict[str, Any] | None, limit: float) -> str:
-    if entry is None:
-        return "no row"
-    if "failed" in entry:
-        return f"every row failed: {entry['failed'].split(': ', 1)[-1][:110]}"
-    verdict = "met" if entry["gap_points"] <= limit else "not met"
-    return f"{entry['value']:.4f} ({entry['gap_points']:+.2f} pts, {entry['recipe']}): {verdict}"
-
-
-def aims_table(models: dict[str, dict[str, Any]]) -> str:
-    lines = [
-        "| model | metric: float | at ort int8 size (≤ 0.3 pts) | at 0.5x (≤ 1 pt) | "
-        "fastest at ≤ ort size vs fastest ort int8 (1T, vs float) "
-        "| slower than float where a speedup is predicted "
-        "| wall time, default pipeline / ort-u8s8 (≤ 2) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, model in models.items():
-        result = aims(model)
-        speed = result["speed"]
-        speed_text = (
-            "—"
-            if speed is None
-            else (
-                f"{speed['mpqc_vs_float']:.2f} ({speed['mpqc']}) "
-                f"vs {speed['ort_vs_float']:.2f} ({speed['ort']}): "
-                + ("met" if speed["mpqc_vs_float"] <= speed["ort_vs_float"] else "not met")
-            )
-        )
-        slower = result["slower_than_float"]
-        slower_text = f"{len(slower)} of {result['promised_speedup']}" + (
-            f" ({', '.join(slower[:4])}" + (", ..." if len(slower) > 4 else "") + ")"
-            if slower
-            else ""
-        )
-        wall = result.get("wall")
-        wall_text = (
-            "—"
-            if wall is None
-            else (
-                f"{wall['ratio']:.1f}x ({wall['recipe']}): "
-                + ("met" if wall["ratio"] <= 2 else "not met")
-            )
-        )
-        lines.append(
-            f"| {name} | {result['metric']}: {result['float']:.4f} "
-            f"| {_gap(result['at_size'], 0.3)} | {_gap(result['half'], 1.0)} "
-            f"| {speed_text} | {slower_text} | {wall_text} |"
-        )
-    return "\n".join(lines)
+def _commits(rows: list[dict[str, Any]]) -> str:
+    """Which main commit the rows were measured on (rows kept by --resume may be older)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        commit = row.get("main_commit") or "unrecorded"
+        counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) == 1:
+        return f"main {next(iter(counts))}"
+    return "main " + ", ".join(f"{commit} ({n} rows)" for commit, n in counts.items())
 
 
 def suite_section(models: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
     """The generated part of RESULTS.md §2: the aims, then one table and plot per model."""
-    parts = ["### Aims of issue #8, per model", "", aims_table(models)]
+    from bench.aims import aims_table
+
+    parts = ["### Aims of issue 15, per model", "", aims_table(models)]
     for name, model in models.items():
         sizes = model["sizes"]
-        env = model["environment"]
         head = (
             f"### {name} — {model['description']}\n\n"
             f"{model['mode']} run: {sizes['n_eval']} evaluation / "
             f"{sizes['n_calib']} calibration samples (seed {sizes['seed']}), "
-            f"onnxruntime {env['onnxruntime']}, "
-            f"spec `{model['hw']}`; shared analysis `{model['analysis_pipeline']}` took "
-            f"{_number(model.get('analysis_s'), 1)} s (included in every search row's quantize s)."
+            f"{model.get('repeats', 'unrecorded')} latency repeats; "
+            f"{_machine(model['environment'])}; "
+            f"spec `{model['hw']}`; rows from {_commits(model['rows'])}. Shared analysis "
+            f"`{model['analysis_pipeline']}` took {_number(model.get('analysis_s'), 1)} s "
+            "(added to the strategy rows' quantize s)."
         )
         notes = "".join(f"\n- {note}" for note in model.get("notes", []))
         plot = (

@@ -26,6 +26,7 @@ from typing import Any
 import onnx
 import onnxruntime
 
+from bench import machine
 from bench import models as registry
 from bench.baselines import RECIPES, QuantizeRequest, Recipe, mpqc_recipe
 from bench.cache import cache_dir
@@ -48,8 +49,10 @@ def run_recipe(
     workdir: Path,
     reference: Evaluation,
     repeats: int,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """One row of the table: quantize, evaluate, agree with float, size, latency."""
+    """One row of the table: quantize, evaluate, agree with float, size, latency; with a
+    ``baseline`` model (the careful onnxruntime recipe's), 1-thread latency paired with it too."""
     row: dict[str, Any] = {"recipe": recipe.name, "description": recipe.description}
     try:
         if recipe.quantize is None:
@@ -73,6 +76,9 @@ def run_recipe(
             latency = paired_latency(path, float_model, task.latency_inputs(), threads, repeats)
             row[f"latency_ms_{threads}t"] = latency.ms
             row[f"latency_vs_float_{threads}t"] = latency.vs_reference
+        if baseline is not None:
+            latency = paired_latency(path, baseline, task.latency_inputs(), 1, repeats)
+            row["latency_vs_careful_1t"] = latency.vs_reference
     except Exception as exc:  # noqa: BLE001 - a failing recipe is a result, not the end of the run
         message = str(exc).strip().splitlines()
         row["error"] = f"{type(exc).__name__}: {message[0] if message else ''}"
@@ -92,6 +98,8 @@ class Bench:
     workdir: Path
     reference: Evaluation
     repeats: int
+    #: the model later rows are also timed against (the careful onnxruntime recipe's), once made
+    baseline: Path | None = None
 
     @classmethod
     def prepare(
@@ -125,6 +133,7 @@ class Bench:
             self.workdir,
             self.reference,
             self.repeats,
+            self.baseline,
         )
         log(
             f"[{self.model.name}] {recipe.name}: "
@@ -157,13 +166,16 @@ def benchmark_model(
     return bench.table([bench.run(recipe, log) for recipe in recipes])
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, Any]:
+    """Versions, the machine (CPU model, VNNI, the careful recipe's reduce_range), the commit."""
     return {
         "python": platform.python_version(),
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        **machine.describe(),
+        **machine.git_commit(),
     }
 
 

@@ -183,6 +183,10 @@ def test_run_recipe_rows_for_float_ort_and_a_failing_tool(tmp_path, tiny_path, m
         )
     ]
     float_row, ort_row, broken_row = rows
+    paired = run_recipe(
+        baselines.FLOAT, float_model, task, tmp_path, tmp_path, reference, 2, baseline=float_model
+    )
+    assert paired["latency_vs_careful_1t"] == 1.0 and "latency_vs_careful_1t" not in ort_row
     assert float_row["metrics"]["top1_agreement"] == 1.0 and float_row["quantize_s"] is None
     assert float_row["latency_vs_float_1t"] == 1.0 and float_row["size_mb"] == pytest.approx(
         float_model.stat().st_size / 1e6
@@ -237,7 +241,7 @@ def test_quick_benchmark_on_the_orientation_model(tmp_path):
                 "orientation",
                 "--quick",
                 "--recipes",
-                "float,ort-u8s8,ort-u8s8-conv-matmul",
+                "float,ort-u8s8,ort-careful",
                 "--out",
                 str(out),
             ]
@@ -246,7 +250,7 @@ def test_quick_benchmark_on_the_orientation_model(tmp_path):
     )
     results = json.loads(out.read_text())
     rows = {row["recipe"]: row for row in results["models"]["orientation"]["rows"]}
-    assert set(rows) == {"float", "ort-u8s8", "ort-u8s8-conv-matmul"}
+    assert set(rows) == {"float", "ort-u8s8", "ort-careful"}
     assert all("error" not in row for row in rows.values())
     assert rows["float"]["metrics"]["accuracy"] >= 0.75
     assert rows["ort-u8s8"]["size_mb"] < rows["float"]["size_mb"] / 3
