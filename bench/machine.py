@@ -4,51 +4,24 @@ onnxruntime's u8s8 integer kernels add pairs of u8 x s8 products in 16 bits on A
 without VNNI, where they can saturate; its own advice there is ``reduce_range=True`` (7-bit
 weights). With VNNI (``avx512_vnni`` or ``avx_vnni`` among the CPU flags) the products are summed in
 32 bits and the full range is safe. The careful recipe follows that advice, so the machine decides
-the recipe mpqc is compared against, and every result names the machine.
+the recipe mpqc is compared against, and every result names the machine and the commit it ran.
 """
 
 from __future__ import annotations
 
-import platform
 import subprocess
 from pathlib import Path
 
 import onnxruntime
 
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-CPUINFO = Path("/proc/cpuinfo")
+from mpqc.hwspecs.machine import cpu_name, vnni_flags
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cpuinfo(cpuinfo: Path) -> str:
-    try:
-        return cpuinfo.read_text()
-    except OSError:
-        return ""
-
-
-def cpu_model(cpuinfo: Path = CPUINFO) -> str:
-    """The first ``model name`` of ``/proc/cpuinfo`` (the processor string elsewhere)."""
-    for line in _cpuinfo(cpuinfo).splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or platform.machine()
-
-
-def vnni_flags(cpuinfo: Path = CPUINFO) -> list[str]:
-    """The VNNI flags the CPU reports (empty without VNNI, or where there is no /proc/cpuinfo)."""
-    for line in _cpuinfo(cpuinfo).splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            return [flag for flag in VNNI_FLAGS if flag in flags]
-    return []
-
-
-def reduce_range(cpuinfo: Path = CPUINFO) -> bool:
+def reduce_range() -> bool:
     """onnxruntime's advice for u8s8 on this CPU: 7-bit weights unless it has VNNI."""
-    return not vnni_flags(cpuinfo)
+    return not vnni_flags()
 
 
 def git_commit(repo: Path = REPO) -> dict[str, str]:
@@ -70,12 +43,13 @@ def git_commit(repo: Path = REPO) -> dict[str, str]:
     }
 
 
-def describe(cpuinfo: Path = CPUINFO) -> dict[str, object]:
+def describe() -> dict[str, object]:
     """What a result records about the machine: CPU, VNNI, onnxruntime, the careful recipe's
-    reduce_range."""
-    flags = vnni_flags(cpuinfo)
+    reduce_range (the CPU and its flags as mpqc's ``--measure`` and ``mpqc-hw profile`` name
+    them)."""
+    flags = list(vnni_flags())
     return {
-        "cpu": cpu_model(cpuinfo),
+        "cpu": cpu_name(),
         "vnni": bool(flags),
         "vnni_flags": flags,
         "onnxruntime": onnxruntime.__version__,

@@ -45,6 +45,7 @@ from bench.cache import cache_dir
 from bench.mpqc_rows import Analysis, analyse, cli_recipe, explain_row
 from bench.run import Bench, environment
 from bench.tasks.base import TaskSizes
+from mpqc.hwspecs.machine import base_for_machine
 from mpqc.passes.pipelines import search_step
 
 STRATEGIES = ("ilp", "greedy", "eagl", "nsga2", "mohaq", "nemo", "haq", "hago", "ompq")
@@ -436,8 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else list(mode.budgets)
-    from mpqc.hwspecs.profiling import base_for_machine
-
     hw = args.hw or base_for_machine()
     out = args.out or (cache_dir() / "smoke" if args.smoke else RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)

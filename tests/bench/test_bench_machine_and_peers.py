@@ -4,7 +4,6 @@ environment: its failures are a row's one-line reason, never a crash."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -17,24 +16,20 @@ flags\t\t: fpu sse avx2 {extra}
 """
 
 
-def _cpuinfo(tmp_path: Path, extra: str) -> Path:
-    path = tmp_path / "cpuinfo"
-    path.write_text(CPUINFO.format(extra=extra))
-    return path
+def test_vnni_decides_reduce_range_and_the_summary_says_so(monkeypatch) -> None:
+    from mpqc.hwspecs import machine as cpu
 
-
-def test_vnni_decides_reduce_range_and_the_summary_says_so(tmp_path) -> None:
-    plain = _cpuinfo(tmp_path, "avx512f")
-    assert machine.cpu_model(plain) == "Test CPU @ 2.0GHz"
-    assert machine.vnni_flags(plain) == [] and machine.reduce_range(plain)
-    described = machine.describe(plain)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: CPUINFO.format(extra="avx512f"))
+    assert machine.reduce_range()
+    described = machine.describe()
+    assert described["cpu"] == "Test CPU @ 2.0GHz"
     assert described["vnni"] is False and described["reduce_range"] is True
     assert "Test CPU @ 2.0GHz, no VNNI" in machine.summary(described)
     assert "reduce_range=True" in machine.summary(described)
-    vnni = machine.describe(_cpuinfo(tmp_path, "avx512_vnni avx_vnni"))
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: CPUINFO.format(extra="avx512_vnni avx_vnni"))
+    vnni = machine.describe()
     assert vnni["vnni_flags"] == ["avx512_vnni", "avx_vnni"] and vnni["reduce_range"] is False
     assert "VNNI (avx512_vnni, avx_vnni)" in machine.summary(vnni)
-    assert machine.vnni_flags(tmp_path / "missing") == []
 
 
 def test_the_careful_recipe_names_its_ops_and_this_machines_reduce_range() -> None:
