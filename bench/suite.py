@@ -395,6 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--n-calib", type=int, help="calibration samples (default: the model's, or quick's)"
     )
     parser.add_argument("--repeats", type=int, help="latency repeats")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds one mpqc row may take (default: the mode's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data seed (same seed, same data)")
     parser.add_argument(
         "--out", type=Path, help="folder for <model>.json (default bench/results; smoke: the cache)"
@@ -421,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.repeats:
         mode = replace(mode, repeats=args.repeats)
+    if args.timeout:
+        mode = replace(mode, timeout_s=args.timeout)
     if args.ort is not None:
         mode = replace(mode, ort_recipes=(CAREFUL, *_names(args.ort, ())))
     unknown = sorted(set(mode.ort_recipes) - set(RECIPES))
