@@ -68,6 +68,12 @@ class Layer:
         return scoped_name(self.scope, self.node)
 
     @property
+    def output(self) -> ir.Value:
+        """The first output the layer computes: an LSTM/GRU that omits its sequence output
+        (only its last state read) computes the state."""
+        return next((o for o in self.node.outputs if o.name), self.node.outputs[0])
+
+    @property
     def weight(self) -> ir.Value:
         value = self.node.inputs[self.weight_index]
         assert value is not None
@@ -90,8 +96,9 @@ _BODY_NAMES = {"then_branch": "then", "else_branch": "else"}
 
 
 def node_name(node: ir.Node) -> str:
-    """A node's name, else its first output's (exporters leave nodes unnamed)."""
-    return node.name or node.outputs[0].name or "?"
+    """A node's name, else its first named output's (exporters leave nodes unnamed; an LSTM/GRU
+    may omit its first output)."""
+    return node.name or next((o.name for o in node.outputs if o.name), "?")
 
 
 def scoped_name(scope: Sequence[tuple[ir.Node, str]], node: ir.Node) -> str:

@@ -80,9 +80,12 @@ def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node) -> bool:
     out.replace_all_uses_with(conv_out, replace_graph_outputs=True)
     graph.remove(bn, safe=True)
     if output_name is not None:
-        # A graph output keeps its name: callers feed and fetch by it.
+        # A graph output keeps its name, which callers fetch it by, and its declared type and
+        # shape, which onnx may not infer for the Conv (behind a Loop, say) and the checker needs.
         out.name = None
         conv_out.name = output_name
+        conv_out.type = out.type or conv_out.type
+        conv_out.shape = out.shape or conv_out.shape
     return True
 
 

@@ -226,7 +226,7 @@ def _shape(
 def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
     node = layer.node
     weight = layer.weight_array()
-    out_shape = _shape(shapes, node.outputs[0], layer)
+    out_shape = _shape(shapes, layer.output, layer)
     in_shape = (
         _shape(shapes, node.inputs[0], layer)
         if layer.activation_index is not None

@@ -139,14 +139,14 @@ def fusable(wbits: int, abits: int) -> bool:
 
 def output_target(layer: Layer) -> ir.Value | None:
     """The tensor that gets an integer kernel's output quantizer: the layer's output, or the output
-    of a single following Relu; None when that tensor is only the model's result, which stays
-    exactly as the float layer computes it."""
+    of a single following Relu; None when no node reads that tensor: the model's result stays
+    exactly as the float layer computes it, and an output nothing reads (an LSTM's or GRU's
+    sequence when only its last state is used; canonicalize leaves it unnamed) has nothing to
+    feed."""
     out = layer.node.outputs[0]
     uses = out.uses()
     target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
-    if target.is_graph_output() and not target.uses():
-        return None
-    return target
+    return target if target.uses() else None
 
 
 @dataclasses.dataclass(frozen=True)
