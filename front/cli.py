@@ -27,7 +27,6 @@ from mpqc.cli_support import (
     run_command,
 )
 from mpqc.cluster import dask_executor
-from mpqc.core.bits import Bits
 
 if TYPE_CHECKING:
     from mpqc.ir.outputs import Outputs, Staging
@@ -182,8 +181,10 @@ def _tensor_sizes(result: Any) -> str:
 
 
 def _summary(args: argparse.Namespace, result: Any, input_bytes: int, output_bytes: int) -> str:
+    from mpqc.ir import annotations
+
     bits = _layer_bits(result)
-    mix = Counter(Bits(b["w"], b["a"]).text() for b in bits.values())
+    mix = Counter(annotations.chosen_bits(b).text() for b in bits.values())
     verify = result.report.get("verify", {})
     lines = [
         f"mpqc: {args.model or 'embedded digits CNN'} -> {args.output}  (hw {args.hw})",

@@ -196,7 +196,7 @@ def emit_front(
         for layer in mir.quantizable_layers(model.graph):
             if layer.name in point["bits"]:
                 bits = Bits.parse(point["bits"][layer.name])
-                annotations.BITS.set(layer.node, {"w": bits.w, "a": bits.a})
+                annotations.BITS.set(layer.node, annotations.layer_bits(bits))
         lower.run_ir(model)
         size = int(point["objectives"].get("size", 0))
         path = folder / f"{index:02d}_{size}B.onnx"

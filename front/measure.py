@@ -179,8 +179,8 @@ def _measure(
         context,
         notes=[],
         progress=None,
-        wbits=tuple(sorted({*(context.wbits or ()), INT8.w, *(w for w, _ in chosen.values())})),
-        abits=tuple(sorted({*(context.abits or ()), INT8.a, *(a for _, a in chosen.values())})),
+        wbits=tuple(sorted({*(context.wbits or ()), INT8.w, *(b.w for b in chosen.values())})),
+        abits=tuple(sorted({*(context.abits or ()), INT8.a, *(b.a for b in chosen.values())})),
     )
     float_model = reference.prepared(quiet)
     int8 = float_model.clone()
@@ -230,13 +230,13 @@ def _cost(pipeline: str) -> str:
     )
 
 
-def _chosen_bits(model: ir.Model) -> dict[str, tuple[int, int]]:
+def _chosen_bits(model: ir.Model) -> dict[str, Bits]:
     """The emitted layers' bits, by layer name (main graph: the cost pass prices no body)."""
     bits = {}
     for node in model.graph:
         chosen = annotations.BITS.get(node)
         if chosen is not None:
-            bits[node.name or node.outputs[0].name] = (int(chosen["w"]), int(chosen["a"]))
+            bits[node.name or node.outputs[0].name] = annotations.chosen_bits(chosen)
     return bits
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS, Bits
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations
 from mpqc.ir.layers import scoped_nodes
@@ -186,7 +186,7 @@ def final_bits(model: ir.Model) -> dict[str, tuple[str, str]]:
     for name, node in scoped_nodes(model.graph):
         chosen = annotations.BITS.get(node)
         if chosen is not None:
-            pair = Bits(int(chosen["w"]), int(chosen["a"]))
+            pair = annotations.chosen_bits(chosen)
             float_ = pair == (FLOAT_BITS, FLOAT_BITS)
             bits[name] = (
                 node.op_type,

@@ -38,6 +38,10 @@ lowering emits it (``passes/lower/lower_qdq.py``):
   output; an emulated one (4/2-bit on onnxruntime) is dequantized whole, on every run (the spec's
   ``DequantizeLinear(int4)`` overhead per table element, if it has one), unless a packed kernel
   (GatherBlockQuantized) gathers it: then the spec's overhead of that op per gathered element.
+* A dynamic range (``dynamic``: the spec's ``w<W>adyn`` entry, onnxruntime's DynamicQuantizeMatMul)
+  measures and quantizes the float input on every run (the spec's ``DynamicQuantizeLinear``
+  overhead per input element, even inside a run of integer layers) and returns float: no
+  DequantizeLinear after it.
 * A packed kernel (``CostModel.kernel``'s ``packed_kernel``: MatMulNBits) reads the stored low-bit
   weight itself: the float rate on the packed bytes, no per-run unpack, the input's
   Quantize/DequantizeLinear as for any float kernel behind a quantized input.
@@ -174,11 +178,13 @@ class CostModel:
         *,
         act_signed: bool = False,
         packed_kernel: str | None = None,
+        dynamic: bool = False,
     ) -> Cost:
-        """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float; ``packed_kernel``:
-        see ``kernel``.  Raises ``UnsupportedPrecisionError`` when the spec cannot run the pair."""
+        """Cost of ``desc`` at (``wbits``, ``abits``); ``None`` means float; ``packed_kernel``,
+        ``dynamic``: see ``kernel``.  Raises ``UnsupportedPrecisionError`` when the spec cannot run
+        the pair."""
         precision = self.kernel(
-            desc, wbits, abits, act_signed=act_signed, packed_kernel=packed_kernel
+            desc, wbits, abits, act_signed=act_signed, packed_kernel=packed_kernel, dynamic=dynamic
         )
         weight_bytes = self.weight_bytes(desc, wbits)
         act_bytes = self.act_bytes(desc, abits)
@@ -204,14 +210,16 @@ class CostModel:
         *,
         act_signed: bool = False,
         packed_kernel: str | None = None,
+        dynamic: bool = False,
     ) -> Precision:
-        """The pair whose kernel ``layer_cost`` prices for ``desc`` at (``wbits``, ``abits``): its
+        """The pair whose kernel ``layer_cost`` prices for ``desc`` at (``wbits``, ``abits``, with
+        a range measured per run where ``dynamic``): its
         ``kernel_kind`` says float, emulated (a float kernel behind DequantizeLinear), packed or
         integer.  ``packed_kernel`` names the onnxruntime kernel that reads the stored low-bit
         weight itself where the lowering emits one (``Precision.packed_kernel``): a MatMulNBits
         runs at the float rate (on the packed bytes) with no per-run unpack; a
         GatherBlockQuantized costs its ``overheads`` entry per gathered element."""
-        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed))
+        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed, dynamic))
         if packed_kernel is None or precision.is_float:
             return precision
         floating = self.spec.precision(None, None) if self.spec.runs_float else precision
@@ -286,6 +294,8 @@ class CostModel:
         the data-movement ops before it on uint8, and a DequantizeLinear when the kernel is
         float."""
         spec = self.spec
+        if precision.dynamic:
+            return spec.overhead("DynamicQuantizeLinear").time(desc.input_elems)
         seconds = 0.0
         if not (precision.integer_kernel and desc.input_from_layer):
             seconds += spec.overhead("QuantizeLinear").time(desc.input_elems)
@@ -305,7 +315,7 @@ class CostModel:
     def _output_s(self, desc: LayerDesc, precision: Precision) -> float:
         """Getting an integer kernel's output out: back to the graph's layout and a
         DequantizeLinear, unless only integer layers read it."""
-        if not precision.integer_kernel or desc.output_to_layers:
+        if not precision.integer_kernel or precision.dynamic or desc.output_to_layers:
             return 0.0
         seconds = self.spec.overhead("DequantizeLinear").time(desc.output_elems)
         if desc.op_type in self.spec.integer_layout:

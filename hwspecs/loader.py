@@ -195,12 +195,13 @@ def validate_document(path: Path, document: dict[str, Any]) -> None:
 # -- building the spec -----------------------------------------------------------------------------
 
 
-def _pair_bits(key: str) -> tuple[int | None, int | None, bool]:
+def _pair_bits(key: str) -> tuple[int | None, int | None, bool, bool]:
+    """(weight bits, activation bits, signed, dynamic) of a precision key."""
     if key == "float":
-        return None, None, False
+        return None, None, False, False
     # the schema's propertyNames pattern guarantees the form; a spec may list 1-bit pairs
     bits = Bits.parse(key.removesuffix("_signed"), widths=None)
-    return bits.w, bits.a, key.endswith("_signed")
+    return bits.w, bits.a, key.endswith("_signed"), bits.dynamic
 
 
 def _finite(path: Path, field: str, value: Any, amount: float, allowed: str) -> float:
@@ -269,7 +270,7 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
                 "a chain that ends in a native pair",
             )
         entry = entries[key]
-        wbits, abits, signed = _pair_bits(key)
+        wbits, abits, signed, dynamic = _pair_bits(key)
         if wbits is not None and wbits not in weight_bits:
             raise SpecError(
                 path, field, f"weight bits {wbits} not in bits.weights", str(sorted(weight_bits))
@@ -305,6 +306,7 @@ def _precisions(path: Path, doc: dict[str, Any]) -> dict[str, Precision]:
             wbits=wbits,
             abits=abits,
             act_signed=signed,
+            dynamic=dynamic,
             throughput=throughput,
             energy_per_mac=energy,
             emulated_as=None if target is None else target.key,

@@ -27,8 +27,11 @@ from mpqc.core.bits import Bits
 from mpqc.hwspecs.errors import UnsupportedPrecisionError
 
 
-def precision_key(wbits: int | None, abits: int | None, act_signed: bool = False) -> str:
-    """The spec key of a pair: ``float`` or ``w<W>a<A>`` (``_signed`` for signed activations)."""
+def precision_key(
+    wbits: int | None, abits: int | None, act_signed: bool = False, dynamic: bool = False
+) -> str:
+    """The spec key of a pair: ``float`` or ``w<W>a<A>`` (``_signed`` for signed activations),
+    ``w<W>adyn`` for 8-bit activations whose range is measured on every run."""
     if wbits is None and abits is None:
         return "float"
     if wbits is None or abits is None:
@@ -36,7 +39,7 @@ def precision_key(wbits: int | None, abits: int | None, act_signed: bool = False
             f"weight bits {wbits} with activation bits {abits}: "
             "give both as integers, or both None for float"
         )
-    return str(Bits(wbits, abits)) + ("_signed" if act_signed else "")
+    return str(Bits(wbits, abits, dynamic)) + ("_signed" if act_signed else "")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Precision:
     """The widest weight grid the pair's kernel computes exactly, when narrower than ``wbits``: x86
     CPUs without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of
     products into a saturating int16 (2·255·127 overflows), so 8-bit weights must stay on 7 bits."""
+    dynamic: bool = False
+    """The kernel measures its input's range on every run and quantizes it itself (onnxruntime's
+    DynamicQuantizeMatMul: the spec's ``DynamicQuantizeLinear`` overhead per input element), and
+    its output is float (no output quantizer to dequantize)."""
 
     @property
     def native(self) -> bool:
@@ -240,28 +247,38 @@ class HardwareSpec:
         return (None, None) if self.runs_float else (8, 8)
 
     def precision(
-        self, wbits: int | None, abits: int | None, act_signed: bool = False
+        self,
+        wbits: int | None,
+        abits: int | None,
+        act_signed: bool = False,
+        dynamic: bool = False,
     ) -> Precision:
         """The cost entry of a pair, or ``UnsupportedPrecisionError`` naming what the chip runs.
 
         A ``_signed`` entry is used when ``act_signed`` and the spec has one; a spec without it does
-        not distinguish signedness (accelerators), so the plain entry answers.
+        not distinguish signedness (accelerators), so the plain entry answers. A dynamic range
+        (``w8adyn``) is only what the spec lists under that key.
         """
-        found = self._lookup(wbits, abits, act_signed)
+        found = self._lookup(wbits, abits, act_signed, dynamic)
         if found is None:
             supported = [precision_key(w, a) for w, a in self.supported_pairs()] + (
                 ["float"] if self.runs_float else []
             )
             raise UnsupportedPrecisionError(
-                f"spec {self.name!r} cannot run {precision_key(wbits, abits, act_signed)}; "
+                f"spec {self.name!r} cannot run "
+                f"{precision_key(wbits, abits, act_signed, dynamic)}; "
                 f"supported: {', '.join(supported)}"
             )
         return found
 
-    def supports(self, wbits: int | None, abits: int | None) -> bool:
-        return self._lookup(wbits, abits, False) is not None
+    def supports(self, wbits: int | None, abits: int | None, dynamic: bool = False) -> bool:
+        return self._lookup(wbits, abits, False, dynamic) is not None
 
-    def _lookup(self, wbits: int | None, abits: int | None, act_signed: bool) -> Precision | None:
+    def _lookup(
+        self, wbits: int | None, abits: int | None, act_signed: bool, dynamic: bool = False
+    ) -> Precision | None:
+        if dynamic:
+            return self.precisions.get(precision_key(wbits, abits, dynamic=True))
         key = precision_key(wbits, abits, act_signed)
         plain = precision_key(wbits, abits)
         if key in self.precisions or plain in self.precisions:
@@ -296,6 +313,26 @@ class HardwareSpec:
             and self.supports(w, a)
         ]
         return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0]))
+
+    def dynamic_pairs(
+        self,
+        wbits_allowed: list[int] | tuple[int, ...] | None = None,
+        abits_allowed: list[int] | tuple[int, ...] | None = None,
+    ) -> list[Bits]:
+        """The dynamic-range choices the chip runs (``w8adyn``), within the user's lists (the
+        activation list must allow their 8 bits), widest weights first."""
+        return sorted(
+            (
+                Bits(p.wbits, p.abits, True)
+                for p in self.precisions.values()
+                if p.dynamic
+                and p.wbits is not None
+                and p.abits is not None
+                and (wbits_allowed is None or p.wbits in wbits_allowed)
+                and (abits_allowed is None or p.abits in abits_allowed)
+            ),
+            reverse=True,
+        )
 
     # -- memory, overheads, ops --------------------------------------------------------------------
 

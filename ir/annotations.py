@@ -32,6 +32,7 @@ from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 import onnx_ir as ir
 
+from mpqc.core.bits import Bits
 from mpqc.ir.io import ModelError
 
 __all__ = [
@@ -50,7 +51,9 @@ __all__ = [
     "SectionedKey",
     "annotated",
     "canonical_json",
+    "chosen_bits",
     "detail_key",
+    "layer_bits",
     "sensitivity_key",
     "registered_keys",
 ]
@@ -335,11 +338,31 @@ class CalibRange(TypedDict):
     samples: int
 
 
-class LayerBits(TypedDict):
-    """``mpqc.bits``: a layer's weight and activation bits; 32 means float."""
-
+class _Widths(TypedDict):
     w: int
     a: int
+
+
+class LayerBits(_Widths, total=False):
+    """``mpqc.bits``: a layer's weight and activation bits; 32 means float; ``dynamic`` when the
+    activation range is measured on every run (``w8adyn``). (``total=False`` rather than
+    ``NotRequired``, which postponed annotations hide from Python 3.11's TypedDict.)"""
+
+    dynamic: bool
+
+
+def layer_bits(bits: tuple) -> LayerBits:
+    """The ``mpqc.bits`` value of a choice (``core.Bits`` or a plain ``(w, a)`` pair)."""
+    chosen = Bits.of(bits)
+    value: LayerBits = {"w": chosen.w, "a": chosen.a}
+    if chosen.dynamic:
+        value["dynamic"] = True
+    return value
+
+
+def chosen_bits(value: LayerBits) -> Bits:
+    """The choice an ``mpqc.bits`` value records."""
+    return Bits(int(value["w"]), int(value["a"]), bool(value.get("dynamic", False)))
 
 
 class CandidateCost(TypedDict):
@@ -398,7 +421,8 @@ BITS: AnnotationKey[LayerBits] = AnnotationKey(
     "mpqc.bits",
     "node",
     LayerBits,
-    doc="Chosen bits of a quantizable layer: {w, a}; 32 means float.",
+    doc="Chosen bits of a quantizable layer: {w, a}; 32 means float; dynamic: true for a range "
+    "measured on every run.",
 )
 COST: AnnotationKey[dict[str, CandidateCost]] = AnnotationKey(
     "mpqc.cost",

@@ -101,7 +101,7 @@ def encode_problem(problem) -> GraphEncoding:
     sens_scale = max((float(np.max(s)) for s in problem.sensitivity if np.size(s)), default=0.0)
     rows, owner, offsets = [], [], [0]
     for layer, pairs in enumerate(problem.choices):
-        bits = np.log2(np.asarray(pairs, dtype=float)) / _BITS_SCALE
+        bits = np.log2(np.asarray([p[:2] for p in pairs], dtype=float)) / _BITS_SCALE
         parts = [bits]
         for key in cost_keys:
             table = np.asarray(problem.costs[key][layer], dtype=float)

@@ -108,7 +108,7 @@ def edge_choices(problem: Problem, min_bits: int) -> list[list[int]]:
     choices = []
     for members in problem.tie_classes:
         pairs = problem.choices[members[0]]
-        kept = [k for k, (w, a) in enumerate(pairs) if w >= min_bits and a >= min_bits]
+        kept = [k for k, (w, a, *_) in enumerate(pairs) if w >= min_bits and a >= min_bits]
         choices.append(kept or list(range(len(pairs))))
     return choices
 

@@ -138,9 +138,11 @@ class ActionSpace:
 
     def __init__(self, pairs: tuple[tuple[int, int], ...]) -> None:
         self.pairs = pairs
-        self.values = (sorted({w for w, _ in pairs}), sorted({a for _, a in pairs}))
+        self.values = (sorted({p[0] for p in pairs}), sorted({p[1] for p in pairs}))
         # rank[k] = (position of pair k's wbits, position of its abits) in the sorted lists.
-        self.rank = np.array([[self.values[0].index(w), self.values[1].index(a)] for w, a in pairs])
+        self.rank = np.array(
+            [[self.values[0].index(p[0]), self.values[1].index(p[1])] for p in pairs]
+        )
 
     def bin(self, operand: int, action: float) -> int:
         """Position in the operand's sorted list selected by ``action`` ∈ [0, 1] (equal bins)."""

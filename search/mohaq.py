@@ -49,8 +49,8 @@ def weight_levels(problem: Problem) -> np.ndarray:
     distinct weight widths, highest first); -1 where a layer has no such choice."""
     levels = np.full((problem.n_layers, int(problem.n_choices.max())), -1, dtype=np.int64)
     for layer, choices in enumerate(problem.choices):
-        widths = sorted({w for w, _ in choices}, reverse=True)
-        levels[layer, : len(choices)] = [widths.index(w) for w, _ in choices]
+        widths = sorted({p[0] for p in choices}, reverse=True)
+        levels[layer, : len(choices)] = [widths.index(p[0]) for p in choices]
     return levels
 
 

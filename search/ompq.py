@@ -89,7 +89,7 @@ class Ladder:
         for g, members in enumerate(problem.tie_classes):
             choices = problem.choices[members[0]]
             widest_activation: dict[int, int] = {}
-            for k, (w, a) in enumerate(choices):
+            for k, (w, a, *_) in enumerate(choices):
                 if w not in widest_activation or a > choices[widest_activation[w]][1]:
                     widest_activation[w] = k
             widths = np.array(sorted(widest_activation), dtype=float)

@@ -152,7 +152,7 @@ class Problem:
         set_(
             self,
             "choices",
-            tuple(tuple((int(w), int(a)) for w, a in layer) for layer in self.choices),
+            tuple(tuple(Bits.of(choice) for choice in layer) for layer in self.choices),
         )
         n = len(self.layers)
         if n == 0:
@@ -343,14 +343,14 @@ class Problem:
         for pair in pairs:
             indices = []
             for layer in self.choices:
-                at_least = [k for k, (w, a) in enumerate(layer) if w >= pair[0] and a >= pair[1]]
+                at_least = [k for k, p in enumerate(layer) if p[0] >= pair[0] and p[1] >= pair[1]]
                 if not at_least:
                     break
                 indices.append(layer.index(pair) if pair in layer else at_least[-1])
             else:
                 config = np.array(indices, dtype=np.int64)
                 config.setflags(write=False)
-                configs[str(Bits(*pair))] = config
+                configs[str(Bits.of(pair))] = config
         return configs
 
     def safest(self) -> Config:

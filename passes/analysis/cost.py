@@ -1,15 +1,16 @@
 """``cost``: what each layer costs on the target chip at every candidate bit-width.
 
 For every quantizable layer and every (weight bits, activation bits) the spec runs — intersected
-with the user's ``--wbits/--abits`` — it prices the lowering plan (``passes/lib/plan``) in
-``mpqc.cost``: latency, energy and BOPs from the spec's roofline cost model for the pair the plan
-runs (``priced_pair``), and the plan's bytes; plus the float cost. Model totals
-(``mpqc.cost.total``) add what stays float: every other initializer's bytes, every other op's
-overhead and the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction of the
-whole written model, not of the layers alone, and a latency total is what one inference takes.
-A layer inside a Loop or Scan body costs time and energy on every iteration: it is priced times the
-body's trip count where the model fixes it (a Loop's constant ``M``, a Scan's static length), else
-once, with a note; its bytes are stored once (``describe.trip_count``).
+with the user's ``--wbits/--abits``, plus the dynamic-range choices (``w8adyn``) the spec prices
+for the layers that have that form (MatMul, plain Gemm) — it prices the lowering plan
+(``passes/lib/plan``) in ``mpqc.cost``: latency, energy and BOPs from the spec's roofline cost
+model for the pair the plan runs (``priced_pair``), and the plan's bytes; plus the float cost.
+Model totals (``mpqc.cost.total``) add what stays float: every other initializer's bytes, every
+other op's overhead and the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction
+of the whole written model, not of the layers alone, and a latency total is what one inference
+takes. A layer inside a Loop or Scan body costs time and energy on every iteration: it is priced
+times the body's trip count where the model fixes it (a Loop's constant ``M``, a Scan's static
+length), else once, with a note; its bytes are stored once (``describe.trip_count``).
 
 The cost model prices a layer as the lowering emits it, which depends on its neighbours; this pass
 reads them off the graph (``_Neighbourhood``): the activations right after a layer (free inside a
@@ -36,10 +37,10 @@ from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.describe import describe, static_shapes, trip_count
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import (
-    CONTRIB_FORMS,
     Kernel,
     LayerFacts,
     LayerPlan,
+    dynamic_form,
     facts_of,
     plan_layer,
     stored_bytes,
@@ -48,11 +49,11 @@ from mpqc.passes.lib.plan import (
 __all__ = ["CostPass", "candidate_key", "predicted_total", "priced_kernel", "priced_pair"]
 
 
-def candidate_key(wbits: int | None, abits: int | None) -> str:
+def candidate_key(wbits: int | None, abits: int | None, dynamic: bool = False) -> str:
     """A cost table's key: ``float``, or the pair with a float operand counted as 32 bits."""
     if wbits is None and abits is None:
         return "float"
-    return str(Bits(wbits or FLOAT_BITS, abits or FLOAT_BITS))
+    return str(Bits(wbits or FLOAT_BITS, abits or FLOAT_BITS, dynamic))
 
 
 def priced_pair(plan: LayerPlan) -> tuple[int | None, int | None]:
@@ -67,7 +68,7 @@ def priced_pair(plan: LayerPlan) -> tuple[int | None, int | None]:
 
 
 def predicted_total(
-    model: ir.Model, bits: Mapping[str, tuple[int, int]], objective: str = "latency_s"
+    model: ir.Model, bits: Mapping[str, tuple], objective: str = "latency_s"
 ) -> float | None:
     """The cost pass's total of one configuration of ``model`` (priced by this pass): the fixed
     part plus each layer's entry for its ``bits`` (float for a layer not named), the sum the search
@@ -77,8 +78,8 @@ def predicted_total(
         table = annotations.COST.get(layer.node)
         if table is None:
             continue
-        w, a = bits.get(layer.name, (FLOAT_BITS, FLOAT_BITS))
-        entry = table.get(candidate_key(*(None if b == FLOAT_BITS else b for b in (w, a))))
+        chosen = Bits.of(bits.get(layer.name, (FLOAT_BITS, FLOAT_BITS)))
+        entry = table.get("float" if chosen == (FLOAT_BITS, FLOAT_BITS) else str(chosen))
         if entry is None:
             return None
         total += float(entry[objective])
@@ -94,11 +95,10 @@ _PACKED_KERNELS = {
 
 def priced_kernel(plan: LayerPlan) -> str | None:
     """The packed kernel the cost model prices for ``plan`` (``CostModel.kernel``), or None: the
-    pair's own kernel. onnxruntime's own DequantizeLinear -> MatMul fusion counts only where the
-    plan emits the op (it needs float activations, which the cost pass never prices)."""
-    if plan.form not in CONTRIB_FORMS:
-        return None
-    return _PACKED_KERNELS[plan.kernel]
+    pair's own kernel. MatMulNBits where the plan emits it and where onnxruntime fuses a
+    DequantizeLinear -> MatMul into it (16-bit activations; float ones the cost pass never
+    prices)."""
+    return _PACKED_KERNELS.get(plan.kernel)
 
 
 def _priced(
@@ -110,13 +110,21 @@ def _priced(
     trips: int,
     wbits: int | None,
     abits: int | None,
+    dynamic: bool = False,
 ) -> dict[str, object]:
     """One candidate's ``mpqc.cost`` entry: time and energy from the spec's roofline for the pair
     the plan runs, times the ``trips`` one inference runs the layer, size from the plan's bytes."""
     plan = plan_layer(
-        facts, wbits or FLOAT_BITS, abits or FLOAT_BITS, spec=model_cost.spec, layout=layout
+        facts,
+        wbits or FLOAT_BITS,
+        abits or FLOAT_BITS,
+        spec=model_cost.spec,
+        layout=layout,
+        dynamic=dynamic,
     )
-    cost = model_cost.layer_cost(desc, *priced_pair(plan), packed_kernel=priced_kernel(plan))
+    cost = model_cost.layer_cost(
+        desc, *priced_pair(plan), packed_kernel=priced_kernel(plan), dynamic=plan.dynamic
+    )
     return _entry(cost, stored_bytes(layer, plan), trips)
 
 
@@ -145,6 +153,11 @@ class CostPass(Pass):
             "price MatMul/Gemm weights per block of K as lower-qdq{block_size} stores them (0: "
             "per channel)",
         )
+        dynamic: bool = option(
+            True,
+            "offer dynamic activation ranges (w8adyn) to the MatMul/Gemm layers that have the "
+            "form, where the spec prices them",
+        )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.context.hw
@@ -169,17 +182,26 @@ class CostPass(Pass):
                 f"{', '.join(map(str, spec.weight_bits))}, "
                 f"activations {', '.join(map(str, spec.act_bits))}"
             )
+        dynamic_pairs = (
+            spec.dynamic_pairs(self.context.wbits, self.context.abits)
+            if self.options.dynamic
+            else []
+        )
         reference = {"latency_s": 0.0, "energy_j": 0.0, "size": 0.0, "bops": 0.0}
         layout = WeightLayout(block_size=self.options.block_size)
         unknown_trips = set()
+        offered = set()
         for layer, desc in described:
             trips, unknown = trip_count(layer, shapes)
             if unknown is not None:
                 unknown_trips.add(unknown)
-            entry = functools.partial(
-                _priced, layer, facts_of(layer), desc, model_cost, layout, trips
-            )
+            facts = facts_of(layer)
+            entry = functools.partial(_priced, layer, facts, desc, model_cost, layout, trips)
             table = {candidate_key(w, a): entry(w, a) for w, a in pairs}
+            if dynamic_form(facts):
+                for bits in dynamic_pairs:
+                    table[str(bits)] = entry(bits.w, bits.a, True)
+                    offered.add(bits)
             try:
                 table["float"] = entry(None, None)
             except UnsupportedPrecisionError:
@@ -202,7 +224,8 @@ class CostPass(Pass):
                 "reference_pair": candidate_key(*spec.reference_pair),
                 "reference": totals,
                 "fixed": fixed,
-                "candidates": [candidate_key(w, a) for w, a in pairs],
+                "candidates": [candidate_key(w, a) for w, a in pairs]
+                + [str(bits) for bits in dynamic_pairs if bits in offered],
                 "block_size": layout.block_size,
             },
         )

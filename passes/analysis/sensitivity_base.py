@@ -2,8 +2,9 @@
 
 Score format (DESIGN.md, "Sensitivity"): each quantizable layer node gets ``mpqc.sens.<metric>``, a
 dict from candidate to damage (higher = worse). Weights and activations are scored separately, as
-``"w{b}"`` and ``"a{b}"``, because the one-layer-at-a-time measurements behind them are separate and
-a search combines them as it needs; a pass that measures a pair jointly may add ``"w{w}a{a}"``.
+``"w{b}"`` and ``"a{b}"`` (``"adyn"`` for a range measured on every run), because the
+one-layer-at-a-time measurements behind them are separate and a search combines them as it needs;
+a pass that measures a pair jointly may add ``"w{w}a{a}"``.
 Numbers that explain a score (raw entropies, SQNRs, orthogonality weights) go to a side annotation
 ``mpqc.sensinfo.<metric>`` so the score dict holds only candidates and a search can parse every key.
 
@@ -28,6 +29,7 @@ from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.context import Steps
 from mpqc.passes.lib.data import CalibrationData
+from mpqc.passes.lib.plan import dynamic_form, facts_of
 
 __all__ = ["ActivationCandidates", "SensitivityPass", "WeightCandidates"]
 
@@ -86,6 +88,14 @@ class SensitivityPass(Pass):
         return self._candidates(
             "activation", "abits", self.context.abits, hw.act_bits if hw is not None else None
         )
+
+    def dynamic_layers(self, layers: list[Layer]) -> list[Layer]:
+        """The layers whose dynamic-range choice (``adyn``) is worth scoring: those with the form
+        (``plan.dynamic_form``), on a spec that runs it within the user's bit lists."""
+        hw = self.context.hw
+        if hw is None or not hw.dynamic_pairs(self.context.wbits, self.context.abits):
+            return []
+        return [layer for layer in layers if dynamic_form(facts_of(layer))]
 
     def _candidates(
         self, kind: str, field: str, user: Iterable[int] | None, spec: Iterable[int] | None

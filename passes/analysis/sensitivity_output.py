@@ -1,9 +1,11 @@
 """``sensitivity-output``: quantize one layer, run the model, measure how far its output moves.
 
 For each layer and candidate, only that layer is quantized — its weight at b bits (``w{b}``), or its
-activation input at b bits (``a{b}``) — and the model runs on calibration samples; the score is the
-distance of the outputs from float's. This is ALPS without fine-tuning (METHODS.md §4) and AIMET
-AMP's phase 1 (§7): the direct, data-driven estimate that the cheap proxies are judged against.
+activation input at b bits (``a{b}``), or with a range measured on every run (``adyn``, for the
+MatMul/Gemm layers that have the form, on a spec that runs it) — and the model runs on calibration
+samples; the score is the distance of the outputs from float's. This is ALPS without fine-tuning
+(METHODS.md §4) and AIMET AMP's phase 1 (§7): the direct, data-driven estimate that the cheap
+proxies are judged against.
 
 All candidates run through one ``Evaluator`` (``mpqc.passes.lib.evaluator``), so "layer l at b bits"
 means exactly what ``lower-qdq`` emits and the float reference is computed once. Each layer's
@@ -29,7 +31,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
 from mpqc.passes.infra.base import PassInputError, option
@@ -94,6 +96,10 @@ class SensitivityOutputPass(SensitivityPass):
             jobs += [(layer.name, f"w{b}", {layer.name: (b, FLOAT_BITS)}) for b in wbits]
         for layer in scored_acts:
             jobs += [(layer.name, f"a{b}", {layer.name: (FLOAT_BITS, b)}) for b in abits]
+        dynamic = Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)
+        jobs += [
+            (layer.name, "adyn", {layer.name: dynamic}) for layer in self.dynamic_layers(layers)
+        ]
         measure = self._measure(evaluator)
         steps = self.count_evaluations(len(jobs))
         errors = evaluator.errors([config for _, _, config in jobs], measure, steps.advance)

@@ -75,7 +75,7 @@ class SensitivityTaskPass(SensitivityPass):
         node = next(
             layer.node for layer in quantizable_layers(copy.graph) if layer.name == layer_name
         )
-        annotations.BITS.set(node, {"w": bits[0], "a": bits[1]})
+        annotations.BITS.set(node, annotations.layer_bits(bits))
         LowerQDQPass(
             context=CompileContext(hw=self.context.hw), act_signed=self.options.act_signed
         )(copy)

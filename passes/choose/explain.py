@@ -60,21 +60,21 @@ def explain_choice(
     scale, unit = _UNITS.get(objective, (1.0, objective))
     cost = problem.costs[objective]
     cutoff = _cutoff(problem.sensitivity, cost, config)
-    cheapest_bits = min(w * a for choices in problem.choices for w, a in choices)
+    cheapest_bits = min(p[0] * p[1] for choices in problem.choices for p in choices)
     rows = []
     for i, name in enumerate(problem.layers):
         choices, damage, k = problem.choices[i], problem.sensitivity[i], config[i]
         candidates = [
             {
-                "pair": str(Bits(w, a)),
+                "pair": str(Bits.of(choice)),
                 "damage": float(damage[j]),
                 "size": float(problem.costs["size"][i][j]),
                 "latency_s": float(problem.costs["latency"][i][j]),
             }
-            for j, (w, a) in enumerate(choices)
+            for j, choice in enumerate(choices)
         ]
         reason = kind = None
-        w, a = choices[k]
+        w, a = choices[k][:2]
         if name in pinned and w * a > cheapest_bits:
             reason, kind = PINNED, "pinned"
         elif cost[i][k] > cost[i].min():
@@ -90,7 +90,7 @@ def explain_choice(
             {
                 "layer": name,
                 "op": ops[i],
-                "chosen": str(Bits(w, a)),
+                "chosen": str(Bits.of(choices[k])),
                 "candidates": candidates,
                 "reason": reason,
                 "kind": kind,

@@ -93,11 +93,14 @@ class PlanPass(Pass):
             bits = plan[layer.name]
             if spec is not None:
                 _check_runs(self.options.file, layer.name, bits, spec)
-            annotations.BITS.set(layer.node, {"w": bits.w, "a": bits.a})
+            annotations.BITS.set(layer.node, annotations.layer_bits(bits))
         return ir.passes.PassResult(model, modified=True)
 
 
 def _check_runs(path: str, layer: str, bits: Bits, spec: object) -> None:
+    name = spec.name  # type: ignore[attr-defined]
+    if bits.dynamic and not bits.float_weights and not spec.supports(*bits):  # type: ignore[attr-defined]
+        raise PlanError(path, f"layer '{layer}': {name} has no dynamic-range kernel for {bits}")
     for kind, width, supported in (
         ("weight", bits.w, spec.weight_bits),  # type: ignore[attr-defined]
         ("activation", bits.a, spec.act_bits),  # type: ignore[attr-defined]

@@ -9,8 +9,11 @@ line and reads back with any YAML library::
       "conv1": {bits: w8a8, weight: int8 per-channel, activation: uint8 static, kernel: integer}
       "fc": {bits: w4a8, weight: int4 per-channel, activation: uint8 static,
              kernel: dequantize-float}
+      "attn.q": {bits: w8adyn, weight: int8 matmul-integer, activation: uint8 dynamic,
+                 kernel: dynamic-integer}
 
-Only ``bits`` (``wXaY``, or ``float``) and the ``layout`` line are read: ``weight``,
+Only ``bits`` (``wXaY``, ``wXadyn`` for a range measured on every run, or ``float``) and the
+``layout`` line are read: ``weight``,
 ``activation`` and ``kernel`` are the lowering plan's (``passes/lib/plan``) for those bits under
 that layout — what lower-qdq emits and what onnxruntime then runs — so a reader sees them without
 running anything, and an edited ``bits`` changes them on the next ``--plan-out``.
@@ -97,11 +100,19 @@ def describe(
         if uniform is not None:
             bits = uniform
         elif chosen is not None:
-            bits = Bits(int(chosen["w"]), int(chosen["a"]))
+            bits = annotations.chosen_bits(chosen)
         else:
             bits = Bits(FLOAT_BITS, FLOAT_BITS)
-        lowered = layer_plan(layer, bits.w, bits.a, spec=spec, layout=layout, act_signed=act_signed)
-        bits = Bits(bits.w, lowered.abits)
+        lowered = layer_plan(
+            layer,
+            bits.w,
+            bits.a,
+            spec=spec,
+            layout=layout,
+            act_signed=act_signed,
+            dynamic=bits.dynamic,
+        )
+        bits = Bits(bits.w, lowered.abits, lowered.dynamic)
         entries[layer.name] = PlanEntry(
             bits,
             lowered.form,
@@ -126,6 +137,8 @@ def _weight_text(lowered: LayerPlan) -> str:
 def _activation_text(layer: Layer, lowered: LayerPlan) -> str:
     if lowered.input_quantizer is None:
         return "float"
+    if lowered.dynamic:
+        return f"{lowered.input_quantizer.name.lower()} dynamic"
     if layer.activation is None or not annotations.CALIB_RANGE.has(layer.activation):
         return "float (no calibrated range)"
     return f"{lowered.input_quantizer.name.lower()} static"

@@ -65,6 +65,12 @@ def to_overrides(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> d
         if entry is None:
             continue
         bits = entry.bits
+        if bits.dynamic:
+            raise PlanError(
+                path,
+                f"layer '{layer.name}': {bits} is quantize_dynamic's form, which "
+                "quantize_static's overrides cannot state",
+            )
         if entry.form is WeightForm.MATMUL_NBITS:
             weight_config[_node_name(layer)] = {
                 "bits": bits.w,

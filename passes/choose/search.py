@@ -112,15 +112,16 @@ def _pairs(table: Mapping[str, object]) -> list[Bits]:
             pairs.append(Bits.parse(key, widths=None))
         except MpqcError:
             continue
-    return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0]))
+    return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0], p.dynamic))
 
 
-def _damage(scores: Mapping[str, float], pair: tuple[int, int], layer: Layer, metric: str) -> float:
-    """Additive damage of a pair: a joint score if measured, else weight part + activation part."""
-    joint = str(Bits(*pair))
-    if joint in scores:
-        return float(scores[joint])
-    w_key, a_key = f"w{pair[0]}", f"a{pair[1]}"
+def _damage(scores: Mapping[str, float], pair: tuple, layer: Layer, metric: str) -> float:
+    """Additive damage of a pair: a joint score if measured, else weight part + activation part
+    (``a8``, or ``adyn`` for a dynamic range)."""
+    bits = Bits.of(pair)
+    if str(bits) in scores:
+        return float(scores[str(bits)])
+    w_key, a_key = f"w{bits.w}", bits.activation_key
     if w_key not in scores:
         raise PassInputError(
             f"mpqc.sens.{metric} of layer '{layer.name}' has no score for {w_key}: "
@@ -311,7 +312,7 @@ class SearchPass(Pass):
         )
         chosen = result.chosen
         for layer, pair in zip(layers, problem.pairs(chosen.config), strict=True):
-            annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
+            annotations.BITS.set(layer.node, annotations.layer_bits(pair))
         self._explain(model, problem, layers, chosen.config, pinned)
         front = self._front_json(problem, layers, result)
         front["metric"] = self.options.metric
@@ -361,7 +362,7 @@ class SearchPass(Pass):
         self, model: ir.Model, problem: msearch.Problem
     ) -> tuple[list[int], list, WeightLayout]:
         """(weight bits to prepare, samples, weight layout) of an exact evaluation."""
-        wbits = sorted({w for choices in problem.choices for w, _ in choices if w != FLOAT_BITS})
+        wbits = sorted({p[0] for choices in problem.choices for p in choices if p[0] != FLOAT_BITS})
         # Price and simulate the weight layout the cost pass priced (lower-qdq{block_size} stores
         # it so).
         layout = WeightLayout(
@@ -424,16 +425,18 @@ class SearchPass(Pass):
         pinned = self.pinned(layers) if pinned is None else pinned
         for index, layer in enumerate(layers):
             table = annotations.COST.get(layer.node) or {}
-            pairs = _pairs(table)
-            if index in pinned:
-                eight_or_more = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
-                pairs = eight_or_more or pairs[:1]
             scores = key.get(layer.node)
             if scores is None:
                 raise PassInputError(
                     f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; "
                     f"run sensitivity-{self.options.metric} first"
                 )
+            # a dynamic range is offered where its damage was measured (it is cheaper than a
+            # static one, so without a score the search would take it blind)
+            pairs = [p for p in _pairs(table) if not p.dynamic or p.activation_key in scores]
+            if index in pinned:
+                eight_or_more = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
+                pairs = eight_or_more or pairs[:1]
             choices.append(tuple(pairs))
             sensitivity.append(
                 np.array([_damage(scores, p, layer, self.options.metric) for p in pairs])

@@ -13,7 +13,8 @@ only layouts for this very CPU (NCHWc convs), which fuse no integer kernel and w
 report, saved in the model, depend on the machine that compiled it.
 
 A layer is found by its stored weight: the initializer behind the layer's DequantizeLinear (and a
-unit-scale Mul), or the packed weight of a MatMulNBits/GatherBlockQuantized, followed through
+unit-scale Mul), the int8 columns of a MatMulInteger (a dynamic range's layer ends in its Cast,
+Mul and Add), or the packed weight of a MatMulNBits/GatherBlockQuantized, followed through
 DequantizeLinear and Mul in the optimized graph to the node that consumes it. Where onnxruntime
 repacked the weight into a new initializer, the node is the one that reads the layer's input (or
 produces its output).
@@ -48,6 +49,7 @@ INTEGER_KERNELS = frozenset(
 )
 #: onnxruntime ops after its graph optimizations, by the plan's kernel that names them.
 _ORT_OPS = {
+    Kernel.DYNAMIC_INTEGER: frozenset({"DynamicQuantizeMatMul"}),
     Kernel.INTEGER: INTEGER_KERNELS,
     Kernel.MATMUL_NBITS: frozenset({"MatMulNBits"}),
     Kernel.GATHER_BLOCK_QUANTIZED: frozenset({"GatherBlockQuantized"}),
@@ -55,6 +57,8 @@ _ORT_OPS = {
 }
 #: Ops between a stored weight and the layer that reads it.
 _DEQUANTIZING = ("DequantizeLinear", "Mul")
+#: The ops after a dynamic range's MatMulInteger (a layer lowered so ends in them).
+_SCALING = ("Add", "Mul", "Cast")
 #: Layers whose stored weight is their first input (the others read it second).
 _TABLES = ("Gather", "GatherBlockQuantized")
 
@@ -108,6 +112,8 @@ class OptimizedGraph:
         """What runs ``layer`` (a node of the lowered model holding a stored weight), or None
         when it cannot be told apart in the optimized graph (a weight or an input shared by
         several layers that onnxruntime rewrote)."""
+        while layer.op_type in _SCALING and (producer := layer.inputs[0].producer()) is not None:
+            layer = producer
         stored = layer.inputs[0 if layer.op_type in _TABLES else 1]
         while stored is not None and (producer := stored.producer()) is not None:
             if producer.op_type not in _DEQUANTIZING:
@@ -129,7 +135,16 @@ class OptimizedGraph:
             if users and user.op_type in _DEQUANTIZING:
                 name, through_dequantize = user.output[0], True
                 continue
+            if user.op_type == "MatMulIntegerToFloat" and self._dynamic(user):
+                return Fused(Kernel.DYNAMIC_INTEGER, user.op_type)
             return Fused(_kernel(user.op_type, through_dequantize), user.op_type)
+
+    def _dynamic(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node``'s input levels come from a DynamicQuantizeLinear: the dynamic range's
+        kernel when several layers share it (onnxruntime then keeps it apart from their
+        MatMulIntegerToFloat instead of fusing DynamicQuantizeMatMul)."""
+        producer = self._producer.get(node.input[0])
+        return producer is not None and producer.op_type == "DynamicQuantizeLinear"
 
     def _pick(self, users: list[onnx.NodeProto], layer: ir.Node) -> onnx.NodeProto | None:
         """The one user, or among several the one that writes the layer's output."""

@@ -2,8 +2,9 @@
 
 ``Emitter`` turns each layer's plan (``passes/lib/plan``) into nodes: the weight in its form
 (DequantizeLinear per channel or per block, unit scale then a Mul, MatMulNBits,
-GatherBlockQuantized, int8 rows scaled after a Gather), activation quantizers shared by (tensor,
-bits), integer kernels' output quantizers, and int32 biases. It decides nothing the plan decides; it
+GatherBlockQuantized, int8 rows scaled after a Gather, int8 columns read by MatMulInteger behind a
+dynamic quantizer), activation quantizers shared by (tensor, bits), integer kernels' output
+quantizers, and int32 biases. It decides nothing the plan decides; it
 only names, types and places what the plan asks for.
 """
 
@@ -24,27 +25,9 @@ from mpqc.passes.lib.grid import (
 from mpqc.passes.lib.layout import block_axis, kn_weight
 from mpqc.passes.lib.matmul_nbits import pack_matmul_nbits
 from mpqc.passes.lib.plan import LayerPlan, WeightForm, int32_bias, output_target
+from mpqc.passes.lower.dynamic import DynamicRanges, replace_node
 
 __all__ = ["Emitter"]
-
-
-def _replace_node(old: ir.Node, new: ir.Node) -> None:
-    """Put ``new`` where ``old`` was: same name, output name, annotations, uses and graph
-    outputs."""
-    graph = old.graph
-    assert graph is not None
-    graph.insert_before(old, new)
-    before, after = old.outputs[0], new.outputs[0]
-    after.type, after.shape = (
-        before.type,
-        before.shape,
-    )  # (type, not dtype: an untyped value stays untyped)
-    before.replace_all_uses_with(after, replace_graph_outputs=True)
-    new.name = old.name or ""
-    new.meta.update(old.meta)
-    new.metadata_props.update(old.metadata_props)
-    graph.remove(old, safe=True)
-    after.name, before.name = before.name, None
 
 
 def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
@@ -55,7 +38,7 @@ def _dequantize_scale(value: ir.Value | None) -> np.ndarray | None:
     return constant_array(producer.inputs[1])
 
 
-class Emitter:
+class Emitter(DynamicRanges):
     """Inserts Q/DQ into one graph, sharing quantizers keyed by (tensor, bits)."""
 
     def __init__(self, graph: ir.Graph, act_signed: bool) -> None:
@@ -64,6 +47,7 @@ class Emitter:
         self.weights: dict[tuple[int, ...], tuple[ir.Value, np.ndarray]] = {}
         self.nbits_scales: dict[tuple[int, ...], ir.Value] = {}
         self.activations: dict[tuple[int, int], ir.Value] = {}
+        self.dynamic: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
         # ONNX names are unique across scopes: a name made here must not repeat one in a body.
@@ -96,9 +80,7 @@ class Emitter:
         ``base``."""
         name = self._unique(base)
         tensor = (
-            ir.Tensor(array, dtype=dtype, name=name)
-            if dtype is not None
-            else ir.tensor(array, name=name)
+            ir.tensor(array, name=name) if dtype is None else ir.Tensor(array, dtype, name=name)
         )
         value = ir.Value(
             name=name,
@@ -242,7 +224,7 @@ class Emitter:
                 )
             )
             inputs += [None, None, column]  # no zero points (symmetric), no g_idx
-        _replace_node(node, ir.node("MatMulNBits", inputs, attributes, domain="com.microsoft"))
+        replace_node(node, ir.node("MatMulNBits", inputs, attributes, domain="com.microsoft"))
         self._drop_if_unused(weight)
         if bias is not None:
             self._drop_if_unused(bias)
@@ -263,7 +245,7 @@ class Emitter:
             "block_size": block,
             "bits": weight_grid(bits).width,
         }
-        _replace_node(
+        replace_node(
             node,
             ir.node(
                 "GatherBlockQuantized",
@@ -383,9 +365,14 @@ class Emitter:
         # Quantized activations are float tensors, typed even when the model was not shape-inferred.
         out.dtype, out.shape = value.dtype or ir.DataType.FLOAT, value.shape
         nodes += [q, dq]
-        # In the graph that makes the value (a body's or the main one), so every scope that reads it
-        # can share the quantizer: right after its producer; a graph input right before the layer
-        # reading it when they share a graph, else at the start of the graph it enters.
+        self._place(value, nodes, anchor)
+        self.activations[key] = out
+        return out
+
+    def _place(self, value: ir.Value, nodes: list[ir.Node], anchor: ir.Node) -> None:
+        """Insert ``nodes`` reading ``value`` in the graph that makes it (a body's or the main one),
+        so every scope that reads it can share them: right after its producer; a graph input right
+        before ``anchor`` when they share a graph, else at the start of the graph it enters."""
         producer, owner = value.producer(), value.graph
         if producer is not None and producer.graph is not None:
             producer.graph.insert_after(producer, nodes)
@@ -395,8 +382,6 @@ class Emitter:
         else:
             owner.insert_before(next(iter(owner)), nodes)
         self.inserted.update(id(n) for n in nodes)
-        self.activations[key] = out
-        return out
 
     def quantize_input(self, layer: Layer, bits: int) -> bool:
         value = layer.activation

@@ -7,6 +7,10 @@ the size count, the evaluator and the cost pass read the same plan. Here is only
 - weights as integers in their real container type (INT2/INT4/INT8/INT16) behind a
   DequantizeLinear (per channel, per block, or at unit scale then a Mul), or packed into
   onnxruntime's ``MatMulNBits`` / ``GatherBlockQuantized``, or as int8 rows scaled after a Gather;
+- a dynamic range (``w8adyn``) as ``quantize_dynamic`` writes it: DynamicQuantizeLinear, then
+  MatMulInteger on int8 weight columns, Cast and Mul by the scales (onnxruntime's
+  DynamicQuantizeMatMul); ``uniform=w8adyn`` gives it to every MatMul/Gemm that has the form and
+  w8a8 to the other layers;
 - a Q/DQ pair on a layer's activation input, calibrated from ``mpqc.calib.range``. Layers that read
   the same tensor at the same bit-width share one quantizer; a layer asking for other bits gets its
   own, so every layer sees exactly the numbers it was searched with. A grid narrower than its
@@ -52,6 +56,7 @@ from mpqc.passes.lib.plan import (
     LayerFacts,
     LayerPlan,
     WeightForm,
+    dynamic_form,
     facts_of,
     plan_layer,
 )
@@ -108,7 +113,10 @@ class LowerQDQPass(Pass):
         layers = {layer.name: layer for layer in quantizable_layers(model.graph)}
         options = self.options
         facts = {name: facts_of(layers[name]) for name, _ in chosen}
-        plans = [self._plan(facts[name], wbits, abits) for name, (wbits, abits) in chosen]
+        try:
+            plans = [self._plan(facts[name], bits) for name, bits in chosen]
+        except ValueError as exc:  # a dynamic range on a layer that has no such form
+            raise PassInputError(str(exc)) from None
         # Layers that become onnxruntime contrib ops need no newer ai.onnx opset, only IR 10 for an
         # INT4 table.
         contrib = [plan for plan in plans if plan.form in CONTRIB_FORMS]
@@ -138,9 +146,18 @@ class LowerQDQPass(Pass):
         for plan in plans:
             layer = by_name[plan.name]
             kernels[plan.name] = plan.kernel.value
-            annotations.BITS.set(layer.node, {"w": plan.wbits, "a": plan.abits})
+            annotations.BITS.set(
+                layer.node, annotations.layer_bits(Bits(plan.wbits, plan.abits, plan.dynamic))
+            )
             if plan.grid_bits != plan.wbits:
                 narrowed.add((plan.wbits, plan.abits, plan.grid_bits))
+            if plan.form is WeightForm.MATMUL_INTEGER:
+                emitter.matmul_integer(layer, plan)
+                continue
+            if plan.dynamic:
+                emitter.quantize_input_dynamic(layer)
+                emitter.weight(layer, plan)
+                continue
             # A contrib form replaces the layer's node, so its input quantizer goes in first.
             quantize_first = plan.form in CONTRIB_FORMS
             if not quantize_first:
@@ -149,7 +166,7 @@ class LowerQDQPass(Pass):
                 # no calibrated range: the input stays float, and mpqc.bits says what was emitted
                 annotations.BITS.set(layer.node, {"w": plan.wbits, "a": FLOAT_BITS})
                 kernels[plan.name] = self._plan(
-                    facts[plan.name], plan.wbits, FLOAT_BITS
+                    facts[plan.name], Bits(plan.wbits, FLOAT_BITS)
                 ).kernel.value
                 if layer.in_subgraph and calibrated:
                     weights_only.append(_unranged(layer, bodies_observed))
@@ -181,29 +198,35 @@ class LowerQDQPass(Pass):
         self._report(model, len(plans), left_float, weights_only, kernels)
         return ir.passes.PassResult(model, modified=True)
 
-    def _plan(self, facts: LayerFacts, wbits: int, abits: int) -> LayerPlan:
+    def _plan(self, facts: LayerFacts, bits: Bits) -> LayerPlan:
         options = self.options
         return plan_layer(
             facts,
-            wbits,
-            abits,
+            bits.w,
+            bits.a,
             spec=self.context.hw,
             layout=options.layout,
             act_signed=options.act_signed,
             fuse_outputs=options.fuse_outputs,
+            dynamic=bits.dynamic,
         )
 
-    def _check_supported(self, chosen: list[tuple[str, tuple[int, int]]]) -> None:
+    def _check_supported(self, chosen: list[tuple[str, Bits]]) -> None:
         """Bits the target's spec does not run are refused, naming what it runs (``mpqc.bits`` may
         have been edited by hand, and ``uniform`` is not checked elsewhere when the pass runs
         alone)."""
         spec = self.context.hw
         if spec is None:
             return
-        for name, (wbits, abits) in chosen:
+        for name, choice in chosen:
+            if choice.dynamic and not choice.float_weights and not spec.supports(*choice):
+                raise PassInputError(
+                    f"layer '{name}': {spec.name} does not run {choice} (no dynamic-range kernel "
+                    "in the spec)"
+                )
             for kind, bits, allowed in (
-                ("weight", wbits, spec.weight_bits),
-                ("activation", abits, spec.act_bits),
+                ("weight", choice.w, spec.weight_bits),
+                ("activation", choice.a, spec.act_bits),
             ):
                 if bits != FLOAT_BITS and bits not in allowed:
                     raise PassInputError(
@@ -236,7 +259,7 @@ class LowerQDQPass(Pass):
             )
         self.report(model, section)
 
-    def _chosen(self, model: ir.Model) -> list[tuple[str, tuple[int, int]]]:
+    def _chosen(self, model: ir.Model) -> list[tuple[str, Bits]]:
         """(layer name, bits) to lower: ``uniform``, else ``mpqc.bits``; activations float under
         ``weight_only``."""
         lowered = []
@@ -244,13 +267,15 @@ class LowerQDQPass(Pass):
         for layer in quantizable_layers(model.graph):
             chosen = annotations.BITS.get(layer.node)
             if uniform is not None:
-                bits = uniform
+                # a dynamic range where the layer has one (MatMul/Gemm), the static pair elsewhere
+                static = uniform.dynamic and not dynamic_form(facts_of(layer))
+                bits = Bits(uniform.w, uniform.a) if static else uniform
             elif chosen is not None:
-                bits = (int(chosen["w"]), int(chosen["a"]))
+                bits = annotations.chosen_bits(chosen)
             else:
                 continue
             if self.options.weight_only:
-                bits = (bits[0], FLOAT_BITS)
+                bits = Bits(bits.w, FLOAT_BITS)
             if bits != (FLOAT_BITS, FLOAT_BITS):
                 lowered.append((layer.name, bits))
         return lowered

@@ -201,7 +201,7 @@ class RecoverPass(Pass):
         self._report(model, outcomes)
         return ir.passes.PassResult(model, modified=True)
 
-    def _config(self, model: ir.Model) -> dict[str, tuple[int, int]]:
+    def _config(self, model: ir.Model) -> dict[str, tuple]:
         if self.options.uniform:
             bits = Bits.parse(self.options.uniform)
             return {layer.name: bits for layer in quantizable_layers(model.graph)}
@@ -209,7 +209,7 @@ class RecoverPass(Pass):
         for layer in quantizable_layers(model.graph):
             chosen = annotations.BITS.get(layer.node)
             if chosen is not None:
-                config[layer.name] = (int(chosen["w"]), int(chosen["a"]))
+                config[layer.name] = annotations.chosen_bits(chosen)
         if not config:
             raise PassInputError(
                 "recover: no layer has bits; run search first (or give recover{uniform=w4a8})"
@@ -298,9 +298,8 @@ def targets(
     out."""
     chosen, skipped = [], []
     for layer in quantizable_layers(model.graph):
-        plan = layer_plan(
-            layer, *config.get(layer.name, (FLOAT_BITS, FLOAT_BITS)), spec=hw, layout=layout
-        )
+        bits = Bits.of(config.get(layer.name, (FLOAT_BITS, FLOAT_BITS)))
+        plan = layer_plan(layer, bits.w, bits.a, spec=hw, layout=layout, dynamic=bits.dynamic)
         if not plan.quantized_weight or plan.grid_bits > max_bits:
             continue
         view = linear_view(layer)

@@ -101,8 +101,7 @@ def observe_quantized(
     wanted = {view.layer.node.outputs[0].name: name for name, view in views.items()}
     for layer in quantizable_layers(lowered.graph):
         if layer.name in config:
-            wbits, abits = config[layer.name]
-            annotations.BITS.set(layer.node, {"w": wbits, "a": abits})
+            annotations.BITS.set(layer.node, annotations.layer_bits(config[layer.name]))
         else:
             annotations.BITS.remove(layer.node)
     LowerQDQPass(
@@ -112,10 +111,28 @@ def observe_quantized(
     for node in lowered.graph:
         name = wanted.get(node.outputs[0].name) if node.outputs else None
         if name is not None:
-            source = node.inputs[views[name].layer.activation_index or 0]
-            assert source is not None
+            source = _kernel_input(node, views[name].layer.activation_index or 0)
             taps[name] = source.name or ""
     return _observe(lowered, taps, views, samples, True, limit)
+
+
+def _kernel_input(node: ir.Node, index: int) -> ir.Value:
+    """The float tensor the lowered layer ending in ``node`` reads: its input, or, for a dynamic
+    range (MatMulInteger -> Cast -> Mul -> Add), the tensor DynamicQuantizeLinear quantizes on
+    every run (its levels are not a float tensor to observe)."""
+    while node.op_type in ("Add", "Mul", "Cast"):
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if producer is None:
+            break
+        node = producer
+    if node.op_type == "MatMulInteger":
+        quantizer = node.inputs[0].producer()
+        assert quantizer is not None
+        source = quantizer.inputs[0]
+    else:
+        source = node.inputs[index]
+    assert source is not None
+    return source
 
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:

@@ -48,7 +48,7 @@ def kernel_report(
     for name, node in layers:
         chosen = annotations.BITS.get(node)
         assert chosen is not None
-        bits = Bits(int(chosen["w"]), int(chosen["a"]))
+        bits = annotations.chosen_bits(chosen)
         fused = optimized.runs(node)
         row: dict[str, Any] = {
             "layer": name,

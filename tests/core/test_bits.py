@@ -53,3 +53,22 @@ def test_a_spec_may_name_widths_the_compiler_never_emits() -> None:
     assert Bits.parse("w1a1", widths=None) == Bits(1, 1)
     with pytest.raises(MpqcError):
         Bits.parse("w0a8", widths=None)
+
+
+def test_a_dynamic_range_is_spelled_adyn_and_differs_from_the_static_pair() -> None:
+    dynamic = Bits.parse("W8ADYN")
+    assert dynamic == (8, 8, True) and dynamic.dynamic and str(dynamic) == "w8adyn"
+    assert dynamic != Bits(8, 8) and Bits(8, 8) == (8, 8) and not Bits(8, 8).dynamic
+    assert Bits.of((8, 8, True)) == dynamic and dynamic.activation_key == "adyn"
+    w, a = Bits(4, 8)  # a static choice unpacks as a pair
+    assert (w, a) == (4, 8)
+    with pytest.raises(MpqcError, match="dynamic activations are 8-bit"):
+        Bits(8, 16, dynamic=True)
+
+
+def test_choices_travel_to_worker_processes() -> None:
+    import pickle
+
+    for bits in (Bits(8, 8, dynamic=True), Bits(4, 8)):
+        assert pickle.loads(pickle.dumps(bits)) == bits
+        assert type(pickle.loads(pickle.dumps(bits))) is Bits

@@ -60,5 +60,5 @@ def test_every_bundled_spec(spec: str, strategy: str, tmp_path: pathlib.Path) ->
     assert front["chosen_objectives"]["size"] <= front["constraints"]["size"]
     chip = hwspecs.load(spec)
     for text in (chosen or front["points"][0])["bits"].values():
-        w, a = Bits.parse(text, widths=None)
-        assert (w, a) == (FLOAT_BITS, FLOAT_BITS) or chip.supports(w, a), (spec, text)
+        bits = Bits.parse(text, widths=None)
+        assert bits == (FLOAT_BITS, FLOAT_BITS) or chip.supports(*bits), (spec, text)

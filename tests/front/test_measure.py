@@ -43,9 +43,10 @@ def test_three_models_measured_and_predicted(searched) -> None:
     assert measurement.runs >= 5 and measurement.threads == 1
     assert measurement.cpu == cpu_name() and measurement.onnxruntime == ort.__version__
     assert measurement.spec == "x86_avx2" and measurement.notes == ()
-    # the chosen model's prediction is the total the search minimized
+    # the chosen model's prediction is the total the search minimized (which the front stores to
+    # 6 significant digits)
     chosen = searched.pareto["chosen_objectives"]["latency"]
-    assert measurement.row("mpqc").predicted_s == pytest.approx(chosen, rel=1e-6)
+    assert measurement.row("mpqc").predicted_s == pytest.approx(chosen, rel=5e-6)
     speedups = measurement.speedups()
     assert set(speedups) == {"float", "uniform w8a8"}
     assert all(measured > 0 and predicted > 0 for measured, predicted in speedups.values())

@@ -95,12 +95,14 @@ def test_the_handmade_model_reports_pins_search_choices_and_the_loop_body(handma
     rows = {row.layer: row for row in explanation.rows}
     assert rows["h1"].reason == PINNED and rows["h4"].reason == PINNED
     dropped, kept = sorted((rows["h2"], rows["h3"]), key=lambda row: row.chosen != "w4a8")
-    assert dropped.chosen == "w4a8" and dropped.reason is None and kept.chosen == "w8a8"
+    # (the kept MatMul at 8 bits, its range static or measured per run)
+    assert dropped.chosen == "w4a8" and dropped.reason is None
+    assert kept.chosen in ("w8a8", "w8adyn")
     assert kept.reason.startswith("kept: w4a8 would add +") and kept.reason.endswith(
         "; the budget was met without it"
     )
-    assert rows["y/body/t"].chosen in ("w8a8", "w4a8")  # searched like the others
-    assert [c.pair for c in rows["h3"].candidates] == ["w8a8", "w4a8"]
+    assert rows["y/body/t"].chosen in ("w8a8", "w8adyn", "w4a8")  # searched like the others
+    assert [c.pair for c in rows["h3"].candidates] == ["w8a8", "w8adyn", "w4a8"]
     assert all(
         c.damage >= 0 and c.size > 0 and c.latency_s > 0
         for row in explanation.rows

@@ -23,6 +23,7 @@ local worker processes when it pays (``workers.py``); ``measures.py`` says how f
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import cut
 from mpqc.passes.lib.evaluator.graph import PREFIX, LayerSites, Site, build
@@ -41,13 +42,21 @@ from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
 from mpqc.passes.lib.evaluator.workers import Shipped, in_worker
 from mpqc.passes.lib.grid import activation_grid, activation_qparams
 from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
-from mpqc.passes.lib.plan import BiasForm, LayerPlan, WeightForm, facts_of, int32_bias, plan_layer
+from mpqc.passes.lib.plan import (
+    BiasForm,
+    LayerPlan,
+    dynamic_form,
+    facts_of,
+    int32_bias,
+    plan_layer,
+)
 from mpqc.passes.lib.runtime import session
 
 __all__ = ["Config", "Evaluator"]
 
-#: Layer name -> (weight bits, activation bits); 32 means float, a missing layer stays float.
-Config = Mapping[str, tuple[int, int]]
+#: Layer name -> (weight bits, activation bits), or ``(w, 8, True)`` for a dynamic range
+#: (``core.Bits``); 32 means float, a missing layer stays float.
+Config = Mapping[str, tuple]
 #: Activation bits a configuration may ask for.
 _ABITS = (*range(2, 17), FLOAT_BITS)
 
@@ -86,26 +95,54 @@ class Evaluator(Shipped):
         facts = {layer.name: facts_of(layer) for layer in layers}
         # The lowering plan of every layer at every choice, as a plain table: IR layers and the spec
         # do not travel to worker processes.
-        self._lowering: dict[tuple[str, int, int], LayerPlan] = {
-            (name, w, a): plan_layer(
-                layer_facts,
-                w,
-                a,
-                spec=spec,
-                layout=layout,
-                act_signed=act_signed,
-                fuse_outputs=fuse_outputs,
-            )
-            for name, layer_facts in facts.items()
-            for w in (*wbits, FLOAT_BITS)
-            for a in _ABITS
-        }
+        self._lowering: dict[Bits, dict[str, LayerPlan]] = {}
+        for name, layer_facts in facts.items():
+            for w in (*wbits, FLOAT_BITS):
+                for a in _ABITS:
+                    self._lowering.setdefault(Bits(w, a), {})[name] = plan_layer(
+                        layer_facts,
+                        w,
+                        a,
+                        spec=spec,
+                        layout=layout,
+                        act_signed=act_signed,
+                        fuse_outputs=fuse_outputs,
+                    )
+                if dynamic_form(layer_facts) and not layout.weight_only:
+                    with contextlib.suppress(ValueError):  # only 8-bit weights run dynamically
+                        self._lowering.setdefault(Bits(w, DYNAMIC_BITS, True), {})[name] = (
+                            plan_layer(layer_facts, w, DYNAMIC_BITS, spec=spec, dynamic=True)
+                        )
+        dynamic = frozenset(
+            name for bits, plans in self._lowering.items() if bits.dynamic for name in plans
+        )
         # The plans' grids: the target may round some pairs' weights to a narrower grid, and a
         # configuration is simulated on the grid lower-qdq lowers it to.
         prepared = tuple(
-            sorted({plan.grid_bits for plan in self._lowering.values() if plan.quantized_weight})
+            sorted(
+                {
+                    plan.grid_bits
+                    for plans in self._lowering.values()
+                    for plan in plans.values()
+                    if plan.quantized_weight
+                }
+            )
         )
-        proto, sites = build(model, prepared, fuse_outputs, layout, facts, spec)
+        blocks: dict[str, set[int]] = {}
+        for plans in self._lowering.values():
+            for name, plan in plans.items():
+                if plan.int8_input_block is not None:
+                    blocks.setdefault(name, set()).add(plan.int8_input_block)
+        proto, sites = build(
+            model,
+            prepared,
+            fuse_outputs,
+            layout,
+            facts,
+            spec,
+            dynamic,
+            {name: tuple(sorted(found)) for name, found in blocks.items()},
+        )
         self._sites = {site.name: site for site in sites}
         self.layers = [site.name for site in sites]
         self.output_names = [o.name for o in proto.graph.output]
@@ -279,12 +316,15 @@ class Evaluator(Shipped):
 
     # -- the control inputs -------------------------------------------------------------------
 
-    def _plan(self, name: str, wbits: int, abits: int) -> LayerPlan:
-        plan = self._lowering.get((name, wbits, abits))
+    def _plan(self, name: str, choice: tuple) -> LayerPlan:
+        bits = Bits.of(choice)
+        plan = self._lowering.get(bits, {}).get(name)
         if plan is None:
-            prepared = sorted({w for (_, w, _) in self._lowering} - {FLOAT_BITS})
+            if bits.dynamic and Bits(bits.w, bits.a) in self._lowering:
+                raise ValueError(f"layer {name!r}: no dynamic-range form at {bits}")
+            prepared = sorted({b.w for b in self._lowering} - {FLOAT_BITS})
             raise ValueError(
-                f"layer {name!r}: weight bits {wbits} not prepared; this evaluator was built for "
+                f"layer {name!r}: weight bits {bits.w} not prepared; this evaluator was built for "
                 f"{prepared}"
             )
         return plan
@@ -299,7 +339,7 @@ class Evaluator(Shipped):
             )
         feeds: dict[str, np.ndarray] = {}
         plans = {
-            name: self._plan(name, *(int(b) for b in config.get(name, (FLOAT_BITS, FLOAT_BITS))))
+            name: self._plan(name, config.get(name, (FLOAT_BITS, FLOAT_BITS)))
             for name in self._sites
         }
         input_scale: dict[int, np.float32 | None] = {}
@@ -310,14 +350,15 @@ class Evaluator(Shipped):
                 self._weight_choice(sites, plan), np.int64
             )
             input_scale[sites.index] = self._site_feeds(
-                feeds, sites.input_site, plan.abits if plan.input_quantizer else FLOAT_BITS
+                feeds,
+                sites.input_site,
+                plan.abits if plan.input_quantizer else FLOAT_BITS,
+                plan.dynamic,
             )
+            if sites.dynamic_switch is not None:
+                feeds[sites.dynamic_switch] = np.array(plan.dynamic)
             for block, switch in sites.int8_blocks:
-                feeds[switch] = np.array(
-                    plan.form is WeightForm.MATMUL_NBITS
-                    and plan.accuracy_level == 4
-                    and plan.kernel_block == block
-                )
+                feeds[switch] = np.array(plan.int8_input_block == block)
             output_scale[sites.index] = self._site_feeds(
                 feeds, sites.output_site, plan.abits if plan.output_quantizer else FLOAT_BITS
             )
@@ -347,14 +388,19 @@ class Evaluator(Shipped):
         return sites.wbits.index(plan.grid_bits)
 
     def _site_feeds(
-        self, feeds: dict[str, np.ndarray], site: Site | None, bits: int
+        self, feeds: dict[str, np.ndarray], site: Site | None, bits: int, dynamic: bool = False
     ) -> np.float32 | None:
-        """Fill one quantizer's inputs; returns its scale when it is on."""
+        """Fill one quantizer's inputs; returns its (static) scale when it is on. A dynamic one
+        needs no calibrated range: the graph measures it (its scale and zero point fed here are
+        not used)."""
         if site is None:
             return None
-        on = bits != FLOAT_BITS and site.clip_range is not None
+        on = bits != FLOAT_BITS and (site.clip_range is not None or dynamic)
         scale, zero_point, qmin, qmax = np.float32(1.0), 0, 0, 0
-        if on:
+        if dynamic:
+            grid = activation_grid(bits)
+            qmin, qmax = grid.qmin, grid.qmax
+        elif on:
             assert site.clip_range is not None
             grid = activation_grid(bits, self.act_signed)
             scale, zero_point = activation_qparams(*site.clip_range, grid)
@@ -364,7 +410,7 @@ class Evaluator(Shipped):
         feeds[f"{site.prefix}.zp"] = np.array(zero_point, np.float32)
         feeds[f"{site.prefix}.qmin"] = np.array(qmin, np.float32)
         feeds[f"{site.prefix}.qmax"] = np.array(qmax, np.float32)
-        return np.float32(scale) if on else None
+        return np.float32(scale) if on and not dynamic else None
 
     # -- sessions and workers -----------------------------------------------------------------
 

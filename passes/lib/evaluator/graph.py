@@ -14,6 +14,11 @@ control input so the cuts in ``cut.py`` can find them), then serialized once:
   In float32 this is bit for bit what ``QuantizeLinear`` (divide, round half to even, add the zero
   point, saturate) then ``DequantizeLinear`` compute; a narrow grid's float Clip before
   ``QuantizeLinear`` is the same as clipping the integer, so every bit-width is one formula.
+- A dynamic range (``w8adyn``): the input quantizer of a layer that has the form takes its scale
+  and zero point from the tensor itself when its ``dyn`` switch is on, as DynamicQuantizeLinear
+  computes them (the range widened to contain 0, ``(hi - lo) / 255``, scale 1 for a constant
+  zero tensor, the zero point clamped then rounded half to even). The range is the whole tensor's:
+  with batched samples, the batch's, as onnxruntime sees that batch.
 - The placement is the plan's: a quantizer on each layer's activation input (layers reading one
   tensor at the same bits see identical numbers, which is what sharing means), and one on
   ``output_target`` feeding every consumer except other layers' own input quantizers. A Conv/Gemm
@@ -22,10 +27,11 @@ control input so the cuts in ``cut.py`` can find them), then serialized once:
   them; their controls and weight stacks stay main-graph inputs and initializers, which a body reads
   from the enclosing scope, so one configuration feeds them all (a Loop's quantizers act on every
   iteration with the range calibrate observed over all of them).
-- The MatMulNBits mpqc emits at accuracy level 4 first rounds A to int8 per block of K: a
+- The MatMulNBits mpqc emits at accuracy level 4 first rounds A to int8 per block of K, and so
+  does the one onnxruntime fuses a DequantizeLinear -> MatMul into behind a 16-bit input: a
   switchable block quantizer on the layer's input per block size its candidates use
-  (``_Builder.int8_blocks``). The MatMulNBits onnxruntime fuses a DequantizeLinear -> MatMul into,
-  with float activations, is not simulated: sensitivity analysis scores a layer's weights alone as
+  (``_Builder.int8_blocks``). The MatMulNBits onnxruntime fuses behind float activations is not
+  simulated: sensitivity analysis scores a layer's weights alone as
   (w, float) configurations, and rounding their activations there would count activation damage
   into the weights' score of layers that run with 8-bit activations (bench/RESULTS.md §7).
 """
@@ -45,7 +51,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
 from mpqc.passes.lib.layout import WeightLayout, block_axis
-from mpqc.passes.lib.plan import LayerFacts, WeightForm, output_target, plan_layer
+from mpqc.passes.lib.plan import LayerFacts, output_target, plan_layer
 
 __all__ = ["PREFIX", "LayerSites", "Site", "build"]
 
@@ -83,6 +89,8 @@ class LayerSites:
     #: (block, switch) of each int8 block quantizer on the input: MatMulNBits at accuracy level 4
     #: rounds A per block of K, and a layer's candidates may run it in different blocks.
     int8_blocks: tuple[tuple[int, str], ...] = ()
+    #: The switch that makes the input quantizer's range dynamic (None: the layer has no such form).
+    dynamic_switch: str | None = None
 
 
 def _weight_stack(
@@ -165,17 +173,60 @@ class _Builder:
         for part in ("scale", "zp", "qmin", "qmax"):
             self.input(f"{prefix}.{part}", ir.DataType.FLOAT)
 
-    def fake_quant(self, prefix: str, x: ir.Value, fallback: ir.Value) -> list[ir.Node]:
-        """``{prefix}.y = on ? (Clip(Round(x / s) + z, qmin, qmax) - z) * s : fallback``."""
+    def fake_quant(
+        self, prefix: str, x: ir.Value, fallback: ir.Value, dynamic: bool = False
+    ) -> list[ir.Node]:
+        """``{prefix}.y = on ? (Clip(Round(x / s) + z, qmin, qmax) - z) * s : fallback``; with
+        ``dynamic``, ``s`` and ``z`` are ``x``'s own (``dynamic_qparams``) when ``{prefix}.dyn``
+        is on."""
         p = prefix
-        return [
-            self.node("Div", [x, f"{p}.scale"], f"{p}.div"),
+        nodes, scale, zero_point = [], f"{p}.scale", f"{p}.zp"
+        if dynamic:
+            self.input(f"{p}.dyn", ir.DataType.BOOL)
+            nodes = self.dynamic_qparams(p, x)
+            nodes += [
+                self.node("Where", [f"{p}.dyn", f"{p}.dyn_scale", scale], f"{p}.use_scale"),
+                self.node("Where", [f"{p}.dyn", f"{p}.dyn_zp", zero_point], f"{p}.use_zp"),
+            ]
+            scale, zero_point = f"{p}.use_scale", f"{p}.use_zp"
+        return nodes + [
+            self.node("Div", [x, scale], f"{p}.div"),
             self.node("Round", [f"{p}.div"], f"{p}.round"),
-            self.node("Add", [f"{p}.round", f"{p}.zp"], f"{p}.shift"),
+            self.node("Add", [f"{p}.round", zero_point], f"{p}.shift"),
             self.node("Clip", [f"{p}.shift", f"{p}.qmin", f"{p}.qmax"], f"{p}.q"),
-            self.node("Sub", [f"{p}.q", f"{p}.zp"], f"{p}.centred"),
-            self.node("Mul", [f"{p}.centred", f"{p}.scale"], f"{p}.dq"),
+            self.node("Sub", [f"{p}.q", zero_point], f"{p}.centred"),
+            self.node("Mul", [f"{p}.centred", scale], f"{p}.dq"),
             self._select(p, f"{p}.dq", fallback),
+        ]
+
+    def dynamic_qparams(self, prefix: str, x: ir.Value) -> list[ir.Node]:
+        """``{prefix}.dyn_scale`` and ``{prefix}.dyn_zp``: DynamicQuantizeLinear's uint8 scale and
+        zero point of the whole tensor ``x`` (see the module docstring)."""
+        p = prefix
+        constants = {
+            "zero": np.array(0.0, np.float32),
+            "one": np.array(1.0, np.float32),
+            "levels": np.array(255.0, np.float32),
+        }
+        nodes = [self.constant(f"{p}.dyn_{name}", array) for name, array in constants.items()]
+        reduce = {"keepdims": 0}
+        return nodes + [
+            self.node("ReduceMin", [x], f"{p}.dyn_min", **reduce),
+            self.node("ReduceMax", [x], f"{p}.dyn_max", **reduce),
+            self.node("Min", [f"{p}.dyn_min", f"{p}.dyn_zero"], f"{p}.dyn_lo"),
+            self.node("Max", [f"{p}.dyn_max", f"{p}.dyn_zero"], f"{p}.dyn_hi"),
+            self.node("Sub", [f"{p}.dyn_hi", f"{p}.dyn_lo"], f"{p}.dyn_width"),
+            self.node("Div", [f"{p}.dyn_width", f"{p}.dyn_levels"], f"{p}.dyn_step"),
+            self.node("Equal", [f"{p}.dyn_width", f"{p}.dyn_zero"], f"{p}.dyn_flat"),
+            self.node(
+                "Where", [f"{p}.dyn_flat", f"{p}.dyn_one", f"{p}.dyn_step"], f"{p}.dyn_scale"
+            ),
+            self.node("Div", [f"{p}.dyn_lo", f"{p}.dyn_scale"], f"{p}.dyn_ratio"),
+            self.node("Neg", [f"{p}.dyn_ratio"], f"{p}.dyn_initial"),
+            self.node(
+                "Clip", [f"{p}.dyn_initial", f"{p}.dyn_zero", f"{p}.dyn_levels"], f"{p}.dyn_zc"
+            ),
+            self.node("Round", [f"{p}.dyn_zc"], f"{p}.dyn_zp"),
         ]
 
     def _select(self, p: str, on_value: str, fallback: ir.Value) -> ir.Node:
@@ -237,12 +288,18 @@ def build(
     layout: WeightLayout,
     facts: Mapping[str, LayerFacts],
     spec: Any = None,
+    dynamic: frozenset[str] = frozenset(),
+    int8_input_blocks: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[onnx.ModelProto, list[LayerSites]]:
     """The fake-quant ModelProto with control inputs, and where each layer's controls are.
 
-    ``wbits`` are the weight grids to prepare. A weight's form depends on its bits and the target
-    (``spec``), not on the activation bits, so each grid is planned once, at float activations.
+    ``wbits`` are the weight grids to prepare; ``dynamic`` names the layers whose input quantizer
+    may take a dynamic range; ``int8_input_blocks`` the blocks of K in which some plan of a layer
+    rounds its input to int8 (``LayerPlan.int8_input_block``). A weight's form depends on its bits
+    and the target (``spec``), not on the activation bits, so each grid is planned once, at float
+    activations.
     The graph is built on a clone of ``model``, which stays as it was."""
+    int8_input_blocks = int8_input_blocks or {}
     model = model.clone()
     builder = _Builder(model)
     graph = model.graph
@@ -295,13 +352,17 @@ def build(
             home.insert_before(node, gather)
             node.replace_input_with(slot, gather.outputs[0])
 
-        input_site = None
+        input_site, dynamic_switch = None, None
         activation = activations[index]
         if activation is not None and layer.activation_index is not None and _is_float(activation):
             input_site = Site(f"{PREFIX}.{index}.in", _clip_range(activation))
             builder.site_inputs(input_site.prefix)
             fallback = viewed.get(id(activation), activation)
-            nodes = builder.fake_quant(input_site.prefix, activation, fallback)
+            if layer.name in dynamic:
+                dynamic_switch = f"{input_site.prefix}.dyn"
+            nodes = builder.fake_quant(
+                input_site.prefix, activation, fallback, dynamic_switch is not None
+            )
             home.insert_before(node, nodes)
             node.replace_input_with(layer.activation_index, nodes[-1].outputs[0])
 
@@ -313,13 +374,7 @@ def build(
                 bias_input = builder.input(f"{PREFIX}.{index}.bias", ir.DataType.FLOAT, bias.shape)
                 node.replace_input_with(2, bias_input)
         int8_blocks = []
-        for block in sorted(
-            {
-                plan.kernel_block
-                for plan in planned.values()
-                if plan.form is WeightForm.MATMUL_NBITS and plan.accuracy_level == 4
-            }
-        ):
+        for block in int8_input_blocks.get(layer.name, ()):
             assert layer.activation_index is not None
             prefix = f"{PREFIX}.{index}.a_int8.{block}"
             source = node.inputs[layer.activation_index]
@@ -344,6 +399,7 @@ def build(
                 upstream,
                 bias,
                 tuple(int8_blocks),
+                dynamic_switch,
             )
         )
     return ir.to_proto(model), sites

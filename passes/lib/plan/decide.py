@@ -33,7 +33,12 @@ Weight forms (``WeightForm``):
   on every run;
 - ``gather-rows``: an 8-bit table read by one Gather gathers its int8 rows, then scales them
   (DequantizeLinear at scale 1, Mul by the gathered row scales): a DequantizeLinear in front of the
-  Gather would turn the whole table back into floats on every run.
+  Gather would turn the whole table back into floats on every run;
+- ``matmul-integer``: under dynamic activations (``w8adyn``), a 2-D MatMul/plain-Gemm weight as
+  int8 [K, N] with a float scale per column, read by ``MatMulInteger`` behind the input's
+  ``DynamicQuantizeLinear`` and scaled after it (``Cast``, ``Mul`` by input scale x column scales,
+  the Gemm's bias as an ``Add``): ``onnxruntime.quantization.quantize_dynamic``'s form, which
+  onnxruntime fuses into its ``DynamicQuantizeMatMul`` integer kernel.
 
 Bias (``BiasForm``): a Conv/Gemm's constant 1-D bias becomes int32 at s_x·s_w when the weight is
 dequantized per channel and its input arrives from a DequantizeLinear with one scale (its own input
@@ -47,11 +52,16 @@ integer kernel (QLinearConv, QLinearMatMul, QGemm) where 8-bit containers on bot
 output quantizer; MatMulNBits where mpqc emits it, and also where onnxruntime fuses a
 DequantizeLinear -> MatMul itself (float activations, accuracy level 4: the evaluator simulates the
 graph as written there, see ``evaluator/graph.py``); GatherBlockQuantized; a Gather of int8 rows;
-otherwise the float kernel behind a weight DequantizeLinear, which saves bytes, not time.
+DynamicQuantizeMatMul for ``matmul-integer``; otherwise the float kernel behind a weight
+DequantizeLinear, which saves bytes, not time.
 
 Activations: a quantizer on the layer's input (static, per tensor, in ``activation_grid``'s
 container) unless activations stay float (``weight_only``); for
 8-bit containers on both sides (``fusable``) a quantizer on the output too, on ``output_target``.
+A dynamic quantizer (``dynamic``: uint8, its range measured on every run) exists for the layers
+``dynamic_form`` names, with 8-bit weights (``matmul-integer``, the output stays float) or float
+ones (``DynamicQuantizeLinear`` then ``DequantizeLinear``: how sensitivity analysis scores the
+activation alone).
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS
 from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.lib.grid import activation_grid, weight_grid
 from mpqc.passes.lib.layout import (
@@ -82,6 +92,7 @@ __all__ = [
     "LayerFacts",
     "LayerPlan",
     "WeightForm",
+    "dynamic_form",
     "facts_of",
     "fusable",
     "int32_bias",
@@ -99,6 +110,7 @@ class WeightForm(enum.Enum):
     MATMUL_NBITS = "matmul-nbits"
     GATHER_BLOCK_QUANTIZED = "gather-block-quantized"
     GATHER_ROWS = "gather-rows"
+    MATMUL_INTEGER = "matmul-integer"
 
 
 class BiasForm(enum.Enum):
@@ -121,6 +133,9 @@ class Kernel(enum.Enum):
     GATHER_BLOCK_QUANTIZED = "gather-block-quantized"
     #: A Gather of int8 rows, scaled after the lookup.
     GATHER_INT8 = "gather-int8"
+    #: DynamicQuantizeMatMul, onnxruntime's fusion of DynamicQuantizeLinear -> MatMulInteger (or
+    #: MatMulIntegerToFloat behind a DynamicQuantizeLinear that several layers share).
+    DYNAMIC_INTEGER = "dynamic-integer"
 
 
 #: Ops whose Q/DQ pattern onnxruntime's CPU provider fuses into an integer kernel.
@@ -242,10 +257,22 @@ class LayerPlan:
     #: A quantizer on ``output_target`` (an integer kernel's output).
     output_quantizer: bool
     kernel: Kernel
+    #: The input quantizer's range is measured on every run (``DynamicQuantizeLinear``).
+    dynamic: bool = False
 
     @property
     def quantized_weight(self) -> bool:
         return self.form is not WeightForm.FLOAT
+
+    @property
+    def int8_input_block(self) -> int | None:
+        """The block of K in which the kernel rounds a quantized or emitted MatMulNBits' input to
+        int8 (accuracy level 4), which the evaluator simulates; None otherwise (onnxruntime's own
+        fusion behind float activations is not simulated, ``evaluator/graph.py`` says why)."""
+        simulated = self.form is WeightForm.MATMUL_NBITS or self.abits != FLOAT_BITS
+        if self.kernel is Kernel.MATMUL_NBITS and self.accuracy_level == 4 and simulated:
+            return self.kernel_block
+        return None
 
 
 def _weight_form(
@@ -305,15 +332,62 @@ def _fused_into_matmul_nbits(
 ) -> bool:
     """Whether onnxruntime itself rewrites the layer's DequantizeLinear -> MatMul/Gemm into
     MatMulNBits (at accuracy level 4, in the DequantizeLinear's blocks or 32 per channel): a 2-D
-    weight in a 2/4/8-bit container behind a DequantizeLinear, float activations, a MatMul or a Gemm
-    with alpha = beta = 1 and neither operand transposed (onnxruntime 1.32's
-    DQMatMulToMatMulNBits; a unit-scale Mul in between hides the pattern)."""
+    weight in a 2/4/8-bit container behind a DequantizeLinear, a MatMul or a Gemm with alpha =
+    beta = 1 and neither operand transposed (onnxruntime 1.32's DQMatMulToMatMulNBits; a
+    unit-scale Mul in between hides the pattern), fed float activations or 16-bit ones (its QDQ
+    integer fusions take 8-bit ones first). So a 16-bit input reaches such a MatMul rounded again
+    to int8 per block of K: what the evaluator simulates and the cost pass prices."""
     return (
         form in (WeightForm.PER_CHANNEL, WeightForm.PER_BLOCK)
-        and abits == FLOAT_BITS
+        and (abits == FLOAT_BITS or activation_grid(abits).width == 16)
         and facts.kn is not None
         and (facts.op_type == "MatMul" or (facts.plain_gemm and not facts.trans_b))
         and weight_grid(grid_bits).width in NBITS_WIDTHS
+    )
+
+
+def dynamic_form(facts: LayerFacts) -> bool:
+    """Whether the layer has a dynamic-activation form: a MatMul or a plain Gemm (A @ B + bias)
+    over a 2-D weight (``quantize_dynamic``'s MatMuls)."""
+    return (
+        facts.kn is not None
+        and (facts.op_type == "MatMul" or facts.plain_gemm)
+        and facts.has_activation
+    )
+
+
+def _dynamic_plan(facts: LayerFacts, wbits: int, spec: Any, layout: WeightLayout) -> LayerPlan:
+    """The plan of ``facts``' layer at (``wbits``, dynamic 8-bit activations)."""
+    if layout.weight_only or not dynamic_form(facts):
+        raise ValueError(
+            f"layer '{facts.name}': dynamic activations need a MatMul or plain Gemm with a 2-D "
+            "weight, outside weight-only mode"
+        )
+    grid_bits = weight_grid_bits(spec, wbits, DYNAMIC_BITS)
+    if wbits != FLOAT_BITS and weight_grid(grid_bits).width != 8:
+        raise ValueError(
+            f"layer '{facts.name}': dynamic activations run with 8-bit weights (MatMulInteger), "
+            f"not {wbits}-bit ones"
+        )
+    form = WeightForm.FLOAT if wbits == FLOAT_BITS else WeightForm.MATMUL_INTEGER
+    return LayerPlan(
+        name=facts.name,
+        op_type=facts.op_type,
+        wbits=wbits,
+        abits=DYNAMIC_BITS,
+        grid_bits=grid_bits,
+        form=form,
+        recurrence_form=None,
+        block=0,
+        container=None if form is WeightForm.FLOAT else weight_grid(grid_bits).container,
+        accuracy_level=None,
+        kernel_block=None,
+        bias=None if facts.bias_shape is None else BiasForm.FLOAT,
+        input_quantizer=activation_grid(DYNAMIC_BITS).container,
+        input_clip=False,
+        output_quantizer=False,
+        kernel=Kernel.FLOAT if form is WeightForm.FLOAT else Kernel.DYNAMIC_INTEGER,
+        dynamic=True,
     )
 
 
@@ -340,8 +414,13 @@ def plan_layer(
     layout: WeightLayout = PER_CHANNEL,
     act_signed: bool = False,
     fuse_outputs: bool = True,
+    dynamic: bool = False,
 ) -> LayerPlan:
-    """The plan for ``facts``' layer at (``wbits``, ``abits``) on ``spec`` (32 = float)."""
+    """The plan for ``facts``' layer at (``wbits``, ``abits``) on ``spec`` (32 = float);
+    ``dynamic``: ``abits`` is ``DYNAMIC_BITS`` with a range measured per run (ValueError where the
+    layer has no such form)."""
+    if dynamic:
+        return _dynamic_plan(facts, wbits, spec, layout)
     if layout.weight_only:
         abits = FLOAT_BITS  # activations stay float
     grid_bits = weight_grid_bits(spec, wbits, abits)

@@ -54,6 +54,8 @@ def _weight_bytes(layer: Layer, plan: LayerPlan, array: np.ndarray) -> int:
         return array.size * _FLOAT32
     if form is WeightForm.MATMUL_NBITS:
         return nbits_bytes(*kn_weight(layer).shape, plan.grid_bits, plan.block)
+    if form is WeightForm.MATMUL_INTEGER:  # int8 levels and a float32 scale per column
+        return array.size + kn_weight(layer).shape[1] * _FLOAT32
     if plan.block:  # per block, or GatherBlockQuantized: one scale per block of each column
         k = array.shape[block_axis(layer) or 0]
         scales = array.size // k * -(-k // plan.block)
@@ -86,7 +88,7 @@ def stored_bytes(layer: Layer, plan: LayerPlan, act_signed: bool = False) -> int
         for index, value in enumerate(node.inputs)
         if value is not None and value.const_value is not None and index not in counted
     )
-    if plan.input_quantizer is not None:
+    if plan.input_quantizer is not None and not plan.dynamic:  # a dynamic range stores nothing
         total += _quantizer_bytes(plan, act_signed)
     if plan.output_quantizer:
         total += _quantizer_bytes(plan, act_signed)

@@ -82,7 +82,8 @@ def test_chosen_bits_meet_the_budget_and_the_front_is_written(analysed) -> None:
     assert front["chosen_objectives"]["size"] <= budget
     assert front["evaluations"] == 0  # ilp optimizes the proxy, as HAWQ-V3 does
     bits = [annotations.BITS.get(layer.node) for layer in quantizable_layers(model.graph)]
-    assert bits[0] == {"w": 8, "a": 8} and bits[-1] == {"w": 8, "a": 8}  # pinned ends
+    # pinned ends (the head Gemm may take a dynamic range: 8 bits too)
+    assert bits[0] == {"w": 8, "a": 8} and (bits[-1]["w"], bits[-1]["a"]) == (8, 8)
     assert any(b["w"] == 4 for b in bits)
     assert all(
         set(point["bits"]) == {layer.name for layer in quantizable_layers(model.graph)}

@@ -1,0 +1,84 @@
+"""Dynamic activation ranges (``w8adyn``) as a per-layer choice: where a MatMul's input has
+outliers, the per-run range measures less damage than the calibrated one, and the search takes it;
+its plan-file line reads back as written."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from models import build
+
+from mpqc import hwspecs
+from mpqc.core.bits import Bits
+from mpqc.ir import annotations, quantizable_layers
+from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
+from mpqc.passes.choose.plan_file import PlanError, describe, read_yaml, yaml_text
+from mpqc.passes.choose.plan_ort import to_overrides
+from mpqc.passes.lib.layout import WeightLayout
+
+# A fixed batch of 1: the sensitivity pass then runs sample by sample, as the deployed model does
+# (a batch's dynamic range is the whole batch's).
+OUTLIERS = """
+<ir_version: 10, opset_import: ["" : 17]>
+outliers (float[1,6,64] x) => (float[1,6,32] y) {
+  h = MatMul(x, w1)
+  t = Tanh(h)
+  y = MatMul(t, w2)
+}
+"""
+
+
+def _samples() -> list[dict[str, np.ndarray]]:
+    """Inputs at very different scales: one sample's outlier sets the calibrated range, which
+    leaves the others a few levels; a range measured per run fits each."""
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.normal(0, 1, (1, 6, 64)).astype(np.float32)} for _ in range(8)]
+    samples[3]["x"][0, 2, 5] = 300.0
+    return samples
+
+
+@pytest.fixture(scope="module")
+def searched() -> ir.Model:
+    model = ir.from_proto(build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)}))
+    context = CompileContext(
+        hw=hwspecs.load("x86_avx512_vnni"),
+        calibration=CalibrationData(tuple(_samples())),
+        wbits=(8, 4),
+        abits=(8,),
+    )
+    PassManager(
+        build_pipeline(
+            "canonicalize,calibrate,sensitivity-output{measure=mse},cost,search{latency_cap=false}",
+            context,
+        )
+    )(model)
+    return model
+
+
+def test_the_outlier_input_measures_less_damage_and_the_search_takes_the_dynamic_range(
+    searched: ir.Model,
+) -> None:
+    first, _ = quantizable_layers(searched.graph)
+    scores = annotations.sensitivity_key("output").get(first.node)
+    assert scores["adyn"] < scores["a8"] / 4
+    assert "w8adyn" in annotations.COST.get(first.node)
+    assert annotations.chosen_bits(annotations.BITS.get(first.node)) == Bits(8, 8, dynamic=True)
+
+
+def test_a_dynamic_choice_reads_back_from_its_plan_file(
+    searched: ir.Model, tmp_path: pathlib.Path
+) -> None:
+    spec = hwspecs.load("x86_avx512_vnni")
+    plan = describe(searched, WeightLayout(), spec)
+    first = next(iter(plan.layers.values()))
+    assert first.bits == Bits(8, 8, dynamic=True)
+    assert (first.activation, first.kernel) == ("uint8 dynamic", "dynamic-integer")
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml_text(plan))
+    _, bits = read_yaml(path)
+    assert bits == {name: entry.bits for name, entry in plan.layers.items()}
+    with pytest.raises(PlanError, match="quantize_dynamic's form"):
+        to_overrides(plan, searched, tmp_path / "overrides.json")
