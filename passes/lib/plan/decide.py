@@ -50,8 +50,9 @@ float bias: there is no per-channel weight scale to put it on. The numbers are `
 Kernels (``Kernel``): what onnxruntime's CPU provider runs after its own graph optimizations — an
 integer kernel (QLinearConv, QLinearMatMul, QGemm) where 8-bit containers on both sides get an
 output quantizer; MatMulNBits where mpqc emits it, and also where onnxruntime fuses a
-DequantizeLinear -> MatMul itself (float activations, accuracy level 4: the evaluator simulates the
-graph as written there, see ``evaluator/graph.py``); GatherBlockQuantized; a Gather of int8 rows;
+DequantizeLinear -> MatMul itself (float or 16-bit activations, accuracy level 4: the evaluator
+simulates its int8 rounding of a 16-bit input, and the graph as written behind float ones, see
+``evaluator/graph.py``); GatherBlockQuantized; a Gather of int8 rows;
 DynamicQuantizeMatMul for ``matmul-integer``; otherwise the float kernel behind a weight
 DequantizeLinear, which saves bytes, not time.
 
