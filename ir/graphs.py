@@ -11,7 +11,7 @@ from __future__ import annotations
 import networkx as nx
 import onnx_ir as ir
 
-__all__ = ["data_flow", "topological_nodes"]
+__all__ = ["data_flow", "return_instead", "topological_nodes"]
 
 
 def data_flow(graph: ir.Graph) -> nx.DiGraph:
@@ -79,3 +79,13 @@ def _captured(graph: ir.Graph) -> list[ir.Value]:
             if id(value) not in own:
                 captured.append(value)
     return captured
+
+
+def return_instead(old: ir.Value, new: ir.Value) -> None:
+    """Make the graph that computes ``old`` return ``new`` wherever it returned ``old``."""
+    producer = old.producer()
+    assert producer is not None and producer.graph is not None
+    outputs = producer.graph.outputs
+    for index, value in enumerate(outputs):
+        if value is old:
+            outputs[index] = new

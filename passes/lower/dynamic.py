@@ -43,14 +43,15 @@ class DynamicRanges:
 
     graph: ir.Graph
     #: DynamicQuantizeLinear outputs (levels, scale, zero point) per tensor they quantize.
-    dynamic: dict[int, tuple[ir.Value, ir.Value, ir.Value]]
-    activations: dict[tuple[int, int], ir.Value]
+    dynamic: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]]
+    activations: dict[tuple[int, int, int], ir.Value]
 
     def _dynamic_quantizer(
         self, value: ir.Value, anchor: ir.Node
     ) -> tuple[ir.Value, ir.Value, ir.Value]:
         """The DynamicQuantizeLinear of ``value`` (levels, scale, zero point), one per tensor."""
-        if id(value) not in self.dynamic:
+        key = (id(value), self._scope(value, anchor))
+        if key not in self.dynamic:
             node = ir.node("DynamicQuantizeLinear", [value], num_outputs=3)
             base = value.name or "act"
             for out, part in zip(node.outputs, ("q", "scale", "zp"), strict=True):
@@ -60,15 +61,15 @@ class DynamicRanges:
             node.outputs[0].shape = value.shape
             node.outputs[1].dtype = ir.DataType.FLOAT
             self._place(value, [node], anchor)
-            self.dynamic[id(value)] = tuple(node.outputs)  # type: ignore[assignment]
-        return self.dynamic[id(value)]
+            self.dynamic[key] = tuple(node.outputs)  # type: ignore[assignment]
+        return self.dynamic[key]
 
     def quantize_input_dynamic(self, layer: Layer) -> None:
         """A range measured on every run in front of a float kernel: DynamicQuantizeLinear then
         DequantizeLinear (shared by the layers reading the tensor this way)."""
         value = layer.activation
         assert value is not None and layer.activation_index is not None
-        key = (id(value), -1)
+        key = (id(value), -1, self._scope(value, layer.node))
         if key not in self.activations:
             q, scale, zero_point = self._dynamic_quantizer(value, layer.node)
             dq = ir.node("DequantizeLinear", [q, scale, zero_point])

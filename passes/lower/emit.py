@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir import annotations
+from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.lib.grid import (
     activation_grid,
@@ -24,7 +25,7 @@ from mpqc.passes.lib.grid import (
 )
 from mpqc.passes.lib.layout import block_axis, kn_weight
 from mpqc.passes.lib.matmul_nbits import pack_matmul_nbits
-from mpqc.passes.lib.plan import LayerPlan, WeightForm, int32_bias, output_target
+from mpqc.passes.lib.plan import LayerPlan, WeightForm, body_result, int32_bias, output_target
 from mpqc.passes.lower.dynamic import DynamicRanges, replace_node
 
 __all__ = ["Emitter"]
@@ -46,8 +47,9 @@ class Emitter(DynamicRanges):
         self.act_signed = act_signed
         self.weights: dict[tuple[int, ...], tuple[ir.Value, np.ndarray]] = {}
         self.nbits_scales: dict[tuple[int, ...], ir.Value] = {}
-        self.activations: dict[tuple[int, int], ir.Value] = {}
-        self.dynamic: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}
+        #: (value, bits, scope: see ``_scope``) -> the DQ output.
+        self.activations: dict[tuple[int, int, int], ir.Value] = {}
+        self.dynamic: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
         # ONNX names are unique across scopes: a name made here must not repeat one in a body.
@@ -328,8 +330,9 @@ class Emitter(DynamicRanges):
     # -- activations ------------------------------------------------------------------------
 
     def _quantizer(self, value: ir.Value, bits: int, anchor: ir.Node) -> ir.Value | None:
-        """The DQ output for ``value`` at ``bits`` (created on first use); None without a range."""
-        key = (id(value), bits)
+        """The DQ output for ``value`` at ``bits`` (created on first use, shared as ``_scope``
+        says); None without a range."""
+        key = (id(value), bits, self._scope(value, anchor))
         if key in self.activations:
             return self.activations[key]
         observed = annotations.CALIB_RANGE.get(value)
@@ -369,18 +372,26 @@ class Emitter(DynamicRanges):
         self.activations[key] = out
         return out
 
+    @staticmethod
+    def _scope(value: ir.Value, anchor: ir.Node) -> int:
+        """Where quantizers of ``value`` read by ``anchor`` are shared: 0 when the value is made
+        in ``anchor``'s graph, whose layers share them; else ``anchor``'s body, which quantizes a
+        value of an enclosing graph itself: onnxruntime fuses a DequantizeLinear into an integer
+        kernel only within one graph (the numbers are the same either way)."""
+        producer = value.producer()
+        home = producer.graph if producer is not None else value.graph
+        return 0 if home is None or home is anchor.graph else id(anchor.graph)
+
     def _place(self, value: ir.Value, nodes: list[ir.Node], anchor: ir.Node) -> None:
-        """Insert ``nodes`` reading ``value`` in the graph that makes it (a body's or the main one),
-        so every scope that reads it can share them: right after its producer; a graph input right
-        before ``anchor`` when they share a graph, else at the start of the graph it enters."""
-        producer, owner = value.producer(), value.graph
-        if producer is not None and producer.graph is not None:
-            producer.graph.insert_after(producer, nodes)
-        elif owner is None or owner is anchor.graph:
-            assert anchor.graph is not None
-            anchor.graph.insert_before(anchor, nodes)
+        """Insert ``nodes`` reading ``value`` where ``_scope`` shares them: right after the value's
+        producer (a graph input: before ``anchor``), or, for a value of an enclosing graph, in
+        ``anchor``'s body before it."""
+        producer, local = value.producer(), anchor.graph
+        assert local is not None
+        if producer is not None and not self._scope(value, anchor):
+            local.insert_after(producer, nodes)
         else:
-            owner.insert_before(next(iter(owner)), nodes)
+            local.insert_before(anchor, nodes)
         self.inserted.update(id(n) for n in nodes)
 
     def quantize_input(self, layer: Layer, bits: int) -> bool:
@@ -403,6 +414,8 @@ class Emitter(DynamicRanges):
         for use in list(target.uses()):
             if id(use.node) not in self.inserted:
                 use.node.replace_input_with(use.idx, quantized)
+        if body_result(layer, target):
+            return_instead(target, quantized)
 
     def quantize_bias(self, layer: Layer) -> None:
         """A bias the plan makes int32 (``plan.int32_bias``), behind a DequantizeLinear, once the

@@ -48,10 +48,11 @@ import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
+from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
 from mpqc.passes.lib.layout import WeightLayout, block_axis
-from mpqc.passes.lib.plan import LayerFacts, output_target, plan_layer
+from mpqc.passes.lib.plan import LayerFacts, body_result, output_target, plan_layer
 
 __all__ = ["PREFIX", "LayerSites", "Site", "build"]
 
@@ -323,6 +324,8 @@ def build(
         producer.graph.insert_after(producer, nodes)
         for use in uses:
             use.node.replace_input_with(use.idx, nodes[-1].outputs[0])
+        if body_result(layer, target):
+            return_instead(target, nodes[-1].outputs[0])
         targets[index] = (target, site)
 
     viewed = {id(target): builder[f"{site.prefix}.y"] for target, site in targets.values()}

@@ -99,6 +99,7 @@ __all__ = [
     "int32_bias",
     "layer_plan",
     "output_target",
+    "body_result",
     "plan_layer",
 ]
 
@@ -158,11 +159,21 @@ def output_target(layer: Layer) -> ir.Value | None:
     of a single following Relu; None when no node reads that tensor: the model's result stays
     exactly as the float layer computes it, and an output nothing reads (an LSTM's or GRU's
     sequence when only its last state is used; canonicalize leaves it unnamed) has nothing to
-    feed."""
+    feed. What a body returns is read after it by the If, Loop or Scan holding it, like any
+    consumer (``body_result``)."""
     out = layer.node.outputs[0]
     uses = out.uses()
     target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
-    return target if target.uses() else None
+    if target.uses() or (layer.in_subgraph and target.is_graph_output()):
+        return target
+    return None
+
+
+def body_result(layer: Layer, target: ir.Value) -> bool:
+    """Whether ``layer``'s output quantizer also replaces a result of the body holding it: the
+    body then returns the quantized tensor (the main graph's results stay float), so the layer's
+    output feeds only its quantizer, as onnxruntime's integer kernels need."""
+    return layer.in_subgraph and target.is_graph_output()
 
 
 @dataclasses.dataclass(frozen=True)
