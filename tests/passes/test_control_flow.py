@@ -19,11 +19,13 @@ from models import build, control_flow, random_inputs, run_ort
 
 import mpqc
 from mpqc import hwspecs
+from mpqc.core import Bits
 from mpqc.ir import annotations as A
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
 from mpqc.passes.lib.bodies import expose
 from mpqc.passes.lib.evaluator import Evaluator
+from mpqc.passes.lib.plan import layer_plan, stored_bytes
 
 LAYERS = ["c/then/ct0", "c/else/ce", "h/body/m", "last/body/y"]
 
@@ -126,6 +128,28 @@ def test_the_evaluator_computes_what_the_lowered_bodies_compute() -> None:
     # One layer at a time (the suffix sessions sensitivity analysis uses) agrees with whole runs.
     one = [{name: (4, 8)} for name in LAYERS] + [{name: (8, 32)} for name in LAYERS]
     assert evaluator.errors(one) == pytest.approx([evaluator.error(c) for c in one], rel=1e-6)
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 8), (2, 8)])
+def test_the_plan_counts_the_bytes_written_inside_bodies(bits: tuple[int, int]) -> None:
+    model, context = _calibrated(_samples(6))
+    layers = quantizable_layers(model.graph)
+    weights = {v.name for layer in layers for v in layer.node.inputs if v and v.const_value}
+
+    def tensors(exclude: set[str]) -> int:
+        graphs = (model.graph, *model.graph.subgraphs())
+        return sum(
+            value.const_value.nbytes
+            for graph in graphs
+            for name, value in graph.initializers.items()
+            if name not in exclude and value.const_value is not None
+        )
+
+    predicted = tensors(weights) + sum(
+        stored_bytes(layer, layer_plan(layer, *bits)) for layer in layers
+    )
+    PassManager(build_pipeline(f"lower-qdq{{uniform={Bits(*bits)}}}", context))(model)
+    assert tensors(set()) == predicted
 
 
 def test_w8a8_quantizes_inside_every_body_and_stays_close_to_float() -> None:
