@@ -176,7 +176,7 @@ def searched(case: Case, spec: hwspecs.HardwareSpec, objective: str, budget: str
     for layer in mir.quantizable_layers(model.graph):
         chosen = annotations.BITS.get(layer.node)
         if chosen is not None:
-            bits[layer.name] = (int(chosen["w"]), int(chosen["a"]))
+            bits[layer.name] = annotations.chosen_bits(chosen)
     return Config(f"ilp {objective}<={budget}", bits)
 
 
@@ -219,7 +219,7 @@ def lower(analysed: ir.Model, case: Case, spec: hwspecs.HardwareSpec, config: Co
     model = ir.serde.deserialize_model(ir.serde.serialize_model(analysed))
     for layer in mir.quantizable_layers(model.graph):
         pair = config.bits.get(layer.name, FLOAT)
-        annotations.BITS.set(layer.node, {"w": pair[0], "a": pair[1]})
+        annotations.BITS.set(layer.node, annotations.layer_bits(pair))
     Pipeline("lower-qdq", _context(case, spec)).run_ir(model)
     return ir.to_proto(model).SerializeToString()
 
