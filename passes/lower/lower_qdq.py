@@ -60,6 +60,7 @@ from mpqc.passes.lib.plan import (
     facts_of,
     plan_layer,
 )
+from mpqc.passes.lib.widen import widen_to_float32
 from mpqc.passes.lower.emit import Emitter
 
 __all__ = ["LowerQDQPass"]
@@ -137,6 +138,7 @@ class LowerQDQPass(Pass):
             model.opset_imports.setdefault("com.microsoft", 1)
         # The upgrade may rebuild the graph: find the layers again by name.
         by_name = {layer.name: layer for layer in quantizable_layers(model.graph)}
+        widen_to_float32(by_name[plan.name] for plan in plans)
         emitter = Emitter(model.graph, options.act_signed)
         ranges_missing, weights_only = False, []
         calibrated = _observed([model.graph])

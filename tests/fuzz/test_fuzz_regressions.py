@@ -101,8 +101,6 @@ def test_a_branch_that_reads_a_layer_output_under_the_search() -> None:
     assert compile_or_refuse(_fuzz_model(proto), SEARCH, tolerance=0.5) == "compiled"
 
 
-# --- found here, fixed on another branch: xfail (strict) until it lands ----------------------
-
 HALF_ISLAND = """
 <ir_version: 8, opset_import: ["" : 17]>
 half_island (float[N,4] x) => (float[N,3] y) {
@@ -113,14 +111,11 @@ half_island (float[N,4] x) => (float[N,3] y) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a float16 layer: lower-qdq puts a float32-scaled QuantizeLinear on a float16 tensor "
-    "(the checker refuses it before opset 19) and the evaluator's fake quantization mixes "
-    "float16 and float32 in a Div; fixed on the robust branch",
-)
 @pytest.mark.parametrize("options", [W8A8, SEARCH], ids=["w8a8", "search"])
 def test_a_float16_island_holding_a_layer(options) -> None:
+    """lower-qdq put a float32-scaled QuantizeLinear on a float16 tensor (the checker refuses it
+    before opset 19) and the evaluator's fake quantization mixed float16 and float32 in a Div;
+    widened layers (passes/lib/widen.py) compute in float32 between Casts."""
     proto = onnx.parser.parse_model(HALF_ISLAND)
     weight = np.random.default_rng(0).normal(0.0, 0.7, (4, 3)).astype(np.float16)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))

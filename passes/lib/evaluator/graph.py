@@ -53,6 +53,7 @@ from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
 from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.plan import LayerFacts, body_result, output_target, plan_layer
+from mpqc.passes.lib.widen import widen_to_float32
 
 __all__ = ["PREFIX", "LayerSites", "Site", "build"]
 
@@ -305,6 +306,7 @@ def build(
     builder = _Builder(model)
     graph = model.graph
     layers = quantizable_layers(graph)
+    widen_to_float32(layers)
     # The float tensors the layers read, before any quantizer is put in front of them.
     activations = [layer.activation for layer in layers]
     sites: list[LayerSites] = []

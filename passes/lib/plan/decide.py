@@ -164,9 +164,21 @@ def output_target(layer: Layer) -> ir.Value | None:
     out = layer.node.outputs[0]
     uses = out.uses()
     target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
-    if target.uses() or (layer.in_subgraph and target.is_graph_output()):
+    if not _read_by_nothing(target) or (layer.in_subgraph and target.is_graph_output()):
         return target
     return None
+
+
+def _read_by_nothing(value: ir.Value) -> bool:
+    """No node reads ``value``, or only the Cast back to the model's float type after a widened
+    layer (``passes/lib/widen.py``), whose output nothing reads either."""
+    uses = value.uses()
+    return not uses or (
+        len(uses) == 1
+        and uses[0].node.op_type == "Cast"
+        and not value.is_graph_output()
+        and _read_by_nothing(uses[0].node.outputs[0])
+    )
 
 
 def body_result(layer: Layer, target: ir.Value) -> bool:
