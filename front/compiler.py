@@ -34,6 +34,7 @@ from mpqc.passes.choose.plan import check_plan_path
 from mpqc.passes.choose.plan_file import describe, yaml_text
 from mpqc.passes.choose.plan_ort import overrides_text
 from mpqc.passes.infra.instruments import Instrument, Progress, Snapshot, Timing
+from mpqc.passes.lib.runnable import check_runnable
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.pipeline import Pipeline
 from mpqc.report import Explanation
@@ -81,6 +82,7 @@ def compile(
     if options.plan_out is not None:
         check_plan_path(options.plan_out, field="plan_out")
     working = mir.load(model)
+    check_runnable(working, str(model) if isinstance(model, (str, pathlib.Path)) else "the model")
     for data in working.meta.get(mir.io.EXTERNAL_FILES, ()):
         outputs.protect(data, "the input model's external data")
     if working is model:

@@ -164,6 +164,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
         parser.error("a model and -p PIPELINE are required (or --help-passes)")
     from mpqc import ir as mir
     from mpqc.options import CompileOptions, compilation_context
+    from mpqc.passes.lib.runnable import check_runnable
     from mpqc.pipeline import Pipeline
 
     protect_inputs(outputs, args.model, args)
@@ -172,6 +173,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, outputs: Out
     if args.ir_dump_dir:
         outputs.claim_folder(args.ir_dump_dir, "ir_dump_dir")
     model = mir.load(args.model)
+    check_runnable(model, str(args.model))
     for data in model.meta.get(mir.io.EXTERNAL_FILES, ()):
         outputs.protect(data, "the input model's external data")
     fields = {field.name for field in dataclasses.fields(CompileOptions)}
