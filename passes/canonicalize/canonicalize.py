@@ -47,11 +47,12 @@ class CanonicalizePass(Pass):
             steps.append(FoldConstantsPass(context=self.context))
         if self.options.fold_batchnorm:
             steps.append(FoldBatchNormPass(context=self.context))
+        shapes = ShapeInferencePass()
         steps += [
             common.RemoveUnusedNodesPass(),
             common.RemoveUnusedFunctionsPass(),
             common.TopologicalSortPass(),
-            ShapeInferencePass(),
+            shapes,
         ]
         # Initializers leave the graph inputs, which IR 3 does not allow.
         modified = allow_initializers_apart(model)
@@ -59,4 +60,10 @@ class CanonicalizePass(Pass):
         for step in steps:
             result = step(model)
             modified = modified or result.modified
+        if shapes.contradicted:
+            self.context.note(
+                "canonicalize: the graph contradicts the declared shape of "
+                + ", ".join(f"'{name}'" for name in shapes.contradicted)
+                + "; the inferred shape replaces it"
+            )
         return ir.passes.PassResult(model, modified)

@@ -5,6 +5,9 @@ of a ``seq(tensor(float))`` is its elements' ``float``: an untyped sequence came
 float tensor, a model onnxruntime refuses to load. Here a value that had no type keeps none (and
 its shape) when the op that produces it cannot output a tensor at all (its schema's type
 constraint allows only sequences, optionals or maps); every other value gets onnx_ir's merge.
+A declared shape the graph contradicts is replaced by the inferred one first
+(``passes/lib/declared_shapes.py``): onnx's strict inference would fail on it and leave every
+shape as it was.
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from mpqc.passes.lib.declared_shapes import replace_contradicted_shapes
+
 __all__ = ["ShapeInferencePass"]
 
 
 class ShapeInferencePass(common.ShapeInferencePass):
+    #: Values whose declared shape the graph contradicted, replaced before inference (last run).
+    contradicted: list[str] = []
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.contradicted = replace_contradicted_shapes(model)
         untyped = [
             (value, value.shape)
             for node in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -28,6 +37,8 @@ class ShapeInferencePass(common.ShapeInferencePass):
         for value, shape in untyped:
             if value.type is not None and not _may_be_a_tensor(model, value):
                 value.type, value.shape = None, shape
+        if self.contradicted:
+            result = ir.passes.PassResult(model, True)
         return result
 
 

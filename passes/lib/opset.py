@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from mpqc.passes.infra.base import PassInputError
+from mpqc.passes.lib.declared_shapes import replace_contradicted_shapes
 
 __all__ = ["ORT_MIN_OPSET", "allow_initializers_apart", "ensure_opset"]
 
@@ -68,6 +69,8 @@ def ensure_opset(model: ir.Model, minimum: int) -> bool:
     _copy_metadata(model.graph, upgraded.graph)
     model.graph = upgraded.graph
     model.ir_version = max(model.ir_version, upgraded.ir_version)
+    # a newer op's inference may see through a shape the model declares wrongly
+    replace_contradicted_shapes(model)
     return True
 
 
