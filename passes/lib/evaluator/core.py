@@ -225,7 +225,6 @@ class Evaluator(Shipped):
                     for (method, argument), size in zip(jobs, sizes, strict=True)
                 ]
             else:
-                self._write_files()
                 futures = [
                     executor.submit(in_worker, self, method, argument, measure)
                     for method, argument in jobs

@@ -10,16 +10,23 @@ one-thread numbers.
 
 Sessions do not pickle, so the evaluator pickles as its file-backed description (graph, samples and
 float outputs written once to a temporary folder); a worker process reads it once and keeps it,
-with its sessions, for later tasks.
+with its sessions, for later tasks. Workers on other machines cannot read this machine's folder: an
+executor that ships to them pickles inside ``by_value()``, where the evaluator pickles as one
+content-addressed payload of bytes (its state, graph, samples and float outputs) that the executor
+sends once per worker (``front/cluster.py``); a worker revives it once per payload.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import contextvars
+import hashlib
 import multiprocessing
 import os
 import pathlib
+import pickle
 import shutil
 import sys
 import tempfile
@@ -28,8 +35,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import onnx
 
-__all__ = ["Shipped", "in_worker"]
+__all__ = ["Shipped", "by_value", "in_worker"]
 
 #: Local workers are forked: "spawn" and "forkserver" re-import the caller's main module in every
 #: worker, which re-runs any script that lacks an ``if __name__ == "__main__":`` guard.
@@ -50,8 +58,30 @@ _TRANSIENT = {
     "_slices": {},
 }
 
-#: Per process: evaluators revived from pickles, by their folder.
-_WORKER_CACHE: dict[str, Any] = {}
+#: Per process: evaluators revived from pickles, by their folder or payload, the latest
+#: ``_KEPT`` (a long-lived cluster worker sees one evaluator per analysis).
+_WORKER_CACHE: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_KEPT = 4
+
+#: Set while an executor pickles tasks for workers that do not share this machine's disk.
+_BY_VALUE: contextvars.ContextVar[bool] = contextvars.ContextVar("mpqc_by_value", default=False)
+
+
+@contextlib.contextmanager
+def by_value() -> Iterator[None]:
+    """Evaluators pickled in this block travel as bytes, not as a folder on this machine."""
+    token = _BY_VALUE.set(True)
+    try:
+        yield
+    finally:
+        _BY_VALUE.reset(token)
+
+
+def _remember(key: str, evaluator: Any) -> Any:
+    _WORKER_CACHE[key] = evaluator
+    while len(_WORKER_CACHE) > _KEPT:
+        _WORKER_CACHE.popitem(last=False)
+    return evaluator
 
 
 def _idle_cores() -> int:
@@ -71,6 +101,9 @@ class Shipped:
     reference: list[list[np.ndarray]]
     _reference_seconds: float
     _folder: str | None
+    _parsed: onnx.ModelProto | None
+    #: (content key, bytes) of the by-value payload, made once.
+    _payload: tuple[str, bytes] | None = None
 
     def _proto(self) -> Any:
         raise NotImplementedError
@@ -115,8 +148,22 @@ class Shipped:
         )
         self._folder = folder
 
-    def __reduce__(self) -> tuple[Callable[..., Any], tuple[type, dict[str, Any]]]:
-        """Pickled as its file-backed description; unpickled once per process (``_revive``)."""
+    def _by_value(self) -> tuple[str, bytes]:
+        """The payload ``by_value`` ships: state, graph, samples and float outputs, pickled once
+        and named by its SHA-256."""
+        if self._payload is None:
+            reference = self.reference
+            state = {**self.__dict__, **_TRANSIENT, "_folder": None, "_payload": None}
+            parts = (type(self), state, self._proto().SerializeToString(), self.samples, reference)
+            blob = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+            self._payload = (hashlib.sha256(blob).hexdigest(), blob)
+        return self._payload
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """Pickled as its file-backed description, or inside ``by_value`` as its payload; either
+        way unpickled once per process (``_revive``, ``_revive_by_value``)."""
+        if _BY_VALUE.get():
+            return _revive_by_value, self._by_value()
         self._write_files()
         state = {**self.__dict__, **_TRANSIENT}
         return _revive, (type(self), state)
@@ -134,8 +181,20 @@ def _revive(cls: type, state: dict[str, Any]) -> Any:
             [outputs[k] for k in sorted(outputs, key=int)]
             for outputs in _load_indexed(evaluator._path("reference.npz"))
         ]
-        _WORKER_CACHE[folder] = evaluator
+        _remember(folder, evaluator)
     return _WORKER_CACHE[folder]
+
+
+def _revive_by_value(key: str, payload: bytes) -> Any:
+    """The evaluator a payload describes, unpickled the first time this process sees it."""
+    if key not in _WORKER_CACHE:
+        cls, state, graph, samples, reference = pickle.loads(payload)
+        evaluator = cls.__new__(cls)
+        evaluator.__dict__.update(state)
+        evaluator._parsed = onnx.ModelProto.FromString(graph)
+        evaluator.samples, evaluator._reference = samples, reference
+        _remember(key, evaluator)
+    return _WORKER_CACHE[key]
 
 
 def _load_indexed(path: str) -> list[dict[str, np.ndarray]]:
