@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from mpqc.core.errors import UsageError
+
 __all__ = ["Shipped", "by_value", "in_worker"]
 
 #: Local workers are forked: "spawn" and "forkserver" re-import the caller's main module in every
@@ -46,6 +48,9 @@ _CAN_FORK = sys.platform.startswith("linux")
 #: Serial seconds of work above which ``errors`` starts local worker processes when given no
 #: executor: a spawned worker takes seconds to import onnxruntime and open its session.
 LOCAL_WORKERS_PAY_AFTER_S = 10.0
+
+#: Protobuf serializes no message of 2 GiB or more.
+_PROTOBUF_LIMIT = 2**31
 
 #: What is not pickled: rebuilt from the files, or per process.
 _TRANSIENT = {
@@ -152,9 +157,16 @@ class Shipped:
         """The payload ``by_value`` ships: state, graph, samples and float outputs, pickled once
         and named by its SHA-256."""
         if self._payload is None:
+            graph = self._proto()
+            if graph.ByteSize() >= _PROTOBUF_LIMIT:
+                raise UsageError(
+                    "the evaluator's graph is over protobuf's 2 GB: workers that share no disk "
+                    "with this machine cannot receive it; run without an executor",
+                    field="executor",
+                )
             reference = self.reference
             state = {**self.__dict__, **_TRANSIENT, "_folder": None, "_payload": None}
-            parts = (type(self), state, self._proto().SerializeToString(), self.samples, reference)
+            parts = (type(self), state, graph.SerializeToString(), self.samples, reference)
             blob = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
             self._payload = (hashlib.sha256(blob).hexdigest(), blob)
         return self._payload
