@@ -111,7 +111,7 @@ def wall(model: dict[str, Any]) -> str:
             parts.append(f"{name}: no time")
             continue
         ratio = row["quantize_s"] / careful["quantize_s"]
-        parts.append(f"{name} {ratio:.1f}x (≤ {limit:g}): {_verdict(ratio <= limit)}")
+        parts.append(f"{name} {ratio:.2f}x (≤ {limit:g}): {_verdict(ratio <= limit)}")
     return f"{'; '.join(parts)} [quantize_static {careful['quantize_s']:.1f} s]"
 
 

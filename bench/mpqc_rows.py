@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.baselines import QuantizeRequest, Recipe, RecipeError
 from bench.run import Bench
+from mpqc.core import Bits
 
 
 def mpqc_executable() -> list[str]:
@@ -64,6 +65,11 @@ def cli_recipe(
     return Recipe(name, quantize, description)
 
 
+def choice(bits: dict[str, Any]) -> str:
+    """A layer's bits in the report, as mpqc spells the choice (``w8a8``, ``w8adyn``)."""
+    return str(Bits(int(bits["w"]), int(bits["a"]), bool(bits.get("dynamic"))))
+
+
 @dataclass(frozen=True)
 class Analysis:
     """The analysed model, how long the analysis took, and its per-layer cost tables."""
@@ -82,7 +88,7 @@ class Analysis:
         }
         for name, table in self.costs.items():
             chosen = bits.get(name)
-            key = f"w{chosen['w']}a{chosen['a']}" if chosen and chosen["w"] != 32 else "float"
+            key = choice(chosen) if chosen and chosen["w"] != 32 else "float"
             entry = table.get(key) or table.get("float")
             if entry is None:
                 continue
@@ -130,6 +136,6 @@ def explain_row(row: dict[str, Any], report: Path, analysis: Analysis | None) ->
         row["kept"] = explanation["summary"]
     mix: dict[str, int] = {}
     for bits in (data.get("bits") or {}).values():
-        key = f"w{bits['w']}a{bits['a']}"
+        key = choice(bits)
         mix[key] = mix.get(key, 0) + 1
     row["bits_mix"] = dict(sorted(mix.items()))

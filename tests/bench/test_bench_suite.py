@@ -146,7 +146,7 @@ def test_aims_judge_the_default_rows_against_the_best_onnxruntime_recipe_at_its_
     model["rows"][-2]["latency_vs_float_1t"] = 1.01
     assert aims.half(model).endswith("1.01x float, 1.50 MB: not met")
     assert aims.wall(model) == (
-        "mpqc@1x 2.5x (≤ 3): met; mpqc-w8a8 0.8x (≤ 1): met [quantize_static 4.0 s]"
+        "mpqc@1x 2.50x (≤ 3): met; mpqc-w8a8 0.75x (≤ 1): met [quantize_static 4.0 s]"
     )
 
 
@@ -239,3 +239,10 @@ def test_smoke_suite_on_the_orientation_model(tmp_path) -> None:
     assert (
         np.isfinite(search["latency_vs_careful_1t"]) and search["quantize_s"] > entry["analysis_s"]
     )
+
+
+def test_report_bits_are_spelled_as_mpqc_spells_the_choice() -> None:
+    from bench.mpqc_rows import choice
+
+    assert choice({"w": 8, "a": 8, "dynamic": True}) == "w8adyn"
+    assert choice({"w": 4, "a": 8}) == "w4a8" and choice({"w": 8, "a": 16}) == "w8a16"
