@@ -2,12 +2,14 @@
 
 NNSmith grows a graph one operator at a time from a pool of values whose shapes it knows, picking
 only operators whose constraints the pool can satisfy, so every graph it makes is valid by
-construction. ``fuzz_models()`` does the same with the operators mpqc quantizes (Conv, Gemm,
-MatMul, Gather, LSTM, GRU) among those it must leave alone (elementwise, Reshape, Transpose,
-Concat, pooling, normalization, Softmax), at a random opset from 11 to 21, with what exporters
-write around them: a symbolic batch dimension, Constant-node weights, inputs the graph never
-reads, If and Loop bodies that read outer values, and float16 islands (Cast to float16, a few ops,
-Cast back).
+construction. ``fuzz_models()`` does the same with the operators mpqc quantizes (Conv,
+ConvTranspose, Gemm, MatMul, Gather, LSTM, GRU) among those it must leave alone (elementwise,
+Reshape, Transpose, Concat, Split, Slice, Squeeze, reductions, pooling, normalization, Softmax), at
+a random opset from 11 to 21 (Split, Squeeze and the reductions take their axes as attributes or
+inputs as their opset says, which onnx's version converter must rewrite when mpqc raises it), with
+what exporters write around them: a symbolic batch dimension, Constant-node weights, inputs the
+graph never reads, If and Loop bodies that read outer values, and float16 islands (Cast to
+float16, a few ops, Cast back).
 
 Every choice is a hypothesis draw, so a failing model shrinks to a small one; weights come from a
 numpy generator seeded by a draw. A ``FuzzModel`` carries the model and how to feed it.
@@ -263,6 +265,26 @@ def _conv(g: _Graph, preserve: bool) -> _Value | None:
     )
 
 
+def _conv_transpose(g: _Graph, preserve: bool) -> _Value | None:
+    """A ConvTranspose upsampling by its stride (a layer whose weight's channel axis is 1)."""
+    if preserve:
+        return None
+    x = g.pick(_float(4))
+    if x is None:
+        return None
+    n, cin, h, w = x.shape
+    d = g.maker.draw
+    cout, kernel, stride = d(st.integers(1, 4)), d(st.sampled_from([1, 2, 3])), d(st.integers(1, 2))
+    inputs = [x.name, g.weight((cin, cout, kernel, kernel))]
+    if d(st.booleans()):
+        inputs.append(g.small((cout,)))
+    oh, ow = ((size - 1) * stride + kernel for size in (h, w))
+    g.maker.summary.append(f"ConvTranspose {cin}->{cout} k{kernel} s{stride}")
+    return g.node(
+        "ConvTranspose", inputs, (n, cout, oh, ow), kernel_shape=[kernel] * 2, strides=[stride] * 2
+    )
+
+
 def _batchnorm(g: _Graph, preserve: bool) -> _Value | None:
     x = g.pick(_float(4))
     if x is None:
@@ -465,6 +487,95 @@ def _reshape(g: _Graph, preserve: bool) -> _Value | None:
     return g.node("Reshape", [x.name, g.ints([0, *target])], (n, *target))
 
 
+def _axes(g: _Graph, name: str, values: list[int], since: int) -> tuple[list[str], dict]:
+    """``values`` as the op's ``name`` input from opset ``since``, as its attribute before: the
+    signatures onnx's version converter must rewrite when mpqc raises the opset."""
+    if g.maker.opset >= since:
+        return [g.ints(values)], {}
+    return [], {name: values}
+
+
+def _split(g: _Graph, preserve: bool) -> _Value | None:
+    """Split along a non-batch axis into two parts, both in the pool."""
+    if preserve:
+        return None
+    x = g.pick(lambda v: _float()(v) and v.rank >= 2 and max(v.shape[1:]) >= 2)
+    if x is None:
+        return None
+    d = g.maker.draw
+    axis = d(st.sampled_from([a for a in range(1, x.rank) if x.shape[a] >= 2]))
+    first = d(st.integers(1, x.shape[axis] - 1))
+    parts = [first, x.shape[axis] - first]
+    extra, attrs = _axes(g, "split", parts, since=13)
+    outputs = [g.maker.fresh("Split") for _ in parts]
+    g.nodes.append(
+        helper.make_node(
+            "Split", [x.name, *extra], outputs, g.maker.node_name("Split"), axis=axis, **attrs
+        )
+    )
+    g.maker.summary.append(f"Split axis={axis} {parts}")
+    values = []
+    for output, size in zip(outputs, parts, strict=True):
+        shape = list(x.shape)
+        shape[axis] = size
+        values.append(_Value(output, tuple(shape)))
+    g.pool += values
+    return values[d(st.integers(0, 1))]
+
+
+def _slice(g: _Graph, preserve: bool) -> _Value | None:
+    if preserve:
+        return None
+    x = g.pick(lambda v: _float()(v) and v.rank >= 2 and max(v.shape[1:]) >= 2)
+    if x is None:
+        return None
+    d = g.maker.draw
+    axis = d(st.sampled_from([a for a in range(1, x.rank) if x.shape[a] >= 2]))
+    start = d(st.integers(0, x.shape[axis] - 2))
+    end = d(st.integers(start + 1, x.shape[axis]))
+    shape = list(x.shape)
+    shape[axis] = end - start
+    g.maker.summary.append(f"Slice axis={axis} {start}:{end}")
+    inputs = [x.name, g.ints([start]), g.ints([end]), g.ints([axis])]
+    return g.node("Slice", inputs, tuple(shape))
+
+
+def _unsqueeze(g: _Graph, preserve: bool) -> _Value | None:
+    """Unsqueeze a new axis of 1 after the batch, or Squeeze such an axis away."""
+    if preserve:
+        return None
+    d = g.maker.draw
+
+    def ones(v: _Value) -> list[int]:
+        return [a for a in range(1, v.rank) if v.shape[a] == 1]
+
+    x = g.pick(lambda v: _float()(v) and (v.rank < 4 or bool(ones(v))))
+    if x is None:
+        return None
+    if x.rank < 4 and (not ones(x) or d(st.booleans())):
+        axis = d(st.integers(1, x.rank))
+        extra, attrs = _axes(g, "axes", [axis], since=13)
+        g.maker.summary.append(f"Unsqueeze axis={axis}")
+        shape = (*x.shape[:axis], 1, *x.shape[axis:])
+        return g.node("Unsqueeze", [x.name, *extra], shape, **attrs)
+    axis = d(st.sampled_from(ones(x)))
+    extra, attrs = _axes(g, "axes", [axis], since=13)
+    g.maker.summary.append(f"Squeeze axis={axis}")
+    shape = tuple(size for a, size in enumerate(x.shape) if a != axis)
+    return g.node("Squeeze", [x.name, *extra], shape, **attrs)
+
+
+def _reduce(g: _Graph, preserve: bool) -> _Value | None:
+    """ReduceMean or ReduceMax over the last axis, kept as 1."""
+    x = g.pick(lambda v: _float()(v) and v.rank >= 2)
+    if x is None or (preserve and x.shape[-1] != 1):
+        return None
+    op = g.maker.draw(st.sampled_from(["ReduceMean", "ReduceMax"]))
+    extra, attrs = _axes(g, "axes", [-1], since=18)
+    g.maker.summary.append(op)
+    return g.node(op, [x.name, *extra], (*x.shape[:-1], 1), keepdims=1, **attrs)
+
+
 def _transpose(g: _Graph, preserve: bool) -> _Value | None:
     x = g.pick(lambda v: _float()(v) and v.rank >= 3)
     if x is None:
@@ -642,6 +753,7 @@ def _info(value: _Value, batch: str | None) -> onnx.ValueInfoProto:
 _OPS = [
     _conv,
     _conv,
+    _conv_transpose,
     _batchnorm,
     _pool,
     _gemm,
@@ -650,6 +762,7 @@ _OPS = [
     _matmul,
     _embedding,
     _gather,
+    _recurrent,
     _recurrent,
     _unary,
     _unary,
@@ -660,11 +773,15 @@ _OPS = [
     _reshape,
     _transpose,
     _concat,
+    _split,
+    _slice,
+    _unsqueeze,
+    _reduce,
     _half_island,
     _if,
     _loop,
 ]
-_PRESERVING = [_conv, _batchnorm, _gemm, _matmul, _unary, _binary, _layernorm, _transpose]
+_PRESERVING = [_conv, _batchnorm, _gemm, _matmul, _unary, _binary, _layernorm, _transpose, _reduce]
 
 
 # --- whole models --------------------------------------------------------------------------------

@@ -77,6 +77,32 @@ def test_a_batchnorm_folded_into_a_conv_of_unknown_shape_keeps_the_outputs_shape
     assert [node.op_type for node in folded.graph.node].count("BatchNormalization") == 0
 
 
+TRANSPOSE_READ_BY_A_BRANCH = """
+<ir_version: 8, opset_import: ["" : 17]>
+transpose_read_by_a_branch (float[N,2,4,4] x) => (float[N,4,4,2] y) {
+  c = Conv <pads=[1,1,1,1]> (x, w)
+  t = Transpose <perm=[0,2,3,1]> (c)
+  mean = ReduceMean <keepdims=0> (t)
+  zero = Constant <value = float {0}> ()
+  cond = Greater(mean, zero)
+  y = If (cond) <
+    then_branch = a () => (float[N,4,4,2] ta) { ta = Relu(t) },
+    else_branch = b () => (float[N,4,4,2] tb) { tb = Neg(t) }
+  >
+}
+"""
+
+
+def test_no_output_quantizer_that_onnxruntime_would_move_into_a_body() -> None:
+    """The Conv's output quantizer fed a Transpose that only an If body reads; onnxruntime's QDQ
+    propagation moves the DequantizeLinear past the Transpose and, with a body reading the result,
+    onnxruntime 1.32 aborted the process while loading the model (verify-each, or the user's
+    session). The fuzzer met it behind a GRU, then a Reshape; Squeeze, Unsqueeze, Slice and
+    MaxPool do the same. Such a layer gets no output quantizer."""
+    proto = build(TRANSPOSE_READ_BY_A_BRANCH, {"w": (2, 2, 3, 3)})
+    assert compile_or_refuse(_fuzz_model(proto), W8A8, tolerance=0.15) == "compiled"
+
+
 IF_READS_A_LAYER_OUTPUT = """
 <ir_version: 8, opset_import: ["" : 17]>
 if_reads_a_layer_output (float[N,4] x) => (float[N,3] y) {

@@ -160,10 +160,13 @@ def output_target(layer: Layer) -> ir.Value | None:
     exactly as the float layer computes it, and an output nothing reads (an LSTM's or GRU's
     sequence when only its last state is used; canonicalize leaves it unnamed) has nothing to
     feed. What a body returns is read after it by the If, Loop or Scan holding it, like any
-    consumer (``body_result``)."""
+    consumer (``body_result``). None too when onnxruntime would move the quantizer into a body
+    (``_moved_into_a_body``)."""
     out = layer.node.outputs[0]
     uses = out.uses()
     target = uses[0].node.outputs[0] if len(uses) == 1 and uses[0].node.op_type == "Relu" else out
+    if _moved_into_a_body(target, layer.node.graph):
+        return None
     if not _read_by_nothing(target) or (layer.in_subgraph and target.is_graph_output()):
         return target
     return None
@@ -179,6 +182,24 @@ def _read_by_nothing(value: ir.Value) -> bool:
         and not value.is_graph_output()
         and _read_by_nothing(uses[0].node.outputs[0])
     )
+
+
+#: The ops onnxruntime's QDQ propagation moves a DequantizeLinear past, onto their outputs.
+_DQ_PROPAGATING = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "MaxPool"})
+
+
+def _moved_into_a_body(value: ir.Value, graph: ir.Graph | None) -> bool:
+    """Whether a DequantizeLinear on ``value`` would be moved by onnxruntime's QDQ propagation
+    onto a value an If/Loop/Scan body reads from ``graph``: onnxruntime 1.32 then aborts the whole
+    process while loading the model (a failed C++ assertion, which no caller can catch)."""
+    for use in value.uses():
+        node = use.node
+        if node.graph is not graph or node.op_type not in _DQ_PROPAGATING:
+            continue
+        moved = node.outputs[0]
+        if any(u.node.graph is not graph for u in moved.uses()) or _moved_into_a_body(moved, graph):
+            return True
+    return False
 
 
 def body_result(layer: Layer, target: ir.Value) -> bool:
