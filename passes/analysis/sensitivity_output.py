@@ -15,9 +15,10 @@ worth starting them (see the evaluator's docstring for what that measured).
 
 ``measure``: ``kl`` (KL divergence of the softmax of the first output: classifiers), ``mse``
 (squared error relative to output energy, 1/SQNR: anything), ``flips`` (fraction of top-1 changes:
-coarse with few samples), ``auto`` (``kl`` when the first output is ``[N, classes]``, else
-``mse``). Activation candidates need calibrated ranges (run ``calibrate`` first); without them only
-weights are scored.
+coarse with few samples), ``auto`` (``kl`` when the model's one output is ``[N, classes]``,
+else ``mse``, which counts every output: KL of the first alone would score a layer that feeds only
+another output as harmless at any bits). Activation candidates need calibrated ranges (run
+``calibrate`` first); without them only weights are scored.
 When every model input has a symbolic first dimension, samples of the same shape run as one batch
 (option ``batch``; no padding, so lines of one width or sentences of one length group together),
 which is several times faster for small models and gives the same per-row measures.
@@ -117,11 +118,9 @@ class SensitivityOutputPass(SensitivityPass):
         # sample (a width that follows the input, like a sequence length, is not a class axis).
         widths = {first.shape[-1] if first.ndim else 1 for first in firsts}
         if self.options.measure == "auto":
-            return (
-                "kl"
-                if len(widths) == 1 and all(f.ndim == 2 for f in firsts) and widths.pop() > 1
-                else "mse"
-            )
+            one_output = all(len(outputs) == 1 for outputs in evaluator.reference)
+            classes = len(widths) == 1 and all(f.ndim == 2 for f in firsts) and widths.pop() > 1
+            return "kl" if one_output and classes else "mse"
         if self.options.measure in ("kl", "flips") and len(widths) > 1:
             raise PassInputError(
                 f"{self.name}: measure={self.options.measure} compares the first output's "
