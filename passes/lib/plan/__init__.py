@@ -1,4 +1,5 @@
-"""The one lowering plan (``decide.py``) and its byte sum (``size.py``).
+"""The one lowering plan (``decide.py``; where output quantizers go: ``outputs.py``) and its
+byte sum (``size.py``).
 
 ``lower-qdq`` emits the plan, the size count sums it, the evaluator simulates it, the cost pass
 prices it: a new lowering form is one edit in ``decide.py``.
@@ -11,15 +12,14 @@ from mpqc.passes.lib.plan.decide import (
     LayerFacts,
     LayerPlan,
     WeightForm,
-    body_result,
     dynamic_form,
     facts_of,
     fusable,
     int32_bias,
     layer_plan,
-    output_target,
     plan_layer,
 )
+from mpqc.passes.lib.plan.outputs import body_result, output_target
 from mpqc.passes.lib.plan.size import stored_bytes
 
 __all__ = [
