@@ -37,9 +37,6 @@ _FUZZ = {
 FEW = settings(max_examples=20, **_FUZZ)
 MANY = settings(max_examples=300, **_FUZZ)
 
-#: Layers inside float16 islands: False until mpqc lowers them (test_fuzz_regressions.py's
-#: float16 case, xfail until then), so that the fuzzer looks past that known failure.
-HALF_LAYERS = False
 
 #: Relative L2 error of an output at uniform w8a8 (the fuzzer's worst in 500 models: 0.065).
 W8A8_TOLERANCE = 0.15
@@ -52,14 +49,14 @@ def _w8a8(model: FuzzModel) -> None:
 
 
 @FEW
-@given(fuzz_models(half_layers=HALF_LAYERS))
+@given(fuzz_models())
 def test_w8a8_compiles_close_to_float_or_refuses(model: FuzzModel) -> None:
     _w8a8(model)
 
 
 @pytest.mark.slow
 @MANY
-@given(fuzz_models(half_layers=HALF_LAYERS))
+@given(fuzz_models())
 def test_w8a8_compiles_close_to_float_or_refuses_many(model: FuzzModel) -> None:
     _w8a8(model)
 
@@ -72,7 +69,7 @@ _BUDGETS = st.sampled_from([None, "0.5x"])
 
 
 @settings(FEW, max_examples=6)
-@given(fuzz_models(max_ops=6, half_layers=HALF_LAYERS), _BUDGETS)
+@given(fuzz_models(max_ops=6), _BUDGETS)
 def test_default_pipeline_compiles_close_to_float_or_refuses(
     model: FuzzModel, budget: str | None
 ) -> None:
@@ -81,7 +78,7 @@ def test_default_pipeline_compiles_close_to_float_or_refuses(
 
 @pytest.mark.slow
 @settings(MANY, max_examples=100)
-@given(fuzz_models(half_layers=HALF_LAYERS), _BUDGETS)
+@given(fuzz_models(), _BUDGETS)
 def test_default_pipeline_compiles_close_to_float_or_refuses_many(
     model: FuzzModel, budget: str | None
 ) -> None:
@@ -127,13 +124,13 @@ def _command(model: FuzzModel) -> None:
 
 
 @settings(FEW, max_examples=3)
-@given(fuzz_models(max_ops=6, half_layers=HALF_LAYERS))
+@given(fuzz_models(max_ops=6))
 def test_the_command_compiles_or_refuses_in_one_line(model: FuzzModel) -> None:
     _command(model)
 
 
 @pytest.mark.slow
 @settings(MANY, max_examples=30)
-@given(fuzz_models(half_layers=HALF_LAYERS))
+@given(fuzz_models())
 def test_the_command_compiles_or_refuses_in_one_line_many(model: FuzzModel) -> None:
     _command(model)
