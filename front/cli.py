@@ -14,7 +14,7 @@ import json
 import pathlib
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from mpqc.cli_support import (
     EXIT_OK,
@@ -27,6 +27,7 @@ from mpqc.cli_support import (
     run_command,
 )
 from mpqc.cluster import dask_executor
+from mpqc.passes.analysis.calibrate import Method
 
 if TYPE_CHECKING:
     from mpqc.ir.outputs import Outputs, Staging
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib-method",
         dest="calibrate_method",
         default="minmax",
-        choices=["minmax", "percentile", "entropy", "mse"],
-        help="activation range estimator",
+        choices=get_args(Method),
+        help="activation range estimator (auto: per activation, the one that damages the output "
+        "least)",
     )
     parser.add_argument(
         "--uniform",

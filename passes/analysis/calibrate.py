@@ -36,6 +36,9 @@ The methods (see METHODS.md):
 - ``mse``: the clip whose ``bits``-bit grid (asymmetric, zero exact, as lowering builds it)
   reproduces the histogrammed values with the least squared error, integrated exactly over each
   bin; the two ends are optimized in turn, coarse to fine, until the error stops falling.
+- ``auto``: per tensor, whichever of minmax, percentile and mse damages the model's output least,
+  measured with the evaluator where their ranges differ materially (``range_choice.py``); the
+  report lists every tensor compared, the output error of each candidate and the one kept.
 
 Values that are NaN or infinite (masks written as ``-inf``) are not quantizable; ranges cover the
 finite values and the pass leaves a note naming the tensor.
@@ -47,6 +50,7 @@ import dataclasses
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 
@@ -55,17 +59,19 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from mpqc.ir.annotations import ALL, CALIB_RANGE
+from mpqc.ir.annotations import ALL, CALIB_RANGE, REPORT
 from mpqc.passes.analysis.clip_range import entropy_clip, mse_clip, percentile_clip
+from mpqc.passes.analysis.range_choice import CANDIDATES, choose_ranges, material_candidates
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.bodies import expose
 from mpqc.passes.lib.data import DataError
+from mpqc.passes.lib.evaluator import Evaluator, batch_first
 from mpqc.passes.lib.runtime import session, session_options
 
 __all__ = ["CalibratePass", "Method"]
 
-Method = Literal["minmax", "percentile", "entropy", "mse"]
+Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
 
 NO_DATA_NOTE = "no calibration data: activation ranges unknown, data-free analysis only"
 
@@ -77,14 +83,15 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 @register
 class CalibratePass(Pass):
     name = "calibrate"
-    writes = frozenset({CALIB_RANGE})
+    writes = frozenset({CALIB_RANGE, REPORT})
     preserves = frozenset({ALL})
 
     @dataclasses.dataclass(frozen=True)
     class Options:
         method: Method = option(
             "minmax",
-            "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL) or mse",
+            "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL), mse, or "
+            "auto (per tensor, whichever of minmax, percentile and mse damages the output least)",
         )
         percentile: float = option(
             99.999, "percentile method: the quantile kept, in percent (50 < p <= 100)"
@@ -96,6 +103,7 @@ class CalibratePass(Pass):
         bits: int = option(
             8, "mse method: the activation bit-width whose quantization error is minimized"
         )
+        samples: int = option(32, "auto method: calibration samples each candidate range runs on")
 
         def __post_init__(self) -> None:
             if not 50.0 < self.percentile <= 100.0:
@@ -111,6 +119,8 @@ class CalibratePass(Pass):
                 )
             if not 2 <= self.bits <= 16:
                 raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
+            if self.samples < 1:
+                raise ValueError(f"samples must be at least 1, got {self.samples}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         data = self.context.calibration
@@ -134,6 +144,7 @@ class CalibratePass(Pass):
                 f"calibrate: the tensors inside If/Loop/Scan bodies cannot be observed ({exc}); "
                 "layers there get no activation range and quantize weights only"
             )
+        candidates: dict[str, dict[str, tuple[float, float]]] = {}
         written = 0
         for name, observed in stats.items():
             if observed.nonfinite:
@@ -144,21 +155,73 @@ class CalibratePass(Pass):
             if observed.count == 0:
                 continue
             written += 1
-            lo, hi = self._clip(observed)
-            CALIB_RANGE.set(
-                activations[name],
-                {
-                    "min": observed.min,
-                    "max": observed.max,
-                    "lo": lo,
-                    "hi": hi,
-                    "method": self.options.method,
-                    "samples": len(data),
-                },
-            )
+            if self.options.method == "auto":
+                candidates[name] = material_candidates(
+                    {method: self._clip(observed, method) for method in CANDIDATES}
+                )
+            method = "minmax" if self.options.method == "auto" else self.options.method
+            self._write(activations[name], observed, self._clip(observed, method), method)
         if not written:
             self.nothing_to_do("calibrate: the model computes no float activation to calibrate")
+        section: dict[str, object] = {"method": self.options.method, "activations": written}
+        compared = {name: ranges for name, ranges in candidates.items() if len(ranges) > 1}
+        if compared:
+            section["compared"] = self._choose(model, activations, stats, compared)
+        self.report(model, section)
         return ir.passes.PassResult(model, modified=bool(written))
+
+    def _write(
+        self, value: ir.Value, observed: _Observed, clip: tuple[float, float], method: str
+    ) -> None:
+        assert self.context.calibration is not None
+        CALIB_RANGE.set(
+            value,
+            {
+                "min": observed.min,
+                "max": observed.max,
+                "lo": clip[0],
+                "hi": clip[1],
+                "method": method,
+                "samples": len(self.context.calibration),
+            },
+        )
+
+    def _choose(
+        self,
+        model: ir.Model,
+        activations: Mapping[str, ir.Value],
+        stats: Mapping[str, _Observed],
+        compared: Mapping[str, Mapping[str, tuple[float, float]]],
+    ) -> dict[str, dict[str, object]]:
+        """``method=auto``: every tensor is written at its minmax range; where other estimators'
+        ranges differ materially, the one that damages the output least replaces it. Returns the
+        report's entry per tensor compared: the method kept and each candidate's output error."""
+        data = self.context.calibration
+        assert data is not None
+        samples = list(data)[: self.options.samples]
+        evaluator = Evaluator(
+            model,
+            samples,
+            wbits=(8,),
+            executor=self.context.executor,
+            batch=len(samples) if batch_first(model) else 1,
+            spec=self.context.hw,
+        )
+        choices = choose_ranges(evaluator, compared)
+        for name, choice in choices.items():
+            if choice.method != "minmax":
+                clip = compared[name][choice.method]
+                self._write(activations[name], stats[name], clip, choice.method)
+        kept = Counter(choice.method for choice in choices.values())
+        self.context.note(
+            f"calibrate: method=auto compared {len(choices)} activations whose ranges differ; "
+            "kept "
+            + ", ".join(f"{method} for {kept[method]}" for method in CANDIDATES if kept[method])
+        )
+        return {
+            name: {"method": choice.method, "output_error": dict(choice.damage)}
+            for name, choice in choices.items()
+        }
 
     def _observe(self, session: _Session, names: Iterable[str]) -> dict[str, _Observed]:
         """Every activation's statistics over the calibration samples (two passes for histogram
@@ -183,9 +246,8 @@ class CalibratePass(Pass):
                 steps.advance()
         return stats
 
-    def _clip(self, observed: _Observed) -> tuple[float, float]:
-        """The method's clip range, within the observed extremes."""
-        method = self.options.method
+    def _clip(self, observed: _Observed, method: str) -> tuple[float, float]:
+        """``method``'s clip range, within the observed extremes."""
         if method == "minmax" or observed.min == observed.max:
             return observed.min, observed.max
         assert observed.hist is not None and observed.edges is not None

@@ -37,7 +37,7 @@ from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.evaluator import Config, Evaluator, Measure
+from mpqc.passes.lib.evaluator import Config, Evaluator, Measure, batch_first
 
 __all__ = ["SensitivityOutputPass"]
 
@@ -82,7 +82,7 @@ class SensitivityOutputPass(SensitivityPass):
                 "(run calibrate first)"
             )
         samples = list(data)[: self.options.samples]
-        batch = len(samples) if self.options.batch and _batch_first(model) else 1
+        batch = len(samples) if self.options.batch and batch_first(model) else 1
         evaluator = Evaluator(
             model,
             samples,
@@ -128,12 +128,3 @@ class SensitivityOutputPass(SensitivityPass):
                 f"with the input ({', '.join(map(str, sorted(widths)))}); use measure=mse"
             )
         return self.options.measure
-
-
-def _batch_first(model: ir.Model) -> bool:
-    """Whether samples can be stacked along axis 0: every input's first dimension is symbolic (the
-    evaluator stacks only samples of the same shape)."""
-    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
-    return not any(
-        v.shape is None or len(v.shape) == 0 or isinstance(v.shape[0], int) for v in inputs
-    )

@@ -2,7 +2,7 @@
 errors out), ``graph`` (building the fake-quant graph), ``cut`` (prefix/suffix sessions),
 ``workers`` (executors and worker processes) and ``measures`` (output distances)."""
 
-from mpqc.passes.lib.evaluator.core import Config, Evaluator
+from mpqc.passes.lib.evaluator.core import Config, Evaluator, batch_first
 from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
 
-__all__ = ["Config", "Evaluator", "Measure", "Outputs", "output_error"]
+__all__ = ["Config", "Evaluator", "Measure", "Outputs", "batch_first", "output_error"]

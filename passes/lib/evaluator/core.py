@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -52,7 +53,7 @@ from mpqc.passes.lib.plan import (
 )
 from mpqc.passes.lib.runtime import session
 
-__all__ = ["Config", "Evaluator"]
+__all__ = ["Config", "Evaluator", "batch_first"]
 
 #: Layer name -> (weight bits, activation bits), or ``(w, 8, True)`` for a dynamic range
 #: (``core.Bits``); 32 means float, a missing layer stays float.
@@ -144,6 +145,7 @@ class Evaluator(Shipped):
             {name: tuple(sorted(found)) for name, found in blocks.items()},
         )
         self._sites = {site.name: site for site in sites}
+        self._calibrated_sites = self._sites
         self.layers = [site.name for site in sites]
         self.output_names = [o.name for o in proto.graph.output]
         self._folder: str | None = (
@@ -309,6 +311,29 @@ class Evaluator(Shipped):
             results.append(errors)
         return results
 
+    def set_ranges(self, ranges: Mapping[str, tuple[float, float]]) -> None:
+        """Quantize each named tensor on the given clip range (lo, hi) instead of its calibrated
+        one, until the next call; ``{}`` restores the calibrated ranges.
+
+        What a choice among range estimators compares (``passes/analysis/range_choice.py``): the
+        ranges are feeds of the one graph, so nothing is rebuilt."""
+        self._sites = {
+            name: dataclasses.replace(
+                sites,
+                input_site=_ranged(sites.input_site, ranges),
+                output_site=_ranged(sites.output_site, ranges),
+            )
+            for name, sites in self._calibrated_sites.items()
+        }
+        self._payload = None  # shipped by value, the state carries the sites: pickled anew
+
+    def tensors_read(self, layer: str) -> tuple[str, ...]:
+        """The tensors whose ranges the quantizers of ``layer``'s choices read."""
+        sites = self._sites[layer]
+        return tuple(
+            site.tensor for site in (sites.input_site, sites.output_site) if site is not None
+        )
+
     def objective(self, measure: Measure = "mse") -> Callable[[Config], float]:
         """``config -> error``: the exact evaluation a search calls."""
         return lambda config: self.error(config, measure)
@@ -438,6 +463,12 @@ class Evaluator(Shipped):
         return self._float
 
 
+def _ranged(site: Site | None, ranges: Mapping[str, tuple[float, float]]) -> Site | None:
+    if site is None or site.tensor not in ranges:
+        return site
+    return dataclasses.replace(site, clip_range=ranges[site.tensor])
+
+
 def _batched(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
     """Samples of one shape concatenated along axis 0, ``batch`` at most per run (no padding)."""
     if batch <= 1:
@@ -457,3 +488,12 @@ def _batched(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str,
         ]
     except ValueError as exc:
         raise ValueError(f"cannot batch these samples along axis 0 ({exc}); use batch=1") from None
+
+
+def batch_first(model: ir.Model) -> bool:
+    """Whether samples can be stacked along axis 0: every input's first dimension is symbolic (the
+    evaluator stacks only samples of the same shape)."""
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    return not any(
+        v.shape is None or len(v.shape) == 0 or isinstance(v.shape[0], int) for v in inputs
+    )

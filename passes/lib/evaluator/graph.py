@@ -66,6 +66,8 @@ class Site:
     quantizes."""
 
     prefix: str
+    #: The name of the tensor it reads.
+    tensor: str
     #: The calibrated clip range (lo, hi) of the tensor it reads, or None when it has no range.
     clip_range: tuple[float, float] | None
 
@@ -317,7 +319,7 @@ def build(
         target = output_target(layer) if fuse_outputs else None
         if target is None:
             continue
-        site = Site(f"{PREFIX}.{index}.out", _clip_range(target))
+        site = Site(f"{PREFIX}.{index}.out", target.name or "", _clip_range(target))
         builder.site_inputs(site.prefix)
         uses = list(target.uses())
         nodes = builder.fake_quant(site.prefix, target, target)
@@ -360,7 +362,9 @@ def build(
         input_site, dynamic_switch = None, None
         activation = activations[index]
         if activation is not None and layer.activation_index is not None and _is_float(activation):
-            input_site = Site(f"{PREFIX}.{index}.in", _clip_range(activation))
+            input_site = Site(
+                f"{PREFIX}.{index}.in", activation.name or "", _clip_range(activation)
+            )
             builder.site_inputs(input_site.prefix)
             fallback = viewed.get(id(activation), activation)
             if layer.name in dynamic:

@@ -194,6 +194,8 @@ def _revive(cls: type, state: dict[str, Any]) -> Any:
             for outputs in _load_indexed(evaluator._path("reference.npz"))
         ]
         _remember(folder, evaluator)
+    # The clip ranges are feeds, not files: they travel with every task (``set_ranges``).
+    _WORKER_CACHE[folder]._sites = state["_sites"]
     return _WORKER_CACHE[folder]
 
 

@@ -1,0 +1,122 @@
+"""Per activation, the range estimator whose clip range damages the output least
+(``calibrate{method=auto}``).
+
+No one estimator wins everywhere: minmax keeps a tensor's outliers exact and spends the 8-bit grid
+on them, percentile and MSE clip them to resolve the bulk better. Which costs the model less depends
+on what the layers downstream do with the outliers, so it is measured: each layer whose quantizers
+read a tensor runs at w8a8 alone (the evaluator, on calibration samples, exactly as lowered), once
+per candidate range of that tensor, and the tensor keeps the candidate with the least summed output
+error. The ranges cost the same at run time (one scale and zero point either way), so this is a
+pure accuracy choice. Only tensors whose candidates differ materially from the minmax range (more
+than ``MATERIAL`` of its width) are compared; the rest keep minmax without a run.
+
+One layer's error depends on the ranges of all the tensors its quantizers read (its input and, when
+fused, its output). The tensors compared are therefore split into rounds in which no layer reads
+two of them: within a round each error changes with one tensor's range only, and every other tensor
+stays at its minmax range. Ties keep the earlier candidate (minmax, then percentile, then mse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mpqc.passes.lib.evaluator import Evaluator
+
+__all__ = ["CANDIDATES", "MATERIAL", "Choice", "choose_ranges", "material_candidates"]
+
+#: The estimators compared, in order of preference on ties.
+CANDIDATES = ("minmax", "percentile", "mse")
+#: A candidate range is compared only if its width differs from minmax's by more than this fraction.
+MATERIAL = 0.05
+
+Range = tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The estimator kept for one tensor and the output error each candidate measured."""
+
+    method: str
+    damage: Mapping[str, float]
+
+
+def material_candidates(ranges: Mapping[str, Range]) -> dict[str, Range]:
+    """``ranges`` (method -> (lo, hi), minmax first) without the candidates whose range is within
+    ``MATERIAL`` of the minmax width or repeats an earlier one; minmax is always kept."""
+    lo, hi = ranges["minmax"]
+    width = hi - lo
+    kept = {"minmax": ranges["minmax"]}
+    for method, (c_lo, c_hi) in ranges.items():
+        if method in kept or width <= 0.0:
+            continue
+        if abs(width - (c_hi - c_lo)) <= MATERIAL * width:
+            continue
+        if any(np.isclose([c_lo, c_hi], other).all() for other in kept.values()):
+            continue
+        kept[method] = (c_lo, c_hi)
+    return kept
+
+
+def choose_ranges(
+    evaluator: Evaluator,
+    candidates: Mapping[str, Mapping[str, Range]],
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, Choice]:
+    """For each tensor of ``candidates`` (tensor -> method -> range, as ``material_candidates``
+    keeps them, with more than one method) that some layer's quantizer reads, the estimator whose
+    range gives the least output error (module docstring). ``evaluator`` quantizes every tensor on
+    its minmax range and is restored to it on return."""
+    readers: dict[str, list[str]] = {}
+    for layer in evaluator.layers:
+        for tensor in evaluator.tensors_read(layer):
+            if tensor in candidates:
+                readers.setdefault(tensor, []).append(layer)
+    if not readers:
+        return {}
+    baseline = _errors(evaluator, sorted({r for rs in readers.values() for r in rs}), advance)
+    damage = {
+        tensor: {"minmax": sum(baseline[layer] for layer in layers)}
+        for tensor, layers in readers.items()
+    }
+    try:
+        for round_ in _rounds(evaluator, readers):
+            for method in CANDIDATES[1:]:
+                tried = [t for t in round_ if method in candidates[t]]
+                if not tried:
+                    continue
+                evaluator.set_ranges({t: candidates[t][method] for t in tried})
+                layers = sorted({layer for t in tried for layer in readers[t]})
+                errors = _errors(evaluator, layers, advance)
+                for tensor in tried:
+                    damage[tensor][method] = sum(errors[layer] for layer in readers[tensor])
+    finally:
+        evaluator.set_ranges({})
+    return {
+        tensor: Choice(min(measured, key=lambda m: (measured[m], CANDIDATES.index(m))), measured)
+        for tensor, measured in damage.items()
+    }
+
+
+def _rounds(evaluator: Evaluator, readers: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The tensors in groups where no layer reads two of them (greedy, in the order given)."""
+    rounds: list[tuple[list[str], set[str]]] = []
+    for tensor, layers in readers.items():
+        for members, busy in rounds:
+            if busy.isdisjoint(layers):
+                members.append(tensor)
+                busy.update(layers)
+                break
+        else:
+            rounds.append(([tensor], set(layers)))
+    return [members for members, _ in rounds]
+
+
+def _errors(
+    evaluator: Evaluator, layers: Sequence[str], advance: Callable[[int], None] | None
+) -> dict[str, float]:
+    """Each layer's output error at w8a8 alone, the others float."""
+    errors = evaluator.errors([{layer: (8, 8)} for layer in layers], "mse", advance)
+    return dict(zip(layers, errors, strict=True))
