@@ -310,8 +310,8 @@ def test_caller_model_changes_only_by_annotations() -> None:
     model = chain_model()
     before = ir.to_proto(model).SerializeToString()
     run(model, samples(rng.normal(size=(1, 3, 6))), method="percentile")
-    assert annotations.present_keys(model) == {"mpqc.calib.range"}
-    annotations.drop(model, {"mpqc.calib.range"})
+    assert annotations.present_keys(model) == {"mpqc.calib.range", "mpqc.report"}
+    annotations.drop(model, {"mpqc.calib.range", "mpqc.report"})
     assert ir.to_proto(model).SerializeToString() == before
 
 
