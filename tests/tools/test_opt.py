@@ -48,7 +48,7 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
     ) in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
     assert (
-        "    method: minmax|percentile|entropy|mse = 'minmax'" in out
+        "    method: minmax|percentile|entropy|mse|auto = 'minmax'" in out
     )  # a Literal lists its choices
 
 
@@ -107,7 +107,10 @@ def test_report_json_contains_the_annotations(capsys, cnn_path, calib_dir, tmp_p
     report = json.loads(report_path.read_text())
     assert report["values"]["image"]["mpqc.calib.range"]["method"] == "minmax"
     assert report["values"]["r2"]["mpqc.calib.range"]["lo"] == 0.0
-    assert report["nodes"] == {} and report["model"] == {}
+    assert report["nodes"] == {}
+    assert report["model"] == {
+        "mpqc.report": {"calibrate": {"activations": 11, "method": "minmax"}}
+    }
 
 
 def test_stop_after_analysis_edit_bits_and_lower(capsys, cnn_path, calib_dir, tmp_path) -> None:
