@@ -21,6 +21,7 @@ import os
 import pathlib
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -82,6 +83,7 @@ def load(model: ModelLike, base_dir: str | os.PathLike | None = None) -> ir.Mode
             "onnx_ir.Model or an onnx_graphsurgeon.Graph"
         )
     _check_model(loaded, source)
+    _read_on_demand(loaded)
     return loaded
 
 
@@ -203,6 +205,50 @@ def _into_memory_if_it_fits(model: ir.Model, source: str) -> None:
                 f"{source} refers to external data that cannot be read ({exc}): "
                 "keep the data file next to the model, complete"
             ) from exc
+
+
+class StreamedTensor(ir.ExternalTensor):
+    """An external tensor whose numbers are read from its file each time they are asked for, and
+    not kept.
+
+    onnx_ir's external tensor maps its whole data file once read and keeps the mapping until
+    released, so every weight a pass reads of a model that stays external (one past the protobuf
+    limit) stays resident: a pass reading each weight once would hold them all. Read this way, a
+    pass holds the weights it is using. Packed types (4-bit, 2-bit) keep onnx_ir's reading.
+    """
+
+    def numpy(self) -> np.ndarray:
+        dtype = self.dtype.numpy()
+        if self.dtype.bitwidth < 8 or self._array is not None:
+            return super().numpy()
+        count = int(np.prod(self.shape.numpy()))
+        array = np.fromfile(self.path, dtype, count, offset=self.offset or 0)
+        if array.size != count:
+            raise ValueError(f"{self.path} holds {array.size} values of {self.name}, not {count}")
+        return array.reshape(self.shape.numpy())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+
+def _read_on_demand(model: ir.Model) -> None:
+    """Make the model's external tensors ``StreamedTensor``s."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if type(tensor) is ir.ExternalTensor:
+                value.const_value = StreamedTensor(
+                    tensor.location,
+                    tensor.offset,
+                    tensor.length,
+                    tensor.dtype,
+                    shape=tensor.shape,
+                    name=tensor.name,
+                    doc_string=tensor.doc_string,
+                    metadata_props=tensor.metadata_props,
+                    base_dir=tensor.base_dir,
+                )
 
 
 def _check_model(model: ir.Model, source: str) -> None:

@@ -40,6 +40,7 @@ from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import cut
 from mpqc.passes.lib.evaluator.graph import PREFIX, LayerSites, Site, build
 from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
+from mpqc.passes.lib.evaluator.store import WeightStore
 from mpqc.passes.lib.evaluator.workers import Shipped, in_worker
 from mpqc.passes.lib.grid import activation_grid, activation_qparams
 from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
@@ -51,7 +52,6 @@ from mpqc.passes.lib.plan import (
     int32_bias,
     plan_layer,
 )
-from mpqc.passes.lib.runtime import session
 
 __all__ = ["Config", "Evaluator", "batch_first"]
 
@@ -134,12 +134,16 @@ class Evaluator(Shipped):
             for name, plan in plans.items():
                 if plan.int8_input_block is not None:
                     blocks.setdefault(name, set()).add(plan.int8_input_block)
+        # Where the big tensors are (store.py), and the graph, samples and reference for workers.
+        self._folder = self._create_folder()
+        self._store = WeightStore(self._folder)
         proto, sites = build(
             model,
             prepared,
             fuse_outputs,
             layout,
             facts,
+            self._store,
             spec,
             dynamic,
             {name: tuple(sorted(found)) for name, found in blocks.items()},
@@ -148,15 +152,12 @@ class Evaluator(Shipped):
         self._calibrated_sites = self._sites
         self.layers = [site.name for site in sites]
         self.output_names = [o.name for o in proto.graph.output]
-        self._folder: str | None = (
-            None  # where the graph, samples and reference are written for workers
-        )
         self._reference_seconds = 0.0
         self._session: ort.InferenceSession | None = None
         self._reference: list[Outputs] | None = None
         self._parsed: onnx.ModelProto | None = proto
         self._float: cut.Fixed | None = None  # every control fixed at float (layer_errors' prefix)
-        self._slices: dict[tuple[str, int], np.ndarray] = {}  # weight stacks' entries, read once
+        self._slices: dict[tuple[str, int], onnx.TensorProto] = {}  # weight stacks' entries
 
     # -- running ------------------------------------------------------------------------------
 
@@ -271,10 +272,10 @@ class Evaluator(Shipped):
         wanted = sorted(
             {b for boundary in boundaries.values() for b in boundary} - set(self.samples[0])
         )
+        self.reference  # noqa: B018 - computed before the whole graph's session is let go
+        self._session = None  # its pages are not needed while the suffixes run
         prefix = (
-            session(cut.cut(proto, self._float_model(), [], wanted).SerializeToString())
-            if wanted
-            else None
+            self._store.session(cut.cut(proto, self._float_model(), [], wanted)) if wanted else None
         )
         values = [
             {
@@ -299,7 +300,7 @@ class Evaluator(Shipped):
                         np.asarray(values[0][value.name]).dtype
                     )
             inputs = {value.name for value in suffix_proto.graph.input}
-            suffix = session(suffix_proto.SerializeToString())
+            suffix = self._store.session(suffix_proto)
             errors = []
             for config in configs:
                 controls = {k: v for k, v in self._controls(config).items() if k in inputs}
@@ -440,17 +441,13 @@ class Evaluator(Shipped):
 
     def _get_session(self) -> ort.InferenceSession:
         if self._session is None:
-            self._session = session(
-                self._path("model.onnx")
-                if self._folder is not None
-                else self._proto().SerializeToString()
-            )
+            self._session = self._store.session(self._proto())
         return self._session
 
     def _proto(self) -> onnx.ModelProto:
         """The fake-quant graph (read back from its file in a worker process)."""
         if self._parsed is None:
-            self._parsed = onnx.load(self._path("model.onnx"))
+            self._parsed = onnx.load(self._path("model.onnx"), load_external_data=False)
         return self._parsed
 
     def _float_controls(self) -> dict[str, np.ndarray]:

@@ -18,6 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from mpqc.passes.lib.evaluator.store import entry
+
 __all__ = [
     "LAYERS_PER_PREFIX",
     "Fixed",
@@ -38,22 +40,23 @@ class Fixed:
     initializers stay in the original proto, so fixing controls copies no weights."""
 
     nodes: list[onnx.NodeProto]
-    #: Fixed controls and the weight slices that replace selections by them: new initializers.
-    constants: dict[str, np.ndarray]
+    #: Fixed controls (arrays) and the weight entries that replace selections by them (tensors,
+    #: references into the evaluator's data file for stored stacks): new initializers.
+    constants: dict[str, np.ndarray | onnx.TensorProto]
 
 
 def fix_controls(
     proto: onnx.ModelProto,
     controls: Mapping[str, np.ndarray],
-    slices: dict[tuple[str, int], np.ndarray],
+    slices: dict[tuple[str, int], onnx.TensorProto],
 ) -> Fixed:
     """``proto``'s nodes with the control inputs in ``controls`` fixed: a ``Where`` whose condition
     is fixed becomes the branch it selects (a quantizer that is off costs nothing), and a ``Gather``
     of an initializer by a fixed index becomes that entry (a weight fixed at one candidate is a
     plain constant, and the other candidates are not carried along). ``slices`` caches the entries
-    read."""
+    (``store.entry``)."""
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
-    constants = dict(controls)
+    constants: dict[str, np.ndarray | onnx.TensorProto] = dict(controls)
     alias: dict[str, str] = {}
     nodes = []
     for original in proto.graph.node:
@@ -73,9 +76,9 @@ def fix_controls(
             and original.input[0] in initializers
         ):
             key = (original.input[0], int(selector))
-            if key not in slices:
-                slices[key] = numpy_helper.to_array(initializers[key[0]])[key[1]]
             name = f"{key[0]}[{key[1]}]"
+            if key not in slices:
+                slices[key] = entry(initializers[key[0]], key[1], name)
             constants[name] = slices[key]
             alias[original.output[0]] = name
         else:
@@ -173,7 +176,9 @@ def cut(
         if tensor.name in needed and tensor.name not in fixed.constants
     ]
     initializers += [
-        numpy_helper.from_array(np.asarray(value), name)
+        value
+        if isinstance(value, onnx.TensorProto)
+        else numpy_helper.from_array(np.asarray(value), name)
         for name, value in fixed.constants.items()
         if name in needed
     ]

@@ -39,7 +39,7 @@ control input so the cuts in ``cut.py`` can find them), then serialized once:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.passes.lib.evaluator.store import WeightStore
 from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
 from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.plan import LayerFacts, body_result, output_target, plan_layer
@@ -97,21 +98,25 @@ class LayerSites:
     dynamic_switch: str | None = None
 
 
-def _weight_stack(
-    layer: Layer, index: int, wbits: tuple[int, ...], block: Mapping[int, int]
-) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """[K+1, ...]: input ``index``'s weight dequantized at each of ``wbits`` as lower-qdq stores
-    it (``block``: the plan's block size per bits), then float."""
+def _weight_entries(
+    layer: Layer,
+    index: int,
+    wbits: tuple[int, ...],
+    block: Mapping[int, int],
+    scales: list[np.ndarray | None],
+) -> Iterator[np.ndarray]:
+    """The entries of input ``index``'s weight stack, one at a time (a big weight's stack is K+1
+    times its bytes): the weight dequantized at each of ``wbits`` as lower-qdq stores it
+    (``block``: the plan's block size per bits), then float. Each candidate's per-channel scales
+    go to ``scales`` (None where blocked)."""
     array = constant_array(layer.node.inputs[index])
     assert array is not None
-    candidates: list[np.ndarray] = []
-    scales: list[np.ndarray | None] = []
     for bits in wbits:
         size = block[bits] if index == layer.weight_index else 0
         axis = block_axis(layer) if size else 0
-        candidates.append(fake_quant_weight(array, bits, layer.channel_axis, size, axis or 0))
         scales.append(None if size else quantize_weight(array, bits, layer.channel_axis)[1])
-    return np.stack(candidates + [array]), scales
+        yield fake_quant_weight(array, bits, layer.channel_axis, size, axis or 0)
+    yield array
 
 
 def _clip_range(value: ir.Value) -> tuple[float, float] | None:
@@ -132,9 +137,10 @@ def _is_float(value: ir.Value) -> bool:
 class _Builder:
     """Adds named nodes, graph inputs and initializers to one graph; values are found by name."""
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, store: WeightStore) -> None:
         self.graph = model.graph
         self.opset = model.opset_imports.get("", 1)
+        self.store = store
         self.values: dict[str, ir.Value] = {}
 
     def __getitem__(self, name: str) -> ir.Value:
@@ -147,9 +153,11 @@ class _Builder:
         self.values[name] = value
         return value
 
-    def initializer(self, name: str, array: np.ndarray) -> ir.Value:
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.type, value.shape = ir.TensorType(value.const_value.dtype), ir.Shape(array.shape)
+    def stack(self, name: str, entries: Iterator[np.ndarray], count: int) -> ir.Value:
+        """A new initializer: ``count`` entries stacked (``WeightStore.stack``)."""
+        tensor = self.store.stack(name, entries, count)
+        value = ir.Value(name=name, const_value=tensor)
+        value.type, value.shape = ir.TensorType(tensor.dtype), ir.Shape(tensor.shape)
         self.graph.register_initializer(value)
         return value
 
@@ -291,6 +299,7 @@ def build(
     fuse_outputs: bool,
     layout: WeightLayout,
     facts: Mapping[str, LayerFacts],
+    store: WeightStore,
     spec: Any = None,
     dynamic: frozenset[str] = frozenset(),
     int8_input_blocks: Mapping[str, tuple[int, ...]] | None = None,
@@ -302,10 +311,11 @@ def build(
     rounds its input to int8 (``LayerPlan.int8_input_block``). A weight's form depends on its bits
     and the target (``spec``), not on the activation bits, so each grid is planned once, at float
     activations.
-    The graph is built on a clone of ``model``, which stays as it was."""
+    The graph is built on a clone of ``model``, which stays as it was; its big tensors are in
+    ``store``, so the ModelProto is small."""
     int8_input_blocks = int8_input_blocks or {}
     model = model.clone()
-    builder = _Builder(model)
+    builder = _Builder(model, store)
     graph = model.graph
     layers = quantizable_layers(graph)
     widen_to_float32(layers)
@@ -349,9 +359,13 @@ def build(
         }
         blocks = {bits: plan.block for bits, plan in planned.items()}
         for slot in (layer.weight_index, *layer.other_weight_indices):
-            stack, slot_scales = _weight_stack(layer, slot, wbits, blocks)
+            slot_scales: list[np.ndarray | None] = []
+            entries = _weight_entries(layer, slot, wbits, blocks, slot_scales)
+            stack_value = builder.stack(f"{PREFIX}.{index}.{slot}.wstack", entries, len(wbits) + 1)
+            weight = node.inputs[slot]
+            if weight is not None and isinstance(weight.const_value, ir.ExternalTensor):
+                weight.const_value.release()  # read once: the stack holds it now
             scales = scales or slot_scales
-            stack_value = builder.initializer(f"{PREFIX}.{index}.{slot}.wstack", stack)
             gather = builder.node(
                 "Gather", [stack_value, choice], f"{choice.name}.{slot}.value", axis=0
             )
@@ -411,4 +425,19 @@ def build(
                 dynamic_switch,
             )
         )
+    _store_initializers(graph, store)
     return ir.to_proto(model), sites
+
+
+def _store_initializers(graph: ir.Graph, store: WeightStore) -> None:
+    """Drop the initializers nothing reads any more (the weights the stacks replaced) and move the
+    other big ones into ``store``: the ModelProto then refers to every big tensor in one folder."""
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+            del graph.initializers[name]
+        elif tensor is not None and store.streams(tensor.nbytes):
+            if not (isinstance(tensor, ir.ExternalTensor) and tensor.base_dir == store.folder):
+                value.const_value = store.tensor(name, tensor.numpy())
+                if isinstance(tensor, ir.ExternalTensor):
+                    tensor.release()

@@ -12,8 +12,9 @@ Sessions do not pickle, so the evaluator pickles as its file-backed description 
 float outputs written once to a temporary folder); a worker process reads it once and keeps it,
 with its sessions, for later tasks. Workers on other machines cannot read this machine's folder: an
 executor that ships to them pickles inside ``by_value()``, where the evaluator pickles as one
-content-addressed payload of bytes (its state, graph, samples and float outputs) that the executor
-sends once per worker (``front/cluster.py``); a worker revives it once per payload.
+content-addressed payload of bytes (its state, graph, stored tensors, samples and float outputs)
+that the executor sends once per worker (``front/cluster.py``); a worker revives it once per
+payload, its stored tensors written to a folder of its own.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mpqc.core.errors import UsageError
+from mpqc.passes.lib.evaluator.store import DATA_FILE, WeightStore
 
 __all__ = ["Shipped", "by_value", "in_worker"]
 
@@ -48,9 +49,6 @@ _CAN_FORK = sys.platform.startswith("linux")
 #: Serial seconds of work above which ``errors`` starts local worker processes when given no
 #: executor: a spawned worker takes seconds to import onnxruntime and open its session.
 LOCAL_WORKERS_PAY_AFTER_S = 10.0
-
-#: Protobuf serializes no message of 2 GiB or more.
-_PROTOBUF_LIMIT = 2**31
 
 #: What is not pickled: rebuilt from the files, or per process.
 _TRANSIENT = {
@@ -105,7 +103,7 @@ class Shipped:
     samples: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
     _reference_seconds: float
-    _folder: str | None
+    _folder: str
     _parsed: onnx.ModelProto | None
     #: (content key, bytes) of the by-value payload, made once.
     _payload: tuple[str, bytes] | None = None
@@ -130,43 +128,42 @@ class Shipped:
         ) as pool:
             yield pool
 
+    def _create_folder(self) -> str:
+        """The evaluator's temporary folder, removed with it (not by the processes it reaches)."""
+        folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return folder
+
     def _path(self, name: str) -> str:
-        assert self._folder is not None, "the evaluator's files are written only for workers"
         return os.path.join(self._folder, name)
 
     def _write_files(self) -> None:
-        """Put the graph, the samples and the float outputs on disk once, so that pickling stays
-        cheap."""
-        if self._folder is not None:
+        """Put the graph, the samples and the float outputs on disk once (its big tensors already
+        are), so that pickling stays cheap."""
+        if os.path.exists(self._path("model.onnx")):
             return
         reference = self.reference
-        folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
-        weakref.finalize(self, shutil.rmtree, folder, True)
-        pathlib.Path(folder, "model.onnx").write_bytes(self._proto().SerializeToString())
         np.savez(
-            os.path.join(folder, "samples.npz"),
+            self._path("samples.npz"),
             **{f"{i}/{k}": v for i, s in enumerate(self.samples) for k, v in s.items()},
         )
         np.savez(
-            os.path.join(folder, "reference.npz"),
+            self._path("reference.npz"),
             **{f"{i}/{k}": v for i, outputs in enumerate(reference) for k, v in enumerate(outputs)},
         )
-        self._folder = folder
+        # last: its presence says the files are complete
+        pathlib.Path(self._path("model.onnx")).write_bytes(self._proto().SerializeToString())
 
     def _by_value(self) -> tuple[str, bytes]:
-        """The payload ``by_value`` ships: state, graph, samples and float outputs, pickled once
-        and named by its SHA-256."""
+        """The payload ``by_value`` ships: state, graph, stored tensors, samples and float outputs,
+        pickled once and named by its SHA-256."""
         if self._payload is None:
-            graph = self._proto()
-            if graph.ByteSize() >= _PROTOBUF_LIMIT:
-                raise UsageError(
-                    "the evaluator's graph is over protobuf's 2 GB: workers that share no disk "
-                    "with this machine cannot receive it; run without an executor",
-                    field="executor",
-                )
+            graph = self._proto().SerializeToString()
+            stored = pathlib.Path(self._path(DATA_FILE))  # the big tensors the graph refers to
+            data = stored.read_bytes() if stored.exists() else b""
             reference = self.reference
             state = {**self.__dict__, **_TRANSIENT, "_folder": None, "_payload": None}
-            parts = (type(self), state, graph.SerializeToString(), self.samples, reference)
+            parts = (type(self), state, graph, data, self.samples, reference)
             blob = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
             self._payload = (hashlib.sha256(blob).hexdigest(), blob)
         return self._payload
@@ -202,9 +199,12 @@ def _revive(cls: type, state: dict[str, Any]) -> Any:
 def _revive_by_value(key: str, payload: bytes) -> Any:
     """The evaluator a payload describes, unpickled the first time this process sees it."""
     if key not in _WORKER_CACHE:
-        cls, state, graph, samples, reference = pickle.loads(payload)
+        cls, state, graph, data, samples, reference = pickle.loads(payload)
         evaluator = cls.__new__(cls)
         evaluator.__dict__.update(state)
+        evaluator._folder = evaluator._create_folder()  # this worker's copy of the big tensors
+        pathlib.Path(evaluator._path(DATA_FILE)).write_bytes(data)
+        evaluator._store = WeightStore(evaluator._folder)
         evaluator._parsed = onnx.ModelProto.FromString(graph)
         evaluator.samples, evaluator._reference = samples, reference
         _remember(key, evaluator)
