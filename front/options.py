@@ -32,6 +32,7 @@ from mpqc.passes.analysis.calibrate import Method
 from mpqc.passes.choose.search import resolve_budget
 from mpqc.passes.infra.instruments import Instrument
 from mpqc.passes.lib.describe import check_shapes
+from mpqc.passes.lib.runtime import external_folder
 from mpqc.passes.pipelines import DefaultPipeline, default_candidates
 
 __all__ = ["CompileOptions", "check_before_work", "compilation_context"]
@@ -139,11 +140,13 @@ def compilation_context(model: ir.Model, options: CompileOptions) -> CompileCont
         shapes=dict(options.shapes),
         executor=options.executor,
     )
-    # The float model as loaded (external data read in), not the file's bytes, whose external
-    # references would not resolve in an onnxruntime session made from bytes.
-    context.reference = (
-        ir.to_proto(model).SerializeToString() if mir.tensor_bytes(model) < 2**31 - 2**26 else None
-    )
+    # The float model as loaded: external data read in, or, for a model that stays external,
+    # referred to in the folder it was loaded from (not the file's bytes, whose external references
+    # would not resolve in an onnxruntime session made from bytes).
+    folder = external_folder(model)
+    if folder is not None or mir.io.fits_in_protobuf(model):
+        context.reference = ir.to_proto(model).SerializeToString()
+        context.reference_folder = folder
     if options.calibration is not None:
         data = load_calibration(options.calibration, model)
         context.calibration, context.held_out = data.split()

@@ -143,10 +143,12 @@ def fits_in_protobuf(model: ir.Model) -> bool:
 def write(model: ir.Model, path: pathlib.Path, data_name: str) -> bool:
     """Write ``model`` to ``path``; whether its tensors went to ``data_name`` beside it.
 
-    Only models whose tensors would overflow a single protobuf get external data. The write is not
-    atomic: ``mpqc.ir.outputs`` stages it and renames the files into place.
+    Only models whose tensors would overflow a single protobuf get external data; the others are
+    written whole, external tensors read in (a model loaded past the limit may fit once lowered).
+    The write is not atomic: ``mpqc.ir.outputs`` stages it and renames the files into place.
     """
     if fits_in_protobuf(model):
+        ir.external_data.load_to_model(model)
         ir.save(model, path)
         return False
     ir.save(model, path, external_data=data_name, size_threshold_bytes=_EXTERNAL_THRESHOLD)

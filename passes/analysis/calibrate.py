@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
@@ -57,7 +55,6 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from mpqc.ir.annotations import ALL, CALIB_RANGE, REPORT
 from mpqc.passes.analysis.clip_range import entropy_clip, mse_clip, percentile_clip
@@ -67,7 +64,7 @@ from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.bodies import expose
 from mpqc.passes.lib.data import DataError
 from mpqc.passes.lib.evaluator import Evaluator, batch_first
-from mpqc.passes.lib.runtime import session, session_options
+from mpqc.passes.lib.runtime import external_folder, model_session
 
 __all__ = ["CalibratePass", "Method"]
 
@@ -76,8 +73,6 @@ Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
 NO_DATA_NOTE = "no calibration data: activation ranges unknown, data-free analysis only"
 
 _FLOAT_DTYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE})
-#: Protobuf cannot serialize a message over 2 GiB; bigger models go to onnxruntime through a file.
-_PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
 
 @register
@@ -327,7 +322,13 @@ class _Session:
         #: Fetched output -> the body value it carries.
         self.carried = {out: value for out, (value, _) in exposed.outputs.items()}
         self.fetch += list(exposed.outputs)
-        self.session = _inference_session(proto, _external_data_dir(model))
+        folder = external_folder(model)
+        try:
+            self.session = model_session(proto, folder)
+        except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
+            raise PassInputError(
+                f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})"
+            ) from exc
 
     def run_all(
         self, samples: Iterable[Mapping[str, np.ndarray]]
@@ -357,41 +358,6 @@ def _float_arrays(pairs: list[tuple[str, object]]) -> Iterator[tuple[str, np.nda
     for name, array in pairs:
         if isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating) and array.size:
             yield name, array
-
-
-def _external_data_dir(model: ir.Model) -> str | None:
-    """The one folder holding the model's external tensors, or None if it has none."""
-    folders = {
-        str(value.const_value.base_dir)
-        for graph in (model.graph, *model.graph.subgraphs())
-        for value in graph.initializers.values()
-        if isinstance(value.const_value, ir.ExternalTensor)
-    }
-    if len(folders) > 1:
-        raise PassInputError(
-            f"calibrate: the model's external tensors live in several folders "
-            f"({', '.join(sorted(folders))}); save the model to one folder first"
-        )
-    return folders.pop() if folders else None
-
-
-def _inference_session(proto: onnx.ModelProto, external_dir: str | None) -> ort.InferenceSession:
-    options = session_options()
-    if external_dir is not None:
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", external_dir
-        )
-    try:
-        if proto.ByteSize() < _PROTOBUF_LIMIT:
-            return session(proto.SerializeToString(), options=options)
-        with tempfile.TemporaryDirectory(prefix="mpqc-calibrate-") as folder:
-            path = os.path.join(folder, "model.onnx")
-            onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
-            return session(path, options=options)
-    except Exception as exc:  # onnxruntime raises its own unrelated types with long messages
-        raise PassInputError(
-            f"calibrate: onnxruntime cannot load the model ({_first_line(exc)})"
-        ) from exc
 
 
 def _first_line(exc: Exception) -> str:

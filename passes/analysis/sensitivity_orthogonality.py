@@ -41,7 +41,7 @@ from mpqc.passes.analysis.sensitivity_base import SensitivityPass, WeightCandida
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.bodies import expose
-from mpqc.passes.lib.runtime import session
+from mpqc.passes.lib.runtime import external_folder, model_session
 
 __all__ = [
     "SensitivityOrthogonalityPass",
@@ -159,7 +159,7 @@ def _features(model: ir.Model, layers: list[Layer], samples: list) -> list[np.nd
     proto.graph.output.extend(
         onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present
     )
-    runner = session(proto.SerializeToString())
+    runner = model_session(proto, external_folder(model))
     first_input = next(v.name for v in model.graph.inputs if not v.is_initializer())
     arrays: list[list[np.ndarray]] = [[] for _ in names]
     batches = []

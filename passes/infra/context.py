@@ -55,6 +55,8 @@ class CompileContext:
     held_out: Any = None  # mpqc.passes.lib.data.CalibrationData | None
     #: The float model as the user gave it (serialized), the reference that verify compares against.
     reference: bytes | None = None
+    #: Where the reference's external tensors are (a model past the protobuf limit stays external).
+    reference_folder: str | None = None
     #: The target's hardware spec (mpqc.hwspecs.HardwareSpec) or None before one is chosen.
     hw: Any = None
     #: User weight / activation bit-width candidates (intersected with the spec's).

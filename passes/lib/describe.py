@@ -22,7 +22,7 @@ from mpqc.ir.layers import Layer, constant_array, node_name
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.lib.bodies import expose
-from mpqc.passes.lib.runtime import session
+from mpqc.passes.lib.runtime import external_folder, model_session
 
 __all__ = ["check_shapes", "describe", "static_shapes", "trip_count"]
 
@@ -149,7 +149,11 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
         if out and out not in shapes
     ]
     if missing and context.calibration is not None and len(context.calibration):
-        shapes.update(_observed_shapes(model, proto, missing, next(iter(context.calibration))))
+        shapes.update(
+            _observed_shapes(
+                model, proto, external_folder(model), missing, next(iter(context.calibration))
+            )
+        )
         context.note(
             "cost: shapes onnx could not infer were read from a run on the first calibration sample"
         )
@@ -166,7 +170,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 def _observed_shapes(
-    model: ir.Model, proto: onnx.ModelProto, names: list[str], sample
+    model: ir.Model, proto: onnx.ModelProto, folder: str | None, names: list[str], sample
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the
     like); a body's values are carried out of it (``bodies.expose``) and read without the
@@ -188,7 +192,7 @@ def _observed_shapes(
     )
     wanted = [value.name for value in probe.graph.output]
     try:
-        outputs = session(probe.SerializeToString()).run(wanted, dict(sample))
+        outputs = model_session(probe, folder).run(wanted, dict(sample))
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise PassInputError(
             f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); "

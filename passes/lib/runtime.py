@@ -5,13 +5,29 @@ execution, deterministic compute and only the basic graph rewrites, so that ever
 is one the model itself defines. Verification instead runs the model the way a user's session
 will, with every optimization (that is where onnxruntime fuses integer kernels), so it asks for
 ``optimize=True``.
+
+A model as the passes hold it may keep big tensors in external data (a model past the protobuf
+limit stays external and lazy): ``model_session`` hands such a model to onnxruntime by reference —
+its serialized graph, small, with the data's folder as onnxruntime's external-initializers folder,
+where onnxruntime maps the data rather than copying it — and only a graph that still does not fit
+in one protobuf goes through a temporary file.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
-__all__ = ["session_options", "session"]
+from mpqc.core.errors import MpqcError
+
+__all__ = ["external_folder", "model_session", "session", "session_options"]
+
+#: Protobuf cannot serialize a message over 2 GiB; bigger graphs go to onnxruntime through a file.
+_PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
 
 def session_options(*, optimize: bool = False) -> ort.SessionOptions:
@@ -27,10 +43,50 @@ def session_options(*, optimize: bool = False) -> ort.SessionOptions:
 
 
 def session(
-    model: bytes | str, *, optimize: bool = False, options: ort.SessionOptions | None = None
+    model: bytes | str,
+    *,
+    optimize: bool = False,
+    options: ort.SessionOptions | None = None,
+    folder: str | None = None,
 ) -> ort.InferenceSession:
     """A CPU session on serialized bytes or a path (``options`` from ``session_options`` to add
-    entries)."""
-    return ort.InferenceSession(
-        model, options or session_options(optimize=optimize), providers=["CPUExecutionProvider"]
-    )
+    entries) whose external tensors, if any, live in ``folder``."""
+    options = options or session_options(optimize=optimize)
+    if folder is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", folder
+        )
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def external_folder(model: ir.Model) -> str | None:
+    """The one folder holding ``model``'s external tensors, or None if it has none."""
+    folders = {
+        str(value.const_value.base_dir)
+        for graph in (model.graph, *model.graph.subgraphs())
+        for value in graph.initializers.values()
+        if isinstance(value.const_value, ir.ExternalTensor)
+    }
+    if len(folders) > 1:
+        raise MpqcError(
+            f"the model's external tensors live in several folders ({', '.join(sorted(folders))}); "
+            "save the model to one folder first"
+        )
+    return folders.pop() if folders else None
+
+
+def model_session(
+    proto: onnx.ModelProto,
+    folder: str | None,
+    *,
+    optimize: bool = False,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """A session on ``proto`` (e.g. ``ir.to_proto`` of a model, edited), whose external tensors
+    live in ``folder`` (``external_folder``), without copying them."""
+    if proto.ByteSize() < _PROTOBUF_LIMIT:
+        return session(proto.SerializeToString(), optimize=optimize, options=options, folder=folder)
+    with tempfile.TemporaryDirectory(prefix="mpqc-session-") as temporary:
+        path = os.path.join(temporary, "model.onnx")
+        onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
+        return session(path, optimize=optimize, options=options, folder=folder)

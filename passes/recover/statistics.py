@@ -31,7 +31,7 @@ from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.infra.context import CompileContext
 from mpqc.passes.lib.layout import WeightLayout
-from mpqc.passes.lib.runtime import session, session_options
+from mpqc.passes.lib.runtime import external_folder, model_session, session_options
 from mpqc.passes.lower.lower_qdq import LowerQDQPass
 from mpqc.passes.recover.linear import LinearView
 
@@ -135,13 +135,13 @@ def _kernel_input(node: ir.Node, index: int) -> ir.Value:
     return source
 
 
-def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+def _session(proto: onnx.ModelProto, folder: str | None) -> ort.InferenceSession:
     options = session_options()
     # Let constant folding turn the lowered weights' DequantizeLinear into floats (the same
     # numbers): onnxruntime keeps them for its integer-kernel fusions otherwise, and reruns them
     # every sample.
     options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return session(proto.SerializeToString(), options=options)
+    return model_session(proto, folder, options=options)
 
 
 def _keep_only_what_feeds(graph: onnx.GraphProto) -> None:
@@ -189,7 +189,9 @@ def _observe(
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.ValueInfoProto(name=tensor) for tensor in fetch)
     _keep_only_what_feeds(proto.graph)
-    runner = _session(proto) if fetch else None  # no session when every layer reads a model input
+    runner = (
+        _session(proto, external_folder(model)) if fetch else None
+    )  # no session when every layer reads a model input
     stats = {name: InputStatistics.empty(views[name], with_hessian) for name in taps}
     for sample in samples:
         arrays = (

@@ -23,7 +23,7 @@ from mpqc.ir import annotations
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
-from mpqc.passes.lib.runtime import session
+from mpqc.passes.lib.runtime import external_folder, model_session, session
 from mpqc.passes.verify.kernels import kernel_report, quantized_layers
 
 __all__ = ["VerifyPass", "output_fidelity"]
@@ -85,7 +85,9 @@ class VerifyPass(Pass):
         if self.context.reference is None:
             return None
         try:
-            return session(self.context.reference, optimize=True)
+            return session(
+                self.context.reference, optimize=True, folder=self.context.reference_folder
+            )
         except Exception as exc:  # onnxruntime raises several unrelated types
             self.context.note(
                 "verify: onnxruntime cannot run the float model as given "
@@ -113,32 +115,31 @@ class VerifyPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.to_proto(model)
         size = proto.ByteSize()
-        if size < 2**31:
+        fits = size < 2**31
+        if fits:
             try:
                 onnx.checker.check_model(proto, full_check=True)
             except Exception as exc:  # checker and shape-inference errors have several types
                 raise PassInputError(
                     f"verify: the emitted model fails onnx.checker: {str(exc).splitlines()[0]}"
                 ) from None
-            serialized: bytes | None = proto.SerializeToString()
         else:
             self.context.note(
                 "verify: model over 2 GB, checker and fidelity run on the written file only"
             )
-            serialized = None
         result: dict[str, object] = {
-            "checker": "ok" if serialized is not None else "skipped",
+            "checker": "ok" if fits else "skipped",
             "bytes": size,
         }
-        if serialized is not None:
+        if fits:
             try:
-                candidate = session(serialized, optimize=True)
+                candidate = model_session(proto, external_folder(model), optimize=True)
             except Exception as exc:
                 raise PassInputError(
                     f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
-            kernels = self._kernels(model, serialized)
+            kernels = self._kernels(model, proto.SerializeToString())
             if kernels:
                 result["kernels"] = kernels
             held_out = self.context.held_out

@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from mpqc.passes.lib.runtime import session, session_options
+from mpqc.passes.lib.runtime import session
 
 __all__ = ["DATA_FILE", "STREAMED_BYTES", "WeightStore", "entry"]
 
@@ -81,17 +81,9 @@ class WeightStore:
         """Whether a tensor of ``nbytes`` belongs in the data file."""
         return nbytes >= STREAMED_BYTES
 
-    def options(self) -> ort.SessionOptions:
-        """``session_options`` that resolve the graphs' external data in this folder."""
-        options = session_options()
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", self.folder
-        )
-        return options
-
     def session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
         """A session on ``proto``, whose external tensors live in this folder."""
-        return session(proto.SerializeToString(), options=self.options())
+        return session(proto.SerializeToString(), folder=self.folder)
 
 
 def entry(stack: onnx.TensorProto, index: int, name: str) -> onnx.TensorProto:
