@@ -11,6 +11,11 @@ A model is user input, so ``load`` checks what would otherwise surface deep insi
 knows, every tensor's data must match its shape (external data included), and no graph may feed a
 node's output back to it.
 
+A big model (past ``_ON_DISK_ABOVE``) that ``load`` made keeps its tensors on disk, read on demand:
+external data where it is, tensors its file held inline moved to a temporary data file. Passes
+then hand it to onnxruntime and onnx's tools by reference to that folder (``external_folder``) and
+hold only the weights they are using, instead of copies of all of them per serialization.
+
 ``write`` puts models whose tensors pass the protobuf limit (2 GB) in external data automatically;
 ``mpqc.ir.outputs`` makes the write atomic, together with the rest of a run's files.
 """
@@ -19,6 +24,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,8 @@ __all__ = [
     "ModelError",
     "ModelLike",
     "as_kind",
+    "check",
+    "external_folder",
     "fits_in_protobuf",
     "load",
     "tensor_bytes",
@@ -47,6 +57,12 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 _PROTOBUF_MAX = 2**31
 #: Tensors at least this big go to the external data file when a model is saved externally.
 _EXTERNAL_THRESHOLD = 1024
+#: A model whose tensors pass this many bytes keeps them on disk (``_keep_on_disk``), as one past
+#: the protobuf limit must.
+_ON_DISK_ABOVE = 256 * 2**20
+#: Where each tensor starts in a data file mpqc writes: onnxruntime maps external data only at
+#: offsets aligned to pages.
+_ALIGN = 4096
 #: ``model.meta`` key (no ``mpqc.`` prefix: not an annotation): the external data files a model
 #: loaded from a path read, inputs as much as the model file (no output may be written over one).
 EXTERNAL_FILES = "external_data_files"
@@ -83,7 +99,8 @@ def load(model: ModelLike, base_dir: str | os.PathLike | None = None) -> ir.Mode
             "onnx_ir.Model or an onnx_graphsurgeon.Graph"
         )
     _check_model(loaded, source)
-    _read_on_demand(loaded)
+    if loaded is not model:  # a model of the caller's own is not rewritten behind its back
+        _keep_on_disk(loaded)
     return loaded
 
 
@@ -133,6 +150,48 @@ def _tensors(graph: onnx.GraphProto) -> Any:
             yield from attribute.tensors
             for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
                 yield from _tensors(body)
+
+
+def external_folder(model: ir.Model) -> str | None:
+    """The one folder holding ``model``'s external tensors, or None if it has none."""
+    folders = {
+        str(value.const_value.base_dir)
+        for graph in (model.graph, *model.graph.subgraphs())
+        for value in graph.initializers.values()
+        if isinstance(value.const_value, ir.ExternalTensor)
+    }
+    if len(folders) > 1:
+        raise ModelError(
+            f"the model's external tensors live in several folders ({', '.join(sorted(folders))}); "
+            "save the model to one folder first"
+        )
+    return folders.pop() if folders else None
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """``onnx.checker``'s full check of ``proto``, a model's graph serialized as the passes hold it.
+
+    Its external tensors are checked as the typed graph inputs they stand for: a serialized graph's
+    reference to a data file does not resolve (the checker looks for it from the working
+    directory), and ``load`` checked their data. What the checker sees of a big tensor is its type
+    and shape, which an input declares as well."""
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        inputs = {value.name for value in proto.graph.input}
+        checked = onnx.ModelProto()
+        checked.CopyFrom(proto)
+        kept = [
+            t for t in checked.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+        ]
+        del checked.graph.initializer[:]
+        checked.graph.initializer.extend(kept)
+        checked.graph.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+            for t in external
+            if t.name not in inputs
+        )
+        proto = checked
+    onnx.checker.check_model(proto, full_check=True)
 
 
 def fits_in_protobuf(model: ir.Model) -> bool:
@@ -191,15 +250,18 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     return model
 
 
-def _into_memory_if_it_fits(model: ir.Model, source: str) -> None:
-    """Read external tensors into memory when the whole model fits in one protobuf.
+def _on_disk(model: ir.Model) -> bool:
+    """Whether ``model``'s tensors are big enough to stay on disk: past the protobuf limit they
+    must; past ``_ON_DISK_ABOVE``, copies of them (serialized graphs, onnxruntime's own) cost more
+    than reading them where they are."""
+    return tensor_bytes(model) > min(_ON_DISK_ABOVE, _PROTOBUF_LIMIT)
 
-    Passes hand models to onnxruntime, onnx's checker and its version converter as serialized bytes,
-    where an external reference — a file name relative to the model's folder — no longer resolves.
-    Only models past the protobuf limit have to stay external (and lazy); they go to those tools
-    through files.
-    """
-    if tensor_bytes(model) <= _PROTOBUF_LIMIT:
+
+def _into_memory_if_it_fits(model: ir.Model, source: str) -> None:
+    """Read external tensors into memory unless the model's tensors stay on disk (``_on_disk``):
+    a small model goes to onnxruntime and onnx's tools as one serialized protobuf; a big one by
+    reference to its data's folder (``external_folder``)."""
+    if not _on_disk(model):
         try:
             ir.external_data.load_to_model(model)
         except (OSError, ValueError) as exc:  # missing file; data shorter than the tensor
@@ -214,10 +276,17 @@ class StreamedTensor(ir.ExternalTensor):
     not kept.
 
     onnx_ir's external tensor maps its whole data file once read and keeps the mapping until
-    released, so every weight a pass reads of a model that stays external (one past the protobuf
-    limit) stays resident: a pass reading each weight once would hold them all. Read this way, a
-    pass holds the weights it is using. Packed types (4-bit, 2-bit) keep onnx_ir's reading.
+    released, so every weight a pass reads of a model that stays on disk would stay resident: a
+    pass reading each weight once would hold them all. Read this way, a pass holds the weights it
+    is using. Packed types (4-bit, 2-bit) keep onnx_ir's reading. ``owner``, when set, is what
+    removes the file once no tensor refers to it (``_Spill``).
     """
+
+    __slots__ = ("owner",)
+
+    def __init__(self, *args: Any, owner: object = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
 
     def numpy(self) -> np.ndarray:
         dtype = self.dtype.numpy()
@@ -234,23 +303,68 @@ class StreamedTensor(ir.ExternalTensor):
         return array if dtype is None else array.astype(dtype)
 
 
-def _read_on_demand(model: ir.Model) -> None:
-    """Make the model's external tensors ``StreamedTensor``s."""
-    for graph in (model.graph, *model.graph.subgraphs()):
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if type(tensor) is ir.ExternalTensor:
-                value.const_value = StreamedTensor(
-                    tensor.location,
-                    tensor.offset,
-                    tensor.length,
-                    tensor.dtype,
-                    shape=tensor.shape,
-                    name=tensor.name,
-                    doc_string=tensor.doc_string,
-                    metadata_props=tensor.metadata_props,
-                    base_dir=tensor.base_dir,
-                )
+class _Spill:
+    """A temporary data file holding a big model's tensors that its file held inline; removed with
+    the last tensor that refers to it."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="mpqc-weights-")
+        self.location = "weights.data"
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def write(self, tensor: ir.TensorProtocol) -> StreamedTensor:
+        """``tensor``'s bytes appended at the next aligned offset; the tensor that reads them."""
+        data = tensor.tobytes()
+        with open(os.path.join(self.folder, self.location), "ab") as sink:
+            offset = -(-sink.tell() // _ALIGN) * _ALIGN
+            sink.write(bytes(offset - sink.tell()))
+            sink.write(data)
+        return StreamedTensor(
+            self.location,
+            offset,
+            len(data),
+            tensor.dtype,
+            shape=tensor.shape,
+            name=tensor.name or "",
+            doc_string=tensor.doc_string,
+            metadata_props=tensor.metadata_props,
+            base_dir=self.folder,
+            owner=self,
+        )
+
+
+def _keep_on_disk(model: ir.Model) -> None:
+    """Leave a big model's tensors on disk (``_on_disk``), read on demand (``StreamedTensor``): its
+    external tensors where they are, and, when its file held them all inline, each at least
+    ``_EXTERNAL_THRESHOLD`` bytes moved to a temporary data file (``_Spill``)."""
+    if not _on_disk(model):
+        return
+    values = [
+        value
+        for graph in (model.graph, *model.graph.subgraphs())
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    ]
+    spill = None
+    if not any(isinstance(value.const_value, ir.ExternalTensor) for value in values):
+        spill = _Spill()
+    for value in values:
+        tensor = value.const_value
+        assert tensor is not None
+        if type(tensor) is ir.ExternalTensor:
+            value.const_value = StreamedTensor(
+                tensor.location,
+                tensor.offset,
+                tensor.length,
+                tensor.dtype,
+                shape=tensor.shape,
+                name=tensor.name,
+                doc_string=tensor.doc_string,
+                metadata_props=tensor.metadata_props,
+                base_dir=tensor.base_dir,
+            )
+        elif spill is not None and tensor.nbytes >= _EXTERNAL_THRESHOLD:
+            value.const_value = spill.write(tensor)
 
 
 def _check_model(model: ir.Model, source: str) -> None:

@@ -302,7 +302,12 @@ def _verify(model: ir.Model) -> None:
     providers = ["CPUExecutionProvider"]
     if io.fits_in_protobuf(model):
         proto = ir.serde.serialize_model(model)
-        onnx.checker.check_model(proto, full_check=True)
+        io.check(proto)
+        folder = io.external_folder(model)  # a model that stays external is referred to there
+        if folder is not None:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", folder
+            )
         ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
         return
     with tempfile.TemporaryDirectory(prefix="mpqc-verify-") as folder:

@@ -19,10 +19,9 @@ import os
 import tempfile
 
 import onnx
-import onnx_ir as ir
 import onnxruntime as ort
 
-from mpqc.core.errors import MpqcError
+from mpqc.ir.io import external_folder
 
 __all__ = ["external_folder", "model_session", "session", "session_options"]
 
@@ -57,22 +56,6 @@ def session(
             "session.model_external_initializers_file_folder_path", folder
         )
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def external_folder(model: ir.Model) -> str | None:
-    """The one folder holding ``model``'s external tensors, or None if it has none."""
-    folders = {
-        str(value.const_value.base_dir)
-        for graph in (model.graph, *model.graph.subgraphs())
-        for value in graph.initializers.values()
-        if isinstance(value.const_value, ir.ExternalTensor)
-    }
-    if len(folders) > 1:
-        raise MpqcError(
-            f"the model's external tensors live in several folders ({', '.join(sorted(folders))}); "
-            "save the model to one folder first"
-        )
-    return folders.pop() if folders else None
 
 
 def model_session(

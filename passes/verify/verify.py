@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from mpqc.ir import annotations
+from mpqc.ir import annotations, io
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
@@ -118,7 +118,7 @@ class VerifyPass(Pass):
         fits = size < 2**31
         if fits:
             try:
-                onnx.checker.check_model(proto, full_check=True)
+                io.check(proto)
             except Exception as exc:  # checker and shape-inference errors have several types
                 raise PassInputError(
                     f"verify: the emitted model fails onnx.checker: {str(exc).splitlines()[0]}"

@@ -51,19 +51,24 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return models
 
 
+@pytest.mark.parametrize("stored", ["external", "inline"])
 def test_default_pipeline_leaves_the_weights_of_a_big_model_on_disk(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, opened: list[list[str]]
+    stored: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, opened: list[list[str]]
 ) -> None:
     model = small_cnn()
     path = tmp_path / "model.onnx"
+    external = stored == "external"
     onnx.save_model(
         ir.to_proto(model),
         path,
-        save_as_external_data=True,
+        save_as_external_data=external,
         location="model.data",
         size_threshold=0,
     )
-    monkeypatch.setattr("mpqc.ir.io._PROTOBUF_LIMIT", 1000)
+    if external:  # past the protobuf limit: it must stay on disk
+        monkeypatch.setattr("mpqc.ir.io._PROTOBUF_LIMIT", 1000)
+    else:  # past the size from which mpqc keeps a model's tensors on disk
+        monkeypatch.setattr("mpqc.ir.io._ON_DISK_ABOVE", 1000)
     monkeypatch.setattr("mpqc.ir.io._EXTERNAL_THRESHOLD", THRESHOLD)
     monkeypatch.setattr(store, "STREAMED_BYTES", THRESHOLD)
     samples = random_inputs(model, 10, batch=1)
