@@ -8,7 +8,8 @@ default pipeline under a size budget (``--max-size 0.5x``: calibrate, output sen
 search, recover, lower, verify) and by onnxruntime's ``quantize_static`` (QDQ, per-channel int8
 weights, MinMax), each in its own child process, one at a time, on the same calibration samples.
 
-Per run: wall seconds and the peak resident memory of the child process (``ru_maxrss`` from
+Per run: wall seconds, CPU seconds (user + system: on a shared machine the wall time mostly says
+how busy the others were) and the peak resident memory of the child process (``ru_maxrss`` from
 ``wait4``, which covers the worker processes it waited for too) against the model's weight bytes.
 A run whose process tree passes ``--rss-cap`` is killed and reported as such, so a regression does
 not take the machine down. Results go to ``bench/results/scale.json`` and a markdown table.
@@ -133,7 +134,8 @@ def _tree_rss(pid: int) -> int:
 
 
 def measure(command: Sequence[str], cap: int, timeout: float) -> dict[str, object]:
-    """Run ``command`` (niced); its wall seconds, peak RSS, exit status and last stderr line."""
+    """Run ``command`` (niced); its wall and CPU seconds, peak RSS, exit status and last stderr
+    line."""
     start = time.perf_counter()
     child = subprocess.Popen(
         ["nice", "-n", "10", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -160,6 +162,7 @@ def measure(command: Sequence[str], cap: int, timeout: float) -> dict[str, objec
     lines = [line for line in stderr.splitlines() if line.strip()]
     return {
         "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss": usage.ru_maxrss * 1024,
         "exit": child.returncode,
         "failure": verdict[0] if verdict else (lines[-1][:200] if child.returncode else ""),
@@ -265,7 +268,10 @@ def table(results: dict[str, dict[str, dict[str, object]]]) -> str:
                 cells.append(f"fails ({run['failure'][:60]}) {run['seconds']} s")
             else:
                 gb = run["peak_rss"] / 2**30
-                cells.append(f"{run['seconds']} s, {gb:.2f} GiB ({run['rss_over_weights']}x)")
+                cells.append(
+                    f"{run.get('cpu_seconds', '?')} s CPU ({run['seconds']} s), {gb:.2f} GiB "
+                    f"({run['rss_over_weights']}x)"
+                )
         rows.append(f"| {name} | {weights / 2**20:.0f} MiB | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
