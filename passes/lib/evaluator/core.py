@@ -310,6 +310,7 @@ class Evaluator(Shipped):
                 ]
                 errors.append(output_error(self.reference, outputs, measure))
             results.append(errors)
+            del suffix  # before the next one is made: each holds its downstream weights, prepacked
         return results
 
     def set_ranges(self, ranges: Mapping[str, tuple[float, float]]) -> None:
