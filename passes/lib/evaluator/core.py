@@ -135,8 +135,7 @@ class Evaluator(Shipped):
                 if plan.int8_input_block is not None:
                     blocks.setdefault(name, set()).add(plan.int8_input_block)
         # Where the big tensors are (store.py), and the graph, samples and reference for workers.
-        self._folder = self._create_folder()
-        self._store = WeightStore(self._folder)
+        self._store = WeightStore()
         proto, sites = build(
             model,
             prepared,

@@ -437,7 +437,7 @@ def _store_initializers(graph: ir.Graph, store: WeightStore) -> None:
         if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
             del graph.initializers[name]
         elif tensor is not None and store.streams(tensor.nbytes):
-            if not (isinstance(tensor, ir.ExternalTensor) and tensor.base_dir == store.folder):
+            if not store.holds(tensor):
                 value.const_value = store.tensor(name, tensor.numpy())
                 if isinstance(tensor, ir.ExternalTensor):
                     tensor.release()

@@ -14,6 +14,9 @@ onnxruntime's external-initializers folder.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,11 +38,20 @@ DATA_FILE = "weights.data"
 
 
 class WeightStore:
-    """The data file of one evaluator's folder: big tensors appended, sessions opened over it."""
+    """One evaluator's temporary folder and the data file in it: big tensors appended, sessions
+    opened over it. The folder is made on first use (a model with no big tensor and no worker
+    process needs none) and removed with the store that made it, not by a copy unpickled in a
+    worker."""
 
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._path = os.path.join(folder, DATA_FILE)
+    def __init__(self) -> None:
+        self._folder: str | None = None
+
+    @property
+    def folder(self) -> str:
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        return self._folder
 
     def tensor(self, name: str, array: np.ndarray) -> ir.TensorProtocol:
         """``array`` as the initializer ``name``: in memory when small, else written to the data
@@ -58,7 +70,7 @@ class WeightStore:
         if not self.streams(first.nbytes * count):
             rest = [np.asarray(array, first.dtype) for array in entries]
             return ir.tensor(np.stack([first, *rest]) if stacked else first, name=name)
-        with open(self._path, "ab") as sink:
+        with open(os.path.join(self.folder, DATA_FILE), "ab") as sink:
             offset = -(-sink.tell() // _ALIGN) * _ALIGN
             sink.write(bytes(offset - sink.tell()))
             sink.write(np.ascontiguousarray(first).data)
@@ -76,6 +88,10 @@ class WeightStore:
             base_dir=self.folder,
         )
 
+    def holds(self, tensor: ir.TensorProtocol) -> bool:
+        """Whether ``tensor`` is in this store's data file."""
+        return isinstance(tensor, ir.ExternalTensor) and str(tensor.base_dir) == self._folder
+
     @staticmethod
     def streams(nbytes: int) -> bool:
         """Whether a tensor of ``nbytes`` belongs in the data file."""
@@ -83,7 +99,7 @@ class WeightStore:
 
     def session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
         """A session on ``proto``, whose external tensors live in this folder."""
-        return session(proto.SerializeToString(), folder=self.folder)
+        return session(proto.SerializeToString(), folder=self._folder)
 
 
 def entry(stack: onnx.TensorProto, index: int, name: str) -> onnx.TensorProto:

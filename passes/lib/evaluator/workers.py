@@ -28,10 +28,7 @@ import multiprocessing
 import os
 import pathlib
 import pickle
-import shutil
 import sys
-import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,13 +94,13 @@ class Shipped:
     """The evaluator's side that travels: its executor, its files and its pickled form.
 
     The class using it holds ``executor``, ``samples``, ``reference`` (timed in
-    ``_reference_seconds``), ``_proto()`` and ``_folder``."""
+    ``_reference_seconds``), ``_proto()`` and ``_store`` (its folder)."""
 
     executor: concurrent.futures.Executor | None
     samples: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
     _reference_seconds: float
-    _folder: str
+    _store: WeightStore
     _parsed: onnx.ModelProto | None
     #: (content key, bytes) of the by-value payload, made once.
     _payload: tuple[str, bytes] | None = None
@@ -128,14 +125,8 @@ class Shipped:
         ) as pool:
             yield pool
 
-    def _create_folder(self) -> str:
-        """The evaluator's temporary folder, removed with it (not by the processes it reaches)."""
-        folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
-        weakref.finalize(self, shutil.rmtree, folder, True)
-        return folder
-
     def _path(self, name: str) -> str:
-        return os.path.join(self._folder, name)
+        return os.path.join(self._store.folder, name)
 
     def _write_files(self) -> None:
         """Put the graph, the samples and the float outputs on disk once (its big tensors already
@@ -159,10 +150,10 @@ class Shipped:
         pickled once and named by its SHA-256."""
         if self._payload is None:
             graph = self._proto().SerializeToString()
-            stored = pathlib.Path(self._path(DATA_FILE))  # the big tensors the graph refers to
-            data = stored.read_bytes() if stored.exists() else b""
+            stored = self._store._folder  # the big tensors the graph refers to, if any
+            data = pathlib.Path(stored, DATA_FILE).read_bytes() if stored else b""
             reference = self.reference
-            state = {**self.__dict__, **_TRANSIENT, "_folder": None, "_payload": None}
+            state = {**self.__dict__, **_TRANSIENT, "_store": WeightStore(), "_payload": None}
             parts = (type(self), state, graph, data, self.samples, reference)
             blob = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
             self._payload = (hashlib.sha256(blob).hexdigest(), blob)
@@ -181,7 +172,7 @@ class Shipped:
 def _revive(cls: type, state: dict[str, Any]) -> Any:
     """The evaluator described by ``state``, read from its files the first time this process sees
     it and reused after, so a worker opens each session once however many tasks it runs."""
-    folder = state["_folder"]
+    folder = state["_store"].folder
     if folder not in _WORKER_CACHE:
         evaluator = cls.__new__(cls)
         evaluator.__dict__.update(state)
@@ -202,9 +193,8 @@ def _revive_by_value(key: str, payload: bytes) -> Any:
         cls, state, graph, data, samples, reference = pickle.loads(payload)
         evaluator = cls.__new__(cls)
         evaluator.__dict__.update(state)
-        evaluator._folder = evaluator._create_folder()  # this worker's copy of the big tensors
-        pathlib.Path(evaluator._path(DATA_FILE)).write_bytes(data)
-        evaluator._store = WeightStore(evaluator._folder)
+        if data:  # this worker's own copy of the big tensors
+            pathlib.Path(evaluator._path(DATA_FILE)).write_bytes(data)
         evaluator._parsed = onnx.ModelProto.FromString(graph)
         evaluator.samples, evaluator._reference = samples, reference
         _remember(key, evaluator)

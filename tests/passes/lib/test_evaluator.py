@@ -272,7 +272,7 @@ def test_local_workers_give_the_same_errors(cnn_setup, monkeypatch) -> None:
     monkeypatch.setattr(cut, "LAYERS_PER_PREFIX", 2)
     spread = Evaluator(model, samples)
     assert spread.errors(configs, "mse") == inline.errors(configs, "mse")
-    assert spread._folder is not None  # the work went to worker processes
+    assert spread._store._folder is not None  # the work went to worker processes
 
 
 def test_samples_batch_by_shape_without_padding() -> None:

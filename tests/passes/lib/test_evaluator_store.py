@@ -93,3 +93,19 @@ def test_stacks_are_page_aligned_in_one_file(setup, monkeypatch) -> None:
     entry = store.entry(stored[0], 1, "second")
     assert list(entry.dims) == list(stored[0].dims[1:])
     assert np.prod(entry.dims) * 4 == int({e.key: e.value for e in entry.external_data}["length"])
+
+
+def test_stored_tensors_travel_by_value_to_workers_without_this_disk(setup, monkeypatch) -> None:
+    import pickle
+
+    from mpqc.passes.lib.evaluator import workers
+
+    model, samples = setup
+    monkeypatch.setattr(store, "STREAMED_BYTES", THRESHOLD)
+    sender = Evaluator(model, samples)
+    configs = _configs(sender.layers)
+    with workers.by_value():
+        payload = pickle.dumps(sender)
+    received = pickle.loads(payload)
+    assert received._store._folder not in (None, sender._store._folder)
+    assert received.errors(configs, "mse") == sender.errors(configs, "mse")
