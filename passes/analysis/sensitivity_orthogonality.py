@@ -175,21 +175,27 @@ def _features(model: ir.Model, layers: list[Layer], samples: list) -> list[np.nd
             arrays[i].append(np.asarray(array, np.float32))
     rows = []
     for per_sample in arrays:
-        shapes = {a.shape for a in per_sample}
-        varying = (
-            tuple(
-                axis
-                for axis in range(1, per_sample[0].ndim)
-                if len({shape[axis] for shape in shapes}) > 1
-            )
-            if len({len(s) for s in shapes}) == 1
-            else ()
-        )
+        varying = _varying_axes([a.shape for a in per_sample], batches)
         pooled = [a.mean(axis=varying, keepdims=True) if varying else a for a in per_sample]
         rows.append(
             np.concatenate([_rows(a, batch) for a, batch in zip(pooled, batches, strict=True)])
         )
     return rows
+
+
+def _varying_axes(shapes: list[tuple[int, ...]], batches: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The axes whose size changes from sample to sample (a text line's width, a sequence's
+    length), averaged away so that every sample gives rows of one width. The leading axis counts
+    too unless it is each sample's batch, which ``_rows`` splits into rows: a time-major layer (an
+    LSTM's [seq, batch, hidden], the Gemm behind it) varies there."""
+    if len({len(shape) for shape in shapes}) != 1:
+        return ()
+    batch_led = all(shape[:1] == batch for shape, batch in zip(shapes, batches, strict=True))
+    return tuple(
+        axis
+        for axis in range(1 if batch_led else 0, len(shapes[0]))
+        if len({shape[axis] for shape in shapes}) > 1
+    )
 
 
 def _rows(array: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:

@@ -352,6 +352,32 @@ def test_orthogonality_pass_gives_unique_features_the_highest_damage() -> None:
     assert scores["c"]["w8"] == 0.0 and scores["c"]["w2"] > scores["c"]["w4"] > 0
 
 
+TIME_MAJOR = """
+<ir_version: 10, opset_import: ["" : 17]>
+time_major (float[T,1,8] x) => (float[T,1,3] a, float[T,1,3] b) {
+  a = MatMul(x, wa)
+  b = MatMul(x, wb)
+}
+"""
+
+
+def test_orthogonality_pools_a_leading_axis_that_varies_between_samples() -> None:
+    """A time-major sequence ([T, batch, features], as in ddddocr's LSTM and the Gemm behind it)
+    varies on its leading axis; its features are compared averaged over time."""
+    rng = np.random.default_rng(5)
+    proto = onnx.parser.parse_model(TIME_MAJOR)
+    for name in ("wa", "wb"):
+        weight = rng.standard_normal((8, 3)).astype(np.float32)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, name))
+    model = ir.from_proto(proto)
+    samples = [{"x": rng.standard_normal((3 + i % 4, 1, 8)).astype(np.float32)} for i in range(32)]
+    SensitivityOrthogonalityPass(
+        context=CompileContext(calibration=CalibrationData(tuple(samples)))
+    )(model)
+    scores = scores_of(model, "orthogonality")
+    assert scores["a"]["w2"] > scores["a"]["w4"] > scores["a"]["w8"] == 0.0
+
+
 # --- Errors ---------------------------------------------------------------------------------------
 
 ALL_PASSES = [
