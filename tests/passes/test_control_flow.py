@@ -301,3 +301,20 @@ def test_an_if_that_takes_turns_inside_a_loop_is_calibrated_and_quantized() -> N
     for sample, want in zip(samples, expected, strict=True):
         (got,) = run_ort(result.model, sample, "basic")
         assert np.abs(got - want[0]).max() <= 1e-5 * np.abs(want[0]).max()
+
+
+def test_orthogonality_compares_the_features_of_layers_inside_a_loop() -> None:
+    """Every trip's output, flattened: the If inside the Loop runs each branch on some trips."""
+    proto = build(
+        NESTED,
+        {"wa": (8, 8), "wb": (8, 8)},
+        arrays={"trips": np.array(4, np.int64), "go": np.array(True)},
+    )
+    model, context = _calibrated(random_inputs(proto, 6), ir.from_proto(proto))
+    PassManager(build_pipeline("sensitivity-orthogonality", context))(model)
+    scored = {
+        layer.name: A.sensitivity_key("orthogonality").get(layer.node)
+        for layer in quantizable_layers(model.graph)
+    }
+    assert sorted(scored) == ["y/body/ho/else/b0", "y/body/ho/then/a"]
+    assert all(scores and all(np.isfinite(list(scores.values()))) for scores in scored.values())
