@@ -168,10 +168,17 @@ class Evaluator(Shipped):
 
     @property
     def reference(self) -> list[Outputs]:
-        """The float model's outputs per sample, computed once."""
+        """The float model's outputs per sample, computed once: every control fixed at float (no
+        weight stacks, no quantizers), in a session like the suffixes' (``layer_errors``)."""
         if self._reference is None:
             start = time.perf_counter()
-            self._reference = self.run({})
+            floats = self._store.session(
+                cut.cut(self._proto(), self._float_model(), [], self.output_names), fast=True
+            )
+            self._reference = [
+                floats.run(self.output_names, cut.declared_inputs(floats, sample))
+                for sample in self.samples
+            ]
             self._reference_seconds = time.perf_counter() - start
         return self._reference
 
@@ -252,8 +259,10 @@ class Evaluator(Shipped):
         The float model runs once over the samples, keeping the values every listed layer's suffix
         reads (the layer's input and whatever else crosses the cut); then each layer's suffix — the
         nodes downstream of its controls, with every other layer fixed at float and its quantizers
-        removed — gets one session and runs each configuration. The numbers are those of ``run``:
-        the same nodes compute on the same values; only the unchanged prefix is not recomputed.
+        removed — gets one session and runs each configuration. The numbers are those of ``run``
+        to float rounding: the same nodes compute on the same values, the unchanged prefix is not
+        recomputed, and the prefix and suffix sessions, which hold no Q/DQ pair and are read only
+        at their outputs, run with every graph optimization (``runtime.session(fast=True)``).
         """
         float_controls = self._float_controls()
         proto = self._proto()
@@ -274,7 +283,9 @@ class Evaluator(Shipped):
         self.reference  # noqa: B018 - computed before the whole graph's session is let go
         self._session = None  # its pages are not needed while the suffixes run
         prefix = (
-            self._store.session(cut.cut(proto, self._float_model(), [], wanted)) if wanted else None
+            self._store.session(cut.cut(proto, self._float_model(), [], wanted), fast=True)
+            if wanted
+            else None
         )
         values = [
             {
@@ -299,7 +310,7 @@ class Evaluator(Shipped):
                         np.asarray(values[0][value.name]).dtype
                     )
             inputs = {value.name for value in suffix_proto.graph.input}
-            suffix = self._store.session(suffix_proto)
+            suffix = self._store.session(suffix_proto, fast=True)
             errors = []
             for config in configs:
                 controls = {k: v for k, v in self._controls(config).items() if k in inputs}

@@ -5,7 +5,7 @@ float prefix. One float run per group of layers keeps the values that cross each
 each layer gets a session on its suffix: the nodes downstream of its controls, every other layer
 fixed at float (its quantizers removed, its weight folded to a constant). The errors equal the whole
 graph's up to float rounding: float layers there run with constant, prepacked weights, as in the
-lowered model.
+lowered model, in sessions with every graph optimization.
 """
 
 from __future__ import annotations

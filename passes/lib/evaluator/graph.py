@@ -51,7 +51,7 @@ from mpqc.ir import annotations
 from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
 from mpqc.passes.lib.evaluator.store import WeightStore
-from mpqc.passes.lib.grid import fake_quant_weight, quantize_weight
+from mpqc.passes.lib.grid import fake_quant_weight, weight_scales
 from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.plan import LayerFacts, body_result, output_target, plan_layer
 from mpqc.passes.lib.widen import widen_to_float32
@@ -114,7 +114,7 @@ def _weight_entries(
     for bits in wbits:
         size = block[bits] if index == layer.weight_index else 0
         axis = block_axis(layer) if size else 0
-        scales.append(None if size else quantize_weight(array, bits, layer.channel_axis)[1])
+        scales.append(None if size else weight_scales(array, bits, layer.channel_axis))
         yield fake_quant_weight(array, bits, layer.channel_axis, size, axis or 0)
     yield array
 

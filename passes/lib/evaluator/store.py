@@ -97,9 +97,10 @@ class WeightStore:
         """Whether a tensor of ``nbytes`` belongs in the data file."""
         return nbytes >= STREAMED_BYTES
 
-    def session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
-        """A session on ``proto``, whose external tensors live in this folder."""
-        return session(proto.SerializeToString(), folder=self._folder)
+    def session(self, proto: onnx.ModelProto, fast: bool = False) -> ort.InferenceSession:
+        """A session on ``proto``, whose external tensors live in this folder (``fast``: see
+        ``runtime.session``)."""
+        return session(proto.SerializeToString(), fast=fast, folder=self._folder)
 
 
 def entry(stack: onnx.TensorProto, index: int, name: str) -> onnx.TensorProto:

@@ -50,9 +50,9 @@ def test_sessions_refer_to_stored_tensors_and_compute_the_same(setup, monkeypatc
     opened: list[onnx.ModelProto] = []
     open_session = store.WeightStore.session
 
-    def recording(self: store.WeightStore, proto: onnx.ModelProto):
+    def recording(self: store.WeightStore, proto: onnx.ModelProto, **options):
         opened.append(proto)
-        return open_session(self, proto)
+        return open_session(self, proto, **options)
 
     monkeypatch.setattr(store.WeightStore, "session", recording)
     stored = Evaluator(model, samples)
