@@ -155,6 +155,8 @@ class Progress:
         from rich.progress import Progress as Bar
 
         with self._lock:
+            if self._timer is None:  # the pass ended while this timer thread was starting
+                return
             self._bar = Bar(
                 SpinnerColumn(),
                 TextColumn(f"[{self._index}/{self.total}] {self._name}"),
@@ -174,10 +176,10 @@ class Progress:
 
     def _hide(self) -> bool:
         """Stop the timer and the bar; whether the bar was showing (it leaves its last line)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             bar, self._bar = self._bar, None
         if bar is None:
             return False

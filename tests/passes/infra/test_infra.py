@@ -599,6 +599,9 @@ def test_progress_on_a_terminal_draws_a_bar_once_a_pass_runs_long() -> None:
 
         def call(self, model):
             steps = self.context.steps("samples", 5)
+            deadline = time.monotonic() + 30
+            while progress._bar is None and time.monotonic() < deadline:  # a loaded machine
+                time.sleep(0.01)
             for _ in range(5):
                 time.sleep(0.04)
                 steps.advance()
