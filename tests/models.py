@@ -6,6 +6,8 @@ and every test sees the same numbers.
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -99,6 +101,19 @@ conv_bn (float[N,3,6,6] x) => (float[N,4,6,6] y) {
   y = Relu(n)
 }
 """
+
+
+def small_cnn_on_disk(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """``small_cnn`` saved in ``folder`` with a calibration folder of ten batch-2 samples, as a
+    user brings them to the command line: (model path, calibration folder)."""
+    model = small_cnn()
+    path = folder / "model.onnx"
+    onnx.save(ir.to_proto(model), path)
+    calib = folder / "calib"
+    calib.mkdir()
+    for i, sample in enumerate(random_inputs(model, 10, batch=2)):
+        np.savez(calib / f"{i:03d}.npz", **sample)
+    return path, calib
 
 
 def conv_bn(seed: int = 0) -> ir.Model:

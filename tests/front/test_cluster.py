@@ -18,10 +18,8 @@ import time
 
 import cloudpickle
 import numpy as np
-import onnx
-import onnx_ir as ir
 import pytest
-from models import random_inputs, small_cnn
+from models import random_inputs, small_cnn, small_cnn_on_disk
 
 from mpqc import cli, cluster
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
@@ -37,15 +35,7 @@ _SEARCH = (
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    folder = tmp_path_factory.mktemp("cnn")
-    model = small_cnn()
-    path = folder / "model.onnx"
-    onnx.save(ir.to_proto(model), path)
-    calib = folder / "calib"
-    calib.mkdir()
-    for i, sample in enumerate(random_inputs(model, 10, batch=2)):
-        np.savez(calib / f"{i:03d}.npz", **sample)
-    return path, calib
+    return small_cnn_on_disk(tmp_path_factory.mktemp("cnn"))
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,18 @@ from __future__ import annotations
 import json
 import pathlib
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from models import random_inputs, small_cnn
+from models import small_cnn_on_disk
 
 from mpqc.cli import main
 
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    folder = tmp_path_factory.mktemp("front")
-    model = small_cnn()
-    path = folder / "model.onnx"
-    onnx.save(ir.to_proto(model), path)
-    calib = folder / "calib"
-    calib.mkdir()
-    for i, sample in enumerate(random_inputs(model, 10, batch=2)):
-        np.savez(calib / f"{i:03d}.npz", **sample)
-    return path, calib
+    return small_cnn_on_disk(tmp_path_factory.mktemp("front"))
 
 
 def test_every_front_point_is_lowered_and_runs(model_and_data, tmp_path) -> None:
