@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
 import weakref
 from typing import Any
 
@@ -34,6 +33,7 @@ import onnx
 import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
+from mpqc.ir.scratch import scratch_folder
 
 __all__ = [
     "EXTERNAL_FILES",
@@ -308,7 +308,7 @@ class _Spill:
     the last tensor that refers to it."""
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="mpqc-weights-")
+        self.folder = scratch_folder("weights")
         self.location = "weights.data"
         weakref.finalize(self, shutil.rmtree, self.folder, True)
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
 import shutil
 import signal
-import socket
 import stat
 import tempfile
 import threading
@@ -36,12 +34,10 @@ import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
 from mpqc.ir import io
+from mpqc.ir.scratch import HOST, alive
 
 __all__ = ["OutputError", "Outputs", "Staging", "save"]
 
-#: Identifies this machine in staging folder names, so that a run never takes another machine's
-#: live staging folder on a shared disk for a dead one of its own.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _STAGING = re.compile(r"\.mpqc-([0-9a-f]{8})-([0-9]+)-")
 
 _FILE_KINDS = {
@@ -195,7 +191,7 @@ class Staging:
                 for folder in reversed(missing):
                     folder.mkdir()
                     self._created.append(folder)
-                prefix = f".mpqc-{_HOST}-{os.getpid()}-"
+                prefix = f".mpqc-{HOST}-{os.getpid()}-"
                 self._folders[parent] = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         return self._folders[parent] / str(len(self.moves))
 
@@ -223,9 +219,9 @@ def remove_stale_staging(folder: pathlib.Path) -> None:
         match = _STAGING.match(entry.name)
         if (
             match
-            and match.group(1) == _HOST
+            and match.group(1) == HOST
             and entry.is_dir(follow_symlinks=False)
-            and not _alive(int(match.group(2)))
+            and not alive(int(match.group(2)))
         ):
             shutil.rmtree(entry.path, ignore_errors=True)
 
@@ -293,16 +289,6 @@ def _same(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
     return pathlib.Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import onnx_ir as ir
@@ -14,8 +15,8 @@ import pytest
 from models import small_cnn
 
 from mpqc import ir as mir
-from mpqc.ir import outputs as mout
 from mpqc.ir.outputs import OutputError, Outputs
+from mpqc.ir.scratch import HOST, scratch_folder
 
 
 def test_a_file_output_must_be_a_regular_file_in_a_writable_folder(tmp_path) -> None:
@@ -205,7 +206,7 @@ def test_a_folder_output_is_cleaned_of_stale_staging_too(tmp_path) -> None:
         capture_output=True,
         check=True,
     )
-    stale = tmp_path / f".mpqc-{mout._HOST}-{int(dead.stdout)}-abcdefgh"
+    stale = tmp_path / f".mpqc-{HOST}-{int(dead.stdout)}-abcdefgh"
     stale.mkdir()
     (stale / "0").write_bytes(b"half a model")
     Outputs().claim_folder(tmp_path, "emit_pareto")
@@ -213,9 +214,29 @@ def test_a_folder_output_is_cleaned_of_stale_staging_too(tmp_path) -> None:
 
 
 def test_staging_folders_of_live_processes_are_left_alone(tmp_path) -> None:
-    live = tmp_path / f".mpqc-{mout._HOST}-{os.getpid()}-abcdefgh"
+    live = tmp_path / f".mpqc-{HOST}-{os.getpid()}-abcdefgh"
     other_host = tmp_path / f".mpqc-00000000-{2**22 + 1}-abcdefgh"
     live.mkdir()
     other_host.mkdir()
     mir.save(small_cnn(), tmp_path / "m.onnx")
     assert live.exists() and other_host.exists()
+
+
+def test_scratch_folders_of_killed_runs_are_removed_by_the_next(tmp_path, monkeypatch) -> None:
+    """A SIGKILL skips finalizers: the next run sweeps this machine's dead runs' scratch."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    stale = tmp_path / f"mpqc-weights-{HOST}-{int(dead.stdout)}-abcdefgh"
+    live = tmp_path / f"mpqc-evaluator-{HOST}-{os.getpid()}-abcdefgh"
+    other_host = tmp_path / f"mpqc-weights-00000000-{int(dead.stdout)}-abcdefgh"
+    for folder in (stale, live, other_host):
+        folder.mkdir()
+    (stale / "weights.data").write_bytes(b"gigabytes")
+    made = scratch_folder("weights")
+    assert not stale.exists() and live.exists() and other_host.exists()
+    assert pathlib.Path(made).parent == tmp_path and os.path.isdir(made)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import weakref
 from collections.abc import Iterator
 
@@ -24,6 +23,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from mpqc.ir.scratch import scratch_folder
 from mpqc.passes.lib.runtime import session
 
 __all__ = ["DATA_FILE", "STREAMED_BYTES", "WeightStore", "entry"]
@@ -49,7 +49,7 @@ class WeightStore:
     @property
     def folder(self) -> str:
         if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="mpqc-evaluator-")
+            self._folder = scratch_folder("evaluator")
             weakref.finalize(self, shutil.rmtree, self._folder, True)
         return self._folder
 
