@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from mpqc.core.errors import MpqcError
 from mpqc.ir import io
-from mpqc.ir.scratch import HOST, alive
+from mpqc.ir.scratch import HOST, remove_dead
 
 __all__ = ["OutputError", "Outputs", "Staging", "save"]
 
@@ -211,19 +211,7 @@ def save(model: ir.Model, path: str | os.PathLike) -> pathlib.Path:
 
 def remove_stale_staging(folder: pathlib.Path) -> None:
     """Remove the staging folders in ``folder`` that runs on this machine left when killed."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = _STAGING.match(entry.name)
-        if (
-            match
-            and match.group(1) == HOST
-            and entry.is_dir(follow_symlinks=False)
-            and not alive(int(match.group(2)))
-        ):
-            shutil.rmtree(entry.path, ignore_errors=True)
+    remove_dead(folder, _STAGING)
 
 
 def _check_file_target(path: pathlib.Path, field: str) -> None:

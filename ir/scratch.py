@@ -16,7 +16,7 @@ import shutil
 import socket
 import tempfile
 
-__all__ = ["HOST", "alive", "scratch_folder"]
+__all__ = ["HOST", "alive", "remove_dead", "scratch_folder"]
 
 #: This machine, as folder names carry it.
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -35,15 +35,15 @@ def alive(pid: int) -> bool:
     return True
 
 
-def scratch_folder(kind: str) -> str:
-    """A new temporary folder for ``kind`` of scratch data, after sweeping dead runs' folders."""
-    root = tempfile.gettempdir()
+def remove_dead(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> None:
+    """Remove the folders in ``folder`` whose name ``pattern`` matches with this machine's host
+    (group 1) and a process that is gone (group 2)."""
     try:
-        entries = list(os.scandir(root))
+        entries = list(os.scandir(folder))
     except OSError:
-        entries = []
+        return
     for entry in entries:
-        match = _SCRATCH.match(entry.name)
+        match = pattern.match(entry.name)
         if (
             match
             and match.group(1) == HOST
@@ -51,4 +51,10 @@ def scratch_folder(kind: str) -> str:
             and not alive(int(match.group(2)))
         ):
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def scratch_folder(kind: str) -> str:
+    """A new temporary folder for ``kind`` of scratch data, after sweeping dead runs' folders."""
+    root = tempfile.gettempdir()
+    remove_dead(root, _SCRATCH)
     return tempfile.mkdtemp(prefix=f"mpqc-{kind}-{HOST}-{os.getpid()}-", dir=root)
