@@ -7,7 +7,6 @@ in ``specs/*.yaml``; every number there cites its source or says why it is an es
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from mpqc.hwspecs import native
@@ -33,25 +32,16 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=64)
-def _load_cached(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
-    return load_path(path)
-
-
 def load(name_or_path: str | Path | HardwareSpec) -> HardwareSpec:
     """A bundled spec by name (``"x86_avx2"``), ``"auto"`` (this machine, profiled once:
-    ``native``) or a YAML path; a ``HardwareSpec`` passes through.
-
-    Specs are immutable, so loading the same unchanged file twice returns the same object.
-    """
+    ``native``) or a YAML path; a ``HardwareSpec`` passes through."""
     if isinstance(name_or_path, HardwareSpec):
         return name_or_path
     if isinstance(name_or_path, str) and name_or_path in native.NAMES:
         path = native.profiled()
     else:
         path = locate(name_or_path)
-    stat = path.stat()
-    return _load_cached(path, stat.st_mtime_ns, stat.st_size)
+    return load_path(path)
 
 
 def validate(path: str | Path) -> HardwareSpec:

@@ -422,6 +422,17 @@ def build_spec(path: Path, doc: dict[str, Any]) -> HardwareSpec:
 
 
 def load_path(path: Path) -> HardwareSpec:
+    """The spec in the file at ``path``, parsed once per version of the file.
+
+    Specs are immutable, so loading the same unchanged file twice returns the same object: a
+    pipeline asks for its spec in every pass that prices or lowers.
+    """
+    stat = path.stat()
+    return _load_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _load_version(path: Path, mtime_ns: int, size: int) -> HardwareSpec:
     document = resolve(path)
     validate_document(path, document)
     return build_spec(path, document)
