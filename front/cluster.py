@@ -14,7 +14,10 @@ by its content, and unpickled once per worker, which keeps the result (and so it
 sessions) for the tasks that follow. Small parts travel with their task.
 
 Failures. A worker that dies mid-search loses only its running tasks: Dask reruns them on the
-others, which hold every shared part already (they were broadcast). A scheduler that stops
+others. A shared part is broadcast, but Dask's memory manager may since have dropped the other
+replicas, and data scattered from a client cannot be recomputed (dask/distributed#3149): the
+scheduler then cancels the tasks that read it ("already forgotten"). Such a task is shipped again
+(the part scattered anew) and resubmitted, up to ``RESUBMITS`` times. A scheduler that stops
 answering would leave a result waited for forever, so a wait longer than ``POLL`` seconds asks the
 scheduler who it is, under the same deadline as the first contact, and stops the compilation with
 one line if it does not answer (nothing is written: the commit never happens).
@@ -44,6 +47,8 @@ TIMEOUT = 10.0
 POLL = 30.0
 #: Pickled task parts at least this big are scattered once instead of sent with every task.
 SHARED_BYTES = 64 * 1024
+#: Times a task cancelled by the scheduler (its scattered input was lost) is shipped again.
+RESUBMITS = 3
 #: Shared parts a worker keeps unpickled, latest first.
 _KEPT = 8
 
@@ -105,10 +110,13 @@ class ClusterExecutor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future:
-        parts = [self._ship(part) for part in (fn, kwargs, *args)]
-        task = self.client.submit(_run_parts, *parts, pure=False)
-        self._tasks.add(task)
-        return _Watched(task, self)
+        def send() -> Any:
+            parts = [self._ship(part) for part in (fn, kwargs, *args)]
+            task = self.client.submit(_run_parts, *parts, pure=False)
+            self._tasks.add(task)
+            return task
+
+        return _Watched(send, self)
 
     def map(
         self,
@@ -151,6 +159,8 @@ class ClusterExecutor(concurrent.futures.Executor):
         key = hashlib.sha256(blob).hexdigest()
         if len(blob) < SHARED_BYTES:
             return key, blob, False
+        if key in self._shared and self._shared[key].status != "finished":
+            del self._shared[key]  # lost with the workers that held it: scatter it again
         while key not in self._shared:
             try:
                 self._shared[key] = self.client.scatter(
@@ -166,23 +176,14 @@ class ClusterExecutor(concurrent.futures.Executor):
 
 
 class _Watched(concurrent.futures.Future):
-    """A Dask task's outcome; a wait past ``POLL`` seconds checks that the scheduler answers."""
+    """A Dask task's outcome. A wait past ``POLL`` seconds checks that the scheduler answers; a
+    task the scheduler cancelled because its scattered input was lost is sent again."""
 
-    def __init__(self, task: Any, executor: ClusterExecutor) -> None:
+    def __init__(self, send: Callable[[], Any], executor: ClusterExecutor) -> None:
         super().__init__()
-        self._task = task
+        self._send = send
         self._executor = executor
-        task.add_done_callback(self._settle)
-
-    def _settle(self, task: Any) -> None:
-        try:
-            outcome = task.result()
-        except BaseException as exc:  # noqa: BLE001 - the task's own error, for the waiter
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                self.set_exception(exc)
-            return
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            self.set_result(outcome)
+        self._task = send()
 
     def cancel(self) -> bool:
         if not self._executor.lost:
@@ -191,22 +192,52 @@ class _Watched(concurrent.futures.Future):
         return super().cancel()
 
     def result(self, timeout: float | None = None) -> Any:
-        if timeout is not None:
-            return super().result(timeout)
+        if self.done():
+            return super().result(0)
+        from distributed.client import FutureCancelledError
+
+        resent = 0
         while True:
             try:
-                return super().result(POLL)
+                outcome = self._wait(timeout)
+            except FutureCancelledError:
+                if self.cancelled() or resent == RESUBMITS:
+                    raise
+                self._executor.check_scheduler()
+                resent += 1
+                self._task = self._send()
+            except BaseException as exc:
+                self._settle(exception=exc)
+                raise
+            else:
+                self._settle(outcome=outcome)
+                return outcome
+
+    def _wait(self, timeout: float | None) -> Any:
+        """The task's result; the scheduler is asked whether it answers after each ``POLL``."""
+        if timeout is not None:
+            return self._task.result(timeout)
+        while True:
+            try:
+                return self._task.result(POLL)
             except OSError:  # no result yet, or the connection to the scheduler closed
-                if self.done() and not self._lost_connection():
+                if self._task.done() and not self._lost_connection():
                     raise  # the task's own error
                 self._executor.check_scheduler()
-                if self.done():
+                if self._task.done():
                     raise
+
+    def _settle(self, outcome: Any = None, exception: BaseException | None = None) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if exception is None:
+                self.set_result(outcome)
+            else:
+                self.set_exception(exception)
 
     def _lost_connection(self) -> bool:
         from distributed.comm import CommClosedError
 
-        return isinstance(self.exception(), CommClosedError)
+        return isinstance(self._task.exception(), CommClosedError)
 
 
 def _dumps(part: Any) -> bytes:

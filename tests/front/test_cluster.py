@@ -210,3 +210,23 @@ def test_a_scheduler_that_stops_answering_is_one_line_and_nothing_written(
         for process in (worker, scheduler):
             process.kill()
             process.wait()
+
+
+def _slow_sum(values: np.ndarray) -> float:
+    time.sleep(0.5)
+    return float(values.sum())
+
+
+def test_a_task_whose_scattered_input_was_lost_is_shipped_again(elsewhere) -> None:
+    """Data scattered from a client cannot be recomputed: when the workers holding it are gone,
+    the scheduler cancels the tasks that read it, and the executor sends them again."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    local_cluster, _ = elsewhere
+    values = np.arange(cluster.SHARED_BYTES, dtype=np.float64)  # big enough to be scattered
+    with distributed.Client(local_cluster.scheduler_address) as client:
+        executor = cluster.ClusterExecutor(client, local_cluster.scheduler_address)
+        future = executor.submit(_slow_sum, values)
+        (shared,) = executor._shared.values()
+        client.cancel([shared], force=True)  # as if every worker holding it had died
+        assert future.result() == float(values.sum())
+        executor.shutdown()
