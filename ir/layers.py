@@ -18,7 +18,8 @@ layer keep meaning what runs first and last.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +30,7 @@ __all__ = [
     "Layer",
     "bodies",
     "constant_array",
+    "near_names",
     "node_name",
     "quantizable_layers",
     "scoped_name",
@@ -106,6 +108,22 @@ def scoped_name(scope: Sequence[tuple[ir.Node, str]], node: ir.Node) -> str:
     return "".join(
         f"{node_name(host)}/{_BODY_NAMES.get(attribute, attribute)}/" for host, attribute in scope
     ) + node_name(node)
+
+
+def near_names(name: str, names: Iterable[str], count: int = 3) -> list[str]:
+    """The names a user most likely meant by ``name``, which is none of ``names``: scoped names
+    ending in it first (a body's node named without its scope, ``Conv_3`` for
+    ``If_0/then/Conv_3``), then the closest spellings of the whole name and of its last part."""
+    names = list(names)
+    tail = name.rsplit("/", 1)[-1]
+    tails: dict[str, list[str]] = {}
+    for candidate in names:
+        tails.setdefault(candidate.rsplit("/", 1)[-1], []).append(candidate)
+    found = list(tails.get(tail, []))
+    found += difflib.get_close_matches(name, names, n=count)
+    for close in difflib.get_close_matches(tail, list(tails), n=count):
+        found += tails[close]
+    return list(dict.fromkeys(found))[:count]
 
 
 def scoped_nodes(

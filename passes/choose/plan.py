@@ -59,7 +59,7 @@ def read_plan(path: str | pathlib.Path, model: ir.Model) -> tuple[WeightLayout, 
     names = [layer.name for layer in quantizable_layers(model.graph)]
     for name in bits:
         if name not in names:
-            raise PlanError(path, f"unknown layer '{name}' (the model has no such layer)")
+            raise PlanError.unknown(path, "layer", name, names)
     for name in names:
         if name not in bits:
             raise PlanError(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import onnx_ir as ir
@@ -35,7 +35,7 @@ import yaml
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.ir import annotations, quantizable_layers
-from mpqc.ir.layers import Layer
+from mpqc.ir.layers import Layer, near_names
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import LayerPlan, WeightForm, layer_plan
@@ -59,6 +59,20 @@ class PlanError(PassInputError):
 
     def __init__(self, path: str | pathlib.Path, message: str) -> None:
         super().__init__(f"{path}: {message}", field="plan")
+
+    @classmethod
+    def unknown(
+        cls, path: str | pathlib.Path, kind: str, name: str, known: Iterable[str]
+    ) -> PlanError:
+        """``name`` is no ``kind`` of the model: the error names the closest ones it has (a layer
+        inside an If/Loop/Scan body by its scoped name, ``If_0/then/Conv_3``)."""
+        near = near_names(name, known)
+        hint = (
+            "did you mean " + ", ".join(f"'{n}'" for n in near) + "?"
+            if near
+            else f"the model has no such {kind}"
+        )
+        return cls(path, f"unknown {kind} '{name}' ({hint})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,14 @@ enums; :func:`quantize_static_arguments` turns the file into ``quantize_static``
 Read back, a layer the file does not mention has mpqc's defaults (QInt8 weights, QUInt8
 activations: w8a8). Names are those of the canonicalized model mpqc lowers
 (``mpqc-opt MODEL -p canonicalize -o float.onnx`` writes it for onnxruntime's quantizer).
-onnxruntime's quantizer does not enter If/Loop/Scan bodies, so the file says nothing of their
-layers: written, their bits are left out; read back, they stay float.
+
+onnxruntime's quantizer does not enter If/Loop/Scan bodies (and refuses overrides of tensors it
+cannot see there), so a written file says nothing of their layers and, read back, a body layer the
+file does not name stays float. A file written by hand for mpqc may name them: a body layer by its
+scoped name (``If_0/then/Conv_3``) in ``nodes_to_exclude`` or ``customized_weight_config``, its
+weight or input tensor in ``TensorQuantOverrides`` (tensor names are unique across bodies), which
+quantizes it like a main-graph layer. An unknown name is refused with the closest ones the model
+has.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import quantizable_layers
+from mpqc.ir.layers import Layer
 from mpqc.passes.choose.plan_file import PlanError, PlanFile
 from mpqc.passes.lib.layout import DEFAULT_NBITS_BLOCK, WeightLayout
 from mpqc.passes.lib.plan import WeightForm
@@ -50,8 +57,10 @@ _ACTIVATION_TYPES = {4: "QUInt4", 8: "QUInt8", 16: "QUInt16"}
 _DEFAULT = Bits(8, 8)
 
 
-def _node_name(layer: Any) -> str:
-    return layer.node.name or layer.name
+def _node_name(layer: Layer) -> str:
+    """How the overrides name a layer's node: onnxruntime's node name in the main graph, the
+    scoped name (``If_0/then/Conv_3``) inside a body, where node names repeat."""
+    return layer.name if layer.in_subgraph else layer.node.name or layer.name
 
 
 def to_overrides(plan: PlanFile, model: ir.Model, path: str | pathlib.Path) -> dict[str, Any]:
@@ -128,24 +137,24 @@ def from_overrides(
     tensors = document.get("TensorQuantOverrides", {})
     weight_config = document.get("customized_weight_config", {})
     excluded = set(document.get("nodes_to_exclude", []))
-    layers = quantizable_layers(model.graph, subgraphs=False)
+    layers = quantizable_layers(model.graph)
     known_tensors = {
         value.name for layer in layers for value in (layer.weight, layer.activation) if value
     }
     known_nodes = {_node_name(layer) for layer in layers}
     for name in tensors:
         if name not in known_tensors:
-            raise PlanError(path, f"unknown tensor '{name}': no layer's weight or input")
+            raise PlanError.unknown(path, "tensor", name, known_tensors)
     for name in [*weight_config, *excluded]:
         if name not in known_nodes:
-            raise PlanError(path, f"unknown layer '{name}'")
+            raise PlanError.unknown(path, "layer", name, known_nodes)
     layout = _layout(path, weight_config)
     bits = {}
     for layer in layers:
         node = _node_name(layer)
         if node in weight_config:
             bits[layer.name] = Bits(int(weight_config[node].get("bits", 4)), FLOAT_BITS)
-        elif node in excluded or layout.weight_only:
+        elif node in excluded or layout.weight_only or not _governed(layer, tensors):
             bits[layer.name] = Bits(FLOAT_BITS, FLOAT_BITS)
         else:
             w = _read_width(path, tensors, layer.weight.name, _DEFAULT.w)
@@ -153,10 +162,18 @@ def from_overrides(
                 path, tensors, layer.activation.name if layer.activation else "", _DEFAULT.a
             )
             bits[layer.name] = Bits(w, a)
-    # onnxruntime's quantizer does not enter If/Loop/Scan bodies: their layers stay float.
-    for layer in quantizable_layers(model.graph):
-        bits.setdefault(layer.name, Bits(FLOAT_BITS, FLOAT_BITS))
     return layout, bits
+
+
+def _governed(layer: Layer, tensors: dict[str, Any]) -> bool:
+    """Whether the overrides quantize ``layer`` unless they exclude it: every layer of the main
+    graph, as onnxruntime's quantizer does, and a body layer only where a tensor override names
+    its weight or input (that quantizer does not enter bodies)."""
+    if not layer.in_subgraph:
+        return True
+    return any(
+        value is not None and value.name in tensors for value in (layer.weight, layer.activation)
+    )
 
 
 def overrides_layout(path: str | pathlib.Path) -> WeightLayout:
