@@ -11,7 +11,7 @@ from __future__ import annotations
 import networkx as nx
 import onnx_ir as ir
 
-__all__ = ["data_flow", "return_instead", "topological_nodes"]
+__all__ = ["data_flow", "fresh_name", "return_instead", "scope_names", "topological_nodes"]
 
 
 def data_flow(graph: ir.Graph) -> nx.DiGraph:
@@ -89,3 +89,28 @@ def return_instead(old: ir.Value, new: ir.Value) -> None:
     for index, value in enumerate(outputs):
         if value is old:
             outputs[index] = new
+
+
+def scope_names(graph: ir.Graph) -> set[str]:
+    """Every value name of ``graph`` and of its bodies: ONNX names are unique across scopes, so a
+    name made for one graph must not repeat one in another (``fresh_name``)."""
+    return {
+        name
+        for g in (graph, *graph.subgraphs())
+        for name in (
+            *g.initializers,
+            *(v.name for n in g for v in n.outputs),
+            *(v.name for v in g.inputs),
+        )
+        if name
+    }
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... : the first not in ``taken``, which it joins."""
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name

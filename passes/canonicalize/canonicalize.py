@@ -5,7 +5,8 @@ weight arithmetic left in the graph, BatchNorm after Conv, dead branches, missin
 older than onnxruntime runs. After this pass the model is at IR 4 and opset 7 at least, every
 weight is an initializer, constant subexpressions are folded, BatchNorms are folded into
 their Convs, unused nodes are gone, nodes are in topological order and every tensor has the type and
-shape onnx can infer. Each step is a pass of its own (onnx_ir's or mpqc's), run in a fixed order.
+shape onnx can infer, inside If/Loop/Scan bodies as in the main graph. Each step is a pass of its
+own (onnx_ir's or mpqc's), run in a fixed order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mpqc.passes.canonicalize.fold_batchnorm import FoldBatchNormPass
 from mpqc.passes.canonicalize.fold_constants import FoldConstantsPass
 from mpqc.passes.canonicalize.identities import OutputPreservingIdentityEliminationPass
 from mpqc.passes.canonicalize.shapes import ShapeInferencePass
+from mpqc.passes.canonicalize.unused import RemoveUnusedPass
 from mpqc.passes.infra.base import Pass, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.opset import ORT_MIN_OPSET, allow_initializers_apart, ensure_opset
@@ -49,7 +51,7 @@ class CanonicalizePass(Pass):
             steps.append(FoldBatchNormPass(context=self.context))
         shapes = ShapeInferencePass()
         steps += [
-            common.RemoveUnusedNodesPass(),
+            RemoveUnusedPass(),
             common.RemoveUnusedFunctionsPass(),
             common.TopologicalSortPass(),
             shapes,

@@ -4,6 +4,10 @@ Quantizing a Conv whose output is then rescaled per channel by a BatchNorm waste
 the scale the BN applies afterwards is what the integer kernel should have had. Folding gives the
 quantizer the weights that actually reach the output (W·γ/σ) and removes a float op the runtime
 would otherwise run between integer kernels.
+
+Inside If/Loop/Scan bodies too (a Conv and its BatchNorm in the same body, their parameters
+constants as ``constant_array`` sees them: the body's or an outer graph's initializers): the
+folded weight and bias become initializers of that body, under names no other scope uses.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir.annotations import CALIB_RANGE
+from mpqc.ir.graphs import fresh_name, scope_names
 from mpqc.ir.layers import constant_array
 from mpqc.passes.infra.base import Pass
 from mpqc.passes.infra.registry import register
@@ -26,25 +31,34 @@ class FoldBatchNormPass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
-        for bn in list(model.graph):
-            if (
-                bn.op_type != "BatchNormalization"
-                or bn.domain not in ("", "ai.onnx")
-                or len(bn.outputs) != 1
-            ):
-                continue
-            conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
-            if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
-                continue
-            if bn.inputs[0].is_graph_output():
-                # the unnormalized Conv output is a result of the model: folding would change it
-                continue
-            if _fold(model.graph, conv, bn):
-                folded += 1
+        names = scope_names(model.graph)
+        for graph in (model.graph, *model.graph.subgraphs()):
+            folded += _fold_in(graph, names)
         return ir.passes.PassResult(model, modified=folded > 0)
 
 
-def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node) -> bool:
+def _fold_in(graph: ir.Graph, names: set[str]) -> int:
+    """Fold the BatchNorms of ``graph`` (not its bodies') into their Convs; how many."""
+    folded = 0
+    for bn in list(graph):
+        if (
+            bn.op_type != "BatchNormalization"
+            or bn.domain not in ("", "ai.onnx")
+            or len(bn.outputs) != 1
+        ):
+            continue
+        conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
+        if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
+            continue
+        if bn.inputs[0].is_graph_output():
+            # the unnormalized Conv output is a result of the model: folding would change it
+            continue
+        if _fold(graph, conv, bn, names):
+            folded += 1
+    return folded
+
+
+def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node, names: set[str]) -> bool:
     weight = constant_array(conv.inputs[1])
     bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
     bias = constant_array(bias_value) if bias_value is not None else None
@@ -65,8 +79,8 @@ def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node) -> bool:
     new_bias = ((old_bias - mean) * scale + beta).astype(weight.dtype)
 
     base = conv.name or conv.outputs[0].name or "conv"
-    w_value = _initializer(graph, f"{base}.weight_folded", new_weight)
-    b_value = _initializer(graph, f"{base}.bias_folded", new_bias)
+    w_value = _initializer(graph, fresh_name(f"{base}.weight_folded", names), new_weight)
+    b_value = _initializer(graph, fresh_name(f"{base}.bias_folded", names), new_bias)
     conv.replace_input_with(1, w_value)
     if len(conv.inputs) > 2:
         conv.replace_input_with(2, b_value)
@@ -90,14 +104,9 @@ def _fold(graph: ir.Graph, conv: ir.Node, bn: ir.Node) -> bool:
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    unique = name
-    suffix = 1
-    while unique in graph.initializers:
-        suffix += 1
-        unique = f"{name}{suffix}"
     value = ir.Value(
-        name=unique,
-        const_value=ir.tensor(array, name=unique),
+        name=name,
+        const_value=ir.tensor(array, name=name),
         shape=ir.Shape(array.shape),
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
     )

@@ -5,6 +5,12 @@ Mul by a constant): a quantizer that only sees the result as an initializer can 
 the runtime no longer recomputes it. Each foldable node is evaluated with onnx's reference
 evaluator — the spec's own semantics — and replaced by an initializer. Nodes with random outputs or
 subgraphs are left alone, and results larger than ``max_bytes`` are not materialized.
+
+Inside If/Loop/Scan bodies too, where exporters put the same weight arithmetic, run on every trip:
+a body's constants are its own initializers and Constant nodes and the outer graphs' initializers
+(``constant_array``); a value the body reads from an outer graph's inputs or nodes, and the body's
+own inputs (a Loop's counter and carried values), are not. A result computed in a body becomes an
+initializer of that body, so it stays in its scope.
 """
 
 from __future__ import annotations
@@ -48,7 +54,14 @@ class FoldConstantsPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = model.opset_imports.get("", 17)
         folded = 0
-        for node in list(model.graph):
+        for graph in (model.graph, *model.graph.subgraphs()):
+            folded += self._fold(graph, opset)
+        return ir.passes.PassResult(model, modified=folded > 0)
+
+    def _fold(self, graph: ir.Graph, opset: int) -> int:
+        """Fold ``graph``'s foldable nodes (not its bodies'); how many were folded."""
+        folded = 0
+        for node in list(graph):
             if not self._foldable(node):
                 continue
             inputs = [constant_array(v) if v is not None else None for v in node.inputs]
@@ -58,10 +71,10 @@ class FoldConstantsPass(Pass):
             if outputs is None or sum(o.nbytes for o in outputs) > self.options.max_bytes:
                 continue
             for value, array in zip(node.outputs, outputs, strict=True):
-                _replace_with_initializer(model.graph, value, array)
-            model.graph.remove(node, safe=True)
+                _replace_with_initializer(graph, value, array)
+            graph.remove(node, safe=True)
             folded += 1
-        return ir.passes.PassResult(model, modified=folded > 0)
+        return folded
 
     @staticmethod
     def _foldable(node: ir.Node) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir import annotations
-from mpqc.ir.graphs import return_instead
+from mpqc.ir.graphs import fresh_name, return_instead, scope_names
 from mpqc.ir.layers import Layer, constant_array
 from mpqc.passes.lib.grid import (
     activation_grid,
@@ -52,24 +52,10 @@ class Emitter(DynamicRanges):
         self.dynamic: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = {}
         #: Nodes this lowering inserted for activations: they read the float tensor on purpose.
         self.inserted: set[int] = set()
-        # ONNX names are unique across scopes: a name made here must not repeat one in a body.
-        self.names = {
-            name
-            for g in (graph, *graph.subgraphs())
-            for name in (
-                *g.initializers,
-                *(v.name for n in g for v in n.outputs),
-                *(v.name for v in g.inputs),
-            )
-        }
+        self.names = scope_names(graph)
 
     def _unique(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return fresh_name(base, self.names)
 
     def _constant(
         self,
