@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -21,8 +20,8 @@ from mpqc.hwspecs import LayerDesc
 from mpqc.ir.layers import Layer, constant_array, node_name
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.infra.context import CompileContext
-from mpqc.passes.lib.bodies import expose
-from mpqc.passes.lib.runtime import external_folder, model_session
+from mpqc.passes.lib.observed_shapes import observe_shapes
+from mpqc.passes.lib.runtime import external_folder
 
 __all__ = ["check_shapes", "describe", "static_shapes", "trip_count"]
 
@@ -141,23 +140,50 @@ def static_shapes(model: ir.Model, context: CompileContext) -> dict[str, tuple[i
                 shapes[value.name] = tuple(d.dim_value for d in dims)
             elif value.type.tensor_type.HasField("shape") and not dims:
                 shapes[value.name] = ()
-    missing = [
-        out
-        for graph in _graphs(proto.graph)
-        for node in graph.node
-        for out in node.output
-        if out and out not in shapes
+    computed = [
+        *(
+            value.name
+            for body in _graphs(proto.graph)
+            if body is not proto.graph
+            for value in body.input
+        ),
+        *(out for graph in _graphs(proto.graph) for node in graph.node for out in node.output),
     ]
+    missing = [name for name in computed if name and name not in shapes]
     if missing and context.calibration is not None and len(context.calibration):
-        shapes.update(
-            _observed_shapes(
-                model, proto, external_folder(model), missing, next(iter(context.calibration))
-            )
+        observed = observe_shapes(
+            proto, external_folder(model), _readable(model, missing), context.calibration
         )
+        shapes.update(observed.largest())
         context.note(
-            "cost: shapes onnx could not infer were read from a run on the first calibration sample"
+            "cost: shapes onnx could not infer were read from a run on the first calibration "
+            "sample that computes them"
         )
+        varying = [
+            f"'{name}' {'/'.join('x'.join(map(str, shape)) for shape in found)}"
+            for name, found in observed.varying().items()
+        ]
+        if varying:
+            context.note(
+                "cost: values inside bodies change shape from one trip to the next ("
+                + ", ".join(varying[:4])
+                + (f" and {len(varying) - 4} more" if len(varying) > 4 else "")
+                + "): their layers are priced at the largest shape, on every trip"
+            )
     return shapes
+
+
+def _readable(model: ir.Model, names: list[str]) -> list[str]:
+    """Of ``names``, those whose shape a run can read: every main-graph value, and tensors inside
+    bodies (a body's shape probe cannot take a sequence's shape)."""
+    main = {value.name for node in model.graph for value in node.outputs}
+    tensors = {
+        value.name
+        for body in model.graph.subgraphs()
+        for value in (*body.inputs, *(out for node in body for out in node.outputs))
+        if isinstance(value.type, ir.TensorType)
+    }
+    return [name for name in names if name in main or name in tensors]
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -169,48 +195,6 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _graphs(body)
 
 
-def _observed_shapes(
-    model: ir.Model, proto: onnx.ModelProto, folder: str | None, names: list[str], sample
-) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` as onnxruntime computes them on ``sample`` (for dynamic reshapes and the
-    like); a body's values are carried out of it (``bodies.expose``) and read without the
-    iteration axes, where the sample reaches them (a Loop's come out flattened: their shape is not
-    read)."""
-    main = {out for node in proto.graph.node for out in node.output}
-    dtypes = {
-        value.name: value.dtype.value
-        for body in model.graph.subgraphs()
-        for node in body
-        for value in node.outputs
-        if value.name in names and value.name not in main and value.dtype is not None
-    }
-    exposed = expose(proto, dtypes)
-    probe = exposed.proto
-    known = {value.name for value in probe.graph.output}
-    probe.graph.output.extend(
-        onnx.ValueInfoProto(name=name) for name in names if name in main and name not in known
-    )
-    wanted = [value.name for value in probe.graph.output]
-    try:
-        outputs = model_session(probe, folder).run(wanted, dict(sample))
-    except Exception as exc:  # onnxruntime raises several unrelated types
-        raise PassInputError(
-            f"cost: cannot run the model to read its shapes ({str(exc).splitlines()[0]}); "
-            "give the input shapes",
-            field="shapes",
-        ) from None
-    shapes = {}
-    for name, value in zip(wanted, outputs, strict=True):
-        if name not in exposed.outputs:
-            if name in names:
-                shapes[name] = tuple(np.shape(value))
-        elif np.size(value) and exposed.outputs[name][1] is not None:
-            # (empty: the sample never ran the body that computes it; None: a Loop flattened it)
-            inner, stacked = exposed.outputs[name]
-            shapes[inner] = tuple(np.shape(value))[stacked:]
-    return shapes
-
-
 def _shape(
     shapes: Mapping[str, tuple[int, ...]], value: ir.Value | None, layer: Layer
 ) -> tuple[int, ...]:
@@ -220,9 +204,10 @@ def _shape(
         return tuple(value.const_value.shape.numpy())
     if value.name not in shapes:
         raise PassInputError(
-            f"layer '{layer.name}': the shape of '{value.name}' is not static; give its symbolic "
-            "dims a size (NAME=SIZE)",
-            field="shapes",
+            f"layer '{layer.name}': onnx cannot infer the shape of '{value.name}' and no "
+            "calibration sample computed it: give calibration data that runs this layer, from "
+            "which mpqc reads its shapes",
+            field="calibration",
         )
     return shapes[value.name]
 

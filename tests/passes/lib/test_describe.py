@@ -65,4 +65,4 @@ def test_shapes_onnx_cannot_infer_come_from_a_run_on_calibration_data() -> None:
     sample = {"x": np.array([0.0, 1.0, 2.0, 0.0], np.float32)}
     context = CompileContext(calibration=CalibrationData((sample,)))
     assert static_shapes(model, context)["y"] == (2, 3)
-    assert any("first calibration sample" in note for note in context.notes)
+    assert any("the first calibration sample that computes" in note for note in context.notes)
