@@ -37,10 +37,10 @@ from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.core.errors import MpqcError
 from mpqc.hwspecs.units import to_base
 from mpqc.ir import annotations
-from mpqc.ir.graphs import data_flow
 from mpqc.ir.layers import Layer, quantizable_layers
 from mpqc.passes.choose.explain import explain_choice
-from mpqc.passes.choose.latency_cap import REFERENCE, capped
+from mpqc.passes.choose.latency_cap import REFERENCE, ForcedSlowdownError, capped
+from mpqc.passes.choose.layer_graph import layer_edges, layer_features
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Evaluator
@@ -131,63 +131,6 @@ def _damage(scores: Mapping[str, float], pair: tuple, layer: Layer, metric: str)
     return float(scores[w_key]) + activation
 
 
-def layer_edges(model: ir.Model, layers: list[Layer]) -> tuple[tuple[int, int], ...]:
-    """(i, j) when layer j reads, through non-layer ops only, what layer i computes. A layer inside
-    an If/Loop/Scan body stands for the main-graph node holding it: it reads what that node reads
-    and feeds what that node feeds (edges inside a body are not drawn)."""
-    flow = data_flow(model.graph)
-    index_of = {id(flow.nodes[n]["node"]): n for n in flow.nodes}
-    position: dict[int, list[int]] = {}
-    for i, layer in enumerate(layers):
-        outermost = layer.scope[0][0] if layer.scope else layer.node
-        position.setdefault(index_of[id(outermost)], []).append(i)
-    edges = set()
-    for start, sources in position.items():
-        stack = list(flow.successors(start))
-        seen = set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if node in position:
-                edges.update((i, j) for i in sources for j in position[node])
-            else:
-                stack.extend(flow.successors(node))
-    return tuple(sorted(edges))
-
-
-def layer_features(model: ir.Model, layers: list[Layer]) -> np.ndarray:
-    """HAQ's descriptor columns: c_in, c_out, stride, kernel, #params, input h*w, depthwise."""
-    rows = []
-    for layer in layers:
-        weight = layer.weight_array()
-        node = layer.node
-        groups = node.attributes.get_int("group", 1) if node.op_type == "Conv" else 1
-        kernel = int(np.prod(weight.shape[2:])) if node.op_type in ("Conv", "ConvTranspose") else 1
-        strides = (
-            node.attributes.get_ints("strides", [1])
-            if node.op_type in ("Conv", "ConvTranspose")
-            else [0]
-        )
-        c_out = weight.shape[layer.channel_axis]
-        c_in = weight.size // max(c_out, 1) // max(kernel, 1) * groups
-        shape = node.inputs[0].shape if node.inputs[0] is not None else None
-        spatial = [d for d in (shape or [])[2:] if isinstance(d, int)]
-        rows.append(
-            [
-                c_in,
-                c_out,
-                max(strides),
-                kernel,
-                weight.size,
-                int(np.prod(spatial)) if spatial else 1,
-                float(groups > 1 and groups == c_in),
-            ]
-        )
-    return np.asarray(rows, dtype=np.float64)
-
-
 #: Strategies whose method scores whole configurations exactly (METHODS.md §1, §2, §5, §6).
 _EXACT_STRATEGIES = frozenset({"mohaq", "haq", "hago", "nemo", "nsga2"})
 
@@ -273,22 +216,24 @@ class SearchPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         layers = self.searched_layers(model)
         pinned = self.pinned(layers)
-        problem = self.problem(model, layers, pinned)
         try:
-            problem.check_feasible()
+            problem, latency_cap = self.constrained(model, layers, pinned)
         except msearch.InfeasibleError as pinned_out:
             if not pinned:
                 raise
-            # The pins are a default, not a constraint: released when the budget needs them.
-            problem, pinned = self.problem(model, layers, set()), set()
-            problem.check_feasible()
+            # The pins are a default, not a constraint: released when the budget needs them,
+            # including when it needs them to stay as fast as uniform w8a8.
+            problem, latency_cap = self.constrained(model, layers, set())
+            pinned = set()
             self.context.note(
-                f"search: released the pinned first and last layers ({pinned_out}) to meet the "
-                "budget"
+                "search: released the pinned first and last layers to meet the budget "
+                + (
+                    f"without a slower model (with them the fastest is predicted "
+                    f"{pinned_out.cheapest / pinned_out.limit:.2f}x uniform {REFERENCE})"
+                    if isinstance(pinned_out, ForcedSlowdownError)
+                    else f"({pinned_out})"
+                )
             )
-        latency_cap = None
-        if self.options.latency_cap:
-            problem, latency_cap = capped(problem)
         if latency_cap is not None:
             self.context.note(
                 f"search: no --max-latency: held to uniform {REFERENCE}'s predicted latency, "
@@ -410,6 +355,16 @@ class SearchPass(Pass):
             if layer.node.op_type != "Gather" and not layer.in_subgraph
         ]
         return {compute[0], compute[-1]} if self.options.pin_ends and compute else set()
+
+    def constrained(
+        self, model: ir.Model, layers: list[Layer], pinned: set[int]
+    ) -> tuple[msearch.Problem, float | None]:
+        """The problem with ``pinned`` held at 8 bits, checked feasible, and the implicit latency
+        limit (None without one: ``latency_cap``); raises InfeasibleError (ForcedSlowdownError
+        when only a slower model meets the budgets)."""
+        problem = self.problem(model, layers, pinned)
+        problem.check_feasible()
+        return capped(problem) if self.options.latency_cap else (problem, None)
 
     def problem(
         self, model: ir.Model, layers: list[Layer], pinned: set[int] | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from models import random_inputs, small_cnn
+from models import build, random_inputs, small_cnn
 
 from mpqc import hwspecs, passes
 from mpqc.ir import annotations
@@ -20,7 +20,8 @@ from mpqc.passes import (
     resolve_pipeline,
 )
 from mpqc.passes.choose.latency_cap import ForcedSlowdownError
-from mpqc.passes.choose.search import layer_edges, resolve_budget
+from mpqc.passes.choose.layer_graph import layer_edges
+from mpqc.passes.choose.search import resolve_budget
 from mpqc.search import InfeasibleError
 
 
@@ -115,6 +116,41 @@ def test_the_pinned_ends_are_released_when_the_budget_needs_them(analysed) -> No
     bits = [annotations.BITS.get(layer.node) for layer in quantizable_layers(model.graph)]
     assert bits[0]["w"] == 4 and bits[-1]["w"] == 4
     assert any("released the pinned first and last layers" in note for note in context.notes)
+
+
+_WIDE_HEAD = """
+<ir_version: 10, opset_import: ["" : 17]>
+wide_head (float[N,3,8,8] image) => (float[N,200] logits) {
+  c1 = Conv <pads=[1,1,1,1]> (image, w1, b1)
+  r1 = Relu(c1)
+  c2 = Conv <pads=[1,1,1,1], strides=[2,2]> (r1, w2, b2)
+  r2 = Relu(c2)
+  p = GlobalAveragePool(r2)
+  f = Flatten(p)
+  logits = Gemm <transB=1> (f, w3, b3)
+}
+"""
+
+
+def test_a_slow_budget_is_refused_with_the_fastest_model_the_pins_released_allow() -> None:
+    """A wide head at 4 bits runs MatMulNBits, nearly as fast as int8; a conv at 4 bits runs in
+    float behind a DequantizeLinear. With the head pinned at 8 bits the budget needs the slow conv;
+    the pins give way, and what is left to refuse is the small slowdown of the 4-bit head (a budget
+    the pins alone made slow would be met: the same release, with the latency limit met)."""
+    weights = {"w1": (16, 3, 3, 3), "b1": (16,), "w2": (64, 16, 3, 3), "b2": (64,)}
+    model = ir.from_proto(build(_WIDE_HEAD, {**weights, "w3": (200, 64), "b3": (200,)}))
+    data = CalibrationData(tuple(random_inputs(model, 6, batch=2)))
+    context = CompileContext(
+        hw=hwspecs.load("x86_avx2"), calibration=data, wbits=(8, 4), abits=(8,)
+    )
+    PassManager(build_pipeline("canonicalize,calibrate,sensitivity-output,cost", context))(model)
+    budget = f"{_all_w8a8_size(model) - 4000}B"  # the 4-bit head, or the 4-bit middle conv
+    with pytest.raises(ForcedSlowdownError) as unpinned:
+        _search((model, data), "search{strategy=ilp,pin_ends=false}", size=budget)
+    with pytest.raises(ForcedSlowdownError) as refused:
+        _search((model, data), "search{strategy=ilp}", size=budget)
+    assert refused.value.cheapest == unpinned.value.cheapest < 1.1 * refused.value.limit
+    assert "logits w4a8" in str(refused.value) and "c2" not in str(refused.value)
 
 
 def test_the_implicit_latency_limit_is_uniform_int8s_and_said(analysed) -> None:
