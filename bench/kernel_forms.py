@@ -11,7 +11,13 @@ round-robin, median thread CPU time), on MiniLM's shapes (MatMuls at 128, 16 and
   accuracy levels 1 and 4, with and without the input's u8 quantizer in front;
 - Gather: float; int8 rows scaled after the lookup; a 4-bit table behind a blocked
   DequantizeLinear; GatherBlockQuantized;
-- Conv: float; u8s8 QDQ; a 4-bit weight behind DequantizeLinear.
+- Conv: float; u8s8 QDQ; a 4-bit weight behind DequantizeLinear;
+- LSTM (ddddocr's: bidirectional, 512 in, 512 hidden, 33 steps) and GRU of the same size: float;
+  8-bit W and R behind DequantizeLinear with a u8 input quantizer (mpqc's w8a8 before the LSTM had
+  a kernel of its own) and without one (weights only); the LSTM also as onnxruntime's
+  ``com.microsoft.DynamicQuantizeLSTM`` (``quantize_dynamic``'s form: int8 W and R transposed to
+  [D, K, 4H], a scale per direction and gate column, the input and every step's hidden state
+  quantized to uint8 in the kernel).
 """
 
 from __future__ import annotations
@@ -243,6 +249,70 @@ def conv_forms(channels: int, size: int) -> dict[str, onnx.ModelProto]:
     return forms
 
 
+def _rnn_weights(op: str, directions: int, size: int, hidden: int) -> tuple[np.ndarray, ...]:
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    rng = np.random.default_rng(_RNG_SEED)
+    w = (rng.standard_normal((directions, gates * hidden, size)) * 0.05).astype(np.float32)
+    r = (rng.standard_normal((directions, gates * hidden, hidden)) * 0.05).astype(np.float32)
+    b = (rng.standard_normal((directions, 2 * gates * hidden)) * 0.05).astype(np.float32)
+    return w, r, b
+
+
+def _rnn_dequantized(w: np.ndarray, r: np.ndarray) -> tuple[list[onnx.TensorProto], list]:
+    """W and R as int8 per gate column behind DequantizeLinear to ``wd``/``rd``."""
+    inits, nodes = [], []
+    for name, array in (("w", w), ("r", r)):
+        tensors, dq = _per_channel(array, 8, 1)
+        for tensor in tensors:
+            tensor.name = tensor.name.replace("w", name, 1)
+        dq.input[:] = [f"{name}q", f"{name}s"]
+        dq.output[:] = [f"{name}d"]
+        inits += tensors
+        nodes.append(dq)
+    return inits, nodes
+
+
+def rnn_forms(op: str, steps: int, size: int, hidden: int) -> dict[str, onnx.ModelProto]:
+    directions = 2
+    w, r, b = _rnn_weights(op, directions, size, hidden)
+    x, y = (TensorProto.FLOAT, [steps, 1, size]), [steps, directions, 1, hidden]
+    attributes = {"hidden_size": hidden, "direction": "bidirectional"}
+
+    def rnn(src: str, weights: tuple[str, str]) -> onnx.NodeProto:
+        return helper.make_node(op, [src, *weights, "b"], ["y"], **attributes)
+
+    bias = [numpy_helper.from_array(b, "b")]
+    floats = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(r, "r")]
+    forms = {"float": _model([rnn("x", ("w", "r"))], floats + bias, x, y)}
+    quantizer, quantizer_inits = _input_quantizer()
+    int8, dequantize = _rnn_dequantized(w, r)
+    forms["w8a8: u8 input + int8 W, R behind DequantizeLinear"] = _model(
+        [*quantizer, *dequantize, rnn("xd", ("wd", "rd"))], quantizer_inits + int8 + bias, x, y
+    )
+    forms["w8 weights only: int8 W, R behind DequantizeLinear"] = _model(
+        [*dequantize, rnn("x", ("wd", "rd"))], int8 + bias, x, y
+    )
+    if op == "LSTM":
+        inits = list(bias)
+        for name, array in (("w", w), ("r", r)):
+            scale = (np.abs(array).max(axis=2) / 127).astype(np.float32)  # [D, 4H]
+            levels = np.round(array / scale[..., None]).astype(np.int8).transpose(0, 2, 1)
+            inits += [
+                numpy_helper.from_array(np.ascontiguousarray(levels), f"{name}q"),
+                numpy_helper.from_array(scale, f"{name}s"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}z"),
+            ]
+        node = helper.make_node(
+            "DynamicQuantizeLSTM",
+            ["x", "wq", "rq", "b", "", "", "", "", "ws", "wz", "rs", "rz"],
+            ["y"],
+            domain="com.microsoft",
+            **attributes,
+        )
+        forms["DynamicQuantizeLSTM (quantize_dynamic)"] = _model([node], inits, x, y)
+    return forms
+
+
 _CASES: dict[str, tuple[Callable[[], dict[str, onnx.ModelProto]], str]] = {
     "MatMul 128x384x1536 (MiniLM FFN up, 128 tokens)": (lambda: matmul_forms(128, 384, 1536), ""),
     "MatMul 128x1536x384 (MiniLM FFN down)": (lambda: matmul_forms(128, 1536, 384), ""),
@@ -253,15 +323,23 @@ _CASES: dict[str, tuple[Callable[[], dict[str, onnx.ModelProto]], str]] = {
         "ids",
     ),
     "Conv 3x3 64->64 @28x28": (lambda: conv_forms(64, 28), ""),
+    "LSTM bidirectional 512->512, 33 steps (ddddocr's)": (
+        lambda: rnn_forms("LSTM", 33, 512, 512),
+        "",
+    ),
+    "GRU bidirectional 512->512, 33 steps": (lambda: rnn_forms("GRU", 33, 512, 512), ""),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per model and case")
+    parser.add_argument("--cases", default="", help="comma-separated words a case title holds")
     args = parser.parse_args(argv)
     print(f"# {platform.processor() or platform.machine()}, 1 thread, median thread CPU time")
     for title, (build, feed) in _CASES.items():
+        if args.cases and not any(word in title for word in args.cases.split(",")):
+            continue
         forms = build()
         feeds = None
         if feed:

@@ -218,8 +218,13 @@ class CostModel:
         integer.  ``packed_kernel`` names the onnxruntime kernel that reads the stored low-bit
         weight itself where the lowering emits one (``Precision.packed_kernel``): a MatMulNBits
         runs at the float rate (on the packed bytes) with no per-run unpack; a
-        GatherBlockQuantized costs its ``overheads`` entry per gathered element."""
-        precision = self._kernel_for(desc, self.spec.precision(wbits, abits, act_signed, dynamic))
+        GatherBlockQuantized costs its ``overheads`` entry per gathered element; a dynamic pair's
+        own kernel (DynamicQuantizeLSTM, for an op the op table gives no integer instruction)
+        computes at the pair's integer rate and unpacks nothing."""
+        precision = self.spec.precision(wbits, abits, act_signed, dynamic)
+        if packed_kernel is not None and precision.dynamic:
+            return replace(precision, packed_kernel=packed_kernel)
+        precision = self._kernel_for(desc, precision)
         if packed_kernel is None or precision.is_float:
             return precision
         floating = self.spec.precision(None, None) if self.spec.runs_float else precision

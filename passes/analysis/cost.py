@@ -90,6 +90,7 @@ def predicted_total(
 _PACKED_KERNELS = {
     Kernel.MATMUL_NBITS: "MatMulNBits",
     Kernel.GATHER_BLOCK_QUANTIZED: "GatherBlockQuantized",
+    Kernel.DYNAMIC_LSTM: "DynamicQuantizeLSTM",
 }
 
 
@@ -97,7 +98,7 @@ def priced_kernel(plan: LayerPlan) -> str | None:
     """The packed kernel the cost model prices for ``plan`` (``CostModel.kernel``), or None: the
     pair's own kernel. MatMulNBits where the plan emits it and where onnxruntime fuses a
     DequantizeLinear -> MatMul into it (16-bit activations; float ones the cost pass never
-    prices)."""
+    prices); DynamicQuantizeLSTM, which reads its int8 weights itself."""
     return _PACKED_KERNELS.get(plan.kernel)
 
 

@@ -149,6 +149,8 @@ def _weight_text(lowered: LayerPlan) -> str:
 
 
 def _activation_text(layer: Layer, lowered: LayerPlan) -> str:
+    if lowered.form is WeightForm.DYNAMIC_LSTM:  # the kernel quantizes its input on the run
+        return "uint8 dynamic"
     if lowered.input_quantizer is None:
         return "float"
     if lowered.dynamic:

@@ -50,6 +50,7 @@ INTEGER_KERNELS = frozenset(
 #: onnxruntime ops after its graph optimizations, by the plan's kernel that names them.
 _ORT_OPS = {
     Kernel.DYNAMIC_INTEGER: frozenset({"DynamicQuantizeMatMul"}),
+    Kernel.DYNAMIC_LSTM: frozenset({"DynamicQuantizeLSTM"}),
     Kernel.INTEGER: INTEGER_KERNELS,
     Kernel.MATMUL_NBITS: frozenset({"MatMulNBits"}),
     Kernel.GATHER_BLOCK_QUANTIZED: frozenset({"GatherBlockQuantized"}),

@@ -142,6 +142,16 @@ def quantize_weight(
     return q.astype(grid.numpy_dtype), scales.astype(np.float32)
 
 
+def quantize_lstm_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """An LSTM's W or R [D, 4H, K] as onnxruntime's DynamicQuantizeLSTM reads it: (int8 levels
+    [D, K, 4H], float32 scales [D, 4H]), a scale per direction and gate column (what
+    ``quantize_dynamic`` writes; zero points are 0)."""
+    directions, columns, k = w.shape
+    levels, scales = quantize_weight(w.reshape(directions * columns, k), bits, 0)
+    transposed = levels.reshape(directions, columns, k).transpose(0, 2, 1)
+    return np.ascontiguousarray(transposed), scales.reshape(directions, columns)
+
+
 def quantize_weight_blocked(
     w: np.ndarray, bits: int, axis: int, block_size: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -5,15 +5,17 @@ A layer whose plan has a dynamic range reads its input through onnxruntime's
 ``quantize_dynamic``'s integer form — MatMulInteger on int8 [K, N] columns, Cast, Mul by the input
 scale times the column scales, the Gemm's bias added — which onnxruntime fuses into
 DynamicQuantizeMatMul (MatMulIntegerToFloat behind a shared quantizer), or a DequantizeLinear in
-front of a float kernel.
+front of a float kernel. An LSTM becomes onnxruntime's DynamicQuantizeLSTM, which quantizes its
+input and hidden state itself.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
-from mpqc.ir.layers import Layer
-from mpqc.passes.lib.grid import quantize_weight
+from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.lib.grid import quantize_lstm_weight, quantize_weight
 from mpqc.passes.lib.layout import kn_weight
 from mpqc.passes.lib.plan import LayerPlan
 
@@ -21,20 +23,21 @@ __all__ = ["DynamicRanges", "replace_node"]
 
 
 def replace_node(old: ir.Node, new: ir.Node, before: list[ir.Node] | None = None) -> None:
-    """Put ``new`` where ``old`` was: same name, output name, annotations, uses and graph
-    outputs (``before``: nodes computing ``new``'s inputs, inserted first)."""
+    """Put ``new`` where ``old`` was: same name, output names, annotations, uses and graph
+    outputs, output by output (``before``: nodes computing ``new``'s inputs, inserted first)."""
     graph = old.graph
     assert graph is not None
     graph.insert_before(old, [*(before or []), new])
-    before, after = old.outputs[0], new.outputs[0]
-    # (type, not dtype: an untyped value stays untyped)
-    after.type, after.shape = before.type, before.shape
-    before.replace_all_uses_with(after, replace_graph_outputs=True)
+    for was, now in zip(old.outputs, new.outputs, strict=True):
+        # (type, not dtype: an untyped value stays untyped)
+        now.type, now.shape = was.type, was.shape
+        was.replace_all_uses_with(now, replace_graph_outputs=True)
     new.name = old.name or ""
     new.meta.update(old.meta)
     new.metadata_props.update(old.metadata_props)
     graph.remove(old, safe=True)
-    after.name, before.name = before.name, None
+    for was, now in zip(old.outputs, new.outputs, strict=True):
+        now.name, was.name = was.name, None
 
 
 class DynamicRanges:
@@ -106,3 +109,40 @@ class DynamicRanges:
             result = ir.node("Add", [result.outputs[0], bias])
         replace_node(node, result, chain)
         self._drop_if_unused(weight)
+
+    def dynamic_lstm(self, layer: Layer, plan: LayerPlan) -> None:
+        """Replace an LSTM by onnxruntime's DynamicQuantizeLSTM (``quantize_dynamic``'s form):
+        its inputs, then W and R as int8 [D, K, 4H] with their scales and zero points per
+        direction and gate column; its attributes but ``layout`` (time-major only)."""
+        node = layer.node
+        graph = node.graph
+        assert graph is not None
+        inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
+        quantized = []
+        for index in (layer.weight_index, *layer.other_weight_indices):
+            weight = node.inputs[index]
+            assert weight is not None
+            array = constant_array(weight)
+            assert array is not None
+            levels, scales = quantize_lstm_weight(array, plan.grid_bits)
+            base = f"{weight.name or layer.name}.lstm{plan.grid_bits}"
+            inputs[index] = self._constant(base, levels, ir.DataType.INT8, graph)
+            quantized += [
+                self._constant(f"{base}.scale", scales, graph=graph),
+                self._constant(f"{base}.zp", np.zeros(scales.shape, np.int8), graph=graph),
+            ]
+        attributes = {
+            name: attribute for name, attribute in node.attributes.items() if name != "layout"
+        }
+        replacement = ir.node(
+            "DynamicQuantizeLSTM",
+            inputs + quantized,
+            attributes,
+            num_outputs=len(node.outputs),
+            domain="com.microsoft",
+        )
+        weights = [node.inputs[i] for i in (layer.weight_index, *layer.other_weight_indices)]
+        replace_node(node, replacement)
+        for weight in weights:
+            assert weight is not None
+            self._drop_if_unused(weight)

@@ -9,8 +9,8 @@ the size count, the evaluator and the cost pass read the same plan. Here is only
   onnxruntime's ``MatMulNBits`` / ``GatherBlockQuantized``, or as int8 rows scaled after a Gather;
 - a dynamic range (``w8adyn``) as ``quantize_dynamic`` writes it: DynamicQuantizeLinear, then
   MatMulInteger on int8 weight columns, Cast and Mul by the scales (onnxruntime's
-  DynamicQuantizeMatMul); ``uniform=w8adyn`` gives it to every MatMul/Gemm that has the form and
-  w8a8 to the other layers;
+  DynamicQuantizeMatMul), or an LSTM as DynamicQuantizeLSTM; ``uniform=w8adyn`` gives it to
+  every layer that has the form and w8a8 to the other layers;
 - a Q/DQ pair on a layer's activation input, calibrated from ``mpqc.calib.range``. Layers that read
   the same tensor at the same bit-width share one quantizer; a layer asking for other bits gets its
   own, so every layer sees exactly the numbers it was searched with. A grid narrower than its
@@ -155,6 +155,9 @@ class LowerQDQPass(Pass):
                 narrowed.add((plan.wbits, plan.abits, plan.grid_bits))
             if plan.form is WeightForm.MATMUL_INTEGER:
                 emitter.matmul_integer(layer, plan)
+                continue
+            if plan.form is WeightForm.DYNAMIC_LSTM:
+                emitter.dynamic_lstm(layer, plan)
                 continue
             if plan.dynamic:
                 emitter.quantize_input_dynamic(layer)

@@ -47,6 +47,7 @@ from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
 from mpqc.passes.lib.plan import (
     BiasForm,
     LayerPlan,
+    WeightForm,
     dynamic_form,
     facts_of,
     int32_bias,
@@ -389,10 +390,12 @@ class Evaluator(Shipped):
                 feeds,
                 sites.input_site,
                 plan.abits if plan.input_quantizer else FLOAT_BITS,
-                plan.dynamic,
+                plan.dynamic and plan.input_quantizer is not None,
             )
             if sites.dynamic_switch is not None:
                 feeds[sites.dynamic_switch] = np.array(plan.dynamic)
+            if sites.kernel_switch is not None:
+                feeds[sites.kernel_switch] = np.array(plan.form is WeightForm.DYNAMIC_LSTM)
             for block, switch in sites.int8_blocks:
                 feeds[switch] = np.array(plan.int8_input_block == block)
             output_scale[sites.index] = self._site_feeds(

@@ -38,7 +38,13 @@ Weight forms (``WeightForm``):
   int8 [K, N] with a float scale per column, read by ``MatMulInteger`` behind the input's
   ``DynamicQuantizeLinear`` and scaled after it (``Cast``, ``Mul`` by input scale x column scales,
   the Gemm's bias as an ``Add``): ``onnxruntime.quantization.quantize_dynamic``'s form, which
-  onnxruntime fuses into its ``DynamicQuantizeMatMul`` integer kernel.
+  onnxruntime fuses into its ``DynamicQuantizeMatMul`` integer kernel;
+- ``dynamic-lstm``: under dynamic activations (``w8adyn``), an LSTM's W and R as int8 [D, K, 4H]
+  (transposed) with a scale per direction and gate column, read by onnxruntime's
+  ``com.microsoft.DynamicQuantizeLSTM``: ``quantize_dynamic``'s LSTM. The kernel quantizes its
+  input sequence and every step's hidden state to uint8 on the run, and its int8 recurrence
+  weight is a quarter of the float one that a float or DequantizeLinear'd LSTM streams from memory
+  on every step (bench/RESULTS.md §7c measures it against both).
 
 Bias (``BiasForm``): a Conv/Gemm's constant 1-D bias becomes int32 at s_x·s_w when the weight is
 dequantized per channel and its input arrives from a DequantizeLinear with one scale (its own input
@@ -53,8 +59,9 @@ output quantizer; MatMulNBits where mpqc emits it, and also where onnxruntime fu
 DequantizeLinear -> MatMul itself (float or 16-bit activations, accuracy level 4: the evaluator
 simulates its int8 rounding of a 16-bit input, and the graph as written behind float ones, see
 ``evaluator/graph.py``); GatherBlockQuantized; a Gather of int8 rows;
-DynamicQuantizeMatMul for ``matmul-integer``; otherwise the float kernel behind a weight
-DequantizeLinear, which saves bytes, not time.
+DynamicQuantizeMatMul for ``matmul-integer``; DynamicQuantizeLSTM for ``dynamic-lstm``; otherwise
+the float kernel behind a weight DequantizeLinear, which saves bytes, not time (an LSTM or GRU at
+static 8-bit activations: onnxruntime has no such kernel).
 
 Activations: a quantizer on the layer's input (static, per tensor, in ``activation_grid``'s
 container) unless activations stay float (``weight_only``); for
@@ -62,7 +69,8 @@ container) unless activations stay float (``weight_only``); for
 A dynamic quantizer (``dynamic``: uint8, its range measured on every run) exists for the layers
 ``dynamic_form`` names, with 8-bit weights (``matmul-integer``, the output stays float) or float
 ones (``DynamicQuantizeLinear`` then ``DequantizeLinear``: how sensitivity analysis scores the
-activation alone).
+activation alone; for an LSTM that is its input sequence, not the hidden states the kernel also
+rounds). A ``dynamic-lstm`` layer has no quantizer of its own: its kernel rounds its input.
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ class WeightForm(enum.Enum):
     GATHER_BLOCK_QUANTIZED = "gather-block-quantized"
     GATHER_ROWS = "gather-rows"
     MATMUL_INTEGER = "matmul-integer"
+    DYNAMIC_LSTM = "dynamic-lstm"
 
 
 class BiasForm(enum.Enum):
@@ -136,6 +145,8 @@ class Kernel(enum.Enum):
     #: DynamicQuantizeMatMul, onnxruntime's fusion of DynamicQuantizeLinear -> MatMulInteger (or
     #: MatMulIntegerToFloat behind a DynamicQuantizeLinear that several layers share).
     DYNAMIC_INTEGER = "dynamic-integer"
+    #: DynamicQuantizeLSTM (com.microsoft): int8 W and R, input and hidden state quantized per run.
+    DYNAMIC_LSTM = "dynamic-lstm"
 
 
 #: Ops whose Q/DQ pattern onnxruntime's CPU provider fuses into an integer kernel.
@@ -143,7 +154,9 @@ INTEGER_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 #: Containers whose blocked DequantizeLinear onnxruntime runs correctly (see the module docstring).
 _BLOCKED_WIDTHS = (2, 4)
 #: Weight forms that are onnxruntime contrib ops (domain com.microsoft).
-CONTRIB_FORMS = frozenset({WeightForm.MATMUL_NBITS, WeightForm.GATHER_BLOCK_QUANTIZED})
+CONTRIB_FORMS = frozenset(
+    {WeightForm.MATMUL_NBITS, WeightForm.GATHER_BLOCK_QUANTIZED, WeightForm.DYNAMIC_LSTM}
+)
 
 
 def fusable(wbits: int, abits: int) -> bool:
@@ -172,6 +185,8 @@ class LayerFacts:
     has_activation: bool
     #: An RNN: its recurrence weight is quantized with the input weight.
     recurrent: bool
+    #: An LSTM onnxruntime's DynamicQuantizeLSTM runs: constant W and R, time-major layout.
+    dynamic_lstm: bool = False
 
 
 def _plain_gemm(layer: Layer) -> bool:
@@ -209,6 +224,9 @@ def facts_of(layer: Layer) -> LayerFacts:
         bias_shape=None if bias is None else tuple(bias.shape),
         has_activation=layer.activation is not None,
         recurrent=bool(layer.other_weight_indices),
+        dynamic_lstm=op == "LSTM"
+        and bool(layer.other_weight_indices)
+        and not node.attributes.get_int("layout", 0),
     )
 
 
@@ -336,12 +354,9 @@ def _fused_into_matmul_nbits(
 
 def dynamic_form(facts: LayerFacts) -> bool:
     """Whether the layer has a dynamic-activation form: a MatMul or a plain Gemm (A @ B + bias)
-    over a 2-D weight (``quantize_dynamic``'s MatMuls)."""
-    return (
-        facts.kn is not None
-        and (facts.op_type == "MatMul" or facts.plain_gemm)
-        and facts.has_activation
-    )
+    over a 2-D weight, or an LSTM DynamicQuantizeLSTM runs (``quantize_dynamic``'s layers)."""
+    matmul = facts.kn is not None and (facts.op_type == "MatMul" or facts.plain_gemm)
+    return (matmul or facts.dynamic_lstm) and facts.has_activation
 
 
 def _dynamic_plan(facts: LayerFacts, wbits: int, spec: Any, layout: WeightLayout) -> LayerPlan:
@@ -349,15 +364,21 @@ def _dynamic_plan(facts: LayerFacts, wbits: int, spec: Any, layout: WeightLayout
     if layout.weight_only or not dynamic_form(facts):
         raise ValueError(
             f"layer '{facts.name}': dynamic activations need a MatMul or plain Gemm with a 2-D "
-            "weight, outside weight-only mode"
+            "weight, or a time-major LSTM with constant weights, outside weight-only mode"
         )
     grid_bits = weight_grid_bits(spec, wbits, DYNAMIC_BITS)
     if wbits != FLOAT_BITS and weight_grid(grid_bits).width != 8:
         raise ValueError(
-            f"layer '{facts.name}': dynamic activations run with 8-bit weights (MatMulInteger), "
-            f"not {wbits}-bit ones"
+            f"layer '{facts.name}': dynamic activations run with 8-bit weights (MatMulInteger, "
+            f"DynamicQuantizeLSTM), not {wbits}-bit ones"
         )
-    form = WeightForm.FLOAT if wbits == FLOAT_BITS else WeightForm.MATMUL_INTEGER
+    form, kernel = WeightForm.FLOAT, Kernel.FLOAT
+    if wbits != FLOAT_BITS:
+        lstm = facts.op_type == "LSTM"
+        form = WeightForm.DYNAMIC_LSTM if lstm else WeightForm.MATMUL_INTEGER
+        kernel = Kernel.DYNAMIC_LSTM if lstm else Kernel.DYNAMIC_INTEGER
+    # DynamicQuantizeLSTM rounds its input itself; every other form reads a DynamicQuantizeLinear.
+    own_quantizer = form is not WeightForm.DYNAMIC_LSTM
     return LayerPlan(
         name=facts.name,
         op_type=facts.op_type,
@@ -365,16 +386,16 @@ def _dynamic_plan(facts: LayerFacts, wbits: int, spec: Any, layout: WeightLayout
         abits=DYNAMIC_BITS,
         grid_bits=grid_bits,
         form=form,
-        recurrence_form=None,
+        recurrence_form=form if facts.recurrent else None,
         block=0,
         container=None if form is WeightForm.FLOAT else weight_grid(grid_bits).container,
         accuracy_level=None,
         kernel_block=None,
         bias=None if facts.bias_shape is None else BiasForm.FLOAT,
-        input_quantizer=activation_grid(DYNAMIC_BITS).container,
+        input_quantizer=activation_grid(DYNAMIC_BITS).container if own_quantizer else None,
         input_clip=False,
         output_quantizer=False,
-        kernel=Kernel.FLOAT if form is WeightForm.FLOAT else Kernel.DYNAMIC_INTEGER,
+        kernel=kernel,
         dynamic=True,
     )
 

@@ -48,10 +48,17 @@ def _per_channel_bytes(array: np.ndarray, plan: LayerPlan, axis: int, form: Weig
     return _packed(array.size, width) + channels * _FLOAT32 + extra
 
 
+def _dynamic_lstm_bytes(array: np.ndarray) -> int:
+    """int8 levels, a float32 scale and an int8 zero point per direction and gate column."""
+    return array.size + array.shape[0] * array.shape[1] * (_FLOAT32 + 1)
+
+
 def _weight_bytes(layer: Layer, plan: LayerPlan, array: np.ndarray) -> int:
     form = plan.form
     if form is WeightForm.FLOAT:
         return array.size * _FLOAT32
+    if form is WeightForm.DYNAMIC_LSTM:
+        return _dynamic_lstm_bytes(array)
     if form is WeightForm.MATMUL_NBITS:
         return nbits_bytes(*kn_weight(layer).shape, plan.grid_bits, plan.block)
     if form is WeightForm.MATMUL_INTEGER:  # int8 levels and a float32 scale per column
@@ -70,11 +77,12 @@ def stored_bytes(layer: Layer, plan: LayerPlan, act_signed: bool = False) -> int
     for index in layer.other_weight_indices:
         other = constant_array(node.inputs[index])
         assert other is not None and plan.recurrence_form is not None
-        total += (
-            other.size * _FLOAT32
-            if plan.recurrence_form is WeightForm.FLOAT
-            else _per_channel_bytes(other, plan, layer.channel_axis, plan.recurrence_form)
-        )
+        if plan.recurrence_form is WeightForm.FLOAT:
+            total += other.size * _FLOAT32
+        elif plan.recurrence_form is WeightForm.DYNAMIC_LSTM:
+            total += _dynamic_lstm_bytes(other)
+        else:
+            total += _per_channel_bytes(other, plan, layer.channel_axis, plan.recurrence_form)
     counted = {layer.weight_index, *layer.other_weight_indices}
     if plan.bias is not None:
         bias = constant_array(node.inputs[2])

@@ -2,7 +2,8 @@
 
 For every layout — per channel at 8/4/3/2 bits, 16-bit, per block, weight-only MatMulNBits at
 2/4/8 bits and both accuracy levels, GatherBlockQuantized and int8-row tables, LSTM/GRU, Conv/Gemm/
-MatMul with and without bias, activations u8, u16, dynamic u8 (MatMulInteger) and none — a model
+MatMul with and without bias, activations u8, u16, dynamic u8 (MatMulInteger, DynamicQuantizeLSTM)
+and none — a model
 is lowered uniformly and:
 
 1. the file: every layer's written form is the plan's (weight container, scale form, int32 or float
@@ -11,7 +12,8 @@ is lowered uniformly and:
    quantizer is shared between layers, the one place where the per-layer sum is an upper bound);
 3. the numbers: the evaluator's simulation equals the lowered model run in onnxruntime, executed as
    written (tolerance 1e-5 of the output's range), and also with onnxruntime's optimizations where
-   the kernel it fuses computes the graph's numbers (dynamic ranges: DynamicQuantizeMatMul);
+   the kernel it fuses computes the graph's numbers (dynamic ranges: DynamicQuantizeMatMul; the
+   evaluator runs DynamicQuantizeLSTM itself);
 4. the kernel: the kernel the plan names is the one onnxruntime runs after its own fusions, and the
    one the cost pass prices (the spec's kernel kind for the pair ``priced_pair`` gives).
 """
@@ -112,6 +114,16 @@ rnn (float[5,2,8] x) => (float[5,1,2,6] y) {
 }
 """
 
+# Bidirectional, its last hidden state read too: DynamicQuantizeLSTM computes every output.
+BIDIRECTIONAL = """
+<ir_version: 10, opset_import: ["" : 17]>
+bidirectional (float[7,1,8] x) => (float[7,2,1,6] y, float[2,1,6] last) {
+  h, state = LSTM <hidden_size=6, direction="bidirectional"> (x, w, r, b)
+  y = Sigmoid(h)
+  last = Tanh(state)
+}
+"""
+
 
 def _convs() -> onnx.ModelProto:
     return build(CONVS, CONVS_WEIGHTS)
@@ -131,6 +143,10 @@ def _shared() -> onnx.ModelProto:
 
 def _table() -> onnx.ModelProto:
     return build(TABLE, {"table": (50, 32), "w": (32, 24)})
+
+
+def _bidirectional() -> onnx.ModelProto:
+    return build(BIDIRECTIONAL, {"w": (2, 24, 8), "r": (2, 24, 6), "b": (2, 48)})
 
 
 def _rnn(op: str) -> onnx.ModelProto:
@@ -211,6 +227,11 @@ CASES = [
     Case("matmuls", 8, 8, spec="x86_avx2", dynamic=True),
     Case("shared", 8, 8, dynamic=True),  # onnxruntime: MatMulIntegerToFloat behind one quantizer
     Case("gemms", 32, 8, dynamic=True),
+    # ... an LSTM as DynamicQuantizeLSTM (7-bit grid on AVX2), or its input alone at float weights
+    Case("lstm", 8, 8, dynamic=True),
+    Case("bidirectional", 8, 8, dynamic=True),
+    Case("bidirectional", 8, 8, spec="x86_avx2", dynamic=True),
+    Case("lstm", 32, 8, dynamic=True),
 ]
 
 
@@ -218,6 +239,7 @@ def _proto(name: str) -> onnx.ModelProto:
     if name in ("lstm", "gru"):
         return _rnn(name.upper())
     models = {"convs": _convs, "matmuls": _matmuls, "gemms": _gemms, "shared": _shared}
+    models["bidirectional"] = _bidirectional
     return {**models, "table": _table}[name]()
 
 
@@ -249,6 +271,11 @@ def _written_form(lowered: ir.Model, plan: LayerPlan) -> dict[str, object]:
         found["block"] = node.attributes.get_int("block_size")
         if node.op_type == "GatherBlockQuantized":
             found["container"] = node.inputs[0].const_value.dtype
+        return found
+    if node.op_type == "DynamicQuantizeLSTM":
+        found["form"], found["container"] = WeightForm.DYNAMIC_LSTM, node.inputs[1].dtype
+        found["input_quantizer"] = None
+        found["output_quantizer"] = False
         return found
     if node.op_type in ("Mul", "Add"):  # the end of MatMulInteger -> Cast -> Mul (-> Add)
         found["bias"] = BiasForm.FLOAT if node.op_type == "Add" else None
@@ -340,6 +367,7 @@ _PRICED = {
     Kernel.MATMUL_NBITS: "packed",
     Kernel.GATHER_BLOCK_QUANTIZED: "packed",
     Kernel.DYNAMIC_INTEGER: "integer",
+    Kernel.DYNAMIC_LSTM: "integer",
 }
 
 
