@@ -12,6 +12,13 @@ lowering emits it (``passes/lower/lower_qdq.py``):
 * ``latency = max(MACs / rate(w, a), bytes / bandwidth(level)) + overheads``, where ``rate`` is the
   pair's throughput (its ``depthwise_throughput`` for a depthwise conv) and ``level`` is the nearest
   memory level the layer's working set (weights + input + output) fits in.
+* A recurrent layer (LSTM, GRU: ``LayerDesc.steps``) is that roofline over its input projection,
+  one GEMM over the whole sequence, plus one small roofline per step for its recurrence: each step
+  waits for the previous state and reads the whole recurrence weight of its direction again, from
+  the level that weight fits in, in the form the kernel reads it (float for a float kernel, also
+  behind a DequantizeLinear; int8 for DynamicQuantizeLSTM). The op's fixed overhead is paid per
+  step (its kernels are dispatched once per step), its per-element one per output element (the
+  gates' elementwise work).
 * Overheads: the op's own fixed/per-element cost; for a quantized input, a QuantizeLinear (after a
   float Clip when the grid is narrower than its container: 5-7-bit activations) unless the input
   comes straight from another integer layer (``LayerDesc.input_from_layer``), and a DequantizeLinear
@@ -120,6 +127,13 @@ class LayerDesc:
     """Data-movement ops (MaxPool, Reshape...) right before the activation input, read only by this
     layer: onnxruntime moves a uint8 QuantizeLinear above them (QDQ propagation), so they run on
     uint8."""
+    steps: int = 0
+    """A recurrent layer's sequential steps (sequence length times directions): each waits for the
+    previous step's state (0: not recurrent)."""
+    step_weights: int = 0
+    """Elements of the recurrence weight one step reads (one direction's R)."""
+    recurrent_macs: int = 0
+    """The part of ``macs`` the steps compute (the state times the recurrence weight)."""
 
     @property
     def lookup(self) -> bool:
@@ -127,7 +141,16 @@ class LayerDesc:
         return self.op_type == "Gather"
 
     def __post_init__(self) -> None:
-        for field_name in ("macs", "weight_params", "input_elems", "output_elems", "bias_params"):
+        for field_name in (
+            "macs",
+            "weight_params",
+            "input_elems",
+            "output_elems",
+            "bias_params",
+            "steps",
+            "step_weights",
+            "recurrent_macs",
+        ):
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(
@@ -190,10 +213,12 @@ class CostModel:
         act_bytes = self.act_bytes(desc, abits)
         moved = self.moved_bytes(desc, wbits, abits)
         level = self.spec.memory_level_for(moved)
-        compute_s = desc.macs / precision.rate(desc.depthwise)
+        compute_s = (desc.macs - desc.recurrent_macs) / precision.rate(desc.depthwise)
         memory_s = moved / level.bandwidth
         return Cost(
-            latency_s=max(compute_s, memory_s) + self._overhead_s(desc, precision),
+            latency_s=max(compute_s, memory_s)
+            + self._recurrence_s(desc, precision)
+            + self._overhead_s(desc, precision),
             energy_j=desc.macs * precision.energy_per_mac + moved * level.energy_per_byte,
             weight_bytes=weight_bytes,
             act_bytes=act_bytes,
@@ -261,6 +286,18 @@ class CostModel:
             weight_unpack_ops=MappingProxyType({}),
         )
 
+    def _recurrence_s(self, desc: LayerDesc, precision: Precision) -> float:
+        """A recurrent layer's steps: each a roofline of its share of ``recurrent_macs`` and of
+        reading one direction's recurrence weight as the kernel reads it (see the module
+        docstring)."""
+        if not desc.steps:
+            return 0.0
+        read_bits = precision.wbits if precision.integer_kernel else None
+        step_bytes = tensor_bytes(desc.step_weights, read_bits)
+        bandwidth = self.spec.memory_level_for(step_bytes).bandwidth
+        step_macs = desc.recurrent_macs / desc.steps
+        return desc.steps * max(step_macs / precision.rate(False), step_bytes / bandwidth)
+
     def moved_bytes(self, desc: LayerDesc, wbits: int | None, abits: int | None) -> int:
         """Bytes one run moves: all weights and activations (at exactly their bits on a chip that
         packs operands), but only the gathered rows of a table."""
@@ -277,7 +314,8 @@ class CostModel:
         return weight_bytes + self.act_bytes(desc, abits)
 
     def _overhead_s(self, desc: LayerDesc, precision: Precision) -> float:
-        seconds = self.spec.overhead(desc.op_type).time(desc.output_elems)
+        own = self.spec.overhead(desc.op_type)  # a recurrent layer dispatches once per step
+        seconds = own.fixed * max(desc.steps, 1) + own.per_element * desc.output_elems
         if desc.lookup:
             return seconds + self._lookup_s(desc, precision)
         seconds += sum(
@@ -352,8 +390,14 @@ class CostModel:
         return integer.time(elements) - self.spec.overhead(op).time(elements)
 
     def _unpack_s(self, precision: Precision, op_type: str) -> float:
+        """Per weight element: the pair's unpack, else the spec's DequantizeLinear in front of this
+        op (``DequantizeLinear(LSTM)``: a float LSTM repacks weights that are not constants on
+        every run), else DequantizeLinear's."""
         unpack = precision.unpack(op_type)
-        return self.spec.overhead("DequantizeLinear").per_element if unpack is None else unpack
+        if unpack is not None:
+            return unpack
+        dequantize = self.spec.overhead("DequantizeLinear")
+        return self.spec.overheads.get(f"DequantizeLinear({op_type})", dequantize).per_element
 
     def _lookup_s(self, desc: LayerDesc, precision: Precision) -> float:
         """A quantized table: integer rows are gathered then dequantized (and scaled per row); an

@@ -231,6 +231,7 @@ def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
     op = node.op_type
     kernel = stride = None
     groups, c_in, c_out = 1, None, None
+    steps = step_weights = recurrent_macs = 0
     if op == "Conv":
         groups = node.attributes.get_int("group", 1)
         c_out, c_in = weight.shape[0], weight.shape[1] * groups
@@ -250,9 +251,16 @@ def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
         macs = out_elems * k
     elif op in ("LSTM", "GRU"):
         recurrence = constant_array(node.inputs[2])
-        steps = in_shape[0] * in_shape[1] if len(in_shape) >= 2 else 1
-        macs = steps * (weight.size + (recurrence.size if recurrence is not None else 0))
+        time_major = not node.attributes.get_int("layout", 0)
+        sequence, batch = (
+            (in_shape[:2] if time_major else in_shape[1::-1]) if len(in_shape) >= 2 else (1, 1)
+        )
+        recurrent = recurrence.size if recurrence is not None else 0
+        macs = sequence * batch * (weight.size + recurrent)
         c_in, c_out = weight.shape[-1], weight.shape[1]
+        steps = sequence * weight.shape[0]  # per direction
+        step_weights = recurrent // weight.shape[0]
+        recurrent_macs = sequence * batch * recurrent
     else:  # Gather: a table lookup moves rows, it multiplies nothing
         macs = 0
         c_out = weight.shape[0]
@@ -274,6 +282,9 @@ def describe(layer: Layer, shapes: Mapping[str, tuple[int, ...]]) -> LayerDesc:
         depthwise=op == "Conv" and groups > 1 and groups == c_in,
         c_in=None if c_in is None else int(c_in),
         c_out=None if c_out is None else int(c_out),
+        steps=int(steps),
+        step_weights=int(step_weights),
+        recurrent_macs=int(recurrent_macs),
     )
 
 

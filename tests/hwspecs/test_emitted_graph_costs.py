@@ -91,13 +91,73 @@ def test_an_op_without_an_integer_instruction_runs_its_float_kernel() -> None:
     w8a8, floating = model.layer_cost(lstm, 8, 8), model.layer_cost(lstm, None, None)
     assert not w8a8.native and w8a8.latency_s > floating.latency_s
     dq = spec.overhead("DequantizeLinear")
+    # the float LSTM repacks the dequantized weights on every run: the spec's rate for that
+    repack = spec.overhead("DequantizeLinear(LSTM)").per_element
+    assert repack > dq.per_element
     assert w8a8.latency_s - floating.latency_s == pytest.approx(
-        spec.overhead("QuantizeLinear").time(20_000)
-        + dq.time(20_000)
-        + dq.fixed
-        + dq.per_element * 400_000
+        spec.overhead("QuantizeLinear").time(20_000) + dq.time(20_000) + dq.fixed + repack * 400_000
     )
     assert model.layer_cost(dataclasses.replace(lstm, op_type="Conv"), 8, 8).native
+
+
+#: A bidirectional LSTM over 33 steps, 512 inputs and hidden units (ddddocr's).
+_STEPS, _HIDDEN = 33, 512
+_W = 2 * 4 * _HIDDEN * _HIDDEN
+BIG_LSTM = LayerDesc(
+    "rnn",
+    "LSTM",
+    macs=_STEPS * 2 * _W,
+    weight_params=2 * _W,
+    input_elems=_STEPS * _HIDDEN,
+    output_elems=_STEPS * 2 * _HIDDEN,
+    c_out=4 * _HIDDEN,
+    steps=2 * _STEPS,
+    step_weights=_W // 2,
+    recurrent_macs=_STEPS * _W,
+)
+
+
+def test_each_step_of_a_recurrence_reads_its_weight_from_where_it_fits() -> None:
+    """A step waits for the previous state: its recurrence weight (one direction's R) is read once
+    per step, at the bandwidth of the level it fits in, and the op's fixed cost is a dispatch per
+    step; the input projection is one GEMM over the sequence."""
+    spec = hwspecs.load("x86_avx512_vnni")
+    model = CostModel(spec)
+    # twice the steps, the same input projection (GEMM MACs and bytes)
+    twice = dataclasses.replace(
+        BIG_LSTM,
+        steps=2 * BIG_LSTM.steps,
+        macs=BIG_LSTM.macs + BIG_LSTM.recurrent_macs,
+        recurrent_macs=2 * BIG_LSTM.recurrent_macs,
+    )
+    floating = spec.precision(None, None)
+    step_bytes = 4 * BIG_LSTM.step_weights  # float R, 4 MiB: past the caches
+    assert spec.memory_level_for(step_bytes).name == "dram"
+    step_s = max(
+        BIG_LSTM.recurrent_macs / BIG_LSTM.steps / floating.throughput,
+        step_bytes / spec.memory_level_for(step_bytes).bandwidth,
+    )
+    added = twice.steps - BIG_LSTM.steps
+    assert model.layer_cost(twice, None, None).latency_s - model.layer_cost(
+        BIG_LSTM, None, None
+    ).latency_s == pytest.approx(added * (step_s + spec.overhead("LSTM").fixed), rel=1e-9)
+
+
+def test_dynamic_quantize_lstm_runs_at_the_integer_rate_on_int8_recurrence() -> None:
+    """onnxruntime's DynamicQuantizeLSTM reads its int8 W and R itself (no unpack) at the dynamic
+    pair's integer rate, and each step streams a quarter of the float recurrence's bytes: on
+    ddddocr's LSTM it is priced far below the float kernel, which is priced below the float kernel
+    behind DequantizeLinear (bench/RESULTS.md §7c measures 2.2, 11.8 and 15.4 ms)."""
+    spec = hwspecs.load("x86_avx512_vnni")
+    model = CostModel(spec)
+    dynamic = model.kernel(BIG_LSTM, 8, 8, dynamic=True, packed_kernel="DynamicQuantizeLSTM")
+    assert (
+        dynamic.kernel_kind == "integer" and dynamic.throughput == spec.precision(8, 8).throughput
+    )
+    kernel = model.layer_cost(BIG_LSTM, 8, 8, dynamic=True, packed_kernel="DynamicQuantizeLSTM")
+    floating = model.layer_cost(BIG_LSTM, None, None)
+    emulated = model.layer_cost(BIG_LSTM, 8, 8)
+    assert kernel.latency_s < floating.latency_s / 4 < emulated.latency_s / 4
 
 
 def test_runs_of_integer_layers_convert_only_at_their_boundaries() -> None:

@@ -287,9 +287,7 @@ class _Builder:
             name=prefix,
         )
         nodes = [kernel]
-        for slot, (out, alternative) in enumerate(
-            zip(node.outputs, kernel.outputs, strict=True)
-        ):
+        for slot, (out, alternative) in enumerate(zip(node.outputs, kernel.outputs, strict=True)):
             if not out.name:
                 continue
             alternative.name = f"{prefix}.{slot}"
