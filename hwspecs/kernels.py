@@ -218,14 +218,30 @@ def build_convert_model(
     return model
 
 
-ELEMENTWISE = ("Clip", "HardSwish", "Sigmoid", "Mul", "Add")
+ELEMENTWISE = (
+    "Clip",
+    "HardSwish",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "LayerNormalization",
+    "Softmax",
+    "Erf",
+    "Gelu",
+)
 """Float ops the cost model charges per element: the narrow-grid Clip, activations an integer kernel
-does not fuse, and the scale multiply of gathered embedding rows."""
+does not fuse, the scale multiply of gathered embedding rows, and the ops between a transformer's
+MatMuls (LayerNormalization, Softmax, GELU as Erf or its own op), which are more than a light
+elementwise pass."""
+
+#: The row an op that normalizes along the last axis (LayerNormalization, Softmax) works on: it
+#: divides every size ``mpqc-hw profile`` measures.
+_ROW = 200
 
 
 def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
-    """One float elementwise op over ``elements`` values (binary ops take a constant second
-    operand)."""
+    """One float op over ``elements`` values (binary ops take a constant second operand;
+    LayerNormalization and Softmax normalize rows of ``_ROW``)."""
     extra = {
         "Clip": [
             numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
@@ -233,12 +249,17 @@ def build_elementwise_model(elements: int, op: str) -> onnx.ModelProto:
         ],
         "Mul": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
         "Add": [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
+        "LayerNormalization": [
+            numpy_helper.from_array(np.ones(_ROW, np.float32), "scale"),
+            numpy_helper.from_array(np.zeros(_ROW, np.float32), "bias"),
+        ],
     }.get(op, [])
+    shape = [elements // _ROW, _ROW] if op in ("LayerNormalization", "Softmax") else [elements]
     graph = helper.make_graph(
         [helper.make_node(op, ["x", *(t.name for t in extra)], ["y"])],
         op,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [elements])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
         extra,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

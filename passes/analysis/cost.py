@@ -6,7 +6,8 @@ for the layers that have that form (MatMul, plain Gemm) — it prices the loweri
 (``passes/lib/plan``) in ``mpqc.cost``: latency, energy and BOPs from the spec's roofline cost
 model for the pair the plan runs (``priced_pair``), and the plan's bytes; plus the float cost.
 Model totals (``mpqc.cost.total``) add what stays float: every other initializer's bytes, every
-other op's overhead and the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction
+other op's overhead (a MatMul of two computed tensors also its float multiply-accumulates) and
+the runtime's per-call cost, so a size budget like ``0.25x`` is a fraction
 of the whole written model, not of the layers alone, and a latency total is what one inference
 takes. A layer inside a Loop or Scan body costs time and energy on every iteration: it is priced
 times the body's trip count where the model fixes it (a Loop's constant ``M``, a Scan's static
@@ -353,7 +354,19 @@ def _fixed_costs(
     for node in model.graph:
         if id(node) in priced or not node.outputs:
             continue
-        latency += spec.overhead(node.op_type).time(
-            math.prod(shapes.get(node.outputs[0].name, (0,)))
-        )
+        latency += _op_seconds(node, shapes, spec)
     return {"size": float(size), "latency_s": latency}
+
+
+def _op_seconds(node: ir.Node, shapes, spec: HardwareSpec) -> float:
+    """What an op no search changes takes: its overhead per output element (the spec's numbers
+    for LayerNormalization, Softmax, Erf...), and for a MatMul of two computed tensors (attention's
+    scores and their weighted sum) its multiply-accumulates at the float rate."""
+    elements = math.prod(shapes.get(node.outputs[0].name, (0,)))
+    seconds = spec.overhead(node.op_type).time(elements)
+    first = node.inputs[0] if node.inputs else None
+    if node.op_type == "MatMul" and spec.runs_float and first is not None:
+        k = shapes.get(first.name or "", ())
+        if k:
+            seconds += elements * k[-1] / spec.precision(None, None).throughput
+    return seconds
