@@ -147,9 +147,12 @@ class DefaultPipeline(NamedPipeline):
                 _METRIC_WITH_DATA.get(options.strategy, "output") if calibrated else "weight-error"
             )
             cost_step = f"cost{{block_size={options.block_size}}}" if options.block_size else "cost"
+            # Priced first, so that the measured score skips what the ILP cannot choose under the
+            # budgets (passes/choose/choosable.py).
+            prune = metric == "output" and options.strategy == "ilp"
             steps += [
-                f"sensitivity-{metric}",
                 cost_step,
+                f"sensitivity-{metric}" + ("{prune=true}" if prune else ""),
                 search_step(options.strategy, metric, recover),
                 *recover_steps,
                 lower_step,

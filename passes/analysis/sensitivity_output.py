@@ -19,6 +19,11 @@ coarse with few samples), ``auto`` (``kl`` when the model's one output is ``[N, 
 else ``mse``, which counts every output: KL of the first alone would score a layer that feeds only
 another output as harmless at any bits). Activation candidates need calibrated ranges (run
 ``calibrate`` first); without them only weights are scored.
+With ``prune`` (the default pipeline's, after ``cost``), only the scores that can change the
+search's answer are measured (``passes/choose/choosable.py``): under budgets the all-8-bit model
+meets, sub-8-bit candidates are not measured, nor a part every choosable pair of a layer shares;
+a note says what was left out, and the detail annotation lists each layer's ``choosable`` pairs
+and ``shared`` parts for the search.
 When every model input has a symbolic first dimension, samples of the same shape run as one batch
 (option ``batch``; no padding, so lines of one width or sentences of one length group together),
 which is several times faster for small models and gives the same per-row measures.
@@ -26,8 +31,9 @@ which is several times faster for small models and gives the same per-row measur
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -35,6 +41,7 @@ import onnx_ir as ir
 from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
+from mpqc.passes.choose.choosable import Choosable, choosable
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Config, Evaluator, Measure, batch_first
@@ -46,7 +53,7 @@ __all__ = ["SensitivityOutputPass"]
 class SensitivityOutputPass(SensitivityPass):
     name = "sensitivity-output"
     metric = "output"
-    may_read = frozenset({annotations.CALIB_RANGE})
+    may_read = frozenset({annotations.CALIB_RANGE, annotations.COST, annotations.MODEL_COST})
 
     @dataclasses.dataclass(frozen=True)
     class Options(ActivationCandidates):
@@ -57,6 +64,11 @@ class SensitivityOutputPass(SensitivityPass):
         batch: bool = option(
             True,
             "run the samples as one batch when every model input's first dimension is symbolic",
+        )
+
+        prune: bool = option(
+            False,
+            "measure only what can change the search's choice under the budgets (run cost first)",
         )
 
         def __post_init__(self) -> None:
@@ -81,36 +93,77 @@ class SensitivityOutputPass(SensitivityPass):
                 f"{self.name}: activations without a calibrated range are not scored "
                 "(run calibrate first)"
             )
-        samples = list(data)[: self.options.samples]
-        batch = len(samples) if self.options.batch and batch_first(model) else 1
-        evaluator = Evaluator(
-            model,
-            samples,
-            wbits=wbits,
-            executor=self.context.executor,
-            batch=batch,
-            spec=self.context.hw,
-        )
-
+        scorable = {layer.name: [f"w{b}" for b in wbits] for layer in layers}
+        for layer in scored_acts:
+            scorable[layer.name] += [f"a{b}" for b in abits]
+        dynamic = Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)
+        for layer in self.dynamic_layers(layers):
+            scorable[layer.name].append("adyn")
+        plan = self._choosable(model, layers, scorable) if self.options.prune else None
         jobs: list[tuple[str, str, Config]] = []
         for layer in layers:
-            jobs += [(layer.name, f"w{b}", {layer.name: (b, FLOAT_BITS)}) for b in wbits]
-        for layer in scored_acts:
-            jobs += [(layer.name, f"a{b}", {layer.name: (FLOAT_BITS, b)}) for b in abits]
-        dynamic = Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)
-        jobs += [
-            (layer.name, "adyn", {layer.name: dynamic}) for layer in self.dynamic_layers(layers)
-        ]
-        measure = self._measure(evaluator)
-        steps = self.count_evaluations(len(jobs))
-        errors = evaluator.errors([config for _, _, config in jobs], measure, steps.advance)
+            wanted = plan[layer.name].measured if plan else None
+            for key in scorable[layer.name]:
+                if wanted is None or key in wanted:
+                    jobs.append((layer.name, key, {layer.name: _choice(key, dynamic)}))
 
         scores: dict[str, dict[str, float]] = {layer.name: {} for layer in layers}
-        for (name, candidate, _), error in zip(jobs, errors, strict=True):
-            scores[name][candidate] = error
+        detail: dict[str, Any] = {}
+        if jobs:
+            samples = list(data)[: self.options.samples]
+            batch = len(samples) if self.options.batch and batch_first(model) else 1
+            evaluator = Evaluator(
+                model,
+                samples,
+                wbits=wbits,
+                executor=self.context.executor,
+                batch=batch,
+                spec=self.context.hw,
+            )
+            measure = self._measure(evaluator)
+            steps = self.count_evaluations(len(jobs))
+            errors = evaluator.errors([config for _, _, config in jobs], measure, steps.advance)
+            for (name, candidate, _), error in zip(jobs, errors, strict=True):
+                scores[name][candidate] = error
+            detail = {"measure": measure, "samples": len(samples)}
         for layer in layers:
-            self.write(layer, scores[layer.name], {"measure": measure, "samples": len(samples)})
+            own = dict(detail)
+            if plan is not None:
+                own["choosable"] = [str(pair) for pair in plan[layer.name].pairs]
+                own["shared"] = sorted(plan[layer.name].shared)
+            self.write(layer, scores[layer.name], own)
+        if plan is not None:
+            self._note_skipped(scorable, scores)
         return ir.passes.PassResult(model, modified=True)
+
+    def _choosable(
+        self, model: ir.Model, layers: list, scorable: dict[str, list[str]]
+    ) -> dict[str, Choosable] | None:
+        return choosable(
+            layers,
+            scorable,
+            self.context.constraints,
+            annotations.MODEL_COST.get(model) or {},
+        )
+
+    def _note_skipped(
+        self, scorable: dict[str, list[str]], scores: dict[str, dict[str, float]]
+    ) -> None:
+        """One line in the report: which scores were not measured, and why."""
+        skipped = collections.Counter(
+            key for name, keys in scorable.items() for key in keys if key not in scores[name]
+        )
+        if not skipped:
+            return
+        by_count: dict[int, list[str]] = {}
+        for key, count in sorted(skipped.items()):
+            by_count.setdefault(count, []).append(key)
+        what = "; ".join(f"{', '.join(keys)} on {n} layers" for n, keys in sorted(by_count.items()))
+        budget = "these budgets" if self.context.constraints else "no budget"
+        self.context.note(
+            f"{self.name}: not measured, as they cannot change the search's choice under {budget} "
+            f"(damage taken to fall as bits rise): {what}"
+        )
 
     def _measure(self, evaluator: Evaluator) -> Measure:
         firsts = [np.asarray(outputs[0]) for outputs in evaluator.reference]
@@ -128,3 +181,11 @@ class SensitivityOutputPass(SensitivityPass):
                 f"with the input ({', '.join(map(str, sorted(widths)))}); use measure=mse"
             )
         return self.options.measure
+
+
+def _choice(key: str, dynamic: Bits) -> tuple:
+    """The one-layer choice a score key measures: ``w4`` -> (4, float), ``a8`` -> (float, 8)."""
+    if key == "adyn":
+        return dynamic
+    bits = int(key[1:])
+    return (bits, FLOAT_BITS) if key[0] == "w" else (FLOAT_BITS, bits)

@@ -22,7 +22,7 @@ body) are ``lower-qdq``'s to explain, under ``left_float`` in the same report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,17 +50,24 @@ def explain_choice(
     pinned: set[str],
     strategy: str,
     metric: str,
+    left_out: Mapping[str, Sequence[Bits]] | None = None,
 ) -> dict[str, Any]:
     """The search's section of the report: what it worked against and a row per searched layer.
 
-    ``config`` is the chosen candidate index per layer, ``ops`` the layers' op types and ``pinned``
-    the names of the layers held at 8 bits or more.
+    ``config`` is the chosen candidate index per layer, ``ops`` the layers' op types, ``pinned``
+    the names of the layers held at 8 bits or more and ``left_out`` the pairs of each layer that
+    sensitivity analysis found the search could not choose (``choosable.py``).
     """
+    left_out = left_out or {}
     objective = next(iter(problem.constraints), "size")
     scale, unit = _UNITS.get(objective, (1.0, objective))
     cost = problem.costs[objective]
     cutoff = _cutoff(problem.sensitivity, cost, config)
-    cheapest_bits = min(p[0] * p[1] for choices in problem.choices for p in choices)
+    cheapest_bits = min(
+        p[0] * p[1]
+        for i, choices in enumerate(problem.choices)
+        for p in (*choices, *left_out.get(problem.layers[i], ()))
+    )
     rows = []
     for i, name in enumerate(problem.layers):
         choices, damage, k = problem.choices[i], problem.sensitivity[i], config[i]
@@ -81,6 +88,14 @@ def explain_choice(
             kind = "kept by the search"
             reason = _kept_reason(
                 choices, damage, cost[i], k, cutoff, objective, bool(problem.constraints)
+            )
+        elif any(p[0] * p[1] < w * a for p in left_out.get(name, ())):
+            kind = "kept by the search"
+            dropped = ", ".join(str(Bits.of(p)) for p in left_out[name])
+            fits = "the budget fits" if problem.constraints else "no budget:"
+            reason = (
+                f"kept: {dropped} cannot be chosen ({fits} every layer at its highest bits, and "
+                "fewer add damage; not measured)"
             )
         elif w * a > cheapest_bits:
             kind = "with no cheaper pair"

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -34,10 +32,9 @@ import onnx_ir as ir
 
 from mpqc import search as msearch
 from mpqc.core.bits import FLOAT_BITS, Bits
-from mpqc.core.errors import MpqcError
-from mpqc.hwspecs.units import to_base
 from mpqc.ir import annotations
 from mpqc.ir.layers import Layer, quantizable_layers
+from mpqc.passes.choose.budget import COST_FIELDS, limits, offered_pairs, resolve_budget
 from mpqc.passes.choose.explain import explain_choice
 from mpqc.passes.choose.latency_cap import REFERENCE, ForcedSlowdownError, capped
 from mpqc.passes.choose.layer_graph import layer_edges, layer_features
@@ -50,69 +47,6 @@ from mpqc.search.mohaq import BeaconFn
 from mpqc.search.problem import format_value
 
 __all__ = ["SearchPass", "resolve_budget"]
-
-_DIMENSION = {"size": "bytes", "latency": "time", "energy": "energy"}
-_COST_FIELD = {"size": "size", "latency": "latency_s", "energy": "energy_j", "bops": "bops"}
-_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-
-
-def resolve_budget(objective: str, text: str | float, reference: float) -> float:
-    """A budget in the objective's base unit (bytes, s, J, BOPs); ``0.25x`` is relative to
-    ``reference``.
-
-    Only a positive, finite budget can be met: zero or a negative one would otherwise reach the
-    search and come back as "infeasible" (exit 2) for what is a typing error.
-    """
-    budget = _parse_budget(objective, text, reference)
-    if not (math.isfinite(budget) and budget > 0):
-        raise PassInputError(
-            f"{text!r}: a budget must be a positive, finite amount, e.g. 0.25x",
-            field=f"max_{objective}",
-        )
-    return budget
-
-
-def _parse_budget(objective: str, text: str | float, reference: float) -> float:
-    if isinstance(text, (int, float)):
-        return float(text)
-    text = text.strip()
-    if text.endswith("x"):
-        try:
-            return float(text[:-1]) * reference
-        except ValueError:
-            raise PassInputError(
-                f"{text!r}: a ratio is a number followed by x, e.g. 0.25x",
-                field=f"max_{objective}",
-            ) from None
-    if objective == "bops":
-        match = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMGT]?)(?:BOPs?)?", text)
-        if not match:
-            raise PassInputError(
-                f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
-            )
-        try:
-            return float(match.group(1)) * _SI[match.group(2)]
-        except ValueError:
-            raise PassInputError(
-                f"{text!r}: give a count such as 2G or a ratio such as 0.25x", field="max_bops"
-            ) from None
-    if objective not in _DIMENSION:
-        raise PassInputError(f"unknown budget '{objective}': use size, latency, energy or bops")
-    try:
-        return to_base(text, _DIMENSION[objective])
-    except ValueError as exc:
-        raise PassInputError(str(exc), field=f"max_{objective}") from None
-
-
-def _pairs(table: Mapping[str, object]) -> list[Bits]:
-    """The bit choices a cost table prices (its other keys are totals), safest first."""
-    pairs = []
-    for key in table:
-        try:
-            pairs.append(Bits.parse(key, widths=None))
-        except MpqcError:
-            continue
-    return sorted(pairs, key=lambda p: (-p[0] * p[1], -p[1], -p[0], p.dynamic))
 
 
 def _damage(scores: Mapping[str, float], pair: tuple, layer: Layer, metric: str) -> float:
@@ -165,7 +99,7 @@ class SearchPass(Pass):
     name = "search"
     reads = frozenset({annotations.COST, annotations.MODEL_COST, annotations.SENSITIVITY})
     #: The exact evaluator quantizes activations on their calibrated ranges.
-    may_read = frozenset({annotations.CALIB_RANGE})
+    may_read = frozenset({annotations.CALIB_RANGE, annotations.SENSITIVITY_DETAIL})
     writes = frozenset({annotations.BITS, annotations.PARETO, annotations.REPORT})
     preserves = frozenset({annotations.ALL})
 
@@ -287,8 +221,20 @@ class SearchPass(Pass):
             {layers[i].name for i in pinned},
             self.options.strategy,
             self.options.metric,
+            self._left_out(layers),
         )
         self.report(model, account)
+
+    def _left_out(self, layers: list[Layer]) -> dict[str, list[Bits]]:
+        """Per layer, the priced pairs sensitivity analysis left out as unable to be chosen."""
+        key = annotations.detail_key(self.options.metric)
+        left_out = {}
+        for layer in layers:
+            listed = (key.get(layer.node) or {}).get("choosable")
+            if listed is not None:
+                table = annotations.COST.get(layer.node) or {}
+                left_out[layer.name] = [p for p in offered_pairs(table) if str(p) not in listed]
+        return left_out
 
     def _wants_exact(self) -> bool:
         if self.options.exact == "always":
@@ -376,7 +322,7 @@ class SearchPass(Pass):
         totals = annotations.MODEL_COST.get(model) or {}
         key = annotations.sensitivity_key(self.options.metric)
         choices, sensitivity = [], []
-        costs: dict[str, list[np.ndarray]] = {name: [] for name in _COST_FIELD}
+        costs: dict[str, list[np.ndarray]] = {name: [] for name in COST_FIELDS}
         pinned = self.pinned(layers) if pinned is None else pinned
         for index, layer in enumerate(layers):
             table = annotations.COST.get(layer.node) or {}
@@ -386,9 +332,16 @@ class SearchPass(Pass):
                     f"search: layer '{layer.name}' has no mpqc.sens.{self.options.metric}; "
                     f"run sensitivity-{self.options.metric} first"
                 )
+            # What sensitivity left unmeasured as unable to change the choice (choosable.py): the
+            # pairs it did not list are not offered, and a part all listed pairs share adds the
+            # same damage to each, counted as 0.
+            detail = annotations.detail_key(self.options.metric).get(layer.node) or {}
+            scores = {**dict.fromkeys(detail.get("shared", ()), 0.0), **scores}
             # a dynamic range is offered where its damage was measured (it is cheaper than a
             # static one, so without a score the search would take it blind)
-            pairs = [p for p in _pairs(table) if not p.dynamic or p.activation_key in scores]
+            pairs = [p for p in offered_pairs(table) if not p.dynamic or p.activation_key in scores]
+            if "choosable" in detail:
+                pairs = [p for p in pairs if str(p) in detail["choosable"]]
             if index in pinned:
                 eight_or_more = [p for p in pairs if p[0] >= 8 and p[1] >= 8]
                 pairs = eight_or_more or pairs[:1]
@@ -396,20 +349,14 @@ class SearchPass(Pass):
             sensitivity.append(
                 np.array([_damage(scores, p, layer, self.options.metric) for p in pairs])
             )
-            for objective, field in _COST_FIELD.items():
+            for objective, field in COST_FIELDS.items():
                 costs[objective].append(
                     np.array([float(table[str(pair)][field]) for pair in pairs])
                 )
-        reference = totals.get("reference", {})
         fixed = totals.get("fixed", {})
-        constraints = {
-            objective: resolve_budget(
-                objective, text, float(reference.get(_COST_FIELD[objective], math.nan))
-            )
-            for objective, text in self.context.constraints.items()
-        }
+        constraints = limits(self.context.constraints, totals)
         fixed_costs = {
-            objective: float(fixed.get(_COST_FIELD[objective], 0.0)) for objective in _COST_FIELD
+            objective: float(fixed.get(COST_FIELDS[objective], 0.0)) for objective in COST_FIELDS
         }
         objectives = tuple(dict.fromkeys([*self.options.objectives, *constraints]))
         return msearch.Problem(

@@ -36,9 +36,11 @@ def test_weight_only_keeps_activations_float_and_needs_no_ranges() -> None:
 
 
 def test_the_search_reads_the_metric_its_strategy_and_data_allow() -> None:
-    assert "sensitivity-output,cost,search{strategy=ilp,metric=output}" in _default()
+    assert "cost,sensitivity-output{prune=true},search{strategy=ilp,metric=output}" in _default()
     assert "sensitivity-entropy" in _default(strategy="eagl")
-    assert "sensitivity-orthogonality,cost,search{strategy=ompq,metric=orthogonality}" in (
+    # only the ILP's answer is provably kept when unchoosable candidates go unmeasured
+    assert "sensitivity-output," in _default(strategy="mohaq")
+    assert "cost,sensitivity-orthogonality,search{strategy=ompq,metric=orthogonality}" in (
         _default(strategy="ompq")
     )
     assert "sensitivity-weight-error" in _default(strategy="ompq", calibrated=False)
