@@ -162,7 +162,7 @@ def test_search_without_uniform_meets_a_size_budget_in_the_written_model(cnn_sam
     result = mpqc.compile(
         small_cnn(), mpqc.CompileOptions(hw="generic", calibration=cnn_samples, max_size="0.2x")
     )
-    assert result.pipeline.startswith("canonicalize,calibrate,sensitivity-")
+    assert result.pipeline.startswith("canonicalize,calibrate,cost,sensitivity-")
     bits = [A.BITS.get(n)["w"] for n in result.ir_model.graph if A.BITS.has(n)]
     assert len(bits) == 4 and min(bits) < 8  # the budget forces some layers below 8 bits
     budget = result.pareto["constraints"]["size"]

@@ -38,8 +38,8 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
     assert [m.group(3) for m in names] == [
         "canonicalize",
         "calibrate",
-        "sensitivity-output",
         "cost",
+        "sensitivity-output",
         "search",
         "recover",
         "lower-qdq",

@@ -43,8 +43,8 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
     assert "      generations: int = 60\n          generations after the first" in strategies
     assert "beacon_fn" not in out  # a callable cannot be written in a pipeline
     assert (
-        "    reads mpqc.cost, mpqc.cost.total, mpqc.sens.*; may read mpqc.calib.range; "
-        "writes mpqc.bits, mpqc.pareto, mpqc.report\n"
+        "    reads mpqc.cost, mpqc.cost.total, mpqc.sens.*; may read mpqc.calib.range, "
+        "mpqc.sensinfo.*; writes mpqc.bits, mpqc.pareto, mpqc.report\n"
     ) in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
     assert (
