@@ -4,12 +4,18 @@ analysis need not measure.
 The ``ilp`` search returns the configuration of least additive damage that meets the budgets.
 Damage is taken to fall strictly as bits rise: a pair ``(w, a)`` of a layer is *dominated* when the
 layer offers another pair with at least as many weight bits and at least as many activation bits
-in the same form (static or dynamic range), which then damages the layer's output less. If every
-configuration made of undominated pairs meets every budget (checked with each layer at its
-costliest undominated pair, the implicit latency limit of ``latency_cap.py`` included), replacing a
-dominated pair by one that dominates it keeps the budgets and lowers the damage; so the answer
-holds undominated pairs only, and the dominated ones need no score. A budget that needs cheaper
-pairs (``--max-size`` below the all-8-bit model) leaves every pair choosable.
+in the same form (static or dynamic range), which then damages the layer's output less.
+
+Kept pairs start as the undominated ones. A budget is *tight* when some configuration of kept pairs
+exceeds it (each layer at its costliest kept pair; the implicit latency limit of
+``latency_cap.py`` counts as a budget). A dominated pair is kept too unless a pair dominating it
+costs no more of every tight budget; this repeats until nothing is added. Then in any
+configuration that meets the budgets, replacing each pair that is not kept by such a dominating
+pair (again, until it is kept) lowers the damage, keeps the tight budgets (no step costs more)
+and the others (every configuration of kept pairs meets them): the search's answer holds kept
+pairs only, and the others need no score. With no budget, or one the all-8-bit model meets, the
+lower bits go unmeasured (those a cost model prices faster than 8 bits stay); a budget that needs
+cheaper pairs keeps them all.
 
 The undominated pairs of a layer often share a part (``w8`` in ``w8a8`` and ``w8adyn``): it adds
 the same damage to each of them, so it cannot change the answer either (``Choosable.shared``). A
@@ -65,8 +71,8 @@ def choosable(
     constraints: Mapping[str, str | float],
     totals: Mapping[str, object],
 ) -> dict[str, Choosable] | None:
-    """Per layer, the pairs the search can choose (see the module docstring); None when a budget
-    may need a dominated pair, or a layer has no cost table (run ``cost`` first).
+    """Per layer, the pairs the search can choose (see the module docstring); None when a layer
+    has no cost table (run ``cost`` first) or the search's implicit latency limit is unknown.
 
     ``scorable``: per layer, the score keys the sensitivity pass can measure (the search offers
     no pair whose weight, or dynamic range, has no score); ``constraints``: the user's budgets;
@@ -87,19 +93,45 @@ def choosable(
         ]
         if not offered[layer.name]:
             return None  # the search says why
-    kept = {
-        name: [p for p in pairs if not any(_dominates(q, p) for q in pairs)]
-        for name, pairs in offered.items()
-    }
     budgets = limits(constraints, totals)
     fixed: Mapping[str, float] = totals.get("fixed", {})  # type: ignore[assignment]
     if budgets and LATENCY not in budgets:
         if not all(REFERENCE in pairs for pairs in offered.values()):
             return None  # the search's implicit latency limit is not known here
         budgets[LATENCY] = _total(layers, {n: [REFERENCE] for n in offered}, LATENCY, fixed)
-    for objective, limit in budgets.items():
-        if _total(layers, kept, objective, fixed) > limit:
-            return None
+    costs = {
+        layer.name: _costs(layer, offered[layer.name], [COST_FIELDS[o] for o in budgets])
+        for layer in layers
+    }
+    # Grow the kept pairs from the undominated ones to a fixpoint: the budgets some configuration
+    # of kept pairs may exceed are tight, and a dominated pair stays unless a pair dominating it
+    # costs no more of every tight budget.
+    kept = {
+        name: [p for p in pairs if not any(_dominates(q, p) for q in pairs)]
+        for name, pairs in offered.items()
+    }
+    while True:
+        tight = [
+            index
+            for index, (objective, limit) in enumerate(budgets.items())
+            if _total(layers, kept, objective, fixed) > limit
+        ]
+        grown = {
+            name: [
+                pair
+                for pair in pairs
+                if pair in kept[name]
+                or not any(
+                    _dominates(other, pair)
+                    and all(costs[name][other][i] <= costs[name][pair][i] for i in tight)
+                    for other in pairs
+                )
+            ]
+            for name, pairs in offered.items()
+        }
+        if grown == kept:
+            break
+        kept = grown
     result = {}
     for name, pairs in kept.items():
         keys = [frozenset(score_keys(pair, scorable[name])) for pair in pairs]
@@ -121,3 +153,8 @@ def _total(
         table = annotations.COST.get(layer.node) or {}
         total += max(float(table[str(p)][field]) for p in pairs[layer.name])  # type: ignore[index]
     return total
+
+
+def _costs(layer: Layer, pairs: Sequence[Bits], fields: Sequence[str]) -> dict[Bits, list[float]]:
+    table = annotations.COST.get(layer.node) or {}
+    return {pair: [float(table[str(pair)][f]) for f in fields] for pair in pairs}  # type: ignore[index]
