@@ -115,7 +115,8 @@ class SensitivityOutputPass(SensitivityPass):
             evaluator = Evaluator(
                 model,
                 samples,
-                wbits=wbits,
+                # the grids measured (each costs a copy of the weights)
+                wbits=sorted({int(key[1:]) for _, key, _ in jobs if key[0] == "w"}),
                 executor=self.context.executor,
                 batch=batch,
                 spec=self.context.hw,
