@@ -47,14 +47,15 @@ def build(
     weights: dict[str, tuple[int, ...]],
     seed: int = 0,
     arrays: dict[str, np.ndarray] | None = None,
+    dtype: type = np.float32,
 ) -> onnx.ModelProto:
-    """Parse ``text`` and attach He-initialised random initializers of the given shapes (and
-    ``arrays`` as given)."""
+    """Parse ``text`` and attach He-initialised random initializers of the given shapes, of
+    ``dtype`` (and ``arrays`` as given)."""
     proto = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        array = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(np.float32)
+        array = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(dtype)
         proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
     for name, array in (arrays or {}).items():
         proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
@@ -69,7 +70,9 @@ def small_cnn(seed: int = 0) -> ir.Model:
 def random_inputs(
     model: ir.Model | onnx.ModelProto, count: int, seed: int = 1, batch: int = 1
 ) -> list[dict[str, np.ndarray]]:
-    """``count`` input dicts of standard-normal float32 data, symbolic dims set to ``batch``."""
+    """``count`` input dicts of standard-normal data, symbolic dims set to ``batch``: of the
+    input's type where it is float16, else float32 (a bool or integer input is the caller's to
+    fill)."""
     graph = model.graph
     inputs = graph.input if isinstance(model, onnx.ModelProto) else graph.inputs
     rng = np.random.default_rng(seed)
@@ -82,11 +85,13 @@ def random_inputs(
                     d.dim_value if d.HasField("dim_value") else batch
                     for d in value.type.tensor_type.shape.dim
                 ]
-                name = value.name
+                half = value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
             else:
                 dims = [d if isinstance(d, int) else batch for d in value.shape]
-                name = value.name
-            sample[name] = rng.standard_normal(dims).astype(np.float32)
+                half = value.dtype == ir.DataType.FLOAT16
+            sample[value.name] = rng.standard_normal(dims).astype(
+                np.float16 if half else np.float32
+            )
         samples.append(sample)
     return samples
 

@@ -364,9 +364,10 @@ def _gather(g: _Graph, preserve: bool) -> _Value | None:
     d = g.maker.draw
     axis = d(st.integers(1, x.rank - 1))
     picked = d(st.lists(st.integers(0, x.shape[axis] - 1), min_size=1, max_size=4))
-    shape = (*x.shape[:axis], len(picked), *x.shape[axis + 1 :])
     g.maker.summary.append(f"Gather axis={axis}")
-    return g.node("Gather", [x.name, g.ints(picked)], shape, axis=axis)
+    return g.node(
+        "Gather", [x.name, g.ints(picked)], _resized(x.shape, axis, len(picked)), axis=axis
+    )
 
 
 def _recurrent(g: _Graph, preserve: bool) -> _Value | None:
@@ -495,15 +496,28 @@ def _axes(g: _Graph, name: str, values: list[int], since: int) -> tuple[list[str
     return [], {name: values}
 
 
-def _split(g: _Graph, preserve: bool) -> _Value | None:
-    """Split along a non-batch axis into two parts, both in the pool."""
+def _resized(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:
+    return (*shape[:axis], size, *shape[axis + 1 :])
+
+
+def _cut_axis(g: _Graph, preserve: bool) -> tuple[_Value, int] | None:
+    """A float value with a non-batch axis of two or more, and that axis: where Split and Slice
+    cut (never where the chain must keep its shape)."""
     if preserve:
         return None
     x = g.pick(lambda v: _float()(v) and v.rank >= 2 and max(v.shape[1:]) >= 2)
     if x is None:
         return None
+    return x, g.maker.draw(st.sampled_from([a for a in range(1, x.rank) if x.shape[a] >= 2]))
+
+
+def _split(g: _Graph, preserve: bool) -> _Value | None:
+    """Split along a non-batch axis into two parts, both in the pool."""
+    cut = _cut_axis(g, preserve)
+    if cut is None:
+        return None
+    x, axis = cut
     d = g.maker.draw
-    axis = d(st.sampled_from([a for a in range(1, x.rank) if x.shape[a] >= 2]))
     first = d(st.integers(1, x.shape[axis] - 1))
     parts = [first, x.shape[axis] - first]
     extra, attrs = _axes(g, "split", parts, since=13)
@@ -514,30 +528,25 @@ def _split(g: _Graph, preserve: bool) -> _Value | None:
         )
     )
     g.maker.summary.append(f"Split axis={axis} {parts}")
-    values = []
-    for output, size in zip(outputs, parts, strict=True):
-        shape = list(x.shape)
-        shape[axis] = size
-        values.append(_Value(output, tuple(shape)))
+    values = [
+        _Value(output, _resized(x.shape, axis, size))
+        for output, size in zip(outputs, parts, strict=True)
+    ]
     g.pool += values
     return values[d(st.integers(0, 1))]
 
 
 def _slice(g: _Graph, preserve: bool) -> _Value | None:
-    if preserve:
+    cut = _cut_axis(g, preserve)
+    if cut is None:
         return None
-    x = g.pick(lambda v: _float()(v) and v.rank >= 2 and max(v.shape[1:]) >= 2)
-    if x is None:
-        return None
+    x, axis = cut
     d = g.maker.draw
-    axis = d(st.sampled_from([a for a in range(1, x.rank) if x.shape[a] >= 2]))
     start = d(st.integers(0, x.shape[axis] - 2))
     end = d(st.integers(start + 1, x.shape[axis]))
-    shape = list(x.shape)
-    shape[axis] = end - start
     g.maker.summary.append(f"Slice axis={axis} {start}:{end}")
     inputs = [x.name, g.ints([start]), g.ints([end]), g.ints([axis])]
-    return g.node("Slice", inputs, tuple(shape))
+    return g.node("Slice", inputs, _resized(x.shape, axis, end - start))
 
 
 def _unsqueeze(g: _Graph, preserve: bool) -> _Value | None:

@@ -1,4 +1,4 @@
-"""Models whose float tensors are float16 or bfloat16 compile (passes/lib/widen.py).
+"""Models whose float tensors are float16 compile (passes/lib/widen.py).
 
 Quantized layers compute in float32 between Casts: the emitted model passes the checker, runs in
 onnxruntime with onnxruntime's integer kernels fused, keeps its float16 interface, and the
@@ -7,12 +7,11 @@ evaluator computes what onnxruntime computes.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from models import run_ort
+from models import build, random_inputs, run_ort
 
 import mpqc
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
@@ -51,24 +50,9 @@ mlp ({t}[N,64] x) => ({t}[N,8] y) {{
 """
 _MLP_WEIGHTS = {"w1": (64, 64), "w2": (64, 8), "b2": (8,)}
 
-_TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
-
-def _model(text: str, weights: dict[str, tuple[int, ...]], dtype: str) -> onnx.ModelProto:
-    proto = onnx.parser.parse_model(text.format(t=dtype))
-    rng = np.random.default_rng(0)
-    for name, shape in weights.items():
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        array = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(np.float16)
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def _samples(proto: onnx.ModelProto, count: int = 10) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(1)
-    dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    return [{"x": rng.standard_normal(dims).astype(np.float16)} for _ in range(count)]
+def _model(text: str, weights: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    return build(text.format(t="float16"), weights, dtype=np.float16)
 
 
 def _optimized_ops(model: ir.Model, tmp_path) -> list[str]:
@@ -86,8 +70,8 @@ def _sqnr(reference: np.ndarray, got: np.ndarray) -> float:
 
 
 def test_float16_cnn_lowers_at_w8a8_with_integer_kernels(tmp_path) -> None:
-    proto = _model(HALF_CNN, _WEIGHTS, "float16")
-    samples = _samples(proto)
+    proto = _model(HALF_CNN, _WEIGHTS)
+    samples = random_inputs(proto, 10)
     context = CompileContext(calibration=CalibrationData(tuple(samples)))
     model = ir.from_proto(proto)
     PassManager(build_pipeline("canonicalize,calibrate,lower-qdq{uniform=w8a8}", context))(model)
@@ -107,8 +91,8 @@ def test_float16_cnn_lowers_at_w8a8_with_integer_kernels(tmp_path) -> None:
 
 
 def test_evaluator_computes_what_the_lowered_float16_model_computes() -> None:
-    proto = _model(HALF_CNN, _WEIGHTS, "float16")
-    samples = _samples(proto)
+    proto = _model(HALF_CNN, _WEIGHTS)
+    samples = random_inputs(proto, 10)
     context = CompileContext(calibration=CalibrationData(tuple(samples)))
     model = ir.from_proto(proto)
     PassManager(build_pipeline("canonicalize,calibrate", context))(model)
@@ -123,16 +107,16 @@ def test_evaluator_computes_what_the_lowered_float16_model_computes() -> None:
 
 
 def test_default_pipeline_compiles_a_float16_model() -> None:
-    proto = _model(HALF_CNN, _WEIGHTS, "float16")
+    proto = _model(HALF_CNN, _WEIGHTS)
     result = mpqc.compile(
-        proto, mpqc.CompileOptions(hw="x86_avx512_vnni", calibration=_samples(proto, 12))
+        proto, mpqc.CompileOptions(hw="x86_avx512_vnni", calibration=random_inputs(proto, 12))
     )
     onnx.checker.check_model(result.model, full_check=True)
     assert result.model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
 
 def test_float16_matmuls_lower_without_data_and_to_matmul_nbits() -> None:
-    proto = _model(HALF_MLP, _MLP_WEIGHTS, "float16")
+    proto = _model(HALF_MLP, _MLP_WEIGHTS)
     for options in (
         mpqc.CompileOptions(uniform="w8a8"),
         mpqc.CompileOptions(uniform="w4a8", weight_only=True),
