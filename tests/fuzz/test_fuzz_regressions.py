@@ -3,6 +3,8 @@ the fuzzer's own property (``fuzz_property.compile_or_refuse``)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -171,3 +173,96 @@ def test_a_float16_island_holding_a_layer(options) -> None:
     weight = np.random.default_rng(0).normal(0.0, 0.7, (4, 3)).astype(np.float16)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
     assert compile_or_refuse(_fuzz_model(proto), options, tolerance=0.5) == "compiled"
+
+
+CANCELLING = """
+<ir_version: 9, opset_import: ["" : 20]>
+cancelling (int64[N,1] ids) => (float[N,1,1] y) {
+  g = Gather (table, ids)
+  m = MatMul (g, w6)
+  y = MatMul (m, w9)
+}
+"""
+_CANCELLING_WEIGHTS = {
+    "table": np.array([[0.34558418], [0.82161814], [0.33043706]], np.float32),
+    "w6": np.array(
+        [
+            [
+                -0.511,
+                0.355,
+                0.175,
+                -0.211,
+                0.228,
+                0.143,
+                0.115,
+                0.011,
+                0.214,
+                -0.289,
+                -0.064,
+                -0.189,
+                0.235,
+            ]
+        ],
+        np.float32,
+    ),  # fmt: skip
+    "w9": np.array(
+        [
+            [0.056],
+            [-0.414],
+            [-1.106],
+            [-0.364],
+            [0.012],
+            [-0.390],
+            [1.830],
+            [1.424],
+            [-3.834],
+            [-2.671],
+            [-0.247],
+            [-0.597],
+            [0.302],
+        ],
+        np.float32,
+    ),  # fmt: skip
+}
+
+
+def test_an_output_that_cancels_is_held_to_onnxruntimes_quantizer() -> None:
+    """w6 · w9 is 0.03 where its terms' magnitudes add to 2.5: the output is 80 times smaller than
+    what is rounded on the way, and eight bits of rounding gave a relative error of 0.42 (the
+    property's bound is 0.15). No mistake of mpqc's: onnxruntime's quantizer does no better,
+    which the property now measures against."""
+    proto = build(CANCELLING, {}, arrays=_CANCELLING_WEIGHTS)
+    model = _fuzz_model(proto)
+    assert compile_or_refuse(model, W8A8, tolerance=0.15) == "compiled"
+
+
+EMBEDDING_OF_FIVE = """
+<ir_version: 8, opset_import: ["" : 17]>
+embedding_of_five (float[N,1,7] x, int64[N,1] ids) => (float[N,7] squeezed, float[N,1,4] y) {
+  axes = Constant <value = int64[1] {1}> ()
+  squeezed = Squeeze (x, axes)
+  rows = Gather (table, ids)
+  picks = Constant <value = int64[4] {0, 0, 0, 4}> ()
+  y = Gather <axis = 2> (rows, picks)
+}
+"""
+_TABLE = [
+    [0.567, -0.511, -1.535, -1.574, -0.291],
+    [-0.590, 0.855, 0.267, 1.373, 0.229],
+    [0.719, 0.122, -0.304, 0.022, -1.297],
+    [0.007, 0.873, 0.409, -1.206, -0.613],
+    [-0.700, -0.074, -0.398, 0.454, -0.171],
+    [-1.422, -0.750, -0.881, 0.229, -1.782],
+]
+
+
+def test_a_table_the_size_budget_takes_to_two_bits() -> None:
+    """A 6x5 table whose per-row scales weigh as much as its values: only 2-bit weights meet
+    half the model's size, and {-s, 0, s} rounded rows of small values to zero (a relative error
+    of 0.59 against the property's 0.5, which assumed 4 bits at least)."""
+    proto = build(EMBEDDING_OF_FIVE, {}, arrays={"table": np.array(_TABLE, np.float32)})
+    model = _fuzz_model(proto)
+    options = mpqc.CompileOptions(max_size="0.5x")
+    assert compile_or_refuse(model, options, tolerance=0.5) == "compiled"
+    result = mpqc.compile(proto, dataclasses.replace(options, calibration=model.samples(10, 1)))
+    assert [row.chosen for row in result.explanation.rows] == ["w2a8"]
