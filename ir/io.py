@@ -26,17 +26,20 @@ import os
 import pathlib
 import shutil
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from mpqc.core.errors import MpqcError
 from mpqc.ir.scratch import scratch_folder
 
 __all__ = [
     "EXTERNAL_FILES",
+    "IR_INITIALIZERS_APART",
     "ModelError",
     "ModelLike",
     "as_kind",
@@ -63,9 +66,13 @@ _ON_DISK_ABOVE = 256 * 2**20
 #: Where each tensor starts in a data file mpqc writes: onnxruntime maps external data only at
 #: offsets aligned to pages.
 _ALIGN = 4096
+#: The first IR version in which an initializer need not also be a graph input.
+IR_INITIALIZERS_APART = 4
 #: ``model.meta`` key (no ``mpqc.`` prefix: not an annotation): the external data files a model
 #: loaded from a path read, inputs as much as the model file (no output may be written over one).
 EXTERNAL_FILES = "external_data_files"
+#: ``model.meta`` key: the ``_Spill`` holding a big model's tensors that its file held inline.
+_SPILL = "spilled_tensors"
 
 
 class ModelError(MpqcError):
@@ -116,13 +123,21 @@ def as_kind(model: ir.Model, like: ModelLike) -> ModelLike:
 
 
 def tensor_bytes(model: ir.Model) -> int:
-    """Bytes of all constant tensors (initializers, subgraph initializers) of ``model``."""
+    """Bytes of all constant tensors of ``model``: initializers and ``Constant`` nodes' tensors,
+    inside If/Loop/Scan bodies too."""
     total = 0
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 total += value.const_value.nbytes
+        for node in graph:
+            if _is_constant(node) and (held := node.attributes.get("value")) is not None:
+                total += held.as_tensor().nbytes
     return total
+
+
+def _is_constant(node: ir.Node) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def file_bytes(path: str | os.PathLike) -> int:
@@ -174,24 +189,47 @@ def check(proto: onnx.ModelProto) -> None:
     Its external tensors are checked as the typed graph inputs they stand for: a serialized graph's
     reference to a data file does not resolve (the checker looks for it from the working
     directory), and ``load`` checked their data. What the checker sees of a big tensor is its type
-    and shape, which an input declares as well."""
-    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        inputs = {value.name for value in proto.graph.input}
+    and shape, which an input declares as well. A tensor of an If/Loop/Scan body becomes an input
+    of the main graph, which the body reads from the enclosing scope (names are unique across a
+    model's graphs)."""
+    if any(_external_initializers(proto.graph)):
         checked = onnx.ModelProto()
         checked.CopyFrom(proto)
-        kept = [
-            t for t in checked.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
-        ]
-        del checked.graph.initializer[:]
-        checked.graph.initializer.extend(kept)
+        inputs = {value.name for value in checked.graph.input}
         checked.graph.input.extend(
             onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-            for t in external
+            for t in _take_external_initializers(checked.graph)
             if t.name not in inputs
         )
         proto = checked
     onnx.checker.check_model(proto, full_check=True)
+
+
+def _bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every If/Loop/Scan body in it, nested ones included."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _bodies(body)
+
+
+def _external_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for body in _bodies(graph):
+        for tensor in body.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                yield tensor
+
+
+def _take_external_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Remove the external initializers of ``graph`` and its bodies; the removed ones."""
+    taken = []
+    for body in _bodies(graph):
+        kept = [t for t in body.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+        taken += [t for t in body.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        del body.initializer[:]
+        body.initializer.extend(kept)
+    return taken
 
 
 def fits_in_protobuf(model: ir.Model) -> bool:
@@ -305,7 +343,9 @@ class StreamedTensor(ir.ExternalTensor):
 
 class _Spill:
     """A temporary data file holding a big model's tensors that its file held inline; removed with
-    the last tensor that refers to it."""
+    the model and the last tensor that refer to it (the model holds it in ``meta``: a
+    compilation's float reference, serialized by reference to the file, needs it after lowering
+    replaced the model's float tensors)."""
 
     def __init__(self) -> None:
         self.folder = scratch_folder("weights")
@@ -336,9 +376,16 @@ class _Spill:
 def _keep_on_disk(model: ir.Model) -> None:
     """Leave a big model's tensors on disk (``_on_disk``), read on demand (``StreamedTensor``): its
     external tensors where they are, and, when its file held them all inline, each at least
-    ``_EXTERNAL_THRESHOLD`` bytes moved to a temporary data file (``_Spill``)."""
+    ``_EXTERNAL_THRESHOLD`` bytes moved to a temporary data file (``_Spill``).
+
+    ``Constant`` nodes become initializers first, as ``canonicalize`` makes them: exporters put
+    whole weights in them, inside If/Loop/Scan bodies too, and a node's attribute can only hold
+    its tensor in memory (onnx_ir loads and saves initializers only as external data). An IR 3
+    model keeps them: its initializers must be graph inputs, which a body's cannot be."""
     if not _on_disk(model):
         return
+    if model.ir_version >= IR_INITIALIZERS_APART:
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     values = [
         value
         for graph in (model.graph, *model.graph.subgraphs())
@@ -347,7 +394,7 @@ def _keep_on_disk(model: ir.Model) -> None:
     ]
     spill = None
     if not any(isinstance(value.const_value, ir.ExternalTensor) for value in values):
-        spill = _Spill()
+        spill = model.meta[_SPILL] = _Spill()
     for value in values:
         tensor = value.const_value
         assert tensor is not None

@@ -17,13 +17,11 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
+from mpqc.ir.io import IR_INITIALIZERS_APART
 from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.lib.declared_shapes import replace_contradicted_shapes
 
 __all__ = ["ORT_MIN_OPSET", "allow_initializers_apart", "ensure_opset"]
-
-#: The first IR version in which an initializer need not also be a graph input.
-IR_INITIALIZERS_APART = 4
 
 #: The oldest ai.onnx opset onnxruntime has kernels for (Add-6, with its broadcast attribute, has
 #: none): ``canonicalize`` upgrades older models to it.

@@ -8,10 +8,12 @@ import os
 import pathlib
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
-from models import small_cnn
+from models import control_flow, random_inputs, small_cnn
 
+import mpqc
 from mpqc import ir as mir
 from mpqc.ir.io import StreamedTensor
 
@@ -56,3 +58,51 @@ def test_small_models_and_the_callers_own_stay_in_memory(
     monkeypatch.setattr("mpqc.ir.io._ON_DISK_ABOVE", 1000)
     own = small_cnn()
     assert mir.load(own) is own and mir.io.external_folder(own) is None
+
+
+def _weights_in_body_constants() -> onnx.ModelProto:
+    """``models.control_flow`` with each body's weight in a ``Constant`` node of that body (as
+    exporters write them) instead of an initializer of the main graph."""
+    proto = ir.to_proto(control_flow())
+    weights = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        for attribute in node.attribute:
+            if not attribute.HasField("g"):
+                continue
+            body = attribute.g
+            read = {name for n in body.node for name in n.input} & {"wt", "we", "wl", "ws"}
+            for name in sorted(read):
+                body.node.insert(
+                    0, onnx.helper.make_node("Constant", [], [name], value=weights[name])
+                )
+                proto.graph.initializer.remove(weights[name])
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def test_weights_in_body_constants_stay_on_disk_and_compile_alike(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save(_weights_in_body_constants(), path)
+    samples = random_inputs(onnx.load(path), 4)
+    for i, sample in enumerate(samples):
+        sample["go"] = np.array(i % 2 == 0)  # both branches run
+    options = mpqc.CompileOptions(hw="generic", calibration=samples, uniform="w8a8")
+    in_memory = mpqc.compile(str(path), options).model
+
+    monkeypatch.setattr("mpqc.ir.io._ON_DISK_ABOVE", 1000)
+    model = mir.load(path)
+    bodies = {graph.name: graph for graph in model.graph.subgraphs()}
+    streamed = {
+        (graph, name)
+        for graph, body in bodies.items()
+        for name, value in body.initializers.items()
+        if isinstance(value.const_value, StreamedTensor)
+    }
+    # The If branches' Conv weights (864 bytes) are under 1 kB: initializers too, but inline.
+    assert streamed == {("step", "wl"), ("scan_step", "ws")}
+    assert not any(node.op_type == "Constant" for body in bodies.values() for node in body)
+
+    on_disk = mpqc.compile(str(path), options).model
+    assert mpqc.ir.dump(on_disk) == mpqc.ir.dump(in_memory)
