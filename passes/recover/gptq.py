@@ -93,30 +93,22 @@ def gptq_levels(
     ``hessian`` is ``Σ x xᵀ`` per group (groups, cols, cols); ``damping`` is added to its diagonal
     as a fraction of the mean diagonal. Elements in ``pins`` (``peak_pins``) are set to ``±qmax``
     with their sign (module docstring).
+
+    Memory: a wide layer's matrices are each as big as a small model (8192 x 8192 in float64 is
+    512 MiB), so no more of them live at once than the algorithm needs: the Hessian's inverse factor
+    is made before the reordered weight, a per-channel scale (constant along the columns) stays a
+    broadcast view, and the pinned levels are looked up per column.
     """
     groups, rows, cols = weight.shape
-    h = np.array(hessian, dtype=np.float64)
-    diagonal = np.diagonal(h, axis1=1, axis2=2)
-    dead = diagonal <= 0  # inputs that were always zero: nothing to trade against, round plainly
-    g_idx, c_idx = np.nonzero(dead)
-    h[g_idx, c_idx, c_idx] = 1.0
-    diagonal = np.diagonal(h, axis1=1, axis2=2)
-    order = (
-        np.argsort(-diagonal, axis=1, kind="stable")
-        if act_order
-        else np.broadcast_to(np.arange(cols), (groups, cols))
-    )
+    order, upper = _ordered_inverse_factor(hessian, damping, act_order)
 
     def reordered(array: np.ndarray) -> np.ndarray:
         return np.take_along_axis(np.broadcast_to(array, weight.shape), order[:, None, :], axis=2)
 
     w = reordered(np.asarray(weight, np.float64))
-    s = reordered(np.asarray(scales, np.float64))
-    pinned_level = reordered(np.where(pins, np.sign(weight) * qmax, np.nan))
-    h = np.take_along_axis(
-        np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2
-    )
-    upper = _inverse_cholesky(h, damping)
+    scales = np.broadcast_to(np.asarray(scales, np.float64), weight.shape)
+    s = scales if scales.strides[2] == 0 else reordered(scales)
+    pinned, negative = reordered(pins), reordered(weight < 0)
 
     levels = np.zeros_like(w)
     for start in range(0, cols, block):
@@ -125,28 +117,54 @@ def gptq_levels(
         for i in range(start, stop):
             column = w[:, :, i]
             q = np.clip(np.rint(column / s[:, :, i]), -qmax, qmax)
-            q = np.where(np.isnan(pinned_level[:, :, i]), q, pinned_level[:, :, i])
+            q = np.where(pinned[:, :, i], np.where(negative[:, :, i], -qmax, qmax), q)
             levels[:, :, i] = q
             error = (column - q * s[:, :, i]) / upper[:, i, i][:, None]
             w[:, :, i:stop] -= error[:, :, None] * upper[:, None, i, i:stop]
             errors[:, :, i - start] = error
         if stop < cols:
             w[:, :, stop:] -= errors @ upper[:, start:stop, stop:]
+    del w, upper
     inverse = np.argsort(order, axis=1)
     return np.take_along_axis(levels, inverse[:, None, :], axis=2)
 
 
+def _ordered_inverse_factor(
+    hessian: np.ndarray, damping: float, act_order: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The column order (by decreasing ``diag(H)`` with ``act_order``, per group) and the upper
+    Cholesky factor of the reordered ``(H + λI)⁻¹``. Inputs that were always zero get a diagonal
+    of 1: nothing to trade against, they round plainly."""
+    groups, cols, _ = hessian.shape
+    h = np.array(hessian, dtype=np.float64)
+    g_idx, c_idx = np.nonzero(np.diagonal(h, axis1=1, axis2=2) <= 0)
+    h[g_idx, c_idx, c_idx] = 1.0
+    order = (
+        np.argsort(-np.diagonal(h, axis1=1, axis2=2), axis=1, kind="stable")
+        if act_order
+        else np.broadcast_to(np.arange(cols), (groups, cols))
+    )
+    h = np.take_along_axis(h, order[:, :, None], axis=1)
+    h = np.take_along_axis(h, order[:, None, :], axis=2)
+    return order, _inverse_cholesky(h, damping)
+
+
 def _inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
-    """Upper Cholesky factor of ``(H + λI)⁻¹`` per group, raising λ until H is positive definite."""
+    """Upper Cholesky factor of ``(H + λI)⁻¹`` per group, raising λ until H is positive definite.
+    Each intermediate is let go as soon as the next is made (see ``gptq_levels`` on memory)."""
     cols = h.shape[-1]
-    mean = np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
-    eye = np.eye(cols)
+    mean = np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None]
+    diagonal = np.arange(cols)
     for attempt in range(6):
-        damped = h + (damping * 10**attempt) * mean * eye
+        damped = h.copy()
+        damped[:, diagonal, diagonal] += (damping * 10**attempt) * mean
         try:
             lower = np.linalg.cholesky(damped)
+            del damped
             inverse_lower = np.linalg.inv(lower)
+            del lower
             inverse = np.swapaxes(inverse_lower, 1, 2) @ inverse_lower
+            del inverse_lower
             return np.swapaxes(np.linalg.cholesky(inverse), 1, 2)
         except np.linalg.LinAlgError:
             continue
@@ -159,6 +177,14 @@ def output_error(weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarra
     """``tr((W − Q) H (W − Q)ᵀ) / tr(W H Wᵀ)``: the layer's output error relative to its output
     energy."""
     delta = np.asarray(weight, np.float64) - dequantized
-    noise = float(np.sum((delta @ hessian) * delta))
-    signal = float(np.sum((np.asarray(weight, np.float64) @ hessian) * weight))
+    noise = _energy(delta, hessian)
+    del delta
+    signal = _energy(np.asarray(weight, np.float64), hessian)
     return noise / signal if signal > 0 else noise
+
+
+def _energy(matrix: np.ndarray, hessian: np.ndarray) -> float:
+    """``tr(M H Mᵀ)``, with one temporary as big as ``M``."""
+    product = matrix @ hessian
+    product *= matrix
+    return float(np.sum(product))

@@ -363,12 +363,14 @@ def recover_layer(
         levels = round_levels(matrix, scales, qmax)
     plain = view.matrix(fake_quant_weight(weight, bits, axis, block, along)).astype(np.float64)
     plain_error = output_error(matrix, plain, seen.hessian)
+    del plain  # a wide layer's matrices are big: each goes once used (``gptq_levels``)
     stored_scales = (
         view.weight_from(scales[:, :, ::block]) if block else scales[:, :, 0].reshape(-1)
     )
     recovered = on_grid(
         view.weight_from(levels).astype(np.int64), stored_scales, bits, axis, block, along
     )
+    del levels
     if (
         recovered is None
     ):  # no float32 scale reproduces itself (exact.py): keep the weight, lower-qdq rounds it
