@@ -32,7 +32,7 @@ __all__ = ["NAMES", "cache_path", "profiled"]
 NAMES = ("auto", "native")
 
 #: Bumped when what a profile measures or how it is fitted changes, so old caches are not reused.
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 
 
 def cache_dir() -> Path:

@@ -341,3 +341,30 @@ def test_a_graph_input_the_model_does_not_use_compiles_with_calibration_data() -
     )
     assert result.report["verify"]["checker"] == "ok"
     assert [value.name for value in result.ir_model.graph.inputs] == ["image", "rate"]
+
+
+# A bidirectional LSTM feeding a Gemm: its dynamic form (DynamicQuantizeLSTM) runs in the
+# evaluator itself, beside the float LSTM.
+RECURRENT = """
+<ir_version: 10, opset_import: ["" : 17]>
+recurrent (float[6,1,8] x) => (float[6,2,1,5] y) {
+  h = LSTM <hidden_size=12, direction="bidirectional"> (x, w, r, b)
+  y = MatMul(h, head)
+}
+"""
+
+
+def test_the_dynamic_lstm_switch_runs_on_suffixes_and_the_whole_graph_alike() -> None:
+    """One-layer configurations at w8adyn (the LSTM's DynamicQuantizeLSTM, the MatMul's dynamic
+    range) give the whole graph's numbers on the layer's suffix, and the kernel's numbers differ
+    from the static w8a8 LSTM's and from float."""
+    proto = build(RECURRENT, {"w": (2, 48, 8), "r": (2, 48, 12), "b": (2, 96), "head": (12, 5)})
+    samples = random_inputs(proto, 3)
+    model = _prepared(ir.from_proto(proto), samples)
+    evaluator = Evaluator(model, samples, wbits=(8,))
+    lstm, head = evaluator.layers
+    dynamic = (8, 8, True)
+    configs = [{lstm: dynamic}, {head: dynamic}, {lstm: (8, 8)}, {lstm: dynamic, head: dynamic}]
+    errors = evaluator.errors(configs)
+    assert errors == pytest.approx([evaluator.error(c) for c in configs], rel=1e-3, abs=1e-12)
+    assert errors[0] > 0 and errors[0] != pytest.approx(errors[2])
