@@ -37,7 +37,7 @@ def test_kept_reason_compares_damage_per_byte_with_the_costliest_drop_taken() ->
     assert a["reason"] is None and a["chosen"] == "w4a8" and a["kind"] is None
     assert b["reason"] == (
         "kept: w4a8 would add +9 damage to save 2 kB (4.5/kB, above the costliest drop taken, "
-        "2/kB); the budget was met without it"
+        "2/kB); it would also run 1 ms slower; the budget was met without it"
     )
     assert b["kind"] == "kept by the search"
     assert c["reason"].startswith("spec has no cheaper pair for this layer (candidates: w8a8)")
