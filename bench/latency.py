@@ -2,8 +2,9 @@
 
 For each model (the embedded digits CNN, ``light_*`` architectures, real models from
 ``bench.models``) a set of configurations is lowered with mpqc — float, uniform w8a8 / w4a8 /
-w8a16 / w2a8, seeded random per-layer mixes, and what the ILP search picks under size and latency
-budgets — and each one is
+w8a16 / w2a8, w8adyn where layers have the dynamic form (DynamicQuantizeMatMul,
+DynamicQuantizeLSTM), seeded random per-layer mixes, and what the ILP search picks under size and
+latency budgets — and each one is
 
 * *predicted*: the cost pass's total, ``mpqc.cost.total.fixed.latency_s`` plus the chosen entry's
   ``latency_s`` of every layer (exactly the sum the search minimizes), for the bundled spec of this
@@ -41,7 +42,7 @@ from scipy.stats import spearmanr
 
 from mpqc import hwspecs
 from mpqc import ir as mir
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.hwspecs.kernels import measure_models
 from mpqc.ir import annotations
 from mpqc.passes import CompileContext, load_calibration
@@ -61,6 +62,8 @@ UNIFORM: dict[str, Pair] = {
     "w8a16": (8, 16),
     "w2a8": (2, 8),
 }
+#: A dynamic range on the layers that have one (``w8adyn``).
+DYNAMIC = Bits(8, 8, True)
 #: What a random mix draws from, per layer.
 MIX_CHOICES: tuple[Pair, ...] = (FLOAT, (8, 8), (4, 8), (8, 16))
 #: Budgets the ILP search is run under (objective, budget): the configurations a user would get.
@@ -192,6 +195,20 @@ def configurations(
     budget (a budget no configuration meets is logged and skipped)."""
     names = layer_names(analysed)
     configs = [Config(name, {layer: pair for layer in names}) for name, pair in UNIFORM.items()]
+    tables = {
+        layer.name: annotations.COST.get(layer.node)
+        for layer in mir.quantizable_layers(analysed.graph)
+        if layer.name in names
+    }
+    if any(str(DYNAMIC) in table for table in tables.values()):
+        # what --uniform w8adyn lowers: the dynamic form (DynamicQuantizeMatMul/-LSTM) where a
+        # layer has one, w8a8 elsewhere
+        configs.append(
+            Config(
+                str(DYNAMIC),
+                {name: DYNAMIC if str(DYNAMIC) in tables[name] else (8, 8) for name in names},
+            )
+        )
     rng = np.random.default_rng([seed, sum(map(ord, case.name))])
     for index in range(mixes):
         draws = rng.integers(0, len(MIX_CHOICES), len(names))
