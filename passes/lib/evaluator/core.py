@@ -16,8 +16,9 @@ MatMul with float activations into MatMulNBits at accuracy level 4 (the plan nam
 reference.
 
 One layer at a time (``errors`` on configurations that quantize a single layer, what sensitivity
-analysis asks), the float prefix is not recomputed (``cut.py``); the work goes to an executor or
-local worker processes when it pays (``workers.py``); ``measures.py`` says how far outputs are.
+analysis asks), the float prefix is not recomputed (``sessions.py``, ``cut.py``); the work goes to
+an executor or local worker processes when it pays (``workers.py``); ``measures.py`` says how far
+outputs are.
 """
 
 from __future__ import annotations
@@ -25,23 +26,22 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import helper
 
 from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.lib.evaluator import cut
 from mpqc.passes.lib.evaluator.graph import PREFIX, LayerSites, Site, build
 from mpqc.passes.lib.evaluator.measures import Measure, Outputs, output_error
+from mpqc.passes.lib.evaluator.sessions import Config, Sessions
 from mpqc.passes.lib.evaluator.store import WeightStore
-from mpqc.passes.lib.evaluator.workers import Shipped, in_worker
+from mpqc.passes.lib.evaluator.workers import in_worker
 from mpqc.passes.lib.grid import activation_grid, activation_qparams
 from mpqc.passes.lib.layout import PER_CHANNEL, WeightLayout
 from mpqc.passes.lib.plan import (
@@ -56,14 +56,11 @@ from mpqc.passes.lib.plan import (
 
 __all__ = ["Config", "Evaluator", "batch_first"]
 
-#: Layer name -> (weight bits, activation bits), or ``(w, 8, True)`` for a dynamic range
-#: (``core.Bits``); 32 means float, a missing layer stays float.
-Config = Mapping[str, tuple]
 #: Activation bits a configuration may ask for.
 _ABITS = (*range(2, 17), FLOAT_BITS)
 
 
-class Evaluator(Shipped):
+class Evaluator(Sessions):
     """One session that evaluates any bit configuration of ``model`` on ``samples`` (see the
     module docstring).
 
@@ -167,22 +164,6 @@ class Evaluator(Shipped):
         session = self._get_session()
         return [session.run(self.output_names, {**sample, **controls}) for sample in self.samples]
 
-    @property
-    def reference(self) -> list[Outputs]:
-        """The float model's outputs per sample, computed once: every control fixed at float (no
-        weight stacks, no quantizers), in a session like the suffixes' (``layer_errors``)."""
-        if self._reference is None:
-            start = time.perf_counter()
-            floats = self._store.session(
-                cut.cut(self._proto(), self._float_model(), [], self.output_names), fast=True
-            )
-            self._reference = [
-                floats.run(self.output_names, cut.declared_inputs(floats, sample))
-                for sample in self.samples
-            ]
-            self._reference_seconds = time.perf_counter() - start
-        return self._reference
-
     def error(self, config: Config, measure: Measure = "mse") -> float:
         """How far ``config``'s outputs are from float (see ``output_error``)."""
         return output_error(self.reference, self.run(config), measure)
@@ -252,78 +233,6 @@ class Evaluator(Shipped):
             results[i] = error
         return results
 
-    def layer_errors(
-        self, task: Sequence[tuple[str, Sequence[Config]]], measure: Measure = "mse"
-    ) -> list[list[float]]:
-        """Per (layer, configurations quantizing only that layer): each configuration's error.
-
-        The float model runs once over the samples, keeping the values every listed layer's suffix
-        reads (the layer's input and whatever else crosses the cut); then each layer's suffix — the
-        nodes downstream of its controls, with every other layer fixed at float and its quantizers
-        removed — gets one session and runs each configuration. The numbers are those of ``run``
-        to float rounding: the same nodes compute on the same values, the unchanged prefix is not
-        recomputed, and the prefix and suffix sessions, which hold no Q/DQ pair and are read only
-        at their outputs, run with every graph optimization (``runtime.session(fast=True)``).
-        """
-        float_controls = self._float_controls()
-        proto = self._proto()
-        suffixes: dict[str, onnx.ModelProto] = {}
-        boundaries: dict[str, list[str]] = {}
-        for name, _ in task:
-            own = f"{PREFIX}.{self._sites[name].index}."
-            fixed = cut.fix_controls(
-                proto,
-                {k: v for k, v in float_controls.items() if not k.startswith(own)},
-                self._slices,
-            )
-            boundaries[name] = cut.suffix_boundary(proto, fixed, own)
-            suffixes[name] = cut.cut(proto, fixed, boundaries[name], self.output_names)
-        wanted = sorted(
-            {b for boundary in boundaries.values() for b in boundary} - set(self.samples[0])
-        )
-        self.reference  # noqa: B018 - computed before the whole graph's session is let go
-        self._session = None  # its pages are not needed while the suffixes run
-        prefix = (
-            self._store.session(cut.cut(proto, self._float_model(), [], wanted), fast=True)
-            if wanted
-            else None
-        )
-        values = [
-            {
-                **sample,
-                **dict(
-                    zip(
-                        wanted, prefix.run(wanted, cut.declared_inputs(prefix, sample)), strict=True
-                    )
-                ),
-            }
-            if prefix
-            else dict(sample)
-            for sample in self.samples
-        ]
-        del prefix
-        results = []
-        for name, configs in task:
-            boundary, suffix_proto = boundaries[name], suffixes.pop(name)
-            for value in suffix_proto.graph.input:
-                if value.name in boundary:
-                    value.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(
-                        np.asarray(values[0][value.name]).dtype
-                    )
-            inputs = {value.name for value in suffix_proto.graph.input}
-            suffix = self._store.session(suffix_proto, fast=True)
-            errors = []
-            for config in configs:
-                controls = {k: v for k, v in self._controls(config).items() if k in inputs}
-                outputs = [
-                    suffix.run(self.output_names, {**{b: v[b] for b in boundary}, **controls})
-                    for v in values
-                ]
-                errors.append(output_error(self.reference, outputs, measure))
-            results.append(errors)
-            del suffix  # before the next one is made: each holds its downstream weights, prepacked
-        return results
-
     def set_ranges(self, ranges: Mapping[str, tuple[float, float]]) -> None:
         """Quantize each named tensor on the given clip range (lo, hi) instead of its calibrated
         one, until the next call; ``{}`` restores the calibrated ranges.
@@ -366,23 +275,29 @@ class Evaluator(Shipped):
             )
         return plan
 
-    def _controls(self, config: Config) -> dict[str, np.ndarray]:
-        """The control inputs that make the fake-quant graph compute ``config``'s lowering plan."""
+    def _controls(
+        self, config: Config, layers: Collection[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The control inputs that make the fake-quant graph compute ``config``'s lowering plan:
+        those of ``layers`` (default: every layer), and of the layers feeding them, whose output
+        quantizers' scales their int32 biases read."""
         unknown = sorted(set(config) - set(self._sites))
         if unknown:
             raise KeyError(
                 f"no quantizable layer named {', '.join(map(repr, unknown))} "
                 f"(layers: {', '.join(self.layers)})"
             )
+        wanted = list(self._sites) if layers is None else list(layers)
+        upstream = [self._sites[name].upstream for name in wanted]
+        named = dict.fromkeys(wanted + [self.layers[i] for i in upstream if i is not None])
         feeds: dict[str, np.ndarray] = {}
         plans = {
-            name: self._plan(name, config.get(name, (FLOAT_BITS, FLOAT_BITS)))
-            for name in self._sites
+            name: self._plan(name, config.get(name, (FLOAT_BITS, FLOAT_BITS))) for name in named
         }
         input_scale: dict[int, np.float32 | None] = {}
         output_scale: dict[int, np.float32 | None] = {}
-        for name, sites in self._sites.items():
-            plan = plans[name]
+        for name in named:
+            sites, plan = self._sites[name], plans[name]
             feeds[f"{PREFIX}.{sites.index}.w"] = np.array(
                 self._weight_choice(sites, plan), np.int64
             )
@@ -401,10 +316,10 @@ class Evaluator(Shipped):
             output_scale[sites.index] = self._site_feeds(
                 feeds, sites.output_site, plan.abits if plan.output_quantizer else FLOAT_BITS
             )
-        for name, sites in self._sites.items():
+        for name in wanted:
+            sites, plan = self._sites[name], plans[name]
             if sites.bias is None:
                 continue
-            plan = plans[name]
             # The plan's int32 bias needs an input that arrives dequantized: its own input
             # quantizer, else the output quantizer of the layer feeding it.
             x_scale = input_scale[sites.index]
@@ -450,28 +365,6 @@ class Evaluator(Shipped):
         feeds[f"{site.prefix}.qmin"] = np.array(qmin, np.float32)
         feeds[f"{site.prefix}.qmax"] = np.array(qmax, np.float32)
         return np.float32(scale) if on and not dynamic else None
-
-    # -- sessions and workers -----------------------------------------------------------------
-
-    def _get_session(self) -> ort.InferenceSession:
-        if self._session is None:
-            self._session = self._store.session(self._proto())
-        return self._session
-
-    def _proto(self) -> onnx.ModelProto:
-        """The fake-quant graph (read back from its file in a worker process)."""
-        if self._parsed is None:
-            self._parsed = onnx.load(self._path("model.onnx"), load_external_data=False)
-        return self._parsed
-
-    def _float_controls(self) -> dict[str, np.ndarray]:
-        return self._controls({})
-
-    def _float_model(self) -> cut.Fixed:
-        """The fake-quant graph with every control fixed at float: the float model."""
-        if self._float is None:
-            self._float = cut.fix_controls(self._proto(), self._float_controls(), self._slices)
-        return self._float
 
 
 def _ranged(site: Site | None, ranges: Mapping[str, tuple[float, float]]) -> Site | None:

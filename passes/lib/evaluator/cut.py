@@ -37,7 +37,8 @@ LAYERS_PER_PREFIX = 8
 @dataclasses.dataclass(frozen=True)
 class Fixed:
     """The fake-quant graph's nodes with some controls fixed (see ``fix_controls``); its
-    initializers stay in the original proto, so fixing controls copies no weights."""
+    initializers stay in the original proto, so fixing controls copies no weights, and so do the
+    nodes it leaves as they were (read only: ``cut`` copies what it keeps)."""
 
     nodes: list[onnx.NodeProto]
     #: Fixed controls (arrays) and the weight entries that replace selections by them (tensors,
@@ -58,33 +59,6 @@ def fix_controls(
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     constants: dict[str, np.ndarray | onnx.TensorProto] = dict(controls)
     alias: dict[str, str] = {}
-    nodes = []
-    for original in proto.graph.node:
-        selector = (
-            controls.get(original.input[1])
-            if original.op_type == "Gather" and len(original.input) == 2
-            else None
-        )
-        condition = controls.get(original.input[0]) if original.op_type == "Where" else None
-        axis = next((a.i for a in original.attribute if a.name == "axis"), 0)
-        if condition is not None and np.asarray(condition).size == 1:
-            alias[original.output[0]] = original.input[1] if bool(condition) else original.input[2]
-        elif (
-            selector is not None
-            and np.asarray(selector).ndim == 0
-            and axis == 0
-            and original.input[0] in initializers
-        ):
-            key = (original.input[0], int(selector))
-            name = f"{key[0]}[{key[1]}]"
-            if key not in slices:
-                slices[key] = entry(initializers[key[0]], key[1], name)
-            constants[name] = slices[key]
-            alias[original.output[0]] = name
-        else:
-            node = onnx.NodeProto()
-            node.CopyFrom(original)
-            nodes.append(node)
 
     def resolve(name: str) -> str:
         while name in alias:
@@ -98,8 +72,35 @@ def fix_controls(
             for inner in body.node:
                 rename(inner)
 
-    for node in nodes:
-        rename(node)
+    nodes = []
+    for original in proto.graph.node:  # in topological order: a value's alias comes before its uses
+        selector = (
+            controls.get(original.input[1])
+            if original.op_type == "Gather" and len(original.input) == 2
+            else None
+        )
+        condition = controls.get(original.input[0]) if original.op_type == "Where" else None
+        if condition is not None and np.asarray(condition).size == 1:
+            alias[original.output[0]] = original.input[1] if bool(condition) else original.input[2]
+        elif (
+            selector is not None
+            and np.asarray(selector).ndim == 0
+            and next((a.i for a in original.attribute if a.name == "axis"), 0) == 0
+            and original.input[0] in initializers
+        ):
+            key = (original.input[0], int(selector))
+            name = f"{key[0]}[{key[1]}]"
+            if key not in slices:
+                slices[key] = entry(initializers[key[0]], key[1], name)
+            constants[name] = slices[key]
+            alias[original.output[0]] = name
+        elif any(name in alias for name in _uses(original)):
+            node = onnx.NodeProto()
+            node.CopyFrom(original)
+            rename(node)
+            nodes.append(node)
+        else:
+            nodes.append(original)  # unchanged: the proto's own node, which nothing modifies
     outputs = {value.name for value in proto.graph.output}
     nodes += [
         helper.make_node("Identity", [resolve(name)], [name]) for name in alias if name in outputs
