@@ -10,9 +10,11 @@ through ten random layers and tight enough that a wrong scale, a dropped bias, a
 or a quantizer on the wrong tensor exceeds it.
 
 Two kinds of model put the bound out of reach of any quantizer, and there the property asks less:
-- an output that cancels (terms of a sum far larger than the sum) amplifies the rounding of eight
-  bits past any fixed bound; at w8a8 such a model is held to onnxruntime's own ``quantize_static``
-  (QDQ, per channel, MinMax) on the same samples: no more than 1.5 times its error;
+- an ill-conditioned output — one that cancels (terms of a sum far larger than the sum), a
+  LayerNormalization over two values (the sign of their difference) — amplifies the rounding of
+  eight bits past any fixed bound; at w8a8 such a model is held to onnxruntime's own
+  ``quantize_static`` (QDQ, per channel, MinMax) on the same samples: no more than twice its error
+  (which of two roundings is luckier on such an output is chance);
 - a layer the search gave 2-bit weights rounds to {-s, 0, s}, which can zero whole rows; such a
   model is held to ``ZERO_OUTPUT``: no worse than an output of zeros (a wrong sign or scale is).
 
@@ -47,7 +49,7 @@ CALIBRATION_SAMPLES = 10
 #: The bound for a model with 2-bit weights: the error of an output of zeros.
 ZERO_OUTPUT = 1.0
 #: How much more error than onnxruntime's quantizer a cancelling model may have at w8a8.
-ORT_FACTOR = 1.5
+ORT_FACTOR = 2.0
 
 #: Refusals that mean mpqc broke a model it accepted.
 _BROKEN = ("cannot load", "fails onnx.checker")
