@@ -161,10 +161,12 @@ def suite_section(models: dict[str, dict[str, Any]], plots: dict[str, str]) -> s
 
 
 def load_results(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every ``<model>.json`` the suite wrote, in the model registry's order."""
+    """Every ``<model>.json`` the suite wrote, in the model registry's order (other benches'
+    JSON in the folder, such as ``bench.scale``'s, has no rows and is not the suite's)."""
     from bench.models import MODELS
 
-    found = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+    loaded = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+    found = {name: data for name, data in loaded.items() if "rows" in data}
     return {
         name: found[name] for name in [*MODELS, *sorted(set(found) - set(MODELS))] if name in found
     }

@@ -246,3 +246,11 @@ def test_report_bits_are_spelled_as_mpqc_spells_the_choice() -> None:
 
     assert choice({"w": 8, "a": 8, "dynamic": True}) == "w8adyn"
     assert choice({"w": 4, "a": 8}) == "w4a8" and choice({"w": 8, "a": 16}) == "w8a16"
+
+
+def test_results_are_the_suites_files_only(tmp_path: Path) -> None:
+    """Another bench's JSON beside the suite's (bench.scale writes results/scale.json) is not a
+    model's results."""
+    (tmp_path / "ddddocr.json").write_text(json.dumps({"rows": []}))
+    (tmp_path / "scale.json").write_text(json.dumps({"matmul10x4096": {}}))
+    assert list(report.load_results(tmp_path)) == ["ddddocr"]
