@@ -195,10 +195,10 @@ cancelling (int64[N,1] ids) => (float[N,1,1] y)
 
 
 def test_an_output_that_cancels_is_held_to_onnxruntimes_quantizer() -> None:
-    """w6 · w9 is 0.03 where its terms' magnitudes add to 2.5: the output is 80 times smaller than
-    what is rounded on the way, and eight bits of rounding gave a relative error of 0.42 (the
-    property's bound is 0.15). No mistake of mpqc's: onnxruntime's quantizer does hardly better
-    (0.46 against mpqc's 0.61 on the minimized model), which the property now measures against."""
+    """w6 · w9 is far smaller than the sum of its terms' magnitudes: the output is much smaller
+    than what is rounded on the way, and eight bits of rounding went past the property's bound.
+    No mistake of mpqc's: onnxruntime's quantizer does hardly better, which the property now
+    measures against (bench/RESULTS.md §8d)."""
     model = _fuzz_model(onnx.parser.parse_model(CANCELLING))
     assert compile_or_refuse(model, W8A8, tolerance=0.15) == "compiled"
 
@@ -225,8 +225,8 @@ _TABLE = [
 
 def test_a_table_the_size_budget_takes_to_two_bits() -> None:
     """A 6x5 table whose per-row scales weigh as much as its values: only 2-bit weights meet
-    half the model's size, and {-s, 0, s} rounded rows of small values to zero (a relative error
-    of 0.59 against the property's 0.5, which assumed 4 bits at least)."""
+    half the model's size, and {-s, 0, s} rounded rows of small values to zero, past the bound
+    the property had for a search (which assumed 4 bits at least)."""
     proto = build(EMBEDDING_OF_FIVE, {}, arrays={"table": np.array(_TABLE, np.float32)})
     model = _fuzz_model(proto)
     options = mpqc.CompileOptions(max_size="0.5x")
@@ -268,8 +268,8 @@ layernorm_of_two (float[N,4] unused, int64[N,2] ids) => (float[1,N,1] state, flo
 
 def test_a_layernorm_over_two_values_is_held_to_onnxruntimes_quantizer() -> None:
     """A LayerNormalization over two values outputs the sign of their difference: rounding that
-    swaps two close values flips it. mpqc's error was 0.157, onnxruntime's quantizer's 0.103,
-    1.53 times, just past the bound's 1.5: which rounding is luckier on a discontinuous output is
-    chance, so the property allows twice onnxruntime's error."""
+    swaps two close values flips it. mpqc's error was just past 1.5 times onnxruntime's
+    quantizer's: which rounding is luckier on a discontinuous output is chance, so the property
+    allows twice onnxruntime's error (bench/RESULTS.md §8d)."""
     model = _fuzz_model(onnx.parser.parse_model(LAYERNORM_OF_TWO), high=8)
     assert compile_or_refuse(model, W8A8, tolerance=0.15) == "compiled"
