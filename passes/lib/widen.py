@@ -27,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir import annotations
+from mpqc.ir.graphs import fresh_name, scope_names
 from mpqc.ir.layers import Layer, constant_array, node_name
 from mpqc.passes.lib.plan import output_target
 
@@ -93,17 +94,8 @@ class _Widener:
     def _unique(self, graph: ir.Graph, base: str) -> str:
         taken = self.names.get(id(graph))
         if taken is None:
-            taken = self.names[id(graph)] = (
-                set(graph.initializers)
-                | {v.name for v in graph.inputs if v.name}
-                | {v.name for n in graph for v in n.outputs if v.name}
-            )
-        name, i = base, 1
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
+            taken = self.names[id(graph)] = scope_names(graph)
+        return fresh_name(base, taken)
 
     def _constant(self, value: ir.Value, node: ir.Node) -> ir.Value:
         graph = node.graph
