@@ -18,7 +18,8 @@ Measure = Literal["kl", "mse", "flips"] | Callable[[list[Outputs], list[Outputs]
 def output_error(reference: list[Outputs], outputs: list[Outputs], measure: Measure) -> float:
     """Distance of ``outputs`` from ``reference`` (both per sample, per output).
 
-    - ``mse``: squared error over all outputs relative to their energy (1/SQNR), scale-free;
+    - ``mse``: each float output's squared error relative to its energy (1/SQNR), scale-free,
+      averaged over the float outputs (``_relative_squared_error``);
     - ``kl``: mean KL(p_ref || p) of the first output's last axis, after a softmax unless the output
       already holds probabilities (rows non-negative and summing to 1);
     - ``flips``: fraction of the first output's rows whose arg-max changed (top-1 disagreement);
@@ -27,13 +28,7 @@ def output_error(reference: list[Outputs], outputs: list[Outputs], measure: Meas
     if callable(measure):
         return float(measure(reference, outputs))
     if measure == "mse":
-        signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for rs in reference for r in rs)
-        noise = sum(
-            float(np.sum(np.square(np.asarray(o, np.float64) - r)))
-            for rs, os_ in zip(reference, outputs, strict=True)
-            for r, o in zip(rs, os_, strict=True)
-        )
-        return noise / signal if signal > 0 else noise
+        return _relative_squared_error(reference, outputs)
     ref = np.concatenate([_rows(rs[0]) for rs in reference])
     out = np.concatenate([_rows(os_[0]) for os_ in outputs])
     if measure == "flips":
@@ -46,6 +41,27 @@ def output_error(reference: list[Outputs], outputs: list[Outputs], measure: Meas
             )
         )
     raise ValueError(f"unknown measure {measure!r}: use kl, mse or flips")
+
+
+def _relative_squared_error(reference: list[Outputs], outputs: list[Outputs]) -> float:
+    """The mean over the float outputs of each one's squared error relative to its energy.
+
+    Per output, so that a small output counts as much as a big one: a sentence embedder's pooled
+    embedding ([N, 384]) next to its token embeddings ([N, tokens, 384]) would otherwise weigh a
+    few percent of the sum, and a bias that pooling keeps would hide under rounding noise that
+    pooling averages away. Integer outputs (token ids passed through, argmax indices) are no
+    signal to compare in squares and are left out."""
+    errors = []
+    for index, first in enumerate(reference[0]):
+        if not np.issubdtype(np.asarray(first).dtype, np.floating):
+            continue
+        signal = sum(float(np.sum(np.square(rs[index], dtype=np.float64))) for rs in reference)
+        noise = sum(
+            float(np.sum(np.square(np.asarray(os_[index], np.float64) - rs[index])))
+            for rs, os_ in zip(reference, outputs, strict=True)
+        )
+        errors.append(noise / signal if signal > 0 else noise)
+    return float(np.mean(errors)) if errors else 0.0
 
 
 def _rows(array: np.ndarray) -> np.ndarray:

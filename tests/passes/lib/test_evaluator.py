@@ -172,6 +172,19 @@ def test_measures() -> None:
         output_error(reference, flipped, "l1")  # type: ignore[arg-type]
 
 
+def test_mse_weighs_every_float_output_alike_and_leaves_integer_ones_out() -> None:
+    """A pooled output ([1, 2]) beside a token-level one ([1, 50]) counts as much as it, and token
+    ids passed through (int64, far bigger) neither dilute nor add to the error."""
+    tokens, pooled = np.ones((1, 50)), np.ones((1, 2))
+    ids = np.arange(50, dtype=np.int64).reshape(1, 50) * 1000
+    reference = [[tokens, pooled, ids]]
+    moved_pooled = [[tokens, pooled * 1.1, ids]]
+    moved_tokens = [[tokens * 1.1, pooled, ids]]
+    assert output_error(reference, moved_pooled, "mse") == pytest.approx(0.01 / 2)
+    assert output_error(reference, moved_tokens, "mse") == pytest.approx(0.01 / 2)
+    assert output_error(reference, [[tokens, pooled, ids + 7]], "mse") == 0.0
+
+
 def test_unknown_layer_and_unprepared_bits_are_clear_errors(cnn_setup) -> None:
     _, _, evaluator = cnn_setup
     with pytest.raises(KeyError, match="no quantizable layer named 'nope'"):
