@@ -1,7 +1,9 @@
 """``sensitivity-task``: the user's own metric, one layer lowered at a time. Slow and exact.
 
 The damage of candidate ``w{b}`` (``a{b}``) of layer ``l`` is ``metric(float) - metric(model with
-only l's weight (activation) at b bits)``, where ``metric`` is ``context.eval_fn`` — a callable
+only l's weight (activation) at b bits)``, and of ``adyn`` that of l's input with a range measured
+on every run (the MatMul/Gemm layers that have the form, on a spec that runs it, as
+``sensitivity-output`` scores them), where ``metric`` is ``context.eval_fn`` — a callable
 taking an ``onnx.ModelProto`` and returning a number, higher is better (accuracy, BLEU, -WER...) —
 run on the user's held-out data. The measured model is built by the same code that ships:
 ``mpqc.bits`` is set on that one layer of a copy and ``lower-qdq`` lowers it, so the metric sees the
@@ -17,7 +19,7 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 
-from mpqc.core.bits import FLOAT_BITS
+from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
@@ -52,10 +54,13 @@ class SensitivityTaskPass(SensitivityPass):
         wbits, abits = self.weight_bits(), self.activation_bits()
         base = ir.to_proto(model)
         reference = self.task_metric(base, "the float model")
+        dynamic = {layer.name for layer in self.dynamic_layers(layers)}
         for layer in layers:
-            candidates = [(f"w{b}", (b, FLOAT_BITS)) for b in wbits]
+            candidates: list[tuple[str, tuple]] = [(f"w{b}", (b, FLOAT_BITS)) for b in wbits]
             if layer.activation is not None and annotations.CALIB_RANGE.has(layer.activation):
                 candidates += [(f"a{b}", (FLOAT_BITS, b)) for b in abits]
+            if layer.name in dynamic:
+                candidates.append(("adyn", Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)))
             scores = {}
             for candidate, bits in candidates:
                 lowered = self._lowered(base, layer.name, bits)
@@ -65,9 +70,7 @@ class SensitivityTaskPass(SensitivityPass):
             self.write(layer, scores, {"reference": reference})
         return ir.passes.PassResult(model, modified=True)
 
-    def _lowered(
-        self, base: onnx.ModelProto, layer_name: str, bits: tuple[int, int]
-    ) -> onnx.ModelProto:
+    def _lowered(self, base: onnx.ModelProto, layer_name: str, bits: tuple) -> onnx.ModelProto:
         """``base`` with only ``layer_name`` at ``bits``, lowered by lower-qdq."""
         copy = ir.from_proto(base)
         for node in copy.graph:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from models import build
 
@@ -17,6 +19,7 @@ from mpqc.ir import annotations, quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
 from mpqc.passes.choose.plan_file import PlanError, describe, read_yaml, yaml_text
 from mpqc.passes.choose.plan_ort import to_overrides
+from mpqc.passes.lib.evaluator import output_error
 from mpqc.passes.lib.layout import WeightLayout
 
 # A fixed batch of 1: the sensitivity pass then runs sample by sample, as the deployed model does
@@ -82,3 +85,36 @@ def test_a_dynamic_choice_reads_back_from_its_plan_file(
     assert bits == {name: entry.bits for name, entry in plan.layers.items()}
     with pytest.raises(PlanError, match="quantize_dynamic's form"):
         to_overrides(plan, searched, tmp_path / "overrides.json")
+
+
+def test_the_task_metric_scores_the_dynamic_range_too() -> None:
+    """``sensitivity-task`` measures ``adyn`` where ``sensitivity-output`` does, on the lowered
+    model: the outlier input loses less of the metric with a range measured per run."""
+    proto = build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)})
+    samples = _samples()
+    float_session = ort.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    reference = [float_session.run(None, s) for s in samples]
+
+    def negative_error(lowered: onnx.ModelProto) -> float:
+        session = ort.InferenceSession(
+            lowered.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return -output_error(reference, [session.run(None, s) for s in samples], "mse")
+
+    model = ir.from_proto(proto)
+    context = CompileContext(
+        hw=hwspecs.load("x86_avx512_vnni"),
+        calibration=CalibrationData(tuple(samples)),
+        eval_fn=negative_error,
+        wbits=(8,),
+        abits=(8,),
+    )
+    PassManager(build_pipeline("canonicalize,calibrate,sensitivity-task", context))(model)
+    first, second = (
+        annotations.sensitivity_key("task").get(layer.node)
+        for layer in quantizable_layers(model.graph)
+    )
+    assert set(first) == set(second) == {"w8", "a8", "adyn"}
+    assert 0.0 <= first["adyn"] < first["a8"] / 4
