@@ -144,10 +144,12 @@ class LowerQDQPass(Pass):
         calibrated = _observed([model.graph])
         bodies_observed = _observed(list(model.graph.subgraphs()))
         narrowed = set()
-        kernels = {}
+        kernels, replaced = {}, {}
         for plan in plans:
             layer = by_name[plan.name]
             kernels[plan.name] = plan.kernel.value
+            if plan.form is WeightForm.MATMUL_INTEGER or plan.form in CONTRIB_FORMS:
+                replaced[plan.name] = layer.node.op_type
             annotations.BITS.set(
                 layer.node, annotations.layer_bits(Bits(plan.wbits, plan.abits, plan.dynamic))
             )
@@ -200,7 +202,7 @@ class LowerQDQPass(Pass):
                 f"lower-qdq: {len(weights_only)} layer(s) in bodies have no calibrated input range "
                 "and quantize their weights only; mpqc.report weights_only says why"
             )
-        self._report(model, len(plans), left_float, weights_only, kernels)
+        self._report(model, len(plans), left_float, weights_only, kernels, replaced)
         return ir.passes.PassResult(model, modified=True)
 
     def _plan(self, facts: LayerFacts, bits: Bits) -> LayerPlan:
@@ -246,14 +248,19 @@ class LowerQDQPass(Pass):
         left_float: list[dict[str, str]],
         weights_only: list[dict[str, str]],
         kernels: dict[str, str] | None = None,
+        replaced: dict[str, str] | None = None,
     ) -> None:
         """``lowered_layers``; ``kernels``, the kernel the plan names for each lowered layer (what
-        the cost pass priced, which verify compares with what onnxruntime runs); ``left_float``:
+        the cost pass priced, which verify compares with what onnxruntime runs); ``ops``, the op of
+        each layer whose node the lowering replaced by another (MatMulNBits, GatherBlockQuantized,
+        a dynamic range's MatMulInteger chain, which ends in a Mul or an Add); ``left_float``:
         {layer, op, reason} for each weighted op left float; ``weights_only``: the same for each
         layer whose activations stayed float against its bits."""
         section: dict[str, object] = {"lowered_layers": lowered}
         if kernels:
             section["kernels"] = kernels
+        if replaced:
+            section["ops"] = replaced
         if weights_only:
             section["weights_only"] = weights_only
         if left_float:

@@ -40,19 +40,25 @@ def quantized_layers(model: ir.Model) -> list[tuple[str, ir.Node]]:
 
 
 def kernel_report(
-    layers: list[tuple[str, ir.Node]], optimized: OptimizedGraph, planned: Mapping[str, str]
+    layers: list[tuple[str, ir.Node]],
+    optimized: OptimizedGraph,
+    planned: Mapping[str, str],
+    ops: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``{"layers": [...], "warnings": [...]}`` for ``layers`` (``quantized_layers``) in
-    onnxruntime's ``optimized`` graph; ``planned``: the plan's kernel by layer name."""
+    onnxruntime's ``optimized`` graph; ``planned``: the plan's kernel by layer name; ``ops``: the
+    model's op of each layer whose node the lowering replaced (a dynamic range's layer ends in a
+    Mul), which the rows name rather than the replacement."""
     rows, warnings = [], []
     for name, node in layers:
         chosen = annotations.BITS.get(node)
         assert chosen is not None
         bits = annotations.chosen_bits(chosen)
         fused = optimized.runs(node)
+        op = (ops or {}).get(name, node.op_type)
         row: dict[str, Any] = {
             "layer": name,
-            "op": node.op_type,
+            "op": op,
             "bits": str(bits),
             "runs": None if fused is None else fused.op,
             "kernel": None if fused is None else fused.kernel.value,
@@ -60,7 +66,7 @@ def kernel_report(
         if name in planned:
             row["planned"] = planned[name]
         rows.append(row)
-        warning = _warning(name, node.op_type, bits, row)
+        warning = _warning(name, op, bits, row)
         if warning is not None:
             warnings.append(warning)
     return {"layers": rows, "warnings": warnings}

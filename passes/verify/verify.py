@@ -109,8 +109,8 @@ class VerifyPass(Pass):
                 f"({str(exc).splitlines()[0]}), so its kernels are not reported"
             )
             return {}
-        planned = (annotations.REPORT.section(model, "lower-qdq") or {}).get("kernels", {})
-        return kernel_report(layers, optimized, planned)
+        lowered = annotations.REPORT.section(model, "lower-qdq") or {}
+        return kernel_report(layers, optimized, lowered.get("kernels", {}), lowered.get("ops", {}))
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.to_proto(model)

@@ -14,6 +14,7 @@ import pytest
 from models import build, random_inputs
 
 from mpqc import cli, hwspecs
+from mpqc.core.bits import Bits
 from mpqc.ir import annotations
 from mpqc.ir.layers import quantizable_layers
 from mpqc.passes import CompileContext, load_calibration
@@ -38,18 +39,20 @@ def mixed() -> onnx.ModelProto:
 
 
 def _verified(
-    model: onnx.ModelProto, bits: dict[str, str], planned: dict[str, str] | None = None
+    model: onnx.ModelProto,
+    bits: dict[str, str],
+    planned: dict[str, str] | None = None,
+    hw: str = "x86_avx2",
 ) -> tuple[dict, CompileContext]:
-    """``model`` calibrated, given ``bits`` per layer by hand, lowered for x86 AVX2 and verified;
+    """``model`` calibrated, given ``bits`` per layer by hand, lowered for ``hw`` and verified;
     ``planned`` overrides the kernels lower-qdq's section says the plan predicted."""
     samples = load_calibration(random_inputs(model, 10))
-    context = CompileContext(hw=hwspecs.load("x86_avx2"), reference=model.SerializeToString())
+    context = CompileContext(hw=hwspecs.load(hw), reference=model.SerializeToString())
     context.calibration, context.held_out = samples.split()
     lowered = ir.from_proto(model)
     Pipeline("canonicalize,calibrate", context).run_ir(lowered)
     for layer in quantizable_layers(lowered.graph):
-        w, a = bits[layer.name].removeprefix("w").split("a")
-        annotations.BITS.set(layer.node, {"w": int(w), "a": int(a)})
+        annotations.BITS.set(layer.node, annotations.layer_bits(Bits.parse(bits[layer.name])))
     Pipeline("lower-qdq", context).run_ir(lowered)
     if planned is not None:
         section = annotations.REPORT.section(lowered, "lower-qdq")
@@ -76,6 +79,15 @@ def test_a_four_bit_conv_runs_in_float_with_a_warning_and_the_matmul_fuses(mixed
     assert kernels["warnings"] == [
         "c at w4a8 runs as DequantizeLinear + float FusedConv: onnxruntime has no 4-bit conv kernel"
     ]
+
+
+def test_a_dynamic_range_layer_is_named_by_its_own_op(mixed) -> None:
+    """Its MatMul became MatMulInteger, Cast and Mul, and the annotated node is that Mul: the row
+    still says MatMul."""
+    kernels, _ = _verified(mixed, {"c": "w8a8", "m": "w8adyn"}, hw="x86_avx512_vnni")
+    matmul = kernels["layers"][1]
+    assert (matmul["op"], matmul["bits"]) == ("MatMul", "w8adyn")
+    assert matmul["kernel"] == matmul["planned"] == "dynamic-integer"
 
 
 def test_a_kernel_the_plan_did_not_predict_is_a_warning(mixed) -> None:
