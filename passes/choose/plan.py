@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections import Counter
 
 import onnx_ir as ir
 
 from mpqc.core.bits import FLOAT_BITS, Bits
 from mpqc.ir import annotations, quantizable_layers
-from mpqc.passes.choose.plan_file import FLOAT_TEXT, PlanError, read_yaml
+from mpqc.passes.choose.plan_file import (
+    FLOAT_TEXT,
+    PlanError,
+    range_estimator,
+    range_estimators,
+    read_yaml,
+)
 from mpqc.passes.choose.plan_ort import from_overrides, overrides_layout
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
@@ -73,7 +80,8 @@ class PlanPass(Pass):
     """Every layer's bits from a plan file (mpqc's .yaml or onnxruntime's overrides .json)."""
 
     name = "plan"
-    may_read = frozenset()
+    #: To say when this run's ranges come from other estimators than the plan's.
+    may_read = frozenset({annotations.CALIB_RANGE})
     writes = frozenset({annotations.BITS})
     preserves = frozenset({annotations.ALL})
 
@@ -94,7 +102,29 @@ class PlanPass(Pass):
             if spec is not None:
                 _check_runs(self.options.file, layer.name, bits, spec)
             annotations.BITS.set(layer.node, annotations.layer_bits(bits))
+        if pathlib.Path(self.options.file).suffix.lower() not in JSON_SUFFIXES:
+            self._compare_ranges(model)
         return ir.passes.PassResult(model, modified=True)
+
+    def _compare_ranges(self, model: ir.Model) -> None:
+        """A note when the ranges this run calibrated come from other estimators than the plan
+        says its model's did (``--calib-method``, or its ``auto`` choice per tensor)."""
+        planned = range_estimators(self.options.file)
+        differ = Counter()
+        for layer in quantizable_layers(model.graph):
+            calibrated = range_estimator(layer)
+            if layer.name in planned and calibrated not in (None, planned[layer.name]):
+                differ[(planned[layer.name], calibrated)] += 1
+        if differ:
+            pairs = ", ".join(
+                f"{count} from {plan} in the plan, {here} here"
+                for (plan, here), count in sorted(differ.items())
+            )
+            self.context.note(
+                f"plan: {sum(differ.values())} layer(s) read input ranges from other estimators "
+                f"than the plan's ({pairs}): calibrate as the plan's run did (--calib-method) to "
+                "lower the model it describes"
+            )
 
 
 def _check_runs(path: str, layer: str, bits: Bits, spec: object) -> None:

@@ -17,6 +17,10 @@ Only ``bits`` (``wXaY``, ``wXadyn`` for a range measured on every run, or ``floa
 ``activation`` and ``kernel`` are the lowering plan's (``passes/lib/plan``) for those bits under
 that layout — what lower-qdq emits and what onnxruntime then runs — so a reader sees them without
 running anything, and an edited ``bits`` changes them on the next ``--plan-out``.
+A static input range that another estimator than minmax clipped says which
+(``uint8 static (percentile range)``, from ``--calib-method`` or its per-tensor ``auto`` choice):
+the ranges come from calibration, not from the plan, so ``--plan`` compares them
+(``range_estimators``) and says when this run's differ.
 A plan names every layer, so a line that went missing is an error, not a silently float layer.
 The same plan also converts to onnxruntime's quantizer options (``plan_ort.py``).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -40,7 +45,17 @@ from mpqc.passes.infra.base import PassInputError
 from mpqc.passes.lib.layout import WeightLayout
 from mpqc.passes.lib.plan import LayerPlan, WeightForm, layer_plan
 
-__all__ = ["PlanEntry", "PlanError", "PlanFile", "bits_text", "describe", "read_yaml", "yaml_text"]
+__all__ = [
+    "PlanEntry",
+    "PlanError",
+    "PlanFile",
+    "bits_text",
+    "describe",
+    "range_estimator",
+    "range_estimators",
+    "read_yaml",
+    "yaml_text",
+]
 
 #: How a float choice is written (``w32a32`` would be correct but unreadable).
 FLOAT_TEXT = "float"
@@ -157,7 +172,33 @@ def _activation_text(layer: Layer, lowered: LayerPlan) -> str:
         return f"{lowered.input_quantizer.name.lower()} dynamic"
     if layer.activation is None or not annotations.CALIB_RANGE.has(layer.activation):
         return "float (no calibrated range)"
-    return f"{lowered.input_quantizer.name.lower()} static"
+    method = range_estimator(layer)
+    clipped = "" if method == DEFAULT_ESTIMATOR else f" ({method} range)"
+    return f"{lowered.input_quantizer.name.lower()} static{clipped}"
+
+
+#: The estimator a plan line leaves unsaid.
+DEFAULT_ESTIMATOR = "minmax"
+_ESTIMATOR = re.compile(r"static \((\w+) range\)")
+
+
+def range_estimator(layer: Layer) -> str | None:
+    """The estimator that set the calibrated range of ``layer``'s input; None without one."""
+    calibrated = None if layer.activation is None else annotations.CALIB_RANGE.get(layer.activation)
+    return None if calibrated is None else str(calibrated.get("method", DEFAULT_ESTIMATOR))
+
+
+def range_estimators(path: str | pathlib.Path) -> dict[str, str]:
+    """Per layer whose plan line quantizes its input on a static range, the estimator that range
+    came from (minmax where the line names none)."""
+    document = yaml.safe_load(pathlib.Path(path).read_text())
+    estimators = {}
+    for name, entry in document["layers"].items():
+        text = str(entry.get("activation", "")) if isinstance(entry, dict) else ""
+        if " static" in f" {text}":
+            match = _ESTIMATOR.search(text)
+            estimators[str(name)] = match.group(1) if match else DEFAULT_ESTIMATOR
+    return estimators
 
 
 def yaml_text(plan: PlanFile) -> str:

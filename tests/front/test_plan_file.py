@@ -250,3 +250,22 @@ def test_matmul_nbits_layers_export_as_customized_weight_config(
     assert code == 0, err
     assert "weight_only: true" in yaml_plan.read_text()
     assert _bits(yaml_plan)["head.fc"] == "w4a32"
+
+
+def test_a_clipped_range_is_written_and_a_run_calibrated_otherwise_says_so(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan line names the estimator of a range it did not take from minmax; lowering the
+    plan after calibrating with another estimator is a note, with the same one none."""
+    plan = tmp_path / "plan.yaml"
+    argv = ["--hw", "x86_avx2", "--uniform", "w8a8", "-o", tmp_path / "q.onnx"]
+    assert _mpqc(capsys, *argv, "--calib-method", "percentile", "--plan-out", plan)[0] == 0
+    lines = [line for line in plan.read_text().splitlines() if line.startswith('  "')]
+    assert lines and all("activation: uint8 static (percentile range)" in line for line in lines)
+    code, out, _ = _mpqc(capsys, "--hw", "x86_avx2", "-o", tmp_path / "q2.onnx", "--plan", plan)
+    assert code == 0
+    assert f"{len(lines)} layer(s) read input ranges from other estimators than the plan's " in out
+    assert f"({len(lines)} from percentile in the plan, minmax here)" in out
+    replay = ["--calib-method", "percentile", "--plan", plan]
+    code, out, _ = _mpqc(capsys, "--hw", "x86_avx2", "-o", tmp_path / "q3.onnx", *replay)
+    assert code == 0 and "other estimators" not in out
