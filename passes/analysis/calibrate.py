@@ -58,7 +58,12 @@ import onnx_ir as ir
 
 from mpqc.ir.annotations import ALL, CALIB_RANGE, REPORT
 from mpqc.passes.analysis.clip_range import entropy_clip, mse_clip, percentile_clip
-from mpqc.passes.analysis.range_choice import CANDIDATES, choose_ranges, material_candidates
+from mpqc.passes.analysis.range_choice import (
+    CANDIDATES,
+    accept_jointly,
+    choose_ranges,
+    material_candidates,
+)
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.bodies import expose
@@ -161,7 +166,9 @@ class CalibratePass(Pass):
         section: dict[str, object] = {"method": self.options.method, "activations": written}
         compared = {name: ranges for name, ranges in candidates.items() if len(ranges) > 1}
         if compared:
-            section["compared"] = self._choose(model, activations, stats, compared)
+            section["compared"], section["joint_error"] = self._choose(
+                model, activations, stats, compared
+            )
         self.report(model, section)
         return ir.passes.PassResult(model, modified=bool(written))
 
@@ -187,10 +194,12 @@ class CalibratePass(Pass):
         activations: Mapping[str, ir.Value],
         stats: Mapping[str, _Observed],
         compared: Mapping[str, Mapping[str, tuple[float, float]]],
-    ) -> dict[str, dict[str, object]]:
+    ) -> tuple[dict[str, dict[str, object]], dict[str, float]]:
         """``method=auto``: every tensor is written at its minmax range; where other estimators'
-        ranges differ materially, the one that damages the output least replaces it. Returns the
-        report's entry per tensor compared: the method kept and each candidate's output error."""
+        ranges differ materially, the one that damages the output least replaces it, as far as
+        the whole model's error confirms it (``range_choice.py``). Returns the report's entry per
+        tensor compared (the method kept, each candidate's output error, a clip the whole model
+        rejected) and the whole model's error per number of clips accepted."""
         data = self.context.calibration
         assert data is not None
         samples = list(data)[: self.options.samples]
@@ -202,21 +211,28 @@ class CalibratePass(Pass):
             batch=len(samples) if batch_first(model) else 1,
             spec=self.context.hw,
         )
-        choices = choose_ranges(evaluator, compared)
+        alone = choose_ranges(evaluator, compared)
+        choices, joint = accept_jointly(evaluator, alone, compared)
         for name, choice in choices.items():
             if choice.method != "minmax":
                 clip = compared[name][choice.method]
                 self._write(activations[name], stats[name], clip, choice.method)
         kept = Counter(choice.method for choice in choices.values())
+        offered = sum(choice.method != "minmax" for choice in alone.values())
         self.context.note(
             f"calibrate: method=auto compared {len(choices)} activations whose ranges differ; "
-            "kept "
+            f"{joint.kept} of the {offered} clipped ranges that helped alone also lowered the "
+            "whole model's error at w8a8; kept "
             + ", ".join(f"{method} for {kept[method]}" for method in CANDIDATES if kept[method])
         )
-        return {
+        entries: dict[str, dict[str, object]] = {
             name: {"method": choice.method, "output_error": dict(choice.damage)}
             for name, choice in choices.items()
         }
+        for name, choice in alone.items():
+            if choice.method != choices[name].method:
+                entries[name]["rejected_jointly"] = choice.method
+        return entries, {str(k): v for k, v in sorted(joint.errors.items())}
 
     def _observe(self, session: _Session, names: Iterable[str]) -> dict[str, _Observed]:
         """Every activation's statistics over the calibration samples (two passes for histogram

@@ -14,6 +14,14 @@ One layer's error depends on the ranges of all the tensors its quantizers read (
 fused, its output). The tensors compared are therefore split into rounds in which no layer reads
 two of them: within a round each error changes with one tensor's range only, and every other tensor
 stays at its minmax range. Ties keep the earlier candidate (minmax, then percentile, then mse).
+
+Each of those choices is right alone, yet clipped ranges add up: several clips that each lower the
+output error when their readers run alone can together move the output further than minmax does
+(bench/RESULTS.md §6a, MiniLM). So the clips are then judged together, on what ships: every layer at
+w8a8 (``accept_jointly``). Ordered by how much each one gained alone, the clipped tensors are
+accepted as the prefix of that order whose whole-model error is least, the empty prefix (minmax
+everywhere) included; so on the calibration samples the choice is never worse than minmax. The
+prefixes tried halve in length (n, n/2, n/4, ..., 1, 0): a handful of whole-model runs.
 """
 
 from __future__ import annotations
@@ -25,7 +33,15 @@ import numpy as np
 
 from mpqc.passes.lib.evaluator import Evaluator
 
-__all__ = ["CANDIDATES", "MATERIAL", "Choice", "choose_ranges", "material_candidates"]
+__all__ = [
+    "CANDIDATES",
+    "MATERIAL",
+    "Choice",
+    "Joint",
+    "accept_jointly",
+    "choose_ranges",
+    "material_candidates",
+]
 
 #: The estimators compared, in order of preference on ties.
 CANDIDATES = ("minmax", "percentile", "mse")
@@ -41,6 +57,20 @@ class Choice:
 
     method: str
     damage: Mapping[str, float]
+
+    @property
+    def gain(self) -> float:
+        """How much less output error the kept range measured than minmax's (0 for minmax)."""
+        return self.damage["minmax"] - self.damage[self.method]
+
+
+@dataclasses.dataclass(frozen=True)
+class Joint:
+    """What ``accept_jointly`` measured: the whole model's error (every layer at w8a8) with the
+    first k clipped tensors of the gain order accepted, per k tried, and the k kept."""
+
+    errors: Mapping[int, float]
+    kept: int
 
 
 def material_candidates(ranges: Mapping[str, Range]) -> dict[str, Range]:
@@ -120,3 +150,45 @@ def _errors(
     """Each layer's output error at w8a8 alone, the others float."""
     errors = evaluator.errors([{layer: (8, 8)} for layer in layers], "mse", advance)
     return dict(zip(layers, errors, strict=True))
+
+
+def accept_jointly(
+    evaluator: Evaluator,
+    choices: Mapping[str, Choice],
+    candidates: Mapping[str, Mapping[str, Range]],
+    advance: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Choice], Joint]:
+    """``choices`` with the clipped ranges the whole model's error does not confirm set back to
+    minmax (module docstring), and what was measured. ``evaluator`` quantizes every tensor on its
+    minmax range and is restored to it on return."""
+    clipped = sorted(
+        (tensor for tensor, choice in choices.items() if choice.method != "minmax"),
+        key=lambda tensor: -choices[tensor].gain,
+    )
+    lengths = sorted({0, *_halvings(len(clipped))}, reverse=True)
+    uniform = {layer: (8, 8) for layer in evaluator.layers}
+    errors: dict[int, float] = {}
+    try:
+        for length in lengths:
+            evaluator.set_ranges({t: candidates[t][choices[t].method] for t in clipped[:length]})
+            errors[length] = evaluator.error(uniform)
+            if advance is not None:
+                advance(1)
+    finally:
+        evaluator.set_ranges({})
+    kept = min(errors, key=lambda length: (errors[length], length))
+    rejected = set(clipped[kept:])
+    joined = {
+        tensor: Choice("minmax", choice.damage) if tensor in rejected else choice
+        for tensor, choice in choices.items()
+    }
+    return joined, Joint(errors, kept)
+
+
+def _halvings(n: int) -> list[int]:
+    """n, n/2, n/4, ..., 1 (rounded up)."""
+    lengths = []
+    while n >= 1:
+        lengths.append(n)
+        n = (n + 1) // 2 if n > 1 else 0
+    return lengths

@@ -10,7 +10,12 @@ import pytest
 from onnx import numpy_helper
 
 import mpqc
-from mpqc.passes.analysis.range_choice import MATERIAL, material_candidates
+from mpqc.passes.analysis.range_choice import (
+    MATERIAL,
+    Choice,
+    accept_jointly,
+    material_candidates,
+)
 
 # x -> MatMul(W1) -> relu -> MatMul(W2) -> y; x's channel 0 carries rare spikes.
 TWO_LAYERS = """
@@ -109,3 +114,48 @@ def test_only_material_differences_are_compared() -> None:
         }
     )
     assert list(kept) == ["minmax", "mse"]
+
+
+class _Clips:
+    """An evaluator stand-in whose whole-model error depends on which tensors are clipped: each
+    clip lowers it alone, "b" and "c" together with "a" raise it above minmax's."""
+
+    layers = ("l1", "l2", "l3")
+
+    def __init__(self) -> None:
+        self.clipped: frozenset[str] = frozenset()
+        self.asked: list[frozenset[str]] = []
+
+    def set_ranges(self, ranges: dict) -> None:
+        self.clipped = frozenset(ranges)
+
+    def error(self, config: dict) -> float:
+        assert config == {"l1": (8, 8), "l2": (8, 8), "l3": (8, 8)}  # judged as shipped: w8a8
+        self.asked.append(self.clipped)
+        return 1.0 - 0.3 * len(self.clipped) + (1.0 if {"b", "c"} <= self.clipped else 0.0)
+
+
+def test_clips_that_help_alone_are_kept_only_as_far_as_they_help_together() -> None:
+    candidates = {t: {"minmax": (-1.0, 1.0), "mse": (-0.5, 0.5)} for t in "abcd"}
+    gains = {"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.0}  # "d" measured no better than minmax
+    choices = {
+        t: Choice("mse" if gain else "minmax", {"minmax": 1.0, "mse": 1.0 - gain})
+        for t, gain in gains.items()
+    }
+    evaluator = _Clips()
+    joined, joint = accept_jointly(evaluator, choices, candidates)
+    assert {t: c.method for t, c in joined.items()} == {
+        "a": "mse",
+        "b": "mse",
+        "c": "minmax",
+        "d": "minmax",
+    }
+    assert joint.kept == 2 and joint.errors[0] == 1.0 and joint.errors[2] == pytest.approx(0.4)
+    assert joint.errors[3] > joint.errors[0]
+    assert evaluator.clipped == frozenset()  # restored to minmax
+
+
+def test_the_report_shows_the_whole_model_check(spike_ignored) -> None:
+    _, auto, _ = spike_ignored
+    joint = auto.report["calibrate"]["joint_error"]
+    assert "0" in joint and min(joint.values()) <= joint["0"]
