@@ -3,9 +3,13 @@
 For each layer and candidate, only that layer is quantized — its weight at b bits (``w{b}``), or its
 activation input at b bits (``a{b}``), or with a range measured on every run (``adyn``, for the
 MatMul/Gemm layers that have the form, on a spec that runs it) — and the model runs on calibration
-samples; the score is the distance of the outputs from float's. This is ALPS without fine-tuning
-(METHODS.md §4) and AIMET AMP's phase 1 (§7): the direct, data-driven estimate that the cheap
-proxies are judged against.
+samples; the score is the distance of the outputs from float's. Where a layer also has a dynamic
+range, a pair that runs as an integer kernel (``plan.fusable``: w8a8) is scored as a pair too
+(``w8a8``): its plan quantizes the layer's output as well, which neither part measures, and where a
+clipped output range loses a residual stream's outliers that is most of the pair's damage; summed
+from its parts, it would look better than the dynamic range, which keeps the output float. This is
+ALPS without fine-tuning (METHODS.md §4) and AIMET AMP's phase 1 (§7): the direct, data-driven
+estimate that the cheap proxies are judged against.
 
 All candidates run through one ``Evaluator`` (``mpqc.passes.lib.evaluator``), so "layer l at b bits"
 means exactly what ``lower-qdq`` emits and the float reference is computed once. Each layer's
@@ -45,6 +49,7 @@ from mpqc.passes.choose.choosable import Choosable, choosable
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.evaluator import Config, Evaluator, Measure, batch_first
+from mpqc.passes.lib.plan import fusable
 
 __all__ = ["SensitivityOutputPass"]
 
@@ -97,8 +102,11 @@ class SensitivityOutputPass(SensitivityPass):
         for layer in scored_acts:
             scorable[layer.name] += [f"a{b}" for b in abits]
         dynamic = Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)
+        fused = [str(Bits(w, a)) for w in wbits for a in abits if fusable(w, a)]
         for layer in self.dynamic_layers(layers):
             scorable[layer.name].append("adyn")
+            if layer in scored_acts:
+                scorable[layer.name] += fused
         plan = self._choosable(model, layers, scorable) if self.options.prune else None
         jobs: list[tuple[str, str, Config]] = []
         for layer in layers:
@@ -116,7 +124,7 @@ class SensitivityOutputPass(SensitivityPass):
                 model,
                 samples,
                 # the grids measured (each costs a copy of the weights)
-                wbits=sorted({int(key[1:]) for _, key, _ in jobs if key[0] == "w"}),
+                wbits=sorted({config[name][0] for name, _, config in jobs} - {FLOAT_BITS}),
                 executor=self.context.executor,
                 batch=batch,
                 spec=self.context.hw,
@@ -185,8 +193,11 @@ class SensitivityOutputPass(SensitivityPass):
 
 
 def _choice(key: str, dynamic: Bits) -> tuple:
-    """The one-layer choice a score key measures: ``w4`` -> (4, float), ``a8`` -> (float, 8)."""
+    """The one-layer choice a score key measures: ``w4`` -> (4, float), ``a8`` -> (float, 8),
+    ``w8a8`` -> (8, 8)."""
     if key == "adyn":
         return dynamic
+    if "a" in key[1:]:
+        return Bits.parse(key)
     bits = int(key[1:])
     return (bits, FLOAT_BITS) if key[0] == "w" else (FLOAT_BITS, bits)

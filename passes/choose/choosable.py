@@ -17,8 +17,10 @@ pairs only, and the others need no score. With no budget, or one the all-8-bit m
 lower bits go unmeasured (those a cost model prices faster than 8 bits stay); a budget that needs
 cheaper pairs keeps them all.
 
-The undominated pairs of a layer often share a part (``w8`` in ``w8a8`` and ``w8adyn``): it adds
+The undominated pairs of a layer often share a part (``a8`` in ``w8a8`` and ``w4a8``): it adds
 the same damage to each of them, so it cannot change the answer either (``Choosable.shared``). A
+pair scored as a pair (``w8a8`` where the layer also has a dynamic range, sensitivity-output says
+why) shares nothing: its damage is its own score. A
 layer left with one choosable pair needs no measurement at all; its damage, the same in every
 configuration, is then left out of the search's totals.
 """
@@ -48,8 +50,11 @@ class Choosable:
 
 
 def score_keys(pair: Bits, scorable: Collection[str]) -> tuple[str, ...]:
-    """The scores a pair's damage adds up, as the search adds them (``search._damage``): its
-    weight's, and its activation's where the layer's activation is scored."""
+    """The scores a pair's damage adds up, as the search adds them (``search._damage``): the
+    pair's own where it is scored as a pair (``w8a8``, an integer kernel), else its weight's, and
+    its activation's where the layer's activation is scored."""
+    if str(pair) in scorable:
+        return (str(pair),)
     keys = [f"w{pair.w}"]
     if pair.activation_key in scorable:
         keys.append(pair.activation_key)

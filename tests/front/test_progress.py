@@ -47,9 +47,10 @@ def test_off_a_terminal_each_slow_pass_gets_one_line_with_its_steps(
     ]
     steps = {m.group(3): m.group(4) for m in names}
     assert steps["calibrate"] == "160 samples"
-    # 6 layers x (w8, w4), and a8 and a dynamic range for the Gemm: a8 on the others, which all
-    # their choices share, cannot change the search's choice (choosable.py)
-    assert steps["sensitivity-output"] == "14 evaluations"
+    # 6 layers x (w8, w4), and a8, a dynamic range and the pair w8a8 as lowered for the Gemm: a8
+    # on the others, which all their choices share, cannot change the search's choice
+    # (choosable.py)
+    assert steps["sensitivity-output"] == "15 evaluations"
     assert steps["recover"] == "6 layers"
     assert steps["verify"] == "40 samples"
     assert steps["canonicalize"] is None

@@ -53,12 +53,13 @@ def test_a_budget_the_8_bit_model_meets_measures_nothing_and_chooses_as_before(
     assert _bits(pruned) == _bits(full)
     assert all(bits.w == 8 for bits in _bits(pruned).values())
     # a layer left with w8a8 alone needs no score; one that may also take a dynamic range needs
-    # its two activation scores, not the weight's they share
+    # w8a8 as lowered (its output quantizer too) against the dynamic range's weight and input
     detail, scores = annotations.detail_key("output"), _scores(pruned)
     for layer in quantizable_layers(pruned.graph):
         choosable = detail.get(layer.node)["choosable"]
         assert choosable in (["w8a8"], ["w8a8", "w8adyn"])
-        assert set(scores[layer.name]) == (set() if len(choosable) == 1 else {"a8", "adyn"})
+        expected = set() if len(choosable) == 1 else {"w8a8", "w8", "adyn"}
+        assert set(scores[layer.name]) == expected
     assert any("not measured" in note and "w4" in note for note in context.notes)
     rows = annotations.REPORT.get(pruned)["search"]["layers"]
     assert all(row["reason"] for row in rows)  # each says why it kept 8 bits
@@ -86,7 +87,7 @@ outliers (float[1,6,64] x) => (float[1,6,32] y) {
 """
 
 
-def test_a_static_and_a_dynamic_range_are_both_measured_but_not_their_shared_weight() -> None:
+def test_a_static_and_a_dynamic_range_are_both_measured_the_static_one_as_lowered() -> None:
     rng = np.random.default_rng(0)
     samples = [{"x": rng.normal(0, 1, (1, 6, 64)).astype(np.float32)} for _ in range(6)]
     samples[3]["x"][0, 2, 5] = 300.0
@@ -104,4 +105,4 @@ def test_a_static_and_a_dynamic_range_are_both_measured_but_not_their_shared_wei
     assert chosen[0] == chosen[1]
     assert Bits(8, 8, dynamic=True) in chosen[1].values()
     scores = _scores(model)
-    assert all(set(layer_scores) == {"a8", "adyn"} for layer_scores in scores.values())
+    assert all(set(layer_scores) == {"w8a8", "w8", "adyn"} for layer_scores in scores.values())

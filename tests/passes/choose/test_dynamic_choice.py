@@ -19,7 +19,7 @@ from mpqc.ir import annotations, quantizable_layers
 from mpqc.passes import CalibrationData, CompileContext, PassManager, build_pipeline
 from mpqc.passes.choose.plan_file import PlanError, describe, read_yaml, yaml_text
 from mpqc.passes.choose.plan_ort import to_overrides
-from mpqc.passes.lib.evaluator import output_error
+from mpqc.passes.lib.evaluator import Evaluator, output_error
 from mpqc.passes.lib.layout import WeightLayout
 
 # A fixed batch of 1: the sensitivity pass then runs sample by sample, as the deployed model does
@@ -118,3 +118,16 @@ def test_the_task_metric_scores_the_dynamic_range_too() -> None:
     )
     assert set(first) == set(second) == {"w8", "a8", "adyn"}
     assert 0.0 <= first["adyn"] < first["a8"] / 4
+
+
+def test_a_fused_pair_is_scored_as_lowered_with_its_output_quantizer(searched: ir.Model) -> None:
+    """w8a8 runs as an integer kernel whose output is quantized too: the pair's score is the
+    evaluator's error of that layer at w8a8 alone, not the sum of its weight and input parts."""
+    first, _ = quantizable_layers(searched.graph)
+    scores = annotations.sensitivity_key("output").get(first.node)
+    evaluator = Evaluator(
+        searched, _samples(), wbits=(8, 4), spec=hwspecs.load("x86_avx512_vnni"), batch=1
+    )
+    assert scores["w8a8"] == pytest.approx(evaluator.error({first.name: (8, 8)}, "mse"), rel=1e-3)
+    assert scores["w8a8"] != pytest.approx(scores["w8"] + scores["a8"], rel=0.05)
+    assert "w4a8" not in scores  # a 4-bit weight has no integer kernel: its parts say it all
