@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="calibrate_method",
         default="minmax",
         choices=get_args(Method),
-        help="activation range estimator (auto: per activation, the one that damages the output "
-        "least)",
+        help="activation range estimator (best: the one that damages the whole model's output "
+        "least; auto: per activation, the one that damages the output least)",
     )
     parser.add_argument(
         "--uniform",

@@ -36,6 +36,9 @@ The methods (see METHODS.md):
 - ``mse``: the clip whose ``bits``-bit grid (asymmetric, zero exact, as lowering builds it)
   reproduces the histogrammed values with the least squared error, integrated exactly over each
   bin; the two ends are optimized in turn, coarse to fine, until the error stops falling.
+- ``best``: one of minmax, percentile and mse for the whole model, whichever gives the model at
+  w8a8 the least output error on the calibration samples (``range_choice.py``: three whole-model
+  evaluator runs); the report gives each one's error.
 - ``auto``: per tensor, whichever of minmax, percentile and mse damages the model's output least,
   measured with the evaluator where their ranges differ materially (``range_choice.py``); the
   report lists every tensor compared, the output error of each candidate and the one kept.
@@ -61,6 +64,7 @@ from mpqc.passes.analysis.clip_range import entropy_clip, mse_clip, percentile_c
 from mpqc.passes.analysis.range_choice import (
     CANDIDATES,
     accept_jointly,
+    choose_estimator,
     choose_ranges,
     material_candidates,
 )
@@ -73,7 +77,7 @@ from mpqc.passes.lib.runtime import external_folder, model_session
 
 __all__ = ["CalibratePass", "Method"]
 
-Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
+Method = Literal["minmax", "percentile", "entropy", "mse", "best", "auto"]
 
 NO_DATA_NOTE = "no calibration data: activation ranges unknown, data-free analysis only"
 
@@ -90,8 +94,9 @@ class CalibratePass(Pass):
     class Options:
         method: Method = option(
             "minmax",
-            "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL), mse, or "
-            "auto (per tensor, whichever of minmax, percentile and mse damages the output least)",
+            "how the clip range [lo, hi] is chosen: minmax, percentile, entropy (KL), mse, best "
+            "(whichever of minmax, percentile and mse damages the whole model's output least) or "
+            "auto (per tensor, whichever of them damages the output least)",
         )
         percentile: float = option(
             99.999, "percentile method: the quantile kept, in percent (50 < p <= 100)"
@@ -103,7 +108,9 @@ class CalibratePass(Pass):
         bits: int = option(
             8, "mse method: the activation bit-width whose quantization error is minimized"
         )
-        samples: int = option(32, "auto method: calibration samples each candidate range runs on")
+        samples: int = option(
+            32, "best and auto methods: calibration samples each candidate range runs on"
+        )
 
         def __post_init__(self) -> None:
             if not 50.0 < self.percentile <= 100.0:
@@ -155,17 +162,20 @@ class CalibratePass(Pass):
             if observed.count == 0:
                 continue
             written += 1
-            if self.options.method == "auto":
+            measured = self.options.method in ("best", "auto")
+            if measured:
                 candidates[name] = material_candidates(
                     {method: self._clip(observed, method) for method in CANDIDATES}
                 )
-            method = "minmax" if self.options.method == "auto" else self.options.method
+            method = "minmax" if measured else self.options.method
             self._write(activations[name], observed, self._clip(observed, method), method)
         if not written:
             self.nothing_to_do("calibrate: the model computes no float activation to calibrate")
         section: dict[str, object] = {"method": self.options.method, "activations": written}
         compared = {name: ranges for name, ranges in candidates.items() if len(ranges) > 1}
-        if compared:
+        if compared and self.options.method == "best":
+            section["model_error"] = self._best(model, activations, stats, compared)
+        elif compared:
             section["compared"], section["joint_error"] = self._choose(
                 model, activations, stats, compared
             )
@@ -188,6 +198,44 @@ class CalibratePass(Pass):
             },
         )
 
+    def _evaluator(self, model: ir.Model) -> Evaluator:
+        """The evaluator the measured methods judge ranges with: w8 weights, every tensor on its
+        minmax range."""
+        data = self.context.calibration
+        assert data is not None
+        samples = list(data)[: self.options.samples]
+        return Evaluator(
+            model,
+            samples,
+            wbits=(8,),
+            executor=self.context.executor,
+            batch=len(samples) if batch_first(model) else 1,
+            spec=self.context.hw,
+        )
+
+    def _best(
+        self,
+        model: ir.Model,
+        activations: Mapping[str, ir.Value],
+        stats: Mapping[str, _Observed],
+        compared: Mapping[str, Mapping[str, tuple[float, float]]],
+    ) -> dict[str, float]:
+        """``method=best``: every tensor is written at its minmax range; if another estimator's
+        ranges give the whole model at w8a8 less output error, its material ones replace them.
+        Returns each estimator's error."""
+        method, errors = choose_estimator(self._evaluator(model), compared)
+        clipped = [name for name, ranges in compared.items() if method in ranges]
+        if method != "minmax":
+            for name in clipped:
+                self._write(activations[name], stats[name], compared[name][method], method)
+        self.context.note(
+            f"calibrate: method=best kept {method} ranges"
+            + (f" for {len(clipped)} activations" if method != "minmax" else "")
+            + ": the whole model's output error at w8a8 is "
+            + ", ".join(f"{errors[m]:.3g} with {m}" for m in CANDIDATES)
+        )
+        return errors
+
     def _choose(
         self,
         model: ir.Model,
@@ -200,17 +248,7 @@ class CalibratePass(Pass):
         the whole model's error confirms it (``range_choice.py``). Returns the report's entry per
         tensor compared (the method kept, each candidate's output error, a clip the whole model
         rejected) and the whole model's error per number of clips accepted."""
-        data = self.context.calibration
-        assert data is not None
-        samples = list(data)[: self.options.samples]
-        evaluator = Evaluator(
-            model,
-            samples,
-            wbits=(8,),
-            executor=self.context.executor,
-            batch=len(samples) if batch_first(model) else 1,
-            spec=self.context.hw,
-        )
+        evaluator = self._evaluator(model)
         alone = choose_ranges(evaluator, compared)
         choices, joint = accept_jointly(evaluator, alone, compared)
         for name, choice in choices.items():

@@ -48,7 +48,7 @@ def test_help_passes_lists_every_pass_and_option(capsys) -> None:
     ) in out
     assert "    uniform: str = ''\n        one choice for every layer" in out
     assert (
-        "    method: minmax|percentile|entropy|mse|auto = 'minmax'" in out
+        "    method: minmax|percentile|entropy|mse|best|auto = 'minmax'" in out
     )  # a Literal lists its choices
 
 

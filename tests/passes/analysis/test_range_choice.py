@@ -159,3 +159,18 @@ def test_the_report_shows_the_whole_model_check(spike_ignored) -> None:
     _, auto, _ = spike_ignored
     joint = auto.report["calibrate"]["joint_error"]
     assert "0" in joint and min(joint.values()) <= joint["0"]
+
+
+def test_best_clips_the_whole_model_only_where_that_lowers_its_error(spike_ignored) -> None:
+    """``best``: one estimator for the model, judged by the whole model's error at w8a8."""
+    proto, _, minmax = spike_ignored
+    best = compiled(proto, "best")
+    errors = best.report["calibrate"]["model_error"]
+    assert min(errors["percentile"], errors["mse"]) < errors["minmax"]
+    assert error_to_float(proto, best.model) < 0.5 * error_to_float(proto, minmax.model)
+    # where the spikes carry the output, clipping them all (percentile) is measured and refused
+    carried = model(spike_weight=10.0)
+    kept = compiled(carried, "best")
+    errors = kept.report["calibrate"]["model_error"]
+    assert errors["percentile"] > 2 * errors["minmax"]
+    assert min(errors, key=errors.get) != "percentile"
