@@ -33,8 +33,11 @@ def test_every_front_point_is_lowered_and_runs(model_and_data, tmp_path) -> None
             "-o",
             str(tmp_path / "out.onnx"),
             "-q",
+            # a budget that needs sub-8-bit layers (then slower ones): a front of several points
             "--max-size",
-            "0.4x",
+            "0.2x",
+            "--max-latency",
+            "1s",
             "--emit-pareto",
             str(tmp_path / "front"),
             "--report-json",
