@@ -19,12 +19,8 @@ control input so the cuts in ``cut.py`` can find them), then serialized once:
   computes them (the range widened to contain 0, ``(hi - lo) / 255``, scale 1 for a constant
   zero tensor, the zero point clamped then rounded half to even). The range is the whole tensor's:
   with batched samples, the batch's, as onnxruntime sees that batch.
-- An LSTM's dynamic form runs onnxruntime's own DynamicQuantizeLSTM, beside the float LSTM and
-  on the same input, with int8 weights as lower-qdq writes them; a ``Where`` per output picks it
-  when the layer's kernel switch is on. Its rounding of every step's hidden state happens inside
-  the kernel, where no fake-quant node can reach, so the kernel itself is the simulation (a fixed
-  switch drops the branch not taken, ``cut.py``). With batched samples onnxruntime may split the
-  batch across threads, each part quantized on its own range.
+- An LSTM's dynamic form runs onnxruntime's own DynamicQuantizeLSTM beside the float LSTM
+  (``lstm.py`` says why), picked by the layer's kernel switch.
 - The placement is the plan's: a quantizer on each layer's activation input (layers reading one
   tensor at the same bits see identical numbers, which is what sharing means), and one on
   ``output_target`` feeding every consumer except other layers' own input quantizers. A Conv/Gemm
@@ -52,12 +48,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS
+from mpqc.core.bits import FLOAT_BITS
 from mpqc.ir import annotations
 from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array, quantizable_layers
+from mpqc.passes.lib.evaluator.lstm import dynamic_lstm_branch, dynamic_lstm_weights
 from mpqc.passes.lib.evaluator.store import WeightStore
-from mpqc.passes.lib.grid import fake_quant_weight, quantize_lstm_weight, weight_scales
+from mpqc.passes.lib.grid import fake_quant_weight, weight_scales
 from mpqc.passes.lib.layout import WeightLayout, block_axis
 from mpqc.passes.lib.plan import LayerFacts, body_result, output_target, plan_layer
 from mpqc.passes.lib.widen import widen_to_float32
@@ -249,59 +246,6 @@ class _Builder:
             self.node("Round", [f"{p}.dyn_zc"], f"{p}.dyn_zp"),
         ]
 
-    def initializer(self, name: str, array: np.ndarray) -> ir.Value:
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.type, value.shape = ir.TensorType(value.const_value.dtype), ir.Shape(array.shape)
-        self.graph.register_initializer(value)
-        self.values[name] = value
-        return value
-
-    def dynamic_lstm(
-        self,
-        prefix: str,
-        layer: Layer,
-        x: ir.Value,
-        weights: Mapping[int, tuple[np.ndarray, np.ndarray]],
-    ) -> str:
-        """DynamicQuantizeLSTM on ``x`` beside ``layer``'s LSTM, with ``weights`` (input slot ->
-        int8 levels and scales, ``quantize_lstm_weight``), and a ``Where`` on each output the LSTM
-        computes; returns the switch."""
-        node = layer.node
-        switch = self.input(f"{prefix}.on", ir.DataType.BOOL).name
-        inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
-        inputs[0] = x
-        quantized = []
-        for index, (levels, scales) in weights.items():
-            inputs[index] = self.initializer(f"{prefix}.{index}.levels", levels)
-            quantized += [
-                self.initializer(f"{prefix}.{index}.scale", scales),
-                self.initializer(f"{prefix}.{index}.zp", np.zeros(scales.shape, np.int8)),
-            ]
-        attributes = {k: v for k, v in node.attributes.items() if k != "layout"}
-        kernel = ir.node(
-            "DynamicQuantizeLSTM",
-            inputs + quantized,
-            attributes,
-            num_outputs=len(node.outputs),
-            domain="com.microsoft",
-            name=prefix,
-        )
-        nodes = [kernel]
-        for slot, (out, alternative) in enumerate(zip(node.outputs, kernel.outputs, strict=True)):
-            if not out.name:
-                continue
-            alternative.name = f"{prefix}.{slot}"
-            uses = list(out.uses())
-            where = self.node("Where", [switch, alternative, out], f"{prefix}.{slot}.y")
-            nodes.append(where)
-            for use in uses:
-                use.node.replace_input_with(use.idx, where.outputs[0])
-            if out.is_graph_output():
-                return_instead(out, where.outputs[0])
-        assert node.graph is not None
-        node.graph.insert_after(node, nodes)
-        return switch
-
     def _select(self, p: str, on_value: str, fallback: ir.Value) -> ir.Node:
         node = self.node("Where", [f"{p}.on", on_value, fallback], f"{p}.y")
         node.name = f"{p}.select"
@@ -421,13 +365,11 @@ def build(
             for bits in wbits
         }
         blocks = {bits: plan.block for bits, plan in planned.items()}
-        lstm_weights = {}
-        if facts[layer.name].dynamic_lstm and layer.name in dynamic:
-            grid = plan_layer(facts[layer.name], 8, DYNAMIC_BITS, spec=spec, dynamic=True)
-            for slot in (layer.weight_index, *layer.other_weight_indices):
-                array = constant_array(node.inputs[slot])
-                assert array is not None
-                lstm_weights[slot] = quantize_lstm_weight(array, grid.grid_bits)
+        lstm_weights = (
+            dynamic_lstm_weights(layer, facts[layer.name], spec)
+            if facts[layer.name].dynamic_lstm and layer.name in dynamic
+            else {}
+        )
         for slot in (layer.weight_index, *layer.other_weight_indices):
             slot_scales: list[np.ndarray | None] = []
             entries = _weight_entries(layer, slot, wbits, blocks, slot_scales)
@@ -464,8 +406,8 @@ def build(
             assert layer.activation_index is not None
             source = node.inputs[layer.activation_index]
             assert source is not None
-            kernel_switch = builder.dynamic_lstm(
-                f"{PREFIX}.{index}.lstm_kernel", layer, source, lstm_weights
+            kernel_switch = dynamic_lstm_branch(
+                builder, f"{PREFIX}.{index}.lstm_kernel", layer, source, lstm_weights
             )
         bias = None
         if node.op_type in ("Conv", "Gemm") and len(node.inputs) >= 3:
