@@ -474,13 +474,15 @@ def int32_bias(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(int32 levels, float32 scales) of a bias at s_x·s_w per channel; channels whose bias would
     not fit get a wider scale, |b| / 2^30, which keeps 30 bits of the float bias (with 16-bit grids
-    s_x·s_w is around 1e-9 and the int32 would saturate)."""
+    s_x·s_w is around 1e-9 and the int32 would saturate). A channel left at scale 0 (all-zero
+    weights and bias: pruned) gets level 0 at scale 1, not 0 / 0 cast to int32."""
     scale = np.broadcast_to(
         np.float32(x_scale) * w_scale.astype(np.float32).reshape(-1), bias.shape
     )
     scale = np.maximum(scale, np.abs(bias).astype(np.float32) / np.float32(2**30)).astype(
         np.float32
     )
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     return np.rint(bias / scale).astype(np.int32), scale
 
 

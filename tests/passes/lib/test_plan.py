@@ -42,6 +42,7 @@ from mpqc.passes.lib.plan import (
     Kernel,
     LayerPlan,
     WeightForm,
+    int32_bias,
     layer_plan,
     stored_bytes,
 )
@@ -474,3 +475,11 @@ def test_every_weight_form_and_kernel_is_covered() -> None:
     assert forms == set(WeightForm)
     assert kernels == set(Kernel)
     assert biases == {None, BiasForm.FLOAT, BiasForm.INT32}
+
+
+def test_a_pruned_channel_gets_bias_level_zero_not_a_division_by_zero() -> None:
+    with np.errstate(all="raise"):
+        levels, scales = int32_bias(
+            np.array([0.0, 0.25], np.float32), 0.1, np.array([0.0, 0.5], np.float32)
+        )
+    assert levels.tolist() == [0, 5] and scales.tolist() == [1.0, np.float32(0.05)]
