@@ -25,7 +25,9 @@ another output as harmless at any bits). Activation candidates need calibrated r
 ``calibrate`` first); without them only weights are scored.
 With ``prune`` (the default pipeline's, after ``cost``), only the scores that can change the
 search's answer are measured (``passes/choose/choosable.py``): under budgets the all-8-bit model
-meets, sub-8-bit candidates are not measured, nor a part every choosable pair of a layer shares;
+meets, sub-8-bit candidates are not measured (those a cost model prices cheaper only once the
+undominated pairs' scores leave the budgets unsettled), nor a part every choosable pair of a layer
+shares;
 a note says what was left out, and the detail annotation lists each layer's ``choosable`` pairs
 and ``shared`` parts for the search.
 When every model input has a symbolic first dimension, samples of the same shape run as one batch
@@ -45,10 +47,10 @@ import onnx_ir as ir
 from mpqc.core.bits import DYNAMIC_BITS, FLOAT_BITS, Bits
 from mpqc.ir import annotations
 from mpqc.passes.analysis.sensitivity_base import ActivationCandidates, SensitivityPass
-from mpqc.passes.choose.choosable import Choosable, choosable
+from mpqc.passes.choose.choosable import Choices, choosable
 from mpqc.passes.infra.base import PassInputError, option
 from mpqc.passes.infra.registry import register
-from mpqc.passes.lib.evaluator import Config, Evaluator, Measure, batch_first
+from mpqc.passes.lib.evaluator import Evaluator, Measure, batch_first
 from mpqc.passes.lib.plan import fusable
 
 __all__ = ["SensitivityOutputPass"]
@@ -107,33 +109,47 @@ class SensitivityOutputPass(SensitivityPass):
             scorable[layer.name].append("adyn")
             if layer in scored_acts:
                 scorable[layer.name] += fused
-        plan = self._choosable(model, layers, scorable) if self.options.prune else None
-        jobs: list[tuple[str, str, Config]] = []
-        for layer in layers:
-            wanted = plan[layer.name].measured if plan else None
-            for key in scorable[layer.name]:
-                if wanted is None or key in wanted:
-                    jobs.append((layer.name, key, {layer.name: _choice(key, dynamic)}))
-
+        choices = self._choosable(model, layers, scorable) if self.options.prune else None
+        # Where the undominated pairs may settle the choice alone, they are measured first.
+        settle = choices is not None and choices.may_settle()
+        plan = None if choices is None else choices.undominated if settle else choices.kept
+        wanted = {
+            layer.name: [
+                key
+                for key in scorable[layer.name]
+                if plan is None or key in plan[layer.name].measured
+            ]
+            for layer in layers
+        }
+        measurable = [key for keys in wanted.values() for key in keys]
+        if settle:  # the kept pairs' grids, should they be measured after all
+            measurable += [key for c in choices.kept.values() for key in c.measured]
+        grids = {_choice(key, dynamic)[0] for key in measurable} - {FLOAT_BITS}
         scores: dict[str, dict[str, float]] = {layer.name: {} for layer in layers}
         detail: dict[str, Any] = {}
-        if jobs:
+        if any(wanted.values()):
             samples = list(data)[: self.options.samples]
             batch = len(samples) if self.options.batch and batch_first(model) else 1
             evaluator = Evaluator(
                 model,
                 samples,
-                # the grids measured (each costs a copy of the weights)
-                wbits=sorted({config[name][0] for name, _, config in jobs} - {FLOAT_BITS}),
+                wbits=sorted(grids),  # the grids measured (each costs a copy of the weights)
                 executor=self.context.executor,
                 batch=batch,
                 spec=self.context.hw,
             )
             measure = self._measure(evaluator)
-            steps = self.count_evaluations(len(jobs))
-            errors = evaluator.errors([config for _, _, config in jobs], measure, steps.advance)
-            for (name, candidate, _), error in zip(jobs, errors, strict=True):
-                scores[name][candidate] = error
+            self._score(evaluator, measure, wanted, scores)
+            if settle and not choices.settled(scores):
+                plan = choices.kept
+                more = {
+                    name: [
+                        key for key in scorable[name] if key in kept.measured - set(scores[name])
+                    ]
+                    for name, kept in plan.items()
+                }
+                if any(more.values()):
+                    self._score(evaluator, measure, more, scores)
             detail = {"measure": measure, "samples": len(samples)}
         for layer in layers:
             own = dict(detail)
@@ -145,9 +161,26 @@ class SensitivityOutputPass(SensitivityPass):
             self._note_skipped(scorable, scores)
         return ir.passes.PassResult(model, modified=True)
 
+    def _score(
+        self,
+        evaluator: Evaluator,
+        measure: Measure,
+        wanted: dict[str, list[str]],
+        scores: dict[str, dict[str, float]],
+    ) -> None:
+        """Measure each layer's ``wanted`` score keys into ``scores``."""
+        dynamic = Bits(FLOAT_BITS, DYNAMIC_BITS, dynamic=True)
+        jobs = [(name, key) for name, keys in wanted.items() for key in keys]
+        steps = self.count_evaluations(len(jobs))
+        configs = [{name: _choice(key, dynamic)} for name, key in jobs]
+        for (name, key), error in zip(
+            jobs, evaluator.errors(configs, measure, steps.advance), strict=True
+        ):
+            scores[name][key] = error
+
     def _choosable(
         self, model: ir.Model, layers: list, scorable: dict[str, list[str]]
-    ) -> dict[str, Choosable] | None:
+    ) -> Choices | None:
         return choosable(
             layers,
             scorable,

@@ -17,6 +17,11 @@ pairs only, and the others need no score. With no budget, or one the all-8-bit m
 lower bits go unmeasured (those a cost model prices faster than 8 bits stay); a budget that needs
 cheaper pairs keeps them all.
 
+A dominated pair kept only because it is cheaper in a tight budget may still be settled out by
+scores (``Choices.settled``): with the undominated pairs measured first, if the configuration of
+every layer's least damaging undominated pair meets the budgets, it is the answer (any
+configuration with a dominated pair damages more), and the dominated pairs need no score.
+
 The undominated pairs of a layer often share a part (``a8`` in ``w8a8`` and ``w4a8``): it adds
 the same damage to each of them, so it cannot change the answer either (``Choosable.shared``). A
 pair scored as a pair (``w8a8`` where the layer also has a dynamic range, sensitivity-output says
@@ -28,7 +33,7 @@ configuration, is then left out of the search's totals.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from mpqc.core.bits import Bits
 from mpqc.ir import annotations
@@ -36,7 +41,7 @@ from mpqc.ir.layers import Layer
 from mpqc.passes.choose.budget import COST_FIELDS, limits, offered_pairs
 from mpqc.passes.choose.latency_cap import LATENCY, REFERENCE
 
-__all__ = ["Choosable", "choosable", "score_keys"]
+__all__ = ["Choices", "Choosable", "choosable", "score_keys"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +80,7 @@ def choosable(
     scorable: Mapping[str, Collection[str]],
     constraints: Mapping[str, str | float],
     totals: Mapping[str, object],
-) -> dict[str, Choosable] | None:
+) -> Choices | None:
     """Per layer, the pairs the search can choose (see the module docstring); None when a layer
     has no cost table (run ``cost`` first) or the search's implicit latency limit is unknown.
 
@@ -111,10 +116,11 @@ def choosable(
     # Grow the kept pairs from the undominated ones to a fixpoint: the budgets some configuration
     # of kept pairs may exceed are tight, and a dominated pair stays unless a pair dominating it
     # costs no more of every tight budget.
-    kept = {
+    undominated = {
         name: [p for p in pairs if not any(_dominates(q, p) for q in pairs)]
         for name, pairs in offered.items()
     }
+    kept = {name: list(pairs) for name, pairs in undominated.items()}
     while True:
         tight = [
             index
@@ -137,12 +143,70 @@ def choosable(
         if grown == kept:
             break
         kept = grown
+    return Choices(
+        _choosable(kept, scorable), _choosable(undominated, scorable), list(layers), budgets, fixed
+    )
+
+
+def _choosable(
+    pairs: Mapping[str, Sequence[Bits]], scorable: Mapping[str, Collection[str]]
+) -> dict[str, Choosable]:
     result = {}
-    for name, pairs in kept.items():
-        keys = [frozenset(score_keys(pair, scorable[name])) for pair in pairs]
+    for name, choices in pairs.items():
+        keys = [frozenset(score_keys(pair, scorable[name])) for pair in choices]
         shared = frozenset.intersection(*keys)
-        result[name] = Choosable(tuple(pairs), frozenset.union(*keys) - shared, shared)
+        result[name] = Choosable(tuple(choices), frozenset.union(*keys) - shared, shared)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """What ``choosable`` found: the ``kept`` pairs of every layer, among them the ``undominated``
+    ones, and the budgets they were checked against (the implicit latency limit included)."""
+
+    kept: dict[str, Choosable]
+    undominated: dict[str, Choosable]
+    layers: list[Layer]
+    budgets: dict[str, float]
+    fixed: Mapping[str, float]
+
+    def may_settle(self) -> bool:
+        """Whether some configuration of undominated pairs meets every budget, so that their
+        scores alone may settle the choice (``settled``): else the kept pairs are all needed."""
+        if self.kept == self.undominated:
+            return False
+        return all(
+            _total(self.layers, self._pairs(), objective, self.fixed, min) <= limit
+            for objective, limit in self.budgets.items()
+        )
+
+    def settled(self, scores: Mapping[str, Mapping[str, float]]) -> bool:
+        """Whether the configuration of every layer's least damaging undominated pair (by the
+        ``scores`` of ``undominated[...].measured``) meets every budget. Then it is the search's
+        answer: a dominated pair damages more than the pair dominating it, so any configuration
+        with one damages more than this one, and the other kept pairs need no score. A tie for
+        the least damage settles nothing."""
+        best = {}
+        for name, choosable in self.undominated.items():
+            damage = [
+                sum(
+                    scores[name][key]
+                    for key in score_keys(pair, choosable.measured)
+                    if key in choosable.measured
+                )
+                for pair in choosable.pairs
+            ]
+            least = min(damage)
+            if damage.count(least) > 1:
+                return False
+            best[name] = [choosable.pairs[damage.index(least)]]
+        return all(
+            _total(self.layers, best, objective, self.fixed) <= limit
+            for objective, limit in self.budgets.items()
+        )
+
+    def _pairs(self) -> dict[str, Sequence[Bits]]:
+        return {name: choosable.pairs for name, choosable in self.undominated.items()}
 
 
 def _total(
@@ -150,13 +214,15 @@ def _total(
     pairs: Mapping[str, Sequence[Bits]],
     objective: str,
     fixed: Mapping[str, float],
+    pick: Callable[[Iterable[float]], float] = max,
 ) -> float:
-    """The objective's total with every layer at its costliest pair among ``pairs``."""
+    """The objective's total with every layer at its costliest pair among ``pairs`` (``pick``:
+    ``min`` for its cheapest)."""
     field = COST_FIELDS[objective]
     total = float(fixed.get(field, 0.0))
     for layer in layers:
         table = annotations.COST.get(layer.node) or {}
-        total += max(float(table[str(p)][field]) for p in pairs[layer.name])  # type: ignore[index]
+        total += pick(float(table[str(p)][field]) for p in pairs[layer.name])  # type: ignore[index]
     return total
 
 
