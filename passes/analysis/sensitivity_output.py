@@ -27,9 +27,8 @@ With ``prune`` (the default pipeline's, after ``cost``), only the scores that ca
 search's answer are measured (``passes/choose/choosable.py``): under budgets the all-8-bit model
 meets, sub-8-bit candidates are not measured (those a cost model prices cheaper only once the
 undominated pairs' scores leave the budgets unsettled), nor a part every choosable pair of a layer
-shares;
-a note says what was left out, and the detail annotation lists each layer's ``choosable`` pairs
-and ``shared`` parts for the search.
+shares; a note says what was left out, and the detail annotation lists each layer's ``choosable``
+pairs and ``shared`` parts for the search.
 When every model input has a symbolic first dimension, samples of the same shape run as one batch
 (option ``batch``; no padding, so lines of one width or sentences of one length group together),
 which is several times faster for small models and gives the same per-row measures.
