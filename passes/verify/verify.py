@@ -23,10 +23,10 @@ from mpqc.ir import annotations, io
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
-from mpqc.passes.lib.runtime import external_folder, model_session, session
+from mpqc.passes.lib.runtime import external_folder, model_session, session, session_options
 from mpqc.passes.verify.kernels import kernel_report, quantized_layers
 
-__all__ = ["VerifyPass", "output_fidelity"]
+__all__ = ["VerifyPass", "output_fidelity", "reference_outputs"]
 
 
 def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
@@ -36,20 +36,29 @@ def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def reference_outputs(reference: ort.InferenceSession, samples: list) -> list[np.ndarray] | None:
+    """The float model's first output on each sample; None when it is not numbers (strings, a
+    sequence)."""
+    firsts = []
+    for sample in samples:
+        first = np.asarray(reference.run(None, dict(sample))[0])
+        if not np.issubdtype(first.dtype, np.number):
+            return None
+        firsts.append(first)
+    return firsts
+
+
 def output_fidelity(
-    reference: ort.InferenceSession,
+    firsts: list[np.ndarray],
     candidate: ort.InferenceSession,
     samples: list,
     advance: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """SQNR (dB) of the first output over all samples, and top-1 agreement when it has classes;
-    nothing when that output is not numbers (strings, a sequence)."""
+    """SQNR (dB) of the first output over all samples against the float model's (``firsts``), and
+    top-1 agreement when it has classes."""
     signal = noise = 0.0
     agree = total = 0
-    for sample in samples:
-        first = np.asarray(reference.run(None, dict(sample))[0])
-        if not np.issubdtype(first.dtype, np.number):
-            return {}
+    for first, sample in zip(firsts, samples, strict=True):
         ref = _squeeze_trailing(first.astype(np.float64))
         out = _squeeze_trailing(np.asarray(candidate.run(None, dict(sample))[0], dtype=np.float64))
         signal += float((ref**2).sum())
@@ -79,14 +88,22 @@ class VerifyPass(Pass):
         )
         max_samples: int = option(64, "held-out samples used for the output comparison")
 
-    def _reference(self) -> ort.InferenceSession | None:
-        """onnxruntime on the float model as given; None, noted, when onnxruntime cannot run it
-        (an opset older than its kernels, which only the compiled copy was upgraded from)."""
-        if self.context.reference is None:
+    def _reference_outputs(self, samples: list) -> list[np.ndarray] | None:
+        """The first output of onnxruntime on the float model as given, per sample; None when
+        it is not numbers, or, noted, when onnxruntime cannot run the model (an opset older than
+        its kernels, which only the compiled copy was upgraded from).
+
+        A model that stays on disk (``mpqc.ir.io.load``) is big: its weights are read where they
+        lie, not packed into a copy of each (as much memory again, which a few runs do not
+        repay), and the session is gone before the emitted model's are made."""
+        if self.context.reference is None or not samples:
             return None
+        options = session_options(optimize=True)
+        if self.context.reference_folder is not None:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            return session(
-                self.context.reference, optimize=True, folder=self.context.reference_folder
+            reference = session(
+                self.context.reference, options=options, folder=self.context.reference_folder
             )
         except Exception as exc:  # onnxruntime raises several unrelated types
             self.context.note(
@@ -94,6 +111,7 @@ class VerifyPass(Pass):
                 f"({str(exc).splitlines()[0]}), so fidelity is not measured"
             )
             return None
+        return reference_outputs(reference, samples)
 
     def _kernels(self, model: ir.Model, serialized: bytes) -> dict[str, object]:
         """What onnxruntime runs per quantized layer (``kernels.py``); empty when no layer is
@@ -113,6 +131,9 @@ class VerifyPass(Pass):
         return kernel_report(layers, optimized, lowered.get("kernels", {}), lowered.get("ops", {}))
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        held_out = self.context.held_out
+        samples = list(held_out)[: self.options.max_samples] if held_out is not None else []
+        firsts = self._reference_outputs(samples)
         proto = ir.to_proto(model)
         size = proto.ByteSize()
         fits = size < 2**31
@@ -142,12 +163,9 @@ class VerifyPass(Pass):
             kernels = self._kernels(model, proto.SerializeToString())
             if kernels:
                 result["kernels"] = kernels
-            held_out = self.context.held_out
-            reference = self._reference() if held_out is not None and len(held_out) else None
-            if reference is not None:
-                samples = list(held_out)[: self.options.max_samples]
+            if firsts is not None:
                 steps = self.context.steps("samples", len(samples))
-                result.update(output_fidelity(reference, candidate, samples, steps.advance))
+                result.update(output_fidelity(firsts, candidate, samples, steps.advance))
                 result["samples"] = len(samples)
                 if not held_out.held_out:
                     result["samples_from"] = "calibration"
