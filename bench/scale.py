@@ -18,8 +18,10 @@ not take the machine down. Results go to ``bench/results/scale.json`` and a mark
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import subprocess
@@ -118,6 +120,15 @@ def build(shape: Shape, folder: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _build_apart(shape: Shape, folder: pathlib.Path) -> pathlib.Path:
+    """``build`` in a process of its own. A child's ``ru_maxrss`` counts the peak of the process
+    it was forked from until it execs, so a runner that built a model of inline weights itself
+    would report its own peak for every tool it runs."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as builder:
+        return builder.submit(build, shape, folder).result()
+
+
 def _tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its descendants, now (0 once gone)."""
     total, stack = 0, [pid]
@@ -141,9 +152,12 @@ def measure(command: Sequence[str], cap: int, timeout: float) -> dict[str, objec
         ["nice", "-n", "10", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     verdict: list[str] = []
+    # Set once the child is reaped here (by wait4, for its rusage): polling the child from the
+    # watcher would reap it first, and wait4 would find no child.
+    finished = threading.Event()
 
     def watch() -> None:
-        while child.poll() is None:
+        while not finished.wait(0.2):
             if _tree_rss(child.pid) > cap:
                 verdict.append(f"killed above {cap / 2**30:.1f} GiB")
             elif time.perf_counter() - start > timeout:
@@ -151,12 +165,12 @@ def measure(command: Sequence[str], cap: int, timeout: float) -> dict[str, objec
             if verdict:
                 child.kill()
                 return
-            time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
     _, status, usage = os.wait4(child.pid, 0)
+    finished.set()
     child.returncode = os.waitstatus_to_exitcode(status)
     watcher.join()
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -231,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         folder = pathlib.Path(tmp)
         for text in args.models.split(","):
             shape = parse_shape(text)
-            model = build(shape, folder)
+            model = _build_apart(shape, folder)
             for tool in args.tools.split(","):
                 out = folder / f"{shape.name}.{tool}.onnx"
                 run = measure(
