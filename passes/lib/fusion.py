@@ -74,18 +74,25 @@ class Fused:
 
 def optimized_graph(model: bytes | str) -> onnx.ModelProto:
     """The graph onnxruntime's CPU provider runs for ``model`` (serialized bytes or a path), after
-    its extended graph optimizations; the file it writes lives in a temporary folder, removed
-    before this returns."""
+    its extended graph optimizations, without its tensors' data (what is read of it is which node
+    reads and writes what); the files it writes live in a temporary folder, removed before this
+    returns."""
     with tempfile.TemporaryDirectory(prefix="mpqc-ort-") as folder:
         path = pathlib.Path(folder) / "optimized.onnx"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(path)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.data"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=False)
 
 
 class OptimizedGraph:

@@ -23,7 +23,7 @@ from mpqc.ir import annotations, io
 from mpqc.passes.infra.base import Pass, PassInputError, option
 from mpqc.passes.infra.registry import register
 from mpqc.passes.lib.fusion import OptimizedGraph, optimized_graph
-from mpqc.passes.lib.runtime import external_folder, model_session, session, session_options
+from mpqc.passes.lib.runtime import external_folder, session, session_options
 from mpqc.passes.verify.kernels import kernel_report, quantized_layers
 
 __all__ = ["VerifyPass", "output_fidelity", "reference_outputs"]
@@ -153,14 +153,16 @@ class VerifyPass(Pass):
             "bytes": size,
         }
         if fits:
+            serialized = proto.SerializeToString()  # once: a big model's copies add up
             try:
-                candidate = model_session(proto, external_folder(model), optimize=True)
+                candidate = session(serialized, optimize=True, folder=external_folder(model))
             except Exception as exc:
                 raise PassInputError(
                     f"verify: onnxruntime cannot load the emitted model: {str(exc).splitlines()[0]}"
                 ) from None
             result["runtime"] = "onnxruntime " + ort.__version__
-            kernels = self._kernels(model, proto.SerializeToString())
+            kernels = self._kernels(model, serialized)
+            del serialized
             if kernels:
                 result["kernels"] = kernels
             if firsts is not None:
