@@ -155,16 +155,15 @@ def file_bytes(path: str | os.PathLike) -> int:
     return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
 
 
-def _tensors(graph: onnx.GraphProto) -> Any:
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every tensor a graph holds: initializers and node attributes, bodies included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                yield from _tensors(body)
+    for body in _bodies(graph):
+        yield from body.initializer
+        for node in body.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
 
 
 def external_folder(model: ir.Model) -> str | None:
