@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.lib.dynamic_lstm import dynamic_quantize_lstm
 from mpqc.passes.lib.grid import quantize_lstm_weight, quantize_weight
 from mpqc.passes.lib.layout import kn_weight
 from mpqc.passes.lib.plan import LayerPlan
@@ -117,8 +118,7 @@ class DynamicRanges:
         node = layer.node
         graph = node.graph
         assert graph is not None
-        inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
-        quantized = []
+        quantized = {}
         for index in (layer.weight_index, *layer.other_weight_indices):
             weight = node.inputs[index]
             assert weight is not None
@@ -126,21 +126,12 @@ class DynamicRanges:
             assert array is not None
             levels, scales = quantize_lstm_weight(array, plan.grid_bits)
             base = f"{weight.name or layer.name}.lstm{plan.grid_bits}"
-            inputs[index] = self._constant(base, levels, ir.DataType.INT8, graph)
-            quantized += [
+            quantized[index] = (
+                self._constant(base, levels, ir.DataType.INT8, graph),
                 self._constant(f"{base}.scale", scales, graph=graph),
                 self._constant(f"{base}.zp", np.zeros(scales.shape, np.int8), graph=graph),
-            ]
-        attributes = {
-            name: attribute for name, attribute in node.attributes.items() if name != "layout"
-        }
-        replacement = ir.node(
-            "DynamicQuantizeLSTM",
-            inputs + quantized,
-            attributes,
-            num_outputs=len(node.outputs),
-            domain="com.microsoft",
-        )
+            )
+        replacement = dynamic_quantize_lstm(node, quantized)
         weights = [node.inputs[i] for i in (layer.weight_index, *layer.other_weight_indices)]
         replace_node(node, replacement)
         for weight in weights:

@@ -20,6 +20,7 @@ import onnx_ir as ir
 from mpqc.core.bits import DYNAMIC_BITS
 from mpqc.ir.graphs import return_instead
 from mpqc.ir.layers import Layer, constant_array
+from mpqc.passes.lib.dynamic_lstm import dynamic_quantize_lstm
 from mpqc.passes.lib.grid import quantize_lstm_weight
 from mpqc.passes.lib.plan import LayerFacts, plan_layer
 
@@ -55,24 +56,16 @@ def dynamic_lstm_branch(
     ``graph._Builder``), and a ``Where`` on each output the LSTM computes; returns the switch."""
     node = layer.node
     switch = builder.input(f"{prefix}.on", ir.DataType.BOOL).name
-    inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
-    inputs[0] = x
-    quantized = []
-    for index, (levels, scales) in weights.items():
-        inputs[index] = _initializer(builder, f"{prefix}.{index}.levels", levels)
-        quantized += [
+    quantized = {
+        index: (
+            _initializer(builder, f"{prefix}.{index}.levels", levels),
             _initializer(builder, f"{prefix}.{index}.scale", scales),
             _initializer(builder, f"{prefix}.{index}.zp", np.zeros(scales.shape, np.int8)),
-        ]
-    attributes = {k: v for k, v in node.attributes.items() if k != "layout"}
-    kernel = ir.node(
-        "DynamicQuantizeLSTM",
-        inputs + quantized,
-        attributes,
-        num_outputs=len(node.outputs),
-        domain="com.microsoft",
-        name=prefix,
-    )
+        )
+        for index, (levels, scales) in weights.items()
+    }
+    kernel = dynamic_quantize_lstm(node, quantized, name=prefix)
+    kernel.replace_input_with(0, x)
     nodes = [kernel]
     for slot, (out, alternative) in enumerate(zip(node.outputs, kernel.outputs, strict=True)):
         if not out.name:
