@@ -207,7 +207,8 @@ class _Watched(concurrent.futures.Future):
                 resent += 1
                 self._task = self._send()
             except BaseException as exc:
-                self._settle(exception=exc)
+                if self._task.done():  # the task's outcome; else only this wait ended
+                    self._settle(exception=exc)
                 raise
             else:
                 self._settle(outcome=outcome)

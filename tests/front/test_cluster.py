@@ -230,3 +230,16 @@ def test_a_task_whose_scattered_input_was_lost_is_shipped_again(elsewhere) -> No
         client.cancel([shared], force=True)  # as if every worker holding it had died
         assert future.result() == float(values.sum())
         executor.shutdown()
+
+
+def test_a_wait_that_times_out_leaves_the_task_to_finish(elsewhere) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    local_cluster, _ = elsewhere
+    values = np.arange(4, dtype=np.float64)
+    with distributed.Client(local_cluster.scheduler_address) as client:
+        executor = cluster.ClusterExecutor(client, local_cluster.scheduler_address)
+        future = executor.submit(_slow_sum, values)
+        with pytest.raises(TimeoutError):
+            future.result(timeout=0.01)
+        assert future.result() == 6.0
+        executor.shutdown()
