@@ -63,6 +63,23 @@ def build(
     return proto
 
 
+#: Two MatMuls around a Tanh: with an outlier in one sample, a range measured per run beats a
+#: calibrated one (the dynamic-range tests). A fixed batch of 1: the sensitivity pass then runs
+#: sample by sample, as the deployed model does (a batch's dynamic range is the whole batch's).
+OUTLIERS = """
+<ir_version: 10, opset_import: ["" : 17]>
+outliers (float[1,6,64] x) => (float[1,6,32] y) {
+  h = MatMul(x, w1)
+  t = Tanh(h)
+  y = MatMul(t, w2)
+}
+"""
+
+
+def outliers() -> onnx.ModelProto:
+    return build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)})
+
+
 def small_cnn(seed: int = 0) -> ir.Model:
     return ir.from_proto(build(SMALL_CNN, _SMALL_CNN_WEIGHTS, seed))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from models import build, random_inputs, small_cnn
+from models import outliers, random_inputs, small_cnn
 
 from mpqc import hwspecs
 from mpqc.core.bits import Bits
@@ -77,23 +77,13 @@ def test_a_budget_that_needs_lower_bits_measures_them_and_chooses_as_before() ->
     assert any(bits.w < 8 for bits in _bits(pruned).values())
 
 
-OUTLIERS = """
-<ir_version: 10, opset_import: ["" : 17]>
-outliers (float[1,6,64] x) => (float[1,6,32] y) {
-  h = MatMul(x, w1)
-  t = Tanh(h)
-  y = MatMul(t, w2)
-}
-"""
-
-
 def test_a_static_and_a_dynamic_range_are_both_measured_the_static_one_as_lowered() -> None:
     rng = np.random.default_rng(0)
     samples = [{"x": rng.normal(0, 1, (1, 6, 64)).astype(np.float32)} for _ in range(6)]
     samples[3]["x"][0, 2, 5] = 300.0
     chosen = []
     for pipeline in (FULL, PRUNED):
-        model = ir.from_proto(build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)}))
+        model = ir.from_proto(outliers())
         context = CompileContext(
             hw=hwspecs.load("x86_avx512_vnni"),
             calibration=CalibrationData(tuple(samples)),

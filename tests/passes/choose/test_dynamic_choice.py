@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from models import build
+from models import outliers
 
 from mpqc import hwspecs
 from mpqc.core.bits import Bits
@@ -21,17 +21,6 @@ from mpqc.passes.choose.plan_file import PlanError, describe, read_yaml, yaml_te
 from mpqc.passes.choose.plan_ort import to_overrides
 from mpqc.passes.lib.evaluator import Evaluator, output_error
 from mpqc.passes.lib.layout import WeightLayout
-
-# A fixed batch of 1: the sensitivity pass then runs sample by sample, as the deployed model does
-# (a batch's dynamic range is the whole batch's).
-OUTLIERS = """
-<ir_version: 10, opset_import: ["" : 17]>
-outliers (float[1,6,64] x) => (float[1,6,32] y) {
-  h = MatMul(x, w1)
-  t = Tanh(h)
-  y = MatMul(t, w2)
-}
-"""
 
 
 def _samples() -> list[dict[str, np.ndarray]]:
@@ -45,7 +34,7 @@ def _samples() -> list[dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def searched() -> ir.Model:
-    model = ir.from_proto(build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)}))
+    model = ir.from_proto(outliers())
     context = CompileContext(
         hw=hwspecs.load("x86_avx512_vnni"),
         calibration=CalibrationData(tuple(_samples())),
@@ -90,7 +79,7 @@ def test_a_dynamic_choice_reads_back_from_its_plan_file(
 def test_the_task_metric_scores_the_dynamic_range_too() -> None:
     """``sensitivity-task`` measures ``adyn`` where ``sensitivity-output`` does, on the lowered
     model: the outlier input loses less of the metric with a range measured per run."""
-    proto = build(OUTLIERS, {"w1": (64, 48), "w2": (48, 32)})
+    proto = outliers()
     samples = _samples()
     float_session = ort.InferenceSession(
         proto.SerializeToString(), providers=["CPUExecutionProvider"]
